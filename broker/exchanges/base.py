@@ -1,0 +1,99 @@
+"""What every exchange type provides: bindings in, destinations out.
+
+An exchange knows nothing of queues: a destination is any hashable object (a queue or another
+exchange, compared by identity). The vhost's router follows exchange-to-exchange bindings and
+de-duplicates the final set of queues; an exchange only answers "which destinations does this
+message go to".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from leveret.broker.message import Message
+
+Destination = Hashable
+
+
+@dataclass(frozen=True, eq=False)
+class Binding:
+    destination: Destination
+    routing_key: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def same_as(self, destination: Destination, routing_key: str, arguments: dict[str, Any]) -> bool:
+        return (
+            self.destination is destination
+            and self.routing_key == routing_key
+            and self.arguments == arguments
+        )
+
+
+class Exchange:
+    """Base of every exchange type. Subclasses override `route` and, when they index bindings,
+    `_added` / `_removed`."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = dict(arguments or {})
+        # In bind order: the consistent-hash ring and the definitions store rely on that order.
+        self.bindings: list[Binding] = []
+
+    @classmethod
+    def validate_arguments(cls, arguments: dict[str, Any]) -> None:
+        """Raise ChannelError(406, ...) for arguments this type rejects at declare time."""
+
+    def validate_binding(self, routing_key: str, arguments: dict[str, Any]) -> None:
+        """Raise ChannelError(406, ...) for a binding this type rejects."""
+
+    def bind(self, destination: Destination, routing_key: str, arguments: dict[str, Any]) -> bool:
+        """Add a binding; False when an identical one exists (binding again is a no-op)."""
+        self.validate_binding(routing_key, arguments)
+        if any(b.same_as(destination, routing_key, arguments) for b in self.bindings):
+            return False
+        binding = Binding(destination, routing_key, dict(arguments))
+        self.bindings.append(binding)
+        self._added(binding)
+        return True
+
+    def unbind(self, destination: Destination, routing_key: str, arguments: dict[str, Any]) -> bool:
+        """Remove a binding; False when there was none such."""
+        for i, b in enumerate(self.bindings):
+            if b.same_as(destination, routing_key, arguments):
+                del self.bindings[i]
+                self._removed(b)
+                return True
+        return False
+
+    def unbind_destination(self, destination: Destination) -> None:
+        """Drop every binding to `destination` (it was deleted)."""
+        for b in [b for b in self.bindings if b.destination is destination]:
+            self.bindings.remove(b)
+            self._removed(b)
+
+    def has_bindings(self) -> bool:
+        return bool(self.bindings)
+
+    def route(self, message: Message) -> Iterable[Destination]:
+        raise NotImplementedError
+
+    def _added(self, binding: Binding) -> None:
+        """Hook: index a new binding."""
+
+    def _removed(self, binding: Binding) -> None:
+        """Hook: forget a removed binding."""

@@ -1,0 +1,59 @@
+"""A published message as the broker holds it: raw property bytes kept, a few fields peeked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pamqp.commands import Basic
+
+from leveret.amqp.properties import decode_properties, peek_properties
+
+
+class Message:
+    """One published message.
+
+    `properties_raw` is the content header payload after the body size (property flags and property
+    list), exactly as the publisher sent it, so a delivery re-sends it without re-encoding. Only the
+    fields the broker acts on are peeked at publish time; the rest decode lazily, once, on demand
+    (headers exchange, consistent-hash on a header or property, dead-lettering).
+    """
+
+    __slots__ = (
+        "exchange",
+        "routing_key",
+        "properties_raw",
+        "body",
+        "delivery_mode",
+        "priority",
+        "expiration",
+        "user_id",
+        "_properties",
+    )
+
+    def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes) -> None:
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties_raw = properties_raw
+        self.body = body
+        self.delivery_mode, self.priority, self.expiration, self.user_id = peek_properties(properties_raw)
+        self._properties: Basic.Properties | None = None
+
+    @property
+    def properties(self) -> Basic.Properties:
+        if self._properties is None:
+            self._properties = decode_properties(self.properties_raw)
+        return self._properties
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.properties.headers or {}
+
+    @property
+    def persistent(self) -> bool:
+        return self.delivery_mode == 2
+
+    @property
+    def body_size(self) -> int:
+        return len(self.body)
+
+

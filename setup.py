@@ -1,0 +1,18 @@
+"""Install the top-level folders under one namespace (leveret.amqp, leveret.broker, leveret.config).
+
+PyPI's py-amqp (the transport of kombu and Celery) owns the top-level module name `amqp`, so Leveret's
+own `amqp/` folder must never land in site-packages under that name.
+"""
+
+from setuptools import find_packages, setup
+
+ROOTS = ("amqp", "broker", "config")
+
+packages = ["leveret"]
+package_dir = {"leveret": "leveret"}
+for root in ROOTS:
+    packages.append(f"leveret.{root}")
+    packages.extend(f"leveret.{root}.{sub}" for sub in find_packages(root))
+    package_dir[f"leveret.{root}"] = root
+
+setup(packages=packages, package_dir=package_dir, package_data={"leveret.config": ["*.yaml"]})

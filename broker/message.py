@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pamqp.commands import Basic
-
 from leveret.amqp.properties import decode_properties, peek_properties
+from pamqp.commands import Basic
 
 
 class Message:

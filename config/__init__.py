@@ -1,0 +1,23 @@
+"""Broker configuration: the schema, the YAML loader and RabbitMQ-compatible password hashes."""
+
+from .errors import ConfigError
+from .load import load_config
+from .passwords import check_password, hash_password
+from .schema import Config, Limits, Listener, Listeners, ManagementListener, Permission, Resources, User
+from .sizes import parse_size
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Limits",
+    "Listener",
+    "Listeners",
+    "ManagementListener",
+    "Permission",
+    "Resources",
+    "User",
+    "check_password",
+    "hash_password",
+    "load_config",
+    "parse_size",
+]

@@ -1,4 +1,4 @@
-"""`leveret` / `python -m leveret`: start a broker."""
+"""`python -m leveret`: start a broker."""
 
 from leveret.broker.cli import main
 

@@ -1,0 +1,447 @@
+"""The server side of one AMQP connection, sans-IO: bytes in, events out, bytes back.
+
+`receive_data` parses frames, runs the handshake, checks each channel's frame sequence (a method
+where content is due, content with no publish: 505 UNEXPECTED_FRAME) and assembles published
+content. The broker answers through `send_method`, the fast-path `send_frames`, `close_channel` and
+`close`. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from typing import Any
+
+from pamqp import commands
+
+from . import fastpath
+from .codec import build, decode_method, encode_method, method_ids
+from .constants import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    CONNECTION_FORCED,
+    FRAME_BODY,
+    FRAME_ERROR,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    NOT_ALLOWED,
+    PRECONDITION_FAILED,
+    PROTOCOL_HEADER,
+    REPLY_SUCCESS,
+    UNEXPECTED_FRAME,
+)
+from .errors import AMQPError, ChannelError, ConnectionLevelError
+from .events import (
+    ChannelCloseOk,
+    ChannelFailed,
+    ConnectionClosed,
+    ConnectionOpened,
+    ContentReceived,
+    Event,
+    MethodReceived,
+)
+from .framing import HEARTBEAT_FRAME, FrameReader
+from .handshake import (
+    MECHANISMS,
+    ConnectionPolicy,
+    ServerSettings,
+    check_tune_ok,
+    negotiate,
+    parse_sasl_response,
+)
+
+# Before tune-ok the client has agreed to no frame size; accept a generous one for start-ok.
+_HANDSHAKE_FRAME_MAX = 131072
+_CONTENT_HEADER = struct.Struct(">HHQ")
+
+Channel = commands.Channel
+Connection = commands.Connection
+
+
+class State(enum.Enum):
+    AWAIT_HEADER = "awaiting protocol header"
+    AWAIT_START_OK = "awaiting connection.start-ok"
+    AWAIT_TUNE_OK = "awaiting connection.tune-ok"
+    AWAIT_OPEN = "awaiting connection.open"
+    OPEN = "open"
+    CLOSING = "closing"  # we sent connection.close; waiting for close-ok
+    CLOSED = "closed"
+
+
+class _ChannelState:
+    """Frame sequence of one open channel."""
+
+    __slots__ = ("closing", "publish", "properties_raw", "body_size", "body_parts", "received")
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.publish: fastpath.Publish | None = None
+        self.properties_raw: bytes | None = None
+        self.body_size = 0
+        self.body_parts: list[bytes] = []
+        self.received = 0
+
+    def reset_content(self) -> None:
+        self.publish = None
+        self.properties_raw = None
+        self.body_parts = []
+        self.received = 0
+
+
+class ServerConnection:
+    def __init__(self, settings: ServerSettings, policy: ConnectionPolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.state = State.AWAIT_HEADER
+        self.channel_max = settings.channel_max
+        self.frame_max = settings.frame_max
+        self.heartbeat = settings.heartbeat
+        self.username = ""
+        self.vhost = ""
+        self.client_properties: dict[str, Any] = {}
+        self._reader = FrameReader(_HANDSHAKE_FRAME_MAX)
+        self._channels: dict[int, _ChannelState] = {}
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+
+    # ---- output -------------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the socket since the last call."""
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def send_method(self, channel: int, method: Any) -> None:
+        self._out.append(encode_method(channel, method))
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Pre-encoded frames from the fast path (deliveries, confirms)."""
+        self._out.extend(frames)
+
+    def send_heartbeat(self) -> None:
+        self._out.append(HEARTBEAT_FRAME)
+
+    def client_capability(self, name: str) -> bool:
+        capabilities = self.client_properties.get("capabilities") or {}
+        return bool(isinstance(capabilities, dict) and capabilities.get(name))
+
+    def close_channel(self, channel: int, error: AMQPError) -> None:
+        """Send channel.close for `error`; frames on the channel are dropped until close-ok."""
+        state = self._channels.get(channel)
+        if state is None or state.closing or self.state is not State.OPEN:
+            return
+        state.closing = True
+        state.reset_content()
+        self.send_method(
+            channel,
+            build(
+                Channel.Close,
+                reply_code=error.code,
+                reply_text=_truncate(error.reply_text),
+                class_id=error.class_id,
+                method_id=error.method_id,
+            ),
+        )
+
+    def close(self, error: AMQPError | None = None) -> None:
+        """Start closing the connection (200 when no error); reads are ignored until close-ok."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return
+        if self.state is State.AWAIT_HEADER:
+            self.state = State.CLOSED
+            return
+        code, text = (error.code, error.reply_text) if error else (REPLY_SUCCESS, "Goodbye")
+        class_id, method_id = (error.class_id, error.method_id) if error else (0, 0)
+        self.send_method(
+            0,
+            build(Connection.Close, reply_code=code, reply_text=_truncate(text), class_id=class_id, method_id=method_id),
+        )
+        self.state = State.CLOSING
+        self._channels.clear()
+
+    def send_blocked(self, reason: str) -> None:
+        if self.state is State.OPEN and self.client_capability("connection.blocked"):
+            self.send_method(0, build(Connection.Blocked, reason=reason))
+
+    def send_unblocked(self) -> None:
+        if self.state is State.OPEN and self.client_capability("connection.blocked"):
+            self.send_method(0, build(Connection.Unblocked))
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # ---- input --------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes from the socket; read what they mean with `next_event`."""
+        if self.state is not State.CLOSED:
+            self._reader.feed(data)
+
+    def next_event(self) -> Event | None:
+        """The next thing the client did, or None when the received bytes are used up.
+
+        One event at a time, so that what the broker sends in answer to an event is queued before
+        anything the connection answers to later frames (a channel.close-ok after the confirms of
+        the publishes before it).
+        """
+        events = self._events
+        try:
+            while not events:
+                if self.state is State.CLOSED:
+                    return None
+                if self.state is State.AWAIT_HEADER:
+                    if not self._read_protocol_header():
+                        return None
+                    continue
+                frame = self._reader.next_frame()
+                if frame is None:
+                    return None
+                self._handle_frame(*frame, events)
+        except ConnectionLevelError as error:
+            self._fail(error, events)
+        return events.popleft()
+
+    def connection_lost(self) -> list[Event]:
+        """The socket is gone (EOF, reset, heartbeat timeout)."""
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        return [ConnectionClosed(CONNECTION_FORCED, "connection lost", by_peer=True)]
+
+    def _fail(self, error: AMQPError, events: deque[Event]) -> None:
+        if self.state is State.CLOSING:
+            self.state = State.CLOSED
+        else:
+            self.close(error)
+        events.append(ConnectionClosed(error.code, error.reply_text, by_peer=False))
+
+    def _read_protocol_header(self) -> bool:
+        header = self._reader.take_bytes(len(PROTOCOL_HEADER))
+        if header is None:
+            return False
+        if header != PROTOCOL_HEADER:
+            # The spec's answer to a protocol we don't speak: our header, then close.
+            self._out.append(PROTOCOL_HEADER)
+            self.state = State.CLOSED
+            return False
+        self.send_method(
+            0,
+            build(
+                Connection.Start,
+                version_major=0,
+                version_minor=9,
+                server_properties=self.settings.server_properties(),
+                mechanisms=" ".join(MECHANISMS),
+                locales="en_US",
+            ),
+        )
+        self.state = State.AWAIT_START_OK
+        return True
+
+    def _handle_frame(self, frame_type: int, channel: int, payload: bytes, events: deque[Event]) -> None:
+        if frame_type == FRAME_HEARTBEAT:
+            if channel != 0:
+                raise ConnectionLevelError(FRAME_ERROR, f"heartbeat frame on channel {channel}")
+            return
+        if self.state is State.OPEN and channel != 0:
+            self._handle_channel_frame(frame_type, channel, payload, events)
+            return
+        if frame_type != FRAME_METHOD:
+            if self.state is State.CLOSING:
+                return
+            raise ConnectionLevelError(UNEXPECTED_FRAME, f"unexpected frame type {frame_type} on channel {channel}")
+        method = decode_method(payload)
+        if channel != 0:
+            # Only possible before the connection is open, or while it closes.
+            if self.state is State.CLOSING:
+                return
+            raise ConnectionLevelError(
+                CHANNEL_ERROR, f"channel {channel} used before connection.open-ok", *method_ids(method)
+            )
+        self._handle_connection_method(method, events)
+
+    def _handle_connection_method(self, method: Any, events: deque[Event]) -> None:
+        state = self.state
+        if isinstance(method, Connection.Close):
+            self.send_method(0, build(Connection.CloseOk))
+            self.state = State.CLOSED
+            events.append(ConnectionClosed(method.reply_code, method.reply_text, by_peer=True))
+        elif isinstance(method, Connection.CloseOk):
+            if state is State.CLOSING:
+                self.state = State.CLOSED
+                events.append(ConnectionClosed(REPLY_SUCCESS, "closed", by_peer=False))
+            else:
+                raise ConnectionLevelError(COMMAND_INVALID, "unexpected connection.close-ok", 10, 51)
+        elif state is State.CLOSING:
+            return
+        elif state is State.AWAIT_START_OK and isinstance(method, Connection.StartOk):
+            self._start_ok(method)
+        elif state is State.AWAIT_TUNE_OK and isinstance(method, Connection.TuneOk):
+            self._tune_ok(method)
+        elif state is State.AWAIT_OPEN and isinstance(method, Connection.Open):
+            self.policy.check_vhost(self.username, method.virtual_host)
+            self.vhost = method.virtual_host
+            self.send_method(0, build(Connection.OpenOk))
+            self.state = State.OPEN
+            events.append(ConnectionOpened(self.username, self.vhost, self.client_properties))
+        elif state is State.OPEN and isinstance(method, (Connection.Blocked, Connection.Unblocked)):
+            return  # a client may tell us it is blocked; nothing to do
+        elif state is State.OPEN and isinstance(method, Connection.UpdateSecret):
+            self.send_method(0, build(Connection.UpdateSecretOk))
+        else:
+            class_id, method_id = method_ids(method)
+            if state is State.OPEN and class_id != 10:
+                raise ConnectionLevelError(
+                    COMMAND_INVALID, f"method {method.name} not allowed on channel 0", class_id, method_id
+                )
+            raise ConnectionLevelError(
+                COMMAND_INVALID, f"unexpected {method.name} while {state.value}", class_id, method_id
+            )
+
+    def _start_ok(self, method: Any) -> None:
+        self.client_properties = method.client_properties or {}
+        if method.mechanism not in MECHANISMS:
+            raise ConnectionLevelError(
+                ACCESS_REFUSED, f"unsupported authentication mechanism '{method.mechanism}'", 10, 11
+            )
+        username, password = parse_sasl_response(method.mechanism, method.response)
+        if not self.policy.authenticate(method.mechanism, username, password):
+            raise ConnectionLevelError(
+                ACCESS_REFUSED,
+                f"Login was refused using authentication mechanism {method.mechanism}. "
+                "For details see the broker logfile.",
+            )
+        self.username = username
+        self.send_method(
+            0,
+            build(
+                Connection.Tune,
+                channel_max=self.settings.channel_max,
+                frame_max=self.settings.frame_max,
+                heartbeat=self.settings.heartbeat,
+            ),
+        )
+        self.state = State.AWAIT_TUNE_OK
+
+    def _tune_ok(self, method: Any) -> None:
+        check_tune_ok(self.settings, method.channel_max, method.frame_max)
+        self.channel_max = negotiate(self.settings.channel_max, method.channel_max)
+        self.frame_max = method.frame_max
+        self.heartbeat = method.heartbeat  # the client's choice, as RabbitMQ takes it
+        self._reader.frame_max = self.frame_max
+        self.state = State.AWAIT_OPEN
+
+    def _handle_channel_frame(self, frame_type: int, channel: int, payload: bytes, events: deque[Event]) -> None:
+        state = self._channels.get(channel)
+        if frame_type == FRAME_METHOD:
+            if state is not None and state.publish is not None:
+                raise ConnectionLevelError(
+                    UNEXPECTED_FRAME, "expected content header for class 60, got non content header frame instead"
+                )
+            method = decode_method(payload)
+            if state is None:
+                self._open_channel(channel, method, events)
+            elif state.closing:
+                self._method_while_closing(channel, method, events)
+            elif type(method) is fastpath.Publish:
+                state.publish = method
+            elif isinstance(method, Channel.Open):
+                raise ConnectionLevelError(CHANNEL_ERROR, "second 'channel.open' seen", 20, 10)
+            else:
+                if isinstance(method, Channel.Close):
+                    self.send_method(channel, build(Channel.CloseOk))
+                    del self._channels[channel]
+                events.append(MethodReceived(channel, method))
+        elif frame_type == FRAME_HEADER:
+            if state is None:
+                raise ConnectionLevelError(CHANNEL_ERROR, f"expected 'channel.open' on channel {channel}")
+            if state.closing:
+                return
+            if state.publish is None or state.properties_raw is not None:
+                raise ConnectionLevelError(UNEXPECTED_FRAME, "expected method frame, got content header instead")
+            self._content_header(channel, state, payload, events)
+        elif frame_type == FRAME_BODY:
+            if state is None:
+                raise ConnectionLevelError(CHANNEL_ERROR, f"expected 'channel.open' on channel {channel}")
+            if state.closing:
+                return
+            if state.properties_raw is None:
+                raise ConnectionLevelError(UNEXPECTED_FRAME, "expected method frame, got content body instead")
+            state.body_parts.append(payload)
+            state.received += len(payload)
+            if state.received > state.body_size:
+                raise ConnectionLevelError(
+                    FRAME_ERROR, f"content body exceeds the announced size {state.body_size}"
+                )
+            if state.received == state.body_size:
+                self._content_complete(channel, state, events)
+        else:
+            raise ConnectionLevelError(FRAME_ERROR, f"unknown frame type {frame_type}")
+
+    def _open_channel(self, channel: int, method: Any, events: deque[Event]) -> None:
+        if not isinstance(method, Channel.Open):
+            raise ConnectionLevelError(CHANNEL_ERROR, "expected 'channel.open'", *method_ids(method))
+        if channel > self.channel_max:
+            raise ConnectionLevelError(
+                NOT_ALLOWED, f"channel number {channel} exceeds the negotiated channel_max {self.channel_max}", 20, 10
+            )
+        self._channels[channel] = _ChannelState()
+        events.append(MethodReceived(channel, method))
+
+    def _method_while_closing(self, channel: int, method: Any, events: deque[Event]) -> None:
+        if isinstance(method, Channel.CloseOk):
+            del self._channels[channel]
+            events.append(ChannelCloseOk(channel))
+        elif isinstance(method, Channel.Close):
+            # Both sides closed at once: answer, and the channel is done.
+            self.send_method(channel, build(Channel.CloseOk))
+            del self._channels[channel]
+            events.append(ChannelCloseOk(channel))
+
+    def _content_header(self, channel: int, state: _ChannelState, payload: bytes, events: deque[Event]) -> None:
+        if len(payload) < 14:
+            raise ConnectionLevelError(FRAME_ERROR, "content header frame too short")
+        class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
+        if class_id != 60:
+            raise ConnectionLevelError(FRAME_ERROR, f"content header for class {class_id}, expected 60")
+        if body_size > self.settings.max_message_size:
+            error = ChannelError(
+                PRECONDITION_FAILED,
+                f"message size {body_size} is larger than configured max size {self.settings.max_message_size}",
+                60,
+                40,
+            )
+            # Closing here, not in the broker, so the body frames still to come are dropped.
+            self.close_channel(channel, error)
+            events.append(ChannelFailed(channel, error))
+            return
+        state.properties_raw = payload[12:]
+        state.body_size = body_size
+        if body_size == 0:
+            self._content_complete(channel, state, events)
+
+    def _content_complete(self, channel: int, state: _ChannelState, events: deque[Event]) -> None:
+        parts = state.body_parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        assert state.publish is not None and state.properties_raw is not None
+        events.append(ContentReceived(channel, state.publish, state.properties_raw, body))
+        state.reset_content()
+
+
+def _truncate(text: str) -> str:
+    """reply-text is a short string: at most 255 bytes of UTF-8."""
+    raw = text.encode("utf-8")
+    return text if len(raw) <= 255 else raw[:255].decode("utf-8", "ignore")
+
+

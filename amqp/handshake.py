@@ -1,0 +1,109 @@
+"""Connection negotiation pieces: server properties, SASL responses, tune arithmetic."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pamqp import decode
+
+from .constants import (
+    ACCESS_REFUSED,
+    DEFAULT_CHANNEL_MAX,
+    DEFAULT_FRAME_MAX,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MIN_FRAME_MAX,
+    NOT_ALLOWED,
+)
+from .errors import ConnectionLevelError
+
+MECHANISMS = ("PLAIN", "AMQPLAIN")
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the server offers in connection.start and connection.tune."""
+
+    channel_max: int = DEFAULT_CHANNEL_MAX
+    frame_max: int = DEFAULT_FRAME_MAX
+    heartbeat: int = DEFAULT_HEARTBEAT
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    product: str = "Leveret"
+    version: str = "0.1.0"
+    cluster_name: str = "leveret"
+    extra_properties: dict[str, Any] = field(default_factory=dict)
+
+    def server_properties(self) -> dict[str, Any]:
+        return {
+            "product": self.product,
+            "version": self.version,
+            "platform": "Python/trio",
+            "cluster_name": self.cluster_name,
+            "copyright": "Leveret contributors",
+            "information": "Licensed under the MIT license",
+            "capabilities": dict(CAPABILITIES),
+            **self.extra_properties,
+        }
+
+
+class ConnectionPolicy(Protocol):
+    """The broker's decisions during the handshake, for one connection."""
+
+    def authenticate(self, mechanism: str, username: str, password: str) -> bool: ...
+
+    def check_vhost(self, username: str, vhost: str) -> None:
+        """Raise ConnectionLevelError(530, ...) when the user may not open the vhost."""
+
+
+def parse_sasl_response(mechanism: str, response: bytes | str) -> tuple[str, str]:
+    """(username, password) from a PLAIN or AMQPLAIN response."""
+    raw = response.encode("utf-8", "surrogateescape") if isinstance(response, str) else response
+    if mechanism == "PLAIN":
+        parts = raw.split(b"\x00")
+        if len(parts) != 3:
+            raise ConnectionLevelError(ACCESS_REFUSED, "malformed PLAIN response")
+        return parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace")
+    if mechanism == "AMQPLAIN":
+        try:
+            _, table = decode.field_table(struct.pack(">I", len(raw)) + raw)
+        except Exception as exc:  # pamqp raises several types on a malformed table
+            raise ConnectionLevelError(ACCESS_REFUSED, "malformed AMQPLAIN response") from exc
+        login, password = table.get("LOGIN"), table.get("PASSWORD")
+        if not isinstance(login, str) or not isinstance(password, str):
+            raise ConnectionLevelError(ACCESS_REFUSED, "AMQPLAIN response needs LOGIN and PASSWORD")
+        return login, password
+    raise ConnectionLevelError(
+        ACCESS_REFUSED, f"unsupported authentication mechanism '{mechanism}'; use one of {', '.join(MECHANISMS)}"
+    )
+
+
+def negotiate(offered: int, requested: int) -> int:
+    """AMQP tune rule: 0 means 'no limit', otherwise the lower value wins."""
+    if offered == 0:
+        return requested
+    if requested == 0:
+        return offered
+    return min(offered, requested)
+
+
+def check_tune_ok(settings: ServerSettings, channel_max: int, frame_max: int) -> None:
+    if frame_max and frame_max < MIN_FRAME_MAX:
+        raise ConnectionLevelError(NOT_ALLOWED, f"frame_max={frame_max} < {MIN_FRAME_MAX} min size")
+    if settings.frame_max and (frame_max == 0 or frame_max > settings.frame_max):
+        raise ConnectionLevelError(NOT_ALLOWED, f"frame_max={frame_max} > {settings.frame_max} max size")
+    if settings.channel_max and channel_max > settings.channel_max:
+        raise ConnectionLevelError(NOT_ALLOWED, f"channel_max={channel_max} > {settings.channel_max} max")

@@ -1,0 +1,57 @@
+"""Users, their passwords and their per-vhost permissions, as RabbitMQ checks them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from leveret.amqp.constants import ACCESS_REFUSED, NOT_ALLOWED
+from leveret.amqp.errors import ChannelError, ConnectionLevelError
+from leveret.config import Config, User, check_password
+
+
+@dataclass(frozen=True, slots=True)
+class VhostPermissions:
+    """Compiled configure/write/read patterns of one user in one vhost."""
+
+    configure: re.Pattern[str]
+    write: re.Pattern[str]
+    read: re.Pattern[str]
+
+    def check(self, username: str, vhost: str, action: str, kind: str, name: str) -> None:
+        pattern = getattr(self, action)
+        # RabbitMQ's default exchange is checked under the name "amq.default".
+        resource = name or "amq.default" if kind == "exchange" else name
+        # Unanchored, as RabbitMQ matches; an empty pattern grants nothing.
+        if pattern.pattern == "" or not pattern.search(resource):
+            raise ChannelError(
+                ACCESS_REFUSED,
+                f"access to {kind} '{resource}' in vhost '{vhost}' refused for user '{username}'",
+            )
+
+
+class Authority:
+    def __init__(self, config: Config) -> None:
+        self.users: dict[str, User] = {user.name: user for user in config.users}
+        self.vhosts = set(config.vhosts)
+        self.permissions: dict[tuple[str, str], VhostPermissions] = {
+            (p.user, p.vhost): VhostPermissions(re.compile(p.configure), re.compile(p.write), re.compile(p.read))
+            for p in config.permissions
+        }
+
+    def authenticate(self, username: str, password: str, *, from_loopback: bool) -> bool:
+        user = self.users.get(username)
+        if user is None or not check_password(user.password_hash, password):
+            return False
+        # RabbitMQ's loopback_users: refused from anywhere else, even with the right password.
+        return from_loopback or not user.loopback_only
+
+    def vhost_permissions(self, username: str, vhost: str) -> VhostPermissions:
+        if vhost not in self.vhosts:
+            raise ConnectionLevelError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
+        permissions = self.permissions.get((username, vhost))
+        if permissions is None:
+            raise ConnectionLevelError(
+                NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{username}'", 10, 40
+            )
+        return permissions

@@ -1,0 +1,48 @@
+"""A broker node: its virtual hosts, users and open connections. Synchronous; the server drives it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from leveret import __version__
+from leveret.amqp.handshake import ServerSettings
+from leveret.broker.auth import Authority
+from leveret.broker.vhost import VirtualHost
+from leveret.config import Config
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.session.connection import ConnectionSession
+
+# What connection.start advertises. kombu/Celery use a channel-wide (global) prefetch only when the
+# server claims RabbitMQ >= 3.3; Leveret implements global prefetch as RabbitMQ does, so it says
+# "RabbitMQ" in `product`-sniffing clients' terms via the version string and names itself in
+# `leveret_version`. See README "What Leveret advertises".
+ADVERTISED_PRODUCT = "RabbitMQ"
+ADVERTISED_VERSION = "3.13.0"
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        limits = config.limits
+        self.server_settings = ServerSettings(
+            channel_max=limits.channel_max,
+            frame_max=limits.frame_max,
+            heartbeat=limits.heartbeat,
+            max_message_size=limits.max_message_size,
+            product=ADVERTISED_PRODUCT,
+            version=ADVERTISED_VERSION,
+            extra_properties={"leveret_version": __version__, "platform": "Leveret (Python/trio)"},
+        )
+        self.authority = Authority(config)
+        self.vhosts: dict[str, VirtualHost] = {name: VirtualHost(name) for name in config.vhosts}
+        self.connections: set[ConnectionSession] = set()
+        # Direct reply-to consumers by their token (see broker/session/reply_to.py).
+        self.reply_consumers: dict[str, Consumer] = {}
+
+    def connection_opened(self, session: ConnectionSession) -> None:
+        self.connections.add(session)
+
+    def connection_closed(self, session: ConnectionSession) -> None:
+        self.connections.discard(session)

@@ -1,0 +1,46 @@
+"""A consumer: a channel's subscription to one queue, with its own prefetch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from leveret.amqp.fastpath import shortstr
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.queue import Entry, Queue
+    from leveret.broker.session.channel import ChannelSession
+
+
+class Consumer:
+    __slots__ = ("tag", "tag_raw", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "arguments")
+
+    def __init__(
+        self,
+        tag: str,
+        queue: Queue,
+        channel: ChannelSession,
+        *,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: int,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.tag = tag
+        self.tag_raw = shortstr(tag)  # encoded once, sent with every delivery
+        self.queue = queue
+        self.channel = channel
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch  # 0: unlimited (RabbitMQ's per-consumer basic.qos, global=false)
+        self.unacked = 0
+        self.arguments = arguments or {}
+
+    def has_credit(self) -> bool:
+        if self.no_ack:
+            return self.channel.can_send()
+        return (not self.prefetch or self.unacked < self.prefetch) and self.channel.has_credit()
+
+    def deliver(self, entry: Entry) -> None:
+        if not self.no_ack:
+            self.unacked += 1
+        self.channel.deliver(self, entry)

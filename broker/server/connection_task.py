@@ -1,0 +1,150 @@
+"""The trio side of one client connection: read, hand bytes to the session, write what it queued.
+
+A reader loop feeds the sans-IO session; a writer task sends everything queued since its last
+send in one `send_all`, so deliveries produced while handling one read (for this connection or
+any other) leave in a single write per connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+
+import trio
+
+from leveret.broker.node import Node
+from leveret.broker.session.connection import OUTBOX_HIGH_WATER, ConnectionSession
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+# How long to wait for connection.close-ok after sending connection.close.
+CLOSE_TIMEOUT = 3.0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+class ConnectionTask:
+    def __init__(self, node: Node, stream: trio.SocketStream) -> None:
+        self.node = node
+        self.stream = stream
+        peer = stream.socket.getpeername()
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.session = ConnectionSession(node, f"{host}:{peer[1]}" if isinstance(peer, tuple) else host,
+                                         from_loopback=_is_loopback(host))
+        self.session.wake = self._wake
+        self._wakeup = trio.Event()
+        self._last_received = trio.current_time()
+        self._last_sent = trio.current_time()
+        self._done = trio.Event()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+                nursery.start_soon(self._timers)
+                await self._reader()
+                # The reader is done (EOF, or the connection closed): let the writer flush, then stop.
+                self._wake()
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._done.wait()
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("connection %s failed", self.session.peer)
+        finally:
+            self.session.connection_lost()
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.stream.aclose()
+
+    async def _reader(self) -> None:
+        session = self.session
+        conn = session.conn
+        while not conn.closed:
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self._last_received = trio.current_time()
+            session.receive_data(data)
+            if conn.has_output:
+                self._wake()
+            if session.finished and not conn.closed:
+                # We sent connection.close: wait for close-ok, but not forever.
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    while not conn.closed:
+                        data = await self.stream.receive_some(READ_SIZE)
+                        if not data:
+                            return
+                        session.receive_data(data)
+                return
+
+    async def _writer(self, cancel_scope: trio.CancelScope) -> None:
+        session = self.session
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                data = session.data_to_send()
+                if data:
+                    session.writable = len(data) < OUTBOX_HIGH_WATER
+                    await self.stream.send_all(data)
+                    self._last_sent = trio.current_time()
+                    if not session.writable:
+                        session.writable = True
+                        self.node_credit_returned()
+                if session.conn.closed:
+                    self._done.set()
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._done.set()
+            cancel_scope.cancel()
+
+    def node_credit_returned(self) -> None:
+        """The socket drained: no-ack consumers on this connection may take messages again."""
+        for channel in self.session.channels.values():
+            for consumer in channel.consumers.values():
+                consumer.queue.credit_changed()
+
+    async def _timers(self) -> None:
+        """Handshake timeout, then heartbeats: send when idle, give up on a silent peer."""
+        conn = self.session.conn
+        handshake_deadline = trio.current_time() + self.node.config.limits.handshake_timeout
+        while self.session.vhost is None and not conn.closed:
+            if trio.current_time() >= handshake_deadline:
+                log.info("handshake timeout from %s", self.session.peer)
+                self.session.connection_lost()
+                await self.stream.aclose()
+                return
+            await trio.sleep(0.25)
+        interval = conn.heartbeat
+        if not interval:
+            await trio.sleep(math.inf)
+        while not conn.closed:
+            await trio.sleep(interval / 2)
+            now = trio.current_time()
+            if now - self._last_received > 2 * interval:
+                log.info("missed heartbeats from %s, closing", self.session.peer)
+                self.session.connection_lost()
+                await self.stream.aclose()
+                return
+            if now - self._last_sent >= interval / 2:
+                conn.send_heartbeat()
+                self._wake()
+
+
+async def handle_client(node: Node, stream: trio.SocketStream) -> None:
+    await ConnectionTask(node, stream).run()

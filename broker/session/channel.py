@@ -1,0 +1,571 @@
+"""One AMQP channel: its consumers, unacked deliveries, prefetch, confirms and transactions."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
+
+from leveret.amqp import fastpath
+from leveret.amqp.codec import build
+from leveret.amqp.constants import (
+    ACCESS_REFUSED,
+    NO_ROUTE,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    SYNTAX_ERROR,
+)
+from leveret.amqp.errors import ChannelError, ConnectionLevelError
+from leveret.amqp.properties import PropertiesError
+from leveret.broker.exchanges.registry import exchange_class
+from leveret.broker.message import Message
+from leveret.broker.queues.consumer import Consumer
+from leveret.broker.queues.queue import Entry
+from leveret.broker.queues.queue import Queue as BrokerQueue
+from leveret.broker.session import reply_to
+from leveret.broker.vhost import DEFAULT_EXCHANGE
+
+if TYPE_CHECKING:
+    from leveret.broker.session.connection import ConnectionSession
+
+
+class Unacked:
+    """A delivery awaiting ack: which queue it came from, and which consumer (None for basic.get)."""
+
+    __slots__ = ("entry", "queue", "consumer")
+
+    def __init__(self, entry: Entry, queue: BrokerQueue, consumer: Consumer | None) -> None:
+        self.entry = entry
+        self.queue = queue
+        self.consumer = consumer
+
+
+class _Transaction:
+    """Publishes and settlements held back until tx.commit."""
+
+    def __init__(self) -> None:
+        self.actions: list[Callable[[], None]] = []
+
+
+class ChannelSession:
+    def __init__(self, session: ConnectionSession, number: int) -> None:
+        self.session = session
+        self.number = number
+        self.conn = session.conn
+        self.vhost = session.vhost
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: OrderedDict[int, Unacked] = OrderedDict()
+        self._next_tag = 1
+        self.prefetch_count = 0  # for consumers created after basic.qos(global=false)
+        self.global_prefetch = 0  # basic.qos(global=true): all consumers of the channel together
+        self.flow_active = True
+        self.confirming = False
+        self._publish_seq = 0
+        self._confirm_ack_upto = 0  # confirms owed, sent as one ack(multiple) at flush
+        self._confirmed_upto = 0
+        self.tx: _Transaction | None = None
+        self.last_queue = ""  # "" in queue arguments means the channel's last declared queue
+        self.closed = False
+        self.reply_token: str | None = None  # set while a direct reply-to consumer is active
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Channel.Flow: self._flow,
+            Exchange.Declare: self._exchange_declare,
+            Exchange.Delete: self._exchange_delete,
+            Exchange.Bind: self._exchange_bind,
+            Exchange.Unbind: self._exchange_unbind,
+            Queue.Declare: self._queue_declare,
+            Queue.Bind: self._queue_bind,
+            Queue.Unbind: self._queue_unbind,
+            Queue.Purge: self._queue_purge,
+            Queue.Delete: self._queue_delete,
+            Basic.Qos: self._qos,
+            Basic.Consume: self._consume,
+            Basic.Cancel: self._cancel,
+            Basic.Get: self._get,
+            Basic.Recover: self._recover,
+            Basic.RecoverAsync: self._recover,
+            fastpath.Ack: self._ack,
+            fastpath.Nack: self._nack,
+            fastpath.Reject: self._reject,
+            Confirm.Select: self._confirm_select,
+            Tx.Select: self._tx_select,
+            Tx.Commit: self._tx_commit,
+            Tx.Rollback: self._tx_rollback,
+        }
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    def handle_method(self, method: Any) -> None:
+        handler = self._handlers.get(type(method))
+        if handler is None:
+            for cls, candidate in self._handlers.items():
+                if isinstance(method, cls):
+                    handler = candidate
+                    break
+            else:
+                raise ConnectionLevelError(NOT_IMPLEMENTED, f"method {getattr(method, 'name', method)} not supported")
+        handler(method)
+
+    def _reply(self, method_class: type, **fields: Any) -> None:
+        self.conn.send_method(self.number, build(method_class, **fields))
+
+    # ---- delivery (called by queues) --------------------------------------------------------
+
+    def has_credit(self) -> bool:
+        return self.flow_active and (not self.global_prefetch or len(self.unacked) < self.global_prefetch)
+
+    def can_send(self) -> bool:
+        return self.flow_active and self.session.writable
+
+    def deliver(self, consumer: Consumer, entry: Entry) -> None:
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        if not consumer.no_ack:
+            self.unacked[tag] = Unacked(entry, consumer.queue, consumer)
+        message = entry.message
+        self.conn.send_frames(
+            fastpath.deliver_frames(
+                self.number,
+                consumer.tag_raw,
+                tag,
+                entry.redelivered,
+                message.exchange,
+                message.routing_key,
+                message.properties_raw,
+                message.body,
+                self.conn.frame_max,
+            )
+        )
+        self.session.wake()
+
+    def consumer_cancelled_by_broker(self, consumer: Consumer) -> None:
+        """The queue went away: tell the client if it understands basic.cancel from the server."""
+        if self.consumers.pop(consumer.tag, None) is None or self.closed:
+            return
+        if self.conn.client_capability("consumer_cancel_notify"):
+            self._reply(Basic.Cancel, consumer_tag=consumer.tag, nowait=True)
+            self.session.wake()
+
+    # ---- publishing -------------------------------------------------------------------------
+
+    def publish(self, publish: fastpath.Publish, properties_raw: bytes, body: bytes) -> None:
+        if publish.immediate:
+            raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        exchange = self.vhost.exchange(publish.exchange)
+        self.session.check_permission("write", "exchange", exchange.name)
+        if exchange.internal:
+            raise ChannelError(
+                ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'"
+            )
+        try:
+            message = Message(exchange.name, publish.routing_key, properties_raw, body)
+        except PropertiesError as exc:
+            raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
+        if message.user_id is not None and message.user_id != self.session.username:
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"user_id property set to '{message.user_id}' but authenticated user was '{self.session.username}'",
+            )
+        if message.properties_raw and self._needs_reply_to_rewrite(message):
+            message = reply_to.rewrite_reply_to(message, self)
+        seq = 0
+        if self.confirming:
+            self._publish_seq += 1
+            seq = self._publish_seq
+        if self.tx is not None:
+            self.tx.actions.append(lambda: self._route(exchange, message, publish.mandatory, seq))
+            return
+        self._route(exchange, message, publish.mandatory, seq)
+
+    def _route(self, exchange: Any, message: Message, mandatory: bool, seq: int) -> None:
+        if exchange.name == DEFAULT_EXCHANGE and message.routing_key.startswith(reply_to.PREFIX):
+            delivered = reply_to.deliver(self.session.node, message)
+            queues: list[BrokerQueue] = []
+        else:
+            queues = self.vhost.route(exchange, message)
+            delivered = bool(queues)
+        if not delivered and mandatory:
+            self.conn.send_frames(
+                fastpath.return_frames(
+                    self.number,
+                    NO_ROUTE,
+                    "NO_ROUTE",
+                    message.exchange,
+                    message.routing_key,
+                    message.properties_raw,
+                    message.body,
+                    self.conn.frame_max,
+                )
+            )
+        for queue in queues:
+            queue.enqueue(message)
+        if seq:
+            self._confirm_ack_upto = seq
+
+    def _needs_reply_to_rewrite(self, message: Message) -> bool:
+        # Only decode properties when the raw bytes could hold the magic reply-to name.
+        return reply_to.MAGIC_QUEUE.encode() in message.properties_raw
+
+    def flush_confirms(self) -> None:
+        """Send the confirms owed since the last flush as one basic.ack(multiple)."""
+        upto = self._confirm_ack_upto
+        if upto > self._confirmed_upto:
+            multiple = upto - self._confirmed_upto > 1
+            self.conn.send_frames([fastpath.confirm_ack_frame(self.number, upto, multiple)])
+            self._confirmed_upto = upto
+
+    # ---- acknowledgements -------------------------------------------------------------------
+
+    def _take_unacked(self, delivery_tag: int, multiple: bool) -> list[Unacked]:
+        unacked = self.unacked
+        if multiple:
+            if delivery_tag == 0:
+                taken = list(unacked.values())
+                unacked.clear()
+                return taken
+            if delivery_tag >= self._next_tag:
+                raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+            taken = []
+            while unacked:
+                first = next(iter(unacked))
+                if first > delivery_tag:
+                    break
+                taken.append(unacked.popitem(last=False)[1])
+            if not taken:
+                raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+            return taken
+        item = unacked.pop(delivery_tag, None)
+        if item is None:
+            raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+        return [item]
+
+    def _ack(self, method: fastpath.Ack) -> None:
+        self._later(lambda: self._settle(self._take_unacked(method.delivery_tag, method.multiple)))
+
+    def _nack(self, method: fastpath.Nack) -> None:
+        self._later(lambda: self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue))
+
+    def _reject(self, method: fastpath.Reject) -> None:
+        self._later(lambda: self._dispose(self._take_unacked(method.delivery_tag, False), method.requeue))
+
+    def _dispose(self, taken: list[Unacked], requeue: bool) -> None:
+        if requeue:
+            self._requeue(taken)
+        else:
+            self._settle(taken)
+
+    def _later(self, action: Callable[[], None]) -> None:
+        """Run now, or at tx.commit on a transactional channel (where a bad tag fails the commit)."""
+        if self.tx is not None:
+            self.tx.actions.append(action)
+        else:
+            action()
+
+    def _settle(self, taken: Iterable[Unacked]) -> None:
+        queues: dict[int, BrokerQueue] = {}
+        for item in taken:
+            item.queue.settle(item.entry)
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+            queues[id(item.queue)] = item.queue
+        self._credit_returned(queues.values())
+
+    def _requeue(self, taken: Iterable[Unacked]) -> None:
+        by_queue: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
+        for item in taken:
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+            by_queue.setdefault(id(item.queue), (item.queue, []))[1].append(item.entry)
+        for queue, entries in by_queue.values():
+            queue.requeue(entries)
+        self._credit_returned(queue for queue, _ in by_queue.values())
+
+    def _credit_returned(self, queues: Iterable[BrokerQueue]) -> None:
+        if self.global_prefetch:
+            # The channel-wide limit may have held back any of this channel's consumers.
+            queues = {id(c.queue): c.queue for c in self.consumers.values()}.values()
+        for queue in queues:
+            queue.credit_changed()
+
+    # ---- channel ----------------------------------------------------------------------------
+
+    def _flow(self, method: Channel.Flow) -> None:
+        self.flow_active = method.active
+        self._reply(Channel.FlowOk, active=method.active)
+        if self.flow_active:
+            self._credit_returned(c.queue for c in self.consumers.values())
+
+    def close(self) -> None:
+        """The channel is gone (closed by either side, or with its connection): give back what it held."""
+        if self.closed:
+            return
+        self.closed = True
+        for consumer in list(self.consumers.values()):
+            self._remove_consumer(consumer)
+        self.consumers.clear()
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        if self.tx is not None:
+            self.tx = None
+        reply_to.forget_channel(self.session.node, self)
+        self._requeue(taken)
+
+    # ---- exchanges --------------------------------------------------------------------------
+
+    def _exchange_declare(self, method: Exchange.Declare) -> None:
+        name = method.exchange
+        if method.passive:
+            self.vhost.exchange(name)
+        else:
+            exchange_class(method.exchange_type)  # unknown type: connection error, before any other check
+            self.session.check_permission("configure", "exchange", name)
+            alternate = (method.arguments or {}).get("alternate-exchange")
+            if isinstance(alternate, str):
+                self.session.check_permission("write", "exchange", alternate)
+            self.vhost.declare_exchange(
+                name,
+                method.exchange_type,
+                durable=method.durable,
+                auto_delete=method.auto_delete,
+                internal=method.internal,
+                arguments=method.arguments or {},
+            )
+        if not method.nowait:
+            self._reply(Exchange.DeclareOk)
+
+    def _exchange_delete(self, method: Exchange.Delete) -> None:
+        self.session.check_permission("configure", "exchange", method.exchange)
+        self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
+        if not method.nowait:
+            self._reply(Exchange.DeleteOk)
+
+    def _exchange_bind(self, method: Exchange.Bind) -> None:
+        source, destination = self._exchange_pair(method.source, method.destination)
+        self.vhost.bind(source, destination, method.routing_key, method.arguments or {})
+        if not method.nowait:
+            self._reply(Exchange.BindOk)
+
+    def _exchange_unbind(self, method: Exchange.Unbind) -> None:
+        source, destination = self._exchange_pair(method.source, method.destination)
+        self.vhost.unbind(source, destination, method.routing_key, method.arguments or {})
+        if not method.nowait:
+            self._reply(Exchange.UnbindOk)
+
+    def _exchange_pair(self, source_name: str, destination_name: str) -> tuple[Any, Any]:
+        self.session.check_permission("write", "exchange", destination_name)
+        self.session.check_permission("read", "exchange", source_name)
+        destination = self.vhost.exchange(destination_name)
+        source = self.vhost.exchange(source_name)
+        for exchange in (source, destination):
+            if exchange.name == DEFAULT_EXCHANGE:
+                raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        return source, destination
+
+    # ---- queues -----------------------------------------------------------------------------
+
+    def _queue_name(self, name: str) -> str:
+        if name:
+            return name
+        if not self.last_queue:
+            raise ChannelError(NOT_FOUND, "no previously declared queue")
+        return self.last_queue
+
+    def _owned_queue(self, name: str) -> BrokerQueue:
+        queue = self.vhost.queue(self._queue_name(name))
+        self.vhost.check_exclusive_access(queue, self.session)
+        return queue
+
+    def _queue_declare(self, method: Queue.Declare) -> None:
+        name = method.queue
+        if name == reply_to.MAGIC_QUEUE:
+            self._reply(Queue.DeclareOk, queue=name, message_count=0, consumer_count=0)
+            return
+        if method.passive:
+            queue = self._owned_queue(name)
+        else:
+            if name:
+                self.session.check_permission("configure", "queue", name)
+            queue = self.vhost.declare_queue(
+                name,
+                owner=self.session,
+                durable=method.durable,
+                exclusive=method.exclusive,
+                auto_delete=method.auto_delete,
+                arguments=method.arguments or {},
+            )
+        self.last_queue = queue.name
+        if not method.nowait:
+            self._reply(
+                Queue.DeclareOk,
+                queue=queue.name,
+                message_count=queue.message_count,
+                consumer_count=queue.consumer_count,
+            )
+
+    def _queue_bind(self, method: Queue.Bind) -> None:
+        queue, exchange = self._queue_and_exchange(method.queue, method.exchange)
+        self.vhost.bind(exchange, queue, method.routing_key, method.arguments or {})
+        if not method.nowait:
+            self._reply(Queue.BindOk)
+
+    def _queue_unbind(self, method: Queue.Unbind) -> None:
+        queue, exchange = self._queue_and_exchange(method.queue, method.exchange)
+        self.vhost.unbind(exchange, queue, method.routing_key, method.arguments or {})
+        self._reply(Queue.UnbindOk)
+
+    def _queue_and_exchange(self, queue_name: str, exchange_name: str) -> tuple[BrokerQueue, Any]:
+        queue_name = self._queue_name(queue_name)
+        self.session.check_permission("write", "queue", queue_name)
+        self.session.check_permission("read", "exchange", exchange_name)
+        queue = self._owned_queue(queue_name)
+        exchange = self.vhost.exchange(exchange_name)
+        if exchange.name == DEFAULT_EXCHANGE:
+            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        return queue, exchange
+
+    def _queue_purge(self, method: Queue.Purge) -> None:
+        queue = self._owned_queue(method.queue)
+        self.session.check_permission("read", "queue", queue.name)
+        count = queue.purge()
+        if not method.nowait:
+            self._reply(Queue.PurgeOk, message_count=count)
+
+    def _queue_delete(self, method: Queue.Delete) -> None:
+        name = self._queue_name(method.queue)
+        self.session.check_permission("configure", "queue", name)
+        queue = self.vhost.queues.get(name)
+        count = 0
+        if queue is not None:
+            self.vhost.check_exclusive_access(queue, self.session)
+            count = self.vhost.delete_queue(queue, if_unused=method.if_unused, if_empty=method.if_empty)
+        if not method.nowait:
+            self._reply(Queue.DeleteOk, message_count=count)
+
+    # ---- consumers --------------------------------------------------------------------------
+
+    def _qos(self, method: Basic.Qos) -> None:
+        if method.prefetch_size:
+            raise ConnectionLevelError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({method.prefetch_size})", 60, 10)
+        if method.global_:
+            self.global_prefetch = method.prefetch_count
+        else:
+            self.prefetch_count = method.prefetch_count
+        self._reply(Basic.QosOk)
+        self._credit_returned(c.queue for c in self.consumers.values())
+
+    def _consume(self, method: Basic.Consume) -> None:
+        tag = method.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if tag in self.consumers:
+            raise ConnectionLevelError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        if method.queue == reply_to.MAGIC_QUEUE:
+            reply_to.start_consumer(self.session.node, self, tag, no_ack=method.no_ack)
+            if not method.nowait:
+                self._reply(Basic.ConsumeOk, consumer_tag=tag)
+            return
+        queue = self._owned_queue(method.queue)
+        self.session.check_permission("read", "queue", queue.name)
+        if queue.consumers and (method.exclusive or any(c.exclusive for c in queue.consumers)):
+            raise ChannelError(ACCESS_REFUSED, f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use")
+        consumer = Consumer(
+            tag,
+            queue,
+            self,
+            no_ack=method.no_ack,
+            exclusive=method.exclusive,
+            prefetch=self.prefetch_count,
+            arguments=method.arguments or {},
+        )
+        self.consumers[tag] = consumer
+        if not method.nowait:
+            self._reply(Basic.ConsumeOk, consumer_tag=tag)
+        queue.add_consumer(consumer)
+
+    def _cancel(self, method: Basic.Cancel) -> None:
+        consumer = self.consumers.pop(method.consumer_tag, None)
+        if consumer is not None:
+            self._remove_consumer(consumer)
+        else:
+            reply_to.cancel_consumer(self.session.node, self, method.consumer_tag)
+        if not method.nowait:
+            self._reply(Basic.CancelOk, consumer_tag=method.consumer_tag)
+
+    def _remove_consumer(self, consumer: Consumer) -> None:
+        queue = consumer.queue
+        queue.remove_consumer(consumer)
+        if queue.auto_delete and not queue.consumers and not queue.deleted:
+            self.vhost.remove_queue(queue)
+
+    def _get(self, method: Basic.Get) -> None:
+        queue = self._owned_queue(method.queue)
+        self.session.check_permission("read", "queue", queue.name)
+        entry = queue.take()
+        if entry is None:
+            self._reply(Basic.GetEmpty)
+            return
+        tag = self._next_tag
+        self._next_tag = tag + 1
+        if method.no_ack:
+            queue.settle(entry)
+        else:
+            self.unacked[tag] = Unacked(entry, queue, None)
+        message = entry.message
+        self.conn.send_frames(
+            fastpath.get_ok_frames(
+                self.number,
+                tag,
+                entry.redelivered,
+                message.exchange,
+                message.routing_key,
+                queue.message_count,
+                message.properties_raw,
+                message.body,
+                self.conn.frame_max,
+            )
+        )
+
+    def _recover(self, method: Basic.Recover) -> None:
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._requeue(taken)
+        if isinstance(method, Basic.Recover):
+            self._reply(Basic.RecoverOk)
+
+    # ---- confirms and transactions ----------------------------------------------------------
+
+    def _confirm_select(self, method: Confirm.Select) -> None:
+        if self.tx is not None:
+            raise ChannelError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+        self.confirming = True
+        if not method.nowait:
+            self._reply(Confirm.SelectOk)
+
+    def _tx_select(self, method: Tx.Select) -> None:
+        if self.confirming:
+            raise ChannelError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", 90, 10)
+        if self.tx is None:
+            self.tx = _Transaction()
+        self._reply(Tx.SelectOk)
+
+    def _tx_commit(self, method: Tx.Commit) -> None:
+        if self.tx is None:
+            raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
+        actions, self.tx.actions = self.tx.actions, []
+        tx, self.tx = self.tx, None  # run the actions as a non-transactional channel would
+        try:
+            for action in actions:
+                action()
+        finally:
+            self.tx = tx
+        self._reply(Tx.CommitOk)
+
+    def _tx_rollback(self, method: Tx.Rollback) -> None:
+        if self.tx is None:
+            raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
+        self.tx.actions.clear()
+        self._reply(Tx.RollbackOk)

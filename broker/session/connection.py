@@ -1,0 +1,183 @@
+"""One client connection seen by the broker: the handshake's decisions, its channels, its errors.
+
+Raise deep, answer once: handlers raise ChannelError / ConnectionLevelError, and `handle_event`
+turns them into channel.close or connection.close. Anything else is a bug in Leveret: it is logged
+and answered with 541 INTERNAL_ERROR on this connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pamqp.commands import Channel
+
+from leveret.amqp.codec import build, method_ids
+from leveret.amqp.connection import ServerConnection
+from leveret.amqp.constants import INTERNAL_ERROR
+from leveret.amqp.errors import AMQPError, ChannelError, ConnectionLevelError
+from leveret.amqp.events import (
+    ChannelCloseOk,
+    ChannelFailed,
+    ConnectionClosed,
+    ConnectionOpened,
+    ContentReceived,
+    Event,
+    MethodReceived,
+)
+from leveret.broker.auth import VhostPermissions
+from leveret.broker.session.channel import ChannelSession
+from leveret.broker.vhost import VirtualHost
+
+if TYPE_CHECKING:
+    from leveret.broker.node import Node
+
+log = logging.getLogger(__name__)
+
+# Past this many bytes waiting for the socket, no-ack consumers stop taking messages until it drains.
+OUTBOX_HIGH_WATER = 4 * 1024 * 1024
+
+
+class _Policy:
+    """The handshake's questions, answered by the node for this peer."""
+
+    def __init__(self, session: ConnectionSession) -> None:
+        self.session = session
+
+    def authenticate(self, mechanism: str, username: str, password: str) -> bool:
+        return self.session.node.authority.authenticate(
+            username, password, from_loopback=self.session.from_loopback
+        )
+
+    def check_vhost(self, username: str, vhost: str) -> None:
+        self.session.permissions = self.session.node.authority.vhost_permissions(username, vhost)
+
+
+class ConnectionSession:
+    def __init__(self, node: Node, peer: str, *, from_loopback: bool) -> None:
+        self.node = node
+        self.peer = peer
+        self.from_loopback = from_loopback
+        self.conn = ServerConnection(node.server_settings, _Policy(self))
+        self.permissions: VhostPermissions | None = None
+        self.vhost: VirtualHost = None  # type: ignore[assignment]  # set on connection.open
+        self.channels: dict[int, ChannelSession] = {}
+        self.wake: Callable[[], None] = lambda: None  # the server sets this: "you have bytes to send"
+        self.writable = True
+        self.finished = False
+
+    @property
+    def username(self) -> str:
+        return self.conn.username
+
+    def check_permission(self, action: str, kind: str, name: str) -> None:
+        assert self.permissions is not None
+        self.permissions.check(self.username, self.vhost.name, action, kind, name)
+
+    # ---- input ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Handle everything in `data`; what to send accumulates in `conn`."""
+        self.conn.receive_data(data)
+        while (event := self.conn.next_event()) is not None:
+            self.handle_event(event)
+        self.flush_confirms()
+
+    def connection_lost(self) -> None:
+        for event in self.conn.connection_lost():
+            self.handle_event(event)
+        self._finish()
+
+    def handle_event(self, event: Event) -> None:
+        channel_number = getattr(event, "channel", 0)
+        method: Any = getattr(event, "method", None) or getattr(event, "publish", None)
+        try:
+            self._dispatch(event)
+        except ChannelError as error:
+            self._fill_method_ids(error, method)
+            self._close_channel(channel_number, error)
+        except ConnectionLevelError as error:
+            self._fill_method_ids(error, method)
+            self.close(error)
+        except Exception:
+            log.exception("internal error handling %r from %s", event, self.peer)
+            self.close(ConnectionLevelError(INTERNAL_ERROR, "internal error"))
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, ContentReceived):
+            channel = self.channels.get(event.channel)
+            if channel is not None and not channel.closed:
+                channel.publish(event.publish, event.properties_raw, event.body)
+        elif isinstance(event, MethodReceived):
+            self._method(event.channel, event.method)
+        elif isinstance(event, ChannelFailed):
+            self._drop_channel(event.channel)
+        elif isinstance(event, ChannelCloseOk):
+            pass  # the channel was dropped when the broker closed it
+        elif isinstance(event, ConnectionOpened):
+            self.vhost = self.node.vhosts[event.vhost]
+            self.node.connection_opened(self)
+        elif isinstance(event, ConnectionClosed):
+            self._finish()
+
+    def _method(self, number: int, method: Any) -> None:
+        if isinstance(method, Channel.Open):
+            self.channels[number] = ChannelSession(self, number)
+            self.conn.send_method(number, build(Channel.OpenOk))
+        elif isinstance(method, Channel.Close):
+            self._drop_channel(number)  # the connection has answered close-ok already
+        else:
+            channel = self.channels.get(number)
+            if channel is not None and not channel.closed:
+                channel.handle_method(method)
+
+    @staticmethod
+    def _fill_method_ids(error: AMQPError, method: Any) -> None:
+        if method is not None and not error.class_id:
+            error.class_id, error.method_id = method_ids(method)
+
+    # ---- output -----------------------------------------------------------------------------
+
+    def flush_confirms(self) -> None:
+        for channel in self.channels.values():
+            if channel.confirming:
+                channel.flush_confirms()
+
+    def data_to_send(self) -> bytes:
+        self.flush_confirms()
+        return self.conn.data_to_send()
+
+    # ---- closing ----------------------------------------------------------------------------
+
+    def _close_channel(self, number: int, error: ChannelError) -> None:
+        channel = self.channels.get(number)
+        if channel is not None:
+            channel.flush_confirms()  # confirms for publishes before the error still go out
+        self.conn.close_channel(number, error)
+        self._drop_channel(number)
+
+    def _drop_channel(self, number: int) -> None:
+        channel = self.channels.pop(number, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self, error: AMQPError | None = None) -> None:
+        """Close the connection (connection.close sent; the socket closes on close-ok or timeout)."""
+        self.conn.close(error)
+        self._release_channels()
+        self.wake()
+
+    def _release_channels(self) -> None:
+        for number in list(self.channels):
+            self._drop_channel(number)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._release_channels()
+        if self.vhost is not None:
+            for queue in list(self.vhost.exclusive_queues_of(self)):
+                self.vhost.remove_queue(queue)
+        self.node.connection_closed(self)

@@ -1,0 +1,289 @@
+"""One durable queue's log: its enqueues, settles and deliveries, in segment files of its own directory.
+
+Appends only frame records into an in-memory buffer and update the bookkeeping; the writing and the
+fsync happen in a `SyncBatch` (group_commit.py), so every method here is cheap enough for the event loop
+except `recover` and `delete`, which read or remove files.
+
+A segment can be deleted when every message it enqueued is settled and no other segment still needs
+its settle or delivered records: those refer to messages of older segments, and deleting them before
+those older segments are gone would bring settled messages back after a restart. So each segment keeps
+`refs`, the older segments its records refer to, and waits until all of them are deleted first.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import struct
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import records, segments
+from .records import DELIVERED, ENQUEUE, SETTLE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    seq: int
+    exchange: str
+    routing_key: str
+    properties_raw: bytes
+    body: bytes
+    delivered: bool = False
+
+
+class Pending:
+    """Shared by a store and its logs: the last write position handed out, and the logs holding
+    appends not yet taken by a batch."""
+
+    __slots__ = ("position", "logs")
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.logs: set[QueueLog] = set()
+
+
+@dataclass(slots=True)
+class SegmentWrite:
+    """Bytes appended to one segment from `offset` on, not yet written. `sync`: they hold a record
+    that must be fsynced (enqueue, settle) or the segment's header (so its directory entry is too)."""
+
+    segment: int
+    offset: int
+    data: bytearray
+    sync: bool
+
+
+class _Segment:
+    __slots__ = ("index", "first_seq", "last_seq", "live", "refs", "deleting")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.first_seq = 0  # 0 until the segment holds an enqueue (seqs start at 1)
+        self.last_seq = 0
+        self.live = 0  # enqueued here and not settled yet
+        self.refs: set[int] = set()  # older segments whose messages this one settles or marks delivered
+        self.deleting = False  # handed to a batch for deletion, not confirmed yet
+
+
+class QueueLog:
+    """The durable log of one queue. Call `recover` once before the first append."""
+
+    def __init__(self, directory: Path, pending: Pending, max_segment_size: int) -> None:
+        self.directory = directory
+        self.last_seq = 0  # the highest seq any record mentions: a queue numbers new messages above it
+        self._pending = pending
+        self._max_segment_size = max_segment_size
+        self._recovered = False
+        self._segments: dict[int, _Segment] = {}
+        # The segments holding enqueues, ascending, and their first seqs: seq -> segment by bisection.
+        self._enqueuing: list[_Segment] = []
+        self._firsts: list[int] = []
+        self._live: set[int] = set()
+        self._active = _Segment(0)
+        self._active_size = 0  # bytes in the active segment, written or not; 0: not started
+        self._salt = 0
+        self._writes: list[SegmentWrite] = []
+
+    # -- appends (event loop) ---------------------------------------------------------------------
+
+    def append_enqueue(self, seq: int, exchange: str, routing_key: str, properties_raw: bytes,
+                       body: bytes) -> int:
+        """Record a persistent message; returns its write position (durable once the store's
+        `durable_position` reaches it)."""
+        if seq <= self.last_seq:
+            raise ValueError(f"seq {seq} is not above the last seq {self.last_seq}")
+        position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key, properties_raw,
+                                                                 body), True)
+        segment = self._active
+        if not segment.first_seq:
+            segment.first_seq = seq
+            self._enqueuing.append(segment)
+            self._firsts.append(seq)
+        segment.last_seq = seq
+        segment.live += 1
+        self._live.add(seq)
+        self.last_seq = seq
+        return position
+
+    def append_settle(self, seqs: Iterable[int]) -> int:
+        """Record messages gone for good (acked, dropped, dead-lettered). Seqs this log does not hold
+        (transient messages, already settled) are ignored. Returns the last write position."""
+        live = self._live
+        settled = [seq for seq in seqs if seq in live]
+        if not settled:
+            return self._pending.position
+        position = self._append(SETTLE, records.settle_payload(settled), True)
+        active = self._active
+        for seq in settled:
+            live.remove(seq)
+            segment = self._segment_of(seq)
+            segment.live -= 1
+            if segment is not active:
+                active.refs.add(segment.index)
+        return position
+
+    def append_delivered(self, seq: int) -> int:
+        """Record that a message went to a consumer, so it recovers as redelivered. Not worth an fsync:
+        it is written with the next batch and survives a process crash, not a power cut."""
+        if seq not in self._live:
+            return self._pending.position
+        position = self._append(DELIVERED, records.delivered_payload(seq), False)
+        segment = self._segment_of(seq)
+        if segment is not self._active:
+            self._active.refs.add(segment.index)
+        return position
+
+    def _append(self, kind: int, payload: bytes, sync: bool) -> int:
+        if not self._recovered:
+            raise RuntimeError(f"{self.directory}: recover() must run before the first append")
+        size = records.HEADER_SIZE + len(payload)
+        if self._active_size > segments.HEADER_SIZE and self._active_size + size > self._max_segment_size:
+            self._active = _Segment(self._active.index + 1)
+            self._active_size = 0
+        writes = self._writes
+        if not self._active_size:
+            header, self._salt = segments.new_header()
+            self._segments[self._active.index] = self._active
+            writes.append(SegmentWrite(self._active.index, 0, bytearray(header), True))
+            self._active_size = len(header)
+        elif not writes or writes[-1].segment != self._active.index:
+            writes.append(SegmentWrite(self._active.index, self._active_size, bytearray(), False))
+        write = writes[-1]
+        write.data += records.frame(kind, payload, self._salt)
+        write.sync = write.sync or sync
+        self._active_size += size
+        self._pending.logs.add(self)
+        self._pending.position += 1
+        return self._pending.position
+
+    def _segment_of(self, seq: int) -> _Segment | None:
+        i = bisect_right(self._firsts, seq) - 1
+        if i < 0:
+            return None
+        segment = self._enqueuing[i]
+        return segment if seq <= segment.last_seq else None
+
+    # -- group commit (store) ---------------------------------------------------------------------
+
+    def take_writes(self) -> list[SegmentWrite]:
+        """Hand the buffered appends to a batch; new appends start new buffers."""
+        writes, self._writes = self._writes, []
+        self._pending.logs.discard(self)
+        return writes
+
+    def restore_writes(self, writes: list[SegmentWrite]) -> None:
+        """Put back the writes of a failed batch, ahead of newer appends, for the next batch to retry."""
+        if writes:
+            self._writes[:0] = writes
+            self._pending.logs.add(self)
+
+    def claim_deletable(self, busy: set[int]) -> list[int]:
+        """Segments that can be deleted now (not active, not in `busy`, see module doc), marked as
+        being deleted until `deletions_done`."""
+        claimed = [segment for segment in self._deletable() if segment.index not in busy]
+        for segment in claimed:
+            segment.deleting = True
+        return [segment.index for segment in claimed]
+
+    def deletions_done(self, deleted: list[int], failed: list[int]) -> None:
+        for index in failed:
+            self._segments[index].deleting = False
+        self._forget(deleted)
+
+    def _deletable(self) -> list[_Segment]:
+        exists = self._segments
+        return [
+            segment
+            for index, segment in sorted(exists.items())
+            if segment is not self._active
+            and not segment.live
+            and not segment.deleting
+            and not any(ref in exists for ref in segment.refs)
+        ]
+
+    def _forget(self, indexes: list[int]) -> None:
+        for index in indexes:
+            del self._segments[index]
+        self._enqueuing = [segment for segment in self._enqueuing if segment.index in self._segments]
+        self._firsts = [segment.first_seq for segment in self._enqueuing]
+
+    # -- files (blocking) -------------------------------------------------------------------------
+
+    def recover(self) -> list[StoredMessage]:
+        """Read every segment: the unsettled messages in seq order, delivered ones flagged. Repairs as it
+        reads (see segments.py), deletes the segments nothing needs any more, and starts a new segment
+        for the appends to come."""
+        if self._recovered:
+            raise RuntimeError(f"{self.directory}: already recovered")
+        messages: dict[int, StoredMessage] = {}
+        indexes = segments.list_segments(self.directory)
+        for index in indexes:
+            reader = segments.open_segment(segments.segment_path(self.directory, index))
+            if reader is not None:
+                self._segments[index] = segment = _Segment(index)
+                self._read(reader, segment, messages)
+        self._live = set(messages)
+        self._active = _Segment(indexes[-1] + 1 if indexes else 0)
+        self._recovered = True
+        while deletable := self._deletable():
+            # One round at a time, made durable before the next: a later round's segments hold settles
+            # of messages in this round's.
+            for segment in deletable:
+                segments.segment_path(self.directory, segment.index).unlink()
+            segments.fsync_directory(self.directory)
+            self._forget([segment.index for segment in deletable])
+        return list(messages.values())
+
+    def _read(self, reader: segments.SegmentReader, segment: _Segment,
+              messages: dict[int, StoredMessage]) -> None:
+        data = reader.data
+        top = self.last_seq
+        for kind, start, end in reader:
+            try:
+                if kind == ENQUEUE:
+                    message = StoredMessage(*records.decode_enqueue(data, start, end))
+                    seq = message.seq
+                    messages[seq] = message
+                    top = max(top, seq)
+                    if not segment.first_seq:
+                        segment.first_seq = seq
+                        self._enqueuing.append(segment)
+                        self._firsts.append(seq)
+                    segment.last_seq = seq
+                    segment.live += 1
+                elif kind == SETTLE:
+                    for seq in records.decode_settle(data, start, end):
+                        self._refer(segment, seq, messages.pop(seq, None) is not None)
+                        top = max(top, seq)
+                else:
+                    seq = records.decode_delivered(data, start, end)
+                    message = messages.get(seq)
+                    if message is not None:
+                        message.delivered = True
+                    self._refer(segment, seq, False)
+                    top = max(top, seq)
+            except (ValueError, UnicodeDecodeError, struct.error) as exc:
+                # A valid CRC over a malformed payload: a bug, not disk damage. Lose the record, not the queue.
+                log.error("%s: skipping a malformed record at offset %d: %s", reader.path, start, exc)
+        self.last_seq = top
+
+    def _refer(self, segment: _Segment, seq: int, settled: bool) -> None:
+        """Bookkeeping for a settle (`settled`: it settled a live message) or delivered record of `seq`
+        found in `segment`."""
+        target = self._segment_of(seq)
+        if target is None:
+            return
+        if settled:
+            target.live -= 1
+        if target is not segment:
+            segment.refs.add(target.index)
+
+    def delete(self) -> None:
+        """Remove the queue's directory and everything in it."""
+        shutil.rmtree(self.directory)
+        segments.fsync_directory(self.directory.parent)

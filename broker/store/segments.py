@@ -1,0 +1,139 @@
+"""Segment files: a queue log is a directory of append-only files named by a growing index.
+
+    header: (b"LVRTSEG1" | salt u32 | crc32 of the 12 bytes before it u32) written twice  -> 32 bytes
+    then records (see records.py) framed with the salt
+
+The header is written twice so one damaged sector cannot make a whole segment unreadable: its salt is
+needed to check every record in it. Reading is the only place that repairs: it logs every corrupt region,
+and truncates a bad tail (a torn write) so the next append lands right after the last valid record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from .records import RecordScanner
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".seg"
+_FILE_MAGIC = b"LVRTSEG1"
+_HEADER_COPY = struct.Struct("<8sII")
+HEADER_SIZE = 2 * _HEADER_COPY.size
+
+
+def segment_path(directory: Path, index: int) -> Path:
+    return directory / f"{index:010d}{SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[int]:
+    """Indexes of the segment files in `directory`, ascending."""
+    indexes = []
+    for entry in os.scandir(directory):
+        stem, dot, suffix = entry.name.partition(".")
+        if "." + suffix == SUFFIX and dot and stem.isdigit():
+            indexes.append(int(stem))
+    return sorted(indexes)
+
+
+def new_header() -> tuple[bytes, int]:
+    """The header of a new segment and its random salt."""
+    salt = int.from_bytes(os.urandom(4), "little")
+    copy = struct.pack("<8sI", _FILE_MAGIC, salt)
+    copy += struct.pack("<I", zlib.crc32(copy))
+    return copy + copy, salt
+
+
+def _read_salt(data: bytes) -> int | None:
+    for offset in (0, _HEADER_COPY.size):
+        magic, salt, crc = _HEADER_COPY.unpack_from(data, offset)
+        if magic == _FILE_MAGIC and zlib.crc32(data[offset : offset + 12]) == crc:
+            return salt
+    return None
+
+
+class SegmentReader:
+    """The records of one segment file, read whole. Iterate once: the end of the iteration logs the
+    corrupt regions found and truncates a bad tail."""
+
+    def __init__(self, path: Path, data: bytes, salt: int) -> None:
+        self.path = path
+        self.data = data
+        self.salt = salt
+        self.size = len(data)  # after iteration: the file's size once any bad tail is cut off
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        scanner = RecordScanner(self.data, HEADER_SIZE, self.salt)
+        yield from scanner
+        for offset, length in scanner.skipped:
+            if offset + length < len(self.data):
+                log.warning("%s: skipped %d corrupt bytes at offset %d", self.path, length, offset)
+            else:
+                log.warning("%s: truncating a torn or corrupt tail of %d bytes at offset %d",
+                            self.path, length, offset)
+                _truncate(self.path, offset)
+                self.size = offset
+
+
+def open_segment(path: Path) -> SegmentReader | None:
+    """A reader for `path`, or None when its header is unusable.
+
+    A file shorter than its header was torn while being created and holds nothing: it is removed. A
+    longer one whose two header copies are both damaged may hold records nobody can check any more: it
+    is renamed aside (`.corrupt`) for an operator to look at, never deleted.
+    """
+    data = path.read_bytes()
+    salt = _read_salt(data) if len(data) >= HEADER_SIZE else None
+    if salt is not None:
+        return SegmentReader(path, data, salt)
+    if len(data) < HEADER_SIZE:
+        log.warning("%s: removing a segment torn while being created (%d bytes)", path, len(data))
+        path.unlink()
+    else:
+        log.error("%s: both header copies are corrupt; renaming it to %s.corrupt", path, path.name)
+        path.rename(path.with_name(path.name + ".corrupt"))
+    fsync_directory(path.parent)
+    return None
+
+
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_runs(path: Path, runs: list[tuple[int, bytes | bytearray]], sync: bool) -> None:
+    """Write each (offset, data) run into `path` (creating it), then fsync it once if `sync`.
+
+    Writing at explicit offsets makes a retry after a failed write idempotent: it overwrites whatever
+    part of the failed attempt reached the file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        for offset, data in runs:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make creations, renames and removals of entries in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

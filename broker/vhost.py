@@ -1,0 +1,299 @@
+"""A virtual host: its exchanges, queues and bindings, with RabbitMQ's rules for changing them."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
+from leveret.amqp.errors import ChannelError
+from leveret.broker.exchanges.base import Exchange
+from leveret.broker.exchanges.registry import exchange_class
+from leveret.broker.message import Message
+from leveret.broker.queues.arguments import validate_queue_arguments
+from leveret.broker.queues.queue import Queue
+
+DEFAULT_EXCHANGE = ""
+RESERVED_PREFIX = "amq."
+
+# The exchanges every vhost starts with, as RabbitMQ predeclares them.
+PREDECLARED = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+# Exchange-to-exchange routing deeper than this is a binding cycle; RabbitMQ stops at visited exchanges.
+_MAX_ROUTING_HOPS = 64
+
+
+def _bool_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+class VirtualHost:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
+        for name_, kind in PREDECLARED:
+            self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
+
+    # ---- lookups ----------------------------------------------------------------------------
+
+    def exchange(self, name: str) -> Exchange:
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise ChannelError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.name}'")
+        return exchange
+
+    def queue(self, name: str) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise ChannelError(NOT_FOUND, f"no queue '{name}' in vhost '{self.name}'")
+        return queue
+
+    # ---- exchanges --------------------------------------------------------------------------
+
+    def declare_exchange(
+        self, name: str, kind: str, *, durable: bool, auto_delete: bool, internal: bool, arguments: dict[str, Any]
+    ) -> Exchange:
+        existing = self.exchanges.get(name)
+        if name.startswith(RESERVED_PREFIX) and existing is None or name == DEFAULT_EXCHANGE:
+            raise ChannelError(
+                ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
+            )
+        cls = exchange_class(kind)
+        if existing is not None:
+            self._check_exchange_equivalent(existing, kind, durable, auto_delete, internal, arguments)
+            return existing
+        cls.validate_arguments(arguments)
+        exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
+        self.exchanges[name] = exchange
+        return exchange
+
+    def _check_exchange_equivalent(
+        self, exchange: Exchange, kind: str, durable: bool, auto_delete: bool, internal: bool, arguments: dict
+    ) -> None:
+        where = f"for exchange '{exchange.name}' in vhost '{self.name}'"
+        for field, current, received in (
+            ("type", exchange.kind, kind),
+            ("durable", exchange.durable, durable),
+            ("auto_delete", exchange.auto_delete, auto_delete),
+            ("internal", exchange.internal, internal),
+        ):
+            if current != received:
+                shown = (lambda v: v) if field == "type" else _bool_text
+                raise ChannelError(
+                    PRECONDITION_FAILED,
+                    f"inequivalent arg '{field}' {where}: received '{shown(received)}' but current is "
+                    f"'{shown(current)}'",
+                )
+        _check_arguments_equivalent(where, exchange.arguments, arguments, keys=None)
+
+    def delete_exchange(self, name: str, *, if_unused: bool) -> None:
+        if name == DEFAULT_EXCHANGE or name.startswith(RESERVED_PREFIX):
+            raise ChannelError(ACCESS_REFUSED, f"operation not permitted on exchange '{name}'")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            return  # RabbitMQ: deleting a missing exchange succeeds
+        if if_unused and exchange.has_bindings():
+            raise ChannelError(PRECONDITION_FAILED, f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(exchange)
+
+    def _remove_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for other in list(self.exchanges.values()):
+            self._unbind_all(other, exchange)
+
+    # ---- queues -----------------------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        owner: object,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> Queue:
+        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one."""
+        existing = self.queues.get(name)
+        if existing is not None:
+            self.check_exclusive_access(existing, owner)
+            self._check_queue_equivalent(existing, durable, exclusive, auto_delete, arguments)
+            return existing
+        if not name:
+            name = _server_named_queue()
+        elif name.startswith(RESERVED_PREFIX):
+            raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        validate_queue_arguments(name, self.name, arguments)
+        queue = Queue(
+            name,
+            self.name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        self.queues[name] = queue
+        # Every queue is bound to the default exchange under its own name.
+        self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
+        return queue
+
+    def check_exclusive_access(self, queue: Queue, owner: object) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
+            raise ChannelError(
+                RESOURCE_LOCKED,
+                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
+                "It could be originally declared on another connection or the exclusive property value "
+                "does not match that of the original declaration.",
+            )
+
+    def _check_queue_equivalent(
+        self, queue: Queue, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict
+    ) -> None:
+        where = f"for queue '{queue.name}' in vhost '{self.name}'"
+        for field, current, received in (
+            ("durable", queue.durable, durable),
+            ("exclusive", queue.exclusive, exclusive),
+            ("auto_delete", queue.auto_delete, auto_delete),
+        ):
+            if current != received:
+                raise ChannelError(
+                    PRECONDITION_FAILED,
+                    f"inequivalent arg '{field}' {where}: received '{_bool_text(received)}' but current is "
+                    f"'{_bool_text(current)}'",
+                )
+        _check_arguments_equivalent(where, queue.arguments, arguments, keys=None)
+
+    def delete_queue(self, queue: Queue, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        if if_unused and queue.consumers:
+            raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{self.name}' in use")
+        if if_empty and queue.ready:
+            raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{self.name}' not empty")
+        count = queue.message_count
+        self.remove_queue(queue)
+        return count
+
+    def remove_queue(self, queue: Queue) -> None:
+        """Delete `queue`: unbind it everywhere and cancel its consumers."""
+        if self.queues.get(queue.name) is not queue:
+            return
+        del self.queues[queue.name]
+        queue.deleted = True
+        for exchange in list(self.exchanges.values()):
+            self._unbind_all(exchange, queue)
+        for consumer in list(queue.consumers):
+            consumer.channel.consumer_cancelled_by_broker(consumer)
+        queue.consumers.clear()
+        queue.ready.clear()
+
+    # ---- bindings ---------------------------------------------------------------------------
+
+    def bind(self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict) -> None:
+        source.bind(destination, routing_key, arguments)
+
+    def unbind(self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict) -> None:
+        if source.unbind(destination, routing_key, arguments):
+            self._auto_delete_if_unbound(source)
+
+    def _unbind_all(self, exchange: Exchange, destination: Queue | Exchange) -> None:
+        if any(b.destination is destination for b in exchange.bindings):
+            exchange.unbind_destination(destination)
+            self._auto_delete_if_unbound(exchange)
+
+    def _auto_delete_if_unbound(self, exchange: Exchange) -> None:
+        if exchange.auto_delete and not exchange.has_bindings() and self.exchanges.get(exchange.name) is exchange:
+            self._remove_exchange(exchange)
+
+    # ---- routing ----------------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+        """The queues `message` goes to, each once, following exchange-to-exchange bindings and
+        alternate exchanges."""
+        if exchange.name == DEFAULT_EXCHANGE:
+            # The hot case: one queue named by the routing key, no bindings to walk.
+            queue = self.queues.get(message.routing_key)
+            return [queue] if queue is not None else []
+        queues: list[Queue] = []
+        seen_queues: set[int] = set()
+        visited: set[int] = set()
+        self._route_into(exchange, message, queues, seen_queues, visited, 0)
+        return queues
+
+    def _route_into(
+        self,
+        exchange: Exchange,
+        message: Message,
+        queues: list[Queue],
+        seen_queues: set[int],
+        visited: set[int],
+        depth: int,
+    ) -> None:
+        if id(exchange) in visited or depth > _MAX_ROUTING_HOPS:
+            return
+        visited.add(id(exchange))
+        matched = False
+        for destination in exchange.route(message):
+            matched = True
+            if isinstance(destination, Queue):
+                if id(destination) not in seen_queues:
+                    seen_queues.add(id(destination))
+                    queues.append(destination)
+            else:
+                self._route_into(destination, message, queues, seen_queues, visited, depth + 1)
+        if not matched:
+            alternate = self._alternate_exchange(exchange)
+            if alternate is not None:
+                self._route_into(alternate, message, queues, seen_queues, visited, depth + 1)
+
+    def _alternate_exchange(self, exchange: Exchange) -> Exchange | None:
+        name = exchange.arguments.get("alternate-exchange")
+        return self.exchanges.get(name) if isinstance(name, str) else None
+
+    def exclusive_queues_of(self, owner: object) -> Iterable[Queue]:
+        return [q for q in self.queues.values() if q.exclusive_owner is owner]
+
+
+def _check_arguments_equivalent(where: str, current: dict, received: dict, keys: Iterable[str] | None) -> None:
+    for key in sorted(set(current) | set(received)):
+        if keys is not None and key not in keys:
+            continue
+        have, got = current.get(key), received.get(key)
+        if have != got or type(have) is not type(got) and not (_is_int(have) and _is_int(got)):
+            got_text = "none" if got is None else f"the value '{got}' of type '{_amqp_type(got)}'"
+            have_text = "none" if have is None else f"the value '{have}' of type '{_amqp_type(have)}'"
+            raise ChannelError(
+                PRECONDITION_FAILED, f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _amqp_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "long" if value > 2**31 - 1 or value < -(2**31) else "signedint"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, (str, bytes)):
+        return "longstr"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def _server_named_queue() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")

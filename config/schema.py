@@ -1,0 +1,148 @@
+"""The broker configuration as frozen dataclasses.
+
+The loader validates YAML by walking these fields and their type hints, so adding a field here is all a
+new setting needs. Rules beyond the type go in `metadata={"check": Check}`; a field that may be given
+under another key (a plain `password` instead of `password_hash`) says so with `metadata={"alias": ...}`.
+"""
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+from . import checks
+from .passwords import hash_password
+
+# hash_password("guest") with a fixed salt: a random one would make every load differ from the default.
+GUEST_PASSWORD_HASH = "Ubw9+6x+gNIJQIRpSjP9+0OUGZmbxBfiO1xhIC/iYBIbCw5s"
+
+
+def _port(default: int) -> int:
+    return field(default=default, metadata={"check": checks.int_range(1, 65535)})
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str = field(default="127.0.0.1", metadata={"check": checks.non_empty()})
+    port: int = _port(5672)
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementListener(Listener):
+    port: int = _port(15672)
+
+
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    amqp: Listener = Listener()
+    # None: no management listener.
+    management: ManagementListener | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str = field(metadata={"check": checks.non_empty()})
+    password_hash: str = field(
+        metadata={"check": checks.password_hash(), "alias": ("password", hash_password)}
+    )
+    tags: tuple[str, ...] = ()
+    # Like RabbitMQ's loopback_users: this user may only connect from localhost.
+    loopback_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    user: str
+    vhost: str
+    configure: str = field(default=".*", metadata={"check": checks.regex()})
+    write: str = field(default=".*", metadata={"check": checks.regex()})
+    read: str = field(default=".*", metadata={"check": checks.regex()})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # 0 means no limit below the protocol's 65535.
+    channel_max: int = field(default=2047, metadata={"check": checks.int_range(0, 65535)})
+    # AMQP's frame-min-size is 4096; the wire field is 32 bits.
+    frame_max: int = field(default=131072, metadata={"check": checks.int_range(4096, 2**32 - 1)})
+    # Seconds; 0 disables heartbeats. The wire field is 16 bits.
+    heartbeat: int = field(default=60, metadata={"check": checks.int_range(0, 65535)})
+    # RabbitMQ's ceiling is 512 MiB.
+    max_message_size: int = field(default=16777216, metadata={"check": checks.int_range(1, 536870912)})
+    # Seconds from TCP accept to connection.open-ok.
+    handshake_timeout: float = field(default=10.0, metadata={"check": checks.positive_number()})
+    # Milliseconds a delivery may stay unacknowledged; None or 0 disables.
+    consumer_timeout: int | None = field(default=1800000, metadata={"check": checks.int_range(0)})
+    # None: unlimited.
+    max_connections: int | None = field(default=None, metadata={"check": checks.int_range(1)})
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    # A fraction of total memory, or an absolute size such as "2GB".
+    memory_high_watermark: float | str = field(default=0.6, metadata={"check": checks.fraction_or_size()})
+    disk_free_limit: str | int = field(default="50MB", metadata={"check": checks.size()})
+
+
+def _duplicates(entries: list[tuple[str, Hashable, str]]) -> list[tuple[str, str]]:
+    """(path, message) for each (path, key, label) entry whose key appeared in an earlier entry."""
+    seen: set[Hashable] = set()
+    found = []
+    for path, key, label in entries:
+        if key in seen:
+            found.append((path, f"duplicate {label}"))
+        seen.add(key)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: Listeners = Listeners()
+    data_dir: str = field(default="./leveret-data", metadata={"check": checks.non_empty()})
+    vhosts: tuple[str, ...] = ("/",)
+    users: tuple[User, ...] = (User("guest", GUEST_PASSWORD_HASH, ("administrator",), loopback_only=True),)
+    permissions: tuple[Permission, ...] = (Permission("guest", "/"),)
+    limits: Limits = Limits()
+    resources: Resources = Resources()
+    log_level: str = field(
+        default="info", metadata={"check": checks.one_of("debug", "info", "warning", "error")}
+    )
+
+    @staticmethod
+    def cross_check(values: Mapping[str, object]) -> list[tuple[str, str]]:
+        """Rules spanning fields, as (path, message); `values` holds each field that validated on its own.
+
+        A field missing from `values` had errors already reported, so rules that need it are skipped
+        rather than piling up follow-on errors.
+        """
+        problems: list[tuple[str, str]] = []
+        vhosts = values.get("vhosts")
+        users = values.get("users")
+        permissions = values.get("permissions")
+        if isinstance(vhosts, tuple):
+            if not vhosts:
+                problems.append(("vhosts", "expected at least one vhost"))
+            problems += [
+                (f"vhosts[{i}]", "expected a non-empty string") for i, v in enumerate(vhosts) if not v
+            ]
+            problems += _duplicates([(f"vhosts[{i}]", v, f"vhost {v!r}") for i, v in enumerate(vhosts)])
+        if isinstance(users, tuple):
+            problems += _duplicates(
+                [(f"users[{i}].name", u.name, f"user {u.name!r}") for i, u in enumerate(users)]
+            )
+        if isinstance(permissions, tuple):
+            problems += _duplicates(
+                [
+                    (
+                        f"permissions[{i}]",
+                        (p.user, p.vhost),
+                        f"entry for user {p.user!r} on vhost {p.vhost!r}",
+                    )
+                    for i, p in enumerate(permissions)
+                ]
+            )
+            user_names = {user.name for user in users} if isinstance(users, tuple) else None
+            for i, permission in enumerate(permissions):
+                if user_names is not None and permission.user not in user_names:
+                    problems.append((f"permissions[{i}].user", f"no such user {permission.user!r}"))
+                if isinstance(vhosts, tuple) and permission.vhost not in vhosts:
+                    problems.append((f"permissions[{i}].vhost", f"no such vhost {permission.vhost!r}"))
+        return problems

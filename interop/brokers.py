@@ -1,0 +1,284 @@
+"""Throwaway brokers for the interop suite: Leveret (the default) or a private RabbitMQ node.
+
+Every broker listens on 127.0.0.1 only, on ports picked at run time, with its state in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+HOST = "127.0.0.1"
+# The 0-9-1 protocol header; a broker answers it with connection.start.
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+# Method frame on channel 0 (type 1, channel 0), then after the 4-byte size: class 10, method 10.
+CONNECTION_START_PREFIX = (b"\x01\x00\x00", b"\x00\x0a\x00\x0a")
+RABBITMQ_SCRIPT_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+
+
+class BrokerStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def amqp_ready(host: str, port: int) -> bool:
+    """True once the port answers the protocol header with connection.start, i.e. it speaks AMQP."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(PROTOCOL_HEADER)
+            data = b""
+            while len(data) < 11:
+                chunk = sock.recv(11 - len(data))
+                if not chunk:
+                    return False
+                data += chunk
+    except OSError:
+        return False
+    return data[:3] == CONNECTION_START_PREFIX[0] and data[7:11] == CONNECTION_START_PREFIX[1]
+
+
+def port_listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+def rabbitmq_server_script() -> str | None:
+    """The Debian package's real start script (the /usr/sbin wrapper would switch to the rabbitmq user)."""
+    for candidate in RABBITMQ_SCRIPT_CANDIDATES:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("rabbitmq-server")
+
+
+class Broker:
+    """A broker process: start, stop (SIGTERM), kill (SIGKILL) and restart on the same port and data."""
+
+    kind = ""
+    start_timeout = 30.0
+    stop_timeout = 30.0
+
+    def __init__(self, workdir: Path) -> None:
+        self.host = HOST
+        self.port = free_port()
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = workdir / "stdout.log"
+        self.stderr_path = workdir / "stderr.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "broker not started"
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def diagnostics(self) -> str:
+        return f"--- stderr ---\n{tail(self.stderr_path)}\n--- stdout ---\n{tail(self.stdout_path)}"
+
+    def start(self) -> None:
+        assert not self.running, "broker already running"
+        self._close_logs()
+        self._logs = [open(self.stdout_path, "ab"), open(self.stderr_path, "ab")]
+        # Own session, so kill() reaches every process the broker forks.
+        self._proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._logs[0],
+            stderr=self._logs[1],
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not amqp_ready(self.host, self.port):
+            if self._proc.poll() is not None:
+                raise BrokerStartError(
+                    f"{self.kind} exited with {self._proc.returncode} before accepting AMQP on "
+                    f"{self.host}:{self.port}\n{self.diagnostics()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise BrokerStartError(
+                    f"{self.kind} did not accept AMQP on {self.host}:{self.port} within "
+                    f"{self.start_timeout:.0f}s\n{self.diagnostics()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code. A broker that ignores SIGTERM is killed and reported."""
+        if self._proc is None:
+            return 0
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise TimeoutError(f"{self.kind} ignored SIGTERM for {self.stop_timeout:.0f}s; killed it")
+        self._kill_group()
+        return self._proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the broker and everything it forked, as a crash would."""
+        if self._proc is None:
+            return
+        self._kill_group()
+        self._proc.wait()
+
+    def restart(self) -> None:
+        if self.running:
+            self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Finalizer: stop the broker whatever state it is in."""
+        try:
+            if self.running:
+                self.stop()
+            else:
+                self._kill_group()
+        finally:
+            self._close_logs()
+
+    def _kill_group(self) -> None:
+        assert self._proc is not None
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _close_logs(self) -> None:
+        for log in self._logs:
+            log.close()
+        self._logs = []
+
+
+class LeveretBroker(Broker):
+    kind = "leveret"
+
+    def command(self) -> list[str]:
+        data = str(self.data_dir)
+        return [sys.executable, "-m", "leveret", "--host", self.host, "--port", str(self.port), "--data-dir", data]
+
+
+class RabbitMQBroker(Broker):
+    """A private RabbitMQ node with its own epmd, cookie, mnesia and logs; nothing of the system install."""
+
+    kind = "rabbitmq"
+    start_timeout = 90.0
+
+    def __init__(self, workdir: Path, script: str) -> None:
+        super().__init__(workdir)
+        self.script = script
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.nodename = f"interop{self.port}@localhost"
+        self.pid_file = workdir / "rabbit.pid"
+        self.log_dir = workdir / "log"
+        (workdir / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
+        self._epmd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The Erlang VM's pid (the started process is the shell wrapper that forwards SIGTERM)."""
+        return int(self.pid_file.read_text().strip())
+
+    def command(self) -> list[str]:
+        return [self.script]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        # NOTIFY_SOCKET would make the script exec the VM directly as if under systemd.
+        env.pop("NOTIFY_SOCKET", None)
+        work = self.workdir
+        env.update(
+            HOME=str(work),  # the Erlang cookie lands here, not in the real home
+            RABBITMQ_CONF_ENV_FILE=str(work / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=str(work / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(work / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(work / "enabled_plugins"),
+            RABBITMQ_PLUGINS_EXPAND_DIR=str(work / "plugins-expand"),
+            RABBITMQ_MNESIA_BASE=str(self.data_dir),
+            RABBITMQ_LOG_BASE=str(self.log_dir),
+            RABBITMQ_PID_FILE=str(self.pid_file),
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            ERL_EPMD_PORT=str(self.epmd_port),
+            ERL_EPMD_ADDRESS=self.host,
+            # Loopback-only distribution, and never a stray epmd daemon we would not own.
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false",
+        )
+        return env
+
+    def diagnostics(self) -> str:
+        return f"{super().diagnostics()}\n--- {self.nodename}.log ---\n{tail(self.log_dir / f'{self.nodename}.log')}"
+
+    def start(self) -> None:
+        self._start_epmd()
+        super().start()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._epmd is not None:
+                self._epmd.terminate()
+                self._epmd.wait(10)
+
+    def _start_epmd(self) -> None:
+        if self._epmd is not None and self._epmd.poll() is None:
+            return
+        epmd = shutil.which("epmd")
+        if epmd is None:
+            raise BrokerStartError("epmd (package erlang-base) is not installed")
+        self._epmd = subprocess.Popen(
+            [epmd, "-port", str(self.epmd_port), "-address", self.host],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not port_listening(self.host, self.epmd_port):
+            if self._epmd.poll() is not None or time.monotonic() > deadline:
+                raise BrokerStartError(f"epmd did not listen on {self.host}:{self.epmd_port}")
+            time.sleep(0.05)

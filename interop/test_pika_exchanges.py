@@ -69,8 +69,8 @@ TOPIC_CASES = {
     "orange": ["hash", "star"],
     "quick.orange.male.rabbit": ["hash"],
     "lazy.orange.male.rabbit": ["rabbit_lazy", "hash"],
-    "lazy": ["rabbit_lazy", "hash"],  # '#' matches zero words
-    "": ["hash"],
+    "lazy": ["rabbit_lazy", "hash", "star"],  # '#' matches zero words
+    "": ["hash"],  # the empty key has no word for '*' to match
     "a.z": ["hash", "hash_middle"],
     "a.b.c.z": ["hash", "hash_middle"],
     "a.b.c": ["hash"],

@@ -81,12 +81,13 @@ def _delete_segments(item: LogWork) -> None:
     for index in item.deletions:
         try:
             os.unlink(segments.segment_path(item.log.directory, index))
-            item.deleted.append(index)
         except FileNotFoundError:
-            item.deleted.append(index)
+            pass  # an earlier attempt's unlink did land
         except OSError as exc:
             log.error("cannot delete settled segment %d of %s: %s", index, item.log.directory, exc)
             item.failed.append(index)
+            continue
+        item.deleted.append(index)
     if item.deleted:
         try:
             segments.fsync_directory(item.log.directory)

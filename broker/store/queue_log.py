@@ -88,6 +88,7 @@ class QueueLog:
         self._active_size = 0  # bytes in the active segment, written or not; 0: not started
         self._salt = 0
         self._writes: list[SegmentWrite] = []
+        self._discarded = False
 
     # -- appends (event loop) ---------------------------------------------------------------------
 
@@ -139,8 +140,8 @@ class QueueLog:
         return position
 
     def _append(self, kind: int, payload: bytes, sync: bool) -> int:
-        if not self._recovered:
-            raise RuntimeError(f"{self.directory}: recover() must run before the first append")
+        if not self._recovered or self._discarded:
+            raise RuntimeError(f"{self.directory}: append before recover() or after discard()")
         size = records.HEADER_SIZE + len(payload)
         if self._active_size > segments.HEADER_SIZE and self._active_size + size > self._max_segment_size:
             self._active = _Segment(self._active.index + 1)
@@ -178,9 +179,14 @@ class QueueLog:
 
     def restore_writes(self, writes: list[SegmentWrite]) -> None:
         """Put back the writes of a failed batch, ahead of newer appends, for the next batch to retry."""
-        if writes:
+        if writes and not self._discarded:
             self._writes[:0] = writes
             self._pending.logs.add(self)
+
+    def discard(self) -> None:
+        """Drop the buffered appends and refuse new ones: the queue is being deleted."""
+        self._discarded = True
+        self.take_writes()
 
     def claim_deletable(self, busy: set[int]) -> list[int]:
         """Segments that can be deleted now (not active, not in `busy`, see module doc), marked as
@@ -268,7 +274,7 @@ class QueueLog:
                     self._refer(segment, seq, False)
                     top = max(top, seq)
             except (ValueError, UnicodeDecodeError, struct.error) as exc:
-                # A valid CRC over a malformed payload: a bug, not disk damage. Lose the record, not the queue.
+                # A valid CRC over a malformed payload is a bug, not damage: lose the record, not the queue.
                 log.error("%s: skipping a malformed record at offset %d: %s", reader.path, start, exc)
         self.last_seq = top
 

@@ -134,7 +134,8 @@ class RecordScanner:
             magic, crc, length, kind = unpack(data, pos)
             payload = pos + HEADER_SIZE
             stop = payload + length
-            if magic == MAGIC and stop <= size and kind in KINDS and crc32(view[pos + _CRC_FROM : stop], salt) == crc:
+            valid = magic == MAGIC and stop <= size and kind in KINDS
+            if valid and crc32(view[pos + _CRC_FROM : stop], salt) == crc:
                 if bad_from >= 0:
                     self.skipped.append((bad_from, pos - bad_from))
                     bad_from = -1

@@ -1,0 +1,25 @@
+# `make test` sets up a fresh machine (pip, npm, apt) and runs every default test.
+PYTHON ?= python3
+NODE_DIR := interop/node
+
+.PHONY: test deps test-only slow bench
+
+test: deps test-only
+
+deps:
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+	@if [ -f $(NODE_DIR)/package.json ]; then cd $(NODE_DIR) && npm install --no-audit --no-fund --silent; fi
+	@if ! command -v amqp-publish >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq amqp-tools >/dev/null) \
+		|| echo "amqp-tools not installed: its interop test will be skipped"; \
+	fi
+
+test-only:
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# Soak, crash-loop and other long runs.
+slow: deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m slow
+
+bench: deps
+	$(PYTHON) -m bench

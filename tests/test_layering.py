@@ -1,0 +1,51 @@
+"""Imports point one way: amqp/ knows nothing of the broker, and only broker/server/ may use trio."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _modules("amqp"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_amqp_is_sans_io(path: Path) -> None:
+    forbidden = {"trio", "socket", "asyncio", "leveret.broker", "leveret.config"}
+    bad = {name for name in _imports(path) if name.split(".")[0] in forbidden or name.startswith("leveret.broker")
+           or name.startswith("leveret.config")}
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _modules("config"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_depends_on_nothing_of_ours(path: Path) -> None:
+    bad = {name for name in _imports(path) if name.startswith(("trio", "leveret.broker", "leveret.amqp"))}
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules("broker") if "server" not in p.parts and "management" not in p.parts
+     and p.name != "cli.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_broker_domain_never_imports_trio(path: Path) -> None:
+    bad = {name for name in _imports(path) if name.split(".")[0] in {"trio", "asyncio", "socket"}
+           or name.startswith("leveret.broker.server")}
+    assert not bad, f"{path} imports {bad}"

@@ -1,0 +1,236 @@
+"""The broker's domain driven through whole connections (bytes in, bytes out), with no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pamqp import body as pamqp_body
+from pamqp import header
+from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
+
+from leveret.broker.node import Node
+from leveret.broker.session.connection import ConnectionSession
+from leveret.config import Config
+from tests.peers import ClientPeer, methods
+
+
+@pytest.fixture
+def node() -> Node:
+    return Node(Config())
+
+
+def connect(node: Node, channel: int = 1) -> ClientPeer:
+    client = ClientPeer(ConnectionSession(node, "127.0.0.1:1", from_loopback=True))
+    client.handshake()
+    client.open_channel(channel)
+    return client
+
+
+def deliveries(frames: list[tuple[int, Any]]) -> list[tuple[Any, bytes]]:
+    """(Deliver or GetOk method, body) pairs from a frame list."""
+    found: list[tuple[Any, bytes]] = []
+    current: Any = None
+    for _, value in frames:
+        if isinstance(value, (Basic.Deliver, Basic.GetOk, Basic.Return)):
+            current = value
+            found.append((value, b""))
+        elif isinstance(value, header.ContentHeader) and current is not None and value.body_size == 0:
+            current = None
+        elif isinstance(value, pamqp_body.ContentBody) and current is not None:
+            found[-1] = (found[-1][0], found[-1][1] + value.value)
+    return found
+
+
+def declare(client: ClientPeer, name: str, **kwargs: Any) -> Queue.DeclareOk:
+    reply = methods(client.method(1, Queue.Declare(queue=name, **kwargs)))
+    assert isinstance(reply[-1], Queue.DeclareOk), reply
+    return reply[-1]
+
+
+def consume(client: ClientPeer, queue: str, tag: str, *, prefetch: int = 0, channel: int = 1) -> list:
+    if prefetch:
+        client.method(channel, Basic.Qos(prefetch_count=prefetch))
+    return client.method(channel, Basic.Consume(queue=queue, consumer_tag=tag))
+
+
+def test_round_robin_across_consumers_within_prefetch(node: Node) -> None:
+    publisher = connect(node)
+    declare(publisher, "work")
+    consumers = [connect(node) for _ in range(3)]
+    for i, consumer in enumerate(consumers):
+        consume(consumer, "work", f"c{i}", prefetch=1)
+    for n in range(3):
+        publisher.publish(1, f"m{n}".encode(), routing_key="work")
+    bodies = [[body for _, body in deliveries(c.read())] for c in consumers]
+    assert sorted(b for got in bodies for b in got) == [b"m0", b"m1", b"m2"]
+    assert all(len(got) == 1 for got in bodies)
+    # Everyone is at its prefetch limit: the next message waits for an ack.
+    publisher.publish(1, b"m3", routing_key="work")
+    assert all(not deliveries(c.read()) for c in consumers)
+    first = consumers[1]
+    tag = [m for m, _ in deliveries(first.received)][0].delivery_tag
+    frames = first.method(1, Basic.Ack(delivery_tag=tag))
+    assert [body for _, body in deliveries(frames)] == [b"m3"]
+
+
+def test_closed_channel_requeues_unacked_in_order_marked_redelivered(node: Node) -> None:
+    publisher = connect(node)
+    declare(publisher, "q")
+    for n in range(5):
+        publisher.publish(1, f"m{n}".encode(), routing_key="q")
+    consumer = connect(node)
+    got = deliveries(consume(consumer, "q", "c", prefetch=3))
+    assert [b for _, b in got] == [b"m0", b"m1", b"m2"]
+    # Acking m1 frees credit: m3 is delivered too, and never acked.
+    assert [b for _, b in deliveries(consumer.method(1, Basic.Ack(delivery_tag=got[1][0].delivery_tag)))] == [b"m3"]
+    consumer.method(1, Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0))
+    other = connect(node)
+    got = deliveries(consume(other, "q", "d"))
+    assert [(b, m.redelivered) for m, b in got] == [
+        (b"m0", True), (b"m2", True), (b"m3", True), (b"m4", False)
+    ]
+
+
+def test_unknown_delivery_tag_closes_channel_406(node: Node) -> None:
+    client = connect(node)
+    reply = methods(client.method(1, Basic.Ack(delivery_tag=7)))
+    assert isinstance(reply[0], Channel.Close)
+    assert (reply[0].reply_code, reply[0].reply_text) == (406, "PRECONDITION_FAILED - unknown delivery tag 7")
+    assert (reply[0].class_id, reply[0].method_id) == (60, 80)
+
+
+def test_confirms_are_coalesced_into_one_multiple_ack_per_read(node: Node) -> None:
+    client = connect(node)
+    declare(client, "q")
+    client.method(1, Confirm.Select())
+    from pamqp import frame
+
+    data = b""
+    for n in range(10):
+        data += frame.marshal(Basic.Publish(routing_key="q"), 1)
+        data += frame.marshal(header.ContentHeader(0, 1, Basic.Properties()), 1)
+        data += frame.marshal(pamqp_body.ContentBody(b"x"), 1)
+    acks = [m for m in methods(client.send(data)) if isinstance(m, Basic.Ack)]
+    assert [(a.delivery_tag, a.multiple) for a in acks] == [(10, True)]
+
+
+def test_mandatory_unroutable_is_returned_before_its_confirm(node: Node) -> None:
+    client = connect(node)
+    client.method(1, Confirm.Select())
+    frames = client.publish(1, b"lost", routing_key="nowhere", mandatory=True)
+    kinds = [type(m) for m in methods(frames)]
+    assert kinds == [Basic.Return, Basic.Ack]
+    returned = methods(frames)[0]
+    assert (returned.reply_code, returned.reply_text) == (312, "NO_ROUTE")
+
+
+def test_publish_to_missing_exchange_is_404_on_the_channel(node: Node) -> None:
+    client = connect(node)
+    reply = methods(client.publish(1, b"x", exchange="missing"))
+    assert isinstance(reply[0], Channel.Close) and reply[0].reply_code == 404
+    assert reply[0].reply_text == "NOT_FOUND - no exchange 'missing' in vhost '/'"
+
+
+def test_exclusive_queue_is_locked_to_its_connection_and_deleted_with_it(node: Node) -> None:
+    owner = connect(node)
+    declare(owner, "mine", exclusive=True)
+    other = connect(node)
+    reply = methods(other.method(1, Queue.Declare(queue="mine", passive=True)))
+    assert reply[0].reply_code == 405
+    owner.server.connection_lost()
+    assert "mine" not in node.vhosts["/"].queues
+
+
+def test_reserved_names_are_refused_403(node: Node) -> None:
+    client = connect(node)
+    reply = methods(client.method(1, Exchange.Declare(exchange="amq.mine", exchange_type="direct")))
+    assert reply[0].reply_code == 403
+
+
+def test_unknown_exchange_type_closes_the_connection_503(node: Node) -> None:
+    client = connect(node)
+    reply = methods(client.method(1, Exchange.Declare(exchange="e", exchange_type="nonsense")))
+    assert reply[0].reply_code == 503 and reply[0].name == "Connection.Close"
+
+
+def test_queue_delete_cancels_consumers_with_notification(node: Node) -> None:
+    client = connect(node)
+    declare(client, "gone")
+    consume(client, "gone", "c1")
+    other = connect(node)
+    other.method(1, Queue.Delete(queue="gone"))
+    cancels = [m for m in methods(client.read()) if isinstance(m, Basic.Cancel)]
+    assert [c.consumer_tag for c in cancels] == ["c1"]
+
+
+def test_tx_rollback_discards_publishes_and_commit_applies_them(node: Node) -> None:
+    client = connect(node)
+    declare(client, "txq")
+    client.method(1, Tx.Select())
+    client.publish(1, b"dropped", routing_key="txq")
+    client.method(1, Tx.Rollback())
+    client.publish(1, b"kept", routing_key="txq")
+    client.method(1, Tx.Commit())
+    got = deliveries(client.method(1, Basic.Get(queue="txq", no_ack=True)))
+    assert [b for _, b in got] == [b"kept"]
+    assert isinstance(methods(client.method(1, Basic.Get(queue="txq")))[0], Basic.GetEmpty)
+
+
+def test_nack_requeue_redelivers_and_reject_drops(node: Node) -> None:
+    client = connect(node)
+    declare(client, "n")
+    client.publish(1, b"a", routing_key="n")
+    (method, _), = deliveries(client.method(1, Basic.Get(queue="n")))
+    client.method(1, Basic.Nack(delivery_tag=method.delivery_tag, requeue=True))
+    (method, body), = deliveries(client.method(1, Basic.Get(queue="n")))
+    assert body == b"a" and method.redelivered
+    client.method(1, Basic.Reject(delivery_tag=method.delivery_tag, requeue=False))
+    assert isinstance(methods(client.method(1, Basic.Get(queue="n")))[0], Basic.GetEmpty)
+
+
+def test_global_prefetch_limits_the_channel(node: Node) -> None:
+    publisher = connect(node)
+    declare(publisher, "g1")
+    declare(publisher, "g2")
+    for n in range(4):
+        publisher.publish(1, b"x", routing_key="g1")
+        publisher.publish(1, b"y", routing_key="g2")
+    consumer = connect(node)
+    consumer.method(1, Basic.Qos(prefetch_count=3, global_=True))
+    consumer.method(1, Basic.Consume(queue="g1", consumer_tag="a"))
+    consumer.method(1, Basic.Consume(queue="g2", consumer_tag="b"))
+    assert len(deliveries(consumer.received)) == 3
+
+
+def test_direct_reply_to_round_trip(node: Node) -> None:
+    requester = connect(node)
+    requester.method(1, Basic.Consume(queue="amq.rabbitmq.reply-to", consumer_tag="r", no_ack=True))
+    server = connect(node)
+    declare(server, "rpc")
+    requester.publish(1, b"ping", routing_key="rpc", properties=Basic.Properties(reply_to="amq.rabbitmq.reply-to"))
+    (request, _), = deliveries(server.method(1, Basic.Get(queue="rpc", no_ack=True)))
+    reply_to = [v for _, v in server.received if isinstance(v, header.ContentHeader)][-1].properties.reply_to
+    assert reply_to.startswith("amq.rabbitmq.reply-to.")
+    server.publish(1, b"pong", routing_key=reply_to)
+    assert [b for _, b in deliveries(requester.read())] == [b"pong"]
+
+
+def test_auto_delete_queue_goes_with_its_last_consumer(node: Node) -> None:
+    client = connect(node)
+    declare(client, "ad", auto_delete=True)
+    consume(client, "ad", "c")
+    client.method(1, Basic.Cancel(consumer_tag="c"))
+    assert "ad" not in node.vhosts["/"].queues
+
+
+def test_exchange_to_exchange_binding_routes_once_per_queue(node: Node) -> None:
+    client = connect(node)
+    client.method(1, Exchange.Declare(exchange="src", exchange_type="fanout"))
+    client.method(1, Exchange.Declare(exchange="dst", exchange_type="fanout"))
+    client.method(1, Exchange.Bind(destination="dst", source="src"))
+    declare(client, "e2e")
+    client.method(1, Queue.Bind(queue="e2e", exchange="src"))
+    client.method(1, Queue.Bind(queue="e2e", exchange="dst"))
+    client.publish(1, b"once", exchange="src")
+    assert node.vhosts["/"].queues["e2e"].message_count == 1

@@ -12,7 +12,7 @@ from leveret.amqp.errors import ChannelError
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import validate_queue_arguments
+from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
 from leveret.broker.queues.queue import Queue
 
 DEFAULT_EXCHANGE = ""
@@ -94,11 +94,15 @@ class VirtualHost:
                     f"inequivalent arg '{field}' {where}: received '{shown(received)}' but current is "
                     f"'{shown(current)}'",
                 )
-        _check_arguments_equivalent(where, exchange.arguments, arguments, keys=None)
+        _check_arguments_equivalent(where, exchange.arguments, arguments, keys=("alternate-exchange",))
 
     def delete_exchange(self, name: str, *, if_unused: bool) -> None:
-        if name == DEFAULT_EXCHANGE or name.startswith(RESERVED_PREFIX):
-            raise ChannelError(ACCESS_REFUSED, f"operation not permitted on exchange '{name}'")
+        if name == DEFAULT_EXCHANGE:
+            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        if name.startswith(RESERVED_PREFIX) and name in self.exchanges:
+            raise ChannelError(
+                ACCESS_REFUSED, f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"
+            )
         exchange = self.exchanges.get(name)
         if exchange is None:
             return  # RabbitMQ: deleting a missing exchange succeeds
@@ -171,7 +175,7 @@ class VirtualHost:
                     f"inequivalent arg '{field}' {where}: received '{_bool_text(received)}' but current is "
                     f"'{_bool_text(current)}'",
                 )
-        _check_arguments_equivalent(where, queue.arguments, arguments, keys=None)
+        _check_arguments_equivalent(where, queue.arguments, arguments, keys=EQUIVALENCE_KEYS)
 
     def delete_queue(self, queue: Queue, *, if_unused: bool = False, if_empty: bool = False) -> int:
         if if_unused and queue.consumers:
@@ -262,37 +266,17 @@ class VirtualHost:
         return [q for q in self.queues.values() if q.exclusive_owner is owner]
 
 
-def _check_arguments_equivalent(where: str, current: dict, received: dict, keys: Iterable[str] | None) -> None:
+def _check_arguments_equivalent(where: str, current: dict, received: dict, keys: Iterable[str]) -> None:
     for key in sorted(set(current) | set(received)):
-        if keys is not None and key not in keys:
+        if key not in keys:
             continue
         have, got = current.get(key), received.get(key)
-        if have != got or type(have) is not type(got) and not (_is_int(have) and _is_int(got)):
-            got_text = "none" if got is None else f"the value '{got}' of type '{_amqp_type(got)}'"
-            have_text = "none" if have is None else f"the value '{have}' of type '{_amqp_type(have)}'"
+        if have != got or isinstance(have, bool) is not isinstance(got, bool):
+            got_text = "none" if got is None else f"the value '{got}' of type '{amqp_type(got)}'"
+            have_text = "none" if have is None else f"the value '{have}' of type '{amqp_type(have)}'"
             raise ChannelError(
                 PRECONDITION_FAILED, f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}"
             )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _amqp_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "long" if value > 2**31 - 1 or value < -(2**31) else "signedint"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, (str, bytes)):
-        return "longstr"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
 
 
 def _server_named_queue() -> str:

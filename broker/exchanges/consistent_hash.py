@@ -19,8 +19,8 @@ from datetime import datetime
 from hashlib import blake2b
 from typing import Any, ClassVar
 
-from leveret.amqp.constants import PRECONDITION_FAILED
-from leveret.amqp.errors import ChannelError
+from leveret.amqp.constants import INTERNAL_ERROR, PRECONDITION_FAILED
+from leveret.amqp.errors import ChannelError, ConnectionLevelError
 from leveret.broker.message import Message
 
 from .base import Binding, Destination, Exchange
@@ -72,10 +72,13 @@ def _timestamp(message: Message) -> str | None:
 
 def _hash_setting(arguments: dict[str, Any], name: str) -> str | None:
     value = arguments.get(name)
+    if isinstance(value, bytes):  # a longstr that is not UTF-8
+        return value.decode("utf-8", "replace")
     if value is None or isinstance(value, str):
         return value
-    # RabbitMQ only reads longstr values here (others crash its validation); refuse them cleanly.
-    raise ChannelError(PRECONDITION_FAILED, f"Invalid type for argument '{name}': expected a string")
+    # RabbitMQ reads only longstr values here: any other type crashes its channel, which closes the
+    # connection with a bare 541.
+    raise ConnectionLevelError(INTERNAL_ERROR, "")
 
 
 class ConsistentHashExchange(Exchange):
@@ -110,10 +113,10 @@ class ConsistentHashExchange(Exchange):
 
     @staticmethod
     def _value_getter(arguments: dict[str, Any]) -> Callable[[Message], Any]:
-        header = arguments.get("hash-header")
+        header = _hash_setting(arguments, "hash-header")
         if header is not None:
             return lambda message: message.headers.get(header)
-        prop = arguments.get("hash-property")
+        prop = _hash_setting(arguments, "hash-property")
         if prop == "timestamp":
             return _timestamp
         if prop is not None:

@@ -58,26 +58,17 @@ def format_term(value: Any) -> str:
 def field_type(value: Any) -> str:
     """RabbitMQ's name for the AMQP table type of a decoded value.
 
-    Decoding loses the wire type of integers; this picks the type pamqp (aio-pika's codec) encodes with.
-    pamqp decodes a longstr that is not UTF-8 to bytes and a byte array ('x') to bytearray.
+    Decoding loses the wire type of integers; most clients (pika, the Java and .NET clients, amqplib)
+    send a 32-bit signedint when the value fits. pamqp decodes a longstr that is not UTF-8 to bytes and
+    a byte array ('x') to bytearray.
     """
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        for name, low, high in _INT_TYPES:
-            if low <= value <= high:
-                return name
-        return "long"
+        return "signedint" if -(1 << 31) <= value < 1 << 31 else "long"
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-_INT_TYPES = (
-    ("byte", -(1 << 7), (1 << 7) - 1),
-    ("short", -(1 << 15), (1 << 15) - 1),
-    ("unsignedshort", 0, (1 << 16) - 1),
-    ("signedint", -(1 << 31), (1 << 31) - 1),
-    ("unsignedint", 0, (1 << 32) - 1),
-)
 _TYPE_NAMES: dict[type, str] = {
     float: "double",
     str: "longstr",

@@ -16,31 +16,52 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def amqp_type(value: object) -> str:
+    """The field-table type name RabbitMQ uses in its messages about a value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "long" if not -(2**31) <= value < 2**31 else "signedint"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, (str, bytes)):
+        return "longstr"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return "void" if value is None else type(value).__name__
+
+
+def _expected(kind: str, value: Any) -> str:
+    return f'"expected {kind}, got {amqp_type(value)}"'
+
+
 def _non_negative_int(value: Any) -> str | None:
     if not _is_int(value):
-        return f"{{unacceptable_type,{value!r}}}"
+        return _expected("integer", value)
     return None if value >= 0 else f"{{value_negative,{value}}}"
 
 
 def _positive_int(value: Any) -> str | None:
     if not _is_int(value):
-        return f"{{unacceptable_type,{value!r}}}"
+        return _expected("integer", value)
     return None if value > 0 else f"{{value_zero_or_less,{value}}}"
 
 
 def _string(value: Any) -> str | None:
-    return None if isinstance(value, (str, bytes)) else f"{{unacceptable_type,{value!r}}}"
+    return None if isinstance(value, (str, bytes)) else _expected("string", value)
 
 
 def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"{{unacceptable_type,{value!r}}}"
+    return None if isinstance(value, bool) else _expected("boolean", value)
 
 
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+def _one_of(choices: tuple[str, ...], problem: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        return None if value in choices else f"{{unknown_value,<<\"{value}\">>}}"
+        return None if value in choices else problem
 
     return check
 
@@ -57,17 +78,21 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "x-expires": _positive_int,
     "x-max-length": _non_negative_int,
     "x-max-length-bytes": _non_negative_int,
-    "x-overflow": _one_of(OVERFLOW_MODES),
+    "x-overflow": _one_of(OVERFLOW_MODES, "invalid_overflow"),
     "x-dead-letter-exchange": _string,
     "x-dead-letter-routing-key": _string,
     "x-max-priority": _priority,
-    "x-queue-type": _one_of(QUEUE_TYPES),
+    "x-queue-type": _one_of(QUEUE_TYPES, "invalid_queue_type"),
     "x-single-active-consumer": _bool,
     "x-delivery-limit": _non_negative_int,
-    "x-queue-mode": _one_of(("default", "lazy")),
+    "x-queue-mode": _one_of(("default", "lazy"), "invalid_queue_mode"),
     "x-queue-master-locator": _string,
     "x-queue-leader-locator": _string,
 }
+
+
+# Only these take part in redeclare equivalence; RabbitMQ ignores differences in any other argument.
+EQUIVALENCE_KEYS = frozenset(CHECKS) - {"x-queue-master-locator", "x-queue-leader-locator", "x-queue-mode"}
 
 
 def validate_queue_arguments(queue: str, vhost: str, arguments: dict[str, Any]) -> None:

@@ -352,8 +352,13 @@ class ChannelSession:
             self._reply(Exchange.BindOk)
 
     def _exchange_unbind(self, method: Exchange.Unbind) -> None:
-        source, destination = self._exchange_pair(method.source, method.destination)
-        self.vhost.unbind(source, destination, method.routing_key, method.arguments or {})
+        # RabbitMQ answers unbind-ok when the binding, or either end, does not exist.
+        self.session.check_permission("write", "exchange", method.destination)
+        self.session.check_permission("read", "exchange", method.source)
+        source = self.vhost.exchanges.get(method.source)
+        destination = self.vhost.exchanges.get(method.destination)
+        if source is not None and destination is not None:
+            self.vhost.unbind(source, destination, method.routing_key, method.arguments or {})
         if not method.nowait:
             self._reply(Exchange.UnbindOk)
 
@@ -415,8 +420,17 @@ class ChannelSession:
             self._reply(Queue.BindOk)
 
     def _queue_unbind(self, method: Queue.Unbind) -> None:
-        queue, exchange = self._queue_and_exchange(method.queue, method.exchange)
-        self.vhost.unbind(exchange, queue, method.routing_key, method.arguments or {})
+        # RabbitMQ answers unbind-ok when the binding, the queue or the exchange does not exist.
+        name = self._queue_name(method.queue)
+        self.session.check_permission("write", "queue", name)
+        self.session.check_permission("read", "exchange", method.exchange)
+        queue = self.vhost.queues.get(name)
+        exchange = self.vhost.exchanges.get(method.exchange)
+        if method.exchange == DEFAULT_EXCHANGE:
+            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        if queue is not None and exchange is not None:
+            self.vhost.check_exclusive_access(queue, self.session)
+            self.vhost.unbind(exchange, queue, method.routing_key, method.arguments or {})
         self._reply(Queue.UnbindOk)
 
     def _queue_and_exchange(self, queue_name: str, exchange_name: str) -> tuple[BrokerQueue, Any]:
@@ -530,6 +544,9 @@ class ChannelSession:
         )
 
     def _recover(self, method: Basic.Recover) -> None:
+        if not method.requeue:
+            # RabbitMQ never implemented redelivery to the original consumer.
+            raise ConnectionLevelError(NOT_IMPLEMENTED, "requeue=false")
         taken = list(self.unacked.values())
         self.unacked.clear()
         self._requeue(taken)

@@ -248,34 +248,39 @@ class QueueLog:
     def _read(self, reader: segments.SegmentReader, segment: _Segment,
               messages: dict[int, StoredMessage]) -> None:
         data = reader.data
+        names: dict[bytes, str] = {}
+        decode_enqueue = records.decode_enqueue
         top = self.last_seq
+        enqueued = 0  # added to segment.live at the end: this loop is the hot path of a restart
         for kind, start, end in reader:
             try:
                 if kind == ENQUEUE:
-                    message = StoredMessage(*records.decode_enqueue(data, start, end))
-                    seq = message.seq
-                    messages[seq] = message
-                    top = max(top, seq)
-                    if not segment.first_seq:
+                    seq, exchange, routing_key, properties_raw, body = decode_enqueue(data, start, end, names)
+                    messages[seq] = StoredMessage(seq, exchange, routing_key, properties_raw, body)
+                    if not enqueued:
                         segment.first_seq = seq
                         self._enqueuing.append(segment)
                         self._firsts.append(seq)
+                    enqueued += 1
                     segment.last_seq = seq
-                    segment.live += 1
                 elif kind == SETTLE:
+                    seq = top
                     for seq in records.decode_settle(data, start, end):
                         self._refer(segment, seq, messages.pop(seq, None) is not None)
-                        top = max(top, seq)
                 else:
                     seq = records.decode_delivered(data, start, end)
                     message = messages.get(seq)
                     if message is not None:
                         message.delivered = True
                     self._refer(segment, seq, False)
-                    top = max(top, seq)
             except (ValueError, UnicodeDecodeError, struct.error) as exc:
                 # A valid CRC over a malformed payload is a bug, not damage: lose the record, not the queue.
                 log.error("%s: skipping a malformed record at offset %d: %s", reader.path, start, exc)
+                continue
+            if seq > top:
+                top = seq
+        reader.repair()
+        segment.live += enqueued
         self.last_seq = top
 
     def _refer(self, segment: _Segment, seq: int, settled: bool) -> None:

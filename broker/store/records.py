@@ -25,8 +25,8 @@ SETTLE = 2
 DELIVERED = 3
 KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED))
 
-_ENQUEUE_HEAD = struct.Struct("<QB")
-_PROPS_LEN = struct.Struct("<I")
+# seq, then the lengths of exchange, routing key and properties; the body is the rest of the payload
+_ENQUEUE_HEAD = struct.Struct("<QBBI")
 _SEQ = struct.Struct("<Q")
 _RUN = struct.Struct("<QI")  # a settle run: first seq, count
 
@@ -47,17 +47,8 @@ def _shortstr(value: str) -> bytes:
 def enqueue_payload(seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: bytes) -> bytes:
     exchange_raw = _shortstr(exchange)
     key_raw = _shortstr(routing_key)
-    return b"".join(
-        (
-            _ENQUEUE_HEAD.pack(seq, len(exchange_raw)),
-            exchange_raw,
-            bytes((len(key_raw),)),
-            key_raw,
-            _PROPS_LEN.pack(len(properties_raw)),
-            properties_raw,
-            body,  # the rest of the payload: its length needs no field of its own
-        )
-    )
+    head = _ENQUEUE_HEAD.pack(seq, len(exchange_raw), len(key_raw), len(properties_raw))
+    return b"".join((head, exchange_raw, key_raw, properties_raw, body))
 
 
 def settle_payload(seqs: Iterable[int]) -> bytes:
@@ -80,20 +71,26 @@ def delivered_payload(seq: int) -> bytes:
     return _SEQ.pack(seq)
 
 
-def decode_enqueue(data: bytes, start: int, end: int) -> tuple[int, str, str, bytes, bytes]:
-    """(seq, exchange, routing_key, properties_raw, body) of an enqueue payload."""
-    seq, exchange_len = _ENQUEUE_HEAD.unpack_from(data, start)
+def decode_enqueue(
+    data: bytes, start: int, end: int, names: dict[bytes, str]
+) -> tuple[int, str, str, bytes, bytes]:
+    """(seq, exchange, routing_key, properties_raw, body) of an enqueue payload. `names` caches decoded
+    exchange names and routing keys: recovered messages share one string per distinct name."""
+    seq, exchange_len, key_len, props_len = _ENQUEUE_HEAD.unpack_from(data, start)
     pos = start + _ENQUEUE_HEAD.size
-    exchange = data[pos : pos + exchange_len].decode()
-    pos += exchange_len
-    key_len = data[pos]
-    routing_key = data[pos + 1 : pos + 1 + key_len].decode()
-    pos += 1 + key_len
-    (props_len,) = _PROPS_LEN.unpack_from(data, pos)
-    pos += _PROPS_LEN.size
-    if pos + props_len > end:
-        raise ValueError("properties overrun the record")
-    return seq, exchange, routing_key, data[pos : pos + props_len], data[pos + props_len : end]
+    props_at = pos + exchange_len + key_len
+    body_at = props_at + props_len
+    if body_at > end:
+        raise ValueError("enqueue fields overrun the record")
+    exchange_raw = data[pos : pos + exchange_len]
+    key_raw = data[pos + exchange_len : props_at]
+    exchange = names.get(exchange_raw)
+    if exchange is None:
+        exchange = names[exchange_raw] = exchange_raw.decode()
+    routing_key = names.get(key_raw)
+    if routing_key is None:
+        routing_key = names[key_raw] = key_raw.decode()
+    return seq, exchange, routing_key, data[props_at:body_at], data[body_at:end]
 
 
 def decode_settle(data: bytes, start: int, end: int) -> Iterator[int]:

@@ -58,26 +58,25 @@ def _read_salt(data: bytes) -> int | None:
 
 
 class SegmentReader:
-    """The records of one segment file, read whole. Iterate once: the end of the iteration logs the
-    corrupt regions found and truncates a bad tail."""
+    """The records of one segment file, read whole: iterate it once, then call `repair`."""
 
     def __init__(self, path: Path, data: bytes, salt: int) -> None:
         self.path = path
         self.data = data
-        self.salt = salt
-        self.size = len(data)  # after iteration: the file's size once any bad tail is cut off
+        self._scanner = RecordScanner(data, HEADER_SIZE, salt)
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        scanner = RecordScanner(self.data, HEADER_SIZE, self.salt)
-        yield from scanner
-        for offset, length in scanner.skipped:
+        return iter(self._scanner)
+
+    def repair(self) -> None:
+        """Log the corrupt regions the iteration met, and truncate a bad tail (a torn write)."""
+        for offset, length in self._scanner.skipped:
             if offset + length < len(self.data):
                 log.warning("%s: skipped %d corrupt bytes at offset %d", self.path, length, offset)
             else:
                 log.warning("%s: truncating a torn or corrupt tail of %d bytes at offset %d",
                             self.path, length, offset)
                 _truncate(self.path, offset)
-                self.size = offset
 
 
 def open_segment(path: Path) -> SegmentReader | None:

@@ -41,6 +41,10 @@ class Node:
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
 
+    def durable_position(self) -> int:
+        """How far the store has made appends durable; publishes waiting on no store are always safe."""
+        return 0
+
     def connection_opened(self, session: ConnectionSession) -> None:
         self.connections.add(session)
 

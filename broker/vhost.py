@@ -191,13 +191,12 @@ class VirtualHost:
         if self.queues.get(queue.name) is not queue:
             return
         del self.queues[queue.name]
-        queue.deleted = True
+        queue.delete()
         for exchange in list(self.exchanges.values()):
             self._unbind_all(exchange, queue)
         for consumer in list(queue.consumers):
             consumer.channel.consumer_cancelled_by_broker(consumer)
         queue.consumers.clear()
-        queue.ready.clear()
 
     # ---- bindings ---------------------------------------------------------------------------
 

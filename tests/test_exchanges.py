@@ -439,11 +439,6 @@ def test_consistent_hash_argument_validation(arguments: dict[str, Any], text: st
     assert (info.value.code, info.value.text) == (PRECONDITION_FAILED, text)
 
 
-@pytest.mark.parametrize(
-    "arguments",
-    [{}, {"hash-header": "h"}, {"hash-property": "message_id"}, {"hash-property": "correlation_id"},
-     {"hash-property": "timestamp"}, {"other": 1}],
-)  # fmt: skip
 def test_consistent_hash_non_string_setting_closes_the_connection() -> None:
     # RabbitMQ's validation crashes on a non-longstr value: its channel dies, the connection gets 541.
     for name in ("hash-header", "hash-property"):
@@ -452,6 +447,11 @@ def test_consistent_hash_non_string_setting_closes_the_connection() -> None:
         assert (info.value.code, info.value.reply_text) == (INTERNAL_ERROR, "INTERNAL_ERROR")
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [{}, {"hash-header": "h"}, {"hash-property": "message_id"}, {"hash-property": "correlation_id"},
+     {"hash-property": "timestamp"}, {"other": 1}],
+)  # fmt: skip
 def test_consistent_hash_valid_arguments(arguments: dict[str, Any]) -> None:
     ConsistentHashExchange.validate_arguments(arguments)
 

@@ -29,6 +29,10 @@ _MODES = {
 }
 
 
+_SCALARS = frozenset({str, int, float, bool})
+_ABSENT = object()
+
+
 def _binary(value: bytes | bytearray) -> str | bytes:
     # On the wire a longstr and a byte array are both Erlang binaries: equal when the bytes are.
     try:
@@ -40,6 +44,8 @@ def _binary(value: bytes | bytearray) -> str | bytes:
 def same_value(a: Any, b: Any) -> bool:
     """Erlang's exact equality (=:=) on decoded field values: 1 is not 1.0 nor True, and tables
     compare in field order."""
+    if type(a) is type(b) and type(a) in _SCALARS:  # the usual case, on the routing hot path
+        return a == b
     if isinstance(a, (bytes, bytearray)):
         a = _binary(a)
     if isinstance(b, (bytes, bytearray)):
@@ -70,10 +76,13 @@ class _Spec:
 
     def matches(self, headers: Mapping[str, Any]) -> bool:
         for key, expected in self.fields:
-            if expected is None:
-                hit = key in headers
+            value = headers.get(key, _ABSENT)
+            if value is _ABSENT:
+                hit = False
+            elif expected is None:
+                hit = True
             else:
-                hit = key in headers and same_value(headers[key], expected)
+                hit = same_value(value, expected)
             if hit is self.match_any:
                 return hit
         return not self.match_any

@@ -8,20 +8,25 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
+from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 
 if TYPE_CHECKING:
     from leveret.broker.queues.consumer import Consumer
 
 
 class Entry:
-    """One message's place in one queue (a fanout puts one Message in several queues)."""
+    """One message's place in one queue (a fanout puts one Message in several queues).
 
-    __slots__ = ("message", "seq", "redelivered")
+    `logged` is True when the queue's journal holds it (a persistent message on a durable queue).
+    """
+
+    __slots__ = ("message", "seq", "redelivered", "logged")
 
     def __init__(self, message: Message, seq: int, redelivered: bool = False) -> None:
         self.message = message
         self.seq = seq
         self.redelivered = redelivered
+        self.logged = False
 
 
 class Queue:
@@ -34,6 +39,7 @@ class Queue:
         exclusive_owner: object | None = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        journal: Journal = NULL_JOURNAL,
     ) -> None:
         self.name = name
         self.vhost = vhost
@@ -45,6 +51,7 @@ class Queue:
         self.consumers: deque[Consumer] = deque()
         self.unacked = 0
         self.deleted = False
+        self.journal = journal
         self._seq = itertools.count(1)
         # True once a scan found no consumer with credit; cleared when credit may have appeared.
         # Saves scanning every consumer on every publish while all of them are full.
@@ -68,10 +75,22 @@ class Queue:
 
     # ---- messages ---------------------------------------------------------------------------
 
-    def enqueue(self, message: Message) -> None:
-        self.ready.append(Entry(message, next(self._seq)))
+    def enqueue(self, message: Message) -> int | None:
+        """Accept a published message. Returns the store position a confirm must wait for (0: none),
+        or None when the queue refused it (the publisher's confirm is then a nack)."""
+        entry = Entry(message, next(self._seq))
+        position = self.journal.enqueued(entry)
+        self.ready.append(entry)
         if self.consumers and not self._consumers_full:
             self.deliver_ready()
+        return position
+
+    def restore(self, entries: Iterable[Entry]) -> None:
+        """Recovered entries, in order, before any publish: the sequence continues after them."""
+        for entry in entries:
+            self.ready.append(entry)
+        if self.ready:
+            self._seq = itertools.count(self.ready[-1].seq + 1)
 
     def take(self) -> Entry | None:
         """basic.get: the next ready message, now unacked (the caller settles or requeues it)."""
@@ -79,11 +98,14 @@ class Queue:
             return None
         entry = self.ready.popleft()
         self.unacked += 1
+        if entry.logged and not entry.redelivered:
+            self.journal.delivered(entry)
         return entry
 
-    def settle(self, entry: Entry) -> None:
-        """An unacked message is done with: acked, or rejected without requeue."""
-        self.unacked -= 1
+    def settle(self, entries: list[Entry]) -> None:
+        """Unacked messages are done with: acked, or rejected without requeue."""
+        self.unacked -= len(entries)
+        self.journal.settled(entries)
 
     def requeue(self, entries: Iterable[Entry]) -> None:
         """Unacked messages come back to the head, in their original order, marked redelivered."""
@@ -102,9 +124,16 @@ class Queue:
         self.credit_changed()
 
     def purge(self) -> int:
-        count = len(self.ready)
+        purged = list(self.ready)
         self.ready.clear()
-        return count
+        self.journal.settled(purged)
+        return len(purged)
+
+    def delete(self) -> None:
+        """The queue is gone: its ready messages with it (unacked ones are dropped when settled)."""
+        self.deleted = True
+        self.ready.clear()
+        self.journal.deleted()
 
     # ---- consumers --------------------------------------------------------------------------
 
@@ -139,6 +168,10 @@ class Queue:
                 self._consumers_full = True
                 return
             entry = ready.popleft()
-            if not consumer.no_ack:
+            if consumer.no_ack:
+                self.journal.settled([entry])
+            else:
                 self.unacked += 1
+                if entry.logged and not entry.redelivered:
+                    self.journal.delivered(entry)
             consumer.deliver(entry)

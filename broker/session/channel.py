@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +67,8 @@ class ChannelSession:
         self.flow_active = True
         self.confirming = False
         self._publish_seq = 0
-        self._confirm_ack_upto = 0  # confirms owed, sent as one ack(multiple) at flush
-        self._confirmed_upto = 0
+        # Confirms owed, in publish order: (seq, store position it waits for, nack?).
+        self._unconfirmed: deque[tuple[int, int, bool]] = deque()
         self.tx: _Transaction | None = None
         self.last_queue = ""  # "" in queue arguments means the channel's last declared queue
         self.closed = False
@@ -203,22 +203,42 @@ class ChannelSession:
                     self.conn.frame_max,
                 )
             )
+        position, refused = 0, False
         for queue in queues:
-            queue.enqueue(message)
+            needed = queue.enqueue(message)
+            if needed is None:
+                refused = True
+            elif needed > position:
+                position = needed
         if seq:
-            self._confirm_ack_upto = seq
+            self._unconfirmed.append((seq, position, refused))
 
     def _needs_reply_to_rewrite(self, message: Message) -> bool:
         # Only decode properties when the raw bytes could hold the magic reply-to name.
         return reply_to.MAGIC_QUEUE.encode() in message.properties_raw
 
-    def flush_confirms(self) -> None:
-        """Send the confirms owed since the last flush as one basic.ack(multiple)."""
-        upto = self._confirm_ack_upto
-        if upto > self._confirmed_upto:
-            multiple = upto - self._confirmed_upto > 1
-            self.conn.send_frames([fastpath.confirm_ack_frame(self.number, upto, multiple)])
-            self._confirmed_upto = upto
+    def flush_confirms(self, durable_position: int) -> None:
+        """Send the confirms whose messages are safe: runs of acks as one basic.ack(multiple)."""
+        pending = self._unconfirmed
+        acked_upto = 0
+        frames = []
+        while pending and pending[0][1] <= durable_position:
+            seq, _, refused = pending.popleft()
+            if refused:
+                if acked_upto:
+                    frames.append(fastpath.confirm_ack_frame(self.number, acked_upto, True))
+                    acked_upto = 0
+                frames.append(fastpath.confirm_nack_frame(self.number, seq, False))
+            else:
+                acked_upto = seq
+        if acked_upto:
+            frames.append(fastpath.confirm_ack_frame(self.number, acked_upto, True))
+        if frames:
+            self.conn.send_frames(frames)
+
+    @property
+    def awaiting_confirms(self) -> bool:
+        return bool(self._unconfirmed)
 
     # ---- acknowledgements -------------------------------------------------------------------
 
@@ -268,13 +288,14 @@ class ChannelSession:
             action()
 
     def _settle(self, taken: Iterable[Unacked]) -> None:
-        queues: dict[int, BrokerQueue] = {}
+        by_queue: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
         for item in taken:
-            item.queue.settle(item.entry)
             if item.consumer is not None:
                 item.consumer.unacked -= 1
-            queues[id(item.queue)] = item.queue
-        self._credit_returned(queues.values())
+            by_queue.setdefault(id(item.queue), (item.queue, []))[1].append(item.entry)
+        for queue, entries in by_queue.values():
+            queue.settle(entries)
+        self._credit_returned(queue for queue, _ in by_queue.values())
 
     def _requeue(self, taken: Iterable[Unacked]) -> None:
         by_queue: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
@@ -525,7 +546,7 @@ class ChannelSession:
         tag = self._next_tag
         self._next_tag = tag + 1
         if method.no_ack:
-            queue.settle(entry)
+            queue.settle([entry])
         else:
             self.unacked[tag] = Unacked(entry, queue, None)
         message = entry.message

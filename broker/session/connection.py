@@ -140,9 +140,10 @@ class ConnectionSession:
     # ---- output -----------------------------------------------------------------------------
 
     def flush_confirms(self) -> None:
+        durable = self.node.durable_position()
         for channel in self.channels.values():
-            if channel.confirming:
-                channel.flush_confirms()
+            if channel.awaiting_confirms:
+                channel.flush_confirms(durable)
 
     def data_to_send(self) -> bytes:
         self.flush_confirms()
@@ -152,8 +153,9 @@ class ConnectionSession:
 
     def _close_channel(self, number: int, error: ChannelError) -> None:
         channel = self.channels.get(number)
-        if channel is not None:
-            channel.flush_confirms()  # confirms for publishes before the error still go out
+        if channel is not None and channel.awaiting_confirms:
+            # Confirms for publishes before the error still go out.
+            channel.flush_confirms(self.node.durable_position())
         self.conn.close_channel(number, error)
         self._drop_channel(number)
 

@@ -29,7 +29,7 @@ class DefinitionsStore:
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError) as exc:
-            raise DefinitionsError(f"cannot read definitions file {self.path}: {exc}") from None
+            raise DefinitionsError(f"definitions file {self.path} cannot be read: {exc}") from None
         try:
             definitions = json.loads(text)
         except json.JSONDecodeError as exc:

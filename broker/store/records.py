@@ -107,8 +107,7 @@ class RecordScanner:
 
     A header that fails any check (magic, length within the data, CRC) starts a bad region; the scan
     resumes at the next offset holding the magic that frames a valid record. Afterwards `skipped` lists
-    the bad regions as (offset, length) and `end` is the offset just past the last valid record, so a bad
-    region at the end (a torn write) is `data[end:]`.
+    the bad regions as (offset, length); one that ends at the end of `data` is a bad tail (a torn write).
     """
 
     def __init__(self, data: bytes, start: int, salt: int) -> None:
@@ -116,7 +115,6 @@ class RecordScanner:
         self.start = start
         self.salt = salt
         self.skipped: list[tuple[int, int]] = []
-        self.end = start
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         data = self.data
@@ -136,7 +134,6 @@ class RecordScanner:
                 if bad_from >= 0:
                     self.skipped.append((bad_from, pos - bad_from))
                     bad_from = -1
-                self.end = stop
                 yield kind, payload, stop
                 pos = stop
                 continue

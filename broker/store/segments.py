@@ -5,7 +5,8 @@
 
 The header is written twice so one damaged sector cannot make a whole segment unreadable: its salt is
 needed to check every record in it. Reading is the only place that repairs: it logs every corrupt region,
-and truncates a bad tail (a torn write) so the next append lands right after the last valid record.
+and truncates a bad tail (a torn write) so no later start meets it again. Appends never go to a segment
+written before a restart: each start begins a new one.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def list_segments(directory: Path) -> list[int]:
     """Indexes of the segment files in `directory`, ascending."""
     indexes = []
     for entry in os.scandir(directory):
-        stem, dot, suffix = entry.name.partition(".")
-        if "." + suffix == SUFFIX and dot and stem.isdigit():
+        stem = entry.name.removesuffix(SUFFIX)
+        if stem != entry.name and stem.isdigit():
             indexes.append(int(stem))
     return sorted(indexes)
 
@@ -118,11 +119,9 @@ def write_runs(path: Path, runs: list[tuple[int, bytes | bytearray]], sync: bool
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         for offset, data in runs:
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
-                offset += written
+            written = os.pwrite(fd, data, offset)
+            while written < len(data):  # rare (a regular file takes whole writes until the disk fills up)
+                written += os.pwrite(fd, data[written:], offset + written)
         if sync:
             os.fsync(fd)
     finally:

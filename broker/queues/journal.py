@@ -1,0 +1,31 @@
+"""What a queue tells its durable log. A transient queue's journal records nothing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.queue import Entry
+
+
+class Journal:
+    """The queue's record of its persistent messages; the store-backed one is in broker/persistence.py.
+
+    `enqueued` returns the store write position the entry becomes durable at, 0 when nothing was
+    written (a transient queue or message): a publisher confirm waits for that position.
+    """
+
+    def enqueued(self, entry: Entry) -> int:
+        return 0
+
+    def delivered(self, entry: Entry) -> None:
+        """First delivery of the entry: after a crash it comes back with redelivered=true."""
+
+    def settled(self, entries: list[Entry]) -> None:
+        """Entries gone for good: acked, dropped, expired or dead-lettered."""
+
+    def deleted(self) -> None:
+        """The queue was deleted: its log goes too."""
+
+
+NULL_JOURNAL = Journal()

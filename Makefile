@@ -8,7 +8,7 @@ test: deps test-only
 
 deps:
 	$(PYTHON) -m pip install --quiet -e '.[test]'
-	@if [ -f $(NODE_DIR)/package.json ]; then cd $(NODE_DIR) && npm install --no-audit --no-fund --silent; fi
+	@if [ -f $(NODE_DIR)/package.json ]; then cd $(NODE_DIR) && npm ci --no-audit --no-fund --silent; fi
 	@if ! command -v amqp-publish >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq amqp-tools >/dev/null) \
 		|| echo "amqp-tools not installed: its interop test will be skipped"; \

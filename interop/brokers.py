@@ -151,7 +151,8 @@ class Broker:
                 self._proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise TimeoutError(f"{self.kind} ignored SIGTERM for {self.stop_timeout:.0f}s; killed it")
+                message = f"{self.kind} ignored SIGTERM for {self.stop_timeout:.0f}s; killed it"
+                raise TimeoutError(message) from None
         self._kill_group()
         return self._proc.returncode
 
@@ -195,7 +196,17 @@ class LeveretBroker(Broker):
 
     def command(self) -> list[str]:
         data = str(self.data_dir)
-        return [sys.executable, "-m", "leveret", "--host", self.host, "--port", str(self.port), "--data-dir", data]
+        return [
+            sys.executable,
+            "-m",
+            "leveret",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            data,
+        ]
 
 
 class RabbitMQBroker(Broker):
@@ -245,12 +256,15 @@ class RabbitMQBroker(Broker):
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS=self.host,
             # Loopback-only distribution, and never a stray epmd daemon we would not own.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+            ),
         )
         return env
 
     def diagnostics(self) -> str:
-        return f"{super().diagnostics()}\n--- {self.nodename}.log ---\n{tail(self.log_dir / f'{self.nodename}.log')}"
+        log = self.log_dir / f"{self.nodename}.log"
+        return f"{super().diagnostics()}\n--- {log.name} ---\n{tail(log)}"
 
     def start(self) -> None:
         self._start_epmd()

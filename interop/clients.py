@@ -52,7 +52,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 
 def pump_until(
-    connection: pika.BlockingConnection, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+    connection: pika.BlockingConnection,
+    predicate: Callable[[], bool],
+    timeout: float = 10.0,
+    what: str = "condition",
 ) -> None:
     """wait_until that dispatches the connection's deliveries and callbacks while it waits."""
 
@@ -99,7 +102,9 @@ def run_client(args: list[str], cwd: Path, env: dict[str, str], timeout: float =
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise AssertionError(f"{args} timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}") from None
+            raise AssertionError(
+                f"{args} timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}"
+            ) from None
     if proc.returncode != 0:
         raise AssertionError(f"{args} exited with {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}")
     return out
@@ -137,7 +142,9 @@ class ClientProcess:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"{self.args}: no expected line within {timeout}s\n{self.transcript()}")
+                raise AssertionError(
+                    f"{self.args}: no expected line within {timeout}s\n{self.transcript()}"
+                ) from None
             if line is None:
                 self._lines.put(None)
                 raise AssertionError(f"{self.args} exited ({self.proc.wait()})\n{self.transcript()}")

@@ -28,7 +28,9 @@ async def publish_confirm_consume(url: str) -> None:
         queue = await channel.declare_queue(name, durable=True)
         bodies = [f"message {i}".encode() for i in range(10)]
         for i, body in enumerate(bodies):
-            message = aio_pika.Message(body, message_id=str(i), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            message = aio_pika.Message(
+                body, message_id=str(i), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            )
             confirmation = await channel.default_exchange.publish(message, routing_key=name)
             assert isinstance(confirmation, Basic.Ack)
 
@@ -58,7 +60,12 @@ async def rpc_round_trip(url: str) -> None:
         await server.register(method, multiply, auto_delete=True)
         assert await client.call(method, kwargs={"x": 6, "y": 7}) == 42
         assert await asyncio.gather(*(client.call(method, kwargs={"x": i, "y": i}) for i in range(5))) == [
-            0, 1, 4, 9, 16]
+            0,
+            1,
+            4,
+            9,
+            16,
+        ]
         await client.close()
         await server.close()
 

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Callable
 
 import pika
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
 from interop.brokers import Broker
-from interop.clients import pika_connection, queue_depth, unique
+from interop.clients import pika_connection, queue_depth, unique, wait_until
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
 
 
-def publish_confirmed(channel: BlockingChannel, exchange: str, key: str, bodies: range,
-                      props: pika.BasicProperties) -> None:
+def publish_confirmed(
+    channel: BlockingChannel, exchange: str, key: str, bodies: range, props: pika.BasicProperties
+) -> None:
     for i in bodies:
         channel.basic_publish(exchange, key, str(i).encode(), props)
 
@@ -41,11 +45,9 @@ def test_durable_state_survives_stop_and_kill(private_broker: Callable[[], Broke
     with pika_connection(broker.url) as connection:
         channel = connection.channel()
         assert queue_depth(channel, durable_queue) == 50
-        try:
+        with pytest.raises(ChannelClosedByBroker) as gone:
             channel.queue_declare(transient_queue, passive=True)
-            raise AssertionError("the transient queue survived a restart")
-        except ChannelClosedByBroker as gone:
-            assert gone.reply_code == 404
+        assert gone.value.reply_code == 404, "the transient queue survived a restart"
         channel = connection.channel()
         channel.confirm_delivery()
         # The durable exchange and its binding are back: publishing through them still routes.
@@ -63,3 +65,58 @@ def test_durable_state_survives_stop_and_kill(private_broker: Callable[[], Broke
         assert bodies == list(range(80))
         channel.queue_delete(durable_queue)
         channel.exchange_delete(exchange)
+
+
+class ConfirmingPublisher(threading.Thread):
+    """Publishes persistent messages numbered on from `start` with confirms until its connection dies."""
+
+    def __init__(self, url: str, queue: str, start: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.queue, self.next = url, queue, start
+        self.attempted: set[int] = set()
+        self.confirmed: set[int] = set()
+
+    def run(self) -> None:
+        try:
+            with pika_connection(self.url) as connection:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                while True:
+                    self.attempted.add(self.next)
+                    channel.basic_publish("", self.queue, str(self.next).encode(), PERSISTENT)
+                    self.confirmed.add(self.next)
+                    self.next += 1
+        except (pika.exceptions.AMQPError, OSError):
+            return  # the broker was killed under us: what was confirmed must survive
+
+
+@pytest.mark.slow
+def test_confirmed_messages_survive_crashes_mid_publish(private_broker: Callable[[], Broker]) -> None:
+    broker = private_broker()
+    name = unique("crash")
+    with pika_connection(broker.url) as connection:
+        connection.channel().queue_declare(name, durable=True)
+    attempted: set[int] = set()
+    confirmed: set[int] = set()
+    chance = random.Random(1)
+    for _cycle in range(5):
+        publisher = ConfirmingPublisher(broker.url, name, start=max(attempted, default=-1) + 1)
+        publisher.start()
+        target = chance.randint(200, 1500)
+        wait_until(lambda p=publisher, n=target: len(p.confirmed) >= n, timeout=60, what=f"{target} confirms")
+        broker.kill()
+        publisher.join(30)
+        assert not publisher.is_alive()
+        attempted |= publisher.attempted
+        confirmed |= publisher.confirmed
+        broker.start()
+
+    with pika_connection(broker.url) as connection:
+        channel = connection.channel()
+        present = []
+        while (got := channel.basic_get(name, auto_ack=True))[0] is not None:
+            present.append(int(got[2]))
+    assert len(present) == len(set(present)), "a message was duplicated"
+    assert confirmed <= set(present), f"confirmed messages lost: {sorted(confirmed - set(present))[:20]}"
+    assert set(present) <= attempted
+    assert present == sorted(present), "the queue lost its FIFO order across crashes"

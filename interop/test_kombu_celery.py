@@ -24,8 +24,19 @@ def test_celery_task_round_trip(broker: Broker, tmp_path: Path) -> None:
     stage(tmp_path, "tasks.py", "celery_client.py")
     queue = unique("celery")
     env = client_env(broker.url, CELERY_QUEUE=queue)
-    worker_args = python_client("-m", "celery", "-A", "tasks", "worker", "--pool=solo", "-c", "1",
-                                "--loglevel=INFO", "-n", f"{queue}@%h")
+    worker_args = python_client(
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "--pool=solo",
+        "-c",
+        "1",
+        "--loglevel=INFO",
+        "-n",
+        f"{queue}@%h",
+    )
     with client_process(worker_args, tmp_path, env) as worker:
         worker.expect(lambda line: "ready." in line, timeout=60)
         assert run_client(python_client("celery_client.py"), tmp_path, env) == "5\n"

@@ -38,7 +38,9 @@ def test_hello_world_tutorial(broker: Broker, channel: BlockingChannel, tmp_path
     channel.queue_delete("hello")
 
 
-def test_confirm_channel_and_mandatory_return(broker: Broker, channel: BlockingChannel, tmp_path: Path) -> None:
+def test_confirm_channel_and_mandatory_return(
+    broker: Broker, channel: BlockingChannel, tmp_path: Path
+) -> None:
     name = unique("node-confirm")
     out = run_client(node("confirm_publish.js", name, "50"), tmp_path, client_env(broker.url))
     assert out.splitlines() == ["confirmed 50", "returned 312 NO_ROUTE lost"]

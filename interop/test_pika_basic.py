@@ -19,7 +19,11 @@ def publish(channel: BlockingChannel, queue: str, *bodies: bytes) -> None:
 def test_declare_publish_get_ack(channel: BlockingChannel) -> None:
     name = unique("basic")
     declared = channel.queue_declare(name, auto_delete=False)
-    assert (declared.method.queue, declared.method.message_count, declared.method.consumer_count) == (name, 0, 0)
+    assert (declared.method.queue, declared.method.message_count, declared.method.consumer_count) == (
+        name,
+        0,
+        0,
+    )
     props = pika.BasicProperties(
         content_type="application/json",
         content_encoding="utf-8",
@@ -42,8 +46,21 @@ def test_declare_publish_get_ack(channel: BlockingChannel) -> None:
     assert isinstance(method, Basic.GetOk)
     assert (body, method.redelivered, method.exchange, method.routing_key) == (b'{"x": 1}', False, "", name)
     assert method.message_count == 0
-    for field in ("content_type", "content_encoding", "headers", "delivery_mode", "priority", "correlation_id",
-                  "reply_to", "expiration", "message_id", "timestamp", "type", "user_id", "app_id"):
+    for field in (
+        "content_type",
+        "content_encoding",
+        "headers",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+    ):
         assert getattr(got, field) == getattr(props, field), field
     channel.basic_ack(method.delivery_tag)
     assert channel.basic_get(name) == (None, None, None)
@@ -239,18 +256,24 @@ def test_direct_reply_to_rpc(broker: Broker, connection: pika.BlockingConnection
     client.queue_declare(request_queue)
     replies: list[tuple[pika.BasicProperties, bytes]] = []
     # The pseudo-queue is consumed in no-ack mode and needs no declaration.
-    client.basic_consume("amq.rabbitmq.reply-to", lambda _c, _m, props, body: replies.append((props, body)),
-                         auto_ack=True)
-    client.basic_publish("", request_queue, b"21",
-                         pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c-1"))
+    client.basic_consume(
+        "amq.rabbitmq.reply-to", lambda _c, _m, props, body: replies.append((props, body)), auto_ack=True
+    )
+    client.basic_publish(
+        "", request_queue, b"21", pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id="c-1")
+    )
 
     with pika_connection(broker.url) as server_connection:
         server = server_connection.channel()
         wait_until(lambda: queue_depth(server, request_queue) == 1, what="the request")
         method, props, body = server.basic_get(request_queue, auto_ack=True)
         assert props.reply_to.startswith("amq.rabbitmq.reply-to.")
-        server.basic_publish("", props.reply_to, str(int(body) * 2).encode(),
-                             pika.BasicProperties(correlation_id=props.correlation_id))
+        server.basic_publish(
+            "",
+            props.reply_to,
+            str(int(body) * 2).encode(),
+            pika.BasicProperties(correlation_id=props.correlation_id),
+        )
 
     pump_until(connection, lambda: bool(replies), what="the reply")
     assert replies[0][0].correlation_id == "c-1"

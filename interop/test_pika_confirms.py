@@ -29,7 +29,11 @@ def test_mandatory_unroutable_raises_with_confirms(channel: BlockingChannel) -> 
     [returned] = unroutable.value.messages
     assert isinstance(returned.method, Basic.Return)
     assert (returned.method.reply_code, returned.method.reply_text) == (312, "NO_ROUTE")
-    assert (returned.method.exchange, returned.method.routing_key, returned.body) == ("amq.direct", key, b"lost")
+    assert (returned.method.exchange, returned.method.routing_key, returned.body) == (
+        "amq.direct",
+        key,
+        b"lost",
+    )
     assert channel.is_open
 
 
@@ -42,7 +46,12 @@ def test_mandatory_unroutable_is_returned_without_confirms(
     channel.basic_publish("", key, b"lost", pika.BasicProperties(message_id="m-1"), mandatory=True)
     pump_until(connection, lambda: bool(returns), what="basic.return")
     method, props, body = returns[0]
-    assert (method.reply_code, method.reply_text, method.exchange, method.routing_key) == (312, "NO_ROUTE", "", key)
+    assert (method.reply_code, method.reply_text, method.exchange, method.routing_key) == (
+        312,
+        "NO_ROUTE",
+        "",
+        key,
+    )
     assert (props.message_id, body) == ("m-1", b"lost")
 
 

@@ -1,4 +1,4 @@
-"""Errors: the reply code and text RabbitMQ sends, and that a soft error closes the channel, not the connection."""
+"""Errors: RabbitMQ's reply code and text, and that a soft error closes the channel, not the connection."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from interop.brokers import Broker
 from interop.clients import pika_connection, unique
 
 
-def channel_error(connection: pika.BlockingConnection, action: Callable[[BlockingChannel], object]) -> tuple[int, str]:
+def channel_error(
+    connection: pika.BlockingConnection, action: Callable[[BlockingChannel], object]
+) -> tuple[int, str]:
     """Run action on a fresh channel; return the broker's channel.close code and text.
 
     Asynchronous methods (publish, ack) are answered by the close, which the following synchronous
@@ -32,62 +34,83 @@ def channel_error(connection: pika.BlockingConnection, action: Callable[[Blockin
 def test_passive_declare_of_missing_queue(connection: pika.BlockingConnection) -> None:
     name = unique("missing")
     assert channel_error(connection, lambda ch: ch.queue_declare(name, passive=True)) == (
-        404, f"NOT_FOUND - no queue '{name}' in vhost '/'")
+        404,
+        f"NOT_FOUND - no queue '{name}' in vhost '/'",
+    )
 
 
 def test_passive_declare_of_missing_exchange(connection: pika.BlockingConnection) -> None:
     name = unique("missing")
     assert channel_error(connection, lambda ch: ch.exchange_declare(name, passive=True)) == (
-        404, f"NOT_FOUND - no exchange '{name}' in vhost '/'")
+        404,
+        f"NOT_FOUND - no exchange '{name}' in vhost '/'",
+    )
 
 
-def test_redeclare_queue_with_other_durable(channel: BlockingChannel, connection: pika.BlockingConnection) -> None:
+def test_redeclare_queue_with_other_durable(
+    channel: BlockingChannel, connection: pika.BlockingConnection
+) -> None:
     name = unique("durable")
     channel.queue_declare(name, durable=False)
     code, text = channel_error(connection, lambda ch: ch.queue_declare(name, durable=True))
     assert code == 406
-    assert text.startswith("PRECONDITION_FAILED - inequivalent arg 'durable'")
-    assert text == (f"PRECONDITION_FAILED - inequivalent arg 'durable' for queue '{name}' in vhost '/': "
-                    "received 'true' but current is 'false'")
+    assert text == (
+        f"PRECONDITION_FAILED - inequivalent arg 'durable' for queue '{name}' in vhost '/': "
+        "received 'true' but current is 'false'"
+    )
     channel.queue_delete(name)
 
 
-def test_redeclare_exchange_with_other_type(channel: BlockingChannel, connection: pika.BlockingConnection) -> None:
+def test_redeclare_exchange_with_other_type(
+    channel: BlockingChannel, connection: pika.BlockingConnection
+) -> None:
     name = unique("type")
     channel.exchange_declare(name, "direct", auto_delete=True)
     assert channel_error(connection, lambda ch: ch.exchange_declare(name, "fanout", auto_delete=True)) == (
-        406, f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{name}' in vhost '/': "
-        "received 'fanout' but current is 'direct'")
+        406,
+        f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{name}' in vhost '/': "
+        "received 'fanout' but current is 'direct'",
+    )
     channel.exchange_delete(name)
 
 
 def test_publish_to_missing_exchange(connection: pika.BlockingConnection) -> None:
     name = unique("missing")
     assert channel_error(connection, lambda ch: ch.basic_publish(name, "key", b"x")) == (
-        404, f"NOT_FOUND - no exchange '{name}' in vhost '/'")
+        404,
+        f"NOT_FOUND - no exchange '{name}' in vhost '/'",
+    )
 
 
 def test_ack_of_unknown_delivery_tag(connection: pika.BlockingConnection) -> None:
     assert channel_error(connection, lambda ch: ch.basic_ack(1)) == (
-        406, "PRECONDITION_FAILED - unknown delivery tag 1")
+        406,
+        "PRECONDITION_FAILED - unknown delivery tag 1",
+    )
 
 
 def test_declare_reserved_amq_exchange(connection: pika.BlockingConnection) -> None:
     name = f"amq.{unique('reserved')}"
     assert channel_error(connection, lambda ch: ch.exchange_declare(name, "direct")) == (
-        403, f"ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'")
+        403,
+        f"ACCESS_REFUSED - exchange name '{name}' contains reserved prefix 'amq.*'",
+    )
 
 
 def test_consume_from_missing_queue(connection: pika.BlockingConnection) -> None:
     name = unique("missing")
     assert channel_error(connection, lambda ch: ch.basic_consume(name, lambda *_: None)) == (
-        404, f"NOT_FOUND - no queue '{name}' in vhost '/'")
+        404,
+        f"NOT_FOUND - no queue '{name}' in vhost '/'",
+    )
 
 
 def test_bind_missing_queue(connection: pika.BlockingConnection) -> None:
     name = unique("missing")
     assert channel_error(connection, lambda ch: ch.queue_bind(name, "amq.direct", "key")) == (
-        404, f"NOT_FOUND - no queue '{name}' in vhost '/'")
+        404,
+        f"NOT_FOUND - no queue '{name}' in vhost '/'",
+    )
 
 
 @pytest.mark.parametrize("access", ["declare", "passive", "consume", "get", "purge", "delete"])
@@ -107,7 +130,9 @@ def test_exclusive_queue_from_another_connection(
     with pika_connection(broker.url) as other:
         code, text = channel_error(other, actions[access])
     assert code == 405
-    assert text.startswith(f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '/'")
+    assert text.startswith(
+        f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{name}' in vhost '/'"
+    )
 
 
 def test_delete_if_unused_and_if_empty(channel: BlockingChannel, connection: pika.BlockingConnection) -> None:
@@ -116,10 +141,14 @@ def test_delete_if_unused_and_if_empty(channel: BlockingChannel, connection: pik
     channel.basic_publish("", name, b"x")
     tag = channel.basic_consume(name, lambda *_: None)
     assert channel_error(connection, lambda ch: ch.queue_delete(name, if_unused=True)) == (
-        406, f"PRECONDITION_FAILED - queue '{name}' in vhost '/' in use")
+        406,
+        f"PRECONDITION_FAILED - queue '{name}' in vhost '/' in use",
+    )
     channel.basic_cancel(tag)
     assert channel_error(connection, lambda ch: ch.queue_delete(name, if_empty=True)) == (
-        406, f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty")
+        406,
+        f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty",
+    )
     channel.queue_delete(name)
 
 
@@ -129,16 +158,21 @@ def test_exchange_delete_if_unused(channel: BlockingChannel, connection: pika.Bl
     channel.queue_declare(name, exclusive=True)
     channel.queue_bind(name, exchange, "key")
     assert channel_error(connection, lambda ch: ch.exchange_delete(exchange, if_unused=True)) == (
-        406, f"PRECONDITION_FAILED - exchange '{exchange}' in vhost '/' in use")
+        406,
+        f"PRECONDITION_FAILED - exchange '{exchange}' in vhost '/' in use",
+    )
     channel.exchange_delete(exchange)
 
 
 def test_direct_reply_to_misuse(connection: pika.BlockingConnection) -> None:
     reply_to = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to")
     assert channel_error(connection, lambda ch: ch.basic_publish("", unique("rpc"), b"x", reply_to)) == (
-        406, "PRECONDITION_FAILED - fast reply consumer does not exist")
-    assert channel_error(connection, lambda ch: ch.basic_consume("amq.rabbitmq.reply-to", lambda *_: None)) == (
-        406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
+        406,
+        "PRECONDITION_FAILED - fast reply consumer does not exist",
+    )
+    assert channel_error(
+        connection, lambda ch: ch.basic_consume("amq.rabbitmq.reply-to", lambda *_: None)
+    ) == (406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
 
 
 def test_wrong_password_is_refused(broker: Broker) -> None:

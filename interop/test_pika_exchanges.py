@@ -27,7 +27,9 @@ def bound_queues(channel: BlockingChannel, exchange: str, bindings: dict[str, li
     return names
 
 
-def routed(channel: BlockingChannel, exchange: str, names: dict[str, str], keys: list[str]) -> dict[str, list[str]]:
+def routed(
+    channel: BlockingChannel, exchange: str, names: dict[str, str], keys: list[str]
+) -> dict[str, list[str]]:
     """Publish one message per key (body = key) with confirms; label -> keys that reached its queue."""
     channel.confirm_delivery()
     for key in keys:
@@ -40,7 +42,10 @@ def test_direct(channel: BlockingChannel) -> None:
     channel.exchange_declare(exchange, "direct", auto_delete=True)
     names = bound_queues(channel, exchange, {"a": ["a"], "b": ["b", "shared"], "c": ["shared"]})
     assert routed(channel, exchange, names, ["a", "b", "shared", "none", "A"]) == {
-        "a": ["a"], "b": ["b", "shared"], "c": ["shared"]}
+        "a": ["a"],
+        "b": ["b", "shared"],
+        "c": ["shared"],
+    }
 
 
 def test_fanout_ignores_routing_key(channel: BlockingChannel) -> None:
@@ -82,7 +87,9 @@ def test_topic_wildcards(channel: BlockingChannel) -> None:
     channel.exchange_declare(exchange, "topic", auto_delete=True)
     names = bound_queues(channel, exchange, TOPIC_BINDINGS)
     got = routed(channel, exchange, names, list(TOPIC_CASES))
-    expected = {label: [key for key, labels in TOPIC_CASES.items() if label in labels] for label in TOPIC_BINDINGS}
+    expected = {
+        label: [key for key, labels in TOPIC_CASES.items() if label in labels] for label in TOPIC_BINDINGS
+    }
     assert got == expected
 
 
@@ -120,7 +127,9 @@ def test_exchange_to_exchange_binding(channel: BlockingChannel) -> None:
     channel.exchange_declare(destination, "fanout", auto_delete=True)
     channel.exchange_bind(destination, source, "logs.#")
     names = bound_queues(channel, destination, {"all": [""]})
-    assert routed(channel, source, names, ["logs.error", "metrics.cpu", "logs"]) == {"all": ["logs.error", "logs"]}
+    assert routed(channel, source, names, ["logs.error", "metrics.cpu", "logs"]) == {
+        "all": ["logs.error", "logs"]
+    }
 
 
 def test_consistent_hash_shares_follow_weights(channel: BlockingChannel) -> None:
@@ -132,7 +141,9 @@ def test_consistent_hash_shares_follow_weights(channel: BlockingChannel) -> None
     total = 10_000
     for i in range(total):
         channel.basic_publish(exchange, f"key-{i}", b"")
-    wait_until(lambda: sum(queue_depth(channel, q) for q in names.values()) == total, what="all hashed messages")
+    wait_until(
+        lambda: sum(queue_depth(channel, q) for q in names.values()) == total, what="all hashed messages"
+    )
     for weight, queue in names.items():
         share = queue_depth(channel, queue) / total
         assert abs(share - int(weight) / sum(weights)) <= 0.05, (weight, share)

@@ -33,7 +33,9 @@ def test_unacked_messages_of_a_killed_consumer_are_redelivered(
 
     # The dead consumer's unacked window returns to the queue with everything never delivered.
     remaining = TOTAL - ACKED
-    wait_until(lambda: queue_depth(channel, name) == remaining, what="the requeue of the killed consumer's messages")
+    wait_until(
+        lambda: queue_depth(channel, name) == remaining, what="the requeue of the killed consumer's messages"
+    )
     redelivered: dict[int, bool] = {}
     for method, _props, body in channel.consume(name, inactivity_timeout=5):
         assert method is not None, f"only {len(redelivered)} of {remaining} arrived"

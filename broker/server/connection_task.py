@@ -98,8 +98,8 @@ class ConnectionTask:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                data = session.data_to_send()
-                if data:
+                # Drain fully: more may have been queued (a close-ok, say) while send_all was waiting.
+                while data := session.data_to_send():
                     session.writable = len(data) < OUTBOX_HIGH_WATER
                     await self.stream.send_all(data)
                     self._last_sent = trio.current_time()

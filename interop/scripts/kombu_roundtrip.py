@@ -30,7 +30,9 @@ def main() -> None:
                 connection.drain_events(timeout=10)
 
         # auto_delete: the queue goes when close() cancels the consumer.
-        simple = connection.SimpleQueue(f"{queue_name}-simple", queue_opts={"durable": False, "auto_delete": True})
+        simple = connection.SimpleQueue(
+            f"{queue_name}-simple", queue_opts={"durable": False, "auto_delete": True}
+        )
         simple.put({"hello": "kombu"})
         message = simple.get(block=True, timeout=10)
         message.ack()

@@ -19,7 +19,9 @@ def main() -> None:
     channel.basic_qos(prefetch_count=prefetch)
     held: list[bytes] = []
 
-    def on_message(ch: BlockingChannel, method: Basic.Deliver, _props: pika.BasicProperties, body: bytes) -> None:
+    def on_message(
+        ch: BlockingChannel, method: Basic.Deliver, _props: pika.BasicProperties, body: bytes
+    ) -> None:
         nonlocal acks
         if acks > 0:
             acks -= 1

@@ -1,0 +1,120 @@
+"""The trio server over real loopback sockets: closing handshakes, heartbeats, isolation of failures."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import trio
+from pamqp import frame
+from pamqp.commands import Channel, Connection, Queue
+
+from leveret.broker.node import Node
+from leveret.broker.server.listener import serve_amqp
+from leveret.config import Config
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class RawClient:
+    """Just enough of a client to drive the server frame by frame."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, channel: int, method: Any) -> None:
+        await self.stream.send_all(frame.marshal(method, channel))
+
+    async def receive(self) -> Any:
+        """The next frame's value, or None at EOF."""
+        while True:
+            if len(self.buffer) >= 7:
+                size = struct.unpack(">I", self.buffer[3:7])[0]
+                if len(self.buffer) >= size + 8:
+                    consumed, _, value = frame.unmarshal(self.buffer)
+                    self.buffer = self.buffer[consumed:]
+                    return value
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+    async def handshake(self, heartbeat: int = 0) -> None:
+        await self.stream.send_all(PROTOCOL_HEADER)
+        assert isinstance(await self.receive(), Connection.Start)
+        await self.send(0, Connection.StartOk(client_properties={}, mechanism="PLAIN",
+                                              response="\0guest\0guest", locale="en_US"))
+        assert isinstance(await self.receive(), Connection.Tune)
+        await self.send(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=heartbeat))
+        await self.send(0, Connection.Open(virtual_host="/"))
+        assert isinstance(await self.receive(), Connection.OpenOk)
+
+
+async def start_server(nursery: trio.Nursery, config: Config | None = None) -> int:
+    listeners = await nursery.start(serve_amqp, Node(config or Config()), "127.0.0.1", 0)
+    return listeners[0].socket.getsockname()[1]
+
+
+async def test_close_ok_always_arrives_before_the_socket_closes() -> None:
+    """Regression: a close-ok queued while the writer was busy sending used to be dropped."""
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery)
+        for _ in range(30):
+            client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            await client.handshake()
+            await client.send(1, Channel.Open())
+            assert isinstance(await client.receive(), Channel.OpenOk)
+            await client.send(1, Queue.Declare(queue="q"))
+            assert isinstance(await client.receive(), Queue.DeclareOk)
+            await client.send(1, Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0))
+            assert isinstance(await client.receive(), Channel.CloseOk)
+            await client.send(0, Connection.Close(reply_code=200, reply_text="", class_id=0, method_id=0))
+            assert isinstance(await client.receive(), Connection.CloseOk)
+            assert await client.receive() is None
+            await client.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_silent_peer_is_disconnected_after_two_heartbeats() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery)
+        client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await client.handshake(heartbeat=1)
+        started = trio.current_time()
+        frames = []
+        with trio.fail_after(6):
+            while (value := await client.receive()) is not None:
+                frames.append(value)
+        elapsed = trio.current_time() - started
+        assert 2 <= elapsed < 4, elapsed
+        assert any(type(f).__name__ == "Heartbeat" for f in frames)  # the server sent its own
+        nursery.cancel_scope.cancel()
+
+
+async def test_handshake_timeout_closes_a_silent_socket() -> None:
+    config = Config()
+    from dataclasses import replace
+
+    config = replace(config, limits=replace(config.limits, handshake_timeout=0.5))
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, config)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(3):
+            assert await stream.receive_some(100) == b""
+        nursery.cancel_scope.cancel()
+
+
+async def test_garbage_on_one_connection_leaves_others_working() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery)
+        good = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await good.handshake()
+        bad = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await bad.handshake()
+        await bad.stream.send_all(b"\x01\x00\x01\xff\xff\xff\xff" + b"junk" * 100)
+        close = await bad.receive()
+        assert isinstance(close, Connection.Close) and close.reply_code == 501
+        await good.send(1, Channel.Open())
+        assert isinstance(await good.receive(), Channel.OpenOk)
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def write(directory: str, count: int, body_size: int, batch_size: int) -> None:
     log = store.open_queue("/", "bench")
     log.recover()
     body = os.urandom(body_size)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for seq in range(1, count + 1):
         log.append_enqueue(seq, "amq.direct", "bench", PROPERTIES, body)
         if seq % batch_size == 0 or seq == count:
@@ -34,18 +35,23 @@ def write(directory: str, count: int, body_size: int, batch_size: int) -> None:
             batch.run()
             store.complete(batch)
             assert batch.error is None
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     size = sum(entry.stat().st_size for entry in os.scandir(log.directory))
-    print(f"append+sync {count} x {body_size} B in batches of {batch_size}: {elapsed:.2f} s "
-          f"({count / elapsed:,.0f} msg/s, {elapsed / count * 1e6:.2f} us each), {size / 2**20:.0f} MiB on disk")
+    print(f"append+sync {count} x {body_size} B in batches of {batch_size}: "
+          f"{elapsed:.2f} s wall, {cpu:.2f} s CPU ({count / elapsed:,.0f} msg/s, "
+          f"{elapsed / count * 1e6:.2f} us each), "
+          f"{size / 2**20:.0f} MiB on disk")
 
 
 def recover(directory: str) -> None:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     store = Store(directory)
     messages = store.open_queue("/", "bench").recover()
-    elapsed = time.perf_counter() - started
-    print(f"recover {len(messages)} messages: {elapsed:.2f} s ({elapsed / max(len(messages), 1) * 1e6:.2f} us each)")
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    each = elapsed / max(len(messages), 1) * 1e6
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"recover {len(messages)} messages: {elapsed:.2f} s wall, {cpu:.2f} s CPU ({each:.2f} us each), "
+          f"peak RSS {rss:.0f} MiB")
 
 
 def main() -> None:
@@ -54,7 +60,7 @@ def main() -> None:
     parser.add_argument("--body", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dir", help="store directory (default: a temporary one, removed afterwards)")
-    parser.add_argument("--drop-caches", action="store_true")
+    parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before recovering")
     parser.add_argument("--recover-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.recover_only:

@@ -1,7 +1,16 @@
 """The durable store: per-queue message logs with group commit, and the definitions file.
 
-Synchronous and blocking on files: the server runs `SyncBatch.run`, `QueueLog.recover`, `Store(...)`,
-`Store.open_queue` and `DefinitionsStore.save` in a worker thread.
+Synchronous, on plain files. The event loop thread appends (cheap, in memory) and drives group commit;
+the blocking parts run in a worker thread: `Store(...)`, `Store.open_queue` (creates a directory),
+`QueueLog.recover`, `SyncBatch.run` and `DefinitionsStore.save`. Everything else belongs to the loop
+thread. One persistence task commits, one batch at a time:
+
+    while (batch := store.begin_sync()) is not None:
+        await trio.to_thread.run_sync(batch.run)
+        durable = store.complete(batch)
+        if batch.error:    # nack the publishes whose last position is in batch.new_positions
+            ...            # and back off: the next batch retries the failed writes first
+        ...                # ack the publishes whose last position is <= durable
 """
 
 from .definitions import DefinitionsError, DefinitionsStore

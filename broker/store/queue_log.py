@@ -12,6 +12,7 @@ those older segments are gone would bring settled messages back after a restart.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import struct
@@ -155,8 +156,10 @@ class QueueLog:
         elif not writes or writes[-1].segment != self._active.index:
             writes.append(SegmentWrite(self._active.index, self._active_size, bytearray(), False))
         write = writes[-1]
-        write.data += records.frame(kind, payload, self._salt)
-        write.sync = write.sync or sync
+        write.data += records.record_header(kind, payload, self._salt)
+        write.data += payload
+        if sync:
+            write.sync = True
         self._active_size += size
         self._pending.logs.add(self)
         self._pending.position += 1
@@ -228,11 +231,19 @@ class QueueLog:
             raise RuntimeError(f"{self.directory}: already recovered")
         messages: dict[int, StoredMessage] = {}
         indexes = segments.list_segments(self.directory)
-        for index in indexes:
-            reader = segments.open_segment(segments.segment_path(self.directory, index))
-            if reader is not None:
-                self._segments[index] = segment = _Segment(index)
-                self._read(reader, segment, messages)
+        # A million new objects would set off full collections over and over (a quarter of the time),
+        # looking for cycles that messages never form.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for index in indexes:
+                reader = segments.open_segment(segments.segment_path(self.directory, index))
+                if reader is not None:
+                    self._segments[index] = segment = _Segment(index)
+                    self._read(reader, segment, messages)
+        finally:
+            if collecting:
+                gc.enable()
         self._live = set(messages)
         self._active = _Segment(indexes[-1] + 1 if indexes else 0)
         self._recovered = True

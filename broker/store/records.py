@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 
 MAGIC = 0x31525654  # b"TVR1" read little-endian: a fixed marker to resync on
 _HEADER = struct.Struct("<IIIB")
+_MAGIC_CRC = struct.Struct("<II")
+_LENGTH_KIND = struct.Struct("<IB")
 HEADER_SIZE = _HEADER.size  # 13
 _MAGIC_BYTES = MAGIC.to_bytes(4, "little")
 _CRC_FROM = 8  # the CRC covers everything after the magic and the CRC itself
@@ -31,22 +33,18 @@ _SEQ = struct.Struct("<Q")
 _RUN = struct.Struct("<QI")  # a settle run: first seq, count
 
 
-def frame(kind: int, payload: bytes, salt: int) -> bytes:
-    """One complete record, ready to append to a segment whose salt is `salt`."""
-    tail = struct.pack("<IB", len(payload), kind) + payload
-    return struct.pack("<II", MAGIC, zlib.crc32(tail, salt)) + tail
-
-
-def _shortstr(value: str) -> bytes:
-    raw = value.encode()
-    if len(raw) > 255:
-        raise ValueError(f"shortstr longer than 255 bytes: {value[:40]!r}...")
-    return raw
+def record_header(kind: int, payload: bytes, salt: int) -> bytes:
+    """The header that frames `payload` as a record of a segment whose salt is `salt`. Returned apart
+    from the payload so the caller appends both to its buffer without copying the payload once more."""
+    length_kind = _LENGTH_KIND.pack(len(payload), kind)
+    return _MAGIC_CRC.pack(MAGIC, zlib.crc32(payload, zlib.crc32(length_kind, salt))) + length_kind
 
 
 def enqueue_payload(seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: bytes) -> bytes:
-    exchange_raw = _shortstr(exchange)
-    key_raw = _shortstr(routing_key)
+    exchange_raw = exchange.encode()
+    key_raw = routing_key.encode()
+    if len(exchange_raw) > 255 or len(key_raw) > 255:
+        raise ValueError("an exchange name or routing key is longer than 255 bytes")
     head = _ENQUEUE_HEAD.pack(seq, len(exchange_raw), len(key_raw), len(properties_raw))
     return b"".join((head, exchange_raw, key_raw, properties_raw, body))
 

@@ -100,7 +100,7 @@ class Store:
         directory = self._queues / f"{queue_id}.{incarnation}"
         # Built under a temporary name and renamed: a queue directory always has its meta file.
         building = directory.with_name(directory.name + _CREATING)
-        building.mkdir()
+        building.mkdir(exist_ok=True)  # exists when an earlier attempt failed half-way
         meta = building / _META
         meta.write_text(json.dumps({"vhost": vhost, "name": name}))
         with meta.open("rb+") as file:

@@ -98,6 +98,62 @@ def peek_properties(raw: bytes) -> tuple[int, int, str | None, str | None]:
         raise PropertiesError("content header properties are truncated") from exc
 
 
+# Each property's flag and wire kind, in wire order: "s" shortstr, "t" table, "o" octet, "q" 64-bit.
+_LAYOUT = (
+    (_FLAG_CONTENT_TYPE, "s"),
+    (_FLAG_CONTENT_ENCODING, "s"),
+    (_FLAG_HEADERS, "t"),
+    (_FLAG_DELIVERY_MODE, "o"),
+    (_FLAG_PRIORITY, "o"),
+    (_FLAG_CORRELATION_ID, "s"),
+    (_FLAG_REPLY_TO, "s"),
+    (_FLAG_EXPIRATION, "s"),
+    (_FLAG_MESSAGE_ID, "s"),
+    (_FLAG_TIMESTAMP, "q"),
+    (_FLAG_TYPE, "s"),
+    (_FLAG_USER_ID, "s"),
+    (1 << 3, "s"),  # app_id
+    (1 << 2, "s"),  # cluster_id
+)
+HEADERS = _FLAG_HEADERS
+EXPIRATION = _FLAG_EXPIRATION
+
+
+def split_properties(raw: bytes) -> dict[int, bytes]:
+    """Each present property's raw bytes by its flag, so one can be replaced and the rest kept as sent."""
+    flags = _U16.unpack_from(raw, 0)[0]
+    pos = 2
+    word = flags
+    while word & 1:  # continuation flag words: basic defines none of their bits
+        word = _U16.unpack_from(raw, pos)[0]
+        pos += 2
+    fields = {}
+    for flag, kind in _LAYOUT:
+        if not flags & flag:
+            continue
+        if kind == "s":
+            size = 1 + raw[pos]
+        elif kind == "t":
+            size = 4 + _U32.unpack_from(raw, pos)[0]
+        else:
+            size = 1 if kind == "o" else 8
+        fields[flag] = raw[pos : pos + size]
+        pos += size
+    return fields
+
+
+def join_properties(fields: dict[int, bytes]) -> bytes:
+    """The raw properties (flags and list) holding `fields`, the inverse of `split_properties`."""
+    flags = 0
+    parts = []
+    for flag, _ in _LAYOUT:
+        value = fields.get(flag)
+        if value is not None:
+            flags |= flag
+            parts.append(value)
+    return _U16.pack(flags) + b"".join(parts)
+
+
 def decode_properties(raw: bytes) -> Basic.Properties:
     """Decode every property with pamqp (headers tables included)."""
     header = ContentHeader()

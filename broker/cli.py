@@ -12,6 +12,7 @@ import trio
 from leveret import __version__
 from leveret.broker.node import Node
 from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.timers import run_timers
 from leveret.config import Config, ConfigError, load_config
 
 log = logging.getLogger("leveret")
@@ -39,8 +40,9 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 async def run(config: Config) -> None:
-    node = Node(config)
+    node = Node(config, clock=trio.current_time)
     async with trio.open_nursery() as nursery:
+        await nursery.start(run_timers, node)
         await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:

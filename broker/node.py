@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from leveret import __version__
 from leveret.amqp.handshake import ServerSettings
 from leveret.broker.auth import Authority
+from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
 
@@ -23,8 +26,9 @@ ADVERTISED_VERSION = "3.13.0"
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock  # seconds; the server passes trio.current_time so MockClock drives tests
         limits = config.limits
         self.server_settings = ServerSettings(
             channel_max=limits.channel_max,
@@ -36,7 +40,10 @@ class Node:
             extra_properties={"leveret_version": __version__, "platform": "Leveret (Python/trio)"},
         )
         self.authority = Authority(config)
-        self.vhosts: dict[str, VirtualHost] = {name: VirtualHost(name) for name in config.vhosts}
+        self.deadlines = Deadlines()  # queue timers (TTL, queue expiry): broker/server/timers.py runs them
+        self.vhosts: dict[str, VirtualHost] = {
+            name: VirtualHost(name, clock, self.deadlines) for name in config.vhosts
+        }
         self.connections: set[ConnectionSession] = set()
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
@@ -13,6 +14,8 @@ from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
+from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.queues.lifecycle import queue_class
 from leveret.broker.queues.queue import Queue
 
 DEFAULT_EXCHANGE = ""
@@ -36,8 +39,13 @@ def _bool_text(value: bool) -> str:
 
 
 class VirtualHost:
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, clock: Callable[[], float] = time.monotonic, deadlines: Deadlines | None = None
+    ) -> None:
         self.name = name
+        # The node's clock and queue timers, for message TTL and queue expiry.
+        self.clock = clock
+        self.deadlines = deadlines or Deadlines()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
@@ -138,13 +146,14 @@ class VirtualHost:
         elif name.startswith(RESERVED_PREFIX):
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
-        queue = Queue(
+        queue = queue_class(arguments)(
             name,
             self.name,
             durable=durable,
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
             arguments=arguments,
+            host=self,
         )
         self.queues[name] = queue
         # Every queue is bound to the default exchange under its own name.

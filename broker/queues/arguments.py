@@ -1,7 +1,12 @@
-"""Queue arguments (x-...): which are known, and RabbitMQ's checks of their values at declare."""
+"""Queue and consumer arguments (x-...): which each queue type takes, and RabbitMQ's checks of their values.
+
+The texts are RabbitMQ 3.10's (rabbit_amqqueue:declare_args/0 and friends): a problem is printed as Erlang
+prints the error term, so `{value_negative,-1}`, `invalid_overflow`, or a quoted string.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +15,11 @@ from leveret.amqp.errors import ChannelError
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 QUEUE_TYPES = ("classic", "quorum", "stream")
+# RabbitMQ refuses TTLs and expiries over ten years (rabbit_misc:check_expiry).
+MAX_EXPIRY_MS = 315_360_000_000
+MAX_PRIORITY = 255
+
+Check = Callable[[Any, dict[str, Any]], str | None]
 
 
 def _is_int(value: Any) -> bool:
@@ -33,80 +43,194 @@ def amqp_type(value: object) -> str:
     return "void" if value is None else type(value).__name__
 
 
-def _expected(kind: str, value: Any) -> str:
-    return f'"expected {kind}, got {amqp_type(value)}"'
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
-def _non_negative_int(value: Any) -> str | None:
-    if not _is_int(value):
-        return _expected("integer", value)
-    return None if value >= 0 else f"{{value_negative,{value}}}"
+def _quoted(text: str) -> str:
+    """An Erlang string as `~p` prints it."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _positive_int(value: Any) -> str | None:
-    if not _is_int(value):
-        return _expected("integer", value)
-    return None if value > 0 else f"{{value_zero_or_less,{value}}}"
+def _unacceptable(value: Any) -> str:
+    return f"{{unacceptable_type,{amqp_type(value)}}}"
 
 
-def _string(value: Any) -> str | None:
-    return None if isinstance(value, (str, bytes)) else _expected("string", value)
+def _integer(value: Any, _: dict) -> str | None:
+    return None if _is_int(value) else _quoted(f"expected integer, got {amqp_type(value)}")
 
 
-def _bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else _expected("boolean", value)
+def _non_negative(value: Any, arguments: dict) -> str | None:
+    problem = _integer(value, arguments)
+    if problem is None and value < 0:
+        return f"{{value_negative,{value}}}"
+    return problem
 
 
-def _one_of(choices: tuple[str, ...], problem: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return None if value in choices else problem
+def _expiry(value: int) -> str | None:
+    if value < 0:
+        return f"{{value_negative,{value}}}"
+    return f"{{value_too_large,{value}}}" if value > MAX_EXPIRY_MS else None
+
+
+def _message_ttl(value: Any, arguments: dict) -> str | None:
+    return _integer(value, arguments) or _expiry(value)
+
+
+def _expires(value: Any, arguments: dict) -> str | None:
+    problem = _integer(value, arguments)
+    if problem is None and value == 0:
+        return "{value_zero,0}"
+    return problem or _expiry(value)
+
+
+def _positive(value: Any, arguments: dict) -> str | None:
+    problem = _non_negative(value, arguments)
+    return "{value_zero,0}" if problem is None and value == 0 else problem
+
+
+def _max_priority(value: Any, arguments: dict) -> str | None:
+    problem = _non_negative(value, arguments)
+    if problem is None and value > MAX_PRIORITY:
+        return f"{{max_value_exceeded,{value}}}"
+    return problem
+
+
+def _bool(value: Any, _: dict) -> str | None:
+    return None if isinstance(value, bool) else _unacceptable(value)
+
+
+def _string(value: Any, _: dict) -> str | None:
+    return None if _text(value) is not None else _unacceptable(value)
+
+
+def _dead_letter_routing_key(value: Any, arguments: dict) -> str | None:
+    if _text(value) is None:
+        return _unacceptable(value)
+    return None if "x-dead-letter-exchange" in arguments else "routing_key_but_no_dlx_defined"
+
+
+def _one_of(choices: tuple[str, ...], problem: Callable[[str], str]) -> Check:
+    def check(value: Any, _: dict) -> str | None:
+        text = _text(value)
+        if text is None:
+            return _unacceptable(value)
+        return None if text in choices else problem(text)
 
     return check
 
 
-def _priority(value: Any) -> str | None:
-    problem = _positive_int(value)
-    if problem:
-        return problem
-    return None if value <= 255 else f"{{value_too_large,{value}}}"
+def _queue_version(value: Any, arguments: dict) -> str | None:
+    problem = _non_negative(value, arguments)
+    if problem is None and value not in (1, 2):
+        return _quoted(f"unsupported queue version '{value}'")
+    return problem
 
 
-CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "x-message-ttl": _non_negative_int,
-    "x-expires": _positive_int,
-    "x-max-length": _non_negative_int,
-    "x-max-length-bytes": _non_negative_int,
-    "x-overflow": _one_of(OVERFLOW_MODES, "invalid_overflow"),
+_MAX_AGE = re.compile(r"([0-9]+)([YMDhms])")
+
+
+def _max_age(value: Any, _: dict) -> str | None:
+    text = _text(value)
+    if text is None:
+        return _unacceptable(value)
+    match = _MAX_AGE.fullmatch(text)
+    return None if match and int(match[1]) > 0 else "invalid_max_age"
+
+
+# In RabbitMQ's order (declare_args/0): when several arguments are bad, the first one here is reported.
+DECLARE_CHECKS: dict[str, Check] = {
+    "x-expires": _expires,
+    "x-message-ttl": _message_ttl,
     "x-dead-letter-exchange": _string,
-    "x-dead-letter-routing-key": _string,
-    "x-max-priority": _priority,
-    "x-queue-type": _one_of(QUEUE_TYPES, "invalid_queue_type"),
+    "x-dead-letter-routing-key": _dead_letter_routing_key,
+    "x-dead-letter-strategy": _one_of(("at-most-once", "at-least-once"), lambda _: "invalid_dlx_strategy"),
+    "x-max-length": _non_negative,
+    "x-max-length-bytes": _non_negative,
+    "x-max-in-memory-length": _non_negative,
+    "x-max-in-memory-bytes": _non_negative,
+    "x-max-priority": _max_priority,
+    "x-overflow": _one_of(OVERFLOW_MODES, lambda _: "invalid_overflow"),
+    "x-queue-mode": _one_of(("default", "lazy"), lambda mode: _quoted(f"unsupported queue mode '{mode}'")),
+    "x-queue-version": _queue_version,
     "x-single-active-consumer": _bool,
-    "x-delivery-limit": _non_negative_int,
-    "x-queue-mode": _one_of(("default", "lazy"), "invalid_queue_mode"),
-    "x-queue-master-locator": _string,
-    "x-queue-leader-locator": _string,
+    "x-queue-type": _one_of(QUEUE_TYPES, lambda kind: _quoted(f"unsupported queue type '{kind}'")),
+    "x-quorum-initial-group-size": _positive,
+    "x-max-age": _max_age,
+    "x-stream-max-segment-size-bytes": _non_negative,
+    "x-initial-cluster-size": _positive,
+    "x-queue-leader-locator": _one_of(("client-local", "balanced"), lambda _: "invalid_queue_locator_arg"),
 }
 
+# The arguments each queue type takes (its module's capabilities/0); one meant for another type is refused.
+TYPE_ARGUMENTS: dict[str, frozenset[str]] = {
+    "classic": frozenset({
+        "x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-length",
+        "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode", "x-queue-version",
+        "x-single-active-consumer", "x-queue-type", "x-queue-master-locator",
+    }),
+    "quorum": frozenset({
+        "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-expires",
+        "x-max-length", "x-max-length-bytes", "x-max-in-memory-length", "x-max-in-memory-bytes", "x-overflow",
+        "x-single-active-consumer", "x-queue-type", "x-quorum-initial-group-size", "x-delivery-limit",
+        "x-message-ttl", "x-queue-leader-locator",
+    }),
+    "stream": frozenset({
+        "x-max-length-bytes", "x-queue-type", "x-max-age", "x-stream-max-segment-size-bytes",
+        "x-initial-cluster-size", "x-queue-leader-locator",
+    }),
+}
+_TYPED_ARGUMENTS = frozenset().union(*TYPE_ARGUMENTS.values())
 
 # Only these take part in redeclare equivalence; RabbitMQ ignores differences in any other argument.
-EQUIVALENCE_KEYS = frozenset(CHECKS) - {"x-queue-master-locator", "x-queue-leader-locator", "x-queue-mode"}
+EQUIVALENCE_KEYS = frozenset({
+    "x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-overflow",
+    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-priority", "x-queue-type",
+    "x-single-active-consumer", "x-delivery-limit",
+})
+
+
+def queue_type(arguments: dict[str, Any]) -> str:
+    return _text(arguments.get("x-queue-type")) or "classic"
 
 
 def validate_queue_arguments(queue: str, vhost: str, arguments: dict[str, Any]) -> None:
-    """406 PRECONDITION_FAILED for a known argument with a bad value; unknown ones are kept, as in RabbitMQ."""
-    for key, value in arguments.items():
-        check = CHECKS.get(key)
-        problem = check(value) if check else None
-        if problem:
-            raise ChannelError(
-                PRECONDITION_FAILED, f"invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {problem}"
-            )
-    if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
+    """406 PRECONDITION_FAILED for a bad value or an argument of another queue type; unknown ones are kept."""
+    where = f"for queue '{queue}' in vhost '{vhost}'"
+    dead_letter_exchange = arguments.get("x-dead-letter-exchange")
+    if dead_letter_exchange is not None and _text(dead_letter_exchange) is None:
+        # rabbit_channel checks this one first, with a text of its own.
         raise ChannelError(
             PRECONDITION_FAILED,
-            f"invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': "
-            "x-dead-letter-exchange is required",
+            f"invalid type '{amqp_type(dead_letter_exchange)}' for arg 'x-dead-letter-exchange' in queue "
+            f"'{queue}' in vhost '{vhost}'",
         )
+    _check_values(where, arguments, ("x-queue-type",))
+    kind = queue_type(arguments)
+    allowed = TYPE_ARGUMENTS[kind]
+    _check_values(where, arguments, [key for key in DECLARE_CHECKS if key in allowed])
+    for key in arguments:
+        if key in _TYPED_ARGUMENTS and key not in allowed:
+            raise ChannelError(
+                PRECONDITION_FAILED, f"invalid arg '{key}' {where} of queue type rabbit_{kind}_queue"
+            )
+
+
+def validate_consumer_arguments(queue: str, vhost: str, arguments: dict[str, Any]) -> None:
+    """basic.consume's x-priority must be an integer."""
+    priority = arguments.get("x-priority")
+    if priority is not None and not _is_int(priority):
+        problem = _integer(priority, arguments)
+        raise ChannelError(
+            PRECONDITION_FAILED, f"invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': {problem}"
+        )
+
+
+def _check_values(where: str, arguments: dict[str, Any], keys: Any) -> None:
+    for key in keys:
+        if key in arguments:
+            problem = DECLARE_CHECKS[key](arguments[key], arguments)
+            if problem:
+                raise ChannelError(PRECONDITION_FAILED, f"invalid arg '{key}' {where}: {problem}")

@@ -12,7 +12,10 @@ if TYPE_CHECKING:
 
 
 class Consumer:
-    __slots__ = ("tag", "tag_raw", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "arguments")
+    __slots__ = (
+        "tag", "tag_raw", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "arguments",
+        "priority",
+    )
 
     def __init__(
         self,
@@ -34,6 +37,8 @@ class Consumer:
         self.prefetch = prefetch  # 0: unlimited (RabbitMQ's per-consumer basic.qos, global=false)
         self.unacked = 0
         self.arguments = arguments or {}
+        # x-priority (validated at basic.consume): higher ones get messages while they have credit.
+        self.priority: int = self.arguments.get("x-priority", 0)
 
     def has_credit(self) -> bool:
         if self.no_ack:

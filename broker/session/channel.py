@@ -25,10 +25,13 @@ from leveret.amqp.errors import ChannelError, ConnectionLevelError
 from leveret.amqp.properties import PropertiesError
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
+from leveret.broker.queues.arguments import validate_consumer_arguments
 from leveret.broker.queues.consumer import Consumer
+from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.queue import Entry
 from leveret.broker.queues.queue import Queue as BrokerQueue
 from leveret.broker.session import reply_to
+from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
 from leveret.broker.vhost import DEFAULT_EXCHANGE
 
 if TYPE_CHECKING:
@@ -62,6 +65,7 @@ class ChannelSession:
         self.consumers: dict[str, Consumer] = {}
         self.unacked: OrderedDict[int, Unacked] = OrderedDict()
         self._next_tag = 1
+        self._delivery_marks = DeliveryMarks()
         self.prefetch_count = 0  # for consumers created after basic.qos(global=false)
         self.global_prefetch = 0  # basic.qos(global=true): all consumers of the channel together
         self.flow_active = True
@@ -144,6 +148,20 @@ class ChannelSession:
         )
         self.session.wake()
 
+    def ack_timeout(self, now: float) -> ChannelError | None:
+        """The error to close the channel with when its oldest unacked delivery has waited too long: the
+        consumer timeout of the queue it came from (x-consumer-timeout), else the node's."""
+        oldest = next(iter(self.unacked), None)
+        waited = self._delivery_marks.tick(now, oldest, self._next_tag)
+        if oldest is None:
+            return None
+        timeout = self.unacked[oldest].queue.consumer_timeout
+        if timeout is None:
+            timeout = self.session.node.config.limits.consumer_timeout
+        if timeout and waited * 1000 > timeout:
+            return ChannelError(PRECONDITION_FAILED, timeout_text(self.number, timeout))
+        return None
+
     def consumer_cancelled_by_broker(self, consumer: Consumer) -> None:
         """The queue went away: tell the client if it understands basic.cancel from the server."""
         if self.consumers.pop(consumer.tag, None) is None or self.closed:
@@ -172,6 +190,8 @@ class ChannelSession:
                 PRECONDITION_FAILED,
                 f"user_id property set to '{message.user_id}' but authenticated user was '{self.session.username}'",
             )
+        if message.expiration is not None:
+            check_expiration(message.expiration)
         if message.properties_raw and self._needs_reply_to_rewrite(message):
             message = reply_to.rewrite_reply_to(message, self)
         seq = 0
@@ -278,7 +298,7 @@ class ChannelSession:
         if requeue:
             self._requeue(taken)
         else:
-            self._settle(taken)
+            self._settle(taken, rejected=True)
 
     def _later(self, action: Callable[[], None]) -> None:
         """Run now, or at tx.commit on a transactional channel (where a bad tag fails the commit)."""
@@ -287,14 +307,17 @@ class ChannelSession:
         else:
             action()
 
-    def _settle(self, taken: Iterable[Unacked]) -> None:
+    def _settle(self, taken: Iterable[Unacked], rejected: bool = False) -> None:
         by_queue: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
         for item in taken:
             if item.consumer is not None:
                 item.consumer.unacked -= 1
             by_queue.setdefault(id(item.queue), (item.queue, []))[1].append(item.entry)
         for queue, entries in by_queue.values():
-            queue.settle(entries)
+            if rejected:
+                queue.reject(entries)
+            else:
+                queue.settle(entries)
         self._credit_returned(queue for queue, _ in by_queue.values())
 
     def _requeue(self, taken: Iterable[Unacked]) -> None:
@@ -327,15 +350,18 @@ class ChannelSession:
         if self.closed:
             return
         self.closed = True
+        # As RabbitMQ does: unacked messages go back first (while this channel takes no more), so that
+        # the consumers that remain (or the next single active one) get them before what was behind.
+        self.flow_active = False
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._requeue(taken)
         for consumer in list(self.consumers.values()):
             self._remove_consumer(consumer)
         self.consumers.clear()
-        taken = list(self.unacked.values())
-        self.unacked.clear()
         if self.tx is not None:
             self.tx = None
         reply_to.forget_channel(self.session.node, self)
-        self._requeue(taken)
 
     # ---- exchanges --------------------------------------------------------------------------
 
@@ -425,6 +451,7 @@ class ChannelSession:
                 auto_delete=method.auto_delete,
                 arguments=method.arguments or {},
             )
+        queue.touch()
         self.last_queue = queue.name
         if not method.nowait:
             self._reply(
@@ -505,8 +532,11 @@ class ChannelSession:
             return
         queue = self._owned_queue(method.queue)
         self.session.check_permission("read", "queue", queue.name)
-        if queue.consumers and (method.exclusive or any(c.exclusive for c in queue.consumers)):
-            raise ChannelError(ACCESS_REFUSED, f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use")
+        validate_consumer_arguments(queue.name, self.vhost.name, method.arguments or {})
+        if queue.exclusive_use(method.exclusive):
+            raise ChannelError(
+                ACCESS_REFUSED, f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use"
+            )
         consumer = Consumer(
             tag,
             queue,

@@ -151,6 +151,15 @@ class ConnectionSession:
 
     # ---- closing ----------------------------------------------------------------------------
 
+    def check_ack_timeouts(self, now: float) -> None:
+        """Close each channel whose consumer held a delivery past its acknowledgement timeout: its
+        unacked messages go back to their queues for other consumers."""
+        for number, channel in list(self.channels.items()):
+            error = channel.ack_timeout(now)
+            if error is not None:
+                self._close_channel(number, error)
+                self.wake()
+
     def _close_channel(self, number: int, error: ChannelError) -> None:
         channel = self.channels.get(number)
         if channel is not None and channel.awaiting_confirms:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
 import trio
 
 from leveret import __version__
-from leveret.broker.node import Node
-from leveret.broker.server.listener import serve_amqp
-from leveret.broker.server.timers import run_timers
+from leveret.broker.server.main import run_node
+from leveret.broker.store import DefinitionsError
 from leveret.config import Config, ConfigError, load_config
-
-log = logging.getLogger("leveret")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,18 +35,6 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-async def run(config: Config) -> None:
-    node = Node(config, clock=trio.current_time)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_timers, node)
-        await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -63,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        trio.run(run, config)
-    except OSError as error:
+        trio.run(run_node, config)
+    except (OSError, DefinitionsError) as error:
         print(f"leveret: {error}", file=sys.stderr)
         sys.exit(1)

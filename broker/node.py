@@ -14,6 +14,7 @@ from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
 
 if TYPE_CHECKING:
+    from leveret.broker.persistence import Persistence
     from leveret.broker.queues.consumer import Consumer
     from leveret.broker.session.connection import ConnectionSession
 
@@ -47,10 +48,31 @@ class Node:
         self.connections: set[ConnectionSession] = set()
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
+        self.persistence: Persistence | None = None
+
+    def attach_persistence(self, persistence: Persistence) -> None:
+        """Durable queues get store-backed journals and durable definitions are saved from now on."""
+        self.persistence = persistence
+        persistence.node = self
+        for vhost in self.vhosts.values():
+            vhost.journal_for = persistence.journal_for
+            vhost.definitions_changed = persistence.definitions_changed
 
     def durable_position(self) -> int:
         """How far the store has made appends durable; publishes waiting on no store are always safe."""
-        return 0
+        return self.persistence.durable_position if self.persistence is not None else 0
+
+    def commit_completed(self, failed: range | None) -> None:
+        """A group commit finished: release the confirms it made safe (nack those it failed)."""
+        durable = self.durable_position()
+        for session in self.connections:
+            for channel in session.channels.values():
+                if channel.awaiting_confirms:
+                    if failed is not None:
+                        channel.fail_confirms(failed)
+                    channel.flush_confirms(durable)
+            if session.conn.has_output:
+                session.wake()
 
     def connection_opened(self, session: ConnectionSession) -> None:
         self.connections.add(session)

@@ -15,6 +15,7 @@ from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import queue_class
 from leveret.broker.queues.queue import Queue
 
@@ -48,6 +49,10 @@ class VirtualHost:
         self.deadlines = deadlines or Deadlines()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        # Set by the node when it has a store: the journal of a new durable queue, and the signal
+        # that durable definitions (exchanges, queues, bindings) changed.
+        self.journal_for: Callable[[str, str], Journal] | None = None
+        self.definitions_changed: Callable[[], None] = lambda: None
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
@@ -83,6 +88,8 @@ class VirtualHost:
         cls.validate_arguments(arguments)
         exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
         self.exchanges[name] = exchange
+        if durable:
+            self.definitions_changed()
         return exchange
 
     def _check_exchange_equivalent(
@@ -122,6 +129,8 @@ class VirtualHost:
         del self.exchanges[exchange.name]
         for other in list(self.exchanges.values()):
             self._unbind_all(other, exchange)
+        if exchange.durable:
+            self.definitions_changed()
 
     # ---- queues -----------------------------------------------------------------------------
 
@@ -146,6 +155,8 @@ class VirtualHost:
         elif name.startswith(RESERVED_PREFIX):
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
+        # Exclusive queues die with their connection, so they never outlive a restart either.
+        stored = durable and not exclusive and self.journal_for is not None
         queue = queue_class(arguments)(
             name,
             self.name,
@@ -153,9 +164,12 @@ class VirtualHost:
             exclusive_owner=owner if exclusive else None,
             auto_delete=auto_delete,
             arguments=arguments,
+            journal=self.journal_for(self.name, name) if stored and self.journal_for else NULL_JOURNAL,
             host=self,
         )
         self.queues[name] = queue
+        if stored:
+            self.definitions_changed()
         # Every queue is bound to the default exchange under its own name.
         self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
         return queue
@@ -201,6 +215,8 @@ class VirtualHost:
             return
         del self.queues[queue.name]
         queue.delete()
+        if queue.durable:
+            self.definitions_changed()
         for exchange in list(self.exchanges.values()):
             self._unbind_all(exchange, queue)
         for consumer in list(queue.consumers):
@@ -210,10 +226,13 @@ class VirtualHost:
     # ---- bindings ---------------------------------------------------------------------------
 
     def bind(self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict) -> None:
-        source.bind(destination, routing_key, arguments)
+        if source.bind(destination, routing_key, arguments) and _durable_binding(source, destination):
+            self.definitions_changed()
 
     def unbind(self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict) -> None:
         if source.unbind(destination, routing_key, arguments):
+            if _durable_binding(source, destination):
+                self.definitions_changed()
             self._auto_delete_if_unbound(source)
 
     def _unbind_all(self, exchange: Exchange, destination: Queue | Exchange) -> None:
@@ -272,6 +291,11 @@ class VirtualHost:
 
     def exclusive_queues_of(self, owner: object) -> Iterable[Queue]:
         return [q for q in self.queues.values() if q.exclusive_owner is owner]
+
+
+def _durable_binding(source: Exchange, destination: Queue | Exchange) -> bool:
+    """RabbitMQ keeps a binding across restarts when both of its ends are durable."""
+    return source.durable and destination.durable
 
 
 def _check_arguments_equivalent(where: str, current: dict, received: dict, keys: Iterable[str]) -> None:

@@ -242,7 +242,7 @@ class ChannelSession:
         pending = self._unconfirmed
         acked_upto = 0
         frames = []
-        while pending and pending[0][1] <= durable_position:
+        while pending and (pending[0][1] <= durable_position or pending[0][2]):
             seq, _, refused = pending.popleft()
             if refused:
                 if acked_upto:
@@ -255,6 +255,12 @@ class ChannelSession:
             frames.append(fastpath.confirm_ack_frame(self.number, acked_upto, True))
         if frames:
             self.conn.send_frames(frames)
+
+    def fail_confirms(self, positions: range) -> None:
+        """The store failed to write these positions: their publishes get basic.nack."""
+        self._unconfirmed = deque(
+            (seq, position, refused or position in positions) for seq, position, refused in self._unconfirmed
+        )
 
     @property
     def awaiting_confirms(self) -> bool:

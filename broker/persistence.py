@@ -1,0 +1,265 @@
+"""The broker's use of the store: durable queues' journals, the definitions file, recovery at start.
+
+Synchronous like the rest of the domain. The server's persistence task (broker/server/persistence.py)
+runs the blocking parts of a commit in a worker thread and calls `complete` on the loop thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pamqp import decode, encode
+
+from leveret.broker.message import Message
+from leveret.broker.queues.journal import Journal
+from leveret.broker.queues.queue import Entry, Queue
+from leveret.broker.store import DefinitionsStore, QueueLog, Store, StoredMessage, SyncBatch
+from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
+
+if TYPE_CHECKING:
+    from leveret.broker.exchanges.base import Exchange
+    from leveret.broker.node import Node
+
+log = logging.getLogger(__name__)
+
+_PREDECLARED_NAMES = {DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)}
+
+
+class StoreJournal(Journal):
+    """A durable queue's journal: persistent messages go to its log, transient ones nowhere."""
+
+    __slots__ = ("log", "persistence", "queue_id", "recovered")
+
+    def __init__(self, persistence: Persistence, queue_log: QueueLog, queue_id: str) -> None:
+        self.persistence = persistence
+        self.log = queue_log
+        self.queue_id = queue_id
+        # What the log held at open: empty for a new queue; taken by recovery.
+        self.recovered: list[StoredMessage] = queue_log.recover()
+
+    def enqueued(self, entry: Entry) -> int:
+        message = entry.message
+        if message.delivery_mode != 2:
+            return 0
+        entry.logged = True
+        position = self.log.append_enqueue(
+            entry.seq, message.exchange, message.routing_key, message.properties_raw, message.body
+        )
+        self.persistence.pending()
+        return position
+
+    def delivered(self, entry: Entry) -> None:
+        self.log.append_delivered(entry.seq)
+        self.persistence.pending()
+
+    def settled(self, entries: list[Entry]) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_settle(seqs)
+            self.persistence.pending()
+
+    def deleted(self) -> None:
+        self.persistence.store.delete_queue(self.queue_id)
+        self.persistence.pending()
+
+
+class Commit:
+    """One group commit: the store's batch and, when they changed, the definitions to save."""
+
+    def __init__(self, batch: SyncBatch | None, definitions: dict[str, Any] | None, store: DefinitionsStore) -> None:
+        self.batch = batch
+        self.definitions = definitions
+        self._definitions_store = store
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        """Blocking: in a worker thread. Definitions first, so a confirmed message's queue is on disk."""
+        if self.definitions is not None:
+            try:
+                self._definitions_store.save(self.definitions)
+            except OSError as exc:
+                log.error("saving definitions failed: %s", exc)
+                self.error = exc
+        if self.batch is not None:
+            self.batch.run()
+            self.error = self.error or self.batch.error
+
+
+class Persistence:
+    def __init__(self, data_dir: Path | str) -> None:
+        """Blocking: opens (and tidies) the store."""
+        directory = Path(data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.store = Store(directory / "messages")
+        self.definitions_store = DefinitionsStore(directory / "definitions.json")
+        self.node: Node | None = None
+        self._definitions_dirty = False
+        self._pending = False
+        self.wake: Callable[[], None] = lambda: None  # the server's persistence task sets this
+
+    def pending(self) -> None:
+        """Something waits to be committed: wake the persistence task once per batch."""
+        if not self._pending:
+            self._pending = True
+            self.wake()
+
+    def definitions_changed(self) -> None:
+        self._definitions_dirty = True
+        self.pending()
+
+    def journal_for(self, vhost: str, name: str) -> StoreJournal:
+        """Blocking: opens (or creates) the queue's directory and reads what it holds."""
+        return StoreJournal(self, self.store.open_queue(vhost, name), Store.queue_id(vhost, name))
+
+    @property
+    def durable_position(self) -> int:
+        return self.store.durable_position
+
+    # ---- commits ------------------------------------------------------------------------------
+
+    def begin(self) -> Commit | None:
+        self._pending = False
+        definitions = None
+        if self._definitions_dirty and self.node is not None:
+            definitions = snapshot_definitions(self.node)
+            self._definitions_dirty = False
+        batch = self.store.begin_sync()
+        if batch is None and definitions is None:
+            return None
+        return Commit(batch, definitions, self.definitions_store)
+
+    def complete(self, commit: Commit) -> range | None:
+        """Apply a finished commit; returns the write positions that failed (to nack), if any."""
+        if commit.batch is not None:
+            self.store.complete(commit.batch)
+        if commit.error is not None and commit.definitions is not None:
+            self._definitions_dirty = True  # try again with the next commit
+        if commit.error is not None and commit.batch is not None:
+            return commit.batch.new_positions
+        return None
+
+    # ---- recovery ---------------------------------------------------------------------------
+
+    def recover(self, node: Node) -> int:
+        """Rebuild durable exchanges, queues (with their messages) and bindings. Blocking; call before
+        serving. Returns the number of messages recovered."""
+        self.node = node
+        saved = self.definitions_store.load()
+        recovered = 0
+        live_queue_ids = set()
+        for vhost_name, definitions in (saved.get("vhosts") or {}).items():
+            vhost = node.vhosts.get(vhost_name)
+            if vhost is None:
+                log.warning("definitions name vhost %r, which the configuration no longer has; skipped", vhost_name)
+                continue
+            for item in definitions.get("exchanges", []):
+                if item["name"] not in vhost.exchanges:
+                    vhost.declare_exchange(
+                        item["name"], item["type"], durable=True, auto_delete=item["auto_delete"],
+                        internal=item["internal"], arguments=_decode_table(item["arguments"]),
+                    )
+            for item in definitions.get("queues", []):
+                queue = vhost.declare_queue(
+                    item["name"], owner=None, durable=True, exclusive=False,
+                    auto_delete=item["auto_delete"], arguments=_decode_table(item["arguments"]),
+                )
+                live_queue_ids.add(Store.queue_id(vhost_name, queue.name))
+                recovered += self._recover_messages(queue)
+            for item in definitions.get("bindings", []):
+                source = vhost.exchanges.get(item["source"])
+                destination: Any = (vhost.queues if item["destination_type"] == "queue" else vhost.exchanges).get(
+                    item["destination"]
+                )
+                if source is not None and destination is not None:
+                    source.bind(destination, item["routing_key"], _decode_table(item["arguments"]))
+        for queue_id in set(self.store.stored_queues()) - live_queue_ids:
+            self.store.delete_queue(queue_id)
+        return recovered
+
+    def _recover_messages(self, queue: Queue) -> int:
+        journal = queue.journal
+        assert isinstance(journal, StoreJournal)
+        entries = []
+        for stored in journal.recovered:
+            entry = Entry(
+                Message(stored.exchange, stored.routing_key, stored.properties_raw, stored.body),
+                stored.seq,
+                redelivered=stored.delivered,
+            )
+            entry.logged = True
+            entries.append(entry)
+        journal.recovered = []
+        queue.restore(entries, next_seq=journal.log.last_seq + 1)
+        return len(entries)
+
+
+def is_durable_queue(queue: Queue) -> bool:
+    return queue.durable and not queue.exclusive
+
+
+def snapshot_definitions(node: Node) -> dict[str, Any]:
+    """Every durable exchange, queue and binding, bindings in bind order (the consistent-hash ring's)."""
+    vhosts = {}
+    for vhost in node.vhosts.values():
+        vhosts[vhost.name] = {
+            "exchanges": [
+                _exchange_record(e) for e in vhost.exchanges.values() if e.durable and e.name not in _PREDECLARED_NAMES
+            ],
+            "queues": [_queue_record(q) for q in vhost.queues.values() if is_durable_queue(q)],
+            "bindings": _binding_records(vhost),
+        }
+    return {"version": 1, "vhosts": vhosts}
+
+
+def _exchange_record(exchange: Exchange) -> dict[str, Any]:
+    return {
+        "name": exchange.name,
+        "type": exchange.kind,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": _encode_table(exchange.arguments),
+    }
+
+
+def _queue_record(queue: Queue) -> dict[str, Any]:
+    return {"name": queue.name, "auto_delete": queue.auto_delete, "arguments": _encode_table(queue.arguments)}
+
+
+def _binding_records(vhost: VirtualHost) -> list[dict[str, Any]]:
+    records = []
+    for exchange in vhost.exchanges.values():
+        if not exchange.durable or exchange.name == DEFAULT_EXCHANGE:
+            continue
+        for binding in exchange.bindings:
+            destination = binding.destination
+            if isinstance(destination, Queue):
+                if not is_durable_queue(destination):
+                    continue
+                kind = "queue"
+            elif destination.durable:
+                kind = "exchange"
+            else:
+                continue
+            records.append(
+                {
+                    "source": exchange.name,
+                    "destination": destination.name,
+                    "destination_type": kind,
+                    "routing_key": binding.routing_key,
+                    "arguments": _encode_table(binding.arguments),
+                }
+            )
+    return records
+
+
+def _encode_table(table: dict[str, Any]) -> str:
+    """Field tables keep their AMQP types (bytes, timestamps, decimals): stored as encoded tables."""
+    return base64.b64encode(encode.field_table(table)).decode() if table else ""
+
+
+def _decode_table(text: str) -> dict[str, Any]:
+    return decode.field_table(base64.b64decode(text))[1] if text else {}

@@ -1,0 +1,47 @@
+"""Run a whole node: recover what the store holds, then serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import trio
+
+from leveret.broker.node import Node
+from leveret.broker.persistence import Persistence
+from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.persistence import run_group_commit
+from leveret.broker.server.timers import run_timers
+from leveret.config import Config
+
+log = logging.getLogger("leveret")
+
+
+async def open_node(config: Config) -> Node:
+    """A node with its store attached and its durable state recovered (blocking work in a thread)."""
+    node = Node(config, clock=trio.current_time)
+    persistence = await trio.to_thread.run_sync(Persistence, config.data_dir)
+    node.attach_persistence(persistence)
+    started = trio.current_time()
+    recovered = await trio.to_thread.run_sync(persistence.recover, node)
+    log.info("recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started)
+    return node
+
+
+async def start_node_tasks(nursery: trio.Nursery, node: Node) -> None:
+    """The node's background tasks: group commit and timers."""
+    if node.persistence is not None:
+        await nursery.start(run_group_commit, node, node.persistence)
+    await nursery.start(run_timers, node)
+
+
+async def run_node(config: Config) -> None:
+    node = await open_node(config)
+    async with trio.open_nursery() as nursery:
+        await start_node_tasks(nursery, node)
+        await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

@@ -196,6 +196,10 @@ class ServerConnection:
         the publishes before it).
         """
         events = self._events
+        if not events and self.state is State.OPEN:
+            fast = self._fast_publish()
+            if fast is not None:
+                return fast
         try:
             while not events:
                 if self.state is State.CLOSED:
@@ -211,6 +215,24 @@ class ServerConnection:
         except ConnectionLevelError as error:
             self._fail(error, events)
         return events.popleft()
+
+    def _fast_publish(self) -> ContentReceived | None:
+        """A whole publish in one step, when it is the common well-formed case (see peek_publish)."""
+        found = self._reader.peek_publish()
+        if found is None:
+            return None
+        channel, method_payload, header_payload, body, end = found
+        state = self._channels.get(channel)
+        if state is None or state.closing or state.publish is not None:
+            return None
+        if header_payload[0:2] != b"\x00\x3c" or len(body) > self.settings.max_message_size:
+            return None
+        try:
+            publish = fastpath.decode_publish(method_payload)
+        except (ValueError, IndexError, UnicodeDecodeError):
+            return None  # the frame-by-frame path reports it
+        self._reader.advance(end)
+        return ContentReceived(channel, publish, header_payload[12:], body)
 
     def connection_lost(self) -> list[Event]:
         """The socket is gone (EOF, reset, heartbeat timeout)."""

@@ -34,6 +34,8 @@ class Publish(NamedTuple):
     routing_key: str
     mandatory: bool
     immediate: bool
+    # Exchange and routing key as the wire had them (two short strings): reused by every delivery.
+    names_raw: bytes = b""
 
 
 class Ack(NamedTuple):
@@ -68,7 +70,7 @@ def decode_publish(payload: bytes) -> Publish:
     exchange, pos = _shortstr(payload, 6)
     routing_key, pos = _shortstr(payload, pos)
     bits = payload[pos]
-    return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+    return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[6:pos])
 
 
 def decode_ack(payload: bytes) -> Ack:
@@ -111,19 +113,23 @@ def content_frames(channel: int, properties_raw: bytes, body: bytes, frame_max: 
     return parts
 
 
+def names_raw(exchange: str, routing_key: str) -> bytes:
+    """Exchange and routing key as the two short strings deliveries, gets and returns carry."""
+    return shortstr(exchange) + shortstr(routing_key)
+
+
 def deliver_frames(
     channel: int,
     consumer_tag: bytes,
     delivery_tag: int,
     redelivered: bool,
-    exchange: str,
-    routing_key: str,
+    names: bytes,
     properties_raw: bytes,
     body: bytes,
     frame_max: int,
 ) -> list[bytes]:
-    """basic.deliver + content; `consumer_tag` is already a length-prefixed short string."""
-    args = consumer_tag + _TAG_BITS.pack(delivery_tag, redelivered) + shortstr(exchange) + shortstr(routing_key)
+    """basic.deliver + content; `consumer_tag` and `names` (see names_raw) are already encoded."""
+    args = consumer_tag + _TAG_BITS.pack(delivery_tag, redelivered) + names
     head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 60)
     return [head, args, _END, *content_frames(channel, properties_raw, body, frame_max)]
 
@@ -132,19 +138,13 @@ def get_ok_frames(
     channel: int,
     delivery_tag: int,
     redelivered: bool,
-    exchange: str,
-    routing_key: str,
+    names: bytes,
     message_count: int,
     properties_raw: bytes,
     body: bytes,
     frame_max: int,
 ) -> list[bytes]:
-    args = (
-        _TAG_BITS.pack(delivery_tag, redelivered)
-        + shortstr(exchange)
-        + shortstr(routing_key)
-        + struct.pack(">I", message_count)
-    )
+    args = _TAG_BITS.pack(delivery_tag, redelivered) + names + struct.pack(">I", message_count)
     head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 71)
     return [head, args, _END, *content_frames(channel, properties_raw, body, frame_max)]
 
@@ -153,13 +153,12 @@ def return_frames(
     channel: int,
     reply_code: int,
     reply_text: str,
-    exchange: str,
-    routing_key: str,
+    names: bytes,
     properties_raw: bytes,
     body: bytes,
     frame_max: int,
 ) -> list[bytes]:
-    args = _U16.pack(reply_code) + shortstr(reply_text) + shortstr(exchange) + shortstr(routing_key)
+    args = _U16.pack(reply_code) + shortstr(reply_text) + names
     head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 50)
     return [head, args, _END, *content_frames(channel, properties_raw, body, frame_max)]
 

@@ -8,6 +8,9 @@ from .constants import FRAME_END, FRAME_ERROR, FRAME_HEADER_SIZE, FRAME_HEARTBEA
 from .errors import ConnectionLevelError
 
 _FRAME_HEADER = struct.Struct(">BHI")
+_BODY_SIZE = struct.Struct(">Q")
+# class 60 (basic), method 40 (publish): the first four bytes of a publish method payload.
+_PUBLISH_ID = b"\x00\x3c\x00\x28"
 
 
 class FrameReader:
@@ -48,6 +51,53 @@ class FrameReader:
             raise ConnectionLevelError(FRAME_ERROR, f"frame end byte missing on channel {channel}")
         self._pos = pos + total
         return frame_type, channel, bytes(buf[pos + FRAME_HEADER_SIZE : pos + total - 1])
+
+    def peek_publish(self) -> tuple[int, bytes, bytes, bytes, int] | None:
+        """The common publish, whole in the buffer: (channel, method payload, header payload, body, end).
+
+        A basic.publish method frame, its content header and at most one body frame holding the whole
+        body, all well-formed and on one channel. Anything else (a split body, a partial frame, an
+        anomaly) returns None and goes the frame-by-frame way, which also reports errors. Nothing is
+        consumed until `advance(end)`.
+        """
+        buf = self._buffer
+        pos = self._pos
+        size = len(buf)
+        unpack = _FRAME_HEADER.unpack_from
+        if size - pos < 18 or buf[pos] != 1 or buf[pos + 7 : pos + 11] != _PUBLISH_ID:
+            return None
+        _, channel, method_size = unpack(buf, pos)
+        header_at = pos + method_size + FRAME_OVERHEAD
+        if size - header_at < 21 or buf[header_at - 1] != FRAME_END:
+            return None
+        frame_type, header_channel, header_size = unpack(buf, header_at)
+        body_at = header_at + header_size + FRAME_OVERHEAD
+        if frame_type != 2 or header_channel != channel or body_at > size or buf[body_at - 1] != FRAME_END:
+            return None
+        if header_size < 14 or max(method_size, header_size) + FRAME_OVERHEAD > self.frame_max:
+            return None
+        body_size = _BODY_SIZE.unpack_from(buf, header_at + 11)[0]
+        method_payload = bytes(buf[pos + FRAME_HEADER_SIZE : header_at - 1])
+        header_payload = bytes(buf[header_at + FRAME_HEADER_SIZE : body_at - 1])
+        if body_size == 0:
+            return channel, method_payload, header_payload, b"", body_at
+        if size - body_at < FRAME_HEADER_SIZE:
+            return None
+        frame_type, body_channel, frame_size = unpack(buf, body_at)
+        end = body_at + frame_size + FRAME_OVERHEAD
+        if (
+            frame_type != 3
+            or body_channel != channel
+            or frame_size != body_size
+            or end > size
+            or buf[end - 1] != FRAME_END
+            or frame_size + FRAME_OVERHEAD > self.frame_max
+        ):
+            return None
+        return channel, method_payload, header_payload, bytes(buf[body_at + FRAME_HEADER_SIZE : end - 1]), end
+
+    def advance(self, end: int) -> None:
+        self._pos = end
 
     def take_bytes(self, count: int) -> bytes | None:
         """Take `count` raw bytes (the protocol header) once that many have arrived."""

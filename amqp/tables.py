@@ -9,7 +9,8 @@ depend on it. Each entry here is `(key, value)` where `value` is the type tag fo
 from __future__ import annotations
 
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pamqp import decode
 
@@ -18,10 +19,26 @@ _I64 = struct.Struct(">q")
 _U64 = struct.Struct(">Q")
 
 Entries = list[tuple[str, bytes]]
+T = TypeVar("T")
+
+
+class TableError(ValueError):
+    """A field table or array a client sent is malformed (the broker only looks inside when it must)."""
+
+
+def _checked(read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise TableError(f"malformed field table: {exc}") from exc
 
 
 def split_table(field: bytes) -> Entries:
     """The entries of a field table given with its 4-byte size prefix, values kept raw."""
+    return _checked(lambda: _split_table(field))
+
+
+def _split_table(field: bytes) -> Entries:
     end = 4 + _U32.unpack_from(field, 0)[0]
     entries = []
     pos = 4
@@ -36,6 +53,10 @@ def split_table(field: bytes) -> Entries:
 
 def split_array(value: bytes) -> list[bytes]:
     """The raw typed items of a raw array value (tag `A`)."""
+    return _checked(lambda: _split_array(value))
+
+
+def _split_array(value: bytes) -> list[bytes]:
     end = 5 + _U32.unpack_from(value, 1)[0]
     items = []
     pos = 5
@@ -48,7 +69,7 @@ def split_array(value: bytes) -> list[bytes]:
 
 def decoded(value: bytes) -> Any:
     """The Python value of one raw typed value."""
-    return decode.embedded_value(value)[1]
+    return _checked(lambda: decode.embedded_value(value)[1])
 
 
 def table_field(entries: Entries) -> bytes:

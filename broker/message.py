@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from leveret.amqp.fastpath import names_raw
 from leveret.amqp.properties import decode_properties, peek_properties
 from pamqp.commands import Basic
 
@@ -26,12 +27,17 @@ class Message:
         "priority",
         "expiration",
         "user_id",
+        "names_raw",
         "_properties",
     )
 
-    def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes) -> None:
+    def __init__(
+        self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes, names: bytes | None = None
+    ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
+        # Exchange and routing key encoded for the wire; a publish passes the bytes it arrived with.
+        self.names_raw = names if names is not None else names_raw(exchange, routing_key)
         self.properties_raw = properties_raw
         self.body = body
         self.delivery_mode, self.priority, self.expiration, self.user_id = peek_properties(properties_raw)

@@ -54,7 +54,8 @@ def test_publish_fast_path_agrees_with_pamqp(exchange: str, routing_key: str, ma
     method = build(Basic.Publish, exchange=exchange, routing_key=routing_key, mandatory=mandatory,
                    immediate=immediate)
     raw = pamqp_frame.marshal(method, 1)
-    assert decode_method(raw[7:-1]) == fastpath.Publish(exchange, routing_key, mandatory, immediate)
+    names = fastpath.names_raw(exchange, routing_key)
+    assert decode_method(raw[7:-1]) == fastpath.Publish(exchange, routing_key, mandatory, immediate, names)
 
 
 @given(st.integers(0, 2**63 - 1), st.booleans(), st.booleans())  # pamqp encodes tags signed
@@ -73,7 +74,8 @@ def test_deliver_fast_path_decodes_with_pamqp(
     properties_raw = properties_from_dict({"delivery_mode": 2, "headers": {"k": "v"}})
     stream = b"".join(
         fastpath.deliver_frames(
-            3, fastpath.shortstr(consumer_tag), tag, redelivered, exchange, routing_key, properties_raw, body, 4096
+            3, fastpath.shortstr(consumer_tag), tag, redelivered, fastpath.names_raw(exchange, routing_key),
+            properties_raw, body, 4096,
         )
     )
     decoded = []

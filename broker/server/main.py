@@ -17,13 +17,17 @@ from leveret.config import Config
 log = logging.getLogger("leveret")
 
 
-async def open_node(config: Config) -> Node:
-    """A node with its store attached and its durable state recovered (blocking work in a thread)."""
+def open_node(config: Config) -> Node:
+    """A node with its store attached and its durable state recovered.
+
+    Blocking, on the loop thread on purpose: nothing else runs yet, and recovery rebuilds queues whose
+    timers read the loop's clock.
+    """
     node = Node(config, clock=trio.current_time)
-    persistence = await trio.to_thread.run_sync(Persistence, config.data_dir)
+    persistence = Persistence(config.data_dir)
     node.attach_persistence(persistence)
     started = trio.current_time()
-    recovered = await trio.to_thread.run_sync(persistence.recover, node)
+    recovered = persistence.recover(node)
     log.info("recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started)
     return node
 
@@ -36,7 +40,7 @@ async def start_node_tasks(nursery: trio.Nursery, node: Node) -> None:
 
 
 async def run_node(config: Config) -> None:
-    node = await open_node(config)
+    node = open_node(config)
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
         await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)

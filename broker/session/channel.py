@@ -139,8 +139,7 @@ class ChannelSession:
                 consumer.tag_raw,
                 tag,
                 entry.redelivered,
-                message.exchange,
-                message.routing_key,
+                message.names_raw,
                 message.properties_raw,
                 message.body,
                 self.conn.frame_max,
@@ -182,7 +181,7 @@ class ChannelSession:
                 ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'"
             )
         try:
-            message = Message(exchange.name, publish.routing_key, properties_raw, body)
+            message = Message(exchange.name, publish.routing_key, properties_raw, body, publish.names_raw or None)
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
         if message.user_id is not None and message.user_id != self.session.username:
@@ -216,8 +215,7 @@ class ChannelSession:
                     self.number,
                     NO_ROUTE,
                     "NO_ROUTE",
-                    message.exchange,
-                    message.routing_key,
+                    message.names_raw,
                     message.properties_raw,
                     message.body,
                     self.conn.frame_max,
@@ -235,7 +233,7 @@ class ChannelSession:
 
     def _needs_reply_to_rewrite(self, message: Message) -> bool:
         # Only decode properties when the raw bytes could hold the magic reply-to name.
-        return reply_to.MAGIC_QUEUE.encode() in message.properties_raw
+        return reply_to.MAGIC_QUEUE_RAW in message.properties_raw
 
     def flush_confirms(self, durable_position: int) -> None:
         """Send the confirms whose messages are safe: runs of acks as one basic.ack(multiple)."""
@@ -591,8 +589,7 @@ class ChannelSession:
                 self.number,
                 tag,
                 entry.redelivered,
-                message.exchange,
-                message.routing_key,
+                message.names_raw,
                 queue.message_count,
                 message.properties_raw,
                 message.body,

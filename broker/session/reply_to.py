@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from leveret.broker.session.channel import ChannelSession
 
 MAGIC_QUEUE = "amq.rabbitmq.reply-to"
+MAGIC_QUEUE_RAW = MAGIC_QUEUE.encode()
 PREFIX = MAGIC_QUEUE + "."
 
 

@@ -56,6 +56,8 @@ from .handshake import (
 # Before tune-ok the client has agreed to no frame size; accept a generous one for start-ok.
 _HANDSHAKE_FRAME_MAX = 131072
 _CONTENT_HEADER = struct.Struct(">HHQ")
+# Distinct (exchange, routing key, flags) combinations remembered per connection; cleared when full.
+_PUBLISH_CACHE_SIZE = 1024
 
 Channel = commands.Channel
 Connection = commands.Connection
@@ -106,6 +108,7 @@ class ServerConnection:
         self._channels: dict[int, _ChannelState] = {}
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
+        self._publish_cache: dict[bytes, fastpath.Publish] = {}
 
     # ---- output -------------------------------------------------------------------------------
 
@@ -221,18 +224,24 @@ class ServerConnection:
         found = self._reader.peek_publish()
         if found is None:
             return None
-        channel, method_payload, header_payload, body, end = found
+        channel, method_payload, properties_raw, body, end = found
         state = self._channels.get(channel)
         if state is None or state.closing or state.publish is not None:
             return None
-        if header_payload[0:2] != b"\x00\x3c" or len(body) > self.settings.max_message_size:
+        if len(body) > self.settings.max_message_size:
             return None
-        try:
-            publish = fastpath.decode_publish(method_payload)
-        except (ValueError, IndexError, UnicodeDecodeError):
-            return None  # the frame-by-frame path reports it
+        # Publishers repeat the same exchange, routing key and flags: decode each combination once.
+        publish = self._publish_cache.get(method_payload)
+        if publish is None:
+            try:
+                publish = fastpath.decode_publish(method_payload)
+            except (ValueError, IndexError, UnicodeDecodeError):
+                return None  # the frame-by-frame path reports it
+            if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
+                self._publish_cache.clear()
+            self._publish_cache[method_payload] = publish
         self._reader.advance(end)
-        return ContentReceived(channel, publish, header_payload[12:], body)
+        return ContentReceived(channel, publish, properties_raw, body)
 
     def connection_lost(self) -> list[Event]:
         """The socket is gone (EOF, reset, heartbeat timeout)."""

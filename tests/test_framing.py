@@ -119,3 +119,15 @@ def test_peek_agrees_with_full_decode(values: dict) -> None:
     assert priority == (decoded.priority or 0)
     assert expiration == decoded.expiration
     assert user_id == decoded.user_id
+
+
+def test_large_frame_arriving_in_many_reads_is_joined_once_and_intact() -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB: collected as a list of reads, not re-copied per read
+    stream = encode_frame(3, 1, payload) + encode_frame(1, 1, b"next")
+    reader = FrameReader(frame_max=4 * 1024 * 1024)
+    frames = []
+    for start in range(0, len(stream), 65536):
+        reader.feed(stream[start : start + 65536])
+        while (frame := reader.next_frame()) is not None:
+            frames.append(frame)
+    assert frames == [(3, 1, payload), (1, 1, b"next")]

@@ -77,6 +77,7 @@ class ChannelSession:
         self.last_queue = ""  # "" in queue arguments means the channel's last declared queue
         self.closed = False
         self.reply_token: str | None = None  # set while a direct reply-to consumer is active
+        self._may_publish_to: set[str] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             Channel.Flow: self._flow,
             Exchange.Declare: self._exchange_declare,
@@ -175,7 +176,10 @@ class ChannelSession:
         if publish.immediate:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         exchange = self.vhost.exchange(publish.exchange)
-        self.session.check_permission("write", "exchange", exchange.name)
+        if exchange.name not in self._may_publish_to:
+            self.session.check_permission("write", "exchange", exchange.name)
+            # Permissions are fixed for the connection's life: one regex match per exchange, not per message.
+            self._may_publish_to.add(exchange.name)
         if exchange.internal:
             raise ChannelError(
                 ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'"

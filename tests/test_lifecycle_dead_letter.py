@@ -9,7 +9,7 @@ from pamqp.commands import Basic, Exchange, Queue
 from leveret.amqp import tables
 from leveret.amqp.properties import properties_from_dict
 from leveret.broker.message import Message
-from leveret.broker.queues.dead_letter import dead_lettered_copy, is_cycle
+from leveret.broker.queues.dead_letter import Death, is_cycle
 from tests.lifecycle_support import clocked_node, declare_queue, fanout_to, get, raw_headers
 from tests.test_session import connect
 
@@ -162,7 +162,20 @@ def test_a_missing_dead_letter_exchange_drops_the_message() -> None:
 
 def test_an_x_death_that_is_not_an_array_starts_over() -> None:
     raw = properties_from_dict({"headers": {"x-death": "mangled by a republisher"}})
-    copy, deaths = dead_lettered_copy(Message("", "q", raw, b""), "expired", "q", "dlx", None, 0)
+    copy, deaths = Death("expired", "q", 0).copy(Message("", "q", raw, b""), "dlx", None)
     assert deaths == [("q", "expired")]
     assert copy.headers["x-death"][0]["count"] == 1
     assert "x-first-death-queue" not in copy.headers
+
+
+def test_a_message_with_malformed_headers_is_dropped_not_dead_lettered() -> None:
+    node, clock = clocked_node()
+    client = connect(node)
+    fanout_to(client, "dlx", "dead")
+    declare_queue(client, "work", **{"x-dead-letter-exchange": "dlx", "x-message-ttl": 10})
+    queue = node.vhosts["/"].queues["work"]
+    # Header flag, then a table of one entry whose value has the unknown type tag "Z".
+    queue.enqueue(Message("", "work", b"\x20\x00\x00\x00\x00\x03\x01kZ", b"x"))
+    clock.advance(0.1)
+    assert queue.message_count == 0
+    assert node.vhosts["/"].queues["dead"].message_count == 0

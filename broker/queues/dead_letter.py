@@ -8,6 +8,7 @@ reject, is dropped there (the cycle would never end).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from leveret.broker.message import Message
 if TYPE_CHECKING:
     from leveret.broker.queues.host import QueueHost
     from leveret.broker.queues.settings import QueueSettings
+
+log = logging.getLogger(__name__)
 
 EXPIRED = "expired"
 REJECTED = "rejected"
@@ -42,41 +45,89 @@ def dead_letter(
     exchange = host.exchanges.get(settings.dead_letter_exchange)
     if exchange is None:
         return
-    now = int(wall_clock())
+    death = Death(reason, queue_name, int(wall_clock()))
     for message in messages:
-        copy, deaths = dead_lettered_copy(
-            message, reason, queue_name, exchange.name, settings.dead_letter_routing_key, now
-        )
+        try:
+            copy, deaths = death.copy(message, exchange.name, settings.dead_letter_routing_key)
+        except tables.TableError as error:
+            log.warning("message %s from queue '%s' not dead-lettered: %s", reason, queue_name, error)
+            continue
         for target in host.route(exchange, copy):
             if reason == REJECTED or not is_cycle(target.name, deaths):
                 target.enqueue(copy)
 
 
-def dead_lettered_copy(
-    message: Message, reason: str, queue: str, exchange: str, routing_key: str | None, now: int
-) -> tuple[Message, Deaths]:
-    """The message as it leaves for `exchange`: x-death updated, per-message expiration removed, routed
-    by `routing_key` when the queue names one (and then without its CC header), else by its own."""
-    fields = split_properties(message.properties_raw)
-    headers = tables.split_table(fields[HEADERS]) if HEADERS in fields else []
-    routing_keys = [message.routing_key] + _cc(headers)
-    info = [
-        ("reason", tables.longstr(reason)),
-        ("queue", tables.longstr(queue)),
-        ("time", tables.timestamp(now)),
-        ("exchange", tables.longstr(message.exchange)),
-        ("routing-keys", tables.array([tables.longstr(key) for key in routing_keys])),
-    ]
-    if message.expiration is not None:
-        info.append(("original-expiration", tables.longstr(message.expiration)))
-    headers, deaths = _record_death(headers, info, queue, reason, message.exchange)
-    if routing_key is not None:
-        headers = [entry for entry in headers if entry[0] != "CC"]
-    fields[HEADERS] = tables.table_field(headers)
-    fields.pop(EXPIRATION, None)
-    properties = join_properties(fields)
-    return Message(exchange, routing_key if routing_key is not None else message.routing_key, properties,
-                   message.body), deaths
+class Death:
+    """Messages one queue removes for one reason at one time (an expiry batch can be large): what their
+    x-death entries share is encoded once, and so are the whole headers of messages that had none."""
+
+    def __init__(self, reason: str, queue: str, now: int) -> None:
+        self.reason = reason
+        self.queue = queue
+        self._shared = [
+            ("reason", tables.longstr(reason)),
+            ("queue", tables.longstr(queue)),
+            ("time", tables.timestamp(now)),
+        ]
+        self._first_headers: dict[tuple[str, str, str | None], bytes] = {}
+
+    def copy(self, message: Message, exchange: str, routing_key: str | None) -> tuple[Message, Deaths]:
+        """The message as it leaves for `exchange`: x-death updated, per-message expiration removed, routed
+        by `routing_key` when the queue names one (and then without its CC header), else by its own."""
+        fields = split_properties(message.properties_raw)
+        if HEADERS in fields:
+            headers, deaths = self._record(tables.split_table(fields[HEADERS]), message)
+            if routing_key is not None:
+                headers = [entry for entry in headers if entry[0] != "CC"]
+            fields[HEADERS] = tables.table_field(headers)
+        else:
+            key = (message.exchange, message.routing_key, message.expiration)
+            field = self._first_headers.get(key)
+            if field is None:
+                field = self._first_headers[key] = tables.table_field(self._record([], message)[0])
+            fields[HEADERS] = field
+            deaths = [(self.queue, self.reason)]
+        fields.pop(EXPIRATION, None)
+        copy = Message(exchange, message.routing_key if routing_key is None else routing_key,
+                       join_properties(fields), message.body)
+        return copy, deaths
+
+    def _record(self, headers: tables.Entries, message: Message) -> tuple[tables.Entries, Deaths]:
+        """Headers with this death recorded. A first one also sets x-first-death-*; a repeat of an
+        earlier (queue, reason) counts up that entry (which keeps its first time, exchange and keys) and
+        moves it first."""
+        queue, reason = self.queue, self.reason
+        routing_keys = [message.routing_key] + _cc(headers)
+        counted = [
+            ("count", tables.long(1)),
+            *self._shared,
+            ("exchange", tables.longstr(message.exchange)),
+            ("routing-keys", tables.array([tables.longstr(key) for key in routing_keys])),
+        ]
+        if message.expiration is not None:
+            counted.append(("original-expiration", tables.longstr(message.expiration)))
+        found = dict(headers)
+        x_death = found.get("x-death")
+        if x_death is None:
+            found["x-first-death-reason"] = tables.longstr(reason)
+            found["x-first-death-queue"] = tables.longstr(queue)
+            found["x-first-death-exchange"] = tables.longstr(message.exchange)
+            items, deaths = [tables.table(counted)], [(queue, reason)]
+        elif x_death[:1] != b"A":
+            # Not an array (a client re-published it with changed types): RabbitMQ starts it over.
+            items, deaths = [tables.table(counted)], [(queue, reason)]
+        else:
+            old_items = tables.split_array(x_death)
+            old_deaths = [_death(item) for item in old_items]
+            match = next((i for i, death in enumerate(old_deaths) if death == (queue, reason)), None)
+            if match is None:
+                newest = tables.sorted_entries(counted)
+            else:
+                newest = tables.sorted_entries(_counted_again(tables.split_table(old_items[match][1:])))
+                del old_items[match], old_deaths[match]
+            items, deaths = [tables.table(newest), *old_items], [(queue, reason), *old_deaths]
+        found["x-death"] = tables.array(items)
+        return tables.sorted_entries(list(found.items())), deaths
 
 
 def is_cycle(queue: str, deaths: Deaths) -> bool:
@@ -94,37 +145,6 @@ def _cc(headers: tables.Entries) -> list[str]:
         if key == "CC" and value[:1] == b"A":
             return [item for item in tables.decoded(value) if isinstance(item, str)]
     return []
-
-
-def _record_death(
-    headers: tables.Entries, info: tables.Entries, queue: str, reason: str, exchange: str
-) -> tuple[tables.Entries, Deaths]:
-    """Headers with this death recorded. A first one also sets x-first-death-*; a repeat of an earlier
-    (queue, reason) counts up that entry (which keeps its first time, exchange and keys) and moves it
-    first."""
-    found = dict(headers)
-    x_death = found.get("x-death")
-    counted = [("count", tables.long(1)), *info]
-    if x_death is None:
-        found["x-first-death-reason"] = tables.longstr(reason)
-        found["x-first-death-queue"] = tables.longstr(queue)
-        found["x-first-death-exchange"] = tables.longstr(exchange)
-        items, deaths = [tables.table(counted)], [(queue, reason)]
-    elif x_death[:1] != b"A":
-        # Not an array (a client re-published it with changed types): RabbitMQ starts it over.
-        items, deaths = [tables.table(counted)], [(queue, reason)]
-    else:
-        old_items = tables.split_array(x_death)
-        old_deaths = [_death(item) for item in old_items]
-        match = next((i for i, death in enumerate(old_deaths) if death == (queue, reason)), None)
-        if match is None:
-            newest = tables.sorted_entries(counted)
-        else:
-            newest = tables.sorted_entries(_counted_again(tables.split_table(old_items[match][1:])))
-            del old_items[match], old_deaths[match]
-        items, deaths = [tables.table(newest), *old_items], [(queue, reason), *old_deaths]
-    found["x-death"] = tables.array(items)
-    return tables.sorted_entries(list(found.items())), deaths
 
 
 def _counted_again(entry: tables.Entries) -> tables.Entries:

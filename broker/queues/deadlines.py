@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 # Deadlines are rounded up to this grid (seconds), so that a stream of messages expiring a few
 # microseconds apart is handled in batches rather than with one wake-up each.
@@ -59,4 +62,8 @@ class Deadlines:
             del self._pending[target]
             due.append(target)
         for target in due:
-            target.on_deadline(now)
+            try:
+                target.on_deadline(now)
+            except Exception:
+                # A bug in one queue must not stop every other queue's timers (nor the node).
+                log.exception("timer of %r failed", target)

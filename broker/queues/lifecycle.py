@@ -63,12 +63,17 @@ def published(entry: Entry) -> Message:
 
 
 def with_delivery_count(message: Message, count: int) -> Message:
-    """The message as a quorum queue delivers it after `count` returns."""
+    """The message as a quorum queue delivers it after `count` returns (as it is, if its headers are
+    malformed)."""
     fields = split_properties(message.properties_raw)
-    headers = dict(tables.split_table(fields[HEADERS])) if HEADERS in fields else {}
+    try:
+        headers = dict(tables.split_table(fields[HEADERS])) if HEADERS in fields else {}
+    except tables.TableError:
+        return message
     headers["x-delivery-count"] = tables.long(count)
     fields[HEADERS] = tables.table_field(tables.sorted_entries(list(headers.items())))
-    return Message(message.exchange, message.routing_key, join_properties(fields), message.body)
+    properties = join_properties(fields)
+    return Message(message.exchange, message.routing_key, properties, message.body, message.names_raw)
 
 
 def queue_class(arguments: dict[str, Any]) -> type[Queue]:

@@ -5,6 +5,7 @@ Both run on trio's clock, the one the node was given, so MockClock drives them i
 
 from __future__ import annotations
 
+import logging
 import math
 
 import trio
@@ -12,6 +13,8 @@ import trio
 from leveret.broker.node import Node
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.session.ack_timeout import tick_interval
+
+log = logging.getLogger(__name__)
 
 
 async def run_timers(node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -47,4 +50,7 @@ async def run_ack_timeouts(node: Node) -> None:
         await trio.sleep(interval)
         now = trio.current_time()
         for session in list(node.connections):
-            session.check_ack_timeouts(now)
+            try:
+                session.check_ack_timeouts(now)
+            except Exception:
+                log.exception("acknowledgement timeout check of %s failed", session.peer)

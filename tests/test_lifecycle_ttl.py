@@ -240,3 +240,12 @@ def test_recovered_messages_get_their_ttl_from_the_recovery() -> None:
     client.publish(1, b"new", routing_key="q")
     assert [e.seq for e in queue.ready] == [2, 3]
     assert [b for _, _, b in messages(client.method(1, Basic.Get(queue="q", no_ack=True)))] == [b"long"]
+
+
+def test_deleted_queues_do_not_pile_up_in_the_timer_heap() -> None:
+    node, _ = clocked_node()
+    client = connect(node)
+    for n in range(1000):
+        declare_queue(client, f"reply-{n}", **{"x-expires": 86_400_000})
+        client.method(1, Queue.Delete(queue=f"reply-{n}"))
+    assert len(node.deadlines._heap) <= 64

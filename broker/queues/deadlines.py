@@ -41,11 +41,21 @@ class Deadlines:
         earliest = self.next_deadline()
         self._pending[target] = when
         heapq.heappush(self._heap, (when, next(self._order), target))
+        self._compact()
         if earliest is None or when < earliest:
             self.wake()
 
     def cancel(self, target: Timed) -> None:
-        self._pending.pop(target, None)
+        if self._pending.pop(target, None) is not None:
+            self._compact()
+
+    def _compact(self) -> None:
+        # Superseded and cancelled entries stay in the heap until their time; a queue deleted long before
+        # its deadline (a reply queue with a day-long x-expires) would be kept alive by one. Rebuild the
+        # heap when they outnumber the live ones.
+        if len(self._heap) > 2 * len(self._pending) + 64:
+            self._heap = [(when, next(self._order), target) for target, when in self._pending.items()]
+            heapq.heapify(self._heap)
 
     def next_deadline(self) -> float | None:
         heap = self._heap

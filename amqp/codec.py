@@ -34,7 +34,10 @@ def decode_method(payload: bytes) -> Any:
         factory = commands.INDEX_MAPPING.get(key)
         if factory is None:
             raise ConnectionLevelError(
-                NOT_IMPLEMENTED, f"unknown method class {key >> 16} method {key & 0xFFFF}", key >> 16, key & 0xFFFF
+                NOT_IMPLEMENTED,
+                f"unknown method class {key >> 16} method {key & 0xFFFF}",
+                key >> 16,
+                key & 0xFFFF,
             )
         method = factory()
         method.unmarshal(payload[4:])

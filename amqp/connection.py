@@ -167,7 +167,13 @@ class ServerConnection:
         class_id, method_id = (error.class_id, error.method_id) if error else (0, 0)
         self.send_method(
             0,
-            build(Connection.Close, reply_code=code, reply_text=_truncate(text), class_id=class_id, method_id=method_id),
+            build(
+                Connection.Close,
+                reply_code=code,
+                reply_text=_truncate(text),
+                class_id=class_id,
+                method_id=method_id,
+            ),
         )
         self.state = State.CLOSING
         self._channels.clear()
@@ -291,7 +297,9 @@ class ServerConnection:
         if frame_type != FRAME_METHOD:
             if self.state is State.CLOSING:
                 return
-            raise ConnectionLevelError(UNEXPECTED_FRAME, f"unexpected frame type {frame_type} on channel {channel}")
+            raise ConnectionLevelError(
+                UNEXPECTED_FRAME, f"unexpected frame type {frame_type} on channel {channel}"
+            )
         method = decode_method(payload)
         if channel != 0:
             # Only possible before the connection is open, or while it closes.
@@ -373,12 +381,15 @@ class ServerConnection:
         self._reader.frame_max = self.frame_max
         self.state = State.AWAIT_OPEN
 
-    def _handle_channel_frame(self, frame_type: int, channel: int, payload: bytes, events: deque[Event]) -> None:
+    def _handle_channel_frame(
+        self, frame_type: int, channel: int, payload: bytes, events: deque[Event]
+    ) -> None:
         state = self._channels.get(channel)
         if frame_type == FRAME_METHOD:
             if state is not None and state.publish is not None:
                 raise ConnectionLevelError(
-                    UNEXPECTED_FRAME, "expected content header for class 60, got non content header frame instead"
+                    UNEXPECTED_FRAME,
+                    "expected content header for class 60, got non content header frame instead",
                 )
             method = decode_method(payload)
             if state is None:
@@ -400,7 +411,9 @@ class ServerConnection:
             if state.closing:
                 return
             if state.publish is None or state.properties_raw is not None:
-                raise ConnectionLevelError(UNEXPECTED_FRAME, "expected method frame, got content header instead")
+                raise ConnectionLevelError(
+                    UNEXPECTED_FRAME, "expected method frame, got content header instead"
+                )
             self._content_header(channel, state, payload, events)
         elif frame_type == FRAME_BODY:
             if state is None:
@@ -408,7 +421,9 @@ class ServerConnection:
             if state.closing:
                 return
             if state.properties_raw is None:
-                raise ConnectionLevelError(UNEXPECTED_FRAME, "expected method frame, got content body instead")
+                raise ConnectionLevelError(
+                    UNEXPECTED_FRAME, "expected method frame, got content body instead"
+                )
             state.body_parts.append(payload)
             state.received += len(payload)
             if state.received > state.body_size:
@@ -425,7 +440,10 @@ class ServerConnection:
             raise ConnectionLevelError(CHANNEL_ERROR, "expected 'channel.open'", *method_ids(method))
         if channel > self.channel_max:
             raise ConnectionLevelError(
-                NOT_ALLOWED, f"channel number {channel} exceeds the negotiated channel_max {self.channel_max}", 20, 10
+                NOT_ALLOWED,
+                f"channel number {channel} exceeds the negotiated channel_max {self.channel_max}",
+                20,
+                10,
             )
         self._channels[channel] = _ChannelState()
         events.append(MethodReceived(channel, method))
@@ -440,16 +458,19 @@ class ServerConnection:
             del self._channels[channel]
             events.append(ChannelCloseOk(channel))
 
-    def _content_header(self, channel: int, state: _ChannelState, payload: bytes, events: deque[Event]) -> None:
+    def _content_header(
+        self, channel: int, state: _ChannelState, payload: bytes, events: deque[Event]
+    ) -> None:
         if len(payload) < 14:
             raise ConnectionLevelError(FRAME_ERROR, "content header frame too short")
         class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
         if class_id != 60:
             raise ConnectionLevelError(FRAME_ERROR, f"content header for class {class_id}, expected 60")
         if body_size > self.settings.max_message_size:
+            limit = self.settings.max_message_size
             error = ChannelError(
                 PRECONDITION_FAILED,
-                f"message size {body_size} is larger than configured max size {self.settings.max_message_size}",
+                f"message size {body_size} is larger than configured max size {limit}",
                 60,
                 40,
             )
@@ -474,5 +495,3 @@ def _truncate(text: str) -> str:
     """reply-text is a short string: at most 255 bytes of UTF-8."""
     raw = text.encode("utf-8")
     return text if len(raw) <= 255 else raw[:255].decode("utf-8", "ignore")
-
-

@@ -60,4 +60,6 @@ class ConnectionClosed:
     by_peer: bool
 
 
-Event = ConnectionOpened | MethodReceived | ContentReceived | ChannelFailed | ChannelCloseOk | ConnectionClosed
+Event = (
+    ConnectionOpened | MethodReceived | ContentReceived | ChannelFailed | ChannelCloseOk | ConnectionClosed
+)

@@ -94,7 +94,11 @@ class FrameReader:
         if frame_type != 2 or header_channel != channel or body_at > size or buf[body_at - 1] != FRAME_END:
             return None
         frame_max = self.frame_max
-        if header_size < 14 or method_size + FRAME_OVERHEAD > frame_max or header_size + FRAME_OVERHEAD > frame_max:
+        if (
+            header_size < 14
+            or method_size + FRAME_OVERHEAD > frame_max
+            or header_size + FRAME_OVERHEAD > frame_max
+        ):
             return None
         if not buf.startswith(b"\x00\x3c", header_at + 7):
             return None

@@ -87,7 +87,8 @@ def parse_sasl_response(mechanism: str, response: bytes | str) -> tuple[str, str
             raise ConnectionLevelError(ACCESS_REFUSED, "AMQPLAIN response needs LOGIN and PASSWORD")
         return login, password
     raise ConnectionLevelError(
-        ACCESS_REFUSED, f"unsupported authentication mechanism '{mechanism}'; use one of {', '.join(MECHANISMS)}"
+        ACCESS_REFUSED,
+        f"unsupported authentication mechanism '{mechanism}'; use one of {', '.join(MECHANISMS)}",
     )
 
 

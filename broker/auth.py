@@ -35,7 +35,9 @@ class Authority:
         self.users: dict[str, User] = {user.name: user for user in config.users}
         self.vhosts = set(config.vhosts)
         self.permissions: dict[tuple[str, str], VhostPermissions] = {
-            (p.user, p.vhost): VhostPermissions(re.compile(p.configure), re.compile(p.write), re.compile(p.read))
+            (p.user, p.vhost): VhostPermissions(
+                re.compile(p.configure), re.compile(p.write), re.compile(p.read)
+            )
             for p in config.permissions
         }
 

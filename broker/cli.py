@@ -7,15 +7,17 @@ import logging
 import sys
 
 import trio
-
-from leveret import __version__
 from leveret.broker.server.main import run_node
 from leveret.broker.store import DefinitionsError
 from leveret.config import Config, ConfigError, load_config
 
+from leveret import __version__
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="leveret", description="An AMQP 0-9-1 broker that RabbitMQ clients use.")
+    parser = argparse.ArgumentParser(
+        prog="leveret", description="An AMQP 0-9-1 broker that RabbitMQ clients use."
+    )
     parser.add_argument("--config", help="YAML configuration file (default: the embedded one)")
     parser.add_argument("--host", help="address to listen on for AMQP (overrides listeners.amqp.host)")
     parser.add_argument("--port", type=int, help="AMQP port (overrides listeners.amqp.port)")

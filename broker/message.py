@@ -60,5 +60,3 @@ class Message:
     @property
     def body_size(self) -> int:
         return len(self.body)
-
-

@@ -12,13 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pamqp import decode, encode
-
 from leveret.broker.message import Message
 from leveret.broker.queues.journal import Journal
 from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.store import DefinitionsStore, QueueLog, Store, StoredMessage, SyncBatch
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
+from pamqp import decode, encode
 
 if TYPE_CHECKING:
     from leveret.broker.exchanges.base import Exchange
@@ -70,7 +69,9 @@ class StoreJournal(Journal):
 class Commit:
     """One group commit: the store's batch and, when they changed, the definitions to save."""
 
-    def __init__(self, batch: SyncBatch | None, definitions: dict[str, Any] | None, store: DefinitionsStore) -> None:
+    def __init__(
+        self, batch: SyncBatch | None, definitions: dict[str, Any] | None, store: DefinitionsStore
+    ) -> None:
         self.batch = batch
         self.definitions = definitions
         self._definitions_store = store
@@ -154,26 +155,36 @@ class Persistence:
         for vhost_name, definitions in (saved.get("vhosts") or {}).items():
             vhost = node.vhosts.get(vhost_name)
             if vhost is None:
-                log.warning("definitions name vhost %r, which the configuration no longer has; skipped", vhost_name)
+                log.warning(
+                    "definitions name vhost %r, which the configuration no longer has; skipped", vhost_name
+                )
                 continue
             for item in definitions.get("exchanges", []):
                 if item["name"] not in vhost.exchanges:
                     vhost.declare_exchange(
-                        item["name"], item["type"], durable=True, auto_delete=item["auto_delete"],
-                        internal=item["internal"], arguments=_decode_table(item["arguments"]),
+                        item["name"],
+                        item["type"],
+                        durable=True,
+                        auto_delete=item["auto_delete"],
+                        internal=item["internal"],
+                        arguments=_decode_table(item["arguments"]),
                     )
             for item in definitions.get("queues", []):
                 queue = vhost.declare_queue(
-                    item["name"], owner=None, durable=True, exclusive=False,
-                    auto_delete=item["auto_delete"], arguments=_decode_table(item["arguments"]),
+                    item["name"],
+                    owner=None,
+                    durable=True,
+                    exclusive=False,
+                    auto_delete=item["auto_delete"],
+                    arguments=_decode_table(item["arguments"]),
                 )
                 live_queue_ids.add(Store.queue_id(vhost_name, queue.name))
                 recovered += self._recover_messages(queue)
             for item in definitions.get("bindings", []):
                 source = vhost.exchanges.get(item["source"])
-                destination: Any = (vhost.queues if item["destination_type"] == "queue" else vhost.exchanges).get(
-                    item["destination"]
-                )
+                destination: Any = (
+                    vhost.queues if item["destination_type"] == "queue" else vhost.exchanges
+                ).get(item["destination"])
                 if source is not None and destination is not None:
                     source.bind(destination, item["routing_key"], _decode_table(item["arguments"]))
         for queue_id in set(self.store.stored_queues()) - live_queue_ids:
@@ -207,7 +218,9 @@ def snapshot_definitions(node: Node) -> dict[str, Any]:
     for vhost in node.vhosts.values():
         vhosts[vhost.name] = {
             "exchanges": [
-                _exchange_record(e) for e in vhost.exchanges.values() if e.durable and e.name not in _PREDECLARED_NAMES
+                _exchange_record(e)
+                for e in vhost.exchanges.values()
+                if e.durable and e.name not in _PREDECLARED_NAMES
             ],
             "queues": [_queue_record(q) for q in vhost.queues.values() if is_durable_queue(q)],
             "bindings": _binding_records(vhost),

@@ -74,13 +74,18 @@ class VirtualHost:
     # ---- exchanges --------------------------------------------------------------------------
 
     def declare_exchange(
-        self, name: str, kind: str, *, durable: bool, auto_delete: bool, internal: bool, arguments: dict[str, Any]
+        self,
+        name: str,
+        kind: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
     ) -> Exchange:
         existing = self.exchanges.get(name)
         if name.startswith(RESERVED_PREFIX) and existing is None or name == DEFAULT_EXCHANGE:
-            raise ChannelError(
-                ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'"
-            )
+            raise ChannelError(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'")
         cls = exchange_class(kind)
         if existing is not None:
             self._check_exchange_equivalent(existing, kind, durable, auto_delete, internal, arguments)
@@ -225,11 +230,15 @@ class VirtualHost:
 
     # ---- bindings ---------------------------------------------------------------------------
 
-    def bind(self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict) -> None:
+    def bind(
+        self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict
+    ) -> None:
         if source.bind(destination, routing_key, arguments) and _durable_binding(source, destination):
             self.definitions_changed()
 
-    def unbind(self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict) -> None:
+    def unbind(
+        self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict
+    ) -> None:
         if source.unbind(destination, routing_key, arguments):
             if _durable_binding(source, destination):
                 self.definitions_changed()
@@ -241,7 +250,11 @@ class VirtualHost:
             self._auto_delete_if_unbound(exchange)
 
     def _auto_delete_if_unbound(self, exchange: Exchange) -> None:
-        if exchange.auto_delete and not exchange.has_bindings() and self.exchanges.get(exchange.name) is exchange:
+        if (
+            exchange.auto_delete
+            and not exchange.has_bindings()
+            and self.exchanges.get(exchange.name) is exchange
+        ):
             self._remove_exchange(exchange)
 
     # ---- routing ----------------------------------------------------------------------------
@@ -307,7 +320,8 @@ def _check_arguments_equivalent(where: str, current: dict, received: dict, keys:
             got_text = "none" if got is None else f"the value '{got}' of type '{amqp_type(got)}'"
             have_text = "none" if have is None else f"the value '{have}' of type '{amqp_type(have)}'"
             raise ChannelError(
-                PRECONDITION_FAILED, f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}"
+                PRECONDITION_FAILED,
+                f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}",
             )
 
 

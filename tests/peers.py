@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pamqp import commands, frame, header
-from pamqp import body as pamqp_body
-from pamqp.commands import Basic, Channel, Connection
-
 from leveret.amqp.constants import PROTOCOL_HEADER
+from pamqp import body as pamqp_body
+from pamqp import commands, frame, header
+from pamqp.commands import Basic, Channel, Connection
 
 
 class ClientPeer:
@@ -56,22 +55,38 @@ class ClientPeer:
         properties: commands.Basic.Properties | None = None,
         frame_max: int = 131072,
     ) -> list[tuple[int, Any]]:
-        data = frame.marshal(Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory), channel)
+        data = frame.marshal(
+            Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory), channel
+        )
         data += frame.marshal(header.ContentHeader(0, len(body), properties or Basic.Properties()), channel)
         chunk = frame_max - 8
         for start in range(0, len(body), chunk):
             data += frame.marshal(pamqp_body.ContentBody(body[start : start + chunk]), channel)
         return self.send(data)
 
-    def handshake(self, *, username: str = "guest", password: str = "guest", vhost: str = "/",
-                  capabilities: dict[str, bool] | None = None, heartbeat: int = 0) -> None:
+    def handshake(
+        self,
+        *,
+        username: str = "guest",
+        password: str = "guest",
+        vhost: str = "/",
+        capabilities: dict[str, bool] | None = None,
+        heartbeat: int = 0,
+    ) -> None:
         start = self.send(PROTOCOL_HEADER)
         assert isinstance(start[-1][1], Connection.Start), start
-        properties = {"capabilities": capabilities or {"consumer_cancel_notify": True,
-                                                        "authentication_failure_close": True}}
+        properties = {
+            "capabilities": capabilities
+            or {"consumer_cancel_notify": True, "authentication_failure_close": True}
+        }
         tune = self.method(
-            0, Connection.StartOk(client_properties=properties, mechanism="PLAIN",
-                                  response=f"\0{username}\0{password}", locale="en_US")
+            0,
+            Connection.StartOk(
+                client_properties=properties,
+                mechanism="PLAIN",
+                response=f"\0{username}\0{password}",
+                locale="en_US",
+            ),
         )
         assert isinstance(tune[-1][1], Connection.Tune), tune
         self.method(0, Connection.TuneOk(channel_max=2047, frame_max=131072, heartbeat=heartbeat))

@@ -6,14 +6,20 @@ import struct
 from typing import Any
 
 import pytest
-from pamqp import frame
-from pamqp.commands import Basic, Channel, Connection
-
 from leveret.amqp.connection import ServerConnection, State
 from leveret.amqp.constants import PROTOCOL_HEADER
 from leveret.amqp.errors import ConnectionLevelError
-from leveret.amqp.events import ChannelFailed, ConnectionClosed, ConnectionOpened, ContentReceived, MethodReceived
+from leveret.amqp.events import (
+    ChannelFailed,
+    ConnectionClosed,
+    ConnectionOpened,
+    ContentReceived,
+    MethodReceived,
+)
 from leveret.amqp.handshake import ServerSettings, parse_sasl_response
+from pamqp import frame
+from pamqp.commands import Basic, Channel, Connection
+
 from tests.peers import ClientPeer, methods
 
 
@@ -63,9 +69,16 @@ def test_start_advertises_rabbitmq_capabilities(pair: tuple[Driver, ClientPeer])
     start = methods(client.send(PROTOCOL_HEADER))[0]
     assert isinstance(start, Connection.Start)
     capabilities = start.server_properties["capabilities"]
-    for name in ("publisher_confirms", "basic.nack", "consumer_cancel_notify", "connection.blocked",
-                 "exchange_exchange_bindings", "authentication_failure_close", "per_consumer_qos",
-                 "direct_reply_to"):
+    for name in (
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "exchange_exchange_bindings",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ):
         assert capabilities[name] is True
     assert set(start.mechanisms.split()) == {"PLAIN", "AMQPLAIN"}
 
@@ -80,8 +93,14 @@ def test_wrong_protocol_header_gets_ours_and_close(pair: tuple[Driver, ClientPee
 def test_bad_password_is_refused_with_403(pair: tuple[Driver, ClientPeer]) -> None:
     driver, client = pair
     client.send(PROTOCOL_HEADER)
-    reply = methods(client.method(0, Connection.StartOk(
-        client_properties={}, mechanism="PLAIN", response="\0guest\0wrong", locale="en_US")))
+    reply = methods(
+        client.method(
+            0,
+            Connection.StartOk(
+                client_properties={}, mechanism="PLAIN", response="\0guest\0wrong", locale="en_US"
+            ),
+        )
+    )
     assert isinstance(reply[0], Connection.Close)
     assert reply[0].reply_code == 403
     assert reply[0].reply_text.startswith("ACCESS_REFUSED - Login was refused")
@@ -90,8 +109,12 @@ def test_bad_password_is_refused_with_403(pair: tuple[Driver, ClientPeer]) -> No
 def test_unknown_vhost_is_530(pair: tuple[Driver, ClientPeer]) -> None:
     driver, client = pair
     client.send(PROTOCOL_HEADER)
-    client.method(0, Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0guest",
-                                        locale="en_US"))
+    client.method(
+        0,
+        Connection.StartOk(
+            client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
+        ),
+    )
     client.method(0, Connection.TuneOk(channel_max=10, frame_max=131072, heartbeat=0))
     reply = methods(client.method(0, Connection.Open(virtual_host="/nope")))
     assert reply[0].reply_code == 530
@@ -108,8 +131,12 @@ def test_amqplain_response_parses() -> None:
 def test_tune_ok_frame_max_above_offer_is_refused(pair: tuple[Driver, ClientPeer]) -> None:
     _, client = pair
     client.send(PROTOCOL_HEADER)
-    client.method(0, Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0guest",
-                                        locale="en_US"))
+    client.method(
+        0,
+        Connection.StartOk(
+            client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
+        ),
+    )
     reply = methods(client.method(0, Connection.TuneOk(channel_max=10, frame_max=10**7, heartbeat=0)))
     assert reply[0].reply_code == 530
 
@@ -201,7 +228,9 @@ def test_truncated_method_is_a_syntax_error(pair: tuple[Driver, ClientPeer]) -> 
 def test_client_close_is_answered_and_reported(pair: tuple[Driver, ClientPeer]) -> None:
     driver, client = pair
     client.handshake()
-    reply = methods(client.method(0, Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)))
+    reply = methods(
+        client.method(0, Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+    )
     assert isinstance(reply[0], Connection.CloseOk)
     assert driver.conn.closed
     closed = [e for e in driver.events if isinstance(e, ConnectionClosed)]
@@ -213,7 +242,9 @@ def test_events_are_one_at_a_time_so_answers_stay_in_order(pair: tuple[Driver, C
     driver, client = pair
     client.handshake()
     client.open_channel(1)
-    data = frame.marshal(Basic.Qos(prefetch_count=1), 1) + frame.marshal(Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0), 1)
+    data = frame.marshal(Basic.Qos(prefetch_count=1), 1) + frame.marshal(
+        Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0), 1
+    )
     driver.conn.receive_data(data)
     first = driver.conn.next_event()
     assert isinstance(first, MethodReceived) and isinstance(first.method, Basic.Qos)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pamqp import frame as pamqp_frame
-from pamqp import header
-from pamqp.commands import Basic
-
 from leveret.amqp import fastpath
 from leveret.amqp.codec import build, decode_method
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.amqp.framing import FrameReader, encode_frame
 from leveret.amqp.properties import decode_properties, peek_properties, properties_from_dict
+from pamqp import frame as pamqp_frame
+from pamqp import header
+from pamqp.commands import Basic
 
 names = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 frames = st.lists(
@@ -49,10 +48,13 @@ def test_frame_larger_than_frame_max_is_refused() -> None:
 
 
 @given(names, names, st.booleans(), st.booleans())
-def test_publish_fast_path_agrees_with_pamqp(exchange: str, routing_key: str, mandatory: bool, immediate: bool) -> None:
+def test_publish_fast_path_agrees_with_pamqp(
+    exchange: str, routing_key: str, mandatory: bool, immediate: bool
+) -> None:
     # build(): pamqp's own marshalling, without its client-side check of exchange names.
-    method = build(Basic.Publish, exchange=exchange, routing_key=routing_key, mandatory=mandatory,
-                   immediate=immediate)
+    method = build(
+        Basic.Publish, exchange=exchange, routing_key=routing_key, mandatory=mandatory, immediate=immediate
+    )
     raw = pamqp_frame.marshal(method, 1)
     names = fastpath.names_raw(exchange, routing_key)
     assert decode_method(raw[7:-1]) == fastpath.Publish(exchange, routing_key, mandatory, immediate, names)
@@ -60,7 +62,9 @@ def test_publish_fast_path_agrees_with_pamqp(exchange: str, routing_key: str, ma
 
 @given(st.integers(0, 2**63 - 1), st.booleans(), st.booleans())  # pamqp encodes tags signed
 def test_ack_nack_reject_fast_paths_agree_with_pamqp(tag: int, multiple: bool, requeue: bool) -> None:
-    assert decode_method(pamqp_frame.marshal(Basic.Ack(tag, multiple), 1)[7:-1]) == fastpath.Ack(tag, multiple)
+    assert decode_method(pamqp_frame.marshal(Basic.Ack(tag, multiple), 1)[7:-1]) == fastpath.Ack(
+        tag, multiple
+    )
     nack = pamqp_frame.marshal(Basic.Nack(tag, multiple, requeue), 1)[7:-1]
     assert decode_method(nack) == fastpath.Nack(tag, multiple, requeue)
     reject = pamqp_frame.marshal(Basic.Reject(tag, requeue), 1)[7:-1]
@@ -74,8 +78,14 @@ def test_deliver_fast_path_decodes_with_pamqp(
     properties_raw = properties_from_dict({"delivery_mode": 2, "headers": {"k": "v"}})
     stream = b"".join(
         fastpath.deliver_frames(
-            3, fastpath.shortstr(consumer_tag), tag, redelivered, fastpath.names_raw(exchange, routing_key),
-            properties_raw, body, 4096,
+            3,
+            fastpath.shortstr(consumer_tag),
+            tag,
+            redelivered,
+            fastpath.names_raw(exchange, routing_key),
+            properties_raw,
+            body,
+            4096,
         )
     )
     decoded = []
@@ -85,7 +95,11 @@ def test_deliver_fast_path_decodes_with_pamqp(
         decoded.append(value)
         stream = stream[consumed:]
     deliver, content_header, *bodies = decoded
-    assert (deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered) == (consumer_tag, tag, redelivered)
+    assert (deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered) == (
+        consumer_tag,
+        tag,
+        redelivered,
+    )
     assert (deliver.exchange, deliver.routing_key) == (exchange, routing_key)
     assert isinstance(content_header, header.ContentHeader) and content_header.body_size == len(body)
     assert content_header.properties.headers == {"k": "v"}

@@ -28,8 +28,13 @@ def _modules(folder: str) -> list[Path]:
 @pytest.mark.parametrize("path", _modules("amqp"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_amqp_is_sans_io(path: Path) -> None:
     forbidden = {"trio", "socket", "asyncio", "leveret.broker", "leveret.config"}
-    bad = {name for name in _imports(path) if name.split(".")[0] in forbidden or name.startswith("leveret.broker")
-           or name.startswith("leveret.config")}
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in forbidden
+        or name.startswith("leveret.broker")
+        or name.startswith("leveret.config")
+    }
     assert not bad, f"{path} imports {bad}"
 
 
@@ -41,11 +46,17 @@ def test_config_depends_on_nothing_of_ours(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in _modules("broker") if "server" not in p.parts and "management" not in p.parts
-     and p.name != "cli.py"],
+    [
+        p
+        for p in _modules("broker")
+        if "server" not in p.parts and "management" not in p.parts and p.name != "cli.py"
+    ],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_broker_domain_never_imports_trio(path: Path) -> None:
-    bad = {name for name in _imports(path) if name.split(".")[0] in {"trio", "asyncio", "socket"}
-           or name.startswith("leveret.broker.server")}
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in {"trio", "asyncio", "socket"} or name.startswith("leveret.broker.server")
+    }
     assert not bad, f"{path} imports {bad}"

@@ -6,12 +6,11 @@ import struct
 from typing import Any
 
 import trio
-from pamqp import frame
-from pamqp.commands import Channel, Connection, Queue
-
 from leveret.broker.node import Node
 from leveret.broker.server.listener import serve_amqp
 from leveret.config import Config
+from pamqp import frame
+from pamqp.commands import Channel, Connection, Queue
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -43,8 +42,12 @@ class RawClient:
     async def handshake(self, heartbeat: int = 0) -> None:
         await self.stream.send_all(PROTOCOL_HEADER)
         assert isinstance(await self.receive(), Connection.Start)
-        await self.send(0, Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                              response="\0guest\0guest", locale="en_US"))
+        await self.send(
+            0,
+            Connection.StartOk(
+                client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
+            ),
+        )
         assert isinstance(await self.receive(), Connection.Tune)
         await self.send(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=heartbeat))
         await self.send(0, Connection.Open(virtual_host="/"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from leveret.broker.node import Node
+from leveret.broker.session.connection import ConnectionSession
+from leveret.config import Config
 from pamqp import body as pamqp_body
 from pamqp import header
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
 
-from leveret.broker.node import Node
-from leveret.broker.session.connection import ConnectionSession
-from leveret.config import Config
 from tests.peers import ClientPeer, methods
 
 
@@ -83,12 +83,17 @@ def test_closed_channel_requeues_unacked_in_order_marked_redelivered(node: Node)
     got = deliveries(consume(consumer, "q", "c", prefetch=3))
     assert [b for _, b in got] == [b"m0", b"m1", b"m2"]
     # Acking m1 frees credit: m3 is delivered too, and never acked.
-    assert [b for _, b in deliveries(consumer.method(1, Basic.Ack(delivery_tag=got[1][0].delivery_tag)))] == [b"m3"]
+    assert [b for _, b in deliveries(consumer.method(1, Basic.Ack(delivery_tag=got[1][0].delivery_tag)))] == [
+        b"m3"
+    ]
     consumer.method(1, Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0))
     other = connect(node)
     got = deliveries(consume(other, "q", "d"))
     assert [(b, m.redelivered) for m, b in got] == [
-        (b"m0", True), (b"m2", True), (b"m3", True), (b"m4", False)
+        (b"m0", True),
+        (b"m2", True),
+        (b"m3", True),
+        (b"m4", False),
     ]
 
 
@@ -107,7 +112,7 @@ def test_confirms_are_coalesced_into_one_multiple_ack_per_read(node: Node) -> No
     from pamqp import frame
 
     data = b""
-    for n in range(10):
+    for _ in range(10):
         data += frame.marshal(Basic.Publish(routing_key="q"), 1)
         data += frame.marshal(header.ContentHeader(0, 1, Basic.Properties()), 1)
         data += frame.marshal(pamqp_body.ContentBody(b"x"), 1)
@@ -181,9 +186,9 @@ def test_nack_requeue_redelivers_and_reject_drops(node: Node) -> None:
     client = connect(node)
     declare(client, "n")
     client.publish(1, b"a", routing_key="n")
-    (method, _), = deliveries(client.method(1, Basic.Get(queue="n")))
+    ((method, _),) = deliveries(client.method(1, Basic.Get(queue="n")))
     client.method(1, Basic.Nack(delivery_tag=method.delivery_tag, requeue=True))
-    (method, body), = deliveries(client.method(1, Basic.Get(queue="n")))
+    ((method, body),) = deliveries(client.method(1, Basic.Get(queue="n")))
     assert body == b"a" and method.redelivered
     client.method(1, Basic.Reject(delivery_tag=method.delivery_tag, requeue=False))
     assert isinstance(methods(client.method(1, Basic.Get(queue="n")))[0], Basic.GetEmpty)
@@ -193,7 +198,7 @@ def test_global_prefetch_limits_the_channel(node: Node) -> None:
     publisher = connect(node)
     declare(publisher, "g1")
     declare(publisher, "g2")
-    for n in range(4):
+    for _ in range(4):
         publisher.publish(1, b"x", routing_key="g1")
         publisher.publish(1, b"y", routing_key="g2")
     consumer = connect(node)
@@ -208,8 +213,10 @@ def test_direct_reply_to_round_trip(node: Node) -> None:
     requester.method(1, Basic.Consume(queue="amq.rabbitmq.reply-to", consumer_tag="r", no_ack=True))
     server = connect(node)
     declare(server, "rpc")
-    requester.publish(1, b"ping", routing_key="rpc", properties=Basic.Properties(reply_to="amq.rabbitmq.reply-to"))
-    (request, _), = deliveries(server.method(1, Basic.Get(queue="rpc", no_ack=True)))
+    requester.publish(
+        1, b"ping", routing_key="rpc", properties=Basic.Properties(reply_to="amq.rabbitmq.reply-to")
+    )
+    ((request, _),) = deliveries(server.method(1, Basic.Get(queue="rpc", no_ack=True)))
     reply_to = [v for _, v in server.received if isinstance(v, header.ContentHeader)][-1].properties.reply_to
     assert reply_to.startswith("amq.rabbitmq.reply-to.")
     server.publish(1, b"pong", routing_key=reply_to)

@@ -6,7 +6,6 @@ import functools
 import logging
 
 import trio
-
 from leveret.broker.node import Node
 from leveret.broker.server.connection_task import handle_client
 
@@ -14,7 +13,11 @@ log = logging.getLogger(__name__)
 
 
 async def serve_amqp(
-    node: Node, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    node: Node,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     for listener in listeners:

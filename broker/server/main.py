@@ -6,7 +6,6 @@ import logging
 import signal
 
 import trio
-
 from leveret.broker.node import Node
 from leveret.broker.persistence import Persistence
 from leveret.broker.server.listener import serve_amqp
@@ -28,7 +27,9 @@ def open_node(config: Config) -> Node:
     node.attach_persistence(persistence)
     started = trio.current_time()
     recovered = persistence.recover(node)
-    log.info("recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started)
+    log.info(
+        "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
+    )
     return node
 
 

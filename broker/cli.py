@@ -7,11 +7,11 @@ import logging
 import sys
 
 import trio
+
+from leveret import __version__
 from leveret.broker.server.main import run_node
 from leveret.broker.store import DefinitionsError
 from leveret.config import Config, ConfigError, load_config
-
-from leveret import __version__
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pamqp.commands import Basic
+
 from leveret.amqp.fastpath import names_raw
 from leveret.amqp.properties import decode_properties, peek_properties
-from pamqp.commands import Basic
 
 
 class Message:

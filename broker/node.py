@@ -6,13 +6,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from leveret import __version__
 from leveret.amqp.handshake import ServerSettings
 from leveret.broker.auth import Authority
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
-
-from leveret import __version__
 
 if TYPE_CHECKING:
     from leveret.broker.persistence import Persistence

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pamqp import decode, encode
+
 from leveret.broker.message import Message
 from leveret.broker.queues.journal import Journal
 from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.store import DefinitionsStore, QueueLog, Store, StoredMessage, SyncBatch
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
-from pamqp import decode, encode
 
 if TYPE_CHECKING:
     from leveret.broker.exchanges.base import Exchange

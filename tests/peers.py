@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from leveret.amqp.constants import PROTOCOL_HEADER
 from pamqp import body as pamqp_body
 from pamqp import commands, frame, header
 from pamqp.commands import Basic, Channel, Connection
+
+from leveret.amqp.constants import PROTOCOL_HEADER
 
 
 class ClientPeer:

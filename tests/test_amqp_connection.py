@@ -6,6 +6,9 @@ import struct
 from typing import Any
 
 import pytest
+from pamqp import frame
+from pamqp.commands import Basic, Channel, Connection
+
 from leveret.amqp.connection import ServerConnection, State
 from leveret.amqp.constants import PROTOCOL_HEADER
 from leveret.amqp.errors import ConnectionLevelError
@@ -17,9 +20,6 @@ from leveret.amqp.events import (
     MethodReceived,
 )
 from leveret.amqp.handshake import ServerSettings, parse_sasl_response
-from pamqp import frame
-from pamqp.commands import Basic, Channel, Connection
-
 from tests.peers import ClientPeer, methods
 
 

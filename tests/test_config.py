@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
+
 from leveret.config import (
     Config,
     ConfigError,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from leveret.amqp.constants import COMMAND_INVALID, INTERNAL_ERROR, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError, ConnectionLevelError
 from leveret.amqp.properties import properties_from_dict

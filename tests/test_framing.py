@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pamqp import frame as pamqp_frame
+from pamqp import header
+from pamqp.commands import Basic
+
 from leveret.amqp import fastpath
 from leveret.amqp.codec import build, decode_method
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.amqp.framing import FrameReader, encode_frame
 from leveret.amqp.properties import decode_properties, peek_properties, properties_from_dict
-from pamqp import frame as pamqp_frame
-from pamqp import header
-from pamqp.commands import Basic
 
 names = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
 frames = st.lists(

@@ -6,11 +6,12 @@ import struct
 from typing import Any
 
 import trio
+from pamqp import frame
+from pamqp.commands import Channel, Connection, Queue
+
 from leveret.broker.node import Node
 from leveret.broker.server.listener import serve_amqp
 from leveret.config import Config
-from pamqp import frame
-from pamqp.commands import Channel, Connection, Queue
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 

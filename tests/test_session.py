@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from leveret.broker.node import Node
-from leveret.broker.session.connection import ConnectionSession
-from leveret.config import Config
 from pamqp import body as pamqp_body
 from pamqp import header
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
 
+from leveret.broker.node import Node
+from leveret.broker.session.connection import ConnectionSession
+from leveret.config import Config
 from tests.peers import ClientPeer, methods
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from leveret.broker.store import DefinitionsError, DefinitionsStore, QueueLog, Store, StoredMessage
 from leveret.broker.store.records import ENQUEUE, enqueue_payload, record_header
 from leveret.broker.store.segments import HEADER_SIZE, list_segments, segment_path

@@ -6,6 +6,7 @@ import functools
 import logging
 
 import trio
+
 from leveret.broker.node import Node
 from leveret.broker.server.connection_task import handle_client
 

@@ -6,6 +6,7 @@ import logging
 import signal
 
 import trio
+
 from leveret.broker.node import Node
 from leveret.broker.persistence import Persistence
 from leveret.broker.server.listener import serve_amqp

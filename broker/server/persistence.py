@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import trio
+
 from leveret.broker.node import Node
 from leveret.broker.persistence import Persistence
 

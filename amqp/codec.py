@@ -63,6 +63,13 @@ def method_ids(method: Any) -> tuple[int, int]:
     return key >> 16, key & 0xFFFF
 
 
+def method_name(method: Any) -> str:
+    """RabbitMQ's name for a method, e.g. 'basic.publish'."""
+    if isinstance(method, base.Frame):
+        return method.name.lower()
+    return f"basic.{type(method).__name__.lower()}"
+
+
 def encode_method(channel: int, method: base.Frame) -> bytes:
     return pamqp_frame.marshal(method, channel)
 

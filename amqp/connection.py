@@ -16,7 +16,7 @@ from typing import Any
 from pamqp import commands
 
 from . import fastpath
-from .codec import build, decode_method, encode_method, method_ids
+from .codec import build, decode_method, encode_method, method_ids, method_name
 from .constants import (
     ACCESS_REFUSED,
     CHANNEL_ERROR,
@@ -342,10 +342,13 @@ class ServerConnection:
             class_id, method_id = method_ids(method)
             if state is State.OPEN and class_id != 10:
                 raise ConnectionLevelError(
-                    COMMAND_INVALID, f"method {method.name} not allowed on channel 0", class_id, method_id
+                    COMMAND_INVALID,
+                    f"method {method_name(method)} not allowed on channel 0",
+                    class_id,
+                    method_id,
                 )
             raise ConnectionLevelError(
-                COMMAND_INVALID, f"unexpected {method.name} while {state.value}", class_id, method_id
+                COMMAND_INVALID, f"unexpected {method_name(method)} while {state.value}", class_id, method_id
             )
 
     def _start_ok(self, method: Any) -> None:

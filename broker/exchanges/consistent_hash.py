@@ -19,8 +19,8 @@ from datetime import datetime
 from hashlib import blake2b
 from typing import Any, ClassVar
 
-from leveret.amqp.constants import INTERNAL_ERROR, PRECONDITION_FAILED
-from leveret.amqp.errors import ChannelError, ConnectionLevelError
+from leveret.amqp.constants import PRECONDITION_FAILED
+from leveret.amqp.errors import ChannelError
 from leveret.broker.message import Message
 
 from .base import Binding, Destination, Exchange
@@ -76,9 +76,9 @@ def _hash_setting(arguments: dict[str, Any], name: str) -> str | None:
         return value.decode("utf-8", "replace")
     if value is None or isinstance(value, str):
         return value
-    # RabbitMQ reads only longstr values here: any other type crashes its channel, which closes the
-    # connection with a bare 541.
-    raise ConnectionLevelError(INTERNAL_ERROR, "")
+    # RabbitMQ reads only longstr values here and crashes on anything else (a bare 541 closing the
+    # connection): a crash is not behaviour worth copying, so the declare fails as a bad argument.
+    raise ChannelError(PRECONDITION_FAILED, f"{name} must be a string, got {value!r}")
 
 
 class ConsistentHashExchange(Exchange):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -259,9 +260,11 @@ class VirtualHost:
 
     # ---- routing ----------------------------------------------------------------------------
 
-    def route(self, exchange: Exchange, message: Message) -> list[Queue]:
+    def route(self, exchange: Exchange, message: Message, extra_keys: Iterable[str] = ()) -> list[Queue]:
         """The queues `message` goes to, each once, following exchange-to-exchange bindings and
-        alternate exchanges."""
+        alternate exchanges; `extra_keys` (CC/BCC) route it as its routing key would."""
+        if extra_keys:
+            return self._route_with_keys(exchange, message, extra_keys)
         if exchange.name == DEFAULT_EXCHANGE:
             # The hot case: one queue named by the routing key, no bindings to walk.
             queue = self.queues.get(message.routing_key)
@@ -270,6 +273,18 @@ class VirtualHost:
         seen_queues: set[int] = set()
         visited: set[int] = set()
         self._route_into(exchange, message, queues, seen_queues, visited, 0)
+        return queues
+
+    def _route_with_keys(self, exchange: Exchange, message: Message, extra_keys: Iterable[str]) -> list[Queue]:
+        queues: list[Queue] = []
+        seen: set[int] = set()
+        for key in (message.routing_key, *extra_keys):
+            keyed = copy.copy(message)
+            keyed.routing_key = key
+            for queue in self.route(exchange, keyed):
+                if id(queue) not in seen:
+                    seen.add(id(queue))
+                    queues.append(queue)
         return queues
 
     def _route_into(

@@ -30,6 +30,7 @@ from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.queue import Entry
 from leveret.broker.queues.queue import Queue as BrokerQueue
+from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
 from leveret.broker.vhost import DEFAULT_EXCHANGE
@@ -201,17 +202,18 @@ class ChannelSession:
         if self.confirming:
             self._publish_seq += 1
             seq = self._publish_seq
+        message, extra_keys = split_routing_keys(message)
         if self.tx is not None:
-            self.tx.actions.append(lambda: self._route(exchange, message, publish.mandatory, seq))
+            self.tx.actions.append(lambda: self._route(exchange, message, extra_keys, publish.mandatory, seq))
             return
-        self._route(exchange, message, publish.mandatory, seq)
+        self._route(exchange, message, extra_keys, publish.mandatory, seq)
 
-    def _route(self, exchange: Any, message: Message, mandatory: bool, seq: int) -> None:
+    def _route(self, exchange: Any, message: Message, extra_keys: list[str], mandatory: bool, seq: int) -> None:
         if exchange.name == DEFAULT_EXCHANGE and message.routing_key.startswith(reply_to.PREFIX):
             delivered = reply_to.deliver(self.session.node, message)
             queues: list[BrokerQueue] = []
         else:
-            queues = self.vhost.route(exchange, message)
+            queues = self.vhost.route(exchange, message, extra_keys)
             delivered = bool(queues)
         if not delivered and mandatory:
             self.conn.send_frames(

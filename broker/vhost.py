@@ -275,7 +275,9 @@ class VirtualHost:
         self._route_into(exchange, message, queues, seen_queues, visited, 0)
         return queues
 
-    def _route_with_keys(self, exchange: Exchange, message: Message, extra_keys: Iterable[str]) -> list[Queue]:
+    def _route_with_keys(
+        self, exchange: Exchange, message: Message, extra_keys: Iterable[str]
+    ) -> list[Queue]:
         queues: list[Queue] = []
         seen: set[int] = set()
         for key in (message.routing_key, *extra_keys):

@@ -115,7 +115,9 @@ class ChannelSession:
                     handler = candidate
                     break
             else:
-                raise ConnectionLevelError(NOT_IMPLEMENTED, f"method {getattr(method, 'name', method)} not supported")
+                raise ConnectionLevelError(
+                    NOT_IMPLEMENTED, f"method {getattr(method, 'name', method)} not supported"
+                )
         handler(method)
 
     def _reply(self, method_class: type, **fields: Any) -> None:
@@ -183,10 +185,13 @@ class ChannelSession:
             self._may_publish_to.add(exchange.name)
         if exchange.internal:
             raise ChannelError(
-                ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'"
+                ACCESS_REFUSED,
+                f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'",
             )
         try:
-            message = Message(exchange.name, publish.routing_key, properties_raw, body, publish.names_raw or None)
+            message = Message(
+                exchange.name, publish.routing_key, properties_raw, body, publish.names_raw or None
+            )
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
         if message.user_id is not None and message.user_id != self.session.username:
@@ -208,7 +213,9 @@ class ChannelSession:
             return
         self._route(exchange, message, extra_keys, publish.mandatory, seq)
 
-    def _route(self, exchange: Any, message: Message, extra_keys: list[str], mandatory: bool, seq: int) -> None:
+    def _route(
+        self, exchange: Any, message: Message, extra_keys: list[str], mandatory: bool, seq: int
+    ) -> None:
         if exchange.name == DEFAULT_EXCHANGE and message.routing_key.startswith(reply_to.PREFIX):
             delivered = reply_to.deliver(self.session.node, message)
             queues: list[BrokerQueue] = []
@@ -299,7 +306,9 @@ class ChannelSession:
         self._later(lambda: self._settle(self._take_unacked(method.delivery_tag, method.multiple)))
 
     def _nack(self, method: fastpath.Nack) -> None:
-        self._later(lambda: self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue))
+        self._later(
+            lambda: self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue)
+        )
 
     def _reject(self, method: fastpath.Reject) -> None:
         self._later(lambda: self._dispose(self._take_unacked(method.delivery_tag, False), method.requeue))
@@ -532,7 +541,9 @@ class ChannelSession:
         self._credit_returned(c.queue for c in self.consumers.values())
 
     def _consume(self, method: Basic.Consume) -> None:
-        tag = method.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        tag = method.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip(
+            "="
+        )
         if tag in self.consumers:
             raise ConnectionLevelError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
         if method.queue == reply_to.MAGIC_QUEUE:

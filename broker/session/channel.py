@@ -194,10 +194,11 @@ class ChannelSession:
             )
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
-        if message.user_id is not None and message.user_id != self.session.username:
+        username = self.session.username
+        if message.user_id is not None and message.user_id != username:
             raise ChannelError(
                 PRECONDITION_FAILED,
-                f"user_id property set to '{message.user_id}' but authenticated user was '{self.session.username}'",
+                f"user_id property set to '{message.user_id}' but authenticated user was '{username}'",
             )
         if message.expiration is not None:
             check_expiration(message.expiration)

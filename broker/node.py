@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from leveret import __version__
 from leveret.amqp.handshake import ServerSettings
+from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.vhost import VirtualHost
@@ -49,6 +51,7 @@ class Node:
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
         self.persistence: Persistence | None = None
+        self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
 
     def attach_persistence(self, persistence: Persistence) -> None:
         """Durable queues get store-backed journals and durable definitions are saved from now on."""
@@ -62,8 +65,10 @@ class Node:
         """How far the store has made appends durable; publishes waiting on no store are always safe."""
         return self.persistence.durable_position if self.persistence is not None else 0
 
-    def commit_completed(self, failed: range | None) -> None:
-        """A group commit finished: release the confirms it made safe (nack those it failed)."""
+    def commit_completed(self, failed: range | None, error: OSError | None = None) -> None:
+        """A group commit finished: release the confirms it made safe (nack those it failed). `error`, its
+        write failure, holds the disk alarm until a commit succeeds (see ResourceAlarms)."""
+        self.alarms.commit_finished(error)
         durable = self.durable_position()
         for session in self.connections:
             for channel in session.channels.values():
@@ -71,6 +76,12 @@ class Node:
                     if failed is not None:
                         channel.fail_confirms(failed)
                     channel.flush_confirms(durable)
+            if session.conn.has_output:
+                session.wake()
+
+    def _alarms_changed(self, active: frozenset[str]) -> None:
+        for session in self.connections:
+            session.throttle.alarms_changed(active)
             if session.conn.has_output:
                 session.wake()
 

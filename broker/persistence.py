@@ -17,7 +17,7 @@ from pamqp import decode, encode
 from leveret.broker.message import Message
 from leveret.broker.queues.journal import Journal
 from leveret.broker.queues.queue import Entry, Queue
-from leveret.broker.store import DefinitionsStore, QueueLog, Store, StoredMessage, SyncBatch
+from leveret.broker.store import DefinitionsStore, QueueLog, Store, StoredMessage, SyncBatch, clean_shutdown
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
@@ -96,6 +96,9 @@ class Persistence:
         """Blocking: opens (and tidies) the store."""
         directory = Path(data_dir)
         directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        # After a crash every recovered message is flagged redelivered (see store/clean_shutdown.py).
+        self.after_crash = not clean_shutdown.take(directory)
         self.store = Store(directory / "messages")
         self.definitions_store = DefinitionsStore(directory / "definitions.json")
         self.node: Node | None = None
@@ -143,6 +146,18 @@ class Persistence:
         if commit.error is not None and commit.batch is not None:
             return commit.batch.new_positions
         return None
+
+    def close(self) -> None:
+        """Blocking, once nothing appends any more: commit what is left and, when that succeeds, mark the
+        stop as clean."""
+        commit = self.begin()
+        if commit is not None:
+            commit.run()
+            self.complete(commit)
+            if commit.error is not None:
+                log.error("last commit failed (%s): the next start recovers as after a crash", commit.error)
+                return
+        clean_shutdown.leave(self.directory)
 
     # ---- recovery ---------------------------------------------------------------------------
 
@@ -200,7 +215,7 @@ class Persistence:
             entry = Entry(
                 Message(stored.exchange, stored.routing_key, stored.properties_raw, stored.body),
                 stored.seq,
-                redelivered=stored.delivered,
+                redelivered=stored.delivered or self.after_crash,
             )
             entry.logged = True
             entries.append(entry)

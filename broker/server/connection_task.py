@@ -91,6 +91,18 @@ class ConnectionTask:
                             return
                         session.receive_data(data)
                 return
+            if session.throttle.blocked:
+                await self._until_unblocked()
+
+    async def _until_unblocked(self) -> None:
+        """A publisher blocked by a resource alarm: read nothing until the alarms clear. What the client
+        sends meanwhile waits in the socket, and, as RabbitMQ does, its heartbeats are not expected."""
+        throttle = self.session.throttle
+        while throttle.blocked:
+            unblocked = trio.Event()
+            throttle.on_unblocked = unblocked.set
+            await unblocked.wait()
+        self._last_received = trio.current_time()
 
     async def _writer(self, cancel_scope: trio.CancelScope) -> None:
         session = self.session
@@ -136,7 +148,7 @@ class ConnectionTask:
         while not conn.closed:
             await trio.sleep(interval / 2)
             now = trio.current_time()
-            if now - self._last_received > 2 * interval:
+            if now - self._last_received > 2 * interval and not self.session.throttle.blocked:
                 log.info("missed heartbeats from %s, closing", self.session.peer)
                 self.session.connection_lost()
                 await self.stream.aclose()

@@ -11,6 +11,7 @@ from leveret.broker.node import Node
 from leveret.broker.persistence import Persistence
 from leveret.broker.server.listener import serve_amqp
 from leveret.broker.server.persistence import run_group_commit
+from leveret.broker.server.resources import run_resource_monitor
 from leveret.broker.server.timers import run_timers
 from leveret.config import Config
 
@@ -35,10 +36,11 @@ def open_node(config: Config) -> Node:
 
 
 async def start_node_tasks(nursery: trio.Nursery, node: Node) -> None:
-    """The node's background tasks: group commit and timers."""
+    """The node's background tasks: group commit, timers and the resource alarms' monitor."""
     if node.persistence is not None:
         await nursery.start(run_group_commit, node, node.persistence)
     await nursery.start(run_timers, node)
+    await nursery.start(run_resource_monitor, node)
 
 
 async def run_node(config: Config) -> None:
@@ -51,3 +53,6 @@ async def run_node(config: Config) -> None:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+    # Every task has stopped: nothing appends any more. Blocking, and the last thing the node does.
+    if node.persistence is not None:
+        node.persistence.close()

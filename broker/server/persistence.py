@@ -29,8 +29,8 @@ async def commit_pending(node: Node, persistence: Persistence) -> None:
     while (commit := persistence.begin()) is not None:
         await trio.to_thread.run_sync(commit.run)
         failed = persistence.complete(commit)
-        node.commit_completed(failed)
-        if failed is not None:
+        node.commit_completed(failed, commit.error)
+        if commit.error is not None:
             await trio.sleep(RETRY_DELAY)
 
 

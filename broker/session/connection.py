@@ -28,6 +28,7 @@ from leveret.amqp.events import (
 )
 from leveret.broker.auth import VhostPermissions
 from leveret.broker.session.channel import ChannelSession
+from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class ConnectionSession:
         self.wake: Callable[[], None] = lambda: None  # the server sets this: "you have bytes to send"
         self.writable = True
         self.finished = False
+        self.throttle = PublisherThrottle(self.conn)
 
     @property
     def username(self) -> str:
@@ -109,6 +111,8 @@ class ConnectionSession:
             channel = self.channels.get(event.channel)
             if channel is not None and not channel.closed:
                 channel.publish(event.publish, event.properties_raw, event.body)
+            if self.node.alarms.active:
+                self.throttle.publish_received(self.node.alarms.active)
         elif isinstance(event, MethodReceived):
             self._method(event.channel, event.method)
         elif isinstance(event, ChannelFailed):

@@ -1,0 +1,86 @@
+"""The resource monitor task: samples the broker's memory and its data directory's free space for the
+node's alarms (broker/alarms.py holds the rules; this module only reads the system and sleeps)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from leveret.broker.alarms import ResourceMonitor, memory_limit
+from leveret.broker.node import Node
+from leveret.config import parse_size
+
+log = logging.getLogger(__name__)
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+class SystemSampler:
+    """Linux: the resident set from /proc/self/statm, free space from statvfs (what `df` calls Available,
+    as RabbitMQ reads it)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def memory_used(self) -> int:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+
+    def disk_free(self) -> int:
+        stat = os.statvfs(self.data_dir)
+        return stat.f_bavail * stat.f_frsize
+
+
+def total_memory() -> int | None:
+    """MemTotal from /proc/meminfo, as RabbitMQ reads it on Linux; None when unreadable."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def build_monitor(node: Node) -> ResourceMonitor:
+    resources = node.config.resources
+    sampler = SystemSampler(Path(node.config.data_dir))
+    watermark = resources.memory_high_watermark
+    total = total_memory()
+    limit: int | None
+    if isinstance(watermark, float) and total is None:
+        log.warning("cannot read the total memory from /proc/meminfo; memory alarms are off")
+        limit = None
+    else:
+        limit = memory_limit(watermark, total or 0)
+        if total is not None:
+            log.info(
+                "Memory high watermark set to %d MiB (%d bytes) of %d MiB (%d bytes) total",
+                limit >> 20,
+                limit,
+                total >> 20,
+                total,
+            )
+    disk_limit = parse_size(resources.disk_free_limit)
+    log.info("Disk free limit set to %dMB", disk_limit // 1_000_000)
+    return ResourceMonitor(node.alarms, sampler, memory_limit=limit, disk_free_limit=disk_limit)
+
+
+async def run_resource_monitor(
+    node: Node,
+    monitor: ResourceMonitor | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Sample until cancelled. The first samples are taken before `started`, so a broker that starts out
+    of memory or disk serves with its alarm already set."""
+    monitor = monitor or build_monitor(node)
+    due = monitor.poll(trio.current_time())
+    task_status.started()
+    while True:
+        await trio.sleep_until(due)
+        due = monitor.poll(trio.current_time())

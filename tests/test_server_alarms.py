@@ -1,0 +1,180 @@
+"""Resource alarms in the trio server, over real loopback sockets: a blocked publisher is not read, its
+heartbeats are not expected while blocked, other connections keep flowing, and the sampling task."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+from pamqp import body as pamqp_body
+from pamqp import frame, header
+from pamqp.commands import Basic, Channel, Connection, Queue
+from pamqp.heartbeat import Heartbeat
+from trio.testing import MockClock
+
+from leveret.broker.alarms import MEMORY, MEMORY_CHECK_INTERVAL, ResourceMonitor
+from leveret.broker.node import Node
+from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.resources import SystemSampler, build_monitor, run_resource_monitor, total_memory
+from leveret.config import Config, Resources
+from tests.test_alarms import FakeSampler
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class Client:
+    """A raw AMQP client on a trio stream, frame by frame."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, channel: int, method: Any) -> None:
+        await self.stream.send_all(frame.marshal(method, channel))
+
+    async def publish(self, body: bytes, queue: str) -> None:
+        data = frame.marshal(Basic.Publish(exchange="", routing_key=queue), 1)
+        data += frame.marshal(header.ContentHeader(0, len(body), Basic.Properties()), 1)
+        data += frame.marshal(pamqp_body.ContentBody(body), 1)
+        await self.stream.send_all(data)
+
+    async def receive(self) -> Any:
+        """The next frame's value, or None at EOF."""
+        while True:
+            if len(self.buffer) >= 7:
+                size = struct.unpack(">I", self.buffer[3:7])[0]
+                if len(self.buffer) >= size + 8:
+                    consumed, _, value = frame.unmarshal(self.buffer)
+                    self.buffer = self.buffer[consumed:]
+                    return value
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+    async def receive_method(self) -> Any:
+        """The next frame that is not a heartbeat."""
+        while isinstance(value := await self.receive(), Heartbeat):
+            pass
+        return value
+
+
+async def connect(port: int, *, heartbeat: int = 0) -> Client:
+    client = Client(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.stream.send_all(PROTOCOL_HEADER)
+    assert isinstance(await client.receive(), Connection.Start)
+    properties = {"capabilities": {"connection.blocked": True}}
+    await client.send(
+        0,
+        Connection.StartOk(
+            client_properties=properties, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
+        ),
+    )
+    assert isinstance(await client.receive(), Connection.Tune)
+    await client.send(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=heartbeat))
+    await client.send(0, Connection.Open(virtual_host="/"))
+    assert isinstance(await client.receive(), Connection.OpenOk)
+    await client.send(1, Channel.Open())
+    assert isinstance(await client.receive(), Channel.OpenOk)
+    return client
+
+
+async def serve(nursery: trio.Nursery, node: Node) -> int:
+    listeners = await nursery.start(serve_amqp, node, "127.0.0.1", 0)
+    return listeners[0].socket.getsockname()[1]
+
+
+async def test_a_blocked_publisher_is_not_read_while_others_drain_the_queue() -> None:
+    node = Node(Config())
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, node)
+        publisher, consumer = await connect(port), await connect(port)
+        await publisher.send(1, Queue.Declare(queue="q"))
+        assert isinstance(await publisher.receive(), Queue.DeclareOk)
+        queue = node.vhosts["/"].queues["q"]
+
+        node.alarms.memory_sampled(2, 1)
+        await publisher.publish(b"first", "q")
+        blocked = await publisher.receive()
+        assert isinstance(blocked, Connection.Blocked) and blocked.reason == "low on memory"
+        await publisher.publish(b"second", "q")  # waits in the socket: the broker does not read it
+
+        await consumer.send(1, Basic.Consume(queue="q", consumer_tag="c"))
+        assert isinstance(await consumer.receive(), Basic.ConsumeOk)
+        deliver = await consumer.receive()
+        assert isinstance(deliver, Basic.Deliver)
+        await consumer.receive()  # header
+        assert (await consumer.receive()).value == b"first"
+        await consumer.send(1, Basic.Ack(delivery_tag=deliver.delivery_tag))
+        with trio.move_on_after(0.3) as idle:
+            await consumer.receive()  # "second" would come now, had the broker read it
+        assert idle.cancelled_caught and queue.message_count == 0
+
+        node.alarms.memory_sampled(0, 1)
+        assert isinstance(await publisher.receive(), Connection.Unblocked)
+        assert isinstance(await consumer.receive(), Basic.Deliver)
+        await consumer.receive()
+        assert (await consumer.receive()).value == b"second"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_blocked_publisher_owes_no_heartbeats_until_unblocked(mock_clock: MockClock) -> None:
+    mock_clock.autojump_threshold = 0.05
+    node = Node(Config())
+    async with trio.open_nursery() as nursery:
+        port = await serve(nursery, node)
+        client = await connect(port, heartbeat=1)
+        node.alarms.memory_sampled(2, 1)
+        await client.publish(b"x", "q")
+        assert isinstance(await client.receive(), Connection.Blocked)
+        # Silent for far longer than two heartbeat intervals: still connected, the broker still beats.
+        received = []
+        with trio.move_on_after(10):
+            while (value := await client.receive()) is not None:
+                received.append(value)
+        assert received and all(isinstance(value, Heartbeat) for value in received)
+
+        node.alarms.memory_sampled(0, 1)
+        assert isinstance(await client.receive_method(), Connection.Unblocked)
+        unblocked_at = trio.current_time()
+        # Read again, and heartbeats are expected again: a client that stays silent is dropped.
+        with trio.fail_after(10):
+            while await client.receive() is not None:
+                pass
+        assert 2 <= trio.current_time() - unblocked_at < 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_monitor_task_samples_before_serving_and_then_every_second(
+    autojump_clock: MockClock,
+) -> None:
+    node = Node(Config())
+    sampler = FakeSampler(memory=2000)
+    monitor = ResourceMonitor(node.alarms, sampler, memory_limit=1000, disk_free_limit=500)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_resource_monitor, node, monitor)
+        assert node.alarms.active == {MEMORY}
+        sampler.memory = 10
+        await trio.sleep(MEMORY_CHECK_INTERVAL * 0.9)
+        assert node.alarms.active == {MEMORY}
+        await trio.sleep(MEMORY_CHECK_INTERVAL * 0.2)
+        assert node.alarms.active == frozenset()
+        nursery.cancel_scope.cancel()
+
+
+def test_the_system_sampler_reads_this_process_and_this_disk(tmp_path: Path) -> None:
+    total = total_memory()
+    assert total is not None
+    sampler = SystemSampler(tmp_path)
+    assert 1 << 20 < sampler.memory_used() < total
+    assert sampler.disk_free() > 0
+
+
+def test_a_watermark_below_the_broker_s_size_sets_the_alarm_at_once(tmp_path: Path) -> None:
+    config = replace(Config(), data_dir=str(tmp_path), resources=Resources(memory_high_watermark="1MB"))
+    node = Node(config)
+    build_monitor(node).poll(0.0)
+    assert node.alarms.active == {MEMORY}

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -72,6 +73,17 @@ def rabbitmq_server_script() -> str | None:
     return shutil.which("rabbitmq-server")
 
 
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Resource alarm thresholds in bytes (None: the broker's default); each broker gets its own spelling."""
+
+    memory_high_watermark: int | None = None
+    disk_free_limit: int | None = None
+
+
+DEFAULT_LIMITS = ResourceLimits()
+
+
 class Broker:
     """A broker process: start, stop (SIGTERM), kill (SIGKILL) and restart on the same port and data."""
 
@@ -79,7 +91,8 @@ class Broker:
     start_timeout = 30.0
     stop_timeout = 30.0
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self.host = HOST
         self.port = free_port()
         self.workdir = workdir
@@ -196,7 +209,7 @@ class LeveretBroker(Broker):
 
     def command(self) -> list[str]:
         data = str(self.data_dir)
-        return [
+        command = [
             sys.executable,
             "-m",
             "leveret",
@@ -207,6 +220,16 @@ class LeveretBroker(Broker):
             "--data-dir",
             data,
         ]
+        resources = {
+            key: str(value)  # a string: a plain number would be read as a fraction of memory
+            for key, value in vars(self.limits).items()
+            if value is not None
+        }
+        if resources:
+            config = self.workdir / "leveret.yaml"
+            config.write_text("resources:\n" + "".join(f"  {k}: '{v}'\n" for k, v in resources.items()))
+            command += ["--config", str(config)]
+        return command
 
 
 class RabbitMQBroker(Broker):
@@ -215,8 +238,8 @@ class RabbitMQBroker(Broker):
     kind = "rabbitmq"
     start_timeout = 90.0
 
-    def __init__(self, workdir: Path, script: str) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, script: str, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+        super().__init__(workdir, limits)
         self.script = script
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -224,6 +247,13 @@ class RabbitMQBroker(Broker):
         self.pid_file = workdir / "rabbit.pid"
         self.log_dir = workdir / "log"
         (workdir / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
+        settings = {
+            "vm_memory_high_watermark.absolute": limits.memory_high_watermark,
+            "disk_free_limit.absolute": limits.disk_free_limit,
+        }
+        (workdir / "rabbitmq.conf").write_text(
+            "".join(f"{key} = {value}\n" for key, value in settings.items() if value is not None)
+        )
         self._epmd: subprocess.Popen[bytes] | None = None
 
     @property

@@ -17,20 +17,27 @@ import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from interop.brokers import Broker, LeveretBroker, RabbitMQBroker, rabbitmq_server_script
+from interop.brokers import (
+    DEFAULT_LIMITS,
+    Broker,
+    LeveretBroker,
+    RabbitMQBroker,
+    ResourceLimits,
+    rabbitmq_server_script,
+)
 from interop.clients import NODE_DIR, pika_connection
 
 BROKER_KIND = os.environ.get("LEVERET_INTEROP_BROKER", "leveret")
 
 
-def new_broker(workdir: Path) -> Broker:
+def new_broker(workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS) -> Broker:
     if BROKER_KIND == "leveret":
-        return LeveretBroker(workdir)
+        return LeveretBroker(workdir, limits)
     if BROKER_KIND == "rabbitmq":
         script = rabbitmq_server_script()
         if script is None:
             pytest.skip("LEVERET_INTEROP_BROKER=rabbitmq but rabbitmq-server is not installed")
-        return RabbitMQBroker(workdir, script)
+        return RabbitMQBroker(workdir, script, limits)
     raise pytest.UsageError(f"LEVERET_INTEROP_BROKER must be 'leveret' or 'rabbitmq', not {BROKER_KIND!r}")
 
 
@@ -46,12 +53,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Broker]]:
-    """Factory of brokers that a test may stop, kill and restart; all are stopped when the test ends."""
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Broker]]:
+    """Factory of brokers that a test may stop, kill and restart, optionally with resource limits; all are
+    stopped when the test ends."""
     with ExitStack() as stack:
 
-        def start() -> Broker:
-            instance = new_broker(tmp_path_factory.mktemp("private-broker"))
+        def start(limits: ResourceLimits = DEFAULT_LIMITS) -> Broker:
+            instance = new_broker(tmp_path_factory.mktemp("private-broker"), limits)
             stack.callback(instance.close)
             instance.start()
             return instance

@@ -7,7 +7,7 @@ import errno
 import logging
 
 import pytest
-from pamqp.commands import Basic, Queue
+from pamqp.commands import Basic, Confirm, Queue
 
 from leveret.broker.alarms import (
     DISK,
@@ -200,15 +200,31 @@ def queue_depth(client: ClientPeer, name: str) -> int:
     return reply.message_count
 
 
-def test_a_publish_under_an_alarm_is_handled_then_blocks_its_connection(node: Node) -> None:
+def test_a_publish_under_an_alarm_blocks_and_waits_with_what_follows_it(node: Node) -> None:
     client, session = connect(node)
     client.method(1, Queue.Declare(queue="q"))
+    client.method(1, Confirm.Select())
     set_memory_alarm(node, True)
     assert client.read() == []  # nothing is said before the connection publishes
     assert said(client.publish(1, b"x", routing_key="q")) == BLOCKED_MEMORY
+    assert said(client.publish(1, b"y", routing_key="q")) == []  # buffered, not handled
+    other, _ = connect(node)
+    assert queue_depth(other, "q") == 0  # as in RabbitMQ, which stops reading before the body
+    set_memory_alarm(node, False)
+    assert said(client.read()) == [("Connection.Unblocked", None)]
+    session.resume_input()  # the server's reader does this when unblocked
+    assert [(m.name, m.delivery_tag) for m in methods(client.read())] == [("Basic.Ack", 2)]
+    assert queue_depth(other, "q") == 2
+
+
+def test_a_publish_with_no_body_is_routed_before_blocking(node: Node) -> None:
+    client, session = connect(node)
+    client.method(1, Queue.Declare(queue="q"))
+    set_memory_alarm(node, True)
+    assert said(client.publish(1, b"", routing_key="q")) == BLOCKED_MEMORY
     assert session.throttle.blocked
     other, _ = connect(node)
-    assert queue_depth(other, "q") == 1  # the publish that blocked it was routed, as in RabbitMQ
+    assert queue_depth(other, "q") == 1  # its header completed it: RabbitMQ routes it too
 
 
 def test_connections_that_do_not_publish_keep_flowing(node: Node) -> None:

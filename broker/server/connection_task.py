@@ -72,6 +72,9 @@ class ConnectionTask:
         session = self.session
         conn = session.conn
         while not conn.closed:
+            if session.throttle.blocked:
+                await self._until_unblocked()
+                continue
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -91,18 +94,17 @@ class ConnectionTask:
                             return
                         session.receive_data(data)
                 return
-            if session.throttle.blocked:
-                await self._until_unblocked()
 
     async def _until_unblocked(self) -> None:
         """A publisher blocked by a resource alarm: read nothing until the alarms clear. What the client
         sends meanwhile waits in the socket, and, as RabbitMQ does, its heartbeats are not expected."""
-        throttle = self.session.throttle
-        while throttle.blocked:
-            unblocked = trio.Event()
-            throttle.on_unblocked = unblocked.set
-            await unblocked.wait()
+        unblocked = trio.Event()
+        self.session.throttle.on_unblocked = unblocked.set
+        await unblocked.wait()
         self._last_received = trio.current_time()
+        self.session.resume_input()  # which may block it again
+        if self.session.conn.has_output:
+            self._wake()
 
     async def _writer(self, cancel_scope: trio.CancelScope) -> None:
         session = self.session

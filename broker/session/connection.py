@@ -80,9 +80,22 @@ class ConnectionSession:
     # ---- input ------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Handle everything in `data`; what to send accumulates in `conn`."""
+        """Handle everything in `data` (up to a publish a resource alarm blocks); what to send accumulates
+        in `conn`."""
         self.conn.receive_data(data)
-        while (event := self.conn.next_event()) is not None:
+        self._handle_input()
+
+    def resume_input(self) -> None:
+        """Unblocked: handle the publish the alarm held back, then what arrived after it."""
+        held, self.throttle.held = self.throttle.held, None
+        if held is not None:
+            self.handle_event(held)
+        self._handle_input()
+
+    def _handle_input(self) -> None:
+        throttle, next_event = self.throttle, self.conn.next_event
+        # Blocked, what was received stays buffered until the alarms clear.
+        while not throttle.blocked and (event := next_event()) is not None:
             self.handle_event(event)
         self.flush_confirms()
 
@@ -108,11 +121,11 @@ class ConnectionSession:
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, ContentReceived):
+            if self.node.alarms.active and self.throttle.hold(event, self.node.alarms.active):
+                return
             channel = self.channels.get(event.channel)
             if channel is not None and not channel.closed:
                 channel.publish(event.publish, event.properties_raw, event.body)
-            if self.node.alarms.active:
-                self.throttle.publish_received(self.node.alarms.active)
         elif isinstance(event, MethodReceived):
             self._method(event.channel, event.method)
         elif isinstance(event, ChannelFailed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pika
 import pytest
@@ -12,7 +13,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import ChannelClosedByBroker
 
 from interop.brokers import Broker
-from interop.clients import pika_connection, queue_depth, unique, wait_until
+from interop.clients import NODE_DIR, client_env, pika_connection, queue_depth, run_client, unique, wait_until
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
@@ -65,6 +66,62 @@ def test_durable_state_survives_stop_and_kill(private_broker: Callable[[], Broke
         assert bodies == list(range(80))
         channel.queue_delete(durable_queue)
         channel.exchange_delete(exchange)
+
+
+def get_all(channel: BlockingChannel, queue: str) -> list[tuple[bytes, bool]]:
+    """(body, redelivered) of every message in the queue, taken with auto-ack."""
+    got = []
+    while (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
+        got.append((message[2], message[0].redelivered))
+    return got
+
+
+def test_recovered_messages_are_flagged_redelivered_after_a_crash(
+    private_broker: Callable[[], Broker],
+) -> None:
+    """After a clean stop only delivered messages come back redelivered; after a crash all of them do, since
+    the broker cannot know which deliveries reached a client (RabbitMQ's classic queues do the same)."""
+    broker = private_broker()
+    name = unique("redelivered")
+    with pika_connection(broker.url) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(name, durable=True)
+        publish_confirmed(channel, "", name, range(3), PERSISTENT)
+        assert channel.basic_get(name)[2] == b"0"  # delivered, never acked: requeued at close
+    broker.stop()
+    broker.start()
+    with pika_connection(broker.url) as connection:
+        channel = connection.channel()
+        assert [channel.basic_get(name)[0].redelivered for _ in range(3)] == [True, False, False]
+    broker.kill()
+    broker.start()
+    with pika_connection(broker.url) as connection:
+        assert get_all(connection.channel(), name) == [(b"0", True), (b"1", True), (b"2", True)]
+
+
+@pytest.mark.usefixtures("node_modules")
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_amqplib_persistent_messages_survive_a_restart(
+    private_broker: Callable[[], Broker], tmp_path: Path, how: str
+) -> None:
+    broker = private_broker()
+    name = unique("node-restart")
+    published = run_client(
+        ["node", str(NODE_DIR / "confirm_publish.js"), name, "20"], tmp_path, client_env(broker.url)
+    )
+    assert published.splitlines()[0] == "confirmed 20"
+    if how == "stop":
+        assert broker.stop() == 0
+    else:
+        broker.kill()
+    broker.start()
+    drained = run_client(
+        ["node", str(NODE_DIR / "drain_queue.js"), name, "20"], tmp_path, client_env(broker.url)
+    )
+    # Never delivered before: redelivered only after a crash, when the broker cannot know.
+    flag = "true" if how == "kill" else "false"
+    assert drained.splitlines() == [f"message {i} {flag}" for i in range(20)]
 
 
 class ConfirmingPublisher(threading.Thread):

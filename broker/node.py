@@ -16,8 +16,12 @@ from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from leveret.broker.pager import NodePager
     from leveret.broker.persistence import Persistence
     from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.queues.queue import Queue
     from leveret.broker.session.connection import ConnectionSession
 
 # What connection.start advertises. kombu/Celery use a channel-wide (global) prefetch only when the
@@ -51,6 +55,7 @@ class Node:
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
         self.persistence: Persistence | None = None
+        self.pager: NodePager | None = None
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
 
     def attach_persistence(self, persistence: Persistence) -> None:
@@ -61,6 +66,17 @@ class Node:
             vhost.journal_for = persistence.journal_for
             vhost.definitions_changed = persistence.definitions_changed
 
+    def attach_pager(self, pager: NodePager) -> None:
+        """Queues declared from now on count their ready messages against the pager's memory budget, and
+        page out through it: attach before recovery."""
+        self.pager = pager
+        for vhost in self.vhosts.values():
+            vhost.pager = pager
+
+    def queues(self) -> Iterator[Queue]:
+        for vhost in self.vhosts.values():
+            yield from vhost.queues.values()
+
     def durable_position(self) -> int:
         """How far the store has made appends durable; publishes waiting on no store are always safe."""
         return self.persistence.durable_position if self.persistence is not None else 0
@@ -69,6 +85,8 @@ class Node:
         """A group commit finished: release the confirms it made safe (nack those it failed). `error`, its
         write failure, holds the disk alarm until a commit succeeds (see ResourceAlarms)."""
         self.alarms.commit_finished(error)
+        if self.pager is not None:
+            self.pager.commit_completed()
         durable = self.durable_position()
         for session in self.connections:
             for channel in session.channels.values():

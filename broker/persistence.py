@@ -45,10 +45,10 @@ class StoreJournal(Journal):
         message = entry.message
         if message.delivery_mode != 2:
             return 0
-        entry.logged = True
         position = self.log.append_enqueue(
             entry.seq, message.exchange, message.routing_key, message.properties_raw, message.body
         )
+        entry.logged = self.log.last_location  # where a paged-out copy is read back from
         self.persistence.pending()
         return position
 
@@ -61,6 +61,10 @@ class StoreJournal(Journal):
         if seqs:
             self.log.append_settle(seqs)
             self.persistence.pending()
+
+    def settled_range(self, first: int, last: int) -> None:
+        self.log.append_settle(range(first, last + 1))
+        self.persistence.pending()
 
     def deleted(self) -> None:
         self.persistence.store.delete_queue(self.queue_id)
@@ -217,7 +221,7 @@ class Persistence:
                 stored.seq,
                 redelivered=stored.delivered or self.after_crash,
             )
-            entry.logged = True
+            entry.logged = stored.location
             entries.append(entry)
         journal.recovered = []
         queue.restore(entries, next_seq=journal.log.last_seq + 1)

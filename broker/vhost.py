@@ -18,6 +18,7 @@ from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validat
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import queue_class
+from leveret.broker.queues.paging import NO_PAGER, Pager
 from leveret.broker.queues.queue import Queue
 
 DEFAULT_EXCHANGE = ""
@@ -54,6 +55,7 @@ class VirtualHost:
         # that durable definitions (exchanges, queues, bindings) changed.
         self.journal_for: Callable[[str, str], Journal] | None = None
         self.definitions_changed: Callable[[], None] = lambda: None
+        self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
@@ -209,7 +211,7 @@ class VirtualHost:
     def delete_queue(self, queue: Queue, *, if_unused: bool = False, if_empty: bool = False) -> int:
         if if_unused and queue.consumers:
             raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{self.name}' in use")
-        if if_empty and queue.ready:
+        if if_empty and queue.message_count:
             raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{self.name}' not empty")
         count = queue.message_count
         self.remove_queue(queue)

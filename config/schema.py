@@ -80,6 +80,9 @@ class Resources:
     # A fraction of total memory, or an absolute size such as "2GB".
     memory_high_watermark: float | str = field(default=0.6, metadata={"check": checks.fraction_or_size()})
     disk_free_limit: str | int = field(default="50MB", metadata={"check": checks.size()})
+    # Memory for ready messages (bodies and ~256 bytes each): a fraction of the memory high watermark, or a
+    # size. Past it, the largest backlogs are paged out to disk (RabbitMQ's paging ratio is 0.5 too).
+    message_memory_budget: float | str = field(default=0.5, metadata={"check": checks.fraction_or_size()})
 
 
 def _duplicates(entries: list[tuple[str, Hashable, str]]) -> list[tuple[str, str]]:

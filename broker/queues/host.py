@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from leveret.broker.exchanges.base import Exchange
     from leveret.broker.message import Message
     from leveret.broker.queues.deadlines import Deadlines
+    from leveret.broker.queues.paging import Pager
     from leveret.broker.queues.queue import Queue
 
 
@@ -18,6 +19,7 @@ class QueueHost(Protocol):
     # The node's monotonic clock (seconds) and timers: queues never read the time any other way.
     clock: Callable[[], float]
     deadlines: Deadlines
+    pager: Pager  # the node's memory budget for ready messages, and paging
 
     def route(self, exchange: Exchange, message: Message) -> list[Queue]: ...
 

@@ -24,6 +24,10 @@ class Journal:
     def settled(self, entries: list[Entry]) -> None:
         """Entries gone for good: acked, dropped, expired or dead-lettered."""
 
+    def settled_range(self, first: int, last: int) -> None:
+        """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
+        messages, which holds every seq in its range)."""
+
     def deleted(self) -> None:
         """The queue was deleted: its log goes too."""
 

@@ -10,6 +10,8 @@ deadline with the node's timers, the earlier of its heads' expiry and its own, n
 from __future__ import annotations
 
 import itertools
+import math
+from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED, dead_letter
 from leveret.broker.queues.expiry import deadline
+from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.queues.ready import FifoReady, PriorityReady, seq_of
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
@@ -100,12 +103,14 @@ class LifecycleQueue(Queue):
         # Whether any message may expire: until then, deliveries need not read the clock.
         self._expiring = settings.message_ttl is not None
         self._expires_at: float | None = None  # when the queue goes if still unused
-        entries = list(self.ready)
+        entries = self._clear_head()  # a plain queue's deque
         priorities = settings.max_priority
-        self.ready = FifoReady() if priorities is None else PriorityReady(priorities)
+        self.ready = FifoReady(self.pager) if priorities is None else PriorityReady(priorities, self.pager)
         now = self._clock()
         for entry in entries:
             self.ready.append(self._track(entry, now))
+        if self.paged is not None:  # a paged plain queue: its chunks hold no deadlines, nor need any
+            self.paged.tail = deque(self._track(entry, now) for entry in self.paged.tail)
         # Consumers by priority, highest first; round-robin within each.
         self._groups: list[tuple[int, deque[Consumer]]] = []
         for consumer in self.consumers:
@@ -124,8 +129,9 @@ class LifecycleQueue(Queue):
     def enqueue(self, message: Message) -> int | None:
         settings = self.settings
         ready = self.ready
+        paged = self.paged
         if settings.limited and settings.overflow != "drop-head":
-            if self._over_limit(len(ready) + 1, ready.bytes + len(message.body)):
+            if self._over_limit(self.message_count + 1, self._ready_bytes() + len(message.body)):
                 if settings.overflow == REJECT_PUBLISH_DLX:
                     self._dead_letter([message], MAXLEN)
                 return None
@@ -133,25 +139,31 @@ class LifecycleQueue(Queue):
         entry = TrackedEntry(message, next(self._seq), deadline(message, settings.message_ttl, now))
         if entry.expires is not None:
             self._expiring = True
-        if not ready and self.consumers and not self._consumers_full:
+        at_head = not ready and paged is None
+        if at_head and self.consumers and not self._consumers_full:
             consumer = self._next_consumer()
             if consumer is not None:
                 position = self.journal.enqueued(entry)
                 self._hand_over(consumer, entry)
                 return position
             self._consumers_full = True
-        if not ready and entry.expires is not None and entry.expires <= now:
+        if at_head and entry.expires is not None and entry.expires <= now:
             # Expired on arrival (a TTL of 0 and no consumer ready for it): never stored.
             self._dead_letter([message], EXPIRED)
             return 0
         position = self.journal.enqueued(entry)
-        ready.append(entry)
-        if len(ready) == 1:
-            self._reschedule()
+        if paged is not None:
+            paged.append(entry)
+            self.pager.used += len(message.body) + OVERHEAD
+        else:
+            ready.append(entry)
+            if len(ready) == 1:
+                self._reschedule()
         if settings.limited and settings.overflow == "drop-head":
             self._drop_over_limit()
         if self.consumers and not self._consumers_full:
             self.deliver_ready()
+        self._check_budget()
         return position
 
     def restore(self, entries: Iterable[Entry], next_seq: int) -> None:
@@ -161,11 +173,16 @@ class LifecycleQueue(Queue):
             self.ready.append(self._track(entry, now))
         self._seq = itertools.count(next_seq)
         self._reschedule()
+        self._check_budget()
 
     def take(self) -> Entry | None:
         self.touch()
         ready = self.ready
-        self._expire_all(self._clock())
+        now = self._clock()
+        self._expire_all(now)
+        while not ready and self.paged is not None:
+            self._load_head_now()
+            self._expire_all(now)
         if not ready:
             return None
         entry = ready.popleft()
@@ -173,6 +190,8 @@ class LifecycleQueue(Queue):
         if self.settings.counts_deliveries and entry.message is entry.published:
             # Quorum queues show the count on basic.get from the first one (unlike on deliveries).
             entry.message = with_delivery_count(entry.published, entry.deliveries)
+        if self.paged is not None:
+            self._refill()
         self._reschedule()
         return entry
 
@@ -187,8 +206,9 @@ class LifecycleQueue(Queue):
         for entry in returned:
             entry.redelivered = True
         self.unacked -= len(returned)
-        if self.deleted:
+        if self.deleted or not returned:
             return
+        self.returned_upto = max(self.returned_upto, returned[-1].seq)
         if self.settings.counts_deliveries:
             returned = self._count_returns(returned)
         self.ready.requeue(returned)
@@ -197,6 +217,7 @@ class LifecycleQueue(Queue):
         self._expire_all(now)
         self.credit_changed()
         self._reschedule()
+        self._check_budget()
 
     def delete(self) -> None:
         super().delete()
@@ -262,6 +283,8 @@ class LifecycleQueue(Queue):
                 self._consumers_full = True
                 break
             self._hand_over(consumer, ready.popleft())
+        if self.paged is not None:
+            self._refill()
         self._reschedule()
 
     def _next_consumer(self) -> Consumer | None:
@@ -296,6 +319,71 @@ class LifecycleQueue(Queue):
                     del self._groups[index]
                 return
 
+    # ---- paging (see paging.py) -------------------------------------------------------------
+
+    def pageable(self) -> int:
+        if not isinstance(self.ready, FifoReady):
+            return 0  # a priority queue keeps its messages in memory
+        return super().pageable()
+
+    def _ready_bytes(self) -> int:
+        """Body bytes of every ready message, paged out or not (x-max-length-bytes)."""
+        paged = self.paged
+        return self.ready.bytes if paged is None else self.ready.bytes + paged.body_bytes
+
+    def _check_budget(self) -> None:
+        pager = self.pager
+        if pager.used > pager.threshold:
+            pager.exceeded()
+
+    def _clear_head(self) -> list[Entry]:
+        if isinstance(self.ready, deque):  # still a plain queue's, while taking over
+            return super()._clear_head()
+        return self.ready.clear()
+
+    def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
+        assert isinstance(self.ready, FifoReady)
+        return self.ready.take_back(want, keep, self.returned_upto)  # type: ignore[return-value]
+
+    def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
+        expires = None
+        if self._expiring:
+            deadlines = (entry.expires for entry in entries)  # type: ignore[attr-defined]
+            expires = array("d", (math.nan if when is None else when for when in deadlines))
+        return self.pager.page_out(self, entries, body_bytes, expires)
+
+    def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
+        entries = super()._chunk_entries(chunk)
+        expires = chunk.expires
+        if expires is None:
+            return [TrackedEntry.adopt(entry, None) for entry in entries]
+        tracked = []
+        for entry, when in zip(entries, expires, strict=True):
+            tracked.append(TrackedEntry.adopt(entry, None if math.isnan(when) else when))
+            if not math.isnan(when):
+                self._expiring = True
+        return tracked
+
+    def _add_to_head(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.ready.append(entry)  # type: ignore[arg-type]
+        self._check_budget()
+
+    def _unpage(self) -> None:
+        paged = self.paged
+        assert paged is not None
+        self.paged = None
+        tail = list(paged.tail)
+        # Counted already, and again by the head's append.
+        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in tail)
+        self._add_to_head(tail)
+
+    def chunk_loaded(self, chunk: Chunk) -> None:
+        super().chunk_loaded(chunk)
+        # Messages that expired on disk go now, before the pager could take them out again.
+        self._expire_all(self._clock())
+        self._reschedule()
+
     # ---- removal ----------------------------------------------------------------------------
 
     def _over_limit(self, count: int, size: int) -> bool:
@@ -307,7 +395,12 @@ class LifecycleQueue(Queue):
     def _drop_over_limit(self) -> None:
         ready = self.ready
         dropped = []
-        while ready and self._over_limit(len(ready), ready.bytes):
+        while self._over_limit(self.message_count, self._ready_bytes()):
+            if not ready:
+                if self.paged is None:
+                    break
+                self._load_head_now()  # blocking, once per chunk: the head is dropped faster than read
+                continue
             dropped.append(ready.popleft())
         if dropped:
             self._discard(dropped, MAXLEN)
@@ -318,6 +411,8 @@ class LifecycleQueue(Queue):
         expired = self.ready.pop_expired(now, EXPIRY_BATCH)
         if expired:
             self._discard(expired, EXPIRED)
+        if not self.ready and self.paged is not None:
+            self._refill()  # the next deadline is in the first chunk: read it back
         return len(expired) == EXPIRY_BATCH
 
     def _expire_all(self, now: float) -> None:
@@ -351,7 +446,10 @@ class LifecycleQueue(Queue):
             dead_letter(self.host, self.settings, self.name, messages, reason)
 
     def _reschedule(self) -> None:
-        when = self.ready.next_expiry() if self._expiring else None
+        when = None
+        if self._expiring:
+            paged = self.paged
+            when = self.ready.next_expiry() if self.ready or paged is None else paged.chunks[0].first_expires
         expires_at = self._expires_at
         if expires_at is not None and not self.consumers and (when is None or expires_at < when):
             when = expires_at

@@ -4,6 +4,9 @@ This is the plain FIFO queue, kept free of lifecycle work because it carries mos
 arguments ask for TTL, expiry, limits, dead-lettering, priorities, single active consumer or delivery
 counting is a LifecycleQueue (broker/queues/lifecycle.py) from the start; a plain one becomes one when it
 first needs to: a message with an `expiration`, or a consumer with a priority.
+
+Both kinds count their ready messages against the node's memory budget and page out when the pager asks
+(broker/queues/paging.py); a queue with nothing paged out pays a counter update per message for that.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
-from leveret.broker.queues.ready import requeue_into
+from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager
+from leveret.broker.queues.ready import requeue_into, take_back, take_front
 
 if TYPE_CHECKING:
     from leveret.broker.queues.consumer import Consumer
@@ -25,7 +29,8 @@ if TYPE_CHECKING:
 class Entry:
     """One message's place in one queue (a fanout puts one Message in several queues).
 
-    `logged` is True when the queue's journal holds it (a persistent message on a durable queue).
+    `logged` is where the queue's journal holds it (a persistent message on a durable queue): an opaque
+    nonzero int from the journal (the store's location of its record), 0 when the journal does not.
     """
 
     __slots__ = ("message", "seq", "redelivered", "logged")
@@ -34,7 +39,7 @@ class Entry:
         self.message = message
         self.seq = seq
         self.redelivered = redelivered
-        self.logged = False
+        self.logged = 0
 
 
 class Queue:
@@ -67,6 +72,10 @@ class Queue:
         self._consumers_full = False
         self.had_consumers = False
         self.host = host  # None only for a queue outside any vhost (unit tests): no lifecycle then
+        self.pager: Pager = host.pager if host is not None else NO_PAGER
+        self.paged: PagedTail | None = None  # the ready messages after the head, when some are paged out
+        # The highest seq ever requeued: only entries above it are paged out (see paging.py).
+        self.returned_upto = 0
         # x-consumer-timeout (RabbitMQ 3.12+): overrides the node's consumer_timeout for deliveries from here.
         timeout = self.arguments.get("x-consumer-timeout")
         self.consumer_timeout: int | None = timeout if type(timeout) is int and timeout >= 0 else None
@@ -77,7 +86,8 @@ class Queue:
 
     @property
     def message_count(self) -> int:
-        return len(self.ready)
+        paged = self.paged
+        return len(self.ready) if paged is None else len(self.ready) + paged.count
 
     @property
     def consumer_count(self) -> int:
@@ -95,8 +105,30 @@ class Queue:
             return self._with_lifecycle().enqueue(message)
         entry = Entry(message, next(self._seq))
         position = self.journal.enqueued(entry)
-        self.ready.append(entry)
-        if self.consumers and not self._consumers_full:
+        ready = self.ready
+        if self.paged is not None:
+            self.paged.append(entry)
+        elif not ready and self.consumers and not self._consumers_full:
+            consumer = self._next_consumer()
+            if consumer is not None:
+                # Straight to the consumer: the message never waits in the ready list (nor in the budget).
+                if consumer.no_ack:
+                    self.journal.settled([entry])
+                else:
+                    self.unacked += 1
+                    if entry.logged:
+                        self.journal.delivered(entry)
+                consumer.deliver(entry)
+                return position
+            self._consumers_full = True
+            ready.append(entry)
+        else:
+            ready.append(entry)
+        pager = self.pager
+        pager.used += len(message.body) + OVERHEAD
+        if pager.used > pager.threshold:
+            pager.exceeded()
+        if ready and self.consumers and not self._consumers_full:
             self.deliver_ready()
         return position
 
@@ -107,16 +139,21 @@ class Queue:
         if any(entry.message.expiration is not None for entry in entries):
             self._with_lifecycle().restore(entries, next_seq)
             return
-        for entry in entries:
-            self.ready.append(entry)
+        self.ready.extend(entries)
         self._seq = itertools.count(next_seq)
+        self._counted(entries)
 
     def take(self) -> Entry | None:
         """basic.get: the next ready message, now unacked (the caller settles or requeues it)."""
+        while not self.ready and self.paged is not None:
+            self._load_head_now()
         if not self.ready:
             return None
         entry = self.ready.popleft()
+        self.pager.used -= len(entry.message.body) + OVERHEAD
         self._leaving(entry, ack_required=True)
+        if self.paged is not None:
+            self._refill()
         return entry
 
     def settle(self, entries: list[Entry]) -> None:
@@ -134,21 +171,27 @@ class Queue:
         for entry in returned:
             entry.redelivered = True
         self.unacked -= len(returned)
-        if self.deleted:
+        if self.deleted or not returned:
             return
+        self.returned_upto = max(self.returned_upto, returned[-1].seq)
         requeue_into(self.ready, returned)
+        self._counted(returned)
         self.credit_changed()
 
     def purge(self) -> int:
-        purged = list(self.ready)
-        self.ready.clear()
+        count = self.message_count
+        purged = self._clear_head()
+        if self.paged is not None:
+            purged += self._drop_paged(settle=True)
         self.journal.settled(purged)
-        return len(purged)
+        return count
 
     def delete(self) -> None:
         """The queue is gone: its ready messages with it (unacked ones are dropped when settled)."""
         self.deleted = True
-        self.ready.clear()
+        self._clear_head()
+        if self.paged is not None:
+            self._drop_paged(settle=False)
         self.journal.deleted()
 
     def touch(self) -> None:
@@ -177,13 +220,25 @@ class Queue:
     def credit_changed(self) -> None:
         """A consumer may be able to take more: try delivering again."""
         self._consumers_full = False
-        if self.ready and self.consumers:
+        if (self.ready or self.paged is not None) and self.consumers:
             self.deliver_ready()
+
+    def _next_consumer(self) -> Consumer | None:
+        """The next consumer with credit, in turn (None: all are full)."""
+        consumers = self.consumers
+        for _ in range(len(consumers)):
+            consumer = consumers[0]
+            consumers.rotate(-1)
+            if consumer.has_credit():
+                return consumer
+        return None
 
     def deliver_ready(self) -> None:
         """Hand ready messages to consumers with credit, rotating so that each gets its turn."""
         ready = self.ready
         consumers = self.consumers
+        left = len(ready)
+        freed = 0  # body bytes delivered: the budget is updated once, after the loop
         while ready:
             for _ in range(len(consumers)):
                 consumer = consumers[0]
@@ -192,8 +247,9 @@ class Queue:
                     break
             else:
                 self._consumers_full = True
-                return
+                break
             entry = ready.popleft()
+            freed += len(entry.message.body)
             # self._leaving(entry, not consumer.no_ack), inlined: a call costs ~0.1 µs per delivery.
             if consumer.no_ack:
                 self.journal.settled([entry])
@@ -202,6 +258,9 @@ class Queue:
                 if entry.logged and not entry.redelivered:
                     self.journal.delivered(entry)
             consumer.deliver(entry)
+        self.pager.used -= freed + OVERHEAD * (left - len(ready))
+        if self.paged is not None:
+            self._refill()
 
     def _leaving(self, entry: Entry, *, ack_required: bool) -> None:
         """An entry leaves the ready list for a delivery: unacked until settled, or settled now (no-ack)."""
@@ -211,6 +270,158 @@ class Queue:
                 self.journal.delivered(entry)
         else:
             self.journal.settled([entry])
+
+    def _clear_head(self) -> list[Entry]:
+        entries = list(self.ready)
+        self.ready.clear()
+        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in entries)
+        return entries
+
+    def _counted(self, entries: list[Entry]) -> None:
+        """Entries came (back) into the in-memory ready list: count them against the budget."""
+        pager = self.pager
+        pager.used += sum(len(entry.message.body) + OVERHEAD for entry in entries)
+        if pager.used > pager.threshold:
+            pager.exceeded()
+
+    # ---- paging (see paging.py) -------------------------------------------------------------
+
+    def pageable(self) -> int:
+        """How many ready messages in memory paging out could take, about: the pager takes the largest."""
+        paged = self.paged
+        return len(self.ready) if paged is None else len(paged.tail)
+
+    def page_out(self, want: int) -> int:
+        """Page out about `want` bytes of budget from the back of the ready list (for a paged queue, the
+        tail after its chunks); returns how much."""
+        paged = self.paged
+        if paged is not None:
+            # The front of the tail: new chunks go right behind the others. (Tail entries are all above
+            # `returned_upto`: published after anything that came back.)
+            taken, sizes = take_front(paged.tail, want)
+        else:
+            taken, sizes = self._take_back_of_head(want, self._head_reserve() if self.consumers else 0)
+        if not taken:
+            return 0
+        body_bytes = sum(sizes)
+        freed = body_bytes + OVERHEAD * len(taken)
+        if paged is None:
+            paged = self.paged = PagedTail()
+            paged.count = len(taken)
+            paged.body_bytes = body_bytes
+        else:
+            self.pager.used -= freed  # the tail's leave the budget here (the head's did as they were taken)
+        limit = self.pager.chunk_size
+        start = 0
+        while start < len(taken):
+            end, size = start + 1, sizes[start]  # size: body bytes of taken[start:end]
+            while end < len(taken) and size + OVERHEAD * (end - start) < limit:
+                size += sizes[end]
+                end += 1
+            paged.chunks.append(self._new_chunk(taken[start:end], size))
+            start = end
+        return freed
+
+    def _head_reserve(self) -> int:
+        """How many entries at the head a consumer will want before a chunk could be read back."""
+        size = 0
+        chunk_size = self.pager.chunk_size
+        for count, entry in enumerate(self.ready):
+            if size >= chunk_size:
+                return count
+            size += len(entry.message.body) + OVERHEAD
+        return len(self.ready)
+
+    def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
+        """Entries off the back of the head to page out (no longer counted in the budget), with their
+        body sizes."""
+        taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
+        self.pager.used -= sum(sizes) + OVERHEAD * len(taken)
+        return taken, sizes
+
+    def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
+        return self.pager.page_out(self, entries, body_bytes, None)
+
+    def chunk_loaded(self, chunk: Chunk) -> None:
+        """The pager read `chunk` back: install it when its turn comes, and deliver on."""
+        if self.paged is None or chunk.gone:
+            return
+        self._refill()
+        if self.consumers and not self._consumers_full:
+            self.deliver_ready()
+
+    def _refill(self) -> None:
+        """Install the first chunks once the head holds less than a chunk's worth, and read ahead."""
+        paged = self.paged
+        assert paged is not None
+        chunks = paged.chunks
+        while chunks and len(self.ready) < chunks[0].count and chunks[0].entries is not None:
+            self._install(chunks.popleft())
+        if not chunks:
+            self._unpage()
+            return
+        if len(self.ready) < chunks[0].count:
+            for chunk in itertools.islice(chunks, READ_AHEAD):
+                if chunk.entries is None and not chunk.loading:
+                    chunk.loading = True
+                    self.pager.load(self, chunk)
+
+    def _load_head_now(self) -> None:
+        """The head is empty and someone needs it now (basic.get): read the first chunk here, blocking."""
+        paged = self.paged
+        assert paged is not None and paged.chunks
+        chunk = paged.chunks.popleft()
+        if chunk.entries is None:
+            self.pager.load_now(self, chunk)
+        self._install(chunk)
+        if not paged.chunks:
+            self._unpage()
+
+    def _install(self, chunk: Chunk) -> None:
+        """A chunk back in memory joins the head."""
+        entries = self._chunk_entries(chunk)
+        paged = self.paged
+        assert paged is not None
+        paged.count -= chunk.count
+        paged.body_bytes -= chunk.body_bytes
+        chunk.gone = True
+        self.pager.release(chunk)
+        self._add_to_head(entries)
+
+    def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
+        entries = chunk.entries
+        assert entries is not None
+        chunk.entries = None
+        return entries
+
+    def _add_to_head(self, entries: list[Entry]) -> None:
+        """Entries read back join the head (after everything in it), counted against the budget."""
+        self.ready.extend(entries)
+        self._counted(entries)
+
+    def _unpage(self) -> None:
+        """The last chunk is back: the tail (counted already) joins the head; nothing is paged any more."""
+        paged = self.paged
+        assert paged is not None
+        self.paged = None
+        self.ready.extend(paged.tail)
+
+    def _drop_paged(self, *, settle: bool) -> list[Entry]:
+        """Forget every paged-out message (purge, delete). Returns those still in memory; `settle`: tell
+        the journal about the logged ones that are not (by seq range: a chunk holds every seq in it)."""
+        paged = self.paged
+        assert paged is not None
+        self.paged = None
+        in_memory = list(paged.tail)
+        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in in_memory)
+        for chunk in paged.chunks:
+            chunk.gone = True
+            if chunk.entries is not None:
+                in_memory += chunk.entries
+            elif settle and chunk.locations is not None:
+                self.journal.settled_range(chunk.first_seq, chunk.last_seq)
+            self.pager.release(chunk)
+        return in_memory
 
     def _with_lifecycle(self) -> Queue:
         """Become a LifecycleQueue, keeping every message and consumer."""

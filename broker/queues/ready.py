@@ -1,5 +1,6 @@
-"""Ready-message storage for queues with a lifecycle: FIFO, or by priority; both count body bytes and
-know their heads' expiry. (A plain queue keeps a bare deque: see Queue.)"""
+"""Ready-message storage for queues with a lifecycle: FIFO, or by priority; both count body bytes (and
+their footprint in the node's memory budget, see paging.py) and know their heads' expiry. (A plain queue
+keeps a bare deque: see Queue.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from leveret.broker.queues.paging import OVERHEAD
+
 if TYPE_CHECKING:
     from leveret.broker.queues.lifecycle import TrackedEntry
+    from leveret.broker.queues.paging import Pager
     from leveret.broker.queues.queue import Entry
 
 
@@ -27,6 +31,41 @@ def requeue_into(ready: deque, returned: list) -> None:
         ready.extendleft(reversed(returned))
 
 
+def take_back(entries: deque, want: int, keep: int, above: int) -> tuple[list, list[int]]:
+    """Pop entries off the back of `entries` for paging out: about `want` bytes of budget, leaving the first
+    `keep`, and none with a seq up to `above` (see paging.py). Returns them in order, with their body
+    sizes."""
+    taken: list = []
+    sizes: list[int] = []
+    size = 0
+    for _ in range(len(entries) - keep):
+        if size >= want or entries[-1].seq <= above:
+            break
+        entry = entries.pop()
+        body = len(entry.message.body)
+        taken.append(entry)
+        sizes.append(body)
+        size += body + OVERHEAD
+    taken.reverse()
+    sizes.reverse()
+    return taken, sizes
+
+
+def take_front(entries: deque, want: int) -> tuple[list, list[int]]:
+    """Pop about `want` bytes of budget off the front of `entries` (a paged queue's tail, which pages out
+    right behind its chunks), with their body sizes."""
+    taken: list = []
+    sizes: list[int] = []
+    size = 0
+    while entries and size < want:
+        entry = entries.popleft()
+        body = len(entry.message.body)
+        taken.append(entry)
+        sizes.append(body)
+        size += body + OVERHEAD
+    return taken, sizes
+
+
 def _pop_expired(ready: deque[TrackedEntry], now: float, limit: int, into: list[TrackedEntry]) -> None:
     # Only the head expires (as in RabbitMQ): entries behind one without a deadline, or with a later
     # one, wait until they reach the head.
@@ -37,12 +76,19 @@ def _pop_expired(ready: deque[TrackedEntry], now: float, limit: int, into: list[
         into.append(ready.popleft())
 
 
-class FifoReady:
-    __slots__ = ("_entries", "bytes")
+def _budget(entries: list[TrackedEntry]) -> tuple[int, int]:
+    """(body bytes, budget footprint) of `entries`."""
+    size = sum(len(entry.message.body) for entry in entries)
+    return size, size + OVERHEAD * len(entries)
 
-    def __init__(self) -> None:
+
+class FifoReady:
+    __slots__ = ("_entries", "bytes", "_pager")
+
+    def __init__(self, pager: Pager) -> None:
         self._entries: deque[TrackedEntry] = deque()
         self.bytes = 0
+        self._pager = pager
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -52,11 +98,15 @@ class FifoReady:
 
     def append(self, entry: TrackedEntry) -> None:
         self._entries.append(entry)
-        self.bytes += len(entry.message.body)
+        size = len(entry.message.body)
+        self.bytes += size
+        self._pager.used += size + OVERHEAD
 
     def popleft(self) -> TrackedEntry:
         entry = self._entries.popleft()
-        self.bytes -= len(entry.message.body)
+        size = len(entry.message.body)
+        self.bytes -= size
+        self._pager.used -= size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -64,13 +114,21 @@ class FifoReady:
 
     def requeue(self, returned: list[TrackedEntry]) -> None:
         requeue_into(self._entries, returned)
-        self.bytes += sum(len(entry.message.body) for entry in returned)
+        self._added(returned)
 
     def pop_expired(self, now: float, limit: int) -> list[TrackedEntry]:
         expired: list[TrackedEntry] = []
         _pop_expired(self._entries, now, limit, expired)
-        self.bytes -= sum(len(entry.message.body) for entry in expired)
+        self._removed(expired)
         return expired
+
+    def take_back(self, want: int, keep: int, above: int) -> tuple[list[TrackedEntry], list[int]]:
+        """Entries off the back for paging out, with their body sizes (see `take_back`)."""
+        taken, sizes = take_back(self._entries, want, keep, above)
+        size = sum(sizes)
+        self.bytes -= size
+        self._pager.used -= size + OVERHEAD * len(taken)
+        return taken, sizes
 
     def next_expiry(self) -> float | None:
         return self._entries[0].expires if self._entries else None
@@ -78,20 +136,31 @@ class FifoReady:
     def clear(self) -> list[TrackedEntry]:
         entries = list(self._entries)
         self._entries.clear()
-        self.bytes = 0
+        self._removed(entries)
         return entries
+
+    def _added(self, entries: list[TrackedEntry]) -> None:
+        size, footprint = _budget(entries)
+        self.bytes += size
+        self._pager.used += footprint
+
+    def _removed(self, entries: list[TrackedEntry]) -> None:
+        size, footprint = _budget(entries)
+        self.bytes -= size
+        self._pager.used -= footprint
 
 
 class PriorityReady:
     """Higher priority first, FIFO within one; a message above the queue's maximum counts as the maximum."""
 
-    __slots__ = ("_levels", "_top", "_count", "bytes")
+    __slots__ = ("_levels", "_top", "_count", "bytes", "_pager")
 
-    def __init__(self, max_priority: int) -> None:
+    def __init__(self, max_priority: int, pager: Pager) -> None:
         self._levels: list[deque[TrackedEntry]] = [deque() for _ in range(max_priority + 1)]
         self._top = -1  # highest level that may be non-empty
         self._count = 0
         self.bytes = 0
+        self._pager = pager
 
     def __len__(self) -> int:
         return self._count
@@ -108,7 +177,9 @@ class PriorityReady:
         self._levels[level].append(entry)
         self._top = max(self._top, level)
         self._count += 1
-        self.bytes += len(entry.message.body)
+        size = len(entry.message.body)
+        self.bytes += size
+        self._pager.used += size + OVERHEAD
 
     def _head_level(self) -> deque[TrackedEntry]:
         levels = self._levels
@@ -119,7 +190,9 @@ class PriorityReady:
     def popleft(self) -> TrackedEntry:
         entry = self._head_level().popleft()
         self._count -= 1
-        self.bytes -= len(entry.message.body)
+        size = len(entry.message.body)
+        self.bytes -= size
+        self._pager.used -= size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -133,14 +206,18 @@ class PriorityReady:
             requeue_into(self._levels[level], entries)
             self._top = max(self._top, level)
         self._count += len(returned)
-        self.bytes += sum(len(entry.message.body) for entry in returned)
+        size, footprint = _budget(returned)
+        self.bytes += size
+        self._pager.used += footprint
 
     def pop_expired(self, now: float, limit: int) -> list[TrackedEntry]:
         expired: list[TrackedEntry] = []
         for level in self._levels[: self._top + 1]:
             _pop_expired(level, now, limit, expired)
         self._count -= len(expired)
-        self.bytes -= sum(len(entry.message.body) for entry in expired)
+        size, footprint = _budget(expired)
+        self.bytes -= size
+        self._pager.used -= footprint
         return expired
 
     def next_expiry(self) -> float | None:
@@ -155,4 +232,5 @@ class PriorityReady:
         self._top = -1
         self._count = 0
         self.bytes = 0
+        self._pager.used -= _budget(entries)[1]
         return entries

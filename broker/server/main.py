@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 
 import trio
 
 from leveret.broker.node import Node
+from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
 from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
-from leveret.broker.server.resources import run_resource_monitor
+from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.timers import run_timers
+from leveret.broker.store.pages import PageFiles
 from leveret.config import Config
 
 log = logging.getLogger("leveret")
@@ -27,6 +31,10 @@ def open_node(config: Config) -> Node:
     node = Node(config, clock=trio.current_time)
     persistence = Persistence(config.data_dir)
     node.attach_persistence(persistence)
+    budget = message_budget(config.resources, total_memory())
+    log.info("Message memory budget set to %d MiB (%d bytes)", budget >> 20, budget)
+    pages = PageFiles(Path(config.data_dir) / "pages")
+    node.attach_pager(NodePager(budget, pages, node.queues, persistence))
     started = trio.current_time()
     recovered = persistence.recover(node)
     log.info(
@@ -36,9 +44,11 @@ def open_node(config: Config) -> Node:
 
 
 async def start_node_tasks(nursery: trio.Nursery, node: Node) -> None:
-    """The node's background tasks: group commit, timers and the resource alarms' monitor."""
+    """The node's background tasks: group commit, paging, timers and the resource alarms' monitor."""
     if node.persistence is not None:
         await nursery.start(run_group_commit, node, node.persistence)
+    if node.pager is not None:
+        await nursery.start(run_pager, node.pager)
     await nursery.start(run_timers, node)
     await nursery.start(run_resource_monitor, node)
 

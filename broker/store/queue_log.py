@@ -8,6 +8,9 @@ A segment can be deleted when every message it enqueued is settled and no other 
 its settle or delivered records: those refer to messages of older segments, and deleting them before
 those older segments are gone would bring settled messages back after a restart. So each segment keeps
 `refs`, the older segments its records refer to, and waits until all of them are deleted first.
+
+An enqueue record's location (segment index and offset in one int, see `location`) lets a message paged
+out of memory be read back from the log (store/reader.py) instead of being written anywhere else.
 """
 
 from __future__ import annotations
@@ -18,13 +21,27 @@ import shutil
 import struct
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records, segments
 from .records import DELIVERED, ENQUEUE, SETTLE
 
 log = logging.getLogger(__name__)
+
+# A location is `segment index << LOCATION_SHIFT | offset`: never 0 (a segment's header comes first), and
+# below 2**63 (an array('q') holds it) for 2**23 segments of up to 2**40 bytes.
+LOCATION_SHIFT = 40
+_OFFSET_MASK = (1 << LOCATION_SHIFT) - 1
+
+
+def location(index: int, offset: int) -> int:
+    return index << LOCATION_SHIFT | offset
+
+
+def split_location(at: int) -> tuple[int, int]:
+    """(segment index, offset) of a location."""
+    return at >> LOCATION_SHIFT, at & _OFFSET_MASK
 
 
 @dataclass(slots=True)
@@ -35,6 +52,7 @@ class StoredMessage:
     properties_raw: bytes
     body: bytes
     delivered: bool = False
+    location: int = field(default=0, compare=False)  # of its enqueue record
 
 
 class Pending:
@@ -77,6 +95,7 @@ class QueueLog:
     def __init__(self, directory: Path, pending: Pending, max_segment_size: int) -> None:
         self.directory = directory
         self.last_seq = 0  # the highest seq any record mentions: a queue numbers new messages above it
+        self.last_location = 0  # of the latest enqueue record appended
         self._pending = pending
         self._max_segment_size = max_segment_size
         self._recovered = False
@@ -87,6 +106,7 @@ class QueueLog:
         self._live: set[int] = set()
         self._active = _Segment(0)
         self._active_size = 0  # bytes in the active segment, written or not; 0: not started
+        self._record_offset = 0  # where the latest record went in the active segment
         self._salt = 0
         self._writes: list[SegmentWrite] = []
         self._discarded = False
@@ -102,6 +122,7 @@ class QueueLog:
         position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key, properties_raw,
                                                                  body), True)
         segment = self._active
+        self.last_location = location(segment.index, self._record_offset)
         if not segment.first_seq:
             segment.first_seq = seq
             self._enqueuing.append(segment)
@@ -156,6 +177,7 @@ class QueueLog:
         elif not writes or writes[-1].segment != self._active.index:
             writes.append(SegmentWrite(self._active.index, self._active_size, bytearray(), False))
         write = writes[-1]
+        self._record_offset = self._active_size
         write.data += records.record_header(kind, payload, self._salt)
         write.data += payload
         if sync:
@@ -263,11 +285,14 @@ class QueueLog:
         decode_enqueue = records.decode_enqueue
         top = self.last_seq
         enqueued = 0  # added to segment.live at the end: this loop is the hot path of a restart
+        at = location(segment.index, 0) - records.HEADER_SIZE  # + a payload's start: its record's location
         for kind, start, end in reader:
             try:
                 if kind == ENQUEUE:
                     seq, exchange, routing_key, properties_raw, body = decode_enqueue(data, start, end, names)
-                    messages[seq] = StoredMessage(seq, exchange, routing_key, properties_raw, body)
+                    messages[seq] = StoredMessage(
+                        seq, exchange, routing_key, properties_raw, body, False, at + start
+                    )
                     if not enqueued:
                         segment.first_seq = seq
                         self._enqueuing.append(segment)

@@ -25,12 +25,16 @@ _CRC_FROM = 8  # the CRC covers everything after the magic and the CRC itself
 ENQUEUE = 1
 SETTLE = 2
 DELIVERED = 3
-KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED))
+KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED))  # what a queue log holds
+PAGE = 4  # a page file's one kind (pages.py): a run of paged-out messages in one record
 
 # seq, then the lengths of exchange, routing key and properties; the body is the rest of the payload
 _ENQUEUE_HEAD = struct.Struct("<QBBI")
 _SEQ = struct.Struct("<Q")
 _RUN = struct.Struct("<QI")  # a settle run: first seq, count
+# A paged message: seq, then the lengths of its names (exchange and routing key as the wire's two short
+# strings), properties and body, which follow.
+_PAGED = struct.Struct("<QHII")
 
 
 def record_header(kind: int, payload: bytes, salt: int) -> bytes:
@@ -69,6 +73,33 @@ def delivered_payload(seq: int) -> bytes:
     return _SEQ.pack(seq)
 
 
+def page_payload(messages: Iterable[tuple[int, bytes, bytes, bytes]]) -> bytes:
+    """(seq, names_raw, properties_raw, body) of each message, in one payload: one CRC for a whole run."""
+    pack = _PAGED.pack
+    parts: list[bytes] = []
+    for seq, names, properties_raw, body in messages:
+        parts += (pack(seq, len(names), len(properties_raw), len(body)), names, properties_raw, body)
+    return b"".join(parts)
+
+
+def decode_page(data: bytes, start: int, end: int) -> list[tuple[int, bytes, bytes, bytes]]:
+    """The messages of a page payload (see `page_payload`); ValueError if they overrun it."""
+    unpack = _PAGED.unpack_from
+    head = _PAGED.size
+    found = []
+    pos = start
+    while pos < end:
+        seq, names_len, props_len, body_len = unpack(data, pos)
+        names_at = pos + head
+        props_at = names_at + names_len
+        body_at = props_at + props_len
+        pos = body_at + body_len
+        if pos > end:
+            raise ValueError("paged message overruns its record")
+        found.append((seq, data[names_at:props_at], data[props_at:body_at], data[body_at:pos]))
+    return found
+
+
 def decode_enqueue(
     data: bytes, start: int, end: int, names: dict[bytes, str]
 ) -> tuple[int, str, str, bytes, bytes]:
@@ -89,6 +120,28 @@ def decode_enqueue(
     if routing_key is None:
         routing_key = names[key_raw] = key_raw.decode()
     return seq, exchange, routing_key, data[props_at:body_at], data[body_at:end]
+
+
+def record_at(
+    data: bytes | bytearray, pos: int, salt: int, kinds: frozenset[int] = KINDS
+) -> tuple[int, int, int] | None:
+    """(kind, payload_start, payload_end) of the record that starts exactly at `pos`, or None when there is
+    no valid one of `kinds` there (wrong magic, kind or CRC, or cut short). For reads by location, which
+    never resync."""
+    if pos < 0 or pos + HEADER_SIZE > len(data):
+        return None
+    magic, crc, length, kind = _HEADER.unpack_from(data, pos)
+    stop = pos + HEADER_SIZE + length
+    if magic != MAGIC or kind not in kinds or stop > len(data):
+        return None
+    if zlib.crc32(memoryview(data)[pos + _CRC_FROM : stop], salt) != crc:
+        return None
+    return kind, pos + HEADER_SIZE, stop
+
+
+def record_length(data: bytes | bytearray, pos: int) -> int:
+    """The whole length (header and payload) a record header at `pos` claims; checked by `record_at`."""
+    return HEADER_SIZE + _HEADER.unpack_from(data, pos)[2]
 
 
 def decode_settle(data: bytes, start: int, end: int) -> Iterator[int]:

@@ -50,7 +50,8 @@ def new_header() -> tuple[bytes, int]:
     return copy + copy, salt
 
 
-def _read_salt(data: bytes) -> int | None:
+def read_salt(data: bytes) -> int | None:
+    """The salt of a segment whose first HEADER_SIZE bytes are `data`; None when both copies are damaged."""
     for offset in (0, _HEADER_COPY.size):
         magic, salt, crc = _HEADER_COPY.unpack_from(data, offset)
         if magic == _FILE_MAGIC and zlib.crc32(data[offset : offset + 12]) == crc:
@@ -88,7 +89,7 @@ def open_segment(path: Path) -> SegmentReader | None:
     is renamed aside (`.corrupt`) for an operator to look at, never deleted.
     """
     data = path.read_bytes()
-    salt = _read_salt(data) if len(data) >= HEADER_SIZE else None
+    salt = read_salt(data) if len(data) >= HEADER_SIZE else None
     if salt is not None:
         return SegmentReader(path, data, salt)
     if len(data) < HEADER_SIZE:

@@ -1,0 +1,148 @@
+"""Queues larger than memory, as a queue sees it: the node's memory budget for ready messages, and the
+chunks a queue's ready list is paged out in.
+
+A paged queue's ready list is three parts, in order:
+
+    queue.ready (the head, in memory)  ++  paged.chunks (on disk)  ++  paged.tail (in memory)
+
+Publishes go to the tail while there are chunks; deliveries take from the head; read-ahead loads the first
+chunks back into the head before it runs dry; the queue is plain again once the last chunk is back. When
+the ready messages of all queues take more memory than the budget, the node's pager (broker/pager.py)
+pages out the back of the largest backlogs: the tail, or (a queue not paged yet) the back of the head.
+
+Only entries above every seq the queue ever took back (requeue) are paged out. Every seq in a chunk is
+then above every seq that can come back later: a delivery takes the head, which comes before every chunk,
+and a return goes to the head in seq order, so returns keep their exact place without a chunk ever being
+opened. It also means a chunk holds every message of its queue with a seq between its first and last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from operator import attrgetter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from array import array
+
+    from leveret.broker.message import Message
+    from leveret.broker.queues.queue import Entry, Queue
+    from leveret.broker.store.pages import PageRun
+
+# What a ready message costs in memory beyond its body: Entry, Message, properties, the seq and the list
+# slot (measured ~210 bytes with short properties). The budget counts it, so that many small messages
+# page out too.
+OVERHEAD = 256
+
+# A chunk is at most this much budget (bodies plus OVERHEAD each), the unit of paging I/O; less under a
+# small budget (see Pager.chunk_size).
+CHUNK_SIZE = 1024 * 1024
+MIN_CHUNK_SIZE = 16 * 1024
+# A threshold no budget reaches.
+NEVER = 1 << 62
+# Chunks loaded (or loading) ahead of the head, once the head holds less than a chunk's worth.
+READ_AHEAD = 2
+
+
+_redelivered = attrgetter("redelivered")
+
+
+def footprint(message: Message) -> int:
+    return len(message.body) + OVERHEAD
+
+
+class Chunk:
+    """Consecutive ready messages of one queue, out of memory (or on their way out or back in).
+
+    `entries` holds them while the chunk is resident: its write is not done yet, or it was read back. The
+    rest is what reading it back needs (filled in by the pager): `run`, the page file records of the
+    entries no durable log holds; `locations`, each entry's enqueue record in the queue's log (0: the next
+    record of `run`), None when no entry is logged; `position`, the store position those log records are
+    durable at. `redelivered` and `expires` are per entry, None when no entry has one.
+    """
+
+    __slots__ = (
+        "count", "size", "body_bytes", "first_seq", "last_seq", "entries", "loading", "gone",
+        "redelivered", "expires", "run", "locations", "position",
+    )  # fmt: skip
+
+    def __init__(self, entries: list[Entry], body_bytes: int, expires: array | None) -> None:
+        self.count = len(entries)
+        self.body_bytes = body_bytes
+        self.size = body_bytes + OVERHEAD * self.count
+        self.first_seq = entries[0].seq
+        self.last_seq = entries[-1].seq
+        self.entries: list[Entry] | None = entries
+        self.loading = False
+        self.gone = False  # installed, purged or deleted: a read or write finishing later is ignored
+        flags = bytes(map(_redelivered, entries))
+        self.redelivered = flags if any(flags) else None
+        self.expires = expires  # math.nan: no deadline
+        self.run: PageRun | None = None
+        self.locations: array | None = None
+        self.position = 0
+
+    @property
+    def first_expires(self) -> float | None:
+        if self.expires is None or math.isnan(self.expires[0]):
+            return None
+        return self.expires[0]
+
+
+class PagedTail:
+    """The part of a paged queue's ready list after its head: chunks, then what was published since."""
+
+    __slots__ = ("chunks", "tail", "count", "body_bytes")
+
+    def __init__(self) -> None:
+        self.chunks: deque[Chunk] = deque()
+        self.tail: deque[Entry] = deque()
+        self.count = 0  # messages in chunks and tail
+        self.body_bytes = 0  # their bodies (x-max-length-bytes counts them)
+
+    def append(self, entry: Entry) -> None:
+        self.tail.append(entry)
+        self.count += 1
+        self.body_bytes += len(entry.message.body)
+
+
+class Pager:
+    """What a queue needs of the node's pager. `used` (ready messages' footprint in memory, all queues) is
+    updated inline by the queues; past `threshold` they call `exceeded`.
+
+    This base never pages (its threshold is NEVER reached): the pager of queues outside a node with a
+    data directory. broker/pager.py has the real one.
+    """
+
+    # Slots: queues read and write `used` and `threshold` for every message.
+    __slots__ = ("used", "limit", "threshold", "chunk_size")
+
+    def __init__(self, limit: int = NEVER) -> None:
+        self.used = 0
+        self.limit = limit
+        self.threshold = limit  # an int, even when unreachable: comparing ints is quicker
+        # A chunk read back is a chunk in memory again: small next to the budget.
+        self.chunk_size = max(MIN_CHUNK_SIZE, min(CHUNK_SIZE, limit // 8))
+
+    def exceeded(self) -> None:
+        """Over budget: page out soon (never from inside the caller's queue operation)."""
+
+    def page_out(self, queue: Queue, entries: list[Entry], body_bytes: int, expires: array | None) -> Chunk:
+        """Take `entries` (consecutive, in order, with `body_bytes` of bodies) out of memory as one chunk."""
+        raise NotImplementedError
+
+    def load(self, queue: Queue, chunk: Chunk) -> None:
+        """Read `chunk` back (in a worker thread), then call `queue.chunk_loaded(chunk)`."""
+        raise NotImplementedError
+
+    def load_now(self, queue: Queue, chunk: Chunk) -> None:
+        """Read `chunk` back here and now (blocking), into `chunk.entries`."""
+        raise NotImplementedError
+
+    def release(self, chunk: Chunk) -> None:
+        """The chunk is back in memory or gone: what holds it on disk may go."""
+        raise NotImplementedError
+
+
+NO_PAGER = Pager()

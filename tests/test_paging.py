@@ -1,0 +1,412 @@
+"""Queues larger than memory: a node over its message memory budget pages out the largest backlogs and
+reads them back ahead of their consumers, in order, with their flags, and reclaims the disk behind them.
+
+The node is the broker's own (`open_node`, with its store and pager); the pager's and the group commit's
+rounds run on the test's thread (`drive`), where the server would run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pamqp.commands import Basic, Queue
+from trio.testing import MockClock
+
+from leveret.broker.node import Node
+from leveret.broker.queues.paging import OVERHEAD
+from leveret.broker.queues.queue import Queue as BrokerQueue
+from leveret.broker.server.main import open_node
+from leveret.broker.session.connection import ConnectionSession
+from leveret.broker.store import segments
+from leveret.config import Config, Resources
+from tests.lifecycle_support import messages
+from tests.peers import ClientPeer, methods
+
+BODY = 1000
+BUDGET = 64 * 1024  # about 50 messages of BODY bytes
+PERSISTENT = Basic.Properties(delivery_mode=2)
+TRANSIENT = Basic.Properties(delivery_mode=1)
+
+
+def start(data_dir: Path, budget: int = BUDGET) -> Node:
+    resources = replace(Resources(), message_memory_budget=str(budget))
+    return open_node(replace(Config(), data_dir=str(data_dir), resources=resources))
+
+
+def drive(node: Node) -> None:
+    """Run group commits and pager rounds until neither has anything left to do."""
+    assert node.persistence is not None and node.pager is not None
+    while True:
+        busy = False
+        commit = node.persistence.begin()
+        if commit is not None:
+            commit.run()
+            node.commit_completed(node.persistence.complete(commit))
+            busy = True
+        work = node.pager.begin()
+        if work is not None:
+            work.run()
+            node.pager.complete(work)
+            busy = True
+        if not busy:
+            return
+
+
+def connect(node: Node, queue: str = "q", **declare: Any) -> ClientPeer:
+    client = ClientPeer(ConnectionSession(node, "127.0.0.1:1", from_loopback=True))
+    client.handshake()
+    client.open_channel()
+    reply = methods(client.method(1, Queue.Declare(queue=queue, **declare)))
+    assert isinstance(reply[-1], Queue.DeclareOk), reply
+    return client
+
+
+def body(number: int) -> bytes:
+    return b"%08d" % number + b"." * (BODY - 8)
+
+
+def publish(client: ClientPeer, numbers: range, queue: str = "q", properties: Any = TRANSIENT) -> None:
+    for number in numbers:
+        client.publish(1, body(number), routing_key=queue, properties=properties)
+
+
+def queue_of(node: Node, name: str = "q") -> BrokerQueue:
+    return node.vhosts["/"].queues[name]
+
+
+def in_memory(node: Node) -> int:
+    """What the budget should count: the footprint of every ready message in memory, all queues."""
+    total = 0
+    for queue in node.queues():
+        held = list(queue.ready) + (list(queue.paged.tail) if queue.paged is not None else [])
+        total += sum(len(entry.message.body) + OVERHEAD for entry in held)
+    return total
+
+
+def page_files(data_dir: Path) -> list[int]:
+    return segments.list_segments(data_dir / "pages")
+
+
+def consume(
+    node: Node, client: ClientPeer, count: int, queue: str = "q", prefetch: int = 10
+) -> list[tuple[int, bool]]:
+    """(number, redelivered) of `count` deliveries to a consumer acking each batch, driving the pager."""
+    client.method(1, Basic.Qos(prefetch_count=prefetch))
+    frames = client.method(1, Basic.Consume(queue=queue, consumer_tag="c"))
+    got: list[tuple[int, bool]] = []
+    idle = 0
+    while True:
+        found = messages(frames)
+        got += [(int(payload[:8]), method.redelivered) for method, _, payload in found]
+        if found:
+            last = found[-1][0].delivery_tag
+        if len(got) >= count:
+            break
+        if found:
+            frames = client.method(1, Basic.Ack(delivery_tag=last, multiple=True))
+            idle = 0
+        else:
+            idle += 1
+            assert idle < 5, f"no deliveries after {len(got)} of {count}"
+        drive(node)
+        frames += client.read()
+    # Cancelled before the last ack, so that no delivery goes past `count`.
+    client.method(1, Basic.Cancel(consumer_tag="c"))
+    client.method(1, Basic.Ack(delivery_tag=last, multiple=True))
+    return got
+
+
+def get_all(client: ClientPeer, queue: str = "q") -> list[tuple[int, bool]]:
+    got = []
+    while True:
+        found = messages(client.method(1, Basic.Get(queue=queue, no_ack=True)))
+        if not found:
+            return got
+        got.append((int(found[0][2][:8]), found[0][0].redelivered))
+
+
+def fresh(numbers: range) -> list[tuple[int, bool]]:
+    return [(number, False) for number in numbers]
+
+
+# -- page-out, page-in, reclaim -------------------------------------------------------------------------
+
+
+async def test_a_backlog_over_budget_pages_out_and_drains_in_order_then_frees_its_files(
+    tmp_path: Path,
+) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(500))
+    drive(node)
+    queue = queue_of(node)
+    assert node.pager is not None
+    assert node.pager.used == in_memory(node) <= BUDGET
+    assert queue.paged is not None and len(queue.ready) < 60 and queue.message_count == 500
+    assert page_files(tmp_path)
+
+    assert consume(node, client, 500) == fresh(range(500))
+    drive(node)
+    assert queue.paged is None and queue.message_count == 0
+    assert node.pager.used == 0
+    assert len(page_files(tmp_path)) <= 1  # the file appends go to stays; every other one is deleted
+
+
+async def test_publishes_while_paged_go_behind_the_paged_messages(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(300))
+    drive(node)
+    consumer = connect(node)
+    got = consume(node, consumer, 100)
+    publish(client, range(300, 600))  # while some are still paged out: they queue behind
+    drive(node)
+    got += consume(node, consumer, 500)
+    assert got == fresh(range(600))
+    assert node.pager is not None and node.pager.used == 0
+
+
+async def test_basic_get_reads_an_empty_head_back_at_once(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(200))
+    drive(node)
+    queue = queue_of(node)
+    assert queue.paged is not None
+    # No pager round in between: each get that finds the head empty reads a chunk there and then.
+    assert get_all(client) == fresh(range(200))
+    assert queue.paged is None
+
+
+async def test_the_largest_backlogs_page_out_first(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, "small")
+    connect(node, "large")
+    publish(client, range(10), "small")
+    publish(client, range(200), "large")
+    drive(node)
+    assert queue_of(node, "small").paged is None and len(queue_of(node, "small").ready) == 10
+    assert queue_of(node, "large").paged is not None
+
+
+async def test_a_queue_under_budget_never_touches_the_disk(tmp_path: Path) -> None:
+    node = start(tmp_path, budget=10 * 1024 * 1024)
+    client = connect(node)
+    publish(client, range(500))
+    drive(node)
+    assert queue_of(node).paged is None
+    assert page_files(tmp_path) == []
+
+
+# -- flags, returns, purge, delete ----------------------------------------------------------------------
+
+
+async def test_a_requeued_message_keeps_its_place_ahead_of_paged_ones(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(300))
+    drive(node)
+    taker = connect(node)
+    tags = []
+    for _ in range(3):
+        method = messages(taker.method(1, Basic.Get(queue="q")))[0][0]
+        tags.append(method.delivery_tag)
+    publish(client, range(300, 400))  # pages out more, behind those taken
+    drive(node)
+    taker.method(1, Basic.Nack(delivery_tag=tags[1], requeue=True))
+    taker.method(1, Basic.Nack(delivery_tag=tags[0], requeue=True))
+    drive(node)
+    got = get_all(client)
+    assert got[:2] == [(0, True), (1, True)]
+    assert got[2:] == fresh(range(3, 400))
+    taker.method(1, Basic.Ack(delivery_tag=tags[2]))
+    assert node.pager is not None and node.pager.used == 0
+
+
+async def test_paged_messages_read_back_and_requeued_come_back_first(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(300))
+    drive(node)
+    # Deep into the paged part, then returned: back at the head, redelivered, in order.
+    consumer = connect(node)
+    consume_no_ack = consume(node, consumer, 200)
+    assert consume_no_ack == fresh(range(200))
+    taker = connect(node)
+    first = messages(taker.method(1, Basic.Get(queue="q")))[0][0]
+    second = messages(taker.method(1, Basic.Get(queue="q")))[0][0]
+    taker.method(1, Basic.Nack(delivery_tag=second.delivery_tag, multiple=True, requeue=True))
+    assert first.delivery_tag < second.delivery_tag
+    assert get_all(client) == [(200, True), (201, True)] + fresh(range(202, 300))
+
+
+async def test_purge_drops_paged_messages_and_their_files(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(500))
+    drive(node)
+    reply = methods(client.method(1, Queue.Purge(queue="q")))[0]
+    assert isinstance(reply, Queue.PurgeOk) and reply.message_count == 500
+    drive(node)
+    assert queue_of(node).message_count == 0 and queue_of(node).paged is None
+    assert node.pager is not None and node.pager.used == 0
+    assert len(page_files(tmp_path)) <= 1
+    publish(client, range(500, 510))
+    assert get_all(client) == fresh(range(500, 510))
+
+
+async def test_deleting_a_paged_queue_frees_its_memory_and_files(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(500))
+    drive(node)
+    reply = methods(client.method(1, Queue.Delete(queue="q")))[0]
+    assert isinstance(reply, Queue.DeleteOk) and reply.message_count == 500
+    drive(node)
+    assert node.pager is not None and node.pager.used == 0
+    assert len(page_files(tmp_path)) <= 1
+
+
+async def test_delete_if_empty_sees_paged_messages(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(200))
+    drive(node)
+    while queue_of(node).ready:  # only paged messages left
+        client.method(1, Basic.Get(queue="q", no_ack=True))
+    frames = methods(client.method(1, Queue.Delete(queue="q", if_empty=True)))
+    assert frames[0].name == "Channel.Close" and frames[0].reply_code == 406
+
+
+# -- durability -----------------------------------------------------------------------------------------
+
+
+async def test_persistent_messages_on_durable_queues_page_out_without_a_copy(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, durable=True)
+    publish(client, range(300), properties=PERSISTENT)
+    drive(node)
+    queue = queue_of(node)
+    assert queue.paged is not None
+    assert all(chunk.run is None and chunk.locations is not None for chunk in queue.paged.chunks)
+    assert page_files(tmp_path) == []  # read back from the queue's own log
+    assert consume(node, client, 300) == fresh(range(300))
+
+
+async def test_a_restart_forgets_paged_transient_messages_and_recovers_paged_persistent_ones(
+    tmp_path: Path,
+) -> None:
+    node = start(tmp_path)
+    client = connect(node, durable=True)
+    for number in range(400):  # every other one persistent: chunks mix the log and the page files
+        client.publish(1, body(number), routing_key="q", properties=(TRANSIENT, PERSISTENT)[number % 2])
+    drive(node)
+    assert queue_of(node).paged is not None and page_files(tmp_path)
+    assert node.persistence is not None
+    node.persistence.close()  # a clean stop
+
+    restarted = start(tmp_path)
+    assert page_files(tmp_path) == []
+    drive(restarted)  # the recovered backlog is over budget too: paged out again, from the log
+    assert queue_of(restarted).paged is not None and page_files(tmp_path) == []
+    assert get_all(connect(restarted, durable=True)) == fresh(range(1, 400, 2))
+
+
+async def test_redelivered_flags_survive_paging_out_and_back(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, durable=True)
+    publish(client, range(300), properties=PERSISTENT)
+    drive(node)
+    # One delivery left unacknowledged at a crash: after it, every recovered message is redelivered,
+    # as in RabbitMQ; paged out again (mixed flags too: the one taken before is redelivered either way).
+    messages(client.method(1, Basic.Get(queue="q")))
+    drive(node)
+
+    crashed = start(tmp_path)
+    drive(crashed)
+    queue = queue_of(crashed)
+    assert queue.paged is not None and queue.paged.chunks[0].redelivered is not None
+    assert consume(crashed, connect(crashed, durable=True), 300) == [(n, True) for n in range(300)]
+
+
+async def test_purged_paged_persistent_messages_stay_purged_after_a_restart(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, durable=True)
+    publish(client, range(300), properties=PERSISTENT)
+    drive(node)
+    client.method(1, Queue.Purge(queue="q"))
+    drive(node)
+    assert get_all(connect(start(tmp_path), durable=True)) == []
+
+
+# -- queues with a lifecycle ----------------------------------------------------------------------------
+
+
+async def test_drop_head_reaches_into_paged_messages(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, arguments={"x-max-length": 150})
+    publish(client, range(400))
+    drive(node)
+    assert queue_of(node).message_count == 150
+    assert get_all(client) == fresh(range(250, 400))
+    assert node.pager is not None and node.pager.used == 0
+
+
+async def test_max_length_bytes_counts_paged_messages(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, arguments={"x-max-length-bytes": 200 * BODY, "x-overflow": "reject-publish"})
+    publish(client, range(300))
+    drive(node)
+    assert queue_of(node).paged is not None
+    assert get_all(client) == fresh(range(200))
+
+
+async def test_paged_messages_expire_when_they_reach_the_head(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    node = start(tmp_path)
+    client = connect(
+        node,
+        arguments={"x-message-ttl": 1000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"},
+    )
+    connect(node, "dead")
+    publish(client, range(200))
+    drive(node)
+    assert queue_of(node).paged is not None
+    for _ in range(20):  # each deadline reads the next chunk back, then expires it
+        autojump_clock.jump(2)
+        node.deadlines.fire(autojump_clock.current_time())
+        drive(node)
+    assert queue_of(node).message_count == 0
+    assert get_all(client, "dead") == fresh(range(200))
+
+
+async def test_a_paged_plain_queue_that_takes_on_a_lifecycle_keeps_its_paged_messages(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(300))
+    drive(node)
+    client.publish(1, body(300), routing_key="q", properties=Basic.Properties(expiration="600000"))
+    drive(node)
+    assert get_all(client) == fresh(range(301))
+
+
+async def test_a_priority_queue_keeps_its_messages_in_memory(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, arguments={"x-max-priority": 5})
+    publish(client, range(200))
+    drive(node)
+    assert queue_of(node).paged is None
+    assert get_all(client) == fresh(range(200))
+
+
+@pytest.mark.parametrize("budget", ["1GB", "0.25"])
+def test_the_budget_is_a_size_or_a_fraction_of_the_watermark(budget: str) -> None:
+    from leveret.broker.pager import message_budget
+
+    value: float | str = float(budget) if "." in budget else budget
+    resources = replace(Resources(), memory_high_watermark="8GB", message_memory_budget=value)
+    assert message_budget(resources, None) == (10**9 if budget == "1GB" else 2 * 10**9)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from bench.procfs import raise_nofile
-from bench.profile import profile
+from bench.pyspy import profile
 from bench.report import environment, findings, summarize, table, write_json
 from bench.runner import Measurement, run_case
 from bench.scenarios import Context, cases

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import trio
 
+from leveret.amqp.constants import CONNECTION_FORCED
+from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
@@ -20,6 +22,9 @@ from leveret.broker.store.pages import PageFiles
 from leveret.config import Config
 
 log = logging.getLogger("leveret")
+
+# How long a shutdown waits for clients to acknowledge connection.close before dropping them.
+SHUTDOWN_GRACE = 2.0
 
 
 def open_node(config: Config) -> Node:
@@ -53,6 +58,18 @@ async def start_node_tasks(nursery: trio.Nursery, node: Node) -> None:
     await nursery.start(run_resource_monitor, node)
 
 
+async def close_connections(node: Node) -> None:
+    """Tell every client the broker is going away (320, as RabbitMQ does); give them a moment to answer."""
+    shutdown = ConnectionLevelError(
+        CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"
+    )
+    for session in list(node.connections):
+        session.close(shutdown)
+    with trio.move_on_after(SHUTDOWN_GRACE):
+        while node.connections:
+            await trio.sleep(0.05)
+
+
 async def run_node(config: Config) -> None:
     node = open_node(config)
     async with trio.open_nursery() as nursery:
@@ -61,6 +78,7 @@ async def run_node(config: Config) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                await close_connections(node)
                 nursery.cancel_scope.cancel()
                 break
     # Every task has stopped: nothing appends any more. Blocking, and the last thing the node does.

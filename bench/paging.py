@@ -8,7 +8,8 @@ message memory budget (paged) and with its default budget (all in memory), alter
 
 Publishing is one Python connection sending pre-framed publishes without confirms (interop/rawclient.py);
 draining is one consumer, prefetch 1000, acking every 100. Per phase: wall-clock rate, the broker's CPU
-per message (/proc/PID/stat), its peak RSS (/proc/PID/status VmRSS); and the RSS with all of it queued.
+per message (/proc/PID/stat), its peak RSS (/proc/PID/status VmRSS); the RSS with all of it queued; and
+the longest wait between two deliveries while draining (a stall, if read-ahead fell behind).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def row(budget: str, backlog: Backlog) -> str:
         f"| {budget} | {backlog.idle_rss / MIB:.0f} | {backlog.publish.peak_rss / MIB:.0f} "
         f"| {backlog.queued_rss / MIB:.0f} | {backlog.drain.peak_rss / MIB:.0f} "
         f"| {backlog.publish.rate(count):,.0f} | {backlog.publish.cpu_us(count):.1f} "
-        f"| {backlog.drain.rate(count):,.0f} | {backlog.drain.cpu_us(count):.1f} |"
+        f"| {backlog.drain.rate(count):,.0f} | {backlog.drain.cpu_us(count):.1f} "
+        f"| {backlog.longest_gap * 1000:.0f} |"
     )
 
 
@@ -56,9 +58,9 @@ def main() -> None:
     print(f"{args.count:,} x {args.size} B, {kind}; nproc {os.cpu_count()}\n")
     print(
         "| budget | idle RSS MiB | peak RSS publishing | RSS queued | peak RSS draining | publish msg/s "
-        "| publish µs CPU/msg | drain msg/s | drain µs CPU/msg |"
+        "| publish µs CPU/msg | drain msg/s | drain µs CPU/msg | longest wait ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for _ in range(args.repeat):
         for budget in budgets:
             backlog = one_run(None if budget == "default" else budget, args.count, args.size, args.persistent)

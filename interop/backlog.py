@@ -88,6 +88,7 @@ class Backlog:
     publish: Phase
     queued_rss: int  # with the whole backlog queued
     drain: Phase
+    longest_gap: float  # seconds between two deliveries while draining, at most
 
 
 def _phase(broker: LeveretBroker, work: callable) -> Phase:  # type: ignore[valid-type]
@@ -117,15 +118,23 @@ def run_backlog(
         published = _phase(broker, publish)
         queued = vm_rss(broker.pid)
 
+        longest = 0.0
+
         def drain() -> None:
+            nonlocal longest
             expected = 0
+            last = time.perf_counter()
             for number, redelivered in client.consume(queue):
                 assert (number, redelivered) == (expected, False), f"got {number} after {expected - 1}"
+                now = time.perf_counter()
+                if expected:
+                    longest = max(longest, now - last)
+                last = now
                 expected += 1
                 if expected == count:
                     return
 
         drained = _phase(broker, drain)
-        return Backlog(count, size, idle, published, queued, drained)
+        return Backlog(count, size, idle, published, queued, drained, longest)
     finally:
         client.close()

@@ -33,7 +33,8 @@ def check(broker: BudgetedLeveret, count: int, headroom: int) -> None:
         f"publishing {backlog.publish.peak_rss / MIB:.0f} MiB, queued {backlog.queued_rss / MIB:.0f} MiB, "
         f"peak while draining {backlog.drain.peak_rss / MIB:.0f} MiB; published "
         f"{backlog.publish.rate(count):.0f}/s ({backlog.publish.cpu_us(count):.1f} µs CPU each), drained "
-        f"{backlog.drain.rate(count):.0f}/s ({backlog.drain.cpu_us(count):.1f} µs CPU each)"
+        f"{backlog.drain.rate(count):.0f}/s ({backlog.drain.cpu_us(count):.1f} µs CPU each), longest wait "
+        f"between deliveries {backlog.longest_gap * 1000:.0f} ms"
     )
     for phase in (backlog.publish, backlog.drain):
         assert phase.peak_rss - backlog.idle_rss < headroom

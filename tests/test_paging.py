@@ -7,6 +7,7 @@ rounds run on the test's thread (`drive`), where the server would run them in a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def start(data_dir: Path, budget: int = BUDGET) -> Node:
 
 
 def drive(node: Node) -> None:
-    """Run group commits and pager rounds until neither has anything left to do."""
+    """Run group commits and pager rounds until neither has anything left to do; check the budget."""
     assert node.persistence is not None and node.pager is not None
     while True:
         busy = False
@@ -52,7 +53,8 @@ def drive(node: Node) -> None:
             node.pager.complete(work)
             busy = True
         if not busy:
-            return
+            break
+    assert node.pager.used == in_memory(node)  # the budget's count never drifts
 
 
 def connect(node: Node, queue: str = "q", **declare: Any) -> ClientPeer:
@@ -410,3 +412,21 @@ def test_the_budget_is_a_size_or_a_fraction_of_the_watermark(budget: str) -> Non
     value: float | str = float(budget) if "." in budget else budget
     resources = replace(Resources(), memory_high_watermark="8GB", message_memory_budget=value)
     assert message_budget(resources, None) == (10**9 if budget == "1GB" else 2 * 10**9)
+
+
+async def test_a_failed_page_write_keeps_the_chunk_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(300))
+
+    def disk_full(*args: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "pwrite", disk_full)
+        drive(node)
+    queue = queue_of(node)
+    assert queue.paged is not None and all(chunk.entries is not None for chunk in queue.paged.chunks)
+    assert get_all(client) == fresh(range(300))

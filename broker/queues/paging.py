@@ -41,7 +41,7 @@ CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE = 16 * 1024
 # A threshold no budget reaches.
 NEVER = 1 << 62
-# Chunks loaded (or loading) ahead of the head, once the head holds less than a chunk's worth.
+# Chunks loaded (or loading) ahead of the head, once the head holds less than this many chunks' worth.
 READ_AHEAD = 2
 
 

@@ -6,7 +6,7 @@ counting is a LifecycleQueue (broker/queues/lifecycle.py) from the start; a plai
 first needs to: a message with an `expiration`, or a consumer with a priority.
 
 Both kinds count their ready messages against the node's memory budget and page out when the pager asks
-(broker/queues/paging.py); a queue with nothing paged out pays a counter update per message for that.
+(paging.py, pageable.py); a queue with nothing paged out pays a counter update per message for that.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
-from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager
-from leveret.broker.queues.ready import requeue_into, take_back, take_front
+from leveret.broker.queues.pageable import Pageable
+from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager
+from leveret.broker.queues.ready import requeue_into
 
 if TYPE_CHECKING:
     from leveret.broker.queues.consumer import Consumer
@@ -42,7 +43,7 @@ class Entry:
         self.logged = 0
 
 
-class Queue:
+class Queue(Pageable):
     def __init__(
         self,
         name: str,
@@ -283,145 +284,6 @@ class Queue:
         pager.used += sum(len(entry.message.body) + OVERHEAD for entry in entries)
         if pager.used > pager.threshold:
             pager.exceeded()
-
-    # ---- paging (see paging.py) -------------------------------------------------------------
-
-    def pageable(self) -> int:
-        """How many ready messages in memory paging out could take, about: the pager takes the largest."""
-        paged = self.paged
-        return len(self.ready) if paged is None else len(paged.tail)
-
-    def page_out(self, want: int) -> int:
-        """Page out about `want` bytes of budget from the back of the ready list (for a paged queue, the
-        tail after its chunks); returns how much."""
-        paged = self.paged
-        if paged is not None:
-            # The front of the tail: new chunks go right behind the others. (Tail entries are all above
-            # `returned_upto`: published after anything that came back.)
-            taken, sizes = take_front(paged.tail, want)
-        else:
-            taken, sizes = self._take_back_of_head(want, self._head_reserve() if self.consumers else 0)
-        if not taken:
-            return 0
-        body_bytes = sum(sizes)
-        freed = body_bytes + OVERHEAD * len(taken)
-        if paged is None:
-            paged = self.paged = PagedTail()
-            paged.count = len(taken)
-            paged.body_bytes = body_bytes
-        else:
-            self.pager.used -= freed  # the tail's leave the budget here (the head's did as they were taken)
-        limit = self.pager.chunk_size
-        start = 0
-        while start < len(taken):
-            end, size = start + 1, sizes[start]  # size: body bytes of taken[start:end]
-            while end < len(taken) and size + OVERHEAD * (end - start) < limit:
-                size += sizes[end]
-                end += 1
-            paged.chunks.append(self._new_chunk(taken[start:end], size))
-            start = end
-        return freed
-
-    def _head_reserve(self) -> int:
-        """How many entries at the head a consumer will want before a chunk could be read back."""
-        size = 0
-        chunk_size = self.pager.chunk_size
-        for count, entry in enumerate(self.ready):
-            if size >= chunk_size:
-                return count
-            size += len(entry.message.body) + OVERHEAD
-        return len(self.ready)
-
-    def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
-        """Entries off the back of the head to page out (no longer counted in the budget), with their
-        body sizes."""
-        taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
-        self.pager.used -= sum(sizes) + OVERHEAD * len(taken)
-        return taken, sizes
-
-    def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
-        return self.pager.page_out(self, entries, body_bytes, None)
-
-    def chunk_loaded(self, chunk: Chunk) -> None:
-        """The pager read `chunk` back: install it when its turn comes, and deliver on."""
-        if self.paged is None or chunk.gone:
-            return
-        self._refill()
-        if self.consumers and not self._consumers_full:
-            self.deliver_ready()
-
-    def _refill(self) -> None:
-        """Install the first chunks once the head holds less than a chunk's worth, and read ahead."""
-        paged = self.paged
-        assert paged is not None
-        chunks = paged.chunks
-        while chunks and len(self.ready) < chunks[0].count and chunks[0].entries is not None:
-            self._install(chunks.popleft())
-        if not chunks:
-            self._unpage()
-            return
-        if len(self.ready) < chunks[0].count:
-            for chunk in itertools.islice(chunks, READ_AHEAD):
-                if chunk.entries is None and not chunk.loading:
-                    chunk.loading = True
-                    self.pager.load(self, chunk)
-
-    def _load_head_now(self) -> None:
-        """The head is empty and someone needs it now (basic.get): read the first chunk here, blocking."""
-        paged = self.paged
-        assert paged is not None and paged.chunks
-        chunk = paged.chunks.popleft()
-        if chunk.entries is None:
-            self.pager.load_now(self, chunk)
-        self._install(chunk)
-        if not paged.chunks:
-            self._unpage()
-
-    def _install(self, chunk: Chunk) -> None:
-        """A chunk back in memory joins the head."""
-        entries = self._chunk_entries(chunk)
-        paged = self.paged
-        assert paged is not None
-        paged.count -= chunk.count
-        paged.body_bytes -= chunk.body_bytes
-        chunk.gone = True
-        self.pager.release(chunk)
-        self._add_to_head(entries)
-
-    def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
-        entries = chunk.entries
-        assert entries is not None
-        chunk.entries = None
-        return entries
-
-    def _add_to_head(self, entries: list[Entry]) -> None:
-        """Entries read back join the head (after everything in it), counted against the budget."""
-        self.ready.extend(entries)
-        self._counted(entries)
-
-    def _unpage(self) -> None:
-        """The last chunk is back: the tail (counted already) joins the head; nothing is paged any more."""
-        paged = self.paged
-        assert paged is not None
-        self.paged = None
-        self.ready.extend(paged.tail)
-
-    def _drop_paged(self, *, settle: bool) -> list[Entry]:
-        """Forget every paged-out message (purge, delete). Returns those still in memory; `settle`: tell
-        the journal about the logged ones that are not (by seq range: a chunk holds every seq in it)."""
-        paged = self.paged
-        assert paged is not None
-        self.paged = None
-        in_memory = list(paged.tail)
-        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in in_memory)
-        for chunk in paged.chunks:
-            chunk.gone = True
-            if chunk.entries is not None:
-                in_memory += chunk.entries
-            elif settle and chunk.locations is not None:
-                self.journal.settled_range(chunk.first_seq, chunk.last_seq)
-            self.pager.release(chunk)
-        return in_memory
 
     def _with_lifecycle(self) -> Queue:
         """Become a LifecycleQueue, keeping every message and consumer."""

@@ -1,0 +1,173 @@
+"""How a queue pages out and reads back (the model is in paging.py): the part of Queue that only paged
+queues use, apart so that queue.py stays about the FIFO and its consumers.
+
+Hooks for LifecycleQueue, whose head is a FifoReady that counts its own budget: `_take_back_of_head`,
+`_new_chunk` (deadlines), `_chunk_entries` (TrackedEntry), `_add_to_head`, `_unpage`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager
+from leveret.broker.queues.ready import take_back, take_front
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.queues.journal import Journal
+    from leveret.broker.queues.queue import Entry
+
+
+class Pageable:
+    # What it needs of the queue (Queue has them all).
+    ready: Any  # the head: a deque, or a lifecycle queue's FifoReady
+    paged: PagedTail | None
+    pager: Pager
+    consumers: deque[Consumer]
+    journal: Journal
+    returned_upto: int
+    _consumers_full: bool
+
+    def deliver_ready(self) -> None: ...
+
+    def _counted(self, entries: list[Entry]) -> None: ...
+
+    def pageable(self) -> int:
+        """How many ready messages in memory paging out could take, about: the pager takes the largest."""
+        paged = self.paged
+        return len(self.ready) if paged is None else len(paged.tail)
+
+    def page_out(self, want: int) -> int:
+        """Page out about `want` bytes of budget from the back of the ready list (for a paged queue, the
+        tail after its chunks); returns how much."""
+        paged = self.paged
+        if paged is not None:
+            # The front of the tail: new chunks go right behind the others. (Tail entries are all above
+            # `returned_upto`: published after anything that came back.)
+            taken, sizes = take_front(paged.tail, want)
+        else:
+            taken, sizes = self._take_back_of_head(want, self._head_reserve() if self.consumers else 0)
+        if not taken:
+            return 0
+        body_bytes = sum(sizes)
+        freed = body_bytes + OVERHEAD * len(taken)
+        if paged is None:
+            paged = self.paged = PagedTail()
+            paged.count = len(taken)
+            paged.body_bytes = body_bytes
+        else:
+            self.pager.used -= freed  # the tail's leave the budget here (the head's did as they were taken)
+        limit = self.pager.chunk_size
+        start = 0
+        while start < len(taken):
+            end, size = start + 1, sizes[start]  # size: body bytes of taken[start:end]
+            while end < len(taken) and size + OVERHEAD * (end - start) < limit:
+                size += sizes[end]
+                end += 1
+            paged.chunks.append(self._new_chunk(taken[start:end], size))
+            start = end
+        return freed
+
+    def _head_reserve(self) -> int:
+        """How many entries at the head a consumer will want before a chunk could be read back."""
+        size = 0
+        chunk_size = self.pager.chunk_size
+        for count, entry in enumerate(self.ready):
+            if size >= chunk_size:
+                return count
+            size += len(entry.message.body) + OVERHEAD
+        return len(self.ready)
+
+    def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
+        """Entries off the back of the head to page out (no longer counted in the budget), with their
+        body sizes."""
+        taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
+        self.pager.used -= sum(sizes) + OVERHEAD * len(taken)
+        return taken, sizes
+
+    def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
+        return self.pager.page_out(self, entries, body_bytes, None)
+
+    def chunk_loaded(self, chunk: Chunk) -> None:
+        """The pager read `chunk` back: install it when its turn comes, and deliver on."""
+        if self.paged is None or chunk.gone:
+            return
+        self._refill()
+        if self.consumers and not self._consumers_full:
+            self.deliver_ready()
+
+    def _refill(self) -> None:
+        """Install the first chunk once the head holds less than a chunk's worth; read the next ones back
+        while it holds less than READ_AHEAD chunks' worth, so they are in memory before they are due."""
+        paged = self.paged
+        assert paged is not None
+        chunks = paged.chunks
+        while chunks and len(self.ready) < chunks[0].count and chunks[0].entries is not None:
+            self._install(chunks.popleft())
+        if not chunks:
+            self._unpage()
+            return
+        if len(self.ready) < READ_AHEAD * chunks[0].count:
+            for chunk in itertools.islice(chunks, READ_AHEAD):
+                if chunk.entries is None and not chunk.loading:
+                    chunk.loading = True
+                    self.pager.load(self, chunk)
+
+    def _load_head_now(self) -> None:
+        """The head is empty and someone needs it now (basic.get): read the first chunk here, blocking."""
+        paged = self.paged
+        assert paged is not None and paged.chunks
+        chunk = paged.chunks.popleft()
+        if chunk.entries is None:
+            self.pager.load_now(self, chunk)
+        self._install(chunk)
+        if not paged.chunks:
+            self._unpage()
+
+    def _install(self, chunk: Chunk) -> None:
+        """A chunk back in memory joins the head."""
+        entries = self._chunk_entries(chunk)
+        paged = self.paged
+        assert paged is not None
+        paged.count -= chunk.count
+        paged.body_bytes -= chunk.body_bytes
+        chunk.gone = True
+        self.pager.release(chunk)
+        self._add_to_head(entries)
+
+    def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
+        entries = chunk.entries
+        assert entries is not None
+        chunk.entries = None
+        return entries
+
+    def _add_to_head(self, entries: list[Entry]) -> None:
+        """Entries read back join the head (after everything in it), counted against the budget."""
+        self.ready.extend(entries)
+        self._counted(entries)
+
+    def _unpage(self) -> None:
+        """The last chunk is back: the tail (counted already) joins the head; nothing is paged any more."""
+        paged = self.paged
+        assert paged is not None
+        self.paged = None
+        self.ready.extend(paged.tail)
+
+    def _drop_paged(self, *, settle: bool) -> list[Entry]:
+        """Forget every paged-out message (purge, delete). Returns those still in memory; `settle`: tell
+        the journal about the logged ones that are not (by seq range: a chunk holds every seq in it)."""
+        paged = self.paged
+        assert paged is not None
+        self.paged = None
+        in_memory = list(paged.tail)
+        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in in_memory)
+        for chunk in paged.chunks:
+            chunk.gone = True
+            if chunk.entries is not None:
+                in_memory += chunk.entries
+            elif settle and chunk.locations is not None:
+                self.journal.settled_range(chunk.first_seq, chunk.last_seq)
+            self.pager.release(chunk)
+        return in_memory

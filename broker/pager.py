@@ -65,7 +65,7 @@ class _Read:
 
     __slots__ = ("queue", "chunk", "run", "locations", "log_directory", "found")
 
-    def __init__(self, queue: Queue | None, chunk: Chunk, log_directory: Path | None) -> None:
+    def __init__(self, queue: Queue, chunk: Chunk, log_directory: Path | None) -> None:
         self.queue = queue
         self.chunk = chunk
         # Copied here: the loop may drop the chunk's run (a purge) while the worker reads.
@@ -274,7 +274,6 @@ class NodePager(Pager):
         if chunk.gone:
             return
         chunk.entries = self._readable(chunk, read.found)
-        assert read.queue is not None
         read.queue.chunk_loaded(chunk)
 
     def _readable(self, chunk: Chunk, found: list[Entry | None]) -> list[Entry]:

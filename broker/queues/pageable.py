@@ -30,9 +30,11 @@ class Pageable:
     returned_upto: int
     _consumers_full: bool
 
-    def deliver_ready(self) -> None: ...
+    if TYPE_CHECKING:
 
-    def _counted(self, entries: list[Entry]) -> None: ...
+        def deliver_ready(self) -> None: ...
+
+        def _counted(self, entries: list[Entry]) -> None: ...
 
     def pageable(self) -> int:
         """How many ready messages in memory paging out could take, about: the pager takes the largest."""

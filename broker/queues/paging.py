@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from array import array
 
-    from leveret.broker.message import Message
     from leveret.broker.queues.queue import Entry, Queue
     from leveret.broker.store.pages import PageRun
 
@@ -46,10 +45,6 @@ READ_AHEAD = 2
 
 
 _redelivered = attrgetter("redelivered")
-
-
-def footprint(message: Message) -> int:
-    return len(message.body) + OVERHEAD
 
 
 class Chunk:

@@ -11,6 +11,10 @@ thread. One persistence task commits, one batch at a time:
         if batch.error:    # nack the publishes whose last position is in batch.new_positions
             ...            # and back off: the next batch retries the failed writes first
         ...                # ack the publishes whose last position is <= durable
+
+Paging (broker/pager.py) reads records back by where they are (`reader.py`: a queue log's enqueue record
+by its location, a page file's run) and keeps messages no log holds in `pages.py`; both blocking, in the
+pager's worker thread.
 """
 
 from .definitions import DefinitionsError, DefinitionsStore

@@ -204,11 +204,10 @@ class ServerConnection:
         anything the connection answers to later frames (a channel.close-ok after the confirms of
         the publishes before it).
         """
+        fast = self.next_publish()
+        if fast is not None:
+            return ContentReceived(*fast)
         events = self._events
-        if not events and self.state is State.OPEN:
-            fast = self._fast_publish()
-            if fast is not None:
-                return fast
         try:
             while not events:
                 if self.state is State.CLOSED:
@@ -225,9 +224,13 @@ class ServerConnection:
             self._fail(error, events)
         return events.popleft()
 
-    def _fast_publish(self) -> ContentReceived | None:
-        """A whole publish in one step, when it is the common well-formed case (see peek_publish)."""
-        found = self._reader.peek_publish()
+    def next_publish(self) -> tuple[int, fastpath.Publish, bytes, bytes] | None:
+        """The next event when it is the common well-formed publish, taken in one step (see peek_publish):
+        (channel, publish, properties_raw, body). None: call `next_event`, which reads everything else."""
+        if self._events or self.state is not State.OPEN:
+            return None
+        reader = self._reader
+        found = reader.peek_publish()
         if found is None:
             return None
         channel, method_payload, properties_raw, body, end = found
@@ -246,8 +249,8 @@ class ServerConnection:
             if len(self._publish_cache) >= _PUBLISH_CACHE_SIZE:
                 self._publish_cache.clear()
             self._publish_cache[method_payload] = publish
-        self._reader.advance(end)
-        return ContentReceived(channel, publish, properties_raw, body)
+        reader.advance(end)
+        return channel, publish, properties_raw, body
 
     def connection_lost(self) -> list[Event]:
         """The socket is gone (EOF, reset, heartbeat timeout)."""

@@ -25,6 +25,10 @@ _METHOD_ID = struct.Struct(">I")
 _DELIVER_HEAD = struct.Struct(">BHIHH")  # frame type, channel, size, class, method
 _CONTENT_HEADER = struct.Struct(">BHIHHQ")  # frame type, channel, size, class, weight, body size
 _TAG_BITS = struct.Struct(">QB")
+# The end of a method frame and the head of the content header frame that follows it.
+_END_CONTENT_HEADER = struct.Struct(">BBHIHHQ")
+# The end of the content header frame and the head of the one body frame that follows it.
+_END_BODY_HEAD = struct.Struct(">BBHI")
 _ACK_FRAME = struct.Struct(">BHIHHQBB")  # whole basic.ack / basic.nack frame, end octet included
 _END = bytes([FRAME_END])
 
@@ -129,9 +133,26 @@ def deliver_frames(
     frame_max: int,
 ) -> list[bytes]:
     """basic.deliver + content; `consumer_tag` and `names` (see names_raw) are already encoded."""
-    args = consumer_tag + _TAG_BITS.pack(delivery_tag, redelivered) + names
-    head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 60)
-    return [head, args, _END, *content_frames(channel, properties_raw, body, frame_max)]
+    size = len(body)
+    method_size = 13 + len(consumer_tag) + len(names)  # class, method, tag, delivery tag, redelivered
+    if not size or size > frame_max - FRAME_OVERHEAD:
+        head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, method_size, 60, 60)
+        return [
+            head, consumer_tag, _TAG_BITS.pack(delivery_tag, redelivered), names, _END,
+            *content_frames(channel, properties_raw, body, frame_max),
+        ]
+    # The usual delivery, a body in one frame: neighbouring frames' ends and heads packed together.
+    return [
+        _DELIVER_HEAD.pack(FRAME_METHOD, channel, method_size, 60, 60),
+        consumer_tag,
+        _TAG_BITS.pack(delivery_tag, redelivered),
+        names,
+        _END_CONTENT_HEADER.pack(FRAME_END, FRAME_HEADER, channel, 12 + len(properties_raw), 60, 0, size),
+        properties_raw,
+        _END_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel, size),
+        body,
+        _END,
+    ]
 
 
 def get_ok_frames(

@@ -8,10 +8,10 @@ from .constants import FRAME_END, FRAME_ERROR, FRAME_HEADER_SIZE, FRAME_HEARTBEA
 from .errors import ConnectionLevelError
 
 _FRAME_HEADER = struct.Struct(">BHI")
-_BODY_SIZE = struct.Struct(">Q")
-# Frame type 1 then, after channel and size, class 60 (basic) method 40 (publish).
+_METHOD_HEAD = struct.Struct(">BHII")  # frame type, channel, size, class and method ids
+_CONTENT_HEAD = struct.Struct(">BHIHHQ")  # frame type, channel, size, class, weight, body size
 _METHOD = 1
-_PUBLISH_ID = b"\x00\x3c\x00\x28"
+_PUBLISH_ID = (60 << 16) | 40  # basic.publish
 # A frame still missing more than this is collected as a list of reads and joined once, instead of
 # re-copying the buffer on every read (a 16 MiB body arrives in hundreds of reads).
 _LARGE_FRAME = 256 * 1024
@@ -81,43 +81,47 @@ class FrameReader:
         """
         buf = self._buffer
         pos = self._pos
-        size = len(buf)
-        if size - pos < 18 or buf[pos] != _METHOD or not buf.startswith(_PUBLISH_ID, pos + 7):
+        # Fixed-layout heads unpacked whole; running past the end of the buffer means "not yet".
+        try:
+            kind, channel, method_size, method_id = _METHOD_HEAD.unpack_from(buf, pos)
+            if kind != _METHOD or method_id != _PUBLISH_ID:
+                return None
+            header_at = pos + method_size + FRAME_OVERHEAD
+            kind, header_channel, header_size, class_id, _, body_size = _CONTENT_HEAD.unpack_from(
+                buf, header_at
+            )
+        except struct.error:
             return None
-        unpack = _FRAME_HEADER.unpack_from
-        channel, method_size = unpack(buf, pos)[1:]
-        header_at = pos + method_size + FRAME_OVERHEAD
-        if size - header_at < 21 or buf[header_at - 1] != FRAME_END:
-            return None
-        frame_type, header_channel, header_size = unpack(buf, header_at)
         body_at = header_at + header_size + FRAME_OVERHEAD
-        if frame_type != 2 or header_channel != channel or body_at > size or buf[body_at - 1] != FRAME_END:
-            return None
-        frame_max = self.frame_max
+        largest = self.frame_max - FRAME_OVERHEAD
         if (
-            header_size < 14
-            or method_size + FRAME_OVERHEAD > frame_max
-            or header_size + FRAME_OVERHEAD > frame_max
+            kind != 2
+            or header_channel != channel
+            or class_id != 60
+            or header_size < 14
+            or method_size > largest
+            or header_size > largest
+            or body_at > len(buf)
+            or buf[header_at - 1] != FRAME_END
+            or buf[body_at - 1] != FRAME_END
         ):
             return None
-        if not buf.startswith(b"\x00\x3c", header_at + 7):
-            return None
-        body_size = _BODY_SIZE.unpack_from(buf, header_at + 11)[0]
         method_payload = buf[pos + FRAME_HEADER_SIZE : header_at - 1]
         properties = buf[header_at + 19 : body_at - 1]
         if body_size == 0:
             return channel, method_payload, properties, b"", body_at
-        if size - body_at < FRAME_HEADER_SIZE:
+        try:
+            kind, body_channel, frame_size = _FRAME_HEADER.unpack_from(buf, body_at)
+        except struct.error:
             return None
-        frame_type, body_channel, frame_size = unpack(buf, body_at)
         end = body_at + frame_size + FRAME_OVERHEAD
         if (
-            frame_type != 3
+            kind != 3
             or body_channel != channel
             or frame_size != body_size
-            or end > size
+            or frame_size > largest
+            or end > len(buf)
             or buf[end - 1] != FRAME_END
-            or frame_size + FRAME_OVERHEAD > frame_max
         ):
             return None
         return channel, method_payload, properties, buf[body_at + FRAME_HEADER_SIZE : end - 1], end

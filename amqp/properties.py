@@ -116,6 +116,7 @@ _LAYOUT = (
     (1 << 2, "s"),  # cluster_id
 )
 HEADERS = _FLAG_HEADERS
+REPLY_TO = _FLAG_REPLY_TO
 EXPIRATION = _FLAG_EXPIRATION
 
 

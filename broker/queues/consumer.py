@@ -41,11 +41,15 @@ class Consumer:
         self.priority: int = self.arguments.get("x-priority", 0)
 
     def has_credit(self) -> bool:
+        # The channel's flow and its global prefetch are checked here too: this runs for every delivery.
+        channel = self.channel
         if self.no_ack:
-            return self.channel.can_send()
-        return (not self.prefetch or self.unacked < self.prefetch) and self.channel.has_credit()
+            return channel.flow_active and channel.session.writable
+        return (
+            (not self.prefetch or self.unacked < self.prefetch)
+            and channel.flow_active
+            and (not channel.global_prefetch or len(channel.unacked) < channel.global_prefetch)
+        )
 
     def deliver(self, entry: Entry) -> None:
-        if not self.no_ack:
-            self.unacked += 1
         self.channel.deliver(self, entry)

@@ -105,7 +105,8 @@ class Queue(Pageable):
         if message.expiration is not None:
             return self._with_lifecycle().enqueue(message)
         entry = Entry(message, next(self._seq))
-        position = self.journal.enqueued(entry)
+        journal = self.journal
+        position = 0 if journal is NULL_JOURNAL else journal.enqueued(entry)
         ready = self.ready
         if self.paged is not None:
             self.paged.append(entry)
@@ -114,12 +115,12 @@ class Queue(Pageable):
             if consumer is not None:
                 # Straight to the consumer: the message never waits in the ready list (nor in the budget).
                 if consumer.no_ack:
-                    self.journal.settled([entry])
+                    journal.settled([entry])
                 else:
                     self.unacked += 1
                     if entry.logged:
-                        self.journal.delivered(entry)
-                consumer.deliver(entry)
+                        journal.delivered(entry)
+                consumer.channel.deliver(consumer, entry)  # consumer.deliver(entry), one call less
                 return position
             self._consumers_full = True
             ready.append(entry)
@@ -258,7 +259,7 @@ class Queue(Pageable):
                 self.unacked += 1
                 if entry.logged and not entry.redelivered:
                     self.journal.delivered(entry)
-            consumer.deliver(entry)
+            consumer.channel.deliver(consumer, entry)
         self.pager.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:
             self._refill()

@@ -22,7 +22,7 @@ from leveret.amqp.constants import (
     SYNTAX_ERROR,
 )
 from leveret.amqp.errors import ChannelError, ConnectionLevelError
-from leveret.amqp.properties import PropertiesError
+from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import validate_consumer_arguments
@@ -39,15 +39,13 @@ if TYPE_CHECKING:
     from leveret.broker.session.connection import ConnectionSession
 
 
-class Unacked:
-    """A delivery awaiting ack: which queue it came from, and which consumer (None for basic.get)."""
+# The high byte of the property flags: reply-to is bit 9, headers bit 13.
+_REPLY_TO_OR_HEADERS = (REPLY_TO | HEADERS) >> 8
 
-    __slots__ = ("entry", "queue", "consumer")
 
-    def __init__(self, entry: Entry, queue: BrokerQueue, consumer: Consumer | None) -> None:
-        self.entry = entry
-        self.queue = queue
-        self.consumer = consumer
+# A delivery awaiting ack: the entry, the queue it came from, and its consumer (None for basic.get).
+# A plain tuple: one is made per delivery, and a tuple costs a tenth of an object with attributes.
+Unacked = tuple[Entry, BrokerQueue, Consumer | None]
 
 
 class _Transaction:
@@ -125,17 +123,12 @@ class ChannelSession:
 
     # ---- delivery (called by queues) --------------------------------------------------------
 
-    def has_credit(self) -> bool:
-        return self.flow_active and (not self.global_prefetch or len(self.unacked) < self.global_prefetch)
-
-    def can_send(self) -> bool:
-        return self.flow_active and self.session.writable
-
     def deliver(self, consumer: Consumer, entry: Entry) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
         if not consumer.no_ack:
-            self.unacked[tag] = Unacked(entry, consumer.queue, consumer)
+            consumer.unacked += 1
+            self.unacked[tag] = (entry, consumer.queue, consumer)
         message = entry.message
         self.conn.send_frames(
             fastpath.deliver_frames(
@@ -158,7 +151,7 @@ class ChannelSession:
         waited = self._delivery_marks.tick(now, oldest, self._next_tag)
         if oldest is None:
             return None
-        timeout = self.unacked[oldest].queue.consumer_timeout
+        timeout = self.unacked[oldest][1].consumer_timeout
         if timeout is None:
             timeout = self.session.node.config.limits.consumer_timeout
         if timeout and waited * 1000 > timeout:
@@ -178,7 +171,9 @@ class ChannelSession:
     def publish(self, publish: fastpath.Publish, properties_raw: bytes, body: bytes) -> None:
         if publish.immediate:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        exchange = self.vhost.exchange(publish.exchange)
+        exchange = self.vhost.exchanges.get(publish.exchange)
+        if exchange is None:
+            exchange = self.vhost.exchange(publish.exchange)  # raises the 404
         if exchange.name not in self._may_publish_to:
             self.session.check_permission("write", "exchange", exchange.name)
             # Permissions are fixed for the connection's life: one regex match per exchange, not per message.
@@ -194,21 +189,24 @@ class ChannelSession:
             )
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
-        username = self.session.username
-        if message.user_id is not None and message.user_id != username:
+        if message.user_id is not None and message.user_id != self.session.username:
             raise ChannelError(
                 PRECONDITION_FAILED,
-                f"user_id property set to '{message.user_id}' but authenticated user was '{username}'",
+                f"user_id property set to '{message.user_id}' but authenticated user was "
+                f"'{self.session.username}'",
             )
         if message.expiration is not None:
             check_expiration(message.expiration)
-        if message.properties_raw and self._needs_reply_to_rewrite(message):
-            message = reply_to.rewrite_reply_to(message, self)
+        extra_keys: list[str] = []
+        # Reply-to rewriting and CC/BCC need a reply-to or headers property: test their flag bits first.
+        if properties_raw and properties_raw[0] & _REPLY_TO_OR_HEADERS:
+            if reply_to.MAGIC_QUEUE_RAW in properties_raw:
+                message = reply_to.rewrite_reply_to(message, self)
+            message, extra_keys = split_routing_keys(message)
         seq = 0
         if self.confirming:
             self._publish_seq += 1
             seq = self._publish_seq
-        message, extra_keys = split_routing_keys(message)
         if self.tx is not None:
             self.tx.actions.append(lambda: self._route(exchange, message, extra_keys, publish.mandatory, seq))
             return
@@ -217,12 +215,18 @@ class ChannelSession:
     def _route(
         self, exchange: Any, message: Message, extra_keys: list[str], mandatory: bool, seq: int
     ) -> None:
-        if exchange.name == DEFAULT_EXCHANGE and message.routing_key.startswith(reply_to.PREFIX):
-            delivered = reply_to.deliver(self.session.node, message)
-            queues: list[BrokerQueue] = []
-        else:
+        queues: list[BrokerQueue]
+        if exchange.name != DEFAULT_EXCHANGE or extra_keys:
             queues = self.vhost.route(exchange, message, extra_keys)
             delivered = bool(queues)
+        elif message.routing_key.startswith(reply_to.PREFIX):
+            delivered = reply_to.deliver(self.session.node, message)
+            queues = []
+        else:
+            # The default exchange, inlined (vhost.route's first case): the queue named by the key.
+            queue = self.vhost.queues.get(message.routing_key)
+            queues = [queue] if queue is not None else []
+            delivered = queue is not None
         if not delivered and mandatory:
             self.conn.send_frames(
                 fastpath.return_frames(
@@ -244,10 +248,6 @@ class ChannelSession:
                 position = needed
         if seq:
             self._unconfirmed.append((seq, position, refused))
-
-    def _needs_reply_to_rewrite(self, message: Message) -> bool:
-        # Only decode properties when the raw bytes could hold the magic reply-to name.
-        return reply_to.MAGIC_QUEUE_RAW in message.properties_raw
 
     def flush_confirms(self, durable_position: int) -> None:
         """Send the confirms whose messages are safe: runs of acks as one basic.ack(multiple)."""
@@ -289,12 +289,14 @@ class ChannelSession:
                 return taken
             if delivery_tag >= self._next_tag:
                 raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
-            taken = []
-            while unacked:
-                first = next(iter(unacked))
-                if first > delivery_tag:
+            # Tags are in delivery order: the ones acked are a prefix.
+            count = 0
+            for tag in unacked:
+                if tag > delivery_tag:
                     break
-                taken.append(unacked.popitem(last=False)[1])
+                count += 1
+            popitem = unacked.popitem
+            taken = [popitem(last=False)[1] for _ in range(count)]
             if not taken:
                 raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
             return taken
@@ -328,27 +330,19 @@ class ChannelSession:
             action()
 
     def _settle(self, taken: Iterable[Unacked], rejected: bool = False) -> None:
-        by_queue: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
-        for item in taken:
-            if item.consumer is not None:
-                item.consumer.unacked -= 1
-            by_queue.setdefault(id(item.queue), (item.queue, []))[1].append(item.entry)
-        for queue, entries in by_queue.values():
+        by_queue = _by_queue(taken)
+        for queue, entries in by_queue:
             if rejected:
                 queue.reject(entries)
             else:
                 queue.settle(entries)
-        self._credit_returned(queue for queue, _ in by_queue.values())
+        self._credit_returned(queue for queue, _ in by_queue)
 
     def _requeue(self, taken: Iterable[Unacked]) -> None:
-        by_queue: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
-        for item in taken:
-            if item.consumer is not None:
-                item.consumer.unacked -= 1
-            by_queue.setdefault(id(item.queue), (item.queue, []))[1].append(item.entry)
-        for queue, entries in by_queue.values():
+        by_queue = _by_queue(taken)
+        for queue, entries in by_queue:
             queue.requeue(entries)
-        self._credit_returned(queue for queue, _ in by_queue.values())
+        self._credit_returned(queue for queue, _ in by_queue)
 
     def _credit_returned(self, queues: Iterable[BrokerQueue]) -> None:
         if self.global_prefetch:
@@ -600,7 +594,7 @@ class ChannelSession:
         if method.no_ack:
             queue.settle([entry])
         else:
-            self.unacked[tag] = Unacked(entry, queue, None)
+            self.unacked[tag] = (entry, queue, None)
         message = entry.message
         self.conn.send_frames(
             fastpath.get_ok_frames(
@@ -658,3 +652,17 @@ class ChannelSession:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
         self.tx.actions.clear()
         self._reply(Tx.RollbackOk)
+
+
+def _by_queue(taken: Iterable[Unacked]) -> list[tuple[BrokerQueue, list[Entry]]]:
+    """Deliveries grouped by the queue they came from; each one's consumer gets its credit back."""
+    groups: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
+    last_queue, entries = None, []
+    for entry, queue, consumer in taken:
+        if consumer is not None:
+            consumer.unacked -= 1
+        if queue is not last_queue:  # runs from one queue are the usual case: one lookup per run
+            last_queue = queue
+            entries = groups.setdefault(id(queue), (queue, []))[1]
+        entries.append(entry)
+    return list(groups.values())

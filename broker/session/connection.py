@@ -93,9 +93,23 @@ class ConnectionSession:
         self._handle_input()
 
     def _handle_input(self) -> None:
-        throttle, next_event = self.throttle, self.conn.next_event
+        throttle, conn, channels, alarms = self.throttle, self.conn, self.channels, self.node.alarms
+        next_publish, next_event = conn.next_publish, conn.next_event
         # Blocked, what was received stays buffered until the alarms clear.
-        while not throttle.blocked and (event := next_event()) is not None:
+        while not throttle.blocked:
+            # Most events are publishes on an open channel: straight to the channel, no event object.
+            fast = next_publish()
+            if fast is not None and not alarms.active:
+                channel = channels.get(fast[0])
+                if channel is not None and not channel.closed:
+                    try:
+                        channel.publish(fast[1], fast[2], fast[3])
+                    except Exception as error:
+                        self._failed(ContentReceived(*fast), error)
+                continue
+            event = ContentReceived(*fast) if fast is not None else next_event()
+            if event is None:
+                break
             self.handle_event(event)
         self.flush_confirms()
 
@@ -105,18 +119,22 @@ class ConnectionSession:
         self._finish()
 
     def handle_event(self, event: Event) -> None:
-        channel_number = getattr(event, "channel", 0)
-        method: Any = getattr(event, "method", None) or getattr(event, "publish", None)
         try:
             self._dispatch(event)
-        except ChannelError as error:
+        except Exception as error:
+            self._failed(event, error)
+
+    def _failed(self, event: Event, error: Exception) -> None:
+        """Answer an error raised while handling `event`: close its channel or the connection."""
+        method: Any = getattr(event, "method", None) or getattr(event, "publish", None)
+        if isinstance(error, ChannelError):
             self._fill_method_ids(error, method)
-            self._close_channel(channel_number, error)
-        except ConnectionLevelError as error:
+            self._close_channel(getattr(event, "channel", 0), error)
+        elif isinstance(error, ConnectionLevelError):
             self._fill_method_ids(error, method)
             self.close(error)
-        except Exception:
-            log.exception("internal error handling %r from %s", event, self.peer)
+        else:
+            log.error("internal error handling %r from %s", event, self.peer, exc_info=error)
             self.close(ConnectionLevelError(INTERNAL_ERROR, "internal error"))
 
     def _dispatch(self, event: Event) -> None:

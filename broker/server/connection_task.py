@@ -1,8 +1,10 @@
 """The trio side of one client connection: read, hand bytes to the session, write what it queued.
 
-A reader loop feeds the sans-IO session; a writer task sends everything queued since its last
-send in one `send_all`, so deliveries produced while handling one read (for this connection or
-any other) leave in a single write per connection.
+A reader loop feeds the sans-IO session. What handling one read queues for any connection (its
+own replies, deliveries to consumers elsewhere) is written when the read is handled, straight from
+the reader: one write per connection, and no task switch between a publish and its delivery. What
+the socket does not take at once, and output queued outside a reader (timers, confirms after an
+fsync), goes to that connection's writer task, which sends it with `send_all`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 
 import trio
 
@@ -21,6 +24,29 @@ log = logging.getLogger(__name__)
 READ_SIZE = 65536
 # How long to wait for connection.close-ok after sending connection.close.
 CLOSE_TIMEOUT = 3.0
+
+
+class _OutputBatch:
+    """The connections given output while one reader handles what it received, written when it is done.
+
+    Open only during that synchronous stretch (no await inside), so one batch serves every connection.
+    """
+
+    def __init__(self) -> None:
+        self.open = False
+        self.tasks: list[ConnectionTask] = []
+
+    def __enter__(self) -> None:
+        self.open = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.open = False
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task.write_now()
+
+
+_batch = _OutputBatch()
 
 
 def _is_loopback(host: str) -> bool:
@@ -42,12 +68,47 @@ class ConnectionTask:
                                          from_loopback=_is_loopback(host))
         self.session.wake = self._wake
         self._wakeup = trio.Event()
+        self._woken = False  # a write of the session's output is arranged (batch or writer)
+        self._sending = False  # the writer is inside send_all
+        self._unsent = b""  # what a direct write left over, for the writer to send first
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
         self._done = trio.Event()
 
     def _wake(self) -> None:
-        self._wakeup.set()
+        if self._woken:
+            return
+        self._woken = True
+        if _batch.open:
+            _batch.tasks.append(self)
+        else:
+            self._wakeup.set()
+
+    def write_now(self) -> None:
+        """Write the session's output without waiting for the writer task: a non-blocking write of what
+        the socket takes now; the rest, or everything while the writer is busy, is left to the writer."""
+        if self._sending or self._unsent or self.session.conn.closed:
+            self._wakeup.set()  # the writer keeps the order, and finishes a closed connection
+            return
+        data = self._take_output()
+        if not data:
+            return
+        try:
+            sent = os.write(self.stream.socket.fileno(), data)
+        except OSError:  # would block, or broken: the writer's send_all waits, or reports it
+            sent = 0
+        if sent:
+            self._last_sent = trio.current_time()
+        if sent < len(data):
+            self._unsent = data[sent:]
+            self._wakeup.set()
+
+    def _take_output(self) -> bytes:
+        self._woken = False
+        data = self.session.data_to_send()
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        return data
 
     async def run(self) -> None:
         try:
@@ -82,9 +143,10 @@ class ConnectionTask:
             if not data:
                 return
             self._last_received = trio.current_time()
-            session.receive_data(data)
-            if conn.has_output:
-                self._wake()
+            with _batch:
+                session.receive_data(data)
+                if conn.has_output:
+                    self._wake()
             if session.finished and not conn.closed:
                 # We sent connection.close: wait for close-ok, but not forever.
                 with trio.move_on_after(CLOSE_TIMEOUT):
@@ -102,9 +164,10 @@ class ConnectionTask:
         self.session.throttle.on_unblocked = unblocked.set
         await unblocked.wait()
         self._last_received = trio.current_time()
-        self.session.resume_input()  # which may block it again
-        if self.session.conn.has_output:
-            self._wake()
+        with _batch:
+            self.session.resume_input()  # which may block it again
+            if self.session.conn.has_output:
+                self._wake()
 
     async def _writer(self, cancel_scope: trio.CancelScope) -> None:
         session = self.session
@@ -113,9 +176,11 @@ class ConnectionTask:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 # Drain fully: more may have been queued (a close-ok, say) while send_all was waiting.
-                while data := session.data_to_send():
+                while data := self._take_output():
                     session.writable = len(data) < OUTBOX_HIGH_WATER
+                    self._sending = True
                     await self.stream.send_all(data)
+                    self._sending = False
                     self._last_sent = trio.current_time()
                     if not session.writable:
                         session.writable = True

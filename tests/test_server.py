@@ -7,7 +7,9 @@ from typing import Any
 
 import trio
 from pamqp import frame
-from pamqp.commands import Channel, Connection, Queue
+from pamqp.body import ContentBody
+from pamqp.commands import Basic, Channel, Connection, Queue
+from pamqp.header import ContentHeader
 
 from leveret.broker.node import Node
 from leveret.broker.server.listener import serve_amqp
@@ -121,4 +123,44 @@ async def test_garbage_on_one_connection_leaves_others_working() -> None:
         assert isinstance(close, Connection.Close) and close.reply_code == 501
         await good.send(1, Channel.Open())
         assert isinstance(await good.receive(), Channel.OpenOk)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_consumer_that_stops_reading_still_gets_every_message_in_order() -> None:
+    """Deliveries are written straight from the publisher's reader until the consumer's socket is full;
+    the rest goes through its writer task. Nothing may be lost, duplicated or reordered on the way."""
+    count, size = 2000, 8192
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery)
+        consumer = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await consumer.handshake()
+        await consumer.send(1, Channel.Open())
+        assert isinstance(await consumer.receive(), Channel.OpenOk)
+        await consumer.send(1, Queue.Declare(queue="q"))
+        assert isinstance(await consumer.receive(), Queue.DeclareOk)
+        await consumer.send(1, Basic.Consume(queue="q", consumer_tag="c", no_ack=True))
+        assert isinstance(await consumer.receive(), Basic.ConsumeOk)
+
+        publisher = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        await publisher.handshake()
+        await publisher.send(1, Channel.Open())
+        assert isinstance(await publisher.receive(), Channel.OpenOk)
+        publishes = b"".join(
+            frame.marshal(Basic.Publish(exchange="", routing_key="q"), 1)
+            + frame.marshal(ContentHeader(0, size, Basic.Properties()), 1)
+            + frame.marshal(ContentBody(index.to_bytes(4, "big") * (size // 4)), 1)
+            for index in range(count)
+        )
+        # 16 MiB, far more than the consumer's socket buffers hold while it is not reading.
+        await publisher.stream.send_all(publishes)
+        await trio.sleep(0.5)
+
+        received: list[int] = []
+        with trio.fail_after(30):
+            while len(received) < count:
+                value = await consumer.receive()
+                if isinstance(value, ContentBody):
+                    assert len(value.value) == size
+                    received.append(int.from_bytes(value.value[:4], "big"))
+        assert received == list(range(count))
         nursery.cancel_scope.cancel()

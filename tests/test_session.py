@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -241,3 +242,20 @@ def test_exchange_to_exchange_binding_routes_once_per_queue(node: Node) -> None:
     client.method(1, Queue.Bind(queue="e2e", exchange="dst"))
     client.publish(1, b"once", exchange="src")
     assert node.vhosts["/"].queues["e2e"].message_count == 1
+
+
+def test_connections_past_the_node_limit_are_refused_530() -> None:
+    config = Config()
+    node = Node(replace(config, limits=replace(config.limits, max_connections=2)))
+    first, second = connect(node), connect(node)
+    third = ClientPeer(ConnectionSession(node, "third", from_loopback=True))
+    with pytest.raises(AssertionError):
+        third.handshake()
+    close = methods(third.received)[-1]
+    assert (close.reply_code, close.reply_text) == (
+        530, "NOT_ALLOWED - connection refused: node connection limit (2) is reached"
+    )
+    # A connection that closes makes room for the next.
+    first.server.connection_lost()
+    connect(node)
+    assert not second.server.finished

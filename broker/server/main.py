@@ -75,6 +75,11 @@ async def run_node(config: Config) -> None:
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
         await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
+        if config.listeners.management is not None:
+            log.warning(
+                "listeners.management is set, but Leveret has no management HTTP API yet: "
+                "nothing listens on %s:%d", config.listeners.management.host, config.listeners.management.port
+            )
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

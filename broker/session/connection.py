@@ -15,7 +15,7 @@ from pamqp.commands import Channel
 
 from leveret.amqp.codec import build, method_ids
 from leveret.amqp.connection import ServerConnection
-from leveret.amqp.constants import INTERNAL_ERROR
+from leveret.amqp.constants import INTERNAL_ERROR, NOT_ALLOWED
 from leveret.amqp.errors import AMQPError, ChannelError, ConnectionLevelError
 from leveret.amqp.events import (
     ChannelCloseOk,
@@ -52,7 +52,13 @@ class _Policy:
         )
 
     def check_vhost(self, username: str, vhost: str) -> None:
-        self.session.permissions = self.session.node.authority.vhost_permissions(username, vhost)
+        node = self.session.node
+        self.session.permissions = node.authority.vhost_permissions(username, vhost)
+        limit = node.config.limits.max_connections
+        if limit is not None and len(node.connections) >= limit:
+            raise ConnectionLevelError(
+                NOT_ALLOWED, f"connection refused: node connection limit ({limit}) is reached"
+            )
 
 
 class ConnectionSession:

@@ -10,6 +10,7 @@ import trio
 
 from leveret import __version__
 from leveret.broker.server.main import run_node
+from leveret.broker.server.tls import TlsSetupError
 from leveret.broker.store import DefinitionsError
 from leveret.config import Config, ConfigError, load_config
 
@@ -50,6 +51,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         trio.run(run_node, config)
-    except (OSError, DefinitionsError) as error:
+    except (OSError, DefinitionsError, TlsSetupError) as error:
         print(f"leveret: {error}", file=sys.stderr)
         sys.exit(1)

@@ -31,10 +31,33 @@ class ManagementListener(Listener):
 
 
 @dataclass(frozen=True, slots=True)
+class AmqpsListener(Listener):
+    port: int = _port(5671)
+
+
+@dataclass(frozen=True, slots=True)
 class Listeners:
     amqp: Listener = Listener()
+    # AMQP over TLS (RabbitMQ's listeners.ssl); None: none. Needs the `tls` section.
+    amqps: AmqpsListener | None = None
     # None: no management listener.
     management: ManagementListener | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The amqps listener's certificates and client checks: RabbitMQ's ssl_options."""
+
+    certfile: str = field(metadata={"check": checks.non_empty()})  # the server's chain, PEM
+    keyfile: str = field(metadata={"check": checks.non_empty()})  # its private key, PEM
+    # CA certificates that client certificates are verified against, PEM.
+    cacertfile: str | None = None
+    # verify_peer: a client certificate, when sent, must verify against cacertfile.
+    verify: str = field(
+        default="verify_none", metadata={"check": checks.one_of("verify_none", "verify_peer")}
+    )
+    # With verify_peer: a client that sends no certificate is refused.
+    fail_if_no_peer_cert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +108,18 @@ class Resources:
     message_memory_budget: float | str = field(default=0.5, metadata={"check": checks.fraction_or_size()})
 
 
+def _tls_problems(values: Mapping[str, object]) -> list[tuple[str, str]]:
+    problems = []
+    listeners, tls = values.get("listeners"), values.get("tls")
+    if isinstance(listeners, Listeners) and listeners.amqps is not None and "tls" in values and tls is None:
+        problems.append(("listeners.amqps", "needs a `tls` section with certfile and keyfile"))
+    if isinstance(tls, Tls) and tls.verify == "verify_peer" and not tls.cacertfile:
+        problems.append(("tls.cacertfile", "verify_peer needs the CA certificates to verify clients against"))
+    if isinstance(tls, Tls) and tls.fail_if_no_peer_cert and tls.verify != "verify_peer":
+        problems.append(("tls.fail_if_no_peer_cert", "applies only with verify: verify_peer"))
+    return problems
+
+
 def _duplicates(entries: list[tuple[str, Hashable, str]]) -> list[tuple[str, str]]:
     """(path, message) for each (path, key, label) entry whose key appeared in an earlier entry."""
     seen: set[Hashable] = set()
@@ -99,6 +134,7 @@ def _duplicates(entries: list[tuple[str, Hashable, str]]) -> list[tuple[str, str
 @dataclass(frozen=True, slots=True)
 class Config:
     listeners: Listeners = Listeners()
+    tls: Tls | None = None
     data_dir: str = field(default="./leveret-data", metadata={"check": checks.non_empty()})
     vhosts: tuple[str, ...] = ("/",)
     users: tuple[User, ...] = (User("guest", GUEST_PASSWORD_HASH, ("administrator",), loopback_only=True),)
@@ -116,7 +152,7 @@ class Config:
         A field missing from `values` had errors already reported, so rules that need it are skipped
         rather than piling up follow-on errors.
         """
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str, str]] = _tls_problems(values)
         vhosts = values.get("vhosts")
         users = values.get("users")
         permissions = values.get("permissions")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import yaml
+
 HOST = "127.0.0.1"
 # The 0-9-1 protocol header; a broker answers it with connection.start.
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -84,6 +86,18 @@ class ResourceLimits:
 DEFAULT_LIMITS = ResourceLimits()
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """An amqps listener: the server's PEM files, the CA that client certificates are checked against, and
+    RabbitMQ's verify / fail_if_no_peer_cert."""
+
+    certfile: Path
+    keyfile: Path
+    cacertfile: Path
+    verify_peer: bool = False
+    fail_if_no_peer_cert: bool = False
+
+
 class Broker:
     """A broker process: start, stop (SIGTERM), kill (SIGKILL) and restart on the same port and data."""
 
@@ -91,10 +105,14 @@ class Broker:
     start_timeout = 30.0
     stop_timeout = 30.0
 
-    def __init__(self, workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None
+    ) -> None:
         self.limits = limits
+        self.tls = tls
         self.host = HOST
         self.port = free_port()
+        self.tls_port = free_port() if tls is not None else None
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -220,14 +238,26 @@ class LeveretBroker(Broker):
             "--data-dir",
             data,
         ]
+        settings: dict[str, object] = {}
         resources = {
             key: str(value)  # a string: a plain number would be read as a fraction of memory
             for key, value in vars(self.limits).items()
             if value is not None
         }
         if resources:
+            settings["resources"] = resources
+        if self.tls is not None:
+            settings["listeners"] = {"amqps": {"host": self.host, "port": self.tls_port}}
+            settings["tls"] = {
+                "certfile": str(self.tls.certfile),
+                "keyfile": str(self.tls.keyfile),
+                "cacertfile": str(self.tls.cacertfile),
+                "verify": "verify_peer" if self.tls.verify_peer else "verify_none",
+                "fail_if_no_peer_cert": self.tls.fail_if_no_peer_cert,
+            }
+        if settings:
             config = self.workdir / "leveret.yaml"
-            config.write_text("resources:\n" + "".join(f"  {k}: '{v}'\n" for k, v in resources.items()))
+            config.write_text(yaml.safe_dump(settings))
             command += ["--config", str(config)]
         return command
 
@@ -238,8 +268,14 @@ class RabbitMQBroker(Broker):
     kind = "rabbitmq"
     start_timeout = 90.0
 
-    def __init__(self, workdir: Path, script: str, limits: ResourceLimits = DEFAULT_LIMITS) -> None:
-        super().__init__(workdir, limits)
+    def __init__(
+        self,
+        workdir: Path,
+        script: str,
+        limits: ResourceLimits = DEFAULT_LIMITS,
+        tls: TlsSettings | None = None,
+    ) -> None:
+        super().__init__(workdir, limits, tls)
         self.script = script
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -247,10 +283,19 @@ class RabbitMQBroker(Broker):
         self.pid_file = workdir / "rabbit.pid"
         self.log_dir = workdir / "log"
         (workdir / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
-        settings = {
+        settings: dict[str, object] = {
             "vm_memory_high_watermark.absolute": limits.memory_high_watermark,
             "disk_free_limit.absolute": limits.disk_free_limit,
         }
+        if tls is not None:
+            settings.update({
+                "listeners.ssl.1": f"{self.host}:{self.tls_port}",
+                "ssl_options.certfile": tls.certfile,
+                "ssl_options.keyfile": tls.keyfile,
+                "ssl_options.cacertfile": tls.cacertfile,
+                "ssl_options.verify": "verify_peer" if tls.verify_peer else "verify_none",
+                "ssl_options.fail_if_no_peer_cert": str(tls.fail_if_no_peer_cert).lower(),
+            })
         (workdir / "rabbitmq.conf").write_text(
             "".join(f"{key} = {value}\n" for key, value in settings.items() if value is not None)
         )

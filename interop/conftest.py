@@ -23,6 +23,7 @@ from interop.brokers import (
     LeveretBroker,
     RabbitMQBroker,
     ResourceLimits,
+    TlsSettings,
     rabbitmq_server_script,
 )
 from interop.clients import NODE_DIR, pika_connection
@@ -30,14 +31,16 @@ from interop.clients import NODE_DIR, pika_connection
 BROKER_KIND = os.environ.get("LEVERET_INTEROP_BROKER", "leveret")
 
 
-def new_broker(workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS) -> Broker:
+def new_broker(
+    workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None
+) -> Broker:
     if BROKER_KIND == "leveret":
-        return LeveretBroker(workdir, limits)
+        return LeveretBroker(workdir, limits, tls)
     if BROKER_KIND == "rabbitmq":
         script = rabbitmq_server_script()
         if script is None:
             pytest.skip("LEVERET_INTEROP_BROKER=rabbitmq but rabbitmq-server is not installed")
-        return RabbitMQBroker(workdir, script, limits)
+        return RabbitMQBroker(workdir, script, limits, tls)
     raise pytest.UsageError(f"LEVERET_INTEROP_BROKER must be 'leveret' or 'rabbitmq', not {BROKER_KIND!r}")
 
 
@@ -58,8 +61,8 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     stopped when the test ends."""
     with ExitStack() as stack:
 
-        def start(limits: ResourceLimits = DEFAULT_LIMITS) -> Broker:
-            instance = new_broker(tmp_path_factory.mktemp("private-broker"), limits)
+        def start(limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None) -> Broker:
+            instance = new_broker(tmp_path_factory.mktemp("private-broker"), limits, tls)
             stack.callback(instance.close)
             instance.start()
             return instance

@@ -74,7 +74,8 @@ def _field_names(cls: type) -> set[str]:
 
 def test_default_yaml_names_every_field() -> None:
     text = files("leveret.config").joinpath("default.yaml").read_text(encoding="utf-8")
-    missing = [name for name in _field_names(Config) if not re.search(rf"^[ -]*{name}:", text, re.M)]
+    # Keys of sections that are off by default (tls) are shown in a commented-out example.
+    missing = [name for name in _field_names(Config) if not re.search(rf"^[ #-]*{name}:", text, re.M)]
     assert missing == []
 
 

@@ -58,11 +58,18 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
+# A plain TCP connection, or one over TLS (the amqps listener).
+ClientStream = trio.SocketStream | trio.SSLStream
+
+
 class ConnectionTask:
-    def __init__(self, node: Node, stream: trio.SocketStream) -> None:
+    def __init__(self, node: Node, stream: ClientStream) -> None:
         self.node = node
         self.stream = stream
-        peer = stream.socket.getpeername()
+        # Over TLS, bytes go through the SSL object: no direct writes to the socket, the writer sends all.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        tcp = stream if isinstance(stream, trio.SocketStream) else stream.transport_stream
+        peer = tcp.socket.getpeername()
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.session = ConnectionSession(node, f"{host}:{peer[1]}" if isinstance(peer, tuple) else host,
                                          from_loopback=_is_loopback(host))
@@ -79,7 +86,7 @@ class ConnectionTask:
         if self._woken:
             return
         self._woken = True
-        if _batch.open:
+        if _batch.open and self._socket is not None:
             _batch.tasks.append(self)
         else:
             self._wakeup.set()
@@ -93,8 +100,9 @@ class ConnectionTask:
         data = self._take_output()
         if not data:
             return
+        assert self._socket is not None  # only plain connections join a batch
         try:
-            sent = os.write(self.stream.socket.fileno(), data)
+            sent = os.write(self._socket.fileno(), data)
         except OSError:  # would block, or broken: the writer's send_all waits, or reports it
             sent = 0
         if sent:
@@ -199,14 +207,15 @@ class ConnectionTask:
                 consumer.queue.credit_changed()
 
     async def _timers(self) -> None:
-        """Handshake timeout, then heartbeats: send when idle, give up on a silent peer."""
+        """Handshake timeout, then heartbeats: send when idle, give up on a silent peer. A silent peer gets
+        no graceful close: over TLS that would wait for it to finish the TLS handshake first."""
         conn = self.session.conn
         handshake_deadline = trio.current_time() + self.node.config.limits.handshake_timeout
         while self.session.vhost is None and not conn.closed:
             if trio.current_time() >= handshake_deadline:
                 log.info("handshake timeout from %s", self.session.peer)
                 self.session.connection_lost()
-                await self.stream.aclose()
+                await trio.aclose_forcefully(self.stream)
                 return
             await trio.sleep(0.25)
         interval = conn.heartbeat
@@ -218,12 +227,12 @@ class ConnectionTask:
             if now - self._last_received > 2 * interval and not self.session.throttle.blocked:
                 log.info("missed heartbeats from %s, closing", self.session.peer)
                 self.session.connection_lost()
-                await self.stream.aclose()
+                await trio.aclose_forcefully(self.stream)
                 return
             if now - self._last_sent >= interval / 2:
                 conn.send_heartbeat()
                 self._wake()
 
 
-async def handle_client(node: Node, stream: trio.SocketStream) -> None:
+async def handle_client(node: Node, stream: ClientStream) -> None:
     await ConnectionTask(node, stream).run()

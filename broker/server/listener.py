@@ -1,9 +1,10 @@
-"""Accept AMQP clients on the configured address; one ConnectionTask each."""
+"""Accept AMQP clients on the configured addresses (plain, and over TLS); one ConnectionTask each."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import ssl
 
 import trio
 
@@ -17,12 +18,18 @@ async def serve_amqp(
     node: Node,
     host: str,
     port: int,
+    ssl_context: ssl.SSLContext | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve AMQP on host:port, over TLS when `ssl_context` is given (the TLS handshake happens in each
+    connection's task, within its handshake timeout)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     for listener in listeners:
         address = listener.socket.getsockname()
-        log.info("AMQP listener on %s:%s", address[0], address[1])
+        log.info("%s listener on %s:%s", "AMQPS" if ssl_context else "AMQP", address[0], address[1])
     task_status.started(listeners)
-    await trio.serve_listeners(functools.partial(handle_client, node), listeners)
+    serving: list[trio.abc.Listener[trio.abc.Stream]] = list(listeners)
+    if ssl_context is not None:
+        serving = [trio.SSLListener(listener, ssl_context, https_compatible=False) for listener in listeners]
+    await trio.serve_listeners(functools.partial(handle_client, node), serving)

@@ -18,6 +18,7 @@ from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
 from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.timers import run_timers
+from leveret.broker.server.tls import server_context
 from leveret.broker.store.pages import PageFiles
 from leveret.config import Config
 
@@ -71,10 +72,15 @@ async def close_connections(node: Node) -> None:
 
 
 async def run_node(config: Config) -> None:
+    amqps = config.listeners.amqps
+    # Bad certificates are reported before a long recovery, not after.
+    ssl_context = server_context(config.tls) if amqps is not None and config.tls is not None else None
     node = open_node(config)
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
         await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
+        if amqps is not None and ssl_context is not None:
+            await nursery.start(serve_amqp, node, amqps.host, amqps.port, ssl_context)
         if config.listeners.management is not None:
             log.warning(
                 "listeners.management is set, but Leveret has no management HTTP API yet: "

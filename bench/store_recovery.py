@@ -1,4 +1,5 @@
-"""Append + group-commit N persistent messages to one queue log, then time a restart's recovery of them.
+"""Append + group-commit N persistent messages to one queue log, then time a restart's recovery of them:
+the index the broker reads at start, and (for comparison) every message read back whole.
 
     python bench/store_recovery.py [--count 1000000] [--body 256] [--batch 1000] [--dir PATH]
 
@@ -43,14 +44,18 @@ def write(directory: str, count: int, body_size: int, batch_size: int) -> None:
           f"{size / 2**20:.0f} MiB on disk")
 
 
-def recover(directory: str) -> None:
+def recover(directory: str, whole: bool) -> None:
+    """`whole`: every message read back with its body (QueueLog.recover); else the index the broker reads
+    at start (QueueLog.recover_index: no bodies; broker/recovery.py reads back only a budget's worth)."""
     started, cpu = time.perf_counter(), time.process_time()
     store = Store(directory)
-    messages = store.open_queue("/", "bench").recover()
+    log = store.open_queue("/", "bench")
+    count = len(log.recover() if whole else log.recover_index())
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    each = elapsed / max(len(messages), 1) * 1e6
+    each = elapsed / max(count, 1) * 1e6
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"recover {len(messages)} messages: {elapsed:.2f} s wall, {cpu:.2f} s CPU ({each:.2f} us each), "
+    what = "index and bodies" if whole else "index only"
+    print(f"recover {count} messages ({what}): {elapsed:.2f} s wall, {cpu:.2f} s CPU ({each:.2f} us each), "
           f"peak RSS {rss:.0f} MiB")
 
 
@@ -61,10 +66,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dir", help="store directory (default: a temporary one, removed afterwards)")
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before recovering")
-    parser.add_argument("--recover-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--recover-only", choices=("index", "whole"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.recover_only:
-        recover(args.dir)
+        recover(args.dir, args.recover_only == "whole")
         return
     directory = args.dir or tempfile.mkdtemp(prefix="leveret-bench-")
     try:
@@ -73,7 +78,8 @@ def main() -> None:
             subprocess.run(["sync"], check=True)
             with open("/proc/sys/vm/drop_caches", "w") as file:
                 file.write("3\n")
-        subprocess.run([sys.executable, __file__, "--recover-only", "--dir", directory], check=True)
+        for what in ("index", "whole"):
+            subprocess.run([sys.executable, __file__, "--recover-only", what, "--dir", directory], check=True)
     finally:
         if not args.dir:
             shutil.rmtree(directory)

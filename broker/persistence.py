@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pamqp import decode, encode
 
-from leveret.broker.message import Message
 from leveret.broker.queues.journal import Journal
 from leveret.broker.queues.queue import Entry, Queue
-from leveret.broker.store import DefinitionsStore, QueueLog, Store, StoredMessage, SyncBatch, clean_shutdown
+from leveret.broker.recovery import restore_queue
+from leveret.broker.store import DefinitionsStore, QueueLog, Store, SyncBatch, clean_shutdown
+from leveret.broker.store.queue_log import RecoveredLog
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ class StoreJournal(Journal):
         self.persistence = persistence
         self.log = queue_log
         self.queue_id = queue_id
-        # What the log held at open: empty for a new queue; taken by recovery.
-        self.recovered: list[StoredMessage] = queue_log.recover()
+        # What the log held at open (an index, no bodies): empty for a new queue; taken by recovery.
+        self.recovered: RecoveredLog | None = queue_log.recover_index()
 
     def enqueued(self, entry: Entry) -> int:
         message = entry.message
@@ -213,19 +214,10 @@ class Persistence:
 
     def _recover_messages(self, queue: Queue) -> int:
         journal = queue.journal
-        assert isinstance(journal, StoreJournal)
-        entries = []
-        for stored in journal.recovered:
-            entry = Entry(
-                Message(stored.exchange, stored.routing_key, stored.properties_raw, stored.body),
-                stored.seq,
-                redelivered=stored.delivered or self.after_crash,
-            )
-            entry.logged = stored.location
-            entries.append(entry)
-        journal.recovered = []
-        queue.restore(entries, next_seq=journal.log.last_seq + 1)
-        return len(entries)
+        assert isinstance(journal, StoreJournal) and journal.recovered is not None
+        recovered, journal.recovered = journal.recovered, None
+        log = journal.log
+        return restore_queue(queue, log.directory, recovered, log.last_seq + 1, self.after_crash)
 
 
 def is_durable_queue(queue: Queue) -> bool:

@@ -130,6 +130,15 @@ def get_all(client: ClientPeer, queue: str = "q") -> list[tuple[int, bool]]:
         got.append((int(found[0][2][:8]), found[0][0].redelivered))
 
 
+def get_all_but(client: ClientPeer, count: int, queue: str = "q") -> list[tuple[int, bool]]:
+    """The first `count` messages, by basic.get with no-ack."""
+    got = []
+    for _ in range(count):
+        found = messages(client.method(1, Basic.Get(queue=queue, no_ack=True)))
+        got.append((int(found[0][2][:8]), found[0][0].redelivered))
+    return got
+
+
 def fresh(numbers: range) -> list[tuple[int, bool]]:
     return [(number, False) for number in numbers]
 
@@ -332,6 +341,42 @@ async def test_redelivered_flags_survive_paging_out_and_back(tmp_path: Path) -> 
     queue = queue_of(crashed)
     assert queue.paged is not None and queue.paged.chunks[0].redelivered is not None
     assert consume(crashed, connect(crashed, durable=True), 300) == [(n, True) for n in range(300)]
+
+
+async def test_a_durable_backlog_over_budget_recovers_without_coming_into_memory(tmp_path: Path) -> None:
+    node = start(tmp_path, budget=20 * BUDGET)  # the whole backlog fits before the restart
+    client = connect(node, durable=True)
+    publish(client, range(600), properties=PERSISTENT)
+    got = get_all_but(client, 100)  # the first 100 are settled: the log holds 500 unsettled
+    assert got == fresh(range(100))
+    drive(node)
+    assert queue_of(node).paged is None
+    assert node.persistence is not None
+    node.persistence.close()
+
+    restarted = start(tmp_path)
+    queue = queue_of(restarted)
+    # Straight from the log into the paged state: only about a budget's worth was read into memory.
+    assert queue.paged is not None and queue.message_count == 500
+    assert restarted.pager is not None
+    assert restarted.pager.used == in_memory(restarted) <= BUDGET + BODY + OVERHEAD
+    assert all(chunk.entries is None for chunk in queue.paged.chunks)
+    assert page_files(tmp_path) == []  # nothing was copied out of the log
+    assert consume(restarted, connect(restarted, durable=True), 500) == fresh(range(100, 600))
+
+
+async def test_a_lifecycle_queue_recovers_its_whole_backlog_into_memory(tmp_path: Path) -> None:
+    node = start(tmp_path)
+    client = connect(node, durable=True, arguments={"x-max-length": 10_000})
+    publish(client, range(200), properties=PERSISTENT)
+    drive(node)
+    assert node.persistence is not None
+    node.persistence.close()
+    restarted = start(tmp_path)
+    queue = queue_of(restarted)
+    assert queue.paged is None and len(queue.ready) == 200  # until the pager's first round
+    drive(restarted)
+    assert get_all(connect(restarted, durable=True, arguments={"x-max-length": 10_000})) == fresh(range(200))
 
 
 async def test_purged_paged_persistent_messages_stay_purged_after_a_restart(tmp_path: Path) -> None:

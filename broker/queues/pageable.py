@@ -72,6 +72,16 @@ class Pageable:
             start = end
         return freed
 
+    def restore_paged(self, chunks: list[Chunk]) -> None:
+        """Recovered messages after the restored head, still in the log: read back in turn as chunks.
+        Call after `restore`, before any publish."""
+        if not chunks:
+            return
+        paged = self.paged = PagedTail()
+        paged.chunks.extend(chunks)
+        paged.count = sum(chunk.count for chunk in chunks)
+        paged.body_bytes = sum(chunk.body_bytes for chunk in chunks)
+
     def _head_reserve(self) -> int:
         """How many entries at the head a consumer will want before a chunk could be read back."""
         size = 0

@@ -78,6 +78,24 @@ class Chunk:
         self.locations: array | None = None
         self.position = 0
 
+    @classmethod
+    def in_log(cls, seqs: array, locations: array, body_bytes: int, redelivered: bytes) -> Chunk:
+        """Recovered messages left in their queue's log (all logged, none resident): what recovery does
+        with a durable backlog past the memory budget."""
+        chunk = cls.__new__(cls)
+        chunk.count = len(seqs)
+        chunk.body_bytes = body_bytes
+        chunk.size = body_bytes + OVERHEAD * chunk.count
+        chunk.first_seq, chunk.last_seq = seqs[0], seqs[-1]
+        chunk.entries = None
+        chunk.loading = chunk.gone = False
+        chunk.redelivered = redelivered if any(redelivered) else None
+        chunk.expires = None
+        chunk.run = None
+        chunk.locations = locations
+        chunk.position = 0  # durable already
+        return chunk
+
     @property
     def first_expires(self) -> float | None:
         if self.expires is None or math.isnan(self.expires[0]):

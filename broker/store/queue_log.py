@@ -19,8 +19,10 @@ import gc
 import logging
 import shutil
 import struct
-from bisect import bisect_right
-from collections.abc import Iterable
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,99 @@ class StoredMessage:
     body: bytes
     delivered: bool = False
     location: int = field(default=0, compare=False)  # of its enqueue record
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: recovery makes a million objects that never form cycles,
+    and each few thousand would set off a collection over all of them (most of the time, measured)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+# Property flag bit of `expiration` (AMQP basic class): such a message needs its queue's lifecycle.
+_EXPIRATION_FLAG = 1 << 8
+_SETTLED, _DELIVERED = 1, 2
+
+
+@dataclass(slots=True)
+class RecoveredLog:
+    """The unsettled messages a log held at open, in seq order, as columns: no bodies, properties nor
+    names, so that a durable backlog larger than memory can be recovered (broker/persistence.py keeps the
+    head in memory and leaves the rest in the log, paged out). About 25 bytes a message."""
+
+    seqs: array  # 'q'
+    locations: array  # 'q': each one's enqueue record (see `location`)
+    sizes: array  # 'q': body bytes
+    delivered: bytearray  # 1: delivered before the restart
+    expiring: bool  # some message has an `expiration` property
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class _Columns:
+    """The enqueues read so far, in seq order (seqs only grow within a log), each marked when a later
+    record settles or delivers it; looked up by bisection, not a dict, to stay small."""
+
+    def __init__(self) -> None:
+        self.seqs = array("q")
+        self.locations = array("q")
+        self.sizes = array("q")
+        self.marks = bytearray()
+        self.flags = array("l")
+
+    def add(self, seq: int, at: int, size: int, flags: int) -> None:
+        seqs = self.seqs
+        if seqs and seq <= seqs[-1]:  # never written so, but a log must recover whatever it holds
+            index = bisect_left(seqs, seq)
+            if index < len(seqs) and seqs[index] == seq:
+                self.locations[index], self.sizes[index], self.flags[index] = at, size, flags
+                self.marks[index] = 0
+                return
+            seqs.insert(index, seq)
+            self.locations.insert(index, at)
+            self.sizes.insert(index, size)
+            self.flags.insert(index, flags)
+            self.marks.insert(index, 0)
+            return
+        seqs.append(seq)
+        self.locations.append(at)
+        self.sizes.append(size)
+        self.flags.append(flags)
+        self.marks.append(0)
+
+    def _index(self, seq: int) -> int | None:
+        index = bisect_left(self.seqs, seq)
+        return index if index < len(self.seqs) and self.seqs[index] == seq else None
+
+    def settle(self, seq: int) -> bool:
+        """Mark `seq` settled; whether it was an unsettled message of this log."""
+        index = self._index(seq)
+        if index is None or self.marks[index] & _SETTLED:
+            return False
+        self.marks[index] |= _SETTLED
+        return True
+
+    def deliver(self, seq: int) -> None:
+        index = self._index(seq)
+        if index is not None:
+            self.marks[index] |= _DELIVERED
+
+    def unsettled(self) -> RecoveredLog:
+        live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        return RecoveredLog(
+            array("q", (self.seqs[i] for i in live)),
+            array("q", (self.locations[i] for i in live)),
+            array("q", (self.sizes[i] for i in live)),
+            bytearray(self.marks[i] >> 1 for i in live),
+            any(self.flags[i] & _EXPIRATION_FLAG for i in live),
+        )
 
 
 class Pending:
@@ -246,27 +341,35 @@ class QueueLog:
     # -- files (blocking) -------------------------------------------------------------------------
 
     def recover(self) -> list[StoredMessage]:
-        """Read every segment: the unsettled messages in seq order, delivered ones flagged. Repairs as it
+        """`recover_index`, then every unsettled message read back whole, in seq order: for tests and
+        tools (the broker itself keeps most of a large backlog on disk, see broker/persistence.py)."""
+        from .reader import read_enqueues  # reader.py builds on this module
+
+        index = self.recover_index()
+        with collection_paused():
+            found = read_enqueues(self.directory, index.locations)
+            return [
+                StoredMessage(*record, delivered=bool(delivered), location=at)
+                for record, delivered, at in zip(found, index.delivered, index.locations, strict=True)
+                if record is not None
+            ]
+
+    def recover_index(self) -> RecoveredLog:
+        """Read every segment: which messages are unsettled, where, and which were delivered. Repairs as it
         reads (see segments.py), deletes the segments nothing needs any more, and starts a new segment
         for the appends to come."""
         if self._recovered:
             raise RuntimeError(f"{self.directory}: already recovered")
-        messages: dict[int, StoredMessage] = {}
+        columns = _Columns()
         indexes = segments.list_segments(self.directory)
-        # A million new objects would set off full collections over and over (a quarter of the time),
-        # looking for cycles that messages never form.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collection_paused():
             for index in indexes:
                 reader = segments.open_segment(segments.segment_path(self.directory, index))
                 if reader is not None:
                     self._segments[index] = segment = _Segment(index)
-                    self._read(reader, segment, messages)
-        finally:
-            if collecting:
-                gc.enable()
-        self._live = set(messages)
+                    self._read(reader, segment, columns)
+        recovered = columns.unsettled()
+        self._live = set(recovered.seqs)
         self._active = _Segment(indexes[-1] + 1 if indexes else 0)
         self._recovered = True
         while deletable := self._deletable():
@@ -276,23 +379,19 @@ class QueueLog:
                 segments.segment_path(self.directory, segment.index).unlink()
             segments.fsync_directory(self.directory)
             self._forget([segment.index for segment in deletable])
-        return list(messages.values())
+        return recovered
 
-    def _read(self, reader: segments.SegmentReader, segment: _Segment,
-              messages: dict[int, StoredMessage]) -> None:
+    def _read(self, reader: segments.SegmentReader, segment: _Segment, columns: _Columns) -> None:
         data = reader.data
-        names: dict[bytes, str] = {}
-        decode_enqueue = records.decode_enqueue
+        peek_enqueue = records.peek_enqueue
         top = self.last_seq
         enqueued = 0  # added to segment.live at the end: this loop is the hot path of a restart
         at = location(segment.index, 0) - records.HEADER_SIZE  # + a payload's start: its record's location
         for kind, start, end in reader:
             try:
                 if kind == ENQUEUE:
-                    seq, exchange, routing_key, properties_raw, body = decode_enqueue(data, start, end, names)
-                    messages[seq] = StoredMessage(
-                        seq, exchange, routing_key, properties_raw, body, False, at + start
-                    )
+                    seq, size, flags = peek_enqueue(data, start, end)
+                    columns.add(seq, at + start, size, flags)
                     if not enqueued:
                         segment.first_seq = seq
                         self._enqueuing.append(segment)
@@ -302,12 +401,10 @@ class QueueLog:
                 elif kind == SETTLE:
                     seq = top
                     for seq in records.decode_settle(data, start, end):
-                        self._refer(segment, seq, messages.pop(seq, None) is not None)
+                        self._refer(segment, seq, columns.settle(seq))
                 else:
                     seq = records.decode_delivered(data, start, end)
-                    message = messages.get(seq)
-                    if message is not None:
-                        message.delivered = True
+                    columns.deliver(seq)
                     self._refer(segment, seq, False)
             except (ValueError, UnicodeDecodeError, struct.error) as exc:
                 # A valid CRC over a malformed payload is a bug, not damage: lose the record, not the queue.

@@ -122,6 +122,18 @@ def decode_enqueue(
     return seq, exchange, routing_key, data[props_at:body_at], data[body_at:end]
 
 
+def peek_enqueue(data: bytes, start: int, end: int) -> tuple[int, int, int]:
+    """(seq, body size, property flags) of an enqueue payload, copying nothing out of it: what recovery
+    keeps of a message, whose body is read back by location when it is needed."""
+    seq, exchange_len, key_len, props_len = _ENQUEUE_HEAD.unpack_from(data, start)
+    props_at = start + _ENQUEUE_HEAD.size + exchange_len + key_len
+    body_at = props_at + props_len
+    if body_at > end:
+        raise ValueError("enqueue fields overrun the record")
+    flags = data[props_at] << 8 | data[props_at + 1] if props_len >= 2 else 0
+    return seq, end - body_at, flags
+
+
 def record_at(
     data: bytes | bytearray, pos: int, salt: int, kinds: frozenset[int] = KINDS
 ) -> tuple[int, int, int] | None:

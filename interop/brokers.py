@@ -156,6 +156,11 @@ class Broker:
         return f"http://{self.host}:{self.management_port}"
 
     @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics: Leveret serves them on the management listener."""
+        return f"{self.management_url}/metrics"
+
+    @property
     def pid(self) -> int:
         assert self._proc is not None, "broker not started"
         return self._proc.pid
@@ -335,7 +340,10 @@ class RabbitMQBroker(Broker):
         self.nodename = f"interop{self.port}@localhost"
         self.pid_file = workdir / "rabbit.pid"
         self.log_dir = workdir / "log"
-        plugins = ["rabbitmq_consistent_hash_exchange"] + (["rabbitmq_management"] if management else [])
+        self.prometheus_port: int | None = None
+        plugins = ["rabbitmq_consistent_hash_exchange"]
+        if management:
+            plugins += ["rabbitmq_management", "rabbitmq_prometheus"]
         (workdir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         settings: dict[str, object] = {
             "vm_memory_high_watermark.absolute": limits.memory_high_watermark,
@@ -344,6 +352,13 @@ class RabbitMQBroker(Broker):
         if self.management_port is not None:
             settings["management.tcp.ip"] = self.host
             settings["management.tcp.port"] = self.management_port
+            # Queue counts reach the management API with the stats events (every 5 s by default).
+            settings["collect_statistics_interval"] = 250
+            # RabbitMQ serves Prometheus metrics from another plugin on its own port.
+            self.prometheus_port = free_port()
+            settings["prometheus.tcp.ip"] = self.host
+            settings["prometheus.tcp.port"] = self.prometheus_port
+            settings["prometheus.return_per_object_metrics"] = "true"
         if users:
             settings["load_definitions"] = self._write_definitions(all_users(users))
         if tls is not None:
@@ -381,6 +396,10 @@ class RabbitMQBroker(Broker):
         path = self.workdir / "definitions.json"
         path.write_text(json.dumps(definitions))
         return path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}/metrics"
 
     @property
     def pid(self) -> int:

@@ -119,8 +119,9 @@ def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, a
 
 
 def bindings(vhost: VirtualHost) -> list[Json]:
-    """Every binding of a vhost, with the default exchange's implicit one per queue first, as RabbitMQ."""
-    listed = [_binding(vhost.name, "", q, q.name, {}) for q in sorted(vhost.queues.values(), key=_name)]
+    """Every binding of a vhost; the default exchange's implicit ones (one per queue) come first, as the
+    vhost keeps them as bindings of the exchange named ""."""
+    listed: list[Json] = []
     for x in sorted(vhost.exchanges.values(), key=_name):
         b: Binding
         for b in x.bindings:

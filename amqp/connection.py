@@ -102,6 +102,7 @@ class ServerConnection:
         self.frame_max = settings.frame_max
         self.heartbeat = settings.heartbeat
         self.username = ""
+        self.mechanism = ""  # the SASL mechanism the client logged in with
         self.vhost = ""
         self.client_properties: dict[str, Any] = {}
         self._reader = FrameReader(_HANDSHAKE_FRAME_MAX)
@@ -361,6 +362,7 @@ class ServerConnection:
                 ACCESS_REFUSED, f"unsupported authentication mechanism '{method.mechanism}'", 10, 11
             )
         username, password = parse_sasl_response(method.mechanism, method.response)
+        self.mechanism = method.mechanism
         if not self.policy.authenticate(method.mechanism, username, password):
             raise ConnectionLevelError(
                 ACCESS_REFUSED,

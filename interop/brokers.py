@@ -5,6 +5,7 @@ Every broker listens on 127.0.0.1 only, on ports picked at run time, with its st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import IO
 
 import yaml
+
+from leveret.config import hash_password
 
 HOST = "127.0.0.1"
 # The 0-9-1 protocol header; a broker answers it with connection.start.
@@ -87,6 +90,19 @@ DEFAULT_LIMITS = ResourceLimits()
 
 
 @dataclass(frozen=True)
+class ExtraUser:
+    """A user besides guest, with full permissions on vhost "/" and RabbitMQ user tags."""
+
+    name: str
+    password: str
+    tags: tuple[str, ...] = ()
+
+
+def all_users(extra: tuple[ExtraUser, ...]) -> tuple[ExtraUser, ...]:
+    return (ExtraUser("guest", "guest", ("administrator",)), *extra)
+
+
+@dataclass(frozen=True)
 class TlsSettings:
     """An amqps listener: the server's PEM files, the CA that client certificates are checked against, and
     RabbitMQ's verify / fail_if_no_peer_cert."""
@@ -106,13 +122,22 @@ class Broker:
     stop_timeout = 30.0
 
     def __init__(
-        self, workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None
+        self,
+        workdir: Path,
+        limits: ResourceLimits = DEFAULT_LIMITS,
+        tls: TlsSettings | None = None,
+        *,
+        management: bool = False,
+        users: tuple[ExtraUser, ...] = (),
     ) -> None:
         self.limits = limits
         self.tls = tls
+        self.users = users
         self.host = HOST
         self.port = free_port()
         self.tls_port = free_port() if tls is not None else None
+        # The management HTTP API's port (RabbitMQ's rabbitmq_management plugin), when asked for.
+        self.management_port = free_port() if management else None
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +149,16 @@ class Broker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port is not None, "broker started without management"
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics: Leveret serves them on the management listener."""
+        return f"{self.management_url}/metrics"
 
     @property
     def pid(self) -> int:
@@ -170,6 +205,13 @@ class Broker:
                     f"{self.kind} did not accept AMQP on {self.host}:{self.port} within "
                     f"{self.start_timeout:.0f}s\n{self.diagnostics()}"
                 )
+            time.sleep(0.1)
+        # RabbitMQ starts its plugins after the AMQP listener.
+        while self.management_port is not None and not port_listening(self.host, self.management_port):
+            if time.monotonic() > deadline:
+                self.kill()
+                message = f"{self.kind}: nothing listens on the management port"
+                raise BrokerStartError(f"{message}\n{self.diagnostics()}")
             time.sleep(0.1)
 
     def stop(self) -> int:
@@ -246,8 +288,19 @@ class LeveretBroker(Broker):
         }
         if resources:
             settings["resources"] = resources
+        listeners: dict[str, object] = {}
+        if self.management_port is not None:
+            listeners["management"] = {"host": self.host, "port": self.management_port}
+        if self.users:
+            users = all_users(self.users)
+            settings["users"] = [
+                {"name": u.name, "password": u.password, "tags": list(u.tags),
+                 "loopback_only": u.name == "guest"}
+                for u in users
+            ]
+            settings["permissions"] = [{"user": u.name, "vhost": "/"} for u in users]
         if self.tls is not None:
-            settings["listeners"] = {"amqps": {"host": self.host, "port": self.tls_port}}
+            listeners["amqps"] = {"host": self.host, "port": self.tls_port}
             settings["tls"] = {
                 "certfile": str(self.tls.certfile),
                 "keyfile": str(self.tls.keyfile),
@@ -255,6 +308,8 @@ class LeveretBroker(Broker):
                 "verify": "verify_peer" if self.tls.verify_peer else "verify_none",
                 "fail_if_no_peer_cert": self.tls.fail_if_no_peer_cert,
             }
+        if listeners:
+            settings["listeners"] = listeners
         if settings:
             config = self.workdir / "leveret.yaml"
             config.write_text(yaml.safe_dump(settings))
@@ -274,19 +329,38 @@ class RabbitMQBroker(Broker):
         script: str,
         limits: ResourceLimits = DEFAULT_LIMITS,
         tls: TlsSettings | None = None,
+        *,
+        management: bool = False,
+        users: tuple[ExtraUser, ...] = (),
     ) -> None:
-        super().__init__(workdir, limits, tls)
+        super().__init__(workdir, limits, tls, management=management, users=users)
         self.script = script
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.nodename = f"interop{self.port}@localhost"
         self.pid_file = workdir / "rabbit.pid"
         self.log_dir = workdir / "log"
-        (workdir / "enabled_plugins").write_text("[rabbitmq_consistent_hash_exchange].\n")
+        self.prometheus_port: int | None = None
+        plugins = ["rabbitmq_consistent_hash_exchange"]
+        if management:
+            plugins += ["rabbitmq_management", "rabbitmq_prometheus"]
+        (workdir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         settings: dict[str, object] = {
             "vm_memory_high_watermark.absolute": limits.memory_high_watermark,
             "disk_free_limit.absolute": limits.disk_free_limit,
         }
+        if self.management_port is not None:
+            settings["management.tcp.ip"] = self.host
+            settings["management.tcp.port"] = self.management_port
+            # Queue counts reach the management API with the stats events (every 5 s by default).
+            settings["collect_statistics_interval"] = 250
+            # RabbitMQ serves Prometheus metrics from another plugin on its own port.
+            self.prometheus_port = free_port()
+            settings["prometheus.tcp.ip"] = self.host
+            settings["prometheus.tcp.port"] = self.prometheus_port
+            settings["prometheus.return_per_object_metrics"] = "true"
+        if users:
+            settings["load_definitions"] = self._write_definitions(all_users(users))
         if tls is not None:
             settings.update({
                 "listeners.ssl.1": f"{self.host}:{self.tls_port}",
@@ -300,6 +374,32 @@ class RabbitMQBroker(Broker):
             "".join(f"{key} = {value}\n" for key, value in settings.items() if value is not None)
         )
         self._epmd: subprocess.Popen[bytes] | None = None
+
+    def _write_definitions(self, users: tuple[ExtraUser, ...]) -> Path:
+        """The users as a definitions file loaded at boot; guest is listed too, as with definitions RabbitMQ
+        may skip creating it."""
+        definitions = {
+            "vhosts": [{"name": "/"}],
+            "users": [
+                {
+                    "name": u.name,
+                    "password_hash": hash_password(u.password),
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": ",".join(u.tags),
+                }
+                for u in users
+            ],
+            "permissions": [
+                {"user": u.name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} for u in users
+            ],
+        }
+        path = self.workdir / "definitions.json"
+        path.write_text(json.dumps(definitions))
+        return path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}/metrics"
 
     @property
     def pid(self) -> int:

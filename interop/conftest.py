@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
@@ -32,15 +33,16 @@ BROKER_KIND = os.environ.get("LEVERET_INTEROP_BROKER", "leveret")
 
 
 def new_broker(
-    workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None
+    workdir: Path, limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None, **options: Any
 ) -> Broker:
+    """`options`: the Broker's keyword options (management, users)."""
     if BROKER_KIND == "leveret":
-        return LeveretBroker(workdir, limits, tls)
+        return LeveretBroker(workdir, limits, tls, **options)
     if BROKER_KIND == "rabbitmq":
         script = rabbitmq_server_script()
         if script is None:
             pytest.skip("LEVERET_INTEROP_BROKER=rabbitmq but rabbitmq-server is not installed")
-        return RabbitMQBroker(workdir, script, limits, tls)
+        return RabbitMQBroker(workdir, script, limits, tls, **options)
     raise pytest.UsageError(f"LEVERET_INTEROP_BROKER must be 'leveret' or 'rabbitmq', not {BROKER_KIND!r}")
 
 
@@ -61,8 +63,10 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     stopped when the test ends."""
     with ExitStack() as stack:
 
-        def start(limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None) -> Broker:
-            instance = new_broker(tmp_path_factory.mktemp("private-broker"), limits, tls)
+        def start(
+            limits: ResourceLimits = DEFAULT_LIMITS, tls: TlsSettings | None = None, **options: Any
+        ) -> Broker:
+            instance = new_broker(tmp_path_factory.mktemp("private-broker"), limits, tls, **options)
             stack.callback(instance.close)
             instance.start()
             return instance

@@ -60,3 +60,25 @@ def test_broker_domain_never_imports_trio(path: Path) -> None:
         if name.split(".")[0] in {"trio", "asyncio", "socket"} or name.startswith("leveret.broker.server")
     }
     assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _modules("broker/management"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_management_runs_on_trio_beside_the_server(path: Path) -> None:
+    """The HTTP API reads the domain and runs on trio (hypercorn's trio worker, Starlette through anyio):
+    never asyncio, and never the AMQP server's internals (broker/server/ starts it, not the other way)."""
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in {"asyncio", "uvicorn"} or name.startswith("leveret.broker.server")
+    }
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules("broker") if "management" not in p.parts and "server" not in p.parts],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_domain_never_imports_management(path: Path) -> None:
+    bad = {name for name in _imports(path) if name.startswith("leveret.broker.management")}
+    assert not bad, f"{path} imports {bad}"

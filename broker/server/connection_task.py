@@ -73,6 +73,9 @@ class ConnectionTask:
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.session = ConnectionSession(node, f"{host}:{peer[1]}" if isinstance(peer, tuple) else host,
                                          from_loopback=_is_loopback(host))
+        local = tcp.socket.getsockname()
+        self.session.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
+        self.session.tls = self._socket is None
         self.session.wake = self._wake
         self._wakeup = trio.Event()
         self._woken = False  # a write of the session's output is arranged (batch or writer)

@@ -10,6 +10,7 @@ import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
+from leveret.broker.management.server import serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
@@ -81,11 +82,9 @@ async def run_node(config: Config) -> None:
         await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
         if amqps is not None and ssl_context is not None:
             await nursery.start(serve_amqp, node, amqps.host, amqps.port, ssl_context)
-        if config.listeners.management is not None:
-            log.warning(
-                "listeners.management is set, but Leveret has no management HTTP API yet: "
-                "nothing listens on %s:%d", config.listeners.management.host, config.listeners.management.port
-            )
+        management = config.listeners.management
+        if management is not None:
+            await nursery.start(serve_management, node, management.host, management.port)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

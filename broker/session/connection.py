@@ -8,6 +8,7 @@ and answered with 541 INTERNAL_ERROR on this connection only.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,11 @@ class ConnectionSession:
         self.node = node
         self.peer = peer
         self.from_loopback = from_loopback
+        # For the management API: the broker's end of the socket ("host:port"), TLS or not, and when
+        # the client connected (milliseconds since the epoch, RabbitMQ's connected_at).
+        self.local = ""
+        self.tls = False
+        self.connected_at = int(time.time() * 1000)
         self.conn = ServerConnection(node.server_settings, _Policy(self))
         self.permissions: VhostPermissions | None = None
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set on connection.open

@@ -1,0 +1,302 @@
+"""The node's objects as RabbitMQ's management API shows them: same field names, same meanings.
+
+Only fields Leveret can fill truthfully are present; rates, memory and Erlang process details are left out.
+Functions take live domain objects and return plain JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from leveret import __version__
+from leveret.broker.exchanges.base import Binding, Exchange
+from leveret.broker.node import ADVERTISED_VERSION, Node
+from leveret.broker.queues.queue import Queue
+from leveret.broker.vhost import VirtualHost
+from leveret.config import User
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.session.channel import ChannelSession
+    from leveret.broker.session.connection import ConnectionSession
+
+Json = dict[str, Any]
+
+
+def jsonable(value: Any) -> Any:
+    """An AMQP table value (arguments, client properties) as JSON: bytes become text, decimals numbers."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        return int(value.timestamp())  # RabbitMQ renders AMQP timestamps as seconds
+    return value
+
+
+def node_name(node: Node) -> str:
+    return node.alarms.node_name
+
+
+def _split_address(address: str) -> tuple[str, int | None]:
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if port.isdigit() else (address, None)
+
+
+# ---- queues -----------------------------------------------------------------------------------------
+
+
+def queue(node: Node, q: Queue) -> Json:
+    ready, unacked = q.message_count, q.unacked
+    return {
+        "name": q.name,
+        "vhost": q.vhost,
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive,
+        "arguments": jsonable(q.arguments),
+        "type": q.arguments.get("x-queue-type", "classic"),
+        "node": node_name(node),
+        "state": "running",
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "consumers": q.consumer_count,
+        "policy": None,
+    }
+
+
+def queue_details(node: Node, q: Queue) -> Json:
+    """One queue, with its consumers, as GET /api/queues/{vhost}/{name} answers."""
+    return {**queue(node, q), "consumer_details": [consumer(node, c) for c in q.consumers]}
+
+
+# ---- exchanges and bindings -------------------------------------------------------------------------
+
+
+def exchange(vhost: VirtualHost, x: Exchange) -> Json:
+    return {
+        "name": x.name,
+        "vhost": vhost.name,
+        "type": x.kind,
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": jsonable(x.arguments),
+    }
+
+
+def _properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
+    # RabbitMQ: the routing key ("~" when empty) when there are no arguments, else key~hash-of-arguments.
+    # The hash differs from RabbitMQ's (an Erlang term hash); only its uniqueness matters to clients.
+    if not arguments:
+        return routing_key or "~"
+    digest = base64.urlsafe_b64encode(repr(sorted(arguments.items())).encode()).decode()[:22]
+    return f"{routing_key}~{digest}"
+
+
+def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, args: dict[str, Any]) -> Json:
+    return {
+        "source": source,
+        "vhost": vhost,
+        "destination": destination.name,
+        "destination_type": "queue" if isinstance(destination, Queue) else "exchange",
+        "routing_key": key,
+        "arguments": jsonable(args),
+        "properties_key": _properties_key(key, args),
+    }
+
+
+def bindings(vhost: VirtualHost) -> list[Json]:
+    """Every binding of a vhost; the default exchange's implicit ones (one per queue) come first, as the
+    vhost keeps them as bindings of the exchange named ""."""
+    listed: list[Json] = []
+    for x in sorted(vhost.exchanges.values(), key=_name):
+        b: Binding
+        for b in x.bindings:
+            if isinstance(b.destination, Queue | Exchange):
+                listed.append(_binding(vhost.name, x.name, b.destination, b.routing_key, b.arguments))
+    return listed
+
+
+def _name(item: Queue | Exchange) -> str:
+    return item.name
+
+
+# ---- vhosts ------------------------------------------------------------------------------------------
+
+
+def vhost(node: Node, v: VirtualHost) -> Json:
+    ready = sum(q.message_count for q in v.queues.values())
+    unacked = sum(q.unacked for q in v.queues.values())
+    return {
+        "name": v.name,
+        "description": "",
+        "tags": [],
+        "metadata": {"description": "", "tags": []},
+        "tracing": False,
+        "cluster_state": {node_name(node): "running"},
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+    }
+
+
+# ---- connections, channels, consumers ----------------------------------------------------------------
+
+
+def connection_name(session: ConnectionSession) -> str:
+    """RabbitMQ's name of a connection: "peer_host:peer_port -> host:port"."""
+    return f"{session.peer} -> {session.local}"
+
+
+def connection(node: Node, session: ConnectionSession) -> Json:
+    conn = session.conn
+    peer_host, peer_port = _split_address(session.peer)
+    host, port = _split_address(session.local)
+    return {
+        "name": connection_name(session),
+        "node": node_name(node),
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "state": "blocked" if session.throttle.blocked else "running",
+        "user": session.username,
+        "vhost": session.vhost.name if session.vhost is not None else conn.vhost,
+        "host": host,
+        "port": port,
+        "peer_host": peer_host,
+        "peer_port": peer_port,
+        "ssl": session.tls,
+        "auth_mechanism": conn.mechanism,
+        "channels": len(session.channels),
+        "channel_max": conn.channel_max,
+        "frame_max": conn.frame_max,
+        "timeout": conn.heartbeat,
+        "client_properties": jsonable(conn.client_properties),
+        "connected_at": session.connected_at,
+    }
+
+
+def _channel_name(channel: ChannelSession) -> str:
+    return f"{connection_name(channel.session)} ({channel.number})"
+
+
+def channel(node: Node, ch: ChannelSession) -> Json:
+    session = ch.session
+    peer_host, peer_port = _split_address(session.peer)
+    return {
+        "name": _channel_name(ch),
+        "node": node_name(node),
+        "number": ch.number,
+        "user": session.username,
+        "vhost": ch.vhost.name,
+        "connection_details": {
+            "name": connection_name(session), "peer_host": peer_host, "peer_port": peer_port
+        },
+        "state": "running" if ch.flow_active else "flow",
+        "consumer_count": len(ch.consumers),
+        "messages_unacknowledged": len(ch.unacked),
+        "prefetch_count": ch.prefetch_count,
+        "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirming,
+        "transactional": ch.tx is not None,
+    }
+
+
+def consumer(node: Node, c: Consumer) -> Json:
+    ch = c.channel
+    session = ch.session
+    peer_host, peer_port = _split_address(session.peer)
+    return {
+        "consumer_tag": c.tag,
+        "queue": {"name": c.queue.name, "vhost": c.queue.vhost},
+        "channel_details": {
+            "name": _channel_name(ch),
+            "number": ch.number,
+            "connection_name": connection_name(session),
+            "node": node_name(node),
+            "peer_host": peer_host,
+            "peer_port": peer_port,
+            "user": session.username,
+        },
+        "ack_required": not c.no_ack,
+        "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch,
+        "arguments": jsonable(c.arguments),
+        "active": True,
+        "activity_status": "up",
+    }
+
+
+def channels_of(sessions: Iterable[ConnectionSession]) -> list[ChannelSession]:
+    return [ch for s in sessions for _, ch in sorted(s.channels.items()) if not ch.closed]
+
+
+# ---- users and the overview --------------------------------------------------------------------------
+
+
+def user(u: User) -> Json:
+    return {
+        "name": u.name,
+        "password_hash": u.password_hash,
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "tags": list(u.tags),
+        "limits": {},
+    }
+
+
+def whoami(u: User) -> Json:
+    return {"name": u.name, "tags": list(u.tags)}
+
+
+def listeners(node: Node) -> list[Json]:
+    configured = node.config.listeners
+    found = [("amqp", configured.amqp), ("amqp/ssl", configured.amqps), ("http", configured.management)]
+    return [
+        {"node": node_name(node), "protocol": protocol, "ip_address": listener.host, "port": listener.port}
+        for protocol, listener in found
+        if listener is not None
+    ]
+
+
+def overview(node: Node, exchange_types: Iterable[str]) -> Json:
+    queues = list(node.queues())
+    ready = sum(q.message_count for q in queues)
+    unacked = sum(q.unacked for q in queues)
+    channels = channels_of(node.connections)
+    return {
+        # RabbitMQ lets an operator rename the product (product_name/product_version); the RabbitMQ
+        # version stays the one Leveret claims to behave as, as in connection.start.
+        "management_version": ADVERTISED_VERSION,
+        "rabbitmq_version": ADVERTISED_VERSION,
+        "product_name": "Leveret",
+        "product_version": __version__,
+        "cluster_name": node_name(node),
+        "node": node_name(node),
+        "rates_mode": "none",
+        "exchange_types": [{"name": kind, "description": "", "enabled": True} for kind in exchange_types],
+        "object_totals": {
+            "connections": len(node.connections),
+            "channels": len(channels),
+            "consumers": sum(len(ch.consumers) for ch in channels),
+            "exchanges": sum(len(v.exchanges) for v in node.vhosts.values()),
+            "queues": len(queues),
+        },
+        "queue_totals": {
+            "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked
+        },
+        # No message counters are kept yet: RabbitMQ too answers {} before any message moves.
+        "message_stats": {},
+        "listeners": listeners(node),
+    }

@@ -1,0 +1,39 @@
+"""Serve the management API with hypercorn's trio worker on the management listener."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from leveret.broker.management.app import build_app
+from leveret.broker.node import Node
+
+log = logging.getLogger(__name__)
+
+
+async def serve_management(
+    node: Node, host: str, port: int, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled; `task_status` gets the bound addresses ("http://127.0.0.1:15672"), with the
+    real port when `port` is 0."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = log  # hypercorn's own errors go to Leveret's log, not stderr
+    config.graceful_timeout = 1.0  # in-flight requests at shutdown; every answer here is immediate
+    await serve(build_app(node), config, task_status=_LoggedStatus(task_status))
+
+
+class _LoggedStatus:
+    """Log the bound addresses, then pass them on to the caller's task status."""
+
+    def __init__(self, task_status: trio.TaskStatus[list[str]]) -> None:
+        self.task_status = task_status
+
+    def started(self, binds: list[str]) -> None:
+        for bind in binds:
+            log.info("management API on %s", bind)
+        self.task_status.started(binds)

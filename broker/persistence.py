@@ -40,7 +40,7 @@ class StoreJournal(Journal):
         self.log = queue_log
         self.queue_id = queue_id
         # What the log held at open (an index, no bodies): empty for a new queue; taken by recovery.
-        self.recovered: RecoveredLog | None = queue_log.recover_index()
+        self.recovered: RecoveredLog | None = queue_log.recover_index(allowance=persistence.memory_room())
 
     def enqueued(self, entry: Entry) -> int:
         message = entry.message
@@ -120,6 +120,11 @@ class Persistence:
     def definitions_changed(self) -> None:
         self._definitions_dirty = True
         self.pending()
+
+    def memory_room(self) -> int:
+        """How much of the message memory budget is free: what recovery may keep of a log as it scans it."""
+        pager = self.node.pager if self.node is not None else None
+        return max(pager.limit - pager.used, 0) if pager is not None else 0
 
     def journal_for(self, vhost: str, name: str) -> StoreJournal:
         """Blocking: opens (or creates) the queue's directory and reads what it holds."""

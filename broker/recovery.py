@@ -35,18 +35,24 @@ def restore_queue(
             used += sizes[in_memory] + OVERHEAD
             in_memory += 1
     with collection_paused():
-        head = _read(directory, recovered, redelivered, 0, in_memory)
+        head = _read(directory, recovered, redelivered, in_memory)
     queue.restore(head, next_seq)
     queue.restore_paged(list(_chunks(recovered, redelivered, in_memory, pager.chunk_size)))
     return len(head) + count - in_memory
 
 
-def _read(directory: Path, recovered: RecoveredLog, redelivered: bytes, start: int, stop: int) -> list[Entry]:
-    """The messages from `start` to `stop` read back from the log (one that cannot be is logged, lost)."""
-    locations = recovered.locations[start:stop]
+def _read(directory: Path, recovered: RecoveredLog, redelivered: bytes, stop: int) -> list[Entry]:
+    """The first `stop` messages: those the scan kept, and the rest read back from the log (one that
+    cannot be is logged, and lost)."""
+    kept = recovered.kept
+    missing = [position for position in range(stop) if position not in kept]
+    if missing:
+        found = read_enqueues(directory, [recovered.locations[position] for position in missing])
+        kept = {**kept, **{p: record for p, record in zip(missing, found, strict=True) if record is not None}}
     entries = []
     wire: dict[tuple[str, str], bytes] = {}  # one names_raw per exchange and routing key
-    for index, record in enumerate(read_enqueues(directory, locations)):
+    for position in range(stop):
+        record = kept.get(position)
         if record is None:
             continue
         seq, exchange, routing_key, properties_raw, body = record
@@ -54,8 +60,8 @@ def _read(directory: Path, recovered: RecoveredLog, redelivered: bytes, start: i
         message = Message(exchange, routing_key, properties_raw, body, names)
         if names is None:
             wire[(exchange, routing_key)] = message.names_raw
-        entry = Entry(message, seq, bool(redelivered[start + index]))
-        entry.logged = locations[index]
+        entry = Entry(message, seq, bool(redelivered[position]))
+        entry.logged = recovered.locations[position]
         entries.append(entry)
     return entries
 

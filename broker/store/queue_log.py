@@ -73,19 +73,27 @@ def collection_paused() -> Iterator[None]:
 # Property flag bit of `expiration` (AMQP basic class): such a message needs its queue's lifecycle.
 _EXPIRATION_FLAG = 1 << 8
 _SETTLED, _DELIVERED = 1, 2
+# What a kept record costs beyond its body, as the memory budget counts a message (queues/paging.py).
+KEPT_OVERHEAD = 256
+
+
+# (seq, exchange, routing key, properties, body) of an enqueue record, as records.decode_enqueue gives it.
+Enqueued = tuple[int, str, str, bytes, bytes]
 
 
 @dataclass(slots=True)
 class RecoveredLog:
-    """The unsettled messages a log held at open, in seq order, as columns: no bodies, properties nor
-    names, so that a durable backlog larger than memory can be recovered (broker/persistence.py keeps the
-    head in memory and leaves the rest in the log, paged out). About 25 bytes a message."""
+    """The unsettled messages a log held at open, in seq order, as columns (about 25 bytes a message),
+    and the whole records of those the scan could keep within its memory allowance (by position in the
+    columns): a durable backlog larger than memory recovers without its bodies (broker/recovery.py keeps
+    the head in memory and leaves the rest in the log, paged out), one that fits is not read twice."""
 
     seqs: array  # 'q'
     locations: array  # 'q': each one's enqueue record (see `location`)
     sizes: array  # 'q': body bytes
     delivered: bytearray  # 1: delivered before the restart
     expiring: bool  # some message has an `expiration` property
+    kept: dict[int, Enqueued]
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -95,12 +103,18 @@ class _Columns:
     """The enqueues read so far, in seq order (seqs only grow within a log), each marked when a later
     record settles or delivers it; looked up by bisection, not a dict, to stay small."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowance: int) -> None:
         self.seqs = array("q")
         self.locations = array("q")
         self.sizes = array("q")
         self.marks = bytearray()
         self.flags = array("l")
+        self.kept: dict[int, Enqueued] = {}  # by seq
+        self.room = allowance  # bytes of bodies (and KEPT_OVERHEAD each) still allowed in `kept`
+
+    def keep(self, record: Enqueued) -> None:
+        self.kept[record[0]] = record
+        self.room -= len(record[4]) + KEPT_OVERHEAD
 
     def add(self, seq: int, at: int, size: int, flags: int) -> None:
         seqs = self.seqs
@@ -132,6 +146,9 @@ class _Columns:
         if index is None or self.marks[index] & _SETTLED:
             return False
         self.marks[index] |= _SETTLED
+        record = self.kept.pop(seq, None)
+        if record is not None:
+            self.room += len(record[4]) + KEPT_OVERHEAD
         return True
 
     def deliver(self, seq: int) -> None:
@@ -141,12 +158,15 @@ class _Columns:
 
     def unsettled(self) -> RecoveredLog:
         live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        kept = self.kept
+        seqs = array("q", (self.seqs[i] for i in live))
         return RecoveredLog(
-            array("q", (self.seqs[i] for i in live)),
+            seqs,
             array("q", (self.locations[i] for i in live)),
             array("q", (self.sizes[i] for i in live)),
             bytearray(self.marks[i] >> 1 for i in live),
             any(self.flags[i] & _EXPIRATION_FLAG for i in live),
+            {position: kept[seq] for position, seq in enumerate(seqs) if seq in kept} if kept else {},
         )
 
 
@@ -343,24 +363,22 @@ class QueueLog:
     def recover(self) -> list[StoredMessage]:
         """`recover_index`, then every unsettled message read back whole, in seq order: for tests and
         tools (the broker itself keeps most of a large backlog on disk, see broker/persistence.py)."""
-        from .reader import read_enqueues  # reader.py builds on this module
-
-        index = self.recover_index()
+        index = self.recover_index(allowance=1 << 62)
         with collection_paused():
-            found = read_enqueues(self.directory, index.locations)
             return [
-                StoredMessage(*record, delivered=bool(delivered), location=at)
-                for record, delivered, at in zip(found, index.delivered, index.locations, strict=True)
-                if record is not None
+                StoredMessage(*index.kept[position], delivered=bool(delivered), location=at)
+                for position, (delivered, at) in enumerate(zip(index.delivered, index.locations, strict=True))
+                if position in index.kept
             ]
 
-    def recover_index(self) -> RecoveredLog:
-        """Read every segment: which messages are unsettled, where, and which were delivered. Repairs as it
-        reads (see segments.py), deletes the segments nothing needs any more, and starts a new segment
-        for the appends to come."""
+    def recover_index(self, allowance: int = 0) -> RecoveredLog:
+        """Read every segment: which messages are unsettled, where, and which were delivered; and the whole
+        records of the first ones within `allowance` bytes (see RecoveredLog). Repairs as it reads (see
+        segments.py), deletes the segments nothing needs any more, and starts a new segment for the appends
+        to come."""
         if self._recovered:
             raise RuntimeError(f"{self.directory}: already recovered")
-        columns = _Columns()
+        columns = _Columns(allowance)
         indexes = segments.list_segments(self.directory)
         with collection_paused():
             for index in indexes:
@@ -384,6 +402,7 @@ class QueueLog:
     def _read(self, reader: segments.SegmentReader, segment: _Segment, columns: _Columns) -> None:
         data = reader.data
         peek_enqueue = records.peek_enqueue
+        names: dict[bytes, str] = {}
         top = self.last_seq
         enqueued = 0  # added to segment.live at the end: this loop is the hot path of a restart
         at = location(segment.index, 0) - records.HEADER_SIZE  # + a payload's start: its record's location
@@ -391,7 +410,15 @@ class QueueLog:
             try:
                 if kind == ENQUEUE:
                     seq, size, flags = peek_enqueue(data, start, end)
+                    # Decoded before it counts: a record that fails to decode is skipped whole.
+                    record = (
+                        records.decode_enqueue(data, start, end, names)
+                        if size + KEPT_OVERHEAD <= columns.room
+                        else None
+                    )
                     columns.add(seq, at + start, size, flags)
+                    if record is not None:
+                        columns.keep(record)
                     if not enqueued:
                         segment.first_seq = seq
                         self._enqueuing.append(segment)

@@ -60,6 +60,21 @@ def split_names(names_raw: bytes) -> tuple[str, str]:
     return names_raw[1 : 1 + length].decode(), names_raw[2 + length :].decode()
 
 
+def entry_from_record(
+    record: Enqueued, logged: int, redelivered: bool, wire: dict[tuple[str, str], bytes]
+) -> Entry:
+    """An entry for a message read back from disk; `wire` shares one encoded exchange and routing key
+    among the messages of one read."""
+    seq, exchange, routing_key, properties_raw, body = record
+    names = wire.get((exchange, routing_key))
+    message = Message(exchange, routing_key, properties_raw, body, names)
+    if names is None:
+        wire[(exchange, routing_key)] = message.names_raw
+    entry = Entry(message, seq, redelivered)
+    entry.logged = logged
+    return entry
+
+
 class _Read:
     """One chunk to read back: what the worker thread needs, and what it found."""
 
@@ -93,14 +108,7 @@ class _Read:
             if record is None:
                 found.append(None)
                 continue
-            seq, exchange, routing_key, properties_raw, body = record
-            names = wire.get((exchange, routing_key))
-            message = Message(exchange, routing_key, properties_raw, body, names)
-            if names is None:
-                wire[(exchange, routing_key)] = message.names_raw
-            entry = Entry(message, seq, bool(redelivered and redelivered[index]))
-            entry.logged = at
-            found.append(entry)
+            found.append(entry_from_record(record, at, bool(redelivered and redelivered[index]), wire))
 
     def _page_records(self) -> list[Enqueued]:
         """The page run's messages as the log's records are read: (seq, exchange, routing key, ...)."""

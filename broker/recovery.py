@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from leveret.broker.message import Message
+from leveret.broker.pager import entry_from_record
 from leveret.broker.queues.lifecycle import LifecycleQueue
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Entry, Queue
@@ -53,16 +53,10 @@ def _read(directory: Path, recovered: RecoveredLog, redelivered: bytes, stop: in
     wire: dict[tuple[str, str], bytes] = {}  # one names_raw per exchange and routing key
     for position in range(stop):
         record = kept.get(position)
-        if record is None:
-            continue
-        seq, exchange, routing_key, properties_raw, body = record
-        names = wire.get((exchange, routing_key))
-        message = Message(exchange, routing_key, properties_raw, body, names)
-        if names is None:
-            wire[(exchange, routing_key)] = message.names_raw
-        entry = Entry(message, seq, bool(redelivered[position]))
-        entry.logged = recovered.locations[position]
-        entries.append(entry)
+        if record is not None:
+            entries.append(
+                entry_from_record(record, recovered.locations[position], bool(redelivered[position]), wire)
+            )
     return entries
 
 

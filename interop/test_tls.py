@@ -6,13 +6,14 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import aio_pika
 import pika
 import pytest
 
 from interop.brokers import HOST, PROTOCOL_HEADER, Broker, TlsSettings
-from interop.clients import pika_connection, unique
+from interop.clients import NODE_DIR, client_env, pika_connection, run_client, unique
 from tests.certs import TlsFiles, make_tls_files
 
 
@@ -124,3 +125,16 @@ def test_plain_amqp_on_the_tls_port_is_dropped_and_the_broker_serves_on(
     parameters = tls_parameters(broker, client_context(certs, with_certificate=False))
     with pika.BlockingConnection(parameters) as conn:
         assert conn.is_open
+
+
+@pytest.mark.usefixtures("node_modules")
+def test_node_amqplib_over_tls_with_a_client_certificate(
+    private_broker: Callable[..., Broker], certs: TlsFiles, tmp_path: Path
+) -> None:
+    broker = private_broker(tls=settings(certs, verify_peer=True, fail_if_no_peer_cert=True))
+    url = f"amqps://guest:guest@localhost:{broker.tls_port}/"
+    script = ["node", str(NODE_DIR / "tls_round_trip.js"), unique("tls-node")]
+    env = client_env(
+        url, TLS_CA=str(certs.ca), TLS_CERT=str(certs.client_cert), TLS_KEY=str(certs.client_key)
+    )
+    assert run_client(script, tmp_path, env) == "got over tls\n"

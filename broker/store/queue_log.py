@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records, segments
-from .records import DELIVERED, ENQUEUE, SETTLE
+from .records import DELIVERED, ENQUEUE, ENQUEUE_EXPIRING, ENQUEUES, SETTLE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class StoredMessage:
     properties_raw: bytes
     body: bytes
     delivered: bool = False
+    deadline: int | None = None  # when it expires (ms since the epoch), if it was logged with one
     location: int = field(default=0, compare=False)  # of its enqueue record
 
 
@@ -73,6 +74,8 @@ def collection_paused() -> Iterator[None]:
 # Property flag bit of `expiration` (AMQP basic class): such a message needs its queue's lifecycle.
 _EXPIRATION_FLAG = 1 << 8
 _SETTLED, _DELIVERED = 1, 2
+# In RecoveredLog.deadlines: a message logged without a deadline.
+NO_DEADLINE = -(1 << 63)
 
 
 @dataclass(slots=True)
@@ -85,10 +88,19 @@ class RecoveredLog:
     locations: array  # 'q': each one's enqueue record (see `location`)
     sizes: array  # 'q': body bytes
     delivered: bytearray  # 1: delivered before the restart
-    expiring: bool  # some message has an `expiration` property
+    expiring: bool  # some message has an `expiration` property or a deadline
+    # 'q': each one's deadline (ms since the epoch, NO_DEADLINE: none), None when no message has one.
+    deadlines: array | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def deadline(self, index: int) -> int | None:
+        """The deadline the message at `index` was logged with, if any."""
+        deadlines = self.deadlines
+        if deadlines is None or deadlines[index] == NO_DEADLINE:
+            return None
+        return deadlines[index]
 
 
 class _Columns:
@@ -101,26 +113,49 @@ class _Columns:
         self.sizes = array("q")
         self.marks = bytearray()
         self.flags = array("l")
+        # Made at the first expiring enqueue, so that a log without any costs nothing for it.
+        self.deadlines: array | None = None
 
     def add(self, seq: int, at: int, size: int, flags: int) -> None:
         seqs = self.seqs
         if seqs and seq <= seqs[-1]:  # never written so, but a log must recover whatever it holds
-            index = bisect_left(seqs, seq)
-            if index < len(seqs) and seqs[index] == seq:
-                self.locations[index], self.sizes[index], self.flags[index] = at, size, flags
-                self.marks[index] = 0
-                return
-            seqs.insert(index, seq)
-            self.locations.insert(index, at)
-            self.sizes.insert(index, size)
-            self.flags.insert(index, flags)
-            self.marks.insert(index, 0)
+            self._add_out_of_order(seq, at, size, flags, NO_DEADLINE)
             return
         seqs.append(seq)
         self.locations.append(at)
         self.sizes.append(size)
         self.flags.append(flags)
         self.marks.append(0)
+        if self.deadlines is not None:
+            self.deadlines.append(NO_DEADLINE)
+
+    def add_expiring(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
+        if self.deadlines is None:
+            self.deadlines = array("q", [NO_DEADLINE]) * len(self.seqs)
+        seqs = self.seqs
+        if seqs and seq <= seqs[-1]:
+            self._add_out_of_order(seq, at, size, flags, deadline)
+            return
+        self.add(seq, at, size, flags)
+        self.deadlines[-1] = deadline
+
+    def _add_out_of_order(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
+        seqs = self.seqs
+        deadlines = self.deadlines
+        index = bisect_left(seqs, seq)
+        if index < len(seqs) and seqs[index] == seq:
+            self.locations[index], self.sizes[index], self.flags[index] = at, size, flags
+            self.marks[index] = 0
+            if deadlines is not None:
+                deadlines[index] = deadline
+            return
+        seqs.insert(index, seq)
+        self.locations.insert(index, at)
+        self.sizes.insert(index, size)
+        self.flags.insert(index, flags)
+        self.marks.insert(index, 0)
+        if deadlines is not None:
+            deadlines.insert(index, deadline)
 
     def _index(self, seq: int) -> int | None:
         index = bisect_left(self.seqs, seq)
@@ -141,12 +176,18 @@ class _Columns:
 
     def unsettled(self) -> RecoveredLog:
         live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        deadlines = None
+        if self.deadlines is not None:
+            deadlines = array("q", (self.deadlines[i] for i in live))
+            if deadlines.count(NO_DEADLINE) == len(deadlines):
+                deadlines = None  # the expiring ones are all settled
         return RecoveredLog(
             array("q", (self.seqs[i] for i in live)),
             array("q", (self.locations[i] for i in live)),
             array("q", (self.sizes[i] for i in live)),
             bytearray(self.marks[i] >> 1 for i in live),
-            any(self.flags[i] & _EXPIRATION_FLAG for i in live),
+            deadlines is not None or any(self.flags[i] & _EXPIRATION_FLAG for i in live),
+            deadlines,
         )
 
 
@@ -209,13 +250,17 @@ class QueueLog:
     # -- appends (event loop) ---------------------------------------------------------------------
 
     def append_enqueue(self, seq: int, exchange: str, routing_key: str, properties_raw: bytes,
-                       body: bytes) -> int:
-        """Record a persistent message; returns its write position (durable once the store's
-        `durable_position` reaches it)."""
+                       body: bytes, deadline: int | None = None) -> int:
+        """Record a persistent message, expiring at `deadline` (ms since the epoch) if given; returns its
+        write position (durable once the store's `durable_position` reaches it)."""
         if seq <= self.last_seq:
             raise ValueError(f"seq {seq} is not above the last seq {self.last_seq}")
-        position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key, properties_raw,
-                                                                 body), True)
+        if deadline is None:
+            position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key,
+                                                                     properties_raw, body), True)
+        else:
+            position = self._append(ENQUEUE_EXPIRING, records.expiring_enqueue_payload(
+                deadline, seq, exchange, routing_key, properties_raw, body), True)
         segment = self._active
         self.last_location = location(segment.index, self._record_offset)
         if not segment.first_seq:
@@ -349,8 +394,10 @@ class QueueLog:
         with collection_paused():
             found = read_enqueues(self.directory, index.locations)
             return [
-                StoredMessage(*record, delivered=bool(delivered), location=at)
-                for record, delivered, at in zip(found, index.delivered, index.locations, strict=True)
+                StoredMessage(*record, delivered=bool(delivered), deadline=index.deadline(i), location=at)
+                for i, (record, delivered, at) in enumerate(
+                    zip(found, index.delivered, index.locations, strict=True)
+                )
                 if record is not None
             ]
 
@@ -389,9 +436,12 @@ class QueueLog:
         at = location(segment.index, 0) - records.HEADER_SIZE  # + a payload's start: its record's location
         for kind, start, end in reader:
             try:
-                if kind == ENQUEUE:
-                    seq, size, flags = peek_enqueue(data, start, end)
-                    columns.add(seq, at + start, size, flags)
+                if kind in ENQUEUES:
+                    if kind == ENQUEUE:
+                        seq, size, flags = peek_enqueue(data, start, end)
+                        columns.add(seq, at + start, size, flags)
+                    else:
+                        seq = self._read_expiring(data, start, end, at, columns)
                     if not enqueued:
                         segment.first_seq = seq
                         self._enqueuing.append(segment)
@@ -415,6 +465,14 @@ class QueueLog:
         reader.repair()
         segment.live += enqueued
         self.last_seq = top
+
+    @staticmethod
+    def _read_expiring(data: bytes, start: int, end: int, at: int, columns: _Columns) -> int:
+        """Index an ENQUEUE_EXPIRING record (its payload from `start`); returns its seq."""
+        deadline = records.decode_deadline(data, start)
+        seq, size, flags = records.peek_enqueue(data, start + records.DEADLINE_SIZE, end)
+        columns.add_expiring(seq, at + start, size, flags, deadline)
+        return seq
 
     def _refer(self, segment: _Segment, seq: int, settled: bool) -> None:
         """Bookkeeping for a settle (`settled`: it settled a live message) or delivered record of `seq`

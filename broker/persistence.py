@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,12 +44,14 @@ class StoreJournal(Journal):
         # What the log held at open (an index, no bodies): empty for a new queue; taken by recovery.
         self.recovered: RecoveredLog | None = queue_log.recover_index(allowance=persistence.memory_room())
 
-    def enqueued(self, entry: Entry) -> int:
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
         message = entry.message
         if message.delivery_mode != 2:
             return 0
+        # The log keeps a deadline as wall-clock time: a queue's monotonic clock starts again at a restart.
+        deadline = None if expires_in is None else self.persistence.wall_deadline(expires_in)
         position = self.log.append_enqueue(
-            entry.seq, message.exchange, message.routing_key, message.properties_raw, message.body
+            entry.seq, message.exchange, message.routing_key, message.properties_raw, message.body, deadline
         )
         entry.logged = self.log.last_location  # where a paged-out copy is read back from
         self.persistence.pending()
@@ -110,6 +114,12 @@ class Persistence:
         self._definitions_dirty = False
         self._pending = False
         self.wake: Callable[[], None] = lambda: None  # the server's persistence task sets this
+        # Seconds since the epoch: what logged deadlines are measured by (tests set a fake one).
+        self.wall_clock: Callable[[], float] = time.time
+
+    def wall_deadline(self, expires_in: float) -> int:
+        """The deadline `expires_in` seconds from now, in ms since the epoch (rounded up: never early)."""
+        return math.ceil((self.wall_clock() + expires_in) * 1000)
 
     def pending(self) -> None:
         """Something waits to be committed: wake the persistence task once per batch."""
@@ -222,7 +232,9 @@ class Persistence:
         assert isinstance(journal, StoreJournal) and journal.recovered is not None
         recovered, journal.recovered = journal.recovered, None
         log = journal.log
-        return restore_queue(queue, log.directory, recovered, log.last_seq + 1, self.after_crash)
+        return restore_queue(
+            queue, log.directory, recovered, log.last_seq + 1, self.after_crash, self.wall_clock()
+        )
 
 
 def is_durable_queue(queue: Queue) -> bool:

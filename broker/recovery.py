@@ -3,7 +3,9 @@ log as paged-out chunks (queues/paging.py), so that a backlog larger than the me
 bounded memory. The log's index of them (store.queue_log.RecoveredLog) holds no bodies.
 
 Queues whose messages carry deadlines (a lifecycle queue, or any message with an `expiration`) get all of
-them in memory, as their deadlines are kept there.
+them in memory, as their deadlines are kept there. A deadline logged with a message is wall-clock time;
+the queue gets the time it has left, so that a message whose TTL ran out while the broker was down
+expires as soon as the node's timers run, and the others keep only the rest of their TTL.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from leveret.broker.pager import entry_from_record
 from leveret.broker.queues.lifecycle import LifecycleQueue
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Entry, Queue
-from leveret.broker.store.queue_log import RecoveredLog, collection_paused
+from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog, collection_paused
 from leveret.broker.store.reader import read_enqueues
 
 
 def restore_queue(
-    queue: Queue, directory: Path, recovered: RecoveredLog, next_seq: int, after_crash: bool
+    queue: Queue, directory: Path, recovered: RecoveredLog, next_seq: int, after_crash: bool, wall_now: float
 ) -> int:
-    """Put `recovered` (read from the log in `directory`) back into `queue`; returns how many came back."""
+    """Put `recovered` (read from the log in `directory`) back into `queue`; returns how many came back.
+    `wall_now`: the wall clock (seconds since the epoch) that logged deadlines are compared with."""
     count = len(recovered)
     redelivered = bytes([1]) * count if after_crash else bytes(recovered.delivered)
     pager = queue.pager
@@ -35,29 +38,39 @@ def restore_queue(
             used += sizes[in_memory] + OVERHEAD
             in_memory += 1
     with collection_paused():
-        head = _read(directory, recovered, redelivered, in_memory)
-    queue.restore(head, next_seq)
+        head, expires_in = _read(directory, recovered, redelivered, in_memory, wall_now)
+    queue.restore(head, next_seq, expires_in)
     queue.restore_paged(list(_chunks(recovered, redelivered, in_memory, pager.chunk_size)))
     return len(head) + count - in_memory
 
 
-def _read(directory: Path, recovered: RecoveredLog, redelivered: bytes, stop: int) -> list[Entry]:
+def _read(
+    directory: Path, recovered: RecoveredLog, redelivered: bytes, stop: int, wall_now: float
+) -> tuple[list[Entry], list[float | None] | None]:
     """The first `stop` messages: those the scan kept, and the rest read back from the log (one that
-    cannot be is logged, and lost)."""
+    cannot be is logged, and lost); and the seconds each has left before its logged deadline (None: logged
+    without one), if any has one."""
     kept = recovered.kept
     missing = [position for position in range(stop) if position not in kept]
     if missing:
         found = read_enqueues(directory, [recovered.locations[position] for position in missing])
         kept = {**kept, **{p: record for p, record in zip(missing, found, strict=True) if record is not None}}
+    deadlines = recovered.deadlines
+    expires_in: list[float | None] | None = None if deadlines is None else []
     entries = []
     wire: dict[tuple[str, str], bytes] = {}  # one names_raw per exchange and routing key
     for position in range(stop):
         record = kept.get(position)
-        if record is not None:
-            entries.append(
-                entry_from_record(record, recovered.locations[position], bool(redelivered[position]), wire)
-            )
-    return entries
+        if record is None:
+            continue
+        entries.append(
+            entry_from_record(record, recovered.locations[position], bool(redelivered[position]), wire)
+        )
+        if expires_in is not None:
+            assert deadlines is not None
+            deadline = deadlines[position]
+            expires_in.append(None if deadline == NO_DEADLINE else deadline / 1000 - wall_now)
+    return entries, expires_in
 
 
 def _chunks(recovered: RecoveredLog, redelivered: bytes, start: int, chunk_size: int) -> Iterator[Chunk]:

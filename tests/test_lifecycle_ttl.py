@@ -227,7 +227,7 @@ def test_an_expired_queue_deletes_its_deadline() -> None:
     assert node.deadlines.next_deadline() is None
 
 
-def test_recovered_messages_get_their_ttl_from_the_recovery() -> None:
+def test_recovered_messages_logged_without_a_deadline_get_their_ttl_from_the_recovery() -> None:
     node, clock = clocked_node()
     client = connect(node)
     declare_queue(client, "q", **{"x-message-ttl": 1000})
@@ -240,6 +240,36 @@ def test_recovered_messages_get_their_ttl_from_the_recovery() -> None:
     client.publish(1, b"new", routing_key="q")
     assert [e.seq for e in queue.ready] == [2, 3]
     assert [b for _, _, b in messages(client.method(1, Basic.Get(queue="q", no_ack=True)))] == [b"long"]
+
+
+def test_recovered_messages_keep_the_time_their_logged_deadlines_leave() -> None:
+    node, clock = clocked_node()
+    client = connect(node)
+    declare_queue(client, "q", **{"x-message-ttl": 1000})
+    queue = node.vhosts["/"].queues["q"]
+    payloads = (b"a", b"b", b"c")
+    recovered = [Entry(Message("", "q", b"\x00\x00", body), seq) for seq, body in enumerate(payloads, 1)]
+    # Ran out while down; 0.3 s left; logged without a deadline (its TTL counts from now).
+    queue.restore(recovered, next_seq=4, expires_in=[-5.0, 0.3, None])
+    due = node.deadlines.next_deadline()
+    assert due is not None and due <= clock.now  # due already: the timers take it first thing
+    clock.advance(0.01)
+    assert [e.message.body for e in queue.ready] == [b"b", b"c"]
+    clock.advance(0.3)
+    assert [e.message.body for e in queue.ready] == [b"c"]
+    clock.advance(0.7)
+    assert [e.message.body for e in queue.ready] == []
+
+
+def test_a_recovered_deadline_never_lies_further_than_a_whole_ttl() -> None:
+    """The wall clock went back while the broker was down: the logged deadline is far off."""
+    node, clock = clocked_node()
+    client = connect(node)
+    declare_queue(client, "q", **{"x-message-ttl": 1000})
+    queue = node.vhosts["/"].queues["q"]
+    queue.restore([Entry(Message("", "q", b"\x00\x00", b"m"), 1)], next_seq=2, expires_in=[3600.0])
+    clock.advance(1.01)
+    assert queue.message_count == 0
 
 
 def test_deleted_queues_do_not_pile_up_in_the_timer_heap() -> None:

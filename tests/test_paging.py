@@ -8,6 +8,7 @@ rounds run on the test's thread (`drive`), where the server would run them in a 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from pamqp.commands import Basic, Queue
 from trio.testing import MockClock
 
+from leveret.broker import persistence
 from leveret.broker.node import Node
 from leveret.broker.queues.paging import OVERHEAD
 from leveret.broker.queues.queue import Queue as BrokerQueue
@@ -429,6 +431,44 @@ async def test_paged_messages_expire_when_they_reach_the_head(
         drive(node)
     assert queue_of(node).message_count == 0
     assert get_all(client, "dead") == fresh(range(200))
+
+
+class _LaterWallClock:
+    """Stands in for the `time` module of broker/persistence.py: a wall clock `ahead` seconds ahead."""
+
+    def __init__(self, ahead: float) -> None:
+        self.ahead = ahead
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+
+async def test_a_durable_ttl_backlog_pages_through_its_log_and_expires_after_a_restart_past_its_ttl(
+    tmp_path: Path, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arguments = {"x-message-ttl": 60_000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+    node = start(tmp_path)
+    client = connect(node, durable=True, arguments=arguments)
+    connect(node, "dead", durable=True)
+    publish(client, range(300), properties=PERSISTENT)
+    drive(node)
+    queue = queue_of(node)
+    assert queue.paged is not None and all(chunk.locations is not None for chunk in queue.paged.chunks)
+    assert page_files(tmp_path) == []  # the chunks are the log's records, deadline and all
+    assert get_all_but(client, 100) == fresh(range(100))  # read back from the log
+    drive(node)
+    assert node.persistence is not None
+    node.persistence.close()
+
+    monkeypatch.setattr(persistence, "time", _LaterWallClock(120))  # down for two minutes
+    restarted = start(tmp_path)
+    drive(restarted)  # whole into memory (a lifecycle queue), then paged out again
+    assert queue_of(restarted).paged is not None
+    for _ in range(20):  # each deadline reads the next chunk back, then expires it
+        restarted.deadlines.fire(autojump_clock.current_time())
+        drive(restarted)
+    assert queue_of(restarted).message_count == 0
+    assert get_all(connect(restarted, "dead", durable=True), "dead") == fresh(range(100, 300))
 
 
 async def test_a_paged_plain_queue_that_takes_on_a_lifecycle_keeps_its_paged_messages(tmp_path: Path) -> None:

@@ -17,8 +17,15 @@ from pathlib import Path
 import pytest
 
 from leveret.broker.store import DefinitionsError, DefinitionsStore, QueueLog, Store, StoredMessage
-from leveret.broker.store.records import ENQUEUE, enqueue_payload, record_header
-from leveret.broker.store.segments import HEADER_SIZE, list_segments, segment_path
+from leveret.broker.store.queue_log import NO_DEADLINE
+from leveret.broker.store.records import (
+    ENQUEUE,
+    ENQUEUE_EXPIRING,
+    RecordScanner,
+    enqueue_payload,
+    record_header,
+)
+from leveret.broker.store.segments import HEADER_SIZE, list_segments, read_salt, segment_path
 
 PROPS = b"\x10\x00\x02"  # delivery_mode 2
 
@@ -452,6 +459,78 @@ def test_orphans_can_be_listed_and_deleted(tmp_path: Path) -> None:
     store.delete_queue(Store.queue_id("/", "gone"))
     sync(store)
     assert Store(tmp_path).stored_queues() == {}
+
+
+# -- deadlines (message TTL as wall-clock time) ------------------------------------------------------
+
+
+def record_kinds(log: QueueLog) -> list[int]:
+    """The kinds of the records in the log's first segment, in order."""
+    data = segment_path(log.directory, 0).read_bytes()
+    salt = read_salt(data[:HEADER_SIZE])
+    assert salt is not None
+    return [kind for kind, _, _ in RecordScanner(data, HEADER_SIZE, salt)]
+
+
+def test_a_message_without_a_deadline_keeps_the_plain_enqueue_record(tmp_path: Path) -> None:
+    store, log, _ = open_log(tmp_path)
+    enqueue(log, 1)
+    log.append_enqueue(2, "amq.direct", "key.2", PROPS, b"m2", deadline=1_700_000_000_123)
+    sync(store)
+    data = segment_path(log.directory, 0).read_bytes()
+    plain = enqueue_payload(1, "amq.direct", "key.1", PROPS, b"m1")
+    assert data[HEADER_SIZE + 13 :].startswith(plain)  # right after its 13-byte record header, as before
+    assert record_kinds(log) == [ENQUEUE, ENQUEUE_EXPIRING]
+
+
+def test_deadlines_come_back_with_their_messages(tmp_path: Path) -> None:
+    store, log, _ = open_log(tmp_path, max_segment_size=300)  # several segments
+    deadline = 1_700_000_000_000
+    for seq in range(1, 21):
+        log.append_enqueue(seq, "", "q", PROPS, b"m%d" % seq, deadline + seq if seq % 3 else None)
+    log.append_settle([3, 4])
+    sync(store)
+
+    store, log, recovered = open_log(tmp_path, max_segment_size=300)
+    assert [(m.seq, m.deadline) for m in recovered] == [
+        (seq, deadline + seq if seq % 3 else None) for seq in range(1, 21) if seq not in (3, 4)
+    ]
+    assert recovered[0] == StoredMessage(1, "", "q", PROPS, b"m1", deadline=deadline + 1)
+    assert Store(tmp_path, max_segment_size=300).open_queue("/", "q").recover_index().expiring
+
+
+def test_the_index_of_a_log_without_deadlines_has_no_deadline_column(tmp_path: Path) -> None:
+    store, log, _ = open_log(tmp_path)
+    for seq in range(1, 4):
+        enqueue(log, seq)
+    log.append_enqueue(4, "", "q", PROPS, b"gone", deadline=1_700_000_000_000)
+    log.append_settle([4])  # the only one with a deadline is settled
+    sync(store)
+    index = Store(tmp_path).open_queue("/", "q").recover_index()
+    assert list(index.seqs) == [1, 2, 3]
+    assert index.deadlines is None and not index.expiring
+
+
+def test_deadlines_stay_with_their_seqs_in_a_log_out_of_order(tmp_path: Path) -> None:
+    """Seqs never go down within a log, but its recovery copes with a log that has them so."""
+    store, log, _ = open_log(tmp_path)
+    log.append_enqueue(5, "", "q", PROPS, b"five", deadline=5000)
+    enqueue(log, 6)
+    sync(store)
+    data = bytearray(segment_path(log.directory, 0).read_bytes())
+    salt = read_salt(bytes(data[:HEADER_SIZE]))
+    assert salt is not None
+    for seq, deadline in ((2, 2000), (3, None)):  # appended behind the log's back, seqs below 5
+        payload = enqueue_payload(seq, "", "q", PROPS, b"m%d" % seq)
+        kind = ENQUEUE
+        if deadline is not None:
+            payload, kind = deadline.to_bytes(8, "little") + payload, ENQUEUE_EXPIRING
+        data += record_header(kind, payload, salt) + payload
+    segment_path(log.directory, 0).write_bytes(bytes(data))
+    index = Store(tmp_path).open_queue("/", "q").recover_index()
+    assert list(index.seqs) == [2, 3, 5, 6]
+    assert index.deadlines is not None
+    assert list(index.deadlines) == [2000, NO_DEADLINE, 5000, NO_DEADLINE]
 
 
 # -- definitions -------------------------------------------------------------------------------------

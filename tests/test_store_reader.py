@@ -43,6 +43,21 @@ def test_enqueue_records_are_read_back_by_location(tmp_path: Path) -> None:
     assert found == [(seq, "ex", f"key.{seq}", PROPS, b"%d" % seq * 100) for seq in wanted]
 
 
+def test_expiring_enqueue_records_are_read_back_by_location(tmp_path: Path) -> None:
+    """A paged-out message of a queue with a TTL: its record holds a deadline ahead of the enqueue."""
+    store = Store(tmp_path)
+    log = store.open_queue("/", "q")
+    log.recover()
+    locations = []
+    for seq in range(1, 5):
+        deadline = 1_700_000_000_000 + seq if seq % 2 else None
+        log.append_enqueue(seq, "ex", "key", PROPS, b"body %d" % seq, deadline)
+        locations.append(log.last_location)
+    sync(store)
+    found = read_enqueues(log.directory, locations)
+    assert found == [(seq, "ex", "key", PROPS, b"body %d" % seq) for seq in range(1, 5)]
+
+
 def test_recovery_reports_the_locations_appends_got(tmp_path: Path) -> None:
     store = Store(tmp_path)
     log = store.open_queue("/", "q")

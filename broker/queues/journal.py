@@ -15,7 +15,8 @@ class Journal:
     written (a transient queue or message): a publisher confirm waits for that position.
     """
 
-    def enqueued(self, entry: Entry) -> int:
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
+        """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 
     def delivered(self, entry: Entry) -> None:

@@ -124,6 +124,17 @@ class LifecycleQueue(Queue):
             self._expiring = True
         return tracked
 
+    def _track_recovered(self, entry: Entry, now: float, left: float | None) -> TrackedEntry:
+        """A recovered entry whose logged deadline leaves it `left` seconds (None: none was logged, as in
+        logs from before deadlines were kept, when its TTL counts from the recovery). Never longer than
+        its whole TTL from now, should the wall clock have gone back meanwhile."""
+        if left is None:
+            return self._track(entry, now)
+        expires = deadline(entry.message, self.settings.message_ttl, now)
+        tracked = TrackedEntry.adopt(entry, now + left if expires is None else min(expires, now + left))
+        self._expiring = True
+        return tracked
+
     # ---- messages ---------------------------------------------------------------------------
 
     def enqueue(self, message: Message) -> int | None:
@@ -136,22 +147,26 @@ class LifecycleQueue(Queue):
                     self._dead_letter([message], MAXLEN)
                 return None
         now = self._clock()
-        entry = TrackedEntry(message, next(self._seq), deadline(message, settings.message_ttl, now))
-        if entry.expires is not None:
+        expires = deadline(message, settings.message_ttl, now)
+        entry = TrackedEntry(message, next(self._seq), expires)
+        # The journal gets the time left: a durable log keeps it across a restart.
+        expires_in = None
+        if expires is not None:
             self._expiring = True
+            expires_in = expires - now
         at_head = not ready and paged is None
         if at_head and self.consumers and not self._consumers_full:
             consumer = self._next_consumer()
             if consumer is not None:
-                position = self.journal.enqueued(entry)
+                position = self.journal.enqueued(entry, expires_in)
                 self._hand_over(consumer, entry)
                 return position
             self._consumers_full = True
-        if at_head and entry.expires is not None and entry.expires <= now:
+        if at_head and expires is not None and expires <= now:
             # Expired on arrival (a TTL of 0 and no consumer ready for it): never stored.
             self._dead_letter([message], EXPIRED)
             return 0
-        position = self.journal.enqueued(entry)
+        position = self.journal.enqueued(entry, expires_in)
         if paged is not None:
             paged.append(entry)
             self.pager.used += len(message.body) + OVERHEAD
@@ -166,11 +181,17 @@ class LifecycleQueue(Queue):
         self._check_budget()
         return position
 
-    def restore(self, entries: Iterable[Entry], next_seq: int) -> None:
-        # The log keeps no deadlines: a recovered message's TTL counts from the recovery.
+    def restore(
+        self, entries: Iterable[Entry], next_seq: int, expires_in: list[float | None] | None = None
+    ) -> None:
+        # Nothing expires here: dead-lettering waits for the timers, once every queue and binding is back.
         now = self._clock()
-        for entry in entries:
-            self.ready.append(self._track(entry, now))
+        if expires_in is None:
+            for entry in entries:
+                self.ready.append(self._track(entry, now))
+        else:
+            for entry, left in zip(entries, expires_in, strict=True):
+                self.ready.append(self._track_recovered(entry, now, left))
         self._seq = itertools.count(next_seq)
         self._reschedule()
         self._check_budget()

@@ -134,12 +134,15 @@ class Queue(Pageable):
             self.deliver_ready()
         return position
 
-    def restore(self, entries: Iterable[Entry], next_seq: int) -> None:
+    def restore(
+        self, entries: Iterable[Entry], next_seq: int, expires_in: list[float | None] | None = None
+    ) -> None:
         """Recovered entries, in order, before any publish. New entries number from `next_seq`: above
-        every seq the log ever held, settled ones included, so no number is used twice."""
+        every seq the log ever held, settled ones included, so no number is used twice. `expires_in`:
+        for each entry, the seconds its logged deadline leaves it (None: none logged), if any has one."""
         entries = list(entries)
-        if any(entry.message.expiration is not None for entry in entries):
-            self._with_lifecycle().restore(entries, next_seq)
+        if expires_in is not None or any(entry.message.expiration is not None for entry in entries):
+            self._with_lifecycle().restore(entries, next_seq, expires_in)
             return
         self.ready.extend(entries)
         self._seq = itertools.count(next_seq)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records, segments
-from .records import DELIVERED, ENQUEUE, SETTLE
+from .records import DELIVERED, ENQUEUE, ENQUEUE_EXPIRING, ENQUEUES, SETTLE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class StoredMessage:
     properties_raw: bytes
     body: bytes
     delivered: bool = False
+    deadline: int | None = None  # when it expires (ms since the epoch), if it was logged with one
     location: int = field(default=0, compare=False)  # of its enqueue record
 
 
@@ -73,9 +74,10 @@ def collection_paused() -> Iterator[None]:
 # Property flag bit of `expiration` (AMQP basic class): such a message needs its queue's lifecycle.
 _EXPIRATION_FLAG = 1 << 8
 _SETTLED, _DELIVERED = 1, 2
+# In RecoveredLog.deadlines: a message logged without a deadline.
+NO_DEADLINE = -(1 << 63)
 # What a kept record costs beyond its body, as the memory budget counts a message (queues/paging.py).
 KEPT_OVERHEAD = 256
-
 
 # (seq, exchange, routing key, properties, body) of an enqueue record, as records.decode_enqueue gives it.
 Enqueued = tuple[int, str, str, bytes, bytes]
@@ -92,11 +94,20 @@ class RecoveredLog:
     locations: array  # 'q': each one's enqueue record (see `location`)
     sizes: array  # 'q': body bytes
     delivered: bytearray  # 1: delivered before the restart
-    expiring: bool  # some message has an `expiration` property
-    kept: dict[int, Enqueued]
+    expiring: bool  # some message has an `expiration` property or a deadline
+    kept: dict[int, Enqueued] = field(default_factory=dict)
+    # 'q': each one's deadline (ms since the epoch, NO_DEADLINE: none), None when no message has one.
+    deadlines: array | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def deadline(self, index: int) -> int | None:
+        """The deadline the message at `index` was logged with, if any."""
+        deadlines = self.deadlines
+        if deadlines is None or deadlines[index] == NO_DEADLINE:
+            return None
+        return deadlines[index]
 
 
 class _Columns:
@@ -109,6 +120,8 @@ class _Columns:
         self.sizes = array("q")
         self.marks = bytearray()
         self.flags = array("l")
+        # Made at the first expiring enqueue, so that a log without any costs nothing for it.
+        self.deadlines: array | None = None
         self.kept: dict[int, Enqueued] = {}  # by seq
         self.room = allowance  # bytes of bodies (and KEPT_OVERHEAD each) still allowed in `kept`
 
@@ -119,22 +132,43 @@ class _Columns:
     def add(self, seq: int, at: int, size: int, flags: int) -> None:
         seqs = self.seqs
         if seqs and seq <= seqs[-1]:  # never written so, but a log must recover whatever it holds
-            index = bisect_left(seqs, seq)
-            if index < len(seqs) and seqs[index] == seq:
-                self.locations[index], self.sizes[index], self.flags[index] = at, size, flags
-                self.marks[index] = 0
-                return
-            seqs.insert(index, seq)
-            self.locations.insert(index, at)
-            self.sizes.insert(index, size)
-            self.flags.insert(index, flags)
-            self.marks.insert(index, 0)
+            self._add_out_of_order(seq, at, size, flags, NO_DEADLINE)
             return
         seqs.append(seq)
         self.locations.append(at)
         self.sizes.append(size)
         self.flags.append(flags)
         self.marks.append(0)
+        if self.deadlines is not None:
+            self.deadlines.append(NO_DEADLINE)
+
+    def add_expiring(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
+        if self.deadlines is None:
+            self.deadlines = array("q", [NO_DEADLINE]) * len(self.seqs)
+        seqs = self.seqs
+        if seqs and seq <= seqs[-1]:
+            self._add_out_of_order(seq, at, size, flags, deadline)
+            return
+        self.add(seq, at, size, flags)
+        self.deadlines[-1] = deadline
+
+    def _add_out_of_order(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
+        seqs = self.seqs
+        deadlines = self.deadlines
+        index = bisect_left(seqs, seq)
+        if index < len(seqs) and seqs[index] == seq:
+            self.locations[index], self.sizes[index], self.flags[index] = at, size, flags
+            self.marks[index] = 0
+            if deadlines is not None:
+                deadlines[index] = deadline
+            return
+        seqs.insert(index, seq)
+        self.locations.insert(index, at)
+        self.sizes.insert(index, size)
+        self.flags.insert(index, flags)
+        self.marks.insert(index, 0)
+        if deadlines is not None:
+            deadlines.insert(index, deadline)
 
     def _index(self, seq: int) -> int | None:
         index = bisect_left(self.seqs, seq)
@@ -158,6 +192,11 @@ class _Columns:
 
     def unsettled(self) -> RecoveredLog:
         live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        deadlines = None
+        if self.deadlines is not None:
+            deadlines = array("q", (self.deadlines[i] for i in live))
+            if deadlines.count(NO_DEADLINE) == len(deadlines):
+                deadlines = None  # the expiring ones are all settled
         kept = self.kept
         seqs = array("q", (self.seqs[i] for i in live))
         return RecoveredLog(
@@ -165,8 +204,9 @@ class _Columns:
             array("q", (self.locations[i] for i in live)),
             array("q", (self.sizes[i] for i in live)),
             bytearray(self.marks[i] >> 1 for i in live),
-            any(self.flags[i] & _EXPIRATION_FLAG for i in live),
+            deadlines is not None or any(self.flags[i] & _EXPIRATION_FLAG for i in live),
             {position: kept[seq] for position, seq in enumerate(seqs) if seq in kept} if kept else {},
+            deadlines,
         )
 
 
@@ -229,13 +269,17 @@ class QueueLog:
     # -- appends (event loop) ---------------------------------------------------------------------
 
     def append_enqueue(self, seq: int, exchange: str, routing_key: str, properties_raw: bytes,
-                       body: bytes) -> int:
-        """Record a persistent message; returns its write position (durable once the store's
-        `durable_position` reaches it)."""
+                       body: bytes, deadline: int | None = None) -> int:
+        """Record a persistent message, expiring at `deadline` (ms since the epoch) if given; returns its
+        write position (durable once the store's `durable_position` reaches it)."""
         if seq <= self.last_seq:
             raise ValueError(f"seq {seq} is not above the last seq {self.last_seq}")
-        position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key, properties_raw,
-                                                                 body), True)
+        if deadline is None:
+            position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key,
+                                                                     properties_raw, body), True)
+        else:
+            position = self._append(ENQUEUE_EXPIRING, records.expiring_enqueue_payload(
+                deadline, seq, exchange, routing_key, properties_raw, body), True)
         segment = self._active
         self.last_location = location(segment.index, self._record_offset)
         if not segment.first_seq:
@@ -361,14 +405,16 @@ class QueueLog:
     # -- files (blocking) -------------------------------------------------------------------------
 
     def recover(self) -> list[StoredMessage]:
-        """`recover_index`, then every unsettled message read back whole, in seq order: for tests and
-        tools (the broker itself keeps most of a large backlog on disk, see broker/persistence.py)."""
+        """`recover_index`, then every unsettled message whole, in seq order: for tests and tools (the
+        broker itself keeps most of a large backlog on disk, see broker/recovery.py)."""
         index = self.recover_index(allowance=1 << 62)
         with collection_paused():
             return [
-                StoredMessage(*index.kept[position], delivered=bool(delivered), location=at)
-                for position, (delivered, at) in enumerate(zip(index.delivered, index.locations, strict=True))
-                if position in index.kept
+                StoredMessage(
+                    *index.kept[i], delivered=bool(delivered), deadline=index.deadline(i), location=at
+                )
+                for i, (delivered, at) in enumerate(zip(index.delivered, index.locations, strict=True))
+                if i in index.kept
             ]
 
     def recover_index(self, allowance: int = 0) -> RecoveredLog:
@@ -408,15 +454,21 @@ class QueueLog:
         at = location(segment.index, 0) - records.HEADER_SIZE  # + a payload's start: its record's location
         for kind, start, end in reader:
             try:
-                if kind == ENQUEUE:
-                    seq, size, flags = peek_enqueue(data, start, end)
+                if kind in ENQUEUES:
+                    # An expiring enqueue is a plain one after its deadline.
+                    payload = start if kind == ENQUEUE else start + records.DEADLINE_SIZE
+                    seq, size, flags = peek_enqueue(data, payload, end)
                     # Decoded before it counts: a record that fails to decode is skipped whole.
                     record = (
-                        records.decode_enqueue(data, start, end, names)
+                        records.decode_enqueue(data, payload, end, names)
                         if size + KEPT_OVERHEAD <= columns.room
                         else None
                     )
-                    columns.add(seq, at + start, size, flags)
+                    if kind == ENQUEUE:
+                        columns.add(seq, at + start, size, flags)
+                    else:
+                        deadline = records.decode_deadline(data, start)
+                        columns.add_expiring(seq, at + start, size, flags, deadline)
                     if record is not None:
                         columns.keep(record)
                     if not enqueued:

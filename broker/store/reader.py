@@ -55,10 +55,13 @@ class _Segment:
 
 def _decode(data: bytes, pos: int, salt: int, names: dict[bytes, str]) -> Enqueued | None:
     found = records.record_at(data, pos, salt)
-    if found is None or found[0] != records.ENQUEUE:
+    if found is None or found[0] not in records.ENQUEUES:
         return None
+    kind, start, end = found
+    if kind == records.ENQUEUE_EXPIRING:
+        start += records.DEADLINE_SIZE  # the deadline: recovery's index has it, a queue keeps its own
     try:
-        return records.decode_enqueue(data, found[1], found[2], names)
+        return records.decode_enqueue(data, start, end, names)
     except (ValueError, UnicodeDecodeError, struct.error):
         return None
 

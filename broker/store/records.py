@@ -2,6 +2,12 @@
 
     magic u32 | crc u32 | length u32 | kind u8 | payload (length bytes)     (little-endian)
 
+An enqueue payload is seq u64 | exchange length u8 | routing key length u8 | properties length u32, then
+the exchange, routing key, properties and body. A message with an expiry (message TTL) is an
+ENQUEUE_EXPIRING record instead: deadline i64 (wall clock, ms since the epoch) | an enqueue payload.
+Messages without one keep the plain ENQUEUE record, so they cost nothing more and older logs read as
+before.
+
 The CRC covers length, kind and payload, and is seeded with the segment's random salt. The magic lets a
 reader resync after a corrupt record by searching for the next candidate header; the salt makes a record
 copied into a message body (same magic, valid CRC under another salt or none) fail the check instead of
@@ -25,11 +31,17 @@ _CRC_FROM = 8  # the CRC covers everything after the magic and the CRC itself
 ENQUEUE = 1
 SETTLE = 2
 DELIVERED = 3
-KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED))  # what a queue log holds
 PAGE = 4  # a page file's one kind (pages.py): a run of paged-out messages in one record
+ENQUEUE_EXPIRING = 5  # an enqueue with its deadline ahead of the enqueue payload
+KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING))  # what a queue log holds
+ENQUEUES = frozenset((ENQUEUE, ENQUEUE_EXPIRING))
 
 # seq, then the lengths of exchange, routing key and properties; the body is the rest of the payload
 _ENQUEUE_HEAD = struct.Struct("<QBBI")
+# An expiring enqueue's deadline, then the same head.
+_EXPIRING_HEAD = struct.Struct("<qQBBI")
+_DEADLINE = struct.Struct("<q")
+DEADLINE_SIZE = _DEADLINE.size
 _SEQ = struct.Struct("<Q")
 _RUN = struct.Struct("<QI")  # a settle run: first seq, count
 # A paged message: seq, then the lengths of its names (exchange and routing key as the wire's two short
@@ -51,6 +63,24 @@ def enqueue_payload(seq: int, exchange: str, routing_key: str, properties_raw: b
         raise ValueError("an exchange name or routing key is longer than 255 bytes")
     head = _ENQUEUE_HEAD.pack(seq, len(exchange_raw), len(key_raw), len(properties_raw))
     return b"".join((head, exchange_raw, key_raw, properties_raw, body))
+
+
+def expiring_enqueue_payload(
+    deadline: int, seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: bytes
+) -> bytes:
+    """An ENQUEUE_EXPIRING payload: `deadline` (ms since the epoch), then what `enqueue_payload` makes."""
+    exchange_raw = exchange.encode()
+    key_raw = routing_key.encode()
+    if len(exchange_raw) > 255 or len(key_raw) > 255:
+        raise ValueError("an exchange name or routing key is longer than 255 bytes")
+    head = _EXPIRING_HEAD.pack(deadline, seq, len(exchange_raw), len(key_raw), len(properties_raw))
+    return b"".join((head, exchange_raw, key_raw, properties_raw, body))
+
+
+def decode_deadline(data: bytes, start: int) -> int:
+    """The deadline (ms since the epoch) of the ENQUEUE_EXPIRING payload at `start`; its enqueue payload
+    starts DEADLINE_SIZE bytes later."""
+    return _DEADLINE.unpack_from(data, start)[0]
 
 
 def settle_payload(seqs: Iterable[int]) -> bytes:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-from typing import Any
-
 import trio
 from pamqp import frame
 from pamqp.body import ContentBody
@@ -14,47 +11,7 @@ from pamqp.header import ContentHeader
 from leveret.broker.node import Node
 from leveret.broker.server.listener import serve_amqp
 from leveret.config import Config
-
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-
-
-class RawClient:
-    """Just enough of a client to drive the server frame by frame."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def send(self, channel: int, method: Any) -> None:
-        await self.stream.send_all(frame.marshal(method, channel))
-
-    async def receive(self) -> Any:
-        """The next frame's value, or None at EOF."""
-        while True:
-            if len(self.buffer) >= 7:
-                size = struct.unpack(">I", self.buffer[3:7])[0]
-                if len(self.buffer) >= size + 8:
-                    consumed, _, value = frame.unmarshal(self.buffer)
-                    self.buffer = self.buffer[consumed:]
-                    return value
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self.buffer += data
-
-    async def handshake(self, heartbeat: int = 0) -> None:
-        await self.stream.send_all(PROTOCOL_HEADER)
-        assert isinstance(await self.receive(), Connection.Start)
-        await self.send(
-            0,
-            Connection.StartOk(
-                client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
-            ),
-        )
-        assert isinstance(await self.receive(), Connection.Tune)
-        await self.send(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=heartbeat))
-        await self.send(0, Connection.Open(virtual_host="/"))
-        assert isinstance(await self.receive(), Connection.OpenOk)
+from tests.trio_client import TrioClient
 
 
 async def start_server(nursery: trio.Nursery, config: Config | None = None) -> int:
@@ -67,7 +24,7 @@ async def test_close_ok_always_arrives_before_the_socket_closes() -> None:
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery)
         for _ in range(30):
-            client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            client = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
             await client.handshake()
             await client.send(1, Channel.Open())
             assert isinstance(await client.receive(), Channel.OpenOk)
@@ -85,7 +42,7 @@ async def test_close_ok_always_arrives_before_the_socket_closes() -> None:
 async def test_silent_peer_is_disconnected_after_two_heartbeats() -> None:
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery)
-        client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        client = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
         await client.handshake(heartbeat=1)
         started = trio.current_time()
         frames = []
@@ -114,9 +71,9 @@ async def test_handshake_timeout_closes_a_silent_socket() -> None:
 async def test_garbage_on_one_connection_leaves_others_working() -> None:
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery)
-        good = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        good = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
         await good.handshake()
-        bad = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        bad = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
         await bad.handshake()
         await bad.stream.send_all(b"\x01\x00\x01\xff\xff\xff\xff" + b"junk" * 100)
         close = await bad.receive()
@@ -132,7 +89,7 @@ async def test_a_consumer_that_stops_reading_still_gets_every_message_in_order()
     count, size = 2000, 8192
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery)
-        consumer = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        consumer = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
         await consumer.handshake()
         await consumer.send(1, Channel.Open())
         assert isinstance(await consumer.receive(), Channel.OpenOk)
@@ -141,7 +98,7 @@ async def test_a_consumer_that_stops_reading_still_gets_every_message_in_order()
         await consumer.send(1, Basic.Consume(queue="q", consumer_tag="c", no_ack=True))
         assert isinstance(await consumer.receive(), Basic.ConsumeOk)
 
-        publisher = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        publisher = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
         await publisher.handshake()
         await publisher.send(1, Channel.Open())
         assert isinstance(await publisher.receive(), Channel.OpenOk)

@@ -3,14 +3,10 @@ heartbeats are not expected while blocked, other connections keep flowing, and t
 
 from __future__ import annotations
 
-import struct
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import trio
-from pamqp import body as pamqp_body
-from pamqp import frame, header
 from pamqp.commands import Basic, Channel, Connection, Queue
 from pamqp.heartbeat import Heartbeat
 from trio.testing import MockClock
@@ -21,62 +17,12 @@ from leveret.broker.server.listener import serve_amqp
 from leveret.broker.server.resources import SystemSampler, build_monitor, run_resource_monitor, total_memory
 from leveret.config import Config, Resources
 from tests.test_alarms import FakeSampler
-
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-
-
-class Client:
-    """A raw AMQP client on a trio stream, frame by frame."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def send(self, channel: int, method: Any) -> None:
-        await self.stream.send_all(frame.marshal(method, channel))
-
-    async def publish(self, body: bytes, queue: str) -> None:
-        data = frame.marshal(Basic.Publish(exchange="", routing_key=queue), 1)
-        data += frame.marshal(header.ContentHeader(0, len(body), Basic.Properties()), 1)
-        data += frame.marshal(pamqp_body.ContentBody(body), 1)
-        await self.stream.send_all(data)
-
-    async def receive(self) -> Any:
-        """The next frame's value, or None at EOF."""
-        while True:
-            if len(self.buffer) >= 7:
-                size = struct.unpack(">I", self.buffer[3:7])[0]
-                if len(self.buffer) >= size + 8:
-                    consumed, _, value = frame.unmarshal(self.buffer)
-                    self.buffer = self.buffer[consumed:]
-                    return value
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self.buffer += data
-
-    async def receive_method(self) -> Any:
-        """The next frame that is not a heartbeat."""
-        while isinstance(value := await self.receive(), Heartbeat):
-            pass
-        return value
+from tests.trio_client import TrioClient
 
 
-async def connect(port: int, *, heartbeat: int = 0) -> Client:
-    client = Client(await trio.open_tcp_stream("127.0.0.1", port))
-    await client.stream.send_all(PROTOCOL_HEADER)
-    assert isinstance(await client.receive(), Connection.Start)
-    properties = {"capabilities": {"connection.blocked": True}}
-    await client.send(
-        0,
-        Connection.StartOk(
-            client_properties=properties, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
-        ),
-    )
-    assert isinstance(await client.receive(), Connection.Tune)
-    await client.send(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=heartbeat))
-    await client.send(0, Connection.Open(virtual_host="/"))
-    assert isinstance(await client.receive(), Connection.OpenOk)
+async def connect(port: int, *, heartbeat: int = 0) -> TrioClient:
+    client = TrioClient(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.handshake(heartbeat, capabilities={"connection.blocked": True})
     await client.send(1, Channel.Open())
     assert isinstance(await client.receive(), Channel.OpenOk)
     return client
@@ -120,7 +66,7 @@ async def test_a_blocked_publisher_is_not_read_while_others_drain_the_queue() ->
         nursery.cancel_scope.cancel()
 
 
-async def delivered(consumer: Client) -> bytes:
+async def delivered(consumer: TrioClient) -> bytes:
     """The body of the next delivery, acknowledged."""
     deliver = await consumer.receive()
     assert isinstance(deliver, Basic.Deliver), deliver

@@ -19,7 +19,7 @@ from leveret.broker.server.tls import TlsSetupError, server_context
 from leveret.config import Config
 from leveret.config.schema import Tls
 from tests.certs import TlsFiles, make_tls_files
-from tests.test_server import RawClient
+from tests.trio_client import TrioClient
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ async def test_handshake_over_tls(certs: TlsFiles) -> None:
         port = await start_tls_server(nursery, certs)
         client_context = ssl.create_default_context(cafile=str(certs.ca))
         stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=client_context)
-        client = RawClient(stream)
+        client = TrioClient(stream)
         await client.handshake()
         await client.send(1, Channel.Open())
         assert isinstance(await client.receive(), Channel.OpenOk)

@@ -136,24 +136,24 @@ def deliver_frames(
     """basic.deliver + content; `consumer_tag` and `names` (see names_raw) are already encoded."""
     size = len(body)
     method_size = 13 + len(consumer_tag) + len(names)  # class, method, tag, delivery tag, redelivered
-    if not size or size > frame_max - FRAME_OVERHEAD:
-        head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, method_size, 60, 60)
-        return [
-            head, consumer_tag, _TAG_BITS.pack(delivery_tag, redelivered), names, _END,
-            *content_frames(channel, properties_raw, body, frame_max),
-        ]
-    # The usual delivery, a body in one frame: neighbouring frames' ends and heads packed together.
-    return [
+    parts = [
         _DELIVER_HEAD.pack(FRAME_METHOD, channel, method_size, 60, 60),
         consumer_tag,
         _TAG_BITS.pack(delivery_tag, redelivered),
         names,
+    ]
+    if not size or size > frame_max - FRAME_OVERHEAD:
+        parts += (_END, *content_frames(channel, properties_raw, body, frame_max))
+        return parts
+    # The usual delivery, a body in one frame: neighbouring frames' ends and heads packed together.
+    parts += (
         _END_CONTENT_HEADER.pack(FRAME_END, FRAME_HEADER, channel, 12 + len(properties_raw), 60, 0, size),
         properties_raw,
         _END_BODY_HEAD.pack(FRAME_END, FRAME_BODY, channel, size),
         body,
         _END,
-    ]
+    )
+    return parts
 
 
 def get_ok_frames(

@@ -102,7 +102,9 @@ def test_ctl_is_an_http_client_only(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in _modules("broker") if "ctl" not in p.parts], ids=lambda p: str(p.relative_to(ROOT))
+    "path",
+    [p for p in _modules("broker") if "ctl" not in p.relative_to(ROOT).parts],
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_the_broker_never_imports_ctl(path: Path) -> None:
     bad = {name for name in _imports(path) if name.startswith("leveret.broker.ctl")}

@@ -67,10 +67,11 @@ def test_a_table_has_a_header_only_over_rows() -> None:
 
 def test_json_is_rabbitmqctls_streaming_layout_with_typed_tables() -> None:
     out = io.StringIO()
-    rows = [{"name": "q1", "arguments": {"x-max-length": 10}}, {"name": "q2", "arguments": {}}]
+    rows = [{"name": "q1", "arguments": {"x-max-length": 10, "x-b": 2**40}}, {"name": "q2", "arguments": {}}]
     write_json(out, ["name", "arguments"], rows)
     assert out.getvalue() == (
-        '[\n{"name":"q1","arguments":[["x-max-length","long",10]]}\n,{"name":"q2","arguments":[]}\n]\n'
+        '[\n{"name":"q1","arguments":[["x-max-length","signedint",10],["x-b","long",1099511627776]]}\n'
+        ',{"name":"q2","arguments":[]}\n]\n'
     )
     assert json.loads(out.getvalue())[0]["name"] == "q1"
     empty = io.StringIO()

@@ -48,7 +48,8 @@ def _amqp_type(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "long"
+        # JSON has lost the AMQP type; most clients send an int that fits 32 bits as a signed int.
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
     if isinstance(value, float):
         return "double"
     if isinstance(value, dict):

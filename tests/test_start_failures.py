@@ -218,3 +218,14 @@ def test_a_failed_start_leaves_recovery_clean(tmp_path: Path) -> None:
         broker.close()
     assert [body for _, _, body in got] == [f"m{n}".encode() for n in range(5)]
     assert [method.redelivered for method, _, _ in got] == [False] * 5
+
+
+def test_start_failures_are_unwrapped_from_trio_exception_groups() -> None:
+    from leveret.broker.cli import start_failures
+    from leveret.broker.server.startup import StartError
+
+    busy = StartError("cannot listen for AMQP on 127.0.0.1:5672: address already in use")
+    nested = ExceptionGroup("nursery", [ExceptionGroup("nursery", [busy]), busy])
+    assert start_failures(nested) == [str(busy)]
+    assert start_failures(ExceptionGroup("nursery", [busy, RuntimeError("a bug")])) is None  # traceback
+    assert start_failures(OSError("not a start failure")) is None

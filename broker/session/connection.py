@@ -250,7 +250,7 @@ class ConnectionSession:
     def close(self, error: AMQPError | None = None, *, channel: int = 0) -> None:
         """Close the connection (connection.close sent; the socket closes on close-ok or timeout), for
         `error` on `channel` if any."""
-        if error is not None and self.conn.state not in (State.CLOSING, State.CLOSED):
+        if error is not None and self.conn.state not in (State.AWAIT_HEADER, State.CLOSING, State.CLOSED):
             client_log.connection_error(self, self.conn.state, error, channel)
         self.conn.close(error)
         self._release_channels()

@@ -48,8 +48,9 @@ async def serve_management(
     gets the bound addresses ("http://127.0.0.1:15672"), with the real port when `port` is 0."""
     config = _hypercorn_config(host, port)
     bound = Sockets([], sockets if sockets is not None else bind_management(host, port), [])
-    await worker_serve(wrap_app(build_app(node), config.wsgi_max_body_size, None), config, sockets=bound,
-                       task_status=_LoggedStatus(task_status))
+    # hypercorn's ASGI and task-status types are its own; Starlette's app and a duck-typed status fit them.
+    app = wrap_app(build_app(node), config.wsgi_max_body_size, None)  # type: ignore[arg-type]
+    await worker_serve(app, config, sockets=bound, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
 
 
 class _LoggedStatus:

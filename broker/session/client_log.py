@@ -92,7 +92,7 @@ def method_name(class_id: int, method_id: int) -> str:
     method = commands.INDEX_MAPPING.get((class_id << 16) | method_id) if class_id else None
     if method is None:
         return "none"
-    return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", method.name).lower()
+    return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", str(getattr(method, "name", ""))).lower()
 
 
 def _exception(error: AMQPError, level: str) -> str:

@@ -49,6 +49,7 @@ def test_text_records_are_one_line_each(tmp_path: Path) -> None:
     lines = run_broker(tmp_path)
     pattern = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d \[(debug|info|warning|error)\] \S+: "
     assert all(re.match(pattern, line) for line in lines), lines
+    assert any(line.endswith("[info] leveret: Server startup complete") for line in lines), lines
     opened = [line for line in lines if "authenticated and granted access" in line]
     assert len(opened) == 2 and "[info] leveret.connection: connection (127.0.0.1:" in opened[0]
     # The hot path logs nothing: 100 publishes, and only lifecycle records about the connection.

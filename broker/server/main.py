@@ -161,6 +161,7 @@ async def serve_node(
                 functools.partial(serve_management, sockets=bound.management),
                 node, management.host, management.port,
             )
+        log.info("Server startup complete")  # RabbitMQ's words: the node serves from here on
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

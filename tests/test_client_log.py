@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pamqp.commands import Queue
+from pamqp.commands import Connection, Queue
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
@@ -124,3 +124,28 @@ def test_a_message_too_large_is_a_channel_error(records: Records) -> None:
         "operation basic.publish caused a channel exception precondition_failed: "
         "message size 11 is larger than configured max size 10",
     )
+
+
+def test_a_loopback_user_from_elsewhere_is_refused_with_the_reason_logged(
+    node: Node, records: Records
+) -> None:
+    session = ConnectionSession(node, "10.1.2.3:40000", from_loopback=False)
+    session.local = "10.1.2.1:5672"
+    client = ClientPeer(session)
+    client.send(b"AMQP\x00\x00\x09\x01")
+    replies = client.method(0, Connection.StartOk(
+        client_properties={"capabilities": {"authentication_failure_close": True}},
+        mechanism="PLAIN", response="\0guest\0guest", locale="en_US",
+    ))
+    close = replies[-1][1]
+    assert isinstance(close, Connection.Close) and close.reply_code == 403
+    # The client is pointed at the log, and only the log says why.
+    assert close.reply_text == (
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. "
+        "For details see the broker logfile."
+    )
+    assert records.lines()[-2:] == [
+        ("ERROR", "Error on AMQP connection (10.1.2.3:40000 -> 10.1.2.1:5672, state: starting): "
+                  "PLAIN login refused: user 'guest' can only connect via localhost"),
+        ("INFO", "closing AMQP connection (10.1.2.3:40000 -> 10.1.2.1:5672)"),
+    ]

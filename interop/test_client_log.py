@@ -7,7 +7,10 @@ so every pattern here matches within one line of either broker's log.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
+from collections.abc import Callable
 
 import pika
 import pytest
@@ -101,3 +104,34 @@ def test_a_client_that_drops_its_socket_is_a_warning(broker: Broker) -> None:
     connection._impl._transport._sock.close()  # no connection.close: the socket just goes
     wait_for_log(broker, rf"\[warning\] .*closing AMQP connection .*- {name}, vhost: '/', user: 'guest'\)")
     wait_for_log(broker, r"\[warning\] .*client unexpectedly closed TCP connection$")
+
+
+def test_missed_heartbeats_are_an_error(broker: Broker) -> None:
+    name = unique("log-heartbeat")
+    parameters = pika.URLParameters(broker.url)
+    parameters.client_properties = {"connection_name": name}
+    parameters.heartbeat = 1
+    connection = pika.BlockingConnection(parameters)
+    time.sleep(6)  # a blocking connection answers no heartbeats while it sleeps
+    wait_for_log(broker, rf"\[error\] .*closing AMQP connection .*- {name}\):")
+    wait_for_log(broker, r"\[error\] .*missed heartbeats from client, timeout: 1s$")
+    with contextlib.suppress(pika.exceptions.AMQPError):
+        connection.close()
+
+
+def test_shutdown_logs_each_forced_connection(private_broker: Callable[..., Broker]) -> None:
+    broker = private_broker()
+    name = unique("log-shutdown")
+    connection = named(broker, name)
+    connection.channel()
+    broker.stop()
+    pattern = (
+        rf"\[error\] .*Error on AMQP connection .*- {name}, vhost: '/', user: 'guest', state: running\), "
+        r"channel 0:"
+    )
+    assert re.search(pattern, broker.log_text(), re.MULTILINE), broker.log_text()[-3000:]
+    forced = (
+        r"\[error\] .*operation none caused a connection exception connection_forced: "
+        "\"broker forced connection closure with reason 'shutdown'\"$"
+    )
+    assert re.search(forced, broker.log_text(), re.MULTILINE), broker.log_text()[-3000:]

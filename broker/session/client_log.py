@@ -165,6 +165,12 @@ def closed(session: ConnectionSession, *, level: int = logging.INFO, reason: str
     log.log(level, "%s", message, extra=_fields(session))
 
 
+def dropped(session: ConnectionSession, reason: str) -> None:
+    """The server dropped the connection (missed heartbeats, a handshake timeout, a foreign protocol):
+    RabbitMQ names only the connection in these."""
+    log.error("closing AMQP connection (%s): %s", name(session), reason, extra=_fields(session))
+
+
 def bad_header(session: ConnectionSession, header: bytes) -> None:
     if header.startswith(b"GET ") or header.startswith(b"POST ") or header.startswith(b"HEAD "):
         why = "HTTP request detected on AMQP port. Ensure the client is connecting to the correct port."
@@ -172,4 +178,4 @@ def bad_header(session: ConnectionSession, header: bytes) -> None:
         why = "TLS client detected on non-TLS AMQP port. Ensure the client is connecting to the correct port."
     else:
         why = f"client did not start with AMQP protocol header: {header!r}"
-    closed(session, level=logging.ERROR, reason=why)
+    dropped(session, why)

@@ -279,7 +279,7 @@ class ConnectionSession:
         else:
             state, reason = self._lost
             if reason is not None:
-                client_log.closed(self, level=logging.ERROR, reason=reason)
+                client_log.dropped(self, reason)
             elif not self.received_any:  # a port probe, as a load balancer's health check
                 client_log.closed(self, level=logging.DEBUG)
             elif state is State.CLOSING:  # we had sent connection.close (the error is logged)

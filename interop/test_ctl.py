@@ -281,6 +281,25 @@ def test_list_permissions(ctl_write: Ctl) -> None:
     assert (missing.code, missing.err) == (67, 'Error: user "ctl-nobody" does not exist\n')
 
 
+def test_the_api_is_found_from_the_environment_or_a_config_file(
+    managed: Broker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No --host/--port: LEVERET_CTL_URL (with credentials), then a configuration's listeners.management."""
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setenv(
+        "LEVERET_CTL_URL", f"http://ctl-monitor:monitor-secret@{managed.host}:{managed.management_port}"
+    )
+    assert run(["list_vhosts", "-q"], out=out, err=err) == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "name" and "/" in lines
+    config = tmp_path / "leveret.yaml"
+    config.write_text(f"listeners:\n  management: {{host: 0.0.0.0, port: {managed.management_port}}}\n")
+    monkeypatch.setenv("LEVERET_CTL_URL", "http://guest:guest@127.0.0.1:1")  # --config wins
+    out = io.StringIO()
+    assert run(["--config", str(config), "list_users", "-s"], out=out, err=err) == 0, err.getvalue()
+    assert "guest\t[administrator]" in out.getvalue().splitlines()
+
+
 # ---- status --------------------------------------------------------------------------------------------
 
 
@@ -318,7 +337,9 @@ def _whoami(managed: Broker, user: str, password: str) -> httpx.Response:
     return httpx.get(f"{managed.management_url}/api/whoami", auth=(user, password), timeout=10)
 
 
-def test_users_are_added_tagged_repassworded_and_deleted(managed: Broker, ctl_write: Ctl) -> None:
+def test_users_are_added_tagged_repassworded_and_deleted(
+    managed: Broker, ctl_write: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user = unique("ctl-user")
     added = ctl_write("add_user", user, "first-secret")
     assert (added.code, added.out, added.err) == (0, f'Adding user "{user}" ...\n', "")
@@ -326,6 +347,16 @@ def test_users_are_added_tagged_repassworded_and_deleted(managed: Broker, ctl_wr
         assert f"{user}\t[]" in ctl_write("list_users").lines
         again = ctl_write("add_user", user, "other")
         assert (again.code, again.err) == (70, f'Error: user "{user}" already exists\n')
+        # Without a password on the command line, add_user reads it from standard input.
+        from_stdin = f"{user}-stdin"
+        monkeypatch.setattr("sys.stdin", io.StringIO("stdin-secret\n"))
+        assert ctl_write("add_user", from_stdin).code == 0
+        assert (
+            _whoami(managed, from_stdin, "stdin-secret").status_code == 401
+        )  # no tags: not a management user
+        assert ctl_write("set_user_tags", from_stdin, "management").code == 0
+        assert _whoami(managed, from_stdin, "stdin-secret").status_code == 200
+        assert ctl_write("delete_user", from_stdin).code == 0
 
         tagged = ctl_write("set_user_tags", user, "monitoring", "policymaker")
         assert tagged.out == f'Setting tags for user "{user}" to [monitoring, policymaker] ...\n', tagged.err

@@ -596,12 +596,17 @@ def test_close_connection_tells_the_client_why(managed: Broker, ctl: Ctl, ctl_wr
             while time.monotonic() < deadline:
                 connection.process_data_events(0.2)
         assert error.value.reply_code == 320 and "ctl says bye" in error.value.reply_text
+    eventually(lambda: _not_listed(ctl, name))
     missing = ctl_write("close_connection", name, "again")
     assert (missing.code, missing.err) == (69, f"Error: connection '{name}' does not exist\n")
 
 
 def _listed(ctl: Ctl, name: str) -> None:
     assert name in ctl("list_connections", "name").lines
+
+
+def _not_listed(ctl: Ctl, name: str) -> None:
+    assert name not in ctl("list_connections", "name").lines
 
 
 # ---- the same output as rabbitmqctl ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """set_policy, clear_policy, list_policies: /api/policies/{vhost}/{name}.
 
-A broker whose API has no policies answers 404 or 405 for them; that is told apart from a missing vhost or
-policy by asking for /api/policies itself.
+A broker whose API has no policies (or lists them but cannot set them) answers 404 or 405; lookups tells that
+apart from a missing vhost or policy.
 """
 
 from __future__ import annotations
@@ -10,30 +10,30 @@ import argparse
 import json
 
 from . import columns as cols
+from . import lookups
 from .client import api_path
 from .context import Context, Verb
-from .errors import EX_DATAERR, EX_UNAVAILABLE, ApiError, CtlError, Unsupported
+from .errors import EX_DATAERR, EX_UNAVAILABLE, ApiError, CtlError
 from .listing import add_columns, selected, show
 
 APPLY_TO = ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams")
 DEFAULT_COLUMNS = ("vhost", "name", "pattern", "apply-to", "definition", "priority")
 
 
-def _supported(ctx: Context) -> bool:
+def _policy_may_exist(ctx: Context, name: str) -> bool:
+    """Whether the vhost's policies list `name`, or cannot be listed at all (then no policy endpoint is)."""
     try:
-        ctx.client.get(api_path("policies"))
+        policies = ctx.client.get(api_path("policies", ctx.vhost)) or []
     except ApiError as error:
-        if error.status in (404, 405):
-            return False
+        if error.status in lookups.NOT_SERVED:
+            return True
         raise
-    return True
+    return any(policy.get("name") == name for policy in policies)
 
 
-def _explain(ctx: Context, error: ApiError, missing: str) -> CtlError:
-    """The error to report for a 404/405 answer: no policies at all, or `missing` is missing."""
-    if not _supported(ctx):
-        return Unsupported(error)
-    return CtlError(missing, EX_UNAVAILABLE) if error.status == 404 else error
+def _explain_vhost(ctx: Context, error: ApiError) -> CtlError:
+    """A 404 about the vhost's policies: the vhost is missing, or (it exists) the endpoint is."""
+    return lookups.explain(error, lookups.vhost_exists(ctx, ctx.vhost), lookups.no_vhost(ctx.vhost))
 
 
 def set_policy(ctx: Context, args: argparse.Namespace) -> None:
@@ -56,8 +56,8 @@ def set_policy(ctx: Context, args: argparse.Namespace) -> None:
     try:
         ctx.client.put(api_path("policies", ctx.vhost, args.name), body)
     except ApiError as error:
-        if error.status in (404, 405):
-            raise _explain(ctx, error, f"virtual host '{ctx.vhost}' does not exist") from None
+        if error.status in lookups.NOT_SERVED:
+            raise _explain_vhost(ctx, error) from None
         raise
 
 
@@ -66,11 +66,12 @@ def clear_policy(ctx: Context, args: argparse.Namespace) -> None:
     try:
         ctx.client.delete(api_path("policies", ctx.vhost, args.name))
     except ApiError as error:
-        if error.status in (404, 405):
-            raise _explain(
-                ctx, error, f"policy '{args.name}' does not exist in vhost '{ctx.vhost}'"
-            ) from None
-        raise
+        if error.status not in lookups.NOT_SERVED:
+            raise
+        if error.status == 405 or not lookups.vhost_exists(ctx, ctx.vhost):
+            raise _explain_vhost(ctx, error) from None
+        missing = CtlError(f"policy '{args.name}' does not exist in vhost '{ctx.vhost}'", EX_UNAVAILABLE)
+        raise lookups.explain(error, _policy_may_exist(ctx, args.name), missing) from None
 
 
 def list_policies(ctx: Context, args: argparse.Namespace) -> None:
@@ -78,8 +79,8 @@ def list_policies(ctx: Context, args: argparse.Namespace) -> None:
     try:
         policies = ctx.client.get(api_path("policies", ctx.vhost))
     except ApiError as error:
-        if error.status in (404, 405):
-            raise _explain(ctx, error, f"virtual host '{ctx.vhost}' does not exist") from None
+        if error.status in lookups.NOT_SERVED:
+            raise _explain_vhost(ctx, error) from None
         raise
     show(ctx, names, cols.POLICIES, policies, [f'Listing policies for vhost "{ctx.vhost}" ...'])
 

@@ -450,8 +450,14 @@ def test_delete_queue_reports_its_messages_and_honours_if_empty(
         kept = ctl_write("delete_queue", queue, "--if-empty")
         assert kept.code == 70 and "not empty" in kept.err, kept.err
         assert channel.queue_declare(queue, passive=True).method.message_count == 2
-        deleted = ctl_write("delete_queue", queue)
+        deleted = ctl_write("delete_queue", queue, "-q")
         assert deleted.code == 0, deleted.err
+        assert deleted.lines == ["Queue was successfully deleted with 2 ready messages"]
+        channel.queue_declare(queue)
+        for _ in range(2):
+            channel.basic_publish("", queue, b"m")
+        eventually(counted)
+        deleted = ctl_write("delete_queue", queue)
         assert deleted.lines == [
             f"Deleting queue '{queue}' on vhost '/' ...",
             "Queue was successfully deleted with 2 ready messages",

@@ -161,8 +161,8 @@ def delete_queue(ctx: Context, args: argparse.Namespace) -> None:
         if error.status in NOT_SERVED:
             raise explain(error, lookups.queue_exists(ctx, ctx.vhost, args.queue), missing) from None
         raise
-    if ready is not None:
-        ctx.say(f"Queue was successfully deleted with {ready} ready messages")
+    if ready is not None:  # the verb's result, printed even with -q (as rabbitmqctl does)
+        ctx.out.write(f"Queue was successfully deleted with {ready} ready messages\n")
 
 
 # ---- definitions ---------------------------------------------------------------------------------------

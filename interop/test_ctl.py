@@ -187,8 +187,7 @@ def test_a_missing_vhost_and_a_wrong_password_are_one_line_errors(managed: Broke
     refused = ctl("--password", "wrong", "list_queues")
     assert (refused.code, refused.out) == (77, "")
     assert refused.err == (
-        f"Error: the management API at {managed.management_url} refused the login of user 'guest' "
-        "(Login failed)\n"
+        f"Error: the management API at {managed.management_url} refused user 'guest' (Login failed)\n"
     )
 
 
@@ -257,6 +256,24 @@ def test_list_connections_channels_and_consumers(managed: Broker, ctl: Ctl) -> N
         ]
         default = ctl("list_connections")
         assert default.lines[1] == "user\tpeer_host\tpeer_port\tstate"
+
+
+def test_a_monitoring_user_may_list_but_not_the_users(managed: Broker) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    login = [
+        "--port",
+        str(managed.management_port),
+        "--username",
+        "ctl-monitor",
+        "--password",
+        "monitor-secret",
+    ]
+    assert run([*login, "list_vhosts"], out=out, err=err) == 0, err.getvalue()
+    assert run([*login, "list_users"], out=out, err=err) == 77
+    assert err.getvalue() == (
+        f"Error: the management API at {managed.management_url} refused user 'ctl-monitor' "
+        "(Not administrator user)\n"
+    )
 
 
 def test_list_users_and_vhosts(ctl: Ctl) -> None:

@@ -63,7 +63,7 @@ class ManagementClient:
         if response.status_code == 401:
             refusal = _api_error(method, path, response)
             raise CtlError(
-                f"the management API at {self.endpoint.base_url} refused the login of user "
+                f"the management API at {self.endpoint.base_url} refused user "
                 f"'{self.endpoint.username}' ({refusal.reason or refusal.error})",
                 EX_NOPERM,
             )

@@ -25,6 +25,23 @@ PURPOSES = {
     "clustering": "inter-node and CLI tool communication",
 }
 ALARM_NAMES = {"memory": "Memory", "disk": "Free disk space"}
+OVERVIEW_FACTS = (
+    "product_name",
+    "product_version",
+    "rabbitmq_version",
+    "erlang_version",
+    "erlang_full_version",
+)
+NODE_FACTS = (
+    "os_pid",
+    "uptime",
+    "mem_used",
+    "mem_limit",
+    "fd_used",
+    "fd_total",
+    "disk_free",
+    "disk_free_limit",
+)
 
 
 def _nodes(ctx: Context, overview: Json) -> list[Json]:
@@ -88,79 +105,76 @@ def _write_sections(ctx: Context, sections: list[tuple[str, list[str]]]) -> None
     ctx.out.write("\n\n".join(blocks) + "\n")
 
 
-def status(ctx: Context, args: argparse.Namespace) -> None:
+def _status_facts(ctx: Context) -> Json:
+    """What status shows, by the API's names; None for what this broker's API does not give."""
     overview = ctx.client.get(api_path("overview"))
     name = overview.get("node")
     node = next((n for n in _nodes(ctx, overview) if n.get("name") == name), {})
-    alarms = _alarms(ctx)
-    vhosts = ctx.client.get(api_path("vhosts"))
     totals = overview.get("object_totals", {})
-    listeners = [entry for entry in overview.get("listeners", []) if entry.get("node") in (None, name)]
+    return {
+        "node": name,
+        **{key: overview.get(key) for key in OVERVIEW_FACTS},
+        **{key: node.get(key) for key in NODE_FACTS},
+        "alarms": _alarms(ctx),
+        "connection_count": totals.get("connections"),
+        "queue_count": totals.get("queues"),
+        "virtual_host_count": len(ctx.client.get(api_path("vhosts"))),
+        "listeners": [e for e in overview.get("listeners", []) if e.get("node") in (None, name)],
+    }
+
+
+def _present(*pairs: tuple[str, Any]) -> list[str]:
+    """Lines "label: value" for the values the API gave."""
+    return [f"{label}: {value}" for label, value in pairs if value is not None]
+
+
+def _gb_or_none(value: Any) -> str | None:
+    return None if value is None else _gb(value)
+
+
+def status(ctx: Context, args: argparse.Namespace) -> None:
+    facts = _status_facts(ctx)
     if ctx.formatter == "json":
-        facts = {
-            "node": name,
-            "product_name": overview.get("product_name"),
-            "product_version": overview.get("product_version"),
-            "rabbitmq_version": overview.get("rabbitmq_version"),
-            "erlang_version": overview.get("erlang_version"),
-            "os_pid": node.get("os_pid"),
-            "uptime": node.get("uptime"),
-            "alarms": alarms,
-            "mem_used": node.get("mem_used"),
-            "mem_limit": node.get("mem_limit"),
-            "fd_used": node.get("fd_used"),
-            "fd_total": node.get("fd_total"),
-            "disk_free": node.get("disk_free"),
-            "disk_free_limit": node.get("disk_free_limit"),
-            "connection_count": totals.get("connections"),
-            "queue_count": totals.get("queues"),
-            "virtual_host_count": len(vhosts),
-            "listeners": listeners,
-        }
         ctx.out.write(json.dumps(facts, separators=(",", ":")) + "\n")
         return
-    ctx.say(f"Status of node {name} ...")
-    runtime = [
-        f"OS PID: {node['os_pid']}" if "os_pid" in node else "",
-        f"Uptime (seconds): {node['uptime'] // 1000}" if "uptime" in node else "",
-        f"Product name: {overview.get('product_name')}",
-        f"Product version: {overview.get('product_version')}",
-        f"RabbitMQ version: {overview.get('rabbitmq_version')}",
-        f"Node name: {name}",
-        f"Erlang configuration: {overview['erlang_full_version']}"
-        if "erlang_full_version" in overview
-        else "",
-    ]
-    memory = []
-    if "mem_used" in node:
-        memory = [
-            f"Total memory used: {_gb(node['mem_used'])}",
-            f"Memory high watermark: {_gb(node['mem_limit'])}",
-        ]
-    descriptors = [f"Total: {node['fd_used']}, limit: {node['fd_total']}"] if "fd_used" in node else []
-    disk = []
-    if "disk_free" in node:
-        disk = [
-            f"Low free disk space watermark: {_gb(node['disk_free_limit'])}",
-            f"Free disk space: {_gb(node['disk_free'])}",
-        ]
+    ctx.say(f"Status of node {facts['node']} ...")
+    uptime = facts["uptime"]
+    runtime = _present(
+        ("OS PID", facts["os_pid"]),
+        ("Uptime (seconds)", None if uptime is None else uptime // 1000),
+        ("Product name", facts["product_name"]),
+        ("Product version", facts["product_version"]),
+        ("RabbitMQ version", facts["rabbitmq_version"]),
+        ("Node name", facts["node"]),
+        ("Erlang configuration", facts["erlang_full_version"]),
+    )
+    memory = _present(
+        ("Total memory used", _gb_or_none(facts["mem_used"])),
+        ("Memory high watermark", _gb_or_none(facts["mem_limit"])),
+    )
+    descriptors = []
+    if facts["fd_used"] is not None:
+        descriptors = [f"Total: {facts['fd_used']}, limit: {facts['fd_total']}"]
+    disk = _present(
+        ("Low free disk space watermark", _gb_or_none(facts["disk_free_limit"])),
+        ("Free disk space", _gb_or_none(facts["disk_free"])),
+    )
+    totals = _present(
+        ("Connection count", facts["connection_count"]),
+        ("Queue count", facts["queue_count"]),
+        ("Virtual host count", facts["virtual_host_count"]),
+    )
+    listeners = [f"Interface: {_interface(e)}, {_listener(e)}" for e in facts["listeners"]]
     _write_sections(
         ctx,
         [
-            ("Runtime", [line for line in runtime if line]),
-            ("Alarms", _alarm_lines(alarms)),
+            ("Runtime", runtime),
+            ("Alarms", _alarm_lines(facts["alarms"])),
             ("Memory", memory),
             ("File Descriptors", descriptors),
             ("Free Disk Space", disk),
-            (
-                "Totals",
-                [
-                    f"Connection count: {totals.get('connections')}",
-                    f"Queue count: {totals.get('queues')}",
-                    f"Virtual host count: {len(vhosts)}",
-                ],
-            ),
-            ("Listeners", [f"Interface: {_interface(e)}, {_listener(e)}" for e in listeners]),
+            ("Totals", totals),
+            ("Listeners", listeners),
         ],
     )
 

@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="address to listen on for AMQP (overrides listeners.amqp.host)")
     parser.add_argument("--port", type=int, help="AMQP port (overrides listeners.amqp.port)")
     parser.add_argument("--data-dir", help="where durable data lives (overrides data_dir)")
+    parser.add_argument("--node", help="this node's name in the configuration's cluster.nodes")
     parser.add_argument("--version", action="version", version=f"leveret {__version__}")
     return parser.parse_args(argv)
 
@@ -35,6 +36,8 @@ def build_config(args: argparse.Namespace) -> Config:
         overrides["listeners.amqp.port"] = args.port
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
+    if args.node is not None:
+        overrides["cluster.node"] = args.node
     return load_config(args.config, overrides=overrides)
 
 

@@ -14,6 +14,7 @@ from leveret.broker.management.server import serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
+from leveret.broker.server.cluster import run_cluster
 from leveret.broker.server.listener import serve_amqp
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
@@ -79,6 +80,9 @@ async def run_node(config: Config) -> None:
     node = open_node(config)
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
+        if node.cluster is not None:
+            # Registered, and holding the cluster's state, before the first client connects.
+            await nursery.start(run_cluster, node.cluster)
         await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
         if amqps is not None and ssl_context is not None:
             await nursery.start(serve_amqp, node, amqps.host, amqps.port, ssl_context)

@@ -1,0 +1,81 @@
+"""A node's tasks in a cluster: its registration (a lease kept alive) and the watches that keep its views.
+
+Started by run_node only when the configuration has a `cluster:` section; a single node runs none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import trio
+
+from leveret.broker.cluster.etcd_ops import WatchEvent, WatchEvents, WatchSnapshot, prefix_end
+from leveret.broker.cluster.state import ClusterState
+from leveret.broker.server.etcd import EtcdClient, EtcdError
+
+log = logging.getLogger(__name__)
+
+# How long a stopping node waits for etcd to take its lease back (others then see it leave at once).
+_REVOKE_TIMEOUT = 1.0
+
+
+class RangeView(Protocol):
+    """A view of one etcd range, kept by `follow_range`."""
+
+    def reset(self, kvs: list[Any], revision: int) -> None: ...
+
+    def apply(self, events: list[WatchEvent], revision: int) -> None: ...
+
+
+async def follow_range(
+    client: EtcdClient, prefix: bytes, view: RangeView, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Read the range into `view`, then apply every change to it, for ever. Started once the first read
+    is in."""
+    snapshot = await client.get_prefix(prefix)
+    view.reset(snapshot.kvs, snapshot.revision)
+    task_status.started()
+    async for item in client.watch(prefix, prefix_end(prefix), snapshot.revision + 1):
+        if isinstance(item, WatchSnapshot):
+            view.reset(item.kvs, item.revision)
+        elif isinstance(item, WatchEvents):
+            view.apply(item.events, item.revision)
+
+
+async def keep_registered(
+    client: EtcdClient, cluster: ClusterState, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """This node's key, bound to a lease kept alive. Should the lease expire anyway (etcd unreachable for
+    longer than its TTL), the node was dead to the cluster meanwhile: it registers again with a new one."""
+    ttl = cluster.config.lease_ttl
+    started = False
+    while True:
+        lease, granted = await client.lease_grant(ttl)
+        try:
+            await client.put(
+                cluster.layout.node(cluster.name), cluster.registration(lease).encode(), lease=lease
+            )
+            if not started:
+                task_status.started()
+                started = True
+            log.info("registered in the cluster as %s (lease %x, %d s)", cluster.name, lease, granted)
+            await client.keep_lease_alive(lease, granted or ttl)
+            log.error("lost the cluster lease of %s: registering again", cluster.name)
+        finally:
+            with trio.move_on_after(_REVOKE_TIMEOUT) as scope:
+                scope.shield = True
+                try:
+                    await client.lease_revoke(lease)
+                except EtcdError as error:
+                    log.info("could not revoke lease %x: %s", lease, error)
+
+
+async def run_cluster(cluster: ClusterState, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Every cluster task of the node; started once it is registered and its views hold etcd's state."""
+    etcd = cluster.config.etcd
+    async with EtcdClient(etcd.endpoints, request_timeout=etcd.request_timeout) as client:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(follow_range, client, cluster.layout.nodes, cluster.membership)
+            await nursery.start(keep_registered, client, cluster)
+            task_status.started()

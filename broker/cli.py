@@ -1,4 +1,6 @@
-"""`leveret [--config FILE] [--host H] [--port P] [--data-dir DIR]`: start a broker."""
+"""`leveret [--config FILE] [--node NAME] [--host H] [--port P] [--data-dir DIR]`: start a broker.
+
+`leveret dev-cluster [--nodes N]`: a whole local cluster (broker/server/local_cluster.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 import trio
 
 from leveret import __version__
+from leveret.broker.server.local_cluster import dev_cluster_main
 from leveret.broker.server.main import run_node
 from leveret.broker.server.tls import TlsSetupError
 from leveret.broker.store import DefinitionsError
@@ -42,6 +45,9 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["dev-cluster"]:
+        sys.exit(dev_cluster_main(arguments[1:]))
     args = parse_args(argv)
     try:
         config = build_config(args)

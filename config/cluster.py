@@ -117,7 +117,7 @@ class Cluster:
         )
         # Addresses are checked here rather than per field, so that one bad address does not hide the
         # duplicate names and addresses of the other nodes.
-        addresses = []
+        addresses: list[tuple[str, Hashable, str]] = []
         for i, n in enumerate(nodes):
             for kind in ("amqp", "peer", "management"):
                 address = getattr(n, kind)

@@ -60,6 +60,10 @@ class Node:
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
         # None: a single node (no `cluster:` section), which never touches etcd.
         self.cluster = ClusterState(config.cluster) if config.cluster is not None else None
+        if self.cluster is not None:
+            self.cluster.metadata.vhosts = self.vhosts
+            for vhost in self.vhosts.values():
+                vhost.metadata = self.cluster.metadata
 
     def attach_persistence(self, persistence: Persistence) -> None:
         """Durable queues get store-backed journals and durable definitions are saved from now on."""

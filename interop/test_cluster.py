@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pika
+import pika.exceptions
 import pytest
 
 from interop.conftest import BROKER_KIND
@@ -66,3 +68,153 @@ def test_killed_node_is_dead_to_the_cluster_and_returns(cluster: LocalCluster) -
         cluster.start_node(cluster.nodes[2])
         cluster.wait_node(cluster.nodes[2])
     assert registered_nodes(cluster) == ["node1", "node2", "node3"]
+
+
+def connect(cluster: LocalCluster, index: int) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.URLParameters(cluster.nodes[index].amqp_url))
+
+
+def passive_exchange(connection: pika.BlockingConnection, name: str) -> int | None:
+    """None when the exchange is there, else the reply code that closed the channel."""
+    channel = connection.channel()
+    try:
+        channel.exchange_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as closed:
+        return closed.reply_code
+    channel.close()
+    return None
+
+
+def passive_queue(connection: pika.BlockingConnection, name: str) -> int | None:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as closed:
+        return closed.reply_code
+    channel.close()
+    return None
+
+
+def test_declare_on_one_node_is_seen_on_the_others(cluster: LocalCluster) -> None:
+    a, b, c = (connect(cluster, i) for i in range(3))
+    try:
+        channel = a.channel()
+        channel.exchange_declare("meta.x1", "topic", durable=True)
+        channel.queue_declare("meta.q1", durable=True, arguments={"x-max-length": 10})
+        channel.queue_bind("meta.q1", "meta.x1", "a.*")
+        # Right after declare-ok on A, a passive declare on B or C finds them (no waiting for a watch).
+        for connection in (b, c):
+            assert passive_exchange(connection, "meta.x1") is None
+            assert passive_queue(connection, "meta.q1") is None
+        assert passive_exchange(b, "meta.nothing") == 404
+        assert passive_queue(c, "meta.nothing") == 404
+    finally:
+        for connection in (a, b, c):
+            connection.close()
+
+
+def test_binding_declared_on_a_routes_on_c(cluster: LocalCluster) -> None:
+    a, c = connect(cluster, 0), connect(cluster, 2)
+    try:
+        channel = a.channel()
+        channel.exchange_declare("meta.x2", "direct")
+        channel.queue_declare("meta.q2")
+        channel.queue_bind("meta.q2", "meta.x2", "k")
+        on_c = c.channel()
+        on_c.confirm_delivery()
+        # Routed on C: the queue's instance on C holds it (messages do not move between nodes yet).
+        eventually(lambda: on_c.queue_declare("meta.q2", passive=True).method.message_count == 0)
+        on_c.basic_publish("meta.x2", "k", b"routed on C", mandatory=True)
+        method, _, body = on_c.basic_get("meta.q2", auto_ack=True)
+        assert method is not None and body == b"routed on C"
+    finally:
+        a.close()
+        c.close()
+
+
+def test_inequivalent_redeclare_on_another_node_is_406(cluster: LocalCluster) -> None:
+    a, c = connect(cluster, 0), connect(cluster, 2)
+    try:
+        a.channel().queue_declare("meta.q3", durable=True)
+        a.channel().exchange_declare("meta.x3", "fanout")
+        channel = c.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+            channel.queue_declare("meta.q3", durable=False)
+        assert caught.value.reply_code == 406
+        assert caught.value.reply_text == (
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'meta.q3' in vhost '/': "
+            "received 'false' but current is 'true'"
+        )
+        channel = c.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+            channel.exchange_declare("meta.x3", "direct")
+        assert caught.value.reply_code == 406
+        assert "inequivalent arg 'type' for exchange 'meta.x3'" in caught.value.reply_text
+        c.channel().queue_declare("meta.q3", durable=True)  # an equivalent redeclare is fine
+    finally:
+        a.close()
+        c.close()
+
+
+def test_delete_on_b_disappears_from_a(cluster: LocalCluster) -> None:
+    a, b = connect(cluster, 0), connect(cluster, 1)
+    try:
+        channel = a.channel()
+        channel.exchange_declare("meta.x4", "direct", durable=True)
+        channel.queue_declare("meta.q4", durable=True)
+        on_b = b.channel()
+        on_b.queue_delete("meta.q4")
+        on_b.exchange_delete("meta.x4")
+        eventually(lambda: passive_queue(a, "meta.q4") == 404, timeout=5)
+        eventually(lambda: passive_exchange(a, "meta.x4") == 404, timeout=5)
+        # Declared again (a new incarnation), with other arguments: no conflict with the old one.
+        on_b.queue_declare("meta.q4", durable=False)
+        eventually(lambda: passive_queue(a, "meta.q4") is None)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_single_node_redeclare_rules_still_hold_in_a_cluster(cluster: LocalCluster) -> None:
+    a = connect(cluster, 0)
+    try:
+        channel = a.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+            channel.queue_declare("amq.meta", durable=True)
+        assert caught.value.reply_code == 403
+        channel = a.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+            channel.queue_declare("meta.bad", arguments={"x-max-length": -1})
+        assert caught.value.reply_code == 406
+        assert passive_queue(connect(cluster, 1), "meta.bad") == 404
+        named = a.channel().queue_declare("", exclusive=True).method.queue  # local to this node
+        assert named.startswith("amq.gen-")
+    finally:
+        a.close()
+
+
+def test_a_returning_node_keeps_what_etcd_keeps(cluster: LocalCluster) -> None:
+    a, c = connect(cluster, 0), connect(cluster, 2)
+    try:
+        a.channel().queue_declare("meta.q5", durable=True)
+        a.channel().exchange_declare("meta.x5", "direct", durable=True)
+        on_c = c.channel()
+        on_c.confirm_delivery()
+        eventually(lambda: passive_exchange(c, "meta.x5") is None)
+        on_c.basic_publish("", "meta.q5", b"kept", pika.BasicProperties(delivery_mode=2))
+    finally:
+        c.close()
+    cluster.kill_node(2)
+    try:
+        a.channel().exchange_delete("meta.x5")  # while node3 is down
+    finally:
+        cluster.start_node(cluster.nodes[2])
+        cluster.wait_node(cluster.nodes[2])
+    c = connect(cluster, 2)
+    try:
+        assert passive_exchange(c, "meta.x5") == 404  # its own disk had it; etcd does not
+        method, _, body = c.channel().basic_get("meta.q5", auto_ack=True)
+        assert method is not None and body == b"kept"  # node3's durable message survived its restart
+    finally:
+        a.close()
+        c.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.cluster.membership import Membership, Registration
+from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
 from leveret.config import Cluster
 
@@ -19,6 +20,7 @@ class ClusterState:
         self.layout = KeyLayout(config.etcd.prefix)
         self.node_names = [node.name for node in config.nodes]
         self.membership = Membership(self.layout, self.node_names)
+        self.metadata = ClusterMetadata(self.layout, self.name, self.replica_set)
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

@@ -6,11 +6,13 @@ Started by run_node only when the configuration has a `cluster:` section; a sing
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
 
 from leveret.broker.cluster.etcd_ops import WatchEvent, WatchEvents, WatchSnapshot, prefix_end
+from leveret.broker.cluster.metadata import Change, ClusterMetadata
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.server.etcd import EtcdClient, EtcdError
 
@@ -71,11 +73,49 @@ async def keep_registered(
                     log.info("could not revoke lease %x: %s", lease, error)
 
 
+async def run_metadata_changes(
+    client: EtcdClient, metadata: ClusterMetadata, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run each change a client's method waits for as its etcd transaction, several at once.
+
+    Every metadata txn may be retried: a declare creates only if absent and otherwise reads back (a retry
+    finds its own record), a bind puts the same value again, deletes and reads are idempotent."""
+    wakeup = trio.Event()
+
+    def wake() -> None:
+        wakeup.set()
+
+    metadata.wake = wake
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            await wakeup.wait()
+            wakeup = trio.Event()
+            for change, done in metadata.take_requests():
+                nursery.start_soon(_run_change, client, metadata, change, done)
+
+
+async def _run_change(
+    client: EtcdClient, metadata: ClusterMetadata, change: Change, done: Callable[[Change], None] | None
+) -> None:
+    try:
+        result = await client.txn(change.txn, retry=True)
+    except EtcdError as error:
+        log.error("cluster metadata change on %r failed: %s", change.key, error)
+        change.error = error
+    else:
+        metadata.completed(change, result)
+    if done is not None:
+        done(change)
+
+
 async def run_cluster(cluster: ClusterState, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Every cluster task of the node; started once it is registered and its views hold etcd's state."""
     etcd = cluster.config.etcd
     async with EtcdClient(etcd.endpoints, request_timeout=etcd.request_timeout) as client:
         async with trio.open_nursery() as nursery:
             await nursery.start(follow_range, client, cluster.layout.nodes, cluster.membership)
+            await nursery.start(follow_range, client, cluster.layout.meta, cluster.metadata)
+            await nursery.start(run_metadata_changes, client, cluster.metadata)
             await nursery.start(keep_registered, client, cluster)
             task_status.started()

@@ -44,7 +44,11 @@ def open_node(config: Config) -> Node:
     pages = PageFiles(Path(config.data_dir) / "pages")
     node.attach_pager(NodePager(budget, pages, node.queues, persistence))
     started = trio.current_time()
-    recovered = persistence.recover(node)
+    if node.cluster is not None:
+        with node.cluster.metadata.quietly():  # etcd's snapshot, read next, decides what stays
+            recovered = persistence.recover(node)
+    else:
+        recovered = persistence.recover(node)
     log.info(
         "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
     )

@@ -382,7 +382,7 @@ class ChannelSession:
     def _exchange_declare(self, method: Exchange.Declare) -> None:
         name = method.exchange
         if method.passive:
-            self.vhost.exchange(name)
+            self.vhost.exchange(name, passive=True)
         else:
             exchange_class(method.exchange_type)  # unknown type: connection error, before any other check
             self.session.check_permission("configure", "exchange", name)
@@ -442,8 +442,8 @@ class ChannelSession:
             raise ChannelError(NOT_FOUND, "no previously declared queue")
         return self.last_queue
 
-    def _owned_queue(self, name: str) -> BrokerQueue:
-        queue = self.vhost.queue(self._queue_name(name))
+    def _owned_queue(self, name: str, *, passive: bool = False) -> BrokerQueue:
+        queue = self.vhost.queue(self._queue_name(name), passive=passive)
         self.vhost.check_exclusive_access(queue, self.session)
         return queue
 
@@ -453,7 +453,7 @@ class ChannelSession:
             self._reply(Queue.DeclareOk, queue=name, message_count=0, consumer_count=0)
             return
         if method.passive:
-            queue = self._owned_queue(name)
+            queue = self._owned_queue(name, passive=True)
         else:
             if name:
                 self.session.check_permission("configure", "queue", name)

@@ -65,18 +65,20 @@ class VirtualHost:
 
     # ---- lookups ----------------------------------------------------------------------------
 
-    def exchange(self, name: str, *, passive: bool = False) -> Exchange:
+    def exchange(self, name: str, *, local: bool = False) -> Exchange:
+        """The exchange, or 404. Missing here, the cluster may know it already (unless `local`: a publish
+        never waits for etcd)."""
         exchange = self.exchanges.get(name)
-        if exchange is None and passive:
+        if exchange is None and not local:
             self.metadata.looking_up(self, "exchange", name)
             exchange = self.exchanges.get(name)
         if exchange is None:
             raise ChannelError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.name}'")
         return exchange
 
-    def queue(self, name: str, *, passive: bool = False) -> Queue:
+    def queue(self, name: str) -> Queue:
         queue = self.queues.get(name)
-        if queue is None and passive:
+        if queue is None:
             self.metadata.looking_up(self, "queue", name)
             queue = self.queues.get(name)
         if queue is None:

@@ -218,3 +218,20 @@ def test_a_returning_node_keeps_what_etcd_keeps(cluster: LocalCluster) -> None:
     finally:
         a.close()
         c.close()
+
+
+def test_what_a_declared_b_uses_at_once(cluster: LocalCluster) -> None:
+    """No waiting for B's watch: a method naming what B lacks asks etcd first."""
+    a, b = connect(cluster, 0), connect(cluster, 1)
+    try:
+        for i in range(20):
+            a.channel().exchange_declare(f"meta.x6.{i}", "fanout")
+            a.channel().queue_declare(f"meta.q6.{i}")
+            on_b = b.channel()
+            on_b.queue_bind(f"meta.q6.{i}", f"meta.x6.{i}")
+            on_b.basic_publish(f"meta.x6.{i}", "", b"m")
+            method, _, body = on_b.basic_get(f"meta.q6.{i}", auto_ack=True)
+            assert method is not None and body == b"m"
+    finally:
+        a.close()
+        b.close()

@@ -67,7 +67,8 @@ class LocalMetadata:
         """Before a bind (or, with bind=False, an unbind) is carried out."""
 
     def looking_up(self, vhost: Any, kind: str, name: str) -> None:
-        """A passive declare found no such exchange or queue here: the cluster may know it already."""
+        """A method names an exchange or queue this node does not have: the cluster may know it already
+        (declared on another node a moment ago, before this node's watch brought it)."""
 
     def removed(self, vhost: Any, thing: Any) -> None:
         """An exchange or queue went without a client asking (auto-delete, expiry): never raises."""

@@ -173,7 +173,7 @@ class ChannelSession:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         exchange = self.vhost.exchanges.get(publish.exchange)
         if exchange is None:
-            exchange = self.vhost.exchange(publish.exchange)  # raises the 404
+            exchange = self.vhost.exchange(publish.exchange, local=True)  # raises the 404
         if exchange.name not in self._may_publish_to:
             self.session.check_permission("write", "exchange", exchange.name)
             # Permissions are fixed for the connection's life: one regex match per exchange, not per message.
@@ -382,7 +382,7 @@ class ChannelSession:
     def _exchange_declare(self, method: Exchange.Declare) -> None:
         name = method.exchange
         if method.passive:
-            self.vhost.exchange(name, passive=True)
+            self.vhost.exchange(name)
         else:
             exchange_class(method.exchange_type)  # unknown type: connection error, before any other check
             self.session.check_permission("configure", "exchange", name)
@@ -442,8 +442,8 @@ class ChannelSession:
             raise ChannelError(NOT_FOUND, "no previously declared queue")
         return self.last_queue
 
-    def _owned_queue(self, name: str, *, passive: bool = False) -> BrokerQueue:
-        queue = self.vhost.queue(self._queue_name(name), passive=passive)
+    def _owned_queue(self, name: str) -> BrokerQueue:
+        queue = self.vhost.queue(self._queue_name(name))
         self.vhost.check_exclusive_access(queue, self.session)
         return queue
 
@@ -453,7 +453,7 @@ class ChannelSession:
             self._reply(Queue.DeclareOk, queue=name, message_count=0, consumer_count=0)
             return
         if method.passive:
-            queue = self._owned_queue(name, passive=True)
+            queue = self._owned_queue(name)
         else:
             if name:
                 self.session.check_permission("configure", "queue", name)

@@ -110,8 +110,10 @@ class ConnectionSession:
     def _handle_input(self) -> None:
         throttle, conn, channels, alarms = self.throttle, self.conn, self.channels, self.node.alarms
         next_publish, next_event = conn.next_publish, conn.next_event
-        # Blocked, or waiting for the cluster, what was received stays buffered until then.
-        while not throttle.blocked and self.waiting is None:
+        if self.waiting is not None:
+            return  # waiting for the cluster: what was received stays buffered until then
+        # Blocked, what was received stays buffered until the alarms clear.
+        while not throttle.blocked:
             # Most events are publishes on an open channel: straight to the channel, no event object.
             fast = next_publish()
             if fast is not None and not alarms.active:
@@ -126,6 +128,8 @@ class ConnectionSession:
             if event is None:
                 break
             self.handle_event(event)
+            if self.waiting is not None:
+                break
         self.flush_confirms()
 
     def connection_lost(self) -> None:

@@ -44,8 +44,8 @@ async def test_nodes_see_each_other_and_a_clean_stop(etcd: EtcdCluster) -> None:
                 assert b.membership.alive_nodes() == ["a", "b"]
                 left = trio.current_time()
                 b_scope.cancel()  # a clean stop revokes the lease: the others see it at once
-        await until(lambda: a.membership.alive_nodes() == ["a"], timeout=1)
-        assert trio.current_time() - left < 1
+        await until(lambda: a.membership.alive_nodes() == ["a"], timeout=2)
+        assert trio.current_time() - left < 1.5  # well before the 2 s lease would expire
         nursery.cancel_scope.cancel()
 
 

@@ -7,6 +7,7 @@ observed through several nodes).
 from __future__ import annotations
 
 import base64
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pika.exceptions
 import pytest
 
 from interop.conftest import BROKER_KIND
-from leveret.broker.server.local_cluster import LocalCluster, etcd_binary
+from leveret.broker.server.local_cluster import LocalCluster, etcd_binary, free_ports, python_command
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "leveret", reason="starts Leveret nodes of its own")
 
@@ -235,3 +236,24 @@ def test_what_a_declared_b_uses_at_once(cluster: LocalCluster) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_node_that_cannot_reach_etcd_says_so_and_exits(tmp_path: Path) -> None:
+    dead, peer = free_ports(2)
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        "cluster:\n"
+        "  nodes:\n"
+        f'    - {{name: a, amqp: "127.0.0.1:{dead}", peer: "127.0.0.1:{peer}", data_dir: "{tmp_path}/a"}}\n'
+        "  etcd:\n"
+        f'    endpoints: ["http://127.0.0.1:{dead}"]\n'
+        "    request_timeout: 0.2\n"
+    )
+    done = subprocess.run(
+        [*python_command(), "--config", str(config), "--node", "a"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith(f"leveret: cannot reach etcd at http://127.0.0.1:{dead}: ")

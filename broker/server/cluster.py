@@ -20,6 +20,23 @@ log = logging.getLogger(__name__)
 
 # How long a stopping node waits for etcd to take its lease back (others then see it leave at once).
 _REVOKE_TIMEOUT = 1.0
+# Between two attempts to register again while etcd cannot be reached.
+_REGISTER_PAUSE = 0.5
+
+
+class EtcdUnreachable(ConnectionError):
+    """No etcd member answered when the node started (an OSError, so the command line reports it in one
+    line like any other start failure)."""
+
+
+async def check_etcd(cluster: ClusterState) -> None:
+    """Fail the start at once, before recovery, when no etcd member answers."""
+    etcd = cluster.config.etcd
+    async with EtcdClient(etcd.endpoints, request_timeout=etcd.request_timeout) as client:
+        try:
+            await client.get_prefix(cluster.layout.nodes)
+        except EtcdError as error:
+            raise EtcdUnreachable(f"cannot reach etcd at {', '.join(etcd.endpoints)}: {error}") from None
 
 
 class RangeView(Protocol):
@@ -53,24 +70,29 @@ async def keep_registered(
     ttl = cluster.config.lease_ttl
     started = False
     while True:
-        lease, granted = await client.lease_grant(ttl)
         try:
-            await client.put(
-                cluster.layout.node(cluster.name), cluster.registration(lease).encode(), lease=lease
-            )
+            lease, granted = await client.lease_grant(ttl)
+            try:
+                key, value = cluster.layout.node(cluster.name), cluster.registration(lease).encode()
+                await client.put(key, value, lease=lease, retry=True)  # the same put twice is harmless
+                if not started:
+                    task_status.started()
+                    started = True
+                log.info("registered in the cluster as %s (lease %x, %d s)", cluster.name, lease, granted)
+                await client.keep_lease_alive(lease, granted or ttl)
+                log.error("lost the cluster lease of %s: registering again", cluster.name)
+            finally:
+                with trio.move_on_after(_REVOKE_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        await client.lease_revoke(lease)
+                    except EtcdError as error:
+                        log.info("could not revoke lease %x: %s", lease, error)
+        except EtcdError as error:
             if not started:
-                task_status.started()
-                started = True
-            log.info("registered in the cluster as %s (lease %x, %d s)", cluster.name, lease, granted)
-            await client.keep_lease_alive(lease, granted or ttl)
-            log.error("lost the cluster lease of %s: registering again", cluster.name)
-        finally:
-            with trio.move_on_after(_REVOKE_TIMEOUT) as scope:
-                scope.shield = True
-                try:
-                    await client.lease_revoke(lease)
-                except EtcdError as error:
-                    log.info("could not revoke lease %x: %s", lease, error)
+                raise
+            log.error("cannot register %s in the cluster: %s; trying again", cluster.name, error)
+            await trio.sleep(_REGISTER_PAUSE)
 
 
 async def run_metadata_changes(

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -177,23 +178,32 @@ class EtcdClient:
         """
         next_revision = start_revision
         while True:
+            compacted = False
             try:
-                async for item in self._watch_once(key, range_end, next_revision):
-                    if isinstance(item, int):  # compacted: re-read the range, then go on from there
-                        snapshot = await self.range(key, range_end)
-                        yield WatchSnapshot(snapshot.kvs, snapshot.revision)
-                        next_revision = snapshot.revision + 1
-                        break
-                    next_revision = item.revision + 1
-                    yield item
+                async with aclosing(self._watch_once(key, range_end, next_revision)) as stream:
+                    async for item in stream:
+                        if isinstance(item, int):
+                            compacted = True
+                            break
+                        next_revision = item.revision + 1
+                        yield item
             except _Retry as failure:
                 log.info("etcd watch broke (%s); resuming from revision %d", failure, next_revision)
                 self._rotate()
                 await trio.sleep(_ROUND_PAUSE / 2)
+                continue
+            if compacted:  # re-read the range, then go on from there
+                try:
+                    snapshot = await self.range(key, range_end)
+                except EtcdUnavailable as error:
+                    log.warning("etcd watch cannot re-read its range: %s", error)
+                    continue
+                yield WatchSnapshot(snapshot.kvs, snapshot.revision)
+                next_revision = snapshot.revision + 1
 
     async def _watch_once(
         self, key: bytes, range_end: bytes | None, start_revision: int
-    ) -> AsyncIterator[WatchEvents | int]:
+    ) -> AsyncGenerator[WatchEvents | int, None]:
         """One watch stream on the current member: WatchEvents, or the compact revision (an int) when
         `start_revision` is gone; raises _Retry when the stream breaks."""
         create: dict[str, Any] = {

@@ -10,11 +10,12 @@ import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
+from leveret.broker.cluster.state import ClusterState
 from leveret.broker.management.server import serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
-from leveret.broker.server.cluster import run_cluster
+from leveret.broker.server.cluster import check_etcd, run_cluster
 from leveret.broker.server.listener import serve_amqp
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
@@ -81,6 +82,8 @@ async def run_node(config: Config) -> None:
     amqps = config.listeners.amqps
     # Bad certificates are reported before a long recovery, not after.
     ssl_context = server_context(config.tls) if amqps is not None and config.tls is not None else None
+    if config.cluster is not None:
+        await check_etcd(ClusterState(config.cluster))
     node = open_node(config)
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)

@@ -7,6 +7,8 @@ observed through several nodes).
 from __future__ import annotations
 
 import base64
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,23 +19,11 @@ import pika
 import pika.exceptions
 import pytest
 
+from interop.cluster_support import start_cluster
 from interop.conftest import BROKER_KIND
 from leveret.broker.server.local_cluster import LocalCluster, etcd_binary, free_ports, python_command
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "leveret", reason="starts Leveret nodes of its own")
-
-
-def start_cluster(directory: Path) -> Iterator[LocalCluster]:
-    if etcd_binary() is None:
-        pytest.skip(
-            "etcd is not installed (Debian: apt-get install etcd-server; `make deps` does it as root)"
-        )
-    cluster = LocalCluster(directory, 3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +247,39 @@ def test_a_node_that_cannot_reach_etcd_says_so_and_exits(tmp_path: Path) -> None
     )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1].startswith(f"leveret: cannot reach etcd at http://127.0.0.1:{dead}: ")
+
+
+def test_dev_cluster_command_prints_urls_and_stops_everything(tmp_path: Path) -> None:
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed")
+    command = [*python_command(), "dev-cluster", "--nodes", "3", "--management", "--dir", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        assert process.stdout is not None
+        while not lines or "Ctrl-C" not in lines[-1]:
+            line = process.stdout.readline()
+            assert line, "dev-cluster exited: " + "".join(lines)
+            lines.append(line)
+        nodes = [line.split() for line in lines if line.startswith("node")]
+        assert [fields[0] for fields in nodes] == ["node1:", "node2:", "node3:"]
+        urls = [fields[1] for fields in nodes]
+        assert all(
+            fields[2] == "management" and fields[3].startswith("http://127.0.0.1:") for fields in nodes
+        )
+        first = pika.BlockingConnection(pika.URLParameters(urls[0]))
+        first.channel().exchange_declare("dev.x", "fanout")
+        first.close()
+        third = pika.BlockingConnection(pika.URLParameters(urls[2]))
+        third.channel().exchange_declare("dev.x", passive=True)
+        third.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    ports = [int(url.rsplit(":", 1)[1].rstrip("/")) for url in urls]
+    for port in ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()

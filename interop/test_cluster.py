@@ -10,6 +10,7 @@ import base64
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -283,3 +284,45 @@ def test_dev_cluster_command_prints_urls_and_stops_everything(tmp_path: Path) ->
     for port in ports:
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def _declare_in_race(
+    connection: pika.BlockingConnection, name: str, length: int, barrier: threading.Barrier, outcomes: dict
+) -> None:
+    channel = connection.channel()
+    barrier.wait()
+    try:
+        channel.queue_declare(name, arguments={"x-max-length": length})
+        outcomes[length] = 200
+    except pika.exceptions.ChannelClosedByBroker as closed:
+        outcomes[length] = closed.reply_code
+
+
+def test_racing_declares_on_three_nodes_agree(cluster: LocalCluster) -> None:
+    """Three nodes declare the same queue with different arguments at once: one definition wins in etcd,
+    its declarer gets declare-ok, the other two get 406, and every node ends up holding the winner."""
+    connections = [connect(cluster, i) for i in range(3)]
+    try:
+        for round_ in range(10):
+            name = f"race.q{round_}"
+            barrier = threading.Barrier(3)
+            outcomes: dict[int, int] = {}
+            threads = [
+                threading.Thread(
+                    target=_declare_in_race, args=(connections[i], name, i + 1, barrier, outcomes)
+                )
+                for i in range(3)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+            assert sorted(outcomes.values()) == [200, 406, 406], outcomes
+            [winner] = [length for length, code in outcomes.items() if code == 200]
+            for connection in connections:
+                channel = connection.channel()
+                channel.queue_declare(name, arguments={"x-max-length": winner})  # equivalent everywhere
+                channel.close()
+    finally:
+        for connection in connections:
+            connection.close()

@@ -83,6 +83,7 @@ class ConnectionSession:
         self.throttle = PublisherThrottle(self.conn)
         # In a cluster: the method held until etcd has done the change it needs (see broker/cluster/hooks.py).
         self.waiting: Event | None = None
+        self.cluster_resumed: Callable[[], None] = lambda: None  # the server's reader waits for this
 
     @property
     def username(self) -> str:
@@ -154,6 +155,8 @@ class ConnectionSession:
     def _cluster_done(self, event: Event, change: Any) -> None:
         """The change is done (or failed): handle the held method again, then what came after it."""
         if self.finished or self.conn.closed:
+            self.waiting = None
+            self.cluster_resumed()
             return
         self.waiting = None
         assert self.node.cluster is not None
@@ -167,6 +170,7 @@ class ConnectionSession:
                 self.handle_event(event)
         if self.waiting is None:
             self._handle_input()
+            self.cluster_resumed()
         self.wake()
 
     def _failed(self, event: Event, error: Exception) -> None:

@@ -145,6 +145,8 @@ class Config:
     log_level: str = field(
         default="info", metadata={"check": checks.one_of("debug", "info", "warning", "error")}
     )
+    # text: one line a record; json: one JSON object a line, for log shippers.
+    log_format: str = field(default="text", metadata={"check": checks.one_of("text", "json")})
     # None: a single node, no etcd. See config/cluster.py.
     cluster: Cluster | None = None
 

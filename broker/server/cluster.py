@@ -15,6 +15,7 @@ from leveret.broker.cluster.etcd_ops import WatchEvent, WatchEvents, WatchSnapsh
 from leveret.broker.cluster.metadata import Change, ClusterMetadata
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.server.etcd import EtcdClient, EtcdError
+from leveret.broker.server.startup import StartError
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,8 @@ _REVOKE_TIMEOUT = 1.0
 _REGISTER_PAUSE = 0.5
 
 
-class EtcdUnreachable(ConnectionError):
-    """No etcd member answered when the node started (an OSError, so the command line reports it in one
-    line like any other start failure)."""
+class EtcdUnreachable(StartError):
+    """No etcd member answered when the node started: said in one line, as any other start failure."""
 
 
 async def check_etcd(cluster: ClusterState) -> None:
@@ -36,7 +36,9 @@ async def check_etcd(cluster: ClusterState) -> None:
         try:
             await client.get_prefix(cluster.layout.nodes)
         except EtcdError as error:
-            raise EtcdUnreachable(f"cannot reach etcd at {', '.join(etcd.endpoints)}: {error}") from None
+            raise EtcdUnreachable(
+                f"cannot reach etcd at {', '.join(etcd.endpoints)}: {error}; see cluster.etcd.endpoints"
+            ) from None
 
 
 class RangeView(Protocol):

@@ -36,9 +36,12 @@ async def check_etcd(cluster: ClusterState) -> None:
         try:
             await client.get_prefix(cluster.layout.nodes)
         except EtcdError as error:
-            raise EtcdUnreachable(
-                f"cannot reach etcd at {', '.join(etcd.endpoints)}: {error}; see cluster.etcd.endpoints"
-            ) from None
+            raise _unreachable(client, error) from None
+
+
+def _unreachable(client: EtcdClient, error: EtcdError) -> EtcdUnreachable:
+    endpoints = ", ".join(client.endpoints)
+    return EtcdUnreachable(f"cannot reach etcd at {endpoints}: {error}; see cluster.etcd.endpoints")
 
 
 class RangeView(Protocol):
@@ -54,7 +57,10 @@ async def follow_range(
 ) -> None:
     """Read the range into `view`, then apply every change to it, for ever. Started once the first read
     is in."""
-    snapshot = await client.get_prefix(prefix)
+    try:
+        snapshot = await client.get_prefix(prefix)
+    except EtcdError as error:
+        raise _unreachable(client, error) from None
     view.reset(snapshot.kvs, snapshot.revision)
     task_status.started()
     async for item in client.watch(prefix, prefix_end(prefix), snapshot.revision + 1):
@@ -92,7 +98,7 @@ async def keep_registered(
                         log.info("could not revoke lease %x: %s", lease, error)
         except EtcdError as error:
             if not started:
-                raise
+                raise _unreachable(client, error) from None
             log.error("cannot register %s in the cluster: %s; trying again", cluster.name, error)
             await trio.sleep(_REGISTER_PAUSE)
 

@@ -218,3 +218,21 @@ def test_a_snapshot_replaces_everything(nodes: tuple[FakeNode, FakeNode, MemoryE
     c.metadata.reset(list(etcd.data.values()), etcd.revision)
     assert "old" not in c.vhost.queues and "new" in c.vhost.queues
     assert [b.destination.name for b in c.vhost.exchanges["x"].bindings] == ["new"]
+
+
+def test_only_the_declaring_node_expires_a_queue_for_the_cluster(
+    nodes: tuple[FakeNode, FakeNode, MemoryEtcd],
+) -> None:
+    a, c, etcd = nodes
+    a.do(declare_queue("exp", durable=False, arguments={"x-expires": 1000}))
+    c.watch()
+    key = LAYOUT.queue("/", "exp")
+    # C's own idle instance expires: it goes on C only, and comes back when a method names it.
+    c.do(lambda v: v.remove_queue(v.queues["exp"]))
+    assert "exp" not in c.vhost.queues and key in etcd.data
+    assert c.do(lambda v: v.queue("exp")).name == "exp"
+    # A's expires: the queue goes everywhere.
+    a.do(lambda v: v.remove_queue(v.queues["exp"]))
+    assert key not in etcd.data
+    c.watch()
+    assert "exp" not in c.vhost.queues

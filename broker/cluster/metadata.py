@@ -197,8 +197,19 @@ class ClusterMetadata(LocalMetadata):
         ):
             return
         change = self._deletion(vhost, kind, thing.name)
-        if change.key != self._confirmed:  # not the client's own delete, which etcd has done already
-            self.submit(change, None)
+        if change.key == self._confirmed:
+            return  # the client's own delete, which etcd has done already
+        if kind == "queue" and not self._declared_here(vhost, thing.name):
+            # Auto-delete or x-expires of this node's own instance of a queue declared elsewhere: while
+            # every node keeps an instance of its own, only the declaring node's decides for the cluster.
+            # Here the instance goes; forgetting the record lets the next method naming it bring it back.
+            self.kvs.pop(change.key, None)
+            return
+        self.submit(change, None)
+
+    def _declared_here(self, vhost: Any, name: str) -> bool:
+        kv = self.kvs.get(self.layout.queue(vhost.name, name))
+        return kv is None or QueueRecord.decode(kv.value).declared_on == self.node_name
 
     # ---- building changes --------------------------------------------------------------------------
 

@@ -3,9 +3,12 @@
 from collections import Counter
 
 from leveret.broker.cluster.etcd_ops import KeyValue, WatchEvent
+from leveret.broker.cluster.hooks import LOCAL_METADATA
 from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.cluster.membership import Membership
 from leveret.broker.cluster.placement import leader_of, replica_set
+from leveret.broker.node import Node
+from leveret.config import Cluster, ClusterNode, Config, Etcd
 
 NODES = ["rabbit1", "rabbit2", "rabbit3"]
 QUEUES = [("/", f"q{i}") for i in range(3000)]
@@ -99,3 +102,14 @@ def test_key_layout_keeps_names_apart() -> None:
     assert layout.parse_meta(layout.binding("v", "ex/1", "abc")) == ("v", "binding", "ex/1")
     assert layout.node_name(layout.node("n/1")) == "n/1"
     assert layout.parse_meta(b"/leveret/nodes/x") is None
+
+
+def test_a_single_node_has_no_cluster_at_all() -> None:
+    single = Node(Config())
+    assert single.cluster is None
+    assert all(vhost.metadata is LOCAL_METADATA for vhost in single.vhosts.values())
+    nodes = (ClusterNode("a", "127.0.0.1:5701", "127.0.0.1:25701"),)
+    clustered = Node(Config(cluster=Cluster(nodes, Etcd(("http://127.0.0.1:2379",)), node="a")))
+    assert clustered.cluster is not None
+    assert all(vhost.metadata is clustered.cluster.metadata for vhost in clustered.vhosts.values())
+    assert clustered.cluster.replica_set("/", "q") == ["a"]  # replication factor 3, capped at one node

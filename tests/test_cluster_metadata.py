@@ -236,3 +236,18 @@ def test_only_the_declaring_node_expires_a_queue_for_the_cluster(
     assert key not in etcd.data
     c.watch()
     assert "exp" not in c.vhost.queues
+
+
+def test_binding_an_end_known_only_locally_asks_etcd_first(
+    nodes: tuple[FakeNode, FakeNode, MemoryEtcd],
+) -> None:
+    a, c, etcd = nodes
+    a.do(declare_exchange("x"))
+    a.do(declare_queue("q"))
+    c.watch()
+    del c.metadata.kvs[LAYOUT.queue("/", "q")]  # held here, its record forgotten
+    c.do(lambda v: v.bind(v.exchanges["x"], v.queues["q"], "k", {}))
+    [binding] = [kv for key, kv in etcd.data.items() if key.startswith(LAYOUT.bindings_of("/", "x"))]
+    assert b'"destination_revision": 0' not in binding.value
+    a.watch()
+    assert [b.routing_key for b in a.vhost.exchanges["x"].bindings] == ["k"]

@@ -165,6 +165,10 @@ class ClusterMetadata(LocalMetadata):
             if isinstance(end, Exchange) and end.name.startswith("amq.") or end.name == "":
                 revisions.append(0)  # a predeclared exchange: on every node, never stored
                 continue
+            if end_key not in self.kvs:
+                # An end this node holds without its record: learn its incarnation first (or that it
+                # is gone, which the method then answers with 404).
+                self._ask(Change("lookup", end_key, Txn((), (Get(end_key),)), (end_key,)))
             revision = self.kvs[end_key].create_revision if end_key in self.kvs else 0
             guards.append(Compare(end_key, "CREATE", "EQUAL", revision))
             revisions.append(revision)

@@ -182,16 +182,12 @@ class VirtualHost:
     ) -> Queue:
         """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one."""
         existing = self.queues.get(name)
-        # Exclusive and server-named (amq.gen-) queues belong to one node and are never stored.
-        stored_name = name and not name.startswith(RESERVED_PREFIX)
-        if (
-            self.metadata is not LOCAL_METADATA
-            and stored_name
-            and not exclusive
-            and not (existing and existing.exclusive)
-        ):
+        # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
+        # here already answers for itself.
+        stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
+        if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
             valid = _valid(validate_queue_arguments, name, self.name, arguments)
-            self.metadata.declaring_queue(self, name, durable, auto_delete, arguments, valid)
+            self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
             existing = self.queues.get(name)  # the cluster's record, when it has one
         if existing is not None:
             self.check_exclusive_access(existing, owner)

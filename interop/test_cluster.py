@@ -51,11 +51,18 @@ def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_killed_node_is_dead_to_the_cluster_and_returns(cluster: LocalCluster) -> None:
     assert registered_nodes(cluster) == ["node1", "node2", "node3"]
+    owner = connect(cluster, 2)
+    owner.channel().queue_declare("excl.dies", exclusive=True)
+    first = connect(cluster, 0)
+    assert passive_queue(first, "excl.dies") == 405
     cluster.kill_node(2)  # kill -9: no revoke, the lease runs out (lease_ttl 3 s)
     killed = time.monotonic()
     try:
         eventually(lambda: registered_nodes(cluster) == ["node1", "node2"], timeout=8)
         assert time.monotonic() - killed > 1.5
+        # The exclusive queue's record lived by node3's lease: the name is free again.
+        eventually(lambda: passive_queue(first, "excl.dies") == 404, timeout=3)
+        first.close()
     finally:
         cluster.start_node(cluster.nodes[2])
         cluster.wait_node(cluster.nodes[2])
@@ -326,3 +333,30 @@ def test_racing_declares_on_three_nodes_agree(cluster: LocalCluster) -> None:
     finally:
         for connection in connections:
             connection.close()
+
+
+def test_an_exclusive_queue_is_locked_on_every_node(cluster: LocalCluster) -> None:
+    a, c = connect(cluster, 0), connect(cluster, 2)
+    try:
+        a.channel().queue_declare("excl.q1", exclusive=True)
+        locked = (
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'excl.q1' in vhost '/'. "
+            "It could be originally declared on another connection or the exclusive property value does "
+            "not match that of the original declaration."
+        )
+        for attempt in (
+            lambda ch: ch.queue_declare("excl.q1", exclusive=True),
+            lambda ch: ch.queue_declare("excl.q1", passive=True),
+            lambda ch: ch.basic_consume("excl.q1", lambda *args: None),
+        ):
+            channel = c.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as caught:
+                attempt(channel)
+            assert (caught.value.reply_code, caught.value.reply_text) == (405, locked)
+        a.close()  # the owner's connection goes, and the queue with it, on every node
+        eventually(lambda: passive_queue(c, "excl.q1") == 404, timeout=5)
+        c.channel().queue_declare("excl.q1", exclusive=True)
+    finally:
+        if a.is_open:
+            a.close()
+        c.close()

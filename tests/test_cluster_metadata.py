@@ -161,12 +161,36 @@ def test_invalid_arguments_never_reach_etcd(nodes: tuple[FakeNode, FakeNode, Mem
     assert LAYOUT.queue("/", "bad") not in etcd.data
 
 
-def test_exclusive_and_server_named_queues_stay_local(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:
+def test_server_named_queues_stay_local(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:
     a, _, etcd = nodes
-    a.do(declare_queue("mine", exclusive=True, owner=object()))
-    named = a.do(declare_queue(""))
+    named = a.do(declare_queue("", exclusive=True, owner=object()))
     assert named.name.startswith("amq.gen-")
+    assert a.do(declare_queue("", durable=False)).name.startswith("amq.gen-")
     assert etcd.data == {}
+
+
+def test_an_exclusive_queue_is_locked_on_every_node(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:
+    a, c, etcd = nodes
+    owner = object()
+    mine = a.do(declare_queue("mine", durable=False, exclusive=True, owner=owner))
+    assert mine.exclusive_owner is owner
+    assert b'"exclusive": true' in etcd.data[LAYOUT.queue("/", "mine")].value
+    # On C, before its watch brought the record, and after: 405, as to another connection on A.
+    for attempt in range(2):
+        with pytest.raises(ChannelError) as caught:
+            c.do(declare_queue("mine", durable=False, exclusive=attempt == 0, owner=object()))
+        assert caught.value.code == 405
+        assert caught.value.text.startswith("cannot obtain exclusive access to locked queue 'mine'")
+        c.watch()
+    with pytest.raises(ChannelError) as caught:
+        c.do(lambda v: v.check_exclusive_access(v.queue("mine"), object()))
+    assert caught.value.code == 405
+    # The owner's connection goes: the record goes, and the name is free on every node.
+    a.do(lambda v: v.remove_queue(v.queues["mine"]))
+    assert LAYOUT.queue("/", "mine") not in etcd.data
+    c.watch()
+    assert "mine" not in c.vhost.queues
+    c.do(declare_queue("mine", durable=False))
 
 
 def test_bindings_follow_their_ends_incarnation(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:

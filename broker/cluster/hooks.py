@@ -46,11 +46,12 @@ class LocalMetadata:
         vhost: Any,
         name: str,
         durable: bool,
+        exclusive: bool,
         auto_delete: bool,
         arguments: dict[str, Any],
         creatable: bool,
     ) -> None:
-        """Before a (non-exclusive) queue.declare is answered."""
+        """Before a queue.declare (not of a server-named queue) is answered."""
 
     def deleting_queue(self, vhost: Any, name: str) -> None:
         """Before a queue.delete is carried out."""

@@ -73,9 +73,25 @@ class Change:
         return self.action == other.action and self.key == other.key
 
 
+class _RemoteConnection:
+    """The owner of an exclusive queue whose connection is on another node: no session here is it."""
+
+    def __repr__(self) -> str:
+        return "<a connection on another node>"
+
+
+REMOTE_OWNER = _RemoteConnection()
+
+
 def is_stored_queue(queue: Any) -> bool:
-    """Exclusive and server-named queues belong to their node: never in etcd."""
+    """A queue every node has an instance of, with its bindings (not exclusive, not server-named)."""
     return isinstance(queue, Queue) and not queue.exclusive and not queue.name.startswith("amq.")
+
+
+def is_placeholder(queue: Any) -> bool:
+    """This node's stand-in for an exclusive queue owned by a connection on another node: it answers
+    405 RESOURCE_LOCKED to everyone here, as the owner's node does to other connections."""
+    return isinstance(queue, Queue) and queue.exclusive_owner is REMOTE_OWNER
 
 
 class ClusterMetadata(LocalMetadata):
@@ -94,6 +110,7 @@ class ClusterMetadata(LocalMetadata):
         self._confirmed: bytes | None = None  # the key of the change the replay went through
         self.requests: list[tuple[Change, Callable[[Change], None] | None]] = []
         self.wake: Callable[[], None] = lambda: None  # the server's metadata task sets this
+        self.lease = 0  # this node's etcd lease (set on registration): exclusive queues' records live by it
 
     # ---- hooks (called by the vhosts) -------------------------------------------------------------
 
@@ -116,15 +133,18 @@ class ClusterMetadata(LocalMetadata):
         vhost: Any,
         name: str,
         durable: bool,
+        exclusive: bool,
         auto_delete: bool,
         arguments: dict[str, Any],
         creatable: bool,
     ) -> None:
-        replicas = self.replica_set(vhost.name, name) if durable else [self.node_name]
-        record = QueueRecord(
-            name, durable, auto_delete, encode_table(arguments), tuple(replicas), self.node_name
-        )
-        self._declare(self.layout.queue(vhost.name, name), record.encode(), creatable)
+        shared = durable and not exclusive
+        replicas = self.replica_set(vhost.name, name) if shared else [self.node_name]
+        table = encode_table(arguments)
+        record = QueueRecord(name, durable, auto_delete, table, tuple(replicas), self.node_name, exclusive)
+        # An exclusive queue's record goes with this node's lease: if the node dies, so does the lock.
+        lease = self.lease if exclusive else 0
+        self._declare(self.layout.queue(vhost.name, name), record.encode(), creatable, lease)
 
     def deleting_exchange(self, vhost: Any, name: str) -> None:
         self._ask(self._deletion(vhost, "exchange", name))
@@ -193,13 +213,8 @@ class ClusterMetadata(LocalMetadata):
         if self.applying:
             return
         kind = "queue" if isinstance(thing, Queue) else "exchange"
-        if (
-            kind == "queue"
-            and not is_stored_queue(thing)
-            or kind == "exchange"
-            and thing.name.startswith("amq.")
-        ):
-            return
+        if thing.name.startswith("amq.") or is_placeholder(thing):
+            return  # never stored, or not this node's to delete
         change = self._deletion(vhost, kind, thing.name)
         if change.key == self._confirmed:
             return  # the client's own delete, which etcd has done already
@@ -217,9 +232,9 @@ class ClusterMetadata(LocalMetadata):
 
     # ---- building changes --------------------------------------------------------------------------
 
-    def _declare(self, key: bytes, value: bytes, creatable: bool) -> None:
+    def _declare(self, key: bytes, value: bytes, creatable: bool, lease: int = 0) -> None:
         if creatable:
-            txn = Txn((Compare.absent(key),), (Put(key, value),), (Get(key),))
+            txn = Txn((Compare.absent(key),), (Put(key, value, lease),), (Get(key),))
         else:  # arguments that could not make a new one: only an existing record can answer
             txn = Txn((), (Get(key),))
         self._ask(Change("declare", key, txn, (key,)))
@@ -369,7 +384,7 @@ class ClusterMetadata(LocalMetadata):
                     vhost.remove_exchange(exchange)
             elif parsed[1] == "queue":
                 queue = vhost.queues.get(parsed[2])
-                if queue is not None and is_stored_queue(queue):
+                if queue is not None and (is_stored_queue(queue) or is_placeholder(queue)):
                     vhost.remove_queue(queue)
             elif old is not None:
                 self._remove_binding(vhost, BindingRecord.decode(old.value))
@@ -409,26 +424,25 @@ class ClusterMetadata(LocalMetadata):
         )
 
     def _put_queue(self, vhost: VirtualHost, record: QueueRecord) -> None:
+        if record.exclusive and record.declared_on == self.node_name:
+            return  # this node's own: the declaring method makes the queue, with its connection as owner
         durable, auto_delete, arguments = record.definition()
         existing = vhost.queues.get(record.name)
         if existing is not None:
-            if existing.exclusive:
+            if existing.exclusive and not is_placeholder(existing):
                 log.warning(
                     "cluster record for queue %r ignored: an exclusive queue here has the name", record.name
                 )
                 return
-            if (existing.durable, existing.auto_delete, existing.arguments) == (
-                durable,
-                auto_delete,
-                arguments,
-            ):
+            definition = (existing.durable, existing.exclusive, existing.auto_delete, existing.arguments)
+            if definition == (durable, record.exclusive, auto_delete, arguments):
                 return
             vhost.remove_queue(existing)
         vhost.declare_queue(
             record.name,
-            owner=None,
+            owner=REMOTE_OWNER if record.exclusive else None,
             durable=durable,
-            exclusive=False,
+            exclusive=record.exclusive,
             auto_delete=auto_delete,
             arguments=arguments,
         )
@@ -474,7 +488,8 @@ class ClusterMetadata(LocalMetadata):
                         if self.layout.exchange(name, exchange.name) not in desired:
                             vhost.remove_exchange(exchange)
                 for queue in list(vhost.queues.values()):
-                    if is_stored_queue(queue) and self.layout.queue(name, queue.name) not in desired:
+                    stored = is_stored_queue(queue) or is_placeholder(queue)
+                    if stored and self.layout.queue(name, queue.name) not in desired:
                         vhost.remove_queue(queue)
                 for exchange in list(vhost.exchanges.values()):
                     if not exchange.name:

@@ -50,6 +50,8 @@ class QueueRecord:
     # Where the queue lives, leader first (placement at declare time); the node that declared it.
     replicas: tuple[str, ...]
     declared_on: str
+    # Owned by a connection on `declared_on`; the record is bound to that node's lease.
+    exclusive: bool = False
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -81,6 +81,7 @@ async def keep_registered(
         try:
             lease, granted = await client.lease_grant(ttl)
             try:
+                cluster.metadata.lease = lease  # what this node's exclusive queues' records live by
                 key, value = cluster.layout.node(cluster.name), cluster.registration(lease).encode()
                 await client.put(key, value, lease=lease, retry=True)  # the same put twice is harmless
                 if not started:

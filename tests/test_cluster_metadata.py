@@ -275,3 +275,27 @@ def test_binding_an_end_known_only_locally_asks_etcd_first(
     assert b'"destination_revision": 0' not in binding.value
     a.watch()
     assert [b.routing_key for b in a.vhost.exchanges["x"].bindings] == ["k"]
+
+
+def test_exclusive_records_are_claimed_again_with_a_new_lease(
+    nodes: tuple[FakeNode, FakeNode, MemoryEtcd],
+) -> None:
+    a, c, etcd = nodes
+    a.do(declare_queue("mine", durable=False, exclusive=True, owner=object()))
+    a.do(declare_queue("", exclusive=True, owner=object()))  # server-named: never claimed
+    c.watch()
+    key = LAYOUT.queue("/", "mine")
+    del etcd.data[key]  # the old lease expired: etcd deleted the record
+    etcd.revision += 1
+    etcd.log.append(WatchEvent("DELETE", KeyValue(key, b"", 0, etcd.revision)))
+    c.watch()
+    assert "mine" not in c.vhost.queues
+    a.metadata.lease = 42
+    claims = a.metadata.exclusive_claims()
+    assert [claim.success[0].lease for claim in claims] == [42]  # type: ignore[union-attr]
+    for claim in claims:
+        etcd.txn(claim)
+    c.watch()
+    with pytest.raises(ChannelError) as caught:
+        c.do(declare_queue("mine", durable=False))
+    assert caught.value.code == 405

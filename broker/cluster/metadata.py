@@ -226,6 +226,27 @@ class ClusterMetadata(LocalMetadata):
             return
         self.submit(change, None)
 
+    def exclusive_claims(self) -> list[Txn]:
+        """After registering with a new lease: put again (if nobody took the name meanwhile) the records of
+        this node's exclusive queues, which went with the old lease."""
+        claims = []
+        for vhost in self.vhosts.values():
+            for queue in vhost.queues.values():
+                if queue.exclusive and not is_placeholder(queue) and not queue.name.startswith("amq."):
+                    table = encode_table(queue.arguments)
+                    record = QueueRecord(
+                        queue.name,
+                        queue.durable,
+                        queue.auto_delete,
+                        table,
+                        (self.node_name,),
+                        self.node_name,
+                        True,
+                    )
+                    key = self.layout.queue(vhost.name, queue.name)
+                    claims.append(Txn((Compare.absent(key),), (Put(key, record.encode(), self.lease),)))
+        return claims
+
     def _declared_here(self, vhost: Any, name: str) -> bool:
         kv = self.kvs.get(self.layout.queue(vhost.name, name))
         return kv is None or QueueRecord.decode(kv.value).declared_on == self.node_name

@@ -88,6 +88,8 @@ async def keep_registered(
                     task_status.started()
                     started = True
                 log.info("registered in the cluster as %s (lease %x, %d s)", cluster.name, lease, granted)
+                for claim in cluster.metadata.exclusive_claims():  # none at the first registration
+                    await client.txn(claim, retry=True)  # put only if absent: twice is harmless
                 await client.keep_lease_alive(lease, granted or ttl)
                 log.error("lost the cluster lease of %s: registering again", cluster.name)
             finally:

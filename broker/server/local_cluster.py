@@ -312,7 +312,11 @@ def dev_cluster_main(argv: list[str]) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     cluster = LocalCluster(directory, args.nodes, management=args.management)
     try:
-        cluster.start()
+        try:
+            cluster.start()
+        except (RuntimeError, OSError) as error:  # a process that exits or never answers (TimeoutError)
+            print(f"leveret dev-cluster: could not start: {error}", file=sys.stderr)
+            return 1
         print(f"etcd: {', '.join(cluster.etcd.endpoints)}")
         for node in cluster.nodes:
             line = f"{node.name}: {node.amqp_url}"

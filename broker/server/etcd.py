@@ -55,6 +55,8 @@ _UNAVAILABLE = 14
 _NO_LEADER = "etcdserver: no leader"
 # Pause between two rounds over every member, so an election (1-2 s) is waited out, not hammered.
 _ROUND_PAUSE = 0.1
+# Longest pause between two attempts of a watch to resume while no member answers.
+_MAX_WATCH_PAUSE = 1.0
 # gRPC metadata through the gateway: a member without a leader cancels the watch instead of keeping it.
 _REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
@@ -177,6 +179,7 @@ class EtcdClient:
         seen) and compaction (hands over a WatchSnapshot, then carries on from its revision).
         """
         next_revision = start_revision
+        failures = 0  # in a row: a round over every member is quick, then the pauses grow to a second
         while True:
             compacted = False
             try:
@@ -185,12 +188,15 @@ class EtcdClient:
                         if isinstance(item, int):
                             compacted = True
                             break
+                        failures = 0
                         next_revision = item.revision + 1
                         yield item
             except _Retry as failure:
+                failures += 1
                 log.info("etcd watch broke (%s); resuming from revision %d", failure, next_revision)
                 self._rotate()
-                await trio.sleep(_ROUND_PAUSE / 2)
+                backoff = 2 ** max(failures - len(self.endpoints), 0)
+                await trio.sleep(min(_ROUND_PAUSE / 2 * backoff, _MAX_WATCH_PAUSE))
                 continue
             if compacted:  # re-read the range, then go on from there
                 try:

@@ -360,3 +360,36 @@ def test_an_exclusive_queue_is_locked_on_every_node(cluster: LocalCluster) -> No
         if a.is_open:
             a.close()
         c.close()
+
+
+def test_nodes_ride_out_the_loss_of_all_etcd(tmp_path: Path) -> None:
+    """Without etcd, messages keep flowing (etcd is never touched per message) and a declare fails with
+    541 after its timeout; once etcd is back, the nodes register again and declares work."""
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed")
+    cluster = LocalCluster(tmp_path, 3, etcd_request_timeout=0.3)
+    try:
+        cluster.start()
+        a = connect(cluster, 0)
+        channel = a.channel()
+        channel.queue_declare("outage.q")
+        for index in range(3):
+            cluster.etcd.kill(index)
+        for i in range(100):
+            channel.basic_publish("", "outage.q", str(i).encode())
+        assert [channel.basic_get("outage.q", auto_ack=True)[2] for _ in range(100)] == [
+            str(i).encode() for i in range(100)
+        ]
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as caught:
+            a.channel().queue_declare("outage.new")
+        assert caught.value.reply_code == 541
+        assert "cluster metadata store unavailable" in caught.value.reply_text
+        time.sleep(3.5)  # longer than the nodes' lease TTL (3 s) without a keepalive
+        cluster.etcd.restart(0, 1, 2)
+        eventually(lambda: registered_nodes(cluster) == ["node1", "node2", "node3"], timeout=15)
+        b = connect(cluster, 1)
+        connect(cluster, 0).channel().queue_declare("outage.new")
+        assert passive_queue(b, "outage.new") is None
+        b.close()
+    finally:
+        cluster.stop()

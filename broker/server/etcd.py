@@ -49,6 +49,8 @@ from leveret.broker.cluster.etcd_ops import (
 )
 
 log = logging.getLogger(__name__)
+# httpx logs every request at info: a keepalive a second would fill the node's log. Its warnings stay.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # gRPC's UNAVAILABLE: etcd says so when it has no leader (the request was not applied).
 _UNAVAILABLE = 14

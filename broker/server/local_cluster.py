@@ -142,12 +142,14 @@ class EtcdCluster:
             process.kill()
             process.wait()
 
-    def restart(self, index: int) -> None:
-        """Start a killed member again on its data dir and ports."""
+    def restart(self, *indexes: int) -> None:
+        """Start killed members again on their data dirs and ports (all at once: a member alone waits for
+        a quorum)."""
         binary = etcd_binary()
         assert binary is not None
-        self._spawn(binary, self.members[index], state="existing")
-        self.wait_ready([self.members[index]])
+        for index in indexes:
+            self._spawn(binary, self.members[index], state="existing")
+        self.wait_ready([self.members[index] for index in indexes])
 
     def stop(self) -> None:
         """Kill every member: their data is throwaway, and a graceful stop of a whole cluster takes seconds
@@ -197,6 +199,7 @@ class LocalCluster:
     size: int = 3
     management: bool = False
     log_level: str = "info"
+    etcd_request_timeout: float | None = None  # cluster.etcd.request_timeout; None: the default
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
 
@@ -242,6 +245,8 @@ class LocalCluster:
             if node.management_port is not None:
                 lines.append(f'      management: "127.0.0.1:{node.management_port}"')
         lines += ["  etcd:", "    endpoints: [" + ", ".join(f'"{url}"' for url in self.etcd.endpoints) + "]"]
+        if self.etcd_request_timeout is not None:
+            lines.append(f"    request_timeout: {self.etcd_request_timeout}")
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start_node(self, node: LocalNode) -> None:

@@ -33,7 +33,7 @@ class ContentReceived:
     channel: int
     publish: Publish
     properties_raw: bytes
-    body: bytes
+    body: bytes | bytearray  # a bytearray when it came in several frames
 
 
 @dataclass(slots=True)

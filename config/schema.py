@@ -88,8 +88,8 @@ class Limits:
     frame_max: int = field(default=131072, metadata={"check": checks.int_range(4096, 2**32 - 1)})
     # Seconds; 0 disables heartbeats. The wire field is 16 bits.
     heartbeat: int = field(default=60, metadata={"check": checks.int_range(0, 65535)})
-    # RabbitMQ's ceiling is 512 MiB.
-    max_message_size: int = field(default=16777216, metadata={"check": checks.int_range(1, 536870912)})
+    # RabbitMQ 3.13's default (128 MiB; 4.x lowered it to 16 MiB); its ceiling is 512 MiB.
+    max_message_size: int = field(default=134217728, metadata={"check": checks.int_range(1, 536870912)})
     # Seconds from TCP accept to connection.open-ok.
     handshake_timeout: float = field(default=10.0, metadata={"check": checks.positive_number()})
     # Milliseconds a delivery may stay unacknowledged; None or 0 disables.

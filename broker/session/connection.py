@@ -192,9 +192,10 @@ class ConnectionSession:
             if channel.awaiting_confirms:
                 channel.flush_confirms(durable)
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self, limit: int | None = None) -> bytes:
+        """See ServerConnection.data_to_send."""
         self.flush_confirms()
-        return self.conn.data_to_send()
+        return self.conn.data_to_send(limit)
 
     # ---- closing ----------------------------------------------------------------------------
 

@@ -19,10 +19,20 @@ def _port(default: int) -> int:
     return field(default=default, metadata={"check": checks.int_range(1, 65535)})
 
 
+# Loopback on both families, as RabbitMQ's default listener accepts both (Leveret's default stays local).
+LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
-    host: str = field(default="127.0.0.1", metadata={"check": checks.non_empty()})
+    # One address or several, all on `port` (RabbitMQ's listeners.tcp.N). "::" is every address of both
+    # families (as RabbitMQ's dual-stack default), "0.0.0.0" every IPv4 one.
+    host: str | tuple[str, ...] = field(default=LOOPBACK_HOSTS, metadata={"check": checks.hosts()})
     port: int = _port(5672)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,) if isinstance(self.host, str) else self.host
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,10 +129,13 @@ class Broker:
         *,
         management: bool = False,
         users: tuple[ExtraUser, ...] = (),
+        ipv6: bool = False,
     ) -> None:
         self.limits = limits
         self.tls = tls
         self.users = users
+        # Also listen on the IPv6 loopback, same port (RabbitMQ: listeners.tcp.N; Leveret: a list of hosts).
+        self.ipv6 = ipv6
         self.host = HOST
         self.port = free_port()
         self.tls_port = free_port() if tls is not None else None
@@ -149,6 +152,11 @@ class Broker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    @property
+    def ipv6_url(self) -> str:
+        assert self.ipv6, "broker started without the IPv6 loopback"
+        return f"amqp://guest:guest@[::1]:{self.port}/"
 
     @property
     def management_url(self) -> str:
@@ -269,18 +277,13 @@ class LeveretBroker(Broker):
 
     def command(self) -> list[str]:
         data = str(self.data_dir)
-        command = [
-            sys.executable,
-            "-m",
-            "leveret",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--data-dir",
-            data,
-        ]
+        command = [sys.executable, "-m", "leveret", "--port", str(self.port), "--data-dir", data]
         settings: dict[str, object] = {}
+        listeners: dict[str, object] = {}
+        if self.ipv6:
+            listeners["amqp"] = {"host": [self.host, "::1"]}
+        else:
+            command += ["--host", self.host]
         resources = {
             key: str(value)  # a string: a plain number would be read as a fraction of memory
             for key, value in vars(self.limits).items()
@@ -288,7 +291,6 @@ class LeveretBroker(Broker):
         }
         if resources:
             settings["resources"] = resources
-        listeners: dict[str, object] = {}
         if self.management_port is not None:
             listeners["management"] = {"host": self.host, "port": self.management_port}
         if self.users:
@@ -332,8 +334,9 @@ class RabbitMQBroker(Broker):
         *,
         management: bool = False,
         users: tuple[ExtraUser, ...] = (),
+        ipv6: bool = False,
     ) -> None:
-        super().__init__(workdir, limits, tls, management=management, users=users)
+        super().__init__(workdir, limits, tls, management=management, users=users, ipv6=ipv6)
         self.script = script
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -359,6 +362,10 @@ class RabbitMQBroker(Broker):
             settings["prometheus.tcp.ip"] = self.host
             settings["prometheus.tcp.port"] = self.prometheus_port
             settings["prometheus.return_per_object_metrics"] = "true"
+        if ipv6:
+            # Instead of RABBITMQ_NODE_IP_ADDRESS, which would override these.
+            settings["listeners.tcp.1"] = f"{self.host}:{self.port}"
+            settings["listeners.tcp.2"] = f"::1:{self.port}"
         if users:
             settings["load_definitions"] = self._write_definitions(all_users(users))
         if tls is not None:
@@ -425,8 +432,6 @@ class RabbitMQBroker(Broker):
             RABBITMQ_LOG_BASE=str(self.log_dir),
             RABBITMQ_PID_FILE=str(self.pid_file),
             RABBITMQ_NODENAME=self.nodename,
-            RABBITMQ_NODE_IP_ADDRESS=self.host,
-            RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS=self.host,
@@ -435,6 +440,8 @@ class RabbitMQBroker(Broker):
                 "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
             ),
         )
+        if not self.ipv6:
+            env.update(RABBITMQ_NODE_IP_ADDRESS=self.host, RABBITMQ_NODE_PORT=str(self.port))
         return env
 
     def diagnostics(self) -> str:

@@ -79,12 +79,12 @@ async def run_node(config: Config) -> None:
     node = open_node(config)
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
-        await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
+        await nursery.start(serve_amqp, node, config.listeners.amqp.hosts, config.listeners.amqp.port)
         if amqps is not None and ssl_context is not None:
-            await nursery.start(serve_amqp, node, amqps.host, amqps.port, ssl_context)
+            await nursery.start(serve_amqp, node, amqps.hosts, amqps.port, ssl_context)
         management = config.listeners.management
         if management is not None:
-            await nursery.start(serve_management, node, management.host, management.port)
+            await nursery.start(serve_management, node, management.hosts, management.port)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import pika
 
-from leveret.config.sizes import parse_size
 from interop.backlog import BudgetedLeveret, vm_rss
 from interop.brokers import Broker, RabbitMQBroker, rabbitmq_server_script
+from leveret.config.sizes import parse_size
 
 CASES = ("transient", "persistent", "paged", "paged-persistent")
 SETTLE_SECONDS = 2.0  # after start, so the idle figure is not taken while the broker is still booting
-PAGED_WAIT = 3.0  # how long the message sits in the queue in the `paged` case (Leveret's pager runs every 0.1 s)
+PAGED_WAIT = 3.0  # how long the message sits in the queue in the paged cases (Leveret's pager: every 0.1 s)
 MB = 1_000_000
 
 
@@ -119,7 +119,8 @@ def one_run(make: Callable[[Path, str], Broker], case: str, body: bytes) -> Run:
             seconds, queued = round_trip(broker, case, body)
             run = Run(broker.kind, case, len(body), idle, peak_rss(pid), queued, seconds)
             if case.startswith("paged") and broker.kind == "leveret" and run.queued_per_body > 0.5:
-                raise RuntimeError(f"leveret held the body in memory while it was paged ({run.queued_per_body:.2f})")
+                held = run.queued_per_body
+                raise RuntimeError(f"leveret held the body in memory while it was paged ({held:.2f})")
             return run
         finally:
             broker.close()
@@ -136,7 +137,9 @@ def rabbitmq(workdir: Path, case: str) -> Broker:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="100MB", help="body size (default 100MB)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--cases", default=",".join(CASES))
@@ -150,7 +153,10 @@ def main() -> None:
     else:
         print("rabbitmq-server is not installed: Leveret alone, no ratio")
     print(f"one message of {size:,} bytes; nproc {os.cpu_count()}\n")
-    print("| case | broker | idle RSS MB | peak RSS MB | peak growth / body | queued growth / body | round trip s |")
+    print(
+        "| case | broker | idle RSS MB | peak RSS MB | peak growth / body | queued growth / body "
+        "| round trip s |"
+    )
     print("|---|---|---|---|---|---|---|")
     runs: list[Run] = []
     for repeat in range(args.repeat):

@@ -1,8 +1,9 @@
 """Build schema dataclasses from plain data, driven only by their fields and type hints.
 
 Supported hints: str, int, float, bool, nested dataclasses, `tuple[X, ...]` and unions (`X | None`,
-several scalars such as `float | str`, or scalars and one tuple such as `str | tuple[str, ...]`). Every problem is appended to `errors` as "dotted.path: message"
-and the walk carries on, so one pass reports them all.
+several scalars such as `float | str`, or scalars and one tuple such as `str | tuple[str, ...]`). Every
+problem is appended to `errors` as "dotted.path: message" and the walk carries on, so one pass reports
+them all.
 """
 
 import dataclasses

@@ -53,7 +53,8 @@ def test_a_body_over_128_mib_is_refused_with_rabbitmqs_error(broker: Broker) -> 
             channel.basic_qos(prefetch_count=0)  # answered by the channel.close
         assert (closed.value.reply_code, closed.value.reply_text) == (
             406,
-            f"PRECONDITION_FAILED - message size {size} is larger than configured max size {MAX_MESSAGE_SIZE}",
+            f"PRECONDITION_FAILED - message size {size} is larger than configured max size "
+            f"{MAX_MESSAGE_SIZE}",
         )
         assert connection.is_open
         check = connection.channel()

@@ -13,8 +13,8 @@ from pamqp.commands import Channel, Connection
 from leveret.amqp.constants import PROTOCOL_HEADER
 from leveret.broker.node import Node
 from leveret.broker.server.connection_task import _is_loopback
-from leveret.broker.session.connection import ConnectionSession
 from leveret.broker.server.listener import bind_host, open_listeners, serve_amqp
+from leveret.broker.session.connection import ConnectionSession
 from leveret.config import Config
 from tests.peers import ClientPeer, methods
 from tests.trio_client import TrioClient

@@ -7,7 +7,6 @@ import functools
 import logging
 import socket
 import ssl
-
 from collections.abc import Sequence
 
 import trio

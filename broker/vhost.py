@@ -39,6 +39,12 @@ PREDECLARED = (
 _MAX_ROUTING_HOPS = 64
 
 
+def check_not_default_exchange(name: str) -> None:
+    """RabbitMQ refuses every declare (passive too), delete and binding of the default exchange."""
+    if name == DEFAULT_EXCHANGE:
+        raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+
+
 def _bool_text(value: bool) -> str:
     return "true" if value else "false"
 
@@ -88,8 +94,9 @@ class VirtualHost:
         internal: bool,
         arguments: dict[str, Any],
     ) -> Exchange:
+        check_not_default_exchange(name)
         existing = self.exchanges.get(name)
-        if name.startswith(RESERVED_PREFIX) and existing is None or name == DEFAULT_EXCHANGE:
+        if name.startswith(RESERVED_PREFIX) and existing is None:
             raise ChannelError(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'")
         cls = exchange_class(kind)
         if existing is not None:
@@ -122,8 +129,7 @@ class VirtualHost:
         _check_arguments_equivalent(where, exchange.arguments, arguments, keys=("alternate-exchange",))
 
     def delete_exchange(self, name: str, *, if_unused: bool) -> None:
-        if name == DEFAULT_EXCHANGE:
-            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        check_not_default_exchange(name)
         if name.startswith(RESERVED_PREFIX) and name in self.exchanges:
             raise ChannelError(
                 ACCESS_REFUSED, f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"

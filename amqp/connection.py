@@ -483,12 +483,13 @@ class ServerConnection:
     def _open_channel(self, channel: int, method: Any, events: deque[Event]) -> None:
         if not isinstance(method, Channel.Open):
             raise ConnectionLevelError(CHANNEL_ERROR, "expected 'channel.open'", *method_ids(method))
-        if channel > self.channel_max:
+        # channel_max bounds how many channels are open, not their numbers (rabbit_reader:create_channel):
+        # RabbitMQ opens channel 65535 on any connection. 0 is no limit.
+        if self.channel_max and len(self._channels) >= self.channel_max:
             raise ConnectionLevelError(
                 NOT_ALLOWED,
-                f"channel number {channel} exceeds the negotiated channel_max {self.channel_max}",
-                20,
-                10,
+                f"number of channels opened ({len(self._channels)}) has reached the negotiated channel_max "
+                f"({self.channel_max})",
             )
         self._channels[channel] = _ChannelState()
         events.append(MethodReceived(channel, method))

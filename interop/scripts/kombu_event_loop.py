@@ -84,7 +84,7 @@ def revive(active_name: str, inactive_name: str) -> dict[str, object]:
     def drain(connection: Connection, timeout: float) -> None:
         try:
             connection.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass
 
     result: dict[str, object] = {}

@@ -45,7 +45,7 @@ from .events import (
 )
 from .framing import HEARTBEAT_FRAME, FrameReader
 from .handshake import (
-    MECHANISMS,
+    EXTERNAL,
     ConnectionPolicy,
     ServerSettings,
     check_tune_ok,
@@ -321,7 +321,7 @@ class ServerConnection:
                 version_major=0,
                 version_minor=9,
                 server_properties=self.settings.server_properties(),
-                mechanisms=" ".join(MECHANISMS),
+                mechanisms=" ".join(self.policy.mechanisms()),
                 locales="en_US",
             ),
         )
@@ -395,13 +395,15 @@ class ServerConnection:
 
     def _start_ok(self, method: Any) -> None:
         self.client_properties = method.client_properties or {}
-        if method.mechanism not in MECHANISMS:
+        if method.mechanism not in self.policy.mechanisms():
             raise ConnectionLevelError(
                 ACCESS_REFUSED, f"unsupported authentication mechanism '{method.mechanism}'", 10, 11
             )
         username, password = parse_sasl_response(method.mechanism, method.response)
+        if method.mechanism == EXTERNAL:
+            username = self.policy.external_username() or ""
         self.mechanism = method.mechanism
-        if not self.policy.authenticate(method.mechanism, username, password):
+        if not username or not self.policy.authenticate(method.mechanism, username, password):
             raise ConnectionLevelError(
                 ACCESS_REFUSED,
                 f"Login was refused using authentication mechanism {method.mechanism}. "

@@ -145,6 +145,15 @@ def _duplicates(entries: list[tuple[str, Hashable, str]]) -> list[tuple[str, str
 class Config:
     listeners: Listeners = Listeners()
     tls: Tls | None = None
+    # SASL mechanisms offered in connection.start (RabbitMQ's auth_mechanisms). EXTERNAL (RabbitMQ's
+    # rabbitmq_auth_mechanism_ssl) logs in with the TLS client certificate, on amqps connections only.
+    auth_mechanisms: tuple[str, ...] = field(
+        default=("PLAIN", "AMQPLAIN"), metadata={"check": checks.mechanisms()}
+    )
+    # Where EXTERNAL takes the username from (RabbitMQ's ssl_cert_login_from; its default).
+    ssl_cert_login_from: str = field(
+        default="distinguished_name", metadata={"check": checks.one_of("distinguished_name", "common_name")}
+    )
     data_dir: str = field(default="./leveret-data", metadata={"check": checks.non_empty()})
     vhosts: tuple[str, ...] = ("/",)
     users: tuple[User, ...] = (User("guest", GUEST_PASSWORD_HASH, ("administrator",), loopback_only=True),)

@@ -112,6 +112,9 @@ class TlsSettings:
     cacertfile: Path
     verify_peer: bool = False
     fail_if_no_peer_cert: bool = False
+    # The EXTERNAL mechanism (RabbitMQ's rabbitmq_auth_mechanism_ssl) offered beside PLAIN and AMQPLAIN, the
+    # username taken from the client certificate's "common_name" or "distinguished_name"; None: off.
+    external_login_from: str | None = None
 
 
 class Broker:
@@ -310,6 +313,9 @@ class LeveretBroker(Broker):
                 "verify": "verify_peer" if self.tls.verify_peer else "verify_none",
                 "fail_if_no_peer_cert": self.tls.fail_if_no_peer_cert,
             }
+            if self.tls.external_login_from is not None:
+                settings["auth_mechanisms"] = ["PLAIN", "AMQPLAIN", "EXTERNAL"]
+                settings["ssl_cert_login_from"] = self.tls.external_login_from
         if listeners:
             settings["listeners"] = listeners
         if settings:
@@ -347,6 +353,8 @@ class RabbitMQBroker(Broker):
         plugins = ["rabbitmq_consistent_hash_exchange"]
         if management:
             plugins += ["rabbitmq_management", "rabbitmq_prometheus"]
+        if tls is not None and tls.external_login_from is not None:
+            plugins.append("rabbitmq_auth_mechanism_ssl")
         (workdir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         settings: dict[str, object] = {
             "vm_memory_high_watermark.absolute": limits.memory_high_watermark,
@@ -377,6 +385,13 @@ class RabbitMQBroker(Broker):
                 "ssl_options.verify": "verify_peer" if tls.verify_peer else "verify_none",
                 "ssl_options.fail_if_no_peer_cert": str(tls.fail_if_no_peer_cert).lower(),
             })
+            if tls.external_login_from is not None:
+                settings.update({
+                    "auth_mechanisms.1": "PLAIN",
+                    "auth_mechanisms.2": "AMQPLAIN",
+                    "auth_mechanisms.3": "EXTERNAL",
+                    "ssl_cert_login_from": tls.external_login_from,
+                })
         (workdir / "rabbitmq.conf").write_text(
             "".join(f"{key} = {value}\n" for key, value in settings.items() if value is not None)
         )

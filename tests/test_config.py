@@ -239,6 +239,15 @@ permissions:
         ),
         ("log_level: loud", "log_level: expected one of debug, info, warning, error, got 'loud'"),
         (
+            "auth_mechanisms: [PLAIN, CRAM-MD5]",
+            "auth_mechanisms: expected a non-empty list of distinct SASL mechanisms among PLAIN, AMQPLAIN,"
+            " EXTERNAL, got a list",
+        ),
+        (
+            "ssl_cert_login_from: serial",
+            "ssl_cert_login_from: expected one of distinguished_name, common_name, got 'serial'",
+        ),
+        (
             "listeners: {amqp: {host: []}}",
             "listeners.amqp.host: expected a host such as '127.0.0.1', '::1', '::' or '0.0.0.0',"
             " or a non-empty list of them, got a list",

@@ -79,6 +79,8 @@ class ConnectionTask:
         local = tcp.socket.getsockname()
         self.session.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         self.session.tls = self._socket is None
+        if isinstance(stream, trio.SSLStream):
+            self.session.peer_certificate = lambda: stream.getpeercert(binary_form=True)
         self.session.wake = self._wake
         self._wakeup = trio.Event()
         self._woken = False  # a write of the session's output is arranged (batch or writer)

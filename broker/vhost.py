@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
@@ -45,7 +45,7 @@ def check_not_default_exchange(name: str) -> None:
         raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
 
-def _bool_text(value: bool) -> str:
+def _bool_text(value: object) -> str:
     return "true" if value else "false"
 
 
@@ -330,7 +330,8 @@ class VirtualHost:
                     seen_queues.add(id(destination))
                     queues.append(destination)
             else:
-                self._route_into(destination, message, queues, seen_queues, visited, depth + 1)
+                downstream = cast(Exchange, destination)
+                self._route_into(downstream, message, queues, seen_queues, visited, depth + 1)
         if not matched:
             alternate = self._alternate_exchange(exchange)
             if alternate is not None:

@@ -3,7 +3,6 @@ the machine lacks skipped, and guest accepted from loopback on both families onl
 
 from __future__ import annotations
 
-import errno
 import socket
 
 import pytest
@@ -13,7 +12,8 @@ from pamqp.commands import Channel, Connection
 from leveret.amqp.constants import PROTOCOL_HEADER
 from leveret.broker.node import Node
 from leveret.broker.server.connection_task import _is_loopback
-from leveret.broker.server.listener import bind_host, open_listeners, serve_amqp
+from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.startup import ListenerSetting, StartError, bind_host, open_listeners
 from leveret.broker.session.connection import ConnectionSession
 from leveret.config import Config
 from tests.peers import ClientPeer, methods
@@ -21,6 +21,7 @@ from tests.trio_client import TrioClient
 
 # An address from TEST-NET-1 (RFC 5737): never assigned to this machine, so binding it fails.
 ABSENT = "192.0.2.1"
+AMQP = ListenerSetting("AMQP", "listeners.amqp", host_flag="--host", port_flag="--port")
 
 
 def has_ipv6_loopback() -> bool:
@@ -61,20 +62,27 @@ async def test_the_default_hosts_serve_guest_on_both_loopbacks() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_an_address_the_machine_lacks_is_skipped_beside_one_it_has() -> None:
+async def test_an_address_the_machine_lacks_is_skipped_beside_one_it_has(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = free_port()
-    listeners = await open_listeners((ABSENT, "127.0.0.1"), port)
+    listeners = await open_listeners(AMQP, (ABSENT, "127.0.0.1"), port)
     try:
         assert [listener.socket.getsockname() for listener in listeners] == [("127.0.0.1", port)]
     finally:
         for listener in listeners:
             await listener.aclose()
+    assert f"not listening for AMQP on {ABSENT} port {port}" in caplog.text
 
 
 async def test_no_address_to_listen_on_is_an_error() -> None:
-    with pytest.raises(OSError, match=f"cannot listen on {ABSENT} port") as caught:
-        await open_listeners((ABSENT,), free_port())
-    assert caught.value.errno == errno.EADDRNOTAVAIL
+    port = free_port()
+    with pytest.raises(StartError) as caught:
+        await open_listeners(AMQP, (ABSENT,), port)
+    assert str(caught.value) == (
+        f"cannot listen for AMQP on {ABSENT}:{port}: cannot assign requested address; "
+        "set another address with listeners.amqp.host (--host)"
+    )
 
 
 async def test_a_port_in_use_is_an_error_even_beside_a_free_host() -> None:
@@ -82,9 +90,8 @@ async def test_a_port_in_use_is_an_error_even_beside_a_free_host() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError) as caught:
-            await open_listeners((ABSENT, "127.0.0.1"), port)
-    assert caught.value.errno == errno.EADDRINUSE
+        with pytest.raises(StartError, match="address already in use; set another port"):
+            await open_listeners(AMQP, (ABSENT, "127.0.0.1"), port)
 
 
 def test_double_colon_means_every_address_of_both_families() -> None:

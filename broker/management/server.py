@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import socket
 from collections.abc import Sequence
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from leveret.broker.management.app import build_app
 from leveret.broker.node import Node
@@ -18,64 +18,45 @@ from leveret.broker.node import Node
 log = logging.getLogger(__name__)
 
 
+def _hypercorn_config() -> HypercornConfig:
+    config = HypercornConfig()
+    config.accesslog = None
+    config.errorlog = log  # hypercorn's own errors go to Leveret's log, not stderr
+    config.graceful_timeout = 1.0  # in-flight requests at shutdown; every answer here is immediate
+    return config
+
+
+def bind_management(host: str, port: int) -> list[socket.socket]:
+    """The management listener's sockets on one host, bound and listening (OSError when the address is
+    taken or missing), so that `run_node` can bind every listener before it opens the store. "::" is one
+    dual-stack socket: every address of both families, as for AMQP."""
+    config = _hypercorn_config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    sockets = config.create_sockets().insecure_sockets
+    for sock in sockets:
+        sock.listen(config.backlog)
+    return sockets
+
+
 async def serve_management(
     node: Node,
     hosts: str | Sequence[str],
     port: int,
     *,
+    sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve on `port` of each of `hosts` (one, or a list; "::" is both families, as for AMQP) until
-    cancelled; `task_status` gets the bound addresses ("http://127.0.0.1:15672"), with the real port when
+    """Serve until cancelled, on `sockets` from `bind_management` or else on `port` of each of `hosts` (one,
+    or a list); `task_status` gets the bound addresses ("http://127.0.0.1:15672"), with the real port when
     `port` is 0."""
-    config = HypercornConfig()
-    config.bind = [f"fd://{fd}" for fd in _bound_sockets((hosts,) if isinstance(hosts, str) else hosts, port)]
-    config.accesslog = None
-    config.errorlog = log  # hypercorn's own errors go to Leveret's log, not stderr
-    config.graceful_timeout = 1.0  # in-flight requests at shutdown; every answer here is immediate
-    await serve(build_app(node), config, task_status=_LoggedStatus(task_status))
-
-
-# The machine lacks the address or its family (::1 with IPv6 disabled): skipped while another host binds.
-_UNAVAILABLE = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
-
-
-def _bound_sockets(hosts: Sequence[str], port: int) -> list[int]:
-    """A bound socket's descriptor for each host this machine has, for hypercorn to own ("fd://N"). "::"
-    is one dual-stack socket (every address of both families). Without this, hypercorn would fail on the
-    first missing address."""
-    fds: list[int] = []
-    skipped: list[tuple[str, OSError]] = []
-    for host in hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as error:
-            if error.errno not in _UNAVAILABLE:
-                raise
-            skipped.append((host, error))
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
-            sock.bind((host, port))
-        except OSError as error:
-            sock.close()
-            if error.errno not in _UNAVAILABLE:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            skipped.append((host, error))
-            continue
-        port = port or sock.getsockname()[1]  # port 0: every host on the one the first got
-        fds.append(sock.detach())
-    if not fds:
-        host, error = skipped[0]
-        raise OSError(error.errno, f"cannot listen on {host} port {port}: {error.strerror}")
-    for host, error in skipped:
-        log.warning("management API not listening on %s: %s", host, error.strerror)
-    return fds
+    if sockets is None:
+        sockets = [sock for host in ((hosts,) if isinstance(hosts, str) else hosts)
+                   for sock in bind_management(host, port)]
+    config = _hypercorn_config()
+    # hypercorn's ASGI and task-status types are its own; Starlette's app and a duck-typed status fit them.
+    app = wrap_app(build_app(node), config.wsgi_max_body_size, None)  # type: ignore[arg-type]
+    bound = Sockets([], sockets, [])
+    await worker_serve(app, config, sockets=bound, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
 
 
 class _LoggedStatus:

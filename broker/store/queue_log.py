@@ -271,7 +271,7 @@ class QueueLog:
     # -- appends (event loop) ---------------------------------------------------------------------
 
     def append_enqueue(self, seq: int, exchange: str, routing_key: str, properties_raw: bytes,
-                       body: bytes, deadline: int | None = None) -> int:
+                       body: records.Buffer, deadline: int | None = None) -> int:
         """Record a persistent message, expiring at `deadline` (ms since the epoch) if given; returns its
         write position (durable once the store's `durable_position` reaches it)."""
         if seq <= self.last_seq:
@@ -306,6 +306,7 @@ class QueueLog:
         for seq in settled:
             live.remove(seq)
             segment = self._segment_of(seq)
+            assert segment is not None  # a live seq is in an enqueuing segment
             segment.live -= 1
             if segment is not active:
                 active.refs.add(segment.index)
@@ -318,6 +319,7 @@ class QueueLog:
             return self._pending.position
         position = self._append(DELIVERED, (records.delivered_payload(seq),), False)
         segment = self._segment_of(seq)
+        assert segment is not None  # a live seq is in an enqueuing segment
         if segment is not self._active:
             self._active.refs.add(segment.index)
         return position

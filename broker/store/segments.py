@@ -15,7 +15,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .records import Buffer, RecordScanner
@@ -135,7 +135,7 @@ def layout_runs(offset: int, parts: Iterable[bytes | bytearray | memoryview]) ->
     return runs
 
 
-def write_runs(path: Path, runs: list[tuple[int, Buffer]], sync: bool) -> None:
+def write_runs(path: Path, runs: Sequence[tuple[int, Buffer]], sync: bool) -> None:
     """Write each (offset, data) run into `path` (creating it), then fsync it once if `sync`.
 
     Writing at explicit offsets makes a retry after a failed write idempotent: it overwrites whatever

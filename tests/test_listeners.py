@@ -3,19 +3,24 @@ the machine lacks skipped, and guest accepted from loopback on both families onl
 
 from __future__ import annotations
 
+import functools
 import socket
+from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from pamqp.commands import Channel, Connection
 
 from leveret.amqp.constants import PROTOCOL_HEADER
+from leveret.broker.management.server import serve_management
 from leveret.broker.node import Node
 from leveret.broker.server.connection_task import _is_loopback
 from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.main import bind_listeners
 from leveret.broker.server.startup import ListenerSetting, StartError, bind_host, open_listeners
 from leveret.broker.session.connection import ConnectionSession
-from leveret.config import Config
+from leveret.config import Config, load_config
 from tests.peers import ClientPeer, methods
 from tests.trio_client import TrioClient
 
@@ -131,3 +136,34 @@ def test_guest_is_refused_from_a_peer_that_is_not_loopback() -> None:
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker "
         "logfile.",
     )
+
+
+@needs_ipv6
+async def test_run_node_binds_every_listener_on_both_loopbacks(tmp_path: Path) -> None:
+    """What `run_node` binds before it opens the store: AMQP and the management API on each host, one
+    port each; guest reaches the management API over ::1 (loopback)."""
+    amqp_port, http_port = free_port(), free_port()
+    config = load_config(overrides={
+        "listeners.amqp.port": amqp_port,
+        "listeners.management": {"host": ["127.0.0.1", "::1", ABSENT], "port": http_port},
+        "data_dir": str(tmp_path),
+    })
+    bound = await bind_listeners(config)
+    try:
+        assert sorted(listener.socket.getsockname()[:2] for listener in bound.amqp) == [
+            ("127.0.0.1", amqp_port), ("::1", amqp_port)
+        ]
+        assert sorted(sock.getsockname()[:2] for sock in bound.management) == [
+            ("127.0.0.1", http_port), ("::1", http_port)
+        ]
+        node = Node(config, clock=trio.current_time)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(serve_management, sockets=bound.management), node, (), http_port
+            )
+            async with httpx.AsyncClient(auth=("guest", "guest")) as http:
+                answer = await http.get(f"http://[::1]:{http_port}/api/whoami")
+            assert answer.json() == {"name": "guest", "tags": ["administrator"]}
+            nursery.cancel_scope.cancel()
+    finally:
+        bound.close()

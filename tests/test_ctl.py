@@ -169,6 +169,12 @@ def test_a_config_files_management_listener_is_used(tmp_path: Path) -> None:
     ipv6 = tmp_path / "ipv6.yaml"
     ipv6.write_text("listeners:\n  management: {host: '::1', port: 15999}\n")
     assert resolve(None, None, None, None, str(ipv6), {}).base_url == "http://[::1]:15999"
+    several = tmp_path / "several.yaml"
+    several.write_text("listeners:\n  management: {host: ['10.9.8.7', '::1'], port: 15999}\n")
+    assert resolve(None, None, None, None, str(several), {}).base_url == "http://10.9.8.7:15999"
+    default = tmp_path / "default.yaml"  # the default hosts: 127.0.0.1 and ::1
+    default.write_text("listeners:\n  management: {port: 15999}\n")
+    assert resolve(None, None, None, None, str(default), {}).base_url == "http://127.0.0.1:15999"
 
 
 def test_a_config_file_without_management_is_a_clear_error(tmp_path: Path) -> None:

@@ -86,6 +86,19 @@ def test_domain_never_imports_management(path: Path) -> None:
     assert not bad, f"{path} imports {bad}"
 
 
+@pytest.mark.parametrize("path", _modules("broker/cluster"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_cluster_logic_is_sans_io(path: Path) -> None:
+    """Placement, membership, records and the metadata view are pure: etcd's client (httpx) and the
+    cluster's tasks live in broker/server/ (etcd.py, cluster.py)."""
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in {"trio", "asyncio", "socket", "httpx", "anyio"}
+        or name.startswith(("leveret.broker.server", "leveret.broker.session"))
+    }
+    assert not bad, f"{path} imports {bad}"
+
+
 # The ctl client may use the standard library, httpx and the configuration loader (for --config), nothing of
 # the broker: it reaches a broker only over HTTP, so it works the same against RabbitMQ.
 CTL_ALLOWED = {"httpx", "leveret.config"}

@@ -94,5 +94,6 @@ def _from_config(path: str) -> _Location:
     if listener is None:
         message = f"{path} has no listeners.management: the management API is off in that configuration"
         raise CtlError(message, EX_CONFIG)
-    host = DEFAULT_HOST if listener.host in WILDCARD_HOSTS else listener.host
-    return _Location(host=host, port=listener.port)
+    # The first address it listens on; one bound to every interface is reached through loopback.
+    host = listener.hosts[0] if listener.hosts else DEFAULT_HOST
+    return _Location(host=DEFAULT_HOST if host in WILDCARD_HOSTS else host, port=listener.port)

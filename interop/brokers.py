@@ -84,6 +84,8 @@ class ResourceLimits:
 
     memory_high_watermark: int | None = None
     disk_free_limit: int | None = None
+    # Leveret's paging budget (RabbitMQ has none: its queues page by their own rules).
+    message_memory_budget: int | None = None
 
 
 DEFAULT_LIMITS = ResourceLimits()

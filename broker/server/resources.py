@@ -3,6 +3,8 @@ node's alarms (broker/alarms.py holds the rules; this module only reads the syst
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 from pathlib import Path
@@ -18,16 +20,29 @@ log = logging.getLogger(__name__)
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    """glibc's malloc_trim, which returns free pages inside its heaps to the system; None elsewhere."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
 class SystemSampler:
     """Linux: the resident set from /proc/self/statm, free space from statvfs (what `df` calls Available,
     as RabbitMQ reads it)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        self._trim = _malloc_trim()
 
     def memory_used(self) -> int:
         with open("/proc/self/statm", "rb") as statm:
             return int(statm.read().split()[1]) * _PAGE_SIZE
+
+    def release_free_memory(self) -> None:
+        if self._trim is not None:
+            self._trim(0)
 
     def disk_free(self) -> int:
         stat = os.statvfs(self.data_dir)

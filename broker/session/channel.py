@@ -33,6 +33,7 @@ from leveret.broker.queues.queue import Queue as BrokerQueue
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
+from leveret.broker.session.output import DELIVERY_OVERHEAD, OUTBOX_HIGH_WATER
 from leveret.broker.vhost import DEFAULT_EXCHANGE
 
 if TYPE_CHECKING:
@@ -142,7 +143,12 @@ class ChannelSession:
                 self.conn.frame_max,
             )
         )
-        self.session.wake()
+        session = self.session
+        size = len(message.body) + len(message.properties_raw) + DELIVERY_OVERHEAD
+        unsent = session.unsent = session.unsent + size
+        if unsent > OUTBOX_HIGH_WATER:
+            session.writable = False
+        session.wake()
 
     def ack_timeout(self, now: float) -> ChannelError | None:
         """The error to close the channel with when its oldest unacked delivery has waited too long: the

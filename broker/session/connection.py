@@ -29,6 +29,7 @@ from leveret.amqp.events import (
 )
 from leveret.broker.auth import VhostPermissions
 from leveret.broker.session.channel import ChannelSession
+from leveret.broker.session.output import OUTBOX_LOW_WATER
 from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
 
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
     from leveret.broker.node import Node
 
 log = logging.getLogger(__name__)
-
-# Past this many bytes waiting for the socket, no-ack consumers stop taking messages until it drains.
-OUTBOX_HIGH_WATER = 4 * 1024 * 1024
 
 
 class _Policy:
@@ -77,6 +75,10 @@ class ConnectionSession:
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set on connection.open
         self.channels: dict[int, ChannelSession] = {}
         self.wake: Callable[[], None] = lambda: None  # the server sets this: "you have bytes to send"
+        # Bytes queued or being written, not yet taken by the socket: deliveries counted (about) as they
+        # are queued, and what the server still holds after a write (`output_left`). Past
+        # OUTBOX_HIGH_WATER the consumers stop (writable False) until the server reports it drained.
+        self.unsent = 0
         self.writable = True
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
@@ -193,8 +195,20 @@ class ConnectionSession:
                 channel.flush_confirms(durable)
 
     def data_to_send(self) -> bytes:
+        """Everything queued to send; from here the bytes are the server's (see `output_left`)."""
         self.flush_confirms()
+        self.unsent = 0
         return self.conn.data_to_send()
+
+    def output_left(self, unsent: int) -> None:
+        """The server's report after a write: `unsent` bytes still wait for the socket. Stopped consumers
+        take messages again once it has drained enough."""
+        self.unsent = unsent
+        if not self.writable and unsent < OUTBOX_LOW_WATER:
+            self.writable = True
+            for channel in list(self.channels.values()):
+                for consumer in list(channel.consumers.values()):
+                    consumer.queue.credit_changed()
 
     # ---- closing ----------------------------------------------------------------------------
 

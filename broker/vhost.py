@@ -151,16 +151,18 @@ class VirtualHost:
         exclusive: bool,
         auto_delete: bool,
         arguments: dict[str, Any],
+        server_named: bool = False,
     ) -> Queue:
-        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one."""
+        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one, as does a name from
+        `server_named_queue()` (`server_named`: exempt from the reserved prefix)."""
         existing = self.queues.get(name)
         if existing is not None:
             self.check_exclusive_access(existing, owner)
             self._check_queue_equivalent(existing, durable, exclusive, auto_delete, arguments)
             return existing
         if not name:
-            name = _server_named_queue()
-        elif name.startswith(RESERVED_PREFIX):
+            name = server_named_queue()
+        elif name.startswith(RESERVED_PREFIX) and not server_named:
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
         # Exclusive queues die with their connection, so they never outlive a restart either.
@@ -344,5 +346,5 @@ def _check_arguments_equivalent(where: str, current: dict, received: dict, keys:
             )
 
 
-def _server_named_queue() -> str:
+def server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")

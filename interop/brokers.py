@@ -92,12 +92,34 @@ DEFAULT_LIMITS = ResourceLimits()
 
 
 @dataclass(frozen=True)
+class TopicRule:
+    """A topic permission: routing-key patterns on one topic exchange in vhost "/"."""
+
+    exchange: str
+    write: str = ".*"
+    read: str = ".*"
+
+
+@dataclass(frozen=True)
 class ExtraUser:
-    """A user besides guest, with full permissions on vhost "/" and RabbitMQ user tags."""
+    """A user besides guest, with permissions on vhost "/" (all by default), topic permissions and
+    RabbitMQ user tags."""
 
     name: str
     password: str
     tags: tuple[str, ...] = ()
+    configure: str = ".*"
+    write: str = ".*"
+    read: str = ".*"
+    topics: tuple[TopicRule, ...] = ()
+
+    def permission(self) -> dict[str, str]:
+        return {"user": self.name, "vhost": "/", "configure": self.configure, "write": self.write,
+                "read": self.read}
+
+    def topic_permissions(self) -> list[dict[str, str]]:
+        return [{"user": self.name, "vhost": "/", "exchange": t.exchange, "write": t.write, "read": t.read}
+                for t in self.topics]
 
 
 def all_users(extra: tuple[ExtraUser, ...]) -> tuple[ExtraUser, ...]:
@@ -300,7 +322,8 @@ class LeveretBroker(Broker):
                  "loopback_only": u.name == "guest"}
                 for u in users
             ]
-            settings["permissions"] = [{"user": u.name, "vhost": "/"} for u in users]
+            settings["permissions"] = [u.permission() for u in users]
+            settings["topic_permissions"] = [t for u in users for t in u.topic_permissions()]
         if self.tls is not None:
             listeners["amqps"] = {"host": self.host, "port": self.tls_port}
             settings["tls"] = {
@@ -391,9 +414,8 @@ class RabbitMQBroker(Broker):
                 }
                 for u in users
             ],
-            "permissions": [
-                {"user": u.name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} for u in users
-            ],
+            "permissions": [u.permission() for u in users],
+            "topic_permissions": [t for u in users for t in u.topic_permissions()],
         }
         path = self.workdir / "definitions.json"
         path.write_text(json.dumps(definitions))

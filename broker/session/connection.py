@@ -28,6 +28,7 @@ from leveret.amqp.events import (
     MethodReceived,
 )
 from leveret.broker.auth import VhostPermissions
+from leveret.broker.exchanges.base import Exchange
 from leveret.broker.session.channel import ChannelSession
 from leveret.broker.session.output import OUTBOX_LOW_WATER
 from leveret.broker.session.throttle import PublisherThrottle
@@ -90,6 +91,17 @@ class ConnectionSession:
     def check_permission(self, action: str, kind: str, name: str) -> None:
         assert self.permissions is not None
         self.permissions.check(self.username, self.vhost.name, action, kind, name)
+
+    def check_topic_permission(self, action: str, exchange: Exchange, routing_key: str) -> None:
+        """Topic permissions apply to topic exchanges only, as in RabbitMQ."""
+        assert self.permissions is not None
+        if exchange.kind == "topic":
+            self.permissions.check_topic(self.username, self.vhost.name, action, exchange.name, routing_key)
+
+    def has_topic_permission(self, exchange: str) -> bool:
+        """Whether a topic permission names this exchange (so its publishes are checked one by one)."""
+        assert self.permissions is not None
+        return exchange in self.permissions.topics
 
     # ---- input ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from leveret.amqp import fastpath
 from leveret.amqp.codec import build
 from leveret.amqp.constants import (
     ACCESS_REFUSED,
+    INTERNAL_ERROR,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -22,7 +23,8 @@ from leveret.amqp.constants import (
     SYNTAX_ERROR,
 )
 from leveret.amqp.errors import ChannelError, ConnectionLevelError
-from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError
+from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError, check_headers
+from leveret.amqp.tables import TableError
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import amqp_type, validate_consumer_arguments
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 # The high byte of the property flags: reply-to is bit 9, headers bit 13.
 _REPLY_TO_OR_HEADERS = (REPLY_TO | HEADERS) >> 8
+_HEADERS_FLAG = HEADERS >> 8
 
 
 # A delivery awaiting ack: the entry, the queue it came from, and its consumer (None for basic.get).
@@ -201,6 +204,12 @@ class ChannelSession:
             )
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
+        if properties_raw and properties_raw[0] & _HEADERS_FLAG:
+            try:
+                check_headers(properties_raw)
+            except TableError as exc:
+                # RabbitMQ's channel crashes on such a table: 541 on the connection, nothing stored.
+                raise ConnectionLevelError(INTERNAL_ERROR, "") from exc
         if message.user_id is not None and message.user_id != self.session.username:
             raise ChannelError(
                 PRECONDITION_FAILED,

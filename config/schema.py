@@ -28,6 +28,9 @@ class Listener:
 @dataclass(frozen=True, slots=True)
 class ManagementListener(Listener):
     port: int = _port(15672)
+    # RabbitMQ's prometheus.return_per_object_metrics: /metrics per queue (labels vhost and queue) rather
+    # than aggregated over the node; /metrics/per-object is per queue either way.
+    return_per_object_metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -387,7 +387,6 @@ class RabbitMQBroker(Broker):
             self.prometheus_port = free_port()
             settings["prometheus.tcp.ip"] = self.host
             settings["prometheus.tcp.port"] = self.prometheus_port
-            settings["prometheus.return_per_object_metrics"] = "true"
         if users:
             settings["load_definitions"] = self._write_definitions(all_users(users))
         if tls is not None:

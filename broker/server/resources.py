@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -23,10 +24,11 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MEMORY_RELEASE_INTERVAL = 10.0
 
 
-def _malloc_trim() -> ctypes._CFuncPtr | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, which returns free pages inside its heaps to the system; None elsewhere."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        return trim
     except (OSError, AttributeError, TypeError):
         return None
 

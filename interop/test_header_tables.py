@@ -137,3 +137,24 @@ def test_a_table_nested_10000_deep_is_routed_and_dead_lettered_intact(broker: Br
         client.send(1, Queue.Delete(queue=name))
         client.expect(Queue.DeleteOk)
     client.close()
+
+
+def test_bcc_is_removed_and_the_other_headers_keep_their_bytes(broker: Broker) -> None:
+    queue, copy = unique("bcc-to"), unique("bcc-copy")
+    client = RawClient(broker.host, broker.port)
+    client.sock.settimeout(10)
+    for name in (queue, copy):
+        client.declare(name)
+    bcc = copy.encode()
+    binary = b"\x03binS\x00\x00\x00\x02\xfe\xff"  # not UTF-8
+    wide = b"\x04widel" + struct.pack(">q", 7)  # a 64-bit long, whatever its value
+    bcc_array = b"S" + struct.pack(">I", len(bcc)) + bcc
+    headers = _table(binary + b"\x03BCCA" + struct.pack(">I", len(bcc_array)) + bcc_array + wide)
+    _publish(client, "", queue, _properties(headers), b"body")
+    for name in (queue, copy):
+        _, properties = _get(client, name)
+        assert b"BCC" not in properties
+        assert properties == _properties(_table(binary + wide))
+        client.send(1, Queue.Delete(queue=name))
+        client.expect(Queue.DeleteOk)
+    client.close()

@@ -190,7 +190,7 @@ class ChannelSession:
                 self._may_publish_to.add(name)
         exchange = self.vhost.exchanges.get(name)
         if exchange is None:
-            exchange = self.vhost.exchange(name)  # raises the 404
+            exchange = self.vhost.exchange(name, local=True)  # raises the 404
         if exchange.internal:
             raise ChannelError(
                 ACCESS_REFUSED,

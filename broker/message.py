@@ -29,6 +29,7 @@ class Message:
         "expiration",
         "user_id",
         "names_raw",
+        "size",
     )
 
     def __init__(
@@ -45,6 +46,8 @@ class Message:
         self.names_raw = names if names is not None else names_raw(exchange, routing_key)
         self.properties_raw = properties_raw
         self.body = body
+        # What the message holds: its body and raw properties (a delivery's output is counted by it).
+        self.size = len(body) + len(properties_raw)
         self.delivery_mode, self.priority, self.expiration, self.user_id = peek_properties(properties_raw)
 
     @property

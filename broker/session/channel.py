@@ -147,8 +147,7 @@ class ChannelSession:
             )
         )
         session = self.session
-        size = len(message.body) + len(message.properties_raw) + DELIVERY_OVERHEAD
-        unsent = session.unsent = session.unsent + size
+        unsent = session.unsent = session.unsent + message.size + DELIVERY_OVERHEAD
         if unsent > OUTBOX_HIGH_WATER:
             session.writable = False
         session.wake()
@@ -181,7 +180,8 @@ class ChannelSession:
         if publish.immediate:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         name = publish.exchange
-        if name not in self._may_publish_to:
+        first_or_topic = name not in self._may_publish_to
+        if first_or_topic:
             # RabbitMQ's order: write permission (403) before the exchange's existence (404).
             self.session.check_permission("write", "exchange", name)
             # Permissions are fixed for the connection's life: one regex match per exchange, not per
@@ -196,7 +196,7 @@ class ChannelSession:
                 ACCESS_REFUSED,
                 f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'",
             )
-        if name not in self._may_publish_to:
+        if first_or_topic:
             self.session.check_topic_permission("write", exchange, publish.routing_key)
         try:
             message = Message(
@@ -204,7 +204,8 @@ class ChannelSession:
             )
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
-        if properties_raw and properties_raw[0] & _HEADERS_FLAG:
+        flags = properties_raw[0] if properties_raw else 0  # the high byte of the property flags
+        if flags & _HEADERS_FLAG:
             try:
                 check_headers(properties_raw)
             except TableError as exc:
@@ -220,7 +221,7 @@ class ChannelSession:
             check_expiration(message.expiration)
         extra_keys: list[str] = []
         # Reply-to rewriting and CC/BCC need a reply-to or headers property: test their flag bits first.
-        if properties_raw and properties_raw[0] & _REPLY_TO_OR_HEADERS:
+        if flags & _REPLY_TO_OR_HEADERS:
             if reply_to.MAGIC_QUEUE_RAW in properties_raw:
                 message = reply_to.rewrite_reply_to(message, self)
             message, extra_keys = split_routing_keys(message)

@@ -132,7 +132,8 @@ function table(columns, rows, total, empty) {
   if (rows.length === 0) return h("p", { class: "empty" }, empty);
   const shown = rows.slice(0, MAX_ROWS);
   const head = h("tr", null, columns.map(([label, , kind]) => h("th", { class: kind || "" }, label)));
-  const body = shown.map((row) => h("tr", null, columns.map(([, cell, kind]) => h("td", { class: kind || "" }, cell(row)))));
+  const body = shown.map((row) =>
+    h("tr", null, columns.map(([label, cell, kind]) => h("td", { class: kind || "", "data-label": label }, cell(row)))));
   const more = total > shown.length ? h("p", { class: "more" }, `Showing ${shown.length} of ${count(total)}.`) : null;
   return [h("table", null, h("thead", null, head), h("tbody", null, body)), more];
 }
@@ -187,7 +188,7 @@ async function showQueues() {
     ["Incoming", (q) => perSecond(r.of(id(q), q.message_stats, "publish")), "num"],
     ["Deliver / get", (q) => perSecond(r.of(id(q), q.message_stats, "deliver_get")), "num"],
     ["Ack", (q) => perSecond(r.of(id(q), q.message_stats, "ack")), "num"],
-    ["", (q) => h("button", { type: "button", class: "purge", onclick: () => purge(q) }, "Purge")],
+    ["Actions", (q) => h("button", { type: "button", class: "purge", onclick: () => purge(q) }, "Purge")],
   ];
   render("queue-table", table(columns, matching, matching.length, filter ? "No queue matches." : "No queues."));
 }

@@ -12,6 +12,7 @@ Screenshots of every test are kept in $LEVERET_SCREENSHOTS (when set) or in pyte
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -302,6 +303,45 @@ def test_hostile_queue_names_are_shown_as_text(page: Page) -> None:
         page.shot("xss")
     finally:
         delete_queue(page.broker.url, name)
+
+
+def test_queue_rates_are_the_apis_or_none(page: Page) -> None:
+    name = unique("web-rates")
+    publish(page.broker.url, name, 20)
+    try:
+        page.log_in_as_guest()
+        page.open_tab("queues")
+        incoming = page.cell("queue-table", name, "Incoming")
+        expect(incoming).to_have_count(1, timeout=WAIT_MS)
+        url = f"{page.broker.management_url}/api/queues/%2F/{name}"
+        stats = httpx.get(url, auth=("guest", "guest")).json().get("message_stats")
+        if stats is None:  # an API without message_stats: the page shows no rate rather than a made-up one
+            expect(incoming).to_have_text("–")
+        else:
+            expect(incoming).to_have_text(re.compile(r"^\d+\.\d/s$"), timeout=WAIT_MS)
+    finally:
+        delete_queue(page.broker.url, name)
+
+
+def test_rates_come_from_details_else_from_successive_counters(page: Page) -> None:
+    page.log_in_as_guest(refresh_seconds="30")
+    computed = page.tab.evaluate(
+        """() => {
+            const rates = new Rates();
+            rates.begin(); rates.now = 1000;
+            const first = rates.of("q", {publish: 10}, "publish");
+            rates.begin(); rates.now = 3000;
+            const later = rates.of("q", {publish: 30}, "publish");
+            const other = rates.of("r", {publish: 5}, "publish");
+            const given = rates.of("q", {publish: 30, publish_details: {rate: 4.5}}, "publish");
+            rates.begin(); rates.now = 4000;
+            const reset = rates.of("q", {publish: 2}, "publish");
+            return [first, later, other, given, reset, rates.of("q", {}, "ack")];
+        }"""
+    )
+    # No rate from one sample; (30 - 10) / 2 s; a counter seen once; the API's own rate first; a counter that
+    # went back (the queue was deleted and declared again) is no negative rate; no counter, no rate.
+    assert computed == [None, 10, None, 4.5, 0, None]
 
 
 # ---- exchanges, connections, channels -------------------------------------------------------------

@@ -73,6 +73,8 @@ async function api(relative, options = {}) {
   const response = await fetch("api/" + relative, {
     ...options,
     cache: "no-store",
+    // The explicit header carries the login; "omit" also keeps the browser from prompting for credentials
+    // itself when a 401 carries RabbitMQ's WWW-Authenticate challenge (the Fetch standard's rule).
     credentials: "omit",
     headers: { authorization: "Basic " + state.auth, ...(options.headers || {}) },
   });
@@ -350,7 +352,13 @@ async function refresh() {
     $("error").textContent = `Could not load: ${error.message}`;
     $("error").hidden = false;
   }
-  state.timer = setTimeout(refresh, Number($("refresh").value) * 1000);
+  schedule();
+}
+
+/** The next refresh; none while the tab is hidden (a forgotten tab costs the broker nothing). */
+function schedule() {
+  clearTimeout(state.timer);
+  if (!document.hidden) state.timer = setTimeout(refresh, Number($("refresh").value) * 1000);
 }
 
 function notice(text, ok) {
@@ -419,6 +427,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("queue-filter").addEventListener("input", refresh);
   $("notice-close").addEventListener("click", () => ($("notice").hidden = true));
   window.addEventListener("hashchange", () => state.user && refresh());
+  document.addEventListener("visibilitychange", () => state.user && !document.hidden && refresh());
   if (state.auth) start();
   else showLogin("");
 });

@@ -21,6 +21,7 @@ from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
 from leveret.broker.management.auth import NotAuthorised, login, require_administrator
 from leveret.broker.management.metrics import exposition, metrics_registry
+from leveret.broker.management.web import web_routes
 from leveret.broker.node import Node
 from leveret.broker.vhost import VirtualHost
 from leveret.config import User
@@ -204,6 +205,7 @@ def build_app(node: Node) -> ASGIApp:
         get("/api/health/checks/alarms", api.alarms),
         get("/metrics", api.metrics),
         get("/metrics/per-object", api.per_object_metrics),
+        *web_routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -10,9 +10,9 @@ import base64
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp import decode, encode
 
@@ -25,11 +25,21 @@ from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
     from leveret.broker.exchanges.base import Exchange
-    from leveret.broker.node import Node
+    from leveret.broker.queues.paging import Pager
 
 log = logging.getLogger(__name__)
 
 _PREDECLARED_NAMES = {DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)}
+
+
+class Node(Protocol):
+    """What persistence needs of the node it serves (broker/node.py's Node, which imports this module)."""
+
+    @property
+    def vhosts(self) -> Mapping[str, VirtualHost]: ...
+
+    @property
+    def pager(self) -> Pager | None: ...
 
 
 class StoreJournal(Journal):

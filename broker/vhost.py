@@ -17,7 +17,7 @@ from leveret.broker.message import Message
 from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
-from leveret.broker.queues.lifecycle import queue_class
+from leveret.broker.queues.lifecycle import LifecycleQueue, queue_class
 from leveret.broker.queues.paging import NO_PAGER, Pager
 from leveret.broker.queues.queue import Queue
 
@@ -228,8 +228,11 @@ class VirtualHost:
         for exchange in list(self.exchanges.values()):
             self._unbind_all(exchange, queue)
         for consumer in list(queue.consumers):
-            consumer.channel.consumer_cancelled_by_broker(consumer)
+            consumer.cancelled_by_broker()
         queue.consumers.clear()
+
+    def add_lifecycle(self, queue: Queue) -> None:
+        LifecycleQueue.take_over(queue)
 
     # ---- bindings ---------------------------------------------------------------------------
 

@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sized
+from typing import TYPE_CHECKING, Any, Protocol
 
 from leveret.amqp.fastpath import shortstr
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.queue import Entry, Queue
-    from leveret.broker.session.channel import ChannelSession
+    from leveret.broker.queues.entry import Entry
+    from leveret.broker.queues.queue import Queue
+
+
+class _Writable(Protocol):
+    @property
+    def writable(self) -> bool: ...
+
+
+class ConsumerChannel(Protocol):
+    """What a consumer needs of its channel (ChannelSession has it): queues know nothing of sessions."""
+
+    @property
+    def session(self) -> _Writable: ...
+
+    @property
+    def flow_active(self) -> bool: ...
+
+    @property
+    def global_prefetch(self) -> int: ...
+
+    @property
+    def unacked(self) -> Sized: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def deliver(self, consumer: Consumer, entry: Entry) -> None: ...
+
+    def consumer_cancelled_by_broker(self, consumer: Consumer) -> None: ...
 
 
 class Consumer:
     __slots__ = (
-        "tag", "tag_raw", "queue", "channel", "no_ack", "exclusive", "prefetch", "unacked", "arguments",
+        "tag",
+        "tag_raw",
+        "queue",
+        "channel",
+        "no_ack",
+        "exclusive",
+        "prefetch",
+        "unacked",
+        "arguments",
         "priority",
     )
 
@@ -21,7 +58,7 @@ class Consumer:
         self,
         tag: str,
         queue: Queue,
-        channel: ChannelSession,
+        channel: ConsumerChannel,
         *,
         no_ack: bool,
         exclusive: bool,
@@ -53,3 +90,6 @@ class Consumer:
 
     def deliver(self, entry: Entry) -> None:
         self.channel.deliver(self, entry)
+
+    def cancelled_by_broker(self) -> None:
+        self.channel.consumer_cancelled_by_broker(self)

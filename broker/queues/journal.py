@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.queue import Entry
+    from leveret.broker.queues.entry import Entry
 
 
 class Journal:

@@ -19,50 +19,21 @@ from leveret.amqp import tables
 from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED, dead_letter
+from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.paging import OVERHEAD, Chunk
-from leveret.broker.queues.queue import Entry, Queue
+from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.ready import FifoReady, PriorityReady, seq_of
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.queues.subscriber import Subscriber
 
 # At most this many expired messages are removed per timer call, so that a queue expiring a million
 # messages at once (dead-lettering each) lets the event loop serve connections in between.
 EXPIRY_BATCH = 2048
-
-
-class TrackedEntry(Entry):
-    """An entry with what the lifecycle needs: its expiry deadline, how often it came back (the quorum
-    delivery count), and the message as published (`message` may be a copy with x-delivery-count)."""
-
-    __slots__ = ("expires", "deliveries", "published")
-
-    def __init__(self, message: Message, seq: int, expires: float | None) -> None:
-        super().__init__(message, seq)
-        self.expires = expires
-        self.deliveries = 0
-        self.published = message
-
-    @classmethod
-    def adopt(cls, entry: Entry, expires: float | None) -> TrackedEntry:
-        """A plain entry (recovered, or from before the queue took on a lifecycle) as a tracked one."""
-        if isinstance(entry, TrackedEntry):
-            return entry
-        tracked = cls.__new__(cls)
-        for slot in Entry.__slots__:
-            setattr(tracked, slot, getattr(entry, slot))
-        tracked.expires = expires
-        tracked.deliveries = 0
-        tracked.published = entry.message
-        return tracked
-
-
-def published(entry: Entry) -> Message:
-    return entry.published if isinstance(entry, TrackedEntry) else entry.message
 
 
 def with_delivery_count(message: Message, count: int) -> Message:
@@ -111,8 +82,8 @@ class LifecycleQueue(Queue):
             self.ready.append(self._track(entry, now))
         if self.paged is not None:  # a paged plain queue: its chunks hold no deadlines, nor need any
             self.paged.tail = deque(self._track(entry, now) for entry in self.paged.tail)
-        # Consumers by priority, highest first; round-robin within each.
-        self._groups: list[tuple[int, deque[Consumer]]] = []
+        # Subscribers by priority, highest first; round-robin within each.
+        self._groups: list[tuple[int, deque[Subscriber]]] = []
         for consumer in self.consumers:
             self._join_group(consumer)
         self.active = self.consumers[0] if settings.single_active_consumer and self.consumers else None
@@ -269,7 +240,7 @@ class LifecycleQueue(Queue):
         # A single-active-consumer queue refuses exclusive consumers outright.
         return (exclusive and self.settings.single_active_consumer) or super().exclusive_use(exclusive)
 
-    def add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: Subscriber) -> None:
         self.consumers.append(consumer)
         self.had_consumers = True
         self._join_group(consumer)
@@ -277,7 +248,7 @@ class LifecycleQueue(Queue):
             self.active = consumer
         self.credit_changed()
 
-    def remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: Subscriber) -> None:
         if consumer not in self.consumers:
             return
         self.consumers.remove(consumer)
@@ -308,7 +279,7 @@ class LifecycleQueue(Queue):
             self._refill()
         self._reschedule()
 
-    def _next_consumer(self) -> Consumer | None:
+    def _next_consumer(self) -> Subscriber | None:
         if self.settings.single_active_consumer:
             active = self.active
             return active if active is not None and active.has_credit() else None
@@ -320,11 +291,11 @@ class LifecycleQueue(Queue):
                     return consumer
         return None
 
-    def _hand_over(self, consumer: Consumer, entry: Entry) -> None:
+    def _hand_over(self, consumer: Subscriber, entry: Entry) -> None:
         self._leaving(entry, ack_required=not consumer.no_ack)
         consumer.deliver(entry)
 
-    def _join_group(self, consumer: Consumer) -> None:
+    def _join_group(self, consumer: Subscriber) -> None:
         for priority, group in self._groups:
             if priority == consumer.priority:
                 group.append(consumer)
@@ -332,7 +303,7 @@ class LifecycleQueue(Queue):
         self._groups.append((consumer.priority, deque([consumer])))
         self._groups.sort(key=lambda item: -item[0])
 
-    def _leave_group(self, consumer: Consumer) -> None:
+    def _leave_group(self, consumer: Subscriber) -> None:
         for index, (_, group) in enumerate(self._groups):
             if consumer in group:
                 group.remove(consumer)

@@ -15,9 +15,9 @@ from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail,
 from leveret.broker.queues.ready import take_back, take_front
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.journal import Journal
-    from leveret.broker.queues.queue import Entry
+    from leveret.broker.queues.subscriber import Subscriber
 
 
 class Pageable:
@@ -25,7 +25,7 @@ class Pageable:
     ready: Any  # the head: a deque, or a lifecycle queue's FifoReady
     paged: PagedTail | None
     pager: Pager
-    consumers: deque[Consumer]
+    consumers: deque[Subscriber]
     journal: Journal
     returned_upto: int
     _consumers_full: bool

@@ -17,30 +17,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
+from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
 from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager
 from leveret.broker.queues.ready import requeue_into
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.consumer import Consumer
     from leveret.broker.queues.host import QueueHost
-
-
-class Entry:
-    """One message's place in one queue (a fanout puts one Message in several queues).
-
-    `logged` is where the queue's journal holds it (a persistent message on a durable queue): an opaque
-    nonzero int from the journal (the store's location of its record), 0 when the journal does not.
-    """
-
-    __slots__ = ("message", "seq", "redelivered", "logged")
-
-    def __init__(self, message: Message, seq: int, redelivered: bool = False) -> None:
-        self.message = message
-        self.seq = seq
-        self.redelivered = redelivered
-        self.logged = 0
+    from leveret.broker.queues.subscriber import Subscriber
 
 
 class Queue(Pageable):
@@ -63,7 +48,7 @@ class Queue(Pageable):
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.ready: deque[Entry] = deque()
-        self.consumers: deque[Consumer] = deque()
+        self.consumers: deque[Subscriber] = deque()
         self.unacked = 0
         self.deleted = False
         self.journal = journal
@@ -208,7 +193,7 @@ class Queue(Pageable):
         """Whether a new consumer (exclusive or not) is refused because of consumers already here."""
         return bool(self.consumers) and (exclusive or any(c.exclusive for c in self.consumers))
 
-    def add_consumer(self, consumer: Consumer) -> None:
+    def add_consumer(self, consumer: Subscriber) -> None:
         if consumer.priority:
             self._with_lifecycle().add_consumer(consumer)
             return
@@ -216,7 +201,7 @@ class Queue(Pageable):
         self.had_consumers = True
         self.credit_changed()
 
-    def remove_consumer(self, consumer: Consumer) -> None:
+    def remove_consumer(self, consumer: Subscriber) -> None:
         try:
             self.consumers.remove(consumer)
         except ValueError:
@@ -228,7 +213,7 @@ class Queue(Pageable):
         if (self.ready or self.paged is not None) and self.consumers:
             self.deliver_ready()
 
-    def _next_consumer(self) -> Consumer | None:
+    def _next_consumer(self) -> Subscriber | None:
         """The next consumer with credit, in turn (None: all are full)."""
         consumers = self.consumers
         for _ in range(len(consumers)):
@@ -291,8 +276,6 @@ class Queue(Pageable):
 
     def _with_lifecycle(self) -> Queue:
         """Become a LifecycleQueue, keeping every message and consumer."""
-        # Imported here: lifecycle builds on this module.
-        from leveret.broker.queues.lifecycle import LifecycleQueue
-
-        LifecycleQueue.take_over(self)
+        assert self.host is not None, "a queue's lifecycle needs its vhost"
+        self.host.add_lifecycle(self)
         return self

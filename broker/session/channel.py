@@ -6,7 +6,7 @@ import base64
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
 
@@ -36,7 +36,9 @@ from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
 from leveret.broker.vhost import DEFAULT_EXCHANGE
 
 if TYPE_CHECKING:
-    from leveret.broker.session.connection import ConnectionSession
+    from leveret.amqp.connection import ServerConnection
+    from leveret.broker.session.services import NodeServices
+    from leveret.broker.vhost import VirtualHost
 
 
 # The high byte of the property flags: reply-to is bit 9, headers bit 13.
@@ -48,6 +50,31 @@ _REPLY_TO_OR_HEADERS = (REPLY_TO | HEADERS) >> 8
 Unacked = tuple[Entry, BrokerQueue, Consumer | None]
 
 
+class ChannelOwner(Protocol):
+    """What a channel needs of its connection (ConnectionSession, which imports this module)."""
+
+    @property
+    def node(self) -> NodeServices: ...
+
+    @property
+    def conn(self) -> ServerConnection: ...
+
+    @property
+    def vhost(self) -> VirtualHost: ...
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def writable(self) -> bool:
+        """False while the socket is behind: no-ack consumers take no more."""
+
+    def wake(self) -> None:
+        """There is output to send."""
+
+    def check_permission(self, action: str, kind: str, name: str) -> None: ...
+
+
 class _Transaction:
     """Publishes and settlements held back until tx.commit."""
 
@@ -56,7 +83,7 @@ class _Transaction:
 
 
 class ChannelSession:
-    def __init__(self, session: ConnectionSession, number: int) -> None:
+    def __init__(self, session: ChannelOwner, number: int) -> None:
         self.session = session
         self.number = number
         self.conn = session.conn

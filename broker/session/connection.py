@@ -33,7 +33,7 @@ from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
 
 if TYPE_CHECKING:
-    from leveret.broker.node import Node
+    from leveret.broker.session.services import NodeServices
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class _Policy:
 
 
 class ConnectionSession:
-    def __init__(self, node: Node, peer: str, *, from_loopback: bool) -> None:
+    def __init__(self, node: NodeServices, peer: str, *, from_loopback: bool) -> None:
         self.node = node
         self.peer = peer
         self.from_loopback = from_loopback

@@ -1,0 +1,40 @@
+"""What a queue needs of a consumer: whether it can take a message now, and how to hand it one.
+
+A Protocol, so that queues know nothing of channels or sessions (broker/queues/consumer.py has the
+channel's consumer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.entry import Entry
+
+
+class _Deliverer(Protocol):
+    # `consumer` is the Subscriber itself (typed loosely: a channel knows its own consumer class).
+    def deliver(self, consumer: Any, entry: Entry) -> None: ...
+
+
+class Subscriber(Protocol):
+    @property
+    def no_ack(self) -> bool: ...
+
+    @property
+    def exclusive(self) -> bool: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def channel(self) -> _Deliverer:
+        """`consumer.channel.deliver(consumer, entry)` is `consumer.deliver(entry)` with one call less,
+        for the hot path."""
+
+    def has_credit(self) -> bool: ...
+
+    def deliver(self, entry: Entry) -> None: ...
+
+    def cancelled_by_broker(self) -> None:
+        """The queue went away."""

@@ -183,6 +183,37 @@ def test_tx_rollback_discards_publishes_and_commit_applies_them(node: Node) -> N
     assert isinstance(methods(client.method(1, Basic.Get(queue="txq")))[0], Basic.GetEmpty)
 
 
+def test_tx_ack_tags_are_checked_at_once_and_a_rollback_gives_them_back(node: Node) -> None:
+    client = connect(node)
+    declare(client, "txa")
+    for body in (b"a", b"b"):
+        client.publish(1, body, routing_key="txa")
+    client.method(1, Tx.Select())
+    tags = [m.delivery_tag for m, _ in deliveries(client.method(1, Basic.Get(queue="txa")))]
+    tags += [m.delivery_tag for m, _ in deliveries(client.method(1, Basic.Get(queue="txa")))]
+    client.method(1, Basic.Ack(delivery_tag=tags[1]))
+    client.method(1, Tx.Rollback())
+    # Unacked again, in tag order: a multiple ack of the first takes only the first.
+    client.method(1, Basic.Ack(delivery_tag=tags[0], multiple=True))
+    client.method(1, Tx.Commit())
+    assert node.vhosts["/"].queues["txa"].unacked == 1
+    reply = methods(client.method(1, Basic.Ack(delivery_tag=tags[0])))
+    assert isinstance(reply[-1], Channel.Close) and reply[-1].reply_code == 406, reply
+    assert node.vhosts["/"].queues["txa"].unacked == 0  # the channel's close requeued the second
+
+
+def test_tx_with_an_unknown_ack_tag_never_routes_its_publishes(node: Node) -> None:
+    client = connect(node)
+    declare(client, "txp")
+    client.method(1, Tx.Select())
+    client.publish(1, b"never", routing_key="txp")
+    reply = methods(client.method(1, Basic.Ack(delivery_tag=7)))
+    assert isinstance(reply[-1], Channel.Close), reply
+    closed = reply[-1]
+    assert (closed.reply_code, closed.reply_text) == (406, "PRECONDITION_FAILED - unknown delivery tag 7")
+    assert node.vhosts["/"].queues["txp"].message_count == 0
+
+
 def test_nack_requeue_redelivers_and_reject_drops(node: Node) -> None:
     client = connect(node)
     declare(client, "n")

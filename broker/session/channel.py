@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -80,6 +81,12 @@ class _Transaction:
 
     def __init__(self) -> None:
         self.actions: list[Callable[[], None]] = []
+        # Deliveries acked, nacked or rejected in the transaction: unacked again on rollback or close.
+        self.held: list[tuple[int, Unacked]] = []
+
+    def take_held(self) -> list[tuple[int, Unacked]]:
+        held, self.held = self.held, []
+        return held
 
 
 class ChannelSession:
@@ -332,16 +339,42 @@ class ChannelSession:
             raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
         return [item]
 
+    def _take_tagged(self, delivery_tag: int, multiple: bool) -> list[tuple[int, Unacked]]:
+        """`_take_unacked` keeping the tags, for a transaction to give back on rollback (not the hot
+        path: a transactional channel's acks only)."""
+        unacked = self.unacked
+        if multiple and delivery_tag == 0:
+            tags = list(unacked)
+        elif multiple:
+            if delivery_tag >= self._next_tag:
+                raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+            tags = list(itertools.takewhile(lambda tag: tag <= delivery_tag, unacked))
+            if not tags:
+                raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+        elif delivery_tag in unacked:
+            tags = [delivery_tag]
+        else:
+            raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+        return [(tag, unacked.pop(tag)) for tag in tags]
+
     def _ack(self, method: fastpath.Ack) -> None:
-        self._later(lambda: self._settle(self._take_unacked(method.delivery_tag, method.multiple)))
+        if self.tx is None:
+            self._settle(self._take_unacked(method.delivery_tag, method.multiple))
+        else:
+            self._hold(method.delivery_tag, method.multiple, self._settle)
 
     def _nack(self, method: fastpath.Nack) -> None:
-        self._later(
-            lambda: self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue)
-        )
+        if self.tx is None:
+            self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue)
+        else:
+            requeue = method.requeue
+            self._hold(method.delivery_tag, method.multiple, lambda taken: self._dispose(taken, requeue))
 
     def _reject(self, method: fastpath.Reject) -> None:
-        self._later(lambda: self._dispose(self._take_unacked(method.delivery_tag, False), method.requeue))
+        if self.tx is None:
+            self._dispose(self._take_unacked(method.delivery_tag, False), method.requeue)
+        else:
+            self._hold(method.delivery_tag, False, lambda taken: self._dispose(taken, method.requeue))
 
     def _dispose(self, taken: list[Unacked], requeue: bool) -> None:
         if requeue:
@@ -349,12 +382,21 @@ class ChannelSession:
         else:
             self._settle(taken, rejected=True)
 
-    def _later(self, action: Callable[[], None]) -> None:
-        """Run now, or at tx.commit on a transactional channel (where a bad tag fails the commit)."""
-        if self.tx is not None:
-            self.tx.actions.append(action)
-        else:
-            action()
+    def _hold(self, delivery_tag: int, multiple: bool, action: Callable[[list[Unacked]], None]) -> None:
+        """An ack, nack or reject in a transaction: its tags are checked (and taken) now, as RabbitMQ
+        does, so an unknown tag closes the channel before tx.commit and a commit never fails halfway
+        through its publishes; the settlement waits for the commit."""
+        assert self.tx is not None
+        tagged = self._take_tagged(delivery_tag, multiple)
+        self.tx.held.extend(tagged)
+        self.tx.actions.append(lambda: action([item for _, item in tagged]))
+
+    def _unhold(self, held: list[tuple[int, Unacked]]) -> None:
+        """Deliveries an uncommitted transaction had settled are unacked again, in tag order."""
+        if held:
+            merged = sorted([*held, *self.unacked.items()], key=lambda pair: pair[0])
+            self.unacked.clear()
+            self.unacked.update(merged)
 
     def _settle(self, taken: Iterable[Unacked], rejected: bool = False) -> None:
         by_queue = _by_queue(taken)
@@ -394,14 +436,15 @@ class ChannelSession:
         # As RabbitMQ does: unacked messages go back first (while this channel takes no more), so that
         # the consumers that remain (or the next single active one) get them before what was behind.
         self.flow_active = False
+        if self.tx is not None:
+            self._unhold(self.tx.take_held())  # uncommitted acks are void
+            self.tx = None
         taken = list(self.unacked.values())
         self.unacked.clear()
         self._requeue(taken)
         for consumer in list(self.consumers.values()):
             self._remove_consumer(consumer)
         self.consumers.clear()
-        if self.tx is not None:
-            self.tx = None
         reply_to.forget_channel(self.session.node, self)
 
     # ---- exchanges --------------------------------------------------------------------------
@@ -666,6 +709,7 @@ class ChannelSession:
         if self.tx is None:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
         actions, self.tx.actions = self.tx.actions, []
+        self.tx.take_held()
         tx, self.tx = self.tx, None  # run the actions as a non-transactional channel would
         try:
             for action in actions:
@@ -678,6 +722,7 @@ class ChannelSession:
         if self.tx is None:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
         self.tx.actions.clear()
+        self._unhold(self.tx.take_held())
         self._reply(Tx.RollbackOk)
 
 

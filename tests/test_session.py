@@ -240,6 +240,41 @@ def test_global_prefetch_limits_the_channel(node: Node) -> None:
     assert len(deliveries(consumer.received)) == 3
 
 
+def test_global_prefetch_with_two_consumers_on_one_queue_and_a_get(node: Node) -> None:
+    """The channel-wide limit holds however the queue splits its deliveries, and counts basic.get."""
+    publisher = connect(node)
+    declare(publisher, "g")
+    publisher.publish(1, b"x", routing_key="g")
+    consumer = connect(node)
+    consumer.method(1, Basic.Qos(prefetch_count=3, global_=True))
+    ((got, _),) = deliveries(consumer.method(1, Basic.Get(queue="g")))
+    consumer.method(1, Basic.Consume(queue="g", consumer_tag="a"))
+    consumer.method(1, Basic.Consume(queue="g", consumer_tag="b"))
+    for _ in range(5):  # each consumer could take two by itself: together they may take two
+        publisher.publish(1, b"x", routing_key="g")
+    assert len(deliveries(consumer.read())) == 2  # with the get, three
+    assert len(deliveries(consumer.method(1, Basic.Ack(delivery_tag=got.delivery_tag)))) == 1
+
+
+def test_the_queue_holds_its_unacked_messages_and_credit_comes_from_the_channel(node: Node) -> None:
+    client = connect(node)
+    declare(client, "held")
+    for body in (b"1", b"2", b"3"):
+        client.publish(1, body, routing_key="held")
+    consume(client, "held", "c", prefetch=2)
+    queue = node.vhosts["/"].queues["held"]
+    (consumer,) = queue.consumers
+    assert sorted(queue.checked_out) == [1, 2] and consumer.credit == 0
+    first = deliveries(client.received)[0][0]
+    got = deliveries(client.method(1, Basic.Ack(delivery_tag=first.delivery_tag)))
+    assert [b for _, b in got] == [b"3"]
+    assert sorted(queue.checked_out) == [2, 3] and consumer.credit == 0 and queue.message_count == 0
+    client.method(1, Basic.Nack(delivery_tag=0, multiple=True, requeue=True))
+    # Both back, redelivered to the same consumer in order, with its credit back from the channel.
+    assert [(m.redelivered, b) for m, b in deliveries(client.received)[-2:]] == [(True, b"2"), (True, b"3")]
+    assert sorted(queue.checked_out) == [2, 3]
+
+
 def test_direct_reply_to_round_trip(node: Node) -> None:
     requester = connect(node)
     requester.method(1, Basic.Consume(queue="amq.rabbitmq.reply-to", consumer_tag="r", no_ack=True))

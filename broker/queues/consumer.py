@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.queue import Queue
 
+# The credit of a consumer with no prefetch limit: more than any queue holds.
+UNLIMITED = 1 << 62
+
 
 class _Writable(Protocol):
     @property
@@ -52,6 +55,7 @@ class Consumer:
         "unacked",
         "arguments",
         "priority",
+        "credit",
     )
 
     def __init__(
@@ -76,17 +80,28 @@ class Consumer:
         self.arguments = arguments or {}
         # x-priority (validated at basic.consume): higher ones get messages while they have credit.
         self.priority: int = self.arguments.get("x-priority", 0)
+        # What the queue may still send it: the queue's state, set by credit commands (Queue.credit).
+        self.credit = self.wanted_credit()
 
-    def has_credit(self) -> bool:
-        # The channel's flow and its global prefetch are checked here too: this runs for every delivery.
+    def wanted_credit(self) -> int:
+        """How many more messages the channel can take for this consumer now: its prefetch, the channel's
+        flow and global prefetch, and (no-ack) whether the connection's output keeps up. The channel sends
+        it to the queue whenever one of those changes."""
         channel = self.channel
+        if not channel.flow_active:
+            return 0
         if self.no_ack:
-            return channel.flow_active and channel.session.writable
-        return (
-            (not self.prefetch or self.unacked < self.prefetch)
-            and channel.flow_active
-            and (not channel.global_prefetch or len(channel.unacked) < channel.global_prefetch)
-        )
+            return UNLIMITED if channel.session.writable else 0
+        credit = self.prefetch - self.unacked if self.prefetch else UNLIMITED
+        if channel.global_prefetch:
+            credit = min(credit, channel.global_prefetch - len(channel.unacked))
+        return max(credit, 0)
+
+    def update_credit(self) -> None:
+        """Tell the queue what `wanted_credit` is now, if that changed."""
+        credit = self.wanted_credit()
+        if credit != self.credit:
+            self.queue.credit(self, credit)
 
     def deliver(self, entry: Entry) -> None:
         self.channel.deliver(self, entry)

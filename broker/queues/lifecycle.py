@@ -23,7 +23,7 @@ from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Queue
-from leveret.broker.queues.ready import FifoReady, PriorityReady, seq_of
+from leveret.broker.queues.ready import FifoReady, PriorityReady
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
 
 if TYPE_CHECKING:
@@ -187,17 +187,14 @@ class LifecycleQueue(Queue):
         self._reschedule()
         return entry
 
-    def reject(self, entries: list[Entry]) -> None:
-        self.settle(entries)
+    def reject(self, seqs: Iterable[int]) -> None:
+        entries = self.settle(seqs)
         if not self.deleted:
             self._dead_letter([published(entry) for entry in entries], REJECTED)
 
-    def requeue(self, entries: Iterable[Entry]) -> None:
+    def requeue(self, seqs: Iterable[int]) -> None:
         now = self._clock()
-        returned = sorted((self._track(entry, now) for entry in entries), key=seq_of)
-        for entry in returned:
-            entry.redelivered = True
-        self.unacked -= len(returned)
+        returned = [self._track(entry, now) for entry in self._returned(seqs)]
         if self.deleted or not returned:
             return
         self.returned_upto = max(self.returned_upto, returned[-1].seq)
@@ -282,17 +279,18 @@ class LifecycleQueue(Queue):
     def _next_consumer(self) -> Subscriber | None:
         if self.settings.single_active_consumer:
             active = self.active
-            return active if active is not None and active.has_credit() else None
+            return active if active is not None and active.credit > 0 else None
         for _, group in self._groups:
             for _ in range(len(group)):
                 consumer = group[0]
                 group.rotate(-1)
-                if consumer.has_credit():
+                if consumer.credit > 0:
                     return consumer
         return None
 
     def _hand_over(self, consumer: Subscriber, entry: Entry) -> None:
         self._leaving(entry, ack_required=not consumer.no_ack)
+        consumer.credit -= 1
         consumer.deliver(entry)
 
     def _join_group(self, consumer: Subscriber) -> None:

@@ -49,7 +49,8 @@ class Queue(Pageable):
         self.arguments = dict(arguments or {})
         self.ready: deque[Entry] = deque()
         self.consumers: deque[Subscriber] = deque()
-        self.unacked = 0
+        # Delivered, not yet settled, by seq: the queue's own record of what its consumers hold.
+        self.checked_out: dict[int, Entry] = {}
         self.deleted = False
         self.journal = journal
         self._seq = itertools.count(1)
@@ -74,6 +75,10 @@ class Queue(Pageable):
     def message_count(self) -> int:
         paged = self.paged
         return len(self.ready) if paged is None else len(self.ready) + paged.count
+
+    @property
+    def unacked(self) -> int:
+        return len(self.checked_out)
 
     @property
     def consumer_count(self) -> int:
@@ -102,9 +107,10 @@ class Queue(Pageable):
                 if consumer.no_ack:
                     journal.settled([entry])
                 else:
-                    self.unacked += 1
+                    self.checked_out[entry.seq] = entry
                     if entry.logged:
                         journal.delivered(entry)
+                consumer.credit -= 1
                 consumer.channel.deliver(consumer, entry)  # consumer.deliver(entry), one call less
                 return position
             self._consumers_full = True
@@ -146,21 +152,28 @@ class Queue(Pageable):
             self._refill()
         return entry
 
-    def settle(self, entries: list[Entry]) -> None:
-        """Unacked messages are done with (acked, or rejected without requeue)."""
-        self.unacked -= len(entries)
+    def settle(self, seqs: Iterable[int]) -> list[Entry]:
+        """Unacked messages (by seq) are done with: acked, or rejected without requeue."""
+        pop = self.checked_out.pop
+        entries = [pop(seq) for seq in seqs]
         self.journal.settled(entries)
+        return entries
 
-    def reject(self, entries: list[Entry]) -> None:
+    def reject(self, seqs: Iterable[int]) -> None:
         """Unacked messages rejected without requeue (a dead-letter exchange may take them)."""
-        self.settle(entries)
+        self.settle(seqs)
 
-    def requeue(self, entries: Iterable[Entry]) -> None:
-        """Unacked messages come back to the head, in their original order, marked redelivered."""
-        returned = sorted(entries, key=lambda e: e.seq)
+    def _returned(self, seqs: Iterable[int]) -> list[Entry]:
+        """Unacked messages coming back, in seq order, marked redelivered."""
+        pop = self.checked_out.pop
+        returned = [pop(seq) for seq in sorted(seqs)]
         for entry in returned:
             entry.redelivered = True
-        self.unacked -= len(returned)
+        return returned
+
+    def requeue(self, seqs: Iterable[int]) -> None:
+        """Unacked messages come back to the head, in their original order, marked redelivered."""
+        returned = self._returned(seqs)
         if self.deleted or not returned:
             return
         self.returned_upto = max(self.returned_upto, returned[-1].seq)
@@ -193,6 +206,13 @@ class Queue(Pageable):
         """Whether a new consumer (exclusive or not) is refused because of consumers already here."""
         return bool(self.consumers) and (exclusive or any(c.exclusive for c in self.consumers))
 
+    def credit(self, consumer: Subscriber, credit: int) -> None:
+        """How many more messages `consumer` may take now (its channel's say: prefetch, flow, the
+        connection's output; see Consumer.wanted_credit). Each delivery uses one."""
+        consumer.credit = credit
+        if credit > 0:
+            self.credit_changed()
+
     def add_consumer(self, consumer: Subscriber) -> None:
         if consumer.priority:
             self._with_lifecycle().add_consumer(consumer)
@@ -219,7 +239,7 @@ class Queue(Pageable):
         for _ in range(len(consumers)):
             consumer = consumers[0]
             consumers.rotate(-1)
-            if consumer.has_credit():
+            if consumer.credit > 0:
                 return consumer
         return None
 
@@ -233,7 +253,7 @@ class Queue(Pageable):
             for _ in range(len(consumers)):
                 consumer = consumers[0]
                 consumers.rotate(-1)
-                if consumer.has_credit():
+                if consumer.credit > 0:
                     break
             else:
                 self._consumers_full = True
@@ -244,9 +264,10 @@ class Queue(Pageable):
             if consumer.no_ack:
                 self.journal.settled([entry])
             else:
-                self.unacked += 1
+                self.checked_out[entry.seq] = entry
                 if entry.logged and not entry.redelivered:
                     self.journal.delivered(entry)
+            consumer.credit -= 1
             consumer.channel.deliver(consumer, entry)
         self.pager.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:
@@ -255,7 +276,7 @@ class Queue(Pageable):
     def _leaving(self, entry: Entry, *, ack_required: bool) -> None:
         """An entry leaves the ready list for a delivery: unacked until settled, or settled now (no-ack)."""
         if ack_required:
-            self.unacked += 1
+            self.checked_out[entry.seq] = entry
             if entry.logged and not entry.redelivered:
                 self.journal.delivered(entry)
         else:

@@ -32,7 +32,9 @@ class Subscriber(Protocol):
         """`consumer.channel.deliver(consumer, entry)` is `consumer.deliver(entry)` with one call less,
         for the hot path."""
 
-    def has_credit(self) -> bool: ...
+    # How many more messages it may take: set by the channel's credit commands (Queue.credit), used
+    # by the queue, one per delivery. Never read from the channel at delivery time.
+    credit: int
 
     def deliver(self, entry: Entry) -> None: ...
 

@@ -188,26 +188,18 @@ class ConnectionTask:
                 self._wakeup = trio.Event()
                 # Drain fully: more may have been queued (a close-ok, say) while send_all was waiting.
                 while data := self._take_output():
-                    session.writable = len(data) < OUTBOX_HIGH_WATER
+                    session.set_writable(len(data) < OUTBOX_HIGH_WATER)
                     self._sending = True
                     await self.stream.send_all(data)
                     self._sending = False
                     self._last_sent = trio.current_time()
-                    if not session.writable:
-                        session.writable = True
-                        self.node_credit_returned()
+                    session.set_writable(True)
                 if session.conn.closed:
                     self._done.set()
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._done.set()
             cancel_scope.cancel()
-
-    def node_credit_returned(self) -> None:
-        """The socket drained: no-ack consumers on this connection may take messages again."""
-        for channel in self.session.channels.values():
-            for consumer in channel.consumers.values():
-                consumer.queue.credit_changed()
 
     async def _timers(self) -> None:
         """Handshake timeout, then heartbeats: send when idle, give up on a silent peer. A silent peer gets

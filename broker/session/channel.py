@@ -46,9 +46,10 @@ if TYPE_CHECKING:
 _REPLY_TO_OR_HEADERS = (REPLY_TO | HEADERS) >> 8
 
 
-# A delivery awaiting ack: the entry, the queue it came from, and its consumer (None for basic.get).
-# A plain tuple: one is made per delivery, and a tuple costs a tenth of an object with attributes.
-Unacked = tuple[Entry, BrokerQueue, Consumer | None]
+# A delivery awaiting ack: the entry's seq in the queue it came from (which holds the entry until it is
+# settled), the queue, and its consumer (None for basic.get). A plain tuple: one is made per delivery,
+# and a tuple costs a tenth of an object with attributes.
+Unacked = tuple[int, BrokerQueue, Consumer | None]
 
 
 class ChannelOwner(Protocol):
@@ -162,7 +163,9 @@ class ChannelSession:
         self._next_tag = tag + 1
         if not consumer.no_ack:
             consumer.unacked += 1
-            self.unacked[tag] = (entry, consumer.queue, consumer)
+            self.unacked[tag] = (entry.seq, consumer.queue, consumer)
+            if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
+                self._global_prefetch_reached()
         message = entry.message
         self.conn.send_frames(
             fastpath.deliver_frames(
@@ -399,34 +402,44 @@ class ChannelSession:
             self.unacked.update(merged)
 
     def _settle(self, taken: Iterable[Unacked], rejected: bool = False) -> None:
-        by_queue = _by_queue(taken)
-        for queue, entries in by_queue:
+        by_queue, consumers = _by_queue(taken)
+        for queue, seqs in by_queue:
             if rejected:
-                queue.reject(entries)
+                queue.reject(seqs)
             else:
-                queue.settle(entries)
-        self._credit_returned(queue for queue, _ in by_queue)
+                queue.settle(seqs)
+        self._credit_returned(consumers)
 
     def _requeue(self, taken: Iterable[Unacked]) -> None:
-        by_queue = _by_queue(taken)
-        for queue, entries in by_queue:
-            queue.requeue(entries)
-        self._credit_returned(queue for queue, _ in by_queue)
+        by_queue, consumers = _by_queue(taken)
+        for queue, seqs in by_queue:
+            queue.requeue(seqs)
+        self._credit_returned(consumers)
 
-    def _credit_returned(self, queues: Iterable[BrokerQueue]) -> None:
+    def _credit_returned(self, consumers: Iterable[Consumer]) -> None:
+        """Send the queues the credit of consumers that may take more now."""
         if self.global_prefetch:
             # The channel-wide limit may have held back any of this channel's consumers.
-            queues = {id(c.queue): c.queue for c in self.consumers.values()}.values()
-        for queue in queues:
-            queue.credit_changed()
+            consumers = self.consumers.values()
+        for consumer in consumers:
+            consumer.update_credit()
+
+    def _update_all_credit(self) -> None:
+        for consumer in list(self.consumers.values()):
+            consumer.update_credit()
+
+    def _global_prefetch_reached(self) -> None:
+        """The channel holds all that basic.qos(global) allows: no consumer of it may take more."""
+        for consumer in self.consumers.values():
+            if consumer.credit > 0:
+                consumer.queue.credit(consumer, 0)
 
     # ---- channel ----------------------------------------------------------------------------
 
     def _flow(self, method: Channel.Flow) -> None:
         self.flow_active = method.active
         self._reply(Channel.FlowOk, active=method.active)
-        if self.flow_active:
-            self._credit_returned(c.queue for c in self.consumers.values())
+        self._update_all_credit()
 
     def close(self) -> None:
         """The channel is gone (closed by either side, or with its connection): give back what it held."""
@@ -436,6 +449,7 @@ class ChannelSession:
         # As RabbitMQ does: unacked messages go back first (while this channel takes no more), so that
         # the consumers that remain (or the next single active one) get them before what was behind.
         self.flow_active = False
+        self._update_all_credit()
         if self.tx is not None:
             self._unhold(self.tx.take_held())  # uncommitted acks are void
             self.tx = None
@@ -603,7 +617,7 @@ class ChannelSession:
         else:
             self.prefetch_count = method.prefetch_count
         self._reply(Basic.QosOk)
-        self._credit_returned(c.queue for c in self.consumers.values())
+        self._update_all_credit()
 
     def _consume(self, method: Basic.Consume) -> None:
         tag = method.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip(
@@ -662,9 +676,11 @@ class ChannelSession:
         tag = self._next_tag
         self._next_tag = tag + 1
         if method.no_ack:
-            queue.settle([entry])
+            queue.settle([entry.seq])
         else:
-            self.unacked[tag] = (entry, queue, None)
+            self.unacked[tag] = (entry.seq, queue, None)
+            if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
+                self._global_prefetch_reached()
         message = entry.message
         self.conn.send_frames(
             fastpath.get_ok_frames(
@@ -726,15 +742,20 @@ class ChannelSession:
         self._reply(Tx.RollbackOk)
 
 
-def _by_queue(taken: Iterable[Unacked]) -> list[tuple[BrokerQueue, list[Entry]]]:
-    """Deliveries grouped by the queue they came from; each one's consumer gets its credit back."""
-    groups: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
-    last_queue, entries = None, []
-    for entry, queue, consumer in taken:
+def _by_queue(taken: Iterable[Unacked]) -> tuple[list[tuple[BrokerQueue, list[int]]], list[Consumer]]:
+    """Deliveries' seqs grouped by the queue they came from, and the consumers they came through (each
+    gets its prefetch back)."""
+    groups: dict[int, tuple[BrokerQueue, list[int]]] = {}
+    consumers: dict[int, Consumer] = {}
+    last_queue, seqs = None, []
+    last_consumer = None
+    for seq, queue, consumer in taken:
         if consumer is not None:
             consumer.unacked -= 1
+            if consumer is not last_consumer:
+                last_consumer = consumers[id(consumer)] = consumer
         if queue is not last_queue:  # runs from one queue are the usual case: one lookup per run
             last_queue = queue
-            entries = groups.setdefault(id(queue), (queue, []))[1]
-        entries.append(entry)
-    return list(groups.values())
+            seqs = groups.setdefault(id(queue), (queue, []))[1]
+        seqs.append(seq)
+    return list(groups.values()), list(consumers.values())

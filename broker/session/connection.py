@@ -81,6 +81,16 @@ class ConnectionSession:
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
 
+    def set_writable(self, writable: bool) -> None:
+        """Whether the socket keeps up with the output: no-ack consumers take no more while it does not
+        (their queues hear it as credit)."""
+        if writable != self.writable:
+            self.writable = writable
+            for channel in self.channels.values():
+                for consumer in list(channel.consumers.values()):
+                    if consumer.no_ack:
+                        consumer.update_credit()
+
     @property
     def username(self) -> str:
         return self.conn.username

@@ -13,9 +13,11 @@ from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILE
 from leveret.amqp.errors import ChannelError
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
+from leveret.broker.executor import Executor
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.queues.effects import Effect
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import LifecycleQueue, queue_class
 from leveret.broker.queues.paging import NO_PAGER, Pager
@@ -56,6 +58,8 @@ class VirtualHost:
         self.journal_for: Callable[[str, str], Journal] | None = None
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
+        # What carries out the effects of this vhost's queues' commands.
+        self.execute: Callable[[Queue, Effect], None] = Executor(self).run
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)

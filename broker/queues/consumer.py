@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 from leveret.amqp.fastpath import shortstr
@@ -10,6 +9,7 @@ from leveret.amqp.fastpath import shortstr
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.queue import Queue
+    from leveret.broker.queues.subscriber import CreditPool
 
 # The credit of a consumer with no prefetch limit: more than any queue holds.
 UNLIMITED = 1 << 62
@@ -30,10 +30,7 @@ class ConsumerChannel(Protocol):
     def flow_active(self) -> bool: ...
 
     @property
-    def global_prefetch(self) -> int: ...
-
-    @property
-    def unacked(self) -> Sized: ...
+    def credit_pool(self) -> CreditPool | None: ...
 
     @property
     def closed(self) -> bool: ...
@@ -56,6 +53,7 @@ class Consumer:
         "arguments",
         "priority",
         "credit",
+        "pool",
     )
 
     def __init__(
@@ -82,20 +80,18 @@ class Consumer:
         self.priority: int = self.arguments.get("x-priority", 0)
         # What the queue may still send it: the queue's state, set by credit commands (Queue.credit).
         self.credit = self.wanted_credit()
+        self.pool = None if no_ack else channel.credit_pool  # no-ack deliveries count in no limit
 
     def wanted_credit(self) -> int:
         """How many more messages the channel can take for this consumer now: its prefetch, the channel's
-        flow and global prefetch, and (no-ack) whether the connection's output keeps up. The channel sends
-        it to the queue whenever one of those changes."""
+        flow, and (no-ack) whether the connection's output keeps up. The channel sends it to the queue
+        whenever one of those changes. (The channel-wide limit is the consumer's `pool`.)"""
         channel = self.channel
         if not channel.flow_active:
             return 0
         if self.no_ack:
             return UNLIMITED if channel.session.writable else 0
-        credit = self.prefetch - self.unacked if self.prefetch else UNLIMITED
-        if channel.global_prefetch:
-            credit = min(credit, channel.global_prefetch - len(channel.unacked))
-        return max(credit, 0)
+        return max(self.prefetch - self.unacked, 0) if self.prefetch else UNLIMITED
 
     def update_credit(self) -> None:
         """Tell the queue what `wanted_credit` is now, if that changed."""

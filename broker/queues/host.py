@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from leveret.broker.exchanges.base import Exchange
     from leveret.broker.message import Message
     from leveret.broker.queues.deadlines import Deadlines
+    from leveret.broker.queues.effects import Effect
     from leveret.broker.queues.paging import Pager
 
 
@@ -28,6 +29,8 @@ class QueueHost(Protocol):
     clock: Callable[[], float]
     deadlines: Deadlines
     pager: Pager  # the node's memory budget for ready messages, and paging
+    # Carries out a queue's effects (broker/executor.py); `queue` is the Queue (typed loosely here).
+    execute: Callable[[Any, Effect], None]
 
     def route(self, exchange: Exchange, message: Message) -> Sequence[Destination]: ...
 

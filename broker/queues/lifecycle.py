@@ -13,12 +13,14 @@ import itertools
 import math
 from array import array
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from leveret.amqp import tables
 from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
-from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED, dead_letter
+from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED
+from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.paging import OVERHEAD, Chunk
@@ -50,6 +52,10 @@ def with_delivery_count(message: Message, count: int) -> Message:
     return Message(message.exchange, message.routing_key, properties, message.body, message.names_raw)
 
 
+def _has_credit(consumer: Subscriber) -> bool:
+    return consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0)
+
+
 def queue_class(arguments: dict[str, Any]) -> type[Queue]:
     """The kind of queue declared with `arguments`: plain FIFO unless they ask for a lifecycle."""
     return Queue if QueueSettings.from_arguments(arguments).plain else LifecycleQueue
@@ -70,7 +76,6 @@ class LifecycleQueue(Queue):
         assert self.host is not None, "a queue's lifecycle needs its vhost"
         settings = self.settings = QueueSettings.from_arguments(self.arguments)
         self._clock = self.host.clock
-        self._deadlines = self.host.deadlines
         # Whether any message may expire: until then, deliveries need not read the clock.
         self._expiring = settings.message_ttl is not None
         self._expires_at: float | None = None  # when the queue goes if still unused
@@ -131,6 +136,7 @@ class LifecycleQueue(Queue):
             if consumer is not None:
                 position = self.journal.enqueued(entry, expires_in)
                 self._hand_over(consumer, entry)
+                self._flush()
                 return position
             self._consumers_full = True
         if at_head and expires is not None and expires <= now:
@@ -210,7 +216,15 @@ class LifecycleQueue(Queue):
 
     def delete(self) -> None:
         super().delete()
-        self._deadlines.cancel(self)
+        self.effects.append((DISARM,))
+        self._flush()
+
+    def tick(self) -> None:
+        self.on_deadline(self._clock())
+
+    def _set_clock(self, clock: Callable[[], float] | None) -> Callable[[], float] | None:
+        previous, self._clock = self._clock, clock  # type: ignore[assignment]
+        return previous
 
     def touch(self) -> None:
         expires = self.settings.expires
@@ -223,11 +237,12 @@ class LifecycleQueue(Queue):
         if self.deleted:
             return
         if self._expires_at is not None and self._expires_at <= now and not self.consumers:
-            assert self.host is not None
-            self.host.remove_queue(self)
+            self.effects.append((REMOVE,))
+            self._flush()
             return
         if self._expiring and self._expire(now):
-            self._deadlines.schedule(self, now)  # more to do after the loop has served others
+            self.effects.append((ARM, now))  # more to do after the loop has served others
+            self._flush()
         else:
             self._reschedule()
 
@@ -275,23 +290,26 @@ class LifecycleQueue(Queue):
         if self.paged is not None:
             self._refill()
         self._reschedule()
+        self._flush()
 
     def _next_consumer(self) -> Subscriber | None:
         if self.settings.single_active_consumer:
             active = self.active
-            return active if active is not None and active.credit > 0 else None
+            return active if active is not None and _has_credit(active) else None
         for _, group in self._groups:
             for _ in range(len(group)):
                 consumer = group[0]
                 group.rotate(-1)
-                if consumer.credit > 0:
+                if _has_credit(consumer):
                     return consumer
         return None
 
     def _hand_over(self, consumer: Subscriber, entry: Entry) -> None:
         self._leaving(entry, ack_required=not consumer.no_ack)
         consumer.credit -= 1
-        consumer.deliver(entry)
+        if consumer.pool is not None:
+            consumer.pool.left -= 1
+        self.effects.append((DELIVER, consumer, entry))
 
     def _join_group(self, consumer: Subscriber) -> None:
         for priority, group in self._groups:
@@ -432,8 +450,8 @@ class LifecycleQueue(Queue):
 
     def _dead_letter(self, messages: list[Message], reason: str) -> None:
         if self.settings.dead_letter_exchange is not None:
-            assert self.host is not None
-            dead_letter(self.host, self.settings, self.name, messages, reason)
+            self.effects.append((DEAD_LETTER, messages, reason))
+            self._flush()
 
     def _reschedule(self) -> None:
         when = None
@@ -444,4 +462,5 @@ class LifecycleQueue(Queue):
         if expires_at is not None and not self.consumers and (when is None or expires_at < when):
             when = expires_at
         if when is not None:
-            self._deadlines.schedule(self, when)
+            self.effects.append((ARM, when))
+            self._flush()

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
+from leveret.broker.queues import commands
+from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
@@ -63,6 +65,10 @@ class Queue(Pageable):
         self.paged: PagedTail | None = None  # the ready messages after the head, when some are paged out
         # The highest seq ever requeued: only entries above it are paged out (see paging.py).
         self.returned_upto = 0
+        # What commands produced and the executor (the vhost's) has not carried out yet; see effects.py.
+        self.effects: list[Effect] = []
+        self.run_effect: Callable[[Queue, Effect], None] | None = host.execute if host is not None else None
+        self._hold = host is None  # effects wait in `effects`: being carried out, or collected by apply
         # x-consumer-timeout (RabbitMQ 3.12+): overrides the node's consumer_timeout for deliveries from here.
         timeout = self.arguments.get("x-consumer-timeout")
         self.consumer_timeout: int | None = timeout if type(timeout) is int and timeout >= 0 else None
@@ -111,7 +117,14 @@ class Queue(Pageable):
                     if entry.logged:
                         journal.delivered(entry)
                 consumer.credit -= 1
-                consumer.channel.deliver(consumer, entry)  # consumer.deliver(entry), one call less
+                pool = consumer.pool
+                if pool is not None:
+                    pool.left -= 1
+                effect = (DELIVER, consumer, entry)
+                if self._hold:
+                    self.effects.append(effect)
+                else:
+                    self.run_effect(self, effect)  # type: ignore[misc]  # set whenever not held
                 return position
             self._consumers_full = True
             ready.append(entry)
@@ -200,6 +213,9 @@ class Queue(Pageable):
     def touch(self) -> None:
         """The queue was declared again (or passively): it counts as used."""
 
+    def tick(self) -> None:
+        """The deadline the queue asked for came (a plain queue asks for none)."""
+
     # ---- consumers --------------------------------------------------------------------------
 
     def exclusive_use(self, exclusive: bool) -> bool:
@@ -239,7 +255,7 @@ class Queue(Pageable):
         for _ in range(len(consumers)):
             consumer = consumers[0]
             consumers.rotate(-1)
-            if consumer.credit > 0:
+            if consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0):
                 return consumer
         return None
 
@@ -247,13 +263,14 @@ class Queue(Pageable):
         """Hand ready messages to consumers with credit, rotating so that each gets its turn."""
         ready = self.ready
         consumers = self.consumers
+        effects = self.effects
         left = len(ready)
         freed = 0  # body bytes delivered: the budget is updated once, after the loop
         while ready:
             for _ in range(len(consumers)):
                 consumer = consumers[0]
                 consumers.rotate(-1)
-                if consumer.credit > 0:
+                if consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0):
                     break
             else:
                 self._consumers_full = True
@@ -268,10 +285,51 @@ class Queue(Pageable):
                 if entry.logged and not entry.redelivered:
                     self.journal.delivered(entry)
             consumer.credit -= 1
-            consumer.channel.deliver(consumer, entry)
+            pool = consumer.pool
+            if pool is not None:
+                pool.left -= 1
+            effects.append((DELIVER, consumer, entry))
         self.pager.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:
             self._refill()
+        self._flush()
+
+    # ---- effects ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Hand the effects produced so far to the executor, in order (unless it is carrying them out
+        already, one of them having called back in, or `apply` is collecting them)."""
+        effects = self.effects
+        if self._hold or not effects:
+            return
+        self._hold = True
+        run = self.run_effect
+        assert run is not None
+        try:
+            i = 0
+            while i < len(effects):  # an effect may call back in and add more
+                run(self, effects[i])
+                i += 1
+        finally:
+            effects.clear()
+            self._hold = False
+
+    def apply(self, command: commands.Command, now: float) -> tuple[Any, list[Effect]]:
+        """Run `command` (commands.py) at time `now`: its reply, and its effects for the caller to carry
+        out, none of them carried out here."""
+        held, self._hold = self._hold, True
+        clock = self._set_clock(lambda: now)
+        try:
+            reply = getattr(self, _HANDLERS[command[0]])(*command[1:])
+            effects, self.effects = self.effects, []
+        finally:
+            self._hold = held
+            self._set_clock(clock)
+        return reply, effects
+
+    def _set_clock(self, clock: Callable[[], float] | None) -> Callable[[], float] | None:
+        """A plain queue reads no clock; LifecycleQueue's runs `apply` at its `now`."""
+        return None
 
     def _leaving(self, entry: Entry, *, ack_required: bool) -> None:
         """An entry leaves the ready list for a delivery: unacked until settled, or settled now (no-ack)."""
@@ -300,3 +358,19 @@ class Queue(Pageable):
         assert self.host is not None, "a queue's lifecycle needs its vhost"
         self.host.add_lifecycle(self)
         return self
+
+
+# Queue's method for each command of commands.py (the same arguments, after the name).
+_HANDLERS = {
+    commands.ENQUEUE: "enqueue",
+    commands.ATTACH: "add_consumer",
+    commands.DETACH: "remove_consumer",
+    commands.CREDIT: "credit",
+    commands.SETTLE: "settle",
+    commands.REJECT: "reject",
+    commands.RETURN: "requeue",
+    commands.TAKE: "take",
+    commands.TICK: "tick",
+    commands.PURGE: "purge",
+    commands.DELETE: "delete",
+}

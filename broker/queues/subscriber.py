@@ -12,6 +12,15 @@ if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
 
 
+class CreditPool:
+    """Deliveries a channel may still take under its basic.qos(global) limit."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
 class _Deliverer(Protocol):
     # `consumer` is the Subscriber itself (typed loosely: a channel knows its own consumer class).
     def deliver(self, consumer: Any, entry: Entry) -> None: ...
@@ -35,6 +44,9 @@ class Subscriber(Protocol):
     # How many more messages it may take: set by the channel's credit commands (Queue.credit), used
     # by the queue, one per delivery. Never read from the channel at delivery time.
     credit: int
+    # The channel's share of a basic.qos(global) limit, which every queue it consumes from draws on
+    # (None: no such limit). The one credit a queue shares: RabbitMQ's quorum queues refuse global QoS.
+    pool: CreditPool | None
 
     def deliver(self, entry: Entry) -> None: ...
 

@@ -31,6 +31,7 @@ from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.queue import Entry
 from leveret.broker.queues.queue import Queue as BrokerQueue
+from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
@@ -102,6 +103,7 @@ class ChannelSession:
         self._delivery_marks = DeliveryMarks()
         self.prefetch_count = 0  # for consumers created after basic.qos(global=false)
         self.global_prefetch = 0  # basic.qos(global=true): all consumers of the channel together
+        self.credit_pool: CreditPool | None = None  # what that limit leaves, drawn on by the queues
         self.flow_active = True
         self.confirming = False
         self._publish_seq = 0
@@ -164,8 +166,6 @@ class ChannelSession:
         if not consumer.no_ack:
             consumer.unacked += 1
             self.unacked[tag] = (entry.seq, consumer.queue, consumer)
-            if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
-                self._global_prefetch_reached()
         message = entry.message
         self.conn.send_frames(
             fastpath.deliver_frames(
@@ -408,19 +408,22 @@ class ChannelSession:
                 queue.reject(seqs)
             else:
                 queue.settle(seqs)
-        self._credit_returned(consumers)
+        self._credit_returned(consumers, sum(len(seqs) for _, seqs in by_queue))
 
     def _requeue(self, taken: Iterable[Unacked]) -> None:
         by_queue, consumers = _by_queue(taken)
         for queue, seqs in by_queue:
             queue.requeue(seqs)
-        self._credit_returned(consumers)
+        self._credit_returned(consumers, sum(len(seqs) for _, seqs in by_queue))
 
-    def _credit_returned(self, consumers: Iterable[Consumer]) -> None:
-        """Send the queues the credit of consumers that may take more now."""
-        if self.global_prefetch:
+    def _credit_returned(self, consumers: Iterable[Consumer], count: int) -> None:
+        """`count` deliveries are done with: send the queues the credit of consumers that may take more."""
+        pool = self.credit_pool
+        if pool is not None:
+            pool.left += count
             # The channel-wide limit may have held back any of this channel's consumers.
-            consumers = self.consumers.values()
+            for queue in {id(c.queue): c.queue for c in self.consumers.values()}.values():
+                queue.credit_changed()
         for consumer in consumers:
             consumer.update_credit()
 
@@ -428,11 +431,6 @@ class ChannelSession:
         for consumer in list(self.consumers.values()):
             consumer.update_credit()
 
-    def _global_prefetch_reached(self) -> None:
-        """The channel holds all that basic.qos(global) allows: no consumer of it may take more."""
-        for consumer in self.consumers.values():
-            if consumer.credit > 0:
-                consumer.queue.credit(consumer, 0)
 
     # ---- channel ----------------------------------------------------------------------------
 
@@ -613,7 +611,10 @@ class ChannelSession:
         if method.prefetch_size:
             raise ConnectionLevelError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({method.prefetch_size})", 60, 10)
         if method.global_:
-            self.global_prefetch = method.prefetch_count
+            self.global_prefetch = limit = method.prefetch_count
+            self.credit_pool = CreditPool(limit - len(self.unacked)) if limit else None
+            for consumer in self.consumers.values():
+                consumer.pool = None if consumer.no_ack else self.credit_pool
         else:
             self.prefetch_count = method.prefetch_count
         self._reply(Basic.QosOk)
@@ -679,8 +680,8 @@ class ChannelSession:
             queue.settle([entry.seq])
         else:
             self.unacked[tag] = (entry.seq, queue, None)
-            if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
-                self._global_prefetch_reached()
+            if self.credit_pool is not None:
+                self.credit_pool.left -= 1
         message = entry.message
         self.conn.send_frames(
             fastpath.get_ok_frames(

@@ -1,0 +1,47 @@
+"""Carrying out what a queue's commands produce (broker/queues/effects.py) in a vhost: deliveries to the
+consumers' channels, dead-lettering through the vhost's exchanges, the node's timers, the removal of a
+queue that expired unused.
+
+Each queue gets its vhost's `Executor.run` as its executor. The memory budget and paging are the pager's
+(broker/pager.py); the durable log is the queue's journal.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from leveret.broker.queues.dead_letter import dead_letter
+from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, REMOVE, Effect
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.host import QueueHost
+    from leveret.broker.queues.lifecycle import LifecycleQueue
+    from leveret.broker.queues.queue import Queue
+
+
+class Executor:
+    __slots__ = ("vhost",)
+
+    def __init__(self, vhost: QueueHost) -> None:
+        self.vhost = vhost
+
+    def run(self, queue: Queue, effect: Effect) -> None:
+        kind = effect[0]
+        if kind == DELIVER:  # first: one per message
+            consumer = effect[1]
+            consumer.channel.deliver(consumer, effect[2])
+        elif kind == ARM:
+            self.vhost.deadlines.schedule(_lifecycle(queue), effect[1])
+        elif kind == DEAD_LETTER:
+            dead_letter(self.vhost, _lifecycle(queue).settings, queue.name, effect[1], effect[2])
+        elif kind == DISARM:
+            self.vhost.deadlines.cancel(_lifecycle(queue))
+        elif kind == REMOVE:
+            self.vhost.remove_queue(queue)
+        else:
+            raise ValueError(f"unknown effect {effect!r}")
+
+
+def _lifecycle(queue: Queue) -> LifecycleQueue:
+    # Only a queue with a lifecycle asks for timers or dead-letters (typed loosely, for mypy).
+    return queue  # type: ignore[return-value]

@@ -1,0 +1,69 @@
+"""A queue as a state machine: `apply(command, now)` runs a command given as data and returns its reply
+and its effects as data, carrying none of them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from leveret.broker.message import Message
+from leveret.broker.queues import commands
+from leveret.broker.queues.effects import DELIVER
+from leveret.broker.queues.queue import Queue
+from leveret.broker.queues.subscriber import CreditPool
+
+
+@dataclass(eq=False)
+class Consumer:
+    """A consumer as a queue knows it: plain data (what the channel's Consumer also carries)."""
+
+    tag: str
+    no_ack: bool = False
+    exclusive: bool = False
+    priority: int = 0
+    credit: int = 0
+    pool: CreditPool | None = None
+    channel: Any = field(default=None, repr=False)  # never used under apply: no effect is carried out
+
+
+def message(body: bytes) -> Message:
+    return Message("", "q", b"\x00\x00", body)
+
+
+def test_deliveries_are_effects_and_credit_is_a_command() -> None:
+    queue = Queue("q", "/")
+    consumer = Consumer("c")
+    assert queue.apply((commands.ATTACH, consumer), 0.0) == (None, [])
+    assert queue.apply((commands.ENQUEUE, message(b"1")), 0.0) == (0, [])  # no credit yet: it waits
+    assert queue.message_count == 1
+    reply, effects = queue.apply((commands.CREDIT, consumer, 2), 0.0)
+    assert [(kind, who, entry.message.body) for kind, who, entry in effects] == [(DELIVER, consumer, b"1")]
+    _, effects = queue.apply((commands.ENQUEUE, message(b"2")), 0.0)
+    assert [(kind, entry.seq) for kind, _, entry in effects] == [(DELIVER, 2)]
+    assert consumer.credit == 0 and sorted(queue.checked_out) == [1, 2]
+    assert queue.apply((commands.ENQUEUE, message(b"3")), 0.0) == (0, [])
+
+
+def test_settle_and_return_go_by_seq() -> None:
+    queue = Queue("q", "/")
+    consumer = Consumer("c", credit=1)
+    queue.apply((commands.ATTACH, consumer), 0.0)
+    for body in (b"1", b"2"):
+        queue.apply((commands.ENQUEUE, message(body)), 0.0)
+    assert sorted(queue.checked_out) == [1] and queue.message_count == 1
+    reply, effects = queue.apply((commands.RETURN, [1]), 0.0)
+    assert effects == [] and queue.message_count == 2  # back at the head, and no credit to deliver it
+    deliveries = [queue.apply((commands.CREDIT, consumer, 1), 0.0)[1] for _ in range(2)]
+    assert [(entry.seq, entry.redelivered) for [(_, _, entry)] in deliveries] == [(1, True), (2, False)]
+    settled, effects = queue.apply((commands.SETTLE, [1, 2]), 0.0)
+    assert [entry.seq for entry in settled] == [1, 2] and queue.unacked == 0 and effects == []
+
+
+def test_a_shared_credit_pool_caps_the_deliveries() -> None:
+    queue = Queue("q", "/")
+    pool = CreditPool(1)
+    first, second = Consumer("a", credit=5, pool=pool), Consumer("b", credit=5, pool=pool)
+    queue.apply((commands.ATTACH, first), 0.0)
+    queue.apply((commands.ATTACH, second), 0.0)
+    delivered = [queue.apply((commands.ENQUEUE, message(b"x")), 0.0)[1] for _ in range(3)]
+    assert [len(effects) for effects in delivered] == [1, 0, 0] and pool.left == 0

@@ -77,6 +77,18 @@ class StoreJournal(Journal):
             self.log.append_settle(seqs)
             self.persistence.pending()
 
+    def returned(self, entries: list[Entry]) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_returned(seqs)
+            self.persistence.pending()
+
+    def removed(self, entries: list[Entry], reason: str) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_removed(seqs, reason)
+            self.persistence.pending()
+
     def settled_range(self, first: int, last: int) -> None:
         self.log.append_settle(range(first, last + 1))
         self.persistence.pending()

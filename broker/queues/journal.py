@@ -25,6 +25,13 @@ class Journal:
     def settled(self, entries: list[Entry]) -> None:
         """Entries gone for good: acked, dropped, expired or dead-lettered."""
 
+    def returned(self, entries: list[Entry]) -> None:
+        """Entries back in the queue: redelivered from now on, one more return in their delivery count."""
+
+    def removed(self, entries: list[Entry], reason: str) -> None:
+        """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected): gone for
+        good, as if settled."""
+
     def settled_range(self, first: int, last: int) -> None:
         """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
         messages, which holds every seq in its range)."""

@@ -159,16 +159,28 @@ class LifecycleQueue(Queue):
         return position
 
     def restore(
-        self, entries: Iterable[Entry], next_seq: int, expires_in: list[float | None] | None = None
+        self,
+        entries: Iterable[Entry],
+        next_seq: int,
+        expires_in: list[float | None] | None = None,
+        returns: list[int] | None = None,
     ) -> None:
         # Nothing expires here: dead-lettering waits for the timers, once every queue and binding is back.
         now = self._clock()
         if expires_in is None:
-            for entry in entries:
-                self.ready.append(self._track(entry, now))
+            tracked = [self._track(entry, now) for entry in entries]
         else:
-            for entry, left in zip(entries, expires_in, strict=True):
-                self.ready.append(self._track_recovered(entry, now, left))
+            tracked = [
+                self._track_recovered(entry, now, left)
+                for entry, left in zip(entries, expires_in, strict=True)
+            ]
+        if returns is not None:
+            for entry, count in zip(tracked, returns, strict=True):
+                entry.deliveries = count
+                if count and self.settings.counts_deliveries:
+                    entry.message = with_delivery_count(entry.published, count)
+        for entry in tracked:
+            self.ready.append(entry)
         self._seq = itertools.count(next_seq)
         self._reschedule()
         self._check_budget()
@@ -193,16 +205,18 @@ class LifecycleQueue(Queue):
         self._reschedule()
         return entry
 
-    def reject(self, seqs: Iterable[int]) -> None:
-        entries = self.settle(seqs)
+    def reject(self, seqs: Iterable[int]) -> list[Entry]:
+        entries = super().reject(seqs)
         if not self.deleted:
             self._dead_letter([published(entry) for entry in entries], REJECTED)
+        return entries
 
     def requeue(self, seqs: Iterable[int]) -> None:
         now = self._clock()
         returned = [self._track(entry, now) for entry in self._returned(seqs)]
         if self.deleted or not returned:
             return
+        self.journal.returned(returned)
         self.returned_upto = max(self.returned_upto, returned[-1].seq)
         if self.settings.counts_deliveries:
             returned = self._count_returns(returned)
@@ -444,8 +458,8 @@ class LifecycleQueue(Queue):
         return kept
 
     def _discard(self, entries: list[TrackedEntry], reason: str) -> None:
-        """Entries gone for good from the ready list: journal them settled, dead-letter them."""
-        self.journal.settled(entries)
+        """Entries gone for good from the ready list: journal them removed, dead-letter them."""
+        self.journal.removed(entries, reason)
         self._dead_letter([entry.published for entry in entries], reason)
 
     def _dead_letter(self, messages: list[Message], reason: str) -> None:

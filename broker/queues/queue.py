@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
 from leveret.broker.queues import commands
+from leveret.broker.queues.dead_letter import REJECTED
 from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
@@ -139,14 +140,19 @@ class Queue(Pageable):
         return position
 
     def restore(
-        self, entries: Iterable[Entry], next_seq: int, expires_in: list[float | None] | None = None
+        self,
+        entries: Iterable[Entry],
+        next_seq: int,
+        expires_in: list[float | None] | None = None,
+        returns: list[int] | None = None,
     ) -> None:
         """Recovered entries, in order, before any publish. New entries number from `next_seq`: above
         every seq the log ever held, settled ones included, so no number is used twice. `expires_in`:
-        for each entry, the seconds its logged deadline leaves it (None: none logged), if any has one."""
+        for each entry, the seconds its logged deadline leaves it (None: none logged), if any has one;
+        `returns`: how often each came back (a quorum queue's delivery count), if any did."""
         entries = list(entries)
         if expires_in is not None or any(entry.message.expiration is not None for entry in entries):
-            self._with_lifecycle().restore(entries, next_seq, expires_in)
+            self._with_lifecycle().restore(entries, next_seq, expires_in, returns)
             return
         self.ready.extend(entries)
         self._seq = itertools.count(next_seq)
@@ -172,9 +178,12 @@ class Queue(Pageable):
         self.journal.settled(entries)
         return entries
 
-    def reject(self, seqs: Iterable[int]) -> None:
+    def reject(self, seqs: Iterable[int]) -> list[Entry]:
         """Unacked messages rejected without requeue (a dead-letter exchange may take them)."""
-        self.settle(seqs)
+        pop = self.checked_out.pop
+        entries = [pop(seq) for seq in seqs]
+        self.journal.removed(entries, REJECTED)
+        return entries
 
     def _returned(self, seqs: Iterable[int]) -> list[Entry]:
         """Unacked messages coming back, in seq order, marked redelivered."""
@@ -189,6 +198,7 @@ class Queue(Pageable):
         returned = self._returned(seqs)
         if self.deleted or not returned:
             return
+        self.journal.returned(returned)
         self.returned_upto = max(self.returned_upto, returned[-1].seq)
         requeue_into(self.ready, returned)
         self._counted(returned)

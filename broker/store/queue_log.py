@@ -337,9 +337,10 @@ class QueueLog:
         for seq in seqs:
             live.remove(seq)
             segment = self._segment_of(seq)
-            segment.live -= 1  # type: ignore[union-attr]  # a live seq's segment is known
+            assert segment is not None  # a live seq is in an enqueuing segment
+            segment.live -= 1
             if segment is not active:
-                active.refs.add(segment.index)  # type: ignore[union-attr]
+                active.refs.add(segment.index)
 
     def append_removed(self, seqs: Iterable[int], reason: str) -> int:
         """Record messages the queue removed for `reason` (records.REASONS): gone for good, as settled."""
@@ -372,6 +373,7 @@ class QueueLog:
             return self._pending.position
         position = self._append(DELIVERED, records.delivered_payload(seq), False)
         segment = self._segment_of(seq)
+        assert segment is not None  # a live seq is in an enqueuing segment
         if segment is not self._active:
             self._active.refs.add(segment.index)
         return position

@@ -1,9 +1,9 @@
 """Carrying out what a queue's commands produce (broker/queues/effects.py) in a vhost: deliveries to the
 consumers' channels, dead-lettering through the vhost's exchanges, the node's timers, the removal of a
-queue that expired unused.
+queue that expired unused, and paging through the node's pager (broker/pager.py).
 
-Each queue gets its vhost's `Executor.run` as its executor. The memory budget and paging are the pager's
-(broker/pager.py); the durable log is the queue's journal.
+Each queue gets its vhost's `Executor.run` as its executor. Still called by the queue directly: its
+journal (the durable log) and the pager's budget count.
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from leveret.broker.queues.dead_letter import dead_letter
-from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, REMOVE, Effect
+from leveret.broker.queues.effects import (
+    ARM,
+    DEAD_LETTER,
+    DELIVER,
+    DISARM,
+    LOAD,
+    PAGE_OUT,
+    RELEASE,
+    REMOVE,
+    Effect,
+)
 
 if TYPE_CHECKING:
     from leveret.broker.queues.host import QueueHost
@@ -36,6 +46,12 @@ class Executor:
             dead_letter(self.vhost, _lifecycle(queue).settings, queue.name, effect[1], effect[2])
         elif kind == DISARM:
             self.vhost.deadlines.cancel(_lifecycle(queue))
+        elif kind == PAGE_OUT:
+            queue.pager.write_out(effect[1])
+        elif kind == LOAD:
+            queue.pager.load(queue, effect[1])
+        elif kind == RELEASE:
+            queue.pager.release(effect[1])
         elif kind == REMOVE:
             self.vhost.remove_queue(queue)
         else:

@@ -204,10 +204,9 @@ class NodePager(Pager):
 
     # ---- chunks -------------------------------------------------------------------------------
 
-    def page_out(
-        self, queue: PagedQueue, entries: list[Entry], body_bytes: int, expires: array | None
-    ) -> Chunk:
-        chunk = Chunk(entries, body_bytes, expires)
+    def write_out(self, chunk: Chunk) -> None:
+        entries = chunk.entries
+        assert entries is not None
         transient = [entry for entry in entries if not entry.logged]
         if transient:
             chunk.run = self.page_files.append(
@@ -225,7 +224,6 @@ class NodePager(Pager):
                 self._undurable.append(chunk)
         if not transient:
             self.commit_completed()
-        return chunk
 
     def load(self, queue: PagedQueue, chunk: Chunk) -> None:
         self._reads.append(_Read(queue, chunk, self._log_directory(queue, chunk)))

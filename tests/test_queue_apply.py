@@ -8,7 +8,8 @@ from typing import Any
 
 from leveret.broker.message import Message
 from leveret.broker.queues import commands
-from leveret.broker.queues.effects import DELIVER
+from leveret.broker.queues.effects import DELIVER, LOAD, PAGE_OUT, RELEASE
+from leveret.broker.queues.paging import Pager
 from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.subscriber import CreditPool
 
@@ -67,3 +68,32 @@ def test_a_shared_credit_pool_caps_the_deliveries() -> None:
     queue.apply((commands.ATTACH, second), 0.0)
     delivered = [queue.apply((commands.ENQUEUE, message(b"x")), 0.0)[1] for _ in range(3)]
     assert [len(effects) for effects in delivered] == [1, 0, 0] and pool.left == 0
+
+
+def test_paging_is_effects_the_pager_carries_out() -> None:
+    """PAGE_OUT asks the pager to write a chunk, LOAD to read one back (LOADED when it is), RELEASE to
+    let its copy go; the queue's order holds across all of it."""
+    queue = Queue("q", "/")
+    queue.pager = Pager(limit=64 * 1024)  # chunks of 16 KiB
+    for n in range(100):
+        queue.apply((commands.ENQUEUE, Message("", "q", b"\x00\x00", b"%04d" % n + bytes(1020))), 0.0)
+    done, effects = queue.apply((commands.PAGE, 60 * 1024), 0.0)
+    chunks = [chunk for kind, chunk in effects if kind == PAGE_OUT]
+    assert done > 0 and chunks and [kind for kind, _ in effects] == [PAGE_OUT] * len(chunks)
+    assert queue.message_count == 100
+    written = {id(chunk): chunk.entries for chunk in chunks}
+    for chunk in chunks:  # as the pager does once they are on disk
+        chunk.entries = None
+    consumer = Consumer("c", credit=1000)
+    _, effects = queue.apply((commands.ATTACH, consumer), 0.0)
+    bodies = [entry.message.body[:4] for kind, _, entry in (e for e in effects if e[0] == DELIVER)]
+    loads = [effect[1] for effect in effects if effect[0] == LOAD]
+    assert loads and loads[0] is chunks[0]  # read ahead of the consumer
+    while loads:
+        chunk = loads.pop(0)
+        chunk.entries = written[id(chunk)]
+        _, effects = queue.apply((commands.LOADED, chunk), 0.0)
+        assert (RELEASE, chunk) in effects
+        bodies += [effect[2].message.body[:4] for effect in effects if effect[0] == DELIVER]
+        loads += [effect[1] for effect in effects if effect[0] == LOAD and effect[1] not in loads]
+    assert bodies == [b"%04d" % n for n in range(100)] and queue.message_count == 0

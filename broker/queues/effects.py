@@ -15,7 +15,14 @@ DEAD_LETTER = 2  # (DEAD_LETTER, messages, reason): republish to the queue's dea
 ARM = 3  # (ARM, when): wake the queue at `when` (its next expiry, or its own), on the node's timers
 DISARM = 4  # (DISARM,): the queue needs no timer any more
 REMOVE = 5  # (REMOVE,): the queue expired unused: its vhost deletes it
+# Paging (queues/paging.py), carried out by the node's pager:
+PAGE_OUT = 6  # (PAGE_OUT, chunk): write the chunk's messages out of memory
+LOAD = 7  # (LOAD, chunk): read the chunk back; the pager then calls `chunk_loaded`
+RELEASE = 8  # (RELEASE, chunk): the chunk is back in memory or gone: its copy on disk may go
 
-NAMES = {DELIVER: "deliver", DEAD_LETTER: "dead-letter", ARM: "arm", DISARM: "disarm", REMOVE: "remove"}
+NAMES = {
+    DELIVER: "deliver", DEAD_LETTER: "dead-letter", ARM: "arm", DISARM: "disarm", REMOVE: "remove",
+    PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release",
+}  # fmt: skip
 
 Effect = tuple[Any, ...]

@@ -20,7 +20,7 @@ from leveret.amqp import tables
 from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED
-from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, REMOVE
+from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, PAGE_OUT, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.paging import OVERHEAD, Chunk
@@ -156,6 +156,7 @@ class LifecycleQueue(Queue):
         if self.consumers and not self._consumers_full:
             self.deliver_ready()
         self._check_budget()
+        self._flush()
         return position
 
     def restore(
@@ -194,6 +195,7 @@ class LifecycleQueue(Queue):
             self._load_head_now()
             self._expire_all(now)
         if not ready:
+            self._flush()
             return None
         entry = ready.popleft()
         self._leaving(entry, ack_required=True)
@@ -203,6 +205,7 @@ class LifecycleQueue(Queue):
         if self.paged is not None:
             self._refill()
         self._reschedule()
+        self._flush()
         return entry
 
     def reject(self, seqs: Iterable[int]) -> list[Entry]:
@@ -227,6 +230,7 @@ class LifecycleQueue(Queue):
         self.credit_changed()
         self._reschedule()
         self._check_budget()
+        self._flush()
 
     def delete(self) -> None:
         super().delete()
@@ -256,9 +260,9 @@ class LifecycleQueue(Queue):
             return
         if self._expiring and self._expire(now):
             self.effects.append((ARM, now))  # more to do after the loop has served others
-            self._flush()
         else:
             self._reschedule()
+        self._flush()
 
     # ---- consumers --------------------------------------------------------------------------
 
@@ -372,7 +376,9 @@ class LifecycleQueue(Queue):
         if self._expiring:
             deadlines = (entry.expires for entry in entries)  # type: ignore[attr-defined]
             expires = array("d", (math.nan if when is None else when for when in deadlines))
-        return self.pager.page_out(self, entries, body_bytes, expires)
+        chunk = Chunk(entries, body_bytes, expires)
+        self.effects.append((PAGE_OUT, chunk))
+        return chunk
 
     def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
         entries = super()._chunk_entries(chunk)
@@ -405,6 +411,7 @@ class LifecycleQueue(Queue):
         # Messages that expired on disk go now, before the pager could take them out again.
         self._expire_all(self._clock())
         self._reschedule()
+        self._flush()
 
     # ---- removal ----------------------------------------------------------------------------
 

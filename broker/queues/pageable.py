@@ -11,6 +11,7 @@ import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from leveret.broker.queues.effects import LOAD, PAGE_OUT, RELEASE, Effect
 from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager
 from leveret.broker.queues.ready import take_back, take_front
 
@@ -29,10 +30,13 @@ class Pageable:
     journal: Journal
     returned_upto: int
     _consumers_full: bool
+    effects: list[Effect]
 
     if TYPE_CHECKING:
 
         def deliver_ready(self) -> None: ...
+
+        def _flush(self) -> None: ...
 
         def _counted(self, entries: list[Entry]) -> None: ...
 
@@ -70,6 +74,7 @@ class Pageable:
                 end += 1
             paged.chunks.append(self._new_chunk(taken[start:end], size))
             start = end
+        self._flush()
         return freed
 
     def restore_paged(self, chunks: list[Chunk]) -> None:
@@ -100,7 +105,9 @@ class Pageable:
         return taken, sizes
 
     def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
-        return self.pager.page_out(self, entries, body_bytes, None)
+        chunk = Chunk(entries, body_bytes, None)
+        self.effects.append((PAGE_OUT, chunk))
+        return chunk
 
     def chunk_loaded(self, chunk: Chunk) -> None:
         """The pager read `chunk` back: install it when its turn comes, and deliver on."""
@@ -109,6 +116,7 @@ class Pageable:
         self._refill()
         if self.consumers and not self._consumers_full:
             self.deliver_ready()
+        self._flush()
 
     def _refill(self) -> None:
         """Install the first chunk once the head holds less than a chunk's worth; read the next ones back
@@ -125,7 +133,7 @@ class Pageable:
             for chunk in itertools.islice(chunks, READ_AHEAD):
                 if chunk.entries is None and not chunk.loading:
                     chunk.loading = True
-                    self.pager.load(self, chunk)
+                    self.effects.append((LOAD, chunk))
 
     def _load_head_now(self) -> None:
         """The head is empty and someone needs it now (basic.get): read the first chunk here, blocking."""
@@ -146,7 +154,7 @@ class Pageable:
         paged.count -= chunk.count
         paged.body_bytes -= chunk.body_bytes
         chunk.gone = True
-        self.pager.release(chunk)
+        self.effects.append((RELEASE, chunk))
         self._add_to_head(entries)
 
     def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
@@ -181,5 +189,5 @@ class Pageable:
                 in_memory += chunk.entries
             elif settle and chunk.locations is not None:
                 self.journal.settled_range(chunk.first_seq, chunk.last_seq)
-            self.pager.release(chunk)
+            self.effects.append((RELEASE, chunk))
         return in_memory

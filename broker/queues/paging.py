@@ -155,10 +155,8 @@ class Pager:
     def exceeded(self) -> None:
         """Over budget: page out soon (never from inside the caller's queue operation)."""
 
-    def page_out(
-        self, queue: PagedQueue, entries: list[Entry], body_bytes: int, expires: array | None
-    ) -> Chunk:
-        """Take `entries` (consecutive, in order, with `body_bytes` of bodies) out of memory as one chunk."""
+    def write_out(self, chunk: Chunk) -> None:
+        """Take the chunk's entries (consecutive, in order) out of memory (a PAGE_OUT effect)."""
         raise NotImplementedError
 
     def load(self, queue: PagedQueue, chunk: Chunk) -> None:

@@ -169,6 +169,7 @@ class Queue(Pageable):
         self._leaving(entry, ack_required=True)
         if self.paged is not None:
             self._refill()
+        self._flush()
         return entry
 
     def settle(self, seqs: Iterable[int]) -> list[Entry]:
@@ -210,6 +211,7 @@ class Queue(Pageable):
         if self.paged is not None:
             purged += self._drop_paged(settle=True)
         self.journal.settled(purged)
+        self._flush()
         return count
 
     def delete(self) -> None:
@@ -219,6 +221,7 @@ class Queue(Pageable):
         if self.paged is not None:
             self._drop_paged(settle=False)
         self.journal.deleted()
+        self._flush()
 
     def touch(self) -> None:
         """The queue was declared again (or passively): it counts as used."""
@@ -383,4 +386,6 @@ _HANDLERS = {
     commands.TICK: "tick",
     commands.PURGE: "purge",
     commands.DELETE: "delete",
+    commands.PAGE: "page_out",
+    commands.LOADED: "chunk_loaded",
 }

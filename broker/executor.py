@@ -25,7 +25,6 @@ from leveret.broker.queues.effects import (
 
 if TYPE_CHECKING:
     from leveret.broker.queues.host import QueueHost
-    from leveret.broker.queues.lifecycle import LifecycleQueue
     from leveret.broker.queues.queue import Queue
 
 
@@ -41,11 +40,12 @@ class Executor:
             consumer = effect[1]
             consumer.channel.deliver(consumer, effect[2])
         elif kind == ARM:
-            self.vhost.deadlines.schedule(_lifecycle(queue), effect[1])
+            self.vhost.deadlines.schedule(queue, effect[1])
         elif kind == DEAD_LETTER:
-            dead_letter(self.vhost, _lifecycle(queue).settings, queue.name, effect[1], effect[2])
+            assert queue.lifecycle is not None  # only a queue with a lifecycle dead-letters
+            dead_letter(self.vhost, queue.lifecycle.settings, queue.name, effect[1], effect[2])
         elif kind == DISARM:
-            self.vhost.deadlines.cancel(_lifecycle(queue))
+            self.vhost.deadlines.cancel(queue)
         elif kind == PAGE_OUT:
             queue.pager.write_out(effect[1])
         elif kind == LOAD:
@@ -57,7 +57,3 @@ class Executor:
         else:
             raise ValueError(f"unknown effect {effect!r}")
 
-
-def _lifecycle(queue: Queue) -> LifecycleQueue:
-    # Only a queue with a lifecycle asks for timers or dead-letters (typed loosely, for mypy).
-    return queue  # type: ignore[return-value]

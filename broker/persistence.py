@@ -10,7 +10,7 @@ import base64
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,19 +71,19 @@ class StoreJournal(Journal):
         self.log.append_delivered(entry.seq)
         self.persistence.pending()
 
-    def settled(self, entries: list[Entry]) -> None:
+    def settled(self, entries: Sequence[Entry]) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]
         if seqs:
             self.log.append_settle(seqs)
             self.persistence.pending()
 
-    def returned(self, entries: list[Entry]) -> None:
+    def returned(self, entries: Sequence[Entry]) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]
         if seqs:
             self.log.append_returned(seqs)
             self.persistence.pending()
 
-    def removed(self, entries: list[Entry], reason: str) -> None:
+    def removed(self, entries: Sequence[Entry], reason: str) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]
         if seqs:
             self.log.append_removed(seqs, reason)

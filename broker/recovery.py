@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from leveret.broker.pager import entry_from_record
-from leveret.broker.queues.lifecycle import LifecycleQueue
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog, collection_paused
@@ -30,7 +29,7 @@ def restore_queue(
     redelivered = bytes([1]) * count if after_crash else bytes(recovered.delivered)
     pager = queue.pager
     in_memory = count
-    if not recovered.expiring and not isinstance(queue, LifecycleQueue):
+    if not recovered.expiring and queue.lifecycle is None:
         room = max(pager.limit - pager.used, 0)
         in_memory = used = 0
         sizes = recovered.sizes

@@ -19,7 +19,7 @@ from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validat
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.effects import Effect
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
-from leveret.broker.queues.lifecycle import LifecycleQueue, queue_class
+from leveret.broker.queues.lifecycle import Lifecycle, needs_lifecycle
 from leveret.broker.queues.paging import NO_PAGER, Pager
 from leveret.broker.queues.queue import Queue
 
@@ -169,7 +169,7 @@ class VirtualHost:
         validate_queue_arguments(name, self.name, arguments)
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
-        queue = queue_class(arguments)(
+        queue = Queue(
             name,
             self.name,
             durable=durable,
@@ -179,6 +179,8 @@ class VirtualHost:
             journal=self.journal_for(self.name, name) if stored and self.journal_for else NULL_JOURNAL,
             host=self,
         )
+        if needs_lifecycle(arguments):
+            Lifecycle(queue)
         self.queues[name] = queue
         if stored:
             self.definitions_changed()
@@ -236,7 +238,7 @@ class VirtualHost:
         queue.consumers.clear()
 
     def add_lifecycle(self, queue: Queue) -> None:
-        LifecycleQueue.take_over(queue)
+        Lifecycle(queue)
 
     # ---- bindings ---------------------------------------------------------------------------
 

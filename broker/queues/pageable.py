@@ -1,8 +1,9 @@
 """How a queue pages out and reads back (the model is in paging.py): the part of Queue that only paged
 queues use, apart so that queue.py stays about the FIFO and its consumers.
 
-Hooks for LifecycleQueue, whose head is a FifoReady that counts its own budget: `_take_back_of_head`,
-`_new_chunk` (deadlines), `_chunk_entries` (TrackedEntry), `_add_to_head`, `_unpage`.
+A queue with a lifecycle keeps its head in a FifoReady that counts its own budget: its lifecycle part
+handles `_take_back_of_head`, `_new_chunk` (deadlines), `_chunk_entries` (TrackedEntry), `_add_to_head`
+and `_unpage`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from leveret.broker.queues.ready import take_back, take_front
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.journal import Journal
+    from leveret.broker.queues.part import LifecyclePart
     from leveret.broker.queues.subscriber import Subscriber
 
 
@@ -31,6 +33,7 @@ class Pageable:
     returned_upto: int
     _consumers_full: bool
     effects: list[Effect]
+    lifecycle: LifecyclePart | None
 
     if TYPE_CHECKING:
 
@@ -42,6 +45,8 @@ class Pageable:
 
     def pageable(self) -> int:
         """How many ready messages in memory paging out could take, about: the pager takes the largest."""
+        if self.lifecycle is not None and not self.lifecycle.pages:
+            return 0
         paged = self.paged
         return len(self.ready) if paged is None else len(paged.tail)
 
@@ -100,22 +105,27 @@ class Pageable:
     def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
         """Entries off the back of the head to page out (no longer counted in the budget), with their
         body sizes."""
+        if self.lifecycle is not None:
+            return self.lifecycle.take_back_of_head(want, keep)
         taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
         self.pager.used -= sum(sizes) + OVERHEAD * len(taken)
         return taken, sizes
 
     def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
+        if self.lifecycle is not None:
+            return self.lifecycle.new_chunk(entries, body_bytes)
         chunk = Chunk(entries, body_bytes, None)
         self.effects.append((PAGE_OUT, chunk))
         return chunk
 
     def chunk_loaded(self, chunk: Chunk) -> None:
         """The pager read `chunk` back: install it when its turn comes, and deliver on."""
-        if self.paged is None or chunk.gone:
-            return
-        self._refill()
-        if self.consumers and not self._consumers_full:
-            self.deliver_ready()
+        if self.paged is not None and not chunk.gone:
+            self._refill()
+            if self.consumers and not self._consumers_full:
+                self.deliver_ready()
+        if self.lifecycle is not None:
+            self.lifecycle.chunk_loaded()
         self._flush()
 
     def _refill(self) -> None:
@@ -161,15 +171,23 @@ class Pageable:
         entries = chunk.entries
         assert entries is not None
         chunk.entries = None
+        if self.lifecycle is not None:
+            return self.lifecycle.tracked_from_chunk(chunk, entries)
         return entries
 
     def _add_to_head(self, entries: list[Entry]) -> None:
         """Entries read back join the head (after everything in it), counted against the budget."""
+        if self.lifecycle is not None:
+            self.lifecycle.add_to_head(entries)
+            return
         self.ready.extend(entries)
         self._counted(entries)
 
     def _unpage(self) -> None:
         """The last chunk is back: the tail (counted already) joins the head; nothing is paged any more."""
+        if self.lifecycle is not None:
+            self.lifecycle.unpage()
+            return
         paged = self.paged
         assert paged is not None
         self.paged = None

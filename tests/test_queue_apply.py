@@ -6,12 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pamqp.commands import Basic
+
+from leveret.amqp.properties import encode_properties
 from leveret.broker.message import Message
 from leveret.broker.queues import commands
-from leveret.broker.queues.effects import DELIVER, LOAD, PAGE_OUT, RELEASE
+from leveret.broker.queues.effects import ARM, DELIVER, LOAD, PAGE_OUT, RELEASE
 from leveret.broker.queues.paging import Pager
 from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.subscriber import CreditPool
+from leveret.broker.vhost import VirtualHost
 
 
 @dataclass(eq=False)
@@ -97,3 +101,17 @@ def test_paging_is_effects_the_pager_carries_out() -> None:
         bodies += [effect[2].message.body[:4] for effect in effects if effect[0] == DELIVER]
         loads += [effect[1] for effect in effects if effect[0] == LOAD and effect[1] not in loads]
     assert bodies == [b"%04d" % n for n in range(100)] and queue.message_count == 0
+
+
+def test_a_lifecycle_made_under_apply_runs_at_the_commands_now_and_after() -> None:
+    vhost = VirtualHost("/", clock=lambda: 100.0)
+    queue = vhost.declare_queue(
+        "q", owner=None, durable=False, exclusive=False, auto_delete=False, arguments={}
+    )
+    assert queue.lifecycle is None
+    expiring = Message("", "q", encode_properties(Basic.Properties(expiration="1000")), b"x")
+    _, effects = queue.apply((commands.ENQUEUE, expiring), 5.0)  # the first message with an expiration
+    assert queue.lifecycle is not None
+    assert effects == [(ARM, 6.0)]  # its deadline by the command's clock, not the vhost's
+    queue.enqueue(message(b"y"))  # and outside apply, by the vhost's clock again
+    assert queue.message_count == 2 and queue.clock() == 100.0

@@ -14,7 +14,6 @@ import itertools
 import math
 from array import array
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from leveret.amqp import tables
@@ -73,7 +72,6 @@ class Lifecycle:
         assert queue.lifecycle is None
         self.queue = queue
         settings = self.settings = QueueSettings.from_arguments(queue.arguments)
-        self._clock = queue.host.clock
         # Whether any message may expire: until then, deliveries need not read the clock.
         self._expiring = settings.message_ttl is not None
         self._expires_at: float | None = None  # when the queue goes if still unused
@@ -86,7 +84,7 @@ class Lifecycle:
         self.pages = priorities is None
         queue.ready = self.ready  # type: ignore[assignment]  # the queue's deque no more
         queue.lifecycle = self
-        now = self._clock()
+        now = self.queue.clock()
         for entry in entries:
             self.ready.append(self._track(entry, now))
         if self.queue.paged is not None:  # a paged plain queue: its chunks hold no deadlines, nor need any
@@ -126,7 +124,7 @@ class Lifecycle:
                 if settings.overflow == REJECT_PUBLISH_DLX:
                     self._dead_letter([message], MAXLEN)
                 return None
-        now = self._clock()
+        now = self.queue.clock()
         expires = deadline(message, settings.message_ttl, now)
         entry = TrackedEntry(message, next(self.queue._seq), expires)
         # The journal gets the time left: a durable log keeps it across a restart.
@@ -171,7 +169,7 @@ class Lifecycle:
         returns: list[int] | None = None,
     ) -> None:
         # Nothing expires here: dead-lettering waits for the timers, once every queue and binding is back.
-        now = self._clock()
+        now = self.queue.clock()
         if expires_in is None:
             tracked = [self._track(entry, now) for entry in entries]
         else:
@@ -193,7 +191,7 @@ class Lifecycle:
     def take(self) -> Entry | None:
         self.touch()
         ready = self.ready
-        now = self._clock()
+        now = self.queue.clock()
         self._expire_all(now)
         while not ready and self.queue.paged is not None:
             self.queue._load_head_now()
@@ -218,7 +216,7 @@ class Lifecycle:
             self._dead_letter([published(entry) for entry in entries], REJECTED)
 
     def requeue(self, seqs: Iterable[int]) -> None:
-        now = self._clock()
+        now = self.queue.clock()
         returned = [self._track(entry, now) for entry in self.queue._returned(seqs)]
         if self.queue.deleted or not returned:
             return
@@ -240,16 +238,12 @@ class Lifecycle:
         self.queue._flush()
 
     def tick(self) -> None:
-        self.on_deadline(self._clock())
-
-    def set_clock(self, clock: Callable[[], float] | None) -> Callable[[], float] | None:
-        previous, self._clock = self._clock, clock  # type: ignore[assignment]
-        return previous
+        self.on_deadline(self.queue.clock())
 
     def touch(self) -> None:
         expires = self.settings.expires
         if expires is not None and not self.queue.consumers:
-            self._expires_at = self._clock() + expires / 1000
+            self._expires_at = self.queue.clock() + expires / 1000
             self._reschedule()
 
     def on_deadline(self, now: float) -> None:
@@ -291,7 +285,7 @@ class Lifecycle:
     def deliver_ready(self) -> None:
         ready = self.ready
         expiring = self._expiring
-        now = self._clock() if expiring else 0.0
+        now = self.queue.clock() if expiring else 0.0
         while ready:
             if expiring:
                 expires = ready.peek().expires
@@ -400,7 +394,7 @@ class Lifecycle:
 
     def chunk_loaded(self) -> None:
         # Messages that expired on disk go now, before the pager could take them out again.
-        self._expire_all(self._clock())
+        self._expire_all(self.queue.clock())
         self._reschedule()
 
     # ---- removal ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ A Protocol, so that queue.py needs no import of lifecycle.py (which builds on it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -45,8 +45,6 @@ class LifecyclePart(Protocol):
     def tick(self) -> None: ...
 
     def on_deadline(self, now: float) -> None: ...
-
-    def set_clock(self, clock: Callable[[], float] | None) -> Callable[[], float] | None: ...
 
     def add_consumer(self, consumer: Subscriber) -> None: ...
 

@@ -73,6 +73,8 @@ class Queue(Pageable):
         # What commands produced and the executor (the vhost's) has not carried out yet; see effects.py.
         self.effects: list[Effect] = []
         self.run_effect: Callable[[Queue, Effect], None] | None = host.execute if host is not None else None
+        # The node's monotonic clock, which only the lifecycle reads (TTL, expiry); `apply` sets its `now`.
+        self.clock: Callable[[], float] = host.clock if host is not None else _no_clock
         self._hold = host is None  # effects wait in `effects`: being carried out, or collected by apply
         # x-consumer-timeout (RabbitMQ 3.12+): overrides the node's consumer_timeout for deliveries from here.
         timeout = self.arguments.get("x-consumer-timeout")
@@ -366,18 +368,14 @@ class Queue(Pageable):
         """Run `command` (commands.py) at time `now`: its reply, and its effects for the caller to carry
         out, none of them carried out here."""
         held, self._hold = self._hold, True
-        clock = self._set_clock(lambda: now)
+        clock, self.clock = self.clock, lambda: now
         try:
             reply = getattr(self, _HANDLERS[command[0]])(*command[1:])
             effects, self.effects = self.effects, []
         finally:
             self._hold = held
-            self._set_clock(clock)
+            self.clock = clock
         return reply, effects
-
-    def _set_clock(self, clock: Callable[[], float] | None) -> Callable[[], float] | None:
-        """A plain queue reads no clock; its lifecycle's runs `apply` at its `now`."""
-        return self.lifecycle.set_clock(clock) if self.lifecycle is not None else None
 
     def _leaving(self, entry: Entry, *, ack_required: bool) -> None:
         """An entry leaves the ready list for a delivery: unacked until settled, or settled now (no-ack)."""
@@ -410,6 +408,10 @@ class Queue(Pageable):
             self.host.add_lifecycle(self)
             assert self.lifecycle is not None
         return self.lifecycle
+
+
+def _no_clock() -> float:
+    return 0.0  # a queue outside any vhost (a test's) has no lifecycle to read it
 
 
 # Queue's method for each command of commands.py (the same arguments, after the name).

@@ -20,6 +20,7 @@ from leveret.amqp import tables
 from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED
+from leveret.broker.queues.dispatch import ByPriority, SingleActive
 from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, PAGE_OUT, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
@@ -50,10 +51,6 @@ def with_delivery_count(message: Message, count: int) -> Message:
     fields[HEADERS] = tables.table_field(tables.sorted_entries(list(headers.items())))
     properties = join_properties(fields)
     return Message(message.exchange, message.routing_key, properties, message.body, message.names_raw)
-
-
-def _has_credit(consumer: Subscriber) -> bool:
-    return consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0)
 
 
 def needs_lifecycle(arguments: dict[str, Any]) -> bool:
@@ -90,10 +87,9 @@ class Lifecycle:
         if self.queue.paged is not None:  # a paged plain queue: its chunks hold no deadlines, nor need any
             self.queue.paged.tail = deque(self._track(entry, now) for entry in self.queue.paged.tail)
         # Subscribers by priority, highest first; round-robin within each.
-        self._groups: list[tuple[int, deque[Subscriber]]] = []
+        self.dispatch = SingleActive() if settings.single_active_consumer else ByPriority()
         for consumer in queue.consumers:
-            self._join_group(consumer)
-        self.active = queue.consumers[0] if settings.single_active_consumer and queue.consumers else None
+            self.dispatch.join(consumer)
         self.touch()
 
     def _track(self, entry: Entry, now: float) -> TrackedEntry:
@@ -134,7 +130,7 @@ class Lifecycle:
             expires_in = expires - now
         at_head = not ready and paged is None
         if at_head and self.queue.consumers and not self.queue._consumers_full:
-            consumer = self._next_consumer()
+            consumer = self.dispatch.next()
             if consumer is not None:
                 position = self.queue.journal.enqueued(entry, expires_in)
                 self._hand_over(consumer, entry)
@@ -265,21 +261,17 @@ class Lifecycle:
     def add_consumer(self, consumer: Subscriber) -> None:
         self.queue.consumers.append(consumer)
         self.queue.had_consumers = True
-        self._join_group(consumer)
-        if self.settings.single_active_consumer and self.active is None:
-            self.active = consumer
+        self.dispatch.join(consumer)
         self.queue.credit_changed()
 
     def remove_consumer(self, consumer: Subscriber) -> None:
         if consumer not in self.queue.consumers:
             return
         self.queue.consumers.remove(consumer)
-        self._leave_group(consumer)
+        handed_on = self.dispatch.leave(consumer)
         if not self.queue.consumers:
             self.touch()
-        if consumer is self.active:
-            # The next one in line: the highest priority, the earliest among equals.
-            self.active = max(self.queue.consumers, key=lambda c: c.priority, default=None)
+        if handed_on:
             self.queue.credit_changed()
 
     def deliver_ready(self) -> None:
@@ -292,7 +284,7 @@ class Lifecycle:
                 if expires is not None and expires <= now:
                     self._expire(now)
                     continue
-            consumer = self._next_consumer()
+            consumer = self.dispatch.next()
             if consumer is None:
                 self.queue._consumers_full = True
                 break
@@ -302,40 +294,12 @@ class Lifecycle:
         self._reschedule()
         self.queue._flush()
 
-    def _next_consumer(self) -> Subscriber | None:
-        if self.settings.single_active_consumer:
-            active = self.active
-            return active if active is not None and _has_credit(active) else None
-        for _, group in self._groups:
-            for _ in range(len(group)):
-                consumer = group[0]
-                group.rotate(-1)
-                if _has_credit(consumer):
-                    return consumer
-        return None
-
     def _hand_over(self, consumer: Subscriber, entry: Entry) -> None:
         self.queue._leaving(entry, ack_required=not consumer.no_ack)
         consumer.credit -= 1
         if consumer.pool is not None:
             consumer.pool.left -= 1
         self.queue.effects.append((DELIVER, consumer, entry))
-
-    def _join_group(self, consumer: Subscriber) -> None:
-        for priority, group in self._groups:
-            if priority == consumer.priority:
-                group.append(consumer)
-                return
-        self._groups.append((consumer.priority, deque([consumer])))
-        self._groups.sort(key=lambda item: -item[0])
-
-    def _leave_group(self, consumer: Subscriber) -> None:
-        for index, (_, group) in enumerate(self._groups):
-            if consumer in group:
-                group.remove(consumer)
-                if not group:
-                    del self._groups[index]
-                return
 
     # ---- paging (see paging.py) -------------------------------------------------------------
 

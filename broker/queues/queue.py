@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
 from leveret.broker.queues import commands
+from leveret.broker.queues.arguments import queue_type
 from leveret.broker.queues.dead_letter import REJECTED
 from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
@@ -261,9 +262,13 @@ class Queue(Pageable):
     # ---- consumers --------------------------------------------------------------------------
 
     def exclusive_use(self, exclusive: bool) -> bool:
-        """Whether a new consumer (exclusive or not) is refused because of consumers already here."""
+        """Whether a new consumer (exclusive or not) is refused because of consumers already here. Only
+        classic queues have exclusive consumers: RabbitMQ's quorum and stream queues take the flag and
+        ignore it."""
+        if queue_type(self.arguments) != "classic":
+            return False
         if exclusive and self.lifecycle is not None and self.lifecycle.settings.single_active_consumer:
-            return True  # a single-active-consumer queue refuses exclusive consumers outright
+            return True  # a classic single-active-consumer queue refuses exclusive consumers outright
         return bool(self.consumers) and (exclusive or any(c.exclusive for c in self.consumers))
 
     def credit(self, consumer: Subscriber, credit: int) -> None:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from leveret.amqp.handshake import ServerSettings
     from leveret.broker.alarms import ResourceAlarms
     from leveret.broker.auth import Authority
+    from leveret.broker.cluster.state import ClusterState
     from leveret.broker.queues.consumer import Consumer
     from leveret.broker.vhost import VirtualHost
     from leveret.config import Config
@@ -36,6 +37,10 @@ class NodeServices(Protocol):
 
     @property
     def connections(self) -> Sized: ...
+
+    @property
+    def cluster(self) -> ClusterState | None:
+        """None on a single node."""
 
     @property
     def reply_consumers(self) -> dict[str, Consumer]:

@@ -16,10 +16,9 @@ from array import array
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from leveret.amqp import tables
-from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED
+from leveret.broker.queues.delivery_count import DeliveryCount
 from leveret.broker.queues.dispatch import ByPriority, SingleActive
 from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, PAGE_OUT, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
@@ -37,20 +36,6 @@ if TYPE_CHECKING:
 # At most this many expired messages are removed per timer call, so that a queue expiring a million
 # messages at once (dead-lettering each) lets the event loop serve connections in between.
 EXPIRY_BATCH = 2048
-
-
-def with_delivery_count(message: Message, count: int) -> Message:
-    """The message as a quorum queue delivers it after `count` returns (as it is, if its headers are
-    malformed)."""
-    fields = split_properties(message.properties_raw)
-    try:
-        headers = dict(tables.split_table(fields[HEADERS])) if HEADERS in fields else {}
-    except tables.TableError:
-        return message
-    headers["x-delivery-count"] = tables.long(count)
-    fields[HEADERS] = tables.table_field(tables.sorted_entries(list(headers.items())))
-    properties = join_properties(fields)
-    return Message(message.exchange, message.routing_key, properties, message.body, message.names_raw)
 
 
 def needs_lifecycle(arguments: dict[str, Any]) -> bool:
@@ -88,6 +73,7 @@ class Lifecycle:
             self.queue.paged.tail = deque(self._track(entry, now) for entry in self.queue.paged.tail)
         # Subscribers by priority, highest first; round-robin within each.
         self.dispatch = SingleActive() if settings.single_active_consumer else ByPriority()
+        self.counts = DeliveryCount(settings.delivery_limit) if settings.counts_deliveries else None
         for consumer in queue.consumers:
             self.dispatch.join(consumer)
         self.touch()
@@ -175,9 +161,10 @@ class Lifecycle:
             ]
         if returns is not None:
             for entry, count in zip(tracked, returns, strict=True):
-                entry.deliveries = count
-                if count and self.settings.counts_deliveries:
-                    entry.message = with_delivery_count(entry.published, count)
+                if self.counts is not None:
+                    self.counts.recovered(entry, count)
+                else:
+                    entry.deliveries = count
         for entry in tracked:
             self.ready.append(entry)
         self.queue._seq = itertools.count(next_seq)
@@ -197,9 +184,8 @@ class Lifecycle:
             return None
         entry = ready.popleft()
         self.queue._leaving(entry, ack_required=True)
-        if self.settings.counts_deliveries and entry.message is entry.published:
-            # Quorum queues show the count on basic.get from the first one (unlike on deliveries).
-            entry.message = with_delivery_count(entry.published, entry.deliveries)
+        if self.counts is not None:
+            self.counts.taken(entry)
         if self.queue.paged is not None:
             self.queue._refill()
         self._reschedule()
@@ -218,8 +204,10 @@ class Lifecycle:
             return
         self.queue.journal.returned(returned)
         self.queue.returned_upto = max(self.queue.returned_upto, returned[-1].seq)
-        if self.settings.counts_deliveries:
-            returned = self._count_returns(returned)
+        if self.counts is not None:
+            returned, spent = self.counts.returned(returned)
+            if spent:
+                self._discard(spent, DELIVERY_LIMIT)
         self.ready.requeue(returned)
         if self.settings.limited and self.settings.overflow == "drop-head":
             self._drop_over_limit()
@@ -396,21 +384,6 @@ class Lifecycle:
         if self._expiring:
             while self._expire(now):
                 pass
-
-    def _count_returns(self, returned: list[TrackedEntry]) -> list[TrackedEntry]:
-        """Quorum queues count each return; past x-delivery-limit a message goes for good."""
-        limit = self.settings.delivery_limit
-        kept, spent = [], []
-        for entry in returned:
-            entry.deliveries += 1
-            if limit is not None and entry.deliveries > limit:
-                spent.append(entry)
-            else:
-                entry.message = with_delivery_count(entry.published, entry.deliveries)
-                kept.append(entry)
-        if spent:
-            self._discard(spent, DELIVERY_LIMIT)
-        return kept
 
     def _discard(self, entries: list[TrackedEntry], reason: str) -> None:
         """Entries gone for good from the ready list: journal them removed, dead-letter them."""

@@ -28,6 +28,7 @@ class Consumer:
     priority: int = 0
     credit: int = 0
     pool: CreditPool | None = None
+    output: CreditPool = field(default_factory=lambda: CreditPool(1 << 62))  # no output bound
     channel: Any = field(default=None, repr=False)  # never used under apply: no effect is carried out
 
 

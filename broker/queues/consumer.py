@@ -15,16 +15,16 @@ if TYPE_CHECKING:
 UNLIMITED = 1 << 62
 
 
-class _Writable(Protocol):
+class _Output(Protocol):
     @property
-    def writable(self) -> bool: ...
+    def output(self) -> CreditPool: ...
 
 
 class ConsumerChannel(Protocol):
     """What a consumer needs of its channel (ChannelSession has it): queues know nothing of sessions."""
 
     @property
-    def session(self) -> _Writable: ...
+    def session(self) -> _Output: ...
 
     @property
     def flow_active(self) -> bool: ...
@@ -54,6 +54,7 @@ class Consumer:
         "priority",
         "credit",
         "pool",
+        "output",
     )
 
     def __init__(
@@ -81,16 +82,17 @@ class Consumer:
         # What the queue may still send it: the queue's state, set by credit commands (Queue.credit).
         self.credit = self.wanted_credit()
         self.pool = None if no_ack else channel.credit_pool  # no-ack deliveries count in no limit
+        self.output = channel.session.output  # the connection's, shared by all its consumers
 
     def wanted_credit(self) -> int:
-        """How many more messages the channel can take for this consumer now: its prefetch, the channel's
-        flow, and (no-ack) whether the connection's output keeps up. The channel sends it to the queue
-        whenever one of those changes. (The channel-wide limit is the consumer's `pool`.)"""
+        """How many more messages the channel can take for this consumer now: its prefetch and the channel's
+        flow. The channel sends it to the queue whenever one of those changes. (The channel-wide limit is
+        the consumer's `pool`, the bound on the connection's output its `output`.)"""
         channel = self.channel
         if not channel.flow_active:
             return 0
         if self.no_ack:
-            return UNLIMITED if channel.session.writable else 0
+            return UNLIMITED
         return max(self.prefetch - self.unacked, 0) if self.prefetch else UNLIMITED
 
     def update_credit(self) -> None:

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 def has_credit(consumer: Subscriber) -> bool:
-    return consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0)
+    return (
+        consumer.credit > 0 and consumer.output.left > 0 and (consumer.pool is None or consumer.pool.left > 0)
+    )
 
 
 class ByPriority:

@@ -26,6 +26,7 @@ from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.ready import FifoReady, PriorityReady
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
+from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -287,6 +288,7 @@ class Lifecycle:
         consumer.credit -= 1
         if consumer.pool is not None:
             consumer.pool.left -= 1
+        consumer.output.left -= entry.message.size + DELIVERY_OVERHEAD
         self.queue.effects.append((DELIVER, consumer, entry))
 
     # ---- paging (see paging.py) -------------------------------------------------------------

@@ -27,6 +27,7 @@ from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
 from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager
 from leveret.broker.queues.ready import requeue_into
+from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
 
 if TYPE_CHECKING:
     from leveret.broker.queues.host import QueueHost
@@ -128,6 +129,7 @@ class Queue(Pageable):
                 pool = consumer.pool
                 if pool is not None:
                     pool.left -= 1
+                consumer.output.left -= message.size + DELIVERY_OVERHEAD
                 if self._hold:
                     self.effects.append((DELIVER, consumer, entry))
                 else:
@@ -307,7 +309,11 @@ class Queue(Pageable):
         for _ in range(len(consumers)):
             consumer = consumers[0]
             consumers.rotate(-1)
-            if consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0):
+            if (
+                consumer.credit > 0
+                and consumer.output.left > 0
+                and (consumer.pool is None or consumer.pool.left > 0)
+            ):
                 return consumer
         return None
 
@@ -325,7 +331,11 @@ class Queue(Pageable):
             for _ in range(len(consumers)):
                 consumer = consumers[0]
                 consumers.rotate(-1)
-                if consumer.credit > 0 and (consumer.pool is None or consumer.pool.left > 0):
+                if (
+                    consumer.credit > 0
+                    and consumer.output.left > 0
+                    and (consumer.pool is None or consumer.pool.left > 0)
+                ):
                     break
             else:
                 self._consumers_full = True
@@ -343,6 +353,7 @@ class Queue(Pageable):
             pool = consumer.pool
             if pool is not None:
                 pool.left -= 1
+            consumer.output.left -= entry.message.size + DELIVERY_OVERHEAD
             effects.append((DELIVER, consumer, entry))
         self.pager.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:

@@ -12,8 +12,15 @@ if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
 
 
+# What a delivery adds to its connection's output beyond the message's size (Message.size): frame heads,
+# the deliver method's fields and frame ends.
+DELIVERY_OVERHEAD = 64
+
+
 class CreditPool:
-    """Deliveries a channel may still take under its basic.qos(global) limit."""
+    """Credit that several consumers share and the queues draw on as they deliver: a channel's deliveries
+    under its basic.qos(global) limit, or the bytes a connection's consumers may still be handed before
+    its socket takes some (its output bound, broker/session/output.py)."""
 
     __slots__ = ("left",)
 
@@ -47,6 +54,8 @@ class Subscriber(Protocol):
     # The channel's share of a basic.qos(global) limit, which every queue it consumes from draws on
     # (None: no such limit). The one credit a queue shares: RabbitMQ's quorum queues refuse global QoS.
     pool: CreditPool | None
+    # The connection's output bound in bytes (each delivery draws its message's size on it).
+    output: CreditPool
 
     def deliver(self, entry: Entry) -> None: ...
 

@@ -37,7 +37,6 @@ from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
-from leveret.broker.session.output import DELIVERY_OVERHEAD
 from leveret.broker.vhost import DEFAULT_EXCHANGE, check_not_default_exchange, server_named_queue
 
 if TYPE_CHECKING:
@@ -73,11 +72,9 @@ class ChannelOwner(Protocol):
     @property
     def username(self) -> str: ...
 
-    # Bytes of output not yet taken by the socket, and the bound the queues draw deliveries on.
-    unsent: int
-
     @property
-    def output(self) -> CreditPool: ...
+    def output(self) -> CreditPool:
+        """The bound on the connection's output that the queues draw deliveries on."""
 
     def wake(self) -> None:
         """There is output to send."""
@@ -190,9 +187,8 @@ class ChannelSession:
                 self.conn.frame_max,
             )
         )
-        session = self.session
-        session.unsent += message.size + DELIVERY_OVERHEAD  # the queue drew as much on session.output
-        session.wake()
+        # The queue drew the delivery's size on session.output; the server counts what stays unsent.
+        self.session.wake()
 
     def ack_timeout(self, now: float) -> ChannelError | None:
         """The error to close the channel with when its oldest unacked delivery has waited too long: the

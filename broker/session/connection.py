@@ -305,7 +305,7 @@ class ConnectionSession:
         self.flush_confirms()
         data = self.conn.data_to_send(limit)
         self.unsent = self.conn.output_size()
-        if self.output.left > 0:
+        if self.output.left > 0:  # not stopped: what was taken is the server's now (see output_left)
             self.output.left = OUTBOX_HIGH_WATER - self.unsent
         return data
 

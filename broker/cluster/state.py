@@ -5,6 +5,9 @@ Pure: broker/server/cluster.py feeds it from etcd (registration, watches) and ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
@@ -21,6 +24,8 @@ class ClusterState:
         self.node_names = [node.name for node in config.nodes]
         self.membership = Membership(self.layout, self.node_names)
         self.metadata = ClusterMetadata(self.layout, self.name, self.replica_set)
+        # Each peer link as the management API shows it; the server's PeerLinks sets it.
+        self.peer_status: Callable[[], list[dict[str, Any]]] = list
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from leveret.broker.cluster.keys import KeyLayout
+from leveret.broker.cluster.leadership import Leadership
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
@@ -24,6 +25,7 @@ class ClusterState:
         self.node_names = [node.name for node in config.nodes]
         self.membership = Membership(self.layout, self.node_names)
         self.metadata = ClusterMetadata(self.layout, self.name, self.replica_set)
+        self.leadership = Leadership(self.layout, self.name, self.membership.alive_nodes)
         # Each peer link as the management API shows it; the server's PeerLinks sets it.
         self.peer_status: Callable[[], list[dict[str, Any]]] = list
 

@@ -6,6 +6,7 @@ Errors answer as RabbitMQ's management plugin does: 404 {"error":"Object Not Fou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -42,6 +43,7 @@ class Api:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.started = time.monotonic()  # built as the node starts: its uptime
         self.registry = metrics_registry(node)
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -83,6 +85,21 @@ class Api:
     async def overview(self, request: Request) -> Response:
         self.user(request)
         return JSONResponse(show.overview(self.node, EXCHANGE_TYPES))
+
+    async def nodes(self, request: Request) -> Response:
+        self.user(request)
+        return JSONResponse(show.nodes(self.node, self._uptime_ms()))
+
+    async def node_one(self, request: Request) -> Response:
+        self.user(request)
+        name = param(request, "name")
+        found = [n for n in show.nodes(self.node, self._uptime_ms()) if n["name"] == name]
+        if not found:
+            raise NotFound
+        return JSONResponse(found[0])
+
+    def _uptime_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
 
     async def whoami(self, request: Request) -> Response:
         return JSONResponse(show.whoami(self.user(request)))
@@ -177,6 +194,8 @@ def build_app(node: Node) -> ASGIApp:
     api = Api(node)
     routes = [
         get("/api/overview", api.overview),
+        get("/api/nodes", api.nodes),
+        get("/api/nodes/{name}", api.node_one),
         get("/api/whoami", api.whoami),
         get("/api/vhosts", api.vhosts_list),
         get("/api/vhosts/{vhost}", api.vhost_one),

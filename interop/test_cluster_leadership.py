@@ -88,9 +88,11 @@ def test_leaders_spread_fail_over_with_a_higher_epoch_and_fence_the_old_one(clus
     assert sorted(shown["members"]) == sorted(shown["online"]) == ["node1", "node2", "node3"]
     nodes = httpx.get(f"{cluster.nodes[1].management_url}api/nodes", auth=("guest", "guest")).json()
     assert [(n["name"], n["running"]) for n in nodes] == [("node1", True), ("node2", True), ("node3", True)]
-    node2 = next(n for n in nodes if n["name"] == "node2")
-    links = {link["name"]: link["up"] for link in node2["cluster_links"]}
-    assert links == {"node1": True, "node3": True}
+    for entry in nodes:  # each live node's own figures, the others' asked over the peer links
+        assert entry["uptime"] > 0 and entry["mem_used"] > 0 and int(entry["os_pid"]) > 0
+        links = {link["name"]: link["up"] for link in entry["cluster_links"]}
+        assert links == {n: True for n in ("node1", "node2", "node3") if n != entry["name"]}
+    assert len({entry["os_pid"] for entry in nodes}) == 3
 
     victim = before[QUEUES[0]][0]
     index = int(victim[-1]) - 1
@@ -122,7 +124,8 @@ def test_leaders_spread_fail_over_with_a_higher_epoch_and_fence_the_old_one(clus
     shown = queue_record(cluster, survivor, orphans[0])
     assert shown["leader"] == after[orphans[0]][0] and victim not in shown["online"]
     nodes = httpx.get(f"{cluster.nodes[survivor].management_url}api/nodes", auth=("guest", "guest")).json()
-    assert {n["name"]: n["running"] for n in nodes}[victim] is False
+    dead = next(n for n in nodes if n["name"] == victim)
+    assert dead == {"name": victim, "type": "disc", "running": False}
 
 
 def test_a_paused_leader_is_deposed_and_knows_it_before_acting(cluster: LocalCluster) -> None:

@@ -5,7 +5,7 @@ Pure: broker/server/cluster.py feeds it from etcd (registration, watches) and ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret.broker.cluster.keys import KeyLayout
@@ -28,6 +28,8 @@ class ClusterState:
         self.leadership = Leadership(self.layout, self.name, self.membership.alive_nodes)
         # Each peer link as the management API shows it; the server's PeerLinks sets it.
         self.peer_status: Callable[[], list[dict[str, Any]]] = list
+        # A request over the peer link to a node (PeerLinks.request), once the links run.
+        self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

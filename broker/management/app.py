@@ -6,11 +6,14 @@ Errors answer as RabbitMQ's management plugin does: 404 {"error":"Object Not Fou
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,6 +35,10 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 SEE_ALL_TAGS = frozenset({"monitoring", "administrator"})
 # RabbitMQ's name for the default exchange ("") in paths.
 DEFAULT_EXCHANGE_ALIAS = "amq.default"
+# Seconds /api/nodes waits for another node's stats over the peer link.
+REMOTE_STATS_TIMEOUT = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
@@ -88,15 +95,39 @@ class Api:
 
     async def nodes(self, request: Request) -> Response:
         self.user(request)
-        return JSONResponse(show.nodes(self.node, self._uptime_ms()))
+        remote = await self._remote_stats()
+        return JSONResponse(show.nodes(self.node, self._uptime_ms(), remote))
 
     async def node_one(self, request: Request) -> Response:
         self.user(request)
         name = param(request, "name")
-        found = [n for n in show.nodes(self.node, self._uptime_ms()) if n["name"] == name]
+        remote = await self._remote_stats()
+        found = [n for n in show.nodes(self.node, self._uptime_ms(), remote) if n["name"] == name]
         if not found:
             raise NotFound
         return JSONResponse(found[0])
+
+    async def _remote_stats(self) -> dict[str, Any]:
+        """Each other live node's own stats, asked over the peer links at once; a node that does not
+        answer within a second is shown without them."""
+        cluster = self.node.cluster
+        found: dict[str, Any] = {}
+        if cluster is None or cluster.ask_node is None:
+            return found
+        ask = cluster.ask_node
+
+        async def one(name: str) -> None:
+            with trio.move_on_after(REMOTE_STATS_TIMEOUT):
+                try:
+                    found[name] = json.loads(await ask(name, show.NODE_STATS, b""))
+                except Exception as error:  # a link down, a refusal: the node is shown without stats
+                    log.info("no stats from %s: %s", name, error)
+
+        async with trio.open_nursery() as nursery:
+            for name in cluster.membership.alive_nodes():
+                if name != cluster.name:
+                    nursery.start_soon(one, name)
+        return found
 
     def _uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)

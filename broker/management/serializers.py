@@ -99,9 +99,12 @@ def _replication(node: Node, q: Queue) -> Json:
     }
 
 
-def nodes(node: Node, uptime_ms: int) -> list[Json]:
-    """GET /api/nodes: every node of the cluster, alive or not (a single node: itself). What a node
-    knows only of itself (memory, descriptors, uptime) is shown for itself."""
+NODE_STATS = "node.stats"  # the peer request a node answers with `own_stats`
+
+
+def nodes(node: Node, uptime_ms: int, remote: dict[str, Json]) -> list[Json]:
+    """GET /api/nodes: every node of the cluster, alive or not (a single node: itself), with the stats
+    each live node gave (`remote`, asked over the peer links; this node's own are read here)."""
     cluster = node.cluster
     names = [node_name(node)] if cluster is None else cluster.node_names
     result = []
@@ -109,14 +112,15 @@ def nodes(node: Node, uptime_ms: int) -> list[Json]:
         running = cluster is None or name == cluster.name or cluster.membership.is_alive(name)
         entry: Json = {"name": name, "type": "disc", "running": running}
         if name == node_name(node):
-            entry.update(_own_stats(node, uptime_ms))
-            if cluster is not None:
-                entry["cluster_links"] = cluster.peer_status()
+            entry.update(own_stats(node, uptime_ms))
+        elif running:
+            entry.update(remote.get(name, {}))
         result.append(entry)
     return result
 
 
-def _own_stats(node: Node, uptime_ms: int) -> Json:
+def own_stats(node: Node, uptime_ms: int) -> Json:
+    """What a node knows only of itself (memory, descriptors, uptime, its peer links)."""
     active = node.alarms.active
     stats: Json = {
         "uptime": uptime_ms,
@@ -127,6 +131,8 @@ def _own_stats(node: Node, uptime_ms: int) -> Json:
         "partitions": [],
         "sockets_used": len(node.connections),
     }
+    if node.cluster is not None:
+        stats["cluster_links"] = node.cluster.peer_status()
     try:
         with open("/proc/self/statm") as statm:
             stats["mem_used"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import signal
 import socket
@@ -15,6 +16,7 @@ import trio
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.cluster.state import ClusterState
+from leveret.broker.management.serializers import NODE_STATS, own_stats
 from leveret.broker.management.server import bind_management, serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
@@ -179,6 +181,14 @@ async def serve_node(
             await nursery.start(run_cluster, node.cluster)
             links = PeerLinks.from_config(node.cluster.config)
             node.cluster.peer_status = links.status
+            node.cluster.ask_node = links.request
+            started = trio.current_time()
+            links.handle(
+                NODE_STATS,
+                lambda source, payload: json.dumps(
+                    own_stats(node, int((trio.current_time() - started) * 1000))
+                ).encode(),
+            )
             await nursery.start(links.run, bound.peer)
         await nursery.start(serve_amqp_on, node, bound.amqp)
         if bound.amqps and ssl_context is not None:

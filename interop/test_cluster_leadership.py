@@ -86,7 +86,13 @@ def test_leaders_spread_fail_over_with_a_higher_epoch_and_fence_the_old_one(clus
     shown = queue_record(cluster, 1, QUEUES[0])
     assert shown["leader"] == shown["node"] == before[QUEUES[0]][0]
     assert sorted(shown["members"]) == sorted(shown["online"]) == ["node1", "node2", "node3"]
-    nodes = httpx.get(f"{cluster.nodes[1].management_url}api/nodes", auth=("guest", "guest")).json()
+    def all_linked() -> list[dict[str, Any]] | None:
+        # A dialer retries with a backoff of up to 1 s: the last node started may be a moment behind.
+        found = httpx.get(f"{cluster.nodes[1].management_url}api/nodes", auth=("guest", "guest")).json()
+        links = [link["up"] for entry in found for link in entry.get("cluster_links", [{"up": False}])]
+        return found if len(links) == 6 and all(links) else None
+
+    nodes = eventually(all_linked, timeout=10)
     assert [(n["name"], n["running"]) for n in nodes] == [("node1", True), ("node2", True), ("node3", True)]
     for entry in nodes:  # each live node's own figures, the others' asked over the peer links
         assert entry["uptime"] > 0 and entry["mem_used"] > 0 and int(entry["os_pid"]) > 0

@@ -164,3 +164,26 @@ def test_a_paused_leader_is_deposed_and_knows_it_before_acting(cluster: LocalClu
     assert leaders(cluster)[name] == (new_leader, new_epoch)  # it did not campaign back
     log = cluster.nodes[index].log_path.read_text()
     assert f"no longer leader of queue '{name}' in vhost '/' (epoch {epoch})" in log
+
+
+def test_a_node_back_after_kill_9_relinks_and_does_not_take_leadership_back(cluster: LocalCluster) -> None:
+    declare(cluster, QUEUES[:6])
+    before = eventually(lambda: (found := leaders(cluster)).keys() >= set(QUEUES[:6]) and found)
+    victim = before[QUEUES[0]][0]
+    index = int(victim[-1]) - 1
+    cluster.kill_node(index)
+    eventually(lambda: all(node != victim for node, _ in leaders(cluster).values()), timeout=10)
+    eventually(lambda: all(victim not in m for m in in_sync(cluster).values()))
+    after = leaders(cluster)
+    cluster.start_node(cluster.nodes[index])
+    cluster.wait_node(cluster.nodes[index])
+
+    def relinked() -> bool:
+        url = f"{cluster.nodes[index].management_url}api/nodes"
+        found = httpx.get(url, auth=("guest", "guest"), timeout=5).json()
+        return all(entry["running"] and all(link["up"] for link in entry["cluster_links"]) for entry in found)
+
+    eventually(relinked, timeout=10)
+    time.sleep(0.5)
+    assert leaders(cluster) == after  # out of the ISR: it waits for replication to catch it up
+    assert queue_record(cluster, index, QUEUES[0])["leader"] == after[QUEUES[0]][0]

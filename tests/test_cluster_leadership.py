@@ -14,6 +14,7 @@ from leveret.broker.cluster.leadership import (
     Deposed,
     Elected,
     Leadership,
+    RevokeStale,
     isr_change_txn,
 )
 from leveret.broker.cluster.records import QueueRecord
@@ -152,7 +153,10 @@ def test_a_node_whose_lease_may_have_lapsed_stops_leading_before_hearing_anythin
     # Its lease did expire meanwhile; with a new lease, its old key is not its own any more.
     node.lease_granted(200, deadline=20.0)
     assert not node.is_leader(Q, 11.0)
-    assert node.decide(11.0) == []  # the old key still stands: nobody campaigns until it is gone
+    # The old key still stands: nobody campaigns until it is gone; a's old lease is revoked (once).
+    assert node.decide(11.0) == [RevokeStale(100)]
+    node.membership_changed()
+    assert node.decide(11.0) == []
     # Once the old key is gone a campaigns again (first replica): an epoch above the old one.
     world.etcd.expire(100)
     effects = world.step("a", now=11.0)
@@ -167,3 +171,26 @@ def test_a_renewed_lease_keeps_the_leader() -> None:
     node.lease_renewed(30.0)
     assert node.is_leader(Q, 25.0)
     assert node.decide(25.0) == []
+
+
+def test_a_restarted_node_revokes_its_former_lease_and_leads_again() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    epoch = world.nodes["a"].epoch(Q)
+    # kill -9 and a restart within lease_ttl: a new process, a new lease, the old key still there.
+    restarted = Leadership(LAYOUT, "a", lambda: NAMES)
+    restarted.reset_queues([KeyValue(LAYOUT.queue("/", "orders"), QueueRecord(
+        "orders", True, False, "", ("a", "b", "c"), "a").encode(), 1, 1)])
+    restarted.reset_keys(LAYOUT.leaders, list(world.etcd.data[k] for k in world.etcd.data
+                                               if k.startswith(LAYOUT.leaders)))
+    restarted.lease_granted(300, deadline=10.0)
+    assert restarted.decide(1.0) == [RevokeStale(100)]
+    assert not restarted.is_leader(Q, 1.0)
+    world.etcd.expire(100)  # what the revoke does
+    world.nodes["a"] = restarted
+    world.seen["a"] = 0
+    effects = world.step("a")
+    assert [type(e) for e in effects] == [Campaign]
+    assert [type(e) for e in world.step("a")] == [Elected]
+    assert restarted.epoch(Q) > epoch

@@ -67,7 +67,16 @@ class Deposed:
     reason: str
 
 
-Effect = Campaign | ChangeInSync | Elected | Deposed
+@dataclass(frozen=True, slots=True)
+class RevokeStale:
+    """Revoke `lease`: a lease of this node's former process (killed and restarted within `lease_ttl`)
+    that still holds leader keys. Nobody else can use it, and waiting for it to expire keeps the queues
+    without a leader for up to `lease_ttl`."""
+
+    lease: int
+
+
+Effect = Campaign | ChangeInSync | Elected | Deposed | RevokeStale
 
 
 def leader_value(node: str) -> bytes:
@@ -119,6 +128,7 @@ class Leadership:
         self.lease_deadline = -math.inf
         self.led: dict[QueueId, int] = {}  # queues this node acts as leader of -> epoch
         self._busy: set[QueueId] = set()  # a txn of ours for the queue is running
+        self._revoked: set[int] = set()  # stale leases of this node already asked to be revoked
         self._dirty: set[QueueId] = set()
         self._all_dirty = False
 
@@ -281,6 +291,11 @@ class Leadership:
         if replicas is None or queue in self._busy:
             return effects
         if kv is not None:
+            stale = kv.lease
+            if (leader_node(kv) == self.name and stale not in (0, self.lease) and self.lease != 0
+                    and stale not in self._revoked):
+                self._revoked.add(stale)
+                effects.append(RevokeStale(stale))
             if self._mine(kv, now):
                 if queue not in self.led:
                     self.led[queue] = kv.create_revision

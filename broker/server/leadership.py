@@ -15,7 +15,14 @@ from typing import Any
 import trio
 
 from leveret.broker.cluster.etcd_ops import KeyValue, WatchEvent
-from leveret.broker.cluster.leadership import Campaign, ChangeInSync, Deposed, Elected, Leadership
+from leveret.broker.cluster.leadership import (
+    Campaign,
+    ChangeInSync,
+    Deposed,
+    Elected,
+    Leadership,
+    RevokeStale,
+)
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.server.etcd import EtcdClient, EtcdError
 
@@ -94,6 +101,12 @@ async def run_leadership(
         state.txn_done(effect, result)
         wake()
 
+    async def revoke(lease: int) -> None:
+        try:
+            await client.lease_revoke(lease)
+        except EtcdError as error:  # it expires by itself within lease_ttl anyway
+            log.info("could not revoke the stale lease %x: %s", lease, error)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(follow, client, layout.leaders, _KeysView(state, layout.leaders, wake))
         await nursery.start(follow, client, layout.in_sync, _KeysView(state, layout.in_sync, wake))
@@ -101,6 +114,10 @@ async def run_leadership(
         task_status.started()
         while True:
             for effect in state.decide(trio.current_time()):
+                if isinstance(effect, RevokeStale):
+                    log.info("revoking lease %x, held by this node's former process", effect.lease)
+                    nursery.start_soon(revoke, effect.lease)
+                    continue
                 vhost, queue = effect.queue
                 if isinstance(effect, Elected):
                     log.info("leader of queue %r in vhost %r (epoch %d)", queue, vhost, effect.epoch)

@@ -196,3 +196,24 @@ async def test_a_stranger_is_refused(nursery: trio.Nursery) -> None:
             assert await stream.receive_some(100) == b""  # closed without a hello back
         await stream.aclose()
     assert not b.links.link("node1").up
+
+
+async def test_heartbeats_keep_an_idle_link_up(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    a = await start_node(nursery, "node1", addresses, listeners[0], peer_timeout=0.3)
+    b = await start_node(nursery, "node2", addresses, listeners[1], peer_timeout=0.3)
+    b.links.handle("echo", _echo)
+    await wait_up(a, b)
+    await trio.sleep(1.5)  # five timeouts' worth of silence from the application
+    assert a.links.link("node2").stats.connects == b.links.link("node1").stats.connects == 1
+    assert await a.links.request("node2", "echo", b"still") == b"node1:still"
+
+
+async def test_a_request_to_a_node_that_is_down_fails_after_connect_timeout(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    listeners[1].socket.close()  # node2 never runs
+    a = await start_node(nursery, "node1", addresses, listeners[0], connect_timeout=0.5)
+    started = trio.current_time()
+    with pytest.raises(PeerUnavailable, match="no link to node2"):
+        await a.links.request("node2", "echo", b"")
+    assert 0.4 < trio.current_time() - started < 3.0

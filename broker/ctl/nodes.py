@@ -154,7 +154,8 @@ def status(ctx: Context, args: argparse.Namespace) -> None:
     )
     descriptors = []
     if facts["fd_used"] is not None:
-        descriptors = [f"Total: {facts['fd_used']}, limit: {facts['fd_total']}"]
+        limit = "" if facts["fd_total"] is None else f", limit: {facts['fd_total']}"
+        descriptors = [f"Total: {facts['fd_used']}{limit}"]
     disk = _present(
         ("Low free disk space watermark", _gb_or_none(facts["disk_free_limit"])),
         ("Free disk space", _gb_or_none(facts["disk_free"])),

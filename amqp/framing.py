@@ -87,7 +87,7 @@ class FrameReader:
             if kind != _METHOD or method_id != _PUBLISH_ID:
                 return None
             header_at = pos + method_size + FRAME_OVERHEAD
-            kind, header_channel, header_size, class_id, _, body_size = _CONTENT_HEAD.unpack_from(
+            kind, header_channel, header_size, class_id, weight, body_size = _CONTENT_HEAD.unpack_from(
                 buf, header_at
             )
         except struct.error:
@@ -98,6 +98,7 @@ class FrameReader:
             kind != 2
             or header_channel != channel
             or class_id != 60
+            or weight
             or header_size < 14
             or method_size > largest
             or header_size > largest

@@ -14,6 +14,7 @@ from leveret.amqp import fastpath
 from leveret.amqp.codec import build
 from leveret.amqp.constants import (
     ACCESS_REFUSED,
+    COMMAND_INVALID,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -113,9 +114,8 @@ class ChannelSession:
                     handler = candidate
                     break
             else:
-                raise ConnectionLevelError(
-                    NOT_IMPLEMENTED, f"method {getattr(method, 'name', method)} not supported"
-                )
+                # Methods only a server sends, and replies to requests it never made.
+                raise ConnectionLevelError(COMMAND_INVALID, "unimplemented method")
         handler(method)
 
     def _reply(self, method_class: type, **fields: Any) -> None:
@@ -354,10 +354,9 @@ class ChannelSession:
     # ---- channel ----------------------------------------------------------------------------
 
     def _flow(self, method: Channel.Flow) -> None:
-        self.flow_active = method.active
-        self._reply(Channel.FlowOk, active=method.active)
-        if self.flow_active:
-            self._credit_returned(c.queue for c in self.consumers.values())
+        if not method.active:
+            raise ConnectionLevelError(NOT_IMPLEMENTED, "active=false", 20, 20)  # as RabbitMQ 3.x
+        self._reply(Channel.FlowOk, active=True)
 
     def close(self) -> None:
         """The channel is gone (closed by either side, or with its connection): give back what it held."""

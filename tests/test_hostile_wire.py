@@ -1,0 +1,101 @@
+"""Hostile bytes over raw sockets against a broker process: no 541 INTERNAL_ERROR, ever.
+
+Hypothesis draws batches of mutated real-client sessions (tests/wirefuzz/cases.py); each batch runs as
+that many concurrent connections (tests/wirefuzz/runner.py). For every connection: no 541 on the
+connection or any channel; a connection whose framing is invalid is closed; a connection left open
+still answers a channel.open sent after everything else. After the run the broker is still up, logged
+no traceback, and serves a well-behaved pika client. The slow version sends at least a million frames
+(`python -m pytest -m slow -s tests/test_hostile_wire.py` prints the figures).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from interop.brokers import LeveretBroker
+from tests.wirefuzz.cases import Case, cases, frame_level_error
+from tests.wirefuzz.runner import Outcome, Tally, run_cases
+
+BATCH = 48
+SLOW_FRAMES = int(os.environ.get("LEVERET_WIRE_FUZZ_FRAMES", 1_000_000))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LeveretBroker]:
+    instance = LeveretBroker(tmp_path_factory.mktemp("wire-fuzz"))
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def check(outcome: Outcome) -> None:
+    case = outcome.case
+    where = f"{case.session} {case.handshake} {case.mutations}: {outcome.signature()}\n{case.payload().hex()}"
+    assert outcome.code != 541 and all(code != 541 for _, code, _, _ in outcome.channel_closes), where
+    if case.handshake == "full" and outcome.handshake_done and frame_level_error(case.payload()):
+        assert outcome.connection_close is not None or outcome.end != "open", where
+    if outcome.probe_sent and outcome.end == "open" and not outcome.connection_close:
+        assert outcome.probe_answered, where
+
+
+def fuzz(broker: LeveretBroker, batches: int, tally: Tally, quiet: float) -> None:
+    @settings(max_examples=batches, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(cases(), min_size=BATCH, max_size=BATCH))
+    def batch(sample: list[Case]) -> None:
+        outcomes = run_cases(broker.host, broker.port, sample, quiet=quiet)
+        tally.add(outcomes)
+        for outcome in outcomes:
+            check(outcome)
+
+    batch()
+
+
+def assert_still_serving(broker: LeveretBroker) -> None:
+    assert broker.running
+    assert "Traceback" not in broker.stderr_path.read_text(errors="replace")
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        channel = connection.channel()
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", queue, b"still here")
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        assert method is not None and body == b"still here"
+    finally:
+        connection.close()
+
+
+def test_hostile_connections_never_get_541(broker: LeveretBroker) -> None:
+    tally = Tally()
+    fuzz(broker, batches=8, tally=tally, quiet=0.5)
+    print(tally.report())
+    assert tally.internal_errors == 0
+    assert_still_serving(broker)
+
+
+@pytest.mark.slow
+def test_a_million_hostile_frames_never_get_541(broker: LeveretBroker) -> None:
+    tally = Tally()
+    rss_before = rss_bytes(broker.pid)
+    while tally.frames < SLOW_FRAMES:
+        fuzz(broker, batches=100, tally=tally, quiet=1.0)
+    rss_after = rss_bytes(broker.pid)
+    print(tally.report())
+    print(f"broker RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB after")
+    assert tally.internal_errors == 0
+    assert_still_serving(broker)

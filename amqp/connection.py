@@ -141,12 +141,15 @@ class ServerConnection:
         return bool(isinstance(capabilities, dict) and capabilities.get(name))
 
     def close_channel(self, channel: int, error: AMQPError) -> None:
-        """Send channel.close for `error`; frames on the channel are dropped until close-ok."""
+        """Send channel.close for `error`; frames on the channel are dropped until close-ok.
+
+        Dropped, but still checked as RabbitMQ checks them: content due for a publish must come, in order.
+        """
         state = self._channels.get(channel)
         if state is None or state.closing or self.state is not State.OPEN:
             return
         state.closing = True
-        state.reset_content()
+        state.body_parts = []
         self.send_method(
             channel,
             build(
@@ -413,8 +416,6 @@ class ServerConnection:
                     self.send_method(channel, build(Channel.CloseOk))
                     del self._channels[channel]
                 events.append(MethodReceived(channel, method))
-        elif state is not None and state.closing:
-            return  # content for a channel being closed is dropped
         elif state is None or state.publish is None:
             raise ConnectionLevelError(
                 UNEXPECTED_FRAME, "expected method frame, got non method frame instead"
@@ -426,7 +427,8 @@ class ServerConnection:
         else:  # FRAME_BODY (the frame type is checked before)
             if state.properties_raw is None:
                 raise _content_due(state)
-            state.body_parts.append(payload)
+            if not state.closing:  # a closing channel's content is counted, not kept
+                state.body_parts.append(payload)
             state.received += len(payload)
             if state.received > state.body_size:
                 raise ConnectionLevelError(
@@ -449,7 +451,10 @@ class ServerConnection:
         events.append(MethodReceived(channel, method))
 
     def _method_while_closing(self, channel: int, method: Any, events: deque[Event]) -> None:
-        if isinstance(method, Channel.CloseOk):
+        if type(method) is fastpath.Publish:
+            state = self._channels[channel]
+            state.publish = method  # its content is still due, and dropped
+        elif isinstance(method, Channel.CloseOk):
             del self._channels[channel]
             events.append(ChannelCloseOk(channel))
         elif isinstance(method, Channel.Close):
@@ -473,7 +478,9 @@ class ServerConnection:
             )
         if weight:
             raise _content_due(state)
-        if body_size > self.settings.max_message_size:
+        state.properties_raw = payload[12:]
+        state.body_size = body_size
+        if body_size > self.settings.max_message_size and not state.closing:
             limit = self.settings.max_message_size
             error = ChannelError(
                 PRECONDITION_FAILED,
@@ -484,13 +491,13 @@ class ServerConnection:
             # Closing here, not in the broker, so the body frames still to come are dropped.
             self.close_channel(channel, error)
             events.append(ChannelFailed(channel, error))
-            return
-        state.properties_raw = payload[12:]
-        state.body_size = body_size
-        if body_size == 0:
+        elif body_size == 0:
             self._content_complete(channel, state, events)
 
     def _content_complete(self, channel: int, state: _ChannelState, events: deque[Event]) -> None:
+        if state.closing:
+            state.reset_content()
+            return
         parts = state.body_parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         assert state.publish is not None and state.properties_raw is not None

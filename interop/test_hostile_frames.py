@@ -52,6 +52,7 @@ def body(channel: int, data: bytes) -> bytes:
 PUBLISH_1 = method(1, Basic.Publish(exchange="", routing_key="nowhere"))
 # pika's own start-ok, as captured (its client properties and capabilities included).
 GUEST_START_OK = next(session for session in SESSIONS if session.client == "pika").handshake[0].encode()
+MISSING_QUEUE = method(1, Queue.Declare(queue="hostile-missing", passive=True))
 DECLARE_ARGS = method(1, Queue.Declare(queue="hostile-q", arguments={"x-max-length": 5}))
 
 
@@ -130,6 +131,27 @@ CLASSES = [
         "property flags with a continuation word",
         OPEN_1 + PUBLISH_1 + content_header(1, 0, b"\x00\x01\x00\x00"),
         None,
+        rabbitmq_crashes=True,
+    ),
+    # A channel the broker is closing still has its content checked (and dropped).
+    Hostile(
+        "content on a closing channel",
+        OPEN_1 + MISSING_QUEUE + PUBLISH_1 + content_header(1, 3) + body(1, b"abc"),
+        None,
+        channel_closes=(404,),
+    ),
+    Hostile(
+        "publish on a closing channel, then channel.close-ok",
+        OPEN_1 + MISSING_QUEUE + PUBLISH_1 + method(1, Channel.CloseOk()),
+        (505, 60, 40),
+        channel_closes=(404,),
+    ),
+    Hostile(
+        "property list cut short, to a headers exchange",
+        OPEN_1
+        + method(1, Basic.Publish(exchange="amq.headers"))
+        + content_header(1, 0, b"\x00\x0c\x05guest"),
+        (502, 60, 40),
         rabbitmq_crashes=True,
     ),
     # ---- methods -------------------------------------------------------------------------------

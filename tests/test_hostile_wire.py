@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pika
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from interop.brokers import LeveretBroker
 from tests.wirefuzz.cases import Case, cases, frame_level_error
 from tests.wirefuzz.runner import Outcome, Tally, run_cases
 
-BATCH = 48
 SLOW_FRAMES = int(os.environ.get("LEVERET_WIRE_FUZZ_FRAMES", 1_000_000))
 
 
@@ -54,11 +53,18 @@ def check(outcome: Outcome) -> None:
         assert outcome.probe_answered, where
 
 
-def fuzz(broker: LeveretBroker, batches: int, tally: Tally, quiet: float) -> None:
-    @settings(max_examples=batches, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(cases(), min_size=BATCH, max_size=BATCH))
+def fuzz(broker: LeveretBroker, batches: int, size: int, tally: Tally) -> None:
+    """`batches` hypothesis examples, each `size` connections at once."""
+    # No shrinking: each attempt is a batch of real connections, and the failure message holds the bytes.
+    @settings(
+        max_examples=batches,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    )
+    @given(st.lists(cases(), min_size=size, max_size=size))
     def batch(sample: list[Case]) -> None:
-        outcomes = run_cases(broker.host, broker.port, sample, quiet=quiet)
+        outcomes = run_cases(broker.host, broker.port, sample, concurrency=size, quiet=0.5)
         tally.add(outcomes)
         for outcome in outcomes:
             check(outcome)
@@ -82,7 +88,7 @@ def assert_still_serving(broker: LeveretBroker) -> None:
 
 def test_hostile_connections_never_get_541(broker: LeveretBroker) -> None:
     tally = Tally()
-    fuzz(broker, batches=8, tally=tally, quiet=0.5)
+    fuzz(broker, batches=6, size=64, tally=tally)
     print(tally.report())
     assert tally.internal_errors == 0
     assert_still_serving(broker)
@@ -93,7 +99,8 @@ def test_a_million_hostile_frames_never_get_541(broker: LeveretBroker) -> None:
     tally = Tally()
     rss_before = rss_bytes(broker.pid)
     while tally.frames < SLOW_FRAMES:
-        fuzz(broker, batches=100, tally=tally, quiet=1.0)
+        fuzz(broker, batches=20, size=250, tally=tally)
+        print(f"{tally.frames} frames, {tally.connections} connections", flush=True)
     rss_after = rss_bytes(broker.pid)
     print(tally.report())
     print(f"broker RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB after")

@@ -188,7 +188,7 @@ class ChannelSession:
                 exchange.name, publish.routing_key, properties_raw, body, publish.names_raw or None
             )
         except PropertiesError as exc:
-            raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
+            raise _malformed_properties(exc) from exc
         if message.user_id is not None and message.user_id != self.session.username:
             raise ChannelError(
                 PRECONDITION_FAILED,
@@ -200,9 +200,12 @@ class ChannelSession:
         extra_keys: list[str] = []
         # Reply-to rewriting and CC/BCC need a reply-to or headers property: test their flag bits first.
         if properties_raw and properties_raw[0] & _REPLY_TO_OR_HEADERS:
-            if reply_to.MAGIC_QUEUE_RAW in properties_raw:
-                message = reply_to.rewrite_reply_to(message, self)
-            message, extra_keys = split_routing_keys(message)
+            try:
+                if reply_to.MAGIC_QUEUE_RAW in properties_raw:
+                    message = reply_to.rewrite_reply_to(message, self)
+                message, extra_keys = split_routing_keys(message)
+            except PropertiesError as exc:
+                raise _malformed_properties(exc) from exc
         seq = 0
         if self.confirming:
             self._publish_seq += 1
@@ -217,7 +220,10 @@ class ChannelSession:
     ) -> None:
         queues: list[BrokerQueue]
         if exchange.name != DEFAULT_EXCHANGE or extra_keys:
-            queues = self.vhost.route(exchange, message, extra_keys)
+            try:
+                queues = self.vhost.route(exchange, message, extra_keys)
+            except PropertiesError as exc:  # a headers or consistent-hash exchange read them
+                raise _malformed_properties(exc) from exc
             delivered = bool(queues)
         elif message.routing_key.startswith(reply_to.PREFIX):
             delivered = reply_to.deliver(self.session.node, message)
@@ -651,6 +657,11 @@ class ChannelSession:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
         self.tx.actions.clear()
         self._reply(Tx.RollbackOk)
+
+
+def _malformed_properties(error: PropertiesError) -> ConnectionLevelError:
+    """A publish whose content properties cannot be read, found when they are first needed."""
+    return ConnectionLevelError(SYNTAX_ERROR, str(error), 60, 40)
 
 
 def _by_queue(taken: Iterable[Unacked]) -> list[tuple[BrokerQueue, list[Entry]]]:

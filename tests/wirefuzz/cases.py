@@ -27,7 +27,7 @@ _FRAME_HEAD = struct.Struct(">BHI")
 PROBE_CHANNEL = 1999
 
 
-@dataclass
+@dataclass(repr=False)
 class Frame:
     kind: int
     channel: int
@@ -41,6 +41,12 @@ class Frame:
 
     def copy(self) -> Frame:
         return Frame(self.kind, self.channel, self.payload, self.size, self.end)
+
+    def __repr__(self) -> str:  # short: a batch of cases is printed whole when a test fails
+        lies = f", size {self.size}" if self.size is not None else ""
+        end = f", end {self.end:#x}" if self.end != FRAME_END else ""
+        head = f"{self.payload[:24].hex()}[{len(self.payload)}]"
+        return f"Frame({self.kind}, ch {self.channel}, {head}{lies}{end})"
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,9 @@ def body_size(frames: list[Frame], index: int, rng: random.Random) -> str:
             (1 << 64) - 1,
         )
     )
-    frame.payload = frame.payload[:4] + struct.pack(">Q", max(0, new)) + frame.payload[12:]
+    frame.payload = (
+        frame.payload[:4] + struct.pack(">Q", min(max(0, new), (1 << 64) - 1)) + frame.payload[12:]
+    )
     return "body-size"
 
 

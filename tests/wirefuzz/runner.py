@@ -35,6 +35,7 @@ _HANDSHAKES = {session.client: session.handshake for session in SESSIONS}
 _CONNECTION_CLOSE_OK = method_frame(0, 10, 51).encode()
 _CONNECTION_CLOSE_OK_ID = (10 << 16) | 51
 _PROBE_GRACE = 0.3
+_ANSWER_TIMEOUT = 10.0
 
 
 @dataclass
@@ -91,8 +92,15 @@ class _Conn:
     quiet: float
     inbox: bytearray = field(default_factory=bytearray)
     outbox: bytearray = field(default_factory=bytearray)
+    replies: bytearray = field(default_factory=bytearray)  # close-oks, sent after the hostile bytes
     chunked: list[bytes] = field(default_factory=list)
     waiting_for: int | None = None
+    owed: bool = False  # an answer is due: the probe's open-ok, or a close for invalid framing
+
+    def wait(self) -> None:
+        """Give the broker `quiet` seconds to say more, or longer while it owes an answer (a loaded
+        machine may take a while)."""
+        self.deadline = time.monotonic() + (_ANSWER_TIMEOUT if self.owed else self.quiet)
 
 
 def _stages(case: Case) -> list[tuple[bytes, int | None, int]]:
@@ -163,7 +171,9 @@ def run_cases(
                 if end is not None:
                     finish(conn, end)
                     continue
-            wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbox or conn.chunked else 0)
+            wanted = selectors.EVENT_READ | (
+                selectors.EVENT_WRITE if conn.outbox or conn.chunked or conn.replies else 0
+            )
             if key.events != wanted:
                 selector.modify(conn.sock, wanted, conn)
     selector.close()
@@ -175,7 +185,11 @@ def _next_stage(conn: _Conn) -> None:
     conn.outcome.frames_sent += frames
     if conn.waiting_for is None:
         # The hostile bytes: maybe in small writes, then the probe.
-        conn.deadline = time.monotonic() + conn.quiet
+        case = conn.case
+        conn.owed = _wants_probe(case) or (
+            case.handshake == "full" and bool(frame_level_error(case.payload()))
+        )
+        conn.wait()
         chunk = conn.case.chunk if len(data) <= 4096 else 0
         if chunk:
             conn.chunked = [data[i : i + chunk] for i in range(0, len(data), chunk)]
@@ -193,6 +207,10 @@ def _next_stage(conn: _Conn) -> None:
 def _write(conn: _Conn) -> bool:
     if not conn.outbox and conn.chunked:
         conn.outbox += conn.chunked.pop(0)
+    elif not conn.outbox:
+        # Only between writes of the case's bytes: a reply must not land inside a chunked frame.
+        conn.outbox += conn.replies
+        conn.replies.clear()
     if not conn.outbox:
         return True
     try:
@@ -240,18 +258,21 @@ def _read(conn: _Conn) -> str | None:
             text = payload[7 : 7 + payload[6]].decode("utf-8", "replace")
             class_id, method_id = struct.unpack_from(">HH", payload, 7 + payload[6])
             outcome.connection_close = (code, class_id, method_id, text)
-            conn.outbox += _CONNECTION_CLOSE_OK
+            conn.replies += _CONNECTION_CLOSE_OK
+            conn.owed = False
         elif method == _CONNECTION_CLOSE_OK_ID:
             outcome.close_ok = True
+            conn.owed = False
         elif method == _CHANNEL_CLOSE:
             code = struct.unpack_from(">H", payload, 4)[0]
             class_id, method_id = struct.unpack_from(">HH", payload, 7 + payload[6])
             outcome.channel_closes.append((channel, code, class_id, method_id))
-            conn.outbox += method_frame(channel, 20, 41).encode()
+            conn.replies += method_frame(channel, 20, 41).encode()
         elif method == _CHANNEL_OPEN_OK and channel == PROBE_CHANNEL and outcome.probe_sent:
             # Alive after everything it was sent. Errors found by other processes than the one that
             # reads (RabbitMQ's channel processes) may still be on their way: a short grace for them.
             outcome.probe_answered = True
+            conn.owed = False
             conn.deadline = time.monotonic() + min(conn.quiet, _PROBE_GRACE)
             continue
         if conn.waiting_for is not None and method == conn.waiting_for:
@@ -259,7 +280,7 @@ def _read(conn: _Conn) -> str | None:
                 outcome.handshake_done = True
             _next_stage(conn)
         elif conn.waiting_for is None and not outcome.probe_answered:
-            conn.deadline = time.monotonic() + conn.quiet
+            conn.wait()
     return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -63,9 +62,15 @@ _FIXED_SIZES = {"octet": 1, "short": 2, "long": 4, "longlong": 8, "timestamp": 8
 _LENGTH_PREFIXES = {"shortstr": (">B", 1), "longstr": (">I", 4), "table": (">I", 4)}
 
 
-@functools.cache
+_LAYOUTS: dict[type[base.Frame], tuple[str, ...]] = {}
+
+
 def _layout(factory: type[base.Frame]) -> tuple[str, ...]:
-    return tuple(factory.amqp_type(name) for name in factory.__slots__)
+    """The argument types of a method class, in wire order."""
+    layout = _LAYOUTS.get(factory)
+    if layout is None:
+        layout = _LAYOUTS[factory] = tuple(factory.amqp_type(name) for name in factory.__slots__)
+    return layout
 
 
 def _arguments_end(layout: tuple[str, ...], payload: bytes) -> int:
@@ -92,7 +97,7 @@ def _arguments_end(layout: tuple[str, ...], payload: bytes) -> int:
 
 
 def method_name_of(key: int) -> str:
-    factory = commands.INDEX_MAPPING.get(key)
+    factory: Any = commands.INDEX_MAPPING.get(key)
     return factory.name.lower() if factory is not None else f"method {key >> 16}.{key & 0xFFFF}"
 
 
@@ -132,7 +137,13 @@ def build(method_class: type[base.Frame], **fields: Any) -> base.Frame:
     return method
 
 
-@functools.cache
+_UNCHECKED: dict[type[base.Frame], type[base.Frame]] = {}
+
+
 def _unchecked(method_class: type[base.Frame]) -> type[base.Frame]:
-    # No __slots__ here on purpose: pamqp marshals `self.__slots__`, which must stay the parent's.
-    return type(method_class.__name__, (method_class,), {"validate": lambda self: None})
+    unchecked = _UNCHECKED.get(method_class)
+    if unchecked is None:
+        # No __slots__ here on purpose: pamqp marshals `self.__slots__`, which must stay the parent's.
+        unchecked = type(method_class.__name__, (method_class,), {"validate": lambda self: None})
+        _UNCHECKED[method_class] = unchecked
+    return unchecked

@@ -106,6 +106,7 @@ class ServerConnection:
         self.mechanism = ""  # the SASL mechanism the client logged in with
         self.vhost = ""
         self.client_properties: dict[str, Any] = {}
+        self.refused_header: bytes | None = None  # what a client sent instead of the AMQP 0-9-1 header
         self._reader = FrameReader(_HANDSHAKE_FRAME_MAX)
         self._channels: dict[int, _ChannelState] = {}
         self._out: list[bytes] = []
@@ -213,6 +214,7 @@ class ServerConnection:
         if fast is not None:
             return ContentReceived(*fast)
         events = self._events
+        channel = 0  # the frame's, for the log when it fails the connection
         try:
             while not events:
                 if self.state is State.CLOSED:
@@ -224,9 +226,10 @@ class ServerConnection:
                 frame = self._reader.next_frame()
                 if frame is None:
                     return None
+                channel = frame[1]
                 self._handle_frame(*frame, events)
         except ConnectionLevelError as error:
-            self._fail(error, events)
+            self._fail(error, channel, events)
         return events.popleft()
 
     def next_publish(self) -> tuple[int, fastpath.Publish, bytes, bytes] | None:
@@ -264,13 +267,14 @@ class ServerConnection:
         self.state = State.CLOSED
         return [ConnectionClosed(CONNECTION_FORCED, "connection lost", by_peer=True)]
 
-    def _fail(self, error: AMQPError, events: deque[Event]) -> None:
-        if self.state in (State.CLOSING, State.AWAIT_START_OK, State.AWAIT_TUNE_OK):
+    def _fail(self, error: AMQPError, channel: int, events: deque[Event]) -> None:
+        state = self.state
+        if state in (State.CLOSING, State.AWAIT_START_OK, State.AWAIT_TUNE_OK):
             # Before tune-ok RabbitMQ closes the socket without a word (a refused login aside, below).
             self.state = State.CLOSED
         else:
             self.close(error)
-        events.append(ConnectionClosed(error.code, error.reply_text, by_peer=False))
+        events.append(ConnectionClosed(error.code, error.reply_text, False, error, state, channel))
 
     def _read_protocol_header(self) -> bool:
         header = self._reader.take_bytes(len(PROTOCOL_HEADER))
@@ -278,6 +282,7 @@ class ServerConnection:
             return False
         if header != PROTOCOL_HEADER:
             # The spec's answer to a protocol we don't speak: our header, then close.
+            self.refused_header = header
             self._out.append(PROTOCOL_HEADER)
             self.state = State.CLOSED
             return False
@@ -321,7 +326,7 @@ class ServerConnection:
         if isinstance(method, Connection.Close):
             self.send_method(0, build(Connection.CloseOk))
             self.state = State.CLOSED
-            events.append(ConnectionClosed(method.reply_code, method.reply_text, by_peer=True))
+            events.append(ConnectionClosed(method.reply_code or 0, method.reply_text, by_peer=True))
         elif isinstance(method, Connection.CloseOk):
             if state is State.CLOSING:
                 self.state = State.CLOSED

@@ -11,6 +11,8 @@ no traceback, and serves a well-behaved pika client. The slow version sends at l
 from __future__ import annotations
 
 import os
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from interop.brokers import LeveretBroker
-from tests.wirefuzz.cases import Case, cases, frame_level_error
+from tests.wirefuzz.cases import Case, cases, channel_open, frame_level_error, method_frame
 from tests.wirefuzz.runner import Outcome, Tally, run_cases
 
 SLOW_FRAMES = int(os.environ.get("LEVERET_WIRE_FUZZ_FRAMES", 1_000_000))
@@ -65,6 +67,7 @@ def fuzz(broker: LeveretBroker, batches: int, size: int, tally: Tally) -> None:
     @given(st.lists(cases(), min_size=size, max_size=size))
     def batch(sample: list[Case]) -> None:
         outcomes = run_cases(broker.host, broker.port, sample, concurrency=size, quiet=0.5)
+        assert broker.running, broker.diagnostics()
         tally.add(outcomes)
         for outcome in outcomes:
             check(outcome)
@@ -108,3 +111,20 @@ def test_a_million_hostile_frames_never_get_541(broker: LeveretBroker) -> None:
     print(f"broker RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB after")
     assert tally.internal_errors == 0
     assert_still_serving(broker)
+
+
+def test_a_durable_exchange_with_a_non_utf8_argument_is_stored(broker: LeveretBroker) -> None:
+    """Found by the fuzzer: pamqp reads such a long string as bytes, which the definitions snapshot could
+    not encode, and the failed group commit stopped the broker."""
+    table = b"\x01kS" + struct.pack(">I", 2) + b"\xff\xfe"
+    arguments = b"\x00\x00\x09fuzz.utf8\x06fanout\x02" + struct.pack(">I", len(table)) + table
+    declare = method_frame(1, 40, 10, arguments)  # exchange.declare, durable
+    [outcome] = run_cases(broker.host, broker.port, [Case("pika", "full", [channel_open(1), declare])])
+    assert outcome.probe_answered, outcome.signature()
+    time.sleep(0.5)  # a group commit or two
+    broker.restart()
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        connection.channel().exchange_declare("fuzz.utf8", passive=True)
+    finally:
+        connection.close()

@@ -199,8 +199,14 @@ class ServerConnection:
     # ---- input --------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Take bytes from the socket; read what they mean with `next_event`."""
-        if self.state is not State.CLOSED:
+        """Take bytes from the socket; read what they mean with `next_event`.
+
+        After a frame error that leaves no telling where the next frame starts, bytes are dropped:
+        connection.close was sent, and the socket closes when the wait for close-ok runs out, as in
+        RabbitMQ. Closing at once, with the client's bytes still arriving, would reset the connection
+        and could lose the close on its way.
+        """
+        if self.state is not State.CLOSED and not self._reader.broken:
             self._reader.feed(data)
 
     def next_event(self) -> Event | None:

@@ -95,6 +95,7 @@ class _Conn:
     replies: bytearray = field(default_factory=bytearray)  # close-oks, sent after the hostile bytes
     chunked: list[bytes] = field(default_factory=list)
     waiting_for: int | None = None
+    frames_received: int = 0
     owed: bool = False  # an answer is due: the probe's open-ok, or a close for invalid framing
 
     def wait(self) -> None:
@@ -237,9 +238,7 @@ def _read(conn: _Conn) -> str | None:
     outcome = conn.outcome
     inbox = conn.inbox
     while inbox:
-        if inbox.startswith(b"AMQP") or (
-            not conn.outcome.handshake_done and inbox[:1] not in (b"\x01", b"\x08")
-        ):
+        if inbox.startswith(b"AMQP") or (not conn.frames_received and inbox[:1] not in (b"\x01", b"\x08")):
             outcome.header_reply += bytes(inbox)
             inbox.clear()
             break
@@ -250,6 +249,7 @@ def _read(conn: _Conn) -> str | None:
             break
         payload = bytes(inbox[7 : 7 + size])
         del inbox[: size + 8]
+        conn.frames_received += 1
         if kind != 1 or len(payload) < 4:
             continue
         method = struct.unpack_from(">I", payload)[0]

@@ -11,6 +11,7 @@ from leveret import __version__
 from leveret.amqp.handshake import ServerSettings
 from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
+from leveret.broker.cluster.state import ClusterState
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
@@ -57,6 +58,12 @@ class Node:
         self.persistence: Persistence | None = None
         self.pager: NodePager | None = None
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
+        # None: a single node (no `cluster:` section), which never touches etcd.
+        self.cluster = ClusterState(config.cluster) if config.cluster is not None else None
+        if self.cluster is not None:
+            self.cluster.metadata.vhosts = self.vhosts
+            for vhost in self.vhosts.values():
+                vhost.metadata = self.cluster.metadata
 
     def attach_persistence(self, persistence: Persistence) -> None:
         """Durable queues get store-backed journals and durable definitions are saved from now on."""

@@ -7,14 +7,17 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
+from leveret.broker.cluster.hooks import LOCAL_METADATA, LocalMetadata
 from leveret.broker.exchanges.base import Exchange
+from leveret.broker.exchanges.erlang_terms import format_term
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
+from leveret.broker.queues.arguments import TYPE_ARGUMENTS, amqp_type, queue_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import queue_class
@@ -37,6 +40,12 @@ PREDECLARED = (
 _MAX_ROUTING_HOPS = 64
 
 
+def check_not_default_exchange(name: str) -> None:
+    """RabbitMQ refuses every declare (passive too), delete and binding of the default exchange."""
+    if name == DEFAULT_EXCHANGE:
+        raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+
+
 def _bool_text(value: object) -> str:
     return "true" if value else "false"
 
@@ -56,20 +65,30 @@ class VirtualHost:
         self.journal_for: Callable[[str, str], Journal] | None = None
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
+        # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
+        self.metadata: LocalMetadata = LOCAL_METADATA
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
 
     # ---- lookups ----------------------------------------------------------------------------
 
-    def exchange(self, name: str) -> Exchange:
+    def exchange(self, name: str, *, local: bool = False) -> Exchange:
+        """The exchange, or 404. Missing here, the cluster may know it already (unless `local`: a publish
+        never waits for etcd)."""
         exchange = self.exchanges.get(name)
+        if exchange is None and not local:
+            self.metadata.looking_up(self, "exchange", name)
+            exchange = self.exchanges.get(name)
         if exchange is None:
             raise ChannelError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.name}'")
         return exchange
 
     def queue(self, name: str) -> Queue:
         queue = self.queues.get(name)
+        if queue is None:
+            self.metadata.looking_up(self, "queue", name)
+            queue = self.queues.get(name)
         if queue is None:
             raise ChannelError(NOT_FOUND, f"no queue '{name}' in vhost '{self.name}'")
         return queue
@@ -86,10 +105,23 @@ class VirtualHost:
         internal: bool,
         arguments: dict[str, Any],
     ) -> Exchange:
+        check_not_default_exchange(name)
         existing = self.exchanges.get(name)
-        if name.startswith(RESERVED_PREFIX) and existing is None or name == DEFAULT_EXCHANGE:
+        if name.startswith(RESERVED_PREFIX) and existing is None:
             raise ChannelError(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'")
         cls = exchange_class(kind)
+        if self.metadata is not LOCAL_METADATA and name not in _PREDECLARED_NAMES:
+            self.metadata.declaring_exchange(
+                self,
+                name,
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+                _valid(cls.validate_arguments, arguments),
+            )
+            existing = self.exchanges.get(name)  # the cluster's record, when it has one
         if existing is not None:
             self._check_exchange_equivalent(existing, kind, durable, auto_delete, internal, arguments)
             return existing
@@ -120,8 +152,7 @@ class VirtualHost:
         _check_arguments_equivalent(where, exchange.arguments, arguments, keys=("alternate-exchange",))
 
     def delete_exchange(self, name: str, *, if_unused: bool) -> None:
-        if name == DEFAULT_EXCHANGE:
-            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        check_not_default_exchange(name)
         if name.startswith(RESERVED_PREFIX) and name in self.exchanges:
             raise ChannelError(
                 ACCESS_REFUSED, f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"
@@ -131,9 +162,14 @@ class VirtualHost:
             return  # RabbitMQ: deleting a missing exchange succeeds
         if if_unused and exchange.has_bindings():
             raise ChannelError(PRECONDITION_FAILED, f"exchange '{name}' in vhost '{self.name}' in use")
-        self._remove_exchange(exchange)
+        self.metadata.deleting_exchange(self, name)
+        self.remove_exchange(exchange)
 
-    def _remove_exchange(self, exchange: Exchange) -> None:
+    def remove_exchange(self, exchange: Exchange) -> None:
+        """Delete `exchange` and every binding to it."""
+        if self.exchanges.get(exchange.name) is not exchange:
+            return
+        self.metadata.removed(self, exchange)
         del self.exchanges[exchange.name]
         for other in list(self.exchanges.values()):
             self._unbind_all(other, exchange)
@@ -152,11 +188,25 @@ class VirtualHost:
         auto_delete: bool,
         arguments: dict[str, Any],
     ) -> Queue:
-        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one."""
+        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one.
+
+        As in RabbitMQ, an exclusive queue is never durable, and exclusivity is not an equivalence argument:
+        a redeclare must come from the queue's owner with exclusive set, or, for a queue no connection owns,
+        without it (anything else is 405 RESOURCE_LOCKED, checked first). Then durable, auto_delete and the
+        queue type's arguments must match (406)."""
+        durable = durable and not exclusive
         existing = self.queues.get(name)
+        # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
+        # here already answers for itself.
+        stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
+        if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
+            valid = _valid(validate_queue_arguments, name, self.name, arguments)
+            self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
+            existing = self.queues.get(name)  # the cluster's record, when it has one
         if existing is not None:
-            self.check_exclusive_access(existing, owner)
-            self._check_queue_equivalent(existing, durable, exclusive, auto_delete, arguments)
+            if existing.exclusive_owner is not (owner if exclusive else None):
+                raise self._locked(existing)
+            self._check_queue_equivalent(existing, durable, auto_delete, arguments)
             return existing
         if not name:
             name = _server_named_queue()
@@ -183,21 +233,24 @@ class VirtualHost:
         return queue
 
     def check_exclusive_access(self, queue: Queue, owner: object) -> None:
+        """Any connection may use a queue no connection owns; an exclusive one only its owner."""
         if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
-            raise ChannelError(
-                RESOURCE_LOCKED,
-                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
-                "It could be originally declared on another connection or the exclusive property value "
-                "does not match that of the original declaration.",
-            )
+            raise self._locked(queue)
+
+    def _locked(self, queue: Queue) -> ChannelError:
+        return ChannelError(
+            RESOURCE_LOCKED,
+            f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
+            "It could be originally declared on another connection or the exclusive property value "
+            "does not match that of the original declaration.",
+        )
 
     def _check_queue_equivalent(
-        self, queue: Queue, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict
+        self, queue: Queue, durable: bool, auto_delete: bool, arguments: dict
     ) -> None:
         where = f"for queue '{queue.name}' in vhost '{self.name}'"
         for field, current, received in (
             ("durable", queue.durable, durable),
-            ("exclusive", queue.exclusive, exclusive),
             ("auto_delete", queue.auto_delete, auto_delete),
         ):
             if current != received:
@@ -206,7 +259,8 @@ class VirtualHost:
                     f"inequivalent arg '{field}' {where}: received '{_bool_text(received)}' but current is "
                     f"'{_bool_text(current)}'",
                 )
-        _check_arguments_equivalent(where, queue.arguments, arguments, keys=EQUIVALENCE_KEYS)
+        keys = TYPE_ARGUMENTS[queue_type(queue.arguments)]
+        _check_arguments_equivalent(where, queue.arguments, arguments, keys=keys)
 
     def delete_queue(self, queue: Queue, *, if_unused: bool = False, if_empty: bool = False) -> int:
         if if_unused and queue.consumers:
@@ -214,6 +268,8 @@ class VirtualHost:
         if if_empty and queue.message_count:
             raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{self.name}' not empty")
         count = queue.message_count
+        if not queue.exclusive:
+            self.metadata.deleting_queue(self, queue.name)
         self.remove_queue(queue)
         return count
 
@@ -221,6 +277,7 @@ class VirtualHost:
         """Delete `queue`: unbind it everywhere and cancel its consumers."""
         if self.queues.get(queue.name) is not queue:
             return
+        self.metadata.removed(self, queue)
         del self.queues[queue.name]
         queue.delete()
         if queue.durable:
@@ -236,12 +293,16 @@ class VirtualHost:
     def bind(
         self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict
     ) -> None:
+        if self.metadata is not LOCAL_METADATA:
+            source.validate_binding(routing_key, arguments)  # before the cluster stores it
+            self.metadata.binding(self, source, destination, routing_key, arguments, True)
         if source.bind(destination, routing_key, arguments) and _durable_binding(source, destination):
             self.definitions_changed()
 
     def unbind(
         self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict
     ) -> None:
+        self.metadata.binding(self, source, destination, routing_key, arguments, False)
         if source.unbind(destination, routing_key, arguments):
             if _durable_binding(source, destination):
                 self.definitions_changed()
@@ -258,7 +319,7 @@ class VirtualHost:
             and not exchange.has_bindings()
             and self.exchanges.get(exchange.name) is exchange
         ):
-            self._remove_exchange(exchange)
+            self.remove_exchange(exchange)
 
     # ---- routing ----------------------------------------------------------------------------
 
@@ -326,23 +387,68 @@ class VirtualHost:
         return [q for q in self.queues.values() if q.exclusive_owner is owner]
 
 
+_PREDECLARED_NAMES = frozenset((DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)))
+
+
+def _valid(validate: Callable[..., object], *arguments: object) -> bool:
+    """Whether `validate` accepts `arguments` (it raises ChannelError when it does not)."""
+    try:
+        validate(*arguments)
+    except ChannelError:
+        return False
+    return True
+
+
 def _durable_binding(source: Exchange, destination: Queue | Exchange) -> bool:
     """RabbitMQ keeps a binding across restarts when both of its ends are durable."""
     return source.durable and destination.durable
 
 
 def _check_arguments_equivalent(where: str, current: dict, received: dict, keys: Iterable[str]) -> None:
-    for key in sorted(set(current) | set(received)):
-        if key not in keys:
-            continue
+    """RabbitMQ's rabbit_misc:assert_args_equivalence over `keys`, in their order: the first difference is
+    406. Values of the same type class (any integer width) compare by value; a classic queue's missing
+    x-queue-type equals 'classic'."""
+    for key in keys:
         have, got = current.get(key), received.get(key)
-        if have != got or isinstance(have, bool) is not isinstance(got, bool):
-            got_text = "none" if got is None else f"the value '{got}' of type '{amqp_type(got)}'"
-            have_text = "none" if have is None else f"the value '{have}' of type '{amqp_type(have)}'"
-            raise ChannelError(
-                PRECONDITION_FAILED,
-                f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}",
-            )
+        if have is None and got is None:
+            continue
+        if have is not None and got is not None:
+            if _type_class(have) == _type_class(got) and have == got:
+                continue
+            got_text, have_text = _bare_value(got), _bare_value(have)
+        elif key == "x-queue-type" and (have or got) == "classic":
+            continue
+        else:
+            got_text, have_text = _typed_value(got), _typed_value(have)
+        raise ChannelError(
+            PRECONDITION_FAILED,
+            f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}",
+        )
+
+
+def _type_class(value: object) -> str:
+    """rabbit_misc:type_class: every integer type (decimal too) is one class, as are float and double."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | Decimal):
+        return "int"
+    if isinstance(value, str | bytes):
+        return "longstr"
+    return type(value).__name__
+
+
+def _bare_value(value: object) -> str:
+    """RabbitMQ's val/1 of a value without its type: a string as it is, anything else as Erlang's ~tp."""
+    if isinstance(value, str):
+        return f"'{value}'"
+    return f"'{format_term(value)}'"
+
+
+def _typed_value(value: object) -> str:
+    if value is None:
+        return "none"
+    shown = value if isinstance(value, str) else format_term(value)
+    return f"the value '{shown}' of type '{amqp_type(value)}'"
 
 
 def _server_named_queue() -> str:

@@ -14,17 +14,19 @@ import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
+from leveret.broker.cluster.state import ClusterState
 from leveret.broker.management.server import bind_management, serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
+from leveret.broker.server.cluster import check_etcd, run_cluster
 from leveret.broker.server.listener import serve_amqp_on
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
 from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.startup import (
     ListenerSetting,
-    cannot_listen,
+    bind_hosts,
     cannot_use_data_dir,
     lock_data_dir,
     open_listeners,
@@ -54,7 +56,11 @@ def open_node(config: Config) -> Node:
     pages = PageFiles(Path(config.data_dir) / "pages")
     node.attach_pager(NodePager(budget, pages, node.queues, persistence))
     started = trio.current_time()
-    recovered = persistence.recover(node)
+    if node.cluster is not None:
+        with node.cluster.metadata.quietly():  # etcd's snapshot, read next, decides what stays
+            recovered = persistence.recover(node)
+    else:
+        recovered = persistence.recover(node)
     log.info(
         "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
     )
@@ -106,21 +112,29 @@ class BoundListeners:
 async def bind_listeners(config: Config) -> BoundListeners:
     """Bind every configured listener, or raise StartError naming the one that failed."""
     amqp = config.listeners.amqp
-    bound = BoundListeners(await open_listeners(AMQP, amqp.host, amqp.port))
+    bound = BoundListeners(await open_listeners(AMQP, amqp.hosts, amqp.port))
     try:
         if config.listeners.amqps is not None:
             amqps = config.listeners.amqps
-            bound.amqps = await open_listeners(AMQPS, amqps.host, amqps.port)
+            bound.amqps = await open_listeners(AMQPS, amqps.hosts, amqps.port)
         management = config.listeners.management
         if management is not None:
-            try:
-                bound.management = bind_management(management.host, management.port)
-            except OSError as error:
-                raise cannot_listen(MANAGEMENT, management.host, management.port, error) from None
+            bound.management = await bind_hosts(
+                MANAGEMENT, management.hosts, management.port, _bind_management, _close_sockets
+            )
     except BaseException:
         bound.close()
         raise
     return bound
+
+
+async def _bind_management(host: str, port: int) -> list[socket.socket]:
+    return bind_management(host, port)
+
+
+def _close_sockets(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def open_store(config: Config) -> Node:
@@ -136,6 +150,8 @@ async def run_node(config: Config) -> None:
     that fails (a port in use) leaves the clean-shutdown marker for the next one."""
     # Bad certificates are reported before a long recovery, not after.
     ssl_context = server_context(config.tls) if config.listeners.amqps is not None and config.tls else None
+    if config.cluster is not None:
+        await check_etcd(ClusterState(config.cluster))
     bound = await bind_listeners(config)
     try:
         data_dir_lock = lock_data_dir(config.data_dir)
@@ -152,6 +168,9 @@ async def serve_node(
 ) -> None:
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
+        if node.cluster is not None:
+            # Registered, and holding the cluster's state, before the first client is served.
+            await nursery.start(run_cluster, node.cluster)
         await nursery.start(serve_amqp_on, node, bound.amqp)
         if bound.amqps and ssl_context is not None:
             await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)
@@ -159,7 +178,7 @@ async def serve_node(
         if management is not None:
             await nursery.start(
                 functools.partial(serve_management, sockets=bound.management),
-                node, management.host, management.port,
+                node, management.hosts, management.port,
             )
         log.info("Server startup complete")  # RabbitMQ's words: the node serves from here on
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -27,7 +27,9 @@ from leveret.amqp.events import (
     Event,
     MethodReceived,
 )
-from leveret.broker.auth import VhostPermissions
+from leveret.amqp.handshake import EXTERNAL
+from leveret.broker.auth import VhostPermissions, certificate_login_name
+from leveret.broker.cluster.hooks import ClusterPending
 from leveret.broker.session import client_log
 from leveret.broker.session.channel import ChannelSession
 from leveret.broker.session.throttle import PublisherThrottle
@@ -49,10 +51,31 @@ class _Policy:
     def __init__(self, session: ConnectionSession) -> None:
         self.session = session
 
+    def mechanisms(self) -> tuple[str, ...]:
+        offered = self.session.node.config.auth_mechanisms
+        # As rabbitmq_auth_mechanism_ssl, EXTERNAL only on TLS connections.
+        return offered if self.session.tls else tuple(m for m in offered if m != EXTERNAL)
+
+    def external_username(self) -> str | None:
+        config = self.session.node.config
+        if config.tls is None or config.tls.verify != "verify_peer":
+            log.warning("EXTERNAL login from %s refused: TLS peer verification is off (tls.verify is not "
+                        "verify_peer)", self.session.peer)
+            return None
+        certificate = self.session.peer_certificate()
+        if certificate is None:
+            log.info("EXTERNAL login from %s refused: no client certificate", self.session.peer)
+            return None
+        name = certificate_login_name(certificate, config.ssl_cert_login_from)
+        if name is None:
+            log.info("EXTERNAL login from %s refused: no name in its certificate", self.session.peer)
+        return name
+
     def authenticate(self, mechanism: str, username: str, password: str) -> bool:
         session = self.session
         client_log.started(session)
-        refusal = session.node.authority.refusal(username, password, from_loopback=session.from_loopback)
+        proof = None if mechanism == EXTERNAL else password  # EXTERNAL: the verified certificate
+        refusal = session.node.authority.refusal(username, proof, from_loopback=session.from_loopback)
         if refusal is not None:
             # The client is told only to see the log ("Login was refused ... see the broker logfile").
             client_log.login_refused(session, mechanism, refusal)
@@ -78,6 +101,8 @@ class ConnectionSession:
         # the client connected (milliseconds since the epoch, RabbitMQ's connected_at).
         self.local = ""
         self.tls = False
+        # The client certificate (DER) of a TLS connection, once its handshake is done; the server sets it.
+        self.peer_certificate: Callable[[], bytes | None] = lambda: None
         self.connected_at = int(time.time() * 1000)
         self.conn = ServerConnection(node.server_settings, _Policy(self))
         self.permissions: VhostPermissions | None = None
@@ -87,6 +112,9 @@ class ConnectionSession:
         self.writable = True
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
+        # In a cluster: the method held until etcd has done the change it needs (see broker/cluster/hooks.py).
+        self.waiting: Event | None = None
+        self.cluster_resumed: Callable[[], None] = lambda: None  # the server's reader waits for this
         # For the client log: whether the client sent anything, how the socket went, a login refusal
         # already logged with its reason.
         self.received_any = False
@@ -119,6 +147,8 @@ class ConnectionSession:
     def _handle_input(self) -> None:
         throttle, conn, channels, alarms = self.throttle, self.conn, self.channels, self.node.alarms
         next_publish, next_event = conn.next_publish, conn.next_event
+        if self.waiting is not None:
+            return  # waiting for the cluster: what was received stays buffered until then
         # Blocked, what was received stays buffered until the alarms clear.
         while not throttle.blocked:
             # Most events are publishes on an open channel: straight to the channel, no event object.
@@ -135,6 +165,8 @@ class ConnectionSession:
             if event is None:
                 break
             self.handle_event(event)
+            if self.waiting is not None:
+                break
         self.flush_confirms()
 
     def accepted(self) -> None:
@@ -154,8 +186,37 @@ class ConnectionSession:
     def handle_event(self, event: Event) -> None:
         try:
             self._dispatch(event)
+        except ClusterPending as pending:
+            self._wait_for_cluster(event, pending.change)
         except Exception as error:
             self._failed(event, error)
+
+    def _wait_for_cluster(self, event: Event, change: Any) -> None:
+        """Hold `event`, and everything after it on this connection, until etcd has done `change`."""
+        assert self.node.cluster is not None
+        self.waiting = event
+        self.node.cluster.metadata.submit(change, lambda done: self._cluster_done(event, done))
+
+    def _cluster_done(self, event: Event, change: Any) -> None:
+        """The change is done (or failed): handle the held method again, then what came after it."""
+        if self.finished or self.conn.closed:
+            self.waiting = None
+            self.cluster_resumed()
+            return
+        self.waiting = None
+        assert self.node.cluster is not None
+        if change.error is not None:
+            error = ConnectionLevelError(
+                INTERNAL_ERROR, f"cluster metadata store unavailable ({change.error})"
+            )
+            self._failed(event, error)
+        else:
+            with self.node.cluster.metadata.replay(change):
+                self.handle_event(event)
+        if self.waiting is None:
+            self._handle_input()
+            self.cluster_resumed()
+        self.wake()
 
     def _failed(self, event: Event, error: Exception) -> None:
         """Answer an error raised while handling `event`: close its channel or the connection."""
@@ -220,9 +281,10 @@ class ConnectionSession:
             if channel.awaiting_confirms:
                 channel.flush_confirms(durable)
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self, limit: int | None = None) -> bytes:
+        """See ServerConnection.data_to_send."""
         self.flush_confirms()
-        return self.conn.data_to_send()
+        return self.conn.data_to_send(limit)
 
     # ---- closing ----------------------------------------------------------------------------
 

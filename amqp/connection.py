@@ -50,7 +50,7 @@ from .handshake import (
     ConnectionPolicy,
     ServerSettings,
     check_tune_ok,
-    negotiate,
+    negotiated_channel_max,
     parse_sasl_response,
 )
 
@@ -314,8 +314,9 @@ class ServerConnection:
 
     def _fail(self, error: AMQPError, channel: int, events: deque[Event]) -> None:
         state = self.state
-        if state in (State.CLOSING, State.AWAIT_START_OK, State.AWAIT_TUNE_OK):
-            # Before tune-ok RabbitMQ closes the socket without a word (a refused login aside, below).
+        if state in (State.CLOSING, State.AWAIT_START_OK):
+            # Before start-ok is done RabbitMQ closes the socket without a word (a refused login aside,
+            # below). A tune-ok it refuses gets the 530 it means to send (interop/test_tune.py).
             self.state = State.CLOSED
         else:
             self.close(error)
@@ -441,7 +442,7 @@ class ServerConnection:
 
     def _tune_ok(self, method: Any) -> None:
         check_tune_ok(self.settings, method.channel_max, method.frame_max)
-        self.channel_max = negotiate(self.settings.channel_max, method.channel_max)
+        self.channel_max = negotiated_channel_max(self.settings.channel_max, method.channel_max)
         self.frame_max = method.frame_max
         self.heartbeat = method.heartbeat  # the client's choice, as RabbitMQ takes it
         self._reader.frame_max = self.frame_max

@@ -123,7 +123,7 @@ def test_bad_password_without_the_capability_is_a_silent_close(pair: tuple[Drive
     assert driver.conn.closed
 
 
-def test_errors_before_tune_ok_close_silently(pair: tuple[Driver, ClientPeer]) -> None:
+def test_errors_before_start_ok_close_silently(pair: tuple[Driver, ClientPeer]) -> None:
     driver, client = pair
     client.send(PROTOCOL_HEADER)
     assert client.method(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=0)) == []
@@ -153,7 +153,7 @@ def test_amqplain_response_parses() -> None:
 
 
 def test_tune_ok_frame_max_above_offer_is_refused(pair: tuple[Driver, ClientPeer]) -> None:
-    driver, client = pair
+    _, client = pair
     client.send(PROTOCOL_HEADER)
     client.method(
         0,
@@ -161,9 +161,8 @@ def test_tune_ok_frame_max_above_offer_is_refused(pair: tuple[Driver, ClientPeer
             client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
         ),
     )
-    # Refused as RabbitMQ refuses it before the connection is tuned: the socket closes without a word.
-    assert client.method(0, Connection.TuneOk(channel_max=10, frame_max=10**7, heartbeat=0)) == []
-    assert driver.conn.closed
+    reply = methods(client.method(0, Connection.TuneOk(channel_max=10, frame_max=10**7, heartbeat=0)))
+    assert reply[0].reply_code == 530
 
 
 def test_publish_content_is_assembled_across_body_frames(pair: tuple[Driver, ClientPeer]) -> None:
@@ -290,3 +289,44 @@ def test_heartbeat_on_a_channel_is_an_unexpected_frame(pair: tuple[Driver, Clien
     client.handshake()
     reply = methods(client.send(bytes([8, 0, 1, 0, 0, 0, 0, 0xCE])))
     assert reply[0].reply_code == 505  # as RabbitMQ
+
+
+def _tune_ok(client: ClientPeer, channel_max: int, frame_max: int) -> list[Any]:
+    client.send(PROTOCOL_HEADER)
+    client.method(
+        0,
+        Connection.StartOk(
+            client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
+        ),
+    )
+    return methods(client.method(0, Connection.TuneOk(channel_max=channel_max, frame_max=frame_max)))
+
+
+def test_channel_max_zero_on_both_sides_means_no_limit() -> None:
+    driver = Driver(ServerSettings(channel_max=0))
+    client = ClientPeer(driver)
+    assert _tune_ok(client, 0, 131072) == []
+    assert isinstance(methods(client.method(0, Connection.Open(virtual_host="/")))[0], Connection.OpenOk)
+    for number in (1, 65535):  # before: channel_max 0 was the limit, and no channel could open
+        client.open_channel(number)
+
+
+@pytest.mark.parametrize(
+    ("channel_max", "frame_max", "text"),
+    [
+        # rabbit_reader's texts: 0 ("no limit") is above any limit the server offered.
+        (0, 131072, "negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"),
+        (2048, 131072, "negotiated channel_max = 2048 is higher than the maximum allowed value (2047)"),
+        (10, 0, "negotiated frame_max = 0 is higher than the maximum allowed value (131072)"),
+        (10, 131073, "negotiated frame_max = 131073 is higher than the maximum allowed value (131072)"),
+        (10, 4095, "negotiated frame_max = 4095 is lower than the minimum allowed value (4096)"),
+    ],
+)
+def test_tune_ok_outside_the_offer_is_refused_as_rabbitmq_does(
+    channel_max: int, frame_max: int, text: str
+) -> None:
+    driver = Driver(ServerSettings(channel_max=2047, frame_max=131072))
+    reply = _tune_ok(ClientPeer(driver), channel_max, frame_max)
+    assert isinstance(reply[0], Connection.Close)
+    assert (reply[0].reply_code, reply[0].reply_text) == (530, f"NOT_ALLOWED - {text}")
+    assert (reply[0].class_id, reply[0].method_id) == (10, 30)

@@ -3,7 +3,8 @@
     python -m bench.latency                       # every variant, 3 repeats, 10 s each
     python -m bench.latency --seconds 20 --repeat 5 --variants transient-ack,persistent-ack
     python -m bench.latency --brokers leveret --dump /tmp/lat   # per-message latencies, for timelines
-    python -m bench.latency --instrument            # Leveret under bench.loopstats: what its slow messages met
+    python -m bench.latency --instrument            # Leveret under bench.loopstats (see its docstring)
+    python -m bench.latency --baseline /tmp/base    # and Leveret from another tree: before and after a change
 
 A producer and a consumer, each a separate node process on amqplib (bench/node/), one connection each. The
 producer sends 256-byte messages at a steady --rate (default 1000/s) to one queue through the default
@@ -123,7 +124,7 @@ def one_run(broker: Broker, variant: str, rate: int, seconds: float, warmup: flo
     result = json.loads(out)
     sent = json.loads(producer.stdout)
     skip = int(rate * warmup)
-    kept = [lat for seq, lat in zip(result["seq"], result["latency_us"]) if seq >= skip]
+    kept = [lat for seq, lat in zip(result["seq"], result["latency_us"], strict=True) if seq >= skip]
     if result["received"] < count:
         raise RuntimeError(f"{broker.kind} {variant}: {result['received']} of {count} messages arrived")
     if dump is not None:
@@ -136,11 +137,27 @@ def one_run(broker: Broker, variant: str, rate: int, seconds: float, warmup: flo
     return Run(broker.kind, variant, figures, len(kept), f"{os.getloadavg()[0]:.1f}", runq, cpu)
 
 
-def make_brokers(root: Path, names: list[str], instrument: bool) -> list[Broker]:
+class BaselineLeveret(LeveretBroker):
+    """Leveret from another source tree (a `git archive` of an earlier commit): the "before" of a change."""
+
+    kind = "baseline"
+
+    def __init__(self, workdir: Path, tree: Path) -> None:
+        super().__init__(workdir)
+        self.tree = tree
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=str(self.tree))
+
+
+def make_brokers(root: Path, names: list[str], instrument: bool, baseline: Path | None) -> list[Broker]:
     brokers: list[Broker] = []
     for name in names:
         if name == "leveret":
-            brokers.append(InstrumentedLeveret(root / "leveret") if instrument else LeveretBroker(root / "leveret"))
+            leveret = InstrumentedLeveret if instrument else LeveretBroker
+            brokers.append(leveret(root / "leveret"))
+            if baseline is not None:
+                brokers.append(BaselineLeveret(root / "baseline", baseline))
         else:
             script = rabbitmq_server_script()
             if script is None:
@@ -151,23 +168,31 @@ def make_brokers(root: Path, names: list[str], instrument: bool) -> list[Broker]
 
 
 def report(runs: list[Run], variants: list[str]) -> str:
-    lines = ["| variant | figure | Leveret ms | RabbitMQ ms | Leveret/RabbitMQ ↓ (min–max) |",
-             "|---|---|--:|--:|--:|"]
-    def median_of(kind: str, field: str) -> float:
-        return statistics.median([getattr(r, field) for r in runs if r.broker == kind] or [float("nan")])
+    """Medians per broker kind, and each Leveret kind's ratio to RabbitMQ from the runs made together."""
+    kinds = list(dict.fromkeys(r.broker for r in runs))
+    ours = [kind for kind in kinds if kind != "rabbitmq"]
+    compared = ours if "rabbitmq" in kinds else []
+    lines = ["| variant | figure | " + " | ".join(f"{kind} ms" for kind in kinds)
+             + "".join(f" | {kind}/rabbitmq ↓ (min–max)" for kind in compared) + " |",
+             "|---|---|" + "--:|" * (len(kinds) + len(compared))]
+
+    def median(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f}" if values else "-"
+
+    def of(kind: str, variant: str) -> list[Run]:
+        return [r for r in runs if r.broker == kind and r.variant == variant]
 
     for variant in variants:
-        mine = [r for r in runs if r.variant == variant and r.broker == "leveret"]
-        theirs = [r for r in runs if r.variant == variant and r.broker == "rabbitmq"]
         for name in ("p50", "p99", "p99.9", "max"):
-            left = statistics.median(r.figures[name] for r in mine) if mine else float("nan")
-            right = statistics.median(r.figures[name] for r in theirs) if theirs else float("nan")
-            ratios = [a.figures[name] / b.figures[name] for a, b in zip(mine, theirs)]
-            ratio = (f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
-                     if ratios else "-")
-            lines.append(f"| {variant if name == 'p50' else ''} | {name} | {left:.3f} | {right:.3f} | {ratio} |")
+            cells = [median([r.figures[name] for r in of(kind, variant)]) for kind in kinds]
+            for kind in compared:
+                pairs = zip(of(kind, variant), of("rabbitmq", variant), strict=True)
+                ratios = [a.figures[name] / b.figures[name] for a, b in pairs]
+                cells.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})")
+            lines.append(f"| {variant if name == 'p50' else ''} | {name} | " + " | ".join(cells) + " |")
     for field, label in (("runq", "broker runq ms/s"), ("cpu", "broker CPU µs/msg")):
-        lines.append(f"| all | {label} | {median_of('leveret', field):.1f} | {median_of('rabbitmq', field):.1f} | |")
+        cells = [median([getattr(r, field) for r in runs if r.broker == kind]) for kind in kinds]
+        lines.append(f"| all | {label} | " + " | ".join(cells) + " |" * (len(compared) + 1))
     return "\n".join(lines)
 
 
@@ -181,6 +206,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--brokers", default="leveret,rabbitmq")
     parser.add_argument("--dump", type=Path, help="write each run's per-message latencies here")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="also run Leveret from this source tree (`git archive main | tar -x -C TREE`)")
     parser.add_argument("--instrument", action="store_true",
                         help="run Leveret under bench.loopstats; its record goes to the --dump folder")
     args = parser.parse_args(argv)
@@ -191,7 +218,7 @@ def main(argv: list[str]) -> int:
     print(f"uptime at start: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="leveret-latency-") as tmp:
-        brokers = make_brokers(Path(tmp), args.brokers.split(","), args.instrument)
+        brokers = make_brokers(Path(tmp), args.brokers.split(","), args.instrument, args.baseline)
         try:
             for broker in brokers:
                 broker.start()
@@ -206,7 +233,8 @@ def main(argv: list[str]) -> int:
                         runs.append(run)
                         figures = ", ".join(f"{k} {v:.3f}" for k, v in run.figures.items())
                         print(f"  #{repeat + 1} {variant} {broker.kind}: {figures} ms "
-                              f"({run.samples} samples, load {run.load}, runq {run.runq:.0f} ms/s, cpu {run.cpu:.0f} µs/msg)",
+                              f"({run.samples} samples, load {run.load}, runq {run.runq:.0f} ms/s, "
+                              f"cpu {run.cpu:.0f} µs/msg)",
                               file=sys.stderr, flush=True)
                         time.sleep(PAUSE)
         finally:

@@ -94,7 +94,7 @@ def main() -> None:
                 with open(path, "w") as file:
                     json.dump(stats.dump(), file)
 
-    cli.run_node = watched  # type: ignore[assignment]
+    cli.run_node = watched
     cli.main()
 
 

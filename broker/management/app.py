@@ -42,7 +42,10 @@ class Api:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.registry = metrics_registry(node)
+        listener = node.config.listeners.management
+        per_object = listener is not None and listener.return_per_object_metrics
+        self.registry = metrics_registry(node, per_object=per_object)
+        self.per_object_registry = metrics_registry(node, per_object=True)
 
     # ---- helpers --------------------------------------------------------------------------------
 
@@ -165,8 +168,11 @@ class Api:
         return JSONResponse(body, status_code=503)
 
     async def metrics(self, request: Request) -> Response:
-        # Unauthenticated, as RabbitMQ's Prometheus endpoint.
+        # Unauthenticated, as RabbitMQ's Prometheus endpoint: aggregated unless configured per object.
         return Response(exposition(self.registry), media_type=PROMETHEUS_TEXT)
+
+    async def per_object_metrics(self, request: Request) -> Response:
+        return Response(exposition(self.per_object_registry), media_type=PROMETHEUS_TEXT)
 
 
 def get(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
@@ -197,6 +203,7 @@ def build_app(node: Node) -> ASGIApp:
         get("/api/aliveness-test/{vhost}", api.aliveness),
         get("/api/health/checks/alarms", api.alarms),
         get("/metrics", api.metrics),
+        get("/metrics/per-object", api.per_object_metrics),
     ]
     app = Starlette(
         routes=routes,

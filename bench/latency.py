@@ -82,15 +82,20 @@ class InstrumentedLeveret(LeveretBroker):
         return dict(os.environ, LOOPSTATS=str(self.stats_path), PYTHONPATH=str(ROOT))
 
 
-def run_delay(pid: int) -> float:
-    """Seconds the process's threads have spent runnable, waiting on a run queue (schedstat field 2)."""
-    total = 0
+def run_delays(pid: int) -> dict[int, int]:
+    """Per thread, the ns it has spent runnable, waiting on a run queue (schedstat field 2)."""
+    delays = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[1])
+            delays[int(task.name)] = int((task / "schedstat").read_text().split()[1])
         except (OSError, IndexError, ValueError):
-            continue
-    return total / 1e9
+            continue  # the thread just ended
+    return delays
+
+
+def waited_since(pid: int, before: dict[int, int]) -> float:
+    """Seconds of run-queue wait since `before`; threads that ended meanwhile drop out, not below zero."""
+    return sum(delay - before.get(tid, 0) for tid, delay in run_delays(pid).items()) / 1e9
 
 
 def node_env(broker: Broker, queue: str, extra: dict[str, str]) -> dict[str, str]:
@@ -104,7 +109,7 @@ def one_run(broker: Broker, variant: str, rate: int, seconds: float, warmup: flo
     count = int(rate * seconds)
     queue = f"latency-{variant}-{serial}"
     env = node_env(broker, queue, {**VARIANTS[variant], "COUNT": str(count), "RATE": str(rate)})
-    waited, cpu = run_delay(broker.pid), cpu_seconds(broker.pid)
+    waited, cpu = run_delays(broker.pid), cpu_seconds(broker.pid)
     started = time.monotonic()
     consumer = subprocess.Popen(["node", str(NODE_DIR / "latency_consumer.js")], env=env,
                                 stdout=subprocess.PIPE, text=True)
@@ -119,7 +124,7 @@ def one_run(broker: Broker, variant: str, rate: int, seconds: float, warmup: flo
         if consumer.poll() is None:
             consumer.kill()
             consumer.wait()
-    runq = (run_delay(broker.pid) - waited) / (time.monotonic() - started) * 1000
+    runq = waited_since(broker.pid, waited) / (time.monotonic() - started) * 1000
     cpu = (cpu_seconds(broker.pid) - cpu) / count * 1e6
     result = json.loads(out)
     sent = json.loads(producer.stdout)

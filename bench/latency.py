@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import loopstats
 from bench.procfs import cpu_seconds
 from interop.brokers import Broker, LeveretBroker, RabbitMQBroker, rabbitmq_server_script
 
@@ -214,7 +215,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--baseline", type=Path, metavar="TREE",
                         help="also run Leveret from this source tree (`git archive main | tar -x -C TREE`)")
     parser.add_argument("--instrument", action="store_true",
-                        help="run Leveret under bench.loopstats; its record goes to the --dump folder")
+                        help="run Leveret under bench.loopstats and print its summary (record: --dump)")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
@@ -222,6 +223,11 @@ def main(argv: list[str]) -> int:
         parser.error(f"unknown variants {', '.join(sorted(unknown))}; choose among {', '.join(VARIANTS)}")
     print(f"uptime at start: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     runs: list[Run] = []
+    began = time.monotonic()
+
+    def elapsed() -> float:
+        return time.monotonic() - began
+
     with tempfile.TemporaryDirectory(prefix="leveret-latency-") as tmp:
         brokers = make_brokers(Path(tmp), args.brokers.split(","), args.instrument, args.baseline)
         try:
@@ -245,9 +251,12 @@ def main(argv: list[str]) -> int:
         finally:
             for broker in brokers:
                 broker.close()
-                if isinstance(broker, InstrumentedLeveret) and args.dump and broker.stats_path.exists():
-                    args.dump.mkdir(parents=True, exist_ok=True)
-                    (args.dump / "loopstats.json").write_bytes(broker.stats_path.read_bytes())
+                if isinstance(broker, InstrumentedLeveret) and broker.stats_path.exists():
+                    record = json.loads(broker.stats_path.read_text())
+                    print(f"Leveret's loop and GC (bench.loopstats):\n{loopstats.summary(record, elapsed())}")
+                    if args.dump:
+                        args.dump.mkdir(parents=True, exist_ok=True)
+                        (args.dump / "loopstats.json").write_bytes(broker.stats_path.read_bytes())
     print(f"uptime at end: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(f"rate {args.rate}/s, {args.seconds:g} s per run, first {args.warmup:g} s dropped, "
           f"{args.repeat} repeats, brokers alternated\n")

@@ -6,10 +6,14 @@ Errors answer as RabbitMQ's management plugin does: 404 {"error":"Object Not Fou
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,6 +25,7 @@ from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
 from leveret.broker.management.auth import NotAuthorised, login, require_administrator
 from leveret.broker.management.metrics import exposition, metrics_registry
+from leveret.broker.management.web import web_routes
 from leveret.broker.node import Node
 from leveret.broker.vhost import VirtualHost
 from leveret.config import User
@@ -31,6 +36,10 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 SEE_ALL_TAGS = frozenset({"monitoring", "administrator"})
 # RabbitMQ's name for the default exchange ("") in paths.
 DEFAULT_EXCHANGE_ALIAS = "amq.default"
+# Seconds /api/nodes waits for another node's stats over the peer link.
+REMOTE_STATS_TIMEOUT = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
@@ -42,6 +51,7 @@ class Api:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.started = time.monotonic()  # built as the node starts: its uptime
         listener = node.config.listeners.management
         per_object = listener is not None and listener.return_per_object_metrics
         self.registry = metrics_registry(node, per_object=per_object)
@@ -86,6 +96,45 @@ class Api:
     async def overview(self, request: Request) -> Response:
         self.user(request)
         return JSONResponse(show.overview(self.node, EXCHANGE_TYPES))
+
+    async def nodes(self, request: Request) -> Response:
+        self.user(request)
+        remote = await self._remote_stats()
+        return JSONResponse(show.nodes(self.node, self._uptime_ms(), remote))
+
+    async def node_one(self, request: Request) -> Response:
+        self.user(request)
+        name = param(request, "name")
+        remote = await self._remote_stats()
+        found = [n for n in show.nodes(self.node, self._uptime_ms(), remote) if n["name"] == name]
+        if not found:
+            raise NotFound
+        return JSONResponse(found[0])
+
+    async def _remote_stats(self) -> dict[str, Any]:
+        """Each other live node's own stats, asked over the peer links at once; a node that does not
+        answer within a second is shown without them."""
+        cluster = self.node.cluster
+        found: dict[str, Any] = {}
+        if cluster is None or cluster.ask_node is None:
+            return found
+        ask = cluster.ask_node
+
+        async def one(name: str) -> None:
+            with trio.move_on_after(REMOTE_STATS_TIMEOUT):
+                try:
+                    found[name] = json.loads(await ask(name, show.NODE_STATS, b""))
+                except Exception as error:  # a link down, a refusal: the node is shown without stats
+                    log.info("no stats from %s: %s", name, error)
+
+        async with trio.open_nursery() as nursery:
+            for name in cluster.membership.alive_nodes():
+                if name != cluster.name:
+                    nursery.start_soon(one, name)
+        return found
+
+    def _uptime_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
 
     async def whoami(self, request: Request) -> Response:
         return JSONResponse(show.whoami(self.user(request)))
@@ -183,6 +232,8 @@ def build_app(node: Node) -> ASGIApp:
     api = Api(node)
     routes = [
         get("/api/overview", api.overview),
+        get("/api/nodes", api.nodes),
+        get("/api/nodes/{name}", api.node_one),
         get("/api/whoami", api.whoami),
         get("/api/vhosts", api.vhosts_list),
         get("/api/vhosts/{vhost}", api.vhost_one),
@@ -204,6 +255,7 @@ def build_app(node: Node) -> ASGIApp:
         get("/api/health/checks/alarms", api.alarms),
         get("/metrics", api.metrics),
         get("/metrics/per-object", api.per_object_metrics),
+        *web_routes(),
     ]
     app = Starlette(
         routes=routes,

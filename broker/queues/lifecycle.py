@@ -355,6 +355,14 @@ class Lifecycle:
         self.queue.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in tail)
         self.add_to_head(tail)
 
+    def chunks_restored(self) -> None:
+        """Recovery left chunks in the log behind the head: their deadlines count from now on."""
+        paged = self.queue.paged
+        assert paged is not None
+        if any(chunk.expires is not None for chunk in paged.chunks):
+            self._expiring = True
+        self._reschedule()
+
     def chunk_loaded(self) -> None:
         # Messages that expired on disk go now, before the pager could take them out again.
         self._expire_all(self.queue.clock())

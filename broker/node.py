@@ -95,6 +95,8 @@ class Node:
         if self.pager is not None:
             self.pager.commit_completed()
         durable = self.durable_position()
+        for vhost in self.vhosts.values():
+            vhost.executor.commit_completed(durable, failed)
         for session in self.connections:
             for channel in session.channels.values():
                 if channel.awaiting_confirms:

@@ -68,7 +68,8 @@ class VirtualHost:
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
         # What carries out the effects of this vhost's queues' commands.
-        self.execute: Callable[[Queue, Effect], None] = Executor(self).run
+        self.executor = Executor(self)
+        self.execute: Callable[[Queue, Effect], None] = self.executor.run
         # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
         self.metadata: LocalMetadata = LOCAL_METADATA
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)

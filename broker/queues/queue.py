@@ -199,10 +199,17 @@ class Queue(Pageable):
         """Unacked messages rejected without requeue (a dead-letter exchange may take them)."""
         pop = self.checked_out.pop
         entries = [pop(seq) for seq in seqs]
-        self.journal.removed(entries, REJECTED)
-        if self.lifecycle is not None:
-            self.lifecycle.rejected(entries)
+        lifecycle = self.lifecycle
+        if lifecycle is None or lifecycle.outbox is None:  # else removed once dead-lettered everywhere
+            self.journal.removed(entries, REJECTED)
+        if lifecycle is not None:
+            lifecycle.rejected(entries)
         return entries
+
+    def dead_lettered(self, ids: list[int]) -> None:
+        """Dead-lettered messages (at-least-once) that every target queue now holds: settled here."""
+        if self.lifecycle is not None:
+            self.lifecycle.dead_lettered(ids)
 
     def _returned(self, seqs: Iterable[int]) -> list[Entry]:
         """Unacked messages coming back, in seq order, marked redelivered."""
@@ -443,6 +450,7 @@ _HANDLERS = {
     commands.TICK: "tick",
     commands.PURGE: "purge",
     commands.DELETE: "delete",
+    commands.DEAD_LETTERED: "dead_lettered",
     commands.PAGE: "page_out",
     commands.LOADED: "chunk_loaded",
 }

@@ -43,7 +43,7 @@ class Authority:
 
     def authenticate(self, username: str, password: str, *, from_loopback: bool) -> bool:
         user = self.users.get(username)
-        if user is None or not check_password(user.password_hash, password):
+        if user is None or not check_password(user.password_hash, password, user.hashing_algorithm):
             return False
         # RabbitMQ's loopback_users: refused from anywhere else, even with the right password.
         return from_loopback or not user.loopback_only

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from leveret import __version__
+from leveret.amqp.constants import NOT_ALLOWED
+from leveret.amqp.errors import ConnectionLevelError
 from leveret.amqp.handshake import ServerSettings
+from leveret.broker.admin import Administration
 from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
 from leveret.broker.queues.deadlines import Deadlines
@@ -47,21 +50,39 @@ class Node:
             extra_properties={"leveret_version": __version__, "platform": "Leveret (Python/trio)"},
         )
         self.authority = Authority(config)
+        self.admin = Administration(self)  # run-time changes to users, vhosts, permissions, vhost limits
         self.deadlines = Deadlines()  # queue timers (TTL, queue expiry): broker/server/timers.py runs them
-        self.vhosts: dict[str, VirtualHost] = {
-            name: VirtualHost(name, clock, self.deadlines) for name in config.vhosts
-        }
+        self.persistence: Persistence | None = None
+        self.pager: NodePager | None = None
+        self.vhosts: dict[str, VirtualHost] = {}
+        for name in config.vhosts:
+            self.add_vhost(name)
         self.connections: set[ConnectionSession] = set()
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
-        self.persistence: Persistence | None = None
-        self.pager: NodePager | None = None
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
+        # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
+        self.definitions_changed: Callable[[], None] = lambda: None
+        # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
+        self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        """A new, empty vhost (its predeclared exchanges only), wired to the node's store and pager."""
+        vhost = VirtualHost(name, self.clock, self.deadlines)
+        if self.persistence is not None:
+            vhost.journal_for = self.persistence.journal_for
+            vhost.definitions_changed = self.persistence.definitions_changed
+        if self.pager is not None:
+            vhost.pager = self.pager
+        self.vhosts[name] = vhost
+        self.authority.vhosts.add(name)
+        return vhost
 
     def attach_persistence(self, persistence: Persistence) -> None:
         """Durable queues get store-backed journals and durable definitions are saved from now on."""
         self.persistence = persistence
         persistence.node = self
+        self.definitions_changed = persistence.definitions_changed
         for vhost in self.vhosts.values():
             vhost.journal_for = persistence.journal_for
             vhost.definitions_changed = persistence.definitions_changed
@@ -81,6 +102,13 @@ class Node:
         """How far the store has made appends durable; publishes waiting on no store are always safe."""
         return self.persistence.durable_position if self.persistence is not None else 0
 
+    def when_durable(self, position: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once the store has made `position` durable (at once if it has)."""
+        if position <= self.durable_position():
+            callback()
+        else:
+            self._durable_waiters.append((position, callback))
+
     def commit_completed(self, failed: range | None, error: OSError | None = None) -> None:
         """A group commit finished: release the confirms it made safe (nack those it failed). `error`, its
         write failure, holds the disk alarm until a commit succeeds (see ResourceAlarms)."""
@@ -88,6 +116,13 @@ class Node:
         if self.pager is not None:
             self.pager.commit_completed()
         durable = self.durable_position()
+        if self._durable_waiters:
+            waiting, self._durable_waiters = self._durable_waiters, []
+            for position, callback in waiting:
+                if position <= durable or failed is not None and position in failed:
+                    callback()
+                else:
+                    self._durable_waiters.append((position, callback))
         for session in self.connections:
             for channel in session.channels.values():
                 if channel.awaiting_confirms:
@@ -102,6 +137,18 @@ class Node:
             session.throttle.alarms_changed(active)
             if session.conn.has_output:
                 session.wake()
+
+    def check_connection_limit(self, username: str, vhost: str) -> None:
+        """RabbitMQ's per-vhost max-connections, checked at connection.open."""
+        limit = self.vhosts[vhost].limits.get("max-connections")
+        if limit is not None and limit >= 0:
+            opened = sum(1 for session in self.connections if session.vhost.name == vhost)
+            if opened >= limit:
+                raise ConnectionLevelError(
+                    NOT_ALLOWED,
+                    f"access to vhost '{vhost}' refused for user '{username}': "
+                    f"connection limit ({limit}) is reached",
+                )
 
     def connection_opened(self, session: ConnectionSession) -> None:
         self.connections.add(session)

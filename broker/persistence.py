@@ -186,6 +186,7 @@ class Persistence:
         serving. Returns the number of messages recovered."""
         self.node = node
         saved = self.definitions_store.load()
+        node.admin.restore(saved.get("access", {}))
         recovered = 0
         live_queue_ids = set()
         for vhost_name, definitions in (saved.get("vhosts") or {}).items():
@@ -225,6 +226,7 @@ class Persistence:
                     source.bind(destination, item["routing_key"], _decode_table(item["arguments"]))
         for queue_id in set(self.store.stored_queues()) - live_queue_ids:
             self.store.delete_queue(queue_id)
+        node.admin.restore_limits(saved.get("access", {}))
         return recovered
 
     def _recover_messages(self, queue: Queue) -> int:
@@ -242,7 +244,8 @@ def is_durable_queue(queue: Queue) -> bool:
 
 
 def snapshot_definitions(node: Node) -> dict[str, Any]:
-    """Every durable exchange, queue and binding, bindings in bind order (the consistent-hash ring's)."""
+    """Every durable exchange, queue and binding, bindings in bind order (the consistent-hash ring's), and
+    the run-time changes to users, vhosts, permissions and vhost limits."""
     vhosts = {}
     for vhost in node.vhosts.values():
         vhosts[vhost.name] = {
@@ -254,7 +257,8 @@ def snapshot_definitions(node: Node) -> dict[str, Any]:
             "queues": [_queue_record(q) for q in vhost.queues.values() if is_durable_queue(q)],
             "bindings": _binding_records(vhost),
         }
-    return {"version": 1, "vhosts": vhosts}
+    # "access": users, vhosts, permissions and vhost limits changed at run time (broker/admin.py).
+    return {"version": 1, "vhosts": vhosts, "access": node.admin.snapshot()}
 
 
 def _exchange_record(exchange: Exchange) -> dict[str, Any]:

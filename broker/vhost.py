@@ -56,6 +56,8 @@ class VirtualHost:
         self.journal_for: Callable[[str, str], Journal] | None = None
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
+        # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
+        self.limits: dict[str, int] = {}
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
@@ -163,6 +165,7 @@ class VirtualHost:
         elif name.startswith(RESERVED_PREFIX):
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
+        self._check_queue_limit(name)
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
         queue = queue_class(arguments)(
@@ -181,6 +184,14 @@ class VirtualHost:
         # Every queue is bound to the default exchange under its own name.
         self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
         return queue
+
+    def _check_queue_limit(self, name: str) -> None:
+        limit = self.limits.get("max-queues")
+        if limit is not None and 0 <= limit <= len(self.queues):
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) is reached",
+            )
 
     def check_exclusive_access(self, queue: Queue, owner: object) -> None:
         if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:

@@ -6,9 +6,8 @@ Errors answer as RabbitMQ's management plugin does: 404 {"error":"Object Not Fou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
-from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,64 +18,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
-from leveret.broker.management.auth import NotAuthorised, login, require_administrator
+from leveret.broker.management.access import Access
+from leveret.broker.management.auth import NotAuthorised, require_administrator
+from leveret.broker.management.context import ApiError, Context, NotFound, exchange_param, param
+from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
+from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
-from leveret.broker.vhost import VirtualHost
-from leveret.config import User
+
+log = logging.getLogger(__name__)
 
 NOT_FOUND = {"error": "Object Not Found", "reason": "Not Found"}
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-# Tags that see every vhost and every connection; a plain "management" user sees only its own.
-SEE_ALL_TAGS = frozenset({"monitoring", "administrator"})
-# RabbitMQ's name for the default exchange ("") in paths.
-DEFAULT_EXCHANGE_ALIAS = "amq.default"
 
 
-class NotFound(Exception):
-    pass
-
-
-class Api:
-    """The handlers, bound to one node."""
+class Api(Context):
+    """The read handlers, bound to one node."""
 
     def __init__(self, node: Node) -> None:
-        self.node = node
+        super().__init__(node)
         self.registry = metrics_registry(node)
-
-    # ---- helpers --------------------------------------------------------------------------------
-
-    def user(self, request: Request) -> User:
-        client = request.client.host if request.client is not None else None
-        return login(self.node.authority.users, request.headers.get("authorization"), client)
-
-    def _sees_all(self, user: User) -> bool:
-        return bool(SEE_ALL_TAGS.intersection(user.tags))
-
-    def vhosts(self, user: User) -> list[VirtualHost]:
-        permitted = self.node.authority.permissions
-        return [
-            v
-            for name, v in sorted(self.node.vhosts.items())
-            if self._sees_all(user) or (user.name, name) in permitted
-        ]
-
-    def vhost(self, request: Request, user: User) -> VirtualHost:
-        name = param(request, "vhost")
-        vhost = self.node.vhosts.get(name)
-        if vhost is None:
-            raise NotFound
-        if vhost not in self.vhosts(user):
-            raise NotAuthorised({"error": "not_authorised", "reason": "Access refused."}, challenge=False)
-        return vhost
-
-    def scoped(self, request: Request, user: User) -> list[VirtualHost]:
-        """The vhost named in the path, or every vhost the user may see."""
-        return [self.vhost(request, user)] if "vhost" in request.path_params else self.vhosts(user)
-
-    def sessions(self, user: User) -> list[Any]:
-        sessions = sorted(self.node.connections, key=show.connection_name)
-        return sessions if self._sees_all(user) else [s for s in sessions if s.username == user.name]
 
     # ---- endpoints ------------------------------------------------------------------------------
 
@@ -99,8 +60,7 @@ class Api:
 
     async def exchange(self, request: Request) -> Response:
         vhost = self.vhost(request, self.user(request))
-        name = param(request, "name")
-        found = vhost.exchanges.get("" if name == DEFAULT_EXCHANGE_ALIAS else name)
+        found = vhost.exchanges.get(exchange_param(request))
         if found is None:
             raise NotFound
         return JSONResponse(show.exchange(vhost, found))
@@ -169,40 +129,94 @@ class Api:
         return Response(exposition(self.registry), media_type=PROMETHEUS_TEXT)
 
 
-def get(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
-    return Route(path, endpoint, methods=["GET"])
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def route(path: str, **endpoints: Endpoint) -> Route:
+    """One path, a handler per method (route("/api/x", GET=..., PUT=...)); other methods answer 405 with
+    an Allow header listing these."""
+
+    async def dispatch(request: Request) -> Response:
+        # Starlette adds HEAD wherever there is GET.
+        return await endpoints.get(request.method, endpoints.get("GET"))(request)  # type: ignore[misc]
+
+    return Route(path, dispatch, methods=list(endpoints))
 
 
 def build_app(node: Node) -> ASGIApp:
-    api = Api(node)
+    api, writes, access, messaging = Api(node), Writes(node), Access(node), Messaging(node)
+    binding = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
     routes = [
-        get("/api/overview", api.overview),
-        get("/api/whoami", api.whoami),
-        get("/api/vhosts", api.vhosts_list),
-        get("/api/vhosts/{vhost}", api.vhost_one),
-        get("/api/exchanges", api.exchanges),
-        get("/api/exchanges/{vhost}", api.exchanges),
+        route("/api/overview", GET=api.overview),
+        route("/api/whoami", GET=api.whoami),
+        route("/api/vhosts", GET=api.vhosts_list),
+        route("/api/vhosts/{vhost}", GET=api.vhost_one, PUT=access.put_vhost, DELETE=access.delete_vhost),
+        route("/api/vhosts/{vhost}/permissions", GET=access.vhost_permissions),
+        route("/api/exchanges", GET=api.exchanges),
+        route("/api/exchanges/{vhost}", GET=api.exchanges),
         # The default exchange's name is empty: RabbitMQ's path for it is /api/exchanges/%2F/amq.default.
-        get("/api/exchanges/{vhost}/{name}", api.exchange),
-        get("/api/queues", api.queues),
-        get("/api/queues/{vhost}", api.queues),
-        get("/api/queues/{vhost}/{name}", api.queue),
-        get("/api/bindings", api.bindings),
-        get("/api/bindings/{vhost}", api.bindings),
-        get("/api/connections", api.connections),
-        get("/api/channels", api.channels),
-        get("/api/consumers", api.consumers),
-        get("/api/consumers/{vhost}", api.consumers),
-        get("/api/users", api.users),
-        get("/api/aliveness-test/{vhost}", api.aliveness),
-        get("/api/health/checks/alarms", api.alarms),
-        get("/metrics", api.metrics),
+        route(
+            "/api/exchanges/{vhost}/{name}",
+            GET=api.exchange,
+            PUT=writes.put_exchange,
+            DELETE=writes.delete_exchange,
+        ),
+        route("/api/queues", GET=api.queues),
+        route("/api/queues/{vhost}", GET=api.queues),
+        route("/api/queues/{vhost}/{name}", GET=api.queue, PUT=writes.put_queue, DELETE=writes.delete_queue),
+        route("/api/exchanges/{vhost}/{name}/publish", POST=messaging.publish),
+        route("/api/queues/{vhost}/{name}/contents", DELETE=writes.purge_queue),
+        route("/api/queues/{vhost}/{name}/get", POST=messaging.get),
+        route("/api/bindings", GET=api.bindings),
+        route("/api/bindings/{vhost}", GET=api.bindings),
+        route(binding, GET=writes.bindings_between, POST=writes.post_binding),
+        route(binding + "/{props}", GET=writes.binding, DELETE=writes.delete_binding),
+        route("/api/connections", GET=api.connections),
+        route("/api/connections/{name}", DELETE=writes.delete_connection),
+        route("/api/channels", GET=api.channels),
+        route("/api/consumers", GET=api.consumers),
+        route("/api/consumers/{vhost}", GET=api.consumers),
+        route("/api/users", GET=api.users),
+        route("/api/users/{name}", GET=access.get_user, PUT=access.put_user, DELETE=access.delete_user),
+        route("/api/users/{name}/permissions", GET=access.user_permissions),
+        route("/api/permissions", GET=access.permissions),
+        route(
+            "/api/permissions/{vhost}/{user}",
+            GET=access.permission,
+            PUT=access.put_permission,
+            DELETE=access.delete_permission,
+        ),
+        route("/api/vhost-limits", GET=access.vhost_limits),
+        route("/api/vhost-limits/{vhost}", GET=access.vhost_limits),
+        route(
+            "/api/vhost-limits/{vhost}/{name}", PUT=access.put_vhost_limit, DELETE=access.delete_vhost_limit
+        ),
+        route("/api/aliveness-test/{vhost}", GET=api.aliveness),
+        route("/api/health/checks/alarms", GET=api.alarms),
+        route("/metrics", GET=api.metrics),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={NotAuthorised: _not_authorised, NotFound: _not_found, HTTPException: _http_error},
+        exception_handlers={
+            NotAuthorised: _not_authorised,
+            NotFound: _not_found,
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
     )
     return RawPathRouting(app)
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return JSONResponse(error.body, status_code=error.status)
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    """A bug in Leveret: logged with its traceback, answered without one."""
+    log.error("management API: internal error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"error": "internal_error", "reason": "Internal Server Error"}, status_code=500)
 
 
 async def _not_authorised(request: Request, error: Exception) -> Response:
@@ -235,7 +249,3 @@ class RawPathRouting:
             raw = scope.get("raw_path") or scope["path"].encode()
             scope = {**scope, "path": raw.split(b"?", 1)[0].decode("latin-1")}
         await self.app(scope, receive, send)
-
-
-def param(request: Request, key: str) -> str:
-    return unquote(request.path_params[key])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -97,13 +98,14 @@ def exchange(vhost: VirtualHost, x: Exchange) -> Json:
     }
 
 
-def _properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
-    # RabbitMQ: the routing key ("~" when empty) when there are no arguments, else key~hash-of-arguments.
-    # The hash differs from RabbitMQ's (an Erlang term hash); only its uniqueness matters to clients.
+def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
+    """RabbitMQ's name of a binding in paths: the routing key ("~" when empty) when there are no arguments,
+    else key~hash-of-arguments. The hash differs from RabbitMQ's (an Erlang term hash; 4 bytes, base64url as
+    RabbitMQ's); clients only read it from a listing and pass it back."""
     if not arguments:
         return routing_key or "~"
-    digest = base64.urlsafe_b64encode(repr(sorted(arguments.items())).encode()).decode()[:22]
-    return f"{routing_key}~{digest}"
+    digest = hashlib.blake2b(repr(sorted(arguments.items())).encode(), digest_size=4).digest()
+    return f"{routing_key}~{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
 
 
 def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, args: dict[str, Any]) -> Json:
@@ -114,7 +116,7 @@ def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, a
         "destination_type": "queue" if isinstance(destination, Queue) else "exchange",
         "routing_key": key,
         "arguments": jsonable(args),
-        "properties_key": _properties_key(key, args),
+        "properties_key": properties_key(key, args),
     }
 
 
@@ -202,7 +204,9 @@ def channel(node: Node, ch: ChannelSession) -> Json:
         "user": session.username,
         "vhost": ch.vhost.name,
         "connection_details": {
-            "name": connection_name(session), "peer_host": peer_host, "peer_port": peer_port
+            "name": connection_name(session),
+            "peer_host": peer_host,
+            "peer_port": peer_port,
         },
         "state": "running" if ch.flow_active else "flow",
         "consumer_count": len(ch.consumers),
@@ -250,7 +254,7 @@ def user(u: User) -> Json:
     return {
         "name": u.name,
         "password_hash": u.password_hash,
-        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "hashing_algorithm": u.hashing_algorithm,
         "tags": list(u.tags),
         "limits": {},
     }
@@ -294,7 +298,9 @@ def overview(node: Node, exchange_types: Iterable[str]) -> Json:
             "queues": len(queues),
         },
         "queue_totals": {
-            "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
         },
         # No message counters are kept yet: RabbitMQ too answers {} before any message moves.
         "message_stats": {},

@@ -3,7 +3,8 @@ definitions import change them.
 
 The configuration creates the node's users, vhosts and permissions at start; what is changed here is
 recorded as overrides (a record, or a deletion) and saved with the durable definitions, so that a restart
-applies the configuration first and then the overrides. Synchronous, like the rest of the domain.
+brings back what was made at run time. For what the configuration names, the configuration wins at each
+start, as RabbitMQ's load_definitions does. Synchronous, like the rest of the domain.
 """
 
 from __future__ import annotations
@@ -185,14 +186,22 @@ class Administration:
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
-        """Apply saved overrides over the configuration's users, vhosts and permissions (at start, before
-        the durable queues are recovered into their vhosts)."""
+        """Apply saved overrides at start, before the durable queues are recovered into their vhosts. What
+        the configuration defines wins, as RabbitMQ applies its load_definitions file at every boot: a
+        configured user deleted or changed at run time is back as configured."""
+        config = self.node.config
+        configured_users = {user.name for user in config.users}
+        configured_permissions = {(p.user, p.vhost) for p in config.permissions}
         for item in saved.get("vhosts", []):
+            if item["name"] in config.vhosts:
+                continue
             if item.get("deleted"):
                 self.delete_vhost(item["name"])
             else:
                 self.put_vhost(item["name"])
         for item in saved.get("users", []):
+            if item["name"] in configured_users:
+                continue
             if item.get("deleted"):
                 self.delete_user(item["name"])
             else:
@@ -203,6 +212,8 @@ class Administration:
                     users = self.node.authority.users
                     users[item["name"]] = replace(users[item["name"]], loopback_only=item["loopback_only"])
         for item in saved.get("permissions", []):
+            if (item["user"], item["vhost"]) in configured_permissions:
+                continue
             if item.get("deleted"):
                 self.clear_permissions(item["user"], item["vhost"])
             elif item["user"] in self.node.authority.users and item["vhost"] in self.node.vhosts:

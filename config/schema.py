@@ -143,6 +143,8 @@ class Config:
     permissions: tuple[Permission, ...] = (Permission("guest", "/"),)
     limits: Limits = Limits()
     resources: Resources = Resources()
+    # RabbitMQ's load_definitions: a definitions file (its JSON export format) imported at every start.
+    load_definitions: str | None = None
     log_level: str = field(
         default="info", metadata={"check": checks.one_of("debug", "info", "warning", "error")}
     )

@@ -354,8 +354,7 @@ def test_vhost_limits_are_set_shown_and_enforced(managed: Broker, api: httpx.Cli
             pika.BlockingConnection(pika.URLParameters(amqp_url(managed, vhost)))
         assert (
             f"NOT_ALLOWED - access to vhost '{vhost}' refused for user 'guest': "
-            "connection limit (1) is reached"
-            in str(refused.value)
+            "connection limit (1) is reached" in str(refused.value)
         )
         channel = connection.channel()
         channel.queue_declare("first")
@@ -415,3 +414,45 @@ def test_bad_bodies_are_400_not_json(api: httpx.Client) -> None:
     name = unique("extra-fields")
     assert api.put(f"/api/exchanges/%2F/{name}", json={"type": "direct", "bogus": 1}).status_code == 201
     api.delete(f"/api/exchanges/%2F/{name}")
+
+
+def test_changes_made_over_http_survive_a_restart(private_broker: Any) -> None:
+    broker = private_broker(management=True, users=USERS)
+    vhost, user, queue = unique("kept-vhost"), unique("kept-user"), unique("kept-queue")
+    with httpx.Client(
+        base_url=broker.management_url, auth=GUEST, timeout=10, headers={"connection": "close"}
+    ) as api:
+        assert api.put(f"/api/vhosts/{vhost}", json={}).status_code == 201
+        assert (
+            api.put(f"/api/users/{user}", json={"password": "kept-pw", "tags": "management"}).status_code
+            == 201
+        )
+        permission = {"configure": "^kept", "write": ".*", "read": ".*"}
+        assert api.put(f"/api/permissions/{vhost}/{user}", json=permission).status_code == 201
+        assert api.put(f"/api/vhost-limits/{vhost}/max-queues", json={"value": 5}).status_code == 204
+        assert api.put(f"/api/queues/{vhost}/{queue}", json={"durable": True}).status_code == 201
+        body = {
+            "routing_key": queue,
+            "payload": "kept",
+            "payload_encoding": "string",
+            "properties": {"delivery_mode": 2},
+        }
+        assert api.post(f"/api/exchanges/{vhost}/amq.default/publish", json=body).json() == {"routed": True}
+        assert api.delete("/api/users/writes-policy").status_code == 204  # a user the broker started with
+    broker.restart()
+    with httpx.Client(
+        base_url=broker.management_url, auth=GUEST, timeout=10, headers={"connection": "close"}
+    ) as api:
+        assert api.get(f"/api/vhosts/{vhost}").status_code == 200
+        assert api.get(f"/api/users/{user}").json()["tags"] == ["management"]
+        assert api.get(f"/api/permissions/{vhost}/{user}").json() == {
+            "user": user,
+            "vhost": vhost,
+            **permission,
+        }
+        assert api.get(f"/api/vhost-limits/{vhost}").json() == [{"vhost": vhost, "value": {"max-queues": 5}}]
+        # The broker's own definitions (its configuration; RabbitMQ's load_definitions) apply again at start.
+        assert api.get("/api/users/writes-policy").status_code == 200
+    with pika_connection(amqp_url(broker, vhost, user, "kept-pw")) as connection:
+        method, _, message = connection.channel().basic_get(queue, auto_ack=True)
+        assert message == b"kept"

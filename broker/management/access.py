@@ -163,6 +163,17 @@ class Access(Context):
         vhosts = self.scoped(request, self.user(request))
         return JSONResponse([{"vhost": v.name, "value": dict(v.limits)} for v in vhosts if v.limits])
 
+    async def parameters(self, request: Request) -> Response:
+        """Runtime parameters: Leveret's only ones are vhost limits, RabbitMQ's component vhost-limits."""
+        vhosts = self.vhosts(self.user(request))
+        return JSONResponse(
+            [
+                {"value": dict(v.limits), "vhost": v.name, "component": "vhost-limits", "name": "limits"}
+                for v in vhosts
+                if v.limits
+            ]
+        )
+
     async def put_vhost_limit(self, request: Request) -> Response:
         self.admin(request)
         body = await json_object(request)

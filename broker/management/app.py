@@ -21,6 +21,7 @@ from leveret.broker.management import serializers as show
 from leveret.broker.management.access import Access
 from leveret.broker.management.auth import NotAuthorised, require_administrator
 from leveret.broker.management.context import ApiError, Context, NotFound, exchange_param, param
+from leveret.broker.management.definitions import Definitions
 from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
 from leveret.broker.management.writes import Writes
@@ -105,6 +106,15 @@ class Api(Context):
         users = sorted(self.node.authority.users.values(), key=lambda u: u.name)
         return JSONResponse([show.user(u) for u in users])
 
+    async def no_policies(self, request: Request) -> Response:
+        # Policies are not built yet: none to list (rabbitmqadmin's `list policies` reads this).
+        self.scoped(request, self.user(request))
+        return JSONResponse([])
+
+    async def nodes(self, request: Request) -> Response:
+        self.user(request)
+        return JSONResponse([{"name": show.node_name(self.node), "type": "disc", "running": True}])
+
     async def aliveness(self, request: Request) -> Response:
         # RabbitMQ declares, publishes to and reads back a queue; this read-only slice only checks that the
         # vhost exists and that the node answers from its event loop.
@@ -145,6 +155,7 @@ def route(path: str, **endpoints: Endpoint) -> Route:
 
 def build_app(node: Node) -> ASGIApp:
     api, writes, access, messaging = Api(node), Writes(node), Access(node), Messaging(node)
+    exported = Definitions(node)
     binding = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
     routes = [
         route("/api/overview", GET=api.overview),
@@ -191,6 +202,13 @@ def build_app(node: Node) -> ASGIApp:
         route(
             "/api/vhost-limits/{vhost}/{name}", PUT=access.put_vhost_limit, DELETE=access.delete_vhost_limit
         ),
+        route("/api/definitions", GET=exported.export, POST=exported.import_),
+        route("/api/definitions/{vhost}", GET=exported.export, POST=exported.import_),
+        route("/api/parameters", GET=access.parameters),
+        route("/api/policies", GET=api.no_policies),
+        route("/api/policies/{vhost}", GET=api.no_policies),
+        route("/api/operator-policies", GET=api.no_policies),
+        route("/api/nodes", GET=api.nodes),
         route("/api/aliveness-test/{vhost}", GET=api.aliveness),
         route("/api/health/checks/alarms", GET=api.alarms),
         route("/metrics", GET=api.metrics),

@@ -7,13 +7,12 @@ Functions take live domain objects and return plain JSON-ready dicts.
 from __future__ import annotations
 
 import base64
-import datetime
-import decimal
 import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from leveret import __version__
+from leveret.broker.definitions import json_value
 from leveret.broker.exchanges.base import Binding, Exchange
 from leveret.broker.node import ADVERTISED_VERSION, Node
 from leveret.broker.queues.queue import Queue
@@ -28,22 +27,9 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 
 
-def jsonable(value: Any) -> Any:
-    """An AMQP table value (arguments, client properties) as JSON: bytes become text, decimals numbers."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray | memoryview):
-        try:
-            return bytes(value).decode()
-        except UnicodeDecodeError:
-            return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, datetime.datetime):
-        return int(value.timestamp())  # RabbitMQ renders AMQP timestamps as seconds
-    return value
+# An AMQP table value (arguments, client properties) as JSON: bytes become text, decimals numbers, AMQP
+# timestamps seconds (as RabbitMQ renders them).
+jsonable = json_value
 
 
 def node_name(node: Node) -> str:

@@ -10,6 +10,7 @@ import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
+from leveret.broker.definitions import load_definitions_file
 from leveret.broker.management.server import serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
@@ -44,6 +45,8 @@ def open_node(config: Config) -> Node:
     node.attach_pager(NodePager(budget, pages, node.queues, persistence))
     started = trio.current_time()
     recovered = persistence.recover(node)
+    if config.load_definitions is not None:
+        load_definitions_file(node, config.load_definitions)
     log.info(
         "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
     )

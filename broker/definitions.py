@@ -54,7 +54,7 @@ def load_definitions_file(node: Node, path: str) -> None:
 
 
 def json_value(value: Any) -> Any:
-    """An AMQP table value as JSON: bytes as text (else base64), decimals as numbers, timestamps in seconds."""
+    """An AMQP table value as JSON: bytes as text (else base64), decimals numbers, timestamps in seconds."""
     if isinstance(value, dict):
         return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -126,7 +126,9 @@ def test_export_then_import_recreates_a_vhost(managed: Broker) -> None:
 
 def test_import_errors(managed: Broker) -> None:
     with client(managed) as api:
-        assert api.post("/api/definitions", content=b"garbage").json() == {
+        json_type = {"content-type": "application/json"}
+        garbage = api.post("/api/definitions", content=b"garbage", headers=json_type)
+        assert garbage.json() == {
             "error": "bad_request",
             "reason": "failed_to_parse_json",
         }

@@ -72,13 +72,13 @@ def test_declare_list_and_delete_exchanges_queues_and_bindings(admin: Admin) -> 
     assert (queues[queue]["durable"], queues[queue]["arguments"]) == (False, {"x-max-length": 7})
     bindings = [b for b in listed(admin, "bindings") if b["source"] == exchange]
     assert [(b["destination"], b["routing_key"], b["properties_key"]) for b in bindings] == [
-        (queue, "a.#", "a.#")
+        (queue, "a.#", "a.%23")
     ]
     table = admin("list", "queues")
     assert queue in table and "messages" in table
     assert "binding deleted" in admin(
         "delete", "binding", f"source={exchange}", "destination_type=queue", f"destination={queue}",
-        "properties_key=a.#",
+        "properties_key=a.%23",
     )  # fmt: skip
     assert not [b for b in listed(admin, "bindings") if b["source"] == exchange]
     assert "queue deleted" in admin("delete", "queue", f"name={queue}")

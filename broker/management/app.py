@@ -228,7 +228,7 @@ def build_app(node: Node) -> ASGIApp:
 
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
-    return JSONResponse(error.body, status_code=error.status)
+    return JSONResponse(error.body, status_code=error.status, headers=error.headers)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:

@@ -5,8 +5,11 @@ for what does not parse. Unknown fields are ignored, as RabbitMQ ignores them.""
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
+from pamqp import encode
+from pamqp.exceptions import PAMQPException
 from starlette.requests import Request
 
 from leveret.broker.management.context import ApiError, bad_request
@@ -30,7 +33,8 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "bad_request", f"request body larger than {limit} bytes")
+    # The rest of the body is never read: the connection cannot carry another request.
+    return ApiError(413, "bad_request", f"request body larger than {limit} bytes", {"connection": "close"})
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -83,20 +87,17 @@ def text(body: dict[str, Any], key: str, default: str = "") -> str:
 
 
 def table(body: dict[str, Any], key: str) -> dict[str, Any]:
-    """AMQP arguments from JSON. RabbitMQ takes a non-object (a list) as no arguments."""
+    """AMQP arguments from JSON. RabbitMQ takes a non-object (a list) as no arguments. Values an AMQP
+    field table cannot hold (an integer past 64 bits, say) are refused here, before anything keeps them."""
     value = body.get(key)
     if not isinstance(value, dict):
         return {}
-    _check_table(value)
+    check_table(value)
     return value
 
 
-def _check_table(value: dict[str, Any]) -> None:
-    """Only values an AMQP field table can hold (null cannot be encoded as RabbitMQ would: refused)."""
-    for item in value.values():
-        if item is None:
-            raise bad_request(["unsupported_value", None])
-        if isinstance(item, dict):
-            _check_table(item)
-        elif isinstance(item, list):
-            _check_table(dict(enumerate(item)))  # type: ignore[arg-type]
+def check_table(value: dict[str, Any]) -> None:
+    try:
+        encode.field_table(value)
+    except (ValueError, TypeError, OverflowError, struct.error, RecursionError, PAMQPException):
+        raise bad_request(["invalid_table", json.dumps(value)[:200]]) from None

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import struct
 from typing import Any
 
 import trio
 from pamqp.commands import Basic
+from pamqp.exceptions import PAMQPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -21,7 +23,7 @@ from leveret.amqp.errors import AMQPError
 from leveret.amqp.properties import decode_properties, encode_properties
 from leveret.broker import direct
 from leveret.broker.management.amqp_errors import get_error, publish_error
-from leveret.broker.management.bodies import integer, json_object, require
+from leveret.broker.management.bodies import check_table, integer, json_object, require
 from leveret.broker.management.context import Context, bad_request, exchange_param, param
 from leveret.broker.management.serializers import jsonable
 from leveret.broker.message import Message
@@ -54,12 +56,13 @@ def properties_raw(values: Any) -> bytes:
     if "headers" in values:
         if not isinstance(values["headers"], dict):
             raise bad_request(["not_object", "headers"])
+        check_table(values["headers"])
         fields["headers"] = values["headers"]
-    if "timestamp" in fields:
-        fields["timestamp"] = datetime.datetime.fromtimestamp(fields["timestamp"], datetime.UTC)
     try:
+        if "timestamp" in fields:
+            fields["timestamp"] = datetime.datetime.fromtimestamp(fields["timestamp"], datetime.UTC)
         return encode_properties(Basic.Properties(**fields))
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, OSError, struct.error, PAMQPException) as exc:
         raise bad_request(["invalid_properties", str(exc)]) from None
 
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus
 
 from leveret import __version__
 from leveret.broker.definitions import json_value
@@ -88,10 +89,12 @@ def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
     """RabbitMQ's name of a binding in paths: the routing key ("~" when empty) when there are no arguments,
     else key~hash-of-arguments. The hash differs from RabbitMQ's (an Erlang term hash; 4 bytes, base64url as
     RabbitMQ's); clients only read it from a listing and pass it back."""
+    # The key is quoted as RabbitMQ quotes it: form-encoded ("a.#" is "a.%23"), "~" as %7E.
+    quoted = quote_plus(routing_key, safe="").replace("~", "%7E")
     if not arguments:
-        return routing_key or "~"
+        return quoted or "~"
     digest = hashlib.blake2b(repr(sorted(arguments.items())).encode(), digest_size=4).digest()
-    return f"{routing_key}~{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+    return f"{quoted}~{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
 
 
 def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, args: dict[str, Any]) -> Json:

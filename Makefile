@@ -2,7 +2,7 @@
 PYTHON ?= python3
 NODE_DIR := interop/node
 
-.PHONY: test deps test-only slow bench
+.PHONY: test deps test-only lint slow bench
 
 test: deps test-only
 
@@ -14,8 +14,13 @@ deps:
 		|| echo "amqp-tools not installed: its interop test will be skipped"; \
 	fi
 
-test-only:
+test-only: lint
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# ruff, and mypy over the package as installed and as checked out (leveret/ links amqp/, broker/, config/).
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 
 # Soak, crash-loop and other long runs.
 slow: deps

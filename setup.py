@@ -2,6 +2,10 @@
 
 PyPI's py-amqp (the transport of kombu and Celery) owns the top-level module name `amqp`, so Leveret's
 own `amqp/` folder must never land in site-packages under that name.
+
+In a checkout, `leveret/amqp`, `leveret/broker` and `leveret/config` are symbolic links to the folders, so
+the checkout's `leveret/` is the same tree as the installed package: `python -m leveret` and
+`import leveret.broker` work from the repository's root, and type checkers see one package.
 """
 
 from setuptools import find_packages, setup

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -86,7 +85,13 @@ def build(method_class: type[base.Frame], **fields: Any) -> base.Frame:
     return method
 
 
-@functools.cache
+_UNCHECKED: dict[type[base.Frame], type[base.Frame]] = {}
+
+
 def _unchecked(method_class: type[base.Frame]) -> type[base.Frame]:
-    # No __slots__ here on purpose: pamqp marshals `self.__slots__`, which must stay the parent's.
-    return type(method_class.__name__, (method_class,), {"validate": lambda self: None})
+    unchecked = _UNCHECKED.get(method_class)
+    if unchecked is None:
+        # No __slots__ here on purpose: pamqp marshals `self.__slots__`, which must stay the parent's.
+        unchecked = type(method_class.__name__, (method_class,), {"validate": lambda self: None})
+        _UNCHECKED[method_class] = unchecked
+    return unchecked

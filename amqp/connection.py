@@ -319,7 +319,7 @@ class ServerConnection:
         if isinstance(method, Connection.Close):
             self.send_method(0, build(Connection.CloseOk))
             self.state = State.CLOSED
-            events.append(ConnectionClosed(method.reply_code, method.reply_text, by_peer=True))
+            events.append(ConnectionClosed(method.reply_code or 0, method.reply_text, by_peer=True))
         elif isinstance(method, Connection.CloseOk):
             if state is State.CLOSING:
                 self.state = State.CLOSED

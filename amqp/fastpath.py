@@ -114,7 +114,8 @@ def content_frames(channel: int, properties_raw: bytes, body: bytes, frame_max: 
     view = memoryview(body)
     for start in range(0, size, chunk):
         piece = view[start : start + chunk]
-        parts += (_FRAME_HEAD.pack(FRAME_BODY, channel, len(piece)), piece, _END)
+        # A memoryview slice, not a copy: writers take any bytes-like part.
+        parts += (_FRAME_HEAD.pack(FRAME_BODY, channel, len(piece)), piece, _END)  # type: ignore[arg-type]
     return parts
 
 

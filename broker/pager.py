@@ -98,7 +98,9 @@ class _Read:
             self.found = self._fresh_page(read_page(run.path, run.offset, run.length) or [], chunk.count)
             return
         page = iter(self._page_records())
-        logged = iter(read_enqueues(self.log_directory, [at for at in locations if at]) if locations else ())
+        directory = self.log_directory
+        wanted = [at for at in locations if at] if locations else []
+        logged = iter(read_enqueues(directory, wanted) if directory is not None and wanted else ())
         redelivered = chunk.redelivered
         found = self.found
         wire: dict[tuple[str, str], bytes] = {}

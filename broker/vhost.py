@@ -7,7 +7,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
@@ -37,7 +37,7 @@ PREDECLARED = (
 _MAX_ROUTING_HOPS = 64
 
 
-def _bool_text(value: bool) -> str:
+def _bool_text(value: object) -> str:
     return "true" if value else "false"
 
 
@@ -322,7 +322,8 @@ class VirtualHost:
                     seen_queues.add(id(destination))
                     queues.append(destination)
             else:
-                self._route_into(destination, message, queues, seen_queues, visited, depth + 1)
+                downstream = cast(Exchange, destination)
+                self._route_into(downstream, message, queues, seen_queues, visited, depth + 1)
         if not matched:
             alternate = self._alternate_exchange(exchange)
             if alternate is not None:

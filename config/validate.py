@@ -10,7 +10,7 @@ import difflib
 import math
 import types
 from collections.abc import Mapping
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from .checks import Check
 
@@ -25,7 +25,7 @@ _SCALAR_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "t
 def build(cls: type[T], data: object, errors: list[str]) -> T | None:
     """An instance of the dataclass `cls` from `data`, or None once errors have been appended."""
     value = _convert(cls, data, "", errors, None)
-    return None if value is _INVALID else value
+    return None if value is _INVALID else cast(T, value)
 
 
 def _at(path: str) -> str:

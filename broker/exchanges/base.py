@@ -1,6 +1,6 @@
 """What every exchange type provides: bindings in, destinations out.
 
-An exchange knows nothing of queues: a destination is any hashable object (a queue or another
+An exchange knows nothing of queues: a destination is any named object (a queue or another
 exchange, compared by identity). The vhost's router follows exchange-to-exchange bindings and
 de-duplicates the final set of queues; an exchange only answers "which destinations does this
 message go to".
@@ -8,13 +8,21 @@ message go to".
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from leveret.broker.message import Message
 
-Destination = Hashable
+
+class Destination(Protocol):
+    """A queue or an exchange, as far as bindings and the definitions file need to know."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def durable(self) -> bool: ...
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,7 +24,8 @@ async def serve_management(
     config.accesslog = None
     config.errorlog = log  # hypercorn's own errors go to Leveret's log, not stderr
     config.graceful_timeout = 1.0  # in-flight requests at shutdown; every answer here is immediate
-    await serve(build_app(node), config, task_status=_LoggedStatus(task_status))
+    # hypercorn's ASGI and task-status types are its own; Starlette's app and a duck-typed status fit them.
+    await serve(build_app(node), config, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
 
 
 class _LoggedStatus:

@@ -108,6 +108,7 @@ class Death:
             counted.append(("original-expiration", tables.longstr(message.expiration)))
         found = dict(headers)
         x_death = found.get("x-death")
+        deaths: Deaths
         if x_death is None:
             found["x-first-death-reason"] = tables.longstr(reason)
             found["x-first-death-queue"] = tables.longstr(queue)

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import math
 import os
+from typing import TypeAlias, cast
 
 import trio
 
@@ -59,7 +60,7 @@ def _is_loopback(host: str) -> bool:
 
 
 # A plain TCP connection, or one over TLS (the amqps listener).
-ClientStream = trio.SocketStream | trio.SSLStream
+ClientStream: TypeAlias = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 class ConnectionTask:
@@ -148,7 +149,8 @@ class ConnectionTask:
                 await self._until_unblocked()
                 continue
             try:
-                data = await self.stream.receive_some(READ_SIZE)
+                # Both stream kinds give bytes (recv, SSLObject.read); the framing hashes slices of it.
+                data = cast(bytes, await self.stream.receive_some(READ_SIZE))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
@@ -162,7 +164,7 @@ class ConnectionTask:
                 # We sent connection.close: wait for close-ok, but not forever.
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     while not conn.closed:
-                        data = await self.stream.receive_some(READ_SIZE)
+                        data = cast(bytes, await self.stream.receive_some(READ_SIZE))
                         if not data:
                             return
                         session.receive_data(data)

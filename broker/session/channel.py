@@ -354,7 +354,7 @@ class ChannelSession:
     # ---- channel ----------------------------------------------------------------------------
 
     def _flow(self, method: Channel.Flow) -> None:
-        self.flow_active = method.active
+        self.flow_active = bool(method.active)
         self._reply(Channel.FlowOk, active=method.active)
         if self.flow_active:
             self._credit_returned(c.queue for c in self.consumers.values())
@@ -568,11 +568,12 @@ class ChannelSession:
         queue.add_consumer(consumer)
 
     def _cancel(self, method: Basic.Cancel) -> None:
-        consumer = self.consumers.pop(method.consumer_tag, None)
+        tag = method.consumer_tag or ""
+        consumer = self.consumers.pop(tag, None)
         if consumer is not None:
             self._remove_consumer(consumer)
         else:
-            reply_to.cancel_consumer(self.session.node, self, method.consumer_tag)
+            reply_to.cancel_consumer(self.session.node, self, tag)
         if not method.nowait:
             self._reply(Basic.CancelOk, consumer_tag=method.consumer_tag)
 

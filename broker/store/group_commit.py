@@ -69,7 +69,7 @@ def _write(item: LogWork) -> None:
         by_segment.setdefault(write.segment, []).append(write)
     created = False
     for index, writes in by_segment.items():
-        runs = [(write.offset, write.data) for write in writes]
+        runs: list[tuple[int, bytes | bytearray]] = [(write.offset, write.data) for write in writes]
         sync = any(write.sync for write in writes)
         segments.write_runs(segments.segment_path(item.log.directory, index), runs, sync)
         created = created or any(write.offset == 0 for write in writes)

@@ -304,6 +304,7 @@ class QueueLog:
         for seq in settled:
             live.remove(seq)
             segment = self._segment_of(seq)
+            assert segment is not None  # a live seq is in an enqueuing segment
             segment.live -= 1
             if segment is not active:
                 active.refs.add(segment.index)
@@ -316,6 +317,7 @@ class QueueLog:
             return self._pending.position
         position = self._append(DELIVERED, records.delivered_payload(seq), False)
         segment = self._segment_of(seq)
+        assert segment is not None  # a live seq is in an enqueuing segment
         if segment is not self._active:
             self._active.refs.add(segment.index)
         return position

@@ -32,7 +32,7 @@ def _decode(password_hash: str, algorithm: str = SHA256) -> bytes | None:
         raw = base64.b64decode(password_hash, validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if len(raw) == SALT_SIZE + ALGORITHMS[algorithm].digest_size else None
+    return raw if len(raw) == SALT_SIZE + ALGORITHMS[algorithm]().digest_size else None
 
 
 def hash_password(password: str) -> str:

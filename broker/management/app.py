@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
@@ -228,7 +228,7 @@ def build_app(node: Node) -> ASGIApp:
 
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
-    return JSONResponse(error.body, status_code=error.status, headers=error.headers)
+    return JSONResponse(error.body, status_code=error.status)
 
 
 async def _internal_error(request: Request, error: Exception) -> Response:
@@ -257,13 +257,36 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 class RawPathRouting:
     """Route on the path as sent, then decode each parameter: a vhost named "/" arrives as %2F and must stay
-    one path segment (ASGI's `path` is already decoded, so /api/queues/%2F/q would read as four segments)."""
+    one path segment (ASGI's `path` is already decoded, so /api/queues/%2F/q would read as four segments).
+
+    An error answered to a request with a body (refused before the body was read, perhaps) closes the
+    connection: the unread rest must not be taken for the next request, nor the client reuse a connection the
+    server is dropping."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            raw = scope.get("raw_path") or scope["path"].encode()
-            scope = {**scope, "path": raw.split(b"?", 1)[0].decode("latin-1")}
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope.get("raw_path") or scope["path"].encode()
+        scope = {**scope, "path": raw.split(b"?", 1)[0].decode("latin-1")}
+        if not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing_on_error(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing_on_error)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"transfer-encoding" or name == b"content-length" and value.strip() not in (b"", b"0"):
+            return True
+    return False

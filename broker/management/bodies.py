@@ -33,8 +33,8 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
 
 
 def _too_large(limit: int) -> ApiError:
-    # The rest of the body is never read: the connection cannot carry another request.
-    return ApiError(413, "bad_request", f"request body larger than {limit} bytes", {"connection": "close"})
+    # The rest is never read: the answer closes the connection (app.py, RawPathRouting).
+    return ApiError(413, "bad_request", f"request body larger than {limit} bytes")
 
 
 async def json_object(request: Request) -> dict[str, Any]:

@@ -29,11 +29,10 @@ class NotFound(Exception):
 class ApiError(Exception):
     """An answer other than success: the status and RabbitMQ's {"error": ..., "reason": ...} body."""
 
-    def __init__(self, status: int, error: str, reason: Any, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, error: str, reason: Any) -> None:
         super().__init__(reason)
         self.status = status
         self.body = {"error": error, "reason": reason}
-        self.headers = headers
 
 
 def bad_request(reason: Any) -> ApiError:

@@ -456,3 +456,37 @@ def test_changes_made_over_http_survive_a_restart(private_broker: Any) -> None:
     with pika_connection(amqp_url(broker, vhost, user, "kept-pw")) as connection:
         method, _, message = connection.channel().basic_get(queue, auto_ack=True)
         assert message == b"kept"
+
+
+def test_another_connections_exclusive_queue_is_locked_over_http(managed: Broker, api: httpx.Client) -> None:
+    queue = unique("http-exclusive")
+    locked = (
+        f"cannot obtain exclusive access to locked queue '{queue}' in vhost '/'. It could be originally "
+        "declared on another connection or the exclusive property value does not match that of the original "
+        "declaration."
+    )
+    with pika_connection(managed.url) as connection:
+        connection.channel().queue_declare(queue, exclusive=True)
+        path = f"/api/queues/%2F/{queue}"
+        for response in (
+            api.put(path, json={}),
+            api.delete(path),
+            api.delete(f"{path}/contents"),
+            api.post(f"/api/bindings/%2F/e/amq.direct/q/{queue}", json={}),
+        ):
+            assert answer(response) == (400, {"error": "bad_request", "reason": locked})
+        got = api.post(f"{path}/get", json={"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"})
+        assert answer(got) == (400, {"error": "bad_request", "reason": f"405 RESOURCE_LOCKED - {locked}"})
+
+
+def test_only_administrators_close_other_users_connections(managed: Broker, api: httpx.Client) -> None:
+    with pika_connection(managed.url) as connection:
+        name = connection_name(api, connection)
+        for user in USERS:
+            with httpx.Client(base_url=managed.management_url, auth=(user.name, user.password)) as other:
+                response = other.delete(f"/api/connections/{quote(name, safe='')}")
+                assert answer(response) == (
+                    401,
+                    {"error": "not_authorised", "reason": "User not authorised to access object"},
+                )
+        assert connection.is_open

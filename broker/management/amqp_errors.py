@@ -31,12 +31,13 @@ def publish_error(error: AMQPError) -> Exception:
 
 
 def get_error(error: AMQPError) -> Exception:
-    """Getting: 403 is 401 and 404 is 404, each with the reply text ("NOT_FOUND - no queue ...")."""
+    """Getting: 403 is 401 and 404 is 404, each with the reply text ("NOT_FOUND - no queue ..."); the rest
+    400 with the code too, as publishing ("405 RESOURCE_LOCKED - cannot obtain exclusive access ...")."""
     if error.code == ACCESS_REFUSED:
         return NotAuthorised({"error": "not_authorised", "reason": error.reply_text}, challenge=False)
     if error.code == NOT_FOUND:
         return ApiError(404, "not_found", error.reply_text)
-    return bad_request(error.reply_text)
+    return publish_error(error)
 
 
 def admin_error(error: AdminError) -> ApiError:

@@ -19,6 +19,7 @@ from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.management import serializers as show
 from leveret.broker.management.amqp_errors import declare_error
+from leveret.broker.management.auth import NotAuthorised
 from leveret.broker.management.bodies import boolean, json_object, table, text
 from leveret.broker.management.context import Context, NotFound, bad_request, exchange_param, param
 from leveret.broker.queues.queue import Queue
@@ -29,6 +30,7 @@ CREATED = Response(status_code=201)
 NO_CONTENT = Response(status_code=204)
 # What RabbitMQ tells a client whose connection is closed over HTTP without an X-Reason header.
 DEFAULT_CLOSE_REASON = "Closed via management plugin"
+NOT_YOURS = {"error": "not_authorised", "reason": "User not authorised to access object"}
 MAX_NAME_BYTES = 255
 
 
@@ -128,6 +130,7 @@ class Writes(Context):
         vhost, permissions, queue = self._queue(request, user)
         try:
             check(permissions, user, vhost, "configure", "queue", queue.name)
+            vhost.check_exclusive_access(queue, None)  # no HTTP request owns an exclusive queue
             vhost.delete_queue(
                 queue, if_unused=flag(request, "if-unused"), if_empty=flag(request, "if-empty")
             )
@@ -140,6 +143,7 @@ class Writes(Context):
         vhost, permissions, queue = self._queue(request, user)
         try:
             check(permissions, user, vhost, "read", "queue", queue.name)
+            vhost.check_exclusive_access(queue, None)
         except AMQPError as error:
             raise declare_error(error) from None
         queue.purge()
@@ -185,6 +189,8 @@ class Writes(Context):
             check(permissions, user, vhost, "read", "exchange", source.name)
             if source.name == DEFAULT_EXCHANGE or destination.name == DEFAULT_EXCHANGE and kind == "exchange":
                 raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+            if isinstance(destination, Queue):
+                vhost.check_exclusive_access(destination, None)
             vhost.bind(source, destination, routing_key, arguments)
         except AMQPError as error:
             raise declare_error(error) from None
@@ -229,6 +235,8 @@ class Writes(Context):
                 try:
                     check(permissions, user, vhost, "write", kind, destination.name)
                     check(permissions, user, vhost, "read", "exchange", source.name)
+                    if isinstance(destination, Queue):
+                        vhost.check_exclusive_access(destination, None)
                 except AMQPError as error:
                     raise declare_error(error) from None
                 vhost.unbind(source, destination, binding.routing_key, binding.arguments)
@@ -245,7 +253,7 @@ class Writes(Context):
         for session in self.node.connections:
             if show.connection_name(session) == name:
                 if "administrator" not in user.tags and session.username != user.name:
-                    break
+                    raise NotAuthorised(NOT_YOURS, challenge=False)
                 reason = request.headers.get("x-reason", DEFAULT_CLOSE_REASON)
                 session.close(ConnectionLevelError(CONNECTION_FORCED, reason))
                 return NO_CONTENT

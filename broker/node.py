@@ -15,6 +15,7 @@ from leveret.broker.admin import Administration
 from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
 from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.stats import MessageTotals
 from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
 
@@ -63,6 +64,7 @@ class Node:
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
         self.definitions_changed: Callable[[], None] = lambda: None
+        self.message_totals = MessageTotals()  # what closed channels counted (message_stats)
         # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
 

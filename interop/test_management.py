@@ -281,3 +281,44 @@ def test_the_alarms_health_check_fails_under_a_memory_alarm(private_broker: Call
     assert body["status"] == "failed"
     assert [alarm["resource"] for alarm in body["alarms"]] == ["memory"]
     assert pika.URLParameters(broker.url)  # the broker is still up and serving
+
+
+def test_message_stats_count_publishes_deliveries_acks_and_confirms(
+    managed: Broker, api: httpx.Client
+) -> None:
+    name = unique("mgmt-stats")
+    with pika_connection(managed.url) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(name, auto_delete=True)
+        for index in range(10):
+            channel.basic_publish("", name, f"m{index}".encode())
+        for _ in range(10):
+            method, _, _ = channel.basic_get(name)
+            channel.basic_ack(method.delivery_tag)
+        local_port = connection._impl._transport._sock.getsockname()[1]
+
+        def counted() -> dict[str, Any]:
+            # RabbitMQ lists a channel, and its stats, a moment after they happen.
+            channels = api.get("/api/channels").json()
+            mine = [c for c in channels if c["connection_details"]["peer_port"] == local_port]
+            assert len(mine) == 1
+            stats = mine[0].get("message_stats", {})
+            assert {k: stats.get(k) for k in ("publish", "deliver_get", "ack", "confirm")} == {
+                "publish": 10,
+                "deliver_get": 10,
+                "ack": 10,
+                "confirm": 10,
+            }
+            return stats
+
+        stats = eventually(counted)
+        assert isinstance(stats["publish_details"]["rate"], int | float)
+        overview = eventually(lambda: _overview_counted(api, 10))
+        assert isinstance(overview["publish_details"]["rate"], int | float)
+
+
+def _overview_counted(api: httpx.Client, at_least: int) -> dict[str, Any]:
+    stats = api.get("/api/overview").json()["message_stats"]
+    assert all(stats.get(k, 0) >= at_least for k in ("publish", "deliver_get", "ack", "confirm")), stats
+    return stats

@@ -24,6 +24,7 @@ from leveret.broker.management.context import ApiError, Context, NotFound, excha
 from leveret.broker.management.definitions import Definitions
 from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
+from leveret.broker.management.rates import MessageRates
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
 
@@ -36,15 +37,18 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 class Api(Context):
     """The read handlers, bound to one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, rates: MessageRates) -> None:
         super().__init__(node)
+        self.rates = rates
         self.registry = metrics_registry(node)
 
     # ---- endpoints ------------------------------------------------------------------------------
 
     async def overview(self, request: Request) -> Response:
         self.user(request)
-        return JSONResponse(show.overview(self.node, EXCHANGE_TYPES))
+        return JSONResponse(
+            show.overview(self.node, EXCHANGE_TYPES) | {"message_stats": self.rates.overview()}
+        )
 
     async def whoami(self, request: Request) -> Response:
         return JSONResponse(show.whoami(self.user(request)))
@@ -87,7 +91,12 @@ class Api(Context):
 
     async def channels(self, request: Request) -> Response:
         sessions = self.sessions(self.user(request))
-        return JSONResponse([show.channel(self.node, ch) for ch in show.channels_of(sessions)])
+        return JSONResponse(
+            [
+                show.channel(self.node, ch) | {"message_stats": self.rates.channel(ch)}
+                for ch in show.channels_of(sessions)
+            ]
+        )
 
     async def consumers(self, request: Request) -> Response:
         names = {v.name for v in self.scoped(request, self.user(request))}
@@ -153,8 +162,8 @@ def route(path: str, **endpoints: Endpoint) -> Route:
     return Route(path, dispatch, methods=list(endpoints))
 
 
-def build_app(node: Node) -> ASGIApp:
-    api, writes, access, messaging = Api(node), Writes(node), Access(node), Messaging(node)
+def build_app(node: Node, rates: MessageRates) -> ASGIApp:
+    api, writes, access, messaging = Api(node, rates), Writes(node), Access(node), Messaging(node)
     exported = Definitions(node)
     binding = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
     routes = [

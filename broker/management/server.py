@@ -9,6 +9,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from leveret.broker.management.app import build_app
+from leveret.broker.management.rates import MessageRates, run_sampler
 from leveret.broker.node import Node
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,11 @@ async def serve_management(
     config.errorlog = log  # hypercorn's own errors go to Leveret's log, not stderr
     config.graceful_timeout = 1.0  # in-flight requests at shutdown; every answer here is immediate
     # hypercorn's ASGI and task-status types are its own; Starlette's app and a duck-typed status fit them.
-    await serve(build_app(node), config, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
+    rates = MessageRates(node, trio.current_time)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_sampler, rates)
+        await serve(build_app(node, rates), config, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
 
 
 class _LoggedStatus:

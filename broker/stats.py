@@ -1,0 +1,35 @@
+"""Message counts for the management API's message_stats: publish, deliver_get, ack and confirm.
+
+Each channel counts in plain ints as it works (ChannelSession.published, .delivered, .acked, .confirmed);
+nothing is allocated per message. The node keeps what its closed channels counted, so node-wide totals
+never go back; rates come from sampling these on a timer (broker/management/rates.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from leveret.broker.session.channel import ChannelSession
+
+# RabbitMQ's names, in the order of `counts`.
+STATS = ("publish", "deliver_get", "ack", "confirm")
+Counts = tuple[int, int, int, int]
+
+
+def channel_counts(channel: ChannelSession) -> Counts:
+    return (channel.published, channel.delivered, channel.acked, channel.confirmed)
+
+
+def added(a: Counts, b: Counts) -> Counts:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
+
+
+class MessageTotals:
+    """What the node's closed channels counted."""
+
+    def __init__(self) -> None:
+        self.closed: Counts = (0, 0, 0, 0)
+
+    def channel_closed(self, channel: ChannelSession) -> None:
+        self.closed = added(self.closed, channel_counts(channel))

@@ -1,14 +1,27 @@
-# `make test` sets up a fresh machine (pip, npm, apt) and runs every default test.
+# `make test` sets up a fresh machine (pip, npm, apt) and runs every default test. Inside a virtual
+# environment it installs there; outside one it makes .venv first (Debian's system Python refuses
+# `pip install`, PEP 668).
+IN_VENV := $(shell python3 -c 'import sys; print(int(sys.prefix != sys.base_prefix))' 2>/dev/null)
+ifeq ($(IN_VENV),1)
 PYTHON ?= python3
+else
+PYTHON ?= .venv/bin/python
+endif
+NPM ?= npm
 NODE_DIR := interop/node
 
 .PHONY: test deps test-only lint slow bench
 
 test: deps test-only
 
-deps:
+.venv/bin/python:
+	python3 -m venv .venv || { echo "cannot make .venv: install python3-venv (apt-get install python3-venv)"; exit 1; }
+
+deps: $(filter .venv/bin/python,$(PYTHON))
 	$(PYTHON) -m pip install --quiet -e '.[test]'
-	@if [ -f $(NODE_DIR)/package.json ]; then cd $(NODE_DIR) && npm ci --no-audit --no-fund --silent; fi
+	@if [ ! -f $(NODE_DIR)/package.json ]; then :; \
+	elif command -v $(NPM) >/dev/null 2>&1; then cd $(NODE_DIR) && $(NPM) ci --no-audit --no-fund --silent; \
+	else echo "npm not found: the node amqplib tests will be skipped (install nodejs and npm to run them)"; fi
 	@if ! command -v amqp-publish >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq amqp-tools >/dev/null) \
 		|| echo "amqp-tools not installed: its interop test will be skipped"; \

@@ -105,6 +105,7 @@ class ServerConnection:
         self.mechanism = ""  # the SASL mechanism the client logged in with
         self.vhost = ""
         self.client_properties: dict[str, Any] = {}
+        self.refused_header: bytes | None = None  # what a client sent instead of the AMQP 0-9-1 header
         self._reader = FrameReader(_HANDSHAKE_FRAME_MAX)
         self._channels: dict[int, _ChannelState] = {}
         self._out: list[bytes] = []
@@ -209,6 +210,7 @@ class ServerConnection:
         if fast is not None:
             return ContentReceived(*fast)
         events = self._events
+        channel = 0  # the frame's, for the log when it fails the connection
         try:
             while not events:
                 if self.state is State.CLOSED:
@@ -220,9 +222,10 @@ class ServerConnection:
                 frame = self._reader.next_frame()
                 if frame is None:
                     return None
+                channel = frame[1]
                 self._handle_frame(*frame, events)
         except ConnectionLevelError as error:
-            self._fail(error, events)
+            self._fail(error, channel, events)
         return events.popleft()
 
     def next_publish(self) -> tuple[int, fastpath.Publish, bytes, bytes] | None:
@@ -260,12 +263,13 @@ class ServerConnection:
         self.state = State.CLOSED
         return [ConnectionClosed(CONNECTION_FORCED, "connection lost", by_peer=True)]
 
-    def _fail(self, error: AMQPError, events: deque[Event]) -> None:
-        if self.state is State.CLOSING:
+    def _fail(self, error: AMQPError, channel: int, events: deque[Event]) -> None:
+        state = self.state
+        if state is State.CLOSING:
             self.state = State.CLOSED
         else:
             self.close(error)
-        events.append(ConnectionClosed(error.code, error.reply_text, by_peer=False))
+        events.append(ConnectionClosed(error.code, error.reply_text, False, error, state, channel))
 
     def _read_protocol_header(self) -> bool:
         header = self._reader.take_bytes(len(PROTOCOL_HEADER))
@@ -273,6 +277,7 @@ class ServerConnection:
             return False
         if header != PROTOCOL_HEADER:
             # The spec's answer to a protocol we don't speak: our header, then close.
+            self.refused_header = header
             self._out.append(PROTOCOL_HEADER)
             self.state = State.CLOSED
             return False

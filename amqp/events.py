@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AMQPError
 from .fastpath import Publish
+
+if TYPE_CHECKING:
+    from .connection import State
 
 
 @dataclass(slots=True)
@@ -53,11 +56,17 @@ class ChannelCloseOk:
 
 @dataclass(slots=True)
 class ConnectionClosed:
-    """The connection is finished: closed by either side, or failed. Nothing more will be read."""
+    """The connection is finished: closed by either side, or failed. Nothing more will be read.
+
+    When it failed on something the client sent, `error` is why, `state` where the connection was then
+    and `channel` the frame's channel."""
 
     code: int
     text: str
     by_peer: bool
+    error: AMQPError | None = None
+    state: State | None = None
+    channel: int = 0
 
 
 Event = (

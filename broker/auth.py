@@ -42,11 +42,17 @@ class Authority:
         }
 
     def authenticate(self, username: str, password: str, *, from_loopback: bool) -> bool:
+        return self.refusal(username, password, from_loopback=from_loopback) is None
+
+    def refusal(self, username: str, password: str, *, from_loopback: bool) -> str | None:
+        """Why this login is refused, in RabbitMQ's words for its log; None when it is accepted."""
         user = self.users.get(username)
         if user is None or not check_password(user.password_hash, password, user.hashing_algorithm):
-            return False
+            return f"user '{username}' - invalid credentials"
         # RabbitMQ's loopback_users: refused from anywhere else, even with the right password.
-        return from_loopback or not user.loopback_only
+        if user.loopback_only and not from_loopback:
+            return f"user '{username}' can only connect via localhost"
+        return None
 
     def vhost_permissions(self, username: str, vhost: str) -> VhostPermissions:
         if vhost not in self.vhosts:

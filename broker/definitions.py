@@ -39,14 +39,22 @@ class ImportRefused(AdminError):
     """An import that cannot be applied; `reason` is RabbitMQ's (a text, or a JSON list)."""
 
 
-def load_definitions_file(node: Node, path: str) -> None:
-    """The configuration's load_definitions: import the file at start (blocking), as RabbitMQ does at each
-    boot. A file that cannot be read or applied stops the start, naming the file and the reason."""
+def read_definitions_file(path: str) -> Any:
+    """The configuration's load_definitions file, parsed (blocking): read before the store is opened, so that
+    an unreadable file stops the start before it touches anything."""
     try:
-        definitions = json.loads(Path(path).read_text(encoding="utf-8"))
-        import_definitions(node, definitions)
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DefinitionsError(f"load_definitions file {path} cannot be used: {exc}") from None
+
+
+def load_definitions_file(node: Node, path: str, definitions: Any = None) -> None:
+    """Import the load_definitions file at start, as RabbitMQ does at each boot (`definitions`: the file
+    as read_definitions_file read it). One that cannot be applied stops the start, naming the file and why."""
+    if definitions is None:
+        definitions = read_definitions_file(path)
+    try:
+        import_definitions(node, definitions)
     except AdminError as exc:
         raise DefinitionsError(f"load_definitions file {path} cannot be imported: {exc.reason}") from None
     except AMQPError as exc:

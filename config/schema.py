@@ -148,6 +148,8 @@ class Config:
     log_level: str = field(
         default="info", metadata={"check": checks.one_of("debug", "info", "warning", "error")}
     )
+    # text: one line a record; json: one JSON object a line, for log shippers.
+    log_format: str = field(default="text", metadata={"check": checks.one_of("text", "json")})
 
     @staticmethod
     def cross_check(values: Mapping[str, object]) -> list[tuple[str, str]]:

@@ -178,6 +178,10 @@ class Broker:
     def diagnostics(self) -> str:
         return f"--- stderr ---\n{tail(self.stderr_path)}\n--- stdout ---\n{tail(self.stdout_path)}"
 
+    def log_text(self) -> str:
+        """The broker's log so far (Leveret logs to stderr)."""
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
     def start(self) -> None:
         assert not self.running, "broker already running"
         self._close_logs()
@@ -440,6 +444,10 @@ class RabbitMQBroker(Broker):
     def diagnostics(self) -> str:
         log = self.log_dir / f"{self.nodename}.log"
         return f"{super().diagnostics()}\n--- {log.name} ---\n{tail(log)}"
+
+    def log_text(self) -> str:
+        log = self.log_dir / f"{self.nodename}.log"
+        return log.read_text(errors="replace") if log.exists() else ""
 
     def start(self) -> None:
         self._start_epmd()

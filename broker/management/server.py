@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from leveret.broker.management.app import build_app
 from leveret.broker.management.rates import MessageRates, run_sampler
@@ -15,21 +18,43 @@ from leveret.broker.node import Node
 log = logging.getLogger(__name__)
 
 
-async def serve_management(
-    node: Node, host: str, port: int, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Serve until cancelled; `task_status` gets the bound addresses ("http://127.0.0.1:15672"), with the
-    real port when `port` is 0."""
+def _hypercorn_config(host: str, port: int) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = log  # hypercorn's own errors go to Leveret's log, not stderr
     config.graceful_timeout = 1.0  # in-flight requests at shutdown; every answer here is immediate
+    return config
+
+
+def bind_management(host: str, port: int) -> list[socket.socket]:
+    """The management listener's sockets, bound and listening (OSError when the address is taken), so
+    that `run_node` can bind every listener before it opens the store."""
+    config = _hypercorn_config(host, port)
+    sockets = config.create_sockets().insecure_sockets
+    for sock in sockets:
+        sock.listen(config.backlog)
+    return sockets
+
+
+async def serve_management(
+    node: Node,
+    host: str,
+    port: int,
+    *,
+    sockets: list[socket.socket] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled, on `sockets` from `bind_management` or else on host:port; `task_status`
+    gets the bound addresses ("http://127.0.0.1:15672"), with the real port when `port` is 0."""
+    config = _hypercorn_config(host, port)
+    bound = Sockets([], sockets if sockets is not None else bind_management(host, port), [])
     # hypercorn's ASGI and task-status types are its own; Starlette's app and a duck-typed status fit them.
     rates = MessageRates(node, trio.current_time)
+    app = wrap_app(build_app(node, rates), config.wsgi_max_body_size, None)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_sampler, rates)
-        await serve(build_app(node, rates), config, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
+        await worker_serve(app, config, sockets=bound, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
         nursery.cancel_scope.cancel()
 
 

@@ -128,7 +128,11 @@ class ConnectionTask:
                 nursery.start_soon(self._writer, nursery.cancel_scope)
                 nursery.start_soon(self._timers)
                 await self._reader()
-                # The reader is done (EOF, or the connection closed): let the writer flush, then stop.
+                # The reader is done. Short of a close handshake (EOF, a broken socket, no close-ok in
+                # time) nothing more will come: the connection is gone now, not after the writer's wait.
+                if not self.session.conn.closed:
+                    self.session.connection_lost()
+                # Let the writer flush what is queued, then stop.
                 self._wake()
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     await self._done.wait()
@@ -155,6 +159,8 @@ class ConnectionTask:
                 return
             if not data:
                 return
+            if not session.received_any:
+                session.accepted()
             self._last_received = trio.current_time()
             with _batch:
                 session.receive_data(data)
@@ -164,7 +170,10 @@ class ConnectionTask:
                 # We sent connection.close: wait for close-ok, but not forever.
                 with trio.move_on_after(CLOSE_TIMEOUT):
                     while not conn.closed:
-                        data = cast(bytes, await self.stream.receive_some(READ_SIZE))
+                        try:
+                            data = cast(bytes, await self.stream.receive_some(READ_SIZE))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
                         if not data:
                             return
                         session.receive_data(data)
@@ -218,8 +227,7 @@ class ConnectionTask:
         handshake_deadline = trio.current_time() + self.node.config.limits.handshake_timeout
         while self.session.vhost is None and not conn.closed:
             if trio.current_time() >= handshake_deadline:
-                log.info("handshake timeout from %s", self.session.peer)
-                self.session.connection_lost()
+                self.session.connection_lost(reason="handshake timeout")
                 await trio.aclose_forcefully(self.stream)
                 return
             await trio.sleep(0.25)
@@ -230,8 +238,7 @@ class ConnectionTask:
             await trio.sleep(interval / 2)
             now = trio.current_time()
             if now - self._last_received > 2 * interval and not self.session.throttle.blocked:
-                log.info("missed heartbeats from %s, closing", self.session.peer)
-                self.session.connection_lost()
+                self.session.connection_lost(reason=f"missed heartbeats from client, timeout: {interval}s")
                 await trio.aclose_forcefully(self.stream)
                 return
             if now - self._last_sent >= interval / 2:

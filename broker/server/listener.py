@@ -25,9 +25,21 @@ async def serve_amqp(
     """Serve AMQP on host:port, over TLS when `ssl_context` is given (the TLS handshake happens in each
     connection's task, within its handshake timeout)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
+    await serve_amqp_on(node, listeners, ssl_context, task_status=task_status)
+
+
+async def serve_amqp_on(
+    node: Node,
+    listeners: list[trio.SocketListener],
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve AMQP on listeners already bound (as `run_node` binds them before it opens the store)."""
     for listener in listeners:
         address = listener.socket.getsockname()
-        log.info("%s listener on %s:%s", "AMQPS" if ssl_context else "AMQP", address[0], address[1])
+        kind = "TLS (SSL)" if ssl_context else "TCP"
+        log.info("started %s listener on %s:%s", kind, address[0], address[1])
     task_status.started(listeners)
     serving: list[trio.abc.Listener[trio.abc.Stream]] = list(listeners)
     if ssl_context is not None:

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
+import socket
+import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
-from leveret.broker.definitions import load_definitions_file
-from leveret.broker.management.server import serve_management
+from leveret.broker.definitions import load_definitions_file, read_definitions_file
+from leveret.broker.management.server import bind_management, serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
-from leveret.broker.server.listener import serve_amqp
+from leveret.broker.server.listener import serve_amqp_on
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
 from leveret.broker.server.resources import run_resource_monitor, total_memory
+from leveret.broker.server.startup import (
+    ListenerSetting,
+    cannot_listen,
+    cannot_use_data_dir,
+    lock_data_dir,
+    open_listeners,
+)
 from leveret.broker.server.timers import run_timers
 from leveret.broker.server.tls import server_context
 from leveret.broker.store.pages import PageFiles
@@ -36,6 +47,7 @@ def open_node(config: Config) -> Node:
     Blocking, on the loop thread on purpose: nothing else runs yet, and recovery rebuilds queues whose
     timers read the loop's clock.
     """
+    loaded = None if config.load_definitions is None else read_definitions_file(config.load_definitions)
     node = Node(config, clock=trio.current_time)
     persistence = Persistence(config.data_dir)
     node.attach_persistence(persistence)
@@ -46,7 +58,7 @@ def open_node(config: Config) -> Node:
     started = trio.current_time()
     recovered = persistence.recover(node)
     if config.load_definitions is not None:
-        load_definitions_file(node, config.load_definitions)
+        load_definitions_file(node, config.load_definitions, loaded)
     log.info(
         "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
     )
@@ -75,19 +87,85 @@ async def close_connections(node: Node) -> None:
             await trio.sleep(0.05)
 
 
-async def run_node(config: Config) -> None:
-    amqps = config.listeners.amqps
-    # Bad certificates are reported before a long recovery, not after.
-    ssl_context = server_context(config.tls) if amqps is not None and config.tls is not None else None
-    node = open_node(config)
-    async with trio.open_nursery() as nursery:
-        await start_node_tasks(nursery, node)
-        await nursery.start(serve_amqp, node, config.listeners.amqp.host, config.listeners.amqp.port)
-        if amqps is not None and ssl_context is not None:
-            await nursery.start(serve_amqp, node, amqps.host, amqps.port, ssl_context)
+AMQP = ListenerSetting("AMQP", "listeners.amqp", host_flag="--host", port_flag="--port")
+AMQPS = ListenerSetting("AMQPS", "listeners.amqps")
+MANAGEMENT = ListenerSetting("the management API", "listeners.management")
+
+
+@dataclass
+class BoundListeners:
+    """Every listener's sockets, bound before the store is opened."""
+
+    amqp: list[trio.SocketListener]
+    amqps: list[trio.SocketListener] = field(default_factory=list)
+    management: list[socket.socket] = field(default_factory=list)
+
+    def close(self) -> None:
+        for listener in (*self.amqp, *self.amqps):
+            listener.socket.close()
+        for sock in self.management:
+            sock.close()
+
+
+async def bind_listeners(config: Config) -> BoundListeners:
+    """Bind every configured listener, or raise StartError naming the one that failed."""
+    amqp = config.listeners.amqp
+    bound = BoundListeners(await open_listeners(AMQP, amqp.host, amqp.port))
+    try:
+        if config.listeners.amqps is not None:
+            amqps = config.listeners.amqps
+            bound.amqps = await open_listeners(AMQPS, amqps.host, amqps.port)
         management = config.listeners.management
         if management is not None:
-            await nursery.start(serve_management, node, management.host, management.port)
+            try:
+                bound.management = bind_management(management.host, management.port)
+            except OSError as error:
+                raise cannot_listen(MANAGEMENT, management.host, management.port, error) from None
+    except BaseException:
+        bound.close()
+        raise
+    return bound
+
+
+def open_store(config: Config) -> Node:
+    """`open_node`, with a data directory that cannot be used said in one line."""
+    try:
+        return open_node(config)
+    except OSError as error:
+        raise cannot_use_data_dir(config.data_dir, error) from None
+
+
+async def run_node(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT. Nothing touches the store before every listener is bound: a start
+    that fails (a port in use) leaves the clean-shutdown marker for the next one."""
+    # Bad certificates are reported before a long recovery, not after.
+    ssl_context = server_context(config.tls) if config.listeners.amqps is not None and config.tls else None
+    bound = await bind_listeners(config)
+    try:
+        data_dir_lock = lock_data_dir(config.data_dir)
+        node = open_store(config)
+    except BaseException:
+        bound.close()
+        raise
+    with data_dir_lock:
+        await serve_node(config, node, bound, ssl_context)
+
+
+async def serve_node(
+    config: Config, node: Node, bound: BoundListeners, ssl_context: ssl.SSLContext | None
+) -> None:
+    async with trio.open_nursery() as nursery:
+        await start_node_tasks(nursery, node)
+        await nursery.start(serve_amqp_on, node, bound.amqp)
+        if bound.amqps and ssl_context is not None:
+            await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)
+        management = config.listeners.management
+        if management is not None:
+            await nursery.start(
+                functools.partial(serve_management, sockets=bound.management),
+                node, management.host, management.port,
+            )
+        log.info("Server startup complete")  # RabbitMQ's words: the node serves from here on
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ssl
 
+from leveret.broker.server.startup import StartError
 from leveret.config.schema import Tls
 
 
-class TlsSetupError(Exception):
+class TlsSetupError(StartError):
     """A certificate, key or CA file that cannot be used: said once, at start, naming the setting."""
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pamqp.commands import Channel
 
 from leveret.amqp.codec import build, method_ids
-from leveret.amqp.connection import ServerConnection
+from leveret.amqp.connection import ServerConnection, State
 from leveret.amqp.constants import INTERNAL_ERROR, NOT_ALLOWED
 from leveret.amqp.errors import AMQPError, ChannelError, ConnectionLevelError
 from leveret.amqp.events import (
@@ -28,6 +28,7 @@ from leveret.amqp.events import (
     MethodReceived,
 )
 from leveret.broker.auth import VhostPermissions
+from leveret.broker.session import client_log
 from leveret.broker.session.channel import ChannelSession
 from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNEXPECTED_CLOSE = "client unexpectedly closed TCP connection"
 # Past this many bytes waiting for the socket, no-ack consumers stop taking messages until it drains.
 OUTBOX_HIGH_WATER = 4 * 1024 * 1024
 
@@ -48,9 +50,14 @@ class _Policy:
         self.session = session
 
     def authenticate(self, mechanism: str, username: str, password: str) -> bool:
-        return self.session.node.authority.authenticate(
-            username, password, from_loopback=self.session.from_loopback
-        )
+        session = self.session
+        client_log.started(session)
+        refusal = session.node.authority.refusal(username, password, from_loopback=session.from_loopback)
+        if refusal is not None:
+            # The client is told only to see the log ("Login was refused ... see the broker logfile").
+            client_log.login_refused(session, mechanism, refusal)
+            session.refusal_logged = True
+        return refusal is None
 
     def check_vhost(self, username: str, vhost: str) -> None:
         node = self.session.node
@@ -81,6 +88,11 @@ class ConnectionSession:
         self.writable = True
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
+        # For the client log: whether the client sent anything, how the socket went, a login refusal
+        # already logged with its reason.
+        self.received_any = False
+        self.refusal_logged = False
+        self._lost: tuple[State, str | None] | None = None
 
     @property
     def username(self) -> str:
@@ -126,7 +138,16 @@ class ConnectionSession:
             self.handle_event(event)
         self.flush_confirms()
 
-    def connection_lost(self) -> None:
+    def accepted(self) -> None:
+        """The client's first bytes arrived (a port probe that sends nothing is not worth a log line)."""
+        self.received_any = True
+        client_log.accepted(self)
+
+    def connection_lost(self, reason: str | None = None) -> None:
+        """The socket is gone: closed or reset by the client, or dropped by the server for `reason`
+        (missed heartbeats, the handshake timeout)."""
+        if not self.finished:
+            self._lost = (self.conn.state, reason)
         for event in self.conn.connection_lost():
             self.handle_event(event)
         self._finish()
@@ -145,7 +166,7 @@ class ConnectionSession:
             self._close_channel(getattr(event, "channel", 0), error)
         elif isinstance(error, ConnectionLevelError):
             self._fill_method_ids(error, method)
-            self.close(error)
+            self.close(error, channel=getattr(event, "channel", 0))
         else:
             log.error("internal error handling %r from %s", event, self.peer, exc_info=error)
             self.close(ConnectionLevelError(INTERNAL_ERROR, "internal error"))
@@ -160,13 +181,17 @@ class ConnectionSession:
         elif isinstance(event, MethodReceived):
             self._method(event.channel, event.method)
         elif isinstance(event, ChannelFailed):
+            client_log.channel_error(self, event.channel, event.error)
             self._drop_channel(event.channel)
         elif isinstance(event, ChannelCloseOk):
             pass  # the channel was dropped when the broker closed it
         elif isinstance(event, ConnectionOpened):
             self.vhost = self.node.vhosts[event.vhost]
             self.node.connection_opened(self)
+            client_log.opened(self)
         elif isinstance(event, ConnectionClosed):
+            if event.error is not None and event.state is not None and not self.refusal_logged:
+                client_log.connection_error(self, event.state, event.error, event.channel)
             self._finish()
 
     def _method(self, number: int, method: Any) -> None:
@@ -210,6 +235,8 @@ class ConnectionSession:
 
     def _close_channel(self, number: int, error: ChannelError) -> None:
         channel = self.channels.get(number)
+        if channel is not None:
+            client_log.channel_error(self, number, error)
         if channel is not None and channel.awaiting_confirms:
             # Confirms for publishes before the error still go out.
             channel.flush_confirms(self.node.durable_position())
@@ -221,8 +248,11 @@ class ConnectionSession:
         if channel is not None:
             channel.close()
 
-    def close(self, error: AMQPError | None = None) -> None:
-        """Close the connection (connection.close sent; the socket closes on close-ok or timeout)."""
+    def close(self, error: AMQPError | None = None, *, channel: int = 0) -> None:
+        """Close the connection (connection.close sent; the socket closes on close-ok or timeout), for
+        `error` on `channel` if any."""
+        if error is not None and self.conn.state not in (State.AWAIT_HEADER, State.CLOSING, State.CLOSED):
+            client_log.connection_error(self, self.conn.state, error, channel)
         self.conn.close(error)
         self._release_channels()
         self.wake()
@@ -240,3 +270,20 @@ class ConnectionSession:
             for queue in list(self.vhost.exclusive_queues_of(self)):
                 self.vhost.remove_queue(queue)
         self.node.connection_closed(self)
+        self._log_closed()
+
+    def _log_closed(self) -> None:
+        if self.conn.refused_header is not None:
+            client_log.bad_header(self, self.conn.refused_header)
+        elif self._lost is None:  # connection.close and close-ok, whichever side began
+            client_log.closed(self)
+        else:
+            state, reason = self._lost
+            if reason is not None:
+                client_log.dropped(self, reason)
+            elif not self.received_any:  # a port probe, as a load balancer's health check
+                client_log.closed(self, level=logging.DEBUG)
+            elif state is State.CLOSING:  # we had sent connection.close (the error is logged)
+                client_log.closed(self)
+            else:
+                client_log.closed(self, level=logging.WARNING, reason=UNEXPECTED_CLOSE)

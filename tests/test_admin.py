@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from interop.brokers import free_port
 from leveret.amqp.errors import ChannelError
 from leveret.broker.admin import AdminError
 from leveret.broker.definitions import export_node, import_definitions, load_definitions_file
@@ -196,3 +197,22 @@ def test_a_per_vhost_import_ignores_the_vhost_named_in_items() -> None:
     node.admin.put_vhost("other")
     import_definitions(node, {"queues": [{"name": "q", "vhost": "/", "durable": False}]}, only_vhost="other")
     assert "q" in node.vhosts["other"].queues and "q" not in node.vhosts["/"].queues
+
+
+def test_the_broker_refuses_to_start_on_a_bad_load_definitions_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.json"
+    config = tmp_path / "leveret.yaml"
+    port = free_port()
+    config.write_text(
+        f"load_definitions: {missing}\ndata_dir: {tmp_path / 'data'}\nlisteners: {{amqp: {{port: {port}}}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "leveret", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert f"load_definitions file {missing} cannot be used" in done.stderr
+    # Refused before the store was opened: nothing was written.
+    assert not (tmp_path / "data" / "messages").exists()

@@ -26,10 +26,14 @@ def added(a: Counts, b: Counts) -> Counts:
 
 
 class MessageTotals:
-    """What the node's closed channels counted."""
+    """What the node's closed channels counted, and what was published and got over HTTP."""
 
     def __init__(self) -> None:
         self.closed: Counts = (0, 0, 0, 0)
 
     def channel_closed(self, channel: ChannelSession) -> None:
         self.closed = added(self.closed, channel_counts(channel))
+
+    def count_direct(self, published: int = 0, delivered: int = 0, acked: int = 0) -> None:
+        """Publishes and gets made without a channel (the management API's HTTP ones)."""
+        self.closed = added(self.closed, (published, delivered, acked, 0))

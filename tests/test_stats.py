@@ -50,3 +50,37 @@ def test_counts_and_rates_follow_a_publishing_and_acking_client() -> None:
 
 def test_a_stat_shows_once_it_counted() -> None:
     assert message_stats((0, 0, 0, 0), (0.0, 0.0, 0.0, 0.0)) == {}
+
+
+async def test_http_publishes_and_gets_count_and_wait_out_an_alarm() -> None:
+    import httpx
+    import trio
+
+    from leveret.broker.management.server import serve_management
+    from leveret.config import Permission, User, hash_password
+
+    users = (User("guest", hash_password("guest"), ("administrator",)),)
+    node = Node(Config(users=users, permissions=(Permission("guest", "/"),)), clock=trio.current_time)
+    node.vhosts["/"].declare_queue(
+        "q", owner=None, durable=False, exclusive=False, auto_delete=False, arguments={}
+    )
+    body = {"routing_key": "q", "payload": "x", "payload_encoding": "string", "properties": {}}
+    async with trio.open_nursery() as nursery:
+        [url] = await nursery.start(serve_management, node, "127.0.0.1", 0)
+        async with httpx.AsyncClient(base_url=url, auth=("guest", "guest")) as http:
+            node.alarms.active = frozenset({"memory"})
+            answers = []
+
+            async def publish() -> None:
+                answers.append((await http.post("/api/exchanges/%2F/amq.default/publish", json=body)).json())
+
+            nursery.start_soon(publish)
+            await trio.sleep(0.5)
+            assert answers == [] and node.vhosts["/"].queues["q"].message_count == 0
+            node.alarms.active = frozenset()
+            await trio.sleep(0.5)
+            assert answers == [{"routed": True}]
+            got = {"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"}
+            assert len((await http.post("/api/queues/%2F/q/get", json=got)).json()) == 1
+        nursery.cancel_scope.cancel()
+    assert node_counts(node) == (1, 1, 1, 0)

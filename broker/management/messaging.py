@@ -28,6 +28,8 @@ from leveret.broker.management.context import Context, bad_request, exchange_par
 from leveret.broker.management.serializers import jsonable
 from leveret.broker.message import Message
 
+# Seconds between looks at the resource alarms while an HTTP publish waits for them to clear.
+ALARM_POLL = 0.1
 # JSON property names and pamqp's, where they differ.
 _PAMQP_NAMES = {"type": "message_type"}
 _JSON_NAMES = {"message_type": "type"}
@@ -113,12 +115,18 @@ class Messaging(Context):
         raw = properties_raw(body["properties"])
         payload = payload_bytes(body)
         name = exchange_param(request)
+        if self.node.alarms.active:
+            # Under a resource alarm an AMQP publisher is blocked; an HTTP one waits too, as in RabbitMQ.
+            while self.node.alarms.active:
+                await trio.sleep(ALARM_POLL)
+            vhost, permissions = self.vhost_to_change(request, user)
         try:
             if name in vhost.exchanges:
                 permissions.check(user.name, vhost.name, "write", "exchange", name)
             published = direct.publish(vhost, user.name, name, routing_key, raw, payload)
         except AMQPError as error:
             raise publish_error(error) from None
+        self.node.message_totals.count_direct(published=1)
         if published.position:
             safe = trio.Event()
             self.node.when_durable(published.position, safe.set)
@@ -146,7 +154,11 @@ class Messaging(Context):
         except AMQPError as error:
             raise get_error(error) from None
         answers = []
-        for got in direct.get(queue, max(count, 0), ackmode):
+        taken = direct.get(queue, max(count, 0), ackmode)
+        self.node.message_totals.count_direct(
+            delivered=len(taken), acked=len(taken) if ackmode == "ack_requeue_false" else 0
+        )
+        for got in taken:
             message = got.message
             shown = message.body if truncate is None else message.body[: max(truncate, 0)]
             payload, payload_encoding = payload_json(shown, encoding)

@@ -108,12 +108,6 @@ class Administration:
         self.node.definitions_changed()
         return existing is None
 
-    def set_user_tags(self, name: str, tags: tuple[str, ...]) -> None:
-        users = self.node.authority.users
-        users[name] = replace(users[name], tags=tags)
-        self._users[name] = user_record(users[name])
-        self.node.definitions_changed()
-
     def delete_user(self, name: str) -> bool:
         """Delete a user and its permissions; False when there is no such user."""
         if self.node.authority.users.pop(name, None) is None:

@@ -17,7 +17,7 @@ from leveret.broker.management.amqp_errors import admin_error
 from leveret.broker.management.auth import require_administrator
 from leveret.broker.management.bodies import boolean, json_object, require, text
 from leveret.broker.management.context import Context, NotFound, bad_request, param
-from leveret.broker.management.writes import CREATED, NO_CONTENT
+from leveret.broker.management.writes import made, no_content
 from leveret.config import User, hash_password
 from leveret.config.passwords import SHA256
 
@@ -56,13 +56,13 @@ class Access(Context):
         body = await json_object(request)
         boolean(body, "tracing", False)  # accepted, as RabbitMQ does; Leveret does not trace
         name = param(request, "vhost")
-        return CREATED if self.node.admin.put_vhost(name, acting_user=user.name) else NO_CONTENT
+        return made(self.node.admin.put_vhost(name, acting_user=user.name))
 
     async def delete_vhost(self, request: Request) -> Response:
         self.admin(request)
         if not self.node.admin.delete_vhost(param(request, "vhost")):
             raise NotFound
-        return NO_CONTENT
+        return no_content()
 
     # ---- users ------------------------------------------------------------------------------------
 
@@ -95,13 +95,13 @@ class Access(Context):
             created = self.node.admin.put_user(name, password_hash, tags, algorithm)
         except AdminError as error:
             raise admin_error(error) from None
-        return CREATED if created else NO_CONTENT
+        return made(created)
 
     async def delete_user(self, request: Request) -> Response:
         self.admin(request)
         if not self.node.admin.delete_user(param(request, "name")):
             raise NotFound
-        return NO_CONTENT
+        return no_content()
 
     # ---- permissions ------------------------------------------------------------------------------
 
@@ -149,13 +149,13 @@ class Access(Context):
             )
         except AdminError as error:
             raise admin_error(error) from None
-        return CREATED if created else NO_CONTENT
+        return made(created)
 
     async def delete_permission(self, request: Request) -> Response:
         self.admin(request)
         if not self.node.admin.clear_permissions(param(request, "user"), param(request, "vhost")):
             raise NotFound
-        return NO_CONTENT
+        return no_content()
 
     # ---- vhost limits -----------------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ class Access(Context):
             self.node.admin.set_vhost_limit(param(request, "vhost"), param(request, "name"), body["value"])
         except AdminError as error:
             raise admin_error(error) from None
-        return NO_CONTENT
+        return no_content()
 
     async def delete_vhost_limit(self, request: Request) -> Response:
         self.admin(request)
@@ -190,4 +190,4 @@ class Access(Context):
             self.node.admin.clear_vhost_limit(param(request, "vhost"), param(request, "name"))
         except AdminError as error:
             raise admin_error(error) from None
-        return NO_CONTENT
+        return no_content()

@@ -15,7 +15,7 @@ from leveret.broker.management.amqp_errors import admin_error
 from leveret.broker.management.auth import require_administrator
 from leveret.broker.management.bodies import read_body
 from leveret.broker.management.context import Context, NotFound, bad_request, param
-from leveret.broker.management.writes import NO_CONTENT
+from leveret.broker.management.writes import no_content
 from leveret.broker.node import ADVERTISED_VERSION
 
 
@@ -46,4 +46,4 @@ class Definitions(Context):
             raise admin_error(error) from None
         except AMQPError as error:
             raise bad_request(error.text) from None
-        return NO_CONTENT
+        return no_content()

@@ -26,8 +26,16 @@ from leveret.broker.queues.queue import Queue
 from leveret.broker.vhost import DEFAULT_EXCHANGE, VirtualHost
 from leveret.config import User
 
-CREATED = Response(status_code=201)
-NO_CONTENT = Response(status_code=204)
+
+def made(created: bool) -> Response:
+    """201 when something was created, else 204."""
+    return Response(status_code=201 if created else 204)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
 # What RabbitMQ tells a client whose connection is closed over HTTP without an X-Reason header.
 DEFAULT_CLOSE_REASON = "Closed via management plugin"
 NOT_YOURS = {"error": "not_authorised", "reason": "User not authorised to access object"}
@@ -77,7 +85,7 @@ class Writes(Context):
             )
         except AMQPError as error:
             raise declare_error(error) from None
-        return CREATED if created else NO_CONTENT
+        return made(created)
 
     async def delete_exchange(self, request: Request) -> Response:
         user = self.user(request)
@@ -90,7 +98,7 @@ class Writes(Context):
             vhost.delete_exchange(name, if_unused=flag(request, "if-unused"))
         except AMQPError as error:
             raise declare_error(error) from None
-        return NO_CONTENT
+        return no_content()
 
     # ---- queues -----------------------------------------------------------------------------------
 
@@ -116,7 +124,7 @@ class Writes(Context):
             )
         except AMQPError as error:
             raise declare_error(error) from None
-        return CREATED if created else NO_CONTENT
+        return made(created)
 
     def _queue(self, request: Request, user: User) -> tuple[VirtualHost, VhostPermissions, Queue]:
         vhost, permissions = self.vhost_to_change(request, user)
@@ -136,7 +144,7 @@ class Writes(Context):
             )
         except AMQPError as error:
             raise declare_error(error) from None
-        return NO_CONTENT
+        return no_content()
 
     async def purge_queue(self, request: Request) -> Response:
         user = self.user(request)
@@ -147,7 +155,7 @@ class Writes(Context):
         except AMQPError as error:
             raise declare_error(error) from None
         queue.purge()
-        return NO_CONTENT
+        return no_content()
 
     # ---- bindings ---------------------------------------------------------------------------------
 
@@ -240,7 +248,7 @@ class Writes(Context):
                 except AMQPError as error:
                     raise declare_error(error) from None
                 vhost.unbind(source, destination, binding.routing_key, binding.arguments)
-                return NO_CONTENT
+                return no_content()
         raise NotFound
 
     # ---- connections ------------------------------------------------------------------------------
@@ -256,7 +264,7 @@ class Writes(Context):
                     raise NotAuthorised(NOT_YOURS, challenge=False)
                 reason = request.headers.get("x-reason", DEFAULT_CLOSE_REASON)
                 session.close(ConnectionLevelError(CONNECTION_FORCED, reason))
-                return NO_CONTENT
+                return no_content()
         raise NotFound
 
 

@@ -25,15 +25,21 @@ def added(a: Counts, b: Counts) -> Counts:
     return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
 
 
+NONE: Counts = (0, 0, 0, 0)
+
+
 class MessageTotals:
-    """What the node's closed channels counted, and what was published and got over HTTP."""
+    """What the node's closed channels counted, and what was published and got over HTTP, by vhost."""
 
     def __init__(self) -> None:
-        self.closed: Counts = (0, 0, 0, 0)
+        self.closed: dict[str, Counts] = {}
 
     def channel_closed(self, channel: ChannelSession) -> None:
-        self.closed = added(self.closed, channel_counts(channel))
+        self._add(channel.vhost.name, channel_counts(channel))
 
-    def count_direct(self, published: int = 0, delivered: int = 0, acked: int = 0) -> None:
+    def count_direct(self, vhost: str, published: int = 0, delivered: int = 0, acked: int = 0) -> None:
         """Publishes and gets made without a channel (the management API's HTTP ones)."""
-        self.closed = added(self.closed, (published, delivered, acked, 0))
+        self._add(vhost, (published, delivered, acked, 0))
+
+    def _add(self, vhost: str, counts: Counts) -> None:
+        self.closed[vhost] = added(self.closed.get(vhost, NONE), counts)

@@ -322,3 +322,11 @@ def _overview_counted(api: httpx.Client, at_least: int) -> dict[str, Any]:
     stats = api.get("/api/overview").json()["message_stats"]
     assert all(stats.get(k, 0) >= at_least for k in ("publish", "deliver_get", "ack", "confirm")), stats
     return stats
+
+
+def test_the_aliveness_test_publishes_and_reads_back_a_message(api: httpx.Client) -> None:
+    response = api.get("/api/aliveness-test/%2F")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    queue = api.get("/api/queues/%2F/aliveness-test").json()
+    assert (queue["durable"], queue["auto_delete"], queue["exclusive"]) == (False, False, False)
+    assert queue.get("messages", 0) == 0

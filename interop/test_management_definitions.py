@@ -149,7 +149,10 @@ def test_import_errors(managed: Broker) -> None:
             "error": "bad_request",
             "reason": ["not_base64", "xyz"],
         }
-    with httpx.Client(base_url=managed.management_url, auth=(USERS[0].name, USERS[0].password)) as monitor:
+    monitor_auth = (USERS[0].name, USERS[0].password)
+    with httpx.Client(
+        base_url=managed.management_url, auth=monitor_auth, headers={"connection": "close"}
+    ) as monitor:
         assert monitor.get("/api/definitions").json() == {
             "error": "not_authorised",
             "reason": "Not administrator user",

@@ -230,7 +230,10 @@ def test_permissions_apply_as_over_amqp(managed: Broker, api: httpx.Client) -> N
         f"/api/permissions/%2F/{LIMITED.name}", json={"configure": "^ok", "write": "^ok", "read": "^ok"}
     ).status_code in (201, 204)
     with httpx.Client(
-        base_url=managed.management_url, auth=(LIMITED.name, LIMITED.password), timeout=10
+        base_url=managed.management_url,
+        auth=(LIMITED.name, LIMITED.password),
+        timeout=10,
+        headers={"connection": "close"},
     ) as limited:
         body = {"routing_key": "x", "payload": "x", "payload_encoding": "string", "properties": {}}
         assert answer(limited.post("/api/exchanges/%2F/amq.direct/publish", json=body)) == (

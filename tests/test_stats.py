@@ -40,6 +40,7 @@ def test_counts_and_rates_follow_a_publishing_and_acking_client() -> None:
         "confirm_details": {"rate": 3.0},
     }
     assert rates.channel(channel)["ack"] == 4
+    assert rates.vhost("/")["publish_details"] == {"rate": 3.0}
     now[0] += 5.0
     rates.sample()
     assert rates.overview()["publish_details"] == {"rate": 0.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,6 +17,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leveret.amqp.errors import AMQPError
+from leveret.broker import direct
 from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
 from leveret.broker.management.access import Access
@@ -27,11 +30,16 @@ from leveret.broker.management.metrics import exposition, metrics_registry
 from leveret.broker.management.rates import MessageRates
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
+from leveret.broker.vhost import VirtualHost
 
 log = logging.getLogger(__name__)
 
 NOT_FOUND = {"error": "Object Not Found", "reason": "Not Found"}
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+# RabbitMQ's aliveness test: this queue (left declared, as RabbitMQ leaves it) and message.
+ALIVENESS_QUEUE = "aliveness-test"
+ALIVENESS_MESSAGE = b"test_message"
+EMPTY_PROPERTIES = b"\x00\x00"  # a content header's property flags with nothing set
 
 
 class Api(Context):
@@ -53,11 +61,14 @@ class Api(Context):
     async def whoami(self, request: Request) -> Response:
         return JSONResponse(show.whoami(self.user(request)))
 
+    def _vhost_json(self, vhost: VirtualHost) -> dict[str, Any]:
+        return show.vhost(self.node, vhost) | {"message_stats": self.rates.vhost(vhost.name)}
+
     async def vhosts_list(self, request: Request) -> Response:
-        return JSONResponse([show.vhost(self.node, v) for v in self.vhosts(self.user(request))])
+        return JSONResponse([self._vhost_json(v) for v in self.vhosts(self.user(request))])
 
     async def vhost_one(self, request: Request) -> Response:
-        return JSONResponse(show.vhost(self.node, self.vhost(request, self.user(request))))
+        return JSONResponse(self._vhost_json(self.vhost(request, self.user(request))))
 
     async def exchanges(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
@@ -125,9 +136,20 @@ class Api(Context):
         return JSONResponse([{"name": show.node_name(self.node), "type": "disc", "running": True}])
 
     async def aliveness(self, request: Request) -> Response:
-        # RabbitMQ declares, publishes to and reads back a queue; this read-only slice only checks that the
-        # vhost exists and that the node answers from its event loop.
-        self.vhost(request, self.user(request))
+        """As RabbitMQ's: declare the queue aliveness-test, publish a message to it and read it back."""
+        vhost = self.vhost(request, self.user(request))
+        try:
+            queue = vhost.declare_queue(
+                ALIVENESS_QUEUE, owner=None, durable=False, exclusive=False, auto_delete=False, arguments={}
+            )
+            direct.publish(vhost, "", "", ALIVENESS_QUEUE, EMPTY_PROPERTIES, ALIVENESS_MESSAGE)
+            got = direct.get(queue, 1, "ack_requeue_false")
+        except AMQPError as error:
+            return JSONResponse({"status": "failed", "reason": error.reply_text}, status_code=503)
+        if [g.message.body for g in got] != [ALIVENESS_MESSAGE]:
+            return JSONResponse(
+                {"status": "failed", "reason": "the message did not come back"}, status_code=503
+            )
         return JSONResponse({"status": "ok"})
 
     async def alarms(self, request: Request) -> Response:

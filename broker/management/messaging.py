@@ -126,7 +126,7 @@ class Messaging(Context):
             published = direct.publish(vhost, user.name, name, routing_key, raw, payload)
         except AMQPError as error:
             raise publish_error(error) from None
-        self.node.message_totals.count_direct(published=1)
+        self.node.message_totals.count_direct(vhost.name, published=1)
         if published.position:
             safe = trio.Event()
             self.node.when_durable(published.position, safe.set)
@@ -156,6 +156,7 @@ class Messaging(Context):
         answers = []
         taken = direct.get(queue, max(count, 0), ackmode)
         self.node.message_totals.count_direct(
+            vhost.name,
             delivered=len(taken), acked=len(taken) if ackmode == "ack_requeue_false" else 0
         )
         for got in taken:

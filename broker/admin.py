@@ -47,6 +47,10 @@ def compile_permissions(configure: str, write: str, read: str) -> VhostPermissio
     return VhostPermissions(*patterns)
 
 
+# An empty pattern grants nothing (RabbitMQ's meaning of "").
+NOTHING_PERMITTED = compile_permissions("", "", "")
+
+
 class Administration:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -121,24 +125,33 @@ class Administration:
     # ---- permissions ----------------------------------------------------------------------------
 
     def set_permissions(self, user: str, vhost: str, configure: str, write: str, read: str) -> bool:
-        """Set a user's permissions in a vhost (True when it had none). Connections already open keep the
-        permissions they opened with."""
+        """Set a user's permissions in a vhost (True when it had none). As in RabbitMQ, the user's open
+        connections check with the new ones from now on (a channel that published to an exchange already
+        keeps publishing to it: it checks an exchange once)."""
         if user not in self.node.authority.users or vhost not in self.node.vhosts:
             raise AdminError("vhost_or_user_not_found")
         compiled = compile_permissions(configure, write, read)
         permissions = self.node.authority.permissions
         created = (user, vhost) not in permissions
         permissions[(user, vhost)] = compiled
+        self._apply_to_connections(user, vhost, compiled)
         self._permissions[(user, vhost)] = {"configure": configure, "write": write, "read": read}
         self.node.definitions_changed()
         return created
 
     def clear_permissions(self, user: str, vhost: str) -> bool:
+        """Remove them; the user's open connections in the vhost stay open and are refused everything."""
         if self.node.authority.permissions.pop((user, vhost), None) is None:
             return False
+        self._apply_to_connections(user, vhost, NOTHING_PERMITTED)
         self._permissions[(user, vhost)] = None
         self.node.definitions_changed()
         return True
+
+    def _apply_to_connections(self, user: str, vhost: str, permissions: VhostPermissions) -> None:
+        for session in self.node.connections:
+            if session.username == user and session.vhost.name == vhost:
+                session.permissions = permissions
 
     # ---- vhost limits ---------------------------------------------------------------------------
 

@@ -496,3 +496,28 @@ def test_only_administrators_close_other_users_connections(managed: Broker, api:
                     {"error": "not_authorised", "reason": "User not authorised to access object"},
                 )
         assert connection.is_open
+
+
+def test_permission_changes_apply_to_open_connections(managed: Broker, api: httpx.Client) -> None:
+    user = unique("http-live")
+    assert api.put(f"/api/users/{user}", json={"password": "pw", "tags": ""}).status_code == 201
+    full = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert api.put(f"/api/permissions/%2F/{user}", json=full).status_code == 201
+    with pika_connection(amqp_url(managed, "/", user, "pw")) as connection:
+        channel = connection.channel()
+        channel.queue_declare(unique("live-a"), auto_delete=True)
+        narrowed = {"configure": "^ok", "write": ".*", "read": ".*"}
+        assert api.put(f"/api/permissions/%2F/{user}", json=narrowed).status_code == 204
+        refused_queue = unique("live-b")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.queue_declare(refused_queue)
+        assert (refused.value.reply_code, refused.value.reply_text) == (
+            403,
+            f"ACCESS_REFUSED - access to queue '{refused_queue}' in vhost '/' refused for user '{user}'",
+        )
+        assert api.delete(f"/api/permissions/%2F/{user}").status_code == 204
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            connection.channel().queue_declare("ok-queue")
+        assert refused.value.reply_code == 403
+        assert connection.is_open
+    api.delete(f"/api/users/{user}")

@@ -330,3 +330,28 @@ def test_the_aliveness_test_publishes_and_reads_back_a_message(api: httpx.Client
     queue = api.get("/api/queues/%2F/aliveness-test").json()
     assert (queue["durable"], queue["auto_delete"], queue["exclusive"]) == (False, False, False)
     assert queue.get("messages", 0) == 0
+
+
+def test_listings_are_shaped_by_columns_and_sort(api: httpx.Client) -> None:
+    names = sorted(unique("mgmt-shaped") for _ in range(3))
+    for name in names:
+        assert api.put(f"/api/queues/%2F/{name}", json={"arguments": {"x-max-length": 3}}).status_code == 201
+    listed = api.get(
+        "/api/queues/%2F",
+        params={"columns": "name,arguments.x-max-length", "sort": "name", "sort_reverse": "true"},
+    ).json()
+    mine = [q for q in listed if q["name"] in names]
+    assert mine == [{"name": name, "arguments": {"x-max-length": 3}} for name in reversed(names)]
+    overview = api.get("/api/overview", params={"columns": "rabbitmq_version,object_totals.queues"}).json()
+    assert set(overview) == {"rabbitmq_version", "object_totals"}
+    assert (
+        api.post(f"/api/bindings/%2F/e/amq.topic/q/{names[0]}", json={"routing_key": "k.#"}).status_code
+        == 201
+    )
+    bound = api.get(f"/api/queues/%2F/{names[0]}/bindings").json()
+    assert sorted((b["source"], b["routing_key"]) for b in bound) == [("", names[0]), ("amq.topic", "k.#")]
+    from_topic = api.get("/api/exchanges/%2F/amq.topic/bindings/source").json()
+    assert [b["routing_key"] for b in from_topic if b["destination"] == names[0]] == ["k.#"]
+    assert api.get("/api/exchanges/%2F/amq.topic/bindings/destination").json() == []
+    for name in names:
+        api.delete(f"/api/queues/%2F/{name}")

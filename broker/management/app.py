@@ -6,6 +6,7 @@ Errors answer as RabbitMQ's management plugin does: 404 {"error":"Object Not Fou
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +29,7 @@ from leveret.broker.management.definitions import Definitions
 from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
 from leveret.broker.management.rates import MessageRates
+from leveret.broker.management.shaping import SHAPING, shape
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
 from leveret.broker.vhost import VirtualHost
@@ -95,6 +97,35 @@ class Api(Context):
     async def bindings(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
         return JSONResponse([b for v in vhosts for b in show.bindings(v)])
+
+    async def exchange_bindings(self, request: Request) -> Response:
+        """/api/exchanges/{vhost}/{name}/bindings/source|destination: the bindings from or to an exchange."""
+        vhost = self.vhost(request, self.user(request))
+        exchange = vhost.exchanges.get(exchange_param(request))
+        side = request.path_params["side"]
+        if exchange is None or side not in ("source", "destination"):
+            raise NotFound
+        return JSONResponse(
+            [
+                b
+                for b in show.bindings(vhost)
+                if side == "source"
+                and b["source"] == exchange.name
+                or side == "destination"
+                and b["destination_type"] == "exchange"
+                and b["destination"] == exchange.name
+            ]
+        )
+
+    async def queue_bindings(self, request: Request) -> Response:
+        vhost = self.vhost(request, self.user(request))
+        queue = vhost.queues.get(param(request, "name"))
+        if queue is None:
+            raise NotFound
+        listed = show.bindings(vhost)
+        return JSONResponse(
+            [b for b in listed if b["destination_type"] == "queue" and b["destination"] == queue.name]
+        )
 
     async def connections(self, request: Request) -> Response:
         sessions = self.sessions(self.user(request))
@@ -179,7 +210,14 @@ def route(path: str, **endpoints: Endpoint) -> Route:
 
     async def dispatch(request: Request) -> Response:
         # Starlette adds HEAD wherever there is GET.
-        return await endpoints.get(request.method, endpoints.get("GET"))(request)  # type: ignore[misc]
+        response = await endpoints.get(request.method, endpoints.get("GET"))(request)  # type: ignore[misc]
+        if (
+            request.method == "GET"
+            and response.status_code == 200
+            and any(k in request.query_params for k in SHAPING)
+        ):
+            return JSONResponse(shape(json.loads(bytes(response.body)), request.query_params))
+        return response
 
     return Route(path, dispatch, methods=list(endpoints))
 
@@ -207,6 +245,8 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route("/api/queues/{vhost}", GET=api.queues),
         route("/api/queues/{vhost}/{name}", GET=api.queue, PUT=writes.put_queue, DELETE=writes.delete_queue),
         route("/api/exchanges/{vhost}/{name}/publish", POST=messaging.publish),
+        route("/api/exchanges/{vhost}/{name}/bindings/{side}", GET=api.exchange_bindings),
+        route("/api/queues/{vhost}/{name}/bindings", GET=api.queue_bindings),
         route("/api/queues/{vhost}/{name}/contents", DELETE=writes.purge_queue),
         route("/api/queues/{vhost}/{name}/get", POST=messaging.get),
         route("/api/bindings", GET=api.bindings),

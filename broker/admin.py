@@ -61,17 +61,29 @@ class Administration:
 
     # ---- vhosts ---------------------------------------------------------------------------------
 
-    def put_vhost(self, name: str, acting_user: str | None = None) -> bool:
-        """Create the vhost if it does not exist (True when created). As RabbitMQ's API does, the user who
-        creates it gets full permissions in it."""
-        if name in self.node.vhosts:
-            return False
-        self.node.add_vhost(name)
-        self._vhosts[name] = True
-        if acting_user is not None and acting_user in self.node.authority.users:
-            self.set_permissions(acting_user, name, ".*", ".*", ".*")
-        self.node.definitions_changed()
-        return True
+    def put_vhost(
+        self,
+        name: str,
+        acting_user: str | None = None,
+        description: str | None = None,
+        tags: tuple[str, ...] | None = None,
+    ) -> bool:
+        """Create the vhost if it does not exist (True when created) and set the metadata given. As RabbitMQ's
+        API does, the user who creates it gets full permissions in it."""
+        created = name not in self.node.vhosts
+        if created:
+            self.node.add_vhost(name)
+            self._vhosts[name] = True
+            if acting_user is not None and acting_user in self.node.authority.users:
+                self.set_permissions(acting_user, name, ".*", ".*", ".*")
+        vhost = self.node.vhosts[name]
+        if description is not None:
+            vhost.description = description
+        if tags is not None:
+            vhost.tags = tags
+        if created or description is not None or tags is not None:
+            self.node.definitions_changed()
+        return created
 
     def delete_vhost(self, name: str) -> bool:
         """Delete the vhost, its queues (and their messages) and its permissions; its connections are closed
@@ -190,6 +202,11 @@ class Administration:
                 for (user, vhost), record in self._permissions.items()
             ],
             "limits": {name: dict(v.limits) for name, v in self.node.vhosts.items() if v.limits},
+            "metadata": {
+                name: {"description": v.description, "tags": list(v.tags)}
+                for name, v in self.node.vhosts.items()
+                if v.description or v.tags
+            },
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -229,11 +246,16 @@ class Administration:
                 )
 
     def restore_limits(self, saved: dict[str, Any]) -> None:
-        """Vhost limits, once the recovered queues are back (a limit never refuses what was there)."""
+        """Vhost limits, once the recovered queues are back (a limit never refuses what was there), and the
+        vhosts' metadata."""
         for name, limits in saved.get("limits", {}).items():
             vhost = self.node.vhosts.get(name)
             if vhost is not None:
                 vhost.limits.update(limits)
+        for name, metadata in saved.get("metadata", {}).items():
+            vhost = self.node.vhosts.get(name)
+            if vhost is not None:
+                vhost.description, vhost.tags = metadata["description"], tuple(metadata["tags"])
 
 
 def user_record(user: User) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class VirtualHost:
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
         # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
         self.limits: dict[str, int] = {}
+        # RabbitMQ's vhost metadata, shown by the management API.
+        self.description = ""
+        self.tags: tuple[str, ...] = ()
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)

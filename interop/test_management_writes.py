@@ -227,6 +227,14 @@ def test_vhosts_users_and_permissions(managed: Broker, api: httpx.Client) -> Non
     vhost, user = unique("http-vhost"), unique("http-user")
     assert answer(api.put(f"/api/vhosts/{vhost}", json={})) == (201, None)
     assert answer(api.put(f"/api/vhosts/{vhost}", json={})) == (204, None)
+    described = {"description": "the d", "tags": "a,b"}
+    assert answer(api.put(f"/api/vhosts/{vhost}", json=described)) == (204, None)
+    shown = api.get(f"/api/vhosts/{vhost}").json()
+    assert (shown["description"], shown["tags"], shown["metadata"]) == (
+        "the d",
+        ["a", "b"],
+        {"description": "the d", "tags": ["a", "b"]},
+    )
     # Its creator gets full permissions in it.
     assert api.get(f"/api/vhosts/{vhost}/permissions").json() == [
         {"user": "guest", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}

@@ -216,3 +216,12 @@ def test_the_broker_refuses_to_start_on_a_bad_load_definitions_file(tmp_path: Pa
     assert f"load_definitions file {missing} cannot be used" in done.stderr
     # Refused before the store was opened: nothing was written.
     assert not (tmp_path / "data" / "messages").exists()
+
+
+def test_vhost_metadata_is_kept(tmp_path: Path) -> None:
+    node = open_node(tmp_path)
+    node.admin.put_vhost("described", description="the d", tags=("a", "b"))
+    node.admin.put_vhost("/", description="the default")
+    node = restart(node, tmp_path)
+    assert (node.vhosts["described"].description, node.vhosts["described"].tags) == ("the d", ("a", "b"))
+    assert node.vhosts["/"].description == "the default"

@@ -55,8 +55,10 @@ class Access(Context):
         user = self.admin(request)
         body = await json_object(request)
         boolean(body, "tracing", False)  # accepted, as RabbitMQ does; Leveret does not trace
+        description = text(body, "description") if "description" in body else None
+        tags = parse_tags(body["tags"]) if "tags" in body else None
         name = param(request, "vhost")
-        return made(self.node.admin.put_vhost(name, acting_user=user.name))
+        return made(self.node.admin.put_vhost(name, user.name, description, tags))
 
     async def delete_vhost(self, request: Request) -> Response:
         self.admin(request)

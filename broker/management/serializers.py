@@ -133,9 +133,9 @@ def vhost(node: Node, v: VirtualHost) -> Json:
     unacked = sum(q.unacked for q in v.queues.values())
     return {
         "name": v.name,
-        "description": "",
-        "tags": [],
-        "metadata": {"description": "", "tags": []},
+        "description": v.description,
+        "tags": list(v.tags),
+        "metadata": {"description": v.description, "tags": list(v.tags)},
         "tracing": False,
         "cluster_state": {node_name(node): "running"},
         "messages": ready + unacked,

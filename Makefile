@@ -26,6 +26,10 @@ deps: $(filter .venv/bin/python,$(PYTHON))
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq amqp-tools >/dev/null) \
 		|| echo "amqp-tools not installed: its interop test will be skipped"; \
 	fi
+	@if ! command -v etcd >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null) \
+		|| echo "etcd-server not installed: the cluster tests will be skipped"; \
+	fi
 	@# rabbitmqadmin (interop/test_rabbitmqadmin.py) and the RabbitMQ node of the definitions round trip.
 	@if ! command -v rabbitmqadmin >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null) \

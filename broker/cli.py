@@ -1,4 +1,6 @@
-"""`leveret [--config FILE] [--host H] [--port P] [--data-dir DIR] [--log-level L] [--log-format F]`.
+"""`leveret [--config FILE] [--node NAME] [--host H] [--port P] [--data-dir DIR] [--log-level L] ...`.
+
+`leveret dev-cluster [--nodes N]`: a whole local cluster (broker/server/local_cluster.py).
 
 A start that fails says so in one line on stderr (what failed, where, the setting that changes it)
 and exits with 1 (2 for a bad command line or configuration); never with a traceback.
@@ -13,6 +15,7 @@ import trio
 
 from leveret import __version__
 from leveret.broker.log_format import configure_logging
+from leveret.broker.server.local_cluster import dev_cluster_main
 from leveret.broker.server.main import run_node
 from leveret.broker.server.startup import StartError
 from leveret.broker.store import DefinitionsError
@@ -60,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=LOG_FORMATS,
         help=f"log_format: one-line text records or JSON lines, on stderr (default: {DEFAULTS.log_format})",
     )
+    parser.add_argument(
+        "--node", metavar="NAME", help="this node's name in the configuration's cluster.nodes: cluster.node"
+    )
     parser.add_argument("--version", action="version", version=f"leveret {__version__}")
     return parser.parse_args(argv)
 
@@ -71,6 +77,7 @@ def build_config(args: argparse.Namespace) -> Config:
         "data_dir": args.data_dir,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "cluster.node": args.node,
     }
     overrides = {key: value for key, value in flags.items() if value is not None}
     return load_config(args.config, overrides=overrides)
@@ -100,6 +107,9 @@ def start_failures(error: BaseException) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["dev-cluster"]:
+        sys.exit(dev_cluster_main(arguments[1:]))
     args = parse_args(argv)
     try:
         config = build_config(args)

@@ -44,7 +44,7 @@ def publish(
     properties_raw: bytes,
     body: bytes,
 ) -> Published:
-    exchange = vhost.exchange(exchange_name)
+    exchange = vhost.exchange(exchange_name, local=True)  # a publish never waits for etcd
     if exchange.internal:
         raise ChannelError(
             ACCESS_REFUSED, f"cannot publish to internal exchange '{exchange.name}' in vhost '{vhost.name}'"

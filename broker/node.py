@@ -14,6 +14,7 @@ from leveret.amqp.handshake import ServerSettings
 from leveret.broker.admin import Administration
 from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
+from leveret.broker.cluster.state import ClusterState
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.stats import MessageTotals
 from leveret.broker.vhost import VirtualHost
@@ -55,6 +56,7 @@ class Node:
         self.deadlines = Deadlines()  # queue timers (TTL, queue expiry): broker/server/timers.py runs them
         self.persistence: Persistence | None = None
         self.pager: NodePager | None = None
+        self.cluster: ClusterState | None = None  # set below when the config has a `cluster:` section
         self.vhosts: dict[str, VirtualHost] = {}
         for name in config.vhosts:
             self.add_vhost(name)
@@ -62,6 +64,12 @@ class Node:
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
+        # None: a single node (no `cluster:` section), which never touches etcd.
+        self.cluster = ClusterState(config.cluster) if config.cluster is not None else None
+        if self.cluster is not None:
+            self.cluster.metadata.vhosts = self.vhosts
+            for vhost in self.vhosts.values():
+                vhost.metadata = self.cluster.metadata
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
         self.definitions_changed: Callable[[], None] = lambda: None
         self.message_totals = MessageTotals()  # what closed channels counted (message_stats)
@@ -76,6 +84,8 @@ class Node:
             vhost.definitions_changed = self.persistence.definitions_changed
         if self.pager is not None:
             vhost.pager = self.pager
+        if self.cluster is not None:
+            vhost.metadata = self.cluster.metadata
         self.vhosts[name] = vhost
         self.authority.vhosts.add(name)
         return vhost

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
+from leveret.broker.cluster.hooks import LOCAL_METADATA, LocalMetadata
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
@@ -56,6 +57,8 @@ class VirtualHost:
         self.journal_for: Callable[[str, str], Journal] | None = None
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
+        # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
+        self.metadata: LocalMetadata = LOCAL_METADATA
         # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
         self.limits: dict[str, int] = {}
         # RabbitMQ's vhost metadata, shown by the management API.
@@ -67,14 +70,22 @@ class VirtualHost:
 
     # ---- lookups ----------------------------------------------------------------------------
 
-    def exchange(self, name: str) -> Exchange:
+    def exchange(self, name: str, *, local: bool = False) -> Exchange:
+        """The exchange, or 404. Missing here, the cluster may know it already (unless `local`: a publish
+        never waits for etcd)."""
         exchange = self.exchanges.get(name)
+        if exchange is None and not local:
+            self.metadata.looking_up(self, "exchange", name)
+            exchange = self.exchanges.get(name)
         if exchange is None:
             raise ChannelError(NOT_FOUND, f"no exchange '{name}' in vhost '{self.name}'")
         return exchange
 
     def queue(self, name: str) -> Queue:
         queue = self.queues.get(name)
+        if queue is None:
+            self.metadata.looking_up(self, "queue", name)
+            queue = self.queues.get(name)
         if queue is None:
             raise ChannelError(NOT_FOUND, f"no queue '{name}' in vhost '{self.name}'")
         return queue
@@ -95,6 +106,18 @@ class VirtualHost:
         if name.startswith(RESERVED_PREFIX) and existing is None or name == DEFAULT_EXCHANGE:
             raise ChannelError(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'")
         cls = exchange_class(kind)
+        if self.metadata is not LOCAL_METADATA and name not in _PREDECLARED_NAMES:
+            self.metadata.declaring_exchange(
+                self,
+                name,
+                kind,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+                _valid(cls.validate_arguments, arguments),
+            )
+            existing = self.exchanges.get(name)  # the cluster's record, when it has one
         if existing is not None:
             self._check_exchange_equivalent(existing, kind, durable, auto_delete, internal, arguments)
             return existing
@@ -136,9 +159,14 @@ class VirtualHost:
             return  # RabbitMQ: deleting a missing exchange succeeds
         if if_unused and exchange.has_bindings():
             raise ChannelError(PRECONDITION_FAILED, f"exchange '{name}' in vhost '{self.name}' in use")
-        self._remove_exchange(exchange)
+        self.metadata.deleting_exchange(self, name)
+        self.remove_exchange(exchange)
 
-    def _remove_exchange(self, exchange: Exchange) -> None:
+    def remove_exchange(self, exchange: Exchange) -> None:
+        """Delete `exchange` and every binding to it."""
+        if self.exchanges.get(exchange.name) is not exchange:
+            return
+        self.metadata.removed(self, exchange)
         del self.exchanges[exchange.name]
         for other in list(self.exchanges.values()):
             self._unbind_all(other, exchange)
@@ -159,6 +187,13 @@ class VirtualHost:
     ) -> Queue:
         """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one."""
         existing = self.queues.get(name)
+        # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
+        # here already answers for itself.
+        stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
+        if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
+            valid = _valid(validate_queue_arguments, name, self.name, arguments)
+            self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
+            existing = self.queues.get(name)  # the cluster's record, when it has one
         if existing is not None:
             self.check_exclusive_access(existing, owner)
             self._check_queue_equivalent(existing, durable, exclusive, auto_delete, arguments)
@@ -228,6 +263,8 @@ class VirtualHost:
         if if_empty and queue.message_count:
             raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{self.name}' not empty")
         count = queue.message_count
+        if not queue.exclusive:
+            self.metadata.deleting_queue(self, queue.name)
         self.remove_queue(queue)
         return count
 
@@ -235,6 +272,7 @@ class VirtualHost:
         """Delete `queue`: unbind it everywhere and cancel its consumers."""
         if self.queues.get(queue.name) is not queue:
             return
+        self.metadata.removed(self, queue)
         del self.queues[queue.name]
         queue.delete()
         if queue.durable:
@@ -250,12 +288,16 @@ class VirtualHost:
     def bind(
         self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict
     ) -> None:
+        if self.metadata is not LOCAL_METADATA:
+            source.validate_binding(routing_key, arguments)  # before the cluster stores it
+            self.metadata.binding(self, source, destination, routing_key, arguments, True)
         if source.bind(destination, routing_key, arguments) and _durable_binding(source, destination):
             self.definitions_changed()
 
     def unbind(
         self, source: Exchange, destination: Queue | Exchange, routing_key: str, arguments: dict
     ) -> None:
+        self.metadata.binding(self, source, destination, routing_key, arguments, False)
         if source.unbind(destination, routing_key, arguments):
             if _durable_binding(source, destination):
                 self.definitions_changed()
@@ -272,7 +314,7 @@ class VirtualHost:
             and not exchange.has_bindings()
             and self.exchanges.get(exchange.name) is exchange
         ):
-            self._remove_exchange(exchange)
+            self.remove_exchange(exchange)
 
     # ---- routing ----------------------------------------------------------------------------
 
@@ -338,6 +380,18 @@ class VirtualHost:
 
     def exclusive_queues_of(self, owner: object) -> Iterable[Queue]:
         return [q for q in self.queues.values() if q.exclusive_owner is owner]
+
+
+_PREDECLARED_NAMES = frozenset((DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)))
+
+
+def _valid(validate: Callable[..., object], *arguments: object) -> bool:
+    """Whether `validate` accepts `arguments` (it raises ChannelError when it does not)."""
+    try:
+        validate(*arguments)
+    except ChannelError:
+        return False
+    return True
 
 
 def _durable_binding(source: Exchange, destination: Queue | Exchange) -> bool:

@@ -1,5 +1,6 @@
 """Broker configuration: the schema, the YAML loader and RabbitMQ-compatible password hashes."""
 
+from .cluster import Cluster, ClusterNode, Etcd, split_address
 from .errors import ConfigError
 from .load import load_config
 from .passwords import check_password, hash_password
@@ -7,6 +8,10 @@ from .schema import Config, Limits, Listener, Listeners, ManagementListener, Per
 from .sizes import parse_size
 
 __all__ = [
+    "Cluster",
+    "ClusterNode",
+    "Etcd",
+    "split_address",
     "Config",
     "ConfigError",
     "Limits",

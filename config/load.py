@@ -1,13 +1,15 @@
 """load_config: a file (or the embedded default) plus overrides, validated into a Config."""
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from importlib.resources import files
 
 from . import document
+from .cluster import split_address
 from .errors import ConfigError
 from .overrides import apply_overrides
-from .schema import Config
+from .schema import Config, Listener, ManagementListener
 from .validate import build
 
 
@@ -34,4 +36,18 @@ def load_config(
     config = build(Config, data, errors)
     if config is None or errors:
         raise ConfigError(errors, source)
-    return config
+    return with_node_entry(config)
+
+
+def with_node_entry(config: Config) -> Config:
+    """In a cluster, this node listens where its `cluster.nodes` entry says (and keeps its data there)."""
+    if config.cluster is None:
+        return config
+    entry = config.cluster.this_node
+    host, port = split_address(entry.amqp)  # type: ignore[misc]  # validated
+    listeners = dataclasses.replace(config.listeners, amqp=Listener(host, port))
+    if entry.management is not None:
+        host, port = split_address(entry.management)  # type: ignore[misc]
+        listeners = dataclasses.replace(listeners, management=ManagementListener(host, port))
+    data_dir = entry.data_dir if entry.data_dir is not None else config.data_dir
+    return dataclasses.replace(config, listeners=listeners, data_dir=data_dir)

@@ -9,6 +9,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from . import checks
+from .cluster import Cluster
 from .passwords import ALGORITHMS, SHA256, hash_password
 
 # hash_password("guest") with a fixed salt: a random one would make every load differ from the default.
@@ -150,6 +151,8 @@ class Config:
     )
     # text: one line a record; json: one JSON object a line, for log shippers.
     log_format: str = field(default="text", metadata={"check": checks.one_of("text", "json")})
+    # None: a single node, no etcd. See config/cluster.py.
+    cluster: Cluster | None = None
 
     @staticmethod
     def cross_check(values: Mapping[str, object]) -> list[tuple[str, str]]:

@@ -82,3 +82,16 @@ def test_management_runs_on_trio_beside_the_server(path: Path) -> None:
 def test_domain_never_imports_management(path: Path) -> None:
     bad = {name for name in _imports(path) if name.startswith("leveret.broker.management")}
     assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _modules("broker/cluster"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_cluster_logic_is_sans_io(path: Path) -> None:
+    """Placement, membership, records and the metadata view are pure: etcd's client (httpx) and the
+    cluster's tasks live in broker/server/ (etcd.py, cluster.py)."""
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in {"trio", "asyncio", "socket", "httpx", "anyio"}
+        or name.startswith(("leveret.broker.server", "leveret.broker.session"))
+    }
+    assert not bad, f"{path} imports {bad}"

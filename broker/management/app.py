@@ -30,6 +30,7 @@ from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
 from leveret.broker.management.rates import MessageRates
 from leveret.broker.management.shaping import SHAPING, shape
+from leveret.broker.management.through_cluster import through_cluster
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
 from leveret.broker.vhost import VirtualHost
@@ -170,8 +171,16 @@ class Api(Context):
         """As RabbitMQ's: declare the queue aliveness-test, publish a message to it and read it back."""
         vhost = self.vhost(request, self.user(request))
         try:
-            queue = vhost.declare_queue(
-                ALIVENESS_QUEUE, owner=None, durable=False, exclusive=False, auto_delete=False, arguments={}
+            queue = await through_cluster(
+                self.node,
+                lambda: vhost.declare_queue(
+                    ALIVENESS_QUEUE,
+                    owner=None,
+                    durable=False,
+                    exclusive=False,
+                    auto_delete=False,
+                    arguments={},
+                ),
             )
             direct.publish(vhost, "", "", ALIVENESS_QUEUE, EMPTY_PROPERTIES, ALIVENESS_MESSAGE)
             got = direct.get(queue, 1, "ack_requeue_false")

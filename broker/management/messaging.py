@@ -26,6 +26,7 @@ from leveret.broker.management.amqp_errors import get_error, publish_error
 from leveret.broker.management.bodies import check_table, integer, json_object, require
 from leveret.broker.management.context import Context, bad_request, exchange_param, param
 from leveret.broker.management.serializers import jsonable
+from leveret.broker.management.through_cluster import through_cluster
 from leveret.broker.message import Message
 
 # Seconds between looks at the resource alarms while an HTTP publish waits for them to clear.
@@ -148,7 +149,7 @@ class Messaging(Context):
         truncate = integer(body, "truncate") if body.get("truncate") not in (None, "") else None
         name = param(request, "name")
         try:
-            queue = vhost.queue(name)
+            queue = await through_cluster(self.node, lambda: vhost.queue(name))
             vhost.check_exclusive_access(queue, None)
             permissions.check(user.name, vhost.name, "read", "queue", name)
         except AMQPError as error:
@@ -156,8 +157,7 @@ class Messaging(Context):
         answers = []
         taken = direct.get(queue, max(count, 0), ackmode)
         self.node.message_totals.count_direct(
-            vhost.name,
-            delivered=len(taken), acked=len(taken) if ackmode == "ack_requeue_false" else 0
+            vhost.name, delivered=len(taken), acked=len(taken) if ackmode == "ack_requeue_false" else 0
         )
         for got in taken:
             message = got.message

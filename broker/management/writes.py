@@ -22,6 +22,7 @@ from leveret.broker.management.amqp_errors import declare_error
 from leveret.broker.management.auth import NotAuthorised
 from leveret.broker.management.bodies import boolean, json_object, table, text
 from leveret.broker.management.context import Context, NotFound, bad_request, exchange_param, param
+from leveret.broker.management.through_cluster import through_cluster
 from leveret.broker.queues.queue import Queue
 from leveret.broker.vhost import DEFAULT_EXCHANGE, VirtualHost
 from leveret.config import User
@@ -80,8 +81,16 @@ class Writes(Context):
             alternate = arguments.get("alternate-exchange")
             if isinstance(alternate, str):
                 check(permissions, user, vhost, "write", "exchange", alternate)
-            vhost.declare_exchange(
-                name, kind, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
+            await through_cluster(
+                self.node,
+                lambda: vhost.declare_exchange(
+                    name,
+                    kind,
+                    durable=durable,
+                    auto_delete=auto_delete,
+                    internal=internal,
+                    arguments=arguments,
+                ),
             )
         except AMQPError as error:
             raise declare_error(error) from None
@@ -95,7 +104,8 @@ class Writes(Context):
             raise NotFound
         try:
             check(permissions, user, vhost, "configure", "exchange", name)
-            vhost.delete_exchange(name, if_unused=flag(request, "if-unused"))
+            if_unused = flag(request, "if-unused")
+            await through_cluster(self.node, lambda: vhost.delete_exchange(name, if_unused=if_unused))
         except AMQPError as error:
             raise declare_error(error) from None
         return no_content()
@@ -114,13 +124,16 @@ class Writes(Context):
         created = name not in vhost.queues
         try:
             check(permissions, user, vhost, "configure", "queue", name)
-            vhost.declare_queue(
-                name,
-                owner=None,
-                durable=durable,
-                exclusive=False,
-                auto_delete=auto_delete,
-                arguments=arguments,
+            await through_cluster(
+                self.node,
+                lambda: vhost.declare_queue(
+                    name,
+                    owner=None,
+                    durable=durable,
+                    exclusive=False,
+                    auto_delete=auto_delete,
+                    arguments=arguments,
+                ),
             )
         except AMQPError as error:
             raise declare_error(error) from None
@@ -139,8 +152,9 @@ class Writes(Context):
         try:
             check(permissions, user, vhost, "configure", "queue", queue.name)
             vhost.check_exclusive_access(queue, None)  # no HTTP request owns an exclusive queue
-            vhost.delete_queue(
-                queue, if_unused=flag(request, "if-unused"), if_empty=flag(request, "if-empty")
+            if_unused, if_empty = flag(request, "if-unused"), flag(request, "if-empty")
+            await through_cluster(
+                self.node, lambda: vhost.delete_queue(queue, if_unused=if_unused, if_empty=if_empty)
             )
         except AMQPError as error:
             raise declare_error(error) from None
@@ -199,7 +213,7 @@ class Writes(Context):
                 raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
             if isinstance(destination, Queue):
                 vhost.check_exclusive_access(destination, None)
-            vhost.bind(source, destination, routing_key, arguments)
+            await through_cluster(self.node, lambda: vhost.bind(source, destination, routing_key, arguments))
         except AMQPError as error:
             raise declare_error(error) from None
         key = show.properties_key(routing_key, arguments)
@@ -234,22 +248,28 @@ class Writes(Context):
         vhost, permissions, source, destination = self._ends(request, user, for_change=True)
         assert permissions is not None
         key = param(request, "props")
-        for binding in list(source.bindings):
-            if (
-                binding.destination is destination
-                and show.properties_key(binding.routing_key, binding.arguments) == key
-            ):
-                kind = "queue" if isinstance(destination, Queue) else "exchange"
-                try:
-                    check(permissions, user, vhost, "write", kind, destination.name)
-                    check(permissions, user, vhost, "read", "exchange", source.name)
-                    if isinstance(destination, Queue):
-                        vhost.check_exclusive_access(destination, None)
-                except AMQPError as error:
-                    raise declare_error(error) from None
-                vhost.unbind(source, destination, binding.routing_key, binding.arguments)
-                return no_content()
-        raise NotFound
+        found = next(
+            (
+                b
+                for b in source.bindings
+                if b.destination is destination and show.properties_key(b.routing_key, b.arguments) == key
+            ),
+            None,
+        )
+        if found is None:
+            raise NotFound
+        kind = "queue" if isinstance(destination, Queue) else "exchange"
+        try:
+            check(permissions, user, vhost, "write", kind, destination.name)
+            check(permissions, user, vhost, "read", "exchange", source.name)
+            if isinstance(destination, Queue):
+                vhost.check_exclusive_access(destination, None)
+            await through_cluster(
+                self.node, lambda: vhost.unbind(source, destination, found.routing_key, found.arguments)
+            )
+        except AMQPError as error:
+            raise declare_error(error) from None
+        return no_content()
 
     # ---- connections ------------------------------------------------------------------------------
 

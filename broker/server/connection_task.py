@@ -152,6 +152,9 @@ class ConnectionTask:
             if session.throttle.blocked:
                 await self._until_unblocked()
                 continue
+            if session.waiting is not None:
+                await self._until_cluster_done()
+                continue
             try:
                 # Both stream kinds give bytes (recv, SSLObject.read); the framing hashes slices of it.
                 data = cast(bytes, await self.stream.receive_some(READ_SIZE))
@@ -190,6 +193,15 @@ class ConnectionTask:
             self.session.resume_input()  # which may block it again
             if self.session.conn.has_output:
                 self._wake()
+
+    async def _until_cluster_done(self) -> None:
+        """A method waits for an etcd transaction (broker/cluster/hooks.py): read nothing more until it is
+        answered, so a client that keeps sending cannot grow the input buffer meanwhile."""
+        done = trio.Event()
+        self.session.cluster_resumed = done.set
+        if self.session.waiting is not None:
+            await done.wait()
+        self._last_received = trio.current_time()
 
     async def _writer(self, cancel_scope: trio.CancelScope) -> None:
         session = self.session
@@ -237,7 +249,8 @@ class ConnectionTask:
         while not conn.closed:
             await trio.sleep(interval / 2)
             now = trio.current_time()
-            if now - self._last_received > 2 * interval and not self.session.throttle.blocked:
+            waiting = self.session.throttle.blocked or self.session.waiting is not None
+            if now - self._last_received > 2 * interval and not waiting:
                 self.session.connection_lost(reason=f"missed heartbeats from client, timeout: {interval}s")
                 await trio.aclose_forcefully(self.stream)
                 return

@@ -14,11 +14,13 @@ import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
+from leveret.broker.cluster.state import ClusterState
 from leveret.broker.definitions import load_definitions_file, read_definitions_file
 from leveret.broker.management.server import bind_management, serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
+from leveret.broker.server.cluster import check_etcd, run_cluster
 from leveret.broker.server.listener import serve_amqp_on
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.persistence import run_group_commit
@@ -56,7 +58,11 @@ def open_node(config: Config) -> Node:
     pages = PageFiles(Path(config.data_dir) / "pages")
     node.attach_pager(NodePager(budget, pages, node.queues, persistence))
     started = trio.current_time()
-    recovered = persistence.recover(node)
+    if node.cluster is not None:
+        with node.cluster.metadata.quietly():  # etcd's snapshot, read next, decides what stays
+            recovered = persistence.recover(node)
+    else:
+        recovered = persistence.recover(node)
     if config.load_definitions is not None:
         load_definitions_file(node, config.load_definitions, loaded)
     log.info(
@@ -140,6 +146,8 @@ async def run_node(config: Config) -> None:
     that fails (a port in use) leaves the clean-shutdown marker for the next one."""
     # Bad certificates are reported before a long recovery, not after.
     ssl_context = server_context(config.tls) if config.listeners.amqps is not None and config.tls else None
+    if config.cluster is not None:
+        await check_etcd(ClusterState(config.cluster))
     bound = await bind_listeners(config)
     try:
         data_dir_lock = lock_data_dir(config.data_dir)
@@ -156,6 +164,9 @@ async def serve_node(
 ) -> None:
     async with trio.open_nursery() as nursery:
         await start_node_tasks(nursery, node)
+        if node.cluster is not None:
+            # Registered, and holding the cluster's state, before the first client is served.
+            await nursery.start(run_cluster, node.cluster)
         await nursery.start(serve_amqp_on, node, bound.amqp)
         if bound.amqps and ssl_context is not None:
             await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)

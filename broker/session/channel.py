@@ -178,7 +178,7 @@ class ChannelSession:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         exchange = self.vhost.exchanges.get(publish.exchange)
         if exchange is None:
-            exchange = self.vhost.exchange(publish.exchange)  # raises the 404
+            exchange = self.vhost.exchange(publish.exchange, local=True)  # raises the 404
         if exchange.name not in self._may_publish_to:
             self.session.check_permission("write", "exchange", exchange.name)
             # Permissions are fixed for the connection's life: one regex match per exchange, not per message.

@@ -28,6 +28,7 @@ from leveret.amqp.events import (
     MethodReceived,
 )
 from leveret.broker.auth import VhostPermissions
+from leveret.broker.cluster.hooks import ClusterPending
 from leveret.broker.session import client_log
 from leveret.broker.session.channel import ChannelSession
 from leveret.broker.session.throttle import PublisherThrottle
@@ -88,6 +89,9 @@ class ConnectionSession:
         self.writable = True
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
+        # In a cluster: the method held until etcd has done the change it needs (see broker/cluster/hooks.py).
+        self.waiting: Event | None = None
+        self.cluster_resumed: Callable[[], None] = lambda: None  # the server's reader waits for this
         # For the client log: whether the client sent anything, how the socket went, a login refusal
         # already logged with its reason.
         self.received_any = False
@@ -120,6 +124,8 @@ class ConnectionSession:
     def _handle_input(self) -> None:
         throttle, conn, channels, alarms = self.throttle, self.conn, self.channels, self.node.alarms
         next_publish, next_event = conn.next_publish, conn.next_event
+        if self.waiting is not None:
+            return  # waiting for the cluster: what was received stays buffered until then
         # Blocked, what was received stays buffered until the alarms clear.
         while not throttle.blocked:
             # Most events are publishes on an open channel: straight to the channel, no event object.
@@ -136,6 +142,8 @@ class ConnectionSession:
             if event is None:
                 break
             self.handle_event(event)
+            if self.waiting is not None:
+                break
         self.flush_confirms()
 
     def accepted(self) -> None:
@@ -155,8 +163,37 @@ class ConnectionSession:
     def handle_event(self, event: Event) -> None:
         try:
             self._dispatch(event)
+        except ClusterPending as pending:
+            self._wait_for_cluster(event, pending.change)
         except Exception as error:
             self._failed(event, error)
+
+    def _wait_for_cluster(self, event: Event, change: Any) -> None:
+        """Hold `event`, and everything after it on this connection, until etcd has done `change`."""
+        assert self.node.cluster is not None
+        self.waiting = event
+        self.node.cluster.metadata.submit(change, lambda done: self._cluster_done(event, done))
+
+    def _cluster_done(self, event: Event, change: Any) -> None:
+        """The change is done (or failed): handle the held method again, then what came after it."""
+        if self.finished or self.conn.closed:
+            self.waiting = None
+            self.cluster_resumed()
+            return
+        self.waiting = None
+        assert self.node.cluster is not None
+        if change.error is not None:
+            error = ConnectionLevelError(
+                INTERNAL_ERROR, f"cluster metadata store unavailable ({change.error})"
+            )
+            self._failed(event, error)
+        else:
+            with self.node.cluster.metadata.replay(change):
+                self.handle_event(event)
+        if self.waiting is None:
+            self._handle_input()
+            self.cluster_resumed()
+        self.wake()
 
     def _failed(self, event: Event, error: Exception) -> None:
         """Answer an error raised while handling `event`: close its channel or the connection."""

@@ -1,0 +1,32 @@
+"""A node's share of the cluster: who it is, the membership view, placement and the metadata view.
+
+Pure: broker/server/cluster.py feeds it from etcd (registration, watches) and runs what it asks for.
+"""
+
+from __future__ import annotations
+
+from leveret.broker.cluster.keys import KeyLayout
+from leveret.broker.cluster.membership import Membership, Registration
+from leveret.broker.cluster.metadata import ClusterMetadata
+from leveret.broker.cluster.placement import replica_set
+from leveret.config import Cluster
+
+
+class ClusterState:
+    def __init__(self, config: Cluster) -> None:
+        assert config.node is not None
+        self.config = config
+        self.name = config.node
+        self.layout = KeyLayout(config.etcd.prefix)
+        self.node_names = [node.name for node in config.nodes]
+        self.membership = Membership(self.layout, self.node_names)
+        self.metadata = ClusterMetadata(self.layout, self.name, self.replica_set)
+
+    def registration(self, lease: int) -> Registration:
+        entry = self.config.this_node
+        return Registration(self.name, entry.amqp, entry.peer, lease)
+
+    def replica_set(self, vhost: str, queue: str) -> list[str]:
+        """Where a durable queue lives, leader first: over the configured nodes, so a node that is down
+        keeps its place (it catches up when it returns) and the answer never depends on timing."""
+        return replica_set(vhost, queue, self.node_names, self.config.effective_replication_factor)

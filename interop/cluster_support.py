@@ -1,0 +1,24 @@
+"""A local cluster for tests: 3 etcd members and 3 Leveret nodes on loopback, or a skip saying why not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from leveret.broker.server.local_cluster import LocalCluster, etcd_binary
+
+
+def start_cluster(directory: Path, size: int = 3, *, management: bool = False) -> Iterator[LocalCluster]:
+    """Yields the running cluster; every process it started is stopped afterwards."""
+    if etcd_binary() is None:
+        pytest.skip(
+            "etcd is not installed (Debian: apt-get install etcd-server; `make deps` does it as root)"
+        )
+    cluster = LocalCluster(directory, size, management=management)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,66 @@
+"""Node liveness through etcd: a lease per node kept alive, and a membership view from a watch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+
+from leveret.broker.cluster.state import ClusterState
+from leveret.broker.server.cluster import run_cluster
+from leveret.broker.server.etcd import EtcdClient
+from leveret.broker.server.local_cluster import EtcdCluster
+from leveret.config import Cluster, ClusterNode, Etcd
+from tests.etcd_support import etcd_cluster
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    yield from etcd_cluster(tmp_path_factory.mktemp("etcd"))
+
+
+def cluster_state(etcd: EtcdCluster, name: str, prefix: str) -> ClusterState:
+    nodes = tuple(
+        ClusterNode(n, f"127.0.0.1:{5700 + i}", f"127.0.0.1:{25700 + i}") for i, n in enumerate("abc")
+    )
+    return ClusterState(Cluster(nodes, Etcd(tuple(etcd.endpoints), prefix=prefix), node=name, lease_ttl=2))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def test_nodes_see_each_other_and_a_clean_stop(etcd: EtcdCluster) -> None:
+    a, b = cluster_state(etcd, "a", "/live1/"), cluster_state(etcd, "b", "/live1/")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_cluster, a)
+        with trio.CancelScope() as b_scope:
+            async with trio.open_nursery() as b_nursery:
+                await b_nursery.start(run_cluster, b)
+                await until(lambda: a.membership.alive_nodes() == ["a", "b"])
+                assert b.membership.alive_nodes() == ["a", "b"]
+                left = trio.current_time()
+                b_scope.cancel()  # a clean stop revokes the lease: the others see it at once
+        await until(lambda: a.membership.alive_nodes() == ["a"], timeout=2)
+        assert trio.current_time() - left < 1.5  # well before the 2 s lease would expire
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_whose_lease_expires_is_dead_to_the_cluster(etcd: EtcdCluster) -> None:
+    a = cluster_state(etcd, "a", "/live2/")
+    async with EtcdClient(etcd.endpoints) as client, trio.open_nursery() as nursery:
+        await nursery.start(run_cluster, a)
+        # "c" registers as a node does, then goes silent: no keepalive, as after kill -9 or SIGSTOP.
+        lease, _ = await client.lease_grant(2)
+        await client.put(a.layout.node("c"), b"{}", lease=lease)
+        await until(lambda: a.membership.is_alive("c"))
+        silent = trio.current_time()
+        await until(lambda: not a.membership.is_alive("c"), timeout=6)
+        assert 1.5 < trio.current_time() - silent < 4.5
+        assert a.membership.alive_nodes() == ["a"]  # its own lease is kept alive meanwhile
+        await trio.sleep(2.5)
+        assert a.membership.alive_nodes() == ["a"]
+        nursery.cancel_scope.cancel()

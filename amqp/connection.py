@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from pamqp import commands
@@ -45,7 +46,7 @@ from .events import (
 )
 from .framing import HEARTBEAT_FRAME, FrameReader
 from .handshake import (
-    MECHANISMS,
+    EXTERNAL,
     ConnectionPolicy,
     ServerSettings,
     check_tune_ok,
@@ -58,6 +59,8 @@ _HANDSHAKE_FRAME_MAX = 131072
 _CONTENT_HEADER = struct.Struct(">HHQ")
 # Distinct (exchange, routing key, flags) combinations remembered per connection; cleared when full.
 _PUBLISH_CACHE_SIZE = 1024
+# A delivery of more pieces than this carries a body of several frames (three pieces a frame).
+_LARGE_CONTENT_PIECES = 32
 
 Channel = commands.Channel
 Connection = commands.Connection
@@ -76,21 +79,35 @@ class State(enum.Enum):
 class _ChannelState:
     """Frame sequence of one open channel."""
 
-    __slots__ = ("closing", "publish", "properties_raw", "body_size", "body_parts", "received")
+    __slots__ = ("closing", "publish", "properties_raw", "body_size", "body", "received")
 
     def __init__(self) -> None:
         self.closing = False
         self.publish: fastpath.Publish | None = None
         self.properties_raw: bytes | None = None
         self.body_size = 0
-        self.body_parts: list[bytes] = []
+        # A body in one frame is that frame's payload. One split over frames is appended to a bytearray as
+        # they come: held once (the allocator grows a large one in place), never joined from its parts, and
+        # never allocated ahead of the bytes actually received.
+        self.body: bytes | bytearray = b""
         self.received = 0
 
     def reset_content(self) -> None:
         self.publish = None
         self.properties_raw = None
-        self.body_parts = []
+        self.body = b""
         self.received = 0
+
+    def add_body(self, payload: bytes) -> None:
+        """Add one body frame's payload (the caller has checked it fits in the announced size)."""
+        if not self.received:
+            self.body = payload
+        else:
+            body = self.body
+            if not isinstance(body, bytearray):
+                body = self.body = bytearray(body)
+            body += payload
+        self.received += len(payload)
 
 
 class ServerConnection:
@@ -108,19 +125,38 @@ class ServerConnection:
         self.refused_header: bytes | None = None  # what a client sent instead of the AMQP 0-9-1 header
         self._reader = FrameReader(_HANDSHAKE_FRAME_MAX)
         self._channels: dict[int, _ChannelState] = {}
-        self._out: list[bytes] = []
+        self._out: list[fastpath.Frame] = []
+        self._large = False  # a body split over many frames is queued: hand it out a piece at a time
         self._events: deque[Event] = deque()
         self._publish_cache: dict[bytes, fastpath.Publish] = {}
 
     # ---- output -------------------------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        """Everything queued for the socket since the last call."""
-        if not self._out:
+    def data_to_send(self, limit: int | None = None) -> bytes:
+        """What is queued for the socket, oldest first: everything, or, once a large body is queued, about
+        `limit` bytes of it (more is left for the next call), so that the body is not copied whole."""
+        out = self._out
+        if not out:
             return b""
-        data = b"".join(self._out)
-        self._out.clear()
+        if limit is None or not self._large:
+            data = b"".join(out)
+            out.clear()
+            self._large = False
+            return data
+        size = taken = 0
+        for piece in out:
+            size += len(piece)
+            taken += 1
+            if size >= limit:
+                break
+        data = b"".join(out[:taken])
+        del out[:taken]
+        self._large = bool(out)
         return data
+
+    def output_size(self) -> int:
+        """Bytes queued for the socket (after `data_to_send`, what it left)."""
+        return sum(map(len, self._out)) if self._out else 0
 
     @property
     def has_output(self) -> bool:
@@ -129,8 +165,11 @@ class ServerConnection:
     def send_method(self, channel: int, method: Any) -> None:
         self._out.append(encode_method(channel, method))
 
-    def send_frames(self, frames: list[bytes]) -> None:
-        """Pre-encoded frames from the fast path (deliveries, confirms)."""
+    def send_frames(self, frames: Sequence[fastpath.Frame]) -> None:
+        """Pre-encoded frames from the fast path (deliveries, confirms); a large body's frames are views of
+        it (fastpath.content_frames)."""
+        if len(frames) > _LARGE_CONTENT_PIECES:
+            self._large = True
         self._out.extend(frames)
 
     def send_heartbeat(self) -> None:
@@ -288,7 +327,7 @@ class ServerConnection:
                 version_major=0,
                 version_minor=9,
                 server_properties=self.settings.server_properties(),
-                mechanisms=" ".join(MECHANISMS),
+                mechanisms=" ".join(self.policy.mechanisms()),
                 locales="en_US",
             ),
         )
@@ -362,13 +401,15 @@ class ServerConnection:
 
     def _start_ok(self, method: Any) -> None:
         self.client_properties = method.client_properties or {}
-        if method.mechanism not in MECHANISMS:
+        if method.mechanism not in self.policy.mechanisms():
             raise ConnectionLevelError(
                 ACCESS_REFUSED, f"unsupported authentication mechanism '{method.mechanism}'", 10, 11
             )
         username, password = parse_sasl_response(method.mechanism, method.response)
+        if method.mechanism == EXTERNAL:
+            username = self.policy.external_username() or ""
         self.mechanism = method.mechanism
-        if not self.policy.authenticate(method.mechanism, username, password):
+        if not username or not self.policy.authenticate(method.mechanism, username, password):
             raise ConnectionLevelError(
                 ACCESS_REFUSED,
                 f"Login was refused using authentication mechanism {method.mechanism}. "
@@ -437,12 +478,11 @@ class ServerConnection:
                 raise ConnectionLevelError(
                     UNEXPECTED_FRAME, "expected method frame, got content body instead"
                 )
-            state.body_parts.append(payload)
-            state.received += len(payload)
-            if state.received > state.body_size:
+            if state.received + len(payload) > state.body_size:
                 raise ConnectionLevelError(
                     FRAME_ERROR, f"content body exceeds the announced size {state.body_size}"
                 )
+            state.add_body(payload)
             if state.received == state.body_size:
                 self._content_complete(channel, state, events)
         else:
@@ -451,12 +491,13 @@ class ServerConnection:
     def _open_channel(self, channel: int, method: Any, events: deque[Event]) -> None:
         if not isinstance(method, Channel.Open):
             raise ConnectionLevelError(CHANNEL_ERROR, "expected 'channel.open'", *method_ids(method))
-        if channel > self.channel_max:
+        # channel_max bounds how many channels are open, not their numbers (rabbit_reader:create_channel):
+        # RabbitMQ opens channel 65535 on any connection. 0 is no limit.
+        if self.channel_max and len(self._channels) >= self.channel_max:
             raise ConnectionLevelError(
                 NOT_ALLOWED,
-                f"channel number {channel} exceeds the negotiated channel_max {self.channel_max}",
-                20,
-                10,
+                f"number of channels opened ({len(self._channels)}) has reached the negotiated channel_max "
+                f"({self.channel_max})",
             )
         self._channels[channel] = _ChannelState()
         events.append(MethodReceived(channel, method))
@@ -497,10 +538,8 @@ class ServerConnection:
             self._content_complete(channel, state, events)
 
     def _content_complete(self, channel: int, state: _ChannelState, events: deque[Event]) -> None:
-        parts = state.body_parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
         assert state.publish is not None and state.properties_raw is not None
-        events.append(ContentReceived(channel, state.publish, state.properties_raw, body))
+        events.append(ContentReceived(channel, state.publish, state.properties_raw, state.body))
         state.reset_content()
 
 

@@ -60,8 +60,8 @@ DEFAULT_CHANNEL_MAX: Final = 2047
 DEFAULT_FRAME_MAX: Final = 131072
 DEFAULT_HEARTBEAT: Final = 60
 MIN_FRAME_MAX: Final = 4096
-# RabbitMQ 4.x default max_message_size.
-DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+# The default max_message_size of RabbitMQ 3.13, the version Leveret advertises (4.x lowered it to 16 MiB).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 128 * 1024 * 1024
 
 # Class ids.
 CLASS_CONNECTION: Final = 10

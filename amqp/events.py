@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import AMQPError
-from .fastpath import Publish
+from .fastpath import Body, Publish
 
 if TYPE_CHECKING:
     from .connection import State
@@ -36,7 +36,7 @@ class ContentReceived:
     channel: int
     publish: Publish
     properties_raw: bytes
-    body: bytes
+    body: Body
 
 
 @dataclass(slots=True)

@@ -34,6 +34,13 @@ _ACK_FRAME = struct.Struct(">BHIHHQBB")  # whole basic.ack / basic.nack frame, e
 _END = bytes([FRAME_END])
 
 
+# A message body: bytes, or a bytearray when it came in several frames (see amqp/connection.py).
+Body = bytes | bytearray
+# What the encoders below return: a large body's frames are views of it, not copies.
+Frame = bytes | bytearray | memoryview
+Frames = list[Frame]
+
+
 class Publish(NamedTuple):
     exchange: str
     routing_key: str
@@ -98,10 +105,10 @@ def shortstr(value: str) -> bytes:
     return _U8.pack(len(raw)) + raw
 
 
-def content_frames(channel: int, properties_raw: bytes, body: bytes, frame_max: int) -> list[bytes]:
+def content_frames(channel: int, properties_raw: bytes, body: Body, frame_max: int) -> Frames:
     """The content header frame and the body frames, split to fit `frame_max`."""
     size = len(body)
-    parts = [
+    parts: Frames = [
         _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties_raw), 60, 0, size),
         properties_raw,
         _END,
@@ -115,7 +122,7 @@ def content_frames(channel: int, properties_raw: bytes, body: bytes, frame_max: 
     for start in range(0, size, chunk):
         piece = view[start : start + chunk]
         # A memoryview slice, not a copy: writers take any bytes-like part.
-        parts += (_FRAME_HEAD.pack(FRAME_BODY, channel, len(piece)), piece, _END)  # type: ignore[arg-type]
+        parts += (_FRAME_HEAD.pack(FRAME_BODY, channel, len(piece)), piece, _END)
     return parts
 
 
@@ -131,13 +138,13 @@ def deliver_frames(
     redelivered: bool,
     names: bytes,
     properties_raw: bytes,
-    body: bytes,
+    body: Body,
     frame_max: int,
-) -> list[bytes]:
+) -> Frames:
     """basic.deliver + content; `consumer_tag` and `names` (see names_raw) are already encoded."""
     size = len(body)
     method_size = 13 + len(consumer_tag) + len(names)  # class, method, tag, delivery tag, redelivered
-    parts = [
+    parts: Frames = [
         _DELIVER_HEAD.pack(FRAME_METHOD, channel, method_size, 60, 60),
         consumer_tag,
         _TAG_BITS.pack(delivery_tag, redelivered),
@@ -164,9 +171,9 @@ def get_ok_frames(
     names: bytes,
     message_count: int,
     properties_raw: bytes,
-    body: bytes,
+    body: Body,
     frame_max: int,
-) -> list[bytes]:
+) -> Frames:
     args = _TAG_BITS.pack(delivery_tag, redelivered) + names + struct.pack(">I", message_count)
     head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 71)
     return [head, args, _END, *content_frames(channel, properties_raw, body, frame_max)]
@@ -178,9 +185,9 @@ def return_frames(
     reply_text: str,
     names: bytes,
     properties_raw: bytes,
-    body: bytes,
+    body: Body,
     frame_max: int,
-) -> list[bytes]:
+) -> Frames:
     args = _U16.pack(reply_code) + shortstr(reply_text) + names
     head = _DELIVER_HEAD.pack(FRAME_METHOD, channel, 4 + len(args), 60, 50)
     return [head, args, _END, *content_frames(channel, properties_raw, body, frame_max)]

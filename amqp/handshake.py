@@ -19,7 +19,8 @@ from .constants import (
 )
 from .errors import ConnectionLevelError
 
-MECHANISMS = ("PLAIN", "AMQPLAIN")
+MECHANISMS = ("PLAIN", "AMQPLAIN")  # the ones whose response carries a username and password
+EXTERNAL = "EXTERNAL"  # the TLS client certificate names the user; the response is not read
 
 CAPABILITIES = {
     "publisher_confirms": True,
@@ -63,6 +64,12 @@ class ServerSettings:
 class ConnectionPolicy(Protocol):
     """The broker's decisions during the handshake, for one connection."""
 
+    def mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms connection.start offers."""
+
+    def external_username(self) -> str | None:
+        """For EXTERNAL: the username the connection's client certificate gives; None if it gives none."""
+
     def authenticate(self, mechanism: str, username: str, password: str) -> bool: ...
 
     def check_vhost(self, username: str, vhost: str) -> None:
@@ -70,7 +77,9 @@ class ConnectionPolicy(Protocol):
 
 
 def parse_sasl_response(mechanism: str, response: bytes | str) -> tuple[str, str]:
-    """(username, password) from a PLAIN or AMQPLAIN response."""
+    """(username, password) from a PLAIN or AMQPLAIN response; EXTERNAL's response is not read."""
+    if mechanism == EXTERNAL:
+        return "", ""
     raw = response.encode("utf-8", "surrogateescape") if isinstance(response, str) else response
     if mechanism == "PLAIN":
         parts = raw.split(b"\x00")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_ALLOWED
 from leveret.amqp.errors import ChannelError, ConnectionLevelError
 from leveret.config import Config, User, check_password
@@ -41,13 +44,16 @@ class Authority:
             for p in config.permissions
         }
 
-    def authenticate(self, username: str, password: str, *, from_loopback: bool) -> bool:
+    def authenticate(self, username: str, password: str | None, *, from_loopback: bool) -> bool:
         return self.refusal(username, password, from_loopback=from_loopback) is None
 
-    def refusal(self, username: str, password: str, *, from_loopback: bool) -> str | None:
-        """Why this login is refused, in RabbitMQ's words for its log; None when it is accepted."""
+    def refusal(self, username: str, password: str | None, *, from_loopback: bool) -> str | None:
+        """Why this login is refused, in RabbitMQ's words for its log; None when it is accepted.
+        `password` None: the user proved who they are otherwise (EXTERNAL: a verified certificate)."""
         user = self.users.get(username)
-        if user is None or not check_password(user.password_hash, password, user.hashing_algorithm):
+        if user is None or (
+            password is not None and not check_password(user.password_hash, password, user.hashing_algorithm)
+        ):
             return f"user '{username}' - invalid credentials"
         # RabbitMQ's loopback_users: refused from anywhere else, even with the right password.
         if user.loopback_only and not from_loopback:
@@ -63,3 +69,17 @@ class Authority:
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{username}'", 10, 40
             )
         return permissions
+
+
+def certificate_login_name(der: bytes, login_from: str) -> str | None:
+    """The username a client certificate gives EXTERNAL, as RabbitMQ's rabbit_ssl:peer_cert_auth_name: its
+    subject in RFC 4514 form ("CN=alice,O=example"), or its common name(s) joined by ","; None if the
+    certificate cannot be read or has no common name."""
+    try:
+        subject = x509.load_der_x509_certificate(der).subject
+    except ValueError:
+        return None
+    if login_from == "distinguished_name":
+        return subject.rfc4514_string()
+    names = [str(attribute.value) for attribute in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return ",".join(names) or None

@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--config", metavar="FILE", help="YAML configuration file (default: the embedded config/default.yaml)"
     )
     parser.add_argument(
-        "--host", help=f"address to listen on for AMQP: listeners.amqp.host (default: {amqp.host})"
+        "--host",
+        help=f"address to listen on for AMQP: listeners.amqp.host (default: {' and '.join(amqp.hosts)})",
     )
     parser.add_argument(
         "--port", type=_port, help=f"AMQP port: listeners.amqp.port (default: {amqp.port})"

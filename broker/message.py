@@ -33,7 +33,12 @@ class Message:
     )
 
     def __init__(
-        self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes, names: bytes | None = None
+        self,
+        exchange: str,
+        routing_key: str,
+        properties_raw: bytes,
+        body: bytes | bytearray,  # a bytearray when it came in several frames
+        names: bytes | None = None,
     ) -> None:
         self.exchange = exchange
         self.routing_key = routing_key

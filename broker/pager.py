@@ -210,7 +210,7 @@ class NodePager(Pager):
         transient = [entry for entry in entries if not entry.logged]
         if transient:
             chunk.run = self.page_files.append(
-                records.page_payload(
+                records.page_parts(
                     (entry.seq, entry.message.names_raw, entry.message.properties_raw, entry.message.body)
                     for entry in transient
                 )

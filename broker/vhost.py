@@ -7,15 +7,17 @@ import copy
 import os
 import time
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.cluster.hooks import LOCAL_METADATA, LocalMetadata
 from leveret.broker.exchanges.base import Exchange
+from leveret.broker.exchanges.erlang_terms import format_term
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import EQUIVALENCE_KEYS, amqp_type, validate_queue_arguments
+from leveret.broker.queues.arguments import TYPE_ARGUMENTS, amqp_type, queue_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import queue_class
@@ -36,6 +38,12 @@ PREDECLARED = (
 
 # Exchange-to-exchange routing deeper than this is a binding cycle; RabbitMQ stops at visited exchanges.
 _MAX_ROUTING_HOPS = 64
+
+
+def check_not_default_exchange(name: str) -> None:
+    """RabbitMQ refuses every declare (passive too), delete and binding of the default exchange."""
+    if name == DEFAULT_EXCHANGE:
+        raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
 
 def _bool_text(value: object) -> str:
@@ -102,8 +110,9 @@ class VirtualHost:
         internal: bool,
         arguments: dict[str, Any],
     ) -> Exchange:
+        check_not_default_exchange(name)
         existing = self.exchanges.get(name)
-        if name.startswith(RESERVED_PREFIX) and existing is None or name == DEFAULT_EXCHANGE:
+        if name.startswith(RESERVED_PREFIX) and existing is None:
             raise ChannelError(ACCESS_REFUSED, f"exchange name '{name}' contains reserved prefix 'amq.*'")
         cls = exchange_class(kind)
         if self.metadata is not LOCAL_METADATA and name not in _PREDECLARED_NAMES:
@@ -148,8 +157,7 @@ class VirtualHost:
         _check_arguments_equivalent(where, exchange.arguments, arguments, keys=("alternate-exchange",))
 
     def delete_exchange(self, name: str, *, if_unused: bool) -> None:
-        if name == DEFAULT_EXCHANGE:
-            raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        check_not_default_exchange(name)
         if name.startswith(RESERVED_PREFIX) and name in self.exchanges:
             raise ChannelError(
                 ACCESS_REFUSED, f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed"
@@ -185,7 +193,13 @@ class VirtualHost:
         auto_delete: bool,
         arguments: dict[str, Any],
     ) -> Queue:
-        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one."""
+        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one.
+
+        As in RabbitMQ, an exclusive queue is never durable, and exclusivity is not an equivalence argument:
+        a redeclare must come from the queue's owner with exclusive set, or, for a queue no connection owns,
+        without it (anything else is 405 RESOURCE_LOCKED, checked first). Then durable, auto_delete and the
+        queue type's arguments must match (406)."""
+        durable = durable and not exclusive
         existing = self.queues.get(name)
         # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
         # here already answers for itself.
@@ -195,8 +209,9 @@ class VirtualHost:
             self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
             existing = self.queues.get(name)  # the cluster's record, when it has one
         if existing is not None:
-            self.check_exclusive_access(existing, owner)
-            self._check_queue_equivalent(existing, durable, exclusive, auto_delete, arguments)
+            if existing.exclusive_owner is not (owner if exclusive else None):
+                raise self._locked(existing)
+            self._check_queue_equivalent(existing, durable, auto_delete, arguments)
             return existing
         if not name:
             name = _server_named_queue()
@@ -232,21 +247,24 @@ class VirtualHost:
             )
 
     def check_exclusive_access(self, queue: Queue, owner: object) -> None:
+        """Any connection may use a queue no connection owns; an exclusive one only its owner."""
         if queue.exclusive_owner is not None and queue.exclusive_owner is not owner:
-            raise ChannelError(
-                RESOURCE_LOCKED,
-                f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
-                "It could be originally declared on another connection or the exclusive property value "
-                "does not match that of the original declaration.",
-            )
+            raise self._locked(queue)
+
+    def _locked(self, queue: Queue) -> ChannelError:
+        return ChannelError(
+            RESOURCE_LOCKED,
+            f"cannot obtain exclusive access to locked queue '{queue.name}' in vhost '{self.name}'. "
+            "It could be originally declared on another connection or the exclusive property value "
+            "does not match that of the original declaration.",
+        )
 
     def _check_queue_equivalent(
-        self, queue: Queue, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict
+        self, queue: Queue, durable: bool, auto_delete: bool, arguments: dict
     ) -> None:
         where = f"for queue '{queue.name}' in vhost '{self.name}'"
         for field, current, received in (
             ("durable", queue.durable, durable),
-            ("exclusive", queue.exclusive, exclusive),
             ("auto_delete", queue.auto_delete, auto_delete),
         ):
             if current != received:
@@ -255,7 +273,8 @@ class VirtualHost:
                     f"inequivalent arg '{field}' {where}: received '{_bool_text(received)}' but current is "
                     f"'{_bool_text(current)}'",
                 )
-        _check_arguments_equivalent(where, queue.arguments, arguments, keys=EQUIVALENCE_KEYS)
+        keys = TYPE_ARGUMENTS[queue_type(queue.arguments)]
+        _check_arguments_equivalent(where, queue.arguments, arguments, keys=keys)
 
     def delete_queue(self, queue: Queue, *, if_unused: bool = False, if_empty: bool = False) -> int:
         if if_unused and queue.consumers:
@@ -400,17 +419,50 @@ def _durable_binding(source: Exchange, destination: Queue | Exchange) -> bool:
 
 
 def _check_arguments_equivalent(where: str, current: dict, received: dict, keys: Iterable[str]) -> None:
-    for key in sorted(set(current) | set(received)):
-        if key not in keys:
-            continue
+    """RabbitMQ's rabbit_misc:assert_args_equivalence over `keys`, in their order: the first difference is
+    406. Values of the same type class (any integer width) compare by value; a classic queue's missing
+    x-queue-type equals 'classic'."""
+    for key in keys:
         have, got = current.get(key), received.get(key)
-        if have != got or isinstance(have, bool) is not isinstance(got, bool):
-            got_text = "none" if got is None else f"the value '{got}' of type '{amqp_type(got)}'"
-            have_text = "none" if have is None else f"the value '{have}' of type '{amqp_type(have)}'"
-            raise ChannelError(
-                PRECONDITION_FAILED,
-                f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}",
-            )
+        if have is None and got is None:
+            continue
+        if have is not None and got is not None:
+            if _type_class(have) == _type_class(got) and have == got:
+                continue
+            got_text, have_text = _bare_value(got), _bare_value(have)
+        elif key == "x-queue-type" and (have or got) == "classic":
+            continue
+        else:
+            got_text, have_text = _typed_value(got), _typed_value(have)
+        raise ChannelError(
+            PRECONDITION_FAILED,
+            f"inequivalent arg '{key}' {where}: received {got_text} but current is {have_text}",
+        )
+
+
+def _type_class(value: object) -> str:
+    """rabbit_misc:type_class: every integer type (decimal too) is one class, as are float and double."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | Decimal):
+        return "int"
+    if isinstance(value, str | bytes):
+        return "longstr"
+    return type(value).__name__
+
+
+def _bare_value(value: object) -> str:
+    """RabbitMQ's val/1 of a value without its type: a string as it is, anything else as Erlang's ~tp."""
+    if isinstance(value, str):
+        return f"'{value}'"
+    return f"'{format_term(value)}'"
+
+
+def _typed_value(value: object) -> str:
+    if value is None:
+        return "none"
+    shown = value if isinstance(value, str) else format_term(value)
+    return f"the value '{shown}' of type '{amqp_type(value)}'"
 
 
 def _server_named_queue() -> str:

@@ -35,6 +35,26 @@ def non_empty() -> Check:
     return Check("a non-empty string", lambda v: v != "")
 
 
+def hosts() -> Check:
+    """A listener's address: one host, or a non-empty list of them."""
+
+    def test(value: str | tuple[str, ...]) -> bool:
+        values = (value,) if isinstance(value, str) else value
+        return bool(values) and all(values)
+
+    return Check("a host such as '127.0.0.1', '::1', '::' or '0.0.0.0', or a non-empty list of them", test)
+
+
+MECHANISMS = ("PLAIN", "AMQPLAIN", "EXTERNAL")
+
+
+def mechanisms() -> Check:
+    def test(value: tuple[str, ...]) -> bool:
+        return bool(value) and all(name in MECHANISMS for name in value) and len(set(value)) == len(value)
+
+    return Check("a non-empty list of distinct SASL mechanisms among " + ", ".join(MECHANISMS), test)
+
+
 def _compiles(pattern: str) -> bool:
     try:
         re.compile(pattern)

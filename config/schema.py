@@ -20,10 +20,20 @@ def _port(default: int) -> int:
     return field(default=default, metadata={"check": checks.int_range(1, 65535)})
 
 
+# Loopback on both families, as RabbitMQ's default listener accepts both (Leveret's default stays local).
+LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
-    host: str = field(default="127.0.0.1", metadata={"check": checks.non_empty()})
+    # One address or several, all on `port` (RabbitMQ's listeners.tcp.N). "::" is every address of both
+    # families (as RabbitMQ's dual-stack default), "0.0.0.0" every IPv4 one.
+    host: str | tuple[str, ...] = field(default=LOOPBACK_HOSTS, metadata={"check": checks.hosts()})
     port: int = _port(5672)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,) if isinstance(self.host, str) else self.host
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +101,8 @@ class Limits:
     frame_max: int = field(default=131072, metadata={"check": checks.int_range(4096, 2**32 - 1)})
     # Seconds; 0 disables heartbeats. The wire field is 16 bits.
     heartbeat: int = field(default=60, metadata={"check": checks.int_range(0, 65535)})
-    # RabbitMQ's ceiling is 512 MiB.
-    max_message_size: int = field(default=16777216, metadata={"check": checks.int_range(1, 536870912)})
+    # RabbitMQ 3.13's default (128 MiB; 4.x lowered it to 16 MiB); its ceiling is 512 MiB.
+    max_message_size: int = field(default=134217728, metadata={"check": checks.int_range(1, 536870912)})
     # Seconds from TCP accept to connection.open-ok.
     handshake_timeout: float = field(default=10.0, metadata={"check": checks.positive_number()})
     # Milliseconds a delivery may stay unacknowledged; None or 0 disables.
@@ -138,6 +148,15 @@ def _duplicates(entries: list[tuple[str, Hashable, str]]) -> list[tuple[str, str
 class Config:
     listeners: Listeners = Listeners()
     tls: Tls | None = None
+    # SASL mechanisms offered in connection.start (RabbitMQ's auth_mechanisms). EXTERNAL (RabbitMQ's
+    # rabbitmq_auth_mechanism_ssl) logs in with the TLS client certificate, on amqps connections only.
+    auth_mechanisms: tuple[str, ...] = field(
+        default=("PLAIN", "AMQPLAIN"), metadata={"check": checks.mechanisms()}
+    )
+    # Where EXTERNAL takes the username from (RabbitMQ's ssl_cert_login_from; its default).
+    ssl_cert_login_from: str = field(
+        default="distinguished_name", metadata={"check": checks.one_of("distinguished_name", "common_name")}
+    )
     data_dir: str = field(default="./leveret-data", metadata={"check": checks.non_empty()})
     vhosts: tuple[str, ...] = ("/",)
     users: tuple[User, ...] = (User("guest", GUEST_PASSWORD_HASH, ("administrator",), loopback_only=True),)

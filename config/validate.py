@@ -1,8 +1,9 @@
 """Build schema dataclasses from plain data, driven only by their fields and type hints.
 
-Supported hints: str, int, float, bool, nested dataclasses, `tuple[X, ...]` and unions (`X | None`, or
-several scalars such as `float | str`). Every problem is appended to `errors` as "dotted.path: message"
-and the walk carries on, so one pass reports them all.
+Supported hints: str, int, float, bool, nested dataclasses, `tuple[X, ...]` and unions (`X | None`,
+several scalars such as `float | str`, or scalars and one tuple such as `str | tuple[str, ...]`). Every
+problem is appended to `errors` as "dotted.path: message" and the walk carries on, so one pass reports
+them all.
 """
 
 import dataclasses
@@ -87,7 +88,15 @@ def _convert(
         members = [arg for arg in args if arg is not type(None)]
         if len(members) == 1:
             return _convert(members[0], value, path, errors, check, nullable)
-        converted = next((c for c in (_scalar(m, value) for m in members) if c is not _INVALID), _INVALID)
+        # One list member at most (`str | tuple[str, ...]`): a list is that, anything else a scalar.
+        sequence = next((m for m in members if get_origin(m) is tuple), None)
+        if sequence is not None and isinstance(value, list | tuple):
+            converted = _convert(sequence, value, path, errors, None)
+            if converted is _INVALID:
+                return _INVALID  # each bad item has reported itself
+        else:
+            scalars = [m for m in members if m is not sequence]
+            converted = next((c for c in (_scalar(m, value) for m in scalars) if c is not _INVALID), _INVALID)
     elif dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return _convert_dataclass(tp, value, path, errors)
     elif origin is tuple and isinstance(value, list | tuple):

@@ -112,6 +112,9 @@ class TlsSettings:
     cacertfile: Path
     verify_peer: bool = False
     fail_if_no_peer_cert: bool = False
+    # The EXTERNAL mechanism (RabbitMQ's rabbitmq_auth_mechanism_ssl) offered beside PLAIN and AMQPLAIN, the
+    # username taken from the client certificate's "common_name" or "distinguished_name"; None: off.
+    external_login_from: str | None = None
 
 
 class Broker:
@@ -129,10 +132,13 @@ class Broker:
         *,
         management: bool = False,
         users: tuple[ExtraUser, ...] = (),
+        ipv6: bool = False,
     ) -> None:
         self.limits = limits
         self.tls = tls
         self.users = users
+        # Also listen on the IPv6 loopback, same port (RabbitMQ: listeners.tcp.N; Leveret: a list of hosts).
+        self.ipv6 = ipv6
         self.host = HOST
         self.port = free_port()
         self.tls_port = free_port() if tls is not None else None
@@ -149,6 +155,11 @@ class Broker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    @property
+    def ipv6_url(self) -> str:
+        assert self.ipv6, "broker started without the IPv6 loopback"
+        return f"amqp://guest:guest@[::1]:{self.port}/"
 
     @property
     def management_url(self) -> str:
@@ -273,18 +284,13 @@ class LeveretBroker(Broker):
 
     def command(self) -> list[str]:
         data = str(self.data_dir)
-        command = [
-            sys.executable,
-            "-m",
-            "leveret",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--data-dir",
-            data,
-        ]
+        command = [sys.executable, "-m", "leveret", "--port", str(self.port), "--data-dir", data]
         settings: dict[str, object] = {}
+        listeners: dict[str, object] = {}
+        if self.ipv6:
+            listeners["amqp"] = {"host": [self.host, "::1"]}
+        else:
+            command += ["--host", self.host]
         resources = {
             key: str(value)  # a string: a plain number would be read as a fraction of memory
             for key, value in vars(self.limits).items()
@@ -292,7 +298,6 @@ class LeveretBroker(Broker):
         }
         if resources:
             settings["resources"] = resources
-        listeners: dict[str, object] = {}
         if self.management_port is not None:
             listeners["management"] = {"host": self.host, "port": self.management_port}
         if self.users:
@@ -312,6 +317,9 @@ class LeveretBroker(Broker):
                 "verify": "verify_peer" if self.tls.verify_peer else "verify_none",
                 "fail_if_no_peer_cert": self.tls.fail_if_no_peer_cert,
             }
+            if self.tls.external_login_from is not None:
+                settings["auth_mechanisms"] = ["PLAIN", "AMQPLAIN", "EXTERNAL"]
+                settings["ssl_cert_login_from"] = self.tls.external_login_from
         if listeners:
             settings["listeners"] = listeners
         if settings:
@@ -336,8 +344,9 @@ class RabbitMQBroker(Broker):
         *,
         management: bool = False,
         users: tuple[ExtraUser, ...] = (),
+        ipv6: bool = False,
     ) -> None:
-        super().__init__(workdir, limits, tls, management=management, users=users)
+        super().__init__(workdir, limits, tls, management=management, users=users, ipv6=ipv6)
         self.script = script
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -348,6 +357,8 @@ class RabbitMQBroker(Broker):
         plugins = ["rabbitmq_consistent_hash_exchange"]
         if management:
             plugins += ["rabbitmq_management", "rabbitmq_prometheus"]
+        if tls is not None and tls.external_login_from is not None:
+            plugins.append("rabbitmq_auth_mechanism_ssl")
         (workdir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         settings: dict[str, object] = {
             "vm_memory_high_watermark.absolute": limits.memory_high_watermark,
@@ -363,6 +374,10 @@ class RabbitMQBroker(Broker):
             settings["prometheus.tcp.ip"] = self.host
             settings["prometheus.tcp.port"] = self.prometheus_port
             settings["prometheus.return_per_object_metrics"] = "true"
+        if ipv6:
+            # Instead of RABBITMQ_NODE_IP_ADDRESS, which would override these.
+            settings["listeners.tcp.1"] = f"{self.host}:{self.port}"
+            settings["listeners.tcp.2"] = f"::1:{self.port}"
         if users:
             settings["load_definitions"] = self._write_definitions(all_users(users))
         if tls is not None:
@@ -374,6 +389,13 @@ class RabbitMQBroker(Broker):
                 "ssl_options.verify": "verify_peer" if tls.verify_peer else "verify_none",
                 "ssl_options.fail_if_no_peer_cert": str(tls.fail_if_no_peer_cert).lower(),
             })
+            if tls.external_login_from is not None:
+                settings.update({
+                    "auth_mechanisms.1": "PLAIN",
+                    "auth_mechanisms.2": "AMQPLAIN",
+                    "auth_mechanisms.3": "EXTERNAL",
+                    "ssl_cert_login_from": tls.external_login_from,
+                })
         (workdir / "rabbitmq.conf").write_text(
             "".join(f"{key} = {value}\n" for key, value in settings.items() if value is not None)
         )
@@ -429,8 +451,6 @@ class RabbitMQBroker(Broker):
             RABBITMQ_LOG_BASE=str(self.log_dir),
             RABBITMQ_PID_FILE=str(self.pid_file),
             RABBITMQ_NODENAME=self.nodename,
-            RABBITMQ_NODE_IP_ADDRESS=self.host,
-            RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS=self.host,
@@ -439,6 +459,8 @@ class RabbitMQBroker(Broker):
                 "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
             ),
         )
+        if not self.ipv6:
+            env.update(RABBITMQ_NODE_IP_ADDRESS=self.host, RABBITMQ_NODE_PORT=str(self.port))
         return env
 
     def diagnostics(self) -> str:

@@ -43,3 +43,25 @@ def test_celery_task_round_trip(broker: Broker, tmp_path: Path) -> None:
         worker.expect(lambda line: "succeeded" in line and ": 5" in line)
         worker.signal(signal.SIGTERM)  # warm shutdown
         assert worker.wait() == 0, worker.transcript()
+
+
+def test_kombu_hub_consumer_acks_from_other_threads(broker: Broker, tmp_path: Path) -> None:
+    stage(tmp_path, "kombu_event_loop.py")
+    args = python_client("kombu_event_loop.py", "thread-ack", unique("kombu-thread-ack"))
+    result = json.loads(run_client(args, tmp_path, client_env(broker.url)))
+    assert result["received"] == list(range(20))  # past the prefetch of 5: the acks reached the broker
+    assert result["acked"] == list(range(20))
+    assert (result["ready"], result["consumers"], result["leftover"]) == (0, 0, False)
+
+
+def test_kombu_revived_consumer_resumes_only_its_active_queue(broker: Broker, tmp_path: Path) -> None:
+    stage(tmp_path, "kombu_event_loop.py")
+    args = python_client("kombu_event_loop.py", "revive", unique("kombu-active"), unique("kombu-inactive"))
+    result = json.loads(run_client(args, tmp_path, client_env(broker.url)))
+    assert result == {
+        "inactive_consumed_before": False,
+        "active_consumed": True,
+        "inactive_consumed": False,
+        "inactive_consumers": 0,
+        "received": [{"hello": "world"}],
+    }

@@ -12,7 +12,7 @@ import aio_pika
 import pika
 import pytest
 
-from interop.brokers import HOST, PROTOCOL_HEADER, Broker, TlsSettings
+from interop.brokers import HOST, PROTOCOL_HEADER, Broker, ExtraUser, TlsSettings
 from interop.clients import NODE_DIR, client_env, pika_connection, run_client, unique
 from tests.certs import TlsFiles, make_tls_files
 
@@ -138,3 +138,67 @@ def test_node_amqplib_over_tls_with_a_client_certificate(
         url, TLS_CA=str(certs.ca), TLS_CERT=str(certs.client_cert), TLS_KEY=str(certs.client_key)
     )
     assert run_client(script, tmp_path, env) == "got over tls\n"
+
+
+def external_parameters(
+    broker: Broker, certs: TlsFiles, *, with_certificate: bool
+) -> pika.ConnectionParameters:
+    context = client_context(certs, with_certificate=with_certificate)
+    return pika.ConnectionParameters(
+        host=HOST,
+        port=broker.tls_port,
+        credentials=pika.credentials.ExternalCredentials(),
+        ssl_options=pika.SSLOptions(context, server_hostname="localhost"),
+    )
+
+
+EXTERNAL_REFUSED = (
+    "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker "
+    "logfile."
+)
+
+
+def test_external_logs_in_as_the_certificates_common_name(
+    private_broker: Callable[..., Broker], certs: TlsFiles
+) -> None:
+    """RabbitMQ's rabbitmq_auth_mechanism_ssl with ssl_cert_login_from = common_name: the client
+    certificate's CN, "guest", is the user; no password is sent."""
+    tls = settings(certs, verify_peer=True)
+    broker = private_broker(tls=TlsSettings(**{**vars(tls), "external_login_from": "common_name"}))
+    with pika.BlockingConnection(external_parameters(broker, certs, with_certificate=True)) as conn:
+        channel = conn.channel()
+        name = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", name, b"by certificate")
+        method, _, body = channel.basic_get(name, auto_ack=True)
+        assert method is not None and body == b"by certificate"
+    # Without a certificate there is no one to log in as.
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as refused:
+        pika.BlockingConnection(external_parameters(broker, certs, with_certificate=False))
+    assert EXTERNAL_REFUSED in str(refused.value)
+    # EXTERNAL is offered on TLS connections only.
+    plain = pika.ConnectionParameters(
+        host=HOST, port=broker.port, credentials=pika.credentials.ExternalCredentials()
+    )
+    with pytest.raises(pika.exceptions.AuthenticationError, match="EXTERNAL"):  # pika: "not offered"
+        pika.BlockingConnection(plain)
+
+
+def test_external_logs_in_as_the_distinguished_name(
+    private_broker: Callable[..., Broker], certs: TlsFiles
+) -> None:
+    """ssl_cert_login_from = distinguished_name (RabbitMQ's default): the user is the subject, "CN=guest"."""
+    tls = settings(certs, verify_peer=True)
+    external = TlsSettings(**{**vars(tls), "external_login_from": "distinguished_name"})
+    broker = private_broker(tls=external, users=(ExtraUser("CN=guest", "unused"),))
+    with pika.BlockingConnection(external_parameters(broker, certs, with_certificate=True)) as conn:
+        assert conn.channel().queue_declare("", exclusive=True).method.queue
+
+
+def test_external_needs_peer_verification(private_broker: Callable[..., Broker], certs: TlsFiles) -> None:
+    """With verify_none RabbitMQ asks for no certificate and refuses EXTERNAL ("TLS configuration is unsafe"
+    when one is sent anyway)."""
+    unverified = TlsSettings(**{**vars(settings(certs)), "external_login_from": "common_name"})
+    broker = private_broker(tls=unverified)
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as refused:
+        pika.BlockingConnection(external_parameters(broker, certs, with_certificate=True))
+    assert EXTERNAL_REFUSED in str(refused.value)

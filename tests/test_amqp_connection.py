@@ -24,6 +24,12 @@ from tests.peers import ClientPeer, methods
 
 
 class Policy:
+    def mechanisms(self) -> tuple[str, ...]:
+        return ("PLAIN", "AMQPLAIN")
+
+    def external_username(self) -> str | None:
+        return None
+
     def authenticate(self, mechanism: str, username: str, password: str) -> bool:
         return (username, password) == ("guest", "guest")
 

@@ -49,7 +49,8 @@ def test_embedded_default_equals_dataclass_defaults() -> None:
 
 def test_default_values() -> None:
     config = Config()
-    assert config.listeners.amqp == Listener("127.0.0.1", 5672)
+    assert config.listeners.amqp == Listener(("127.0.0.1", "::1"), 5672)
+    assert config.listeners.amqp.hosts == ("127.0.0.1", "::1")
     assert config.listeners.management is None
     assert config.vhosts == ("/",)
     (guest,) = config.users
@@ -127,6 +128,15 @@ def test_overrides_apply_to_the_default() -> None:
     assert config.listeners.amqp == Listener("0.0.0.0", 5673)
     assert config.data_dir == "/tmp/x"
     assert dataclasses.replace(config, listeners=Config().listeners, data_dir=Config().data_dir) == Config()
+
+
+def test_a_listener_takes_one_host_or_a_list(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listeners:\n  amqp: {host: ["::", 0.0.0.0]}\n  management: {host: "::1"}\n')
+    config = load_config(path)
+    assert config.listeners.amqp.hosts == ("::", "0.0.0.0")
+    assert config.listeners.management is not None and config.listeners.management.hosts == ("::1",)
+    # --host overrides with one host.
+    assert load_config(path, overrides={"listeners.amqp.host": "::1"}).listeners.amqp.hosts == ("::1",)
 
 
 def test_override_reaches_only_its_key_through_a_shared_alias(tmp_path: Path) -> None:
@@ -228,6 +238,26 @@ permissions:
             "permissions[0].write: expected a valid regular expression, got 'a{9999999999}'",
         ),
         ("log_level: loud", "log_level: expected one of debug, info, warning, error, got 'loud'"),
+        (
+            "auth_mechanisms: [PLAIN, CRAM-MD5]",
+            "auth_mechanisms: expected a non-empty list of distinct SASL mechanisms among PLAIN, AMQPLAIN,"
+            " EXTERNAL, got a list",
+        ),
+        (
+            "ssl_cert_login_from: serial",
+            "ssl_cert_login_from: expected one of distinguished_name, common_name, got 'serial'",
+        ),
+        (
+            "listeners: {amqp: {host: []}}",
+            "listeners.amqp.host: expected a host such as '127.0.0.1', '::1', '::' or '0.0.0.0',"
+            " or a non-empty list of them, got a list",
+        ),
+        ("listeners: {amqp: {host: [127.0.0.1, 5]}}", "listeners.amqp.host[1]: expected a string, got 5"),
+        (
+            "listeners: {amqp: {host: 5}}",
+            "listeners.amqp.host: expected a host such as '127.0.0.1', '::1', '::' or '0.0.0.0',"
+            " or a non-empty list of them, got 5",
+        ),
         ("listeners: {management: 80}", "listeners.management: expected a mapping or null, got 80"),
         ("users: [{name: a}]", "users[0].password_hash: missing (give password_hash or password)"),
         (

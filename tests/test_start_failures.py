@@ -186,7 +186,7 @@ def test_help_shows_every_default(tmp_path: Path) -> None:
     text = " ".join(result.stdout.split())  # argparse wraps lines
     for flag, default in [
         ("--config FILE", "the embedded config/default.yaml"),
-        ("--host HOST", "listeners.amqp.host (default: 127.0.0.1)"),
+        ("--host HOST", "listeners.amqp.host (default: 127.0.0.1 and ::1)"),
         ("--port PORT", "listeners.amqp.port (default: 5672)"),
         ("--data-dir DIR", "data_dir (default: ./leveret-data)"),
         ("--log-level {debug,info,warning,error}", "log_level (default: info)"),

@@ -93,8 +93,8 @@ def test_a_damaged_or_missing_record_reads_as_none_and_the_rest_still_read(tmp_p
     assert found[3:] == [None, None]  # not where a record starts; no such segment
 
 
-def page(first: int, count: int, body: bytes) -> bytes:
-    return records.page_payload((seq, b"\x00\x02rk", b"", body) for seq in range(first, first + count))
+def page(first: int, count: int, body: bytes) -> list[records.Buffer]:
+    return records.page_parts((seq, b"\x00\x02rk", b"", body) for seq in range(first, first + count))
 
 
 def run_io(pages: PageFiles) -> set[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ssl
 import subprocess
 import sys
@@ -10,9 +11,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pamqp.commands import Channel
 
 from interop.brokers import free_port
+from leveret.broker.auth import certificate_login_name
 from leveret.broker.node import Node
 from leveret.broker.server.listener import serve_amqp
 from leveret.broker.server.tls import TlsSetupError, server_context
@@ -91,3 +97,27 @@ async def test_a_client_that_never_starts_tls_is_dropped_at_the_handshake_timeou
         with trio.fail_after(3):
             assert await stream.receive_some(100) == b""
         nursery.cancel_scope.cancel()
+
+
+def _certificate(*attributes: tuple[x509.ObjectIdentifier, str]) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def test_external_login_names_are_rabbitmqs() -> None:
+    """rabbit_ssl:peer_cert_auth_name: the subject most specific first (RFC 4514), or the CNs joined."""
+    der = _certificate((NameOID.COUNTRY_NAME, "FR"), (NameOID.ORGANIZATION_NAME, "Example, Inc"),
+                       (NameOID.COMMON_NAME, "alice"))
+    assert certificate_login_name(der, "distinguished_name") == "CN=alice,O=Example\\, Inc,C=FR"
+    assert certificate_login_name(der, "common_name") == "alice"
+    two = _certificate((NameOID.COMMON_NAME, "a"), (NameOID.COMMON_NAME, "b"))
+    assert certificate_login_name(two, "common_name") == "a,b"
+    assert certificate_login_name(_certificate((NameOID.ORGANIZATION_NAME, "x")), "common_name") is None
+    assert certificate_login_name(b"not a certificate", "common_name") is None

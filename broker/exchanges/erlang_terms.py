@@ -52,6 +52,11 @@ def format_term(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "undefined"
+    if isinstance(value, dict):  # a table: [{Key, Type, Value}]
+        fields = (f"{{{format_term(k)},{field_type(v)},{format_term(v)}}}" for k, v in value.items())
+        return "[" + ",".join(fields) + "]"
+    if isinstance(value, list):  # an array: [{Type, Value}]
+        return "[" + ",".join(f"{{{field_type(v)},{format_term(v)}}}" for v in value) + "]"
     return str(value)
 
 

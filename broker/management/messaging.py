@@ -95,7 +95,7 @@ def payload_bytes(body: dict[str, Any]) -> bytes:
     raise bad_request(["unsupported_encoding", encoding])
 
 
-def payload_json(payload: bytes, encoding: str) -> tuple[str, str]:
+def payload_json(payload: bytes | bytearray, encoding: str) -> tuple[str, str]:
     if encoding == "auto":
         try:
             return payload.decode(), "string"

@@ -257,9 +257,10 @@ def listeners(node: Node) -> list[Json]:
     configured = node.config.listeners
     found = [("amqp", configured.amqp), ("amqp/ssl", configured.amqps), ("http", configured.management)]
     return [
-        {"node": node_name(node), "protocol": protocol, "ip_address": listener.host, "port": listener.port}
+        {"node": node_name(node), "protocol": protocol, "ip_address": host, "port": listener.port}
         for protocol, listener in found
         if listener is not None
+        for host in listener.hosts
     ]
 
 

@@ -164,32 +164,26 @@ DECLARE_CHECKS: dict[str, Check] = {
     "x-queue-leader-locator": _one_of(("client-local", "balanced"), lambda _: "invalid_queue_locator_arg"),
 }
 
-# The arguments each queue type takes (its module's capabilities/0); one meant for another type is refused.
-TYPE_ARGUMENTS: dict[str, frozenset[str]] = {
-    "classic": frozenset({
+# The arguments each queue type takes, in the order of its module's capabilities/0: one meant for another
+# type is refused, and these (checked in this order) are the ones a redeclare must repeat.
+TYPE_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "classic": (
         "x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-length",
         "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode", "x-queue-version",
         "x-single-active-consumer", "x-queue-type", "x-queue-master-locator",
-    }),
-    "quorum": frozenset({
+    ),
+    "quorum": (
         "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-expires",
         "x-max-length", "x-max-length-bytes", "x-max-in-memory-length", "x-max-in-memory-bytes", "x-overflow",
         "x-single-active-consumer", "x-queue-type", "x-quorum-initial-group-size", "x-delivery-limit",
         "x-message-ttl", "x-queue-leader-locator",
-    }),
-    "stream": frozenset({
+    ),
+    "stream": (
         "x-max-length-bytes", "x-queue-type", "x-max-age", "x-stream-max-segment-size-bytes",
         "x-initial-cluster-size", "x-queue-leader-locator",
-    }),
+    ),
 }
 _TYPED_ARGUMENTS = frozenset().union(*TYPE_ARGUMENTS.values())
-
-# Only these take part in redeclare equivalence; RabbitMQ ignores differences in any other argument.
-EQUIVALENCE_KEYS = frozenset({
-    "x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-overflow",
-    "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-max-priority", "x-queue-type",
-    "x-single-active-consumer", "x-delivery-limit",
-})
 
 
 def queue_type(arguments: dict[str, Any]) -> str:

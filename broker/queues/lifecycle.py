@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.amqp import tables
 from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
+from leveret.broker.queues.arguments import queue_type
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED, dead_letter
 from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.paging import OVERHEAD, Chunk
@@ -266,8 +267,10 @@ class LifecycleQueue(Queue):
     # ---- consumers --------------------------------------------------------------------------
 
     def exclusive_use(self, exclusive: bool) -> bool:
-        # A single-active-consumer queue refuses exclusive consumers outright.
-        return (exclusive and self.settings.single_active_consumer) or super().exclusive_use(exclusive)
+        # A classic single-active-consumer queue refuses exclusive consumers outright.
+        if exclusive and self.settings.single_active_consumer and queue_type(self.arguments) == "classic":
+            return True
+        return super().exclusive_use(exclusive)
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.message import Message
+from leveret.broker.queues.arguments import queue_type
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
 from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager
@@ -205,7 +206,11 @@ class Queue(Pageable):
     # ---- consumers --------------------------------------------------------------------------
 
     def exclusive_use(self, exclusive: bool) -> bool:
-        """Whether a new consumer (exclusive or not) is refused because of consumers already here."""
+        """Whether a new consumer (exclusive or not) is refused because of consumers already here. Only
+        classic queues have exclusive consumers: RabbitMQ's quorum and stream queues take the flag and
+        ignore it."""
+        if queue_type(self.arguments) != "classic":
+            return False
         return bool(self.consumers) and (exclusive or any(c.exclusive for c in self.consumers))
 
     def add_consumer(self, consumer: Consumer) -> None:

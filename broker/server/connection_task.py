@@ -23,6 +23,9 @@ from leveret.broker.session.connection import OUTBOX_HIGH_WATER, ConnectionSessi
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+# Output is taken from the session in pieces of about this size once a large body is queued: each piece is
+# a copy, the body itself is never copied whole.
+WRITE_CHUNK = 1024 * 1024
 # How long to wait for connection.close-ok after sending connection.close.
 CLOSE_TIMEOUT = 3.0
 
@@ -77,11 +80,13 @@ class ConnectionTask:
         local = tcp.socket.getsockname()
         self.session.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else str(local)
         self.session.tls = self._socket is None
+        if isinstance(stream, trio.SSLStream):
+            self.session.peer_certificate = lambda: stream.getpeercert(binary_form=True)
         self.session.wake = self._wake
         self._wakeup = trio.Event()
         self._woken = False  # a write of the session's output is arranged (batch or writer)
         self._sending = False  # the writer is inside send_all
-        self._unsent = b""  # what a direct write left over, for the writer to send first
+        self._unsent: bytes | memoryview = b""  # what a direct write left over, for the writer to send first
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
         self._done = trio.Event()
@@ -112,15 +117,17 @@ class ConnectionTask:
         if sent:
             self._last_sent = trio.current_time()
         if sent < len(data):
-            self._unsent = data[sent:]
+            self._unsent = memoryview(data)[sent:]
+            self._wakeup.set()
+        elif self.session.conn.has_output:  # the rest of a large body
             self._wakeup.set()
 
-    def _take_output(self) -> bytes:
+    def _take_output(self) -> bytes | memoryview:
         self._woken = False
-        data = self.session.data_to_send()
         if self._unsent:
-            data, self._unsent = self._unsent + data, b""
-        return data
+            data, self._unsent = self._unsent, b""
+            return data
+        return self.session.data_to_send(WRITE_CHUNK)
 
     async def run(self) -> None:
         try:
@@ -211,7 +218,7 @@ class ConnectionTask:
                 self._wakeup = trio.Event()
                 # Drain fully: more may have been queued (a close-ok, say) while send_all was waiting.
                 while data := self._take_output():
-                    session.writable = len(data) < OUTBOX_HIGH_WATER
+                    session.writable = len(data) + session.conn.output_size() < OUTBOX_HIGH_WATER
                     self._sending = True
                     await self.stream.send_all(data)
                     self._sending = False

@@ -27,7 +27,7 @@ from leveret.broker.server.persistence import run_group_commit
 from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.startup import (
     ListenerSetting,
-    cannot_listen,
+    bind_hosts,
     cannot_use_data_dir,
     lock_data_dir,
     open_listeners,
@@ -116,21 +116,29 @@ class BoundListeners:
 async def bind_listeners(config: Config) -> BoundListeners:
     """Bind every configured listener, or raise StartError naming the one that failed."""
     amqp = config.listeners.amqp
-    bound = BoundListeners(await open_listeners(AMQP, amqp.host, amqp.port))
+    bound = BoundListeners(await open_listeners(AMQP, amqp.hosts, amqp.port))
     try:
         if config.listeners.amqps is not None:
             amqps = config.listeners.amqps
-            bound.amqps = await open_listeners(AMQPS, amqps.host, amqps.port)
+            bound.amqps = await open_listeners(AMQPS, amqps.hosts, amqps.port)
         management = config.listeners.management
         if management is not None:
-            try:
-                bound.management = bind_management(management.host, management.port)
-            except OSError as error:
-                raise cannot_listen(MANAGEMENT, management.host, management.port, error) from None
+            bound.management = await bind_hosts(
+                MANAGEMENT, management.hosts, management.port, _bind_management, _close_sockets
+            )
     except BaseException:
         bound.close()
         raise
     return bound
+
+
+async def _bind_management(host: str, port: int) -> list[socket.socket]:
+    return bind_management(host, port)
+
+
+def _close_sockets(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def open_store(config: Config) -> Node:
@@ -174,7 +182,7 @@ async def serve_node(
         if management is not None:
             await nursery.start(
                 functools.partial(serve_management, sockets=bound.management),
-                node, management.host, management.port,
+                node, management.hosts, management.port,
             )
         log.info("Server startup complete")  # RabbitMQ's words: the node serves from here on
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import trio
+
+log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
@@ -57,12 +61,64 @@ def cannot_listen(listener: ListenerSetting, host: str, port: int, error: OSErro
     return StartError(f"cannot listen for {listener.what} on {where}: {_reason(error)}; {hint}")
 
 
-async def open_listeners(listener: ListenerSetting, host: str, port: int) -> list[trio.SocketListener]:
-    """Bind and listen on host:port (every address it resolves to), or raise StartError."""
-    try:
-        return await trio.open_tcp_listeners(port, host=host)
-    except OSError as error:
-        raise cannot_listen(listener, host, port, error) from None
+# Binding these fails when the machine lacks the address or its family (::1 with IPv6 disabled): such a
+# host is skipped while another one of the list can be bound.
+_UNAVAILABLE = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, socket.EAI_ADDRFAMILY, socket.EAI_NONAME)
+
+Bound = TypeVar("Bound")
+
+
+async def bind_hosts(
+    listener: ListenerSetting,
+    hosts: Sequence[str],
+    port: int,
+    bind: Callable[[str, int], Awaitable[list[Bound]]],
+    close: Callable[[list[Bound]], None],
+) -> list[Bound]:
+    """`bind` each host on `port` (RabbitMQ's listeners.tcp.N: one port, several addresses). A host this
+    machine lacks is skipped, with a warning, while another one binds; any other failure, or none bound,
+    raises StartError naming the host (what was bound is closed first)."""
+    bound: list[Bound] = []
+    skipped: list[tuple[str, OSError]] = []
+    for host in hosts:
+        try:
+            bound += await bind(host, port)
+        except OSError as error:
+            if error.errno not in _UNAVAILABLE:
+                close(bound)
+                raise cannot_listen(listener, host, port, error) from None
+            skipped.append((host, error))
+    if not bound:
+        missing, failure = skipped[0]
+        raise cannot_listen(listener, missing, port, failure)
+    for missing, failure in skipped:
+        log.warning("not listening for %s on %s port %d: %s (this machine has no such address)",
+                    listener.what, missing, port, _reason(failure))
+    return bound
+
+
+def bind_host(host: str) -> str | None:
+    """What trio binds for a configured host: "::" means every address of both families, as RabbitMQ's
+    dual-stack default listener (trio's None: one socket per family); anything else is itself."""
+    return None if host == "::" else host
+
+
+async def _open_tcp(host: str, port: int) -> list[trio.SocketListener]:
+    return await trio.open_tcp_listeners(port, host=bind_host(host))
+
+
+def _close_listeners(listeners: list[trio.SocketListener]) -> None:
+    for listener in listeners:
+        listener.socket.close()
+
+
+async def open_listeners(
+    listener: ListenerSetting, hosts: str | Sequence[str], port: int
+) -> list[trio.SocketListener]:
+    """Bind and listen on `port` of each host (one, or a list; see bind_hosts), or raise StartError."""
+    return await bind_hosts(
+        listener, (hosts,) if isinstance(hosts, str) else hosts, port, _open_tcp, _close_listeners
+    )
 
 
 def cannot_use_data_dir(directory: str, error: OSError) -> StartError:

@@ -33,7 +33,7 @@ from leveret.broker.queues.queue import Queue as BrokerQueue
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
-from leveret.broker.vhost import DEFAULT_EXCHANGE
+from leveret.broker.vhost import DEFAULT_EXCHANGE, check_not_default_exchange
 
 if TYPE_CHECKING:
     from leveret.broker.session.connection import ConnectionSession
@@ -173,7 +173,7 @@ class ChannelSession:
 
     # ---- publishing -------------------------------------------------------------------------
 
-    def publish(self, publish: fastpath.Publish, properties_raw: bytes, body: bytes) -> None:
+    def publish(self, publish: fastpath.Publish, properties_raw: bytes, body: fastpath.Body) -> None:
         if publish.immediate:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         exchange = self.vhost.exchanges.get(publish.exchange)
@@ -399,9 +399,11 @@ class ChannelSession:
     def _exchange_declare(self, method: Exchange.Declare) -> None:
         name = method.exchange
         if method.passive:
+            check_not_default_exchange(name)
             self.vhost.exchange(name)
         else:
             exchange_class(method.exchange_type)  # unknown type: connection error, before any other check
+            check_not_default_exchange(name)
             self.session.check_permission("configure", "exchange", name)
             alternate = (method.arguments or {}).get("alternate-exchange")
             if isinstance(alternate, str):
@@ -418,6 +420,7 @@ class ChannelSession:
             self._reply(Exchange.DeclareOk)
 
     def _exchange_delete(self, method: Exchange.Delete) -> None:
+        check_not_default_exchange(method.exchange)
         self.session.check_permission("configure", "exchange", method.exchange)
         self.vhost.delete_exchange(method.exchange, if_unused=method.if_unused)
         if not method.nowait:

@@ -27,7 +27,8 @@ from leveret.amqp.events import (
     Event,
     MethodReceived,
 )
-from leveret.broker.auth import VhostPermissions
+from leveret.amqp.handshake import EXTERNAL
+from leveret.broker.auth import VhostPermissions, certificate_login_name
 from leveret.broker.cluster.hooks import ClusterPending
 from leveret.broker.session import client_log
 from leveret.broker.session.channel import ChannelSession
@@ -50,10 +51,31 @@ class _Policy:
     def __init__(self, session: ConnectionSession) -> None:
         self.session = session
 
+    def mechanisms(self) -> tuple[str, ...]:
+        offered = self.session.node.config.auth_mechanisms
+        # As rabbitmq_auth_mechanism_ssl, EXTERNAL only on TLS connections.
+        return offered if self.session.tls else tuple(m for m in offered if m != EXTERNAL)
+
+    def external_username(self) -> str | None:
+        config = self.session.node.config
+        if config.tls is None or config.tls.verify != "verify_peer":
+            log.warning("EXTERNAL login from %s refused: TLS peer verification is off (tls.verify is not "
+                        "verify_peer)", self.session.peer)
+            return None
+        certificate = self.session.peer_certificate()
+        if certificate is None:
+            log.info("EXTERNAL login from %s refused: no client certificate", self.session.peer)
+            return None
+        name = certificate_login_name(certificate, config.ssl_cert_login_from)
+        if name is None:
+            log.info("EXTERNAL login from %s refused: no name in its certificate", self.session.peer)
+        return name
+
     def authenticate(self, mechanism: str, username: str, password: str) -> bool:
         session = self.session
         client_log.started(session)
-        refusal = session.node.authority.refusal(username, password, from_loopback=session.from_loopback)
+        proof = None if mechanism == EXTERNAL else password  # EXTERNAL: the verified certificate
+        refusal = session.node.authority.refusal(username, proof, from_loopback=session.from_loopback)
         if refusal is not None:
             # The client is told only to see the log ("Login was refused ... see the broker logfile").
             client_log.login_refused(session, mechanism, refusal)
@@ -80,6 +102,8 @@ class ConnectionSession:
         # the client connected (milliseconds since the epoch, RabbitMQ's connected_at).
         self.local = ""
         self.tls = False
+        # The client certificate (DER) of a TLS connection, once its handshake is done; the server sets it.
+        self.peer_certificate: Callable[[], bytes | None] = lambda: None
         self.connected_at = int(time.time() * 1000)
         self.conn = ServerConnection(node.server_settings, _Policy(self))
         self.permissions: VhostPermissions | None = None
@@ -255,9 +279,10 @@ class ConnectionSession:
             if channel.awaiting_confirms:
                 channel.flush_confirms(durable)
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self, limit: int | None = None) -> bytes:
+        """See ServerConnection.data_to_send."""
         self.flush_confirms()
-        return self.conn.data_to_send()
+        return self.conn.data_to_send(limit)
 
     # ---- closing ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from . import segments
+from . import records, segments
 from .queue_log import QueueLog, SegmentWrite
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _write(item: LogWork) -> None:
         by_segment.setdefault(write.segment, []).append(write)
     created = False
     for index, writes in by_segment.items():
-        runs: list[tuple[int, bytes | bytearray]] = [(write.offset, write.data) for write in writes]
+        runs: list[tuple[int, records.Buffer]] = [(write.offset, write.data) for write in writes]
         sync = any(write.sync for write in writes)
         segments.write_runs(segments.segment_path(item.log.directory, index), runs, sync)
         created = created or any(write.offset == 0 for write in writes)

@@ -35,7 +35,7 @@ class _PageFile:
         self.size = len(header)
         self.live = 0  # runs appended and not released
         self.header: bytes | None = header  # written with the first run: no file until one comes
-        self.writes: list[tuple[int, bytes | bytearray]] = []  # not handed to a PageIO yet
+        self.writes: list[tuple[int, records.Buffer]] = []  # not handed to a PageIO yet
 
 
 class PageRun:
@@ -58,7 +58,7 @@ class PageIO:
     of the files whose writes failed: the runs in them cannot be read back."""
 
     def __init__(
-        self, writes: list[tuple[_PageFile, list[tuple[int, bytes | bytearray]]]], deletions: list[Path]
+        self, writes: list[tuple[_PageFile, list[tuple[int, records.Buffer]]]], deletions: list[Path]
     ) -> None:
         self.writes = writes
         self.deletions = deletions
@@ -101,9 +101,10 @@ class PageFiles:
         """Page files that exist or will (deleted ones not counted)."""
         return len(self._files)
 
-    def append(self, payload: bytes) -> PageRun:
-        """Write `payload` (records.page_payload) as one PAGE record, a run of its own."""
-        size = records.HEADER_SIZE + len(payload)
+    def append(self, parts: list[records.Buffer]) -> PageRun:
+        """Write the payload `parts` (records.page_parts) as one PAGE record, a run of its own; the bodies in
+        it are written from the messages' own buffers (see segments.layout_runs)."""
+        size = records.HEADER_SIZE + sum(map(len, parts))
         file = self._active
         if file.size > segments.HEADER_SIZE and file.size + size > self._max_file_size:
             file = self._roll()
@@ -111,7 +112,8 @@ class PageFiles:
         if file.header is not None:
             file.writes.append((0, file.header))
             file.header = None
-        file.writes.append((file.size, records.record_header(records.PAGE, payload, file.salt) + payload))
+        header = records.parts_header(records.PAGE, parts, file.salt)
+        file.writes += segments.layout_runs(file.size, [header, *parts])
         file.size += size
         file.live += 1
         return run

@@ -224,12 +224,14 @@ class Pending:
 @dataclass(slots=True)
 class SegmentWrite:
     """Bytes appended to one segment from `offset` on, not yet written. `sync`: they hold a record
-    that must be fsynced (enqueue, settle) or the segment's header (so its directory entry is too)."""
+    that must be fsynced (enqueue, settle) or the segment's header (so its directory entry is too).
+    `borrowed`: `data` is a large message body written from the message's own buffer, never appended to."""
 
     segment: int
     offset: int
-    data: bytearray
+    data: bytearray | records.Buffer
     sync: bool
+    borrowed: bool = False
 
 
 class _Segment:
@@ -269,16 +271,16 @@ class QueueLog:
     # -- appends (event loop) ---------------------------------------------------------------------
 
     def append_enqueue(self, seq: int, exchange: str, routing_key: str, properties_raw: bytes,
-                       body: bytes, deadline: int | None = None) -> int:
+                       body: records.Buffer, deadline: int | None = None) -> int:
         """Record a persistent message, expiring at `deadline` (ms since the epoch) if given; returns its
         write position (durable once the store's `durable_position` reaches it)."""
         if seq <= self.last_seq:
             raise ValueError(f"seq {seq} is not above the last seq {self.last_seq}")
         if deadline is None:
-            position = self._append(ENQUEUE, records.enqueue_payload(seq, exchange, routing_key,
-                                                                     properties_raw, body), True)
+            position = self._append(ENQUEUE, records.enqueue_parts(seq, exchange, routing_key,
+                                                                   properties_raw, body), True)
         else:
-            position = self._append(ENQUEUE_EXPIRING, records.expiring_enqueue_payload(
+            position = self._append(ENQUEUE_EXPIRING, records.expiring_enqueue_parts(
                 deadline, seq, exchange, routing_key, properties_raw, body), True)
         segment = self._active
         self.last_location = location(segment.index, self._record_offset)
@@ -299,7 +301,7 @@ class QueueLog:
         settled = [seq for seq in seqs if seq in live]
         if not settled:
             return self._pending.position
-        position = self._append(SETTLE, records.settle_payload(settled), True)
+        position = self._append(SETTLE, (records.settle_payload(settled),), True)
         active = self._active
         for seq in settled:
             live.remove(seq)
@@ -315,34 +317,44 @@ class QueueLog:
         it is written with the next batch and survives a process crash, not a power cut."""
         if seq not in self._live:
             return self._pending.position
-        position = self._append(DELIVERED, records.delivered_payload(seq), False)
+        position = self._append(DELIVERED, (records.delivered_payload(seq),), False)
         segment = self._segment_of(seq)
         assert segment is not None  # a live seq is in an enqueuing segment
         if segment is not self._active:
             self._active.refs.add(segment.index)
         return position
 
-    def _append(self, kind: int, payload: bytes, sync: bool) -> int:
+    def _append(self, kind: int, parts: tuple[records.Buffer, ...], sync: bool) -> int:
+        """Append a record whose payload is `parts`. A large part (a body) is written from where it is."""
         if not self._recovered or self._discarded:
             raise RuntimeError(f"{self.directory}: append before recover() or after discard()")
-        size = records.HEADER_SIZE + len(payload)
+        size = records.HEADER_SIZE + sum(map(len, parts))
         if self._active_size > segments.HEADER_SIZE and self._active_size + size > self._max_segment_size:
             self._active = _Segment(self._active.index + 1)
             self._active_size = 0
         writes = self._writes
+        index = self._active.index
         if not self._active_size:
-            header, self._salt = segments.new_header()
-            self._segments[self._active.index] = self._active
-            writes.append(SegmentWrite(self._active.index, 0, bytearray(header), True))
-            self._active_size = len(header)
-        elif not writes or writes[-1].segment != self._active.index:
-            writes.append(SegmentWrite(self._active.index, self._active_size, bytearray(), False))
-        write = writes[-1]
-        self._record_offset = self._active_size
-        write.data += records.record_header(kind, payload, self._salt)
-        write.data += payload
+            segment_header, self._salt = segments.new_header()
+            self._segments[index] = self._active
+            writes.append(SegmentWrite(index, 0, bytearray(segment_header), True))
+            self._active_size = len(segment_header)
+        elif not writes or writes[-1].segment != index or writes[-1].borrowed:
+            writes.append(SegmentWrite(index, self._active_size, bytearray(), False))
+        write: SegmentWrite | None = writes[-1]
+        offset = self._record_offset = self._active_size
+        for part in (records.parts_header(kind, parts, self._salt), *parts):
+            if len(part) >= segments.LARGE_PART:
+                writes.append(SegmentWrite(index, offset, part, sync, borrowed=True))
+                write = None
+            else:
+                if write is None:
+                    write = SegmentWrite(index, offset, bytearray(), sync)
+                    writes.append(write)
+                write.data += part  # type: ignore[operator]  # an open write's data is a bytearray
+            offset += len(part)
         if sync:
-            write.sync = True
+            writes[-1].sync = True
         self._active_size += size
         self._pending.logs.add(self)
         self._pending.position += 1

@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 # seq, exchange, routing key, properties, body
 Enqueued = tuple[int, str, str, bytes, bytes]
+Paged = tuple[int, bytes, bytes, bytes]  # seq, names_raw, properties_raw, body
 _PAGE = frozenset((records.PAGE,))
+# A record larger than this is read a piece at a time, so that each body is the buffer pread filled rather
+# than a slice copied out of the whole record (which would hold a large body twice). Smaller ones (a chunk
+# of ordinary messages) are read in one call.
+LARGE_READ = 4 * 1024 * 1024
 
 
 class _Segment:
@@ -39,6 +44,7 @@ class _Segment:
             os.close(self.fd)
             raise OSError(f"{path}: no readable segment header")
         self.salt = salt
+        self.size = os.fstat(self.fd).st_size
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self.fd, size, offset)
@@ -47,6 +53,14 @@ class _Segment:
             if not more:
                 break
             data += more
+        return data
+
+    def read_exactly(self, offset: int, size: int, check: records.PieceCheck) -> bytes | None:
+        """`size` bytes at `offset`, added to `check`; None if the file ends first."""
+        data = self.read(offset, size)
+        if len(data) != size:
+            return None
+        check.add(data)
         return data
 
     def close(self) -> None:
@@ -64,6 +78,41 @@ def _decode(data: bytes, pos: int, salt: int, names: dict[bytes, str]) -> Enqueu
         return records.decode_enqueue(data, start, end, names)
     except (ValueError, UnicodeDecodeError, struct.error):
         return None
+
+
+def _header(segment: _Segment, offset: int, kinds: frozenset[int]) -> records.PieceCheck | None:
+    header = segment.read(offset, records.HEADER_SIZE)
+    if len(header) != records.HEADER_SIZE:
+        return None
+    check = records.PieceCheck(header, segment.salt, kinds)
+    if not check.plausible or offset + records.HEADER_SIZE + check.length > segment.size:
+        return None  # (a damaged length is not even read: its CRC is checked once the pieces are)
+    return check
+
+
+def _read_enqueue(segment: _Segment, offset: int, names: dict[bytes, str]) -> Enqueued | None:
+    """The enqueue record at `offset` on its own; a large one in pieces (the body a buffer of its own)."""
+    check = _header(segment, offset, records.ENQUEUES)
+    if check is None:
+        return None
+    if check.length <= LARGE_READ:
+        return _decode(segment.read(offset, records.HEADER_SIZE + check.length), 0, segment.salt, names)
+    pos = offset + records.HEADER_SIZE
+    skip = records.DEADLINE_SIZE if check.kind == records.ENQUEUE_EXPIRING else 0
+    head = segment.read_exactly(pos, skip + records.ENQUEUE_HEAD_SIZE, check)
+    if head is None:
+        return None
+    front_size = skip + records.enqueue_front_size(head, skip)
+    rest = segment.read_exactly(pos + len(head), front_size - len(head), check)
+    body = segment.read_exactly(pos + front_size, check.length - front_size, check)
+    if rest is None or body is None or not check.valid:
+        return None
+    front = head + rest
+    try:
+        seq, exchange, routing_key, properties_raw, _ = records.decode_enqueue(front, skip, front_size, names)
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None
+    return seq, exchange, routing_key, properties_raw, body
 
 
 def read_enqueues(directory: Path, locations: Sequence[int]) -> list[Enqueued | None]:
@@ -85,23 +134,54 @@ def read_enqueues(directory: Path, locations: Sequence[int]) -> list[Enqueued | 
         try:
             first, last = min(offsets), max(offsets)
             data = segment.read(first, last - first + records.HEADER_SIZE)
+            whole = len(data)
             if len(data) == last - first + records.HEADER_SIZE:
                 whole = last - first + records.record_length(data, last - first)
+            if whole <= LARGE_READ:
+                # The usual chunk: one read spanning every wanted record.
                 if whole > len(data):
                     data += segment.read(first + len(data), whole - len(data))
+                for at, offset in zip(wanted, offsets, strict=True):
+                    found[at] = _decode(data, offset - first, segment.salt, names)
+            else:
+                for at, offset in zip(wanted, offsets, strict=True):
+                    found[at] = _read_enqueue(segment, offset, names)
         except OSError as exc:
             log.error("%s: cannot read paged-out messages: %s", path, exc)
             continue
         finally:
             segment.close()
         for at, offset in zip(wanted, offsets, strict=True):
-            record = found[at] = _decode(data, offset - first, segment.salt, names)
-            if record is None:
+            if found[at] is None:
                 log.error("%s: no readable enqueue record at offset %d", path, offset)
     return found
 
 
-def read_page(path: Path, offset: int, length: int) -> list[tuple[int, bytes, bytes, bytes]] | None:
+def _read_page_in_pieces(segment: _Segment, offset: int, length: int) -> list[Paged] | None:
+    """A large PAGE record (see read_page) read a message at a time: each body a buffer of its own."""
+    check = _header(segment, offset, _PAGE)
+    if check is None or records.HEADER_SIZE + check.length != length:
+        return None
+    pos, end = offset + records.HEADER_SIZE, offset + length
+    found: list[Paged] = []
+    while pos < end:
+        head = segment.read_exactly(pos, records.PAGED_HEAD_SIZE, check)
+        if head is None:
+            return None
+        seq, names_len, props_len, body_len = records.paged_head(head)
+        pos += records.PAGED_HEAD_SIZE
+        if pos + names_len + props_len + body_len > end:
+            return None
+        front = segment.read_exactly(pos, names_len + props_len, check)
+        body = segment.read_exactly(pos + names_len + props_len, body_len, check)
+        if front is None or body is None:
+            return None
+        found.append((seq, front[:names_len], front[names_len:], body))
+        pos += names_len + props_len + body_len
+    return found if check.valid else None
+
+
+def read_page(path: Path, offset: int, length: int) -> list[Paged] | None:
     """The messages of the PAGE record (a page file's run, see pages.py) of `length` bytes at `offset` of
     `path`: (seq, names_raw, properties_raw, body) each; None when it cannot be read (logged)."""
     try:
@@ -110,6 +190,11 @@ def read_page(path: Path, offset: int, length: int) -> list[tuple[int, bytes, by
         log.error("%s: cannot read paged-out messages: %s", path, exc)
         return None
     try:
+        if length > LARGE_READ:
+            messages = _read_page_in_pieces(segment, offset, length)
+            if messages is None:
+                log.error("%s: no readable run of paged-out messages at offset %d", path, offset)
+            return messages
         data = segment.read(offset, length)
     except OSError as exc:
         log.error("%s: cannot read paged-out messages: %s", path, exc)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+
+# What a payload part may be: a message body is bytes, or a bytearray when it came in several frames.
+Buffer = bytes | bytearray | memoryview
 
 MAGIC = 0x31525654  # b"TVR1" read little-endian: a fixed marker to resync on
 _HEADER = struct.Struct("<IIIB")
@@ -49,32 +52,50 @@ _RUN = struct.Struct("<QI")  # a settle run: first seq, count
 _PAGED = struct.Struct("<QHII")
 
 
-def record_header(kind: int, payload: bytes, salt: int) -> bytes:
+def record_header(kind: int, payload: Buffer, salt: int) -> bytes:
     """The header that frames `payload` as a record of a segment whose salt is `salt`. Returned apart
     from the payload so the caller appends both to its buffer without copying the payload once more."""
-    length_kind = _LENGTH_KIND.pack(len(payload), kind)
-    return _MAGIC_CRC.pack(MAGIC, zlib.crc32(payload, zlib.crc32(length_kind, salt))) + length_kind
+    return parts_header(kind, (payload,), salt)
+
+
+def parts_header(kind: int, parts: Sequence[Buffer], salt: int) -> bytes:
+    """The header of a record whose payload is `parts`, one after the other: a large body stays where it is
+    (the message's own buffer) instead of being joined into a payload."""
+    length_kind = _LENGTH_KIND.pack(sum(map(len, parts)), kind)
+    crc = zlib.crc32(length_kind, salt)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return _MAGIC_CRC.pack(MAGIC, crc) + length_kind
+
+
+def _names(exchange: str, routing_key: str) -> tuple[bytes, bytes]:
+    exchange_raw = exchange.encode()
+    key_raw = routing_key.encode()
+    if len(exchange_raw) > 255 or len(key_raw) > 255:
+        raise ValueError("an exchange name or routing key is longer than 255 bytes")
+    return exchange_raw, key_raw
+
+
+def enqueue_parts(
+    seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: Buffer
+) -> tuple[bytes, Buffer]:
+    """An enqueue payload as (everything before the body, the body)."""
+    exchange_raw, key_raw = _names(exchange, routing_key)
+    head = _ENQUEUE_HEAD.pack(seq, len(exchange_raw), len(key_raw), len(properties_raw))
+    return b"".join((head, exchange_raw, key_raw, properties_raw)), body
+
+
+def expiring_enqueue_parts(
+    deadline: int, seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: Buffer
+) -> tuple[bytes, Buffer]:
+    """An ENQUEUE_EXPIRING payload: `deadline` (ms since the epoch), then what `enqueue_parts` makes."""
+    exchange_raw, key_raw = _names(exchange, routing_key)
+    head = _EXPIRING_HEAD.pack(deadline, seq, len(exchange_raw), len(key_raw), len(properties_raw))
+    return b"".join((head, exchange_raw, key_raw, properties_raw)), body
 
 
 def enqueue_payload(seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: bytes) -> bytes:
-    exchange_raw = exchange.encode()
-    key_raw = routing_key.encode()
-    if len(exchange_raw) > 255 or len(key_raw) > 255:
-        raise ValueError("an exchange name or routing key is longer than 255 bytes")
-    head = _ENQUEUE_HEAD.pack(seq, len(exchange_raw), len(key_raw), len(properties_raw))
-    return b"".join((head, exchange_raw, key_raw, properties_raw, body))
-
-
-def expiring_enqueue_payload(
-    deadline: int, seq: int, exchange: str, routing_key: str, properties_raw: bytes, body: bytes
-) -> bytes:
-    """An ENQUEUE_EXPIRING payload: `deadline` (ms since the epoch), then what `enqueue_payload` makes."""
-    exchange_raw = exchange.encode()
-    key_raw = routing_key.encode()
-    if len(exchange_raw) > 255 or len(key_raw) > 255:
-        raise ValueError("an exchange name or routing key is longer than 255 bytes")
-    head = _EXPIRING_HEAD.pack(deadline, seq, len(exchange_raw), len(key_raw), len(properties_raw))
-    return b"".join((head, exchange_raw, key_raw, properties_raw, body))
+    return b"".join(enqueue_parts(seq, exchange, routing_key, properties_raw, body))
 
 
 def decode_deadline(data: bytes, start: int) -> int:
@@ -103,13 +124,18 @@ def delivered_payload(seq: int) -> bytes:
     return _SEQ.pack(seq)
 
 
-def page_payload(messages: Iterable[tuple[int, bytes, bytes, bytes]]) -> bytes:
-    """(seq, names_raw, properties_raw, body) of each message, in one payload: one CRC for a whole run."""
+def page_parts(messages: Iterable[tuple[int, bytes, bytes, Buffer]]) -> list[Buffer]:
+    """(seq, names_raw, properties_raw, body) of each message, as the parts of one payload: one CRC for a
+    whole run."""
     pack = _PAGED.pack
-    parts: list[bytes] = []
+    parts: list[Buffer] = []
     for seq, names, properties_raw, body in messages:
         parts += (pack(seq, len(names), len(properties_raw), len(body)), names, properties_raw, body)
-    return b"".join(parts)
+    return parts
+
+
+def page_payload(messages: Iterable[tuple[int, bytes, bytes, Buffer]]) -> bytes:
+    return b"".join(page_parts(messages))
 
 
 def decode_page(data: bytes, start: int, end: int) -> list[tuple[int, bytes, bytes, bytes]]:
@@ -179,6 +205,49 @@ def record_at(
     if zlib.crc32(memoryview(data)[pos + _CRC_FROM : stop], salt) != crc:
         return None
     return kind, pos + HEADER_SIZE, stop
+
+
+class PieceCheck:
+    """The checks of a record read a piece at a time, each piece a buffer of its own (store/reader.py reads
+    a large record so, leaving its body where pread put it instead of slicing it out of the whole)."""
+
+    __slots__ = ("kind", "length", "_expected", "_crc", "_valid")
+
+    def __init__(self, header: bytes, salt: int, kinds: frozenset[int]) -> None:
+        """`header`: the HEADER_SIZE bytes the record starts with."""
+        magic, self._expected, self.length, self.kind = _HEADER.unpack(header)
+        self._valid = magic == MAGIC and self.kind in kinds
+        self._crc = zlib.crc32(header[_CRC_FROM:], salt)
+
+    def add(self, piece: bytes) -> None:
+        self._crc = zlib.crc32(piece, self._crc)
+
+    @property
+    def valid(self) -> bool:
+        """The header is one of the wanted kinds; once every piece is added, the CRC matches too."""
+        return self._valid and self._crc == self._expected
+
+    @property
+    def plausible(self) -> bool:
+        """The header alone is one of the wanted kinds (its CRC is known once the pieces are read)."""
+        return self._valid
+
+
+ENQUEUE_HEAD_SIZE = _ENQUEUE_HEAD.size
+PAGED_HEAD_SIZE = _PAGED.size
+
+
+def enqueue_front_size(head: bytes, start: int) -> int:
+    """The size of everything before the body (head, exchange, routing key, properties) of the enqueue
+    payload whose head (ENQUEUE_HEAD_SIZE bytes) is at `start` of `head`."""
+    _seq, exchange_len, key_len, props_len = _ENQUEUE_HEAD.unpack_from(head, start)
+    return _ENQUEUE_HEAD.size + exchange_len + key_len + props_len
+
+
+def paged_head(head: bytes) -> tuple[int, int, int, int]:
+    """(seq, names length, properties length, body length) of a paged message's head (PAGED_HEAD_SIZE
+    bytes)."""
+    return _PAGED.unpack(head)
 
 
 def record_length(data: bytes | bytearray, pos: int) -> int:

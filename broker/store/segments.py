@@ -15,14 +15,17 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .records import RecordScanner
+from .records import Buffer, RecordScanner
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".seg"
+# A record part at least this large (a message body) is written from its own buffer: copying it into the
+# buffered writes first would hold it twice until the write.
+LARGE_PART = 64 * 1024
 _FILE_MAGIC = b"LVRTSEG1"
 _HEADER_COPY = struct.Struct("<8sII")
 HEADER_SIZE = 2 * _HEADER_COPY.size
@@ -111,7 +114,28 @@ def _truncate(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def write_runs(path: Path, runs: list[tuple[int, bytes | bytearray]], sync: bool) -> None:
+def layout_runs(offset: int, parts: Iterable[bytes | bytearray | memoryview]) -> list[tuple[int, Buffer]]:
+    """`parts`, one after the other from `offset`, as (offset, data) runs for `write_runs`: small parts
+    copied together, each large one (LARGE_PART) a run of its own, not copied."""
+    runs: list[tuple[int, Buffer]] = []
+    pending = bytearray()
+    start = offset
+    for part in parts:
+        if len(part) < LARGE_PART:
+            pending += part
+        else:
+            if pending:
+                runs.append((start, pending))
+                pending = bytearray()
+            runs.append((offset, part))
+            start = offset + len(part)
+        offset += len(part)
+    if pending:
+        runs.append((start, pending))
+    return runs
+
+
+def write_runs(path: Path, runs: Sequence[tuple[int, Buffer]], sync: bool) -> None:
     """Write each (offset, data) run into `path` (creating it), then fsync it once if `sync`.
 
     Writing at explicit offsets makes a retry after a failed write idempotent: it overwrites whatever

@@ -50,7 +50,7 @@ from .handshake import (
     ConnectionPolicy,
     ServerSettings,
     check_tune_ok,
-    negotiate,
+    negotiated_channel_max,
     parse_sasl_response,
 )
 
@@ -429,7 +429,7 @@ class ServerConnection:
 
     def _tune_ok(self, method: Any) -> None:
         check_tune_ok(self.settings, method.channel_max, method.frame_max)
-        self.channel_max = negotiate(self.settings.channel_max, method.channel_max)
+        self.channel_max = negotiated_channel_max(self.settings.channel_max, method.channel_max)
         self.frame_max = method.frame_max
         self.heartbeat = method.heartbeat  # the client's choice, as RabbitMQ takes it
         self._reader.frame_max = self.frame_max

@@ -101,6 +101,10 @@ def parse_sasl_response(mechanism: str, response: bytes | str) -> tuple[str, str
     )
 
 
+# The highest channel number the protocol allows (a 16-bit field): what channel_max 0 stands for.
+PROTOCOL_CHANNEL_MAX = 65535
+
+
 def negotiate(offered: int, requested: int) -> int:
     """AMQP tune rule: 0 means 'no limit', otherwise the lower value wins."""
     if offered == 0:
@@ -111,9 +115,23 @@ def negotiate(offered: int, requested: int) -> int:
 
 
 def check_tune_ok(settings: ServerSettings, channel_max: int, frame_max: int) -> None:
-    if frame_max and frame_max < MIN_FRAME_MAX:
-        raise ConnectionLevelError(NOT_ALLOWED, f"frame_max={frame_max} < {MIN_FRAME_MAX} min size")
-    if settings.frame_max and (frame_max == 0 or frame_max > settings.frame_max):
-        raise ConnectionLevelError(NOT_ALLOWED, f"frame_max={frame_max} > {settings.frame_max} max size")
-    if settings.channel_max and channel_max > settings.channel_max:
-        raise ConnectionLevelError(NOT_ALLOWED, f"channel_max={channel_max} > {settings.channel_max} max")
+    """RabbitMQ's rule (rabbit_reader): what the client answers must lie within what the server offered,
+    and 0 ("no limit") is within only an offer of 0. Refusals are 530 NOT_ALLOWED, naming connection.tune."""
+    _check_negotiated("frame_max", MIN_FRAME_MAX, settings.frame_max, frame_max)
+    _check_negotiated("channel_max", 1, settings.channel_max, channel_max)
+
+
+def _check_negotiated(field: str, minimum: int, offered: int, answered: int) -> None:
+    detail = " (no limit)" if field == "channel_max" and answered == 0 else ""
+    if answered and answered < minimum:
+        bound = f"lower than the minimum allowed value ({minimum})"
+    elif offered and (answered == 0 or answered > offered):
+        bound = f"higher than the maximum allowed value ({offered})"
+    else:
+        return
+    raise ConnectionLevelError(NOT_ALLOWED, f"negotiated {field} = {answered}{detail} is {bound}", 10, 30)
+
+
+def negotiated_channel_max(offered: int, answered: int) -> int:
+    """The highest channel number allowed: 0 on both sides means no limit below the protocol's."""
+    return negotiate(offered, answered) or PROTOCOL_CHANNEL_MAX

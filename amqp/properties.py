@@ -13,6 +13,7 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 from .constants import CLASS_BASIC
+from .tables import TableError, walk_table
 
 # Property flag bits, highest first, in wire order (AMQP 0-9-1 basic class).
 _FLAG_CONTENT_TYPE = 1 << 15
@@ -156,13 +157,29 @@ def join_properties(fields: dict[int, bytes]) -> bytes:
 
 
 def decode_properties(raw: bytes) -> Basic.Properties:
-    """Decode every property with pamqp (headers tables included)."""
-    header = ContentHeader()
+    """Decode every property: the headers table with `walk_table` (linear, iterative, as RabbitMQ reads
+    it), the rest with pamqp."""
     try:
-        header.unmarshal(_HEADER_PREFIX.pack(CLASS_BASIC, 0, 0) + raw)
+        fields = split_properties(raw)
+        headers = fields.pop(HEADERS, None)
+        header = ContentHeader()
+        header.unmarshal(_HEADER_PREFIX.pack(CLASS_BASIC, 0, 0) + join_properties(fields))
+        if headers is not None:
+            header.properties.headers = walk_table(headers)
     except Exception as exc:  # pamqp raises a mix of ValueError, struct.error, UnicodeDecodeError
         raise PropertiesError(f"malformed content header properties: {exc}") from exc
     return header.properties
+
+
+def check_headers(raw: bytes) -> None:
+    """Raise TableError if the headers table is malformed in a way RabbitMQ's parser refuses; checked once,
+    at publish, so that nothing stored breaks a consumer or a dead-lettering later."""
+    try:
+        field = split_properties(raw).get(HEADERS)
+    except (IndexError, struct.error) as exc:
+        raise TableError("malformed field table: the properties end inside it") from exc
+    if field is not None:
+        walk_table(field, build=False)
 
 
 def encode_properties(properties: Basic.Properties) -> bytes:

@@ -44,7 +44,7 @@ def compile_permissions(configure: str, write: str, read: str) -> VhostPermissio
             patterns.append(re.compile(pattern))
         except re.error as exc:
             raise AdminError(["invalid_regexp", pattern, str(exc)]) from None
-    return VhostPermissions(*patterns)
+    return VhostPermissions(patterns[0], patterns[1], patterns[2])
 
 
 # An empty pattern grants nothing (RabbitMQ's meaning of "").
@@ -146,7 +146,7 @@ class Administration:
         permissions = self.node.authority.permissions
         created = (user, vhost) not in permissions
         permissions[(user, vhost)] = compiled
-        self._apply_to_connections(user, vhost, compiled)
+        self._refresh_connections(user, vhost)
         self._permissions[(user, vhost)] = {"configure": configure, "write": write, "read": read}
         self.node.definitions_changed()
         return created
@@ -155,15 +155,20 @@ class Administration:
         """Remove them; the user's open connections in the vhost stay open and are refused everything."""
         if self.node.authority.permissions.pop((user, vhost), None) is None:
             return False
-        self._apply_to_connections(user, vhost, NOTHING_PERMITTED)
+        self._refresh_connections(user, vhost)
         self._permissions[(user, vhost)] = None
         self.node.definitions_changed()
         return True
 
-    def _apply_to_connections(self, user: str, vhost: str, permissions: VhostPermissions) -> None:
+    def _refresh_connections(self, user: str, vhost: str) -> None:
+        """The user's open connections in the vhost check with its permissions as they are now."""
+        authority = self.node.authority
         for session in self.node.connections:
             if session.username == user and session.vhost.name == vhost:
-                session.permissions = permissions
+                if (user, vhost) in authority.permissions:
+                    session.permissions = authority.vhost_permissions(user, vhost)
+                else:
+                    session.permissions = NOTHING_PERMITTED
 
     # ---- vhost limits ---------------------------------------------------------------------------
 

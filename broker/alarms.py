@@ -113,6 +113,10 @@ class Sampler(Protocol):
         """Bytes of memory the broker uses (its resident set)."""
         ...
 
+    def release_free_memory(self) -> None:
+        """Hand memory the process has freed but its allocator keeps back to the system."""
+        ...
+
     def disk_free(self) -> int:
         """Bytes free for the broker's data directory."""
         ...
@@ -138,6 +142,12 @@ class ResourceMonitor:
             self._next_memory = now + MEMORY_CHECK_INTERVAL
             try:
                 used = self.sampler.memory_used()
+                if used > self.memory_limit:
+                    # The allocator may keep what was freed since (glibc keeps freed chunks in its heaps,
+                    # so the resident set would stay high after a purge): give that back and look again,
+                    # so that the alarm is about what the broker holds, and clears once it is freed.
+                    self.sampler.release_free_memory()
+                    used = self.sampler.memory_used()
             except OSError as exc:
                 log.error("cannot read the broker's memory use: %s", exc)
             else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -14,12 +14,45 @@ from leveret.config import Config, User, check_password
 
 
 @dataclass(frozen=True, slots=True)
+class TopicPatterns:
+    """A topic permission's routing-key patterns, variables already expanded for one connection."""
+
+    write: re.Pattern[str] | None  # None: the expanded pattern does not compile, so nothing matches
+    read: re.Pattern[str] | None
+
+
+def _topic_pattern(pattern: str, username: str, vhost: str) -> re.Pattern[str] | None:
+    # RabbitMQ reads "" as "^$" and replaces {username} and {vhost} as plain text, unescaped.
+    expanded = (pattern or "^$").replace("{username}", username).replace("{vhost}", vhost)
+    try:
+        return re.compile(expanded)
+    except re.error:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class VhostPermissions:
-    """Compiled configure/write/read patterns of one user in one vhost."""
+    """Compiled configure/write/read patterns of one user in one vhost, and its topic permissions by
+    exchange name."""
 
     configure: re.Pattern[str]
     write: re.Pattern[str]
     read: re.Pattern[str]
+    topics: dict[str, TopicPatterns] = field(default_factory=dict)
+
+    def check_topic(self, username: str, vhost: str, action: str, exchange: str, routing_key: str) -> None:
+        """RabbitMQ's topic authorisation of a routing key on a topic exchange (`action` write: publish,
+        read: bind); an exchange without a topic permission allows every key."""
+        patterns = self.topics.get(exchange)
+        if patterns is None:
+            return
+        pattern = getattr(patterns, action)
+        if pattern is None or not pattern.search(routing_key):
+            raise ChannelError(
+                ACCESS_REFUSED,
+                f"access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for "
+                f"user '{username}'",
+            )
 
     def check(self, username: str, vhost: str, action: str, kind: str, name: str) -> None:
         pattern = getattr(self, action)
@@ -43,6 +76,7 @@ class Authority:
             )
             for p in config.permissions
         }
+        self.topic_permissions = config.topic_permissions
 
     def authenticate(self, username: str, password: str | None, *, from_loopback: bool) -> bool:
         return self.refusal(username, password, from_loopback=from_loopback) is None
@@ -68,7 +102,14 @@ class Authority:
             raise ConnectionLevelError(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{username}'", 10, 40
             )
-        return permissions
+        topics = {
+            topic.exchange: TopicPatterns(
+                _topic_pattern(topic.write, username, vhost), _topic_pattern(topic.read, username, vhost)
+            )
+            for topic in self.topic_permissions
+            if topic.user == username and topic.vhost == vhost
+        }
+        return replace(permissions, topics=topics) if topics else permissions
 
 
 def certificate_login_name(der: bytes, login_from: str) -> str | None:

@@ -15,8 +15,8 @@ class Message:
 
     `properties_raw` is the content header payload after the body size (property flags and property
     list), exactly as the publisher sent it, so a delivery re-sends it without re-encoding. Only the
-    fields the broker acts on are peeked at publish time; the rest decode lazily, once, on demand
-    (headers exchange, consistent-hash on a header or property, dead-lettering).
+    fields the broker acts on are peeked at publish time; the rest decode on demand (headers exchange,
+    consistent-hash on a header or property, CC/BCC, direct reply-to) and are not kept.
     """
 
     __slots__ = (
@@ -29,7 +29,7 @@ class Message:
         "expiration",
         "user_id",
         "names_raw",
-        "_properties",
+        "size",
     )
 
     def __init__(
@@ -46,14 +46,15 @@ class Message:
         self.names_raw = names if names is not None else names_raw(exchange, routing_key)
         self.properties_raw = properties_raw
         self.body = body
+        # What the message holds: its body and raw properties (a delivery's output is counted by it).
+        self.size = len(body) + len(properties_raw)
         self.delivery_mode, self.priority, self.expiration, self.user_id = peek_properties(properties_raw)
-        self._properties: Basic.Properties | None = None
 
     @property
     def properties(self) -> Basic.Properties:
-        if self._properties is None:
-            self._properties = decode_properties(self.properties_raw)
-        return self._properties
+        # Decoded anew each time and not kept: decoded headers take ~12 times their wire size, and a
+        # message waiting in a queue should hold only its wire bytes (what the memory budget counts).
+        return decode_properties(self.properties_raw)
 
     @property
     def headers(self) -> dict[str, Any]:

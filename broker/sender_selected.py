@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from leveret.amqp.properties import encode_properties
+from leveret.amqp import tables
+from leveret.amqp.properties import HEADERS, join_properties, split_properties
 from leveret.broker.message import Message
 
 # The headers table encodes field names as short strings: length octet, then the name.
@@ -24,9 +25,14 @@ def split_routing_keys(message: Message) -> tuple[Message, list[str]]:
     headers = message.headers
     keys = _keys(headers.get("CC")) + _keys(headers.get("BCC"))
     if "BCC" in headers:
-        properties = message.properties
-        properties.headers = {name: value for name, value in headers.items() if name != "BCC"} or None
-        message = Message(message.exchange, message.routing_key, encode_properties(properties), message.body)
+        # Only BCC goes: the other headers keep their bytes (wire types, strings that are not UTF-8).
+        fields = split_properties(raw)
+        kept = [entry for entry in tables.split_table(fields[HEADERS]) if entry[0] != "BCC"]
+        if kept:
+            fields[HEADERS] = tables.table_field(kept)
+        else:
+            del fields[HEADERS]
+        message = Message(message.exchange, message.routing_key, join_properties(fields), message.body)
     return message, keys
 
 

@@ -192,8 +192,10 @@ class VirtualHost:
         exclusive: bool,
         auto_delete: bool,
         arguments: dict[str, Any],
+        server_named: bool = False,
     ) -> Queue:
-        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one.
+        """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one, as does a name from
+        `server_named_queue()` (`server_named`: exempt from the reserved prefix).
 
         As in RabbitMQ, an exclusive queue is never durable, and exclusivity is not an equivalence argument:
         a redeclare must come from the queue's owner with exclusive set, or, for a queue no connection owns,
@@ -214,8 +216,8 @@ class VirtualHost:
             self._check_queue_equivalent(existing, durable, auto_delete, arguments)
             return existing
         if not name:
-            name = _server_named_queue()
-        elif name.startswith(RESERVED_PREFIX):
+            name = server_named_queue()
+        elif name.startswith(RESERVED_PREFIX) and not server_named:
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
         self._check_queue_limit(name)
@@ -465,5 +467,5 @@ def _typed_value(value: object) -> str:
     return f"the value '{shown}' of type '{amqp_type(value)}'"
 
 
-def _server_named_queue() -> str:
+def server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")

@@ -4,7 +4,17 @@ from .cluster import Cluster, ClusterNode, Etcd, split_address
 from .errors import ConfigError
 from .load import load_config
 from .passwords import check_password, hash_password
-from .schema import Config, Limits, Listener, Listeners, ManagementListener, Permission, Resources, User
+from .schema import (
+    Config,
+    Limits,
+    Listener,
+    Listeners,
+    ManagementListener,
+    Permission,
+    Resources,
+    TopicPermission,
+    User,
+)
 from .sizes import parse_size
 
 __all__ = [
@@ -20,6 +30,7 @@ __all__ = [
     "ManagementListener",
     "Permission",
     "Resources",
+    "TopicPermission",
     "User",
     "check_password",
     "hash_password",

@@ -39,6 +39,9 @@ class Listener:
 @dataclass(frozen=True, slots=True)
 class ManagementListener(Listener):
     port: int = _port(15672)
+    # RabbitMQ's prometheus.return_per_object_metrics: /metrics per queue (labels vhost and queue) rather
+    # than aggregated over the node; /metrics/per-object is per queue either way.
+    return_per_object_metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,18 @@ class Permission:
     user: str
     vhost: str
     configure: str = field(default=".*", metadata={"check": checks.regex()})
+    write: str = field(default=".*", metadata={"check": checks.regex()})
+    read: str = field(default=".*", metadata={"check": checks.regex()})
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPermission:
+    """RabbitMQ's topic permissions: which routing keys a user may publish with (write) and bind with (read)
+    on one topic exchange. `{username}` and `{vhost}` in a pattern stand for the connection's."""
+
+    user: str
+    vhost: str
+    exchange: str
     write: str = field(default=".*", metadata={"check": checks.regex()})
     read: str = field(default=".*", metadata={"check": checks.regex()})
 
@@ -161,6 +176,7 @@ class Config:
     vhosts: tuple[str, ...] = ("/",)
     users: tuple[User, ...] = (User("guest", GUEST_PASSWORD_HASH, ("administrator",), loopback_only=True),)
     permissions: tuple[Permission, ...] = (Permission("guest", "/"),)
+    topic_permissions: tuple[TopicPermission, ...] = ()
     limits: Limits = Limits()
     resources: Resources = Resources()
     # RabbitMQ's load_definitions: a definitions file (its JSON export format) imported at every start.
@@ -212,4 +228,22 @@ class Config:
                     problems.append((f"permissions[{i}].user", f"no such user {permission.user!r}"))
                 if isinstance(vhosts, tuple) and permission.vhost not in vhosts:
                     problems.append((f"permissions[{i}].vhost", f"no such vhost {permission.vhost!r}"))
+        topic_permissions = values.get("topic_permissions")
+        if isinstance(topic_permissions, tuple):
+            problems += _duplicates(
+                [
+                    (
+                        f"topic_permissions[{i}]",
+                        (p.user, p.vhost, p.exchange),
+                        f"entry for user {p.user!r} on vhost {p.vhost!r} and exchange {p.exchange!r}",
+                    )
+                    for i, p in enumerate(topic_permissions)
+                ]
+            )
+            user_names = {user.name for user in users} if isinstance(users, tuple) else None
+            for i, topic in enumerate(topic_permissions):
+                if user_names is not None and topic.user not in user_names:
+                    problems.append((f"topic_permissions[{i}].user", f"no such user {topic.user!r}"))
+                if isinstance(vhosts, tuple) and topic.vhost not in vhosts:
+                    problems.append((f"topic_permissions[{i}].vhost", f"no such vhost {topic.vhost!r}"))
         return problems

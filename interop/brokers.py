@@ -84,18 +84,42 @@ class ResourceLimits:
 
     memory_high_watermark: int | None = None
     disk_free_limit: int | None = None
+    # Leveret's paging budget (RabbitMQ has none: its queues page by their own rules).
+    message_memory_budget: int | None = None
 
 
 DEFAULT_LIMITS = ResourceLimits()
 
 
 @dataclass(frozen=True)
+class TopicRule:
+    """A topic permission: routing-key patterns on one topic exchange in vhost "/"."""
+
+    exchange: str
+    write: str = ".*"
+    read: str = ".*"
+
+
+@dataclass(frozen=True)
 class ExtraUser:
-    """A user besides guest, with full permissions on vhost "/" and RabbitMQ user tags."""
+    """A user besides guest, with permissions on vhost "/" (all by default), topic permissions and
+    RabbitMQ user tags."""
 
     name: str
     password: str
     tags: tuple[str, ...] = ()
+    configure: str = ".*"
+    write: str = ".*"
+    read: str = ".*"
+    topics: tuple[TopicRule, ...] = ()
+
+    def permission(self) -> dict[str, str]:
+        return {"user": self.name, "vhost": "/", "configure": self.configure, "write": self.write,
+                "read": self.read}
+
+    def topic_permissions(self) -> list[dict[str, str]]:
+        return [{"user": self.name, "vhost": "/", "exchange": t.exchange, "write": t.write, "read": t.read}
+                for t in self.topics]
 
 
 def all_users(extra: tuple[ExtraUser, ...]) -> tuple[ExtraUser, ...]:
@@ -307,7 +331,8 @@ class LeveretBroker(Broker):
                  "loopback_only": u.name == "guest"}
                 for u in users
             ]
-            settings["permissions"] = [{"user": u.name, "vhost": "/"} for u in users]
+            settings["permissions"] = [u.permission() for u in users]
+            settings["topic_permissions"] = [t for u in users for t in u.topic_permissions()]
         if self.tls is not None:
             listeners["amqps"] = {"host": self.host, "port": self.tls_port}
             settings["tls"] = {
@@ -373,7 +398,6 @@ class RabbitMQBroker(Broker):
             self.prometheus_port = free_port()
             settings["prometheus.tcp.ip"] = self.host
             settings["prometheus.tcp.port"] = self.prometheus_port
-            settings["prometheus.return_per_object_metrics"] = "true"
         if ipv6:
             # Instead of RABBITMQ_NODE_IP_ADDRESS, which would override these.
             settings["listeners.tcp.1"] = f"{self.host}:{self.port}"
@@ -415,9 +439,8 @@ class RabbitMQBroker(Broker):
                 }
                 for u in users
             ],
-            "permissions": [
-                {"user": u.name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"} for u in users
-            ],
+            "permissions": [u.permission() for u in users],
+            "topic_permissions": [t for u in users for t in u.topic_permissions()],
         }
         path = self.workdir / "definitions.json"
         path.write_text(json.dumps(definitions))

@@ -46,8 +46,9 @@ class RawClient:
                 client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
             ),
         )
-        self.expect(Connection.Tune)
-        self.send(0, Connection.TuneOk(channel_max=0, frame_max=FRAME_MAX, heartbeat=0))
+        tune = self.expect(Connection.Tune)
+        # The server's channel_max: RabbitMQ refuses 0 ("no limit") when it has a limit.
+        self.send(0, Connection.TuneOk(channel_max=tune.channel_max, frame_max=FRAME_MAX, heartbeat=0))
         self.send(0, Connection.Open(virtual_host="/"))
         self.expect(Connection.OpenOk)
         self.send(1, Channel.Open())

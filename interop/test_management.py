@@ -241,6 +241,27 @@ def test_users_aliveness_and_alarms(api: httpx.Client) -> None:
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
+def test_prometheus_metrics_are_aggregated_by_default(managed: Broker) -> None:
+    name = unique("mgmt-aggregated")
+    with pika_connection(managed.url) as connection:
+        channel = connection.channel()
+        channel.queue_declare(name)
+        channel.basic_publish("", name, b"m")
+
+        def scraped() -> str:
+            text = httpx.get(managed.metrics_url, timeout=10).text  # unauthenticated
+            families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+            ready = families["rabbitmq_queue_messages_ready"]
+            assert len(ready) == 1 and ready[0].labels == {} and ready[0].value >= 1
+            return text
+
+        text = eventually(scraped)
+        # Before: Leveret listed every queue and vhost here to anyone who asked.
+        assert name not in text
+        assert 'queue="' not in text
+        channel.queue_delete(name)
+
+
 def test_prometheus_metrics_per_queue(managed: Broker) -> None:
     name = unique("mgmt-metrics")
     with pika_connection(managed.url) as connection:
@@ -250,7 +271,7 @@ def test_prometheus_metrics_per_queue(managed: Broker) -> None:
             channel.basic_publish("", name, b"m")
 
         def scraped() -> dict[str, list[Any]]:
-            text = httpx.get(managed.metrics_url, timeout=10).text
+            text = httpx.get(f"{managed.metrics_url}/per-object", timeout=10).text
             families = {f.name: f.samples for f in text_string_to_metric_families(text)}
             samples = families["rabbitmq_queue_messages_ready"]
             ready = [s.value for s in samples if s.labels.get("queue") == name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 
 import pytest
 from pamqp.commands import Basic, Confirm, Queue
@@ -21,6 +22,7 @@ from leveret.broker.alarms import (
     memory_limit,
 )
 from leveret.broker.node import Node
+from leveret.broker.server.resources import SystemSampler
 from leveret.broker.session.connection import ConnectionSession
 from leveret.config import Config
 from tests.peers import ClientPeer, methods
@@ -41,6 +43,9 @@ class FakeSampler:
     def disk_free(self) -> int:
         self.calls.append(DISK)
         return self.disk
+
+    def release_free_memory(self) -> None:
+        self.calls.append("release")
 
 
 class Recorder:
@@ -94,6 +99,44 @@ def test_memory_above_the_watermark_sets_the_alarm_and_below_clears_it(
         "vm_memory_high_watermark clear. Memory used:1000 allowed:1000",
         "memory resource limit alarm cleared on node leveret@test",
     ]
+
+
+class HoardingSampler(FakeSampler):
+    """An allocator that keeps freed memory until asked to give it back."""
+
+    def __init__(self, held: int, kept: int) -> None:
+        super().__init__(memory=held + kept)
+        self.held = held
+
+    def release_free_memory(self) -> None:
+        super().release_free_memory()
+        self.memory = self.held
+
+
+def test_memory_kept_by_the_allocator_is_released_before_the_alarm_is_decided() -> None:
+    sampler = HoardingSampler(held=900, kept=300)  # freed memory still resident: 1200 of 1000
+    watch = monitor(sampler)
+    watch.poll(0.0)
+    assert sampler.calls[:3] == [MEMORY, "release", MEMORY]
+    assert watch.alarms.active == frozenset()
+    sampler.calls.clear()
+    sampler.memory = 999  # under the limit: nothing to release
+    watch.poll(MEMORY_CHECK_INTERVAL)
+    assert sampler.calls == [MEMORY, DISK]
+
+
+def test_the_system_sampler_gives_freed_memory_back() -> None:
+    sampler = SystemSampler(Path("."))
+    keep = []
+    freed = []
+    for n in range(20_000):  # 200 MB of 10 KB blocks, each next to a small one that stays (both malloc's)
+        freed.append(bytes(10_000) + bytes([n % 256]))
+        keep.append(bytes(600 + n % 50))
+    before = sampler.memory_used()
+    freed.clear()
+    sampler.release_free_memory()
+    assert sampler.memory_used() < before - 150_000_000
+    assert keep
 
 
 def test_samples_are_taken_only_when_due() -> None:

@@ -269,3 +269,44 @@ def test_heartbeat_on_a_channel_is_a_frame_error(pair: tuple[Driver, ClientPeer]
     client.handshake()
     reply = methods(client.send(bytes([8, 0, 1, 0, 0, 0, 0, 0xCE])))
     assert reply[0].reply_code == 501
+
+
+def _tune_ok(client: ClientPeer, channel_max: int, frame_max: int) -> list[Any]:
+    client.send(PROTOCOL_HEADER)
+    client.method(
+        0,
+        Connection.StartOk(
+            client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"
+        ),
+    )
+    return methods(client.method(0, Connection.TuneOk(channel_max=channel_max, frame_max=frame_max)))
+
+
+def test_channel_max_zero_on_both_sides_means_no_limit() -> None:
+    driver = Driver(ServerSettings(channel_max=0))
+    client = ClientPeer(driver)
+    assert _tune_ok(client, 0, 131072) == []
+    assert isinstance(methods(client.method(0, Connection.Open(virtual_host="/")))[0], Connection.OpenOk)
+    for number in (1, 65535):  # before: channel_max 0 was the limit, and no channel could open
+        client.open_channel(number)
+
+
+@pytest.mark.parametrize(
+    ("channel_max", "frame_max", "text"),
+    [
+        # rabbit_reader's texts: 0 ("no limit") is above any limit the server offered.
+        (0, 131072, "negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"),
+        (2048, 131072, "negotiated channel_max = 2048 is higher than the maximum allowed value (2047)"),
+        (10, 0, "negotiated frame_max = 0 is higher than the maximum allowed value (131072)"),
+        (10, 131073, "negotiated frame_max = 131073 is higher than the maximum allowed value (131072)"),
+        (10, 4095, "negotiated frame_max = 4095 is lower than the minimum allowed value (4096)"),
+    ],
+)
+def test_tune_ok_outside_the_offer_is_refused_as_rabbitmq_does(
+    channel_max: int, frame_max: int, text: str
+) -> None:
+    driver = Driver(ServerSettings(channel_max=2047, frame_max=131072))
+    reply = _tune_ok(ClientPeer(driver), channel_max, frame_max)
+    assert isinstance(reply[0], Connection.Close)
+    assert (reply[0].reply_code, reply[0].reply_text) == (530, f"NOT_ALLOWED - {text}")
+    assert (reply[0].class_id, reply[0].method_id) == (10, 30)

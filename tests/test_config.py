@@ -197,9 +197,17 @@ permissions:
   - {user: guest, vhost: nowhere}
   - {user: guest, vhost: /}
   - {user: guest, vhost: /}
+topic_permissions:
+  - {user: ghost, vhost: /, exchange: amq.topic}
+  - {user: guest, vhost: nowhere, exchange: amq.topic}
+  - {user: guest, vhost: /, exchange: amq.topic, write: '^{username}\\.'}
+  - {user: guest, vhost: /, exchange: amq.topic}
 """,
     )
     assert set(errors_of(path)) == {
+        "topic_permissions[0].user: no such user 'ghost'",
+        "topic_permissions[1].vhost: no such vhost 'nowhere'",
+        "topic_permissions[3]: duplicate entry for user 'guest' on vhost '/' and exchange 'amq.topic'",
         "vhosts[2]: duplicate vhost 'a'",
         "users[1].name: duplicate user 'guest'",
         "permissions[0].user: no such user 'ghost'",

@@ -130,7 +130,15 @@ async def test_queue_counts_connections_and_metrics_follow_a_pika_client(served:
             ("", "watched", "watched"),
         }
 
-        scrape = await served.http.get("/metrics", auth=None)  # unauthenticated, as RabbitMQ's
+        # Unauthenticated, as RabbitMQ's: aggregated over the node, no queue or vhost named.
+        aggregated = await served.http.get("/metrics", auth=None)
+        assert "orders" not in aggregated.text and 'vhost="' not in aggregated.text
+        families = text_string_to_metric_families(aggregated.text)
+        totals = {s.name: s.value for family in families for s in family.samples}
+        assert totals["rabbitmq_queue_messages_ready"] == 3
+        assert totals["rabbitmq_queue_messages_unacked"] == 1
+        assert totals["rabbitmq_queue_consumers"] == 1
+        scrape = await served.http.get("/metrics/per-object", auth=None)
         samples = {
             (s.name, s.labels.get("queue")): s.value
             for family in text_string_to_metric_families(scrape.text)

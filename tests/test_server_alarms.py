@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 from pamqp.commands import Basic, Channel, Connection, Queue
 from pamqp.heartbeat import Heartbeat
@@ -13,8 +14,14 @@ from trio.testing import MockClock
 
 from leveret.broker.alarms import MEMORY, MEMORY_CHECK_INTERVAL, ResourceMonitor
 from leveret.broker.node import Node
+from leveret.broker.server import resources
 from leveret.broker.server.listener import serve_amqp
-from leveret.broker.server.resources import SystemSampler, build_monitor, run_resource_monitor, total_memory
+from leveret.broker.server.resources import (
+    SystemSampler,
+    build_monitor,
+    run_resource_monitor,
+    total_memory,
+)
 from leveret.config import Config, Resources
 from tests.test_alarms import FakeSampler
 from tests.trio_client import TrioClient
@@ -117,6 +124,22 @@ async def test_the_monitor_task_samples_before_serving_and_then_every_second(
         assert node.alarms.active == {MEMORY}
         await trio.sleep(MEMORY_CHECK_INTERVAL * 0.2)
         assert node.alarms.active == frozenset()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_monitor_task_gives_freed_memory_back_every_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The real clock: the release runs in a worker thread, which a MockClock would jump past.
+    monkeypatch.setattr(resources, "MEMORY_RELEASE_INTERVAL", 0.05)
+    node = Node(Config())
+    sampler = FakeSampler(memory=10)
+    monitor = ResourceMonitor(node.alarms, sampler, memory_limit=1000, disk_free_limit=500)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_resource_monitor, node, monitor)
+        with trio.fail_after(5):
+            while sampler.calls.count("release") < 3:
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
 
 

@@ -259,3 +259,25 @@ def test_connections_past_the_node_limit_are_refused_530() -> None:
     first.server.connection_lost()
     connect(node)
     assert not second.server.finished
+
+
+@pytest.mark.parametrize("no_ack", [False, True])
+def test_consumers_stop_past_the_output_bound_and_resume_once_it_drains(node: Node, no_ack: bool) -> None:
+    publisher = connect(node)
+    declare(publisher, "bound")
+    consumer = connect(node)
+    consumer.method(1, Basic.Consume(queue="bound", consumer_tag="c", no_ack=no_ack))  # no prefetch limit
+    session = consumer.server
+    body = b"x" * 100_000
+    for _ in range(100):  # 10 MB for a connection whose socket (here: nobody) takes nothing
+        publisher.publish(1, body, routing_key="bound")
+    queue = node.vhosts["/"].queues["bound"]
+    # Past OUTBOX_HIGH_WATER (4 MiB) the rest stays in the queue, where the pager can page it out.
+    assert 50 <= queue.message_count <= 60
+    assert not session.writable
+    delivered = len(deliveries(consumer.read()))  # the server takes what is queued...
+    session.output_left(2 * 1024 * 1024)  # ...and the socket some of it, not enough: still stopped
+    assert 50 <= queue.message_count <= 60
+    session.output_left(0)  # all written: they take messages again
+    assert queue.message_count < 20
+    assert delivered + len(deliveries(consumer.read())) > 80

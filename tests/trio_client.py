@@ -60,7 +60,10 @@ class TrioClient:
                 locale="en_US",
             ),
         )
-        assert isinstance(await self.receive(), Connection.Tune)
-        await self.send(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=heartbeat))
+        tune = await self.receive()
+        assert isinstance(tune, Connection.Tune)
+        await self.send(
+            0, Connection.TuneOk(channel_max=tune.channel_max, frame_max=131072, heartbeat=heartbeat)
+        )
         await self.send(0, Connection.Open(virtual_host="/"))
         assert isinstance(await self.receive(), Connection.OpenOk)

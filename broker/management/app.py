@@ -51,7 +51,10 @@ class Api(Context):
     def __init__(self, node: Node, rates: MessageRates) -> None:
         super().__init__(node)
         self.rates = rates
-        self.registry = metrics_registry(node)
+        listener = node.config.listeners.management
+        per_object = listener is not None and listener.return_per_object_metrics
+        self.registry = metrics_registry(node, per_object=per_object)
+        self.per_object_registry = metrics_registry(node, per_object=True)
 
     # ---- endpoints ------------------------------------------------------------------------------
 
@@ -206,8 +209,11 @@ class Api(Context):
         return JSONResponse(body, status_code=503)
 
     async def metrics(self, request: Request) -> Response:
-        # Unauthenticated, as RabbitMQ's Prometheus endpoint.
+        # Unauthenticated, as RabbitMQ's Prometheus endpoint: aggregated unless configured per object.
         return Response(exposition(self.registry), media_type=PROMETHEUS_TEXT)
+
+    async def per_object_metrics(self, request: Request) -> Response:
+        return Response(exposition(self.per_object_registry), media_type=PROMETHEUS_TEXT)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -292,6 +298,7 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route("/api/aliveness-test/{vhost}", GET=api.aliveness),
         route("/api/health/checks/alarms", GET=api.alarms),
         route("/metrics", GET=api.metrics),
+        route("/metrics/per-object", GET=api.per_object_metrics),
     ]
     app = Starlette(
         routes=routes,

@@ -1,5 +1,8 @@
-"""Prometheus metrics, named as RabbitMQ's rabbitmq_prometheus plugin names them (with per-object queue
-metrics). A custom collector reads the node at each scrape; prometheus_client writes the text format."""
+"""Prometheus metrics, named as RabbitMQ's rabbitmq_prometheus plugin names them. A custom collector reads
+the node at each scrape; prometheus_client writes the text format.
+
+As in RabbitMQ, queue metrics are aggregated over the node by default (no labels, so an unauthenticated
+scrape names no vhost or queue), and per queue (labels vhost and queue) in the per-object registry."""
 
 from __future__ import annotations
 
@@ -17,34 +20,35 @@ from leveret.broker.node import Node
 QUEUE_LABELS = ["vhost", "queue"]
 
 
+_QUEUE_FAMILIES = (
+    ("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers"),
+    ("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged"),
+    ("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages"),
+    ("rabbitmq_queue_consumers", "Consumers on a queue"),
+)
+
+
 class NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, per_object: bool) -> None:
         self.node = node
+        self.per_object = per_object
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        ready = GaugeMetricFamily(
-            "rabbitmq_queue_messages_ready",
-            "Messages ready to be delivered to consumers",
-            labels=QUEUE_LABELS,
-        )
-        unacked = GaugeMetricFamily(
-            "rabbitmq_queue_messages_unacked",
-            "Messages delivered to consumers but not yet acknowledged",
-            labels=QUEUE_LABELS,
-        )
-        messages = GaugeMetricFamily(
-            "rabbitmq_queue_messages", "Sum of ready and unacknowledged messages", labels=QUEUE_LABELS
-        )
-        consumers = GaugeMetricFamily("rabbitmq_queue_consumers", "Consumers on a queue", labels=QUEUE_LABELS)
         queues = list(node.queues())
-        for q in queues:
-            labels = [q.vhost, q.name]
-            ready.add_metric(labels, q.message_count)
-            unacked.add_metric(labels, q.unacked)
-            messages.add_metric(labels, q.message_count + q.unacked)
-            consumers.add_metric(labels, q.consumer_count)
-        yield from (ready, unacked, messages, consumers)
+        rows = [
+            ([q.vhost, q.name], (q.message_count, q.unacked, q.message_count + q.unacked, q.consumer_count))
+            for q in queues
+        ]
+        for column, (name, documentation) in enumerate(_QUEUE_FAMILIES):
+            if self.per_object:
+                family = GaugeMetricFamily(name, documentation, labels=QUEUE_LABELS)
+                for labels, values in rows:
+                    family.add_metric(labels, values[column])
+            else:
+                total = sum(values[column] for _, values in rows)
+                family = GaugeMetricFamily(name, documentation, value=total)
+            yield family
         channels = channels_of(node.connections)
         yield GaugeMetricFamily(
             "rabbitmq_connections", "Connections currently open", value=len(node.connections)
@@ -69,9 +73,9 @@ class NodeCollector(Collector):
         )
 
 
-def metrics_registry(node: Node) -> CollectorRegistry:
+def metrics_registry(node: Node, *, per_object: bool) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node))
+    registry.register(NodeCollector(node, per_object=per_object))
     # rabbitmq_process_resident_memory_bytes, rabbitmq_process_open_fds, ... (Linux /proc), as RabbitMQ.
     ProcessCollector(namespace="rabbitmq", registry=registry)
     return registry

@@ -41,13 +41,13 @@ class Consumer:
         self.priority: int = self.arguments.get("x-priority", 0)
 
     def has_credit(self) -> bool:
-        # The channel's flow and its global prefetch are checked here too: this runs for every delivery.
+        # The channel's flow, its global prefetch and the connection's output bound are checked here
+        # too: this runs for every delivery.
         channel = self.channel
-        if self.no_ack:
-            return channel.flow_active and channel.session.writable
-        return (
+        if not (channel.flow_active and channel.session.writable):
+            return False
+        return self.no_ack or (
             (not self.prefetch or self.unacked < self.prefetch)
-            and channel.flow_active
             and (not channel.global_prefetch or len(channel.unacked) < channel.global_prefetch)
         )
 

@@ -18,7 +18,7 @@ from typing import TypeAlias, cast
 import trio
 
 from leveret.broker.node import Node
-from leveret.broker.session.connection import OUTBOX_HIGH_WATER, ConnectionSession
+from leveret.broker.session.connection import ConnectionSession
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class ConnectionTask:
             self._wakeup.set()
         elif self.session.conn.has_output:  # the rest of a large body
             self._wakeup.set()
+        self.session.output_left(len(data) - sent)
 
     def _take_output(self) -> bytes | memoryview:
         self._woken = False
@@ -218,26 +219,19 @@ class ConnectionTask:
                 self._wakeup = trio.Event()
                 # Drain fully: more may have been queued (a close-ok, say) while send_all was waiting.
                 while data := self._take_output():
-                    session.writable = len(data) + session.conn.output_size() < OUTBOX_HIGH_WATER
+                    # In flight and still queued; deliveries queued meanwhile add to it.
+                    session.unsent = len(data) + session.conn.output_size()
                     self._sending = True
                     await self.stream.send_all(data)
                     self._sending = False
                     self._last_sent = trio.current_time()
-                    if not session.writable:
-                        session.writable = True
-                        self.node_credit_returned()
+                    session.output_left(0)
                 if session.conn.closed:
                     self._done.set()
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._done.set()
             cancel_scope.cancel()
-
-    def node_credit_returned(self) -> None:
-        """The socket drained: no-ack consumers on this connection may take messages again."""
-        for channel in self.session.channels.values():
-            for consumer in channel.consumers.values():
-                consumer.queue.credit_changed()
 
     async def _timers(self) -> None:
         """Handshake timeout, then heartbeats: send when idle, give up on a silent peer. A silent peer gets

@@ -14,6 +14,7 @@ from leveret.amqp import fastpath
 from leveret.amqp.codec import build
 from leveret.amqp.constants import (
     ACCESS_REFUSED,
+    INTERNAL_ERROR,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -22,10 +23,11 @@ from leveret.amqp.constants import (
     SYNTAX_ERROR,
 )
 from leveret.amqp.errors import ChannelError, ConnectionLevelError
-from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError
+from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError, check_headers
+from leveret.amqp.tables import TableError
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import validate_consumer_arguments
+from leveret.broker.queues.arguments import amqp_type, validate_consumer_arguments
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.queue import Entry
@@ -33,7 +35,8 @@ from leveret.broker.queues.queue import Queue as BrokerQueue
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
-from leveret.broker.vhost import DEFAULT_EXCHANGE, check_not_default_exchange
+from leveret.broker.session.output import DELIVERY_OVERHEAD, OUTBOX_HIGH_WATER
+from leveret.broker.vhost import DEFAULT_EXCHANGE, check_not_default_exchange, server_named_queue
 
 if TYPE_CHECKING:
     from leveret.broker.session.connection import ConnectionSession
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 
 # The high byte of the property flags: reply-to is bit 9, headers bit 13.
 _REPLY_TO_OR_HEADERS = (REPLY_TO | HEADERS) >> 8
+_HEADERS_FLAG = HEADERS >> 8
 
 
 # A delivery awaiting ack: the entry, the queue it came from, and its consumer (None for basic.get).
@@ -147,7 +151,11 @@ class ChannelSession:
                 self.conn.frame_max,
             )
         )
-        self.session.wake()
+        session = self.session
+        unsent = session.unsent = session.unsent + message.size + DELIVERY_OVERHEAD
+        if unsent > OUTBOX_HIGH_WATER:
+            session.writable = False
+        session.wake()
 
     def ack_timeout(self, now: float) -> ChannelError | None:
         """The error to close the channel with when its oldest unacked delivery has waited too long: the
@@ -176,24 +184,38 @@ class ChannelSession:
     def publish(self, publish: fastpath.Publish, properties_raw: bytes, body: fastpath.Body) -> None:
         if publish.immediate:
             raise ConnectionLevelError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        exchange = self.vhost.exchanges.get(publish.exchange)
+        name = publish.exchange
+        first_or_topic = name not in self._may_publish_to
+        if first_or_topic:
+            # RabbitMQ's order: write permission (403) before the exchange's existence (404).
+            self.session.check_permission("write", "exchange", name)
+            # Permissions are fixed for the connection's life: one regex match per exchange, not per
+            # message, unless a topic permission names the exchange (then each routing key is checked).
+            if not self.session.has_topic_permission(name):
+                self._may_publish_to.add(name)
+        exchange = self.vhost.exchanges.get(name)
         if exchange is None:
-            exchange = self.vhost.exchange(publish.exchange, local=True)  # raises the 404
-        if exchange.name not in self._may_publish_to:
-            self.session.check_permission("write", "exchange", exchange.name)
-            # Permissions are fixed for the connection's life: one regex match per exchange, not per message.
-            self._may_publish_to.add(exchange.name)
+            exchange = self.vhost.exchange(name, local=True)  # raises the 404
         if exchange.internal:
             raise ChannelError(
                 ACCESS_REFUSED,
                 f"cannot publish to internal exchange '{exchange.name}' in vhost '{self.vhost.name}'",
             )
+        if first_or_topic:
+            self.session.check_topic_permission("write", exchange, publish.routing_key)
         try:
             message = Message(
                 exchange.name, publish.routing_key, properties_raw, body, publish.names_raw or None
             )
         except PropertiesError as exc:
             raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
+        flags = properties_raw[0] if properties_raw else 0  # the high byte of the property flags
+        if flags & _HEADERS_FLAG:
+            try:
+                check_headers(properties_raw)
+            except TableError as exc:
+                # RabbitMQ's channel crashes on such a table: 541 on the connection, nothing stored.
+                raise ConnectionLevelError(INTERNAL_ERROR, "") from exc
         if message.user_id is not None and message.user_id != self.session.username:
             raise ChannelError(
                 PRECONDITION_FAILED,
@@ -204,7 +226,7 @@ class ChannelSession:
             check_expiration(message.expiration)
         extra_keys: list[str] = []
         # Reply-to rewriting and CC/BCC need a reply-to or headers property: test their flag bits first.
-        if properties_raw and properties_raw[0] & _REPLY_TO_OR_HEADERS:
+        if flags & _REPLY_TO_OR_HEADERS:
             if reply_to.MAGIC_QUEUE_RAW in properties_raw:
                 message = reply_to.rewrite_reply_to(message, self)
             message, extra_keys = split_routing_keys(message)
@@ -405,9 +427,8 @@ class ChannelSession:
             exchange_class(method.exchange_type)  # unknown type: connection error, before any other check
             check_not_default_exchange(name)
             self.session.check_permission("configure", "exchange", name)
-            alternate = (method.arguments or {}).get("alternate-exchange")
-            if isinstance(alternate, str):
-                self.session.check_permission("write", "exchange", alternate)
+            if name not in self.vhost.exchanges:
+                self._check_alternate_exchange(name, method.arguments or {})
             self.vhost.declare_exchange(
                 name,
                 method.exchange_type,
@@ -419,6 +440,23 @@ class ChannelSession:
         if not method.nowait:
             self._reply(Exchange.DeclareOk)
 
+    def _check_alternate_exchange(self, name: str, arguments: dict[str, Any]) -> None:
+        """A new exchange with an alternate exchange publishes into it: RabbitMQ asks for read on the
+        exchange and write on its alternate (rabbit_channel, exchange.declare)."""
+        alternate = arguments.get("alternate-exchange")
+        if alternate is None:
+            return
+        if isinstance(alternate, bytes):
+            alternate = alternate.decode("utf-8", "replace")
+        if not isinstance(alternate, str):
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"invalid type '{amqp_type(alternate)}' for arg 'alternate-exchange' in exchange '{name}' "
+                f"in vhost '{self.vhost.name}'",
+            )
+        self.session.check_permission("read", "exchange", name)
+        self.session.check_permission("write", "exchange", alternate)
+
     def _exchange_delete(self, method: Exchange.Delete) -> None:
         check_not_default_exchange(method.exchange)
         self.session.check_permission("configure", "exchange", method.exchange)
@@ -427,7 +465,7 @@ class ChannelSession:
             self._reply(Exchange.DeleteOk)
 
     def _exchange_bind(self, method: Exchange.Bind) -> None:
-        source, destination = self._exchange_pair(method.source, method.destination)
+        source, destination = self._exchange_pair(method.source, method.destination, method.routing_key)
         self.vhost.bind(source, destination, method.routing_key, method.arguments or {})
         if not method.nowait:
             self._reply(Exchange.BindOk)
@@ -438,12 +476,14 @@ class ChannelSession:
         self.session.check_permission("read", "exchange", method.source)
         source = self.vhost.exchanges.get(method.source)
         destination = self.vhost.exchanges.get(method.destination)
+        if source is not None:
+            self.session.check_topic_permission("read", source, method.routing_key)
         if source is not None and destination is not None:
             self.vhost.unbind(source, destination, method.routing_key, method.arguments or {})
         if not method.nowait:
             self._reply(Exchange.UnbindOk)
 
-    def _exchange_pair(self, source_name: str, destination_name: str) -> tuple[Any, Any]:
+    def _exchange_pair(self, source_name: str, destination_name: str, routing_key: str) -> tuple[Any, Any]:
         self.session.check_permission("write", "exchange", destination_name)
         self.session.check_permission("read", "exchange", source_name)
         destination = self.vhost.exchange(destination_name)
@@ -451,6 +491,7 @@ class ChannelSession:
         for exchange in (source, destination):
             if exchange.name == DEFAULT_EXCHANGE:
                 raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self.session.check_topic_permission("read", source, routing_key)
         return source, destination
 
     # ---- queues -----------------------------------------------------------------------------
@@ -475,8 +516,12 @@ class ChannelSession:
         if method.passive:
             queue = self._owned_queue(name)
         else:
-            if name:
-                self.session.check_permission("configure", "queue", name)
+            # A server-named queue's name is chosen first: permissions are checked on it, as in RabbitMQ.
+            server_named = not name
+            name = name or server_named_queue()
+            self.session.check_permission("configure", "queue", name)
+            if name not in self.vhost.queues:
+                self._check_dead_letter_exchange(name, method.arguments or {})
             queue = self.vhost.declare_queue(
                 name,
                 owner=self.session,
@@ -484,6 +529,7 @@ class ChannelSession:
                 exclusive=method.exclusive,
                 auto_delete=method.auto_delete,
                 arguments=method.arguments or {},
+                server_named=server_named,
             )
         queue.touch()
         self.last_queue = queue.name
@@ -495,8 +541,19 @@ class ChannelSession:
                 consumer_count=queue.consumer_count,
             )
 
+    def _check_dead_letter_exchange(self, name: str, arguments: dict[str, Any]) -> None:
+        """A new queue with a dead-letter exchange publishes into it: RabbitMQ asks for read on the queue
+        and write on the exchange (rabbit_channel, queue.declare). A value of the wrong type is refused
+        by the arguments' validation."""
+        dead_letter_exchange = arguments.get("x-dead-letter-exchange")
+        if isinstance(dead_letter_exchange, bytes):
+            dead_letter_exchange = dead_letter_exchange.decode("utf-8", "replace")
+        if isinstance(dead_letter_exchange, str):
+            self.session.check_permission("read", "queue", name)
+            self.session.check_permission("write", "exchange", dead_letter_exchange)
+
     def _queue_bind(self, method: Queue.Bind) -> None:
-        queue, exchange = self._queue_and_exchange(method.queue, method.exchange)
+        queue, exchange = self._queue_and_exchange(method.queue, method.exchange, method.routing_key)
         self.vhost.bind(exchange, queue, method.routing_key, method.arguments or {})
         if not method.nowait:
             self._reply(Queue.BindOk)
@@ -510,12 +567,16 @@ class ChannelSession:
         exchange = self.vhost.exchanges.get(method.exchange)
         if method.exchange == DEFAULT_EXCHANGE:
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        if exchange is not None:
+            self.session.check_topic_permission("read", exchange, method.routing_key)
         if queue is not None and exchange is not None:
             self.vhost.check_exclusive_access(queue, self.session)
             self.vhost.unbind(exchange, queue, method.routing_key, method.arguments or {})
         self._reply(Queue.UnbindOk)
 
-    def _queue_and_exchange(self, queue_name: str, exchange_name: str) -> tuple[BrokerQueue, Any]:
+    def _queue_and_exchange(
+        self, queue_name: str, exchange_name: str, routing_key: str
+    ) -> tuple[BrokerQueue, Any]:
         queue_name = self._queue_name(queue_name)
         self.session.check_permission("write", "queue", queue_name)
         self.session.check_permission("read", "exchange", exchange_name)
@@ -523,6 +584,7 @@ class ChannelSession:
         exchange = self.vhost.exchange(exchange_name)
         if exchange.name == DEFAULT_EXCHANGE:
             raise ChannelError(ACCESS_REFUSED, "operation not permitted on the default exchange")
+        self.session.check_topic_permission("read", exchange, routing_key)
         return queue, exchange
 
     def _queue_purge(self, method: Queue.Purge) -> None:

@@ -30,8 +30,10 @@ from leveret.amqp.events import (
 from leveret.amqp.handshake import EXTERNAL
 from leveret.broker.auth import VhostPermissions, certificate_login_name
 from leveret.broker.cluster.hooks import ClusterPending
+from leveret.broker.exchanges.base import Exchange
 from leveret.broker.session import client_log
 from leveret.broker.session.channel import ChannelSession
+from leveret.broker.session.output import OUTBOX_LOW_WATER
 from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
 
@@ -41,9 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNEXPECTED_CLOSE = "client unexpectedly closed TCP connection"
-# Past this many bytes waiting for the socket, no-ack consumers stop taking messages until it drains.
-OUTBOX_HIGH_WATER = 4 * 1024 * 1024
-
 
 class _Policy:
     """The handshake's questions, answered by the node for this peer."""
@@ -110,6 +109,10 @@ class ConnectionSession:
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set on connection.open
         self.channels: dict[int, ChannelSession] = {}
         self.wake: Callable[[], None] = lambda: None  # the server sets this: "you have bytes to send"
+        # Bytes queued or being written, not yet taken by the socket: deliveries counted (about) as they
+        # are queued, and what the server still holds after a write (`output_left`). Past
+        # OUTBOX_HIGH_WATER the consumers stop (writable False) until the server reports it drained.
+        self.unsent = 0
         self.writable = True
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
@@ -129,6 +132,17 @@ class ConnectionSession:
     def check_permission(self, action: str, kind: str, name: str) -> None:
         assert self.permissions is not None
         self.permissions.check(self.username, self.vhost.name, action, kind, name)
+
+    def check_topic_permission(self, action: str, exchange: Exchange, routing_key: str) -> None:
+        """Topic permissions apply to topic exchanges only, as in RabbitMQ."""
+        assert self.permissions is not None
+        if exchange.kind == "topic":
+            self.permissions.check_topic(self.username, self.vhost.name, action, exchange.name, routing_key)
+
+    def has_topic_permission(self, exchange: str) -> bool:
+        """Whether a topic permission names this exchange (so its publishes are checked one by one)."""
+        assert self.permissions is not None
+        return exchange in self.permissions.topics
 
     # ---- input ------------------------------------------------------------------------------
 
@@ -280,9 +294,22 @@ class ConnectionSession:
                 channel.flush_confirms(durable)
 
     def data_to_send(self, limit: int | None = None) -> bytes:
-        """See ServerConnection.data_to_send."""
+        """See ServerConnection.data_to_send. What it leaves queued is counted as unsent; the server adds
+        what it holds (see `output_left`)."""
         self.flush_confirms()
-        return self.conn.data_to_send(limit)
+        data = self.conn.data_to_send(limit)
+        self.unsent = self.conn.output_size()
+        return data
+
+    def output_left(self, held: int) -> None:
+        """The server's report after a write: it still holds `held` bytes for the socket, besides what is
+        left queued here. Stopped consumers take messages again once that has drained enough."""
+        unsent = self.unsent = held + self.conn.output_size()
+        if not self.writable and unsent < OUTBOX_LOW_WATER:
+            self.writable = True
+            for channel in list(self.channels.values()):
+                for consumer in list(channel.consumers.values()):
+                    consumer.queue.credit_changed()
 
     # ---- closing ----------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from leveret.amqp.constants import PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
-from leveret.amqp.properties import encode_properties
+from leveret.amqp.fastpath import shortstr
+from leveret.amqp.properties import REPLY_TO, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.queue import Entry
@@ -69,8 +70,10 @@ def rewrite_reply_to(message: Message, channel: ChannelSession) -> Message:
     token = _token_of(channel.session.node, channel)
     if token is None:
         raise ChannelError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
-    properties.reply_to = PREFIX + token
-    return Message(message.exchange, message.routing_key, encode_properties(properties), message.body)
+    # Only reply_to changes: the other properties keep their bytes (header types, strings that are not UTF-8).
+    fields = split_properties(message.properties_raw)
+    fields[REPLY_TO] = shortstr(PREFIX + token)
+    return Message(message.exchange, message.routing_key, join_properties(fields), message.body)
 
 
 def deliver(node: Node, message: Message) -> bool:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.auth import VhostPermissions
-from leveret.config import User
+from leveret.config import TopicPermission, User
 from leveret.config.passwords import ALGORITHMS, SHA256, is_password_hash
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class Administration:
         self._users: dict[str, dict[str, Any] | None] = {}
         self._vhosts: dict[str, bool] = {}
         self._permissions: dict[tuple[str, str], dict[str, str] | None] = {}
+        # Topic permissions by (user, vhost, exchange): a record, or None for a deletion.
+        self._topics: dict[tuple[str, str, str], dict[str, str] | None] = {}
 
     # ---- vhosts ---------------------------------------------------------------------------------
 
@@ -102,6 +104,8 @@ class Administration:
         self.node.authority.vhosts.discard(name)
         for user, vhost_name in [key for key in self.node.authority.permissions if key[1] == name]:
             self.clear_permissions(user, vhost_name)
+        for user in {t.user for t in self.node.authority.topic_permissions if t.vhost == name}:
+            self.clear_topic_permissions(user, name)
         self._vhosts[name] = False
         self.node.definitions_changed()
         return True
@@ -130,6 +134,8 @@ class Administration:
             return False
         for user, vhost in [key for key in self.node.authority.permissions if key[0] == name]:
             self.clear_permissions(user, vhost)
+        for vhost in {t.vhost for t in self.node.authority.topic_permissions if t.user == name}:
+            self.clear_topic_permissions(name, vhost)
         self._users[name] = None
         self.node.definitions_changed()
         return True
@@ -157,6 +163,39 @@ class Administration:
             return False
         self._refresh_connections(user, vhost)
         self._permissions[(user, vhost)] = None
+        self.node.definitions_changed()
+        return True
+
+    def set_topic_permission(self, user: str, vhost: str, exchange: str, write: str, read: str) -> bool:
+        """Set a user's topic permission on one exchange of a vhost (True when the user had none there)."""
+        if user not in self.node.authority.users or vhost not in self.node.vhosts:
+            raise AdminError("vhost_or_user_not_found")
+        for pattern in (write, read):
+            try:
+                re.compile(pattern.replace("{username}", user).replace("{vhost}", vhost))
+            except re.error as exc:
+                raise AdminError(["invalid_regexp", pattern, str(exc)]) from None
+        authority = self.node.authority
+        created = not any(t.user == user and t.vhost == vhost for t in authority.topic_permissions)
+        kept = [
+            t for t in authority.topic_permissions if (t.user, t.vhost, t.exchange) != (user, vhost, exchange)
+        ]
+        authority.topic_permissions = (*kept, TopicPermission(user, vhost, exchange, write, read))
+        self._topics[(user, vhost, exchange)] = {"write": write, "read": read}
+        self._refresh_connections(user, vhost)
+        self.node.definitions_changed()
+        return created
+
+    def clear_topic_permissions(self, user: str, vhost: str) -> bool:
+        """Remove all of a user's topic permissions in a vhost; False when there were none."""
+        authority = self.node.authority
+        gone = [t for t in authority.topic_permissions if t.user == user and t.vhost == vhost]
+        if not gone:
+            return False
+        authority.topic_permissions = tuple(t for t in authority.topic_permissions if t not in gone)
+        for topic in gone:
+            self._topics[(user, vhost, topic.exchange)] = None
+        self._refresh_connections(user, vhost)
         self.node.definitions_changed()
         return True
 
@@ -206,6 +245,10 @@ class Administration:
                 {"user": user, "vhost": vhost, **(record or {"deleted": True})}
                 for (user, vhost), record in self._permissions.items()
             ],
+            "topic_permissions": [
+                {"user": user, "vhost": vhost, "exchange": exchange, **(record or {"deleted": True})}
+                for (user, vhost, exchange), record in self._topics.items()
+            ],
             "limits": {name: dict(v.limits) for name, v in self.node.vhosts.items() if v.limits},
             "metadata": {
                 name: {"description": v.description, "tags": list(v.tags)}
@@ -240,6 +283,19 @@ class Administration:
                 if item["loopback_only"] != self.node.authority.users[item["name"]].loopback_only:
                     users = self.node.authority.users
                     users[item["name"]] = replace(users[item["name"]], loopback_only=item["loopback_only"])
+        configured_topics = {(t.user, t.vhost, t.exchange) for t in config.topic_permissions}
+        for item in saved.get("topic_permissions", []):
+            key = (item["user"], item["vhost"], item["exchange"])
+            if key in configured_topics or item["user"] not in self.node.authority.users:
+                continue
+            if item.get("deleted"):
+                kept = self.node.authority.topic_permissions
+                self.node.authority.topic_permissions = tuple(
+                    t for t in kept if (t.user, t.vhost, t.exchange) != key
+                )
+                self._topics[key] = None
+            elif item["vhost"] in self.node.vhosts:
+                self.set_topic_permission(*key, item["write"], item["read"])
         for item in saved.get("permissions", []):
             if (item["user"], item["vhost"]) in configured_permissions:
                 continue

@@ -185,7 +185,10 @@ def export_node(node: Node, version: str) -> dict[str, Any]:
             }
             for (user, vhost), p in sorted(authority.permissions.items())
         ],
-        "topic_permissions": [],
+        "topic_permissions": [
+            {"user": t.user, "vhost": t.vhost, "exchange": t.exchange, "write": t.write, "read": t.read}
+            for t in sorted(authority.topic_permissions, key=lambda t: (t.user, t.vhost, t.exchange))
+        ],
         "parameters": objects["parameters"],
         "global_parameters": [],
         "policies": [],
@@ -254,8 +257,14 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
                 _field(item, "write", str, ""),
                 _field(item, "read", str, ""),
             )
-        if _items(definitions, "topic_permissions"):
-            log.warning("definitions: topic permissions are not supported yet; skipped")
+        for item in _items(definitions, "topic_permissions"):
+            admin.set_topic_permission(
+                _field(item, "user", str),
+                _field(item, "vhost", str),
+                _field(item, "exchange", str),
+                _field(item, "write", str, ""),
+                _field(item, "read", str, ""),
+            )
     for item in _items(definitions, "parameters"):
         vhost = _vhost(node, item, only_vhost)
         if item.get("component") == VHOST_LIMITS_COMPONENT and isinstance(item.get("value"), dict):

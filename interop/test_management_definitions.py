@@ -19,7 +19,16 @@ from interop.conftest import new_broker
 GUEST = ("guest", "guest")
 USERS = (ExtraUser("definitions-monitor", "monitor-secret", ("monitoring",)),)
 # What both brokers compare on; RabbitMQ adds cluster-wide bits (global_parameters, versions).
-COMPARED = ("users", "vhosts", "permissions", "parameters", "queues", "exchanges", "bindings")
+COMPARED = (
+    "users",
+    "vhosts",
+    "permissions",
+    "topic_permissions",
+    "parameters",
+    "queues",
+    "exchanges",
+    "bindings",
+)
 
 
 def client(broker: Broker) -> httpx.Client:
@@ -50,6 +59,8 @@ def populate(api: httpx.Client, vhost: str) -> None:
     permission = {"configure": "^app", "write": ".*", "read": "^app"}
     assert api.put(f"/api/permissions/{vhost}/{vhost}-user", json=permission).status_code == 201
     assert api.put(f"/api/vhost-limits/{vhost}/max-queues", json={"value": 50}).status_code == 204
+    topic = {"exchange": "app.events", "write": "^a", "read": ".*"}
+    assert api.put(f"/api/topic-permissions/{vhost}/{vhost}-user", json=topic).status_code == 201
     assert (
         api.put(f"/api/exchanges/{vhost}/app.events", json={"type": "topic", "durable": True}).status_code
         == 201

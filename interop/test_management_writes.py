@@ -529,3 +529,49 @@ def test_permission_changes_apply_to_open_connections(managed: Broker, api: http
         assert refused.value.reply_code == 403
         assert connection.is_open
     api.delete(f"/api/users/{user}")
+
+
+def test_topic_permissions_are_set_listed_enforced_and_deleted(managed: Broker, api: httpx.Client) -> None:
+    user = unique("http-topics")
+    assert api.put(f"/api/users/{user}", json={"password": "pw", "tags": ""}).status_code == 201
+    full = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert api.put(f"/api/permissions/%2F/{user}", json=full).status_code == 201
+    path = f"/api/topic-permissions/%2F/{user}"
+    assert answer(api.put(path, json={"exchange": "amq.topic", "write": "^a"})) == (
+        400,
+        {"error": "bad_request", "reason": "[{key_missing,read}]"},
+    )
+    assert answer(
+        api.put(
+            f"/api/topic-permissions/%2F/{unique('nobody')}",
+            json={"exchange": "amq.topic", "write": "", "read": ""},
+        )
+    ) == (
+        400,
+        {"error": "bad_request", "reason": "vhost_or_user_not_found"},
+    )
+    assert answer(api.put(path, json={"exchange": "amq.topic", "write": "^a", "read": "^b"})) == (201, None)
+    assert answer(api.put(path, json={"exchange": "amq.topic", "write": "^allowed", "read": "^b"})) == (
+        204,
+        None,
+    )
+    shown = {"user": user, "vhost": "/", "exchange": "amq.topic", "write": "^allowed", "read": "^b"}
+    assert api.get(path).json() == [shown]
+    assert shown in api.get("/api/topic-permissions").json()
+    assert api.get(f"/api/users/{user}/topic-permissions").json() == [shown]
+    assert shown in api.get("/api/definitions").json()["topic_permissions"]
+    with pika_connection(amqp_url(managed, "/", user, "pw")) as connection:
+        channel = connection.channel()
+        channel.basic_publish("amq.topic", "allowed.key", b"x")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.basic_publish("amq.topic", "other.key", b"x")
+            channel.queue_declare(unique("after"), auto_delete=True)  # the refusal arrives before this answer
+        assert (refused.value.reply_code, refused.value.reply_text) == (
+            403,
+            f"ACCESS_REFUSED - access to topic 'other.key' in exchange 'amq.topic' in vhost '/' refused for "
+            f"user '{user}'",
+        )
+    assert answer(api.delete(path)) == (204, None)
+    assert answer(api.delete(path)) == (404, NOT_FOUND)
+    assert answer(api.get(path)) == (404, NOT_FOUND)
+    api.delete(f"/api/users/{user}")

@@ -225,3 +225,24 @@ def test_vhost_metadata_is_kept(tmp_path: Path) -> None:
     node = restart(node, tmp_path)
     assert (node.vhosts["described"].description, node.vhosts["described"].tags) == ("the d", ("a", "b"))
     assert node.vhosts["/"].description == "the default"
+
+
+def test_topic_permissions_survive_a_restart_and_travel_in_definitions(tmp_path: Path) -> None:
+    node = open_node(tmp_path)
+    node.admin.put_user("carol", hash_password("pw"), ())
+    assert node.admin.set_topic_permission("carol", "/", "amq.topic", "^carol\\.", ".*")
+    assert not node.admin.set_topic_permission("carol", "/", "amq.topic", "^{username}\\.", ".*")
+    with pytest.raises(AdminError):
+        node.admin.set_topic_permission("carol", "/", "amq.topic", "(", ".*")
+    node = restart(node, tmp_path)
+    [topic] = node.authority.topic_permissions
+    assert (topic.user, topic.exchange, topic.write) == ("carol", "amq.topic", "^{username}\\.")
+    exported = export_node(node, "3.13.0")["topic_permissions"]
+    assert exported == [
+        {"user": "carol", "vhost": "/", "exchange": "amq.topic", "write": "^{username}\\.", "read": ".*"}
+    ]
+    assert node.admin.clear_topic_permissions("carol", "/")
+    import_definitions(node, {"topic_permissions": exported})
+    assert len(node.authority.topic_permissions) == 1
+    node.admin.delete_user("carol")
+    assert node.authority.topic_permissions == ()

@@ -159,6 +159,56 @@ class Access(Context):
             raise NotFound
         return no_content()
 
+    # ---- topic permissions ----------------------------------------------------------------------
+
+    def _topics(self, keep: Any = lambda user, vhost: True) -> list[dict[str, str]]:
+        return [
+            {"user": t.user, "vhost": t.vhost, "exchange": t.exchange, "write": t.write, "read": t.read}
+            for t in sorted(
+                self.node.authority.topic_permissions, key=lambda t: (t.user, t.vhost, t.exchange)
+            )
+            if keep(t.user, t.vhost)
+        ]
+
+    async def topic_permissions(self, request: Request) -> Response:
+        self.admin(request)
+        if "user" in request.path_params:
+            user, vhost = param(request, "user"), param(request, "vhost")
+            found = self._topics(lambda u, v: (u, v) == (user, vhost))
+            if not found:
+                raise NotFound
+            return JSONResponse(found)
+        if "vhost" in request.path_params:
+            vhost = param(request, "vhost")
+            if vhost not in self.node.vhosts:
+                raise NotFound
+            return JSONResponse(self._topics(lambda u, v: v == vhost))
+        if "name" in request.path_params:
+            user = param(request, "name")
+            if user not in self.node.authority.users:
+                raise NotFound
+            return JSONResponse(self._topics(lambda u, v: u == user))
+        return JSONResponse(self._topics())
+
+    async def put_topic_permission(self, request: Request) -> Response:
+        self.admin(request)
+        body = await json_object(request)
+        require(body, "exchange", "write", "read")
+        fields = (text(body, "exchange"), text(body, "write"), text(body, "read"))
+        try:
+            created = self.node.admin.set_topic_permission(
+                param(request, "user"), param(request, "vhost"), *fields
+            )
+        except AdminError as error:
+            raise admin_error(error) from None
+        return made(created)
+
+    async def delete_topic_permission(self, request: Request) -> Response:
+        self.admin(request)
+        if not self.node.admin.clear_topic_permissions(param(request, "user"), param(request, "vhost")):
+            raise NotFound
+        return no_content()
+
     # ---- vhost limits -----------------------------------------------------------------------------
 
     async def vhost_limits(self, request: Request) -> Response:

@@ -283,6 +283,15 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
             PUT=access.put_permission,
             DELETE=access.delete_permission,
         ),
+        route("/api/topic-permissions", GET=access.topic_permissions),
+        route(
+            "/api/topic-permissions/{vhost}/{user}",
+            GET=access.topic_permissions,
+            PUT=access.put_topic_permission,
+            DELETE=access.delete_topic_permission,
+        ),
+        route("/api/users/{name}/topic-permissions", GET=access.topic_permissions),
+        route("/api/vhosts/{vhost}/topic-permissions", GET=access.topic_permissions),
         route("/api/vhost-limits", GET=access.vhost_limits),
         route("/api/vhost-limits/{vhost}", GET=access.vhost_limits),
         route(

@@ -35,6 +35,10 @@ deps: $(filter .venv/bin/python,$(PYTHON))
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null) \
 		|| echo "rabbitmq-server not installed: the rabbitmqadmin and RabbitMQ round-trip tests will be skipped"; \
 	fi
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium not installed: the web page's browser tests will be skipped"; \
+	fi
 
 test-only: lint
 	$(PYTHON) -m pytest -q -p no:cacheprovider

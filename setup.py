@@ -19,4 +19,7 @@ for root in ROOTS:
     packages.extend(f"leveret.{root}.{sub}" for sub in find_packages(root))
     package_dir[f"leveret.{root}"] = root
 
-setup(packages=packages, package_dir=package_dir, package_data={"leveret.config": ["*.yaml"]})
+# The management web page's HTML, script and style sheet ship beside its module.
+package_data = {"leveret.config": ["*.yaml"], "leveret.broker.management": ["static/*"]}
+
+setup(packages=packages, package_dir=package_dir, package_data=package_data)

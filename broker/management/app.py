@@ -31,6 +31,7 @@ from leveret.broker.management.metrics import exposition, metrics_registry
 from leveret.broker.management.rates import MessageRates
 from leveret.broker.management.shaping import SHAPING, shape
 from leveret.broker.management.through_cluster import through_cluster
+from leveret.broker.management.web import web_routes
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
 from leveret.broker.vhost import VirtualHost
@@ -308,6 +309,7 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route("/api/health/checks/alarms", GET=api.alarms),
         route("/metrics", GET=api.metrics),
         route("/metrics/per-object", GET=api.per_object_metrics),
+        *web_routes(),
     ]
     app = Starlette(
         routes=routes,

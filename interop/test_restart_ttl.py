@@ -14,8 +14,8 @@ from interop.brokers import Broker
 from interop.clients import pika_connection, queue_depth, unique, wait_until
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
-# A TTL that outlasts a restart: Leveret's takes about 0.6 s here, RabbitMQ's about 5.5 s.
-TTL_PAST_A_RESTART = {"leveret": 2.0, "rabbitmq": 10.0}
+# A TTL that outlasts a restart, even on a loaded machine (Leveret: 0.5-2.5 s, RabbitMQ: about 5.5 s).
+TTL_PAST_A_RESTART = {"leveret": 4.0, "rabbitmq": 10.0}
 
 
 def get_all(channel: BlockingChannel, queue: str) -> list[tuple[bytes, pika.BasicProperties]]:

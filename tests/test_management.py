@@ -174,3 +174,24 @@ async def test_a_vhost_named_with_a_slash_is_one_path_segment(served: Served) ->
     assert default["name"] == "" and default["type"] == "direct"
     names = [x["name"] for x in (await served.http.get("/api/exchanges/%2F")).json()]
     assert names == sorted(names) and "amq.topic" in names
+
+
+async def test_a_single_node_lists_itself_in_api_nodes(served: Served) -> None:
+    nodes = (await served.http.get("/api/nodes")).json()
+    assert len(nodes) == 1
+    (me,) = nodes
+    overview = (await served.http.get("/api/overview")).json()
+    assert me["name"] == overview["node"] and me["type"] == "disc" and me["running"] is True
+    assert me["uptime"] >= 0 and me["mem_used"] > 0 and me["mem_alarm"] is False
+    assert "cluster_links" not in me
+    one = (await served.http.get(f"/api/nodes/{me['name']}")).json()
+    assert one["name"] == me["name"] and one.keys() == me.keys()
+    assert (await served.http.get("/api/nodes/nobody")).status_code == 404
+    # A queue of a single node has none of a replicated queue's fields.
+    connection = await trio.to_thread.run_sync(served.pika)
+    channel = await trio.to_thread.run_sync(connection.channel)
+    await trio.to_thread.run_sync(lambda: channel.queue_declare("solo", durable=True))
+    record = (await served.http.get("/api/queues/%2F/solo")).json()
+    assert record["node"] == me["name"] and "leader" not in record and "members" not in record
+    await trio.to_thread.run_sync(connection.close)
+

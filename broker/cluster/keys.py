@@ -5,6 +5,9 @@
 <prefix>meta/<vhost>/exchange/<name>          an exchange's definition
 <prefix>meta/<vhost>/queue/<name>             a queue's definition and its replica set
 <prefix>meta/<vhost>/binding/<source>/<id>    a binding (id: a digest of its destination, key, arguments)
+<prefix>leader/<vhost>/<queue>                a replicated queue's leader: bound to the leader's lease; its
+                                              create revision is the queue's epoch
+<prefix>isr/<vhost>/<queue>                   the queue's in-sync replicas, changed under the leader's epoch
 ```
 
 Names are percent-encoded (`quote(name, safe="")`), so a `/` in a vhost or queue name cannot reach another
@@ -61,3 +64,27 @@ class KeyLayout:
         if len(parts) < 3 or parts[1] not in ("exchange", "queue", "binding"):
             return None
         return unquote(parts[0]), parts[1], unquote(parts[2])
+
+    @property
+    def leaders(self) -> bytes:
+        return f"{self.prefix}leader/".encode()
+
+    def leader(self, vhost: str, queue: str) -> bytes:
+        return f"{self.prefix}leader/{_part(vhost)}/{_part(queue)}".encode()
+
+    @property
+    def in_sync(self) -> bytes:
+        return f"{self.prefix}isr/".encode()
+
+    def isr(self, vhost: str, queue: str) -> bytes:
+        return f"{self.prefix}isr/{_part(vhost)}/{_part(queue)}".encode()
+
+    def queue_of(self, key: bytes) -> tuple[str, str] | None:
+        """(vhost, queue) of a leader or isr key."""
+        text = key.decode(errors="replace")
+        for head in (f"{self.prefix}leader/", f"{self.prefix}isr/"):
+            if text.startswith(head):
+                parts = text[len(head) :].split("/")
+                if len(parts) == 2:
+                    return unquote(parts[0]), unquote(parts[1])
+        return None

@@ -5,7 +5,11 @@ Pure: broker/server/cluster.py feeds it from etcd (registration, watches) and ru
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from leveret.broker.cluster.keys import KeyLayout
+from leveret.broker.cluster.leadership import Leadership
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
@@ -21,6 +25,11 @@ class ClusterState:
         self.node_names = [node.name for node in config.nodes]
         self.membership = Membership(self.layout, self.node_names)
         self.metadata = ClusterMetadata(self.layout, self.name, self.replica_set)
+        self.leadership = Leadership(self.layout, self.name, self.membership.alive_nodes)
+        # Each peer link as the management API shows it; the server's PeerLinks sets it.
+        self.peer_status: Callable[[], list[dict[str, Any]]] = list
+        # A request over the peer link to a node (PeerLinks.request), once the links run.
+        self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -44,6 +46,8 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 ALIVENESS_QUEUE = "aliveness-test"
 ALIVENESS_MESSAGE = b"test_message"
 EMPTY_PROPERTIES = b"\x00\x00"  # a content header's property flags with nothing set
+# Seconds /api/nodes waits for another node's stats over the peer link.
+REMOTE_STATS_TIMEOUT = 1.0
 
 
 class Api(Context):
@@ -52,6 +56,7 @@ class Api(Context):
     def __init__(self, node: Node, rates: MessageRates) -> None:
         super().__init__(node)
         self.rates = rates
+        self.started = time.monotonic()  # built as the node starts: its uptime
         listener = node.config.listeners.management
         per_object = listener is not None and listener.return_per_object_metrics
         self.registry = metrics_registry(node, per_object=per_object)
@@ -64,6 +69,45 @@ class Api(Context):
         return JSONResponse(
             show.overview(self.node, EXCHANGE_TYPES) | {"message_stats": self.rates.overview()}
         )
+
+    async def nodes(self, request: Request) -> Response:
+        self.user(request)
+        remote = await self._remote_stats()
+        return JSONResponse(show.nodes(self.node, self._uptime_ms(), remote))
+
+    async def node_one(self, request: Request) -> Response:
+        self.user(request)
+        name = param(request, "name")
+        remote = await self._remote_stats()
+        found = [n for n in show.nodes(self.node, self._uptime_ms(), remote) if n["name"] == name]
+        if not found:
+            raise NotFound
+        return JSONResponse(found[0])
+
+    async def _remote_stats(self) -> dict[str, Any]:
+        """Each other live node's own stats, asked over the peer links at once; a node that does not
+        answer within a second is shown without them."""
+        cluster = self.node.cluster
+        found: dict[str, Any] = {}
+        if cluster is None or cluster.ask_node is None:
+            return found
+        ask = cluster.ask_node
+
+        async def one(name: str) -> None:
+            with trio.move_on_after(REMOTE_STATS_TIMEOUT):
+                try:
+                    found[name] = json.loads(await ask(name, show.NODE_STATS, b""))
+                except Exception as error:  # a link down, a refusal: the node is shown without stats
+                    log.info("no stats from %s: %s", name, error)
+
+        async with trio.open_nursery() as nursery:
+            for name in cluster.membership.alive_nodes():
+                if name != cluster.name:
+                    nursery.start_soon(one, name)
+        return found
+
+    def _uptime_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
 
     async def whoami(self, request: Request) -> Response:
         return JSONResponse(show.whoami(self.user(request)))
@@ -167,9 +211,6 @@ class Api(Context):
         self.scoped(request, self.user(request))
         return JSONResponse([])
 
-    async def nodes(self, request: Request) -> Response:
-        self.user(request)
-        return JSONResponse([{"name": show.node_name(self.node), "type": "disc", "running": True}])
 
     async def aliveness(self, request: Request) -> Response:
         """As RabbitMQ's: declare the queue aliveness-test, publish a message to it and read it back."""
@@ -244,6 +285,8 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
     binding = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
     routes = [
         route("/api/overview", GET=api.overview),
+        route("/api/nodes", GET=api.nodes),
+        route("/api/nodes/{name}", GET=api.node_one),
         route("/api/whoami", GET=api.whoami),
         route("/api/vhosts", GET=api.vhosts_list),
         route("/api/vhosts/{vhost}", GET=api.vhost_one, PUT=access.put_vhost, DELETE=access.delete_vhost),
@@ -304,7 +347,6 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route("/api/policies", GET=api.no_policies),
         route("/api/policies/{vhost}", GET=api.no_policies),
         route("/api/operator-policies", GET=api.no_policies),
-        route("/api/nodes", GET=api.nodes),
         route("/api/aliveness-test/{vhost}", GET=api.aliveness),
         route("/api/health/checks/alarms", GET=api.alarms),
         route("/metrics", GET=api.metrics),

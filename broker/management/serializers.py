@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
@@ -34,7 +35,8 @@ jsonable = json_value
 
 
 def node_name(node: Node) -> str:
-    return node.alarms.node_name
+    """This node's name: in a cluster its `cluster.nodes` name, as every node calls it."""
+    return node.cluster.name if node.cluster is not None else node.alarms.node_name
 
 
 def _split_address(address: str) -> tuple[str, int | None]:
@@ -62,7 +64,70 @@ def queue(node: Node, q: Queue) -> Json:
         "messages_unacknowledged": unacked,
         "consumers": q.consumer_count,
         "policy": None,
+        **_replication(node, q),
     }
+
+
+def _replication(node: Node, q: Queue) -> Json:
+    """A replicated queue's leader, members and the members that are up, as RabbitMQ shows them for a
+    quorum queue (`node` is the leader there too; none while the queue has no leader)."""
+    cluster = node.cluster
+    if cluster is None:
+        return {}
+    key = (q.vhost, q.name)
+    members = cluster.leadership.members(key)
+    if not members:
+        return {}  # local to this node: exclusive, non-durable or server-named
+    leader = cluster.leadership.leader(key, node.clock())
+    return {
+        "node": leader,
+        "leader": leader,
+        "members": list(members),
+        "online": [m for m in members if cluster.membership.is_alive(m)],
+    }
+
+
+NODE_STATS = "node.stats"  # the peer request a node answers with `own_stats`
+
+
+def nodes(node: Node, uptime_ms: int, remote: dict[str, Json]) -> list[Json]:
+    """GET /api/nodes: every node of the cluster, alive or not (a single node: itself), with the stats
+    each live node gave (`remote`, asked over the peer links; this node's own are read here)."""
+    cluster = node.cluster
+    names = [node_name(node)] if cluster is None else cluster.node_names
+    result = []
+    for name in names:
+        running = cluster is None or name == cluster.name or cluster.membership.is_alive(name)
+        entry: Json = {"name": name, "type": "disc", "running": running}
+        if name == node_name(node):
+            entry.update(own_stats(node, uptime_ms))
+        elif running:
+            entry.update(remote.get(name, {}))
+        result.append(entry)
+    return result
+
+
+def own_stats(node: Node, uptime_ms: int) -> Json:
+    """What a node knows only of itself (memory, descriptors, uptime, its peer links)."""
+    active = node.alarms.active
+    stats: Json = {
+        "uptime": uptime_ms,
+        "mem_alarm": "memory" in active,
+        "disk_free_alarm": "disk" in active,
+        "os_pid": str(os.getpid()),
+        "processors": os.cpu_count() or 1,
+        "partitions": [],
+        "sockets_used": len(node.connections),
+    }
+    if node.cluster is not None:
+        stats["cluster_links"] = node.cluster.peer_status()
+    try:
+        with open("/proc/self/statm") as statm:
+            stats["mem_used"] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        stats["fd_used"] = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass  # not Linux: RabbitMQ too leaves out what it cannot measure
+    return stats
 
 
 def queue_details(node: Node, q: Queue) -> Json:

@@ -15,6 +15,7 @@ from leveret.broker.cluster.etcd_ops import WatchEvent, WatchEvents, WatchSnapsh
 from leveret.broker.cluster.metadata import Change, ClusterMetadata
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.server.etcd import EtcdClient, EtcdError
+from leveret.broker.server.leadership import run_leadership
 from leveret.broker.server.startup import StartError
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ async def keep_registered(
     started = False
     while True:
         try:
+            asked = trio.current_time()
             lease, granted = await client.lease_grant(ttl)
             try:
+                cluster.leadership.lease_granted(lease, asked + (granted or ttl))
                 cluster.metadata.lease = lease  # what this node's exclusive queues' records live by
                 key, value = cluster.layout.node(cluster.name), cluster.registration(lease).encode()
                 await client.put(key, value, lease=lease, retry=True)  # the same put twice is harmless
@@ -90,7 +93,9 @@ async def keep_registered(
                 log.info("registered in the cluster as %s (lease %x, %d s)", cluster.name, lease, granted)
                 for claim in cluster.metadata.exclusive_claims():  # none at the first registration
                     await client.txn(claim, retry=True)  # put only if absent: twice is harmless
-                await client.keep_lease_alive(lease, granted or ttl)
+                await client.keep_lease_alive(
+                    lease, granted or ttl, renewed=cluster.leadership.lease_renewed
+                )
                 log.error("lost the cluster lease of %s: registering again", cluster.name)
             finally:
                 with trio.move_on_after(_REVOKE_TIMEOUT) as scope:
@@ -151,4 +156,5 @@ async def run_cluster(cluster: ClusterState, *, task_status: Any = trio.TASK_STA
             await nursery.start(follow_range, client, cluster.layout.meta, cluster.metadata)
             await nursery.start(run_metadata_changes, client, cluster.metadata)
             await nursery.start(keep_registered, client, cluster)
+            await nursery.start(run_leadership, client, cluster, follow_range)
             task_status.started()

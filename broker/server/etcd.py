@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -153,14 +153,22 @@ class EtcdClient:
                 raise
 
     async def keep_lease_alive(
-        self, lease: int, ttl: int, *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self,
+        lease: int,
+        ttl: int,
+        *,
+        renewed: Callable[[float], None] = lambda deadline: None,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Renew `lease` every third of its TTL until cancelled. Returns when the lease is gone (it expired
-        while etcd could not be reached): the caller has lost everything bound to it."""
+        while etcd could not be reached): the caller has lost everything bound to it. After each renewal,
+        `renewed(deadline)`: the lease surely lives until then (the time the keepalive was sent, on
+        trio's clock, plus the TTL etcd answered)."""
         task_status.started()
         interval = max(ttl / 3, 0.2)
         while True:
             await trio.sleep(interval)
+            sent = trio.current_time()
             try:
                 remaining = await self.lease_keepalive(lease)
             except EtcdUnavailable as error:
@@ -169,6 +177,7 @@ class EtcdClient:
             if remaining <= 0:
                 log.error("etcd lease %x expired", lease)
                 return
+            renewed(sent + remaining)
 
     # ---- watches -----------------------------------------------------------------------------------
 

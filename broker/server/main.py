@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import signal
 import socket
@@ -16,6 +17,7 @@ from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.definitions import load_definitions_file, read_definitions_file
+from leveret.broker.management.serializers import NODE_STATS, own_stats
 from leveret.broker.management.server import bind_management, serve_management
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
@@ -23,6 +25,7 @@ from leveret.broker.persistence import Persistence
 from leveret.broker.server.cluster import check_etcd, run_cluster
 from leveret.broker.server.listener import serve_amqp_on
 from leveret.broker.server.pager import run_pager
+from leveret.broker.server.peers import PeerLinks, peer_address
 from leveret.broker.server.persistence import run_group_commit
 from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.startup import (
@@ -96,6 +99,7 @@ async def close_connections(node: Node) -> None:
 AMQP = ListenerSetting("AMQP", "listeners.amqp", host_flag="--host", port_flag="--port")
 AMQPS = ListenerSetting("AMQPS", "listeners.amqps")
 MANAGEMENT = ListenerSetting("the management API", "listeners.management")
+PEER = ListenerSetting("the peer links", "cluster.nodes[].peer")
 
 
 @dataclass
@@ -105,9 +109,10 @@ class BoundListeners:
     amqp: list[trio.SocketListener]
     amqps: list[trio.SocketListener] = field(default_factory=list)
     management: list[socket.socket] = field(default_factory=list)
+    peer: list[trio.SocketListener] = field(default_factory=list)  # a cluster node's
 
     def close(self) -> None:
-        for listener in (*self.amqp, *self.amqps):
+        for listener in (*self.amqp, *self.amqps, *self.peer):
             listener.socket.close()
         for sock in self.management:
             sock.close()
@@ -126,6 +131,9 @@ async def bind_listeners(config: Config) -> BoundListeners:
             bound.management = await bind_hosts(
                 MANAGEMENT, management.hosts, management.port, _bind_management, _close_sockets
             )
+        if config.cluster is not None:
+            host, port = peer_address(config.cluster)
+            bound.peer = await open_listeners(PEER, (host,), port)
     except BaseException:
         bound.close()
         raise
@@ -175,6 +183,17 @@ async def serve_node(
         if node.cluster is not None:
             # Registered, and holding the cluster's state, before the first client is served.
             await nursery.start(run_cluster, node.cluster)
+            links = PeerLinks.from_config(node.cluster.config)
+            node.cluster.peer_status = links.status
+            node.cluster.ask_node = links.request
+            started = trio.current_time()
+            links.handle(
+                NODE_STATS,
+                lambda source, payload: json.dumps(
+                    own_stats(node, int((trio.current_time() - started) * 1000))
+                ).encode(),
+            )
+            await nursery.start(links.run, bound.peer)
         await nursery.start(serve_amqp_on, node, bound.amqp)
         if bound.amqps and ssl_context is not None:
             await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)

@@ -1,0 +1,337 @@
+"""Per-queue leadership, sans-IO: decisions from membership and etcd's keys as data, effects as data.
+
+Every replicated queue (durable, not exclusive, not server-named) has two keys (broker/cluster/keys.py):
+
+- `leader/<vhost>/<queue>`: {"node": name}, put with the leader's lease by a txn that runs only if the
+  key is absent. Its create revision is the queue's **epoch**: a new leader always has a higher one. The
+  key goes when the lease does (the node killed, paused or cut off for longer than `lease_ttl`).
+- `isr/<vhost>/<queue>`: {"members": [...]}, the in-sync replicas. The first leader writes it (all the
+  replicas: nothing has been written yet) in the txn that makes it leader; after that only the current
+  leader changes it, in a txn guarded by its epoch (the leader key's create revision must still be the
+  one it was elected with), so a stale leader cannot.
+
+Candidates: the queue's replicas in placement order, filtered by the ISR and by liveness; the first is
+the one that campaigns (another node may too, from a view a moment old: the txn's compare lets one win).
+A new leader is only ever chosen among the ISR, whose members hold everything confirmed.
+
+Fencing: a node counts itself leader only while its lease is surely alive, i.e. before the deadline
+`lease_renewed` was given (the time a keepalive was sent plus the TTL etcd answered). A node paused for
+longer than its lease thus knows, as soon as it runs again and before anything else, that it may no
+longer act as leader, even before the watch tells it who leads now.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from leveret.broker.cluster.etcd_ops import Compare, Get, KeyValue, Put, Txn, TxnResult, WatchEvent
+from leveret.broker.cluster.keys import KeyLayout
+from leveret.broker.cluster.records import QueueRecord
+
+QueueId = tuple[str, str]  # (vhost, queue)
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Run this txn: it makes this node the queue's leader if nobody is."""
+
+    queue: QueueId
+    txn: Txn
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInSync:
+    """Run this txn: the leader of `epoch` sets the in-sync replicas to `members`."""
+
+    queue: QueueId
+    epoch: int
+    members: tuple[str, ...]
+    txn: Txn
+
+
+@dataclass(frozen=True, slots=True)
+class Elected:
+    queue: QueueId
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deposed:
+    """This node no longer leads the queue (lease lapsed, or another node's key): stop acting as leader."""
+
+    queue: QueueId
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeStale:
+    """Revoke `lease`: a lease of this node's former process (killed and restarted within `lease_ttl`)
+    that still holds leader keys. Nobody else can use it, and waiting for it to expire keeps the queues
+    without a leader for up to `lease_ttl`."""
+
+    lease: int
+
+
+Effect = Campaign | ChangeInSync | Elected | Deposed | RevokeStale
+
+
+def leader_value(node: str) -> bytes:
+    return json.dumps({"node": node}).encode()
+
+
+def leader_node(kv: KeyValue) -> str:
+    try:
+        return str(json.loads(kv.value)["node"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def isr_value(members: Iterable[str]) -> bytes:
+    return json.dumps({"members": list(members)}).encode()
+
+
+def isr_members(kv: KeyValue) -> tuple[str, ...]:
+    try:
+        return tuple(str(m) for m in json.loads(kv.value)["members"])
+    except (ValueError, KeyError, TypeError):
+        return ()
+
+
+def isr_change_txn(layout: KeyLayout, queue: QueueId, epoch: int, members: Iterable[str]) -> Txn:
+    """The leader of `epoch` sets the ISR; fails (changing nothing) once that leader key is gone."""
+    leader = layout.leader(*queue)
+    return Txn(
+        (Compare(leader, "CREATE", "EQUAL", epoch),),
+        (Put(layout.isr(*queue), isr_value(members)),),
+        (Get(leader),),
+    )
+
+
+def is_replicated(record: QueueRecord) -> bool:
+    return record.durable and not record.exclusive and not record.name.startswith("amq.")
+
+
+class Leadership:
+    def __init__(self, layout: KeyLayout, node_name: str, alive: Callable[[], Iterable[str]]) -> None:
+        self.layout = layout
+        self.name = node_name
+        self.alive = alive  # the live nodes now (Membership.alive_nodes)
+        self.replicas: dict[QueueId, tuple[str, ...]] = {}  # every replicated queue
+        self.leaders: dict[QueueId, KeyValue] = {}
+        self.in_sync: dict[QueueId, KeyValue] = {}
+        self._seen: dict[bytes, int] = {}  # key -> last mod revision applied (deletions too)
+        self.lease = 0
+        self.lease_deadline = -math.inf
+        self.led: dict[QueueId, int] = {}  # queues this node acts as leader of -> epoch
+        self._busy: set[QueueId] = set()  # a txn of ours for the queue is running
+        self._revoked: set[int] = set()  # stale leases of this node already asked to be revoked
+        self._dirty: set[QueueId] = set()
+        self._all_dirty = False
+
+    # ---- inputs --------------------------------------------------------------------------------
+
+    def lease_granted(self, lease: int, deadline: float) -> None:
+        self.lease, self.lease_deadline = lease, deadline
+        self._all_dirty = True
+
+    def lease_renewed(self, deadline: float) -> None:
+        self.lease_deadline = max(self.lease_deadline, deadline)
+
+    def membership_changed(self) -> None:
+        self._all_dirty = True
+
+    def reset_queues(self, kvs: Iterable[KeyValue]) -> None:
+        """The whole `meta/` range: only queue records matter here."""
+        self.replicas = {}
+        for kv in kvs:
+            self._put_queue(kv)
+        self._all_dirty = True
+
+    def apply_queues(self, events: Iterable[WatchEvent]) -> None:
+        for event in events:
+            parsed = self.layout.parse_meta(event.kv.key)
+            if parsed is None or parsed[1] != "queue":
+                continue
+            queue = (parsed[0], parsed[2])
+            if event.kind == "DELETE":
+                self.replicas.pop(queue, None)
+            else:
+                self._put_queue(event.kv)
+            self._dirty.add(queue)
+
+    def _put_queue(self, kv: KeyValue) -> None:
+        parsed = self.layout.parse_meta(kv.key)
+        if parsed is None or parsed[1] != "queue":
+            return
+        try:
+            record = QueueRecord.decode(kv.value)
+        except (ValueError, TypeError, KeyError):
+            return
+        if is_replicated(record):
+            self.replicas[(parsed[0], parsed[2])] = record.replicas
+
+    def reset_keys(self, prefix: bytes, kvs: Iterable[KeyValue]) -> None:
+        """The whole `leader/` or `isr/` range (`prefix` says which)."""
+        table = self.leaders if prefix == self.layout.leaders else self.in_sync
+        table.clear()
+        for kv in kvs:
+            queue = self.layout.queue_of(kv.key)
+            if queue is not None:
+                table[queue] = kv
+                self._seen[kv.key] = kv.mod_revision
+        self._all_dirty = True
+
+    def apply_keys(self, events: Iterable[WatchEvent]) -> None:
+        for event in events:
+            self._apply_key(event.kind, event.kv)
+
+    def _apply_key(self, kind: str, kv: KeyValue) -> None:
+        queue = self.layout.queue_of(kv.key)
+        if queue is None or kv.mod_revision < self._seen.get(kv.key, 0):
+            return  # older than what a txn's answer already applied
+        self._seen[kv.key] = kv.mod_revision
+        table = self._table(kv.key)
+        if kind == "DELETE":
+            table.pop(queue, None)
+        else:
+            table[queue] = kv
+        self._dirty.add(queue)
+
+    def _table(self, key: bytes) -> dict[QueueId, KeyValue]:
+        return self.leaders if key.startswith(self.layout.leaders) else self.in_sync
+
+    def txn_done(self, effect: Campaign | ChangeInSync, result: TxnResult | None) -> None:
+        """A txn of ours ran (result) or failed (None: the watch will tell what happened)."""
+        self._busy.discard(effect.queue)
+        self._dirty.add(effect.queue)
+        if result is None:
+            return
+        if isinstance(effect, Campaign) and result.succeeded:
+            key = self.layout.leader(*effect.queue)
+            self._apply_key("PUT", KeyValue(key, leader_value(self.name), result.revision, result.revision,
+                                            1, self.lease))
+            if effect.queue not in self.in_sync:
+                replicas = self.replicas.get(effect.queue, ())
+                isr = self.layout.isr(*effect.queue)
+                self._apply_key("PUT", KeyValue(isr, isr_value(replicas), result.revision, result.revision))
+        elif isinstance(effect, ChangeInSync) and result.succeeded:
+            isr = self.layout.isr(*effect.queue)
+            previous = self.in_sync.get(effect.queue)
+            created = previous.create_revision if previous else result.revision
+            self._apply_key("PUT", KeyValue(isr, isr_value(effect.members), created, result.revision))
+
+    # ---- what this node knows --------------------------------------------------------------------
+
+    def leader(self, queue: QueueId, now: float) -> str | None:
+        """Who leads the queue, as far as this node knows; never itself once its lease may have lapsed."""
+        kv = self.leaders.get(queue)
+        if kv is None:
+            return None
+        node = leader_node(kv)
+        if node == self.name and not self._mine(kv, now):
+            return None
+        return node
+
+    def epoch(self, queue: QueueId) -> int:
+        kv = self.leaders.get(queue)
+        return kv.create_revision if kv is not None else 0
+
+    def is_leader(self, queue: QueueId, now: float) -> bool:
+        kv = self.leaders.get(queue)
+        return kv is not None and self._mine(kv, now)
+
+    def members(self, queue: QueueId) -> tuple[str, ...]:
+        return self.replicas.get(queue, ())
+
+    def in_sync_members(self, queue: QueueId) -> tuple[str, ...]:
+        kv = self.in_sync.get(queue)
+        return isr_members(kv) if kv is not None else ()
+
+    def _mine(self, kv: KeyValue, now: float) -> bool:
+        return (
+            leader_node(kv) == self.name and kv.lease == self.lease and self.lease != 0
+            and now < self.lease_deadline
+        )
+
+    # ---- decisions ------------------------------------------------------------------------------
+
+    def decide(self, now: float) -> list[Effect]:
+        """What to do about every queue something happened to since the last call (every queue this node
+        leads, too: its lease may have lapsed meanwhile)."""
+        if self._all_dirty:
+            queues = set(self.replicas) | set(self.leaders) | set(self.led)
+            self._all_dirty = False
+        else:
+            queues = self._dirty | set(self.led)
+        self._dirty = set()
+        alive = set(self.alive())
+        effects: list[Effect] = []
+        for queue in sorted(queues):
+            effects += self._decide(queue, now, alive)
+        return effects
+
+    def _decide(self, queue: QueueId, now: float, alive: set[str]) -> list[Effect]:
+        kv = self.leaders.get(queue)
+        effects: list[Effect] = []
+        if queue in self.led and not (kv is not None and self._mine(kv, now)
+                                      and kv.create_revision == self.led[queue]):
+            epoch = self.led.pop(queue)
+            if now >= self.lease_deadline:
+                reason = "this node's lease may have lapsed"
+            elif kv is None:
+                reason = "its leader key is gone"
+            else:
+                reason = f"{leader_node(kv)} leads it (epoch {kv.create_revision})"
+            effects.append(Deposed(queue, epoch, reason))
+        replicas = self.replicas.get(queue)
+        if replicas is None or queue in self._busy:
+            return effects
+        if kv is not None:
+            stale = kv.lease
+            if (leader_node(kv) == self.name and stale not in (0, self.lease) and self.lease != 0
+                    and stale not in self._revoked):
+                self._revoked.add(stale)
+                effects.append(RevokeStale(stale))
+            if self._mine(kv, now):
+                if queue not in self.led:
+                    self.led[queue] = kv.create_revision
+                    effects.append(Elected(queue, kv.create_revision))
+                effects += self._shrink(queue, kv.create_revision, alive)
+            return effects
+        if self.lease == 0 or now >= self.lease_deadline:
+            return effects
+        isr = self.in_sync.get(queue)
+        eligible = isr_members(isr) if isr is not None else replicas
+        candidates = [node for node in replicas if node in eligible and node in alive]
+        if candidates and candidates[0] == self.name:
+            self._busy.add(queue)
+            effects.append(Campaign(queue, self._campaign_txn(queue, replicas, isr)))
+        return effects
+
+    def _shrink(self, queue: QueueId, epoch: int, alive: set[str]) -> list[Effect]:
+        """As leader: drop dead members from the ISR (they cannot be in sync). Adding a member back
+        waits for replication (it must catch up first)."""
+        isr = self.in_sync.get(queue)
+        if isr is None:
+            return []
+        members = isr_members(isr)
+        keep = tuple(m for m in members if m in alive or m == self.name)
+        if keep == members:
+            return []
+        self._busy.add(queue)
+        return [ChangeInSync(queue, epoch, keep, isr_change_txn(self.layout, queue, epoch, keep))]
+
+    def _campaign_txn(self, queue: QueueId, replicas: tuple[str, ...], isr: KeyValue | None) -> Txn:
+        leader, isr_key = self.layout.leader(*queue), self.layout.isr(*queue)
+        put_leader = Put(leader, leader_value(self.name), self.lease)
+        if isr is None:  # the first leader: every replica is in sync with an empty queue
+            compare = (Compare.absent(leader), Compare.absent(isr_key))
+            success: tuple[Put, ...] = (put_leader, Put(isr_key, isr_value(replicas)))
+        else:  # elected from the ISR as this node read it
+            compare = (Compare.absent(leader), Compare.unchanged_since(isr_key, isr.mod_revision))
+            success = (put_leader,)
+        return Txn(compare, success, (Get(leader), Get(isr_key)))

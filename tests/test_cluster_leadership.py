@@ -1,0 +1,196 @@
+"""Per-queue leadership without sockets: three nodes' state machines over an in-memory etcd with leases.
+
+The real thing (etcd, processes killed and paused): interop/test_cluster_leadership.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leveret.broker.cluster.etcd_ops import KeyValue, Put, Txn, TxnResult, WatchEvent
+from leveret.broker.cluster.leadership import (
+    Campaign,
+    ChangeInSync,
+    Deposed,
+    Elected,
+    Leadership,
+    RevokeStale,
+    isr_change_txn,
+)
+from leveret.broker.cluster.records import QueueRecord
+from tests.test_cluster_metadata import LAYOUT, MemoryEtcd
+
+Q = ("/", "orders")
+NAMES = ["a", "b", "c"]
+
+
+class LeasedEtcd(MemoryEtcd):
+    """MemoryEtcd whose puts keep their lease, and whose leases can expire."""
+
+    def txn(self, txn: Txn) -> TxnResult:
+        leases = {op.key: op.lease for op in txn.success if isinstance(op, Put)}
+        result = super().txn(txn)
+        if result.succeeded:
+            for key, lease in leases.items():
+                kv = self.data[key]
+                self.data[key] = KeyValue(kv.key, kv.value, kv.create_revision, kv.mod_revision, 1, lease)
+                self.log[-len(leases) :] = [
+                    WatchEvent("PUT", self.data[e.kv.key]) for e in self.log[-len(leases) :]
+                ]
+        return result
+
+    def expire(self, lease: int) -> None:
+        self.revision += 1
+        for key in [k for k, kv in self.data.items() if kv.lease == lease]:
+            del self.data[key]
+            self.log.append(WatchEvent("DELETE", KeyValue(key, b"", 0, self.revision)))
+
+
+class World:
+    def __init__(self) -> None:
+        self.etcd = LeasedEtcd()
+        self.alive = set(NAMES)
+        self.nodes = {n: Leadership(LAYOUT, n, lambda: sorted(self.alive)) for n in NAMES}
+        self.seen = dict.fromkeys(NAMES, 0)
+        record = QueueRecord("orders", True, False, "", ("a", "b", "c"), "a")
+        kv = KeyValue(LAYOUT.queue("/", "orders"), record.encode(), 1, 1)
+        for i, node in enumerate(self.nodes.values()):
+            node.reset_queues([kv])
+            node.lease_granted(100 + i, deadline=10.0)
+
+    def deliver(self, name: str) -> None:
+        node = self.nodes[name]
+        node.apply_keys(self.etcd.log[self.seen[name] :])
+        self.seen[name] = len(self.etcd.log)
+
+    def step(self, name: str, now: float = 1.0, run: bool = True) -> list[Any]:
+        """Deliver the watch, decide, run the txns asked for (feeding their answers back)."""
+        self.deliver(name)
+        node = self.nodes[name]
+        effects = node.decide(now)
+        for effect in effects:
+            if run and isinstance(effect, Campaign | ChangeInSync):
+                node.txn_done(effect, self.etcd.txn(effect.txn))
+        return effects
+
+
+def test_the_first_replica_campaigns_and_wins_with_every_replica_in_sync() -> None:
+    world = World()
+    assert [type(e) for e in world.step("b")] == [] and world.step("c") == []
+    effects = world.step("a")
+    assert [type(e) for e in effects] == [Campaign]
+    assert [type(e) for e in world.step("a")] == [Elected]
+    for name in NAMES:
+        world.deliver(name)
+        assert world.nodes[name].leader(Q, 1.0) == "a"
+        assert world.nodes[name].in_sync_members(Q) == ("a", "b", "c")
+    assert world.nodes["a"].is_leader(Q, 1.0) and not world.nodes["b"].is_leader(Q, 1.0)
+
+
+def test_on_leader_loss_the_next_in_sync_replica_takes_over_with_a_higher_epoch() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    epoch = world.nodes["a"].epoch(Q)
+    world.etcd.expire(100)  # a's lease
+    world.alive.discard("a")
+    for name in "bc":
+        world.nodes[name].membership_changed()
+    assert world.step("c") == []  # not first among the live in-sync replicas
+    effects = world.step("b")
+    assert [type(e) for e in effects] == [Campaign]
+    effects = world.step("b")
+    assert [type(e) for e in effects] == [Elected, ChangeInSync]  # and drops dead a from the ISR
+    assert effects[0].epoch > epoch
+    world.deliver("c")
+    assert world.nodes["c"].leader(Q, 1.0) == "b"
+    assert world.nodes["c"].in_sync_members(Q) == ("b", "c")
+    # The deposed leader's ISR change, guarded by its old epoch, changes nothing.
+    assert not world.etcd.txn(isr_change_txn(LAYOUT, Q, epoch, ["a", "b", "c"])).succeeded
+    world.deliver("c")
+    assert world.nodes["c"].in_sync_members(Q) == ("b", "c")
+
+
+def test_a_replica_outside_the_isr_never_leads() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    world.alive.discard("c")
+    world.nodes["a"].membership_changed()
+    world.step("a")  # a drops c from the ISR
+    world.deliver("c")
+    assert world.nodes["c"].in_sync_members(Q) == ("a", "b")
+    world.alive = {"c"}  # a and b die; c comes back alone
+    world.etcd.expire(100)
+    world.etcd.expire(101)
+    world.nodes["c"].membership_changed()
+    assert world.step("c") == []
+    assert world.nodes["c"].leader(Q, 1.0) is None
+
+
+def test_two_campaigns_from_stale_views_elect_one_leader() -> None:
+    world = World()
+    world.alive.discard("a")  # b thinks a is dead; a does not
+    world.nodes["a"].alive = lambda: NAMES
+    a = world.step("a", run=False)
+    b = world.step("b", run=False)
+    assert isinstance(a[0], Campaign) and isinstance(b[0], Campaign)
+    results = [world.etcd.txn(a[0].txn), world.etcd.txn(b[0].txn)]
+    assert [r.succeeded for r in results] == [True, False]
+
+
+def test_a_node_whose_lease_may_have_lapsed_stops_leading_before_hearing_anything() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    node = world.nodes["a"]
+    assert node.is_leader(Q, 9.9)
+    # Paused past its lease's deadline: nothing delivered yet, and already not the leader.
+    assert not node.is_leader(Q, 10.5) and node.leader(Q, 10.5) is None
+    effects = node.decide(10.5)
+    assert [type(e) for e in effects] == [Deposed]
+    assert "lease" in effects[0].reason
+    # Its lease did expire meanwhile; with a new lease, its old key is not its own any more.
+    node.lease_granted(200, deadline=20.0)
+    assert not node.is_leader(Q, 11.0)
+    # The old key still stands: nobody campaigns until it is gone; a's old lease is revoked (once).
+    assert node.decide(11.0) == [RevokeStale(100)]
+    node.membership_changed()
+    assert node.decide(11.0) == []
+    # Once the old key is gone a campaigns again (first replica): an epoch above the old one.
+    world.etcd.expire(100)
+    effects = world.step("a", now=11.0)
+    assert [type(e) for e in effects] == [Campaign]
+
+
+def test_a_renewed_lease_keeps_the_leader() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    node = world.nodes["a"]
+    node.lease_renewed(30.0)
+    assert node.is_leader(Q, 25.0)
+    assert node.decide(25.0) == []
+
+
+def test_a_restarted_node_revokes_its_former_lease_and_leads_again() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    epoch = world.nodes["a"].epoch(Q)
+    # kill -9 and a restart within lease_ttl: a new process, a new lease, the old key still there.
+    restarted = Leadership(LAYOUT, "a", lambda: NAMES)
+    restarted.reset_queues([KeyValue(LAYOUT.queue("/", "orders"), QueueRecord(
+        "orders", True, False, "", ("a", "b", "c"), "a").encode(), 1, 1)])
+    restarted.reset_keys(LAYOUT.leaders, list(world.etcd.data[k] for k in world.etcd.data
+                                               if k.startswith(LAYOUT.leaders)))
+    restarted.lease_granted(300, deadline=10.0)
+    assert restarted.decide(1.0) == [RevokeStale(100)]
+    assert not restarted.is_leader(Q, 1.0)
+    world.etcd.expire(100)  # what the revoke does
+    world.nodes["a"] = restarted
+    world.seen["a"] = 0
+    effects = world.step("a")
+    assert [type(e) for e in effects] == [Campaign]
+    assert [type(e) for e in world.step("a")] == [Elected]
+    assert restarted.epoch(Q) > epoch

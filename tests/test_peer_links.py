@@ -1,0 +1,219 @@
+"""Peer links between in-process nodes over loopback: exchange, order, cuts, backpressure."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from leveret.broker.server.peers import PeerLinkDown, PeerRefused, PeerUnavailable
+from tests.peer_support import PausableProxy, listen, start_node, wait_up
+
+NAMES = ["node1", "node2", "node3"]
+
+
+async def _listeners(count: int) -> tuple[list[trio.SocketListener], dict[str, tuple[str, int]]]:
+    listeners, addresses = [], {}
+    for name in NAMES[:count]:
+        listener, port = await listen()
+        listeners.append(listener)
+        addresses[name] = ("127.0.0.1", port)
+    return listeners, addresses
+
+
+def _echo(source: str, payload: bytes) -> bytes:
+    return source.encode() + b":" + payload
+
+
+async def test_two_nodes_exchange_both_ways_on_one_connection(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    a = await start_node(nursery, "node1", addresses, listeners[0])
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    for node in (a, b):
+        node.links.handle("echo", _echo)
+    await wait_up(a, b)
+    assert await a.links.request("node2", "echo", b"hi") == b"node1:hi"
+    assert await b.links.request("node1", "echo", b"yo") == b"node2:yo"
+    assert a.links.link("node2").stats.connects == b.links.link("node1").stats.connects == 1
+    with pytest.raises(PeerRefused, match="no handler"):
+        await a.links.request("node2", "nothing", b"")
+    with pytest.raises(PeerUnavailable):
+        await a.links.request("node9", "echo", b"")
+
+
+async def test_three_nodes_every_pair(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(3)
+    nodes = [await start_node(nursery, n, addresses, s) for n, s in zip(NAMES, listeners, strict=True)]
+    for node in nodes:
+        node.links.handle("echo", _echo)
+    await wait_up(*nodes)
+    for node in nodes:
+        for other in NAMES:
+            if other != node.links.name:
+                reply = await node.links.request(other, "echo", b"x")
+                assert reply == node.links.name.encode() + b":x"
+
+
+async def test_a_refusing_handler_leaves_the_link_up(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    a = await start_node(nursery, "node1", addresses, listeners[0])
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+
+    def refuse(source: str, payload: bytes) -> bytes:
+        raise ValueError("stale epoch")
+
+    b.links.handle("entries", refuse)
+    b.links.handle("echo", _echo)
+    await wait_up(a, b)
+    with pytest.raises(PeerRefused, match="stale epoch"):
+        await a.links.request("node2", "entries", b"")
+    assert await a.links.request("node2", "echo", b"1") == b"node1:1"
+
+
+async def test_order_is_kept_on_a_link(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    a = await start_node(nursery, "node1", addresses, listeners[0])
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    seen: list[int] = []
+
+    async def record(source: str, payload: bytes) -> bytes:
+        seen.append(int(payload))
+        if len(seen) % 97 == 0:
+            await trio.sleep(0.001)  # a handler that sometimes waits (an fsync) keeps the order too
+        return payload
+
+    b.links.handle("n", record)
+    await wait_up(a, b)
+    pending = [await a.links.submit("node2", "n", str(i).encode()) for i in range(3000)]
+    replies = [int(await p.wait()) for p in pending]
+    assert seen == replies == list(range(3000))
+
+
+async def test_killed_peer_fails_in_flight_requests_then_the_link_comes_back(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    a = await start_node(nursery, "node1", addresses, listeners[0])
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    gate = trio.Event()
+
+    async def stuck(source: str, payload: bytes) -> bytes:
+        await gate.wait()
+        return b""
+
+    b.links.handle("n", stuck)
+    await wait_up(a, b)
+    in_flight = [await a.links.submit("node2", "n", b"%d" % i) for i in range(10)]
+    b.kill()
+    for pending in in_flight:
+        with trio.fail_after(5):
+            with pytest.raises(PeerLinkDown):
+                await pending.wait()
+    # node2 comes back on the same port; node1 dials again.
+    listener = (await trio.open_tcp_listeners(addresses["node2"][1], host="127.0.0.1"))[0]
+    b2 = await start_node(nursery, "node2", addresses, listener)
+    b2.links.handle("echo", _echo)
+    with trio.fail_after(5):
+        assert await a.links.request("node2", "echo", b"again") == b"node1:again"
+    assert a.links.link("node2").stats.connects == 2
+
+
+async def test_a_silent_network_is_noticed_and_the_link_restored(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    proxy = PausableProxy(addresses["node2"])
+    await nursery.start(proxy.run)
+    via_proxy = {**addresses, "node2": ("127.0.0.1", proxy.port)}
+    a = await start_node(nursery, "node1", via_proxy, listeners[0], peer_timeout=0.6)
+    received: list[int] = []
+
+    def record(source: str, payload: bytes) -> bytes:
+        received.append(int(payload))
+        return b""
+
+    b.links.handle("n", record)
+    await wait_up(a, b)
+    await a.links.request("node2", "n", b"0")
+    proxy.pause()
+    lost = await a.links.submit("node2", "n", b"1")
+    started = trio.current_time()
+    with trio.fail_after(5):
+        with pytest.raises(PeerLinkDown):
+            await lost.wait()
+    noticed = trio.current_time() - started
+    assert 0.4 < noticed < 3.0  # about peer_timeout: heartbeats stopped coming
+    proxy.cut()
+    proxy.resume()
+    with trio.fail_after(5):
+        await a.links.request("node2", "n", b"2")
+    assert received in ([0, 2], [0, 1, 2])  # "1" may have been handled: PeerLinkDown says "maybe"
+    assert a.links.link("node2").stats.connects >= 2
+
+
+async def test_a_slow_reader_holds_its_senders_back(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    window = 64 * 1024
+    a = await start_node(nursery, "node1", addresses, listeners[0], window_bytes=window)
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    gate = trio.Event()
+    handled: list[int] = []
+
+    async def slow(source: str, payload: bytes) -> bytes:
+        await gate.wait()
+        handled.append(int(payload[:8]))
+        return b""
+
+    b.links.handle("n", slow)
+    await wait_up(a, b)
+    submitted: list[object] = []
+    body = b"x" * 1016
+
+    async def produce() -> None:
+        for i in range(2000):
+            submitted.append(await a.links.submit("node2", "n", b"%08d" % i + body))
+
+    nursery.start_soon(produce)
+    await trio.sleep(0.5)
+    link = a.links.link("node2")
+    # The producer is held at the window: about 64 KiB of requests outstanding, not 2 MB.
+    assert 0 < len(submitted) <= window // 1024 + 1
+    assert link.unanswered_bytes <= window
+    assert len(link.connection.outbox) <= window // 1024 + 1  # type: ignore[union-attr]
+    gate.set()
+    with trio.fail_after(20):
+        while len(submitted) < 2000 or not all(p.done for p in submitted):  # type: ignore[attr-defined]
+            await trio.sleep(0.01)
+    assert handled == list(range(2000))
+    assert link.unanswered_bytes == 0
+
+
+async def test_a_stranger_is_refused(nursery: trio.Nursery) -> None:
+    from leveret.broker.cluster.peer_protocol import encode_hello
+
+    listeners, addresses = await _listeners(2)
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    for hello in (encode_hello("other-cluster", "node1"), encode_hello("test-cluster", "node7")):
+        stream = await trio.open_tcp_stream(*addresses["node2"])
+        await stream.send_all(hello)
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""  # closed without a hello back
+        await stream.aclose()
+    assert not b.links.link("node1").up
+
+
+async def test_heartbeats_keep_an_idle_link_up(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    a = await start_node(nursery, "node1", addresses, listeners[0], peer_timeout=0.3)
+    b = await start_node(nursery, "node2", addresses, listeners[1], peer_timeout=0.3)
+    b.links.handle("echo", _echo)
+    await wait_up(a, b)
+    await trio.sleep(1.5)  # five timeouts' worth of silence from the application
+    assert a.links.link("node2").stats.connects == b.links.link("node1").stats.connects == 1
+    assert await a.links.request("node2", "echo", b"still") == b"node1:still"
+
+
+async def test_a_request_to_a_node_that_is_down_fails_after_connect_timeout(nursery: trio.Nursery) -> None:
+    listeners, addresses = await _listeners(2)
+    listeners[1].socket.close()  # node2 never runs
+    a = await start_node(nursery, "node1", addresses, listeners[0], connect_timeout=0.5)
+    started = trio.current_time()
+    with pytest.raises(PeerUnavailable, match="no link to node2"):
+        await a.links.request("node2", "echo", b"")
+    assert 0.4 < trio.current_time() - started < 3.0

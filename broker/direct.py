@@ -16,7 +16,7 @@ from leveret.amqp.constants import ACCESS_REFUSED, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.message import Message
 from leveret.broker.queues.expiry import check_expiration
-from leveret.broker.queues.queue import Entry, Queue
+from leveret.broker.queues.queue import Queue
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.vhost import VirtualHost
 
@@ -78,18 +78,18 @@ def get(queue: Queue, count: int, ackmode: AckMode) -> list[Got]:
     """Up to `count` messages, each taken as basic.get takes it; then all of them acknowledged (gone),
     rejected (dead-lettered where the queue says so) or requeued (redelivered next time), per `ackmode`."""
     got: list[Got] = []
-    entries: list[Entry] = []
+    seqs: list[int] = []
     while len(got) < count:
         entry = queue.take()
         if entry is None:
             break
-        entries.append(entry)
+        seqs.append(entry.seq)
         got.append(Got(entry.message, entry.redelivered, queue.message_count))
-    if entries:
+    if seqs:
         if ackmode == "ack_requeue_false":
-            queue.settle(entries)
+            queue.settle(seqs)
         elif ackmode == "reject_requeue_false":
-            queue.reject(entries)
+            queue.reject(seqs)
         else:
-            queue.requeue(entries)
+            queue.requeue(seqs)
     return got

@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING
 
 from leveret.broker.alarms import memory_limit
 from leveret.broker.message import Message
-from leveret.broker.queues.paging import NEVER, Chunk, Pager
-from leveret.broker.queues.queue import Entry, Queue
-from leveret.broker.store import records
+from leveret.broker.queues.entry import Entry
+from leveret.broker.queues.paging import NEVER, Chunk, PagedQueue, Pager
+from leveret.broker.store import Store, records
 from leveret.broker.store.pages import PageFiles, PageIO
 from leveret.broker.store.reader import Enqueued, read_enqueues, read_page
 
 if TYPE_CHECKING:
-    from leveret.broker.persistence import Persistence
     from leveret.config.schema import Resources
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class _Read:
 
     __slots__ = ("queue", "chunk", "run", "locations", "log_directory", "found")
 
-    def __init__(self, queue: Queue, chunk: Chunk, log_directory: Path | None) -> None:
+    def __init__(self, queue: PagedQueue, chunk: Chunk, log_directory: Path | None) -> None:
         self.queue = queue
         self.chunk = chunk
         # Copied here: the loop may drop the chunk's run (a purge) while the worker reads.
@@ -162,14 +161,14 @@ class NodePager(Pager):
         self,
         limit: int,
         page_files: PageFiles,
-        queues: Callable[[], Iterable[Queue]],
-        persistence: Persistence | None = None,
+        queues: Callable[[], Iterable[PagedQueue]],
+        store: Store | None = None,
     ) -> None:
         super().__init__(limit)
         self._slack = min(limit // 4, MAX_PAGE_OUT)
         self.page_files = page_files
         self._queues = queues
-        self._persistence = persistence
+        self._store = store  # the durable queues' logs, when the node has a store
         self._page_out_due = False
         self._reads: list[_Read] = []
         self._writing: list[Chunk] = []  # their page file run is not written yet
@@ -205,8 +204,9 @@ class NodePager(Pager):
 
     # ---- chunks -------------------------------------------------------------------------------
 
-    def page_out(self, queue: Queue, entries: list[Entry], body_bytes: int, expires: array | None) -> Chunk:
-        chunk = Chunk(entries, body_bytes, expires)
+    def write_out(self, chunk: Chunk) -> None:
+        entries = chunk.entries
+        assert entries is not None
         transient = [entry for entry in entries if not entry.logged]
         if transient:
             chunk.run = self.page_files.append(
@@ -218,19 +218,18 @@ class NodePager(Pager):
             self._writing.append(chunk)
         if len(transient) < len(entries):
             chunk.locations = array("q", (entry.logged for entry in entries))
-            assert self._persistence is not None, "a logged entry without a store"
-            chunk.position = self._persistence.store.append_position
+            assert self._store is not None, "a logged entry without a store"
+            chunk.position = self._store.append_position
             if not transient:
                 self._undurable.append(chunk)
         if not transient:
             self.commit_completed()
-        return chunk
 
-    def load(self, queue: Queue, chunk: Chunk) -> None:
+    def load(self, queue: PagedQueue, chunk: Chunk) -> None:
         self._reads.append(_Read(queue, chunk, self._log_directory(queue, chunk)))
         self.wake()
 
-    def load_now(self, queue: Queue, chunk: Chunk) -> None:
+    def load_now(self, queue: PagedQueue, chunk: Chunk) -> None:
         read = _Read(queue, chunk, self._log_directory(queue, chunk))
         read.read()
         chunk.entries = self._readable(chunk, read.found)
@@ -241,7 +240,7 @@ class NodePager(Pager):
             chunk.run = None
             self.page_files.release(run)
 
-    def _log_directory(self, queue: Queue, chunk: Chunk) -> Path | None:
+    def _log_directory(self, queue: PagedQueue, chunk: Chunk) -> Path | None:
         if chunk.locations is None:
             return None
         return queue.journal.log.directory  # type: ignore[attr-defined]
@@ -299,7 +298,7 @@ class NodePager(Pager):
         """The store made more appends durable: chunks waiting for their log records can leave memory."""
         if not self._undurable:
             return
-        durable = self._persistence.durable_position if self._persistence is not None else 0
+        durable = self._store.durable_position if self._store is not None else 0
         waiting = []
         for chunk in self._undurable:
             if chunk.gone:

@@ -10,9 +10,9 @@ import base64
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp import decode, encode
 
@@ -24,12 +24,26 @@ from leveret.broker.store.queue_log import RecoveredLog
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
+    from leveret.broker.admin import Administration
     from leveret.broker.exchanges.base import Exchange
-    from leveret.broker.node import Node
+    from leveret.broker.queues.paging import Pager
 
 log = logging.getLogger(__name__)
 
 _PREDECLARED_NAMES = {DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)}
+
+
+class Node(Protocol):
+    """What persistence needs of the node it serves (broker/node.py's Node, which imports this module)."""
+
+    @property
+    def vhosts(self) -> Mapping[str, VirtualHost]: ...
+
+    @property
+    def pager(self) -> Pager | None: ...
+
+    @property
+    def admin(self) -> Administration: ...
 
 
 class StoreJournal(Journal):
@@ -61,10 +75,22 @@ class StoreJournal(Journal):
         self.log.append_delivered(entry.seq)
         self.persistence.pending()
 
-    def settled(self, entries: list[Entry]) -> None:
+    def settled(self, entries: Sequence[Entry]) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]
         if seqs:
             self.log.append_settle(seqs)
+            self.persistence.pending()
+
+    def returned(self, entries: Sequence[Entry]) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_returned(seqs)
+            self.persistence.pending()
+
+    def removed(self, entries: Sequence[Entry], reason: str) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_removed(seqs, reason)
             self.persistence.pending()
 
     def settled_range(self, first: int, last: int) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from leveret.broker.pager import entry_from_record
-from leveret.broker.queues.lifecycle import LifecycleQueue
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog, collection_paused
@@ -30,7 +29,7 @@ def restore_queue(
     redelivered = bytes([1]) * count if after_crash else bytes(recovered.delivered)
     pager = queue.pager
     in_memory = count
-    if not recovered.expiring and not isinstance(queue, LifecycleQueue):
+    if not recovered.expiring and queue.lifecycle is None:
         room = max(pager.limit - pager.used, 0)
         in_memory = used = 0
         sizes = recovered.sizes
@@ -38,18 +37,18 @@ def restore_queue(
             used += sizes[in_memory] + OVERHEAD
             in_memory += 1
     with collection_paused():
-        head, expires_in = _read(directory, recovered, redelivered, in_memory, wall_now)
-    queue.restore(head, next_seq, expires_in)
+        head, expires_in, returns = _read(directory, recovered, redelivered, in_memory, wall_now)
+    queue.restore(head, next_seq, expires_in, returns)
     queue.restore_paged(list(_chunks(recovered, redelivered, in_memory, pager.chunk_size)))
     return len(head) + count - in_memory
 
 
 def _read(
     directory: Path, recovered: RecoveredLog, redelivered: bytes, stop: int, wall_now: float
-) -> tuple[list[Entry], list[float | None] | None]:
+) -> tuple[list[Entry], list[float | None] | None, list[int] | None]:
     """The first `stop` messages: those the scan kept, and the rest read back from the log (one that
-    cannot be is logged, and lost); and the seconds each has left before its logged deadline (None: logged
-    without one), if any has one."""
+    cannot be is logged, and lost); the seconds each has left before its logged deadline (None: logged
+    without one), if any has one; and how often each came back to the queue, if any did."""
     kept = recovered.kept
     missing = [position for position in range(stop) if position not in kept]
     if missing:
@@ -57,6 +56,7 @@ def _read(
         kept = {**kept, **{p: record for p, record in zip(missing, found, strict=True) if record is not None}}
     deadlines = recovered.deadlines
     expires_in: list[float | None] | None = None if deadlines is None else []
+    returns: list[int] | None = None if recovered.returns is None else []
     entries = []
     wire: dict[tuple[str, str], bytes] = {}  # one names_raw per exchange and routing key
     for position in range(stop):
@@ -70,7 +70,10 @@ def _read(
             assert deadlines is not None
             deadline = deadlines[position]
             expires_in.append(None if deadline == NO_DEADLINE else deadline / 1000 - wall_now)
-    return entries, expires_in
+        if returns is not None:
+            assert recovered.returns is not None
+            returns.append(recovered.returns[position])
+    return entries, expires_in, returns
 
 
 def _chunks(recovered: RecoveredLog, redelivered: bytes, start: int, chunk_size: int) -> Iterator[Chunk]:

@@ -16,11 +16,13 @@ from leveret.broker.cluster.hooks import LOCAL_METADATA, LocalMetadata
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.erlang_terms import format_term
 from leveret.broker.exchanges.registry import exchange_class
+from leveret.broker.executor import Executor
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import TYPE_ARGUMENTS, amqp_type, queue_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.queues.effects import Effect
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
-from leveret.broker.queues.lifecycle import queue_class
+from leveret.broker.queues.lifecycle import Lifecycle, needs_lifecycle
 from leveret.broker.queues.paging import NO_PAGER, Pager
 from leveret.broker.queues.queue import Queue
 
@@ -65,6 +67,8 @@ class VirtualHost:
         self.journal_for: Callable[[str, str], Journal] | None = None
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
+        # What carries out the effects of this vhost's queues' commands.
+        self.execute: Callable[[Queue, Effect], None] = Executor(self).run
         # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
         self.metadata: LocalMetadata = LOCAL_METADATA
         # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
@@ -223,7 +227,7 @@ class VirtualHost:
         self._check_queue_limit(name)
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
-        queue = queue_class(arguments)(
+        queue = Queue(
             name,
             self.name,
             durable=durable,
@@ -233,6 +237,8 @@ class VirtualHost:
             journal=self.journal_for(self.name, name) if stored and self.journal_for else NULL_JOURNAL,
             host=self,
         )
+        if needs_lifecycle(arguments):
+            Lifecycle(queue)
         self.queues[name] = queue
         if stored:
             self.definitions_changed()
@@ -301,8 +307,11 @@ class VirtualHost:
         for exchange in list(self.exchanges.values()):
             self._unbind_all(exchange, queue)
         for consumer in list(queue.consumers):
-            consumer.channel.consumer_cancelled_by_broker(consumer)
+            consumer.cancelled_by_broker()
         queue.consumers.clear()
+
+    def add_lifecycle(self, queue: Queue) -> None:
+        Lifecycle(queue)
 
     # ---- bindings ---------------------------------------------------------------------------
 

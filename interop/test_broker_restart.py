@@ -177,3 +177,40 @@ def test_confirmed_messages_survive_crashes_mid_publish(private_broker: Callable
     assert confirmed <= set(present), f"confirmed messages lost: {sorted(confirmed - set(present))[:20]}"
     assert set(present) <= attempted
     assert present == sorted(present), "the queue lost its FIFO order across crashes"
+
+
+def test_a_quorum_queues_delivery_count_survives_a_restart(private_broker: Callable[[], Broker]) -> None:
+    """Returns are logged: after a restart x-delivery-count goes on from where it was, and the delivery
+    limit counts the deliveries before the restart too."""
+    broker = private_broker()
+    name, dead = unique("counted"), unique("counted-dead")
+    arguments = {
+        "x-queue-type": "quorum", "x-delivery-limit": 2,
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead,
+    }  # fmt: skip
+    with pika_connection(broker.url) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(name, durable=True, arguments=arguments)
+        channel.basic_publish("", name, b"poison", PERSISTENT)
+        method, _properties, _body = channel.basic_get(name)
+        channel.basic_nack(method.delivery_tag, requeue=True)  # its first return
+        wait_until(lambda: queue_depth(channel, name) == 1, what="the return")
+
+    assert broker.stop() == 0
+    broker.start()
+    with pika_connection(broker.url) as connection:
+        channel = connection.channel()
+        channel.queue_declare(dead, durable=True)
+        counts = []
+        for method, properties, _ in channel.consume(name, inactivity_timeout=1.5):
+            if method is None:
+                break
+            counts.append((method.redelivered, (properties.headers or {}).get("x-delivery-count")))
+            channel.basic_nack(method.delivery_tag, requeue=True)
+        channel.cancel()
+        assert counts == [(True, 1), (True, 2)]  # limit + 1 deliveries in all, one before the restart
+        method, properties, body = channel.basic_get(dead, auto_ack=True)
+        assert body == b"poison" and properties.headers["x-death"][0]["reason"] == "delivery_limit"
+        channel.queue_delete(name)
+        channel.queue_delete(dead)

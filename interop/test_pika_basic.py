@@ -203,6 +203,31 @@ def test_rolled_back_ack_leaves_message_unacked(connection: pika.BlockingConnect
     assert (body, method.redelivered) == (b"g", True)
 
 
+def test_unknown_ack_tag_in_a_transaction_discards_its_publishes(connection: pika.BlockingConnection) -> None:
+    """The bad tag closes the channel when the ack arrives, as RabbitMQ does: the transaction's publishes
+    are never routed, and the deliveries it had acked go back to the queue."""
+    name = unique("txbad")
+    observer = connection.channel()
+    observer.queue_declare(name, exclusive=True)
+    publish(observer, name, b"old")
+    wait_until(lambda: queue_depth(observer, name) == 1, what="message old")
+    tx = connection.channel()
+    tx.tx_select()
+    method, _props, _body = tx.basic_get(name)
+    tx.basic_ack(method.delivery_tag)
+    publish(tx, name, b"never")
+    tx.basic_ack(method.delivery_tag + 100)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+        tx.tx_commit()
+    bad = method.delivery_tag + 100
+    error = closed.value
+    assert (error.reply_code, error.reply_text) == (406, f"PRECONDITION_FAILED - unknown delivery tag {bad}")
+    wait_until(lambda: queue_depth(observer, name) == 1, what="the requeue of the uncommitted ack")
+    method, _props, body = observer.basic_get(name, auto_ack=True)
+    assert (body, method.redelivered) == (b"old", True)
+    assert queue_depth(observer, name) == 0
+
+
 @pytest.mark.parametrize("how", ["reject", "nack"])
 def test_requeue_sets_redelivered(channel: BlockingChannel, how: str) -> None:
     name = unique(how)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pamqp.commands import Basic, Channel
 
-from leveret.broker.queues.lifecycle import LifecycleQueue
 from tests.lifecycle_support import bodies, clocked_node, closed_with, declare_queue, messages
 from tests.test_session import connect
 
@@ -49,7 +48,7 @@ def test_higher_priority_consumers_get_messages_while_they_have_credit() -> None
     for client, tag in ((high_a, "a"), (high_b, "b")):
         client.method(1, Basic.Qos(prefetch_count=2))
         client.method(1, Basic.Consume(queue="q", consumer_tag=tag, arguments={"x-priority": 10}))
-    assert isinstance(node.vhosts["/"].queues["q"], LifecycleQueue)
+    assert node.vhosts["/"].queues["q"].lifecycle is not None
     for n in range(6):
         publisher.publish(1, b"%d" % n, routing_key="q")
     # Round-robin among the equals until both are full, then the lower one.

@@ -8,7 +8,7 @@ from pamqp.commands import Basic, Channel, Queue
 from leveret.amqp.properties import properties_from_dict
 from leveret.broker.message import Message
 from leveret.broker.queues.deadlines import RESOLUTION
-from leveret.broker.queues.lifecycle import EXPIRY_BATCH, LifecycleQueue
+from leveret.broker.queues.lifecycle import EXPIRY_BATCH
 from leveret.broker.queues.queue import Entry
 from leveret.broker.queues.queue import Queue as PlainQueue
 from tests.lifecycle_support import bodies, clocked_node, closed_with, declare_queue, fanout_to, get, messages
@@ -71,7 +71,7 @@ def test_a_plain_queue_takes_on_ttl_with_its_first_expiring_message() -> None:
     assert type(queue) is PlainQueue
     client.publish(1, b"brief", routing_key="plain", properties=expiring(50))
     client.publish(1, b"after", routing_key="plain")
-    assert isinstance(queue, LifecycleQueue)
+    assert queue.lifecycle is not None
     assert bodies(client.method(1, Basic.Get(queue="plain", no_ack=True))) == [b"kept"]
     clock.advance(0.1)
     assert [e.message.body for e in queue.ready] == [b"after"]

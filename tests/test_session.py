@@ -183,6 +183,37 @@ def test_tx_rollback_discards_publishes_and_commit_applies_them(node: Node) -> N
     assert isinstance(methods(client.method(1, Basic.Get(queue="txq")))[0], Basic.GetEmpty)
 
 
+def test_tx_ack_tags_are_checked_at_once_and_a_rollback_gives_them_back(node: Node) -> None:
+    client = connect(node)
+    declare(client, "txa")
+    for body in (b"a", b"b"):
+        client.publish(1, body, routing_key="txa")
+    client.method(1, Tx.Select())
+    tags = [m.delivery_tag for m, _ in deliveries(client.method(1, Basic.Get(queue="txa")))]
+    tags += [m.delivery_tag for m, _ in deliveries(client.method(1, Basic.Get(queue="txa")))]
+    client.method(1, Basic.Ack(delivery_tag=tags[1]))
+    client.method(1, Tx.Rollback())
+    # Unacked again, in tag order: a multiple ack of the first takes only the first.
+    client.method(1, Basic.Ack(delivery_tag=tags[0], multiple=True))
+    client.method(1, Tx.Commit())
+    assert node.vhosts["/"].queues["txa"].unacked == 1
+    reply = methods(client.method(1, Basic.Ack(delivery_tag=tags[0])))
+    assert isinstance(reply[-1], Channel.Close) and reply[-1].reply_code == 406, reply
+    assert node.vhosts["/"].queues["txa"].unacked == 0  # the channel's close requeued the second
+
+
+def test_tx_with_an_unknown_ack_tag_never_routes_its_publishes(node: Node) -> None:
+    client = connect(node)
+    declare(client, "txp")
+    client.method(1, Tx.Select())
+    client.publish(1, b"never", routing_key="txp")
+    reply = methods(client.method(1, Basic.Ack(delivery_tag=7)))
+    assert isinstance(reply[-1], Channel.Close), reply
+    closed = reply[-1]
+    assert (closed.reply_code, closed.reply_text) == (406, "PRECONDITION_FAILED - unknown delivery tag 7")
+    assert node.vhosts["/"].queues["txp"].message_count == 0
+
+
 def test_nack_requeue_redelivers_and_reject_drops(node: Node) -> None:
     client = connect(node)
     declare(client, "n")
@@ -207,6 +238,41 @@ def test_global_prefetch_limits_the_channel(node: Node) -> None:
     consumer.method(1, Basic.Consume(queue="g1", consumer_tag="a"))
     consumer.method(1, Basic.Consume(queue="g2", consumer_tag="b"))
     assert len(deliveries(consumer.received)) == 3
+
+
+def test_global_prefetch_with_two_consumers_on_one_queue_and_a_get(node: Node) -> None:
+    """The channel-wide limit holds however the queue splits its deliveries, and counts basic.get."""
+    publisher = connect(node)
+    declare(publisher, "g")
+    publisher.publish(1, b"x", routing_key="g")
+    consumer = connect(node)
+    consumer.method(1, Basic.Qos(prefetch_count=3, global_=True))
+    ((got, _),) = deliveries(consumer.method(1, Basic.Get(queue="g")))
+    consumer.method(1, Basic.Consume(queue="g", consumer_tag="a"))
+    consumer.method(1, Basic.Consume(queue="g", consumer_tag="b"))
+    for _ in range(5):  # each consumer could take two by itself: together they may take two
+        publisher.publish(1, b"x", routing_key="g")
+    assert len(deliveries(consumer.read())) == 2  # with the get, three
+    assert len(deliveries(consumer.method(1, Basic.Ack(delivery_tag=got.delivery_tag)))) == 1
+
+
+def test_the_queue_holds_its_unacked_messages_and_credit_comes_from_the_channel(node: Node) -> None:
+    client = connect(node)
+    declare(client, "held")
+    for body in (b"1", b"2", b"3"):
+        client.publish(1, body, routing_key="held")
+    consume(client, "held", "c", prefetch=2)
+    queue = node.vhosts["/"].queues["held"]
+    (consumer,) = queue.consumers
+    assert sorted(queue.checked_out) == [1, 2] and consumer.credit == 0
+    first = deliveries(client.received)[0][0]
+    got = deliveries(client.method(1, Basic.Ack(delivery_tag=first.delivery_tag)))
+    assert [b for _, b in got] == [b"3"]
+    assert sorted(queue.checked_out) == [2, 3] and consumer.credit == 0 and queue.message_count == 0
+    client.method(1, Basic.Nack(delivery_tag=0, multiple=True, requeue=True))
+    # Both back, redelivered to the same consumer in order, with its credit back from the channel.
+    assert [(m.redelivered, b) for m, b in deliveries(client.received)[-2:]] == [(True, b"2"), (True, b"3")]
+    assert sorted(queue.checked_out) == [2, 3]
 
 
 def test_direct_reply_to_round_trip(node: Node) -> None:

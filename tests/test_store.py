@@ -21,6 +21,7 @@ from leveret.broker.store.queue_log import NO_DEADLINE
 from leveret.broker.store.records import (
     ENQUEUE,
     ENQUEUE_EXPIRING,
+    EPOCH,
     RecordScanner,
     enqueue_payload,
     record_header,
@@ -139,6 +140,33 @@ def test_delivered_flag_survives_without_an_fsync(tmp_path: Path, monkeypatch: p
     assert [(message.seq, message.delivered) for message in recovered] == [(1, False), (2, True)]
 
 
+def test_returns_count_and_removals_settle_across_a_reopen(tmp_path: Path) -> None:
+    store, log, _ = open_log(tmp_path)
+    for seq in (1, 2, 3):
+        enqueue(log, seq)
+    log.append_returned([1, 2])
+    log.append_returned([1])
+    log.append_removed([3], "expired")
+    sync(store)
+    recovered = Store(tmp_path).open_queue("/", "q").recover_index()
+    assert list(recovered.seqs) == [1, 2]  # the removed one is gone, as if settled
+    assert recovered.returns is not None and list(recovered.returns) == [2, 1]
+    assert list(recovered.delivered) == [1, 1]  # a returned message comes back redelivered
+
+
+def test_each_segment_records_the_epoch_and_the_queue_log_position(tmp_path: Path) -> None:
+    store, log, _ = open_log(tmp_path, max_segment_size=300)
+    for seq in range(1, 11):
+        enqueue(log, seq)
+    log.append_settle([1, 2])
+    sync(store)
+    written = log.position
+    assert written == 11 + len(segment_files(log))  # the records, and an EPOCH record in each segment
+    _, again, _ = open_log(tmp_path, max_segment_size=300)
+    assert again.position == written  # the position goes on from the log alone, per queue
+    assert again.epoch == 0
+
+
 def test_unknown_seqs_write_nothing(tmp_path: Path) -> None:
     store, log, _ = open_log(tmp_path)
     assert log.append_settle([5, 6]) == 0
@@ -156,24 +184,24 @@ def test_appending_before_recover_is_refused(tmp_path: Path) -> None:
 
 
 def test_segments_roll_and_settled_ones_are_deleted(tmp_path: Path) -> None:
-    store, log, _ = open_log(tmp_path, max_segment_size=1024)
+    store, log, _ = open_log(tmp_path, max_segment_size=1050)
     body = bytes(200)
     for seq in range(1, 41):
         enqueue(log, seq, body)
     sync(store)
     files = segment_files(log)
-    assert files == list(range(10))  # four 245-byte records per segment
-    assert all(os.path.getsize(segment_path(log.directory, i)) <= 1024 for i in files)
+    assert files == list(range(10))  # four 245-byte records per segment, after its header and EPOCH record
+    assert all(os.path.getsize(segment_path(log.directory, i)) <= 1050 for i in files)
 
     log.append_settle(range(1, 21))  # the first half: segments 0-4 go, the settle starts segment 10
     sync(store)
     assert segment_files(log) == list(range(5, 11))
-    assert seqs(open_log(tmp_path, max_segment_size=1024)[2]) == list(range(21, 41))
+    assert seqs(open_log(tmp_path, max_segment_size=1050)[2]) == list(range(21, 41))
 
-    store, log, _ = open_log(tmp_path, max_segment_size=1024)
+    store, log, _ = open_log(tmp_path, max_segment_size=1050)
     log.append_settle(range(21, 41))
     sync(store)
-    store, log, recovered = open_log(tmp_path, max_segment_size=1024)
+    store, log, recovered = open_log(tmp_path, max_segment_size=1050)
     assert recovered == [] and segment_files(log) == []  # a drained queue restarts with no segment at all
 
 
@@ -479,8 +507,9 @@ def test_a_message_without_a_deadline_keeps_the_plain_enqueue_record(tmp_path: P
     sync(store)
     data = segment_path(log.directory, 0).read_bytes()
     plain = enqueue_payload(1, "amq.direct", "key.1", PROPS, b"m1")
-    assert data[HEADER_SIZE + 13 :].startswith(plain)  # right after its 13-byte record header, as before
-    assert record_kinds(log) == [ENQUEUE, ENQUEUE_EXPIRING]
+    # After the segment's EPOCH record (13 + 12 bytes), right after its 13-byte record header, as before.
+    assert data[HEADER_SIZE + 25 + 13 :].startswith(plain)
+    assert record_kinds(log) == [EPOCH, ENQUEUE, ENQUEUE_EXPIRING]
 
 
 def test_deadlines_come_back_with_their_messages(tmp_path: Path) -> None:

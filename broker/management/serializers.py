@@ -10,7 +10,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote_plus
 
 from leveret import __version__
@@ -132,7 +132,7 @@ def own_stats(node: Node, uptime_ms: int) -> Json:
 
 def queue_details(node: Node, q: Queue) -> Json:
     """One queue, with its consumers, as GET /api/queues/{vhost}/{name} answers."""
-    return {**queue(node, q), "consumer_details": [consumer(node, c) for c in q.consumers]}
+    return {**queue(node, q), "consumer_details": [consumer(node, cast("Consumer", c)) for c in q.consumers]}
 
 
 # ---- exchanges and bindings -------------------------------------------------------------------------
@@ -244,12 +244,18 @@ def connection(node: Node, session: ConnectionSession) -> Json:
     }
 
 
+# The domain knows channels and sessions through Protocols (imports point one way); this API serves the
+# node's real ones.
+def _session_of(channel: ChannelSession) -> ConnectionSession:
+    return cast("ConnectionSession", channel.session)
+
+
 def _channel_name(channel: ChannelSession) -> str:
-    return f"{connection_name(channel.session)} ({channel.number})"
+    return f"{connection_name(_session_of(channel))} ({channel.number})"
 
 
 def channel(node: Node, ch: ChannelSession) -> Json:
-    session = ch.session
+    session = _session_of(ch)
     peer_host, peer_port = _split_address(session.peer)
     return {
         "name": _channel_name(ch),
@@ -273,8 +279,8 @@ def channel(node: Node, ch: ChannelSession) -> Json:
 
 
 def consumer(node: Node, c: Consumer) -> Json:
-    ch = c.channel
-    session = ch.session
+    ch = cast("ChannelSession", c.channel)
+    session = _session_of(ch)
     peer_host, peer_port = _split_address(session.peer)
     return {
         "consumer_tag": c.tag,

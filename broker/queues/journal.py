@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.queue import Entry
+    from leveret.broker.queues.entry import Entry
 
 
 class Journal:
@@ -22,8 +23,15 @@ class Journal:
     def delivered(self, entry: Entry) -> None:
         """First delivery of the entry: after a crash it comes back with redelivered=true."""
 
-    def settled(self, entries: list[Entry]) -> None:
+    def settled(self, entries: Sequence[Entry]) -> None:
         """Entries gone for good: acked, dropped, expired or dead-lettered."""
+
+    def returned(self, entries: Sequence[Entry]) -> None:
+        """Entries back in the queue: redelivered from now on, one more return in their delivery count."""
+
+    def removed(self, entries: Sequence[Entry], reason: str) -> None:
+        """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected): gone for
+        good, as if settled."""
 
     def settled_range(self, first: int, last: int) -> None:
         """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out

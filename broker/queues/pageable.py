@@ -1,8 +1,9 @@
 """How a queue pages out and reads back (the model is in paging.py): the part of Queue that only paged
 queues use, apart so that queue.py stays about the FIFO and its consumers.
 
-Hooks for LifecycleQueue, whose head is a FifoReady that counts its own budget: `_take_back_of_head`,
-`_new_chunk` (deadlines), `_chunk_entries` (TrackedEntry), `_add_to_head`, `_unpage`.
+A queue with a lifecycle keeps its head in a FifoReady that counts its own budget: its lifecycle part
+handles `_take_back_of_head`, `_new_chunk` (deadlines), `_chunk_entries` (TrackedEntry), `_add_to_head`
+and `_unpage`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from leveret.broker.queues.effects import LOAD, PAGE_OUT, RELEASE, Effect
 from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager
 from leveret.broker.queues.ready import take_back, take_front
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.journal import Journal
-    from leveret.broker.queues.queue import Entry
+    from leveret.broker.queues.part import LifecyclePart
+    from leveret.broker.queues.subscriber import Subscriber
 
 
 class Pageable:
@@ -25,19 +28,25 @@ class Pageable:
     ready: Any  # the head: a deque, or a lifecycle queue's FifoReady
     paged: PagedTail | None
     pager: Pager
-    consumers: deque[Consumer]
+    consumers: deque[Subscriber]
     journal: Journal
     returned_upto: int
     _consumers_full: bool
+    effects: list[Effect]
+    lifecycle: LifecyclePart | None
 
     if TYPE_CHECKING:
 
         def deliver_ready(self) -> None: ...
 
+        def _flush(self) -> None: ...
+
         def _counted(self, entries: list[Entry]) -> None: ...
 
     def pageable(self) -> int:
         """How many ready messages in memory paging out could take, about: the pager takes the largest."""
+        if self.lifecycle is not None and not self.lifecycle.pages:
+            return 0
         paged = self.paged
         return len(self.ready) if paged is None else len(paged.tail)
 
@@ -70,6 +79,7 @@ class Pageable:
                 end += 1
             paged.chunks.append(self._new_chunk(taken[start:end], size))
             start = end
+        self._flush()
         return freed
 
     def restore_paged(self, chunks: list[Chunk]) -> None:
@@ -95,20 +105,28 @@ class Pageable:
     def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
         """Entries off the back of the head to page out (no longer counted in the budget), with their
         body sizes."""
+        if self.lifecycle is not None:
+            return self.lifecycle.take_back_of_head(want, keep)
         taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
         self.pager.used -= sum(sizes) + OVERHEAD * len(taken)
         return taken, sizes
 
     def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
-        return self.pager.page_out(self, entries, body_bytes, None)
+        if self.lifecycle is not None:
+            return self.lifecycle.new_chunk(entries, body_bytes)
+        chunk = Chunk(entries, body_bytes, None)
+        self.effects.append((PAGE_OUT, chunk))
+        return chunk
 
     def chunk_loaded(self, chunk: Chunk) -> None:
         """The pager read `chunk` back: install it when its turn comes, and deliver on."""
-        if self.paged is None or chunk.gone:
-            return
-        self._refill()
-        if self.consumers and not self._consumers_full:
-            self.deliver_ready()
+        if self.paged is not None and not chunk.gone:
+            self._refill()
+            if self.consumers and not self._consumers_full:
+                self.deliver_ready()
+        if self.lifecycle is not None:
+            self.lifecycle.chunk_loaded()
+        self._flush()
 
     def _refill(self) -> None:
         """Install the first chunk once the head holds less than a chunk's worth; read the next ones back
@@ -125,7 +143,7 @@ class Pageable:
             for chunk in itertools.islice(chunks, READ_AHEAD):
                 if chunk.entries is None and not chunk.loading:
                     chunk.loading = True
-                    self.pager.load(self, chunk)
+                    self.effects.append((LOAD, chunk))
 
     def _load_head_now(self) -> None:
         """The head is empty and someone needs it now (basic.get): read the first chunk here, blocking."""
@@ -146,22 +164,30 @@ class Pageable:
         paged.count -= chunk.count
         paged.body_bytes -= chunk.body_bytes
         chunk.gone = True
-        self.pager.release(chunk)
+        self.effects.append((RELEASE, chunk))
         self._add_to_head(entries)
 
     def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
         entries = chunk.entries
         assert entries is not None
         chunk.entries = None
+        if self.lifecycle is not None:
+            return self.lifecycle.tracked_from_chunk(chunk, entries)
         return entries
 
     def _add_to_head(self, entries: list[Entry]) -> None:
         """Entries read back join the head (after everything in it), counted against the budget."""
+        if self.lifecycle is not None:
+            self.lifecycle.add_to_head(entries)
+            return
         self.ready.extend(entries)
         self._counted(entries)
 
     def _unpage(self) -> None:
         """The last chunk is back: the tail (counted already) joins the head; nothing is paged any more."""
+        if self.lifecycle is not None:
+            self.lifecycle.unpage()
+            return
         paged = self.paged
         assert paged is not None
         self.paged = None
@@ -181,5 +207,5 @@ class Pageable:
                 in_memory += chunk.entries
             elif settle and chunk.locations is not None:
                 self.journal.settled_range(chunk.first_seq, chunk.last_seq)
-            self.pager.release(chunk)
+            self.effects.append((RELEASE, chunk))
         return in_memory

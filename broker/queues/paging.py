@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from array import array
 
-    from leveret.broker.queues.queue import Entry, Queue
+    from leveret.broker.queues.entry import Entry
+    from leveret.broker.queues.journal import Journal
     from leveret.broker.store.pages import PageRun
 
 # What a ready message costs in memory beyond its body: Entry, Message, properties, the seq and the list
@@ -120,6 +121,19 @@ class PagedTail:
         self.body_bytes += len(entry.message.body)
 
 
+class PagedQueue(Protocol):
+    """What the pager needs of a queue (Queue has it): the pager knows queues by this alone."""
+
+    @property
+    def journal(self) -> Journal: ...
+
+    def pageable(self) -> int: ...
+
+    def page_out(self, want: int) -> int: ...
+
+    def chunk_loaded(self, chunk: Chunk) -> None: ...
+
+
 class Pager:
     """What a queue needs of the node's pager. `used` (ready messages' footprint in memory, all queues) is
     updated inline by the queues; past `threshold` they call `exceeded`.
@@ -141,15 +155,15 @@ class Pager:
     def exceeded(self) -> None:
         """Over budget: page out soon (never from inside the caller's queue operation)."""
 
-    def page_out(self, queue: Queue, entries: list[Entry], body_bytes: int, expires: array | None) -> Chunk:
-        """Take `entries` (consecutive, in order, with `body_bytes` of bodies) out of memory as one chunk."""
+    def write_out(self, chunk: Chunk) -> None:
+        """Take the chunk's entries (consecutive, in order) out of memory (a PAGE_OUT effect)."""
         raise NotImplementedError
 
-    def load(self, queue: Queue, chunk: Chunk) -> None:
+    def load(self, queue: PagedQueue, chunk: Chunk) -> None:
         """Read `chunk` back (in a worker thread), then call `queue.chunk_loaded(chunk)`."""
         raise NotImplementedError
 
-    def load_now(self, queue: Queue, chunk: Chunk) -> None:
+    def load_now(self, queue: PagedQueue, chunk: Chunk) -> None:
         """Read `chunk` back here and now (blocking), into `chunk.entries`."""
         raise NotImplementedError
 

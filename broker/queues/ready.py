@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 from leveret.broker.queues.paging import OVERHEAD
 
 if TYPE_CHECKING:
-    from leveret.broker.queues.lifecycle import TrackedEntry
+    from leveret.broker.queues.entry import Entry, TrackedEntry
     from leveret.broker.queues.paging import Pager
-    from leveret.broker.queues.queue import Entry
 
 
 def seq_of(entry: Entry) -> int:

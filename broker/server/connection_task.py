@@ -219,8 +219,8 @@ class ConnectionTask:
                 self._wakeup = trio.Event()
                 # Drain fully: more may have been queued (a close-ok, say) while send_all was waiting.
                 while data := self._take_output():
-                    # In flight and still queued; deliveries queued meanwhile add to it.
-                    session.unsent = len(data) + session.conn.output_size()
+                    # In flight and still queued: what the connection's consumers draw on meanwhile.
+                    session.output_left(len(data))
                     self._sending = True
                     await self.stream.send_all(data)
                     self._sending = False

@@ -59,7 +59,7 @@ def open_node(config: Config) -> Node:
     budget = message_budget(config.resources, total_memory())
     log.info("Message memory budget set to %d MiB (%d bytes)", budget >> 20, budget)
     pages = PageFiles(Path(config.data_dir) / "pages")
-    node.attach_pager(NodePager(budget, pages, node.queues, persistence))
+    node.attach_pager(NodePager(budget, pages, node.queues, persistence.store))
     started = trio.current_time()
     if node.cluster is not None:
         with node.cluster.metadata.quietly():  # etcd's snapshot, read next, decides what stays

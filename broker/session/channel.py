@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
 
@@ -32,14 +33,17 @@ from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.queue import Entry
 from leveret.broker.queues.queue import Queue as BrokerQueue
+from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.session import reply_to
 from leveret.broker.session.ack_timeout import DeliveryMarks, timeout_text
-from leveret.broker.session.output import DELIVERY_OVERHEAD, OUTBOX_HIGH_WATER
 from leveret.broker.vhost import DEFAULT_EXCHANGE, check_not_default_exchange, server_named_queue
 
 if TYPE_CHECKING:
-    from leveret.broker.session.connection import ConnectionSession
+    from leveret.amqp.connection import ServerConnection
+    from leveret.broker.exchanges.base import Exchange as BrokerExchange
+    from leveret.broker.session.services import NodeServices
+    from leveret.broker.vhost import VirtualHost
 
 
 # The high byte of the property flags: reply-to is bit 9, headers bit 13.
@@ -47,9 +51,39 @@ _REPLY_TO_OR_HEADERS = (REPLY_TO | HEADERS) >> 8
 _HEADERS_FLAG = HEADERS >> 8
 
 
-# A delivery awaiting ack: the entry, the queue it came from, and its consumer (None for basic.get).
-# A plain tuple: one is made per delivery, and a tuple costs a tenth of an object with attributes.
-Unacked = tuple[Entry, BrokerQueue, Consumer | None]
+# A delivery awaiting ack: the entry's seq in the queue it came from (which holds the entry until it is
+# settled), the queue, and its consumer (None for basic.get). A plain tuple: one is made per delivery,
+# and a tuple costs a tenth of an object with attributes.
+Unacked = tuple[int, BrokerQueue, Consumer | None]
+
+
+class ChannelOwner(Protocol):
+    """What a channel needs of its connection (ConnectionSession, which imports this module)."""
+
+    @property
+    def node(self) -> NodeServices: ...
+
+    @property
+    def conn(self) -> ServerConnection: ...
+
+    @property
+    def vhost(self) -> VirtualHost: ...
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def output(self) -> CreditPool:
+        """The bound on the connection's output that the queues draw deliveries on."""
+
+    def wake(self) -> None:
+        """There is output to send."""
+
+    def check_permission(self, action: str, kind: str, name: str) -> None: ...
+
+    def check_topic_permission(self, action: str, exchange: BrokerExchange, routing_key: str) -> None: ...
+
+    def has_topic_permission(self, exchange: str) -> bool: ...
 
 
 class _Transaction:
@@ -57,10 +91,16 @@ class _Transaction:
 
     def __init__(self) -> None:
         self.actions: list[Callable[[], None]] = []
+        # Deliveries acked, nacked or rejected in the transaction: unacked again on rollback or close.
+        self.held: list[tuple[int, Unacked]] = []
+
+    def take_held(self) -> list[tuple[int, Unacked]]:
+        held, self.held = self.held, []
+        return held
 
 
 class ChannelSession:
-    def __init__(self, session: ConnectionSession, number: int) -> None:
+    def __init__(self, session: ChannelOwner, number: int) -> None:
         self.session = session
         self.number = number
         self.conn = session.conn
@@ -71,6 +111,7 @@ class ChannelSession:
         self._delivery_marks = DeliveryMarks()
         self.prefetch_count = 0  # for consumers created after basic.qos(global=false)
         self.global_prefetch = 0  # basic.qos(global=true): all consumers of the channel together
+        self.credit_pool: CreditPool | None = None  # what that limit leaves, drawn on by the queues
         self.flow_active = True
         self.confirming = False
         self._publish_seq = 0
@@ -137,7 +178,7 @@ class ChannelSession:
         self._next_tag = tag + 1
         if not consumer.no_ack:
             consumer.unacked += 1
-            self.unacked[tag] = (entry, consumer.queue, consumer)
+            self.unacked[tag] = (entry.seq, consumer.queue, consumer)
         message = entry.message
         self.conn.send_frames(
             fastpath.deliver_frames(
@@ -151,11 +192,8 @@ class ChannelSession:
                 self.conn.frame_max,
             )
         )
-        session = self.session
-        unsent = session.unsent = session.unsent + message.size + DELIVERY_OVERHEAD
-        if unsent > OUTBOX_HIGH_WATER:
-            session.writable = False
-        session.wake()
+        # The queue drew the delivery's size on session.output; the server counts what stays unsent.
+        self.session.wake()
 
     def ack_timeout(self, now: float) -> ChannelError | None:
         """The error to close the channel with when its oldest unacked delivery has waited too long: the
@@ -334,8 +372,29 @@ class ChannelSession:
             raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
         return [item]
 
+    def _take_tagged(self, delivery_tag: int, multiple: bool) -> list[tuple[int, Unacked]]:
+        """`_take_unacked` keeping the tags, for a transaction to give back on rollback (not the hot
+        path: a transactional channel's acks only)."""
+        unacked = self.unacked
+        if multiple and delivery_tag == 0:
+            tags = list(unacked)
+        elif multiple:
+            if delivery_tag >= self._next_tag:
+                raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+            tags = list(itertools.takewhile(lambda tag: tag <= delivery_tag, unacked))
+            if not tags:
+                raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+        elif delivery_tag in unacked:
+            tags = [delivery_tag]
+        else:
+            raise ChannelError(PRECONDITION_FAILED, f"unknown delivery tag {delivery_tag}")
+        return [(tag, unacked.pop(tag)) for tag in tags]
+
     def _ack(self, method: fastpath.Ack) -> None:
-        self._later(lambda: self._acked(self._take_unacked(method.delivery_tag, method.multiple)))
+        if self.tx is None:
+            self._acked(self._take_unacked(method.delivery_tag, method.multiple))
+        else:
+            self._hold(method.delivery_tag, method.multiple, self._acked)
 
     def _acked(self, taken: list[Unacked]) -> None:
         self.acked += len(taken)
@@ -347,12 +406,17 @@ class ChannelSession:
         return self._next_tag - 1
 
     def _nack(self, method: fastpath.Nack) -> None:
-        self._later(
-            lambda: self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue)
-        )
+        if self.tx is None:
+            self._dispose(self._take_unacked(method.delivery_tag, method.multiple), method.requeue)
+        else:
+            requeue = method.requeue
+            self._hold(method.delivery_tag, method.multiple, lambda taken: self._dispose(taken, requeue))
 
     def _reject(self, method: fastpath.Reject) -> None:
-        self._later(lambda: self._dispose(self._take_unacked(method.delivery_tag, False), method.requeue))
+        if self.tx is None:
+            self._dispose(self._take_unacked(method.delivery_tag, False), method.requeue)
+        else:
+            self._hold(method.delivery_tag, False, lambda taken: self._dispose(taken, method.requeue))
 
     def _dispose(self, taken: list[Unacked], requeue: bool) -> None:
         if requeue:
@@ -360,42 +424,59 @@ class ChannelSession:
         else:
             self._settle(taken, rejected=True)
 
-    def _later(self, action: Callable[[], None]) -> None:
-        """Run now, or at tx.commit on a transactional channel (where a bad tag fails the commit)."""
-        if self.tx is not None:
-            self.tx.actions.append(action)
-        else:
-            action()
+    def _hold(self, delivery_tag: int, multiple: bool, action: Callable[[list[Unacked]], None]) -> None:
+        """An ack, nack or reject in a transaction: its tags are checked (and taken) now, as RabbitMQ
+        does, so an unknown tag closes the channel before tx.commit and a commit never fails halfway
+        through its publishes; the settlement waits for the commit."""
+        assert self.tx is not None
+        tagged = self._take_tagged(delivery_tag, multiple)
+        self.tx.held.extend(tagged)
+        self.tx.actions.append(lambda: action([item for _, item in tagged]))
+
+    def _unhold(self, held: list[tuple[int, Unacked]]) -> None:
+        """Deliveries an uncommitted transaction had settled are unacked again, in tag order."""
+        if held:
+            merged = sorted([*held, *self.unacked.items()], key=lambda pair: pair[0])
+            self.unacked.clear()
+            self.unacked.update(merged)
 
     def _settle(self, taken: Iterable[Unacked], rejected: bool = False) -> None:
-        by_queue = _by_queue(taken)
-        for queue, entries in by_queue:
+        by_queue, consumers = _by_queue(taken)
+        for queue, seqs in by_queue:
             if rejected:
-                queue.reject(entries)
+                queue.reject(seqs)
             else:
-                queue.settle(entries)
-        self._credit_returned(queue for queue, _ in by_queue)
+                queue.settle(seqs)
+        self._credit_returned(consumers, sum(len(seqs) for _, seqs in by_queue))
 
     def _requeue(self, taken: Iterable[Unacked]) -> None:
-        by_queue = _by_queue(taken)
-        for queue, entries in by_queue:
-            queue.requeue(entries)
-        self._credit_returned(queue for queue, _ in by_queue)
+        by_queue, consumers = _by_queue(taken)
+        for queue, seqs in by_queue:
+            queue.requeue(seqs)
+        self._credit_returned(consumers, sum(len(seqs) for _, seqs in by_queue))
 
-    def _credit_returned(self, queues: Iterable[BrokerQueue]) -> None:
-        if self.global_prefetch:
+    def _credit_returned(self, consumers: Iterable[Consumer], count: int) -> None:
+        """`count` deliveries are done with: send the queues the credit of consumers that may take more."""
+        pool = self.credit_pool
+        if pool is not None:
+            pool.left += count
             # The channel-wide limit may have held back any of this channel's consumers.
-            queues = {id(c.queue): c.queue for c in self.consumers.values()}.values()
-        for queue in queues:
-            queue.credit_changed()
+            for queue in {id(c.queue): c.queue for c in self.consumers.values()}.values():
+                queue.credit_changed()
+        for consumer in consumers:
+            consumer.update_credit()
+
+    def _update_all_credit(self) -> None:
+        for consumer in list(self.consumers.values()):
+            consumer.update_credit()
+
 
     # ---- channel ----------------------------------------------------------------------------
 
     def _flow(self, method: Channel.Flow) -> None:
         self.flow_active = bool(method.active)
         self._reply(Channel.FlowOk, active=method.active)
-        if self.flow_active:
-            self._credit_returned(c.queue for c in self.consumers.values())
+        self._update_all_credit()
 
     def close(self) -> None:
         """The channel is gone (closed by either side, or with its connection): give back what it held."""
@@ -405,14 +486,16 @@ class ChannelSession:
         # As RabbitMQ does: unacked messages go back first (while this channel takes no more), so that
         # the consumers that remain (or the next single active one) get them before what was behind.
         self.flow_active = False
+        self._update_all_credit()
+        if self.tx is not None:
+            self._unhold(self.tx.take_held())  # uncommitted acks are void
+            self.tx = None
         taken = list(self.unacked.values())
         self.unacked.clear()
         self._requeue(taken)
         for consumer in list(self.consumers.values()):
             self._remove_consumer(consumer)
         self.consumers.clear()
-        if self.tx is not None:
-            self.tx = None
         reply_to.forget_channel(self.session.node, self)
         self.session.node.message_totals.channel_closed(self)
 
@@ -611,11 +694,14 @@ class ChannelSession:
         if method.prefetch_size:
             raise ConnectionLevelError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({method.prefetch_size})", 60, 10)
         if method.global_:
-            self.global_prefetch = method.prefetch_count
+            self.global_prefetch = limit = method.prefetch_count
+            self.credit_pool = CreditPool(limit - len(self.unacked)) if limit else None
+            for consumer in self.consumers.values():
+                consumer.pool = None if consumer.no_ack else self.credit_pool
         else:
             self.prefetch_count = method.prefetch_count
         self._reply(Basic.QosOk)
-        self._credit_returned(c.queue for c in self.consumers.values())
+        self._update_all_credit()
 
     def _consume(self, method: Basic.Consume) -> None:
         tag = method.consumer_tag or "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip(
@@ -675,9 +761,11 @@ class ChannelSession:
         tag = self._next_tag
         self._next_tag = tag + 1
         if method.no_ack:
-            queue.settle([entry])
+            queue.settle([entry.seq])
         else:
-            self.unacked[tag] = (entry, queue, None)
+            self.unacked[tag] = (entry.seq, queue, None)
+            if self.credit_pool is not None:
+                self.credit_pool.left -= 1
         message = entry.message
         self.conn.send_frames(
             fastpath.get_ok_frames(
@@ -722,6 +810,7 @@ class ChannelSession:
         if self.tx is None:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
         actions, self.tx.actions = self.tx.actions, []
+        self.tx.take_held()
         tx, self.tx = self.tx, None  # run the actions as a non-transactional channel would
         try:
             for action in actions:
@@ -734,18 +823,24 @@ class ChannelSession:
         if self.tx is None:
             raise ChannelError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
         self.tx.actions.clear()
+        self._unhold(self.tx.take_held())
         self._reply(Tx.RollbackOk)
 
 
-def _by_queue(taken: Iterable[Unacked]) -> list[tuple[BrokerQueue, list[Entry]]]:
-    """Deliveries grouped by the queue they came from; each one's consumer gets its credit back."""
-    groups: dict[int, tuple[BrokerQueue, list[Entry]]] = {}
-    last_queue, entries = None, []
-    for entry, queue, consumer in taken:
+def _by_queue(taken: Iterable[Unacked]) -> tuple[list[tuple[BrokerQueue, list[int]]], list[Consumer]]:
+    """Deliveries' seqs grouped by the queue they came from, and the consumers they came through (each
+    gets its prefetch back)."""
+    groups: dict[int, tuple[BrokerQueue, list[int]]] = {}
+    consumers: dict[int, Consumer] = {}
+    last_queue, seqs = None, []
+    last_consumer = None
+    for seq, queue, consumer in taken:
         if consumer is not None:
             consumer.unacked -= 1
+            if consumer is not last_consumer:
+                last_consumer = consumers[id(consumer)] = consumer
         if queue is not last_queue:  # runs from one queue are the usual case: one lookup per run
             last_queue = queue
-            entries = groups.setdefault(id(queue), (queue, []))[1]
-        entries.append(entry)
-    return list(groups.values())
+            seqs = groups.setdefault(id(queue), (queue, []))[1]
+        seqs.append(seq)
+    return list(groups.values()), list(consumers.values())

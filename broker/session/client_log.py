@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp import commands
 
@@ -20,7 +20,29 @@ from leveret.amqp.constants import REPLY_TEXTS
 from leveret.amqp.errors import AMQPError
 
 if TYPE_CHECKING:
-    from leveret.broker.session.connection import ConnectionSession
+    from leveret.amqp.connection import ServerConnection
+    from leveret.broker.vhost import VirtualHost
+
+
+class ConnectionSession(Protocol):
+    """What the log lines tell of a connection (broker/session/connection.py's, which imports this
+    module)."""
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def local(self) -> str: ...
+
+    @property
+    def conn(self) -> ServerConnection: ...
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def vhost(self) -> VirtualHost:
+        """None until connection.open (typed as ConnectionSession types it)."""
 
 log = logging.getLogger("leveret.connection")
 

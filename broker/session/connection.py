@@ -31,14 +31,15 @@ from leveret.amqp.handshake import EXTERNAL
 from leveret.broker.auth import VhostPermissions, certificate_login_name
 from leveret.broker.cluster.hooks import ClusterPending
 from leveret.broker.exchanges.base import Exchange
+from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.session import client_log
 from leveret.broker.session.channel import ChannelSession
-from leveret.broker.session.output import OUTBOX_LOW_WATER
+from leveret.broker.session.output import OUTBOX_HIGH_WATER, OUTBOX_LOW_WATER
 from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
 
 if TYPE_CHECKING:
-    from leveret.broker.node import Node
+    from leveret.broker.session.services import NodeServices
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class _Policy:
 
 
 class ConnectionSession:
-    def __init__(self, node: Node, peer: str, *, from_loopback: bool) -> None:
+    def __init__(self, node: NodeServices, peer: str, *, from_loopback: bool) -> None:
         self.node = node
         self.peer = peer
         self.from_loopback = from_loopback
@@ -111,9 +112,10 @@ class ConnectionSession:
         self.wake: Callable[[], None] = lambda: None  # the server sets this: "you have bytes to send"
         # Bytes queued or being written, not yet taken by the socket: deliveries counted (about) as they
         # are queued, and what the server still holds after a write (`output_left`). Past
-        # OUTBOX_HIGH_WATER the consumers stop (writable False) until the server reports it drained.
+        # OUTBOX_HIGH_WATER the consumers stop until the server reports it drained: `output` is what
+        # they may still be handed, which their queues draw on per delivery.
         self.unsent = 0
-        self.writable = True
+        self.output = CreditPool(OUTBOX_HIGH_WATER)
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
         # In a cluster: the method held until etcd has done the change it needs (see broker/cluster/hooks.py).
@@ -124,6 +126,11 @@ class ConnectionSession:
         self.received_any = False
         self.refusal_logged = False
         self._lost: tuple[State, str | None] | None = None
+
+    @property
+    def writable(self) -> bool:
+        """Whether the connection's consumers may take messages (its output is within its bound)."""
+        return self.output.left > 0
 
     @property
     def username(self) -> str:
@@ -299,14 +306,18 @@ class ConnectionSession:
         self.flush_confirms()
         data = self.conn.data_to_send(limit)
         self.unsent = self.conn.output_size()
+        if self.output.left > 0:  # not stopped: what was taken is the server's now (see output_left)
+            self.output.left = OUTBOX_HIGH_WATER - self.unsent
         return data
 
     def output_left(self, held: int) -> None:
         """The server's report after a write: it still holds `held` bytes for the socket, besides what is
         left queued here. Stopped consumers take messages again once that has drained enough."""
         unsent = self.unsent = held + self.conn.output_size()
-        if not self.writable and unsent < OUTBOX_LOW_WATER:
-            self.writable = True
+        if self.output.left > 0:
+            self.output.left = OUTBOX_HIGH_WATER - unsent
+        elif unsent < OUTBOX_LOW_WATER:
+            self.output.left = OUTBOX_HIGH_WATER - unsent
             for channel in list(self.channels.values()):
                 for consumer in list(channel.consumers.values()):
                     consumer.queue.credit_changed()

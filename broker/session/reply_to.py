@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from leveret.amqp.constants import PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
@@ -17,11 +17,15 @@ from leveret.amqp.fastpath import shortstr
 from leveret.amqp.properties import REPLY_TO, join_properties, split_properties
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import Consumer
-from leveret.broker.queues.queue import Entry
+from leveret.broker.queues.entry import Entry
 
 if TYPE_CHECKING:
-    from leveret.broker.node import Node
-    from leveret.broker.session.channel import ChannelSession
+    from leveret.broker.queues.consumer import ConsumerChannel
+    from leveret.broker.session.services import NodeServices
+
+    class ReplyChannel(ConsumerChannel, Protocol):
+        reply_token: str | None  # set while the channel has a reply consumer
+
 
 MAGIC_QUEUE = "amq.rabbitmq.reply-to"
 MAGIC_QUEUE_RAW = MAGIC_QUEUE.encode()
@@ -34,10 +38,10 @@ class _ReplyTarget:
     name = MAGIC_QUEUE
 
 
-def start_consumer(node: Node, channel: ChannelSession, tag: str, *, no_ack: bool) -> None:
+def start_consumer(node: NodeServices, channel: ReplyChannel, tag: str, *, no_ack: bool) -> None:
     if not no_ack:
         raise ChannelError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", 60, 20)
-    if _token_of(node, channel) is not None:
+    if channel.reply_token is not None:
         raise ChannelError(PRECONDITION_FAILED, "reply consumer already set", 60, 20)
     token = base64.urlsafe_b64encode(os.urandom(18)).decode()
     consumer = Consumer(tag, _ReplyTarget(), channel, no_ack=True, exclusive=True, prefetch=0)  # type: ignore[arg-type]
@@ -45,29 +49,25 @@ def start_consumer(node: Node, channel: ChannelSession, tag: str, *, no_ack: boo
     channel.reply_token = token
 
 
-def cancel_consumer(node: Node, channel: ChannelSession, tag: str) -> None:
-    token = _token_of(node, channel)
+def cancel_consumer(node: NodeServices, channel: ReplyChannel, tag: str) -> None:
+    token = channel.reply_token
     if token is not None and node.reply_consumers[token].tag == tag:
         del node.reply_consumers[token]
         channel.reply_token = None
 
 
-def forget_channel(node: Node, channel: ChannelSession) -> None:
-    token = _token_of(node, channel)
+def forget_channel(node: NodeServices, channel: ReplyChannel) -> None:
+    token = channel.reply_token
     if token is not None:
         del node.reply_consumers[token]
         channel.reply_token = None
 
 
-def _token_of(node: Node, channel: ChannelSession) -> str | None:
-    return channel.reply_token
-
-
-def rewrite_reply_to(message: Message, channel: ChannelSession) -> Message:
+def rewrite_reply_to(message: Message, channel: ReplyChannel) -> Message:
     properties = message.properties
     if properties.reply_to != MAGIC_QUEUE:
         return message
-    token = _token_of(channel.session.node, channel)
+    token = channel.reply_token
     if token is None:
         raise ChannelError(PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40)
     # Only reply_to changes: the other properties keep their bytes (header types, strings that are not UTF-8).
@@ -76,7 +76,7 @@ def rewrite_reply_to(message: Message, channel: ChannelSession) -> Message:
     return Message(message.exchange, message.routing_key, join_properties(fields), message.body)
 
 
-def deliver(node: Node, message: Message) -> bool:
+def deliver(node: NodeServices, message: Message) -> bool:
     """Send a reply to its requester; False when the requester is gone."""
     consumer = node.reply_consumers.get(message.routing_key[len(PREFIX) :])
     if consumer is None or consumer.channel.closed:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records, segments
-from .records import DELIVERED, ENQUEUE, ENQUEUE_EXPIRING, ENQUEUES, SETTLE
+from .records import DELIVERED, ENQUEUE, ENQUEUE_EXPIRING, ENQUEUES, EPOCH, REMOVED, RETURNED, SETTLE
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class RecoveredLog:
     kept: dict[int, Enqueued] = field(default_factory=dict)
     # 'q': each one's deadline (ms since the epoch, NO_DEADLINE: none), None when no message has one.
     deadlines: array | None = None
+    # 'q': how often each came back to the queue (a quorum queue's delivery count), None when none did.
+    returns: array | None = None
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -122,6 +124,7 @@ class _Columns:
         self.flags = array("l")
         # Made at the first expiring enqueue, so that a log without any costs nothing for it.
         self.deadlines: array | None = None
+        self.returns: array | None = None  # likewise, at the first RETURNED record
         self.kept: dict[int, Enqueued] = {}  # by seq
         self.room = allowance  # bytes of bodies (and KEPT_OVERHEAD each) still allowed in `kept`
 
@@ -141,6 +144,8 @@ class _Columns:
         self.marks.append(0)
         if self.deadlines is not None:
             self.deadlines.append(NO_DEADLINE)
+        if self.returns is not None:
+            self.returns.append(0)
 
     def add_expiring(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
         if self.deadlines is None:
@@ -161,6 +166,8 @@ class _Columns:
             self.marks[index] = 0
             if deadlines is not None:
                 deadlines[index] = deadline
+            if self.returns is not None:
+                self.returns[index] = 0
             return
         seqs.insert(index, seq)
         self.locations.insert(index, at)
@@ -169,6 +176,8 @@ class _Columns:
         self.marks.insert(index, 0)
         if deadlines is not None:
             deadlines.insert(index, deadline)
+        if self.returns is not None:
+            self.returns.insert(index, 0)
 
     def _index(self, seq: int) -> int | None:
         index = bisect_left(self.seqs, seq)
@@ -190,8 +199,20 @@ class _Columns:
         if index is not None:
             self.marks[index] |= _DELIVERED
 
+    def returned(self, seq: int) -> None:
+        """`seq` came back to the queue: redelivered from now on, and one more in its count."""
+        index = self._index(seq)
+        if index is not None:
+            if self.returns is None:
+                self.returns = array("q", [0]) * len(self.seqs)
+            self.returns[index] += 1
+            self.marks[index] |= _DELIVERED
+
     def unsettled(self) -> RecoveredLog:
         live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        returns = None
+        if self.returns is not None:
+            returns = array("q", (self.returns[i] for i in live))
         deadlines = None
         if self.deadlines is not None:
             deadlines = array("q", (self.deadlines[i] for i in live))
@@ -207,6 +228,7 @@ class _Columns:
             deadlines is not None or any(self.flags[i] & _EXPIRATION_FLAG for i in live),
             {position: kept[seq] for position, seq in enumerate(seqs) if seq in kept} if kept else {},
             deadlines,
+            returns if returns is not None and any(returns) else None,
         )
 
 
@@ -253,6 +275,11 @@ class QueueLog:
         self.directory = directory
         self.last_seq = 0  # the highest seq any record mentions: a queue numbers new messages above it
         self.last_location = 0  # of the latest enqueue record appended
+        # The leader epoch appends are made in (0 on a single node), and how many records this queue's
+        # log holds: its own position, which EPOCH records keep, so that it can be shipped on its own.
+        # (The store's write position, which confirms wait for, counts every queue's appends.)
+        self.epoch = 0
+        self.position = 0
         self._pending = pending
         self._max_segment_size = max_segment_size
         self._recovered = False
@@ -302,13 +329,42 @@ class QueueLog:
         if not settled:
             return self._pending.position
         position = self._append(SETTLE, (records.settle_payload(settled),), True)
+        self._forget_live(settled)
+        return position
+
+    def _forget_live(self, seqs: list[int]) -> None:
+        """`seqs` (live) are settled or removed: their segments may go once nothing else needs them."""
+        live = self._live
         active = self._active
-        for seq in settled:
+        for seq in seqs:
             live.remove(seq)
             segment = self._segment_of(seq)
             assert segment is not None  # a live seq is in an enqueuing segment
             segment.live -= 1
             if segment is not active:
+                active.refs.add(segment.index)
+
+    def append_removed(self, seqs: Iterable[int], reason: str) -> int:
+        """Record messages the queue removed for `reason` (records.REASONS): gone for good, as settled."""
+        live = self._live
+        removed = [seq for seq in seqs if seq in live]
+        if not removed:
+            return self._pending.position
+        position = self._append(REMOVED, (records.removed_payload(self.epoch, reason, removed),), True)
+        self._forget_live(removed)
+        return position
+
+    def append_returned(self, seqs: Iterable[int]) -> int:
+        """Record messages back in the queue (nacked or rejected with requeue, or given back by a closed
+        channel): they recover as redelivered, with one more in their delivery count."""
+        returned = [seq for seq in seqs if seq in self._live]
+        if not returned:
+            return self._pending.position
+        position = self._append(RETURNED, (records.returned_payload(self.epoch, returned),), True)
+        active = self._active
+        for seq in returned:
+            segment = self._segment_of(seq)
+            if segment is not None and segment is not active:
                 active.refs.add(segment.index)
         return position
 
@@ -337,8 +393,12 @@ class QueueLog:
         if not self._active_size:
             segment_header, self._salt = segments.new_header()
             self._segments[index] = self._active
-            writes.append(SegmentWrite(index, 0, bytearray(segment_header), True))
-            self._active_size = len(segment_header)
+            # Each segment opens with the epoch and the log position of what follows.
+            marker = records.epoch_payload(self.epoch, self.position)
+            opening = bytearray(segment_header) + records.record_header(EPOCH, marker, self._salt) + marker
+            writes.append(SegmentWrite(index, 0, opening, True))
+            self._active_size = len(opening)
+            self.position += 1
         elif not writes or writes[-1].segment != index or writes[-1].borrowed:
             writes.append(SegmentWrite(index, self._active_size, bytearray(), False))
         write: SegmentWrite | None = writes[-1]
@@ -356,6 +416,7 @@ class QueueLog:
         if sync:
             writes[-1].sync = True
         self._active_size += size
+        self.position += 1
         self._pending.logs.add(self)
         self._pending.position += 1
         return self._pending.position
@@ -467,6 +528,7 @@ class QueueLog:
         enqueued = 0  # added to segment.live at the end: this loop is the hot path of a restart
         at = location(segment.index, 0) - records.HEADER_SIZE  # + a payload's start: its record's location
         for kind, start, end in reader:
+            self.position += 1
             try:
                 if kind in ENQUEUES:
                     # An expiring enqueue is a plain one after its deadline.
@@ -491,14 +553,27 @@ class QueueLog:
                         self._firsts.append(seq)
                     enqueued += 1
                     segment.last_seq = seq
-                elif kind == SETTLE:
+                elif kind == SETTLE or kind == REMOVED:
                     seq = top
-                    for seq in records.decode_settle(data, start, end):
+                    if kind == SETTLE:
+                        settled = records.decode_settle(data, start, end)
+                    else:
+                        _, _, settled = records.decode_removed(data, start, end)
+                    for seq in settled:
                         self._refer(segment, seq, columns.settle(seq))
-                else:
+                elif kind == DELIVERED:
                     seq = records.decode_delivered(data, start, end)
                     columns.deliver(seq)
                     self._refer(segment, seq, False)
+                elif kind == RETURNED:
+                    seq = top
+                    _, returned = records.decode_returned(data, start, end)
+                    for seq in returned:
+                        columns.returned(seq)
+                        self._refer(segment, seq, False)
+                else:  # EPOCH: the log's position here (the epoch matters once queues are replicated)
+                    seq = top
+                    self.position = records.decode_epoch(data, start, end)[1] + 1
             except (ValueError, UnicodeDecodeError, struct.error) as exc:
                 # A valid CRC over a malformed payload is a bug, not damage: lose the record, not the queue.
                 log.error("%s: skipping a malformed record at offset %d: %s", reader.path, start, exc)

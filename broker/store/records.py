@@ -8,6 +8,14 @@ ENQUEUE_EXPIRING record instead: deadline i64 (wall clock, ms since the epoch) |
 Messages without one keep the plain ENQUEUE record, so they cost nothing more and older logs read as
 before.
 
+Every other change to a queue's durable state is a record too: SETTLE (acked), DELIVERED (first
+delivery), RETURNED (back in the queue: redelivered, and one more in a quorum queue's delivery count),
+REMOVED (expired, dropped over a limit, past the delivery limit, rejected: with the reason), so that a
+queue's log alone rebuilds it. Each segment starts with an EPOCH record: the leader epoch its records
+were written in (0 on a single node; room for replication) and the queue's own log position at that
+point. Logs from before these kinds (6, 7, 8) read as before; an older Leveret cannot read a log that
+holds them (it skips them as damage).
+
 The CRC covers length, kind and payload, and is seeded with the segment's random salt. The magic lets a
 reader resync after a corrupt record by searching for the next candidate header; the salt makes a record
 copied into a message body (same magic, valid CRC under another salt or none) fail the check instead of
@@ -36,7 +44,11 @@ SETTLE = 2
 DELIVERED = 3
 PAGE = 4  # a page file's one kind (pages.py): a run of paged-out messages in one record
 ENQUEUE_EXPIRING = 5  # an enqueue with its deadline ahead of the enqueue payload
-KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING))  # what a queue log holds
+RETURNED = 6  # messages back in the queue (nacked, rejected or given back with requeue): epoch, runs
+REMOVED = 7  # messages the queue removed (expired, over a limit, past the delivery limit): epoch, why, runs
+EPOCH = 8  # first in each segment: the leader epoch of the records after it, and the log position here
+# What a queue log holds.
+KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING, RETURNED, REMOVED, EPOCH))
 ENQUEUES = frozenset((ENQUEUE, ENQUEUE_EXPIRING))
 
 # seq, then the lengths of exchange, routing key and properties; the body is the rest of the payload
@@ -47,6 +59,11 @@ _DEADLINE = struct.Struct("<q")
 DEADLINE_SIZE = _DEADLINE.size
 _SEQ = struct.Struct("<Q")
 _RUN = struct.Struct("<QI")  # a settle run: first seq, count
+_EPOCH = struct.Struct("<I")
+_EPOCH_REASON = struct.Struct("<IB")
+_EPOCH_POSITION = struct.Struct("<IQ")
+# Why a queue removed messages (a REMOVED record's reason): dead-lettering's reasons, by number.
+REASONS = ("expired", "maxlen", "delivery_limit", "rejected")
 # A paged message: seq, then the lengths of its names (exchange and routing key as the wire's two short
 # strings), properties and body, which follow.
 _PAGED = struct.Struct("<QHII")
@@ -118,6 +135,34 @@ def settle_payload(seqs: Iterable[int]) -> bytes:
     if count:
         parts.append(_RUN.pack(first, count))
     return b"".join(parts)
+
+
+def returned_payload(epoch: int, seqs: Iterable[int]) -> bytes:
+    return _EPOCH.pack(epoch) + settle_payload(seqs)
+
+
+def decode_returned(data: bytes, start: int, end: int) -> tuple[int, Iterator[int]]:
+    """(epoch, seqs) of a RETURNED payload."""
+    return _EPOCH.unpack_from(data, start)[0], decode_settle(data, start + _EPOCH.size, end)
+
+
+def removed_payload(epoch: int, reason: str, seqs: Iterable[int]) -> bytes:
+    return _EPOCH_REASON.pack(epoch, REASONS.index(reason)) + settle_payload(seqs)
+
+
+def decode_removed(data: bytes, start: int, end: int) -> tuple[int, str, Iterator[int]]:
+    """(epoch, reason, seqs) of a REMOVED payload."""
+    epoch, reason = _EPOCH_REASON.unpack_from(data, start)
+    return epoch, REASONS[reason], decode_settle(data, start + _EPOCH_REASON.size, end)
+
+
+def epoch_payload(epoch: int, position: int) -> bytes:
+    return _EPOCH_POSITION.pack(epoch, position)
+
+
+def decode_epoch(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """(epoch, log position) of an EPOCH record."""
+    return _EPOCH_POSITION.unpack_from(data, start)
 
 
 def delivered_payload(seq: int) -> bytes:

@@ -1,0 +1,28 @@
+"""What a queue's commands produce, as data: the layer that runs the queue carries the effects out.
+
+An effect is a tuple whose first item is its kind. The queue hands each one to its executor
+(`Queue.run_effect`, the vhost's `execute`, broker/executor.py) as the command produces it, or, under
+`Queue.apply`, returns them all to the caller instead: that is how a log is replayed, or (later) how a
+replica follows its leader, without sending anything to anyone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DELIVER = 1  # (DELIVER, consumer, entry): send the entry to the consumer (unacked, unless no-ack)
+DEAD_LETTER = 2  # (DEAD_LETTER, messages, reason): republish to the queue's dead-letter exchange
+ARM = 3  # (ARM, when): wake the queue at `when` (its next expiry, or its own), on the node's timers
+DISARM = 4  # (DISARM,): the queue needs no timer any more
+REMOVE = 5  # (REMOVE,): the queue expired unused: its vhost deletes it
+# Paging (queues/paging.py), carried out by the node's pager:
+PAGE_OUT = 6  # (PAGE_OUT, chunk): write the chunk's messages out of memory
+LOAD = 7  # (LOAD, chunk): read the chunk back; the pager then calls `chunk_loaded`
+RELEASE = 8  # (RELEASE, chunk): the chunk is back in memory or gone: its copy on disk may go
+
+NAMES = {
+    DELIVER: "deliver", DEAD_LETTER: "dead-letter", ARM: "arm", DISARM: "disarm", REMOVE: "remove",
+    PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release",
+}  # fmt: skip
+
+Effect = tuple[Any, ...]

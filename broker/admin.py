@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
@@ -20,7 +20,29 @@ from leveret.config import TopicPermission, User
 from leveret.config.passwords import ALGORITHMS, SHA256, is_password_hash
 
 if TYPE_CHECKING:
-    from leveret.broker.node import Node
+    from leveret.broker.auth import Authority
+    from leveret.broker.vhost import VirtualHost
+    from leveret.config import Config
+
+
+class Node(Protocol):
+    """What the administration changes (broker/node.py's Node, which holds one)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def authority(self) -> Authority: ...
+
+    @property
+    def vhosts(self) -> dict[str, VirtualHost]: ...
+
+    @property
+    def connections(self) -> set[Any]: ...
+
+    def add_vhost(self, name: str) -> VirtualHost: ...
+
+    def definitions_changed(self) -> None: ...
 
 VHOST_LIMITS = ("max-connections", "max-queues")
 # RabbitMQ's default loopback_users: a guest user made at run time is loopback-only too.

@@ -24,13 +24,22 @@ from leveret.broker.store.queue_log import RecoveredLog
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
-    from leveret.broker.admin import Administration
     from leveret.broker.exchanges.base import Exchange
     from leveret.broker.queues.paging import Pager
 
 log = logging.getLogger(__name__)
 
 _PREDECLARED_NAMES = {DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)}
+
+
+class AccessOverrides(Protocol):
+    """The run-time users, vhosts, permissions and limits the definitions file keeps (broker/admin.py)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def restore(self, saved: dict[str, Any]) -> None: ...
+
+    def restore_limits(self, saved: dict[str, Any]) -> None: ...
 
 
 class Node(Protocol):
@@ -43,7 +52,7 @@ class Node(Protocol):
     def pager(self) -> Pager | None: ...
 
     @property
-    def admin(self) -> Administration: ...
+    def admin(self) -> AccessOverrides: ...
 
 
 class StoreJournal(Journal):

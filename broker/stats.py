@@ -7,10 +7,26 @@ never go back; rates come from sampling these on a timer (broker/management/rate
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from leveret.broker.session.channel import ChannelSession
+
+class _Vhost(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class ChannelSession(Protocol):
+    """What is counted on each channel (broker/session/channel.py's ChannelSession)."""
+
+    published: int
+    acked: int
+    confirmed: int
+
+    @property
+    def delivered(self) -> int: ...
+
+    @property
+    def vhost(self) -> _Vhost: ...
 
 # RabbitMQ's names, in the order of `counts`.
 STATS = ("publish", "deliver_get", "ack", "confirm")

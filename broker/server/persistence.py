@@ -27,9 +27,13 @@ async def commit_pending(node: Node, persistence: Persistence) -> None:
     """Commit until nothing is pending. While one batch is in the worker thread, publishes keep
     appending to the next one: that is the group in group commit."""
     while (commit := persistence.begin()) is not None:
-        await trio.to_thread.run_sync(commit.run)
-        failed = persistence.complete(commit)
-        node.commit_completed(failed, commit.error)
+        # A batch once begun is completed, whatever cancels this task meanwhile (the shutdown): a cancel
+        # landing as the worker thread returns would leave the store waiting for it, and the final commit
+        # at shutdown would fail without leaving the clean-shutdown marker.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(commit.run)
+            failed = persistence.complete(commit)
+            node.commit_completed(failed, commit.error)
         if commit.error is not None:
             await trio.sleep(RETRY_DELAY)
 

@@ -25,7 +25,7 @@ from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
-from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager
+from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager, footprint
 from leveret.broker.queues.ready import requeue_into
 from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
 
@@ -142,7 +142,7 @@ class Queue(Pageable):
         else:
             ready.append(entry)
         pager = self.pager
-        pager.used += len(message.body) + OVERHEAD
+        pager.used += message.size + OVERHEAD
         if pager.used > pager.threshold:
             pager.exceeded()
         if ready and self.consumers and not self._consumers_full:
@@ -181,7 +181,7 @@ class Queue(Pageable):
         if not self.ready:
             return None
         entry = self.ready.popleft()
-        self.pager.used -= len(entry.message.body) + OVERHEAD
+        self.pager.used -= entry.message.size + OVERHEAD
         self._leaving(entry, ack_required=True)
         if self.paged is not None:
             self._refill()
@@ -326,7 +326,8 @@ class Queue(Pageable):
         consumers = self.consumers
         effects = self.effects
         left = len(ready)
-        freed = 0  # body bytes delivered: the budget is updated once, after the loop
+        freed = 0  # message sizes delivered: the budget is updated once, after the loop
+        full = False
         while ready:
             for _ in range(len(consumers)):
                 consumer = consumers[0]
@@ -338,10 +339,10 @@ class Queue(Pageable):
                 ):
                     break
             else:
-                self._consumers_full = True
+                self._consumers_full = full = True
                 break
             entry = ready.popleft()
-            freed += len(entry.message.body)
+            freed += entry.message.size
             # self._leaving(entry, not consumer.no_ack), inlined: a call costs ~0.1 µs per delivery.
             if consumer.no_ack:
                 self.journal.settled([entry])
@@ -358,6 +359,10 @@ class Queue(Pageable):
         self.pager.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:
             self._refill()
+            if ready and not full:
+                # The head ran dry and a chunk read back joined it just now: deliver on from it.
+                self.deliver_ready()
+                return
         self._flush()
 
     # ---- effects ----------------------------------------------------------------------------
@@ -407,13 +412,13 @@ class Queue(Pageable):
             return self.lifecycle.clear_head()
         entries = list(self.ready)
         self.ready.clear()
-        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in entries)
+        self.pager.used -= footprint(entries)
         return entries
 
     def _counted(self, entries: list[Entry]) -> None:
         """Entries came (back) into the in-memory ready list: count them against the budget."""
         pager = self.pager
-        pager.used += sum(len(entry.message.body) + OVERHEAD for entry in entries)
+        pager.used += footprint(entries)
         if pager.used > pager.threshold:
             pager.exceeded()
 

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from leveret.broker.queues.paging import OVERHEAD
+from leveret.broker.queues.paging import OVERHEAD, footprint
 
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry, TrackedEntry
@@ -44,7 +44,7 @@ def take_back(entries: deque, want: int, keep: int, above: int) -> tuple[list, l
         body = len(entry.message.body)
         taken.append(entry)
         sizes.append(body)
-        size += body + OVERHEAD
+        size += entry.message.size + OVERHEAD
     taken.reverse()
     sizes.reverse()
     return taken, sizes
@@ -61,7 +61,7 @@ def take_front(entries: deque, want: int) -> tuple[list, list[int]]:
         body = len(entry.message.body)
         taken.append(entry)
         sizes.append(body)
-        size += body + OVERHEAD
+        size += entry.message.size + OVERHEAD
     return taken, sizes
 
 
@@ -77,8 +77,7 @@ def _pop_expired(ready: deque[TrackedEntry], now: float, limit: int, into: list[
 
 def _budget(entries: list[TrackedEntry]) -> tuple[int, int]:
     """(body bytes, budget footprint) of `entries`."""
-    size = sum(len(entry.message.body) for entry in entries)
-    return size, size + OVERHEAD * len(entries)
+    return sum(len(entry.message.body) for entry in entries), footprint(entries)
 
 
 class FifoReady:
@@ -97,15 +96,15 @@ class FifoReady:
 
     def append(self, entry: TrackedEntry) -> None:
         self._entries.append(entry)
-        size = len(entry.message.body)
-        self.bytes += size
-        self._pager.used += size + OVERHEAD
+        message = entry.message
+        self.bytes += len(message.body)
+        self._pager.used += message.size + OVERHEAD
 
     def popleft(self) -> TrackedEntry:
         entry = self._entries.popleft()
-        size = len(entry.message.body)
-        self.bytes -= size
-        self._pager.used -= size + OVERHEAD
+        message = entry.message
+        self.bytes -= len(message.body)
+        self._pager.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -124,9 +123,8 @@ class FifoReady:
     def take_back(self, want: int, keep: int, above: int) -> tuple[list[TrackedEntry], list[int]]:
         """Entries off the back for paging out, with their body sizes (see `take_back`)."""
         taken, sizes = take_back(self._entries, want, keep, above)
-        size = sum(sizes)
-        self.bytes -= size
-        self._pager.used -= size + OVERHEAD * len(taken)
+        self.bytes -= sum(sizes)
+        self._pager.used -= footprint(taken)
         return taken, sizes
 
     def next_expiry(self) -> float | None:
@@ -176,9 +174,9 @@ class PriorityReady:
         self._levels[level].append(entry)
         self._top = max(self._top, level)
         self._count += 1
-        size = len(entry.message.body)
-        self.bytes += size
-        self._pager.used += size + OVERHEAD
+        message = entry.message
+        self.bytes += len(message.body)
+        self._pager.used += message.size + OVERHEAD
 
     def _head_level(self) -> deque[TrackedEntry]:
         levels = self._levels
@@ -189,9 +187,9 @@ class PriorityReady:
     def popleft(self) -> TrackedEntry:
         entry = self._head_level().popleft()
         self._count -= 1
-        size = len(entry.message.body)
-        self.bytes -= size
-        self._pager.used -= size + OVERHEAD
+        message = entry.message
+        self.bytes -= len(message.body)
+        self._pager.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:

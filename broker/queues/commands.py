@@ -20,6 +20,8 @@ TAKE = "take"  # (TAKE,) -> the next ready entry, now unacked (basic.get), or No
 TICK = "tick"  # (TICK,): the deadline the queue asked for (ARM) came
 PURGE = "purge"  # (PURGE,) -> how many ready messages went
 DELETE = "delete"  # (DELETE,)
+# From the node, after a failed commit: persistent publishes the store could not write, which were nacked.
+DISCARD = "discard"  # (DISCARD, seqs): they leave the queue, and their retried records are settled
 # From the pager (queues/paging.py):
 PAGE = "page"  # (PAGE, want): page out about `want` bytes of budget -> how much it did
 LOADED = "loaded"  # (LOADED, chunk): a chunk asked for (LOAD) is back in memory

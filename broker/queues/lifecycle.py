@@ -312,6 +312,12 @@ class Lifecycle:
     def clear_head(self) -> list[Entry]:
         return list(self.ready.clear())
 
+    def remove_from_head(self, seqs: set[int]) -> list[Entry]:
+        gone: list[Entry] = list(self.ready.remove(seqs))
+        if gone:
+            self._reschedule()
+        return gone
+
     def take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
         assert isinstance(self.ready, FifoReady)
         taken, sizes = self.ready.take_back(want, keep, self.queue.returned_upto)

@@ -26,7 +26,7 @@ from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
 from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager, footprint
-from leveret.broker.queues.ready import requeue_into
+from leveret.broker.queues.ready import remove_seqs, requeue_into
 from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class Queue(Pageable):
         self.consumers: deque[Subscriber] = deque()
         # Delivered, not yet settled, by seq: the queue's own record of what its consumers hold.
         self.checked_out: dict[int, Entry] = {}
+        # Unacked ones among them whose publish was nacked (see `discard`): settled, never requeued.
+        self.nacked_out: set[int] = set()
         self.deleted = False
         # TTL, limits, priorities and the rest, once the queue needs them (see lifecycle.py).
         self.lifecycle: LifecyclePart | None = None
@@ -193,6 +195,8 @@ class Queue(Pageable):
         pop = self.checked_out.pop
         entries = [pop(seq) for seq in seqs]
         self.journal.settled(entries)
+        if self.nacked_out:
+            self.nacked_out.difference_update(entry.seq for entry in entries)
         return entries
 
     def reject(self, seqs: Iterable[int]) -> list[Entry]:
@@ -200,14 +204,26 @@ class Queue(Pageable):
         pop = self.checked_out.pop
         entries = [pop(seq) for seq in seqs]
         self.journal.removed(entries, REJECTED)
+        if self.nacked_out:
+            self.nacked_out.difference_update(entry.seq for entry in entries)
         if self.lifecycle is not None:
             self.lifecycle.rejected(entries)
         return entries
 
     def _returned(self, seqs: Iterable[int]) -> list[Entry]:
-        """Unacked messages coming back, in seq order, marked redelivered."""
+        """Unacked messages coming back, in seq order, marked redelivered (those whose publish was nacked
+        do not come back: they are settled)."""
         pop = self.checked_out.pop
         returned = [pop(seq) for seq in sorted(seqs)]
+        if self.nacked_out:
+            nacked = self.nacked_out
+            kept = []
+            for entry in returned:
+                if entry.seq in nacked:
+                    nacked.remove(entry.seq)
+                else:
+                    kept.append(entry)
+            returned = kept
         for entry in returned:
             entry.redelivered = True
         return returned
@@ -225,6 +241,36 @@ class Queue(Pageable):
         requeue_into(self.ready, returned)
         self._counted(returned)
         self.credit_changed()
+
+    def discard(self, seqs: Iterable[int]) -> int:
+        """Persistent publishes the store failed to write, and nacked: the store retries the write, so they
+        would be stored after all, and redelivered to a publisher that retries them. Ready ones leave the
+        queue; unacked ones stay with their consumer but never come back (delivered before the nack, they
+        cannot be taken back). All of them are settled in the log behind the retried records, so recovery
+        does not bring them back either. (Ones already paged out stay: a chunk holds every seq in its
+        range.) Returns how many ready ones left."""
+        wanted = set(seqs)
+        removed = self._remove_from_head(wanted)
+        paged = self.paged
+        if paged is not None:
+            gone = remove_seqs(paged.tail, wanted)
+            if gone:
+                paged.count -= len(gone)
+                paged.body_bytes -= sum(len(entry.message.body) for entry in gone)
+                self.pager.used -= footprint(gone)
+                removed += gone
+        out = [self.checked_out[seq] for seq in wanted if seq in self.checked_out]
+        self.nacked_out.update(entry.seq for entry in out)
+        self.journal.settled(removed + out)
+        self._flush()
+        return len(removed)
+
+    def _remove_from_head(self, seqs: set[int]) -> list[Entry]:
+        if self.lifecycle is not None:
+            return self.lifecycle.remove_from_head(seqs)
+        gone = remove_seqs(self.ready, seqs)
+        self.pager.used -= footprint(gone)
+        return gone
 
     def purge(self) -> int:
         count = self.message_count
@@ -448,6 +494,7 @@ _HANDLERS = {
     commands.TICK: "tick",
     commands.PURGE: "purge",
     commands.DELETE: "delete",
+    commands.DISCARD: "discard",
     commands.PAGE: "page_out",
     commands.LOADED: "chunk_loaded",
 }

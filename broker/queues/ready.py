@@ -75,6 +75,16 @@ def _pop_expired(ready: deque[TrackedEntry], now: float, limit: int, into: list[
         into.append(ready.popleft())
 
 
+def remove_seqs(entries: deque, seqs: set[int]) -> list:
+    """Take the entries with these seqs out of `entries` (in place), in order."""
+    gone = [entry for entry in entries if entry.seq in seqs]
+    if gone:
+        kept = [entry for entry in entries if entry.seq not in seqs]
+        entries.clear()
+        entries.extend(kept)
+    return gone
+
+
 def _budget(entries: list[TrackedEntry]) -> tuple[int, int]:
     """(body bytes, budget footprint) of `entries`."""
     return sum(len(entry.message.body) for entry in entries), footprint(entries)
@@ -129,6 +139,12 @@ class FifoReady:
 
     def next_expiry(self) -> float | None:
         return self._entries[0].expires if self._entries else None
+
+    def remove(self, seqs: set[int]) -> list[TrackedEntry]:
+        """Take the entries with these seqs out, wherever they are."""
+        gone = remove_seqs(self._entries, seqs)
+        self._removed(gone)
+        return gone
 
     def clear(self) -> list[TrackedEntry]:
         entries = list(self._entries)
@@ -216,6 +232,15 @@ class PriorityReady:
         self.bytes -= size
         self._pager.used -= footprint
         return expired
+
+    def remove(self, seqs: set[int]) -> list[TrackedEntry]:
+        """Take the entries with these seqs out, wherever they are."""
+        gone = [entry for level in self._levels for entry in remove_seqs(level, seqs)]
+        self._count -= len(gone)
+        size, footprint = _budget(gone)
+        self.bytes -= size
+        self._pager.used -= footprint
+        return gone
 
     def next_expiry(self) -> float | None:
         levels = self._levels[: self._top + 1]

@@ -10,7 +10,7 @@ from pamqp import base, commands
 from pamqp import frame as pamqp_frame
 
 from . import fastpath
-from .constants import NOT_IMPLEMENTED, SYNTAX_ERROR
+from .constants import FRAME_ERROR, NOT_IMPLEMENTED
 from .errors import ConnectionLevelError
 
 _FAST_DECODERS: dict[int, Callable[[bytes], Any]] = {
@@ -22,9 +22,13 @@ _FAST_DECODERS: dict[int, Callable[[bytes], Any]] = {
 
 
 def decode_method(payload: bytes) -> Any:
-    """A method object: a fastpath tuple for the hot methods, a pamqp command for the rest."""
+    """A method object: a fastpath tuple for the hot methods, a pamqp command for the rest.
+
+    Arguments that do not fill the payload exactly (cut short, or with bytes left over) are a 501
+    FRAME_ERROR naming the method, as RabbitMQ's "cannot decode"; an unknown class or method is 540.
+    """
     if len(payload) < 4:
-        raise ConnectionLevelError(SYNTAX_ERROR, "method frame too short")
+        raise ConnectionLevelError(FRAME_ERROR, "method frame too short")
     key = fastpath.method_key(payload)
     fast = _FAST_DECODERS.get(key)
     try:
@@ -38,15 +42,63 @@ def decode_method(payload: bytes) -> Any:
                 key >> 16,
                 key & 0xFFFF,
             )
+        if _arguments_end(_layout(factory), payload) != len(payload):
+            raise ValueError("bytes left after the last argument")
         method = factory()
         method.unmarshal(payload[4:])
         return method
     except ConnectionLevelError:
         raise
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError, TypeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConnectionLevelError(FRAME_ERROR, "Malformed UTF-8 in shortstr") from exc
+    except (struct.error, ValueError, IndexError, TypeError) as exc:
         raise ConnectionLevelError(
-            SYNTAX_ERROR, f"malformed method frame: {exc}", key >> 16, key & 0xFFFF
+            FRAME_ERROR, f"cannot decode {method_name_of(key)} arguments: {exc}", key >> 16, key & 0xFFFF
         ) from exc
+
+
+# Bytes taken by each fixed-size argument type (bits are packed eight to an octet).
+_FIXED_SIZES = {"octet": 1, "short": 2, "long": 4, "longlong": 8, "timestamp": 8}
+_LENGTH_PREFIXES = {"shortstr": (">B", 1), "longstr": (">I", 4), "table": (">I", 4)}
+
+
+_LAYOUTS: dict[type[base.Frame], tuple[str, ...]] = {}
+
+
+def _layout(factory: type[base.Frame]) -> tuple[str, ...]:
+    """The argument types of a method class, in wire order."""
+    layout = _LAYOUTS.get(factory)
+    if layout is None:
+        layout = _LAYOUTS[factory] = tuple(factory.amqp_type(name) for name in factory.__slots__)
+    return layout
+
+
+def _arguments_end(layout: tuple[str, ...], payload: bytes) -> int:
+    """Where the arguments of `layout`, read from offset 4 of `payload`, end; ValueError when they run
+    past the end of the payload. pamqp reads whatever it is given, so the bounds are checked here."""
+    pos, bits = 4, 0
+    for kind in layout:
+        if kind == "bit":
+            if bits % 8 == 0:
+                pos += 1
+            bits += 1
+            continue
+        bits = 0
+        prefix = _LENGTH_PREFIXES.get(kind)
+        if prefix is None:
+            pos += _FIXED_SIZES[kind]
+        else:
+            pos += prefix[1] + struct.unpack_from(prefix[0], payload, pos)[0]
+        if pos > len(payload):
+            raise ValueError(f"{kind} runs past the end of the frame")
+    if pos > len(payload):
+        raise ValueError("bit field runs past the end of the frame")
+    return pos
+
+
+def method_name_of(key: int) -> str:
+    factory: Any = commands.INDEX_MAPPING.get(key)
+    return factory.name.lower() if factory is not None else f"method {key >> 16}.{key & 0xFFFF}"
 
 
 def method_ids(method: Any) -> tuple[int, int]:

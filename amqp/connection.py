@@ -57,6 +57,7 @@ from .handshake import (
 # Before tune-ok the client has agreed to no frame size; accept a generous one for start-ok.
 _HANDSHAKE_FRAME_MAX = 131072
 _CONTENT_HEADER = struct.Struct(">HHQ")
+_FRAME_TYPES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT))
 # Distinct (exchange, routing key, flags) combinations remembered per connection; cleared when full.
 _PUBLISH_CACHE_SIZE = 1024
 # A delivery of more pieces than this carries a body of several frames (three pieces a frame).
@@ -180,12 +181,15 @@ class ServerConnection:
         return bool(isinstance(capabilities, dict) and capabilities.get(name))
 
     def close_channel(self, channel: int, error: AMQPError) -> None:
-        """Send channel.close for `error`; frames on the channel are dropped until close-ok."""
+        """Send channel.close for `error`; frames on the channel are dropped until close-ok.
+
+        Dropped, but still checked as RabbitMQ checks them: content due for a publish must come, in order.
+        """
         state = self._channels.get(channel)
         if state is None or state.closing or self.state is not State.OPEN:
             return
         state.closing = True
-        state.reset_content()
+        state.body = b""
         self.send_method(
             channel,
             build(
@@ -234,8 +238,14 @@ class ServerConnection:
     # ---- input --------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Take bytes from the socket; read what they mean with `next_event`."""
-        if self.state is not State.CLOSED:
+        """Take bytes from the socket; read what they mean with `next_event`.
+
+        After a frame error that leaves no telling where the next frame starts, bytes are dropped:
+        connection.close was sent, and the socket closes when the wait for close-ok runs out, as in
+        RabbitMQ. Closing at once, with the client's bytes still arriving, would reset the connection
+        and could lose the close on its way.
+        """
+        if self.state is not State.CLOSED and not self._reader.broken:
             self._reader.feed(data)
 
     def next_event(self) -> Event | None:
@@ -304,7 +314,9 @@ class ServerConnection:
 
     def _fail(self, error: AMQPError, channel: int, events: deque[Event]) -> None:
         state = self.state
-        if state is State.CLOSING:
+        if state in (State.CLOSING, State.AWAIT_START_OK):
+            # Before start-ok is done RabbitMQ closes the socket without a word (a refused login aside,
+            # below). A tune-ok it refuses gets the 530 it means to send (interop/test_tune.py).
             self.state = State.CLOSED
         else:
             self.close(error)
@@ -336,27 +348,24 @@ class ServerConnection:
 
     def _handle_frame(self, frame_type: int, channel: int, payload: bytes, events: deque[Event]) -> None:
         if frame_type == FRAME_HEARTBEAT:
+            if payload:  # RabbitMQ reads a heartbeat with a payload as no frame it knows
+                raise ConnectionLevelError(FRAME_ERROR, "heartbeat frame with a payload")
             if channel != 0:
-                raise ConnectionLevelError(FRAME_ERROR, f"heartbeat frame on channel {channel}")
+                raise ConnectionLevelError(UNEXPECTED_FRAME, f"heartbeat frame on channel {channel}")
             return
+        if frame_type not in _FRAME_TYPES:
+            raise ConnectionLevelError(FRAME_ERROR, f"unknown frame type {frame_type}")
         if self.state is State.OPEN and channel != 0:
             self._handle_channel_frame(frame_type, channel, payload, events)
             return
-        if frame_type != FRAME_METHOD:
+        if frame_type != FRAME_METHOD or channel != 0:
+            # Content on channel 0, or any channel used before the connection is open.
             if self.state is State.CLOSING:
                 return
             raise ConnectionLevelError(
                 UNEXPECTED_FRAME, f"unexpected frame type {frame_type} on channel {channel}"
             )
-        method = decode_method(payload)
-        if channel != 0:
-            # Only possible before the connection is open, or while it closes.
-            if self.state is State.CLOSING:
-                return
-            raise ConnectionLevelError(
-                CHANNEL_ERROR, f"channel {channel} used before connection.open-ok", *method_ids(method)
-            )
-        self._handle_connection_method(method, events)
+        self._handle_connection_method(decode_method(payload), events)
 
     def _handle_connection_method(self, method: Any, events: deque[Event]) -> None:
         state = self.state
@@ -368,8 +377,12 @@ class ServerConnection:
             if state is State.CLOSING:
                 self.state = State.CLOSED
                 events.append(ConnectionClosed(REPLY_SUCCESS, "closed", by_peer=False))
-            else:
+            elif state is not State.OPEN:
                 raise ConnectionLevelError(COMMAND_INVALID, "unexpected connection.close-ok", 10, 51)
+            else:
+                raise ConnectionLevelError(
+                    CHANNEL_ERROR, "unexpected method in connection state running", 10, 51
+                )
         elif state is State.CLOSING:
             return
         elif state is State.AWAIT_START_OK and isinstance(method, Connection.StartOk):
@@ -386,17 +399,14 @@ class ServerConnection:
             return  # a client may tell us it is blocked; nothing to do
         elif state is State.OPEN and isinstance(method, Connection.UpdateSecret):
             self.send_method(0, build(Connection.UpdateSecretOk))
-        else:
-            class_id, method_id = method_ids(method)
-            if state is State.OPEN and class_id != 10:
-                raise ConnectionLevelError(
-                    COMMAND_INVALID,
-                    f"method {method_name(method)} not allowed on channel 0",
-                    class_id,
-                    method_id,
-                )
+        elif state is State.OPEN:
+            # RabbitMQ's answer to any other method on channel 0 of an open connection.
             raise ConnectionLevelError(
-                COMMAND_INVALID, f"unexpected {method_name(method)} while {state.value}", class_id, method_id
+                CHANNEL_ERROR, "unexpected method in connection state running", *method_ids(method)
+            )
+        else:
+            raise ConnectionLevelError(
+                COMMAND_INVALID, f"unexpected {method_name(method)} while {state.value}", *method_ids(method)
             )
 
     def _start_ok(self, method: Any) -> None:
@@ -410,11 +420,14 @@ class ServerConnection:
             username = self.policy.external_username() or ""
         self.mechanism = method.mechanism
         if not username or not self.policy.authenticate(method.mechanism, username, password):
-            raise ConnectionLevelError(
+            error = ConnectionLevelError(
                 ACCESS_REFUSED,
                 f"Login was refused using authentication mechanism {method.mechanism}. "
                 "For details see the broker logfile.",
             )
+            if self.client_capability("authentication_failure_close"):
+                self.close(error)  # RabbitMQ tells the clients that ask for it why they were refused
+            raise error
         self.username = username
         self.send_method(
             0,
@@ -441,10 +454,7 @@ class ServerConnection:
         state = self._channels.get(channel)
         if frame_type == FRAME_METHOD:
             if state is not None and state.publish is not None:
-                raise ConnectionLevelError(
-                    UNEXPECTED_FRAME,
-                    "expected content header for class 60, got non content header frame instead",
-                )
+                raise _content_due(state)
             method = decode_method(payload)
             if state is None:
                 self._open_channel(channel, method, events)
@@ -459,34 +469,27 @@ class ServerConnection:
                     self.send_method(channel, build(Channel.CloseOk))
                     del self._channels[channel]
                 events.append(MethodReceived(channel, method))
+        elif state is None or state.publish is None:
+            raise ConnectionLevelError(
+                UNEXPECTED_FRAME, "expected method frame, got non method frame instead"
+            )
         elif frame_type == FRAME_HEADER:
-            if state is None:
-                raise ConnectionLevelError(CHANNEL_ERROR, f"expected 'channel.open' on channel {channel}")
-            if state.closing:
-                return
-            if state.publish is None or state.properties_raw is not None:
-                raise ConnectionLevelError(
-                    UNEXPECTED_FRAME, "expected method frame, got content header instead"
-                )
+            if state.properties_raw is not None:
+                raise _content_due(state)
             self._content_header(channel, state, payload, events)
-        elif frame_type == FRAME_BODY:
-            if state is None:
-                raise ConnectionLevelError(CHANNEL_ERROR, f"expected 'channel.open' on channel {channel}")
-            if state.closing:
-                return
+        else:  # FRAME_BODY (the frame type is checked before)
             if state.properties_raw is None:
-                raise ConnectionLevelError(
-                    UNEXPECTED_FRAME, "expected method frame, got content body instead"
-                )
+                raise _content_due(state)
             if state.received + len(payload) > state.body_size:
                 raise ConnectionLevelError(
                     FRAME_ERROR, f"content body exceeds the announced size {state.body_size}"
                 )
-            state.add_body(payload)
+            if state.closing:  # a closing channel's content is counted, not kept
+                state.received += len(payload)
+            else:
+                state.add_body(payload)
             if state.received == state.body_size:
                 self._content_complete(channel, state, events)
-        else:
-            raise ConnectionLevelError(FRAME_ERROR, f"unknown frame type {frame_type}")
 
     def _open_channel(self, channel: int, method: Any, events: deque[Event]) -> None:
         if not isinstance(method, Channel.Open):
@@ -503,7 +506,10 @@ class ServerConnection:
         events.append(MethodReceived(channel, method))
 
     def _method_while_closing(self, channel: int, method: Any, events: deque[Event]) -> None:
-        if isinstance(method, Channel.CloseOk):
+        if type(method) is fastpath.Publish:
+            state = self._channels[channel]
+            state.publish = method  # its content is still due, and dropped
+        elif isinstance(method, Channel.CloseOk):
             del self._channels[channel]
             events.append(ChannelCloseOk(channel))
         elif isinstance(method, Channel.Close):
@@ -517,10 +523,19 @@ class ServerConnection:
     ) -> None:
         if len(payload) < 14:
             raise ConnectionLevelError(FRAME_ERROR, "content header frame too short")
-        class_id, _weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
+        class_id, weight, body_size = _CONTENT_HEADER.unpack_from(payload, 0)
         if class_id != 60:
-            raise ConnectionLevelError(FRAME_ERROR, f"content header for class {class_id}, expected 60")
-        if body_size > self.settings.max_message_size:
+            raise ConnectionLevelError(
+                UNEXPECTED_FRAME,
+                f"expected content header for class 60, got one for class {class_id} instead",
+                60,
+                40,
+            )
+        if weight:
+            raise _content_due(state)
+        state.properties_raw = payload[12:]
+        state.body_size = body_size
+        if body_size > self.settings.max_message_size and not state.closing:
             limit = self.settings.max_message_size
             error = ChannelError(
                 PRECONDITION_FAILED,
@@ -531,16 +546,25 @@ class ServerConnection:
             # Closing here, not in the broker, so the body frames still to come are dropped.
             self.close_channel(channel, error)
             events.append(ChannelFailed(channel, error))
-            return
-        state.properties_raw = payload[12:]
-        state.body_size = body_size
-        if body_size == 0:
+        elif body_size == 0:
             self._content_complete(channel, state, events)
 
     def _content_complete(self, channel: int, state: _ChannelState, events: deque[Event]) -> None:
+        if state.closing:
+            state.reset_content()
+            return
         assert state.publish is not None and state.properties_raw is not None
         events.append(ContentReceived(channel, state.publish, state.properties_raw, state.body))
         state.reset_content()
+
+
+def _content_due(state: _ChannelState) -> ConnectionLevelError:
+    """A frame other than the content header, or body, that the channel's basic.publish awaits."""
+    if state.properties_raw is None:
+        text = "expected content header for class 60, got non content header frame instead"
+    else:
+        text = "expected content body, got non content body frame instead"
+    return ConnectionLevelError(UNEXPECTED_FRAME, text, 60, 40)
 
 
 def _truncate(text: str) -> str:

@@ -78,24 +78,36 @@ def _shortstr(payload: bytes, pos: int) -> tuple[str, int]:
 
 
 def decode_publish(payload: bytes) -> Publish:
-    # class, method, reserved-1 (ticket) precede the exchange name.
+    # class, method, reserved-1 (ticket) precede the exchange name; the bits octet ends the arguments.
     exchange, pos = _shortstr(payload, 6)
     routing_key, pos = _shortstr(payload, pos)
+    if pos + 1 != len(payload):
+        raise ValueError("basic.publish arguments do not fill the frame")
     bits = payload[pos]
     return Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2), payload[6:pos])
 
 
+# class, method, delivery tag, bits: every ack, nack and reject payload is this long.
+_TAG_METHOD_SIZE = 13
+
+
 def decode_ack(payload: bytes) -> Ack:
+    if len(payload) != _TAG_METHOD_SIZE:
+        raise ValueError("basic.ack arguments do not fill the frame")
     tag, bits = _U64_BITS.unpack_from(payload, 4)
     return Ack(tag, bool(bits & 1))
 
 
 def decode_nack(payload: bytes) -> Nack:
+    if len(payload) != _TAG_METHOD_SIZE:
+        raise ValueError("basic.nack arguments do not fill the frame")
     tag, bits = _U64_BITS.unpack_from(payload, 4)
     return Nack(tag, bool(bits & 1), bool(bits & 2))
 
 
 def decode_reject(payload: bytes) -> Reject:
+    if len(payload) != _TAG_METHOD_SIZE:
+        raise ValueError("basic.reject arguments do not fill the frame")
     tag, bits = _U64_BITS.unpack_from(payload, 4)
     return Reject(tag, bool(bits & 1))
 

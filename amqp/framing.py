@@ -25,7 +25,7 @@ class FrameReader:
     connection errors, as in RabbitMQ.
     """
 
-    __slots__ = ("_buffer", "_pos", "_chunks", "_chunk_bytes", "_awaiting", "frame_max")
+    __slots__ = ("_buffer", "_pos", "_chunks", "_chunk_bytes", "_awaiting", "frame_max", "broken")
 
     def __init__(self, frame_max: int) -> None:
         self._buffer = b""
@@ -34,6 +34,9 @@ class FrameReader:
         self._chunk_bytes = 0
         self._awaiting = 0  # bytes the large frame being collected needs; 0 when none is
         self.frame_max = frame_max
+        # After a frame too large or without its end octet there is no telling where the next frame
+        # starts: what is buffered is dropped, and the connection should read no more frames.
+        self.broken = False
 
     def feed(self, data: bytes) -> None:
         if self._awaiting:
@@ -58,6 +61,7 @@ class FrameReader:
         frame_type, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
         total = size + FRAME_OVERHEAD
         if total > self.frame_max:
+            self._break()
             raise ConnectionLevelError(
                 FRAME_ERROR, f"frame size {total} exceeds the negotiated maximum {self.frame_max}"
             )
@@ -67,6 +71,7 @@ class FrameReader:
                 self._buffer, self._pos = b"", 0
             return None
         if buf[pos + total - 1] != FRAME_END:
+            self._break()
             raise ConnectionLevelError(FRAME_ERROR, f"frame end byte missing on channel {channel}")
         self._pos = pos + total
         return frame_type, channel, buf[pos + FRAME_HEADER_SIZE : pos + total - 1]
@@ -87,7 +92,7 @@ class FrameReader:
             if kind != _METHOD or method_id != _PUBLISH_ID:
                 return None
             header_at = pos + method_size + FRAME_OVERHEAD
-            kind, header_channel, header_size, class_id, _, body_size = _CONTENT_HEAD.unpack_from(
+            kind, header_channel, header_size, class_id, weight, body_size = _CONTENT_HEAD.unpack_from(
                 buf, header_at
             )
         except struct.error:
@@ -98,6 +103,7 @@ class FrameReader:
             kind != 2
             or header_channel != channel
             or class_id != 60
+            or weight
             or header_size < 14
             or method_size > largest
             or header_size > largest
@@ -125,6 +131,10 @@ class FrameReader:
         ):
             return None
         return channel, method_payload, properties, buf[body_at + FRAME_HEADER_SIZE : end - 1], end
+
+    def _break(self) -> None:
+        self.broken = True
+        self._buffer, self._pos = b"", 0
 
     def advance(self, end: int) -> None:
         self._pos = end

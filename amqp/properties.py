@@ -28,6 +28,10 @@ _FLAG_MESSAGE_ID = 1 << 7
 _FLAG_TIMESTAMP = 1 << 6
 _FLAG_TYPE = 1 << 5
 _FLAG_USER_ID = 1 << 4
+_FLAG_APP_ID = 1 << 3
+_FLAG_CLUSTER_ID = 1 << 2
+# Every property after the priority.
+_LATER_FIELDS = (1 << 11) - 1 & ~3
 
 _HEADER_PREFIX = struct.Struct(">HHQ")
 _U16 = struct.Struct(">H")
@@ -76,22 +80,30 @@ def peek_properties(raw: bytes) -> tuple[int, int, str | None, str | None]:
         if flags & _FLAG_PRIORITY:
             priority = raw[pos]
             pos += 1
-        if not flags & (_FLAG_EXPIRATION | _FLAG_USER_ID):
+        if not flags & _LATER_FIELDS:  # the usual publish: nothing after the priority
+            if pos > len(raw):
+                raise PropertiesError("content header properties are truncated")
             return delivery_mode, priority, None, None
+        # Walked to the end, so that a list cut short is refused here, not when a headers exchange or
+        # a dead-lettering decodes it later.
         if flags & _FLAG_CORRELATION_ID:
             pos = _skip_shortstr(raw, pos)
         if flags & _FLAG_REPLY_TO:
             pos = _skip_shortstr(raw, pos)
         if flags & _FLAG_EXPIRATION:
             expiration, pos = _read_shortstr(raw, pos)
+        if flags & _FLAG_MESSAGE_ID:
+            pos = _skip_shortstr(raw, pos)
+        if flags & _FLAG_TIMESTAMP:
+            pos += 8
+        if flags & _FLAG_TYPE:
+            pos = _skip_shortstr(raw, pos)
         if flags & _FLAG_USER_ID:
-            if flags & _FLAG_MESSAGE_ID:
-                pos = _skip_shortstr(raw, pos)
-            if flags & _FLAG_TIMESTAMP:
-                pos += 8
-            if flags & _FLAG_TYPE:
-                pos = _skip_shortstr(raw, pos)
             user_id, pos = _read_shortstr(raw, pos)
+        if flags & _FLAG_APP_ID:
+            pos = _skip_shortstr(raw, pos)
+        if flags & _FLAG_CLUSTER_ID:
+            pos = _skip_shortstr(raw, pos)
         if pos > len(raw):
             raise PropertiesError("content header properties are truncated")
         return delivery_mode, priority, expiration, user_id
@@ -113,8 +125,8 @@ _LAYOUT = (
     (_FLAG_TIMESTAMP, "q"),
     (_FLAG_TYPE, "s"),
     (_FLAG_USER_ID, "s"),
-    (1 << 3, "s"),  # app_id
-    (1 << 2, "s"),  # cluster_id
+    (_FLAG_APP_ID, "s"),
+    (_FLAG_CLUSTER_ID, "s"),
 )
 HEADERS = _FLAG_HEADERS
 REPLY_TO = _FLAG_REPLY_TO

@@ -343,7 +343,19 @@ def _binding_records(vhost: VirtualHost) -> list[dict[str, Any]]:
 
 def _encode_table(table: dict[str, Any]) -> str:
     """Field tables keep their AMQP types (bytes, timestamps, decimals): stored as encoded tables."""
-    return base64.b64encode(encode.field_table(table)).decode() if table else ""
+    return base64.b64encode(encode.field_table(_encodable(table))).decode() if table else ""
+
+
+def _encodable(value: Any) -> Any:
+    """pamqp reads a long string that is not UTF-8 as bytes, and cannot write bytes back: such a value
+    (a client may send one) is stored as a byte array, which compares equal to it."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {key: _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
 
 
 def _decode_table(text: str) -> dict[str, Any]:

@@ -103,13 +103,31 @@ def test_bad_password_is_refused_with_403(pair: tuple[Driver, ClientPeer]) -> No
         client.method(
             0,
             Connection.StartOk(
-                client_properties={}, mechanism="PLAIN", response="\0guest\0wrong", locale="en_US"
+                client_properties={"capabilities": {"authentication_failure_close": True}},
+                mechanism="PLAIN",
+                response="\0guest\0wrong",
+                locale="en_US",
             ),
         )
     )
     assert isinstance(reply[0], Connection.Close)
     assert reply[0].reply_code == 403
     assert reply[0].reply_text.startswith("ACCESS_REFUSED - Login was refused")
+
+
+def test_bad_password_without_the_capability_is_a_silent_close(pair: tuple[Driver, ClientPeer]) -> None:
+    driver, client = pair
+    client.send(PROTOCOL_HEADER)
+    start_ok = Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0wrong")
+    assert client.method(0, start_ok) == []
+    assert driver.conn.closed
+
+
+def test_errors_before_start_ok_close_silently(pair: tuple[Driver, ClientPeer]) -> None:
+    driver, client = pair
+    client.send(PROTOCOL_HEADER)
+    assert client.method(0, Connection.TuneOk(channel_max=0, frame_max=131072, heartbeat=0)) == []
+    assert driver.conn.closed
 
 
 def test_unknown_vhost_is_530(pair: tuple[Driver, ClientPeer]) -> None:
@@ -222,13 +240,15 @@ def test_unknown_method_is_a_connection_error(pair: tuple[Driver, ClientPeer]) -
     assert isinstance(reply[0], Connection.Close) and reply[0].reply_code == 540
 
 
-def test_truncated_method_is_a_syntax_error(pair: tuple[Driver, ClientPeer]) -> None:
+def test_truncated_method_is_a_frame_error(pair: tuple[Driver, ClientPeer]) -> None:
     _, client = pair
     client.handshake()
     client.open_channel(1)
     payload = struct.pack(">HH", 50, 10) + b"\x00"  # queue.declare cut short
     reply = methods(client.send(struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"))
-    assert isinstance(reply[0], Connection.Close) and reply[0].reply_code == 502
+    # RabbitMQ: 501 FRAME_ERROR "cannot decode", naming the method.
+    assert isinstance(reply[0], Connection.Close) and reply[0].reply_code == 501
+    assert (reply[0].class_id, reply[0].method_id) == (50, 10)
 
 
 def test_client_close_is_answered_and_reported(pair: tuple[Driver, ClientPeer]) -> None:
@@ -264,11 +284,11 @@ def test_events_are_one_at_a_time_so_answers_stay_in_order(pair: tuple[Driver, C
     assert [type(m) for m in replies] == [Basic.QosOk, Channel.CloseOk]
 
 
-def test_heartbeat_on_a_channel_is_a_frame_error(pair: tuple[Driver, ClientPeer]) -> None:
+def test_heartbeat_on_a_channel_is_an_unexpected_frame(pair: tuple[Driver, ClientPeer]) -> None:
     _, client = pair
     client.handshake()
     reply = methods(client.send(bytes([8, 0, 1, 0, 0, 0, 0, 0xCE])))
-    assert reply[0].reply_code == 501
+    assert reply[0].reply_code == 505  # as RabbitMQ
 
 
 def _tune_ok(client: ClientPeer, channel_max: int, frame_max: int) -> list[Any]:

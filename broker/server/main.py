@@ -174,33 +174,35 @@ async def run_node(config: Config) -> None:
 async def serve_node(
     config: Config, node: Node, bound: BoundListeners, ssl_context: ssl.SSLContext | None
 ) -> None:
-    async with trio.open_nursery() as nursery:
-        await start_node_tasks(nursery, node)
-        if node.cluster is not None:
-            # Registered, and holding the cluster's state, before the first client is served.
-            await nursery.start(run_cluster, node.cluster)
-            links = PeerLinks.from_config(node.cluster.config)
-            node.cluster.peer_status = links.status
-            node.cluster.ask_node = links.request
-            started = trio.current_time()
-            links.handle(
-                NODE_STATS,
-                lambda source, payload: json.dumps(
-                    own_stats(node, int((trio.current_time() - started) * 1000))
-                ).encode(),
-            )
-            await nursery.start(links.run, bound.peer)
-        await nursery.start(serve_amqp_on, node, bound.amqp)
-        if bound.amqps and ssl_context is not None:
-            await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)
-        management = config.listeners.management
-        if management is not None:
-            await nursery.start(
-                functools.partial(serve_management, sockets=bound.management),
-                node, management.hosts, management.port,
-            )
-        log.info("Server startup complete")  # RabbitMQ's words: the node serves from here on
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # Signals are caught before anything serves: a SIGTERM during the start waits for it, then stops
+    # the node cleanly (the default action would end the process without the clean-shutdown marker).
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await start_node_tasks(nursery, node)
+            if node.cluster is not None:
+                # Registered, and holding the cluster's state, before the first client is served.
+                await nursery.start(run_cluster, node.cluster)
+                links = PeerLinks.from_config(node.cluster.config)
+                node.cluster.peer_status = links.status
+                node.cluster.ask_node = links.request
+                started = trio.current_time()
+                links.handle(
+                    NODE_STATS,
+                    lambda source, payload: json.dumps(
+                        own_stats(node, int((trio.current_time() - started) * 1000))
+                    ).encode(),
+                )
+                await nursery.start(links.run, bound.peer)
+            await nursery.start(serve_amqp_on, node, bound.amqp)
+            if bound.amqps and ssl_context is not None:
+                await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)
+            management = config.listeners.management
+            if management is not None:
+                await nursery.start(
+                    functools.partial(serve_management, sockets=bound.management),
+                    node, management.hosts, management.port,
+                )
+            log.info("Server startup complete")  # RabbitMQ's words: the node serves from here on
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await close_connections(node)

@@ -15,7 +15,7 @@ from leveret.amqp import fastpath
 from leveret.amqp.codec import build
 from leveret.amqp.constants import (
     ACCESS_REFUSED,
-    INTERNAL_ERROR,
+    COMMAND_INVALID,
     NO_ROUTE,
     NOT_ALLOWED,
     NOT_FOUND,
@@ -158,9 +158,8 @@ class ChannelSession:
                     handler = candidate
                     break
             else:
-                raise ConnectionLevelError(
-                    NOT_IMPLEMENTED, f"method {getattr(method, 'name', method)} not supported"
-                )
+                # Methods only a server sends, and replies to requests it never made.
+                raise ConnectionLevelError(COMMAND_INVALID, "unimplemented method")
         handler(method)
 
     def _reply(self, method_class: type, **fields: Any) -> None:
@@ -241,14 +240,14 @@ class ChannelSession:
                 exchange.name, publish.routing_key, properties_raw, body, publish.names_raw or None
             )
         except PropertiesError as exc:
-            raise ConnectionLevelError(SYNTAX_ERROR, str(exc), 60, 40) from exc
+            raise _malformed_properties(exc) from exc
         flags = properties_raw[0] if properties_raw else 0  # the high byte of the property flags
         if flags & _HEADERS_FLAG:
             try:
                 check_headers(properties_raw)
             except TableError as exc:
-                # RabbitMQ's channel crashes on such a table: 541 on the connection, nothing stored.
-                raise ConnectionLevelError(INTERNAL_ERROR, "") from exc
+                # RabbitMQ's channel crashes on such a table (541); Leveret never answers 541 to input.
+                raise _malformed_properties(exc) from exc
         if message.user_id is not None and message.user_id != self.session.username:
             raise ChannelError(
                 PRECONDITION_FAILED,
@@ -260,9 +259,12 @@ class ChannelSession:
         extra_keys: list[str] = []
         # Reply-to rewriting and CC/BCC need a reply-to or headers property: test their flag bits first.
         if flags & _REPLY_TO_OR_HEADERS:
-            if reply_to.MAGIC_QUEUE_RAW in properties_raw:
-                message = reply_to.rewrite_reply_to(message, self)
-            message, extra_keys = split_routing_keys(message)
+            try:
+                if reply_to.MAGIC_QUEUE_RAW in properties_raw:
+                    message = reply_to.rewrite_reply_to(message, self)
+                message, extra_keys = split_routing_keys(message)
+            except PropertiesError as exc:
+                raise _malformed_properties(exc) from exc
         seq = 0
         if self.confirming:
             self._publish_seq += 1
@@ -277,7 +279,10 @@ class ChannelSession:
     ) -> None:
         queues: list[BrokerQueue]
         if exchange.name != DEFAULT_EXCHANGE or extra_keys:
-            queues = self.vhost.route(exchange, message, extra_keys)
+            try:
+                queues = self.vhost.route(exchange, message, extra_keys)
+            except PropertiesError as exc:  # a headers or consistent-hash exchange read them
+                raise _malformed_properties(exc) from exc
             delivered = bool(queues)
         elif message.routing_key.startswith(reply_to.PREFIX):
             delivered = reply_to.deliver(self.session.node, message)
@@ -458,9 +463,9 @@ class ChannelSession:
     # ---- channel ----------------------------------------------------------------------------
 
     def _flow(self, method: Channel.Flow) -> None:
-        self.flow_active = bool(method.active)
-        self._reply(Channel.FlowOk, active=method.active)
-        self._update_all_credit()
+        if not method.active:
+            raise ConnectionLevelError(NOT_IMPLEMENTED, "active=false", 20, 20)  # as RabbitMQ 3.x
+        self._reply(Channel.FlowOk, active=True)
 
     def close(self) -> None:
         """The channel is gone (closed by either side, or with its connection): give back what it held."""
@@ -808,6 +813,11 @@ class ChannelSession:
         self.tx.actions.clear()
         self._unhold(self.tx.take_held())
         self._reply(Tx.RollbackOk)
+
+
+def _malformed_properties(error: PropertiesError | TableError) -> ConnectionLevelError:
+    """A publish whose content properties cannot be read, found when they are first needed."""
+    return ConnectionLevelError(SYNTAX_ERROR, str(error), 60, 40)
 
 
 def _by_queue(taken: Iterable[Unacked]) -> tuple[list[tuple[BrokerQueue, list[int]]], list[Consumer]]:

@@ -241,7 +241,10 @@ class ConnectionSession:
 
     def _failed(self, event: Event, error: Exception) -> None:
         """Answer an error raised while handling `event`: close its channel or the connection."""
-        method: Any = getattr(event, "method", None) or getattr(event, "publish", None)
+        # Not `or`: a pamqp method without arguments (channel.close-ok) is falsy.
+        method: Any = getattr(event, "method", None)
+        if method is None:
+            method = getattr(event, "publish", None)
         if isinstance(error, ChannelError):
             self._fill_method_ids(error, method)
             self._close_channel(getattr(event, "channel", 0), error)

@@ -30,6 +30,11 @@ deps: $(filter .venv/bin/python,$(PYTHON))
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null) \
 		|| echo "etcd-server not installed: the cluster tests will be skipped"; \
 	fi
+	@# rabbitmqadmin (interop/test_rabbitmqadmin.py) and the RabbitMQ node of the definitions round trip.
+	@if ! command -v rabbitmqadmin >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null) \
+		|| echo "rabbitmq-server not installed: the rabbitmqadmin and RabbitMQ round-trip tests will be skipped"; \
+	fi
 	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium not installed: the web page's browser tests will be skipped"; \

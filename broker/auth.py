@@ -85,7 +85,9 @@ class Authority:
         """Why this login is refused, in RabbitMQ's words for its log; None when it is accepted.
         `password` None: the user proved who they are otherwise (EXTERNAL: a verified certificate)."""
         user = self.users.get(username)
-        if user is None or password is not None and not check_password(user.password_hash, password):
+        if user is None or (
+            password is not None and not check_password(user.password_hash, password, user.hashing_algorithm)
+        ):
             return f"user '{username}' - invalid credentials"
         # RabbitMQ's loopback_users: refused from anywhere else, even with the right password.
         if user.loopback_only and not from_loopback:

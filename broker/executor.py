@@ -4,18 +4,24 @@ queue that expired unused, and paging through the node's pager (broker/pager.py)
 
 Each queue gets its vhost's `Executor.run` as its executor. Still called by the queue directly: its
 journal (the durable log) and the pager's budget count.
+
+At-least-once dead-letters (FORWARD) are reported back to their queue (the DEAD_LETTERED command) once
+their copies are in every target, and durable there: at once when no target logged them, else when a
+group commit makes the store position they wait for durable (`commit_completed`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from leveret.broker.queues.dead_letter import dead_letter
+from leveret.broker.queues.dead_letter import dead_letter, forward
 from leveret.broker.queues.effects import (
     ARM,
     DEAD_LETTER,
     DELIVER,
     DISARM,
+    FORWARD,
     LOAD,
     PAGE_OUT,
     RELEASE,
@@ -24,15 +30,22 @@ from leveret.broker.queues.effects import (
 )
 
 if TYPE_CHECKING:
+    from leveret.broker.message import Message
     from leveret.broker.queues.host import QueueHost
     from leveret.broker.queues.queue import Queue
 
+log = logging.getLogger(__name__)
+
 
 class Executor:
-    __slots__ = ("vhost",)
+    __slots__ = ("vhost", "_awaiting", "_stuck")
 
     def __init__(self, vhost: QueueHost) -> None:
         self.vhost = vhost
+        # Forwarded dead-letters whose copies wait for the store: (position, source queue, ids).
+        self._awaiting: list[tuple[int, Queue, list[int]]] = []
+        # Queues whose dead-letters found nowhere to go, logged once until one goes again (as RabbitMQ).
+        self._stuck: set[str] = set()
 
     def run(self, queue: Queue, effect: Effect) -> None:
         kind = effect[0]
@@ -54,6 +67,52 @@ class Executor:
             queue.pager.release(effect[1])
         elif kind == REMOVE:
             self.vhost.remove_queue(queue)
+        elif kind == FORWARD:
+            self._forward(queue, effect[1])
         else:
             raise ValueError(f"unknown effect {effect!r}")
+
+    def _forward(self, queue: Queue, held: list[tuple[int, Message, str]]) -> None:
+        assert queue.lifecycle is not None  # only a queue with a lifecycle dead-letters
+        settings = queue.lifecycle.settings
+        done: list[int] = []
+        waiting: list[int] = []
+        position = 0
+        for dlx_id, message, reason in held:
+            needed = forward(self.vhost, settings, queue.name, message, reason)
+            if needed is None:
+                continue  # no route, or refused: the queue forwards it again later
+            if needed == 0:
+                done.append(dlx_id)
+            else:
+                waiting.append(dlx_id)
+                position = max(position, needed)
+        if waiting:
+            self._awaiting.append((position, queue, waiting))
+        if done or waiting:
+            self._stuck.discard(queue.name)
+        elif held and queue.name not in self._stuck:
+            self._stuck.add(queue.name)
+            log.warning(
+                "cannot forward dead-lettered messages from quorum queue '%s' in vhost '%s': dead-letter "
+                "exchange '%s' is missing, routes to no queue, or a target refused them; they stay in the "
+                "queue and are retried. This is not logged again until one is forwarded.",
+                queue.name, self.vhost.name, settings.dead_letter_exchange,
+            )
+        if done:
+            queue.dead_lettered(done)
+
+    def commit_completed(self, durable: int, failed: range | None) -> None:
+        """A group commit finished: forwarded dead-letters now durable in their targets are done (those it
+        failed to write are forwarded again by their queue's retry)."""
+        if not self._awaiting:
+            return
+        awaiting, self._awaiting = self._awaiting, []
+        for position, queue, ids in awaiting:
+            if failed is not None and position in failed:
+                continue
+            if position <= durable:
+                queue.dead_lettered(ids)
+            else:
+                self._awaiting.append((position, queue, ids))
 

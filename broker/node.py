@@ -8,11 +8,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from leveret import __version__
+from leveret.amqp.constants import NOT_ALLOWED
+from leveret.amqp.errors import ConnectionLevelError
 from leveret.amqp.handshake import ServerSettings
+from leveret.broker.admin import Administration
 from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.stats import MessageTotals
 from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
 
@@ -48,15 +52,17 @@ class Node:
             extra_properties={"leveret_version": __version__, "platform": "Leveret (Python/trio)"},
         )
         self.authority = Authority(config)
+        self.admin = Administration(self)  # run-time changes to users, vhosts, permissions, vhost limits
         self.deadlines = Deadlines()  # queue timers (TTL, queue expiry): broker/server/timers.py runs them
-        self.vhosts: dict[str, VirtualHost] = {
-            name: VirtualHost(name, clock, self.deadlines) for name in config.vhosts
-        }
+        self.persistence: Persistence | None = None
+        self.pager: NodePager | None = None
+        self.cluster: ClusterState | None = None  # set below when the config has a `cluster:` section
+        self.vhosts: dict[str, VirtualHost] = {}
+        for name in config.vhosts:
+            self.add_vhost(name)
         self.connections: set[ConnectionSession] = set()
         # Direct reply-to consumers by their token (see broker/session/reply_to.py).
         self.reply_consumers: dict[str, Consumer] = {}
-        self.persistence: Persistence | None = None
-        self.pager: NodePager | None = None
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
         # None: a single node (no `cluster:` section), which never touches etcd.
         self.cluster = ClusterState(config.cluster) if config.cluster is not None else None
@@ -64,11 +70,31 @@ class Node:
             self.cluster.metadata.vhosts = self.vhosts
             for vhost in self.vhosts.values():
                 vhost.metadata = self.cluster.metadata
+        # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
+        self.definitions_changed: Callable[[], None] = lambda: None
+        self.message_totals = MessageTotals()  # what closed channels counted (message_stats)
+        # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
+        self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        """A new, empty vhost (its predeclared exchanges only), wired to the node's store and pager."""
+        vhost = VirtualHost(name, self.clock, self.deadlines)
+        if self.persistence is not None:
+            vhost.journal_for = self.persistence.journal_for
+            vhost.definitions_changed = self.persistence.definitions_changed
+        if self.pager is not None:
+            vhost.pager = self.pager
+        if self.cluster is not None:
+            vhost.metadata = self.cluster.metadata
+        self.vhosts[name] = vhost
+        self.authority.vhosts.add(name)
+        return vhost
 
     def attach_persistence(self, persistence: Persistence) -> None:
         """Durable queues get store-backed journals and durable definitions are saved from now on."""
         self.persistence = persistence
         persistence.node = self
+        self.definitions_changed = persistence.definitions_changed
         for vhost in self.vhosts.values():
             vhost.journal_for = persistence.journal_for
             vhost.definitions_changed = persistence.definitions_changed
@@ -88,6 +114,13 @@ class Node:
         """How far the store has made appends durable; publishes waiting on no store are always safe."""
         return self.persistence.durable_position if self.persistence is not None else 0
 
+    def when_durable(self, position: int, callback: Callable[[], None]) -> None:
+        """Call `callback` once the store has made `position` durable (at once if it has)."""
+        if position <= self.durable_position():
+            callback()
+        else:
+            self._durable_waiters.append((position, callback))
+
     def commit_completed(self, failed: range | None, error: OSError | None = None) -> None:
         """A group commit finished: release the confirms it made safe (nack those it failed). `error`, its
         write failure, holds the disk alarm until a commit succeeds (see ResourceAlarms)."""
@@ -97,6 +130,15 @@ class Node:
         if self.pager is not None:
             self.pager.commit_completed()
         durable = self.durable_position()
+        for vhost in self.vhosts.values():
+            vhost.executor.commit_completed(durable, failed)
+        if self._durable_waiters:
+            waiting, self._durable_waiters = self._durable_waiters, []
+            for position, callback in waiting:
+                if position <= durable or failed is not None and position in failed:
+                    callback()
+                else:
+                    self._durable_waiters.append((position, callback))
         for session in self.connections:
             for channel in session.channels.values():
                 if channel.awaiting_confirms:
@@ -122,6 +164,18 @@ class Node:
             session.throttle.alarms_changed(active)
             if session.conn.has_output:
                 session.wake()
+
+    def check_connection_limit(self, username: str, vhost: str) -> None:
+        """RabbitMQ's per-vhost max-connections, checked at connection.open."""
+        limit = self.vhosts[vhost].limits.get("max-connections")
+        if limit is not None and limit >= 0:
+            opened = sum(1 for session in self.connections if session.vhost.name == vhost)
+            if opened >= limit:
+                raise ConnectionLevelError(
+                    NOT_ALLOWED,
+                    f"access to vhost '{vhost}' refused for user '{username}': "
+                    f"connection limit ({limit}) is reached",
+                )
 
     def connection_opened(self, session: ConnectionSession) -> None:
         self.connections.add(session)

@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 _PREDECLARED_NAMES = {DEFAULT_EXCHANGE, *(name for name, _ in PREDECLARED)}
 
 
+class AccessOverrides(Protocol):
+    """The run-time users, vhosts, permissions and limits the definitions file keeps (broker/admin.py)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def restore(self, saved: dict[str, Any]) -> None: ...
+
+    def restore_limits(self, saved: dict[str, Any]) -> None: ...
+
+
 class Node(Protocol):
     """What persistence needs of the node it serves (broker/node.py's Node, which imports this module)."""
 
@@ -41,6 +51,9 @@ class Node(Protocol):
 
     @property
     def pager(self) -> Pager | None: ...
+
+    @property
+    def admin(self) -> AccessOverrides: ...
 
 
 class StoreJournal(Journal):
@@ -229,6 +242,7 @@ class Persistence:
         serving. Returns the number of messages recovered."""
         self.node = node
         saved = self.definitions_store.load()
+        node.admin.restore(saved.get("access", {}))
         recovered = 0
         live_queue_ids = set()
         for vhost_name, definitions in (saved.get("vhosts") or {}).items():
@@ -268,6 +282,7 @@ class Persistence:
                     source.bind(destination, item["routing_key"], _decode_table(item["arguments"]))
         for queue_id in set(self.store.stored_queues()) - live_queue_ids:
             self.store.delete_queue(queue_id)
+        node.admin.restore_limits(saved.get("access", {}))
         return recovered
 
     def _recover_messages(self, queue: Queue) -> int:
@@ -285,7 +300,8 @@ def is_durable_queue(queue: Queue) -> bool:
 
 
 def snapshot_definitions(node: Node) -> dict[str, Any]:
-    """Every durable exchange, queue and binding, bindings in bind order (the consistent-hash ring's)."""
+    """Every durable exchange, queue and binding, bindings in bind order (the consistent-hash ring's), and
+    the run-time changes to users, vhosts, permissions and vhost limits."""
     vhosts = {}
     for vhost in node.vhosts.values():
         vhosts[vhost.name] = {
@@ -297,7 +313,8 @@ def snapshot_definitions(node: Node) -> dict[str, Any]:
             "queues": [_queue_record(q) for q in vhost.queues.values() if is_durable_queue(q)],
             "bindings": _binding_records(vhost),
         }
-    return {"version": 1, "vhosts": vhosts}
+    # "access": users, vhosts, permissions and vhost limits changed at run time (broker/admin.py).
+    return {"version": 1, "vhosts": vhosts, "access": node.admin.snapshot()}
 
 
 def _exchange_record(exchange: Exchange) -> dict[str, Any]:

@@ -68,9 +68,15 @@ class VirtualHost:
         self.definitions_changed: Callable[[], None] = lambda: None
         self.pager: Pager = NO_PAGER  # the node's, when it pages: queues count their memory against it
         # What carries out the effects of this vhost's queues' commands.
-        self.execute: Callable[[Queue, Effect], None] = Executor(self).run
+        self.executor = Executor(self)
+        self.execute: Callable[[Queue, Effect], None] = self.executor.run
         # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
         self.metadata: LocalMetadata = LOCAL_METADATA
+        # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
+        self.limits: dict[str, int] = {}
+        # RabbitMQ's vhost metadata, shown by the management API.
+        self.description = ""
+        self.tags: tuple[str, ...] = ()
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
@@ -219,6 +225,7 @@ class VirtualHost:
         elif name.startswith(RESERVED_PREFIX) and not server_named:
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
+        self._check_queue_limit(name)
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
         queue = Queue(
@@ -239,6 +246,14 @@ class VirtualHost:
         # Every queue is bound to the default exchange under its own name.
         self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
         return queue
+
+    def _check_queue_limit(self, name: str) -> None:
+        limit = self.limits.get("max-queues")
+        if limit is not None and 0 <= limit <= len(self.queues):
+            raise ChannelError(
+                PRECONDITION_FAILED,
+                f"cannot declare queue '{name}': queue limit in vhost '{self.name}' ({limit}) is reached",
+            )
 
     def check_exclusive_access(self, queue: Queue, owner: object) -> None:
         """Any connection may use a queue no connection owns; an exclusive one only its owner."""

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .passwords import is_password_hash
+from .passwords import ALGORITHMS, is_password_hash
 from .sizes import parse_size
 
 
@@ -89,5 +89,6 @@ def fraction_or_size() -> Check:
 
 def password_hash() -> Check:
     return Check(
-        "a RabbitMQ SHA-256 password hash (base64 of a 4-byte salt and the digest)", is_password_hash
+        "a RabbitMQ password hash (base64 of a 4-byte salt and the digest)",
+        lambda v: isinstance(v, str) and any(is_password_hash(v, a) for a in ALGORITHMS),
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from . import checks
 from .cluster import Cluster
-from .passwords import hash_password
+from .passwords import ALGORITHMS, SHA256, hash_password
 
 # hash_password("guest") with a fixed salt: a random one would make every load differ from the default.
 GUEST_PASSWORD_HASH = "Ubw9+6x+gNIJQIRpSjP9+0OUGZmbxBfiO1xhIC/iYBIbCw5s"
@@ -83,6 +83,8 @@ class User:
     tags: tuple[str, ...] = ()
     # Like RabbitMQ's loopback_users: this user may only connect from localhost.
     loopback_only: bool = False
+    # The digest of password_hash; users made over the management API or imported may have another.
+    hashing_algorithm: str = field(default=SHA256, metadata={"check": checks.one_of(*ALGORITHMS)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,8 @@ class Config:
     topic_permissions: tuple[TopicPermission, ...] = ()
     limits: Limits = Limits()
     resources: Resources = Resources()
+    # RabbitMQ's load_definitions: a definitions file (its JSON export format) imported at every start.
+    load_definitions: str | None = None
     log_level: str = field(
         default="info", metadata={"check": checks.one_of("debug", "info", "warning", "error")}
     )

@@ -420,6 +420,11 @@ class RabbitMQBroker(Broker):
                     "auth_mechanisms.3": "EXTERNAL",
                     "ssl_cert_login_from": tls.external_login_from,
                 })
+        # At-least-once dead-letters that found no route are retried on this timer (3 minutes by default):
+        # a second, as Leveret retries (broker/queues/outbox.py), so that tests need not wait minutes.
+        (workdir / "advanced.config").write_text(
+            "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 1000}]}].\n"
+        )
         (workdir / "rabbitmq.conf").write_text(
             "".join(f"{key} = {value}\n" for key, value in settings.items() if value is not None)
         )

@@ -302,3 +302,77 @@ def test_the_alarms_health_check_fails_under_a_memory_alarm(private_broker: Call
     assert body["status"] == "failed"
     assert [alarm["resource"] for alarm in body["alarms"]] == ["memory"]
     assert pika.URLParameters(broker.url)  # the broker is still up and serving
+
+
+def test_message_stats_count_publishes_deliveries_acks_and_confirms(
+    managed: Broker, api: httpx.Client
+) -> None:
+    name = unique("mgmt-stats")
+    with pika_connection(managed.url) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.queue_declare(name, auto_delete=True)
+        for index in range(10):
+            channel.basic_publish("", name, f"m{index}".encode())
+        for _ in range(10):
+            method, _, _ = channel.basic_get(name)
+            channel.basic_ack(method.delivery_tag)
+        local_port = connection._impl._transport._sock.getsockname()[1]
+
+        def counted() -> dict[str, Any]:
+            # RabbitMQ lists a channel, and its stats, a moment after they happen.
+            channels = api.get("/api/channels").json()
+            mine = [c for c in channels if c["connection_details"]["peer_port"] == local_port]
+            assert len(mine) == 1
+            stats = mine[0].get("message_stats", {})
+            assert {k: stats.get(k) for k in ("publish", "deliver_get", "ack", "confirm")} == {
+                "publish": 10,
+                "deliver_get": 10,
+                "ack": 10,
+                "confirm": 10,
+            }
+            return stats
+
+        stats = eventually(counted)
+        assert isinstance(stats["publish_details"]["rate"], int | float)
+        overview = eventually(lambda: _overview_counted(api, 10))
+        assert isinstance(overview["publish_details"]["rate"], int | float)
+
+
+def _overview_counted(api: httpx.Client, at_least: int) -> dict[str, Any]:
+    stats = api.get("/api/overview").json()["message_stats"]
+    assert all(stats.get(k, 0) >= at_least for k in ("publish", "deliver_get", "ack", "confirm")), stats
+    return stats
+
+
+def test_the_aliveness_test_publishes_and_reads_back_a_message(api: httpx.Client) -> None:
+    response = api.get("/api/aliveness-test/%2F")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    queue = api.get("/api/queues/%2F/aliveness-test").json()
+    assert (queue["durable"], queue["auto_delete"], queue["exclusive"]) == (False, False, False)
+    assert queue.get("messages", 0) == 0
+
+
+def test_listings_are_shaped_by_columns_and_sort(api: httpx.Client) -> None:
+    names = sorted(unique("mgmt-shaped") for _ in range(3))
+    for name in names:
+        assert api.put(f"/api/queues/%2F/{name}", json={"arguments": {"x-max-length": 3}}).status_code == 201
+    listed = api.get(
+        "/api/queues/%2F",
+        params={"columns": "name,arguments.x-max-length", "sort": "name", "sort_reverse": "true"},
+    ).json()
+    mine = [q for q in listed if q["name"] in names]
+    assert mine == [{"name": name, "arguments": {"x-max-length": 3}} for name in reversed(names)]
+    overview = api.get("/api/overview", params={"columns": "rabbitmq_version,object_totals.queues"}).json()
+    assert set(overview) == {"rabbitmq_version", "object_totals"}
+    assert (
+        api.post(f"/api/bindings/%2F/e/amq.topic/q/{names[0]}", json={"routing_key": "k.#"}).status_code
+        == 201
+    )
+    bound = api.get(f"/api/queues/%2F/{names[0]}/bindings").json()
+    assert sorted((b["source"], b["routing_key"]) for b in bound) == [("", names[0]), ("amq.topic", "k.#")]
+    from_topic = api.get("/api/exchanges/%2F/amq.topic/bindings/source").json()
+    assert [b["routing_key"] for b in from_topic if b["destination"] == names[0]] == ["k.#"]
+    assert api.get("/api/exchanges/%2F/amq.topic/bindings/destination").json() == []
+    for name in names:
+        api.delete(f"/api/queues/%2F/{name}")

@@ -274,7 +274,7 @@ topic_permissions:
         ),
         (
             "users: [{name: a, password_hash: c2VjcmV0}]",
-            "users[0].password_hash: expected a RabbitMQ SHA-256 password hash"
+            "users[0].password_hash: expected a RabbitMQ password hash"
             " (base64 of a 4-byte salt and the digest), got 'c2VjcmV0'",
         ),
         ("users: [{name: a, password: 7}]", "users[0].password: expected a string, got 7"),

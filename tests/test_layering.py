@@ -1,8 +1,10 @@
-"""Imports point one way: amqp/ knows nothing of the broker, and only broker/server/ may use trio."""
+"""Imports point one way: amqp/ knows nothing of the broker, and only broker/server/ may use trio; broker/ctl/
+is a client that knows the broker only through its HTTP API."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,4 +96,29 @@ def test_cluster_logic_is_sans_io(path: Path) -> None:
         if name.split(".")[0] in {"trio", "asyncio", "socket", "httpx", "anyio"}
         or name.startswith(("leveret.broker.server", "leveret.broker.session"))
     }
+    assert not bad, f"{path} imports {bad}"
+
+
+# The ctl client may use the standard library, httpx and the configuration loader (for --config), nothing of
+# the broker: it reaches a broker only over HTTP, so it works the same against RabbitMQ.
+CTL_ALLOWED = {"httpx", "leveret.config"}
+
+
+@pytest.mark.parametrize("path", _modules("broker/ctl"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_ctl_is_an_http_client_only(path: Path) -> None:
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] not in sys.stdlib_module_names and name not in CTL_ALLOWED
+    }
+    assert not bad, f"{path} imports {bad}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules("broker") if "ctl" not in p.relative_to(ROOT).parts],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_the_broker_never_imports_ctl(path: Path) -> None:
+    bad = {name for name in _imports(path) if name.startswith("leveret.broker.ctl")}
     assert not bad, f"{path} imports {bad}"

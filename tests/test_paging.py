@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from pamqp.commands import Basic, Queue
 from trio.testing import MockClock
 
@@ -420,18 +421,66 @@ async def test_a_durable_backlog_over_budget_recovers_without_coming_into_memory
     assert consume(restarted, connect(restarted, durable=True), 500) == fresh(range(100, 600))
 
 
-async def test_a_lifecycle_queue_recovers_its_whole_backlog_into_memory(tmp_path: Path) -> None:
+LIFECYCLE = {"x-max-length": 10_000, "x-message-ttl": 3_600_000}
+
+
+async def test_a_lifecycle_queue_backlog_over_budget_recovers_without_coming_into_memory(
+    tmp_path: Path,
+) -> None:
+    node = start(tmp_path, budget=20 * BUDGET)  # the whole backlog fits before the restart
+    client = connect(node, durable=True, arguments=LIFECYCLE)
+    publish(client, range(500), properties=PERSISTENT)
+    drive(node)
+    assert queue_of(node).paged is None
+    assert node.persistence is not None
+    node.persistence.close()
+
+    restarted = start(tmp_path)
+    queue = queue_of(restarted)
+    assert queue.paged is not None and queue.message_count == 500
+    assert restarted.pager is not None
+    assert restarted.pager.used == in_memory(restarted) <= BUDGET + BODY + OVERHEAD
+    assert all(chunk.entries is None for chunk in queue.paged.chunks)
+    # Each paged message keeps its deadline: about an hour from now on the queue's clock.
+    expires = [when for chunk in queue.paged.chunks for when in chunk.expires or []]
+    assert len(expires) == 500 - len(queue.ready)
+    assert all(abs(when - (trio.current_time() + 3600)) < 60 for when in expires)
+    assert consume(restarted, connect(restarted, durable=True, arguments=LIFECYCLE), 500) == fresh(range(500))
+
+
+async def test_recovered_paged_messages_still_expire(tmp_path: Path, autojump_clock: MockClock) -> None:
+    arguments = {"x-message-ttl": 300}
+    node = start(tmp_path, budget=20 * BUDGET)
+    client = connect(node, durable=True, arguments=arguments)
+    publish(client, range(400), properties=PERSISTENT)
+    drive(node)
+    assert node.persistence is not None
+    node.persistence.close()
+
+    restarted = start(tmp_path)
+    queue = queue_of(restarted)
+    assert queue.paged is not None
+    for _ in range(100):  # the node's timers, as its timer task would run them, and the pager's reads
+        autojump_clock.jump(1)
+        restarted.deadlines.fire(trio.current_time())
+        drive(restarted)
+        if queue.message_count == 0:
+            break
+    assert queue.message_count == 0 and queue.paged is None
+
+
+async def test_a_priority_queue_recovers_its_whole_backlog_into_memory(tmp_path: Path) -> None:
     node = start(tmp_path)
-    client = connect(node, durable=True, arguments={"x-max-length": 10_000})
+    client = connect(node, durable=True, arguments={"x-max-priority": 5})
     publish(client, range(200), properties=PERSISTENT)
     drive(node)
     assert node.persistence is not None
     node.persistence.close()
     restarted = start(tmp_path)
     queue = queue_of(restarted)
-    assert queue.paged is None and len(queue.ready) == 200  # until the pager's first round
+    assert queue.paged is None and len(queue.ready) == 200  # priority queues never page
     drive(restarted)
-    assert get_all(connect(restarted, durable=True, arguments={"x-max-length": 10_000})) == fresh(range(200))
+    assert get_all(connect(restarted, durable=True, arguments={"x-max-priority": 5})) == fresh(range(200))
 
 
 async def test_purged_paged_persistent_messages_stay_purged_after_a_restart(tmp_path: Path) -> None:
@@ -526,7 +575,7 @@ async def test_a_durable_ttl_backlog_pages_through_its_log_and_expires_after_a_r
 
     monkeypatch.setattr(persistence, "time", _LaterWallClock(120))  # down for two minutes
     restarted = start(tmp_path)
-    drive(restarted)  # whole into memory (a lifecycle queue), then paged out again
+    drive(restarted)  # left in the log as chunks, deadlines and all
     assert queue_of(restarted).paged is not None
     for _ in range(20):  # each deadline reads the next chunk back, then expires it
         restarted.deadlines.fire(autojump_clock.current_time())

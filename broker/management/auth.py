@@ -60,7 +60,7 @@ def login(users: dict[str, User], header: str | None, client_host: str | None) -
         raise NotAuthorised(None, challenge=True)
     username, password = credentials
     user = users.get(username)
-    if user is None or not check_password(user.password_hash, password):
+    if user is None or not check_password(user.password_hash, password, user.hashing_algorithm):
         raise NotAuthorised({"error": "not_authorized", "reason": "Login failed"}, challenge=True)
     if user.loopback_only and not is_loopback(client_host):
         raise NotAuthorised(

@@ -7,13 +7,14 @@ Functions take live domain objects and return plain JSON-ready dicts.
 from __future__ import annotations
 
 import base64
-import datetime
-import decimal
+import hashlib
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote_plus
 
 from leveret import __version__
+from leveret.broker.definitions import json_value
 from leveret.broker.exchanges.base import Binding, Exchange
 from leveret.broker.node import ADVERTISED_VERSION, Node
 from leveret.broker.queues.queue import Queue
@@ -28,22 +29,9 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 
 
-def jsonable(value: Any) -> Any:
-    """An AMQP table value (arguments, client properties) as JSON: bytes become text, decimals numbers."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bytes | bytearray | memoryview):
-        try:
-            return bytes(value).decode()
-        except UnicodeDecodeError:
-            return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, datetime.datetime):
-        return int(value.timestamp())  # RabbitMQ renders AMQP timestamps as seconds
-    return value
+# An AMQP table value (arguments, client properties) as JSON: bytes become text, decimals numbers, AMQP
+# timestamps seconds (as RabbitMQ renders them).
+jsonable = json_value
 
 
 def node_name(node: Node) -> str:
@@ -162,13 +150,16 @@ def exchange(vhost: VirtualHost, x: Exchange) -> Json:
     }
 
 
-def _properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
-    # RabbitMQ: the routing key ("~" when empty) when there are no arguments, else key~hash-of-arguments.
-    # The hash differs from RabbitMQ's (an Erlang term hash); only its uniqueness matters to clients.
+def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
+    """RabbitMQ's name of a binding in paths: the routing key ("~" when empty) when there are no arguments,
+    else key~hash-of-arguments. The hash differs from RabbitMQ's (an Erlang term hash; 4 bytes, base64url as
+    RabbitMQ's); clients only read it from a listing and pass it back."""
+    # The key is quoted as RabbitMQ quotes it: form-encoded ("a.#" is "a.%23"), "~" as %7E.
+    quoted = quote_plus(routing_key, safe="").replace("~", "%7E")
     if not arguments:
-        return routing_key or "~"
-    digest = base64.urlsafe_b64encode(repr(sorted(arguments.items())).encode()).decode()[:22]
-    return f"{routing_key}~{digest}"
+        return quoted or "~"
+    digest = hashlib.blake2b(repr(sorted(arguments.items())).encode(), digest_size=4).digest()
+    return f"{quoted}~{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
 
 
 def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, args: dict[str, Any]) -> Json:
@@ -179,7 +170,7 @@ def _binding(vhost: str, source: str, destination: Queue | Exchange, key: str, a
         "destination_type": "queue" if isinstance(destination, Queue) else "exchange",
         "routing_key": key,
         "arguments": jsonable(args),
-        "properties_key": _properties_key(key, args),
+        "properties_key": properties_key(key, args),
     }
 
 
@@ -207,9 +198,9 @@ def vhost(node: Node, v: VirtualHost) -> Json:
     unacked = sum(q.unacked for q in v.queues.values())
     return {
         "name": v.name,
-        "description": "",
-        "tags": [],
-        "metadata": {"description": "", "tags": []},
+        "description": v.description,
+        "tags": list(v.tags),
+        "metadata": {"description": v.description, "tags": list(v.tags)},
         "tracing": False,
         "cluster_state": {node_name(node): "running"},
         "messages": ready + unacked,
@@ -273,7 +264,9 @@ def channel(node: Node, ch: ChannelSession) -> Json:
         "user": session.username,
         "vhost": ch.vhost.name,
         "connection_details": {
-            "name": connection_name(session), "peer_host": peer_host, "peer_port": peer_port
+            "name": connection_name(session),
+            "peer_host": peer_host,
+            "peer_port": peer_port,
         },
         "state": "running" if ch.flow_active else "flow",
         "consumer_count": len(ch.consumers),
@@ -321,7 +314,7 @@ def user(u: User) -> Json:
     return {
         "name": u.name,
         "password_hash": u.password_hash,
-        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "hashing_algorithm": u.hashing_algorithm,
         "tags": list(u.tags),
         "limits": {},
     }
@@ -366,7 +359,9 @@ def overview(node: Node, exchange_types: Iterable[str]) -> Json:
             "queues": len(queues),
         },
         "queue_totals": {
-            "messages": ready + unacked, "messages_ready": ready, "messages_unacknowledged": unacked
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
         },
         # No message counters are kept yet: RabbitMQ too answers {} before any message moves.
         "message_stats": {},

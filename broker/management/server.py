@@ -13,6 +13,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from leveret.broker.management.app import build_app
+from leveret.broker.management.rates import MessageRates, run_sampler
 from leveret.broker.node import Node
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,13 @@ async def serve_management(
                    for sock in bind_management(host, port)]
     config = _hypercorn_config()
     # hypercorn's ASGI and task-status types are its own; Starlette's app and a duck-typed status fit them.
-    app = wrap_app(build_app(node), config.wsgi_max_body_size, None)  # type: ignore[arg-type]
+    rates = MessageRates(node, trio.current_time)
+    app = wrap_app(build_app(node, rates), config.wsgi_max_body_size, None)  # type: ignore[arg-type]
     bound = Sockets([], sockets, [])
-    await worker_serve(app, config, sockets=bound, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_sampler, rates)
+        await worker_serve(app, config, sockets=bound, task_status=_LoggedStatus(task_status))  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
 
 
 class _LoggedStatus:

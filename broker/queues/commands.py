@@ -22,6 +22,8 @@ PURGE = "purge"  # (PURGE,) -> how many ready messages went
 DELETE = "delete"  # (DELETE,)
 # From the node, after a failed commit: persistent publishes the store could not write, which were nacked.
 DISCARD = "discard"  # (DISCARD, seqs): they leave the queue, and their retried records are settled
+# From the executor: dead-lettered messages (FORWARD) every target queue now holds, durably if it is durable.
+DEAD_LETTERED = "dead-lettered"  # (DEAD_LETTERED, ids)
 # From the pager (queues/paging.py):
 PAGE = "page"  # (PAGE, want): page out about `want` bytes of budget -> how much it did
 LOADED = "loaded"  # (LOADED, chunk): a chunk asked for (LOAD) is back in memory

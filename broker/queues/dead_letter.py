@@ -1,9 +1,11 @@
 """Dead-lettering: a message a queue removes (rejected, expired, maxlen, delivery_limit) is republished
 to the queue's dead-letter exchange with its story in the `x-death` header, as RabbitMQ 3.10 writes it.
 
-At most once: the copy is routed and enqueued like a publish without confirms; a missing exchange drops
-it. A message that would come back to a queue it died in, through deaths none of which was a client's
-reject, is dropped there (the cycle would never end).
+At most once (`dead_letter`): the copy is routed and enqueued like a publish without confirms; a missing
+exchange drops it. At least once (`forward`, quorum queues with x-dead-letter-strategy, see outbox.py): the
+source queue holds the message until each target took its copy. A message that would come back to a
+queue it died in, through deaths none of which was a client's reject, is dropped there (the cycle would
+never end).
 """
 
 from __future__ import annotations
@@ -55,6 +57,40 @@ def dead_letter(
         for target in host.route(exchange, copy):
             if reason == REJECTED or not is_cycle(target.name, deaths):
                 target.enqueue(copy)
+
+
+def forward(
+    host: QueueHost,
+    settings: QueueSettings,
+    queue_name: str,
+    message: Message,
+    reason: str,
+    wall_clock: Callable[[], float] = time.time,
+) -> int | None:
+    """Dead-letter one message at least once: the store position its copies wait for (0: none), or None
+    when it reached no queue, or one refused it (then it is forwarded again later)."""
+    assert settings.dead_letter_exchange is not None
+    exchange = host.exchanges.get(settings.dead_letter_exchange)
+    if exchange is None:
+        return None
+    try:
+        copy, deaths = Death(reason, queue_name, int(wall_clock())).copy(
+            message, exchange.name, settings.dead_letter_routing_key
+        )
+    except tables.TableError as error:
+        # It never can be: RabbitMQ would hold it for ever; it goes, and the log says so.
+        log.warning("message %s from queue '%s' not dead-lettered: %s", reason, queue_name, error)
+        return 0
+    targets = [t for t in host.route(exchange, copy) if reason == REJECTED or not is_cycle(t.name, deaths)]
+    if not targets:
+        return None
+    position = 0
+    for target in targets:
+        needed = target.enqueue(copy)
+        if needed is None:
+            return None
+        position = max(position, needed)
+    return position
 
 
 class Death:

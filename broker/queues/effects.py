@@ -19,10 +19,13 @@ REMOVE = 5  # (REMOVE,): the queue expired unused: its vhost deletes it
 PAGE_OUT = 6  # (PAGE_OUT, chunk): write the chunk's messages out of memory
 LOAD = 7  # (LOAD, chunk): read the chunk back; the pager then calls `chunk_loaded`
 RELEASE = 8  # (RELEASE, chunk): the chunk is back in memory or gone: its copy on disk may go
+# At-least-once dead-lettering (a quorum queue's x-dead-letter-strategy): the queue keeps each message
+# until the executor tells it (the DEAD_LETTERED command) that every target queue has it, durably.
+FORWARD = 9  # (FORWARD, [(id, message, reason), ...]): dead-letter these, then report the ids done
 
 NAMES = {
     DELIVER: "deliver", DEAD_LETTER: "dead-letter", ARM: "arm", DISARM: "disarm", REMOVE: "remove",
-    PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release",
+    PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release", FORWARD: "forward",
 }  # fmt: skip
 
 Effect = tuple[Any, ...]

@@ -23,6 +23,7 @@ from leveret.broker.queues.dispatch import ByPriority, SingleActive
 from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, PAGE_OUT, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
+from leveret.broker.queues.outbox import Outbox
 from leveret.broker.queues.paging import OVERHEAD, Chunk, footprint
 from leveret.broker.queues.ready import FifoReady, PriorityReady
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
@@ -75,6 +76,8 @@ class Lifecycle:
         # Subscribers by priority, highest first; round-robin within each.
         self.dispatch = SingleActive() if settings.single_active_consumer else ByPriority()
         self.counts = DeliveryCount(settings.delivery_limit) if settings.counts_deliveries else None
+        # Dead-lettered messages kept until their targets have them (at-least-once; see outbox.py).
+        self.outbox = Outbox() if settings.at_least_once else None
         for consumer in queue.consumers:
             self.dispatch.join(consumer)
         self.touch()
@@ -196,7 +199,7 @@ class Lifecycle:
     def rejected(self, entries: list[Entry]) -> None:
         """Unacked messages rejected without requeue: to the dead-letter exchange, if any."""
         if not self.queue.deleted:
-            self._dead_letter([published(entry) for entry in entries], REJECTED)
+            self._dead_letter([published(entry) for entry in entries], REJECTED, list(entries))
 
     def requeue(self, seqs: Iterable[int]) -> None:
         now = self.queue.clock()
@@ -219,6 +222,8 @@ class Lifecycle:
         self.queue._flush()
 
     def deleted(self) -> None:
+        if self.outbox is not None:
+            self.outbox.clear()
         self.queue.effects.append((DISARM,))
         self.queue._flush()
 
@@ -239,6 +244,10 @@ class Lifecycle:
             self.queue.effects.append((REMOVE,))
             self.queue._flush()
             return
+        if self.outbox is not None:
+            forward = self.outbox.retry(now)
+            if forward is not None:
+                self.queue.effects.append(forward)
         if self._expiring and self._expire(now):
             self.queue.effects.append((ARM, now))  # more to do after the loop has served others
         else:
@@ -358,6 +367,14 @@ class Lifecycle:
         self.queue.pager.used -= footprint(tail)
         self.add_to_head(tail)
 
+    def chunks_restored(self) -> None:
+        """Recovery left chunks in the log behind the head: their deadlines count from now on."""
+        paged = self.queue.paged
+        assert paged is not None
+        if any(chunk.expires is not None for chunk in paged.chunks):
+            self._expiring = True
+        self._reschedule()
+
     def chunk_loaded(self) -> None:
         # Messages that expired on disk go now, before the pager could take them out again.
         self._expire_all(self.queue.clock())
@@ -367,6 +384,9 @@ class Lifecycle:
 
     def _over_limit(self, count: int, size: int) -> bool:
         settings = self.settings
+        if self.outbox is not None:  # held dead-letters count, as in RabbitMQ
+            count += len(self.outbox)
+            size += self.outbox.bytes
         return (settings.max_length is not None and count > settings.max_length) or (
             settings.max_length_bytes is not None and size > settings.max_length_bytes
         )
@@ -400,14 +420,32 @@ class Lifecycle:
                 pass
 
     def _discard(self, entries: list[TrackedEntry], reason: str) -> None:
-        """Entries gone for good from the ready list: journal them removed, dead-letter them."""
-        self.queue.journal.removed(entries, reason)
-        self._dead_letter([entry.published for entry in entries], reason)
+        """Entries gone for good from the ready list: journal them removed (an at-least-once queue once
+        their dead-letter targets have them), dead-letter them."""
+        if self.outbox is None:
+            self.queue.journal.removed(entries, reason)
+        self._dead_letter([entry.published for entry in entries], reason, list(entries))
 
-    def _dead_letter(self, messages: list[Message], reason: str) -> None:
-        if self.settings.dead_letter_exchange is not None:
+    def _dead_letter(
+        self, messages: list[Message], reason: str, entries: list[Entry] | None = None
+    ) -> None:
+        """`entries`: the stored entries the messages were, when they were stored."""
+        if self.outbox is not None:
+            held: list[Entry | None] = [None] * len(messages) if entries is None else list(entries)
+            self.queue.effects.append(self.outbox.add(held, messages, reason, self.queue.clock()))
+            self._reschedule()
+            self.queue._flush()
+        elif self.settings.dead_letter_exchange is not None:
             self.queue.effects.append((DEAD_LETTER, messages, reason))
             self.queue._flush()
+
+    def dead_lettered(self, ids: list[int]) -> None:
+        """Every target queue has these dead-lettered messages now: they leave the queue for good."""
+        if self.outbox is None:
+            return
+        for reason, entries in self.outbox.done(ids).items():
+            self.queue.journal.removed(entries, reason)
+        self.queue._flush()
 
     def _reschedule(self) -> None:
         when = None
@@ -417,6 +455,9 @@ class Lifecycle:
         expires_at = self._expires_at
         if expires_at is not None and not self.queue.consumers and (when is None or expires_at < when):
             when = expires_at
+        retry_at = self.outbox.retry_at if self.outbox is not None else None
+        if retry_at is not None and (when is None or retry_at < when):
+            when = retry_at
         if when is not None:
             self.queue.effects.append((ARM, when))
             self.queue._flush()

@@ -92,6 +92,8 @@ class Pageable:
         paged.chunks.extend(chunks)
         paged.count = sum(chunk.count for chunk in chunks)
         paged.body_bytes = sum(chunk.body_bytes for chunk in chunks)
+        if self.lifecycle is not None:
+            self.lifecycle.chunks_restored()
 
     def _head_reserve(self) -> int:
         """How many entries at the head a consumer will want before a chunk could be read back."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from leveret.broker.message import Message
     from leveret.broker.queues.entry import Entry
+    from leveret.broker.queues.outbox import Outbox
     from leveret.broker.queues.paging import Chunk
     from leveret.broker.queues.settings import QueueSettings
     from leveret.broker.queues.subscriber import Subscriber
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 class LifecyclePart(Protocol):
     @property
     def settings(self) -> QueueSettings: ...
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """Dead-lettered messages held until their targets have them (at-least-once), if the queue does."""
 
     @property
     def pages(self) -> bool:
@@ -57,6 +62,8 @@ class LifecyclePart(Protocol):
 
     def deleted(self) -> None: ...
 
+    def dead_lettered(self, ids: list[int]) -> None: ...
+
     def clear_head(self) -> list[Entry]: ...
 
     def remove_from_head(self, seqs: set[int]) -> list[Entry]: ...
@@ -72,3 +79,5 @@ class LifecyclePart(Protocol):
     def unpage(self) -> None: ...
 
     def chunk_loaded(self) -> None: ...
+
+    def chunks_restored(self) -> None: ...

@@ -203,12 +203,19 @@ class Queue(Pageable):
         """Unacked messages rejected without requeue (a dead-letter exchange may take them)."""
         pop = self.checked_out.pop
         entries = [pop(seq) for seq in seqs]
-        self.journal.removed(entries, REJECTED)
+        lifecycle = self.lifecycle
+        if lifecycle is None or lifecycle.outbox is None:  # else removed once dead-lettered everywhere
+            self.journal.removed(entries, REJECTED)
         if self.nacked_out:
             self.nacked_out.difference_update(entry.seq for entry in entries)
-        if self.lifecycle is not None:
-            self.lifecycle.rejected(entries)
+        if lifecycle is not None:
+            lifecycle.rejected(entries)
         return entries
+
+    def dead_lettered(self, ids: list[int]) -> None:
+        """Dead-lettered messages (at-least-once) that every target queue now holds: settled here."""
+        if self.lifecycle is not None:
+            self.lifecycle.dead_lettered(ids)
 
     def _returned(self, seqs: Iterable[int]) -> list[Entry]:
         """Unacked messages coming back, in seq order, marked redelivered (those whose publish was nacked
@@ -495,6 +502,7 @@ _HANDLERS = {
     commands.PURGE: "purge",
     commands.DELETE: "delete",
     commands.DISCARD: "discard",
+    commands.DEAD_LETTERED: "dead_lettered",
     commands.PAGE: "page_out",
     commands.LOADED: "chunk_loaded",
 }

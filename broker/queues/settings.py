@@ -32,6 +32,7 @@ class QueueSettings:
     overflow: str = "drop-head"
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
+    dead_letter_strategy: str = "at-most-once"
     max_priority: int | None = None
     single_active_consumer: bool = False
     # Quorum queues count returns of each message and show it in x-delivery-count; the limit is optional.
@@ -48,6 +49,7 @@ class QueueSettings:
             overflow=_text(arguments, "x-overflow") or "drop-head",
             dead_letter_exchange=_text(arguments, "x-dead-letter-exchange"),
             dead_letter_routing_key=_text(arguments, "x-dead-letter-routing-key"),
+            dead_letter_strategy=_text(arguments, "x-dead-letter-strategy") or "at-most-once",
             max_priority=_int(arguments, "x-max-priority"),
             single_active_consumer=arguments.get("x-single-active-consumer") is True,
             counts_deliveries=queue_type(arguments) == "quorum",
@@ -58,6 +60,18 @@ class QueueSettings:
     def plain(self) -> bool:
         """Nothing here needs more than the plain FIFO queue."""
         return self == PLAIN
+
+    @property
+    def at_least_once(self) -> bool:
+        """Dead-lettered messages stay until their targets have them: RabbitMQ's rule, a quorum queue with
+        a dead-letter exchange, the at-least-once strategy and reject-publish overflow (with any other
+        overflow it falls back to at-most-once, and says so in its log)."""
+        return (
+            self.counts_deliveries
+            and self.dead_letter_exchange is not None
+            and self.dead_letter_strategy == "at-least-once"
+            and self.overflow == REJECT_PUBLISH
+        )
 
     @property
     def limited(self) -> bool:

@@ -16,6 +16,7 @@ import trio
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.cluster.state import ClusterState
+from leveret.broker.definitions import load_definitions_file, read_definitions_file
 from leveret.broker.management.serializers import NODE_STATS, own_stats
 from leveret.broker.management.server import bind_management, serve_management
 from leveret.broker.node import Node
@@ -51,6 +52,7 @@ def open_node(config: Config) -> Node:
     Blocking, on the loop thread on purpose: nothing else runs yet, and recovery rebuilds queues whose
     timers read the loop's clock.
     """
+    loaded = None if config.load_definitions is None else read_definitions_file(config.load_definitions)
     node = Node(config, clock=trio.current_time)
     persistence = Persistence(config.data_dir)
     node.attach_persistence(persistence)
@@ -64,6 +66,8 @@ def open_node(config: Config) -> Node:
             recovered = persistence.recover(node)
     else:
         recovered = persistence.recover(node)
+    if config.load_definitions is not None:
+        load_definitions_file(node, config.load_definitions, loaded)
     log.info(
         "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
     )

@@ -115,6 +115,11 @@ class ChannelSession:
         self.flow_active = True
         self.confirming = False
         self._publish_seq = 0
+        # Message counters for the management API's message_stats (broker/stats.py), plain ints sampled on a
+        # timer; deliveries and gets are the delivery tags handed out (`delivered`).
+        self.published = 0
+        self.acked = 0
+        self.confirmed = 0
         # Confirms owed, in publish order: (seq, store position it waits for, nack?).
         self._unconfirmed: deque[tuple[int, int, bool]] = deque()
         self.tx: _Transaction | None = None
@@ -265,6 +270,7 @@ class ChannelSession:
                 message, extra_keys = split_routing_keys(message)
             except PropertiesError as exc:
                 raise _malformed_properties(exc) from exc
+        self.published += 1
         seq = 0
         if self.confirming:
             self._publish_seq += 1
@@ -328,6 +334,7 @@ class ChannelSession:
                 frames.append(fastpath.confirm_nack_frame(self.number, seq, False))
             else:
                 acked_upto = seq
+                self.confirmed += 1
         if acked_upto:
             frames.append(fastpath.confirm_ack_frame(self.number, acked_upto, True))
         if frames:
@@ -390,9 +397,18 @@ class ChannelSession:
 
     def _ack(self, method: fastpath.Ack) -> None:
         if self.tx is None:
-            self._settle(self._take_unacked(method.delivery_tag, method.multiple))
+            self._acked(self._take_unacked(method.delivery_tag, method.multiple))
         else:
-            self._hold(method.delivery_tag, method.multiple, self._settle)
+            self._hold(method.delivery_tag, method.multiple, self._acked)
+
+    def _acked(self, taken: list[Unacked]) -> None:
+        self.acked += len(taken)
+        self._settle(taken)
+
+    @property
+    def delivered(self) -> int:
+        """Deliveries and basic.get-oks so far: each took the next delivery tag."""
+        return self._next_tag - 1
 
     def _nack(self, method: fastpath.Nack) -> None:
         if self.tx is None:
@@ -486,6 +502,7 @@ class ChannelSession:
             self._remove_consumer(consumer)
         self.consumers.clear()
         reply_to.forget_channel(self.session.node, self)
+        self.session.node.message_totals.channel_closed(self)
 
     # ---- exchanges --------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class _Policy:
     def check_vhost(self, username: str, vhost: str) -> None:
         node = self.session.node
         self.session.permissions = node.authority.vhost_permissions(username, vhost)
+        node.check_connection_limit(username, vhost)
         limit = node.config.limits.max_connections
         if limit is not None and len(node.connections) >= limit:
             raise ConnectionLevelError(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from leveret.broker.auth import Authority
     from leveret.broker.cluster.state import ClusterState
     from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.stats import MessageTotals
     from leveret.broker.vhost import VirtualHost
     from leveret.config import Config
 
@@ -47,6 +48,12 @@ class NodeServices(Protocol):
         """Direct reply-to consumers by their token (broker/session/reply_to.py)."""
 
     def durable_position(self) -> int: ...
+
+    @property
+    def message_totals(self) -> MessageTotals:
+        """What closed channels counted, for message_stats (broker/stats.py)."""
+
+    def check_connection_limit(self, username: str, vhost: str) -> None: ...
 
     # `session` is the ConnectionSession (typed loosely: this protocol sits below it).
     def connection_opened(self, session: Any) -> None: ...

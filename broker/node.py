@@ -125,6 +125,8 @@ class Node:
         """A group commit finished: release the confirms it made safe (nack those it failed). `error`, its
         write failure, holds the disk alarm until a commit succeeds (see ResourceAlarms)."""
         self.alarms.commit_finished(error)
+        if failed is not None:
+            self._discard_unstored()
         if self.pager is not None:
             self.pager.commit_completed()
         durable = self.durable_position()
@@ -145,6 +147,17 @@ class Node:
                     channel.flush_confirms(durable)
             if session.conn.has_output:
                 session.wake()
+
+    def _discard_unstored(self) -> None:
+        """Nacked publishes are not stored later: their queues drop them (see Queue.discard)."""
+        assert self.persistence is not None
+        unstored = self.persistence.take_unstored()
+        if not unstored:
+            return
+        for queue in list(self.queues()):
+            seqs = unstored.get(queue.journal)  # type: ignore[call-overload]  # a StoreJournal or not
+            if seqs:
+                queue.discard(seqs)
 
     def _alarms_changed(self, active: frozenset[str]) -> None:
         for session in self.connections:

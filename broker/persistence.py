@@ -10,6 +10,7 @@ import base64
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,6 +78,7 @@ class StoreJournal(Journal):
             entry.seq, message.exchange, message.routing_key, message.properties_raw, message.body, deadline
         )
         entry.logged = self.log.last_location  # where a paged-out copy is read back from
+        self.persistence.unconfirmed.append((position, self, entry.seq))
         self.persistence.pending()
         return position
 
@@ -148,6 +150,10 @@ class Persistence:
         self.node: Node | None = None
         self._definitions_dirty = False
         self._pending = False
+        # Persistent enqueues not reported on yet, in position order: (write position, journal, seq).
+        self.unconfirmed: deque[tuple[int, StoreJournal, int]] = deque()
+        # Those a failed commit reported on (see `take_unstored`).
+        self._unstored: dict[StoreJournal, list[int]] = {}
         self.wake: Callable[[], None] = lambda: None  # the server's persistence task sets this
         # Seconds since the epoch: what logged deadlines are measured by (tests set a fake one).
         self.wall_clock: Callable[[], float] = time.time
@@ -198,9 +204,24 @@ class Persistence:
             self.store.complete(commit.batch)
         if commit.error is not None and commit.definitions is not None:
             self._definitions_dirty = True  # try again with the next commit
+        unconfirmed = self.unconfirmed
         if commit.error is not None and commit.batch is not None:
-            return commit.batch.new_positions
+            failed = commit.batch.new_positions
+            while unconfirmed and unconfirmed[0][0] < failed.stop:
+                _, journal, seq = unconfirmed.popleft()
+                self._unstored.setdefault(journal, []).append(seq)
+            return failed
+        durable = self.store.durable_position
+        while unconfirmed and unconfirmed[0][0] <= durable:
+            unconfirmed.popleft()
         return None
+
+    def take_unstored(self) -> dict[StoreJournal, list[int]]:
+        """The seqs, by queue journal, of persistent enqueues that failed commits reported on since the
+        last call: nacked. The store retries their writes (it cannot drop records from the middle of a
+        log's buffer), so their queues must discard them and settle them behind those writes."""
+        unstored, self._unstored = self._unstored, {}
+        return unstored
 
     def close(self) -> None:
         """Blocking, once nothing appends any more: commit what is left and, when that succeeds, mark the

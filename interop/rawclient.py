@@ -87,10 +87,18 @@ class RawClient:
         self.send(1, Queue.Declare(queue=queue, **options))
         return self.expect(Queue.DeclareOk).message_count
 
-    def publish(self, queue: str, numbers: range, size: int, *, persistent: bool = False) -> None:
+    def publish(
+        self,
+        queue: str,
+        numbers: range,
+        size: int,
+        *,
+        persistent: bool = False,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
         """Publish numbered bodies of `size` bytes to `queue` through the default exchange, no confirms."""
         method = frame.marshal(Basic.Publish(exchange="", routing_key=queue), 1)
-        properties = Basic.Properties(delivery_mode=2 if persistent else 1)
+        properties = Basic.Properties(delivery_mode=2 if persistent else 1, headers=headers)
         content_header = frame.marshal(header.ContentHeader(0, size, properties), 1)
         head = method + content_header + _FRAME_HEAD.pack(3, 1, size)
         pending = []

@@ -83,11 +83,12 @@ def queue_of(node: Node, name: str = "q") -> BrokerQueue:
 
 
 def in_memory(node: Node) -> int:
-    """What the budget should count: the footprint of every ready message in memory, all queues."""
+    """What the budget should count: the footprint of every ready message in memory (body, raw properties
+    and OVERHEAD each), all queues."""
     total = 0
     for queue in node.queues():
         held = list(queue.ready) + (list(queue.paged.tail) if queue.paged is not None else [])
-        total += sum(len(entry.message.body) + OVERHEAD for entry in held)
+        total += sum(entry.message.size + OVERHEAD for entry in held)
     return total
 
 
@@ -167,6 +168,58 @@ async def test_a_backlog_over_budget_pages_out_and_drains_in_order_then_frees_it
     assert queue.paged is None and queue.message_count == 0
     assert node.pager.used == 0
     assert len(page_files(tmp_path)) <= 1  # the file appends go to stays; every other one is deleted
+
+
+async def test_large_headers_count_against_the_budget(tmp_path: Path) -> None:
+    # 40 messages of 1 KB bodies fit the budget by their bodies, not with 4 KB of headers each.
+    headers = Basic.Properties(headers={"pad": "x" * 4000}, delivery_mode=1)
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(40), properties=headers)
+    drive(node)
+    queue = queue_of(node)
+    assert node.pager is not None
+    assert node.pager.used == in_memory(node) <= BUDGET
+    assert queue.paged is not None and queue.message_count == 40
+    assert consume(node, client, 40) == fresh(range(40))
+    drive(node)
+    assert node.pager.used == 0
+
+
+async def test_a_chunk_holds_a_chunk_of_budget_whatever_its_bodies(tmp_path: Path) -> None:
+    # Read back whole, a chunk must not bring back far more than the budget's chunk size with its headers.
+    headers = Basic.Properties(headers={"pad": "x" * 4000}, delivery_mode=1)
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(200), properties=headers)
+    drive(node)
+    queue = queue_of(node)
+    assert node.pager is not None and queue.paged is not None
+    footprint = 1000 + 4000 + OVERHEAD
+    assert all(chunk.count * footprint <= node.pager.chunk_size + footprint for chunk in queue.paged.chunks)
+
+
+async def test_a_consumer_with_credit_left_gets_every_paged_message_without_acking(tmp_path: Path) -> None:
+    # 4 KB of headers each: a few messages a chunk, and the connection's output bound (4 MiB) stops the
+    # consumer now and then. A chunk read back ahead joins the head as it runs dry, in the middle of a
+    # delivery round: that round must go on with it, or its messages wait for a credit change that never
+    # comes (the consumer has credit left and acks nothing).
+    headers = Basic.Properties(headers={"pad": "x" * 4000}, delivery_mode=1)
+    node = start(tmp_path)
+    client = connect(node)
+    publish(client, range(2000), properties=headers)
+    drive(node)
+    assert queue_of(node).paged is not None
+    client.method(1, Basic.Qos(prefetch_count=5000))
+    frames = client.method(1, Basic.Consume(queue="q", consumer_tag="c"))
+    session = client.server
+    got: list[int] = []
+    for _ in range(200):
+        got += [int(payload[:8]) for _, _, payload in messages(frames)]
+        session.output_left(0)  # what the server's writer reports once the socket took everything
+        drive(node)
+        frames = client.read()
+    assert got == list(range(2000))
 
 
 async def test_publishes_while_paged_go_behind_the_paged_messages(tmp_path: Path) -> None:
@@ -460,6 +513,17 @@ async def test_max_length_bytes_counts_paged_messages(tmp_path: Path) -> None:
     drive(node)
     assert queue_of(node).paged is not None
     assert get_all(client) == fresh(range(200))
+
+
+async def test_max_length_bytes_counts_bodies_alone(tmp_path: Path) -> None:
+    # As in RabbitMQ: headers take budget but not x-max-length-bytes.
+    headers = Basic.Properties(headers={"pad": "x" * 4000}, delivery_mode=1)
+    node = start(tmp_path)
+    client = connect(node, arguments={"x-max-length-bytes": 30 * BODY, "x-overflow": "reject-publish"})
+    publish(client, range(40), properties=headers)
+    drive(node)
+    assert queue_of(node).paged is not None
+    assert get_all(client) == fresh(range(30))
 
 
 async def test_paged_messages_expire_when_they_reach_the_head(

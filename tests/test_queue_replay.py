@@ -68,7 +68,12 @@ def draw_command(draw: Any, queue: Queue, consumers: list[Consumer], n: int) -> 
         choices += ["settle", "return", "return", "reject"]
     if n % 7 == 6:
         choices.append("purge")
+    held = sorted({entry.seq for entry in queue.ready} | set(queue.checked_out))
+    if held and n % 5 == 4:
+        choices.append("discard")  # a failed commit's nacked publishes (see Queue.discard)
     choice = draw(st.sampled_from(choices))
+    if choice == "discard":
+        return (commands.DISCARD, draw(st.lists(st.sampled_from(held), min_size=1, unique=True)))
     if choice == "enqueue":
         return (commands.ENQUEUE, publish(n, draw(st.integers(0, 4)), draw(st.booleans())))
     if choice == "attach":
@@ -93,7 +98,8 @@ def translated(command: commands.Command, consumers: dict[str, Consumer]) -> com
 def state(queue: Queue) -> tuple[Any, ...]:
     ready = [(e.seq, e.message.body, e.redelivered, e.message.properties_raw) for e in queue.ready]
     unacked = sorted((seq, e.message.body) for seq, e in queue.checked_out.items())
-    return ready, unacked, queue.message_count, [(c.tag, c.credit) for c in queue.consumers]  # type: ignore[attr-defined]
+    credits = [(c.tag, c.credit) for c in queue.consumers]  # type: ignore[attr-defined]
+    return ready, unacked, sorted(queue.nacked_out), queue.message_count, credits
 
 
 def shown(reply: Any, effects: list[Any]) -> tuple[Any, ...]:
@@ -154,6 +160,7 @@ def test_recovery_from_disk_brings_back_what_the_queue_held(
         for n in range(count):
             queue.apply(draw_command(data.draw, queue, consumers, n), 0.0)
         held = sorted([*queue.ready, *queue.checked_out.values()], key=lambda entry: entry.seq)
+        held = [entry for entry in held if entry.seq not in queue.nacked_out]  # discarded: settled
         persistent = [e for e in held if e.message.delivery_mode == 2]
         delivered = {e.seq for e in persistent if e.redelivered or e.seq in queue.checked_out}
         assert node.persistence is not None

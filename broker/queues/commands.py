@@ -20,6 +20,8 @@ TAKE = "take"  # (TAKE,) -> the next ready entry, now unacked (basic.get), or No
 TICK = "tick"  # (TICK,): the deadline the queue asked for (ARM) came
 PURGE = "purge"  # (PURGE,) -> how many ready messages went
 DELETE = "delete"  # (DELETE,)
+# From the node, after a failed commit: persistent publishes the store could not write, which were nacked.
+DISCARD = "discard"  # (DISCARD, seqs): they leave the queue, and their retried records are settled
 # From the executor: dead-lettered messages (FORWARD) every target queue now holds, durably if it is durable.
 DEAD_LETTERED = "dead-lettered"  # (DEAD_LETTERED, ids)
 # From the pager (queues/paging.py):

@@ -24,7 +24,7 @@ from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, PAG
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
 from leveret.broker.queues.outbox import Outbox
-from leveret.broker.queues.paging import OVERHEAD, Chunk
+from leveret.broker.queues.paging import OVERHEAD, Chunk, footprint
 from leveret.broker.queues.ready import FifoReady, PriorityReady
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
 from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
@@ -134,7 +134,7 @@ class Lifecycle:
         position = self.queue.journal.enqueued(entry, expires_in)
         if paged is not None:
             paged.append(entry)
-            self.queue.pager.used += len(message.body) + OVERHEAD
+            self.queue.pager.used += message.size + OVERHEAD
         else:
             ready.append(entry)
             if len(ready) == 1:
@@ -276,19 +276,25 @@ class Lifecycle:
         ready = self.ready
         expiring = self._expiring
         now = self.queue.clock() if expiring else 0.0
-        while ready:
-            if expiring:
-                expires = ready.peek().expires
-                if expires is not None and expires <= now:
-                    self._expire(now)
-                    continue
-            consumer = self.dispatch.next()
-            if consumer is None:
-                self.queue._consumers_full = True
+        full = False
+        while True:
+            while ready:
+                if expiring:
+                    expires = ready.peek().expires
+                    if expires is not None and expires <= now:
+                        self._expire(now)
+                        continue
+                consumer = self.dispatch.next()
+                if consumer is None:
+                    self.queue._consumers_full = full = True
+                    break
+                self._hand_over(consumer, ready.popleft())
+            if self.queue.paged is None:
                 break
-            self._hand_over(consumer, ready.popleft())
-        if self.queue.paged is not None:
             self.queue._refill()
+            if full or not ready:
+                break
+            # The head ran dry and a chunk read back joined it just now: deliver on from it.
         self._reschedule()
         self.queue._flush()
 
@@ -314,6 +320,12 @@ class Lifecycle:
 
     def clear_head(self) -> list[Entry]:
         return list(self.ready.clear())
+
+    def remove_from_head(self, seqs: set[int]) -> list[Entry]:
+        gone: list[Entry] = list(self.ready.remove(seqs))
+        if gone:
+            self._reschedule()
+        return gone
 
     def take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
         assert isinstance(self.ready, FifoReady)
@@ -352,7 +364,7 @@ class Lifecycle:
         self.queue.paged = None
         tail = list(paged.tail)
         # Counted already, and again by the head's append.
-        self.queue.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in tail)
+        self.queue.pager.used -= footprint(tail)
         self.add_to_head(tail)
 
     def chunks_restored(self) -> None:

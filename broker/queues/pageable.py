@@ -13,7 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from leveret.broker.queues.effects import LOAD, PAGE_OUT, RELEASE, Effect
-from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager
+from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager, footprint
 from leveret.broker.queues.ready import take_back, take_front
 
 if TYPE_CHECKING:
@@ -63,21 +63,22 @@ class Pageable:
         if not taken:
             return 0
         body_bytes = sum(sizes)
-        freed = body_bytes + OVERHEAD * len(taken)
+        freed = footprint(taken)
         if paged is None:
             paged = self.paged = PagedTail()
             paged.count = len(taken)
             paged.body_bytes = body_bytes
         else:
             self.pager.used -= freed  # the tail's leave the budget here (the head's did as they were taken)
+        # A chunk is read back whole: bound what it holds in memory (the budget's measure), not its bodies.
         limit = self.pager.chunk_size
         start = 0
         while start < len(taken):
-            end, size = start + 1, sizes[start]  # size: body bytes of taken[start:end]
-            while end < len(taken) and size + OVERHEAD * (end - start) < limit:
-                size += sizes[end]
+            end, held = start + 1, taken[start].message.size + OVERHEAD
+            while end < len(taken) and held < limit:
+                held += taken[end].message.size + OVERHEAD
                 end += 1
-            paged.chunks.append(self._new_chunk(taken[start:end], size))
+            paged.chunks.append(self._new_chunk(taken[start:end], sum(sizes[start:end])))
             start = end
         self._flush()
         return freed
@@ -101,7 +102,7 @@ class Pageable:
         for count, entry in enumerate(self.ready):
             if size >= chunk_size:
                 return count
-            size += len(entry.message.body) + OVERHEAD
+            size += entry.message.size + OVERHEAD
         return len(self.ready)
 
     def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
@@ -110,7 +111,7 @@ class Pageable:
         if self.lifecycle is not None:
             return self.lifecycle.take_back_of_head(want, keep)
         taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
-        self.pager.used -= sum(sizes) + OVERHEAD * len(taken)
+        self.pager.used -= footprint(taken)
         return taken, sizes
 
     def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
@@ -202,7 +203,7 @@ class Pageable:
         assert paged is not None
         self.paged = None
         in_memory = list(paged.tail)
-        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in in_memory)
+        self.pager.used -= footprint(in_memory)
         for chunk in paged.chunks:
             chunk.gone = True
             if chunk.entries is not None:

@@ -25,17 +25,24 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from array import array
+    from collections.abc import Iterable
 
     from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.journal import Journal
     from leveret.broker.store.pages import PageRun
 
-# What a ready message costs in memory beyond its body: Entry, Message, properties, the seq and the list
-# slot (measured ~210 bytes with short properties). The budget counts it, so that many small messages
-# page out too.
+# What a ready message costs in memory beyond its body and raw properties: Entry, Message, the seq and the
+# list slot (measured ~210 bytes). The budget counts it, so that many small messages page out too.
 OVERHEAD = 256
 
-# A chunk is at most this much budget (bodies plus OVERHEAD each), the unit of paging I/O; less under a
+
+def footprint(entries: Iterable[Entry]) -> int:
+    """What `entries` take of the memory budget: each message's size (body and raw properties, see
+    Message.size) plus OVERHEAD. x-max-length-bytes counts bodies alone, as RabbitMQ does."""
+    return sum(entry.message.size + OVERHEAD for entry in entries)
+
+
+# A chunk is at most this much budget (see `footprint`), the unit of paging I/O; less under a
 # small budget (see Pager.chunk_size).
 CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE = 16 * 1024

@@ -25,8 +25,8 @@ from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.pageable import Pageable
-from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager
-from leveret.broker.queues.ready import requeue_into
+from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager, footprint
+from leveret.broker.queues.ready import remove_seqs, requeue_into
 from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class Queue(Pageable):
         self.consumers: deque[Subscriber] = deque()
         # Delivered, not yet settled, by seq: the queue's own record of what its consumers hold.
         self.checked_out: dict[int, Entry] = {}
+        # Unacked ones among them whose publish was nacked (see `discard`): settled, never requeued.
+        self.nacked_out: set[int] = set()
         self.deleted = False
         # TTL, limits, priorities and the rest, once the queue needs them (see lifecycle.py).
         self.lifecycle: LifecyclePart | None = None
@@ -142,7 +144,7 @@ class Queue(Pageable):
         else:
             ready.append(entry)
         pager = self.pager
-        pager.used += len(message.body) + OVERHEAD
+        pager.used += message.size + OVERHEAD
         if pager.used > pager.threshold:
             pager.exceeded()
         if ready and self.consumers and not self._consumers_full:
@@ -181,7 +183,7 @@ class Queue(Pageable):
         if not self.ready:
             return None
         entry = self.ready.popleft()
-        self.pager.used -= len(entry.message.body) + OVERHEAD
+        self.pager.used -= entry.message.size + OVERHEAD
         self._leaving(entry, ack_required=True)
         if self.paged is not None:
             self._refill()
@@ -193,6 +195,8 @@ class Queue(Pageable):
         pop = self.checked_out.pop
         entries = [pop(seq) for seq in seqs]
         self.journal.settled(entries)
+        if self.nacked_out:
+            self.nacked_out.difference_update(entry.seq for entry in entries)
         return entries
 
     def reject(self, seqs: Iterable[int]) -> list[Entry]:
@@ -202,6 +206,8 @@ class Queue(Pageable):
         lifecycle = self.lifecycle
         if lifecycle is None or lifecycle.outbox is None:  # else removed once dead-lettered everywhere
             self.journal.removed(entries, REJECTED)
+        if self.nacked_out:
+            self.nacked_out.difference_update(entry.seq for entry in entries)
         if lifecycle is not None:
             lifecycle.rejected(entries)
         return entries
@@ -212,9 +218,19 @@ class Queue(Pageable):
             self.lifecycle.dead_lettered(ids)
 
     def _returned(self, seqs: Iterable[int]) -> list[Entry]:
-        """Unacked messages coming back, in seq order, marked redelivered."""
+        """Unacked messages coming back, in seq order, marked redelivered (those whose publish was nacked
+        do not come back: they are settled)."""
         pop = self.checked_out.pop
         returned = [pop(seq) for seq in sorted(seqs)]
+        if self.nacked_out:
+            nacked = self.nacked_out
+            kept = []
+            for entry in returned:
+                if entry.seq in nacked:
+                    nacked.remove(entry.seq)
+                else:
+                    kept.append(entry)
+            returned = kept
         for entry in returned:
             entry.redelivered = True
         return returned
@@ -232,6 +248,36 @@ class Queue(Pageable):
         requeue_into(self.ready, returned)
         self._counted(returned)
         self.credit_changed()
+
+    def discard(self, seqs: Iterable[int]) -> int:
+        """Persistent publishes the store failed to write, and nacked: the store retries the write, so they
+        would be stored after all, and redelivered to a publisher that retries them. Ready ones leave the
+        queue; unacked ones stay with their consumer but never come back (delivered before the nack, they
+        cannot be taken back). All of them are settled in the log behind the retried records, so recovery
+        does not bring them back either. (Ones already paged out stay: a chunk holds every seq in its
+        range.) Returns how many ready ones left."""
+        wanted = set(seqs)
+        removed = self._remove_from_head(wanted)
+        paged = self.paged
+        if paged is not None:
+            gone = remove_seqs(paged.tail, wanted)
+            if gone:
+                paged.count -= len(gone)
+                paged.body_bytes -= sum(len(entry.message.body) for entry in gone)
+                self.pager.used -= footprint(gone)
+                removed += gone
+        out = [self.checked_out[seq] for seq in wanted if seq in self.checked_out]
+        self.nacked_out.update(entry.seq for entry in out)
+        self.journal.settled(removed + out)
+        self._flush()
+        return len(removed)
+
+    def _remove_from_head(self, seqs: set[int]) -> list[Entry]:
+        if self.lifecycle is not None:
+            return self.lifecycle.remove_from_head(seqs)
+        gone = remove_seqs(self.ready, seqs)
+        self.pager.used -= footprint(gone)
+        return gone
 
     def purge(self) -> int:
         count = self.message_count
@@ -333,7 +379,8 @@ class Queue(Pageable):
         consumers = self.consumers
         effects = self.effects
         left = len(ready)
-        freed = 0  # body bytes delivered: the budget is updated once, after the loop
+        freed = 0  # message sizes delivered: the budget is updated once, after the loop
+        full = False
         while ready:
             for _ in range(len(consumers)):
                 consumer = consumers[0]
@@ -345,10 +392,10 @@ class Queue(Pageable):
                 ):
                     break
             else:
-                self._consumers_full = True
+                self._consumers_full = full = True
                 break
             entry = ready.popleft()
-            freed += len(entry.message.body)
+            freed += entry.message.size
             # self._leaving(entry, not consumer.no_ack), inlined: a call costs ~0.1 µs per delivery.
             if consumer.no_ack:
                 self.journal.settled([entry])
@@ -365,6 +412,10 @@ class Queue(Pageable):
         self.pager.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:
             self._refill()
+            if ready and not full:
+                # The head ran dry and a chunk read back joined it just now: deliver on from it.
+                self.deliver_ready()
+                return
         self._flush()
 
     # ---- effects ----------------------------------------------------------------------------
@@ -414,13 +465,13 @@ class Queue(Pageable):
             return self.lifecycle.clear_head()
         entries = list(self.ready)
         self.ready.clear()
-        self.pager.used -= sum(len(entry.message.body) + OVERHEAD for entry in entries)
+        self.pager.used -= footprint(entries)
         return entries
 
     def _counted(self, entries: list[Entry]) -> None:
         """Entries came (back) into the in-memory ready list: count them against the budget."""
         pager = self.pager
-        pager.used += sum(len(entry.message.body) + OVERHEAD for entry in entries)
+        pager.used += footprint(entries)
         if pager.used > pager.threshold:
             pager.exceeded()
 
@@ -450,6 +501,7 @@ _HANDLERS = {
     commands.TICK: "tick",
     commands.PURGE: "purge",
     commands.DELETE: "delete",
+    commands.DISCARD: "discard",
     commands.DEAD_LETTERED: "dead_lettered",
     commands.PAGE: "page_out",
     commands.LOADED: "chunk_loaded",

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from leveret.broker.queues.paging import OVERHEAD
+from leveret.broker.queues.paging import OVERHEAD, footprint
 
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry, TrackedEntry
@@ -44,7 +44,7 @@ def take_back(entries: deque, want: int, keep: int, above: int) -> tuple[list, l
         body = len(entry.message.body)
         taken.append(entry)
         sizes.append(body)
-        size += body + OVERHEAD
+        size += entry.message.size + OVERHEAD
     taken.reverse()
     sizes.reverse()
     return taken, sizes
@@ -61,7 +61,7 @@ def take_front(entries: deque, want: int) -> tuple[list, list[int]]:
         body = len(entry.message.body)
         taken.append(entry)
         sizes.append(body)
-        size += body + OVERHEAD
+        size += entry.message.size + OVERHEAD
     return taken, sizes
 
 
@@ -75,10 +75,19 @@ def _pop_expired(ready: deque[TrackedEntry], now: float, limit: int, into: list[
         into.append(ready.popleft())
 
 
+def remove_seqs(entries: deque, seqs: set[int]) -> list:
+    """Take the entries with these seqs out of `entries` (in place), in order."""
+    gone = [entry for entry in entries if entry.seq in seqs]
+    if gone:
+        kept = [entry for entry in entries if entry.seq not in seqs]
+        entries.clear()
+        entries.extend(kept)
+    return gone
+
+
 def _budget(entries: list[TrackedEntry]) -> tuple[int, int]:
     """(body bytes, budget footprint) of `entries`."""
-    size = sum(len(entry.message.body) for entry in entries)
-    return size, size + OVERHEAD * len(entries)
+    return sum(len(entry.message.body) for entry in entries), footprint(entries)
 
 
 class FifoReady:
@@ -97,15 +106,15 @@ class FifoReady:
 
     def append(self, entry: TrackedEntry) -> None:
         self._entries.append(entry)
-        size = len(entry.message.body)
-        self.bytes += size
-        self._pager.used += size + OVERHEAD
+        message = entry.message
+        self.bytes += len(message.body)
+        self._pager.used += message.size + OVERHEAD
 
     def popleft(self) -> TrackedEntry:
         entry = self._entries.popleft()
-        size = len(entry.message.body)
-        self.bytes -= size
-        self._pager.used -= size + OVERHEAD
+        message = entry.message
+        self.bytes -= len(message.body)
+        self._pager.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -124,13 +133,18 @@ class FifoReady:
     def take_back(self, want: int, keep: int, above: int) -> tuple[list[TrackedEntry], list[int]]:
         """Entries off the back for paging out, with their body sizes (see `take_back`)."""
         taken, sizes = take_back(self._entries, want, keep, above)
-        size = sum(sizes)
-        self.bytes -= size
-        self._pager.used -= size + OVERHEAD * len(taken)
+        self.bytes -= sum(sizes)
+        self._pager.used -= footprint(taken)
         return taken, sizes
 
     def next_expiry(self) -> float | None:
         return self._entries[0].expires if self._entries else None
+
+    def remove(self, seqs: set[int]) -> list[TrackedEntry]:
+        """Take the entries with these seqs out, wherever they are."""
+        gone = remove_seqs(self._entries, seqs)
+        self._removed(gone)
+        return gone
 
     def clear(self) -> list[TrackedEntry]:
         entries = list(self._entries)
@@ -176,9 +190,9 @@ class PriorityReady:
         self._levels[level].append(entry)
         self._top = max(self._top, level)
         self._count += 1
-        size = len(entry.message.body)
-        self.bytes += size
-        self._pager.used += size + OVERHEAD
+        message = entry.message
+        self.bytes += len(message.body)
+        self._pager.used += message.size + OVERHEAD
 
     def _head_level(self) -> deque[TrackedEntry]:
         levels = self._levels
@@ -189,9 +203,9 @@ class PriorityReady:
     def popleft(self) -> TrackedEntry:
         entry = self._head_level().popleft()
         self._count -= 1
-        size = len(entry.message.body)
-        self.bytes -= size
-        self._pager.used -= size + OVERHEAD
+        message = entry.message
+        self.bytes -= len(message.body)
+        self._pager.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -218,6 +232,15 @@ class PriorityReady:
         self.bytes -= size
         self._pager.used -= footprint
         return expired
+
+    def remove(self, seqs: set[int]) -> list[TrackedEntry]:
+        """Take the entries with these seqs out, wherever they are."""
+        gone = [entry for level in self._levels for entry in remove_seqs(level, seqs)]
+        self._count -= len(gone)
+        size, footprint = _budget(gone)
+        self.bytes -= size
+        self._pager.used -= footprint
+        return gone
 
     def next_expiry(self) -> float | None:
         levels = self._levels[: self._top + 1]

@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from interop.clients import wait_until
 from interop.cluster_support import start_cluster
 from interop.conftest import BROKER_KIND
 from leveret.broker.server.local_cluster import LocalCluster
@@ -43,11 +44,12 @@ def test_http_declares_and_deletes_are_seen_on_the_other_nodes(cluster: LocalClu
         assert a.put("/api/exchanges/%2F/http.x", json={"type": "topic", "durable": True}).status_code == 201
         assert a.put("/api/queues/%2F/http.q", json={"durable": True}).status_code == 201
         assert a.post("/api/bindings/%2F/e/http.x/q/http.q", json={"routing_key": "a.*"}).status_code == 201
-        assert queue_on(cluster, 1, "http.q") is None and queue_on(cluster, 2, "http.q") is None
+        # Other nodes learn a change from their etcd watch, a few milliseconds later.
+        wait_until(lambda: queue_on(cluster, 1, "http.q") is None and queue_on(cluster, 2, "http.q") is None)
         # The stored definition holds on the other nodes: an inequivalent redeclare is refused there.
         refused = b.put("/api/queues/%2F/http.q", json={"durable": False})
         assert refused.status_code == 400 and "inequivalent arg 'durable'" in refused.json()["reason"]
         assert b.delete("/api/queues/%2F/http.q").status_code == 204
-        assert queue_on(cluster, 0, "http.q") == 404 and queue_on(cluster, 2, "http.q") == 404
+        wait_until(lambda: queue_on(cluster, 0, "http.q") == 404 and queue_on(cluster, 2, "http.q") == 404)
         assert b.delete("/api/exchanges/%2F/http.x").status_code == 204
-        assert a.get("/api/exchanges/%2F/http.x").status_code == 404
+        wait_until(lambda: a.get("/api/exchanges/%2F/http.x").status_code == 404)

@@ -91,11 +91,13 @@ def latency(cluster: BenchCluster, settings: Settings) -> Sample:
 
 
 def gap_around(window: Window, instant_ns: int) -> float | None:
-    """Seconds between the last confirm before `instant_ns` and the first after it; GAP_FLOOR if confirms
-    never paused as long as that; None if none came after it."""
-    for start, end in window.result["confirm_gaps_ns"]:
-        if start <= instant_ns <= end:
-            return float(end - start) / 1e9
+    """Seconds confirms stopped for around `instant_ns` (the kill): the longest wait between two confirms
+    that ends after it and begins at most a second before it (confirms sent before the kill may still be
+    read after it, from the socket); GAP_FLOOR if no wait was that long; None if no confirm came after it."""
+    waits = [end - start for start, end in window.result["confirm_gaps_ns"]
+             if end > instant_ns and start >= instant_ns - 1_000_000_000]
+    if waits:
+        return max(waits) / 1e9
     return GAP_FLOOR if window.result["last_confirm_ns"] > instant_ns else None
 
 

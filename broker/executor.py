@@ -13,6 +13,7 @@ group commit makes the store position they wait for durable (`commit_completed`)
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from leveret.broker.queues.dead_letter import dead_letter, forward
@@ -102,7 +103,7 @@ class Executor:
         if done:
             queue.dead_lettered(done)
 
-    def commit_completed(self, durable: int, failed: range | None) -> None:
+    def commit_completed(self, durable: int, failed: Container[int] | None) -> None:
         """A group commit finished: forwarded dead-letters now durable in their targets are done (those it
         failed to write are forwarded again by their queue's retry)."""
         if not self._awaiting:

@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret.broker.cluster.keys import KeyLayout
-from leveret.broker.cluster.leadership import Leadership
+from leveret.broker.cluster.leadership import Deposed, Elected, Leadership
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
+from leveret.broker.cluster.roles import QueueRoles
 from leveret.config import Cluster
 
 
@@ -30,6 +31,10 @@ class ClusterState:
         self.peer_status: Callable[[], list[dict[str, Any]]] = list
         # A request over the peer link to a node (PeerLinks.request), once the links run.
         self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
+        # This node became or stopped being a queue's leader (the server's replication sets it).
+        self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
+        # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract).
+        self.roles = QueueRoles()
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

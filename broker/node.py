@@ -72,7 +72,7 @@ class Node:
         # A cluster node's confirms wait for tickets of its gate (replication, store writes): see
         # broker/cluster/confirms.py. None on a single node, whose confirms wait for the store alone.
         self.gate: ConfirmGate | None = ConfirmGate() if self.cluster is not None else None
-        self._not_leader = NotLeaderJournal(self.gate) if self.gate is not None else None
+        self._not_leader = NotLeaderJournal()
         if self.cluster is not None:
             self.cluster.metadata.vhosts = self.vhosts
             for vhost in self.vhosts.values():
@@ -114,7 +114,6 @@ class Node:
         if self.gate is None:
             return self.persistence.journal_for(vhost, name)
         if not name.startswith("amq."):
-            assert self._not_leader is not None
             return self._not_leader
         return self.persistence.journal_for(vhost, name, self.gate)
 

@@ -51,12 +51,14 @@ class ConfirmGate:
         self._held.difference_update(tickets)
 
     def fail(self, tickets: list[int]) -> None:
-        """Their publishes get basic.nack (the channels learn it from `take_failed`)."""
-        self._held.difference_update(tickets)
+        """Their publishes get basic.nack. They stay held (`safe` stops below them: a channel must never
+        take one for an ack) until the channels are told, from `take_failed`."""
         self.failed.update(tickets)
 
     def take_failed(self) -> set[int]:
+        """The failed tickets, now released: the caller nacks them before it flushes any confirm."""
         failed, self.failed = self.failed, set()
+        self._held.difference_update(failed)
         return failed
 
     def safe(self) -> int:

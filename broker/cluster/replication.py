@@ -119,17 +119,16 @@ class ReplicatedJournal(Journal):
     def __init__(self, leader: LeaderQueue) -> None:
         self.leader = leader
 
-    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         leader = self.leader
         message = entry.message
         entry.logged = REPLICATED
         end = leader.append((ENQUEUE, entry.seq, message.exchange, message.routing_key,
                              message.properties_raw, message.body))
+        if not end:
+            return None  # deposed: a publish it still takes is nacked
         ticket = leader.gate.ticket()
-        if end:
-            leader.tickets.append((end, ticket))
-        else:
-            leader.gate.fail([ticket])  # deposed: a publish it still takes is nacked
+        leader.tickets.append((end, ticket))
         return ticket
 
     def delivered(self, entry: Entry) -> None:
@@ -158,12 +157,7 @@ class NotLeaderJournal(Journal):
     """A replicated queue's journal on a node that does not lead it: nothing is written, and a publish it
     takes is nacked (its confirm would otherwise promise what no replica holds)."""
 
-    __slots__ = ("gate",)
+    __slots__ = ()
 
-    def __init__(self, gate: ConfirmGate) -> None:
-        self.gate = gate
-
-    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
-        ticket = self.gate.ticket()
-        self.gate.fail([ticket])
-        return ticket
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
+        return None

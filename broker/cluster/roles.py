@@ -34,13 +34,14 @@ if TYPE_CHECKING:
 
 def build_leader_queue(vhost: VirtualHost, like: Queue, state: ReplicaState, journal: Journal) -> Queue:
     """The leader's queue: `like`'s definition, holding every message of the replica state, ready, in
-    seq order; one ever delivered comes back redelivered=true (its delivery count kept)."""
+    seq order, with its delivery count. Each comes back redelivered=true: a leader changes only when the
+    old one failed, and its deliveries did not wait for their delivered records to reach a replica, so
+    any message may have reached a consumer (as after a single node's crash: store/clean_shutdown.py)."""
     queue = _new_queue(vhost, like, journal)
     entries = []
     returns = []
     for seq, held in state.held.items():
-        entry = Entry(Message(held.exchange, held.routing_key, held.properties_raw, held.body), seq,
-                      held.delivered)
+        entry = Entry(Message(held.exchange, held.routing_key, held.properties_raw, held.body), seq, True)
         entry.logged = -1  # replication.REPLICATED: journalled, nothing in the store to read back
         entries.append(entry)
         returns.append(held.returns)
@@ -87,4 +88,6 @@ class QueueRoles:
 
     def follow(self, vhost: VirtualHost, queue: Queue) -> None:
         if vhost.queues.get(queue.name) is queue:
-            swap_queue(vhost, queue, _new_queue(vhost, queue, NULL_JOURNAL))
+            # The journal a non-leader's instance has (the node's NotLeaderJournal: publishes nacked).
+            journal = vhost.journal_for(vhost.name, queue.name) if vhost.journal_for else NULL_JOURNAL
+            swap_queue(vhost, queue, _new_queue(vhost, queue, journal))

@@ -13,10 +13,11 @@ class Journal:
     """The queue's record of its persistent messages; the store-backed one is in broker/persistence.py.
 
     `enqueued` returns the store write position the entry becomes durable at, 0 when nothing was
-    written (a transient queue or message): a publisher confirm waits for that position.
+    written (a transient queue or message): a publisher confirm waits for that position. None: the
+    journal refused it (a cluster's replicated queue on a node that does not lead it): a nack.
     """
 
-    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 

@@ -172,7 +172,9 @@ class Replication:
         leading = self.leading[queue] = _Leading(leader, built, scope)
 
         def changed() -> None:
-            leading.wake.set()
+            leading.wake.set()  # the writer fsyncs this node's copy while the followers get theirs
+            for event in leading.ship_events.values():
+                event.set()
 
         leader.changed = changed
         log.info("queue %r in vhost %r: leading epoch %d with %d messages", queue[1], queue[0], epoch,

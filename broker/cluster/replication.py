@@ -60,6 +60,11 @@ class LeaderQueue:
         # The end offset each follower holds durably (acked), and this node's own.
         self.acked: dict[str, int] = {node: 0 for node in followers}
         self.local_durable = replica.end
+        # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR).
+        self.committed = 0
+        # Followers reported caught up whose return to the ISR is not in etcd yet: confirms wait for them
+        # too, so that from the report on they hold everything confirmed.
+        self.joining: set[str] = set()
         # Enqueues waiting for their confirm: (offset their record ends at, ticket), in offset order.
         self.tickets: deque[tuple[int, int]] = deque()
         self._unwritten: list[tuple[int, Record]] = []
@@ -90,10 +95,12 @@ class LeaderQueue:
         still leads. True if any were released."""
         if not self.active or not leading or len(in_sync) < replicas // 2 + 1 or me not in in_sync:
             return False
+        self.joining.difference_update(in_sync)
         held = self.local_durable
-        for node in in_sync:
+        for node in (*in_sync, *self.joining):
             if node != me:
                 held = min(held, self.acked.get(node, 0))
+        self.committed = max(self.committed, held)
         tickets = self.tickets
         released = []
         while tickets and tickets[0][0] <= held:

@@ -256,10 +256,8 @@ class Replication:
                 if offset < replica.base:
                     offset = None
                     continue
-                if offset >= leader.local_durable and offset >= replica.end:
-                    if leader.acked.get(node, 0) >= replica.end:
-                        if node not in leadership.in_sync_members(queue):
-                            leadership.follower_caught_up(queue, node)
+                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
+                if offset >= replica.end and truncate < 0 and in_step:
                     event = events[node] = trio.Event()
                     with trio.move_on_after(_IDLE):
                         await event.wait()
@@ -275,6 +273,10 @@ class Replication:
                 truncate = -1
                 offset = end
                 leader.acked[node] = end
+                if end >= leader.committed and node not in leadership.in_sync_members(queue):
+                    # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
+                    leader.joining.add(node)
+                    leadership.follower_caught_up(queue, node)
                 self._commit(leading)
             except PeerRefused as refusal:
                 if _STALE in str(refusal):
@@ -283,7 +285,8 @@ class Replication:
                     return
                 offset = None  # out of step: probe again
                 await trio.sleep(_RETRY)
-            except PeerError as error:
+            except (PeerError, trio.TooSlowError) as error:
+                leader.joining.discard(node)
                 if node in leadership.in_sync_members(queue):
                     log.warning("queue %r in vhost %r: follower %s out of sync: %s", queue[1], queue[0],
                                 node, error)

@@ -2,8 +2,9 @@
 consumers' channels, dead-lettering through the vhost's exchanges, the node's timers, the removal of a
 queue that expired unused, and paging through the node's pager (broker/pager.py).
 
-Each queue gets its vhost's `Executor.run` as its executor. Still called by the queue directly: its
-journal (the durable log) and the pager's budget count.
+Each queue gets its vhost's `Executor.run` as its executor. The durable log's records are effects
+(JOURNAL) under `Queue.apply`; outside it the queue calls its journal in place, as it counts the pager's
+budget.
 
 At-least-once dead-letters (FORWARD) are reported back to their queue (the DEAD_LETTERED command) once
 their copies are in every target, and durable there: at once when no target logged them, else when a
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Container
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from leveret.broker.queues.dead_letter import dead_letter, forward
 from leveret.broker.queues.effects import (
@@ -23,6 +24,7 @@ from leveret.broker.queues.effects import (
     DELIVER,
     DISARM,
     FORWARD,
+    JOURNAL,
     LOAD,
     PAGE_OUT,
     RELEASE,
@@ -48,11 +50,14 @@ class Executor:
         # Queues whose dead-letters found nowhere to go, logged once until one goes again (as RabbitMQ).
         self._stuck: set[str] = set()
 
-    def run(self, queue: Queue, effect: Effect) -> None:
+    def run(self, queue: Queue, effect: Effect) -> Any:
+        """Carry out `effect`; a JOURNAL effect returns what the journal did (an enqueue's position)."""
         kind = effect[0]
         if kind == DELIVER:  # first: one per message
             consumer = effect[1]
             consumer.channel.deliver(consumer, effect[2])
+        elif kind == JOURNAL:
+            return getattr(queue.journal, effect[1])(*effect[2:])
         elif kind == ARM:
             self.vhost.deadlines.schedule(queue, effect[1])
         elif kind == DEAD_LETTER:

@@ -114,7 +114,8 @@ class Node:
         if self.gate is None:
             return self.persistence.journal_for(vhost, name)
         if not name.startswith("amq."):
-            return self._not_leader
+            assert self.cluster is not None
+            return self.cluster.leader_journal(vhost, name) or self._not_leader
         return self.persistence.journal_for(vhost, name, self.gate)
 
     def attach_pager(self, pager: NodePager) -> None:

@@ -149,6 +149,13 @@ def test_confirmed_messages_survive_kill_9_of_the_leader_and_unacked_come_back_r
     assert [body for body, _ in got] == published  # every confirmed one, in order
     # A leader changes only when one failed: every message comes back flagged, those held unacked too.
     assert all(redelivered for _, redelivered in got)
+    # Deleted and declared again on its leader's node: the same leader serves it, empty, and confirms.
+    with connect(cluster, successor) as connection:
+        channel = confirming_channel(connection)
+        channel.queue_delete(QUEUE)
+        channel.queue_declare(QUEUE, durable=True)
+        channel.basic_publish("", QUEUE, b"again", PERSISTENT)
+    assert drain(cluster, successor) == [(b"again", False)]
     try:
         consumer.close()
     except pika.exceptions.AMQPError:

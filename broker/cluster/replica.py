@@ -75,6 +75,7 @@ class ReplicaState:
             held[seq] = Held(record[2], record[3], record[4], record[5])
             if seq >= self.next_seq:
                 self.next_seq = seq + 1
+            self.deleted = False  # declared again after a delete: the same log goes on
         elif kind == DELIVERED:
             item = held.get(record[1])
             if item is not None:

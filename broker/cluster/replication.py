@@ -121,13 +121,18 @@ class LeaderQueue:
 class ReplicatedJournal(Journal):
     """The leader's journal: each call becomes a record of the queue's log."""
 
-    __slots__ = ("leader",)
+    __slots__ = ("leader", "done")
 
     def __init__(self, leader: LeaderQueue) -> None:
         self.leader = leader
+        # Its queue was deleted: what that object still does (acks of what it had delivered) is not
+        # logged, since a queue declared again under the name logs into the same log, from seq 1 again.
+        self.done = False
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         leader = self.leader
+        if self.done:
+            return None
         message = entry.message
         entry.logged = REPLICATED
         end = leader.append((ENQUEUE, entry.seq, message.exchange, message.routing_key,
@@ -139,25 +144,29 @@ class ReplicatedJournal(Journal):
         return ticket
 
     def delivered(self, entry: Entry) -> None:
-        self.leader.append((DELIVERED, entry.seq))
+        if not self.done:
+            self.leader.append((DELIVERED, entry.seq))
 
     def settled(self, entries: Sequence[Entry]) -> None:
-        if entries:
+        if entries and not self.done:
             self.leader.append((SETTLED, [entry.seq for entry in entries]))
 
     def returned(self, entries: Sequence[Entry]) -> None:
-        if entries:
+        if entries and not self.done:
             self.leader.append((RETURNED, [entry.seq for entry in entries]))
 
     def removed(self, entries: Sequence[Entry], reason: str) -> None:
-        if entries:
+        if entries and not self.done:
             self.leader.append((SETTLED, [entry.seq for entry in entries]))
 
     def settled_range(self, first: int, last: int) -> None:
-        self.leader.append((SETTLED_RANGE, first, last))
+        if not self.done:
+            self.leader.append((SETTLED_RANGE, first, last))
 
     def deleted(self) -> None:
-        self.leader.append((DELETED,))
+        if not self.done:
+            self.leader.append((DELETED,))
+            self.done = True
 
 
 class NotLeaderJournal(Journal):

@@ -14,6 +14,7 @@ from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
 from leveret.broker.cluster.roles import QueueRoles
+from leveret.broker.queues.journal import Journal
 from leveret.config import Cluster
 
 
@@ -35,6 +36,9 @@ class ClusterState:
         self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
         # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract).
         self.roles = QueueRoles()
+        # The journal of a replicated queue declared (again) on this node while it leads it: replication
+        # answers (None: not the leader, Node gives its NotLeaderJournal).
+        self.leader_journal: Callable[[str, str], Journal | None] = lambda vhost, name: None
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

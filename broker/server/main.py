@@ -190,6 +190,7 @@ async def serve_node(
                 replication = Replication(node, links, Path(config.data_dir))
                 replication.load()
                 node.cluster.role_changed = replication.role_changed
+                node.cluster.leader_journal = replication.leader_journal
                 await nursery.start(replication.run)
                 # Registered, and holding the cluster's state, before the first client is served.
                 await nursery.start(run_cluster, node.cluster)

@@ -189,8 +189,19 @@ class Replication:
         leading.scope.cancel()
         vhost = self.node.vhosts.get(queue[0])
         if vhost is not None:
+            current = vhost.queues.get(queue[1])
+            journal = getattr(current, "journal", None)
+            if isinstance(journal, ReplicatedJournal) and journal.leader is leading.leader:
+                leading.queue = current  # type: ignore[assignment]  # declared again since it was built
             self.cluster.roles.follow(vhost, leading.queue)
         self.node.confirms_changed()
+
+    def leader_journal(self, vhost: str, name: str) -> ReplicatedJournal | None:
+        """The journal for a queue declared again while this node leads it (it logs into the same log)."""
+        leading = self.leading.get((vhost, name))
+        if leading is None or not leading.leader.active:
+            return None
+        return ReplicatedJournal(leading.leader)
 
     def _forget_deleted(self) -> None:
         """Replicas of queues that no longer exist go, with their files."""

@@ -20,7 +20,7 @@ import pika.exceptions
 from bench import loadgen
 from bench.clusters import BenchCluster
 from bench.procfs import cpu_seconds
-from bench.report import environment, findings, summarize, table, write_json
+from bench.report import findings, summarize, table, write_json
 from bench.runner import Measurement
 from bench.scenarios import Metric, Sample
 
@@ -141,14 +141,14 @@ def run_case(case: ClusterCase, clusters: list[BenchCluster], settings: Settings
     return measurements
 
 
-def report(program: str, argv: list[str], extra: dict[str, Any], cases: list[ClusterCase],
-           results: dict[int, list[Measurement]], stem: str) -> int:
-    """Print the environment, the table and the notes; write the JSON record; 1 if a run failed."""
-    env = environment(argv, extra, program)
+def report(env: dict[str, Any], cases: list[ClusterCase], results: dict[int, list[Measurement]],
+           stem: str) -> int:
+    """Print the environment (`environment()` taken at the start), the table and the notes; write the JSON
+    record; 1 if a run failed."""
+    env = {**env, "load average at the end": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     rows = [row for index, case in enumerate(cases) for row in summarize(case, results[index])]
     print("\n".join(f"- {key}: {value}" if "\n" not in str(value) else f"- {key}:\n```\n{value}\n```"
                     for key, value in env.items()))
-    print(f"- load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(table(rows))
     problems = findings(cases, results)

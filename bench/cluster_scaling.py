@@ -30,6 +30,7 @@ import pika
 from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
 from bench.clusters import BenchCluster, new_cluster
 from bench.procfs import raise_nofile
+from bench.report import environment
 from bench.runner import Measurement
 from bench.scenarios import BODY, CONSUMING, Metric, Sample
 from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
@@ -127,6 +128,9 @@ def main(argv: list[str]) -> int:
     label = f"{args.queues} queues behind x-consistent-hash, {args.producers} producers per node"
     cases = [ClusterCase(n, f"{n} node(s): {label}", (Metric("confirmed/s"), Metric("delivered/s")), measure)
              for n in args.nodes]
+    extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
+             "loadgen": str(binary)}
+    env = environment(argv, extra, "python -m bench.cluster_scaling")
     results: dict[int, list[Measurement]] = {}
     with tempfile.TemporaryDirectory(prefix="leveret-bench-scaling-") as root:
         for index, case in enumerate(cases):
@@ -141,9 +145,7 @@ def main(argv: list[str]) -> int:
             finally:
                 for cluster in clusters:
                     cluster.stop()
-    extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
-             "loadgen": str(binary)}
-    return report("python -m bench.cluster_scaling", argv, extra, cases, results, "cluster-scaling")
+    return report(env, cases, results, "cluster-scaling")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import pika.exceptions
 from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
 from bench.clusters import BenchCluster, new_cluster
 from bench.procfs import raise_nofile
+from bench.report import environment
 from bench.runner import Measurement
 from bench.scenarios import CONSUMING, Metric, Sample
 from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
@@ -236,6 +237,9 @@ def main(argv: list[str]) -> int:
     kinds = ["leveret"] + (["rabbitmq"] if ensure_rabbitmq() else [])
     selected = [case for case in cases() if case.scenario in args.cases]
     settings = Settings(binary, args.duration, warmup=1.0)
+    extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
+             "nodes": SIZE, "loadgen": str(binary)}
+    env = environment(argv, extra, "python -m bench.replicated")
     results: dict[int, list[Measurement]] = {}
     with tempfile.TemporaryDirectory(prefix="leveret-bench-replicated-") as root:
         clusters = [new_cluster(kind, Path(root) / kind, SIZE) for kind in kinds]
@@ -249,9 +253,7 @@ def main(argv: list[str]) -> int:
         finally:
             for cluster in clusters:
                 cluster.stop()
-    extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
-             "nodes": SIZE, "loadgen": str(binary)}
-    return report("python -m bench.replicated", argv, extra, selected, results, "replicated")
+    return report(env, selected, results, "replicated")
 
 
 if __name__ == "__main__":

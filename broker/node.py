@@ -68,6 +68,9 @@ class Node:
         self.cluster = ClusterState(config.cluster) if config.cluster is not None else None
         if self.cluster is not None:
             self.cluster.metadata.vhosts = self.vhosts
+            self.cluster.remote.vhosts = self.vhosts
+            self.cluster.remote.clock = clock
+            self.cluster.remote.confirms_changed = self.confirms_answered
             for vhost in self.vhosts.values():
                 vhost.metadata = self.cluster.metadata
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
@@ -86,6 +89,8 @@ class Node:
             vhost.pager = self.pager
         if self.cluster is not None:
             vhost.metadata = self.cluster.metadata
+            if self.cluster.remote.active:
+                vhost.proxies = self.cluster.remote
         self.vhosts[name] = vhost
         self.authority.vhosts.add(name)
         return vhost
@@ -144,6 +149,16 @@ class Node:
                 if channel.awaiting_confirms:
                     if failed is not None:
                         channel.fail_confirms(failed)
+                    channel.flush_confirms(durable)
+            if session.conn.has_output:
+                session.wake()
+
+    def confirms_answered(self) -> None:
+        """Leaders of queues led elsewhere answered publishes: send the confirms that may go now."""
+        durable = self.durable_position()
+        for session in self.connections:
+            for channel in session.channels.values():
+                if channel.awaiting_confirms:
                     channel.flush_confirms(durable)
             if session.conn.has_output:
                 session.wake()

@@ -91,6 +91,9 @@ class ChannelOwner(Protocol):
     def remote_answer(self, call: remote_codec.Call) -> remote_codec.CallResult:
         """The answer of the leader of a queue led elsewhere; raises to hold the method until it comes."""
 
+    def known_answer(self, call: remote_codec.Call) -> remote_codec.CallResult | None:
+        """That answer, if the method already had it (it is being handled again)."""
+
 
 class _Transaction:
     """Publishes and settlements held back until tx.commit."""
@@ -707,12 +710,16 @@ class ChannelSession:
         self.session.check_permission("configure", "queue", name)
         queue = self.vhost.queues.get(name)
         count = 0
-        if isinstance(queue, ProxyQueue):  # the leader checks the conditions and counts
-            flags = (remote_codec.IF_UNUSED if method.if_unused else 0) | (
-                remote_codec.IF_EMPTY if method.if_empty else 0
-            )
-            count = self._ask_leader(queue, remote_codec.DELETE, flags).message_count
-            self.vhost.delete_queue(queue)
+        flags = (remote_codec.IF_UNUSED if method.if_unused else 0) | (
+            remote_codec.IF_EMPTY if method.if_empty else 0
+        )
+        call = remote_codec.Call(self.vhost.name, name, remote_codec.DELETE, flags)
+        # A queue led elsewhere: its leader checks the conditions and counts. (Handled again after etcd
+        # deleted the record, the queue may be gone already: this node's watch was quicker.)
+        if isinstance(queue, ProxyQueue) or self.session.known_answer(call) is not None:
+            count = self._leader_answer(call).message_count
+            if queue is not None:
+                self.vhost.delete_queue(queue)
         elif queue is not None:
             self.vhost.check_exclusive_access(queue, self.session)
             count = self.vhost.delete_queue(queue, if_unused=method.if_unused, if_empty=method.if_empty)
@@ -806,9 +813,12 @@ class ChannelSession:
         self._got(queue, entry, no_ack, result.message_count)
 
     def _ask_leader(self, queue: ProxyQueue, what: int, flags: int = 0) -> remote_codec.CallResult:
-        """The leader's answer to a call about `queue` (the method is held until it comes, then handled
-        again: see ConnectionSession.remote_answer); its AMQP error is this method's."""
-        result = self.session.remote_answer(remote_codec.Call(self.vhost.name, queue.name, what, flags))
+        return self._leader_answer(remote_codec.Call(self.vhost.name, queue.name, what, flags))
+
+    def _leader_answer(self, call: remote_codec.Call) -> remote_codec.CallResult:
+        """The leader's answer to a call about a queue it leads (the method is held until it comes, then
+        handled again: see ConnectionSession.remote_answer); its AMQP error is this method's."""
+        result = self.session.remote_answer(call)
         if result.error_code:
             raise ChannelError(result.error_code, result.error_text)
         return result

@@ -229,6 +229,9 @@ class ConnectionSession:
             raise ClusterPending(call)
         return answer
 
+    def known_answer(self, call: Call) -> CallResult | None:
+        return self._answers.get(call)
+
     def _wait_for_cluster(self, event: Event, change: Any) -> None:
         """Hold `event`, and everything after it on this connection, until etcd has done `change` (or the
         leader of a queue led elsewhere answered the call `change`)."""

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pika
 import pika.exceptions
 import pytest
@@ -30,7 +31,7 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    yield from start_cluster(tmp_path_factory.mktemp("anynode"))
+    yield from start_cluster(tmp_path_factory.mktemp("anynode"), management=True)
 
 
 def connect(cluster: LocalCluster, index: int) -> pika.BlockingConnection:
@@ -82,9 +83,12 @@ def test_declare_on_a_publish_on_b_consume_on_c_with_pika(cluster: LocalCluster)
             assert connection.channel().queue_declare("any.pika", passive=True).method.message_count == 300
         got = consume(c, ["any.pika"], 300, prefetch=20)
         assert [int(body) for _, body in got] == list(range(300))  # each once, in publish order
+        # The cancel reaches the leader over C's link: another node's count follows a moment later.
         for connection in (a, b, c):
-            ok = connection.channel().queue_declare("any.pika", passive=True).method
-            assert (ok.message_count, ok.consumer_count) == (0, 0)
+            ok = eventually(lambda ch=connection.channel(): (
+                (m := ch.queue_declare("any.pika", passive=True).method).consumer_count == 0 and m
+            ))
+            assert ok.message_count == 0
     finally:
         for connection in (a, b, c):
             connection.close()
@@ -126,7 +130,8 @@ def test_consistent_hash_exchange_spreads_keys_over_queues_led_by_different_node
     assert {leaders[q] for q in queues} == {"node1", "node2", "node3"}  # the stream is split three ways
     count = 10_000
     script = str(NODE_DIR / "publish_keys.js")
-    out = run_client(["node", script, "any.hash", str(count)], tmp_path, client_env(cluster.nodes[1].amqp_url))
+    env = client_env(cluster.nodes[1].amqp_url)
+    out = run_client(["node", script, "any.hash", str(count)], tmp_path, env)
     assert out.splitlines() == [f"confirmed {count}"]
     c = connect(cluster, 2)
     try:
@@ -270,3 +275,27 @@ def test_a_fourth_node_takes_its_share(tmp_path: Path) -> None:
         finally:
             d.close()
         assert sorted(body.decode() for _, body in got) == sorted(early + late)
+
+
+def test_the_management_api_of_every_node_shows_the_leaders_counts(cluster: LocalCluster) -> None:
+    a = connect(cluster, 0)
+    try:
+        channel = a.channel()
+        channel.queue_declare("any.shown", durable=True)
+        channel.confirm_delivery()
+        for _ in range(7):
+            channel.basic_publish("", "any.shown", b"m", PERSISTENT)
+        held = a.channel()
+        method, _, _ = held.basic_get("any.shown")  # one unacked, held by node1's connection
+        assert method is not None
+        leader = led_by(cluster, ["any.shown"])["any.shown"]
+        for node in cluster.nodes:
+            url = f"{node.management_url}api/queues/%2F/any.shown"
+            shown = httpx.get(url, auth=("guest", "guest"), timeout=5).json()
+            counts = (shown["messages_ready"], shown["messages_unacknowledged"], shown["messages"])
+            assert counts == (6, 1, 7), (node.name, shown)
+            assert shown["leader"] == leader
+            listed = httpx.get(f"{node.management_url}api/queues/%2F", auth=("guest", "guest"), timeout=5)
+            assert [q["messages_ready"] for q in listed.json() if q["name"] == "any.shown"] == [6]
+    finally:
+        a.close()

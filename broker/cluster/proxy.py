@@ -67,7 +67,8 @@ class ProxyQueue(Queue):
         # Our seq of an unacked delivery -> (the node it came from, that link's generation, its seq there).
         self.remote_seqs: dict[int, tuple[str, int, int]] = {}
         self._local_seq = itertools.count(1)
-        self.known_counts = (0, 0)  # messages, consumers: the leader's, as last heard
+        # The leader's ready messages, consumers and unacked ones, as last heard (declare-ok, management).
+        self.known_counts = (0, 0, 0)
 
     def __repr__(self) -> str:
         return f"<ProxyQueue {self.name!r} in {self.vhost!r}>"
@@ -78,7 +79,11 @@ class ProxyQueue(Queue):
 
     @property
     def unacked(self) -> int:
-        return len(self.remote_seqs)
+        return self.known_counts[2]
+
+    @property
+    def consumer_count(self) -> int:
+        return self.known_counts[1]
 
     def received(self, node: str, generation: int, seq: int, message: Message, redelivered: bool,
                  ack_required: bool) -> Entry:

@@ -397,6 +397,29 @@ class RemoteQueues:
     def call(self, node: str, call: codec.Call, answered: Callable[[bytes | None], None]) -> None:
         self._send(node, call, answered)
 
+    def ask_counts(self, proxies: list[ProxyQueue], answered: Callable[[], None]) -> int:
+        """Ask each proxy's leader for its counts (which the proxy then shows); `answered` is called as
+        each answer comes. Returns how many were asked (a proxy without a reachable leader is not)."""
+        asked = 0
+        for proxy in proxies:
+            leader = self.leader_of(proxy)
+            if leader is None or leader == self.name or not self.link_up(leader):
+                continue
+
+            def got(payload: bytes | None, proxy: ProxyQueue = proxy) -> None:
+                if payload is not None:
+                    try:
+                        result = codec.decode_call_result(payload)
+                    except codec.CodecError:
+                        result = None
+                    if result is not None and not result.error_code:
+                        proxy.known_counts = (result.message_count, result.consumer_count, result.unacked)
+                answered()
+
+            self._send(leader, codec.Call(proxy.vhost, proxy.name, codec.COUNTS), got)
+            asked += 1
+        return asked
+
     def unclaimed(self, call: codec.Call, answer: codec.CallResult) -> None:
         """A basic.get's message whose connection closed before the answer came: back to the leader."""
         if answer.generation == self.generation.get(answer.node, 0):
@@ -571,7 +594,8 @@ class RemoteQueues:
         try:
             if op.what == codec.COUNTS:
                 return codec.CallResult(
-                    message_count=queue.message_count, consumer_count=queue.consumer_count
+                    message_count=queue.message_count, consumer_count=queue.consumer_count,
+                    unacked=queue.unacked,
                 )
             if op.what == codec.PURGE:
                 return codec.CallResult(message_count=queue.purge())

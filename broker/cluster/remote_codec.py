@@ -12,7 +12,7 @@ CONSUME   vhost, queue | cid u64 | flags u8 | limit u64 | arguments (bytes32: an
 CREDIT    cid u64 | limit u64        limit: how many deliveries in all the consumer may have had
 CANCEL    cid u64
 SETTLE    vhost, queue | how u8 (ack, reject, requeue) | count u32 | seqs u64...
-CALL      vhost, queue | what u8 | flags u8                   -> result: bytes32 (see `CallResult`)
+CALL      vhost, queue | what u8 | flags u8                   -> result (see `CallResult`)
 DELIVER   cid u64 | seq u64 | redelivered u8 | message        (leader -> consumer's node)
 CANCELLED cid u64                                             (leader -> consumer's node)
 message   exchange, routing key (str8) | properties (bytes32) | body (bytes32)
@@ -124,6 +124,7 @@ class CallResult:
     error_text: str = ""
     message_count: int = 0
     consumer_count: int = 0
+    unacked: int = 0  # counts: delivered, not yet settled
     seq: int = 0  # basic.get: the message's seq at the leader (0: the queue was empty)
     redelivered: bool = False
     message: Message | None = None
@@ -206,7 +207,7 @@ def encode_call_result(result: CallResult) -> bytes:
             _U32.pack(result.error_code),
             _bytes32(result.error_text.encode("utf-8", "replace")),
             _TWO_U64.pack(result.message_count, result.consumer_count),
-            _U64.pack(result.seq),
+            _TWO_U64.pack(result.unacked, result.seq),
             _U8.pack(result.redelivered),
             _U8.pack(message is not None),
             _message(message) if message is not None else b"",
@@ -319,9 +320,9 @@ def decode_call_result(data: bytes) -> CallResult:
         code = int(reader.unpack(_U32)[0])
         text = reader.bytes32().decode("utf-8", "replace")
         messages, consumers = reader.unpack(_TWO_U64)
-        seq = reader.u64()
+        unacked, seq = reader.unpack(_TWO_U64)
         redelivered = bool(reader.u8())
         message = reader.message() if reader.u8() else None
     except (UnicodeDecodeError, struct.error, ValueError) as error:
         raise CodecError(f"bad call result: {error}") from error
-    return CallResult(code, text, messages, consumers, seq, redelivered, message)
+    return CallResult(code, text, messages, consumers, unacked, seq, redelivered, message)

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from leveret.amqp.errors import AMQPError
 from leveret.amqp.properties import decode_properties, encode_properties
 from leveret.broker import direct
+from leveret.broker.cluster.remote import Ticket
 from leveret.broker.management.amqp_errors import get_error, publish_error
 from leveret.broker.management.bodies import check_table, integer, json_object, require
 from leveret.broker.management.context import Context, bad_request, exchange_param, param
@@ -31,6 +32,9 @@ from leveret.broker.message import Message
 
 # Seconds between looks at the resource alarms while an HTTP publish waits for them to clear.
 ALARM_POLL = 0.1
+# How long an HTTP publish routed to queues led elsewhere waits for their leaders' answers.
+LEADER_WAIT = 5.0
+_LEADER_POLL = 0.005
 # JSON property names and pamqp's, where they differ.
 _PAMQP_NAMES = {"type": "message_type"}
 _JSON_NAMES = {"message_type": "type"}
@@ -128,7 +132,12 @@ class Messaging(Context):
         except AMQPError as error:
             raise publish_error(error) from None
         self.node.message_totals.count_direct(vhost.name, published=1)
-        if published.position:
+        ticket = published.position
+        if isinstance(ticket, Ticket):  # routed to queues led by other nodes: their leaders answer
+            with trio.move_on_after(LEADER_WAIT):
+                while ticket.outcome(self.node.durable_position()) is None:
+                    await trio.sleep(_LEADER_POLL)
+        elif published.position:
             safe = trio.Event()
             self.node.when_durable(published.position, safe.set)
             await safe.wait()

@@ -8,6 +8,7 @@ answered once their publishes are durable here (a deferred reply: the link reads
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -123,10 +124,7 @@ async def _call(hub: RemoteQueues, call: codec.Call, done: Callable[[codec.CallR
                 why, result = result.error_text, None
                 await trio.sleep(0.05)
                 continue
-            result = codec.CallResult(
-                result.error_code, result.error_text, result.message_count, result.consumer_count,
-                result.seq, result.redelivered, result.message, leader, generation,
-            )
+            result = dataclasses.replace(result, node=leader, generation=generation)
     if result is None:
         result = codec.CallResult(404, no_leader_text(call.vhost, call.queue, why))
     done(result)

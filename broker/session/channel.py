@@ -643,6 +643,7 @@ class ChannelSession:
             if isinstance(queue, ProxyQueue):  # the counts are the leader's
                 counts = self._ask_leader(queue, remote_codec.COUNTS)
                 message_count, consumer_count = counts.message_count, counts.consumer_count
+                queue.known_counts = (message_count, consumer_count, counts.unacked)
             else:
                 message_count, consumer_count = queue.message_count, queue.consumer_count
             self._reply(

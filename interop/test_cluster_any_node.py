@@ -85,10 +85,13 @@ def test_declare_on_a_publish_on_b_consume_on_c_with_pika(cluster: LocalCluster)
         assert [int(body) for _, body in got] == list(range(300))  # each once, in publish order
         # The cancel reaches the leader over C's link: another node's count follows a moment later.
         for connection in (a, b, c):
-            ok = eventually(lambda ch=connection.channel(): (
-                (m := ch.queue_declare("any.pika", passive=True).method).consumer_count == 0 and m
-            ))
-            assert ok.message_count == 0
+            declared = connection.channel()
+
+            def idle(channel: Any = declared) -> Any:
+                ok = channel.queue_declare("any.pika", passive=True).method
+                return ok.consumer_count == 0 and ok
+
+            assert eventually(idle).message_count == 0
     finally:
         for connection in (a, b, c):
             connection.close()

@@ -300,5 +300,17 @@ def test_the_management_api_of_every_node_shows_the_leaders_counts(cluster: Loca
             assert shown["leader"] == leader
             listed = httpx.get(f"{node.management_url}api/queues/%2F", auth=("guest", "guest"), timeout=5)
             assert [q["messages_ready"] for q in listed.json() if q["name"] == "any.shown"] == [6]
+        # Publish, get and purge over HTTP on a node that does not lead the queue: done at the leader.
+        other = next(node for node in cluster.nodes if node.name != leader)
+        api = httpx.Client(base_url=f"{other.management_url}api/", auth=("guest", "guest"), timeout=10)
+        message = {"properties": {}, "routing_key": "any.shown", "payload": "x", "payload_encoding": "string"}
+        published = api.post("exchanges/%2F/amq.default/publish", json=message)
+        assert published.json() == {"routed": True}
+        got = api.post("queues/%2F/any.shown/get", json={"count": 2, "ackmode": "ack_requeue_false",
+                                                         "encoding": "auto"}).json()
+        assert [(m["payload"], m["message_count"]) for m in got] == [("m", 6), ("m", 5)]
+        assert api.delete("queues/%2F/any.shown/contents").status_code == 204
+        assert channel.queue_declare("any.shown", passive=True).method.message_count == 0
+        held.basic_ack(method.delivery_tag)
     finally:
         a.close()

@@ -553,8 +553,13 @@ class RemoteQueues:
     def _cancel(self, node: str, cid: int) -> None:
         origin = self.origins.get(node)
         consumer = origin.consumers.pop(cid, None) if origin is not None else None
-        if consumer is not None:
-            consumer.queue.remove_consumer(consumer)
+        if consumer is None:
+            return
+        queue = consumer.queue
+        queue.remove_consumer(consumer)
+        host = self.vhosts.get(queue.vhost)
+        if queue.auto_delete and not queue.consumers and not queue.deleted and host is not None:
+            host.remove_queue(queue)  # its last consumer, which was on another node, went
 
     def _settled(self, node: str, op: codec.Settle) -> None:
         origin = self.origins.get(node)

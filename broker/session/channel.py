@@ -27,7 +27,7 @@ from leveret.amqp.errors import ChannelError, ConnectionLevelError
 from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError, check_headers
 from leveret.amqp.tables import TableError
 from leveret.broker.cluster import remote_codec
-from leveret.broker.cluster.proxy import ProxyQueue
+from leveret.broker.cluster.proxy import ProxyQueue, is_proxy
 from leveret.broker.cluster.remote import Ticket
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
@@ -787,7 +787,8 @@ class ChannelSession:
     def _remove_consumer(self, consumer: Consumer) -> None:
         queue = consumer.queue
         queue.remove_consumer(consumer)
-        if queue.auto_delete and not queue.consumers and not queue.deleted:
+        # A queue led elsewhere is auto-deleted by its leader, which sees every node's consumers.
+        if queue.auto_delete and not queue.consumers and not queue.deleted and not is_proxy(queue):
             self.vhost.remove_queue(queue)
 
     def _get(self, method: Basic.Get) -> None:

@@ -13,6 +13,7 @@ from leveret.broker.cluster.remote import REMOTE_BASE, RemoteQueues, Ticket
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.entry import Entry
+from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.vhost import VirtualHost
 
@@ -89,6 +90,9 @@ def exchange(sender: Node, receiver: Node) -> bool:
     if batch is None:
         return False
     handled = receiver.hub.handle(sender.hub.name, batch.payload)
+    for index, position in handled.published:  # no store here: every position is safe at once
+        assert position == 0
+        receiver.hub.confirmed(handled, index, True)
     sender.hub.batch_answered(batch, codec.decode_results(receiver.hub.finish(handled)))
     return True
 
@@ -167,8 +171,8 @@ def test_a_publish_through_a_proxy_is_confirmed_by_the_leader(nodes: tuple[Node,
     assert ticket.outcome(0) is True
     assert leader.vhost.queues["q"].message_count == 1
     # The same message routed to two proxies is one confirm waiting for both.
-    declare(leader, "p")
     leader.hub.leadership.table[("/", "p")] = "leader"  # type: ignore[attr-defined]
+    declare(leader, "p")
     declare(other, "p")
     both = message(b"two")
     first, second = other.vhost.queues["q"].enqueue(both), other.vhost.queues["p"].enqueue(both)
@@ -177,12 +181,19 @@ def test_a_publish_through_a_proxy_is_confirmed_by_the_leader(nodes: tuple[Node,
     assert first.outcome(0) is True
 
 
-def test_a_publish_the_leader_cannot_take_is_nacked(nodes: tuple[Node, Node]) -> None:
+def test_a_publish_to_a_node_that_does_not_lead_is_sent_again_then_nacked(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
+    now = [0.0]
+    other.hub.clock = lambda: now[0]
     ticket = other.vhost.queues["q"].enqueue(message(b"one"))
-    leader.hub.leadership.table[QUEUE] = "nobody"  # type: ignore[attr-defined]  # deposed meanwhile
+    later = other.vhost.queues["q"].enqueue(message(b"two"))
+    del leader.hub.leadership.table[QUEUE]  # type: ignore[attr-defined]  # deposed meanwhile, no leader
     settle_all(leader, other)
-    assert ticket.outcome(0) is False
+    assert ticket.outcome(0) is None and later.outcome(0) is None  # held, in order, for the next leader
+    assert [m.body for m, _, _ in other.vhost.queues["q"].waiting] == [b"one", b"two"]
+    now[0] = 6.0  # no leader within HOLD_PUBLISH
+    other.hub.reconcile()
+    assert ticket.outcome(0) is False and later.outcome(0) is False
 
 
 def test_a_remote_consumer_gets_its_prefetch_and_more_as_it_acks(nodes: tuple[Node, Node]) -> None:
@@ -258,24 +269,36 @@ def test_leadership_moving_swaps_proxy_and_real_queue_in_their_bindings(nodes: t
             "h", "x-consistent-hash", durable=True, auto_delete=False, internal=False, arguments={}
         )
         node.vhost.bind(node.vhost.exchanges["h"], node.vhost.queues["q"], "2", {})
-    real = leader.vhost.queues["q"]
-    real.enqueue(message(b"kept"))
+        node.vhost.declare_exchange(
+            "f", "fanout", durable=True, auto_delete=False, internal=False, arguments={}
+        )
+        node.vhost.bind(node.vhost.exchanges["f"], node.vhost.queues["q"], "", {})
+    old = leader.vhost.queues["q"]
     channel = Channel()
-    consumer = Consumer("c", real, channel, no_ack=False, exclusive=False, prefetch=0)
+    consumer = Consumer("c", old, channel, no_ack=False, exclusive=False, prefetch=0)
+    old.add_consumer(consumer)
+    # Deposed (replication hands the queue back): a proxy takes its place, with its consumer.
     leader.hub.leadership.table[QUEUE] = "other"  # type: ignore[attr-defined]
+    leader.hub.follow(leader.vhost, old)
+    proxy = leader.vhost.queues["q"]
+    assert isinstance(proxy, ProxyQueue) and consumer.queue is proxy and list(proxy.consumers) == [consumer]
+    # Elected elsewhere: replication's queue takes the proxy's place there.
+    built = Queue("q", "/", durable=True, host=other.vhost)
+    built.enqueue(message(b"kept"))
+    other.hub.lead(other.vhost, built)
     for node in (leader, other):
-        node.hub.reconcile()
-    assert isinstance(leader.vhost.queues["q"], ProxyQueue) and leader.hub.parked[QUEUE] is real
-    assert other.vhost.queues["q"] is not real and not isinstance(other.vhost.queues["q"], ProxyQueue)
-    for node in (leader, other):
-        assert node.vhost.exchanges["h"].ring == (node.vhost.queues["q"],) * 2  # type: ignore[attr-defined]
-    # Back: the parked copy (this node's disk) returns, with its message, and takes the consumer.
-    leader.hub.leadership.table[QUEUE] = "leader"  # type: ignore[attr-defined]
-    leader.vhost.queues["q"].add_consumer(consumer)
-    for node in (leader, other):
-        node.hub.reconcile()
-    assert leader.vhost.queues["q"] is real and consumer.queue is real
+        queue = node.vhost.queues["q"]
+        assert node.vhost.exchanges["h"].ring == (queue, queue)  # type: ignore[attr-defined]
+        assert node.vhost.route(node.vhost.exchanges["f"], message(b"x", "")) == [queue]
+    # The consumer, now on the proxy, attaches to the new leader and gets its message.
+    leader.hub.reconcile()
+    settle_all(leader, other)
     assert [entry.message.body for _, entry in channel.delivered] == [b"kept"]
+    # The reconcile makes a proxy of any instance this node does not lead.
+    stray = Queue("q", "/", durable=True, host=leader.vhost)
+    leader.vhost.queues["q"] = stray
+    leader.hub.reconcile()
+    assert isinstance(leader.vhost.queues["q"], ProxyQueue)
 
 
 def test_a_consumer_without_a_leader_is_cancelled_in_the_end(nodes: tuple[Node, Node]) -> None:

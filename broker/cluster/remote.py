@@ -15,10 +15,11 @@ remote_codec.py):
   queue, and what each node holds unacked remembered (`_Origin.held`), so that when its link breaks
   everything it held is requeued, redelivered.
 
-Leadership moves are followed by `reconcile`, run after each leadership decision: a queue led here is the
-real one (from the parked copy this node's disk gave it, until replication hands over the replica's state),
-any other a proxy; a proxy's consumers are attached to its current leader again, or, when that has not been
-possible for `CANCEL_AFTER` seconds, cancelled with basic.cancel (consumer cancel notification).
+Leadership moves: replication installs the leader's queue when this node is elected (`lead`, built from
+its replica state) and hands it back when deposed (`follow`: a proxy takes its place); `reconcile`, run
+after each round of leadership decisions, turns any other instance of a queue not led here into a proxy,
+and attaches proxies' consumers to their current leader again or, when that has not been possible for
+`CANCEL_AFTER` seconds, cancels them with basic.cancel (consumer cancel notification).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from leveret.amqp.constants import NOT_FOUND, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.cluster import remote_codec as codec
 from leveret.broker.cluster.proxy import ProxyQueue
+from leveret.broker.cluster.replication import NotLeaderJournal
+from leveret.broker.cluster.roles import QueueRoles
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import UNLIMITED
 from leveret.broker.queues.queue import Queue
@@ -198,21 +201,20 @@ class _Origin:
 
 
 class Handled:
-    """A batch handled at this node: its results, and the store position its publishes' confirms need."""
+    """A batch handled at this node: its results, and what its publishes' confirms wait for."""
 
-    __slots__ = ("results", "position", "published")
+    __slots__ = ("results", "published")
 
     def __init__(self) -> None:
-        self.results: list[bytes | None] = []  # None: a publish's result, decided once durable
-        self.position = 0
-        self.published: list[tuple[int, Queue]] = []  # result index, queue
+        self.results: list[bytes | None] = []  # None: a publish's result, decided once it is safe
+        self.published: list[tuple[int, int]] = []  # result index, the position its confirm waits for
 
 
 def is_replicated_queue(queue: Queue) -> bool:
     return queue.durable and queue.exclusive_owner is None and not queue.name.startswith("amq.")
 
 
-class RemoteQueues:
+class RemoteQueues(QueueRoles):
     def __init__(
         self,
         name: str,
@@ -240,15 +242,13 @@ class RemoteQueues:
         # The leader's: what other nodes consume and hold of queues led here.
         self.origins: dict[str, _Origin] = {}
         self._courier = _Courier(self)
-        # Real queues of this node's disk, kept while another node leads them.
-        self.parked: dict[tuple[str, str], Queue] = {}
         self._last_message: Message | None = None
         self._last_ticket: Ticket | None = None
         self.active = False
 
     def start(self) -> None:
         """The peer links run: from now on replicated queues another node leads are proxies here (recovery
-        made real queues of them all; those go to `parked` at the first reconcile)."""
+        made instances of them all: the first reconcile replaces those this node does not lead)."""
         self.active = True
         for vhost in self.vhosts.values():
             vhost.proxies = self
@@ -313,17 +313,25 @@ class RemoteQueues:
             self._last_message = message
         ticket.parts += 1
         leader = self.leader_of(proxy)
-        if leader is None or leader == self.name or not self.link_up(leader):
-            proxy.waiting.append((message, ticket, self.clock()))
-            self._waiting.add(proxy)
+        if proxy.waiting or leader is None or leader == self.name or not self.link_up(leader):
+            self._hold(proxy, message, ticket, self.clock())  # behind the waiting ones: order holds
         else:
-            self._publish_to(leader, proxy, message, ticket)
+            self._publish_to(leader, proxy, message, ticket, self.clock())
         return ticket
 
-    def _publish_to(self, leader: str, proxy: ProxyQueue, message: Message, ticket: Ticket) -> None:
+    def _hold(self, proxy: ProxyQueue, message: Message, ticket: Ticket, since: float) -> None:
+        proxy.waiting.append((message, ticket, since))
+        self._waiting.add(proxy)
+
+    def _publish_to(
+        self, leader: str, proxy: ProxyQueue, message: Message, ticket: Ticket, since: float
+    ) -> None:
         def answered(result: bytes | None) -> None:
+            if result == codec.NOT_LEADER_YET and self.clock() - since < HOLD_PUBLISH:
+                self._hold(proxy, message, ticket, since)  # elected, not installed yet: sent again
+                return
             ticket.parts -= 1
-            if result != b"\x01":
+            if result != codec.CONFIRMED:
                 ticket.failed = True
 
         self._send(leader, codec.Publish(proxy.vhost, proxy.name, message), answered)
@@ -331,9 +339,9 @@ class RemoteQueues:
     def _flush_waiting(self, proxy: ProxyQueue, now: float) -> None:
         leader = self.leader_of(proxy)
         if leader is not None and leader != self.name and self.link_up(leader):
-            for message, ticket, _ in proxy.waiting:
-                self._publish_to(leader, proxy, message, ticket)
-            proxy.waiting.clear()
+            waiting, proxy.waiting = proxy.waiting, []
+            for message, ticket, since in waiting:
+                self._publish_to(leader, proxy, message, ticket, since)
         else:
             expired = 0
             for _, ticket, since in proxy.waiting:
@@ -464,9 +472,6 @@ class RemoteQueues:
             ticket.failed = True
         proxy.waiting.clear()
         self._waiting.discard(proxy)
-        parked = self.parked.pop((proxy.vhost, proxy.name), None)
-        if parked is not None:
-            parked.delete()
 
     # ---- the leader's side -----------------------------------------------------------------------------
 
@@ -477,15 +482,17 @@ class RemoteQueues:
         return origin
 
     def _led_queue(self, vhost: str, name: str) -> Queue | None:
-        """The real queue, if this node leads it (elected a moment ago: the proxy is swapped out now, not
-        at the next reconcile, so the first publish after another node saw the election finds it)."""
+        """The leader's queue, if this node leads the queue and replication has installed it (not yet, a
+        moment after the election: the asking node is told "not the leader" and asks again)."""
         host = self.vhosts.get(vhost)
         queue = host.queues.get(name) if host is not None else None
-        if queue is None or not self.leadership.is_leader((vhost, name), self.clock()):
+        if (
+            queue is None
+            or isinstance(queue, ProxyQueue)
+            or isinstance(queue.journal, NotLeaderJournal)
+            or not self.leadership.is_leader((vhost, name), self.clock())
+        ):
             return None
-        if isinstance(queue, ProxyQueue):
-            assert host is not None
-            return self._become_leader(host, queue)
         return queue
 
     def led_here(self, vhost: str, name: str) -> bool:
@@ -513,26 +520,25 @@ class RemoteQueues:
                 handled.results.append(codec.encode_call_result(self._call(node, op)))
         return handled
 
+    def confirmed(self, handled: Handled, index: int, ok: bool) -> None:
+        """The publish at `index` is safe (its confirm condition held: `ok`), or failed."""
+        handled.results[index] = codec.CONFIRMED if ok else codec.REFUSED
+
     def finish(self, handled: Handled) -> bytes:
-        """The batch's reply, once its publishes are durable: a publish to a queue this node no longer leads
-        (deposed meanwhile) is refused."""
-        for index, queue in handled.published:
-            led = (queue.vhost, queue.name) in self.leadership.led and not isinstance(
-                self.vhosts[queue.vhost].queues.get(queue.name), ProxyQueue
-            )
-            handled.results[index] = b"\x01" if led else b"\x00"
-        return codec.encode_results([result or b"\x00" for result in handled.results])
+        """The batch's reply, once each publish's confirm condition held or failed."""
+        return codec.encode_results([result or codec.REFUSED for result in handled.results])
 
     def _published(self, op: codec.Publish, handled: Handled) -> None:
         queue = self._led_queue(op.vhost, op.queue)
-        position = queue.enqueue(op.message) if queue is not None else None
-        if queue is None or position is None:
-            handled.results.append(b"\x00")
+        if queue is None:  # not the leader (yet, or any more): the other node asks the leader again
+            handled.results.append(codec.NOT_LEADER_YET)
             return
-        handled.published.append((len(handled.results), queue))
+        position = queue.enqueue(op.message)
+        if position is None:
+            handled.results.append(codec.REFUSED)
+            return
+        handled.published.append((len(handled.results), position))
         handled.results.append(None)
-        if position > handled.position:
-            handled.position = position
 
     def _consumed(self, node: str, op: codec.Consume) -> None:
         queue = self._led_queue(op.vhost, op.queue)
@@ -644,19 +650,19 @@ class RemoteQueues:
         return self.take(node)
 
     def reconcile(self) -> None:
-        """After leadership changed (or time passed): each replicated queue here is the real one where this
-        node leads it and a proxy elsewhere; proxies' consumers and waiting publishes follow the leader."""
+        """After leadership changed (or time passed): a replicated queue this node does not lead is a
+        proxy here (the leader's queue is installed by replication: `lead`); proxies' consumers and
+        waiting publishes follow the leader."""
         now = self.clock()
         led = self.leadership.led
         for vhost in self.vhosts.values():
             for queue in list(vhost.queues.values()):
-                if not is_replicated_queue(queue):
-                    continue
-                leads = (vhost.name, queue.name) in led
-                if leads and isinstance(queue, ProxyQueue):
-                    self._become_leader(vhost, queue)
-                elif not leads and not isinstance(queue, ProxyQueue):
-                    self._become_proxy(vhost, queue)
+                if (
+                    is_replicated_queue(queue)
+                    and not isinstance(queue, ProxyQueue)
+                    and (vhost.name, queue.name) not in led
+                ):
+                    self.follow(vhost, queue)
         for proxy in list(self._waiting):
             self._flush_waiting(proxy, now)
         for sub in list(self.subs.values()):
@@ -673,53 +679,62 @@ class RemoteQueues:
         if not self._attach(sub, now) and now - sub.detached_at > CANCEL_AFTER:
             self._cancel_consumer(sub)
 
-    def _become_proxy(self, vhost: VirtualHost, queue: Queue) -> None:
-        """Another node leads the queue now: park the real one, hold a proxy in its place."""
+    # ---- roles (broker/cluster/roles.py's contract with replication) --------------------------------------
+
+    def lead(self, vhost: VirtualHost, queue: Queue) -> None:
+        """Replication built the leader's queue (this node was elected): it takes the place of what the
+        table held (a proxy, or a former instance), with its consumers and the publishes waiting there."""
+        current = vhost.queues.get(queue.name)
+        if current is None:
+            vhost.queues[queue.name] = queue
+            return
+        if current is queue:
+            return
+        self._replace(vhost, current, queue)
+        if isinstance(current, ProxyQueue):
+            for message, ticket, _ in current.waiting:
+                position = queue.enqueue(message)
+                ticket.parts -= 1
+                if position is None:
+                    ticket.failed = True
+                elif position > ticket.local:
+                    ticket.local = position
+            current.waiting.clear()
+            self._waiting.discard(current)
+            self.confirms_changed()
+        log.info("queue %r in vhost %r: led by this node", queue.name, vhost.name)
+
+    def follow(self, vhost: VirtualHost, queue: Queue) -> None:
+        """This node does not lead the queue (any more): a proxy takes its place."""
+        if vhost.queues.get(queue.name) is not queue:
+            return
         proxy = ProxyQueue(
             queue.name, vhost.name, vhost, self,
             durable=queue.durable, auto_delete=queue.auto_delete, arguments=queue.arguments,
         )
-        vhost.queues[queue.name] = proxy
-        for exchange in vhost.exchanges.values():
-            exchange.replace_destination(queue, proxy)
-        self.parked[(vhost.name, queue.name)] = queue
-        for origin in self.origins.values():
-            for consumer in [c for c in origin.consumers.values() if c.queue is queue]:
-                del origin.consumers[consumer.cid]
-                queue.remove_consumer(consumer)
-                self._send(origin.node, codec.Cancelled(consumer.cid))
-            held = origin.held.pop((vhost.name, queue.name), None)
-            if held is not None:
-                back = [seq for seq in held[1] if seq in held[0].checked_out]
-                if back:
-                    held[0].requeue(back)
-        for local in list(queue.consumers):  # this node's channels' consumers (queues/consumer.Consumer)
-            _move_consumer(local, queue, proxy)
+        self._replace(vhost, queue, proxy)
         log.info("queue %r in vhost %r: led by another node, this node proxies it", queue.name, vhost.name)
 
-    def _become_leader(self, vhost: VirtualHost, proxy: ProxyQueue) -> Queue:
-        """This node leads the queue now: the real queue (this node's copy) takes the proxy's place."""
-        queue = self.parked.pop((vhost.name, proxy.name), None)
-        if queue is None:
-            queue = vhost.make_queue(proxy.name, durable=proxy.durable, auto_delete=proxy.auto_delete,
-                                     arguments=proxy.arguments)
-        vhost.queues[proxy.name] = queue
+    def _replace(self, vhost: VirtualHost, old: Queue, new: Queue) -> None:
+        """`new` in `old`'s place: in the table, in every binding (in its place), and for this node's
+        consumers; other nodes' consumers of `old` are cancelled to them (they attach again to the leader)
+        and what they held is requeued on `old`."""
+        vhost.queues[new.name] = new
         for exchange in vhost.exchanges.values():
-            exchange.replace_destination(proxy, queue)
-        for local in list(proxy.consumers):
-            _move_consumer(local, proxy, queue)
-        for message, ticket, _ in proxy.waiting:
-            position = queue.enqueue(message)
-            ticket.parts -= 1
-            if position is None:
-                ticket.failed = True
-            elif position > ticket.local:
-                ticket.local = position
-        proxy.waiting.clear()
-        self._waiting.discard(proxy)
-        self.confirms_changed()
-        log.info("queue %r in vhost %r: led by this node", proxy.name, vhost.name)
-        return queue
+            exchange.replace_destination(old, new)
+        for origin in self.origins.values():
+            for consumer in [c for c in origin.consumers.values() if c.queue is old]:
+                del origin.consumers[consumer.cid]
+                old.remove_consumer(consumer)
+                self._send(origin.node, codec.Cancelled(consumer.cid))
+            held = origin.held.get((vhost.name, old.name))
+            if held is not None and held[0] is old:
+                del origin.held[(vhost.name, old.name)]
+                back = [seq for seq in held[1] if seq in old.checked_out]
+                if back:
+                    old.requeue(back)
+        for local in list(old.consumers):  # this node's channels' consumers (queues/consumer.Consumer)
+            _move_consumer(local, old, new)
 
 
 def _move_consumer(consumer: Any, source: Queue, target: Queue) -> None:

@@ -7,7 +7,7 @@ to the leader; the leader sends deliveries and consumer cancellations back.
 
 ```
 op        u8
-PUBLISH   vhost, queue (str8) | message                       -> result u8 (1 confirmed, 0 refused)
+PUBLISH   vhost, queue (str8) | message              -> result u8 (1 confirmed, 0 refused, 2 not the leader)
 CONSUME   vhost, queue | cid u64 | flags u8 | limit u64 | arguments (bytes32: an AMQP field table)
 CREDIT    cid u64 | limit u64        limit: how many deliveries in all the consumer may have had
 CANCEL    cid u64
@@ -35,6 +35,8 @@ PUBLISH, CONSUME, CREDIT, CANCEL, SETTLE, CALL, DELIVER, CANCELLED = range(1, 9)
 ACK, REJECT, REQUEUE = range(3)
 GET, PURGE, COUNTS, DELETE = range(4)
 
+# A publish's result: confirmed, refused (nack), or sent to a node that does not lead the queue yet.
+CONFIRMED, REFUSED, NOT_LEADER_YET = b"\x01", b"\x00", b"\x02"
 # A call's error code when the node asked does not lead the queue (not an AMQP code: asked again).
 NOT_LEADER = 1
 # Where a call is answered: this node leads the queue now (the method is handled again, locally).

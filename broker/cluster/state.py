@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret.broker.cluster.keys import KeyLayout
-from leveret.broker.cluster.leadership import Leadership
+from leveret.broker.cluster.leadership import Deposed, Elected, Leadership
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
 from leveret.broker.cluster.remote import RemoteQueues, no_leader_text
 from leveret.broker.cluster.remote_codec import Call, CallResult
+from leveret.broker.cluster.roles import QueueRoles
+from leveret.broker.queues.journal import Journal
 from leveret.config import Cluster
 
 
@@ -39,6 +41,14 @@ class ClusterState:
         self.call_leader: Callable[[Call, Callable[[CallResult], None]], None] = _no_links
         # Called after each round of leadership decisions: the server runs the hub's reconcile there.
         self.leaders_changed: Callable[[], None] = lambda: None
+        # This node became or stopped being a queue's leader (the server's replication sets it).
+        self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
+        # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract): the
+        # hub, which puts the leader's queue in a proxy's place and a proxy in a deposed queue's.
+        self.roles: QueueRoles = self.remote
+        # The journal of a replicated queue declared (again) on this node while it leads it: replication
+        # answers (None: not the leader, Node gives its NotLeaderJournal).
+        self.leader_journal: Callable[[str, str], Journal | None] = lambda vhost, name: None
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

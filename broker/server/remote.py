@@ -9,6 +9,7 @@ answered once their publishes are durable here (a deferred reply: the link reads
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import trio
 
 from leveret.broker.cluster import remote_codec as codec
-from leveret.broker.cluster.remote import Batch, Handled, RemoteQueues, no_leader_text
+from leveret.broker.cluster.remote import Batch, RemoteQueues, no_leader_text
 from leveret.broker.node import Node
 from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PendingReply
 
@@ -43,9 +44,26 @@ async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TA
 
     def handle(source: str, payload: bytes) -> bytes | Deferred:
         handled = hub.handle(source, payload)  # a CodecError refuses the batch
-        if handled.position <= node.durable_position():
+        left = len(handled.published)
+        safe = trio.Event()
+
+        def settled(index: int, ok: bool) -> None:
+            nonlocal left
+            hub.confirmed(handled, index, ok)
+            left -= 1
+            if not left:
+                safe.set()
+
+        for index, position in handled.published:
+            node.when_confirmed(position, functools.partial(settled, index))
+        if not left:
             return hub.finish(handled)
-        return Deferred(lambda: _when_durable(node, hub, handled))
+
+        async def when_safe() -> bytes:
+            await safe.wait()
+            return hub.finish(handled)
+
+        return Deferred(when_safe)
 
     hub.wake = wake
     hub.link_up = lambda name: name in links.links and links.links[name].up
@@ -62,13 +80,6 @@ async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TA
             nursery.start_soon(_sender, links, hub, name, wakeups, nursery)
         hub.start()
         task_status.started()
-
-
-async def _when_durable(node: Node, hub: RemoteQueues, handled: Handled) -> bytes:
-    durable = trio.Event()
-    node.when_durable(handled.position, durable.set)
-    await durable.wait()
-    return hub.finish(handled)
 
 
 async def _sender(

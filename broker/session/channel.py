@@ -6,7 +6,7 @@ import base64
 import itertools
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
@@ -358,10 +358,12 @@ class ChannelSession:
         if frames:
             self.conn.send_frames(frames)
 
-    def fail_confirms(self, positions: range) -> None:
-        """The store failed to write these positions: their publishes get basic.nack."""
+    def fail_confirms(self, positions: Container[int]) -> None:
+        """The store failed to write these positions: their publishes get basic.nack (a publish also routed
+        to queues led elsewhere too, when its local part failed)."""
         self._unconfirmed = deque(
-            (seq, position, refused or position in positions) for seq, position, refused in self._unconfirmed
+            (seq, position, refused or position in positions or _local_part(position) in positions)
+            for seq, position, refused in self._unconfirmed
         )
 
     @property
@@ -891,6 +893,11 @@ class ChannelSession:
         self.tx.actions.clear()
         self._unhold(self.tx.take_held())
         self._reply(Tx.RollbackOk)
+
+
+def _local_part(position: int) -> int:
+    """The store position (or gate ticket) a publish waits for on this node: a `Ticket`'s own, if any."""
+    return position.local if isinstance(position, Ticket) and position.local else -1
 
 
 def _malformed_properties(error: PropertiesError | TableError) -> ConnectionLevelError:

@@ -226,7 +226,14 @@ def test_without_a_majority_nothing_is_confirmed_until_a_follower_returns(cluste
     assert len(in_sync(cluster)) == 2
 
 
-def test_a_follower_that_missed_messages_catches_up(cluster: LocalCluster) -> None:
+@pytest.mark.parametrize("log_entries", [None, 50], ids=["from-the-tail", "from-a-snapshot"])
+def test_a_follower_that_missed_messages_catches_up(tmp_path: Any, log_entries: int | None) -> None:
+    """With 50 log entries kept, the 500 messages it missed are past the leader's log: a snapshot."""
+    for cluster in start_cluster(tmp_path, replica_log_entries=log_entries):
+        _follower_catches_up(cluster, snapshot=log_entries is not None)
+
+
+def _follower_catches_up(cluster: LocalCluster, snapshot: bool) -> None:
     index, epoch = declared_and_led(cluster)
     follower = next(i for i in range(3) if i != index)
     other = 3 - index - follower
@@ -240,6 +247,8 @@ def test_a_follower_that_missed_messages_catches_up(cluster: LocalCluster) -> No
     cluster.start_node(cluster.nodes[follower])
     cluster.wait_node(cluster.nodes[follower])
     eventually(lambda: len(in_sync(cluster)) == 3)
+    sent = f"sent {cluster.nodes[follower].name} a snapshot" in cluster.nodes[index].log_path.read_text()
+    assert sent == snapshot
     # Only the returned follower is left: it leads, and holds everything.
     cluster.kill_node(other)
     cluster.kill_node(index)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,9 +103,8 @@ def test_kafka_rule_truncates_a_follower_to_where_its_epoch_ends_on_the_new_lead
     assert summary(follower) == summary(leader) and follower.epochs == leader.epochs
 
 
-def test_a_follower_behind_the_base_needs_a_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("leveret.broker.cluster.replica.TAIL_LIMIT", 10)
-    log = ReplicaLog()
+def test_a_follower_behind_the_base_needs_a_snapshot() -> None:
+    log = ReplicaLog(tail_limit=10)
     for seq in range(1, 20):
         log.append(1, enqueue(seq))
     assert log.compact() and log.base == 19 and not log.tail

@@ -36,7 +36,8 @@ DELETED = 6
 Record = tuple[Any, ...]
 LogEntry = tuple[int, Record]  # (epoch, record)
 
-# Entries kept behind the state before the base moves up (a follower further behind gets a snapshot).
+# Entries kept behind the state before the base moves up (a follower further behind gets a snapshot):
+# the default of cluster.replica_log_entries.
 TAIL_LIMIT = 100_000
 
 
@@ -109,7 +110,8 @@ class ReplicaState:
 
 
 class ReplicaLog:
-    def __init__(self) -> None:
+    def __init__(self, tail_limit: int = TAIL_LIMIT) -> None:
+        self.tail_limit = tail_limit
         self.epochs: list[tuple[int, int]] = []  # (epoch, offset of its first entry), ascending
         self.base = 0
         self.base_state = ReplicaState()
@@ -177,7 +179,7 @@ class ReplicaLog:
     def compact(self) -> bool:
         """Move the base up to the end once the tail is long (a follower behind it then catches up from
         a snapshot). True if it moved."""
-        if len(self.tail) <= TAIL_LIMIT:
+        if len(self.tail) <= self.tail_limit:
             return False
         self.base_state = self.state.copy()
         self.base = self.end

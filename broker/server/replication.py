@@ -91,6 +91,7 @@ class Replication:
         self.cluster = node.cluster
         self.links = links
         self.directory = data_dir / "replicas"
+        self.tail_limit = node.cluster.config.replica_log_entries
         self.replicas: dict[QueueId, ReplicaLog] = {}
         self.files: dict[QueueId, ReplicaFile] = {}
         self._locks: dict[QueueId, trio.Lock] = {}
@@ -105,7 +106,7 @@ class Replication:
         """Blocking, before the node serves: every replica file back into its log."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.directory.glob("*.log")):
-            loaded = replica_file.load(path)
+            loaded = replica_file.load(path, self.tail_limit)
             if loaded is None:
                 continue
             vhost, name, replica = loaded
@@ -117,7 +118,7 @@ class Replication:
     def _replica(self, queue: QueueId) -> tuple[ReplicaLog, ReplicaFile]:
         replica = self.replicas.get(queue)
         if replica is None:
-            replica = self.replicas[queue] = ReplicaLog()
+            replica = self.replicas[queue] = ReplicaLog(self.tail_limit)
         file = self.files.get(queue)
         if file is None:
             path = self.directory / replica_file.file_name(*queue)

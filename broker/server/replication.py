@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,8 +167,12 @@ class Replication:
         replica, file = self._replica(queue)
         members = self.cluster.leadership.members(queue)
         followers = [node for node in members if node != self.cluster.name]
-        leader = LeaderQueue(queue, epoch, replica, file, self.node.gate, followers)  # type: ignore[arg-type]
-        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader))
+        gate = self.node.gate
+        assert gate is not None
+        persistence = self.node.persistence
+        wall_clock = persistence.wall_clock if persistence is not None else time.time
+        leader = LeaderQueue(queue, epoch, replica, file, gate, followers, wall_clock)
+        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader), wall_clock())
         self.cluster.roles.lead(vhost, built)
         scope = trio.CancelScope()
         leading = self.leading[queue] = _Leading(leader, built, scope)

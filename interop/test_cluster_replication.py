@@ -263,6 +263,7 @@ def test_leader_kill_loop_under_confirmed_load_loses_no_confirmed_message(cluste
     victim and let it catch up. Every confirmed message is there at the end; nothing never published."""
     declared_and_led(cluster)
     confirmed: list[bytes] = []
+    confirm_times: list[float] = []
     attempted = [0]
     stop = threading.Event()
 
@@ -280,20 +281,26 @@ def test_leader_kill_loop_under_confirmed_load_loses_no_confirmed_message(cluste
                         attempted[0] += 1
                         channel.basic_publish("", QUEUE, body, PERSISTENT)
                         confirmed.append(body)
+                        confirm_times.append(time.monotonic())
             except (pika.exceptions.AMQPError, OSError):
                 time.sleep(0.05)
 
     thread = threading.Thread(target=publish, daemon=True)
     thread.start()
     kills = 0
+    gaps: list[float] = []  # kill -9 to the first confirm after it (from the new leader)
     try:
         for _ in range(8):
             before = len(confirmed)
             eventually(lambda: len(confirmed) >= before + 50, timeout=30)  # noqa: B023
             found = eventually(lambda: leader(cluster))
             cluster.kill_node(found[0])
+            killed = time.monotonic()
             kills += 1
             new_leader(cluster, found[0], found[1])
+            seen = len(confirm_times)
+            eventually(lambda: len(confirm_times) > seen, timeout=30)  # noqa: B023
+            gaps.append(next(t for t in confirm_times if t > killed) - killed)
             cluster.start_node(cluster.nodes[found[0]])
             cluster.wait_node(cluster.nodes[found[0]])
             eventually(lambda: len(in_sync(cluster)) == 3, timeout=30)
@@ -305,6 +312,8 @@ def test_leader_kill_loop_under_confirmed_load_loses_no_confirmed_message(cluste
     lost = set(confirmed) - set(got)
     phantom = {body for body in got if int(body[1:]) >= attempted[0]}
     duplicates = len(got) - len(set(got))
+    median = sorted(gaps)[len(gaps) // 2]
     print(f"faults {kills} / confirmed {len(confirmed)} / lost {len(lost)} / phantom {len(phantom)} / "
-          f"duplicates {duplicates}")
+          f"duplicates {duplicates}; failover (kill to next confirm) median {median:.2f} s, "
+          f"max {max(gaps):.2f} s")
     assert not lost and not phantom

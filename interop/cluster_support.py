@@ -17,7 +17,12 @@ from leveret.broker.server.local_cluster import LocalCluster, etcd_binary
 
 
 def start_cluster(
-    directory: Path, size: int = 3, *, management: bool = False, started: int | None = None
+    directory: Path,
+    size: int = 3,
+    *,
+    management: bool = False,
+    started: int | None = None,
+    replica_log_entries: int | None = None,
 ) -> Iterator[LocalCluster]:
     """Yields the running cluster (`started` of its nodes running, default all); every process it started
     is stopped afterwards."""
@@ -25,7 +30,9 @@ def start_cluster(
         pytest.skip(
             "etcd is not installed (Debian: apt-get install etcd-server; `make deps` does it as root)"
         )
-    cluster = LocalCluster(directory, size, management=management, started=started)
+    cluster = LocalCluster(
+        directory, size, management=management, started=started, replica_log_entries=replica_log_entries
+    )
     try:
         cluster.start()
         yield cluster

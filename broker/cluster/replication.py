@@ -17,6 +17,7 @@ Deliveries never wait.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -50,8 +51,11 @@ class LeaderQueue:
     """One queue this node leads, for one epoch."""
 
     def __init__(self, queue: QueueId, epoch: int, replica: ReplicaLog, file: ReplicaFile,
-                 gate: ConfirmGate, followers: Sequence[str]) -> None:
+                 gate: ConfirmGate, followers: Sequence[str], wall_clock: Callable[[], float]) -> None:
         self.queue = queue
+        # Seconds since the epoch (the store's): a TTL's end is logged as wall-clock time, since a new
+        # leader's monotonic clock is another process's.
+        self.wall_clock = wall_clock
         self.epoch = epoch
         self.replica = replica
         self.file = file
@@ -135,8 +139,9 @@ class ReplicatedJournal(Journal):
             return None
         message = entry.message
         entry.logged = REPLICATED
+        deadline = 0 if expires_in is None else math.ceil((leader.wall_clock() + expires_in) * 1000)
         end = leader.append((ENQUEUE, entry.seq, message.exchange, message.routing_key,
-                             message.properties_raw, message.body))
+                             message.properties_raw, message.body, deadline))
         if not end:
             return None  # deposed: a publish it still takes is nacked
         ticket = leader.gate.ticket()

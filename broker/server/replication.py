@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,7 @@ class Replication:
         self.cluster = node.cluster
         self.links = links
         self.directory = data_dir / "replicas"
+        self.tail_limit = node.cluster.config.replica_log_entries
         self.replicas: dict[QueueId, ReplicaLog] = {}
         self.files: dict[QueueId, ReplicaFile] = {}
         self._locks: dict[QueueId, trio.Lock] = {}
@@ -105,7 +107,7 @@ class Replication:
         """Blocking, before the node serves: every replica file back into its log."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.directory.glob("*.log")):
-            loaded = replica_file.load(path)
+            loaded = replica_file.load(path, self.tail_limit)
             if loaded is None:
                 continue
             vhost, name, replica = loaded
@@ -117,7 +119,7 @@ class Replication:
     def _replica(self, queue: QueueId) -> tuple[ReplicaLog, ReplicaFile]:
         replica = self.replicas.get(queue)
         if replica is None:
-            replica = self.replicas[queue] = ReplicaLog()
+            replica = self.replicas[queue] = ReplicaLog(self.tail_limit)
         file = self.files.get(queue)
         if file is None:
             path = self.directory / replica_file.file_name(*queue)
@@ -165,8 +167,12 @@ class Replication:
         replica, file = self._replica(queue)
         members = self.cluster.leadership.members(queue)
         followers = [node for node in members if node != self.cluster.name]
-        leader = LeaderQueue(queue, epoch, replica, file, self.node.gate, followers)  # type: ignore[arg-type]
-        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader))
+        gate = self.node.gate
+        assert gate is not None
+        persistence = self.node.persistence
+        wall_clock = persistence.wall_clock if persistence is not None else time.time
+        leader = LeaderQueue(queue, epoch, replica, file, gate, followers, wall_clock)
+        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader), wall_clock())
         self.cluster.roles.lead(vhost, built)
         scope = trio.CancelScope()
         leading = self.leading[queue] = _Leading(leader, built, scope)

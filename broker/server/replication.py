@@ -240,7 +240,8 @@ class Replication:
     async def _write_own(self, leading: _Leading) -> None:
         leader = leading.leader
         while True:
-            with trio.move_on_after(_WRITER_TICK):
+            # Confirms owed are looked at often (the ISR may change under them); an idle queue rarely.
+            with trio.move_on_after(_WRITER_TICK if leader.tickets else _IDLE):
                 await leading.wake.wait()
             leading.wake = trio.Event()
             end = leader.take_writes()
@@ -250,11 +251,6 @@ class Replication:
             if leader.replica.compact():
                 leader.file.rewrite(leader.replica)
             self._commit(leading)
-            self._ship_wake(leading)
-
-    def _ship_wake(self, leading: _Leading) -> None:
-        for event in leading.ship_events.values():
-            event.set()
 
     async def _ship(self, leading: _Leading, node: str) -> None:
         leader = leading.leader

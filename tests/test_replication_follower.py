@@ -18,6 +18,7 @@ from leveret.broker.cluster.replica import (
     encode_entries,
     encode_snapshot,
 )
+from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.node import Node
 from leveret.broker.server.peers import PeerLinks
 from leveret.broker.server.replication import _APPEND_HEAD, Replication, _queue_head
@@ -95,3 +96,25 @@ async def test_a_snapshot_replaces_the_replica(tmp_path: Path) -> None:
     assert list(replication.replicas[Q].state.held) == [10, 11]
     loaded = replica_file.load(tmp_path / "b" / "replicas" / replica_file.file_name(*Q))
     assert loaded is not None and list(loaded[2].state.held) == [10, 11]
+
+
+async def test_a_failed_write_acks_nothing_and_the_next_writes_the_whole_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replication = follower(tmp_path)
+    await replication._append("a", append(5, 0, entries(5, 1, 2)))
+    real_sync = ReplicaFile.sync
+
+    def full_disk(self: ReplicaFile, work: tuple[bytes | None, bytes]) -> None:
+        with open(self.path, "ab") as out:
+            out.write((work[1] or b"")[:7])  # a torn piece, then the failure
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ReplicaFile, "sync", full_disk)
+    with pytest.raises(OSError):
+        await replication._append("a", append(5, 2, entries(5, 3, 2)))
+    monkeypatch.setattr(ReplicaFile, "sync", real_sync)
+    end = await replication._append("a", append(5, 4, entries(5, 5, 1)))
+    assert struct.unpack(">Q", end) == (5,)
+    loaded = replica_file.load(tmp_path / "b" / "replicas" / replica_file.file_name(*Q))
+    assert loaded is not None and list(loaded[2].state.held) == [1, 2, 3, 4, 5]

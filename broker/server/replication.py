@@ -53,6 +53,7 @@ _BATCH_BYTES = 1 << 20
 _IDLE = 0.5  # a shipping task looks again at least this often
 _WRITER_TICK = 0.05  # the leader's writer re-checks its confirms (the ISR may have changed)
 _RETRY = 0.2
+_DISK_RETRY = 1.0  # after a failed write of the leader's own replica
 _STALE = "stale epoch"
 
 _NAMES = struct.Struct(">HH")
@@ -133,9 +134,18 @@ class Replication:
         return lock
 
     async def _sync(self, queue: QueueId, file: ReplicaFile) -> None:
+        """Write and fsync what the file has pending. On a failure (a full disk) the whole replica is
+        written again by the next sync, since part of this one may be on disk: nothing is acked until
+        a sync succeeds."""
         async with self._lock(queue):
             if file.dirty:
-                await trio.to_thread.run_sync(file.sync, file.take())
+                try:
+                    await trio.to_thread.run_sync(file.sync, file.take())
+                except OSError as error:
+                    log.error("queue %r in vhost %r: writing its replica failed: %s", queue[1], queue[0],
+                              error)
+                    file.rewrite(self.replicas[queue])
+                    raise
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -246,7 +256,11 @@ class Replication:
             leading.wake = trio.Event()
             end = leader.take_writes()
             if leader.file.dirty:
-                await self._sync(leader.queue, leader.file)
+                try:
+                    await self._sync(leader.queue, leader.file)
+                except OSError:
+                    await trio.sleep(_DISK_RETRY)  # its confirms wait meanwhile
+                    continue
             leader.local_durable = end
             if leader.replica.compact():
                 leader.file.rewrite(leader.replica)

@@ -182,7 +182,12 @@ class Replication:
         persistence = self.node.persistence
         wall_clock = persistence.wall_clock if persistence is not None else time.time
         leader = LeaderQueue(queue, epoch, replica, file, gate, followers, wall_clock)
-        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader), wall_clock())
+        try:
+            built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader),
+                                       wall_clock())
+        except Exception:  # a bug, never the replica's fault: this queue is not served, the node goes on
+            log.exception("queue %r in vhost %r: cannot build the leader's queue", queue[1], queue[0])
+            return
         self.cluster.roles.lead(vhost, built)
         scope = trio.CancelScope()
         leading = self.leading[queue] = _Leading(leader, built, scope)
@@ -372,7 +377,7 @@ class Replication:
         if start != replica.end:
             raise ValueError(f"append at {start}, replica ends at {replica.end}")
         body = memoryview(payload)[at + _APPEND_HEAD.size:]
-        for entry_epoch, record in decode_entries(body):
+        for entry_epoch, record in list(decode_entries(body)):  # all of it decodes, or none is applied
             replica.append(entry_epoch, record)
         replica.start_epoch(epoch)
         file.entries(bytes(body))

@@ -232,6 +232,41 @@ def test_without_a_majority_nothing_is_confirmed_until_a_follower_returns(cluste
     assert len(in_sync(cluster)) == 2
 
 
+def test_confirmed_messages_survive_a_restart_of_every_node(cluster: LocalCluster) -> None:
+    """Every node stopped (and one killed) at once: each reads its replica file back, and the new leader
+    serves everything that was confirmed."""
+    index, _ = declared_and_led(cluster)
+    published = [f"r{i}".encode() for i in range(100)]
+    with connect(cluster, index) as publisher:
+        channel = confirming_channel(publisher)
+        for body in published:
+            channel.basic_publish("", QUEUE, body, PERSISTENT)
+    cluster.kill_node(index)
+    for node in cluster.nodes:
+        if node.process is not None and node.process.poll() is None:
+            node.process.terminate()
+            node.process.wait(timeout=10)
+    for node in cluster.nodes:
+        cluster.start_node(node)
+    for node in cluster.nodes:
+        cluster.wait_node(node)
+    found = eventually(lambda: leader(cluster), timeout=20)
+    got: list[bytes] = []
+
+    def drained() -> bool:
+        current = leader(cluster)
+        if current is None:
+            return False
+        try:
+            got.extend(body for body, _ in drain(cluster, current[0]))
+        except pika.exceptions.AMQPError:
+            return False
+        return len(got) >= len(published)
+
+    eventually(drained, timeout=20)
+    assert got == published, found
+
+
 @pytest.mark.parametrize("log_entries", [None, 50], ids=["from-the-tail", "from-a-snapshot"])
 def test_a_follower_that_missed_messages_catches_up(tmp_path: Any, log_entries: int | None) -> None:
     """With 50 log entries kept, the 500 messages it missed are past the leader's log: a snapshot."""

@@ -208,3 +208,14 @@ def test_a_message_ttl_is_logged_as_wall_clock_time_and_goes_on_at_the_new_leade
     built = build_leader_queue(other, like, leader.replica.state, NULL_JOURNAL, 1003.0)
     (entry,) = built.ready
     assert entry.expires == pytest.approx(12.0)  # type: ignore[attr-defined]
+
+
+def test_a_new_leader_counts_its_whole_log_as_confirmed(tmp_path: Path) -> None:
+    """A follower rejoins the ISR only once it holds all of it: the previous leader may have confirmed
+    any of it."""
+    log = ReplicaLog()
+    for seq in range(1, 6):
+        log.append(1, enqueue(seq))
+    leader = LeaderQueue(("/", "q"), 2, log, ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
+                         ["b", "c"], lambda: 0.0)
+    assert leader.committed == 5

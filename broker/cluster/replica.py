@@ -173,7 +173,9 @@ class ReplicaLog:
         """Entries from `offset` (not below the base), about `max_bytes` of them, at least one."""
         out: list[LogEntry] = []
         size = 0
-        for entry in self.tail[offset - self.base:]:
+        tail = self.tail
+        for index in range(offset - self.base, len(tail)):  # no slice: the tail may be long
+            entry = tail[index]
             out.append(entry)
             size += record_size(entry[1])
             if size >= max_bytes:

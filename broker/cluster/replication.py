@@ -64,8 +64,9 @@ class LeaderQueue:
         # The end offset each follower holds durably (acked), and this node's own.
         self.acked: dict[str, int] = {node: 0 for node in followers}
         self.local_durable = replica.end
-        # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR).
-        self.committed = 0
+        # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR):
+        # from the start, all this log holds, since the previous leader may have confirmed any of it.
+        self.committed = replica.end
         # Followers reported caught up whose return to the ISR is not in etcd yet: confirms wait for them
         # too, so that from the report on they hold everything confirmed.
         self.joining: set[str] = set()

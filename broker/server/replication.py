@@ -53,6 +53,7 @@ _BATCH_BYTES = 1 << 20
 _IDLE = 0.5  # a shipping task looks again at least this often
 _WRITER_TICK = 0.05  # the leader's writer re-checks its confirms (the ISR may have changed)
 _RETRY = 0.2
+_DISK_RETRY = 1.0  # after a failed write of the leader's own replica
 _STALE = "stale epoch"
 
 _NAMES = struct.Struct(">HH")
@@ -133,9 +134,18 @@ class Replication:
         return lock
 
     async def _sync(self, queue: QueueId, file: ReplicaFile) -> None:
+        """Write and fsync what the file has pending. On a failure (a full disk) the whole replica is
+        written again by the next sync, since part of this one may be on disk: nothing is acked until
+        a sync succeeds."""
         async with self._lock(queue):
             if file.dirty:
-                await trio.to_thread.run_sync(file.sync, file.take())
+                try:
+                    await trio.to_thread.run_sync(file.sync, file.take())
+                except OSError as error:
+                    log.error("queue %r in vhost %r: writing its replica failed: %s", queue[1], queue[0],
+                              error)
+                    file.rewrite(self.replicas[queue])
+                    raise
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -172,7 +182,12 @@ class Replication:
         persistence = self.node.persistence
         wall_clock = persistence.wall_clock if persistence is not None else time.time
         leader = LeaderQueue(queue, epoch, replica, file, gate, followers, wall_clock)
-        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader), wall_clock())
+        try:
+            built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader),
+                                       wall_clock())
+        except Exception:  # a bug, never the replica's fault: this queue is not served, the node goes on
+            log.exception("queue %r in vhost %r: cannot build the leader's queue", queue[1], queue[0])
+            return
         self.cluster.roles.lead(vhost, built)
         scope = trio.CancelScope()
         leading = self.leading[queue] = _Leading(leader, built, scope)
@@ -240,21 +255,21 @@ class Replication:
     async def _write_own(self, leading: _Leading) -> None:
         leader = leading.leader
         while True:
-            with trio.move_on_after(_WRITER_TICK):
+            # Confirms owed are looked at often (the ISR may change under them); an idle queue rarely.
+            with trio.move_on_after(_WRITER_TICK if leader.tickets else _IDLE):
                 await leading.wake.wait()
             leading.wake = trio.Event()
             end = leader.take_writes()
             if leader.file.dirty:
-                await self._sync(leader.queue, leader.file)
+                try:
+                    await self._sync(leader.queue, leader.file)
+                except OSError:
+                    await trio.sleep(_DISK_RETRY)  # its confirms wait meanwhile
+                    continue
             leader.local_durable = end
             if leader.replica.compact():
                 leader.file.rewrite(leader.replica)
             self._commit(leading)
-            self._ship_wake(leading)
-
-    def _ship_wake(self, leading: _Leading) -> None:
-        for event in leading.ship_events.values():
-            event.set()
 
     async def _ship(self, leading: _Leading, node: str) -> None:
         leader = leading.leader
@@ -362,7 +377,7 @@ class Replication:
         if start != replica.end:
             raise ValueError(f"append at {start}, replica ends at {replica.end}")
         body = memoryview(payload)[at + _APPEND_HEAD.size:]
-        for entry_epoch, record in decode_entries(body):
+        for entry_epoch, record in list(decode_entries(body)):  # all of it decodes, or none is applied
             replica.append(entry_epoch, record)
         replica.start_epoch(epoch)
         file.entries(bytes(body))

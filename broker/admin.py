@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.auth import VhostPermissions
+from leveret.broker.policies import PolicyError, parse_policy
 from leveret.config import TopicPermission, User
 from leveret.config.passwords import ALGORITHMS, SHA256, is_password_hash
 
@@ -256,6 +257,35 @@ class Administration:
             raise AdminError("vhost_not_found", missing=True)
         return vhost
 
+    # ---- policies (broker/policies.py) ------------------------------------------------------------
+
+    def set_policy(self, vhost: str, name: str, body: dict[str, Any], *, operator: bool = False) -> bool:
+        """Add or replace a policy from RabbitMQ's JSON (True when added); it applies at once."""
+        target = self._vhost(vhost)
+        try:
+            policy = parse_policy(vhost, name, body, operator=operator)
+        except PolicyError as error:
+            raise AdminError(str(error)) from None
+        created = name not in target.policies.of_kind(operator)
+        target.set_policy(policy, operator=operator)
+        self.node.definitions_changed()
+        return created
+
+    def clear_policy(self, vhost: str, name: str, *, operator: bool = False) -> bool:
+        """False when the vhost has no such policy."""
+        if not self._vhost(vhost).clear_policy(name, operator=operator):
+            return False
+        self.node.definitions_changed()
+        return True
+
+    def _restore_policies(self, saved: dict[str, Any]) -> None:
+        for key, operator in (("policies", False), ("operator_policies", True)):
+            for item in saved.get(key, []):
+                vhost = self.node.vhosts.get(item["vhost"])
+                if vhost is not None:
+                    vhost.set_policy(parse_policy(item["vhost"], item["name"], item, operator=operator),
+                                     operator=operator)
+
     # ---- saving and restoring the overrides -----------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -272,6 +302,10 @@ class Administration:
                 for (user, vhost, exchange), record in self._topics.items()
             ],
             "limits": {name: dict(v.limits) for name, v in self.node.vhosts.items() if v.limits},
+            "policies": [p.record() for v in self.node.vhosts.values() for p in v.policies.policies.values()],
+            "operator_policies": [
+                p.record() for v in self.node.vhosts.values() for p in v.policies.operator.values()
+            ],
             "metadata": {
                 name: {"description": v.description, "tags": list(v.tags)}
                 for name, v in self.node.vhosts.items()
@@ -327,6 +361,7 @@ class Administration:
                 self.set_permissions(
                     item["user"], item["vhost"], item["configure"], item["write"], item["read"]
                 )
+        self._restore_policies(saved)
 
     def restore_limits(self, saved: dict[str, Any]) -> None:
         """Vhost limits, once the recovered queues are back (a limit never refuses what was there), and the

@@ -59,6 +59,10 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = dict(arguments or {})
+        # The policy and operator policy that apply (broker/policies.Policy), and their merged definition.
+        self.policy: Any = None
+        self.operator_policy: Any = None
+        self.policy_definition: dict[str, Any] = {}
         # In bind order: the consistent-hash ring and the definitions store rely on that order.
         self.bindings: list[Binding] = []
 

@@ -30,6 +30,7 @@ from leveret.broker.management.context import ApiError, Context, NotFound, excha
 from leveret.broker.management.definitions import Definitions
 from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
+from leveret.broker.management.policies import Policies
 from leveret.broker.management.rates import MessageRates
 from leveret.broker.management.shaping import SHAPING, shape
 from leveret.broker.management.through_cluster import through_cluster
@@ -206,12 +207,6 @@ class Api(Context):
         users = sorted(self.node.authority.users.values(), key=lambda u: u.name)
         return JSONResponse([show.user(u) for u in users])
 
-    async def no_policies(self, request: Request) -> Response:
-        # Policies are not built yet: none to list (rabbitmqadmin's `list policies` reads this).
-        self.scoped(request, self.user(request))
-        return JSONResponse([])
-
-
     async def aliveness(self, request: Request) -> Response:
         """As RabbitMQ's: declare the queue aliveness-test, publish a message to it and read it back."""
         vhost = self.vhost(request, self.user(request))
@@ -282,6 +277,7 @@ def route(path: str, **endpoints: Endpoint) -> Route:
 def build_app(node: Node, rates: MessageRates) -> ASGIApp:
     api, writes, access, messaging = Api(node, rates), Writes(node), Access(node), Messaging(node)
     exported = Definitions(node)
+    policies, operator = Policies(node, operator=False), Policies(node, operator=True)
     binding = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
     routes = [
         route("/api/overview", GET=api.overview),
@@ -344,9 +340,17 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route("/api/definitions", GET=exported.export, POST=exported.import_),
         route("/api/definitions/{vhost}", GET=exported.export, POST=exported.import_),
         route("/api/parameters", GET=access.parameters),
-        route("/api/policies", GET=api.no_policies),
-        route("/api/policies/{vhost}", GET=api.no_policies),
-        route("/api/operator-policies", GET=api.no_policies),
+        route("/api/policies", GET=policies.listing),
+        route("/api/policies/{vhost}", GET=policies.listing),
+        route("/api/policies/{vhost}/{name}", GET=policies.one, PUT=policies.put, DELETE=policies.delete),
+        route("/api/operator-policies", GET=operator.listing),
+        route("/api/operator-policies/{vhost}", GET=operator.listing),
+        route(
+            "/api/operator-policies/{vhost}/{name}",
+            GET=operator.one,
+            PUT=operator.put,
+            DELETE=operator.delete,
+        ),
         route("/api/aliveness-test/{vhost}", GET=api.aliveness),
         route("/api/health/checks/alarms", GET=api.alarms),
         route("/metrics", GET=api.metrics),

@@ -54,6 +54,10 @@ class Queue(Pageable):
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
+        # The arguments with its policies applied (broker/policies.py): what its lifecycle follows.
+        self.effective_arguments = self.arguments
+        self.policy: Any = None  # the policy and operator policy that apply (broker/policies.Policy)
+        self.operator_policy: Any = None
         self.ready: deque[Entry] = deque()
         self.consumers: deque[Subscriber] = deque()
         # Delivered, not yet settled, by seq: the queue's own record of what its consumers hold.

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -42,7 +41,9 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 def client(broker: Broker, auth: tuple[str, str] = GUEST) -> httpx.Client:
     # RabbitMQ drops a kept-alive connection after some of its 400 answers: one connection per request.
-    return httpx.Client(base_url=broker.management_url, auth=auth, timeout=10, headers={"connection": "close"})
+    return httpx.Client(
+        base_url=broker.management_url, auth=auth, timeout=10, headers={"connection": "close"}
+    )
 
 
 @pytest.fixture
@@ -214,8 +215,12 @@ def test_an_operator_policy_sets_the_lower_limit(api: httpx.Client, channel: Blo
     prefix = unique("pol-op")
     strict, loose = f"{prefix}-strict", f"{prefix}-loose"
     set_policy(api, prefix, {"pattern": f"^{prefix}-", "definition": {"max-length": 5, "message-ttl": 60000}})
-    set_policy(api, f"{prefix}-a", {"pattern": f"^{strict}$", "definition": {"max-length": 2}}, "operator-policies")
-    set_policy(api, f"{prefix}-b", {"pattern": f"^{loose}$", "definition": {"max-length": 9}}, "operator-policies")
+    set_policy(
+        api, f"{prefix}-a", {"pattern": f"^{strict}$", "definition": {"max-length": 2}}, "operator-policies"
+    )
+    set_policy(
+        api, f"{prefix}-b", {"pattern": f"^{loose}$", "definition": {"max-length": 9}}, "operator-policies"
+    )
     try:
         op = api.get(f"/api/operator-policies/%2F/{prefix}-a").json()
         assert op == {"vhost": "/", "name": f"{prefix}-a", "pattern": f"^{strict}$", "apply-to": "all",
@@ -308,32 +313,44 @@ def _refused(reason: str) -> tuple[int, dict[str, str]]:
     return 400, {"error": "bad_request", "reason": f"Validation failed\n\n{reason}\n"}
 
 
+ESCAPED_X = "&lt;&lt;\"x\"&gt;&gt;"  # RabbitMQ escapes a policy's texts for HTML: <<"x">>
 BAD_POLICIES = [
-    ({"pattern": "^x", "definition": {"max-length": -1}}, "-1 is not a valid maximum length"),
-    ({"pattern": "^x", "definition": {"max-length": "x"}}, "&lt;&lt;\"x\"&gt;&gt; is not a valid maximum length"),
-    ({"pattern": "^x", "definition": {"message-ttl": 1.5}}, "1.5 is not a valid message TTL"),
-    ({"pattern": "^x", "definition": {"expires": 0}}, "0 is not a valid queue expiry"),
-    ({"pattern": "^x", "definition": {"max-length-bytes": -1}}, "-1 is not a valid maximum length in bytes"),
-    ({"pattern": "^x", "definition": {"overflow": "x"}}, "&lt;&lt;\"x\"&gt;&gt; is not a valid overflow value"),
-    ({"pattern": "^x", "definition": {"dead-letter-exchange": 1}}, "1 is not a valid dead letter exchange name"),
-    ({"pattern": "^x", "definition": {"delivery-limit": -1}}, "-1 is not a valid delivery limit"),
-    ({"pattern": "^x", "definition": {"alternate-exchange": 1}}, "1 is not a valid alternate exchange name"),
-    ({"pattern": "^x", "definition": {"queue-mode": "x"}}, "&lt;&lt;\"x\"&gt;&gt; is not a valid queue-mode value"),
-    ({"pattern": "^x", "definition": {"foo": 1, "bar": "x"}},
-     "[{&lt;&lt;\"bar\"&gt;&gt;,&lt;&lt;\"x\"&gt;&gt;},{&lt;&lt;\"foo\"&gt;&gt;,1}] are not recognised policy settings"),
-    ({"pattern": "^x", "definition": {}}, "no policy provided"),
-    ({"pattern": 1, "definition": {"max-length": 1}}, "pattern should be a binary but was 1"),
-    ({"pattern": "^x", "definition": {"max-length": 1}, "apply-to": "y", "priority": "5"},
-     "apply-to 'y' unrecognised; should be 'queues', 'exchanges' or 'all'\n"
-     "priority should be a number, actually was &lt;&lt;\"5\"&gt;&gt;"),
+    ({"max-length": -1}, "-1 is not a valid maximum length"),
+    ({"max-length": "x"}, f"{ESCAPED_X} is not a valid maximum length"),
+    ({"message-ttl": 1.5}, "1.5 is not a valid message TTL"),
+    ({"expires": 0}, "0 is not a valid queue expiry"),
+    ({"max-length-bytes": -1}, "-1 is not a valid maximum length in bytes"),
+    ({"overflow": "x"}, f"{ESCAPED_X} is not a valid overflow value"),
+    ({"dead-letter-exchange": 1}, "1 is not a valid dead letter exchange name"),
+    ({"delivery-limit": -1}, "-1 is not a valid delivery limit"),
+    ({"alternate-exchange": 1}, "1 is not a valid alternate exchange name"),
+    ({"queue-mode": "x"}, f"{ESCAPED_X} is not a valid queue-mode value"),
+    ({"foo": 1, "bar": "x"}, f"[{{&lt;&lt;\"bar\"&gt;&gt;,{ESCAPED_X}}},{{&lt;&lt;\"foo\"&gt;&gt;,1}}] "
+                             "are not recognised policy settings"),
+    ({}, "no policy provided"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("body", "reason"), BAD_POLICIES)
-def test_bad_policies_get_rabbitmqs_400(api: httpx.Client, body: dict[str, Any], reason: str) -> None:
+@pytest.mark.parametrize(("definition", "reason"), BAD_POLICIES)
+def test_bad_definitions_get_rabbitmqs_400(
+    api: httpx.Client, definition: dict[str, Any], reason: str
+) -> None:
     name = unique("pol-bad")
+    body = {"pattern": "^x", "definition": definition}
     assert answer(api.put(f"/api/policies/%2F/{name}", json=body)) == _refused(reason)
     assert answer(api.get(f"/api/policies/%2F/{name}")) == (404, NOT_FOUND)
+
+
+def test_bad_patterns_apply_to_and_priorities_get_rabbitmqs_400(api: httpx.Client) -> None:
+    path = f"/api/policies/%2F/{unique('pol-bad')}"
+    assert answer(api.put(path, json={"pattern": 1, "definition": {"max-length": 1}})) == _refused(
+        "pattern should be a binary but was 1"
+    )
+    body = {"pattern": "^x", "definition": {"max-length": 1}, "apply-to": "y", "priority": "5"}
+    assert answer(api.put(path, json=body)) == _refused(
+        "apply-to 'y' unrecognised; should be 'queues', 'exchanges' or 'all'\n"
+        "priority should be a number, actually was &lt;&lt;\"5\"&gt;&gt;"
+    )
 
 
 def test_bad_operator_policies_and_missing_fields(api: httpx.Client) -> None:
@@ -383,7 +400,9 @@ def test_policies_survive_a_restart(private_broker: Any) -> None:
     queue = f"{prefix}-q"
     with client(broker) as api:
         set_policy(api, prefix, {"pattern": f"^{prefix}-", "definition": {"max-length": 2}, "priority": 3})
-        set_policy(api, prefix, {"pattern": f"^{prefix}-", "definition": {"max-length": 1}}, "operator-policies")
+        set_policy(
+            api, prefix, {"pattern": f"^{prefix}-", "definition": {"max-length": 1}}, "operator-policies"
+        )
         assert api.put(f"/api/queues/%2F/{queue}", json={"durable": True}).status_code == 201
     broker.restart()
     with client(broker) as api:
@@ -399,8 +418,9 @@ def test_policies_survive_a_restart(private_broker: Any) -> None:
 
 def test_definitions_carry_policies(api: httpx.Client) -> None:
     prefix = unique("pol-defs")
+    definition = {"message-ttl": 1000, "dead-letter-exchange": "amq.fanout"}
     policy = {"vhost": "/", "name": prefix, "pattern": f"^{prefix}-", "apply-to": "queues",
-              "definition": {"message-ttl": 1000, "dead-letter-exchange": "amq.fanout"}, "priority": 2}  # fmt: skip
+              "definition": definition, "priority": 2}  # fmt: skip
     assert api.post("/api/definitions", json={"policies": [policy]}).status_code in (201, 204)
     try:
         assert api.get(f"/api/policies/%2F/{prefix}").json() == policy

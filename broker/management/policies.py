@@ -76,9 +76,7 @@ class Policies(Context):
         body = await json_object(request)
         require(body, "pattern", "definition")
         try:
-            created = self.node.admin.set_policy(
-                vhost, param(request, "name"), body, operator=self.operator
-            )
+            created = self.node.admin.set_policy(vhost, param(request, "name"), body, operator=self.operator)
         except AdminError as error:
             raise admin_error(error) from None
         return made(created)

@@ -166,8 +166,10 @@ def parse_policy(vhost: str, name: str, body: dict[str, Any], *, operator: bool)
             compiled = re.compile(pattern)
         except re.error as error:
             text = _PCRE_TEXTS.get(error.msg, error.msg)
+            # PCRE reports what is left open at the end of the pattern.
+            at = len(pattern) if error.msg.startswith(("unterminated", "missing")) else error.pos or 0
             indent = " " * (len(_PATTERN_PROBLEM) + 1)
-            problems.append(f'{_PATTERN_PROBLEM}{{"{text}",\n{indent}{error.pos or 0}}}')
+            problems.append(f'{_PATTERN_PROBLEM}{{"{text}",\n{indent}{at}}}')
     if not _is_int(priority):
         problems.append(f"priority should be a number, actually was {erlang_term(priority)}")
     if problems:

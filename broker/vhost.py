@@ -347,9 +347,10 @@ class VirtualHost:
         effective = queue_arguments(queue.arguments, definition)
         if effective == queue.effective_arguments:
             return
-        queue.effective_arguments = effective
         if queue.lifecycle is None and needs_lifecycle(effective) and not queue.deleted:
+            # Made under the old arguments: the messages there already keep no TTL, as in RabbitMQ.
             Lifecycle(queue)
+        queue.effective_arguments = effective
         if queue.lifecycle is not None:
             queue.lifecycle.settings_changed()
 

@@ -716,6 +716,7 @@ def test_the_output_is_rabbitmqctls(managed: Broker, ctl: Ctl, argv: tuple[str, 
         channel.basic_qos(prefetch_count=3)
         channel.basic_consume(queue, lambda *_: None, consumer_tag=tag)
         rabbitmqctl(managed, "set_policy", "ctl-compared", "^ctl-never-$", '{"max-length":9}')
+        rabbitmqctl(managed, "set_operator_policy", "ctl-compared", "^ctl-never-$", '{"max-length":8}')
 
         def compared() -> None:
             ours = ctl(*argv)
@@ -726,6 +727,7 @@ def test_the_output_is_rabbitmqctls(managed: Broker, ctl: Ctl, argv: tuple[str, 
             eventually(compared, pump=connection)
         finally:
             rabbitmqctl(managed, "clear_policy", "ctl-compared")
+            rabbitmqctl(managed, "clear_operator_policy", "ctl-compared")
             channel.queue_delete(queue)
 
 

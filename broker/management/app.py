@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leveret.amqp.errors import AMQPError
 from leveret.broker import direct
+from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
 from leveret.broker.management.access import Access
@@ -37,6 +38,7 @@ from leveret.broker.management.through_cluster import through_cluster
 from leveret.broker.management.web import web_routes
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
+from leveret.broker.queues.queue import Queue
 from leveret.broker.vhost import VirtualHost
 
 log = logging.getLogger(__name__)
@@ -124,25 +126,34 @@ class Api(Context):
 
     async def exchanges(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
-        return JSONResponse([show.exchange(v, x) for v in vhosts for _, x in sorted(v.exchanges.items())])
+        return JSONResponse(
+            [self._exchange_json(v, x) for v in vhosts for _, x in sorted(v.exchanges.items())]
+        )
+
+    def _exchange_json(self, vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
+        return show.exchange(vhost, exchange) | {"message_stats": self.rates.exchange(exchange)}
+
+    def _queue_json(self, queue: Queue, *, details: bool = False) -> dict[str, Any]:
+        shown = show.queue_details(self.node, queue) if details else show.queue(self.node, queue)
+        return shown | {"message_stats": self.rates.queue(queue)}
 
     async def exchange(self, request: Request) -> Response:
         vhost = self.vhost(request, self.user(request))
         found = vhost.exchanges.get(exchange_param(request))
         if found is None:
             raise NotFound
-        return JSONResponse(show.exchange(vhost, found))
+        return JSONResponse(self._exchange_json(vhost, found))
 
     async def queues(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
-        return JSONResponse([show.queue(self.node, q) for v in vhosts for _, q in sorted(v.queues.items())])
+        return JSONResponse([self._queue_json(q) for v in vhosts for _, q in sorted(v.queues.items())])
 
     async def queue(self, request: Request) -> Response:
         vhost = self.vhost(request, self.user(request))
         found = vhost.queues.get(param(request, "name"))
         if found is None:
             raise NotFound
-        return JSONResponse(show.queue_details(self.node, found))
+        return JSONResponse(self._queue_json(found, details=True))
 
     async def bindings(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))

@@ -174,7 +174,7 @@ def export_node(node: Node, version: str) -> dict[str, Any]:
                 "password_hash": u.password_hash,
                 "hashing_algorithm": u.hashing_algorithm,
                 "tags": list(u.tags),
-                "limits": {},
+                "limits": dict(node.admin.user_limits.get(u.name, {})),
             }
             for u in sorted(authority.users.values(), key=lambda u: u.name)
         ],
@@ -251,6 +251,9 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
                 password_hash = _field(item, "password_hash", str, "")
                 algorithm = _field(item, "hashing_algorithm", str, SHA256)
             admin.put_user(name, password_hash, _tags(item.get("tags", "")), algorithm)
+            limits = item.get("limits")
+            for limit, value in (limits.items() if isinstance(limits, dict) else ()):
+                admin.set_user_limit(name, limit, value)
         for item in _items(definitions, "vhosts"):
             admin.put_vhost(_field(item, "name", str))
         for item in _items(definitions, "permissions"):

@@ -216,7 +216,8 @@ class Api(Context):
     async def users(self, request: Request) -> Response:
         require_administrator(self.user(request))
         users = sorted(self.node.authority.users.values(), key=lambda u: u.name)
-        return JSONResponse([show.user(u) for u in users])
+        limits = self.node.admin.user_limits
+        return JSONResponse([show.user(u, limits.get(u.name)) for u in users])
 
     async def aliveness(self, request: Request) -> Response:
         """As RabbitMQ's: declare the queue aliveness-test, publish a message to it and read it back."""
@@ -347,6 +348,11 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route("/api/vhost-limits/{vhost}", GET=access.vhost_limits),
         route(
             "/api/vhost-limits/{vhost}/{name}", PUT=access.put_vhost_limit, DELETE=access.delete_vhost_limit
+        ),
+        route("/api/user-limits", GET=access.user_limits),
+        route("/api/user-limits/{user}", GET=access.user_limits),
+        route(
+            "/api/user-limits/{user}/{name}", PUT=access.put_user_limit, DELETE=access.delete_user_limit
         ),
         route("/api/definitions", GET=exported.export, POST=exported.import_),
         route("/api/definitions/{vhost}", GET=exported.export, POST=exported.import_),

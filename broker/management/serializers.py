@@ -316,13 +316,13 @@ def channels_of(sessions: Iterable[ConnectionSession]) -> list[ChannelSession]:
 # ---- users and the overview --------------------------------------------------------------------------
 
 
-def user(u: User) -> Json:
+def user(u: User, limits: dict[str, int] | None = None) -> Json:
     return {
         "name": u.name,
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing_algorithm,
         "tags": list(u.tags),
-        "limits": {},
+        "limits": dict(limits or {}),
     }
 
 

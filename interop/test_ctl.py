@@ -642,6 +642,42 @@ def test_operator_policies_cap_live_queues_below_policies(managed: Broker, ctl: 
     assert (again.code, again.err) == (69, f"Error: policy '{name}' does not exist in vhost '/'\n")
 
 
+def test_user_limits_are_set_listed_enforced_and_cleared(managed: Broker, ctl: Ctl) -> None:
+    user = unique("ctl-limited")
+    assert ctl("add_user", user, "pw").code == 0
+    assert ctl("set_permissions", user, ".*", ".*", ".*").code == 0
+    set_ = ctl("set_user_limits", user, '{"max-connections": 1, "max-channels": 1}')
+    assert (set_.code, set_.out) == (0, (
+        f'Setting user limits to "{{"max-connections": 1, "max-channels": 1}}" for user "{user}" ...\n'
+    )), set_.err  # fmt: skip
+    listed = ctl("list_user_limits", "--user", user)
+    assert listed.lines == [f'Listing limits for user "{user}" ...', '{"max-channels":1,"max-connections":1}']
+    as_json = ctl("list_user_limits", "--user", user, "--formatter", "json")
+    assert json.loads(as_json.out) == {"message": '{"max-channels":1,"max-connections":1}'}
+    url = f"amqp://{user}:pw@{managed.host}:{managed.port}/%2F"
+    with pika_connection(url) as connection:
+        connection.channel()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            connection.channel()
+        assert closed.value.reply_code == 530
+    cleared = ctl("clear_user_limits", user, "max-channels")
+    assert (cleared.code, cleared.out) == (0, f'Clearing "max-channels" limit for user "{user}" ...\n')
+    assert ctl("list_user_limits", "--user", user).lines[1] == '{"max-connections":1}'
+    with pika_connection(url) as connection:
+        connection.channel()
+        connection.channel()
+    everything = ctl("clear_user_limits", user, "all")
+    assert (everything.code, everything.out) == (0, f'Clearing all limits for user "{user}" ...\n')
+    assert ctl("list_user_limits", "--user", user).lines[1] == "{}"
+    bad = ctl("set_user_limits", user, '{"max-foo": 1}')
+    assert bad.code == 70 and "Unrecognised terms" in bad.err
+    missing = ctl("set_user_limits", "ctl-nobody", '{"max-channels": 1}')
+    assert (missing.code, missing.err) == (67, 'Error: user "ctl-nobody" does not exist\n')
+    assert ctl("list_user_limits", "--user", "ctl-nobody").code == 67
+    assert ctl("set_user_limits", user, "notjson").code == 65
+    ctl("delete_user", user)
+
+
 def test_close_connection_tells_the_client_why(managed: Broker, ctl: Ctl, ctl_write: Ctl) -> None:
     with pika_connection(managed.url) as connection:
         name = connection_name(connection, managed)
@@ -688,6 +724,7 @@ COMPARED = (
     ("list_user_permissions", "guest"),
     ("list_policies",),
     ("list_operator_policies",),
+    ("list_user_limits", "--user", "guest"),
 )  # fmt: skip
 
 

@@ -88,10 +88,12 @@ def test_queues_and_exchanges_count_publishes_deliveries_acks_and_redeliveries()
     assert (direct["publish_in"], direct["publish_out"]) == (1, 0)
     assert rates.exchange(vhost.exchanges["amq.topic"]) == {}
     assert node_counts(node)[4] == 2  # the channel's redeliveries
-    for _ in range(4):
+    # Queues and exchanges are sampled when read: a rate is the change since a reading an interval ago.
+    for _ in range(10):
         client.publish(1, b"body", routing_key="b")
     now[0] += 2.0
-    rates.sample()
+    assert rates.queue(vhost.queues["b"])["publish_details"] == {"rate": 0.0}  # too soon: the last rates
+    now[0] += 3.0
     assert rates.queue(vhost.queues["b"])["publish_details"] == {"rate": 2.0}
     assert rates.exchange(vhost.exchanges[""])["publish_out_details"] == {"rate": 2.0}
 

@@ -1,7 +1,7 @@
 """Message rates for message_stats: the node's, each vhost's, channel's, queue's and exchange's counts
 (broker/stats.py), sampled every few seconds; a rate is the change over the last interval, per second, as
-RabbitMQ's `*_details.rate`. Samples of queues, exchanges and channels are kept by weak reference: one gone
-takes its sample with it."""
+RabbitMQ's `*_details.rate`. Queues and exchanges are sampled as the API reads them (there may be many).
+Samples of queues, exchanges and channels are kept by weak reference: one gone takes its sample with it."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _deleted_vhosts(node: Node) -> list[Counts]:
 
 
 class _PerObject:
-    """The last sample and rates of each live object of one kind."""
+    """The last sample and rates of each live object of one kind, taken by the timer (`sample`)."""
 
     def __init__(self, counts: Callable[[Any], Counts], names: tuple[str, ...]) -> None:
         self.counts = counts
@@ -74,6 +74,27 @@ class _PerObject:
         return message_stats(counts, sampled[1] if sampled is not None else _no_rates(counts), self.names)
 
 
+class _SampledWhenRead(_PerObject):
+    """Queues and exchanges, which may be many: sampled when the API reads them, not by the timer (that
+    would walk every queue every 5 s). A rate is the change between the reading and the last sample taken
+    at least an interval before it; the first reading of an object shows 0."""
+
+    def __init__(
+        self, counts: Callable[[Any], Counts], names: tuple[str, ...], clock: Callable[[], float]
+    ) -> None:
+        super().__init__(counts, names)
+        self.clock = clock
+
+    def stats(self, item: Any) -> dict[str, Any]:
+        now, counts = self.clock(), self.counts(item)
+        sampled = self.samples.get(item)
+        if sampled is None:
+            sampled = self.samples[item] = ((now, counts), _no_rates(counts))
+        elif now - sampled[0][0] >= SAMPLE_INTERVAL:
+            sampled = self.samples[item] = _advance(sampled[0], now, counts)
+        return message_stats(counts, sampled[1], self.names)
+
+
 class MessageRates:
     def __init__(self, node: Node, clock: Callable[[], float]) -> None:
         self.node = node
@@ -85,8 +106,8 @@ class MessageRates:
             name: ((start, counts), _no_rates(counts)) for name, counts in vhost_counts(node).items()
         }
         self._channels = _PerObject(channel_counts, STATS)
-        self._queues = _PerObject(queue_counts, QUEUE_STATS)
-        self._exchanges = _PerObject(exchange_counts, EXCHANGE_STATS)
+        self._queues = _SampledWhenRead(queue_counts, QUEUE_STATS, clock)
+        self._exchanges = _SampledWhenRead(exchange_counts, EXCHANGE_STATS, clock)
 
     def sample(self) -> None:
         now = self.clock()
@@ -96,9 +117,6 @@ class MessageRates:
         self._channels.sample(
             (channel for session in self.node.connections for channel in session.channels.values()), now
         )
-        for vhost in self.node.vhosts.values():
-            self._queues.sample(vhost.queues.values(), now)
-            self._exchanges.sample(vhost.exchanges.values(), now)
 
     def overview(self) -> dict[str, Any]:
         counts = node_counts(self.node)

@@ -315,3 +315,20 @@ def test_a_consumer_without_a_leader_is_cancelled_in_the_end(nodes: tuple[Node, 
     now[0] = 11.0
     other.hub.reconcile()
     assert channel.cancelled == [consumer] and proxy.consumers == type(proxy.consumers)()
+
+
+def test_a_delivery_in_flight_to_a_cancelled_consumer_goes_back(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    real = leader.vhost.queues["q"]
+    real.enqueue(message(b"m"))
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1)
+    proxy.add_consumer(consumer)
+    assert exchange(other, leader)  # registered: the leader delivers, the delivery waits in its outbox
+    assert real.unacked == 1
+    proxy.remove_consumer(consumer)  # basic.cancel meanwhile
+    assert exchange(other, leader)
+    settle_all(leader, other)  # the delivery arrives for a consumer no longer there: sent back
+    assert channel.delivered == []
+    assert real.unacked == 0 and [entry.redelivered for entry in real.ready] == [True]

@@ -53,6 +53,8 @@ REMOTE_BASE = 1 << 62
 HOLD_PUBLISH = 5.0
 # A consumer whose queue has had no reachable leader this long is cancelled (basic.cancel).
 CANCEL_AFTER = 10.0
+# How long a cancelled consumer's deliveries still in flight are recognised (and sent back).
+FORGET_CANCELLED = 30.0
 # After a leader refused a consumer (not the leader yet, or no longer), before asking again.
 RETRY_ATTACH = 0.25
 # Bytes of deliveries a leader sends one node before that node has answered them.
@@ -237,7 +239,9 @@ class RemoteQueues(QueueRoles):
         self._cids = itertools.count(1)
         self.subs: dict[int, _Subscription] = {}
         self._by_consumer: dict[int, _Subscription] = {}
-        self._cancelled: dict[int, _Subscription] = {}  # deliveries in flight to them go back
+        # Consumers cancelled here, by id, with when: deliveries still in flight to them go back (kept for
+        # FORGET_CANCELLED seconds, or until the link to their leader breaks).
+        self._cancelled: dict[int, tuple[_Subscription, float]] = {}
         self._waiting: set[ProxyQueue] = set()
         # The leader's: what other nodes consume and hold of queues led here.
         self.origins: dict[str, _Origin] = {}
@@ -385,7 +389,7 @@ class RemoteQueues(QueueRoles):
         del self.subs[sub.cid]
         if sub.node is not None:
             self._send(sub.node, codec.Cancel(sub.cid))
-            self._cancelled[sub.cid] = sub
+            self._cancelled[sub.cid] = (sub, self.clock())
 
     def credit(self, consumer: Any) -> None:
         sub = self._by_consumer.get(id(consumer))
@@ -437,7 +441,7 @@ class RemoteQueues(QueueRoles):
         sub = self.subs.get(op.cid)
         generation = self.generation.get(node, 0)
         if sub is None or sub.node != node or sub.generation != generation:
-            stale = sub or self._cancelled.get(op.cid)
+            stale = sub or self._cancelled.get(op.cid, (None, 0.0))[0]
             if stale is not None and not stale.consumer.no_ack:
                 self._send(node, codec.Settle(stale.proxy.vhost, stale.proxy.name, codec.REQUEUE, (op.seq,)))
             return
@@ -637,7 +641,7 @@ class RemoteQueues(QueueRoles):
             if sub.node == node:
                 sub.node = None
                 sub.detached_at = now
-        for cid in [cid for cid, sub in self._cancelled.items() if sub.node == node]:
+        for cid in [cid for cid, (sub, _) in self._cancelled.items() if sub.node == node]:
             del self._cancelled[cid]
         origin = self.origins.pop(node, None)
         if origin is not None:
@@ -667,6 +671,9 @@ class RemoteQueues(QueueRoles):
             self._flush_waiting(proxy, now)
         for sub in list(self.subs.values()):
             self._follow_leader(sub, now)
+        if self._cancelled:
+            for cid in [cid for cid, (_, at) in self._cancelled.items() if now - at > FORGET_CANCELLED]:
+                del self._cancelled[cid]
 
     def _follow_leader(self, sub: _Subscription, now: float) -> None:
         if sub.node is not None:

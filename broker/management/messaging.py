@@ -193,6 +193,10 @@ class Messaging(Context):
             taken = await self._get_from_leader(queue, max(count, 0), ackmode)
         else:
             taken = direct.get(queue, max(count, 0), ackmode)
+        queue.delivered += len(taken)
+        queue.redelivered += sum(1 for got in taken if got.redelivered)
+        if ackmode == "ack_requeue_false":
+            queue.acked += len(taken)
         self.node.message_totals.count_direct(
             vhost.name, delivered=len(taken), acked=len(taken) if ackmode == "ack_requeue_false" else 0
         )

@@ -129,6 +129,7 @@ class ChannelSession:
         self.published = 0
         self.acked = 0
         self.confirmed = 0
+        self.redelivered = 0
         # Confirms owed, in publish order: (seq, store position it waits for, nack?).
         self._unconfirmed: deque[tuple[int, int, bool]] = deque()
         self.tx: _Transaction | None = None
@@ -184,16 +185,22 @@ class ChannelSession:
     def deliver(self, consumer: Consumer, entry: Entry) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
+        queue = consumer.queue
+        queue.delivered += 1
         if not consumer.no_ack:
             consumer.unacked += 1
-            self.unacked[tag] = (entry.seq, consumer.queue, consumer)
+            self.unacked[tag] = (entry.seq, queue, consumer)
+        redelivered = entry.redelivered
+        if redelivered:  # counted here, where the flag is read anyway for the frame
+            self.redelivered += 1
+            queue.redelivered += 1
         message = entry.message
         self.conn.send_frames(
             fastpath.deliver_frames(
                 self.number,
                 consumer.tag_raw,
                 tag,
-                entry.redelivered,
+                redelivered,
                 message.names_raw,
                 message.properties_raw,
                 message.body,
@@ -293,20 +300,30 @@ class ChannelSession:
         self, exchange: Any, message: Message, extra_keys: list[str], mandatory: bool, seq: int
     ) -> None:
         queues: list[BrokerQueue]
+        # message_stats (broker/stats.py): the inlined default exchange counts one int per publish.
+        exchange.published_in += 1
         if exchange.name != DEFAULT_EXCHANGE or extra_keys:
             try:
                 queues = self.vhost.route(exchange, message, extra_keys)
             except PropertiesError as exc:  # a headers or consistent-hash exchange read them
                 raise _malformed_properties(exc) from exc
+            exchange.routed_in += 1
+            exchange.routed_out += len(queues)
             delivered = bool(queues)
         elif message.routing_key.startswith(reply_to.PREFIX):
             delivered = reply_to.deliver(self.session.node, message)
             queues = []
+            exchange.missed_inline += 1  # to no queue
         else:
             # The default exchange, inlined (vhost.route's first case): the queue named by the key.
             queue = self.vhost.queues.get(message.routing_key)
-            queues = [queue] if queue is not None else []
-            delivered = queue is not None
+            if queue is not None:
+                queues = [queue]
+                delivered = True
+            else:
+                queues = []
+                delivered = False
+                exchange.missed_inline += 1
         if not delivered and mandatory:
             self.conn.send_frames(
                 fastpath.return_frames(
@@ -471,6 +488,7 @@ class ChannelSession:
             if rejected:
                 queue.reject(seqs)
             else:
+                queue.acked += len(seqs)
                 queue.settle(seqs)
         self._credit_returned(consumers, sum(len(seqs) for _, seqs in by_queue))
 
@@ -781,6 +799,11 @@ class ChannelSession:
         consumer = self.consumers.pop(tag, None)
         if consumer is not None:
             self._remove_consumer(consumer)
+            if isinstance(consumer.queue, ProxyQueue) and not method.nowait:
+                # cancel-ok once the leader has taken the cancel (this call follows it on the link), as
+                # RabbitMQ answers once the queue removed the consumer: every node's count agrees then.
+                # Handled again with the answer, the consumer is gone already.
+                self._ask_leader(consumer.queue, remote_codec.COUNTS)
         else:
             reply_to.cancel_consumer(self.session.node, self, tag)
         if not method.nowait:
@@ -830,6 +853,10 @@ class ChannelSession:
     def _got(self, queue: BrokerQueue, entry: Entry, no_ack: bool, message_count: int) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
+        queue.delivered += 1
+        if entry.redelivered:
+            self.redelivered += 1
+            queue.redelivered += 1
         if not no_ack:
             self.unacked[tag] = (entry.seq, queue, None)
             if self.credit_pool is not None:

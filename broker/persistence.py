@@ -270,6 +270,7 @@ class Persistence:
                     exclusive=False,
                     auto_delete=item["auto_delete"],
                     arguments=_decode_table(item["arguments"]),
+                    restoring=True,
                 )
                 live_queue_ids.add(Store.queue_id(vhost_name, queue.name))
                 recovered += self._recover_messages(queue)

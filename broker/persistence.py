@@ -108,6 +108,10 @@ class StoreJournal(Journal):
         self.log.append_settle(range(first, last + 1))
         self.persistence.pending()
 
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        self.log.append_settle(seqs)
+        self.persistence.pending()
+
     def deleted(self) -> None:
         self.persistence.store.delete_queue(self.queue_id)
         self.persistence.pending()

@@ -37,6 +37,10 @@ class Journal:
         """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
         messages, which holds every seq in its range)."""
 
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        """Every entry it holds with one of these seqs is gone (a purged chunk that does not hold every
+        seq in its range: a priority level's)."""
+
     def deleted(self) -> None:
         """The queue was deleted: its log goes too."""
 

@@ -104,6 +104,12 @@ class StoreJournal(Journal):
             self.log.append_removed(seqs, reason)
             self.persistence.pending()
 
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_dead_lettering(seqs, reason)
+            self.persistence.pending()
+
     def settled_range(self, first: int, last: int) -> None:
         self.log.append_settle(range(first, last + 1))
         self.persistence.pending()

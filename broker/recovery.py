@@ -64,7 +64,26 @@ def restore_queue(
                         _chunks(part, flags, 0, chunk_size, _deadlines(queue, part, 0, wall_now), exact=True)
                     )
             lifecycle.restore_levels(by_level)
+    if recovered.held:
+        _restore_held(queue, directory, recovered)
     return len(entries) + count - in_memory
+
+
+def _restore_held(queue: Queue, directory: Path, recovered: RecoveredLog) -> None:
+    """Messages dead-lettered at least once and not yet everywhere: back in the queue's outbox."""
+    held = recovered.held
+    found = read_enqueues(directory, [at for _, at, _ in held])
+    wire: dict[tuple[str, str], bytes] = {}
+    entries, reasons = [], []
+    for (_, at, reason), record in zip(held, found, strict=True):
+        if record is not None:
+            entries.append(entry_from_record(record, at, True, wire))
+            reasons.append(reason)
+    if queue.lifecycle is not None:
+        queue.lifecycle.restore_held(entries, reasons)
+    else:  # a queue without a lifecycle has no dead-lettering: they went
+        for entry, reason in zip(entries, reasons, strict=True):
+            queue.journal.removed([entry], reason)
 
 
 def _levels(queue: Queue, recovered: RecoveredLog) -> list[list[int]] | None:

@@ -33,6 +33,10 @@ class Journal:
         """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected): gone for
         good, as if settled."""
 
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        """Entries dead-lettered at least once for `reason`: held, not ready, until every target has them
+        (then `removed`); after a restart they come back held."""
+
     def settled_range(self, first: int, last: int) -> None:
         """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
         messages, which holds every seq in its range)."""

@@ -474,12 +474,25 @@ class Lifecycle:
         """`entries`: the stored entries the messages were, when they were stored."""
         if self.outbox is not None:
             held: list[Entry | None] = [None] * len(messages) if entries is None else list(entries)
+            if entries:  # logged as held first: a restart brings them back held, not ready
+                self.queue.journal.dead_lettering(entries, reason)
             self.queue.effects.append(self.outbox.add(held, messages, reason, self.queue.clock()))
             self._reschedule()
             self.queue._flush()
         elif self.settings.dead_letter_exchange is not None:
             self.queue.effects.append((DEAD_LETTER, messages, reason))
             self.queue._flush()
+
+    def restore_held(self, entries: list[Entry], reasons: list[str]) -> None:
+        """Dead-lettered at least once and still held when the broker stopped: held again, and forwarded
+        when the node's timers first run. (A queue without an outbox now, its arguments having changed,
+        lets them go as dead-lettered.)"""
+        if self.outbox is None:
+            for entry, reason in zip(entries, reasons, strict=True):
+                self.queue.journal.removed([entry], reason)
+            return
+        self.outbox.restore(entries, reasons, self.queue.clock())
+        self._reschedule()
 
     def dead_lettered(self, ids: list[int]) -> None:
         """Every target queue has these dead-lettered messages now: they leave the queue for good."""

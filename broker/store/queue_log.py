@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records, segments
-from .records import DELIVERED, ENQUEUE, ENQUEUE_EXPIRING, ENQUEUES, EPOCH, REMOVED, RETURNED, SETTLE
+from .records import (
+    DEAD_LETTERING,
+    DELIVERED,
+    ENQUEUE,
+    ENQUEUE_EXPIRING,
+    ENQUEUES,
+    EPOCH,
+    REMOVED,
+    RETURNED,
+    SETTLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +116,9 @@ class RecoveredLog:
     returns: array | None = None
     # Each one's `priority` property, None when none has one above 0.
     priorities: bytearray | None = None
+    # Unsettled messages dead-lettered at least once, held until their targets have them (not in the
+    # columns above): (seq, location, reason).
+    held: list[tuple[int, int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -133,6 +146,7 @@ class _Columns:
         self.deadlines: array | None = None
         self.returns: array | None = None  # likewise, at the first RETURNED record
         self.priorities: bytearray | None = None  # likewise, at the first message with a priority
+        self.held: dict[int, str] = {}  # seq -> reason: dead-lettered at least once, not settled yet
         self.kept: dict[int, Enqueued] = {}  # by seq
         # Bytes still allowed in `kept`, as the memory budget counts them: body, raw properties and
         # KEPT_OVERHEAD each.
@@ -217,6 +231,8 @@ class _Columns:
         if index is None or self.marks[index] & _SETTLED:
             return False
         self.marks[index] |= _SETTLED
+        if self.held:
+            self.held.pop(seq, None)
         record = self.kept.pop(seq, None)
         if record is not None:
             self.room += len(record[3]) + len(record[4]) + KEPT_OVERHEAD
@@ -226,6 +242,11 @@ class _Columns:
         index = self._index(seq)
         if index is not None:
             self.marks[index] |= _DELIVERED
+
+    def dead_lettering(self, seq: int, reason: str) -> None:
+        index = self._index(seq)
+        if index is not None and not self.marks[index] & _SETTLED:
+            self.held[seq] = reason
 
     def returned(self, seq: int) -> None:
         """`seq` came back to the queue: redelivered from now on, and one more in its count."""
@@ -237,7 +258,12 @@ class _Columns:
             self.marks[index] |= _DELIVERED
 
     def unsettled(self) -> RecoveredLog:
-        live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        held = self.held
+        live = [
+            index
+            for index, mark in enumerate(self.marks)
+            if not mark & _SETTLED and not (held and self.seqs[index] in held)
+        ]
         returns = None
         if self.returns is not None:
             returns = array("q", (self.returns[i] for i in live))
@@ -262,6 +288,7 @@ class _Columns:
             deadlines,
             returns if returns is not None and any(returns) else None,
             priorities if priorities is not None and any(priorities) else None,
+            [(seq, self.locations[self._index(seq) or 0], reason) for seq, reason in sorted(held.items())],
         )
 
 
@@ -396,6 +423,20 @@ class QueueLog:
         position = self._append(RETURNED, (records.returned_payload(self.epoch, returned),), True)
         active = self._active
         for seq in returned:
+            segment = self._segment_of(seq)
+            if segment is not None and segment is not active:
+                active.refs.add(segment.index)
+        return position
+
+    def append_dead_lettering(self, seqs: Iterable[int], reason: str) -> int:
+        """Record messages dead-lettered at least once (records.REASONS): held by the queue, not ready,
+        until their targets have them and `append_removed` settles them."""
+        held = [seq for seq in seqs if seq in self._live]
+        if not held:
+            return self._pending.position
+        position = self._append(DEAD_LETTERING, (records.removed_payload(self.epoch, reason, held),), True)
+        active = self._active
+        for seq in held:
             segment = self._segment_of(seq)
             if segment is not None and segment is not active:
                 active.refs.add(segment.index)
@@ -542,6 +583,7 @@ class QueueLog:
                     self._read(reader, segment, columns)
         recovered = columns.unsettled()
         self._live = set(recovered.seqs)
+        self._live.update(seq for seq, _, _ in recovered.held)
         self._active = _Segment(indexes[-1] + 1 if indexes else 0)
         self._recovered = True
         while deletable := self._deletable():
@@ -605,6 +647,12 @@ class QueueLog:
                     _, returned = records.decode_returned(data, start, end)
                     for seq in returned:
                         columns.returned(seq)
+                        self._refer(segment, seq, False)
+                elif kind == DEAD_LETTERING:
+                    seq = top
+                    _, reason, held = records.decode_removed(data, start, end)
+                    for seq in held:
+                        columns.dead_lettering(seq, reason)
                         self._refer(segment, seq, False)
                 else:  # EPOCH: the log's position here (the epoch matters once queues are replicated)
                     seq = top

@@ -49,8 +49,13 @@ ENQUEUE_EXPIRING = 5  # an enqueue with its deadline ahead of the enqueue payloa
 RETURNED = 6  # messages back in the queue (nacked, rejected or given back with requeue): epoch, runs
 REMOVED = 7  # messages the queue removed (expired, over a limit, past the delivery limit): epoch, why, runs
 EPOCH = 8  # first in each segment: the leader epoch of the records after it, and the log position here
+# Messages dead-lettered at least once (held by the queue until every target has them; a REMOVED record
+# follows): epoch, why, runs. They recover held, not ready.
+DEAD_LETTERING = 9
 # What a queue log holds.
-KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING, RETURNED, REMOVED, EPOCH))
+KINDS = frozenset(
+    (ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING, RETURNED, REMOVED, EPOCH, DEAD_LETTERING)
+)
 ENQUEUES = frozenset((ENQUEUE, ENQUEUE_EXPIRING))
 
 # seq, then the lengths of exchange, routing key and properties; the body is the rest of the payload

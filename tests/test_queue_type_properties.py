@@ -25,7 +25,7 @@ async def test_a_stored_auto_delete_quorum_queue_from_before_the_check_still_rec
     assert refused.value.text == "invalid property 'auto-delete' for queue 'old' in vhost '/'"
     # As an older Leveret stored it: the definitions file holds it.
     vhost.declare_queue(
-        "old", owner=None, durable=True, exclusive=False, auto_delete=True, arguments=quorum, restoring=False
+        "old", owner=None, durable=True, exclusive=False, auto_delete=True, arguments=quorum, restoring=True
     )
     assert node.persistence is not None
     node.persistence.close()

@@ -6,7 +6,7 @@ import base64
 import itertools
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
@@ -340,7 +340,7 @@ class ChannelSession:
         if frames:
             self.conn.send_frames(frames)
 
-    def fail_confirms(self, positions: range) -> None:
+    def fail_confirms(self, positions: Container[int]) -> None:
         """The store failed to write these positions: their publishes get basic.nack."""
         self._unconfirmed = deque(
             (seq, position, refused or position in positions) for seq, position, refused in self._unconfirmed

@@ -70,6 +70,9 @@ class StoreJournal(Journal):
         self.recovered: RecoveredLog | None = queue_log.recover_index(allowance=persistence.memory_room())
         self.gate: ConfirmGate | None = None
 
+    def logs(self, entry: Entry) -> bool:
+        return entry.message.delivery_mode == 2
+
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
         message = entry.message
         if message.delivery_mode != 2:

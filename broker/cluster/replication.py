@@ -129,6 +129,9 @@ class ReplicatedJournal(Journal):
         # logged, since a queue declared again under the name logs into the same log, from seq 1 again.
         self.done = False
 
+    def logs(self, entry: Entry) -> bool:
+        return not self.done
+
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         leader = self.leader
         if self.done:

@@ -23,6 +23,10 @@ class Journal:
         """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 
+    def logs(self, entry: Entry) -> bool:
+        """Whether `enqueued` would log the entry (and so set its `logged`)."""
+        return False
+
     def delivered(self, entry: Entry) -> None:
         """First delivery of the entry: after a crash it comes back with redelivered=true."""
 
@@ -55,6 +59,10 @@ class Journal:
 NULL_JOURNAL = Journal()
 
 
+# An entry's `logged` while its enqueued record waits among a command's effects (RecordingJournal).
+PENDING = -1
+
+
 class RecordingJournal(Journal):
     """A queue's journal while `Queue.apply` runs a command: each call becomes a JOURNAL effect carrying
     the record, in order among the command's other effects, for the executor to write (`Executor.run`
@@ -70,6 +78,10 @@ class RecordingJournal(Journal):
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         self._effects.append((JOURNAL, "enqueued", entry, expires_in))
+        if self.journal.logs(entry):
+            # Logged once the effect is carried out; the command goes on as if it were (a message handed
+            # straight to a consumer gets its delivered record), and the real journal sets where.
+            entry.logged = PENDING
         return 0
 
     def delivered(self, entry: Entry) -> None:

@@ -226,7 +226,49 @@ def test_without_a_majority_nothing_is_confirmed_until_a_follower_returns(cluste
     assert len(in_sync(cluster)) == 2
 
 
-def test_a_follower_that_missed_messages_catches_up(cluster: LocalCluster) -> None:
+def test_confirmed_messages_survive_a_restart_of_every_node(cluster: LocalCluster) -> None:
+    """Every node stopped (and one killed) at once: each reads its replica file back, and the new leader
+    serves everything that was confirmed."""
+    index, _ = declared_and_led(cluster)
+    published = [f"r{i}".encode() for i in range(100)]
+    with connect(cluster, index) as publisher:
+        channel = confirming_channel(publisher)
+        for body in published:
+            channel.basic_publish("", QUEUE, body, PERSISTENT)
+    cluster.kill_node(index)
+    for node in cluster.nodes:
+        if node.process is not None and node.process.poll() is None:
+            node.process.terminate()
+            node.process.wait(timeout=10)
+    for node in cluster.nodes:
+        cluster.start_node(node)
+    for node in cluster.nodes:
+        cluster.wait_node(node)
+    found = eventually(lambda: leader(cluster), timeout=20)
+    got: list[bytes] = []
+
+    def drained() -> bool:
+        current = leader(cluster)
+        if current is None:
+            return False
+        try:
+            got.extend(body for body, _ in drain(cluster, current[0]))
+        except pika.exceptions.AMQPError:
+            return False
+        return len(got) >= len(published)
+
+    eventually(drained, timeout=20)
+    assert got == published, found
+
+
+@pytest.mark.parametrize("log_entries", [None, 50], ids=["from-the-tail", "from-a-snapshot"])
+def test_a_follower_that_missed_messages_catches_up(tmp_path: Any, log_entries: int | None) -> None:
+    """With 50 log entries kept, the 500 messages it missed are past the leader's log: a snapshot."""
+    for cluster in start_cluster(tmp_path, replica_log_entries=log_entries):
+        _follower_catches_up(cluster, snapshot=log_entries is not None)
+
+
+def _follower_catches_up(cluster: LocalCluster, snapshot: bool) -> None:
     index, epoch = declared_and_led(cluster)
     follower = next(i for i in range(3) if i != index)
     other = 3 - index - follower
@@ -240,6 +282,8 @@ def test_a_follower_that_missed_messages_catches_up(cluster: LocalCluster) -> No
     cluster.start_node(cluster.nodes[follower])
     cluster.wait_node(cluster.nodes[follower])
     eventually(lambda: len(in_sync(cluster)) == 3)
+    sent = f"sent {cluster.nodes[follower].name} a snapshot" in cluster.nodes[index].log_path.read_text()
+    assert sent == snapshot
     # Only the returned follower is left: it leads, and holds everything.
     cluster.kill_node(other)
     cluster.kill_node(index)
@@ -254,6 +298,7 @@ def test_leader_kill_loop_under_confirmed_load_loses_no_confirmed_message(cluste
     victim and let it catch up. Every confirmed message is there at the end; nothing never published."""
     declared_and_led(cluster)
     confirmed: list[bytes] = []
+    confirm_times: list[float] = []
     attempted = [0]
     stop = threading.Event()
 
@@ -271,20 +316,26 @@ def test_leader_kill_loop_under_confirmed_load_loses_no_confirmed_message(cluste
                         attempted[0] += 1
                         channel.basic_publish("", QUEUE, body, PERSISTENT)
                         confirmed.append(body)
+                        confirm_times.append(time.monotonic())
             except (pika.exceptions.AMQPError, OSError):
                 time.sleep(0.05)
 
     thread = threading.Thread(target=publish, daemon=True)
     thread.start()
     kills = 0
+    gaps: list[float] = []  # kill -9 to the first confirm after it (from the new leader)
     try:
         for _ in range(8):
             before = len(confirmed)
             eventually(lambda: len(confirmed) >= before + 50, timeout=30)  # noqa: B023
             found = eventually(lambda: leader(cluster))
             cluster.kill_node(found[0])
+            killed = time.monotonic()
             kills += 1
             new_leader(cluster, found[0], found[1])
+            seen = len(confirm_times)
+            eventually(lambda: len(confirm_times) > seen, timeout=30)  # noqa: B023
+            gaps.append(next(t for t in confirm_times if t > killed) - killed)
             cluster.start_node(cluster.nodes[found[0]])
             cluster.wait_node(cluster.nodes[found[0]])
             eventually(lambda: len(in_sync(cluster)) == 3, timeout=30)
@@ -296,6 +347,8 @@ def test_leader_kill_loop_under_confirmed_load_loses_no_confirmed_message(cluste
     lost = set(confirmed) - set(got)
     phantom = {body for body in got if int(body[1:]) >= attempted[0]}
     duplicates = len(got) - len(set(got))
+    median = sorted(gaps)[len(gaps) // 2]
     print(f"faults {kills} / confirmed {len(confirmed)} / lost {len(lost)} / phantom {len(phantom)} / "
-          f"duplicates {duplicates}")
+          f"duplicates {duplicates}; failover (kill to next confirm) median {median:.2f} s, "
+          f"max {max(gaps):.2f} s")
     assert not lost and not phantom

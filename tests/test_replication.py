@@ -36,7 +36,7 @@ NO_PROPERTIES = b"\x00\x00"  # a content header's property flags, none set
 
 
 def enqueue(seq: int, body: bytes = b"x") -> Record:
-    return (ENQUEUE, seq, "", "q", NO_PROPERTIES, body)
+    return (ENQUEUE, seq, "", "q", NO_PROPERTIES, body, 0)
 
 
 def records_strategy() -> st.SearchStrategy[list[Record]]:
@@ -104,9 +104,8 @@ def test_kafka_rule_truncates_a_follower_to_where_its_epoch_ends_on_the_new_lead
     assert summary(follower) == summary(leader) and follower.epochs == leader.epochs
 
 
-def test_a_follower_behind_the_base_needs_a_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("leveret.broker.cluster.replica.TAIL_LIMIT", 10)
-    log = ReplicaLog()
+def test_a_follower_behind_the_base_needs_a_snapshot() -> None:
+    log = ReplicaLog(tail_limit=10)
     for seq in range(1, 20):
         log.append(1, enqueue(seq))
     assert log.compact() and log.base == 19 and not log.tail
@@ -145,7 +144,7 @@ def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:
 
 def leader_queue(tmp_path: Path, gate: ConfirmGate) -> LeaderQueue:
     return LeaderQueue(("/", "q"), 7, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), gate,
-                       ["b", "c"])
+                       ["b", "c"], lambda: 1000.0)
 
 
 def test_confirms_wait_for_every_in_sync_replica_and_a_majority(tmp_path: Path) -> None:
@@ -180,7 +179,7 @@ def test_a_new_leader_serves_the_replica_state_all_flagged_redelivered() -> None
     vhost = VirtualHost("/", lambda: 0.0, Deadlines())
     old = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
                               arguments={"x-queue-type": "quorum"})
-    built = build_leader_queue(vhost, old, log.state, NULL_JOURNAL)
+    built = build_leader_queue(vhost, old, log.state, NULL_JOURNAL, 0.0)
     QueueRoles().lead(vhost, built)
     assert vhost.queues["q"] is built
     assert [(e.message.body, e.redelivered) for e in built.ready] == [
@@ -190,3 +189,33 @@ def test_a_new_leader_serves_the_replica_state_all_flagged_redelivered() -> None
     assert taken is not None and taken.message.body == b"m2"
     log.append(2, (DELETED,))
     assert log.state.deleted and not log.state.held
+
+
+def test_a_message_ttl_is_logged_as_wall_clock_time_and_goes_on_at_the_new_leader(tmp_path: Path) -> None:
+    gate = ConfirmGate()
+    leader = leader_queue(tmp_path, gate)  # its wall clock: 1000 s
+    vhost = VirtualHost("/", lambda: 50.0, Deadlines())
+    queue = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                                arguments={"x-message-ttl": 8000})
+    queue.journal = ReplicatedJournal(leader)
+    queue.enqueue(Message("", "q", NO_PROPERTIES, b"timed"))
+    (held,) = leader.replica.state.held.values()
+    assert held.deadline == 1_008_000  # ms since the epoch
+    # A new leader whose wall clock reads 3 s later, whose monotonic clock reads 7: 5 s left.
+    other = VirtualHost("/", lambda: 7.0, Deadlines())
+    like = other.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                               arguments={"x-message-ttl": 8000})
+    built = build_leader_queue(other, like, leader.replica.state, NULL_JOURNAL, 1003.0)
+    (entry,) = built.ready
+    assert entry.expires == pytest.approx(12.0)  # type: ignore[attr-defined]
+
+
+def test_a_new_leader_counts_its_whole_log_as_confirmed(tmp_path: Path) -> None:
+    """A follower rejoins the ISR only once it holds all of it: the previous leader may have confirmed
+    any of it."""
+    log = ReplicaLog()
+    for seq in range(1, 6):
+        log.append(1, enqueue(seq))
+    leader = LeaderQueue(("/", "q"), 2, log, ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
+                         ["b", "c"], lambda: 0.0)
+    assert leader.committed == 5

@@ -7,7 +7,10 @@ a leader change) and how often each came back (a quorum queue's delivery count).
 
 Records (tuples, kind first):
 
-    (ENQUEUE, seq, exchange, routing_key, properties_raw, body)   every message: all are persistent
+    (ENQUEUE, seq, exchange, routing_key, properties_raw, body, deadline)
+                                                                   every message (all are persistent);
+                                                                   deadline: its TTL's end, wall-clock ms
+                                                                   since the epoch (0: none)
     (DELIVERED, seq)                                               first delivery
     (SETTLED, seqs)                                                acked, expired, dropped, dead-lettered
     (RETURNED, seqs)                                               requeued: redelivered, one more return
@@ -36,27 +39,29 @@ DELETED = 6
 Record = tuple[Any, ...]
 LogEntry = tuple[int, Record]  # (epoch, record)
 
-# Entries kept behind the state before the base moves up (a follower further behind gets a snapshot).
+# Entries kept behind the state before the base moves up (a follower further behind gets a snapshot):
+# the default of cluster.replica_log_entries.
 TAIL_LIMIT = 100_000
 
 
 class Held:
     """One message a replica holds."""
 
-    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "delivered", "returns")
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "deadline", "delivered", "returns")
 
-    def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes,
+    def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes, deadline: int = 0,
                  delivered: bool = False, returns: int = 0) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.properties_raw = properties_raw
         self.body = body
+        self.deadline = deadline
         self.delivered = delivered
         self.returns = returns
 
     def copy(self) -> Held:
-        return Held(self.exchange, self.routing_key, self.properties_raw, self.body, self.delivered,
-                    self.returns)
+        return Held(self.exchange, self.routing_key, self.properties_raw, self.body, self.deadline,
+                    self.delivered, self.returns)
 
 
 @dataclass
@@ -72,7 +77,7 @@ class ReplicaState:
         held = self.held
         if kind == ENQUEUE:
             seq = record[1]
-            held[seq] = Held(record[2], record[3], record[4], record[5])
+            held[seq] = Held(record[2], record[3], record[4], record[5], record[6])
             if seq >= self.next_seq:
                 self.next_seq = seq + 1
             self.deleted = False  # declared again after a delete: the same log goes on
@@ -109,7 +114,8 @@ class ReplicaState:
 
 
 class ReplicaLog:
-    def __init__(self) -> None:
+    def __init__(self, tail_limit: int = TAIL_LIMIT) -> None:
+        self.tail_limit = tail_limit
         self.epochs: list[tuple[int, int]] = []  # (epoch, offset of its first entry), ascending
         self.base = 0
         self.base_state = ReplicaState()
@@ -167,7 +173,9 @@ class ReplicaLog:
         """Entries from `offset` (not below the base), about `max_bytes` of them, at least one."""
         out: list[LogEntry] = []
         size = 0
-        for entry in self.tail[offset - self.base:]:
+        tail = self.tail
+        for index in range(offset - self.base, len(tail)):  # no slice: the tail may be long
+            entry = tail[index]
             out.append(entry)
             size += record_size(entry[1])
             if size >= max_bytes:
@@ -177,7 +185,7 @@ class ReplicaLog:
     def compact(self) -> bool:
         """Move the base up to the end once the tail is long (a follower behind it then catches up from
         a snapshot). True if it moved."""
-        if len(self.tail) <= TAIL_LIMIT:
+        if len(self.tail) <= self.tail_limit:
             return False
         self.base_state = self.state.copy()
         self.base = self.end
@@ -200,7 +208,7 @@ _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">BQ")  # kind, epoch
-_ENQUEUE = struct.Struct(">QHHII")  # seq, lengths of exchange, routing key, properties, body
+_ENQUEUE = struct.Struct(">QQHHII")  # seq, deadline, lengths of exchange, routing key, properties, body
 
 
 def record_size(record: Record) -> int:
@@ -219,7 +227,8 @@ def encode_entries(entries: Iterable[LogEntry]) -> bytes:
         append(_ENTRY_HEAD.pack(kind, epoch))
         if kind == ENQUEUE:
             exchange, key = record[2].encode(), record[3].encode()
-            append(_ENQUEUE.pack(record[1], len(exchange), len(key), len(record[4]), len(record[5])))
+            append(_ENQUEUE.pack(record[1], record[6], len(exchange), len(key), len(record[4]),
+                                 len(record[5])))
             parts += (exchange, key, record[4], record[5])
         elif kind == DELIVERED:
             append(_U64.pack(record[1]))
@@ -241,7 +250,7 @@ def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
         at += _ENTRY_HEAD.size
         record: Record
         if kind == ENQUEUE:
-            seq, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
+            seq, deadline, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
             at += _ENQUEUE.size
             exchange = bytes(view[at:at + le]).decode()
             at += le
@@ -251,7 +260,7 @@ def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
             at += lp
             body = bytes(view[at:at + lb])
             at += lb
-            record = (ENQUEUE, seq, exchange, key, properties, body)
+            record = (ENQUEUE, seq, exchange, key, properties, body, deadline)
         elif kind == DELIVERED:
             record = (DELIVERED, _U64.unpack_from(view, at)[0])
             at += 8
@@ -277,7 +286,8 @@ def encode_snapshot(end: int, epochs: list[tuple[int, int]], state: ReplicaState
     parts.append(_U64.pack(state.next_seq) + _U8.pack(int(state.deleted)) + _U32.pack(len(state.held)))
     for seq, item in state.held.items():
         exchange, key = item.exchange.encode(), item.routing_key.encode()
-        parts.append(_ENQUEUE.pack(seq, len(exchange), len(key), len(item.properties_raw), len(item.body)))
+        parts.append(_ENQUEUE.pack(seq, item.deadline, len(exchange), len(key), len(item.properties_raw),
+                                   len(item.body)))
         parts += (exchange, key, item.properties_raw, item.body)
         parts.append(_U8.pack(int(item.delivered)) + _U32.pack(item.returns))
     return b"".join(parts)
@@ -298,7 +308,7 @@ def decode_snapshot(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]
     at += 13
     state = ReplicaState(next_seq=next_seq, deleted=deleted)
     for _ in range(held_count):
-        seq, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
+        seq, deadline, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
         at += _ENQUEUE.size
         exchange = bytes(view[at:at + le]).decode()
         at += le
@@ -311,5 +321,5 @@ def decode_snapshot(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]
         delivered = bool(view[at])
         (returns,) = _U32.unpack_from(view, at + 1)
         at += 5
-        state.held[seq] = Held(exchange, key, properties, body, delivered, returns)
+        state.held[seq] = Held(exchange, key, properties, body, deadline, delivered, returns)
     return end, epochs, state

@@ -25,6 +25,7 @@ import zlib
 from pathlib import Path
 
 from leveret.broker.cluster.replica import (
+    TAIL_LIMIT,
     ReplicaLog,
     decode_entries,
     decode_snapshot,
@@ -127,12 +128,12 @@ class ReplicaFile:
             pass
 
 
-def load(path: Path) -> tuple[str, str, ReplicaLog] | None:
+def load(path: Path, tail_limit: int = TAIL_LIMIT) -> tuple[str, str, ReplicaLog] | None:
     """Blocking: read a replica file back (None if it has no readable header)."""
     data = path.read_bytes()
     at = 0
     names: tuple[str, str] | None = None
-    replica = ReplicaLog()
+    replica = ReplicaLog(tail_limit)
     while at + _FRAME.size <= len(data):
         length, crc, kind = _FRAME.unpack_from(data, at)
         body = data[at + _FRAME.size: at + 8 + length]

@@ -17,6 +17,7 @@ Deliveries never wait.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -50,8 +51,11 @@ class LeaderQueue:
     """One queue this node leads, for one epoch."""
 
     def __init__(self, queue: QueueId, epoch: int, replica: ReplicaLog, file: ReplicaFile,
-                 gate: ConfirmGate, followers: Sequence[str]) -> None:
+                 gate: ConfirmGate, followers: Sequence[str], wall_clock: Callable[[], float]) -> None:
         self.queue = queue
+        # Seconds since the epoch (the store's): a TTL's end is logged as wall-clock time, since a new
+        # leader's monotonic clock is another process's.
+        self.wall_clock = wall_clock
         self.epoch = epoch
         self.replica = replica
         self.file = file
@@ -60,8 +64,9 @@ class LeaderQueue:
         # The end offset each follower holds durably (acked), and this node's own.
         self.acked: dict[str, int] = {node: 0 for node in followers}
         self.local_durable = replica.end
-        # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR).
-        self.committed = 0
+        # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR):
+        # from the start, all this log holds, since the previous leader may have confirmed any of it.
+        self.committed = replica.end
         # Followers reported caught up whose return to the ISR is not in etcd yet: confirms wait for them
         # too, so that from the report on they hold everything confirmed.
         self.joining: set[str] = set()
@@ -138,8 +143,9 @@ class ReplicatedJournal(Journal):
             return None
         message = entry.message
         entry.logged = REPLICATED
+        deadline = 0 if expires_in is None else math.ceil((leader.wall_clock() + expires_in) * 1000)
         end = leader.append((ENQUEUE, entry.seq, message.exchange, message.routing_key,
-                             message.properties_raw, message.body))
+                             message.properties_raw, message.body, deadline))
         if not end:
             return None  # deposed: a publish it still takes is nacked
         ticket = leader.gate.ticket()

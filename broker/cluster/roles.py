@@ -32,20 +32,26 @@ if TYPE_CHECKING:
     from leveret.broker.vhost import VirtualHost
 
 
-def build_leader_queue(vhost: VirtualHost, like: Queue, state: ReplicaState, journal: Journal) -> Queue:
+def build_leader_queue(
+    vhost: VirtualHost, like: Queue, state: ReplicaState, journal: Journal, wall_now: float
+) -> Queue:
     """The leader's queue: `like`'s definition, holding every message of the replica state, ready, in
-    seq order, with its delivery count. Each comes back redelivered=true: a leader changes only when the
+    seq order, with its delivery count and what its logged TTL deadline leaves it (`wall_now`: the wall
+    clock, seconds since the epoch). Each comes back redelivered=true: a leader changes only when the
     old one failed, and its deliveries did not wait for their delivered records to reach a replica, so
     any message may have reached a consumer (as after a single node's crash: store/clean_shutdown.py)."""
     queue = _new_queue(vhost, like, journal)
     entries = []
     returns = []
+    expires_in: list[float | None] = []
     for seq, held in state.held.items():
         entry = Entry(Message(held.exchange, held.routing_key, held.properties_raw, held.body), seq, True)
         entry.logged = -1  # replication.REPLICATED: journalled, nothing in the store to read back
         entries.append(entry)
         returns.append(held.returns)
-    queue.restore(entries, state.next_seq, None, returns if any(returns) else None)
+        expires_in.append(max(held.deadline / 1000 - wall_now, 0.0) if held.deadline else None)
+    timed = any(left is not None for left in expires_in)
+    queue.restore(entries, state.next_seq, expires_in if timed else None, returns if any(returns) else None)
     return queue
 
 

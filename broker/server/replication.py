@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ _BATCH_BYTES = 1 << 20
 _IDLE = 0.5  # a shipping task looks again at least this often
 _WRITER_TICK = 0.05  # the leader's writer re-checks its confirms (the ISR may have changed)
 _RETRY = 0.2
+_DISK_RETRY = 1.0  # after a failed write of the leader's own replica
 _STALE = "stale epoch"
 
 _NAMES = struct.Struct(">HH")
@@ -91,6 +93,7 @@ class Replication:
         self.cluster = node.cluster
         self.links = links
         self.directory = data_dir / "replicas"
+        self.tail_limit = node.cluster.config.replica_log_entries
         self.replicas: dict[QueueId, ReplicaLog] = {}
         self.files: dict[QueueId, ReplicaFile] = {}
         self._locks: dict[QueueId, trio.Lock] = {}
@@ -105,7 +108,7 @@ class Replication:
         """Blocking, before the node serves: every replica file back into its log."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.directory.glob("*.log")):
-            loaded = replica_file.load(path)
+            loaded = replica_file.load(path, self.tail_limit)
             if loaded is None:
                 continue
             vhost, name, replica = loaded
@@ -117,7 +120,7 @@ class Replication:
     def _replica(self, queue: QueueId) -> tuple[ReplicaLog, ReplicaFile]:
         replica = self.replicas.get(queue)
         if replica is None:
-            replica = self.replicas[queue] = ReplicaLog()
+            replica = self.replicas[queue] = ReplicaLog(self.tail_limit)
         file = self.files.get(queue)
         if file is None:
             path = self.directory / replica_file.file_name(*queue)
@@ -131,9 +134,18 @@ class Replication:
         return lock
 
     async def _sync(self, queue: QueueId, file: ReplicaFile) -> None:
+        """Write and fsync what the file has pending. On a failure (a full disk) the whole replica is
+        written again by the next sync, since part of this one may be on disk: nothing is acked until
+        a sync succeeds."""
         async with self._lock(queue):
             if file.dirty:
-                await trio.to_thread.run_sync(file.sync, file.take())
+                try:
+                    await trio.to_thread.run_sync(file.sync, file.take())
+                except OSError as error:
+                    log.error("queue %r in vhost %r: writing its replica failed: %s", queue[1], queue[0],
+                              error)
+                    file.rewrite(self.replicas[queue])
+                    raise
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -165,8 +177,17 @@ class Replication:
         replica, file = self._replica(queue)
         members = self.cluster.leadership.members(queue)
         followers = [node for node in members if node != self.cluster.name]
-        leader = LeaderQueue(queue, epoch, replica, file, self.node.gate, followers)  # type: ignore[arg-type]
-        built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader))
+        gate = self.node.gate
+        assert gate is not None
+        persistence = self.node.persistence
+        wall_clock = persistence.wall_clock if persistence is not None else time.time
+        leader = LeaderQueue(queue, epoch, replica, file, gate, followers, wall_clock)
+        try:
+            built = build_leader_queue(vhost, current, replica.state, ReplicatedJournal(leader),
+                                       wall_clock())
+        except Exception:  # a bug, never the replica's fault: this queue is not served, the node goes on
+            log.exception("queue %r in vhost %r: cannot build the leader's queue", queue[1], queue[0])
+            return
         self.cluster.roles.lead(vhost, built)
         scope = trio.CancelScope()
         leading = self.leading[queue] = _Leading(leader, built, scope)
@@ -234,21 +255,21 @@ class Replication:
     async def _write_own(self, leading: _Leading) -> None:
         leader = leading.leader
         while True:
-            with trio.move_on_after(_WRITER_TICK):
+            # Confirms owed are looked at often (the ISR may change under them); an idle queue rarely.
+            with trio.move_on_after(_WRITER_TICK if leader.tickets else _IDLE):
                 await leading.wake.wait()
             leading.wake = trio.Event()
             end = leader.take_writes()
             if leader.file.dirty:
-                await self._sync(leader.queue, leader.file)
+                try:
+                    await self._sync(leader.queue, leader.file)
+                except OSError:
+                    await trio.sleep(_DISK_RETRY)  # its confirms wait meanwhile
+                    continue
             leader.local_durable = end
             if leader.replica.compact():
                 leader.file.rewrite(leader.replica)
             self._commit(leading)
-            self._ship_wake(leading)
-
-    def _ship_wake(self, leading: _Leading) -> None:
-        for event in leading.ship_events.values():
-            event.set()
 
     async def _ship(self, leading: _Leading, node: str) -> None:
         leader = leading.leader
@@ -356,7 +377,7 @@ class Replication:
         if start != replica.end:
             raise ValueError(f"append at {start}, replica ends at {replica.end}")
         body = memoryview(payload)[at + _APPEND_HEAD.size:]
-        for entry_epoch, record in decode_entries(body):
+        for entry_epoch, record in list(decode_entries(body)):  # all of it decodes, or none is applied
             replica.append(entry_epoch, record)
         replica.start_epoch(epoch)
         file.entries(bytes(body))

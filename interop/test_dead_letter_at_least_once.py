@@ -8,10 +8,12 @@ import time
 from typing import Any
 
 import pika
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from interop.brokers import Broker
 from interop.clients import pika_connection, queue_depth, unique, wait_until
+from interop.conftest import BROKER_KIND
 
 RETRY = 1.0  # seconds, both brokers (see above)
 
@@ -76,8 +78,23 @@ def test_without_reject_publish_the_dead_letter_is_lost_as_at_most_once(channel:
         channel.exchange_delete(exchange)
 
 
-def test_a_held_dead_letter_is_still_held_after_a_restart_and_then_forwarded(private_broker: Any) -> None:
-    """RabbitMQ keeps the held message in the quorum queue's log (rabbit_fifo_dlx); so does Leveret."""
+@pytest.mark.parametrize(
+    "restart",
+    [
+        "stop",
+        pytest.param("kill", marks=pytest.mark.skipif(
+            BROKER_KIND == "rabbitmq",
+            # Seen with 3.10.8 here: after SIGKILL the quorum queue answered basic.get with 541 (a Ra
+            # timeout) and counted 0 messages for the 30 s waited, while a classic queue was back at once.
+            reason="RabbitMQ's quorum queue does not come back within the test's time after a SIGKILL",
+        )),
+    ],
+)
+def test_a_held_dead_letter_is_still_held_after_a_restart_and_then_forwarded(
+    private_broker: Any, restart: str
+) -> None:
+    """RabbitMQ keeps the held message in the quorum queue's log (rabbit_fifo_dlx); so does Leveret, after
+    a clean stop (SIGTERM) or a crash (SIGKILL)."""
     broker: Broker = private_broker()
     source, target, exchange = unique("alo-src"), unique("alo-dead"), unique("alo-dlx")
     with pika_connection(broker.url) as connection:
@@ -85,12 +102,18 @@ def test_a_held_dead_letter_is_still_held_after_a_restart_and_then_forwarded(pri
         declare_source(channel, source, exchange, "reject-publish")
         channel.confirm_delivery()
         reject_one(channel, source, b"held across")
-        channel.queue_declare(unique("alo-barrier"), durable=True)  # a later write: the reject is down too
-        assert queue_depth(channel, source) == 0
+        # Confirmed after the reject, in the same queue's log: the reject is durable too.
+        channel.basic_publish("", source, b"barrier", pika.BasicProperties(delivery_mode=2))
+        assert queue_depth(channel, source) == 1
+    if restart == "kill":
+        broker.kill()
     broker.restart()
     with pika_connection(broker.url) as connection:
         channel = connection.channel()
-        assert queue_depth(channel, source) == 0  # held, not ready again
+        # The barrier (RabbitMQ's quorum queue takes a moment to come back after a crash): the held one is
+        # not ready again.
+        wait_until(lambda: queue_depth(channel, source) == 1, timeout=30, what="the recovered barrier")
+        assert channel.basic_get(source, auto_ack=True)[2] == b"barrier"
         assert channel.basic_get(source, auto_ack=True) == (None, None, None)
         time.sleep(RETRY * 2.5)
         assert queue_depth(channel, source) == 0

@@ -10,13 +10,15 @@ import pytest
 from leveret.broker.server.local_cluster import LocalCluster, etcd_binary
 
 
-def start_cluster(directory: Path, size: int = 3, *, management: bool = False) -> Iterator[LocalCluster]:
+def start_cluster(
+    directory: Path, size: int = 3, *, management: bool = False, replica_log_entries: int | None = None
+) -> Iterator[LocalCluster]:
     """Yields the running cluster; every process it started is stopped afterwards."""
     if etcd_binary() is None:
         pytest.skip(
             "etcd is not installed (Debian: apt-get install etcd-server; `make deps` does it as root)"
         )
-    cluster = LocalCluster(directory, size, management=management)
+    cluster = LocalCluster(directory, size, management=management, replica_log_entries=replica_log_entries)
     try:
         cluster.start()
         yield cluster

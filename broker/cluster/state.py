@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret.broker.cluster.keys import KeyLayout
-from leveret.broker.cluster.leadership import Leadership
+from leveret.broker.cluster.leadership import Deposed, Elected, Leadership
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
+from leveret.broker.cluster.roles import QueueRoles
+from leveret.broker.queues.journal import Journal
 from leveret.config import Cluster
 
 
@@ -30,6 +32,13 @@ class ClusterState:
         self.peer_status: Callable[[], list[dict[str, Any]]] = list
         # A request over the peer link to a node (PeerLinks.request), once the links run.
         self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
+        # This node became or stopped being a queue's leader (the server's replication sets it).
+        self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
+        # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract).
+        self.roles = QueueRoles()
+        # The journal of a replicated queue declared (again) on this node while it leads it: replication
+        # answers (None: not the leader, Node gives its NotLeaderJournal).
+        self.leader_journal: Callable[[str, str], Journal | None] = lambda vhost, name: None
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node

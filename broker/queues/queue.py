@@ -23,7 +23,7 @@ from leveret.broker.queues.arguments import queue_type
 from leveret.broker.queues.dead_letter import REJECTED
 from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
-from leveret.broker.queues.journal import NULL_JOURNAL, Journal
+from leveret.broker.queues.journal import NULL_JOURNAL, Journal, RecordingJournal
 from leveret.broker.queues.pageable import Pageable
 from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager, footprint
 from leveret.broker.queues.ready import remove_seqs, requeue_into
@@ -271,11 +271,12 @@ class Queue(Pageable):
         would be stored after all, and redelivered to a publisher that retries them. Ready ones leave the
         queue; unacked ones stay with their consumer but never come back (delivered before the nack, they
         cannot be taken back). All of them are settled in the log behind the retried records, so recovery
-        does not bring them back either. (Ones already paged out stay: a chunk holds every seq in its
-        range.) Returns how many ready ones left."""
+        does not bring them back either. Ones paged out are dropped from their chunk (left out when it is
+        read back). Returns how many ready ones left."""
         wanted = set(seqs)
         removed = self._remove_from_head(wanted)
         paged = self.paged
+        dropped: list[int] = []
         if paged is not None:
             gone = remove_seqs(paged.tail, wanted)
             if gone:
@@ -283,11 +284,23 @@ class Queue(Pageable):
                 paged.body_bytes -= sum(len(entry.message.body) for entry in gone)
                 self.pager.used -= footprint(gone)
                 removed += gone
+            for chunk in paged.chunks:
+                found = chunk.drop(wanted)
+                if found:
+                    paged.count -= len(found)
+                    if chunk.entries is not None:  # still in memory: its bodies are known now
+                        newly = set(found)
+                        body_bytes = sum(len(e.message.body) for e in chunk.entries if e.seq in newly)
+                        chunk.body_bytes -= body_bytes
+                        paged.body_bytes -= body_bytes
+                    dropped += found
         out = [self.checked_out[seq] for seq in wanted if seq in self.checked_out]
         self.nacked_out.update(entry.seq for entry in out)
         self.journal.settled(removed + out)
+        if dropped:
+            self.journal.settled_seqs(sorted(dropped))
         self._flush()
-        return len(removed)
+        return len(removed) + len(dropped)
 
     def _remove_from_head(self, seqs: set[int]) -> list[Entry]:
         if self.lifecycle is not None:
@@ -457,15 +470,19 @@ class Queue(Pageable):
 
     def apply(self, command: commands.Command, now: float) -> tuple[Any, list[Effect]]:
         """Run `command` (commands.py) at time `now`: its reply, and its effects for the caller to carry
-        out, none of them carried out here."""
+        out, none of them carried out here: not even the journal's records (JOURNAL effects)."""
         held, self._hold = self._hold, True
         clock, self.clock = self.clock, lambda: now
+        journal = self.journal
+        if journal is not NULL_JOURNAL:  # its records come out as JOURNAL effects
+            self.journal = RecordingJournal(journal, self.effects)
         try:
             reply = getattr(self, _HANDLERS[command[0]])(*command[1:])
             effects, self.effects = self.effects, []
         finally:
             self._hold = held
             self.clock = clock
+            self.journal = journal
         return reply, effects
 
     def _leaving(self, entry: Entry, *, ack_required: bool) -> None:

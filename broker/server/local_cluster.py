@@ -200,6 +200,7 @@ class LocalCluster:
     management: bool = False
     log_level: str = "info"
     etcd_request_timeout: float | None = None  # cluster.etcd.request_timeout; None: the default
+    replica_log_entries: int | None = None  # cluster.replica_log_entries; None: the default
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
 
@@ -244,6 +245,8 @@ class LocalCluster:
             ]
             if node.management_port is not None:
                 lines.append(f'      management: "127.0.0.1:{node.management_port}"')
+        if self.replica_log_entries is not None:
+            lines.append(f"  replica_log_entries: {self.replica_log_entries}")
         lines += ["  etcd:", "    endpoints: [" + ", ".join(f'"{url}"' for url in self.etcd.endpoints) + "]"]
         if self.etcd_request_timeout is not None:
             lines.append(f"    request_timeout: {self.etcd_request_timeout}")

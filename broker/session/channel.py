@@ -6,7 +6,7 @@ import base64
 import itertools
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
@@ -28,7 +28,7 @@ from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError, check_he
 from leveret.amqp.tables import TableError
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import amqp_type, validate_consumer_arguments
+from leveret.broker.queues.arguments import amqp_type, check_server_named_allowed, validate_consumer_arguments
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.queue import Entry
@@ -357,7 +357,7 @@ class ChannelSession:
         if frames:
             self.conn.send_frames(frames)
 
-    def fail_confirms(self, positions: range) -> None:
+    def fail_confirms(self, positions: Container[int]) -> None:
         """The store failed to write these positions: their publishes get basic.nack."""
         self._unconfirmed = deque(
             (seq, position, refused or position in positions) for seq, position, refused in self._unconfirmed
@@ -624,6 +624,8 @@ class ChannelSession:
         else:
             # A server-named queue's name is chosen first: permissions are checked on it, as in RabbitMQ.
             server_named = not name
+            if server_named:
+                check_server_named_allowed(method.arguments or {})
             name = name or server_named_queue()
             self.session.check_permission("configure", "queue", name)
             if name not in self.vhost.queues:

@@ -57,6 +57,8 @@ class Executor:
             consumer = effect[1]
             consumer.channel.deliver(consumer, effect[2])
         elif kind == JOURNAL:
+            if effect[1] == "enqueued":
+                effect[2].logged = 0  # the recorder's mark goes: the journal says where it keeps it
             return getattr(queue.journal, effect[1])(*effect[2:])
         elif kind == ARM:
             self.vhost.deadlines.schedule(queue, effect[1])

@@ -85,8 +85,9 @@ class StoreJournal(Journal):
         return position
 
     def delivered(self, entry: Entry) -> None:
-        self.log.append_delivered(entry.seq)
-        self.persistence.pending()
+        if entry.logged:  # (a record from Queue.apply may name a transient message)
+            self.log.append_delivered(entry.seq)
+            self.persistence.pending()
 
     def settled(self, entries: Sequence[Entry]) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]

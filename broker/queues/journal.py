@@ -47,6 +47,10 @@ class Journal:
 NULL_JOURNAL = Journal()
 
 
+# `Entry.logged` of an entry whose enqueue record is a JOURNAL effect not yet carried out.
+PENDING = -2
+
+
 class RecordingJournal(Journal):
     """A queue's journal while `Queue.apply` runs a command: each call becomes a JOURNAL effect carrying
     the record, in order among the command's other effects, for the executor to write (`Executor.run`
@@ -62,6 +66,9 @@ class RecordingJournal(Journal):
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         self._effects.append((JOURNAL, "enqueued", entry, expires_in))
+        # Marked as logged until the record is written (which says where, or clears it): the command
+        # may deliver it at once, and its first delivery must then be recorded too.
+        entry.logged = PENDING
         return 0
 
     def delivered(self, entry: Entry) -> None:

@@ -75,6 +75,9 @@ class Node:
         self._not_leader = NotLeaderJournal()
         if self.cluster is not None:
             self.cluster.metadata.vhosts = self.vhosts
+            self.cluster.remote.vhosts = self.vhosts
+            self.cluster.remote.clock = clock
+            self.cluster.remote.confirms_changed = self.confirms_changed
             for vhost in self.vhosts.values():
                 vhost.metadata = self.cluster.metadata
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
@@ -82,6 +85,8 @@ class Node:
         self.message_totals = MessageTotals()  # what closed channels counted (message_stats)
         # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
+        # The same with the outcome (publishes other nodes sent to queues led here): by position.
+        self._confirm_waiters: list[tuple[int, Callable[[bool], None]]] = []
 
     def add_vhost(self, name: str) -> VirtualHost:
         """A new, empty vhost (its predeclared exchanges only), wired to the node's store and pager."""
@@ -93,6 +98,8 @@ class Node:
             vhost.pager = self.pager
         if self.cluster is not None:
             vhost.metadata = self.cluster.metadata
+            if self.cluster.remote.active:
+                vhost.proxies = self.cluster.remote
         self.vhosts[name] = vhost
         self.authority.vhosts.add(name)
         return vhost
@@ -159,12 +166,30 @@ class Node:
         self._release_confirms(self.durable_position(), failed)
 
     def confirms_changed(self) -> None:
-        """(A cluster node) the gate released or failed tickets: send the confirms and nacks now due."""
+        """(A cluster node) the gate released or failed tickets, or leaders of queues led elsewhere
+        answered publishes: send the confirms and nacks now due."""
         assert self.gate is not None
         failed = self.gate.take_failed()
         self._release_confirms(self.gate.safe(), failed or None)
 
+    def when_confirmed(self, position: int, callback: Callable[[bool], None]) -> None:
+        """`callback(True)` once `position` is safe (a confirm waiting for it may go), `callback(False)` if
+        it failed (its publish is nacked): at once if it is safe already."""
+        if position <= self.durable_position():
+            callback(True)
+        else:
+            self._confirm_waiters.append((position, callback))
+
     def _release_confirms(self, durable: int, failed: Container[int] | None) -> None:
+        if self._confirm_waiters:
+            settling, self._confirm_waiters = self._confirm_waiters, []
+            for position, settled in settling:
+                if failed is not None and position in failed:
+                    settled(False)
+                elif position <= durable:
+                    settled(True)
+                else:
+                    self._confirm_waiters.append((position, settled))
         for vhost in self.vhosts.values():
             vhost.executor.commit_completed(durable, failed)
         if self._durable_waiters:

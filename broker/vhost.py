@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
@@ -19,7 +19,13 @@ from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.executor import Executor
 from leveret.broker.message import Message
 from leveret.broker.policies import Policy, VhostPolicies, effective_definition, queue_arguments
-from leveret.broker.queues.arguments import TYPE_ARGUMENTS, amqp_type, queue_type, validate_queue_arguments
+from leveret.broker.queues.arguments import (
+    TYPE_ARGUMENTS,
+    amqp_type,
+    queue_type,
+    validate_queue_arguments,
+    validate_queue_properties,
+)
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.effects import Effect
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
@@ -41,6 +47,13 @@ PREDECLARED = (
 
 # Exchange-to-exchange routing deeper than this is a binding cycle; RabbitMQ stops at visited exchanges.
 _MAX_ROUTING_HOPS = 64
+
+
+class ProxyMaker(Protocol):
+    def proxy(
+        self, vhost: VirtualHost, name: str, *, durable: bool, auto_delete: bool, arguments: dict[str, Any]
+    ) -> Queue | None:
+        """The queue to hold for a new replicated queue that another node leads (None: a real one)."""
 
 
 def check_not_default_exchange(name: str) -> None:
@@ -73,6 +86,8 @@ class VirtualHost:
         self.execute: Callable[[Queue, Effect], None] = self.executor.run
         # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
         self.metadata: LocalMetadata = LOCAL_METADATA
+        # In a cluster: makes the proxy of a replicated queue led elsewhere (broker/cluster/remote.py).
+        self.proxies: ProxyMaker | None = None
         # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
         self.limits: dict[str, int] = {}
         # RabbitMQ's vhost metadata, shown by the management API.
@@ -202,6 +217,7 @@ class VirtualHost:
         auto_delete: bool,
         arguments: dict[str, Any],
         server_named: bool = False,
+        restoring: bool = False,
     ) -> Queue:
         """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one, as does a name from
         `server_named_queue()` (`server_named`: exempt from the reserved prefix).
@@ -209,14 +225,18 @@ class VirtualHost:
         As in RabbitMQ, an exclusive queue is never durable, and exclusivity is not an equivalence argument:
         a redeclare must come from the queue's owner with exclusive set, or, for a queue no connection owns,
         without it (anything else is 405 RESOURCE_LOCKED, checked first). Then durable, auto_delete and the
-        queue type's arguments must match (406)."""
+        queue type's arguments must match (406). A new quorum or stream queue must be durable, shared and
+        kept (406), unless `restoring` one that exists already (the definitions file, a cluster record)."""
         durable = durable and not exclusive
         existing = self.queues.get(name)
         # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
         # here already answers for itself.
         stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
         if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
-            valid = _valid(validate_queue_arguments, name, self.name, arguments)
+            flags = {"durable": durable, "exclusive": exclusive, "auto_delete": auto_delete}
+            valid = _valid(validate_queue_arguments, name, self.name, arguments) and (
+                restoring or _valid(lambda: validate_queue_properties(name, self.name, arguments, **flags))
+            )
             self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
             existing = self.queues.get(name)  # the cluster's record, when it has one
         if existing is not None:
@@ -230,13 +250,45 @@ class VirtualHost:
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
         self._check_queue_limit(name)
+        if not restoring:
+            validate_queue_properties(
+                name, self.name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+            )
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
+        queue: Queue | None = None
+        if self.proxies is not None and durable and not exclusive and not name.startswith(RESERVED_PREFIX):
+            queue = self.proxies.proxy(
+                self, name, durable=durable, auto_delete=auto_delete, arguments=arguments
+            )
+        if queue is None:
+            queue = self.make_queue(
+                name, durable=durable, auto_delete=auto_delete, arguments=arguments,
+                exclusive_owner=owner if exclusive else None,
+            )
+        self.queues[name] = queue
+        if stored:
+            self.definitions_changed()
+        # Every queue is bound to the default exchange under its own name.
+        self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
+        return queue
+
+    def make_queue(
+        self,
+        name: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+        exclusive_owner: object | None = None,
+    ) -> Queue:
+        """A new queue of this vhost (not yet in its table): with its journal when durable and stored."""
+        stored = durable and exclusive_owner is None and self.journal_for is not None
         queue = Queue(
             name,
             self.name,
             durable=durable,
-            exclusive_owner=owner if exclusive else None,
+            exclusive_owner=exclusive_owner,
             auto_delete=auto_delete,
             arguments=arguments,
             journal=self.journal_for(self.name, name) if stored and self.journal_for else NULL_JOURNAL,
@@ -246,11 +298,6 @@ class VirtualHost:
             self._apply_queue_policies(queue)
         if queue.lifecycle is None and needs_lifecycle(queue.effective_arguments):
             Lifecycle(queue)
-        self.queues[name] = queue
-        if stored:
-            self.definitions_changed()
-        # Every queue is bound to the default exchange under its own name.
-        self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
         return queue
 
     def _check_queue_limit(self, name: str) -> None:

@@ -123,7 +123,7 @@ def test_binding_declared_on_a_routes_on_c(cluster: LocalCluster) -> None:
         channel.queue_bind("meta.q2", "meta.x2", "k")
         on_c = c.channel()
         on_c.confirm_delivery()
-        # Routed on C: the queue's instance on C holds it (messages do not move between nodes yet).
+        # Routed on C: meta.q2 is not durable, so it is local to each node and C's own instance holds it.
         eventually(lambda: on_c.queue_declare("meta.q2", passive=True).method.message_count == 0)
         on_c.basic_publish("meta.x2", "k", b"routed on C", mandatory=True)
         method, _, body = on_c.basic_get("meta.q2", auto_ack=True)

@@ -132,4 +132,5 @@ async def run_leadership(
                         log.info("queue %r in vhost %r: in-sync replicas now %s (epoch %d)",
                                  queue, vhost, ", ".join(effect.members), effect.epoch)
                     nursery.start_soon(run, effect)
+            cluster.leaders_changed()  # queues follow their leaders (broker/cluster/remote.py)
             await wake.wait(_TICK)

@@ -193,13 +193,14 @@ class LocalNode:
 
 @dataclass
 class LocalCluster:
-    """`size` etcd members and `size` Leveret nodes on loopback, sharing one cluster file in `directory`."""
+    """`size` Leveret nodes and up to 3 etcd members on loopback, sharing one cluster file in `directory`."""
 
     directory: Path
     size: int = 3
     management: bool = False
     log_level: str = "info"
     etcd_request_timeout: float | None = None  # cluster.etcd.request_timeout; None: the default
+    started: int | None = None  # how many of the nodes `start` starts (None: all); the others later
     replica_log_entries: int | None = None  # cluster.replica_log_entries; None: the default
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
@@ -210,7 +211,7 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.etcd = EtcdCluster(self.directory / "etcd", self.size)
+        self.etcd = EtcdCluster(self.directory / "etcd", min(self.size, 3))
         try:
             self.etcd.start()
             ports = free_ports(3 * self.size)
@@ -225,9 +226,10 @@ class LocalCluster:
                 for i in range(self.size)
             ]
             self._write_config()
-            for node in self.nodes:
+            first = self.nodes[: self.started]
+            for node in first:
                 self.start_node(node)
-            for node in self.nodes:
+            for node in first:
                 self.wait_node(node)
         except BaseException:
             self.stop()

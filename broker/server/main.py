@@ -27,6 +27,7 @@ from leveret.broker.server.listener import serve_amqp_on
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.peers import PeerLinks, peer_address
 from leveret.broker.server.persistence import run_group_commit
+from leveret.broker.server.remote import run_remote
 from leveret.broker.server.replication import Replication
 from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.startup import (
@@ -203,6 +204,7 @@ async def serve_node(
                         own_stats(node, int((trio.current_time() - started) * 1000))
                     ).encode(),
                 )
+                await nursery.start(run_remote, node, links)
                 await nursery.start(links.run, bound.peer)
             await nursery.start(serve_amqp_on, node, bound.amqp)
             if bound.amqps and ssl_context is not None:

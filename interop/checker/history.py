@@ -44,7 +44,7 @@ class Recorder:
     """Appends events to one client's history file; thread-safe, flushed on `close` (and every
     `flush_every` events, so a client killed mid-run leaves most of its history)."""
 
-    def __init__(self, path: Path, client: str, flush_every: int = 1000) -> None:
+    def __init__(self, path: Path, client: str, flush_every: int = 200) -> None:
         self.client = client
         self._file: IO[str] = path.open("a", encoding="utf-8")
         self._lock = threading.Lock()

@@ -104,7 +104,7 @@ class Load:
         self.faults.record("fault", kind=kind, target=target, **details)
 
     def confirmed_so_far(self) -> int:
-        """Confirms in the history files as flushed so far (the clients flush every 1000 events)."""
+        """Confirms in the history files as flushed so far (pika clients flush every 200 events)."""
         total = 0
         for path in self.history_dir.glob("*.jsonl"):
             with path.open(encoding="utf-8", errors="replace") as file:

@@ -39,6 +39,7 @@ class FaultCluster(LocalCluster):
     hub: ProxyHub | None = None
     peer_proxies: dict[tuple[str, str], FaultProxy] = field(default_factory=dict)  # (dialer, acceptor)
     etcd_proxies: list[FaultProxy] = field(default_factory=list)
+    proxy_host: str = "127.0.0.1"  # where the etcd proxies listen
 
     def node_config(self, node: LocalNode) -> Path:
         return self.directory / f"cluster-{node.name}.yaml"
@@ -47,16 +48,19 @@ class FaultCluster(LocalCluster):
         super()._write_config()
         document = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
         document["cluster"].update(self.settings)
+        self.adjust_document(document)
         if self.hub is None and (self.proxy_peers or self.proxy_etcd):
             self.hub = ProxyHub()
         if self.proxy_etcd and not self.etcd_proxies:
             assert self.hub is not None
             owners = tagger(self.node_processes)
             for member in self.etcd.members:
-                self.etcd_proxies.append(self.hub.add(("127.0.0.1", member.client_port), owners))
+                self.etcd_proxies.append(
+                    self.hub.add(("127.0.0.1", member.client_port), owners, host=self.proxy_host)
+                )
         if self.etcd_proxies:
             document["cluster"]["etcd"]["endpoints"] = [
-                f"http://127.0.0.1:{proxy.port}" for proxy in self.etcd_proxies
+                f"http://{self.proxy_host}:{proxy.port}" for proxy in self.etcd_proxies
             ]
         self.config_path.write_text(yaml.safe_dump(document), encoding="utf-8")
         for node in self.nodes:
@@ -68,6 +72,9 @@ class FaultCluster(LocalCluster):
                         entry["peer"] = f"127.0.0.1:{proxy.port}"
             self.node_config(node).write_text(yaml.safe_dump(own), encoding="utf-8")
 
+    def adjust_document(self, document: dict[str, Any]) -> None:
+        """A subclass's changes to the file every node shares."""
+
     def _peer_proxy(self, dialer: str, acceptor: LocalNode) -> FaultProxy:
         key = (dialer, acceptor.name)
         if key not in self.peer_proxies:
@@ -75,9 +82,12 @@ class FaultCluster(LocalCluster):
             self.peer_proxies[key] = self.hub.add(("127.0.0.1", acceptor.peer_port))
         return self.peer_proxies[key]
 
+    def node_command(self, node: LocalNode) -> list[str]:
+        return [*python_command(), "--config", str(self.node_config(node)), "--node", node.name]
+
     def start_node(self, node: LocalNode) -> None:
         log = node.log_path.open("ab")
-        command = [*python_command(), "--config", str(self.node_config(node)), "--node", node.name]
+        command = self.node_command(node)
         node.process = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
 
@@ -94,9 +104,12 @@ class FaultCluster(LocalCluster):
     def index(self, name: str) -> int:
         return [node.name for node in self.nodes].index(name)
 
+    def url(self, node: LocalNode) -> str:
+        return node.amqp_url
+
     @property
     def urls(self) -> list[str]:
-        return [node.amqp_url for node in self.nodes]
+        return [self.url(node) for node in self.nodes]
 
     # -- process faults ------------------------------------------------------------------------------
 
@@ -173,7 +186,7 @@ class FaultCluster(LocalCluster):
 def messages_cross_nodes(cluster: FaultCluster, timeout: float = 5.0) -> bool:
     """The capability replication and any-node connect bring: a durable queue declared on the first
     node, a confirmed message published on the second, taken from the third."""
-    first, second, third = (cluster.urls * 3)[:3]
+    first, second, third = cluster.urls[:3]
     queue = f"probe-cross-{time.monotonic_ns()}"
     arguments = {"x-queue-type": "quorum"}
     with contextlib.closing(pika.BlockingConnection(pika.URLParameters(first))) as connection:

@@ -74,7 +74,8 @@ class Load:
         out = self.history_dir / f"{name}.jsonl"
         log_path = self.directory / f"{name}.log"
         if kind == "pika":
-            command = [sys.executable, "-m", "interop.checker.pika_load", role, "--name", name, "--out", str(out)]
+            command = [sys.executable, "-m", "interop.checker.pika_load", role, "--name", name]
+            command += ["--out", str(out)]
             command += [arg for url in urls for arg in ("--url", url)]
             command += [arg for queue in self.queues for arg in ("--queue", queue)]
             command += ["--queue-type", self.queue_type, "--idle", str(self.idle)]

@@ -36,8 +36,9 @@ class _Link:
 
 
 class FaultProxy:
-    def __init__(self, hub: ProxyHub, target: tuple[str, int], tag_of: Tagger | None) -> None:
+    def __init__(self, hub: ProxyHub, target: tuple[str, int], tag_of: Tagger | None, host: str) -> None:
         self.hub = hub
+        self.host = host
         self.target = target
         self.tag_of = tag_of
         self.port = 0
@@ -88,7 +89,7 @@ class FaultProxy:
         return self._rules.get((direction, tag)) or self._rules.get((direction, None)) or "pass"
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)
@@ -174,9 +175,13 @@ class ProxyHub:
     def call(self, function: Callable[..., object], *args: object) -> object:
         return trio.from_thread.run_sync(function, *args, trio_token=self._token)
 
-    def add(self, target: tuple[str, int], tag_of: Tagger | None = None) -> FaultProxy:
+    def add(
+        self, target: tuple[str, int], tag_of: Tagger | None = None, host: str = "127.0.0.1"
+    ) -> FaultProxy:
+        """A proxy to `target`, listening on `host` at a port chosen now (`.port`)."""
+
         async def start() -> FaultProxy:
-            proxy = FaultProxy(self, target, tag_of)
+            proxy = FaultProxy(self, target, tag_of, host)
             assert self._nursery is not None
             await self._nursery.start(proxy.serve)
             return proxy

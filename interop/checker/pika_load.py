@@ -53,6 +53,7 @@ class Client:
         parameters.socket_timeout = 3
         parameters.blocked_connection_timeout = 10
         parameters.connection_attempts = 1
+        parameters.stack_timeout = 5
         connection = pika.BlockingConnection(parameters)
         self.recorder.record("connect", url=url, incarnation=self.incarnation)
         return connection
@@ -74,7 +75,8 @@ class Client:
                 connection = self.connect()
                 if session(connection):
                     return
-            except (AMQPError, OSError) as error:
+            # pika raises ValueError when a socket is reset between connect and its first read.
+            except (AMQPError, OSError, ValueError) as error:
                 self.recorder.record("error", error=repr(error)[:200], incarnation=self.incarnation)
             finally:
                 if connection is not None and connection.is_open:

@@ -120,6 +120,19 @@ def test_a_settled_ack_that_comes_back_is_resurrected() -> None:
     assert not verdict.ok
 
 
+def test_an_ack_settled_just_before_a_fault_may_be_lost_with_it() -> None:
+    script = Script()
+    identifier = script.publish("p1", 1)
+    script.deliver(identifier)
+    script.ack(identifier)
+    script.add("settled", channel="ch1")  # at t=4
+    script.add("fault", kind="kill -9", target="node1")  # t=5: within the window
+    script.deliver(identifier, consumer="c2", redelivered=True)
+    assert check(script.events, ack_window=1.5).ok
+    assert check(script.events, ack_window=1.5).acks_lost_in_fault == 1
+    assert check(script.events, ack_window=0.5).resurrected == [identifier]
+
+
 def test_an_ack_not_yet_settled_may_be_lost_with_its_broker() -> None:
     script = Script()
     identifier = script.publish("p1", 1)

@@ -2,7 +2,10 @@
 
 - lost: a confirmed message never delivered (to its queue, when the publish named one);
 - phantom: a delivery of a message nobody published;
-- resurrected: a delivery of a message after an ack for it was settled (the broker had handled the ack);
+- resurrected: a delivery of a message after an ack for it was settled (the broker had handled the ack),
+  unless a fault came within `ack_window` seconds after the settle and before the delivery: a broker may
+  write acks lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), so those
+  count as `acks_lost_in_fault` instead;
 - reordered: within one consumer, a first delivery that is not flagged redelivered and comes after a later
   message of the same publisher on the same queue;
 - duplicates: deliveries beyond the first of a message on a queue (allowed: at least once), of which
@@ -38,6 +41,7 @@ class Verdict:
     duplicates: int = 0
     unflagged_duplicates: int = 0
     lost_unconfirmed_delivered: int = 0  # nacked or unknown, and delivered anyway (allowed)
+    acks_lost_in_fault: int = 0
 
     @property
     def ok(self) -> bool:
@@ -50,6 +54,7 @@ class Verdict:
             f" | published={self.published} nacked={self.nacked} unknown={self.unknown}"
             f" delivered={self.delivered} resurrected={len(self.resurrected)}"
             f" reordered={len(self.reordered)} unflagged_duplicates={self.unflagged_duplicates}"
+            f" acks_lost_in_fault={self.acks_lost_in_fault}"
         )
 
     def problems(self) -> str:
@@ -67,7 +72,10 @@ class Verdict:
         return "; ".join(parts) or "none"
 
 
-def check(events: Iterable[Event]) -> Verdict:
+DEFAULT_ACK_WINDOW = 0.5
+
+
+def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Verdict:
     """The verdict on a history; `events` in time order (as `read_events` gives them)."""
     verdict = Verdict()
     target: dict[str, str | None] = {}  # id -> the queue its publish named
@@ -75,7 +83,9 @@ def check(events: Iterable[Event]) -> Verdict:
     seen: dict[tuple[str, str], int] = defaultdict(int)  # (queue, id) -> deliveries so far
     delivered_ids: set[str] = set()
     acks_waiting: dict[str, list[tuple[str, str]]] = defaultdict(list)  # channel -> (queue, id) acked
-    settled: set[tuple[str, str]] = set()
+    settled: dict[tuple[str, str], float] = {}  # (queue, id) -> when its ack was known handled
+    returns: list[tuple[str, float, float]] = []  # (id, settled at, delivered again at)
+    fault_times: list[float] = []
     newest: dict[tuple[str, str, str], int] = {}  # (consumer, queue, publisher) -> highest first seq
     for event in events:
         op = event["op"]
@@ -86,13 +96,20 @@ def check(events: Iterable[Event]) -> Verdict:
             if outcome.get(event["id"]) != "ack":
                 outcome[event["id"]] = event["outcome"]
         elif op == "deliver":
-            _deliver(verdict, event, target, seen, delivered_ids, settled, newest)
+            _deliver(verdict, event, target, seen, delivered_ids, settled, returns, newest)
         elif op == "ack":
             acks_waiting[event["channel"]].append((event["queue"], event["id"]))
         elif op == "settled":
-            settled.update(acks_waiting.pop(event["channel"], ()))
+            for key in acks_waiting.pop(event["channel"], ()):
+                settled.setdefault(key, event["t"])
         elif op == "fault":
             verdict.faults += 1
+            fault_times.append(event["t"])
+    for identifier, settled_at, again_at in returns:
+        if any(settled_at <= t <= again_at and t - settled_at <= ack_window for t in fault_times):
+            verdict.acks_lost_in_fault += 1
+        else:
+            verdict.resurrected.append(identifier)
     verdict.published = len(target)
     for identifier, result in outcome.items():
         if result == "ack":
@@ -117,7 +134,8 @@ def _deliver(
     target: dict[str, str | None],
     seen: dict[tuple[str, str], int],
     delivered_ids: set[str],
-    settled: set[tuple[str, str]],
+    settled: dict[tuple[str, str], float],
+    returns: list[tuple[str, float, float]],
     newest: dict[tuple[str, str, str], int],
 ) -> None:
     identifier, queue = event["id"], event["queue"]
@@ -129,7 +147,7 @@ def _deliver(
         verdict.phantom.append(identifier)
         return
     if key in settled:
-        verdict.resurrected.append(identifier)
+        returns.append((identifier, settled[key], event["t"]))
     seen[key] += 1
     delivered_ids.add(identifier)
     if seen[key] > 1:

@@ -61,12 +61,15 @@ class Load:
         self.history_dir.mkdir(parents=True, exist_ok=True)
         self.faults = Recorder(self.history_dir / "faults.jsonl", "harness", flush_every=1)
         kinds = [kind for kind in self.kinds if kind != "node" or node_available()]
-        offset = 0
+        # Publishers start on the first node, consumers on the second, each next client on the next node:
+        # every node has clients of both roles (when there are enough), and a message crosses nodes.
+        offsets = {"publisher": 0, "consumer": 1}
         for kind in kinds:
             for role, count in (("consumer", self.consumers), ("publisher", self.publishers)):
                 for index in range(count):
-                    urls = self.urls[offset % len(self.urls) :] + self.urls[: offset % len(self.urls)]
-                    offset += 1
+                    first = offsets[role] % len(self.urls)
+                    offsets[role] += 1
+                    urls = self.urls[first:] + self.urls[:first]
                     self._spawn(kind, role, f"{kind}-{role[0]}{index + 1}", urls)
         return self
 

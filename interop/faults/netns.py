@@ -131,6 +131,13 @@ class NamespacedCluster(FaultCluster):
         return self.nodes[-1]
 
     def adjust_document(self, document: dict[str, Any]) -> None:
+        # The namespaced node's clients are not on its loopback: guest may log in from anywhere here.
+        document["users"] = [
+            {"name": "guest", "password": "guest", "tags": ["administrator"], "loopback_only": False}
+        ]
+        document["permissions"] = [
+            {"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+        ]
         for entry in document["cluster"]["nodes"]:
             if entry["name"] == self.inside.name:
                 entry["amqp"] = f"{self.netns.inner_ip}:{self.inside.amqp_port}"

@@ -133,6 +133,29 @@ def test_an_ack_settled_just_before_a_fault_may_be_lost_with_it() -> None:
     assert check(script.events, ack_window=0.5).resurrected == [identifier]
 
 
+def test_an_ack_on_its_way_when_a_fault_came_may_be_lost_with_it() -> None:
+    script = Script()
+    identifier = script.publish("p1", 1)
+    script.deliver(identifier)
+    script.ack(identifier)  # t=3
+    script.add("fault", kind="kill -9", target="leader")  # t=4: before the consumer's node said qos-ok
+    script.add("settled", channel="ch1")
+    script.deliver(identifier, consumer="c2", redelivered=True)
+    verdict = check(script.events, ack_window=0.5)
+    assert verdict.ok and verdict.acks_lost_in_fault == 1
+
+
+def test_a_fault_before_the_ack_excuses_nothing() -> None:
+    script = Script()
+    identifier = script.publish("p1", 1)
+    script.add("fault", kind="kill -9", target="leader")
+    script.deliver(identifier)
+    script.ack(identifier)
+    script.add("settled", channel="ch1")
+    script.deliver(identifier, consumer="c2", redelivered=True)
+    assert check(script.events, ack_window=10).resurrected == [identifier]
+
+
 def test_an_ack_not_yet_settled_may_be_lost_with_its_broker() -> None:
     script = Script()
     identifier = script.publish("p1", 1)

@@ -2,10 +2,12 @@
 
 - lost: a confirmed message never delivered (to its queue, when the publish named one);
 - phantom: a delivery of a message nobody published;
-- resurrected: a delivery of a message after an ack for it was settled (the broker had handled the ack),
-  unless a fault came within `ack_window` seconds after the settle and before the delivery: a broker may
-  write acks lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), so those
-  count as `acks_lost_in_fault` instead;
+- resurrected: a delivery of a message after an ack for it was settled (a later synchronous reply on the
+  channel showed the broker had taken the ack), unless a fault came between the ack and `ack_window`
+  seconds after the settle (and before the delivery): those count as `acks_lost_in_fault`. A node may
+  write acks lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), and the
+  node a consumer is connected to answers basic.qos itself while the ack is still on its way to the
+  queue's leader (as RabbitMQ's quorum queues do);
 - reordered: within one consumer, a first delivery that is not flagged redelivered and comes after a later
   message of the same publisher on the same queue;
 - duplicates: deliveries beyond the first of a message on a queue (allowed: at least once), of which
@@ -82,9 +84,10 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
     outcome: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = defaultdict(int)  # (queue, id) -> deliveries so far
     delivered_ids: set[str] = set()
-    acks_waiting: dict[str, list[tuple[str, str]]] = defaultdict(list)  # channel -> (queue, id) acked
-    settled: dict[tuple[str, str], float] = {}  # (queue, id) -> when its ack was known handled
-    returns: list[tuple[str, float, float]] = []  # (id, settled at, delivered again at)
+    # channel -> ((queue, id), when acked) for acks not yet settled
+    acks_waiting: dict[str, list[tuple[tuple[str, str], float]]] = defaultdict(list)
+    settled: dict[tuple[str, str], tuple[float, float]] = {}  # (queue, id) -> (acked at, settled at)
+    returns: list[tuple[str, float, float, float]] = []  # (id, acked at, settled at, delivered again at)
     fault_times: list[float] = []
     newest: dict[tuple[str, str, str], int] = {}  # (consumer, queue, publisher) -> highest first seq
     for event in events:
@@ -98,15 +101,15 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
         elif op == "deliver":
             _deliver(verdict, event, target, seen, delivered_ids, settled, returns, newest)
         elif op == "ack":
-            acks_waiting[event["channel"]].append((event["queue"], event["id"]))
+            acks_waiting[event["channel"]].append(((event["queue"], event["id"]), event["t"]))
         elif op == "settled":
-            for key in acks_waiting.pop(event["channel"], ()):
-                settled.setdefault(key, event["t"])
+            for key, acked_at in acks_waiting.pop(event["channel"], ()):
+                settled.setdefault(key, (acked_at, event["t"]))
         elif op == "fault":
             verdict.faults += 1
             fault_times.append(event["t"])
-    for identifier, settled_at, again_at in returns:
-        if any(settled_at <= t <= again_at and t - settled_at <= ack_window for t in fault_times):
+    for identifier, acked_at, settled_at, again_at in returns:
+        if any(acked_at <= t <= min(settled_at + ack_window, again_at) for t in fault_times):
             verdict.acks_lost_in_fault += 1
         else:
             verdict.resurrected.append(identifier)
@@ -134,8 +137,8 @@ def _deliver(
     target: dict[str, str | None],
     seen: dict[tuple[str, str], int],
     delivered_ids: set[str],
-    settled: dict[tuple[str, str], float],
-    returns: list[tuple[str, float, float]],
+    settled: dict[tuple[str, str], tuple[float, float]],
+    returns: list[tuple[str, float, float, float]],
     newest: dict[tuple[str, str, str], int],
 ) -> None:
     identifier, queue = event["id"], event["queue"]
@@ -147,7 +150,7 @@ def _deliver(
         verdict.phantom.append(identifier)
         return
     if key in settled:
-        returns.append((identifier, settled[key], event["t"]))
+        returns.append((identifier, *settled[key], event["t"]))
     seen[key] += 1
     delivered_ids.add(identifier)
     if seen[key] > 1:

@@ -145,15 +145,16 @@ def test_an_ack_on_its_way_when_a_fault_came_may_be_lost_with_it() -> None:
     assert verdict.ok and verdict.acks_lost_in_fault == 1
 
 
-def test_a_fault_before_the_ack_excuses_nothing() -> None:
+def test_a_fault_well_before_the_ack_excuses_nothing() -> None:
     script = Script()
     identifier = script.publish("p1", 1)
-    script.add("fault", kind="kill -9", target="leader")
+    script.add("fault", kind="kill -9", target="leader")  # t=2
     script.deliver(identifier)
-    script.ack(identifier)
+    script.ack(identifier)  # t=4
     script.add("settled", channel="ch1")
     script.deliver(identifier, consumer="c2", redelivered=True)
-    assert check(script.events, ack_window=10).resurrected == [identifier]
+    assert check(script.events, ack_window=1.5).resurrected == [identifier]
+    assert check(script.events, ack_window=2.5).acks_lost_in_fault == 1  # an ack in flight at the fault
 
 
 def test_an_ack_not_yet_settled_may_be_lost_with_its_broker() -> None:

@@ -3,11 +3,11 @@
 - lost: a confirmed message never delivered (to its queue, when the publish named one);
 - phantom: a delivery of a message nobody published;
 - resurrected: a delivery of a message after an ack for it was settled (a later synchronous reply on the
-  channel showed the broker had taken the ack), unless a fault came between the ack and `ack_window`
-  seconds after the settle (and before the delivery): those count as `acks_lost_in_fault`. A node may
-  write acks lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), and the
-  node a consumer is connected to answers basic.qos itself while the ack is still on its way to the
-  queue's leader (as RabbitMQ's quorum queues do);
+  channel showed the broker had taken the ack), unless a fault came from `ack_window` seconds before the
+  ack to `ack_window` seconds after the settle (and before the delivery): those count as
+  `acks_lost_in_fault`. A node may write acks lazily (Leveret with its next group commit, as
+  `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
+  while the ack is still on its way to the queue's leader, which may have just died;
 - reordered: within one consumer, a first delivery that is not flagged redelivered and comes after a later
   message of the same publisher on the same queue;
 - duplicates: deliveries beyond the first of a message on a queue (allowed: at least once), of which
@@ -109,7 +109,7 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
             verdict.faults += 1
             fault_times.append(event["t"])
     for identifier, acked_at, settled_at, again_at in returns:
-        if any(acked_at <= t <= min(settled_at + ack_window, again_at) for t in fault_times):
+        if any(acked_at - ack_window <= t <= min(settled_at + ack_window, again_at) for t in fault_times):
             verdict.acks_lost_in_fault += 1
         else:
             verdict.resurrected.append(identifier)

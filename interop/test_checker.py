@@ -157,6 +157,20 @@ def test_a_fault_well_before_the_ack_excuses_nothing() -> None:
     assert check(script.events, ack_window=2.5).acks_lost_in_fault == 1  # an ack in flight at the fault
 
 
+def test_an_ack_in_flight_at_a_failover_may_be_lost_with_it() -> None:
+    script = Script()
+    identifier = script.publish("p1", 1)
+    script.add("fault", kind="etcd links dropped", target="node1")  # t=2: the lease runs out later
+    script.deliver(identifier)
+    script.ack(identifier)  # t=4
+    script.add("failover", queue="q", leader="node2")  # t=5
+    script.add("settled", channel="ch1")
+    script.deliver(identifier, consumer="c2", redelivered=True)
+    verdict = check(script.events, ack_window=1.5)
+    assert verdict.ok and verdict.acks_lost_in_fault == 1
+    assert verdict.faults == 1  # a failover is not counted as a fault
+
+
 def test_an_ack_not_yet_settled_may_be_lost_with_its_broker() -> None:
     script = Script()
     identifier = script.publish("p1", 1)

@@ -3,8 +3,8 @@
 - lost: a confirmed message never delivered (to its queue, when the publish named one);
 - phantom: a delivery of a message nobody published;
 - resurrected: a delivery of a message after an ack for it was settled (a later synchronous reply on the
-  channel showed the broker had taken the ack), unless a fault came from `ack_window` seconds before the
-  ack to `ack_window` seconds after the settle (and before the delivery): those count as
+  channel showed the broker had taken the ack), unless a fault or a failover came from `ack_window`
+  seconds before the ack to `ack_window` seconds after the settle (and before the delivery): those count as
   `acks_lost_in_fault`. A node may write acks lazily (Leveret with its next group commit, as
   `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
   while the ack is still on its way to the queue's leader, which may have just died;
@@ -107,6 +107,8 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
                 settled.setdefault(key, (acked_at, event["t"]))
         elif op == "fault":
             verdict.faults += 1
+            fault_times.append(event["t"])
+        elif op == "failover":
             fault_times.append(event["t"])
     for identifier, acked_at, settled_at, again_at in returns:
         if any(acked_at - ack_window <= t <= min(settled_at + ack_window, again_at) for t in fault_times):

@@ -107,6 +107,11 @@ class Load:
         assert self.faults is not None
         self.faults.record("fault", kind=kind, target=target, **details)
 
+    def failover(self, queue: str, leader: str) -> None:
+        """Records that the harness saw `queue`'s leadership move to `leader`."""
+        assert self.faults is not None
+        self.faults.record("failover", queue=queue, leader=leader)
+
     def confirmed_so_far(self) -> int:
         """Confirms in the history files as flushed so far (pika clients flush every 200 events)."""
         total = 0

@@ -4,7 +4,8 @@
 - phantom: a delivery of a message nobody published;
 - resurrected: a delivery of a message after an ack for it was settled (a later synchronous reply on the
   channel showed the broker had taken the ack), unless a fault or a failover came from `ack_window`
-  seconds before the ack to `ack_window` seconds after the settle (and before the delivery): those count as
+  seconds before the ack to `ack_window` seconds after the settle (and before the delivery; a failover,
+  seen late by polling, up to `ack_window` after it): those count as
   `acks_lost_in_fault`. A node may write acks lazily (Leveret with its next group commit, as
   `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
   while the ack is still on its way to the queue's leader, which may have just died;
@@ -89,6 +90,7 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
     settled: dict[tuple[str, str], tuple[float, float]] = {}  # (queue, id) -> (acked at, settled at)
     returns: list[tuple[str, float, float, float]] = []  # (id, acked at, settled at, delivered again at)
     fault_times: list[float] = []
+    failover_times: list[float] = []  # seen by polling etcd: up to a poll late
     newest: dict[tuple[str, str, str], int] = {}  # (consumer, queue, publisher) -> highest first seq
     for event in events:
         op = event["op"]
@@ -109,9 +111,12 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
             verdict.faults += 1
             fault_times.append(event["t"])
         elif op == "failover":
-            fault_times.append(event["t"])
+            failover_times.append(event["t"])
     for identifier, acked_at, settled_at, again_at in returns:
-        if any(acked_at - ack_window <= t <= min(settled_at + ack_window, again_at) for t in fault_times):
+        start = acked_at - ack_window
+        if any(start <= t <= min(settled_at + ack_window, again_at) for t in fault_times) or any(
+            start <= t <= min(settled_at, again_at) + ack_window for t in failover_times
+        ):
             verdict.acks_lost_in_fault += 1
         else:
             verdict.resurrected.append(identifier)

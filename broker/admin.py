@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from leveret.amqp.constants import CONNECTION_FORCED
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.auth import VhostPermissions
+from leveret.broker.policies import PolicyError, parse_policy
 from leveret.config import TopicPermission, User
 from leveret.config.passwords import ALGORITHMS, SHA256, is_password_hash
 
@@ -45,6 +46,7 @@ class Node(Protocol):
     def definitions_changed(self) -> None: ...
 
 VHOST_LIMITS = ("max-connections", "max-queues")
+USER_LIMITS = ("max-connections", "max-channels")
 # RabbitMQ's default loopback_users: a guest user made at run time is loopback-only too.
 DEFAULT_LOOPBACK_USERS = frozenset({"guest"})
 
@@ -82,6 +84,8 @@ class Administration:
         self._permissions: dict[tuple[str, str], dict[str, str] | None] = {}
         # Topic permissions by (user, vhost, exchange): a record, or None for a deletion.
         self._topics: dict[tuple[str, str, str], dict[str, str] | None] = {}
+        # RabbitMQ's user limits by user ("max-connections", "max-channels"); negative: no limit.
+        self.user_limits: dict[str, dict[str, int]] = {}
 
     # ---- vhosts ---------------------------------------------------------------------------------
 
@@ -158,6 +162,7 @@ class Administration:
             self.clear_permissions(user, vhost)
         for vhost in {t.vhost for t in self.node.authority.topic_permissions if t.user == name}:
             self.clear_topic_permissions(name, vhost)
+        self.user_limits.pop(name, None)
         self._users[name] = None
         self.node.definitions_changed()
         return True
@@ -250,11 +255,67 @@ class Administration:
         if self._vhost(vhost).limits.pop(name, None) is not None:
             self.node.definitions_changed()
 
+    # ---- user limits ----------------------------------------------------------------------------
+
+    def set_user_limit(self, user: str, name: str, value: Any) -> None:
+        """RabbitMQ's texts, which (unlike a vhost limit's) have no "Validation failed" heading."""
+        if user not in self.node.authority.users:
+            raise AdminError(["no_such_user", user])
+        if name not in USER_LIMITS:
+            term = f"{{{erlang_binary(name)},{erlang_term(value)}}}"
+            raise AdminError(f"Unrecognised terms [{term}] in user-limits")
+        if type(value) is not int:
+            raise AdminError(f"{name} should be a number, actually was {erlang_term(value)}")
+        self.user_limits.setdefault(user, {})[name] = value
+        self.node.definitions_changed()
+
+    def clear_user_limit(self, user: str, name: str) -> None:
+        limits = self.user_limits.get(user)
+        if limits is not None and limits.pop(name, None) is not None:
+            if not limits:
+                del self.user_limits[user]
+            self.node.definitions_changed()
+
+    def user_limit(self, user: str, name: str) -> int | None:
+        """The user's limit, None when it has none (a negative value is none too)."""
+        limits = self.user_limits.get(user)
+        value = limits.get(name) if limits is not None else None
+        return value if value is not None and value >= 0 else None
+
     def _vhost(self, name: str) -> Any:
         vhost = self.node.vhosts.get(name)
         if vhost is None:
             raise AdminError("vhost_not_found", missing=True)
         return vhost
+
+    # ---- policies (broker/policies.py) ------------------------------------------------------------
+
+    def set_policy(self, vhost: str, name: str, body: dict[str, Any], *, operator: bool = False) -> bool:
+        """Add or replace a policy from RabbitMQ's JSON (True when added); it applies at once."""
+        target = self._vhost(vhost)
+        try:
+            policy = parse_policy(vhost, name, body, operator=operator)
+        except PolicyError as error:
+            raise AdminError(str(error)) from None
+        created = name not in target.policies.of_kind(operator)
+        target.set_policy(policy, operator=operator)
+        self.node.definitions_changed()
+        return created
+
+    def clear_policy(self, vhost: str, name: str, *, operator: bool = False) -> bool:
+        """False when the vhost has no such policy."""
+        if not self._vhost(vhost).clear_policy(name, operator=operator):
+            return False
+        self.node.definitions_changed()
+        return True
+
+    def _restore_policies(self, saved: dict[str, Any]) -> None:
+        for key, operator in (("policies", False), ("operator_policies", True)):
+            for item in saved.get(key, []):
+                vhost = self.node.vhosts.get(item["vhost"])
+                if vhost is not None:
+                    vhost.set_policy(parse_policy(item["vhost"], item["name"], item, operator=operator),
+                                     operator=operator)
 
     # ---- saving and restoring the overrides -----------------------------------------------------
 
@@ -272,6 +333,11 @@ class Administration:
                 for (user, vhost, exchange), record in self._topics.items()
             ],
             "limits": {name: dict(v.limits) for name, v in self.node.vhosts.items() if v.limits},
+            "user_limits": {name: dict(limits) for name, limits in self.user_limits.items()},
+            "policies": [p.record() for v in self.node.vhosts.values() for p in v.policies.policies.values()],
+            "operator_policies": [
+                p.record() for v in self.node.vhosts.values() for p in v.policies.operator.values()
+            ],
             "metadata": {
                 name: {"description": v.description, "tags": list(v.tags)}
                 for name, v in self.node.vhosts.items()
@@ -327,6 +393,10 @@ class Administration:
                 self.set_permissions(
                     item["user"], item["vhost"], item["configure"], item["write"], item["read"]
                 )
+        self._restore_policies(saved)
+        for user, limits in saved.get("user_limits", {}).items():
+            if user in self.node.authority.users:
+                self.user_limits[user] = dict(limits)
 
     def restore_limits(self, saved: dict[str, Any]) -> None:
         """Vhost limits, once the recovered queues are back (a limit never refuses what was there), and the

@@ -3,8 +3,10 @@ and bindings): exporting the node's, and importing a file, as /api/definitions a
 
 An import makes each object with the node's own operations (broker/admin.py, the vhost's declare and
 bind), so it is validated as the same change over AMQP or HTTP would be. As RabbitMQ's import does, it
-leaves existing exchanges and queues as they are and skips bindings whose ends do not exist. Leveret has
-no policies or runtime parameters other than vhost limits yet: those are skipped, with a warning.
+leaves existing exchanges and queues as they are and skips bindings whose ends do not exist. Policies are
+imported before exchanges and queues, so those follow them from the start. Leveret has no runtime parameters
+other than vhost limits: others are skipped, with a warning. Operator policies are not part of the format
+(RabbitMQ 3.10 does not export them either).
 """
 
 from __future__ import annotations
@@ -137,9 +139,11 @@ def export_vhost_objects(vhost: VirtualHost, *, with_vhost: bool) -> dict[str, l
                 "name": "limits",
             }
         )
+    # RabbitMQ names the vhost of each policy even in a vhost's export.
+    policies = [policy.record() for _, policy in sorted(vhost.policies.policies.items())]
     return {
         "parameters": parameters,
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -170,7 +174,7 @@ def export_node(node: Node, version: str) -> dict[str, Any]:
                 "password_hash": u.password_hash,
                 "hashing_algorithm": u.hashing_algorithm,
                 "tags": list(u.tags),
-                "limits": {},
+                "limits": dict(node.admin.user_limits.get(u.name, {})),
             }
             for u in sorted(authority.users.values(), key=lambda u: u.name)
         ],
@@ -191,7 +195,7 @@ def export_node(node: Node, version: str) -> dict[str, Any]:
         ],
         "parameters": objects["parameters"],
         "global_parameters": [],
-        "policies": [],
+        "policies": objects["policies"],
         "queues": objects["queues"],
         "exchanges": objects["exchanges"],
         "bindings": objects["bindings"],
@@ -247,6 +251,9 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
                 password_hash = _field(item, "password_hash", str, "")
                 algorithm = _field(item, "hashing_algorithm", str, SHA256)
             admin.put_user(name, password_hash, _tags(item.get("tags", "")), algorithm)
+            limits = item.get("limits")
+            for limit, value in (limits.items() if isinstance(limits, dict) else ()):
+                admin.set_user_limit(name, limit, value)
         for item in _items(definitions, "vhosts"):
             admin.put_vhost(_field(item, "name", str))
         for item in _items(definitions, "permissions"):
@@ -276,8 +283,12 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
                 item.get("name"),
                 item.get("component"),
             )
-    if _items(definitions, "policies"):
-        log.warning("definitions: policies are not supported yet; %d skipped", len(definitions["policies"]))
+    for item in _items(definitions, "policies"):
+        vhost = _vhost(node, item, only_vhost)
+        for key in ("pattern", "definition"):
+            if key not in item:
+                raise ImportRefused(["key_missing", key])
+        admin.set_policy(vhost.name, _field(item, "name", str), item)
     for item in _items(definitions, "exchanges"):
         vhost = _vhost(node, item, only_vhost)
         name = _field(item, "name", str)

@@ -177,6 +177,27 @@ class Node:
                     f"connection limit ({limit}) is reached",
                 )
 
+    def check_user_connection_limit(self, username: str) -> None:
+        """RabbitMQ's per-user max-connections, checked at connection.open after the vhost's."""
+        limit = self.admin.user_limit(username, "max-connections")
+        if limit is not None and sum(1 for s in self.connections if s.username == username) >= limit:
+            raise ConnectionLevelError(
+                NOT_ALLOWED,
+                f"connection refused for user '{username}': user connection limit ({limit}) is reached",
+            )
+
+    def check_user_channel_limit(self, username: str) -> None:
+        """RabbitMQ's per-user max-channels, over all of the user's connections, checked at channel.open."""
+        limit = self.admin.user_limit(username, "max-channels")
+        if limit is not None:
+            opened = sum(len(s.channels) for s in self.connections if s.username == username)
+            if opened >= limit:
+                raise ConnectionLevelError(
+                    NOT_ALLOWED,
+                    f"number of channels opened for user '{username}' has reached the maximum allowed user "
+                    f"limit of ({limit})",
+                )
+
     def connection_opened(self, session: ConnectionSession) -> None:
         self.connections.add(session)
 

@@ -1,8 +1,12 @@
-"""Message counts for the management API's message_stats: publish, deliver_get, ack and confirm.
+"""Message counts for the management API's message_stats: publish, deliver_get, ack, confirm and redeliver
+per channel (and so per vhost and node), publish, deliver_get, ack and redeliver per queue, publish_in and
+publish_out per exchange.
 
-Each channel counts in plain ints as it works (ChannelSession.published, .delivered, .acked, .confirmed);
-nothing is allocated per message. The node keeps what its closed channels counted, so node-wide totals
-never go back; rates come from sampling these on a timer (broker/management/rates.py).
+Channels, queues and exchanges count in plain ints as they work (ChannelSession.published, .delivered,
+.acked, .confirmed, .redelivered; Queue.published, .delivered, .acked, .redelivered; Exchange.published_in
+and what its routes counted); nothing is allocated per message. The node keeps what its closed channels
+counted, so node-wide totals never go back; rates come from sampling these on a timer
+(broker/management/rates.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class ChannelSession(Protocol):
     published: int
     acked: int
     confirmed: int
+    redelivered: int
 
     @property
     def delivered(self) -> int: ...
@@ -28,20 +33,50 @@ class ChannelSession(Protocol):
     @property
     def vhost(self) -> _Vhost: ...
 
-# RabbitMQ's names, in the order of `counts`.
-STATS = ("publish", "deliver_get", "ack", "confirm")
-Counts = tuple[int, int, int, int]
+
+class CountedQueue(Protocol):
+    delivered: int
+    acked: int
+    redelivered: int
+
+    @property
+    def published(self) -> int: ...
+
+
+class CountedExchange(Protocol):
+    published_in: int
+    routed_in: int
+    routed_out: int
+    missed_inline: int
+
+
+# RabbitMQ's names, in the order of the counts.
+STATS = ("publish", "deliver_get", "ack", "confirm", "redeliver")
+QUEUE_STATS = ("publish", "deliver_get", "ack", "redeliver")
+EXCHANGE_STATS = ("publish_in", "publish_out")
+Counts = tuple[int, ...]
 
 
 def channel_counts(channel: ChannelSession) -> Counts:
-    return (channel.published, channel.delivered, channel.acked, channel.confirmed)
+    return (channel.published, channel.delivered, channel.acked, channel.confirmed, channel.redelivered)
+
+
+def queue_counts(queue: CountedQueue) -> Counts:
+    return (queue.published, queue.delivered, queue.acked, queue.redelivered)
+
+
+def exchange_counts(exchange: CountedExchange) -> Counts:
+    """publish_out is every copy routed to a queue: what the vhost's routing found, and the default
+    exchange's inlined publishes that found their queue (one each)."""
+    inline = exchange.published_in - exchange.routed_in - exchange.missed_inline
+    return (exchange.published_in, exchange.routed_out + inline)
 
 
 def added(a: Counts, b: Counts) -> Counts:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
+    return tuple(x + y for x, y in zip(a, b, strict=True))
 
 
-NONE: Counts = (0, 0, 0, 0)
+NONE: Counts = (0, 0, 0, 0, 0)
 
 
 class MessageTotals:
@@ -55,7 +90,7 @@ class MessageTotals:
 
     def count_direct(self, vhost: str, published: int = 0, delivered: int = 0, acked: int = 0) -> None:
         """Publishes and gets made without a channel (the management API's HTTP ones)."""
-        self._add(vhost, (published, delivered, acked, 0))
+        self._add(vhost, (published, delivered, acked, 0, 0))
 
     def _add(self, vhost: str, counts: Counts) -> None:
         self.closed[vhost] = added(self.closed.get(vhost, NONE), counts)

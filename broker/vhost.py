@@ -18,6 +18,7 @@ from leveret.broker.exchanges.erlang_terms import format_term
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.executor import Executor
 from leveret.broker.message import Message
+from leveret.broker.policies import Policy, VhostPolicies, effective_definition, queue_arguments
 from leveret.broker.queues.arguments import TYPE_ARGUMENTS, amqp_type, queue_type, validate_queue_arguments
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.effects import Effect
@@ -77,6 +78,7 @@ class VirtualHost:
         # RabbitMQ's vhost metadata, shown by the management API.
         self.description = ""
         self.tags: tuple[str, ...] = ()
+        self.policies = VhostPolicies()
         self.exchanges[DEFAULT_EXCHANGE] = exchange_class("direct")(DEFAULT_EXCHANGE, durable=True)
         for name_, kind in PREDECLARED:
             self.exchanges[name_] = exchange_class(kind)(name_, durable=True)
@@ -138,6 +140,8 @@ class VirtualHost:
         cls.validate_arguments(arguments)
         exchange = cls(name, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments)
         self.exchanges[name] = exchange
+        if self.policies:
+            self._apply_exchange_policies(exchange)
         if durable:
             self.definitions_changed()
         return exchange
@@ -238,7 +242,9 @@ class VirtualHost:
             journal=self.journal_for(self.name, name) if stored and self.journal_for else NULL_JOURNAL,
             host=self,
         )
-        if needs_lifecycle(arguments):
+        if self.policies:
+            self._apply_queue_policies(queue)
+        if queue.lifecycle is None and needs_lifecycle(queue.effective_arguments):
             Lifecycle(queue)
         self.queues[name] = queue
         if stored:
@@ -313,6 +319,44 @@ class VirtualHost:
 
     def add_lifecycle(self, queue: Queue) -> None:
         Lifecycle(queue)
+
+    # ---- policies (broker/policies.py) --------------------------------------------------------
+
+    def set_policy(self, policy: Policy, *, operator: bool) -> None:
+        """Add or replace a policy; every queue and exchange follows what applies to it now."""
+        self.policies.of_kind(operator)[policy.name] = policy
+        self.apply_policies()
+
+    def clear_policy(self, name: str, *, operator: bool) -> bool:
+        if self.policies.of_kind(operator).pop(name, None) is None:
+            return False
+        self.apply_policies()
+        return True
+
+    def apply_policies(self) -> None:
+        for queue in list(self.queues.values()):
+            self._apply_queue_policies(queue)
+        for exchange in self.exchanges.values():
+            if exchange.name != DEFAULT_EXCHANGE:
+                self._apply_exchange_policies(exchange)
+
+    def _apply_queue_policies(self, queue: Queue) -> None:
+        """Give the queue what its policies say; a live queue's lifecycle follows at once."""
+        queue.policy, queue.operator_policy = self.policies.matching("queues", queue.name)
+        definition = effective_definition(queue.policy, queue.operator_policy)
+        effective = queue_arguments(queue.arguments, definition)
+        if effective == queue.effective_arguments:
+            return
+        if queue.lifecycle is None and needs_lifecycle(effective) and not queue.deleted:
+            # Made under the old arguments: the messages there already keep no TTL, as in RabbitMQ.
+            Lifecycle(queue)
+        queue.effective_arguments = effective
+        if queue.lifecycle is not None:
+            queue.lifecycle.settings_changed()
+
+    def _apply_exchange_policies(self, exchange: Exchange) -> None:
+        exchange.policy, exchange.operator_policy = self.policies.matching("exchanges", exchange.name)
+        exchange.policy_definition = effective_definition(exchange.policy, exchange.operator_policy)
 
     # ---- bindings ---------------------------------------------------------------------------
 
@@ -406,7 +450,10 @@ class VirtualHost:
                 self._route_into(alternate, message, queues, seen_queues, visited, depth + 1)
 
     def _alternate_exchange(self, exchange: Exchange) -> Exchange | None:
-        name = exchange.arguments.get("alternate-exchange")
+        # The exchange's own argument wins over a policy's, as in RabbitMQ.
+        name = exchange.arguments.get("alternate-exchange") or exchange.policy_definition.get(
+            "alternate-exchange"
+        )
         return self.exchanges.get(name) if isinstance(name, str) else None
 
     def exclusive_queues_of(self, owner: object) -> Iterable[Queue]:

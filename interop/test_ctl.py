@@ -2,9 +2,9 @@
 RabbitMQ (LEVERET_INTEROP_BROKER=rabbitmq), with real pika clients making the objects it lists and checking
 what its writes did.
 
-Verbs whose endpoints Leveret's management API does not serve yet make the CLI say "does not support ...
-yet"; their tests are skipped on Leveret only (`ctl_write`). On RabbitMQ the output is also compared line by
-line with the real rabbitmqctl's.
+Verbs whose endpoints a broker's management API does not serve make the CLI say "does not support ...
+yet"; their tests are skipped on Leveret only (`ctl_write`); Leveret serves every verb tested here now.
+On RabbitMQ the output is also compared line by line with the real rabbitmqctl's.
 
 RabbitMQ's counts reach its management API with the stats events (every 250 ms here), so checks of counts
 poll until they match.
@@ -606,6 +606,78 @@ def test_policies_apply_to_live_queues(managed: Broker, ctl_write: Ctl) -> None:
     assert bad.code == 65 and bad.err.startswith("Error: the policy definition is not valid JSON")
 
 
+def test_operator_policies_cap_live_queues_below_policies(managed: Broker, ctl: Ctl) -> None:
+    name = unique("ctl-op-policy")
+    queue = f"{name}-q"
+    with pika_connection(managed.url) as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue)
+        assert ctl("set_policy", name, f"^{name}-", '{"max-length":5}').code == 0
+        set_ = ctl("set_operator_policy", name, f"^{name}-", '{"max-length":2}', "--apply-to", "queues")
+        assert (set_.code, set_.out) == (0, (
+            f'Setting operator policy override "{name}" for pattern "^{name}-" to "{{"max-length":2}}" with '
+            'priority "0" for vhost "/" ...\n'
+        )), set_.err  # fmt: skip
+        try:
+            listed = ctl("list_operator_policies")
+            assert listed.lines[:2] == [
+                'Listing operator policy overrides for vhost "/" ...',
+                "vhost\tname\tpattern\tapply-to\tdefinition\tpriority",
+            ]
+            assert f'/\t{name}\t^{name}-\tqueues\t{{"max-length":2}}\t0' in listed.lines
+
+            def capped() -> None:
+                for _ in range(3):
+                    channel.basic_publish("", queue, b"m")
+                assert channel.queue_declare(queue, passive=True).method.message_count == 2
+
+            eventually(capped)
+        finally:
+            cleared = ctl("clear_operator_policy", name)
+            ctl("clear_policy", name)
+        assert (cleared.code, cleared.out) == (0, f'Clearing operator policy "{name}" on vhost "/" ...\n')
+        assert not any(name in line for line in ctl("list_operator_policies").lines)
+        channel.queue_delete(queue)
+    again = ctl("clear_operator_policy", name)
+    assert (again.code, again.err) == (69, f"Error: policy '{name}' does not exist in vhost '/'\n")
+
+
+def test_user_limits_are_set_listed_enforced_and_cleared(managed: Broker, ctl: Ctl) -> None:
+    user = unique("ctl-limited")
+    assert ctl("add_user", user, "pw").code == 0
+    assert ctl("set_permissions", user, ".*", ".*", ".*").code == 0
+    set_ = ctl("set_user_limits", user, '{"max-connections": 1, "max-channels": 1}')
+    assert (set_.code, set_.out) == (0, (
+        f'Setting user limits to "{{"max-connections": 1, "max-channels": 1}}" for user "{user}" ...\n'
+    )), set_.err  # fmt: skip
+    listed = ctl("list_user_limits", "--user", user)
+    assert listed.lines == [f'Listing limits for user "{user}" ...', '{"max-channels":1,"max-connections":1}']
+    as_json = ctl("list_user_limits", "--user", user, "--formatter", "json")
+    assert json.loads(as_json.out) == {"message": '{"max-channels":1,"max-connections":1}'}
+    url = f"amqp://{user}:pw@{managed.host}:{managed.port}/%2F"
+    with pika_connection(url) as connection:
+        connection.channel()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            connection.channel()
+        assert closed.value.reply_code == 530
+    cleared = ctl("clear_user_limits", user, "max-channels")
+    assert (cleared.code, cleared.out) == (0, f'Clearing "max-channels" limit for user "{user}" ...\n')
+    assert ctl("list_user_limits", "--user", user).lines[1] == '{"max-connections":1}'
+    with pika_connection(url) as connection:
+        connection.channel()
+        connection.channel()
+    everything = ctl("clear_user_limits", user, "all")
+    assert (everything.code, everything.out) == (0, f'Clearing all limits for user "{user}" ...\n')
+    assert ctl("list_user_limits", "--user", user).lines[1] == "{}"
+    bad = ctl("set_user_limits", user, '{"max-foo": 1}')
+    assert bad.code == 70 and "Unrecognised terms" in bad.err
+    missing = ctl("set_user_limits", "ctl-nobody", '{"max-channels": 1}')
+    assert (missing.code, missing.err) == (67, 'Error: user "ctl-nobody" does not exist\n')
+    assert ctl("list_user_limits", "--user", "ctl-nobody").code == 67
+    assert ctl("set_user_limits", user, "notjson").code == 65
+    ctl("delete_user", user)
+
+
 def test_close_connection_tells_the_client_why(managed: Broker, ctl: Ctl, ctl_write: Ctl) -> None:
     with pika_connection(managed.url) as connection:
         name = connection_name(connection, managed)
@@ -651,6 +723,8 @@ COMPARED = (
     ("list_permissions",),
     ("list_user_permissions", "guest"),
     ("list_policies",),
+    ("list_operator_policies",),
+    ("list_user_limits", "--user", "guest"),
 )  # fmt: skip
 
 
@@ -679,6 +753,7 @@ def test_the_output_is_rabbitmqctls(managed: Broker, ctl: Ctl, argv: tuple[str, 
         channel.basic_qos(prefetch_count=3)
         channel.basic_consume(queue, lambda *_: None, consumer_tag=tag)
         rabbitmqctl(managed, "set_policy", "ctl-compared", "^ctl-never-$", '{"max-length":9}')
+        rabbitmqctl(managed, "set_operator_policy", "ctl-compared", "^ctl-never-$", '{"max-length":8}')
 
         def compared() -> None:
             ours = ctl(*argv)
@@ -689,6 +764,7 @@ def test_the_output_is_rabbitmqctls(managed: Broker, ctl: Ctl, argv: tuple[str, 
             eventually(compared, pump=connection)
         finally:
             rabbitmqctl(managed, "clear_policy", "ctl-compared")
+            rabbitmqctl(managed, "clear_operator_policy", "ctl-compared")
             channel.queue_delete(queue)
 
 

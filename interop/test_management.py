@@ -339,6 +339,44 @@ def test_message_stats_count_publishes_deliveries_acks_and_confirms(
         assert isinstance(overview["publish_details"]["rate"], int | float)
 
 
+def test_message_stats_of_queues_and_exchanges(managed: Broker, api: httpx.Client) -> None:
+    name = unique("mgmt-qstats")
+    fanout, first, second = f"{name}-fan", f"{name}-a", f"{name}-b"
+    with pika_connection(managed.url) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(fanout, "fanout", auto_delete=True)
+        for queue in (first, second):
+            channel.queue_declare(queue, auto_delete=True)
+            channel.queue_bind(queue, fanout)
+        for _ in range(5):
+            channel.basic_publish(fanout, "", b"fanned")
+        for _ in range(2):
+            channel.basic_publish("", first, b"direct")
+        tags = [channel.basic_get(first)[0].delivery_tag for _ in range(7)]
+        for tag in tags[:2]:
+            channel.basic_nack(tag, requeue=True)
+        again = [channel.basic_get(first)[0] for _ in range(2)]
+        assert all(method.redelivered for method in again)
+        for tag in [*tags[2:], *(method.delivery_tag for method in again)]:
+            channel.basic_ack(tag)
+
+        def counted() -> tuple[dict[str, Any], dict[str, Any]]:
+            queue = api.get(f"/api/queues/%2F/{first}").json().get("message_stats", {})
+            keys = ("publish", "deliver_get", "ack", "redeliver")
+            expected = {"publish": 7, "deliver_get": 9, "ack": 7, "redeliver": 2}
+            assert {k: queue.get(k) for k in keys} == expected
+            exchange = api.get(f"/api/exchanges/%2F/{fanout}").json().get("message_stats", {})
+            assert (exchange.get("publish_in"), exchange.get("publish_out")) == (5, 10)
+            return queue, exchange
+
+        queue, exchange = eventually(counted)
+        assert isinstance(queue["deliver_get_details"]["rate"], int | float)
+        assert isinstance(exchange["publish_out_details"]["rate"], int | float)
+        listed = [q for q in api.get("/api/queues/%2F").json() if q["name"] == second]
+        assert listed[0]["message_stats"]["publish"] == 5
+        channel.exchange_delete(fanout)
+
+
 def _overview_counted(api: httpx.Client, at_least: int) -> dict[str, Any]:
     stats = api.get("/api/overview").json()["message_stats"]
     assert all(stats.get(k, 0) >= at_least for k in ("publish", "deliver_get", "ack", "confirm")), stats

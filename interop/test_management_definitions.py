@@ -4,6 +4,7 @@ rabbitmq-server)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ COMPARED = (
     "permissions",
     "topic_permissions",
     "parameters",
+    "policies",
     "queues",
     "exchanges",
     "bindings",
@@ -48,7 +50,7 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 def populate(api: httpx.Client, vhost: str) -> None:
-    """A vhost with a user, permissions, a limit, exchanges, queues and bindings of each kind."""
+    """A vhost with a user, permissions, a limit, a policy, exchanges, queues and bindings of each kind."""
     assert api.put(f"/api/vhosts/{vhost}", json={}).status_code == 201
     assert (
         api.put(
@@ -59,6 +61,9 @@ def populate(api: httpx.Client, vhost: str) -> None:
     permission = {"configure": "^app", "write": ".*", "read": "^app"}
     assert api.put(f"/api/permissions/{vhost}/{vhost}-user", json=permission).status_code == 201
     assert api.put(f"/api/vhost-limits/{vhost}/max-queues", json={"value": 50}).status_code == 204
+    policy = {"pattern": "^app\\.", "definition": {"max-length-bytes": 1000000, "expires": 3600000},
+              "apply-to": "queues", "priority": 4}  # fmt: skip
+    assert api.put(f"/api/policies/{vhost}/app-limits", json=policy).status_code == 201
     topic = {"exchange": "app.events", "write": "^a", "read": ".*"}
     assert api.put(f"/api/topic-permissions/{vhost}/{vhost}-user", json=topic).status_code == 201
     assert (
@@ -201,6 +206,16 @@ def test_definitions_carry_between_rabbitmq_and_leveret(both: tuple[Broker, Brok
         assert response.status_code == 204, response.text
         assert normalised(api.get("/api/definitions").json(), vhost) == normalised(exported, vhost)
     # The carried user logs in to the target with its password, through the exported hash.
+    with client(target) as api:
+        # The queue carried follows the policy carried with it (RabbitMQ shows it a moment later).
+        expected = ("app-limits", {"max-length-bytes": 1000000, "expires": 3600000})
+        deadline = time.monotonic() + 15
+        while True:
+            shown = api.get(f"/api/queues/{vhost}/app.work").json()
+            if (shown.get("policy"), shown.get("effective_policy_definition")) == expected:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
     with pika_connection(f"amqp://{vhost}-user:pw@{target.host}:{target.port}/{vhost}") as connection:
         channel = connection.channel()
         assert channel.queue_declare("app.work", passive=True).method.message_count == 0

@@ -382,6 +382,69 @@ def test_vhost_limits_are_set_shown_and_enforced(managed: Broker, api: httpx.Cli
     api.delete(f"/api/vhosts/{vhost}")
 
 
+def test_user_limits_are_set_shown_and_enforced(managed: Broker, api: httpx.Client) -> None:
+    user = unique("http-limited-user")
+    assert api.put(f"/api/users/{user}", json={"password": "pw", "tags": ""}).status_code == 201
+    permission = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert api.put(f"/api/permissions/%2F/{user}", json=permission).status_code == 201
+    limit = f"/api/user-limits/{user}"
+    assert answer(api.get(limit)) == (200, [])
+    assert answer(api.put(f"{limit}/max-connections", json={"value": 1})) == (204, None)
+    assert answer(api.put(f"{limit}/max-channels", json={"value": 2})) == (204, None)
+    shown = {"user": user, "value": {"max-connections": 1, "max-channels": 2}}
+    assert api.get(limit).json() == [shown]
+    assert shown in api.get("/api/user-limits").json()
+    assert api.get(f"/api/users/{user}").json()["limits"] == {"max-connections": 1, "max-channels": 2}
+    assert answer(api.put(f"{limit}/max-bogus", json={"value": 2})) == (
+        400, {"error": "bad_request", "reason": 'Unrecognised terms [{<<"max-bogus">>,2}] in user-limits'}
+    )  # fmt: skip
+    assert answer(api.put(f"{limit}/max-channels", json={"value": "x"})) == (
+        400, {"error": "bad_request", "reason": 'max-channels should be a number, actually was <<"x">>'}
+    )  # fmt: skip
+    assert answer(api.put(f"{limit}/max-channels", json={})) == (
+        400, {"error": "bad_request", "reason": "[{key_missing,value}]"}
+    )  # fmt: skip
+    assert answer(api.put("/api/user-limits/no-such-user/max-channels", json={"value": 1})) == (
+        400, {"error": "bad_request", "reason": ["no_such_user", "no-such-user"]}
+    )  # fmt: skip
+    assert answer(api.get("/api/user-limits/no-such-user")) == (404, NOT_FOUND)
+    url = amqp_url(managed, "/", user, "pw")
+    with pika_connection(url) as connection:
+        with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as refused:
+            pika.BlockingConnection(pika.URLParameters(url))
+        assert (
+            f"NOT_ALLOWED - connection refused for user '{user}': user connection limit (1) is reached"
+            in str(refused.value)
+        )
+        connection.channel()
+        connection.channel()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            connection.channel()
+        assert (closed.value.reply_code, closed.value.reply_text) == (
+            530,
+            f"NOT_ALLOWED - number of channels opened for user '{user}' has reached the maximum allowed "
+            "user limit of (2)",
+        )
+    # The channel limit counts the user's channels over all its connections.
+    assert answer(api.put(f"{limit}/max-connections", json={"value": -1})) == (204, None)
+    with pika_connection(url) as first, pika_connection(url) as second:
+        first.channel()
+        second.channel()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            second.channel()
+        assert closed.value.reply_code == 530
+    assert answer(api.delete(f"{limit}/max-channels")) == (204, None)
+    assert answer(api.delete(f"{limit}/max-channels")) == (204, None)
+    with pika_connection(url) as connection:
+        for _ in range(3):
+            connection.channel()
+    with httpx.Client(base_url=managed.management_url, auth=("writes-manager", "manager-secret"),
+                      headers=CLOSE) as manager:  # fmt: skip
+        assert shown["user"] in {item["user"] for item in manager.get("/api/user-limits").json()}
+        assert answer(manager.put(f"{limit}/max-channels", json={"value": 1})) == (401, NOT_ADMIN)
+    api.delete(f"/api/users/{user}")
+
+
 @pytest.mark.parametrize("user", USERS, ids=lambda u: u.tags[0])
 def test_only_administrators_change_vhosts_users_and_permissions(managed: Broker, user: ExtraUser) -> None:
     # RabbitMQ drops a kept-alive connection after some of its 401 answers: one connection per request.
@@ -442,6 +505,7 @@ def test_changes_made_over_http_survive_a_restart(private_broker: Any) -> None:
         permission = {"configure": "^kept", "write": ".*", "read": ".*"}
         assert api.put(f"/api/permissions/{vhost}/{user}", json=permission).status_code == 201
         assert api.put(f"/api/vhost-limits/{vhost}/max-queues", json={"value": 5}).status_code == 204
+        assert api.put(f"/api/user-limits/{user}/max-channels", json={"value": 7}).status_code == 204
         assert api.put(f"/api/queues/{vhost}/{queue}", json={"durable": True}).status_code == 201
         body = {
             "routing_key": queue,
@@ -463,6 +527,7 @@ def test_changes_made_over_http_survive_a_restart(private_broker: Any) -> None:
             **permission,
         }
         assert api.get(f"/api/vhost-limits/{vhost}").json() == [{"vhost": vhost, "value": {"max-queues": 5}}]
+        assert api.get(f"/api/user-limits/{user}").json() == [{"user": user, "value": {"max-channels": 7}}]
         # The broker's own definitions (its configuration; RabbitMQ's load_definitions) apply again at start.
         assert api.get("/api/users/writes-policy").status_code == 200
     with pika_connection(amqp_url(broker, vhost, user, "kept-pw")) as connection:

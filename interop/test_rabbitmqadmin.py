@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,38 @@ def test_vhosts_users_permissions_and_limits(admin: Admin, managed: Broker) -> N
     assert vhost not in {v["name"] for v in listed(admin, "vhosts")}
 
 
+def test_policies_and_operator_policies(admin: Admin, managed: Broker) -> None:
+    name = unique("admin-policy")
+    queue = f"{name}-q"
+    admin("declare", "queue", f"name={queue}", "durable=false")
+    assert "policy declared" in admin(
+        "declare", "policy", f"name={name}", f"pattern=^{name}-", 'definition={"max-length": 3}', "priority=2"
+    )
+    assert "operator_policy declared" in admin(
+        "declare", "operator_policy", f"name={name}", f"pattern=^{name}-", 'definition={"max-length": 1}',
+        "apply-to=queues",
+    )  # fmt: skip
+    [policy] = [p for p in listed(admin, "policies") if p["name"] == name]
+    assert (policy["pattern"], policy["definition"], policy["priority"], policy["apply-to"]) == (
+        f"^{name}-", {"max-length": 3}, 2, "all"
+    )  # fmt: skip
+    [operator] = [p for p in listed(admin, "operator_policies") if p["name"] == name]
+    assert (operator["definition"], operator["apply-to"]) == ({"max-length": 1}, "queues")
+    with pika_connection(managed.url) as connection:
+        channel = connection.channel()
+        deadline = time.monotonic() + 15
+        while True:  # RabbitMQ's queue takes the policies a moment after the API answered
+            channel.basic_publish("", queue, b"m")
+            if channel.queue_declare(queue, passive=True).method.message_count == 1:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert "operator_policy deleted" in admin("delete", "operator_policy", f"name={name}")
+    assert "policy deleted" in admin("delete", "policy", f"name={name}")
+    assert not [p for p in listed(admin, "policies") if p["name"] == name]
+    admin("delete", "queue", f"name={queue}")
+
+
 def test_export_and_import(admin: Admin, tmp_path: Path) -> None:
     queue = unique("admin-exported")
     admin("declare", "queue", f"name={queue}", "durable=true")
@@ -171,7 +204,7 @@ def test_lists_connections_channels_consumers_nodes_and_overview(admin: Admin, m
         assert listed(admin, "channels")
         assert listed(admin, "nodes")[0]["name"]
         assert "rabbitmq_version" in admin("show", "overview")
-        assert listed(admin, "policies") == [] and isinstance(listed(admin, "parameters"), list)
+        assert isinstance(listed(admin, "policies"), list) and isinstance(listed(admin, "parameters"), list)
         assert "connection closed" in admin("close", "connection", f"name={connection_info['name']}")
         with pytest.raises(pika.exceptions.ConnectionClosedByBroker):
             connection.process_data_events(time_limit=5)

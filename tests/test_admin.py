@@ -246,3 +246,30 @@ def test_topic_permissions_survive_a_restart_and_travel_in_definitions(tmp_path:
     assert len(node.authority.topic_permissions) == 1
     node.admin.delete_user("carol")
     assert node.authority.topic_permissions == ()
+
+
+def test_user_limits_and_policies_survive_a_restart_and_travel_in_definitions(tmp_path: Path) -> None:
+    node = open_node(tmp_path)
+    node.admin.put_user("limited", hash_password("pw"), ())
+    node.admin.set_user_limit("limited", "max-channels", 3)
+    node.admin.set_policy("/", "cap", {"pattern": "^q", "definition": {"max-length": 2}, "priority": 1})
+    node.admin.set_policy("/", "op", {"pattern": "^q", "definition": {"max-length": 1}}, operator=True)
+    node.vhosts["/"].declare_queue(
+        "q1", owner=None, durable=True, exclusive=False, auto_delete=False, arguments={}
+    )
+    node = restart(node, tmp_path)
+    assert node.admin.user_limit("limited", "max-channels") == 3
+    queue = node.vhosts["/"].queues["q1"]
+    assert (queue.policy.name, queue.operator_policy.name) == ("cap", "op")
+    assert queue.effective_arguments == {"x-max-length": 1}
+    exported = export_node(node, "3.10.8")
+    assert [u["limits"] for u in exported["users"] if u["name"] == "limited"] == [{"max-channels": 3}]
+    assert [p["name"] for p in exported["policies"]] == ["cap"]
+    other = Node(Config())
+    import_definitions(other, exported)
+    assert other.admin.user_limit("limited", "max-channels") == 3
+    assert other.vhosts["/"].policies.policies["cap"].priority == 1
+    other.admin.delete_user("limited")
+    assert other.admin.user_limit("limited", "max-channels") is None
+    with pytest.raises(AdminError):
+        other.admin.set_user_limit("nobody", "max-channels", 1)

@@ -109,6 +109,8 @@ def test_the_verb_list_is_rabbitmqctls() -> None:
         "change_password", "set_user_tags", "set_permissions", "clear_permissions", "add_vhost",
         "delete_vhost", "purge_queue", "delete_queue", "export_definitions", "import_definitions",
         "set_policy", "clear_policy", "status", "cluster_status", "close_connection",
+        "set_operator_policy", "clear_operator_policy", "list_operator_policies",
+        "set_user_limits", "clear_user_limits", "list_user_limits",
     }  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from . import admin, listing, nodes, policies
+from . import admin, limits, listing, nodes, policies
 from .arguments import build_parser, parse
 from .client import ManagementClient
 from .context import Context, Verb
@@ -15,7 +15,7 @@ from .endpoint import resolve
 from .errors import EX_USAGE, CtlError
 
 VERBS: list[Verb] = sorted(
-    [*listing.VERBS, *admin.VERBS, *policies.VERBS, *nodes.VERBS], key=lambda verb: verb.name
+    [*listing.VERBS, *admin.VERBS, *policies.VERBS, *limits.VERBS, *nodes.VERBS], key=lambda verb: verb.name
 )
 
 

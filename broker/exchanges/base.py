@@ -59,6 +59,17 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = dict(arguments or {})
+        # The policy and operator policy that apply (broker/policies.Policy), and their merged definition.
+        self.policy: Any = None
+        self.operator_policy: Any = None
+        self.policy_definition: dict[str, Any] = {}
+        # message_stats (broker/stats.py, exchange_counts), counted by the channels that publish here:
+        # publishes in, those routed by the vhost and the copies that reached queues, and those the default
+        # exchange's inlined route sent nowhere.
+        self.published_in = 0
+        self.routed_in = 0
+        self.routed_out = 0
+        self.missed_inline = 0
         # In bind order: the consistent-hash ring and the definitions store rely on that order.
         self.bindings: list[Binding] = []
 

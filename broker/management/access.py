@@ -73,7 +73,7 @@ class Access(Context):
         found = self.node.authority.users.get(param(request, "name"))
         if found is None:
             raise NotFound
-        return JSONResponse(show.user(found))
+        return JSONResponse(show.user(found, self.node.admin.user_limits.get(found.name)))
 
     async def put_user(self, request: Request) -> Response:
         self.admin(request)
@@ -214,6 +214,39 @@ class Access(Context):
     async def vhost_limits(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
         return JSONResponse([{"vhost": v.name, "value": dict(v.limits)} for v in vhosts if v.limits])
+
+    # ---- user limits ------------------------------------------------------------------------------
+
+    async def user_limits(self, request: Request) -> Response:
+        """Any management user reads them, as in RabbitMQ; only an administrator changes them."""
+        self.user(request)
+        limits = self.node.admin.user_limits
+        if "user" in request.path_params:
+            name = param(request, "user")
+            if name not in self.node.authority.users:
+                raise NotFound
+            names = [name] if name in limits else []
+        else:
+            names = sorted(limits)
+        return JSONResponse([{"user": name, "value": dict(limits[name])} for name in names])
+
+    async def put_user_limit(self, request: Request) -> Response:
+        self.admin(request)
+        body = await json_object(request)
+        require(body, "value")
+        try:
+            self.node.admin.set_user_limit(param(request, "user"), param(request, "name"), body["value"])
+        except AdminError as error:
+            raise admin_error(error) from None
+        return no_content()
+
+    async def delete_user_limit(self, request: Request) -> Response:
+        self.admin(request)
+        user = param(request, "user")
+        if user not in self.node.authority.users:
+            raise admin_error(AdminError(["no_such_user", user]))
+        self.node.admin.clear_user_limit(user, param(request, "name"))
+        return no_content()
 
     async def parameters(self, request: Request) -> Response:
         """Runtime parameters: Leveret's only ones are vhost limits, RabbitMQ's component vhost-limits."""

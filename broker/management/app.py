@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leveret.amqp.errors import AMQPError
 from leveret.broker import direct
+from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
 from leveret.broker.management.access import Access
@@ -30,12 +31,14 @@ from leveret.broker.management.context import ApiError, Context, NotFound, excha
 from leveret.broker.management.definitions import Definitions
 from leveret.broker.management.messaging import Messaging
 from leveret.broker.management.metrics import exposition, metrics_registry
+from leveret.broker.management.policies import Policies
 from leveret.broker.management.rates import MessageRates
 from leveret.broker.management.shaping import SHAPING, shape
 from leveret.broker.management.through_cluster import through_cluster
 from leveret.broker.management.web import web_routes
 from leveret.broker.management.writes import Writes
 from leveret.broker.node import Node
+from leveret.broker.queues.queue import Queue
 from leveret.broker.vhost import VirtualHost
 
 log = logging.getLogger(__name__)
@@ -123,25 +126,34 @@ class Api(Context):
 
     async def exchanges(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
-        return JSONResponse([show.exchange(v, x) for v in vhosts for _, x in sorted(v.exchanges.items())])
+        return JSONResponse(
+            [self._exchange_json(v, x) for v in vhosts for _, x in sorted(v.exchanges.items())]
+        )
+
+    def _exchange_json(self, vhost: VirtualHost, exchange: Exchange) -> dict[str, Any]:
+        return show.exchange(vhost, exchange) | {"message_stats": self.rates.exchange(exchange)}
+
+    def _queue_json(self, queue: Queue, *, details: bool = False) -> dict[str, Any]:
+        shown = show.queue_details(self.node, queue) if details else show.queue(self.node, queue)
+        return shown | {"message_stats": self.rates.queue(queue)}
 
     async def exchange(self, request: Request) -> Response:
         vhost = self.vhost(request, self.user(request))
         found = vhost.exchanges.get(exchange_param(request))
         if found is None:
             raise NotFound
-        return JSONResponse(show.exchange(vhost, found))
+        return JSONResponse(self._exchange_json(vhost, found))
 
     async def queues(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
-        return JSONResponse([show.queue(self.node, q) for v in vhosts for _, q in sorted(v.queues.items())])
+        return JSONResponse([self._queue_json(q) for v in vhosts for _, q in sorted(v.queues.items())])
 
     async def queue(self, request: Request) -> Response:
         vhost = self.vhost(request, self.user(request))
         found = vhost.queues.get(param(request, "name"))
         if found is None:
             raise NotFound
-        return JSONResponse(show.queue_details(self.node, found))
+        return JSONResponse(self._queue_json(found, details=True))
 
     async def bindings(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
@@ -204,13 +216,8 @@ class Api(Context):
     async def users(self, request: Request) -> Response:
         require_administrator(self.user(request))
         users = sorted(self.node.authority.users.values(), key=lambda u: u.name)
-        return JSONResponse([show.user(u) for u in users])
-
-    async def no_policies(self, request: Request) -> Response:
-        # Policies are not built yet: none to list (rabbitmqadmin's `list policies` reads this).
-        self.scoped(request, self.user(request))
-        return JSONResponse([])
-
+        limits = self.node.admin.user_limits
+        return JSONResponse([show.user(u, limits.get(u.name)) for u in users])
 
     async def aliveness(self, request: Request) -> Response:
         """As RabbitMQ's: declare the queue aliveness-test, publish a message to it and read it back."""
@@ -282,6 +289,7 @@ def route(path: str, **endpoints: Endpoint) -> Route:
 def build_app(node: Node, rates: MessageRates) -> ASGIApp:
     api, writes, access, messaging = Api(node, rates), Writes(node), Access(node), Messaging(node)
     exported = Definitions(node)
+    policies, operator = Policies(node, operator=False), Policies(node, operator=True)
     binding = "/api/bindings/{vhost}/e/{source}/{kind}/{destination}"
     routes = [
         route("/api/overview", GET=api.overview),
@@ -341,12 +349,25 @@ def build_app(node: Node, rates: MessageRates) -> ASGIApp:
         route(
             "/api/vhost-limits/{vhost}/{name}", PUT=access.put_vhost_limit, DELETE=access.delete_vhost_limit
         ),
+        route("/api/user-limits", GET=access.user_limits),
+        route("/api/user-limits/{user}", GET=access.user_limits),
+        route(
+            "/api/user-limits/{user}/{name}", PUT=access.put_user_limit, DELETE=access.delete_user_limit
+        ),
         route("/api/definitions", GET=exported.export, POST=exported.import_),
         route("/api/definitions/{vhost}", GET=exported.export, POST=exported.import_),
         route("/api/parameters", GET=access.parameters),
-        route("/api/policies", GET=api.no_policies),
-        route("/api/policies/{vhost}", GET=api.no_policies),
-        route("/api/operator-policies", GET=api.no_policies),
+        route("/api/policies", GET=policies.listing),
+        route("/api/policies/{vhost}", GET=policies.listing),
+        route("/api/policies/{vhost}/{name}", GET=policies.one, PUT=policies.put, DELETE=policies.delete),
+        route("/api/operator-policies", GET=operator.listing),
+        route("/api/operator-policies/{vhost}", GET=operator.listing),
+        route(
+            "/api/operator-policies/{vhost}/{name}",
+            GET=operator.one,
+            PUT=operator.put,
+            DELETE=operator.delete,
+        ),
         route("/api/aliveness-test/{vhost}", GET=api.aliveness),
         route("/api/health/checks/alarms", GET=api.alarms),
         route("/metrics", GET=api.metrics),

@@ -156,6 +156,10 @@ class Messaging(Context):
             raise get_error(error) from None
         answers = []
         taken = direct.get(queue, max(count, 0), ackmode)
+        queue.delivered += len(taken)
+        queue.redelivered += sum(1 for got in taken if got.redelivered)
+        if ackmode == "ack_requeue_false":
+            queue.acked += len(taken)
         self.node.message_totals.count_direct(
             vhost.name, delivered=len(taken), acked=len(taken) if ackmode == "ack_requeue_false" else 0
         )

@@ -17,6 +17,7 @@ from leveret import __version__
 from leveret.broker.definitions import json_value
 from leveret.broker.exchanges.base import Binding, Exchange
 from leveret.broker.node import ADVERTISED_VERSION, Node
+from leveret.broker.policies import effective_definition
 from leveret.broker.queues.queue import Queue
 from leveret.broker.vhost import VirtualHost
 from leveret.config import User
@@ -63,7 +64,9 @@ def queue(node: Node, q: Queue) -> Json:
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "consumers": q.consumer_count,
-        "policy": None,
+        "policy": q.policy.name if q.policy is not None else None,
+        "operator_policy": q.operator_policy.name if q.operator_policy is not None else None,
+        "effective_policy_definition": effective_definition(q.policy, q.operator_policy),
         **_replication(node, q),
     }
 
@@ -139,7 +142,7 @@ def queue_details(node: Node, q: Queue) -> Json:
 
 
 def exchange(vhost: VirtualHost, x: Exchange) -> Json:
-    return {
+    shown = {
         "name": x.name,
         "vhost": vhost.name,
         "type": x.kind,
@@ -148,6 +151,9 @@ def exchange(vhost: VirtualHost, x: Exchange) -> Json:
         "internal": x.internal,
         "arguments": jsonable(x.arguments),
     }
+    if x.policy is not None:  # RabbitMQ shows an exchange's policy only when one applies
+        shown["policy"] = x.policy.name
+    return shown
 
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
@@ -310,13 +316,13 @@ def channels_of(sessions: Iterable[ConnectionSession]) -> list[ChannelSession]:
 # ---- users and the overview --------------------------------------------------------------------------
 
 
-def user(u: User) -> Json:
+def user(u: User, limits: dict[str, int] | None = None) -> Json:
     return {
         "name": u.name,
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing_algorithm,
         "tags": list(u.tags),
-        "limits": {},
+        "limits": dict(limits or {}),
     }
 
 

@@ -55,7 +55,7 @@ class Lifecycle:
         assert queue.host is not None, "a queue's lifecycle needs its vhost"
         assert queue.lifecycle is None
         self.queue = queue
-        settings = self.settings = QueueSettings.from_arguments(queue.arguments)
+        settings = self.settings = QueueSettings.from_arguments(queue.effective_arguments)
         # Whether any message may expire: until then, deliveries need not read the clock.
         self._expiring = settings.message_ttl is not None
         self._expires_at: float | None = None  # when the queue goes if still unused
@@ -81,6 +81,27 @@ class Lifecycle:
         for consumer in queue.consumers:
             self.dispatch.join(consumer)
         self.touch()
+
+    def settings_changed(self) -> None:
+        """The queue's effective arguments changed (a policy): follow them from now on, as RabbitMQ does.
+        Messages keep the deadlines they were given; a lower length limit drops (drop-head) at once.
+        Priorities, single active consumer and the queue type are arguments only, never a policy's."""
+        settings = self.settings = QueueSettings.from_arguments(self.queue.effective_arguments)
+        self._expiring = self._expiring or settings.message_ttl is not None
+        if settings.expires is None:
+            self._expires_at = None
+        else:
+            self.touch()
+        if self.counts is not None:
+            self.counts.limit = settings.delivery_limit
+        if settings.at_least_once and self.outbox is None:
+            self.outbox = Outbox()
+        elif not settings.at_least_once and self.outbox is not None and not len(self.outbox):
+            self.outbox = None
+        if settings.limited and settings.overflow == "drop-head":
+            self._drop_over_limit()
+        self._reschedule()
+        self.queue._flush()
 
     def _track(self, entry: Entry, now: float) -> TrackedEntry:
         tracked = TrackedEntry.adopt(entry, deadline(entry.message, self.settings.message_ttl, now))

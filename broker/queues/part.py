@@ -57,6 +57,9 @@ class LifecyclePart(Protocol):
 
     def deliver_ready(self) -> None: ...
 
+    def settings_changed(self) -> None:
+        """Follow the queue's effective arguments as they are now (a policy changed)."""
+
     # What it adds to the queue's own handling.
     def rejected(self, entries: list[Entry]) -> None: ...
 

@@ -54,6 +54,16 @@ class Queue(Pageable):
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
+        # The arguments with its policies applied (broker/policies.py): what its lifecycle follows.
+        self.effective_arguments = self.arguments
+        self.policy: Any = None  # the policy and operator policy that apply (broker/policies.Policy)
+        self.operator_policy: Any = None
+        # message_stats (broker/stats.py): counted by the channels that deliver and ack; publishes are the
+        # seqs handed out since `seq_base` (see `published`).
+        self.seq_base = 1
+        self.delivered = 0  # deliveries and basic.get-oks
+        self.redelivered = 0
+        self.acked = 0
         self.ready: deque[Entry] = deque()
         self.consumers: deque[Subscriber] = deque()
         # Delivered, not yet settled, by seq: the queue's own record of what its consumers hold.
@@ -100,6 +110,12 @@ class Queue(Pageable):
     @property
     def consumer_count(self) -> int:
         return len(self.consumers)
+
+    @property
+    def published(self) -> int:
+        """Messages enqueued since the queue was made (or recovered): each took a seq. Read off the counter's
+        repr ("count(n)"), so that the hot path counts nothing more."""
+        return int(repr(self._seq)[6:-1]) - self.seq_base
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} in {self.vhost!r}>"
@@ -163,6 +179,7 @@ class Queue(Pageable):
         for each entry, the seconds its logged deadline leaves it (None: none logged), if any has one;
         `returns`: how often each came back (a quorum queue's delivery count), if any did."""
         entries = list(entries)
+        self.seq_base = next_seq
         if (
             self.lifecycle is not None
             or expires_in is not None

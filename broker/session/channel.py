@@ -120,6 +120,7 @@ class ChannelSession:
         self.published = 0
         self.acked = 0
         self.confirmed = 0
+        self.redelivered = 0
         # Confirms owed, in publish order: (seq, store position it waits for, nack?).
         self._unconfirmed: deque[tuple[int, int, bool]] = deque()
         self.tx: _Transaction | None = None
@@ -175,16 +176,22 @@ class ChannelSession:
     def deliver(self, consumer: Consumer, entry: Entry) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
+        queue = consumer.queue
+        queue.delivered += 1
         if not consumer.no_ack:
             consumer.unacked += 1
-            self.unacked[tag] = (entry.seq, consumer.queue, consumer)
+            self.unacked[tag] = (entry.seq, queue, consumer)
+        redelivered = entry.redelivered
+        if redelivered:  # counted here, where the flag is read anyway for the frame
+            self.redelivered += 1
+            queue.redelivered += 1
         message = entry.message
         self.conn.send_frames(
             fastpath.deliver_frames(
                 self.number,
                 consumer.tag_raw,
                 tag,
-                entry.redelivered,
+                redelivered,
                 message.names_raw,
                 message.properties_raw,
                 message.body,
@@ -284,20 +291,30 @@ class ChannelSession:
         self, exchange: Any, message: Message, extra_keys: list[str], mandatory: bool, seq: int
     ) -> None:
         queues: list[BrokerQueue]
+        # message_stats (broker/stats.py): the inlined default exchange counts one int per publish.
+        exchange.published_in += 1
         if exchange.name != DEFAULT_EXCHANGE or extra_keys:
             try:
                 queues = self.vhost.route(exchange, message, extra_keys)
             except PropertiesError as exc:  # a headers or consistent-hash exchange read them
                 raise _malformed_properties(exc) from exc
+            exchange.routed_in += 1
+            exchange.routed_out += len(queues)
             delivered = bool(queues)
         elif message.routing_key.startswith(reply_to.PREFIX):
             delivered = reply_to.deliver(self.session.node, message)
             queues = []
+            exchange.missed_inline += 1  # to no queue
         else:
             # The default exchange, inlined (vhost.route's first case): the queue named by the key.
             queue = self.vhost.queues.get(message.routing_key)
-            queues = [queue] if queue is not None else []
-            delivered = queue is not None
+            if queue is not None:
+                queues = [queue]
+                delivered = True
+            else:
+                queues = []
+                delivered = False
+                exchange.missed_inline += 1
         if not delivered and mandatory:
             self.conn.send_frames(
                 fastpath.return_frames(
@@ -451,6 +468,7 @@ class ChannelSession:
             if rejected:
                 queue.reject(seqs)
             else:
+                queue.acked += len(seqs)
                 queue.settle(seqs)
         self._credit_returned(consumers, sum(len(seqs) for _, seqs in by_queue))
 
@@ -765,6 +783,10 @@ class ChannelSession:
             return
         tag = self._next_tag
         self._next_tag = tag + 1
+        queue.delivered += 1
+        if entry.redelivered:
+            self.redelivered += 1
+            queue.redelivered += 1
         if method.no_ack:
             queue.settle([entry.seq])
         else:

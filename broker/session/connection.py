@@ -86,6 +86,7 @@ class _Policy:
         node = self.session.node
         self.session.permissions = node.authority.vhost_permissions(username, vhost)
         node.check_connection_limit(username, vhost)
+        node.check_user_connection_limit(username)
         limit = node.config.limits.max_connections
         if limit is not None and len(node.connections) >= limit:
             raise ConnectionLevelError(
@@ -281,6 +282,7 @@ class ConnectionSession:
 
     def _method(self, number: int, method: Any) -> None:
         if isinstance(method, Channel.Open):
+            self.node.check_user_channel_limit(self.username)
             self.channels[number] = ChannelSession(self, number)
             self.conn.send_method(number, build(Channel.OpenOk))
         elif isinstance(method, Channel.Close):

@@ -37,6 +37,11 @@ class _ReplyTarget:
 
     name = MAGIC_QUEUE
 
+    def __init__(self) -> None:
+        # What ChannelSession.deliver counts on a consumer's queue (message_stats); no queue shows these.
+        self.delivered = 0
+        self.redelivered = 0
+
 
 def start_consumer(node: NodeServices, channel: ReplyChannel, tag: str, *, no_ack: bool) -> None:
     if not no_ack:

@@ -94,7 +94,7 @@ def test_kill_leader(cluster: FaultCluster, tmp_path: Path) -> None:
         leader = cluster.wait_leader(names[0])
         load.fault("kill -9", leader, role="leader")
         cluster.kill(leader)  # stays down: the survivors must hold every confirmed message
-        load.failover(names[0], cluster.wait_leader(names[0], other_than=leader))
+        load.failover(names[0], cluster.wait_failover(names[0], other_than=leader))
 
     under_load("kill -9 of the leader", cluster, fault, tmp_path)
 
@@ -134,7 +134,7 @@ def test_sigstop_of_the_leader_past_its_lease(cluster: FaultCluster, tmp_path: P
         leader = cluster.wait_leader(names[0])
         load.fault("SIGSTOP", leader, role="leader")
         cluster.pause(leader)
-        load.failover(names[0], cluster.wait_leader(names[0], other_than=leader, timeout=LEASE_TTL * 5))
+        load.failover(names[0], cluster.wait_failover(names[0], other_than=leader, timeout=LEASE_TTL * 5))
         time.sleep(LEASE_TTL)  # well past the lease: a stale leader that woke now would confirm
         load.fault("SIGCONT", leader)
         cluster.resume(leader)
@@ -162,7 +162,7 @@ def test_partition_of_the_leader_from_etcd(cluster: FaultCluster, tmp_path: Path
         load.fault("etcd links dropped", leader)
         for proxy in cluster.etcd_proxies:
             proxy.drop(client=leader)
-        load.failover(names[0], cluster.wait_leader(names[0], other_than=leader, timeout=LEASE_TTL * 5))
+        load.failover(names[0], cluster.wait_failover(names[0], other_than=leader, timeout=LEASE_TTL * 5))
         time.sleep(LEASE_TTL)
         load.fault("etcd links healed", leader)
         cluster.heal()

@@ -11,8 +11,9 @@ Every event has `op`, `t` (CLOCK_MONOTONIC seconds: Python's `time.monotonic()` 
 - `settled`: `channel`: a synchronous reply on that channel (basic.qos-ok, channel.close-ok) came back, so
   the broker had handled every ack sent on it before.
 - `fault`: `kind`, `target`: what the harness did (kill -9, SIGSTOP, a cut link...).
-- `failover`: `queue`, `leader`: the harness saw a queue's leadership move (in etcd); not a fault it made,
-  but, like one, a moment when acks in flight may be lost.
+- `failover`: `queue`, `leader`, `since`: the harness saw a queue's leadership move (in etcd), at some
+  time from `since` (its last look that found the old leader) to `t`; not a fault it made, but, like one,
+  a moment when acks in flight may be lost.
 
 A message's id names its publisher and sequence number as `publisher/seq`, so a delivery is traced back to
 its publish without the consumer knowing anything else.

@@ -4,8 +4,8 @@
 - phantom: a delivery of a message nobody published;
 - resurrected: a delivery of a message after an ack for it was settled (a later synchronous reply on the
   channel showed the broker had taken the ack), unless a fault or a failover came from `ack_window`
-  seconds before the ack to `ack_window` seconds after the settle (and before the delivery; a failover,
-  seen late by polling, up to `ack_window` after it): those count as
+  seconds before the ack to `ack_window` seconds after the settle (and before the delivery; a failover
+  when the span its polls bound meets that): those count as
   `acks_lost_in_fault`. A node may write acks lazily (Leveret with its next group commit, as
   `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
   while the ack is still on its way to the queue's leader, which may have just died;
@@ -90,7 +90,7 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
     settled: dict[tuple[str, str], tuple[float, float]] = {}  # (queue, id) -> (acked at, settled at)
     returns: list[tuple[str, float, float, float]] = []  # (id, acked at, settled at, delivered again at)
     fault_times: list[float] = []
-    failover_times: list[float] = []  # seen by polling etcd: up to a poll late
+    failovers: list[tuple[float, float]] = []  # (since, seen): when a leader moved, as bounded by polls
     newest: dict[tuple[str, str, str], int] = {}  # (consumer, queue, publisher) -> highest first seq
     for event in events:
         op = event["op"]
@@ -111,11 +111,11 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
             verdict.faults += 1
             fault_times.append(event["t"])
         elif op == "failover":
-            failover_times.append(event["t"])
+            failovers.append((event.get("since", event["t"]), event["t"]))
     for identifier, acked_at, settled_at, again_at in returns:
-        start = acked_at - ack_window
-        if any(start <= t <= min(settled_at + ack_window, again_at) for t in fault_times) or any(
-            start <= t <= min(settled_at, again_at) + ack_window for t in failover_times
+        start, end = acked_at - ack_window, min(settled_at + ack_window, again_at)
+        if any(start <= t <= end for t in fault_times) or any(
+            since <= end and seen >= start for since, seen in failovers
         ):
             verdict.acks_lost_in_fault += 1
         else:

@@ -163,11 +163,22 @@ class FaultCluster(LocalCluster):
         return None if value is None else str(yaml.safe_load(value)["node"])
 
     def wait_leader(self, queue: str, timeout: float = 20.0, other_than: str | None = None) -> str:
+        return self.wait_failover(queue, timeout, other_than)[0]
+
+    def wait_failover(
+        self, queue: str, timeout: float = 20.0, other_than: str | None = None
+    ) -> tuple[str, float]:
+        """The queue's leader once it is not `other_than`, and since when it may have moved: the start of
+        the last look that still found `other_than` (or of the wait)."""
         deadline = time.monotonic() + timeout
+        since = time.monotonic()
         while True:
+            looked = time.monotonic()
             leader = self.leader_of(queue)
+            if leader == other_than:
+                since = looked
             if leader is not None and leader != other_than:
-                return leader
+                return leader, since
             if time.monotonic() > deadline:
                 raise AssertionError(f"no leader for {queue} (other than {other_than}) after {timeout} s")
             time.sleep(0.1)

@@ -107,10 +107,12 @@ class Load:
         assert self.faults is not None
         self.faults.record("fault", kind=kind, target=target, **details)
 
-    def failover(self, queue: str, leader: str) -> None:
-        """Records that the harness saw `queue`'s leadership move to `leader`."""
+    def failover(self, queue: str, seen: tuple[str, float]) -> None:
+        """Records that `queue`'s leadership moved (`FaultCluster.wait_failover`: the new leader, and the
+        time since when it may have)."""
         assert self.faults is not None
-        self.faults.record("failover", queue=queue, leader=leader)
+        leader, since = seen
+        self.faults.record("failover", queue=queue, leader=leader, since=since)
 
     def confirmed_so_far(self) -> int:
         """Confirms in the history files as flushed so far (pika clients flush every 200 events)."""

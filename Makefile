@@ -10,7 +10,7 @@ endif
 NPM ?= npm
 NODE_DIR := interop/node
 
-.PHONY: test deps test-only lint slow bench
+.PHONY: test deps test-only lint slow bench faults
 
 test: deps test-only
 
@@ -54,3 +54,7 @@ slow: deps
 
 bench: deps
 	$(PYTHON) -m bench
+
+# The cluster fault suite (interop/test_cluster_faults.py): each fault's verdict in faults-report.txt.
+faults: deps
+	LEVERET_FAULTS_REPORT=faults-report.txt $(PYTHON) -m pytest -q -s -p no:cacheprovider -m slow interop/test_cluster_faults.py

@@ -1,0 +1,1 @@
+"""A Jepsen-style checker for message brokers: clients record a history, `check` gives the verdict."""

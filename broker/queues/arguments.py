@@ -193,9 +193,8 @@ def queue_type(arguments: dict[str, Any]) -> str:
 def initial_group_size(arguments: dict[str, Any]) -> int | None:
     """A quorum queue's `x-quorum-initial-group-size` when it is a valid one (a positive integer)."""
     size = arguments.get("x-quorum-initial-group-size")
-    if queue_type(arguments) != "quorum" or not _is_int(size) or size < 1:
-        return None
-    return int(size)
+    valid = isinstance(size, int) and not isinstance(size, bool) and size > 0
+    return size if valid and queue_type(arguments) == "quorum" else None
 
 
 def validate_queue_arguments(queue: str, vhost: str, arguments: dict[str, Any]) -> None:

@@ -75,3 +75,21 @@ def test_a_quorum_queue_has_three_members_and_survives_its_leaders_kill(cluster:
     channel.queue_delete(queue)
     connection.close()
     assert bodies == [b"before", b"after"]
+
+
+@pytest.mark.parametrize("size", [2, 1])
+def test_the_initial_group_size_sets_a_quorum_queues_members(cluster: RabbitMQCluster, size: int) -> None:
+    """The reference for interop/test_cluster_group_size.py: min(size, nodes) members, confirms work."""
+    queue = f"cluster-group-{size}-{time.monotonic_ns()}"
+    connection = pika.BlockingConnection(pika.URLParameters(cluster.nodes[0].url))
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True, arguments={**QUORUM, "x-quorum-initial-group-size": size})
+    wait_for(lambda: len(cluster.queue(queue).get("members", [])) == size)
+    leader = cluster.leader_of(queue)
+    assert node_name(leader) in cluster.queue(queue)["members"]
+    for index in range(3):  # members or not
+        publish_confirmed(cluster.nodes[index].url, queue, f"{index}".encode())
+    bodies = [channel.basic_get(queue, auto_ack=True)[2] for _ in range(3)]
+    channel.queue_delete(queue)
+    connection.close()
+    assert bodies == [b"0", b"1", b"2"]

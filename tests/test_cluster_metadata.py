@@ -71,7 +71,7 @@ class FakeNode:
     def __init__(self, name: str, etcd: MemoryEtcd) -> None:
         self.etcd = etcd
         self.vhost = VirtualHost("/")
-        self.metadata = ClusterMetadata(LAYOUT, name, lambda vhost, queue: ["a", "b", "c"])
+        self.metadata = ClusterMetadata(LAYOUT, name, lambda vhost, queue, arguments: ["a", "b", "c"])
         self.metadata.vhosts = {"/": self.vhost}
         self.vhost.metadata = self.metadata
         self.seen = 0  # how much of the etcd log this node's watch has delivered

@@ -2,12 +2,17 @@
 
 from collections import Counter
 
-from leveret.broker.cluster.etcd_ops import KeyValue, WatchEvent
-from leveret.broker.cluster.hooks import LOCAL_METADATA
+import pytest
+
+from leveret.broker.cluster.etcd_ops import KeyValue, Put, WatchEvent
+from leveret.broker.cluster.hooks import LOCAL_METADATA, ClusterPending
 from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.cluster.membership import Membership
 from leveret.broker.cluster.placement import leader_of, replica_set
+from leveret.broker.cluster.records import QueueRecord
+from leveret.broker.cluster.state import ClusterState
 from leveret.broker.node import Node
+from leveret.broker.vhost import VirtualHost
 from leveret.config import Cluster, ClusterNode, Config, Etcd
 
 NODES = ["rabbit1", "rabbit2", "rabbit3"]
@@ -112,4 +117,41 @@ def test_a_single_node_has_no_cluster_at_all() -> None:
     clustered = Node(Config(cluster=Cluster(nodes, Etcd(("http://127.0.0.1:2379",)), node="a")))
     assert clustered.cluster is not None
     assert all(vhost.metadata is clustered.cluster.metadata for vhost in clustered.vhosts.values())
-    assert clustered.cluster.replica_set("/", "q") == ["a"]  # replication factor 3, capped at one node
+    assert clustered.cluster.replica_set("/", "q", {}) == ["a"]  # replication factor 3, capped at one node
+
+
+def _three_node_state(name: str) -> ClusterState:
+    nodes = tuple(
+        ClusterNode(n, f"127.0.0.1:{5701 + i}", f"127.0.0.1:{25701 + i}") for i, n in enumerate(NODES)
+    )
+    return ClusterState(Cluster(nodes, Etcd(("http://127.0.0.1:2379",)), node=name))
+
+
+def test_a_quorum_queues_initial_group_size_replaces_the_replication_factor() -> None:
+    state = _three_node_state("rabbit1")
+    quorum = {"x-queue-type": "quorum"}
+    for vhost, name in QUEUES[:200]:
+        full = state.replica_set(vhost, name, quorum)
+        assert len(full) == 3  # no group size: the replication factor (3)
+        assert state.replica_set(vhost, name, {**quorum, "x-quorum-initial-group-size": 2}) == full[:2]
+        assert state.replica_set(vhost, name, {**quorum, "x-quorum-initial-group-size": 1}) == full[:1]
+        assert state.replica_set(vhost, name, {**quorum, "x-quorum-initial-group-size": 7}) == full  # capped
+    # Only a quorum queue's valid value counts (the declare refuses the others with 406 anyway).
+    for value in (0, -1, "2", True, 2.0):
+        assert len(state.replica_set("/", "q", {**quorum, "x-quorum-initial-group-size": value})) == 3
+    assert len(state.replica_set("/", "q", {"x-quorum-initial-group-size": 1})) == 3
+
+
+def test_the_declared_record_holds_the_group_sized_replica_set() -> None:
+    state = _three_node_state("rabbit2")
+    vhost = VirtualHost("/")
+    vhost.metadata = state.metadata
+    arguments = {"x-queue-type": "quorum", "x-quorum-initial-group-size": 2}
+    with pytest.raises(ClusterPending) as pending:
+        vhost.declare_queue(
+            "q", owner=None, durable=True, exclusive=False, auto_delete=False, arguments=arguments
+        )
+    (put,) = pending.value.change.txn.success
+    assert isinstance(put, Put)
+    record = QueueRecord.decode(put.value)
+    assert record.replicas == tuple(replica_set("/", "q", NODES, 2)) and len(record.replicas) == 2

@@ -96,7 +96,10 @@ def is_placeholder(queue: Any) -> bool:
 
 class ClusterMetadata(LocalMetadata):
     def __init__(
-        self, layout: KeyLayout, node_name: str, replica_set: Callable[[str, str], list[str]]
+        self,
+        layout: KeyLayout,
+        node_name: str,
+        replica_set: Callable[[str, str, dict[str, Any]], list[str]],
     ) -> None:
         self.layout = layout
         self.node_name = node_name
@@ -139,7 +142,7 @@ class ClusterMetadata(LocalMetadata):
         creatable: bool,
     ) -> None:
         shared = durable and not exclusive
-        replicas = self.replica_set(vhost.name, name) if shared else [self.node_name]
+        replicas = self.replica_set(vhost.name, name, arguments) if shared else [self.node_name]
         table = encode_table(arguments)
         record = QueueRecord(name, durable, auto_delete, table, tuple(replicas), self.node_name, exclusive)
         # An exclusive queue's record goes with this node's lease: if the node dies, so does the lock.

@@ -17,6 +17,7 @@ from leveret.broker.cluster.placement import replica_set
 from leveret.broker.cluster.remote import RemoteQueues, no_leader_text
 from leveret.broker.cluster.remote_codec import Call, CallResult
 from leveret.broker.cluster.roles import QueueRoles
+from leveret.broker.queues.arguments import initial_group_size
 from leveret.broker.queues.journal import Journal
 from leveret.config import Cluster
 
@@ -54,10 +55,13 @@ class ClusterState:
         entry = self.config.this_node
         return Registration(self.name, entry.amqp, entry.peer, lease)
 
-    def replica_set(self, vhost: str, queue: str) -> list[str]:
+    def replica_set(self, vhost: str, queue: str, arguments: dict[str, Any]) -> list[str]:
         """Where a durable queue lives, leader first: over the configured nodes, so a node that is down
-        keeps its place (it catches up when it returns) and the answer never depends on timing."""
-        return replica_set(vhost, queue, self.node_names, self.config.effective_replication_factor)
+        keeps its place (it catches up when it returns) and the answer never depends on timing. A quorum
+        queue's initial group size replaces the replication factor, capped at the node count as in
+        RabbitMQ."""
+        size = initial_group_size(arguments) or self.config.effective_replication_factor
+        return replica_set(vhost, queue, self.node_names, size)
 
 
 def _no_links(call: Call, done: Callable[[CallResult], None]) -> None:

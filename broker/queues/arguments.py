@@ -190,6 +190,13 @@ def queue_type(arguments: dict[str, Any]) -> str:
     return _text(arguments.get("x-queue-type")) or "classic"
 
 
+def initial_group_size(arguments: dict[str, Any]) -> int | None:
+    """A quorum queue's `x-quorum-initial-group-size` when it is a valid one (a positive integer)."""
+    size = arguments.get("x-quorum-initial-group-size")
+    valid = isinstance(size, int) and not isinstance(size, bool) and size > 0
+    return size if valid and queue_type(arguments) == "quorum" else None
+
+
 def validate_queue_arguments(queue: str, vhost: str, arguments: dict[str, Any]) -> None:
     """406 PRECONDITION_FAILED for a bad value or an argument of another queue type; unknown ones are kept."""
     where = f"for queue '{queue}' in vhost '{vhost}'"

@@ -362,6 +362,13 @@ class ClusterMetadata(LocalMetadata):
         self.revision = max(self.revision, revision)
         self.tombstones = {key: rev for key, rev in self.tombstones.items() if rev > self.revision}
 
+    def vhost_added(self, name: str) -> None:
+        """A vhost this node has just made (its record came from etcd): put in what etcd holds for it,
+        which its watch may have brought before the vhost itself."""
+        held = [kv for key, kv in self.kvs.items() if (self.layout.parse_meta(key) or ("",))[0] == name]
+        for kv in sorted(held, key=self._order):
+            self._apply_put(kv, force=True)
+
     def _order(self, kv: KeyValue) -> tuple[int, bytes]:
         parsed = self.layout.parse_meta(kv.key)
         return (_KIND_ORDER.get(parsed[1], 3) if parsed else 3, kv.key)

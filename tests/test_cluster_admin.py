@@ -111,9 +111,7 @@ def test_vhosts_limits_policies_and_topic_permissions_follow(tmp_path: Path) -> 
     a.change(lambda: a.node.admin.set_vhost_limit("v", "max-queues", 3))
     a.change(lambda: a.node.admin.set_user_limit("guest", "max-channels", 7))
     a.change(lambda: a.node.admin.set_topic_permission("guest", "v", "amq.topic", "^a", "^b"))
-    a.change(
-        lambda: a.node.admin.set_policy("v", "cap", {"pattern": "^q", "definition": {"max-length": 2}})
-    )
+    a.change(lambda: a.node.admin.set_policy("v", "cap", {"pattern": "^q", "definition": {"max-length": 2}}))
     b.watch()
     vhost = b.node.vhosts["v"]
     assert (vhost.description, vhost.tags, vhost.limits) == ("about v", ("t",), {"max-queues": 3})
@@ -149,7 +147,10 @@ def test_only_what_changed_is_written_in_transactions_etcd_accepts() -> None:
     before = {LAYOUT.admin_key("user", "same"): b"1", LAYOUT.admin_key("user", "old"): b"1"}
     after = {LAYOUT.admin_key("user", "same"): b"1", LAYOUT.admin_key("user", "new"): b"2"}
     [txn] = change_txns(LAYOUT, before, after)
-    assert txn.success == (Put(LAYOUT.admin_key("user", "new"), b"2"), Delete(LAYOUT.admin_key("user", "old")))
+    assert txn.success == (
+        Put(LAYOUT.admin_key("user", "new"), b"2"),
+        Delete(LAYOUT.admin_key("user", "old")),
+    )
     many = {LAYOUT.admin_key("user", f"u{i}"): b"x" for i in range(MAX_TXN_OPS * 2 + 1)}
     txns = change_txns(LAYOUT, {}, many)
     assert [len(t.success) for t in txns] == [MAX_TXN_OPS, MAX_TXN_OPS, 1]

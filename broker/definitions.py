@@ -52,13 +52,18 @@ def read_definitions_file(path: str) -> Any:
         raise DefinitionsError(f"load_definitions file {path} cannot be used: {exc}") from None
 
 
-def load_definitions_file(node: Node, path: str, definitions: Any = None) -> None:
+def load_definitions_file(node: Node, path: str, definitions: Any = None, *, declare: bool = True) -> None:
     """Import the load_definitions file at start, as RabbitMQ does at each boot (`definitions`: the file
-    as read_definitions_file read it). One that cannot be applied stops the start, naming the file and why."""
+    as read_definitions_file read it). One that cannot be applied stops the start, naming the file and why.
+    Without `declare`, only its users, vhosts, permissions, limits and policies (a cluster node declares
+    the rest through etcd once it has joined: see declare_loaded_definitions)."""
     if definitions is None:
         definitions = read_definitions_file(path)
     try:
-        import_definitions(node, definitions)
+        if declare:
+            import_definitions(node, definitions)
+        else:
+            import_access(node, definitions)
     except AdminError as exc:
         raise DefinitionsError(f"load_definitions file {path} cannot be imported: {exc.reason}") from None
     except AMQPError as exc:

@@ -4,7 +4,9 @@ all of them, and across a node's restart. Leveret-only (it starts nodes of its o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -224,3 +226,27 @@ def test_a_restarted_node_keeps_them_and_learns_what_changed_while_it_was_down(c
                 == 204
             )
         wait_until(lambda: all(logs_in(cluster, i, "guest", "guest") for i in range(3)))
+
+
+def test_a_load_definitions_file_seeds_the_cluster(tmp_path: Path) -> None:
+    """Every node reads the same file at start: its users and vhosts seed etcd, its exchanges and queues
+    are declared through etcd once the node has joined."""
+    path = tmp_path / "definitions.json"
+    document = {
+        "users": [{"name": "frank", "password": "pw", "tags": ""}],
+        "vhosts": [{"name": "from-file"}],
+        "permissions": [
+            {"user": name, "vhost": "from-file", "configure": ".*", "write": ".*", "read": ".*"}
+            for name in ("frank", "guest")
+        ],
+        "exchanges": [{"vhost": "from-file", "name": "file.x", "type": "topic", "durable": True}],
+        "queues": [{"vhost": "from-file", "name": "file.q", "durable": True}],
+    }
+    path.write_text(json.dumps(document), encoding="utf-8")
+    for cluster in start_cluster(tmp_path / "cluster", load_definitions=path):
+        for index in range(3):
+            assert logs_in(cluster, index, "frank", "pw", "from-file")
+            with connect(cluster, index, "guest", "guest", "from-file") as connection:
+                channel = connection.channel()
+                channel.exchange_declare("file.x", "topic", passive=True)
+                channel.queue_declare("file.q", passive=True)

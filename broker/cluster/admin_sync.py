@@ -135,6 +135,7 @@ class AdminView:
         self.tombstones: dict[bytes, int] = {}  # key -> revision of a deletion the watch has not passed
         self.revision = 0
         self.pending: list[AdminChange] = []
+        self.file_seeds: Records = {}  # the load_definitions file's records (seed_with)
         self.node: Node | None = None  # set by the Node
         # A vhost that has just appeared: the metadata view puts its exchanges, queues and bindings in.
         self.vhost_added: Callable[[str], None] = lambda name: None
@@ -147,7 +148,12 @@ class AdminView:
 
     def seed(self) -> Records:
         assert self.node is not None
-        return seed_records(self.node, self.layout)
+        return seed_records(self.node, self.layout) | self.file_seeds
+
+    def seed_with(self, before: Records) -> None:
+        """What the node changed since `before` (its load_definitions file) seeds etcd too."""
+        after = self.records()
+        self.file_seeds = {k: v for k, v in after.items() if before.get(k) != v}
 
     def records(self) -> Records:
         assert self.node is not None

@@ -135,9 +135,27 @@ def test_a_policy_set_on_one_node_caps_a_queue_led_by_another(cluster: LocalClus
         with connect(cluster, leader_index, "guest", "guest") as connection:
             count = connection.channel().queue_declare("capped.q", passive=True).method.message_count
         assert count == 2
-        assert other.delete("/api/policies/%2F/cap").status_code == 204
-        wait_until(lambda: led.get("/api/queues/%2F/capped.q").json().get("policy") is None)
-        assert led.delete("/api/queues/%2F/capped.q").status_code == 204
+    # The leader's node dies: the new leader's queue follows the policy too.
+    cluster.kill_node(leader_index)
+    try:
+        new_leader = eventually(lambda: (queue_leaders(cluster).get("capped.q") or leader) != leader, 15)
+        new_leader = queue_leaders(cluster)["capped.q"]
+        new_index = next(i for i, node in enumerate(cluster.nodes) if node.name == new_leader)
+        with api(cluster, new_index) as led:
+            wait_until(lambda: led.get("/api/queues/%2F/capped.q").json().get("leader") == new_leader)
+            with connect(cluster, new_index, "guest", "guest") as connection:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                for n in range(5):
+                    channel.basic_publish("", "capped.q", f"again{n}".encode())
+                count = channel.queue_declare("capped.q", passive=True).method.message_count
+            assert count == 2
+            assert led.delete("/api/policies/%2F/cap").status_code == 204
+            wait_until(lambda: led.get("/api/queues/%2F/capped.q").json().get("policy") is None)
+            assert led.delete("/api/queues/%2F/capped.q").status_code == 204
+    finally:
+        cluster.start_node(cluster.nodes[leader_index])
+        cluster.wait_node(cluster.nodes[leader_index])
 
 
 def test_definitions_imported_on_one_node_are_on_every_node(cluster: LocalCluster) -> None:

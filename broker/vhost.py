@@ -220,11 +220,15 @@ class VirtualHost:
         without it (anything else is 405 RESOURCE_LOCKED, checked first). Then durable, auto_delete and the
         queue type's arguments must match (406)."""
         durable = durable and not exclusive
+        clustered = self.metadata is not LOCAL_METADATA
+        if not name and clustered:
+            # In a cluster the name is chosen first and stored like any other (the same one when the
+            # declare is handled again once etcd has it).
+            name, server_named = self.metadata.server_name() or server_named_queue(), True
         existing = self.queues.get(name)
-        # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
-        # here already answers for itself.
-        stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
-        if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
+        # Other amq. names are refused below; an exclusive queue here already answers for itself.
+        stored_name = bool(name) and (not name.startswith(RESERVED_PREFIX) or server_named)
+        if clustered and stored_name and not (existing and existing.exclusive):
             valid = _valid(validate_queue_arguments, name, self.name, arguments)
             self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
             existing = self.queues.get(name)  # the cluster's record, when it has one

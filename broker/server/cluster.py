@@ -151,9 +151,13 @@ async def _run_change(
 
 async def seed_admin(client: EtcdClient, cluster: ClusterState) -> None:
     """Put the configuration's vhosts, users and permissions in etcd where they are absent (etcd's own
-    records win: see broker/cluster/admin_sync.py)."""
+    records win: see broker/cluster/admin_sync.py); into an empty `admin/` range, everything the node
+    holds."""
     try:
-        for txn in seed_txns(cluster.admin.seed()):
+        empty = not (await client.get_prefix(cluster.layout.admin)).kvs
+        # A cluster that never held them (upgraded from per-node users and vhosts): all this node has.
+        seeds = cluster.admin.records() if empty else cluster.admin.seed()
+        for txn in seed_txns(seeds):
             await client.txn(txn, retry=True)  # put only if absent: twice is harmless
     except EtcdError as error:
         raise _unreachable(client, error) from None

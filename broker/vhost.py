@@ -284,7 +284,7 @@ class VirtualHost:
             host=self,
         )
         if self.policies:
-            self.apply_queue_policies(queue)
+            self._apply_queue_policies(queue)
         if queue.lifecycle is None and needs_lifecycle(queue.effective_arguments):
             Lifecycle(queue)
         return queue
@@ -371,12 +371,18 @@ class VirtualHost:
 
     def apply_policies(self) -> None:
         for queue in list(self.queues.values()):
-            self.apply_queue_policies(queue)
+            self._apply_queue_policies(queue)
         for exchange in self.exchanges.values():
             if exchange.name != DEFAULT_EXCHANGE:
                 self._apply_exchange_policies(exchange)
 
     def apply_queue_policies(self, queue: Queue) -> None:
+        """A queue made outside `declare_queue` (a cluster's leader built from its replica) follows the
+        vhost's policies as a declared one does."""
+        if self.policies:
+            self._apply_queue_policies(queue)
+
+    def _apply_queue_policies(self, queue: Queue) -> None:
         """Give the queue what its policies say; a live queue's lifecycle follows at once."""
         queue.policy, queue.operator_policy = self.policies.matching("queues", queue.name)
         definition = effective_definition(queue.policy, queue.operator_policy)

@@ -60,8 +60,7 @@ def _new_queue(vhost: VirtualHost, like: Queue, journal: Journal) -> Queue:
                   arguments=like.arguments, journal=journal, host=vhost)
     if needs_lifecycle(like.arguments):
         Lifecycle(queue)
-    if vhost.policies:  # the vhost's policies apply to the leader's queue wherever it is (max-length...)
-        vhost.apply_queue_policies(queue)
+    vhost.apply_queue_policies(queue)
     return queue
 
 

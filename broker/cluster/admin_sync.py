@@ -23,18 +23,23 @@ import logging
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from leveret.broker.admin import compile_permissions, user_record
+from leveret.broker.admin import Administration, compile_permissions, user_record
+from leveret.broker.admin import Node as AdministeredNode
 from leveret.broker.cluster.etcd_ops import Compare, Delete, KeyValue, Put, Txn, WatchEvent
 from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.policies import PolicyError, parse_policy
 from leveret.config import TopicPermission, User
 
-if TYPE_CHECKING:
-    from leveret.broker.node import Node
-
 log = logging.getLogger(__name__)
+
+
+class Node(AdministeredNode, Protocol):
+    """What this module reads and changes of broker/node.py's Node."""
+
+    @property
+    def admin(self) -> Administration: ...
 
 # etcd refuses a transaction of more operations than --max-txn-ops (128 by default): a larger change (a big
 # definitions import) is sent as several transactions of at most this many.

@@ -133,8 +133,10 @@ def _seqs(value: Any) -> Any:
 
 
 def declare(vhost: VirtualHost, kind: str, durable: bool = False) -> Queue:
+    # A quorum queue is durable or refused (RabbitMQ's rule): without a store, its journal is a null one.
     return vhost.declare_queue(
-        "q", owner=None, durable=durable, exclusive=False, auto_delete=False, arguments=dict(KINDS[kind])
+        "q", owner=None, durable=durable or kind == "quorum", exclusive=False, auto_delete=False,
+        arguments=dict(KINDS[kind]),
     )
 
 
@@ -197,3 +199,23 @@ def open_node(directory: str) -> Node:
     node.attach_persistence(persistence)
     persistence.recover(node)
     return node
+
+
+def test_a_publish_handed_straight_to_a_consumer_under_apply_records_its_delivery() -> None:
+    """Its enqueue record is an effect not yet written when the same command delivers it: the delivery is
+    recorded all the same, so it comes back redelivered."""
+    with tempfile.TemporaryDirectory() as directory:
+        node = open_node(directory)
+        queue = declare(node.vhosts["/"], "plain", durable=True)
+        consumer = Consumer("c")
+        queue.apply((commands.ATTACH, consumer), 0.0)
+        queue.apply((commands.CREDIT, consumer, 1), 0.0)
+        _, effects = queue.apply((commands.ENQUEUE, publish(1, 0, True)), 0.0)
+        records = [effect for effect in effects if effect[0] == JOURNAL]
+        assert [record[1] for record in records] == ["enqueued", "delivered"]
+        for record in records:
+            node.vhosts["/"].executor.run(queue, record)
+        assert node.persistence is not None
+        node.persistence.close()
+        recovered = open_node(directory).vhosts["/"].queues["q"]
+        assert [(e.message.body, e.redelivered) for e in recovered.ready] == [(b"1", True)]

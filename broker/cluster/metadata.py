@@ -494,6 +494,7 @@ class ClusterMetadata(LocalMetadata):
             auto_delete=auto_delete,
             arguments=arguments,
             server_named=record.name.startswith(SERVER_NAMED),
+            restoring=True,
         )
 
     def _ends(self, vhost: VirtualHost, record: BindingRecord) -> tuple[Exchange, Any] | None:

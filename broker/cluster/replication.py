@@ -134,6 +134,9 @@ class ReplicatedJournal(Journal):
         # logged, since a queue declared again under the name logs into the same log, from seq 1 again.
         self.done = False
 
+    def logs(self, entry: Entry) -> bool:
+        return not self.done
+
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         leader = self.leader
         if self.done:
@@ -168,6 +171,10 @@ class ReplicatedJournal(Journal):
     def settled_range(self, first: int, last: int) -> None:
         if not self.done:
             self.leader.append((SETTLED_RANGE, first, last))
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        if seqs and not self.done:
+            self.leader.append((SETTLED, list(seqs)))
 
     def deleted(self) -> None:
         if not self.done:

@@ -23,6 +23,10 @@ class Journal:
         """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 
+    def logs(self, entry: Entry) -> bool:
+        """Whether `enqueued` would log the entry (and so set its `logged`)."""
+        return False
+
     def delivered(self, entry: Entry) -> None:
         """First delivery of the entry: after a crash it comes back with redelivered=true."""
 
@@ -36,15 +40,27 @@ class Journal:
         """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected): gone for
         good, as if settled."""
 
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        """Entries dead-lettered at least once for `reason`: held, not ready, until every target has them
+        (then `removed`); after a restart they come back held."""
+
     def settled_range(self, first: int, last: int) -> None:
         """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
         messages, which holds every seq in its range)."""
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        """Every entry it holds with one of these seqs is gone (a purged chunk that does not hold every
+        seq in its range: a priority level's)."""
 
     def deleted(self) -> None:
         """The queue was deleted: its log goes too."""
 
 
 NULL_JOURNAL = Journal()
+
+
+# An entry's `logged` while its enqueued record waits among a command's effects (RecordingJournal).
+PENDING = -1
 
 
 class RecordingJournal(Journal):
@@ -62,6 +78,10 @@ class RecordingJournal(Journal):
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         self._effects.append((JOURNAL, "enqueued", entry, expires_in))
+        if self.journal.logs(entry):
+            # Logged once the effect is carried out; the command goes on as if it were (a message handed
+            # straight to a consumer gets its delivered record), and the real journal sets where.
+            entry.logged = PENDING
         return 0
 
     def delivered(self, entry: Entry) -> None:
@@ -78,6 +98,12 @@ class RecordingJournal(Journal):
 
     def settled_range(self, first: int, last: int) -> None:
         self._effects.append((JOURNAL, "settled_range", first, last))
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        self._effects.append((JOURNAL, "settled_seqs", list(seqs)))
+
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        self._effects.append((JOURNAL, "dead_lettering", list(entries), reason))
 
     def deleted(self) -> None:
         self._effects.append((JOURNAL, "deleted"))

@@ -179,7 +179,7 @@ class Administration:
         permissions = self.node.authority.permissions
         created = (user, vhost) not in permissions
         permissions[(user, vhost)] = compiled
-        self._refresh_connections(user, vhost)
+        self.refresh_connections(user, vhost)
         self._permissions[(user, vhost)] = {"configure": configure, "write": write, "read": read}
         self.node.definitions_changed()
         return created
@@ -188,7 +188,7 @@ class Administration:
         """Remove them; the user's open connections in the vhost stay open and are refused everything."""
         if self.node.authority.permissions.pop((user, vhost), None) is None:
             return False
-        self._refresh_connections(user, vhost)
+        self.refresh_connections(user, vhost)
         self._permissions[(user, vhost)] = None
         self.node.definitions_changed()
         return True
@@ -209,7 +209,7 @@ class Administration:
         ]
         authority.topic_permissions = (*kept, TopicPermission(user, vhost, exchange, write, read))
         self._topics[(user, vhost, exchange)] = {"write": write, "read": read}
-        self._refresh_connections(user, vhost)
+        self.refresh_connections(user, vhost)
         self.node.definitions_changed()
         return created
 
@@ -222,11 +222,11 @@ class Administration:
         authority.topic_permissions = tuple(t for t in authority.topic_permissions if t not in gone)
         for topic in gone:
             self._topics[(user, vhost, topic.exchange)] = None
-        self._refresh_connections(user, vhost)
+        self.refresh_connections(user, vhost)
         self.node.definitions_changed()
         return True
 
-    def _refresh_connections(self, user: str, vhost: str) -> None:
+    def refresh_connections(self, user: str, vhost: str) -> None:
         """The user's open connections in the vhost check with its permissions as they are now."""
         authority = self.node.authority
         for session in self.node.connections:

@@ -16,6 +16,8 @@ import datetime
 import decimal
 import json
 import logging
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,13 +52,18 @@ def read_definitions_file(path: str) -> Any:
         raise DefinitionsError(f"load_definitions file {path} cannot be used: {exc}") from None
 
 
-def load_definitions_file(node: Node, path: str, definitions: Any = None) -> None:
+def load_definitions_file(node: Node, path: str, definitions: Any = None, *, declare: bool = True) -> None:
     """Import the load_definitions file at start, as RabbitMQ does at each boot (`definitions`: the file
-    as read_definitions_file read it). One that cannot be applied stops the start, naming the file and why."""
+    as read_definitions_file read it). One that cannot be applied stops the start, naming the file and why.
+    Without `declare`, only its users, vhosts, permissions, limits and policies (a cluster node declares
+    the rest through etcd once it has joined: see declare_loaded_definitions)."""
     if definitions is None:
         definitions = read_definitions_file(path)
     try:
-        import_definitions(node, definitions)
+        if declare:
+            import_definitions(node, definitions)
+        else:
+            import_access(node, definitions)
     except AdminError as exc:
         raise DefinitionsError(f"load_definitions file {path} cannot be imported: {exc.reason}") from None
     except AMQPError as exc:
@@ -239,6 +246,13 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
     """Apply a definitions document. With `only_vhost` (an import into one vhost) the document's objects
     go to that vhost whatever they name, and users, vhosts and permissions are not read. Raises
     ImportRefused, or the AMQPError of a declaration the vhost refuses."""
+    import_access(node, definitions, only_vhost)
+    for declaration in declarations(node, definitions, only_vhost):
+        declaration()
+
+
+def import_access(node: Node, definitions: Any, only_vhost: str | None = None) -> None:
+    """The document's users, vhosts, permissions, limits and policies (in a cluster: one change to etcd)."""
     if not isinstance(definitions, dict):
         raise ImportRefused("not_json")
     admin = node.admin
@@ -289,12 +303,21 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
             if key not in item:
                 raise ImportRefused(["key_missing", key])
         admin.set_policy(vhost.name, _field(item, "name", str), item)
+
+
+def declarations(node: Node, definitions: Any, only_vhost: str | None = None) -> Iterator[Callable[[], Any]]:
+    """The document's exchanges, queues and bindings, each an operation to run (in a cluster, each goes
+    through etcd: broker/management/through_cluster.py). Lazy: each is made once the one before has run,
+    so a binding finds the ends declared before it."""
+    if not isinstance(definitions, dict):
+        raise ImportRefused("not_json")
     for item in _items(definitions, "exchanges"):
         vhost = _vhost(node, item, only_vhost)
         name = _field(item, "name", str)
         if name in vhost.exchanges:
             continue
-        vhost.declare_exchange(
+        yield partial(
+            vhost.declare_exchange,
             name,
             _field(item, "type", str),
             durable=_field(item, "durable", bool, True),
@@ -307,7 +330,8 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
         name = _field(item, "name", str)
         if name in vhost.queues:
             continue
-        vhost.declare_queue(
+        yield partial(
+            vhost.declare_queue,
             name,
             owner=None,
             durable=_field(item, "durable", bool, True),
@@ -322,8 +346,12 @@ def import_definitions(node: Node, definitions: Any, only_vhost: str | None = No
         destination = (vhost.queues if to_queue else vhost.exchanges).get(_field(item, "destination", str))
         if source is None or destination is None or source.name == DEFAULT_EXCHANGE:
             continue
-        vhost.bind(
-            source, destination, _field(item, "routing_key", str, ""), _field(item, "arguments", dict, {})
+        yield partial(
+            vhost.bind,
+            source,
+            destination,
+            _field(item, "routing_key", str, ""),
+            _field(item, "arguments", dict, {}),
         )
 
 

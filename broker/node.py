@@ -75,6 +75,7 @@ class Node:
         self._not_leader = NotLeaderJournal()
         if self.cluster is not None:
             self.cluster.metadata.vhosts = self.vhosts
+            self.cluster.admin.node = self
             self.cluster.remote.vhosts = self.vhosts
             self.cluster.remote.clock = clock
             self.cluster.remote.confirms_changed = self.confirms_changed

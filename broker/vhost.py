@@ -228,11 +228,15 @@ class VirtualHost:
         queue type's arguments must match (406). A new quorum or stream queue must be durable, shared and
         kept (406), unless `restoring` one that exists already (the definitions file, a cluster record)."""
         durable = durable and not exclusive
+        clustered = self.metadata is not LOCAL_METADATA
+        if not name and clustered:
+            # In a cluster the name is chosen first and stored like any other (the same one when the
+            # declare is handled again once etcd has it).
+            name, server_named = self.metadata.server_name() or server_named_queue(), True
         existing = self.queues.get(name)
-        # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
-        # here already answers for itself.
-        stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
-        if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
+        # Other amq. names are refused below; an exclusive queue here already answers for itself.
+        stored_name = bool(name) and (not name.startswith(RESERVED_PREFIX) or server_named)
+        if clustered and stored_name and not (existing and existing.exclusive):
             flags = {"durable": durable, "exclusive": exclusive, "auto_delete": auto_delete}
             valid = _valid(validate_queue_arguments, name, self.name, arguments) and (
                 restoring or _valid(lambda: validate_queue_properties(name, self.name, arguments, **flags))

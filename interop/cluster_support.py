@@ -23,6 +23,7 @@ def start_cluster(
     management: bool = False,
     started: int | None = None,
     replica_log_entries: int | None = None,
+    load_definitions: Path | None = None,
 ) -> Iterator[LocalCluster]:
     """Yields the running cluster (`started` of its nodes running, default all); every process it started
     is stopped afterwards."""
@@ -31,7 +32,12 @@ def start_cluster(
             "etcd is not installed (Debian: apt-get install etcd-server; `make deps` does it as root)"
         )
     cluster = LocalCluster(
-        directory, size, management=management, started=started, replica_log_entries=replica_log_entries
+        directory,
+        size,
+        management=management,
+        started=started,
+        replica_log_entries=replica_log_entries,
+        load_definitions=load_definitions,
     )
     try:
         cluster.start()

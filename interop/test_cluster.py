@@ -405,6 +405,27 @@ def test_an_exclusive_queue_is_locked_on_every_node(cluster: LocalCluster) -> No
         c.close()
 
 
+def test_server_named_queues_are_known_on_every_node(cluster: LocalCluster) -> None:
+    """As in a RabbitMQ cluster: another node's connections get 405 for an exclusive server-named queue
+    (as another connection on its own node does) and find a shared one; the owner's close frees it."""
+    a, c = connect(cluster, 0), connect(cluster, 2)
+    try:
+        exclusive = a.channel().queue_declare("", exclusive=True).method.queue
+        shared = a.channel().queue_declare("", auto_delete=False).method.queue
+        assert exclusive.startswith("amq.gen-") and shared.startswith("amq.gen-")
+        assert passive_queue(a, exclusive) is None  # the name declare-ok gave is the one stored
+        eventually(lambda: passive_queue(c, exclusive) == 405, timeout=5)
+        eventually(lambda: passive_queue(c, shared) is None, timeout=5)
+        a.channel().queue_delete(shared)
+        a.close()
+        eventually(lambda: passive_queue(c, exclusive) == 404, timeout=5)
+        eventually(lambda: passive_queue(c, shared) == 404, timeout=5)
+    finally:
+        if a.is_open:
+            a.close()
+        c.close()
+
+
 def test_nodes_ride_out_the_loss_of_all_etcd(tmp_path: Path) -> None:
     """Without etcd, messages keep flowing (etcd is never touched per message) and a declare fails with
     541 after its timeout; once etcd is back, the nodes register again and declares work."""

@@ -161,12 +161,25 @@ def test_invalid_arguments_never_reach_etcd(nodes: tuple[FakeNode, FakeNode, Mem
     assert LAYOUT.queue("/", "bad") not in etcd.data
 
 
-def test_server_named_queues_stay_local(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:
-    a, _, etcd = nodes
-    named = a.do(declare_queue("", exclusive=True, owner=object()))
-    assert named.name.startswith("amq.gen-")
-    assert a.do(declare_queue("", durable=False)).name.startswith("amq.gen-")
-    assert etcd.data == {}
+def test_server_named_queues_are_the_clusters(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:
+    """As in RabbitMQ, a server-named queue's name is known on every node: another node's connections
+    get 405 for an exclusive one, as another connection on its own node does, and see a shared one."""
+    a, c, etcd = nodes
+    owner = object()
+    named = a.do(declare_queue("", durable=False, exclusive=True, owner=owner))
+    assert named.name.startswith("amq.gen-") and named.exclusive_owner is owner
+    assert a.vhost.queues[named.name] is named  # the replay kept the name etcd has
+    assert b'"exclusive": true' in etcd.data[LAYOUT.queue("/", named.name)].value
+    shared = a.do(declare_queue("", durable=False))
+    assert LAYOUT.queue("/", shared.name) in etcd.data
+    c.watch()
+    with pytest.raises(ChannelError) as caught:
+        c.do(lambda v: v.check_exclusive_access(v.queue(named.name), object()))
+    assert caught.value.code == 405
+    assert c.vhost.queue(shared.name).exclusive_owner is None
+    a.do(lambda v: v.remove_queue(v.queues[named.name]))
+    c.watch()
+    assert named.name not in c.vhost.queues
 
 
 def test_an_exclusive_queue_is_locked_on_every_node(nodes: tuple[FakeNode, FakeNode, MemoryEtcd]) -> None:
@@ -282,7 +295,7 @@ def test_exclusive_records_are_claimed_again_with_a_new_lease(
 ) -> None:
     a, c, etcd = nodes
     a.do(declare_queue("mine", durable=False, exclusive=True, owner=object()))
-    a.do(declare_queue("", exclusive=True, owner=object()))  # server-named: never claimed
+    a.do(declare_queue("", exclusive=True, owner=object()))  # server-named: claimed as well
     c.watch()
     key = LAYOUT.queue("/", "mine")
     del etcd.data[key]  # the old lease expired: etcd deleted the record
@@ -292,7 +305,7 @@ def test_exclusive_records_are_claimed_again_with_a_new_lease(
     assert "mine" not in c.vhost.queues
     a.metadata.lease = 42
     claims = a.metadata.exclusive_claims()
-    assert [claim.success[0].lease for claim in claims] == [42]  # type: ignore[union-attr]
+    assert [claim.success[0].lease for claim in claims] == [42, 42]  # type: ignore[union-attr]
     for claim in claims:
         etcd.txn(claim)
     c.watch()

@@ -51,7 +51,7 @@ class LocalMetadata:
         arguments: dict[str, Any],
         creatable: bool,
     ) -> None:
-        """Before a queue.declare (not of a server-named queue) is answered."""
+        """Before a queue.declare is answered (a server-named one's with the name chosen for it)."""
 
     def deleting_queue(self, vhost: Any, name: str) -> None:
         """Before a queue.delete is carried out."""
@@ -66,6 +66,10 @@ class LocalMetadata:
         bind: bool,
     ) -> None:
         """Before a bind (or, with bind=False, an unbind) is carried out."""
+
+    def server_name(self) -> str:
+        """The name for a server-named queue being declared again after its etcd change ("": a new one)."""
+        return ""
 
     def looking_up(self, vhost: Any, kind: str, name: str) -> None:
         """A method names an exchange or queue this node does not have: the cluster may know it already

@@ -8,6 +8,8 @@
 <prefix>leader/<vhost>/<queue>                a replicated queue's leader: bound to the leader's lease; its
                                               create revision is the queue's epoch
 <prefix>isr/<vhost>/<queue>                   the queue's in-sync replicas, changed under the leader's epoch
+<prefix>admin/<kind>/<name>[/<name>...]       a vhost, user, permission, topic permission, vhost or user
+                                              limits, policy or operator policy (broker/cluster/admin_sync.py)
 ```
 
 Names are percent-encoded (`quote(name, safe="")`), so a `/` in a vhost or queue name cannot reach another
@@ -64,6 +66,25 @@ class KeyLayout:
         if len(parts) < 3 or parts[1] not in ("exchange", "queue", "binding"):
             return None
         return unquote(parts[0]), parts[1], unquote(parts[2])
+
+    @property
+    def admin(self) -> bytes:
+        return f"{self.prefix}admin/".encode()
+
+    def admin_key(self, kind: str, *names: str) -> bytes:
+        return f"{self.prefix}admin/{kind}/{'/'.join(_part(name) for name in names)}".encode()
+
+    def admin_kind(self, key: bytes) -> str | None:
+        """The kind of an admin key (vhost, user, permission, ...)."""
+        text = key.decode(errors="replace")
+        head = f"{self.prefix}admin/"
+        if not text.startswith(head) or "/" not in text[len(head) :]:
+            return None
+        return text[len(head) :].split("/", 1)[0]
+
+    def vhost_meta(self, vhost: str) -> bytes:
+        """The prefix of every exchange, queue and binding record of a vhost."""
+        return f"{self.prefix}meta/{_part(vhost)}/".encode()
 
     @property
     def leaders(self) -> bytes:

@@ -83,9 +83,18 @@ class _RemoteConnection:
 REMOTE_OWNER = _RemoteConnection()
 
 
+# The names the server gives (queue.declare with an empty name): stored as any other queue's, so the
+# name is the cluster's, as in RabbitMQ. No client may declare a name with the "amq." prefix itself.
+SERVER_NAMED = "amq.gen-"
+
+
+def is_stored_name(name: str) -> bool:
+    return not name.startswith("amq.") or name.startswith(SERVER_NAMED)
+
+
 def is_stored_queue(queue: Any) -> bool:
-    """A queue every node has an instance of, with its bindings (not exclusive, not server-named)."""
-    return isinstance(queue, Queue) and not queue.exclusive and not queue.name.startswith("amq.")
+    """A queue every node has an instance of, with its bindings (not exclusive)."""
+    return isinstance(queue, Queue) and not queue.exclusive and is_stored_name(queue.name)
 
 
 def is_placeholder(queue: Any) -> bool:
@@ -202,6 +211,16 @@ class ClusterMetadata(LocalMetadata):
         txn = Txn(tuple(guards), (Put(key, record.encode()),), tuple(Get(k) for k in reads))
         self._ask(Change("bind", key, txn, tuple(reads)))
 
+    def server_name(self) -> str:
+        """The name of the server-named queue whose declare is being handled again (its record is in etcd
+        under that name), or "" for a new one."""
+        replaying = self.replaying
+        if replaying is not None and replaying.action == "declare":
+            parsed = self.layout.parse_meta(replaying.key)
+            if parsed is not None and parsed[1] == "queue" and parsed[2].startswith(SERVER_NAMED):
+                return parsed[2]
+        return ""
+
     def looking_up(self, vhost: Any, kind: str, name: str) -> None:
         if self.applying:
             return
@@ -216,7 +235,7 @@ class ClusterMetadata(LocalMetadata):
         if self.applying:
             return
         kind = "queue" if isinstance(thing, Queue) else "exchange"
-        if thing.name.startswith("amq.") or is_placeholder(thing):
+        if not is_stored_name(thing.name) or is_placeholder(thing):
             return  # never stored, or not this node's to delete
         change = self._deletion(vhost, kind, thing.name)
         if change.key == self._confirmed:
@@ -236,7 +255,7 @@ class ClusterMetadata(LocalMetadata):
         claims = []
         for vhost in self.vhosts.values():
             for queue in vhost.queues.values():
-                if queue.exclusive and not is_placeholder(queue) and not queue.name.startswith("amq."):
+                if queue.exclusive and not is_placeholder(queue) and is_stored_name(queue.name):
                     table = encode_table(queue.arguments)
                     record = QueueRecord(
                         queue.name,
@@ -365,6 +384,13 @@ class ClusterMetadata(LocalMetadata):
         self.revision = max(self.revision, revision)
         self.tombstones = {key: rev for key, rev in self.tombstones.items() if rev > self.revision}
 
+    def vhost_added(self, name: str) -> None:
+        """A vhost this node has just made (its record came from etcd): put in what etcd holds for it,
+        which its watch may have brought before the vhost itself."""
+        held = [kv for key, kv in self.kvs.items() if (self.layout.parse_meta(key) or ("",))[0] == name]
+        for kv in sorted(held, key=self._order):
+            self._apply_put(kv, force=True)
+
     def _order(self, kv: KeyValue) -> tuple[int, bytes]:
         parsed = self.layout.parse_meta(kv.key)
         return (_KIND_ORDER.get(parsed[1], 3) if parsed else 3, kv.key)
@@ -470,6 +496,7 @@ class ClusterMetadata(LocalMetadata):
             exclusive=record.exclusive,
             auto_delete=auto_delete,
             arguments=arguments,
+            server_named=record.name.startswith(SERVER_NAMED),
             restoring=True,
         )
 

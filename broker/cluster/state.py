@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from leveret.broker.cluster.admin_sync import AdminView
 from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.cluster.leadership import Deposed, Elected, Leadership
 from leveret.broker.cluster.membership import Membership, Registration
@@ -31,6 +32,10 @@ class ClusterState:
         self.node_names = [node.name for node in config.nodes]
         self.membership = Membership(self.layout, self.node_names)
         self.metadata = ClusterMetadata(self.layout, self.name, self.replica_set)
+        # Vhosts, users, permissions, limits and policies (the Node wires it to itself).
+        self.admin = AdminView(self.layout)
+        self.admin.vhost_added = self.metadata.vhost_added
+        self.admin.quietly = self.metadata.quietly
         self.leadership = Leadership(self.layout, self.name, self.membership.alive_nodes)
         # Each peer link as the management API shows it; the server's PeerLinks sets it.
         self.peer_status: Callable[[], list[dict[str, Any]]] = list

@@ -6,7 +6,8 @@ The changes go through the node's Administration (broker/admin.py), which keeps 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,9 +18,12 @@ from leveret.broker.management.amqp_errors import admin_error
 from leveret.broker.management.auth import require_administrator
 from leveret.broker.management.bodies import boolean, json_object, require, text
 from leveret.broker.management.context import Context, NotFound, bad_request, param
+from leveret.broker.management.through_cluster import through_admin
 from leveret.broker.management.writes import made, no_content
 from leveret.config import User, hash_password
 from leveret.config.passwords import SHA256
+
+T = TypeVar("T")
 
 
 def parse_tags(value: Any) -> tuple[str, ...]:
@@ -44,6 +48,10 @@ def permission_json(user: str, vhost: str, node_permissions: Any) -> dict[str, s
 
 
 class Access(Context):
+    async def changed(self, operation: Callable[[], T]) -> T:
+        """A change, made cluster-wide in a cluster (see through_admin)."""
+        return await through_admin(self.node, operation)
+
     def admin(self, request: Request) -> User:
         user = self.user(request)
         require_administrator(user)
@@ -58,11 +66,11 @@ class Access(Context):
         description = text(body, "description") if "description" in body else None
         tags = parse_tags(body["tags"]) if "tags" in body else None
         name = param(request, "vhost")
-        return made(self.node.admin.put_vhost(name, user.name, description, tags))
+        return made(await self.changed(lambda: self.node.admin.put_vhost(name, user.name, description, tags)))
 
     async def delete_vhost(self, request: Request) -> Response:
         self.admin(request)
-        if not self.node.admin.delete_vhost(param(request, "vhost")):
+        if not await self.changed(lambda: self.node.admin.delete_vhost(param(request, "vhost"))):
             raise NotFound
         return no_content()
 
@@ -94,14 +102,16 @@ class Access(Context):
         else:
             password_hash = ""  # no password: the user cannot log in with one
         try:
-            created = self.node.admin.put_user(name, password_hash, tags, algorithm)
+            created = await self.changed(
+                lambda: self.node.admin.put_user(name, password_hash, tags, algorithm)
+            )
         except AdminError as error:
             raise admin_error(error) from None
         return made(created)
 
     async def delete_user(self, request: Request) -> Response:
         self.admin(request)
-        if not self.node.admin.delete_user(param(request, "name")):
+        if not await self.changed(lambda: self.node.admin.delete_user(param(request, "name"))):
             raise NotFound
         return no_content()
 
@@ -146,16 +156,17 @@ class Access(Context):
         require(body, "configure", "write", "read")
         patterns = (text(body, "configure"), text(body, "write"), text(body, "read"))
         try:
-            created = self.node.admin.set_permissions(
-                param(request, "user"), param(request, "vhost"), *patterns
-            )
+            user, vhost = param(request, "user"), param(request, "vhost")
+            created = await self.changed(lambda: self.node.admin.set_permissions(user, vhost, *patterns))
         except AdminError as error:
             raise admin_error(error) from None
         return made(created)
 
     async def delete_permission(self, request: Request) -> Response:
         self.admin(request)
-        if not self.node.admin.clear_permissions(param(request, "user"), param(request, "vhost")):
+        if not await self.changed(
+            lambda: self.node.admin.clear_permissions(param(request, "user"), param(request, "vhost"))
+        ):
             raise NotFound
         return no_content()
 
@@ -196,16 +207,17 @@ class Access(Context):
         require(body, "exchange", "write", "read")
         fields = (text(body, "exchange"), text(body, "write"), text(body, "read"))
         try:
-            created = self.node.admin.set_topic_permission(
-                param(request, "user"), param(request, "vhost"), *fields
-            )
+            user, vhost = param(request, "user"), param(request, "vhost")
+            created = await self.changed(lambda: self.node.admin.set_topic_permission(user, vhost, *fields))
         except AdminError as error:
             raise admin_error(error) from None
         return made(created)
 
     async def delete_topic_permission(self, request: Request) -> Response:
         self.admin(request)
-        if not self.node.admin.clear_topic_permissions(param(request, "user"), param(request, "vhost")):
+        if not await self.changed(
+            lambda: self.node.admin.clear_topic_permissions(param(request, "user"), param(request, "vhost"))
+        ):
             raise NotFound
         return no_content()
 
@@ -235,7 +247,8 @@ class Access(Context):
         body = await json_object(request)
         require(body, "value")
         try:
-            self.node.admin.set_user_limit(param(request, "user"), param(request, "name"), body["value"])
+            user, name = param(request, "user"), param(request, "name")
+            await self.changed(lambda: self.node.admin.set_user_limit(user, name, body["value"]))
         except AdminError as error:
             raise admin_error(error) from None
         return no_content()
@@ -245,7 +258,7 @@ class Access(Context):
         user = param(request, "user")
         if user not in self.node.authority.users:
             raise admin_error(AdminError(["no_such_user", user]))
-        self.node.admin.clear_user_limit(user, param(request, "name"))
+        await self.changed(lambda: self.node.admin.clear_user_limit(user, param(request, "name")))
         return no_content()
 
     async def parameters(self, request: Request) -> Response:
@@ -264,7 +277,8 @@ class Access(Context):
         body = await json_object(request)
         require(body, "value")
         try:
-            self.node.admin.set_vhost_limit(param(request, "vhost"), param(request, "name"), body["value"])
+            vhost, name = param(request, "vhost"), param(request, "name")
+            await self.changed(lambda: self.node.admin.set_vhost_limit(vhost, name, body["value"]))
         except AdminError as error:
             raise admin_error(error) from None
         return no_content()
@@ -272,7 +286,9 @@ class Access(Context):
     async def delete_vhost_limit(self, request: Request) -> Response:
         self.admin(request)
         try:
-            self.node.admin.clear_vhost_limit(param(request, "vhost"), param(request, "name"))
+            await self.changed(
+                lambda: self.node.admin.clear_vhost_limit(param(request, "vhost"), param(request, "name"))
+            )
         except AdminError as error:
             raise admin_error(error) from None
         return no_content()

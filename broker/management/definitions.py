@@ -15,6 +15,7 @@ from leveret.broker.management.amqp_errors import admin_error
 from leveret.broker.management.auth import require_administrator
 from leveret.broker.management.bodies import read_body
 from leveret.broker.management.context import Context, NotFound, bad_request, param
+from leveret.broker.management.through_cluster import through_admin, through_cluster
 from leveret.broker.management.writes import no_content
 from leveret.broker.node import ADVERTISED_VERSION
 
@@ -41,7 +42,9 @@ class Definitions(Context):
         except (ValueError, RecursionError):
             raise bad_request("failed_to_parse_json") from None
         try:
-            definitions.import_definitions(self.node, document, only_vhost)
+            await through_admin(self.node, lambda: definitions.import_access(self.node, document, only_vhost))
+            for declaration in definitions.declarations(self.node, document, only_vhost):
+                await through_cluster(self.node, declaration)
         except AdminError as error:
             raise admin_error(error) from None
         except AMQPError as error:

@@ -15,6 +15,7 @@ from leveret.broker.management.amqp_errors import admin_error
 from leveret.broker.management.auth import NotAuthorised, require_administrator
 from leveret.broker.management.bodies import json_object, require
 from leveret.broker.management.context import NO_VHOST_ACCESS, ApiError, Context, NotFound, param
+from leveret.broker.management.through_cluster import through_admin
 from leveret.broker.management.writes import made, no_content
 from leveret.broker.node import Node
 from leveret.broker.policies import Policy
@@ -76,7 +77,10 @@ class Policies(Context):
         body = await json_object(request)
         require(body, "pattern", "definition")
         try:
-            created = self.node.admin.set_policy(vhost, param(request, "name"), body, operator=self.operator)
+            name, operator = param(request, "name"), self.operator
+            created = await through_admin(
+                self.node, lambda: self.node.admin.set_policy(vhost, name, body, operator=operator)
+            )
         except AdminError as error:
             raise admin_error(error) from None
         return made(created)
@@ -90,6 +94,9 @@ class Policies(Context):
 
     async def delete(self, request: Request) -> Response:
         vhost = self._may_change(request)
-        if not self.node.admin.clear_policy(vhost.name, param(request, "name"), operator=self.operator):
+        name, operator = param(request, "name"), self.operator
+        if not await through_admin(
+            self.node, lambda: self.node.admin.clear_policy(vhost.name, name, operator=operator)
+        ):
             raise NotFound
         return no_content()

@@ -13,6 +13,7 @@ from leveret.amqp.constants import INTERNAL_ERROR
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.cluster.hooks import ClusterPending
 from leveret.broker.cluster.remote_codec import Call, CallResult
+from leveret.broker.management.context import ApiError
 from leveret.broker.node import Node
 
 T = TypeVar("T")
@@ -49,6 +50,29 @@ async def _agreed(node: Node, change: Any) -> Any:
     if outcome[0].error is not None:
         raise ConnectionLevelError(INTERNAL_ERROR, f"cluster metadata store unavailable ({outcome[0].error})")
     return outcome[0]
+
+
+async def through_admin(node: Node, operation: Callable[[], T]) -> T:
+    """operation()'s result: a change of users, vhosts, permissions, limits or policies, made here by the
+    node's Administration and, in a cluster, then written to etcd (what it changed, as one txn) before the
+    answer, so every node has it a few milliseconds later. What an operation refused halfway had already
+    changed is written too, as a single node keeps it."""
+    if node.cluster is None:
+        return operation()
+    view = node.cluster.admin
+    before = view.records()
+    try:
+        # A deleted vhost's queues go with its records, which the change deletes: no txn of their own.
+        with node.cluster.metadata.quietly():
+            return operation()
+    finally:
+        change = view.change(before, view.records())
+        if change is not None:
+            done = trio.Event()
+            view.send(change, done.set)
+            await done.wait()
+            if change.error is not None:
+                raise ApiError(503, "internal_error", f"cluster metadata store unavailable ({change.error})")
 
 
 async def ask_leader(node: Node, call: Call) -> CallResult:

@@ -6,11 +6,13 @@ Started by run_node only when the configuration has a `cluster:` section; a sing
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
 
+from leveret.broker.cluster.admin_sync import AdminChange, AdminView, seed_txns
 from leveret.broker.cluster.etcd_ops import WatchEvent, WatchEvents, WatchSnapshot, prefix_end
 from leveret.broker.cluster.metadata import Change, ClusterMetadata
 from leveret.broker.cluster.state import ClusterState
@@ -147,12 +149,57 @@ async def _run_change(
         done(change)
 
 
+async def seed_admin(client: EtcdClient, cluster: ClusterState) -> None:
+    """Put the configuration's vhosts, users and permissions in etcd where they are absent (etcd's own
+    records win: see broker/cluster/admin_sync.py); into an empty `admin/` range, everything the node
+    holds."""
+    try:
+        empty = not (await client.get_prefix(cluster.layout.admin)).kvs
+        # A cluster that never held them (upgraded from per-node users and vhosts): all this node has.
+        seeds = cluster.admin.records() if empty else cluster.admin.seed()
+        for txn in seed_txns(seeds):
+            await client.txn(txn, retry=True)  # put only if absent: twice is harmless
+    except EtcdError as error:
+        raise _unreachable(client, error) from None
+
+
+async def run_admin_changes(
+    client: EtcdClient, view: AdminView, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Send each change of users, vhosts, permissions, limits or policies made on this node."""
+    send, receive = trio.open_memory_channel[tuple[AdminChange, Callable[[], None]]](math.inf)
+    view.send = lambda change, done: send.send_nowait((change, done))
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        async for change, done in receive:
+            nursery.start_soon(_run_admin_change, client, view, change, done)
+
+
+async def _run_admin_change(
+    client: EtcdClient, view: AdminView, change: AdminChange, done: Callable[[], None]
+) -> None:
+    """Its txns only put and delete, so running one twice after an ambiguous failure is harmless."""
+    revisions = []
+    try:
+        for txn in change.txns:
+            revisions.append((await client.txn(txn, retry=True)).revision)
+    except EtcdError as error:
+        log.error("cluster admin change failed: %s", error)
+        change.error = error
+    view.completed(change, revisions)
+    done()
+
+
 async def run_cluster(cluster: ClusterState, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Every cluster task of the node; started once it is registered and its views hold etcd's state."""
     etcd = cluster.config.etcd
     async with EtcdClient(etcd.endpoints, request_timeout=etcd.request_timeout) as client:
         async with trio.open_nursery() as nursery:
             await nursery.start(follow_range, client, cluster.layout.nodes, cluster.membership)
+            # Vhosts before what is in them: a vhost's records are applied when the vhost appears.
+            await seed_admin(client, cluster)
+            await nursery.start(follow_range, client, cluster.layout.admin, cluster.admin)
+            await nursery.start(run_admin_changes, client, cluster.admin)
             await nursery.start(follow_range, client, cluster.layout.meta, cluster.metadata)
             await nursery.start(run_metadata_changes, client, cluster.metadata)
             await nursery.start(keep_registered, client, cluster)

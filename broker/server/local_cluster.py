@@ -202,6 +202,7 @@ class LocalCluster:
     etcd_request_timeout: float | None = None  # cluster.etcd.request_timeout; None: the default
     started: int | None = None  # how many of the nodes `start` starts (None: all); the others later
     replica_log_entries: int | None = None  # cluster.replica_log_entries; None: the default
+    load_definitions: Path | None = None  # every node's load_definitions file
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
 
@@ -237,7 +238,10 @@ class LocalCluster:
         return self
 
     def _write_config(self) -> None:
-        lines = [f"log_level: {self.log_level}", "cluster:", "  nodes:"]
+        lines = [f"log_level: {self.log_level}"]
+        if self.load_definitions is not None:
+            lines.append(f"load_definitions: {json_string(str(self.load_definitions))}")
+        lines += ["cluster:", "  nodes:"]
         for node in self.nodes:
             lines += [
                 f"    - name: {node.name}",

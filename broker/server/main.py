@@ -14,11 +14,13 @@ from pathlib import Path
 import trio
 
 from leveret.amqp.constants import CONNECTION_FORCED
-from leveret.amqp.errors import ConnectionLevelError
+from leveret.amqp.errors import AMQPError, ConnectionLevelError
+from leveret.broker.admin import AdminError
 from leveret.broker.cluster.state import ClusterState
-from leveret.broker.definitions import load_definitions_file, read_definitions_file
+from leveret.broker.definitions import declarations, load_definitions_file, read_definitions_file
 from leveret.broker.management.serializers import NODE_STATS, own_stats
 from leveret.broker.management.server import bind_management, serve_management
+from leveret.broker.management.through_cluster import through_cluster
 from leveret.broker.node import Node
 from leveret.broker.pager import NodePager, message_budget
 from leveret.broker.persistence import Persistence
@@ -39,6 +41,7 @@ from leveret.broker.server.startup import (
 )
 from leveret.broker.server.timers import run_timers
 from leveret.broker.server.tls import server_context
+from leveret.broker.store import DefinitionsError
 from leveret.broker.store.pages import PageFiles
 from leveret.config import Config
 
@@ -68,8 +71,13 @@ def open_node(config: Config) -> Node:
             recovered = persistence.recover(node)
     else:
         recovered = persistence.recover(node)
-    if config.load_definitions is not None:
+    if config.load_definitions is not None and node.cluster is None:
         load_definitions_file(node, config.load_definitions, loaded)
+    elif config.load_definitions is not None and node.cluster is not None:
+        # What the file sets seeds etcd as the configuration does (absent keys only, at the join).
+        before = node.cluster.admin.records()
+        load_definitions_file(node, config.load_definitions, loaded, declare=False)
+        node.cluster.admin.seed_with(before)
     log.info(
         "recovered %d messages from %s in %.2f s", recovered, config.data_dir, trio.current_time() - started
     )
@@ -177,6 +185,19 @@ async def run_node(config: Config) -> None:
         await serve_node(config, node, bound, ssl_context)
 
 
+async def declare_loaded_definitions(node: Node, path: str) -> None:
+    """A cluster node's load_definitions exchanges, queues and bindings, each through etcd as the same
+    declaration over HTTP (those that exist are left as they are)."""
+    definitions = read_definitions_file(path)
+    try:
+        for declaration in declarations(node, definitions):
+            await through_cluster(node, declaration)
+    except AdminError as exc:
+        raise DefinitionsError(f"load_definitions file {path} cannot be imported: {exc.reason}") from None
+    except AMQPError as exc:
+        raise DefinitionsError(f"load_definitions file {path} cannot be imported: {exc.text}") from None
+
+
 async def serve_node(
     config: Config, node: Node, bound: BoundListeners, ssl_context: ssl.SSLContext | None
 ) -> None:
@@ -206,6 +227,8 @@ async def serve_node(
                 )
                 await nursery.start(run_remote, node, links)
                 await nursery.start(links.run, bound.peer)
+                if config.load_definitions is not None:
+                    await declare_loaded_definitions(node, config.load_definitions)
             await nursery.start(serve_amqp_on, node, bound.amqp)
             if bound.amqps and ssl_context is not None:
                 await nursery.start(serve_amqp_on, node, bound.amqps, ssl_context)

@@ -646,7 +646,8 @@ class ChannelSession:
             server_named = not name
             if server_named:
                 check_server_named_allowed(method.arguments or {})
-            name = name or server_named_queue()
+            # (In a cluster, the same name again when the declare is handled again after its etcd change.)
+            name = name or self.vhost.metadata.server_name() or server_named_queue()
             self.session.check_permission("configure", "queue", name)
             if name not in self.vhost.queues:
                 self._check_dead_letter_exchange(name, method.arguments or {})

@@ -2,8 +2,9 @@
 consumers' channels, dead-lettering through the vhost's exchanges, the node's timers, the removal of a
 queue that expired unused, and paging through the node's pager (broker/pager.py).
 
-Each queue gets its vhost's `Executor.run` as its executor. Still called by the queue directly: its
-journal (the durable log) and the pager's budget count.
+Each queue gets its vhost's `Executor.run` as its executor. The durable log's records are effects
+(JOURNAL) under `Queue.apply`; outside it the queue calls its journal in place, as it counts the pager's
+budget.
 
 At-least-once dead-letters (FORWARD) are reported back to their queue (the DEAD_LETTERED command) once
 their copies are in every target, and durable there: at once when no target logged them, else when a
@@ -13,7 +14,8 @@ group commit makes the store position they wait for durable (`commit_completed`)
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any
 
 from leveret.broker.queues.dead_letter import dead_letter, forward
 from leveret.broker.queues.effects import (
@@ -22,6 +24,7 @@ from leveret.broker.queues.effects import (
     DELIVER,
     DISARM,
     FORWARD,
+    JOURNAL,
     LOAD,
     PAGE_OUT,
     RELEASE,
@@ -47,11 +50,14 @@ class Executor:
         # Queues whose dead-letters found nowhere to go, logged once until one goes again (as RabbitMQ).
         self._stuck: set[str] = set()
 
-    def run(self, queue: Queue, effect: Effect) -> None:
+    def run(self, queue: Queue, effect: Effect) -> Any:
+        """Carry out `effect`; a JOURNAL effect returns what the journal did (an enqueue's position)."""
         kind = effect[0]
         if kind == DELIVER:  # first: one per message
             consumer = effect[1]
             consumer.channel.deliver(consumer, effect[2])
+        elif kind == JOURNAL:
+            return getattr(queue.journal, effect[1])(*effect[2:])
         elif kind == ARM:
             self.vhost.deadlines.schedule(queue, effect[1])
         elif kind == DEAD_LETTER:
@@ -102,7 +108,7 @@ class Executor:
         if done:
             queue.dead_lettered(done)
 
-    def commit_completed(self, durable: int, failed: range | None) -> None:
+    def commit_completed(self, durable: int, failed: Container[int] | None) -> None:
         """A group commit finished: forwarded dead-letters now durable in their targets are done (those it
         failed to write are forwarded again by their queue's retry)."""
         if not self._awaiting:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING
 
 from leveret import __version__
@@ -14,6 +14,8 @@ from leveret.amqp.handshake import ServerSettings
 from leveret.broker.admin import Administration
 from leveret.broker.alarms import ResourceAlarms
 from leveret.broker.auth import Authority
+from leveret.broker.cluster.confirms import ConfirmGate
+from leveret.broker.cluster.replication import NotLeaderJournal
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.stats import MessageTotals
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from leveret.broker.pager import NodePager
     from leveret.broker.persistence import Persistence
     from leveret.broker.queues.consumer import Consumer
+    from leveret.broker.queues.journal import Journal
     from leveret.broker.queues.queue import Queue
     from leveret.broker.session.connection import ConnectionSession
 
@@ -66,8 +69,15 @@ class Node:
         self.alarms = ResourceAlarms(f"leveret@{platform.node()}", self._alarms_changed)
         # None: a single node (no `cluster:` section), which never touches etcd.
         self.cluster = ClusterState(config.cluster) if config.cluster is not None else None
+        # A cluster node's confirms wait for tickets of its gate (replication, store writes): see
+        # broker/cluster/confirms.py. None on a single node, whose confirms wait for the store alone.
+        self.gate: ConfirmGate | None = ConfirmGate() if self.cluster is not None else None
+        self._not_leader = NotLeaderJournal()
         if self.cluster is not None:
             self.cluster.metadata.vhosts = self.vhosts
+            self.cluster.remote.vhosts = self.vhosts
+            self.cluster.remote.clock = clock
+            self.cluster.remote.confirms_changed = self.confirms_changed
             for vhost in self.vhosts.values():
                 vhost.metadata = self.cluster.metadata
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
@@ -75,17 +85,21 @@ class Node:
         self.message_totals = MessageTotals()  # what closed channels counted (message_stats)
         # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
+        # The same with the outcome (publishes other nodes sent to queues led here): by position.
+        self._confirm_waiters: list[tuple[int, Callable[[bool], None]]] = []
 
     def add_vhost(self, name: str) -> VirtualHost:
         """A new, empty vhost (its predeclared exchanges only), wired to the node's store and pager."""
         vhost = VirtualHost(name, self.clock, self.deadlines)
         if self.persistence is not None:
-            vhost.journal_for = self.persistence.journal_for
+            vhost.journal_for = self._journal_for
             vhost.definitions_changed = self.persistence.definitions_changed
         if self.pager is not None:
             vhost.pager = self.pager
         if self.cluster is not None:
             vhost.metadata = self.cluster.metadata
+            if self.cluster.remote.active:
+                vhost.proxies = self.cluster.remote
         self.vhosts[name] = vhost
         self.authority.vhosts.add(name)
         return vhost
@@ -96,8 +110,20 @@ class Node:
         persistence.node = self
         self.definitions_changed = persistence.definitions_changed
         for vhost in self.vhosts.values():
-            vhost.journal_for = persistence.journal_for
+            vhost.journal_for = self._journal_for
             vhost.definitions_changed = persistence.definitions_changed
+
+    def _journal_for(self, vhost: str, name: str) -> Journal:
+        """A durable queue's journal. In a cluster a replicated queue (any but a server-named one) has
+        none until this node leads it (its replica files are its log: broker/server/replication.py), and
+        publishes to it here are refused; another's store positions become the gate's tickets."""
+        assert self.persistence is not None
+        if self.gate is None:
+            return self.persistence.journal_for(vhost, name)
+        if not name.startswith("amq."):
+            assert self.cluster is not None
+            return self.cluster.leader_journal(vhost, name) or self._not_leader
+        return self.persistence.journal_for(vhost, name, self.gate)
 
     def attach_pager(self, pager: NodePager) -> None:
         """Queues declared from now on count their ready messages against the pager's memory budget, and
@@ -111,7 +137,10 @@ class Node:
             yield from vhost.queues.values()
 
     def durable_position(self) -> int:
-        """How far the store has made appends durable; publishes waiting on no store are always safe."""
+        """How far the store has made appends durable; publishes waiting on no store are always safe.
+        In a cluster: the gate's safe ticket."""
+        if self.gate is not None:
+            return self.gate.safe()
         return self.persistence.durable_position if self.persistence is not None else 0
 
     def when_durable(self, position: int, callback: Callable[[], None]) -> None:
@@ -129,7 +158,38 @@ class Node:
             self._discard_unstored()
         if self.pager is not None:
             self.pager.commit_completed()
-        durable = self.durable_position()
+        if self.gate is not None:
+            assert self.persistence is not None
+            self.gate.store_durable(self.persistence.durable_position, failed)
+            self.confirms_changed()
+            return
+        self._release_confirms(self.durable_position(), failed)
+
+    def confirms_changed(self) -> None:
+        """(A cluster node) the gate released or failed tickets, or leaders of queues led elsewhere
+        answered publishes: send the confirms and nacks now due."""
+        assert self.gate is not None
+        failed = self.gate.take_failed()
+        self._release_confirms(self.gate.safe(), failed or None)
+
+    def when_confirmed(self, position: int, callback: Callable[[bool], None]) -> None:
+        """`callback(True)` once `position` is safe (a confirm waiting for it may go), `callback(False)` if
+        it failed (its publish is nacked): at once if it is safe already."""
+        if position <= self.durable_position():
+            callback(True)
+        else:
+            self._confirm_waiters.append((position, callback))
+
+    def _release_confirms(self, durable: int, failed: Container[int] | None) -> None:
+        if self._confirm_waiters:
+            settling, self._confirm_waiters = self._confirm_waiters, []
+            for position, settled in settling:
+                if failed is not None and position in failed:
+                    settled(False)
+                elif position <= durable:
+                    settled(True)
+                else:
+                    self._confirm_waiters.append((position, settled))
         for vhost in self.vhosts.values():
             vhost.executor.commit_completed(durable, failed)
         if self._durable_waiters:

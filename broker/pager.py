@@ -207,7 +207,7 @@ class NodePager(Pager):
     def write_out(self, chunk: Chunk) -> None:
         entries = chunk.entries
         assert entries is not None
-        transient = [entry for entry in entries if not entry.logged]
+        transient = [entry for entry in entries if entry.logged <= 0]  # -1: replicated, not in the store
         if transient:
             chunk.run = self.page_files.append(
                 records.page_parts(

@@ -25,6 +25,7 @@ from leveret.broker.store.queue_log import RecoveredLog
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
+    from leveret.broker.cluster.confirms import ConfirmGate
     from leveret.broker.exchanges.base import Exchange
     from leveret.broker.queues.paging import Pager
 
@@ -59,7 +60,7 @@ class Node(Protocol):
 class StoreJournal(Journal):
     """A durable queue's journal: persistent messages go to its log, transient ones nowhere."""
 
-    __slots__ = ("log", "persistence", "queue_id", "recovered")
+    __slots__ = ("log", "persistence", "queue_id", "recovered", "gate")
 
     def __init__(self, persistence: Persistence, queue_log: QueueLog, queue_id: str) -> None:
         self.persistence = persistence
@@ -67,6 +68,7 @@ class StoreJournal(Journal):
         self.queue_id = queue_id
         # What the log held at open (an index, no bodies): empty for a new queue; taken by recovery.
         self.recovered: RecoveredLog | None = queue_log.recover_index(allowance=persistence.memory_room())
+        self.gate: ConfirmGate | None = None
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
         message = entry.message
@@ -111,6 +113,14 @@ class StoreJournal(Journal):
     def deleted(self) -> None:
         self.persistence.store.delete_queue(self.queue_id)
         self.persistence.pending()
+
+
+class GatedStoreJournal(StoreJournal):
+    """A store journal on a cluster node: its write positions become tickets of the node's gate."""
+
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
+        assert self.gate is not None
+        return self.gate.store_ticket(super().enqueued(entry, expires_in))
 
 
 class Commit:
@@ -177,9 +187,13 @@ class Persistence:
         pager = self.node.pager if self.node is not None else None
         return max(pager.limit - pager.used, 0) if pager is not None else 0
 
-    def journal_for(self, vhost: str, name: str) -> StoreJournal:
-        """Blocking: opens (or creates) the queue's directory and reads what it holds."""
-        return StoreJournal(self, self.store.open_queue(vhost, name), Store.queue_id(vhost, name))
+    def journal_for(self, vhost: str, name: str, gate: ConfirmGate | None = None) -> StoreJournal:
+        """Blocking: opens (or creates) the queue's directory and reads what it holds. With `gate` (a
+        cluster node's), the positions a confirm waits for are the gate's tickets."""
+        kind = StoreJournal if gate is None else GatedStoreJournal
+        journal = kind(self, self.store.open_queue(vhost, name), Store.queue_id(vhost, name))
+        journal.gate = gate
+        return journal
 
     @property
     def durable_position(self) -> int:
@@ -271,8 +285,9 @@ class Persistence:
                     auto_delete=item["auto_delete"],
                     arguments=_decode_table(item["arguments"]),
                 )
-                live_queue_ids.add(Store.queue_id(vhost_name, queue.name))
-                recovered += self._recover_messages(queue)
+                if isinstance(queue.journal, StoreJournal):  # else a cluster's replicated queue
+                    live_queue_ids.add(Store.queue_id(vhost_name, queue.name))
+                    recovered += self._recover_messages(queue)
             for item in definitions.get("bindings", []):
                 source = vhost.exchanges.get(item["source"])
                 destination: Any = (

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED
 from leveret.amqp.errors import ChannelError
@@ -43,6 +43,13 @@ PREDECLARED = (
 _MAX_ROUTING_HOPS = 64
 
 
+class ProxyMaker(Protocol):
+    def proxy(
+        self, vhost: VirtualHost, name: str, *, durable: bool, auto_delete: bool, arguments: dict[str, Any]
+    ) -> Queue | None:
+        """The queue to hold for a new replicated queue that another node leads (None: a real one)."""
+
+
 def check_not_default_exchange(name: str) -> None:
     """RabbitMQ refuses every declare (passive too), delete and binding of the default exchange."""
     if name == DEFAULT_EXCHANGE:
@@ -73,6 +80,8 @@ class VirtualHost:
         self.execute: Callable[[Queue, Effect], None] = self.executor.run
         # In a cluster, etcd's view of the definitions: declares, deletes and bindings ask it first.
         self.metadata: LocalMetadata = LOCAL_METADATA
+        # In a cluster: makes the proxy of a replicated queue led elsewhere (broker/cluster/remote.py).
+        self.proxies: ProxyMaker | None = None
         # RabbitMQ's vhost limits ("max-queues", "max-connections"); a negative value means no limit.
         self.limits: dict[str, int] = {}
         # RabbitMQ's vhost metadata, shown by the management API.
@@ -232,11 +241,39 @@ class VirtualHost:
         self._check_queue_limit(name)
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
+        queue: Queue | None = None
+        if self.proxies is not None and durable and not exclusive and not name.startswith(RESERVED_PREFIX):
+            queue = self.proxies.proxy(
+                self, name, durable=durable, auto_delete=auto_delete, arguments=arguments
+            )
+        if queue is None:
+            queue = self.make_queue(
+                name, durable=durable, auto_delete=auto_delete, arguments=arguments,
+                exclusive_owner=owner if exclusive else None,
+            )
+        self.queues[name] = queue
+        if stored:
+            self.definitions_changed()
+        # Every queue is bound to the default exchange under its own name.
+        self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
+        return queue
+
+    def make_queue(
+        self,
+        name: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+        exclusive_owner: object | None = None,
+    ) -> Queue:
+        """A new queue of this vhost (not yet in its table): with its journal when durable and stored."""
+        stored = durable and exclusive_owner is None and self.journal_for is not None
         queue = Queue(
             name,
             self.name,
             durable=durable,
-            exclusive_owner=owner if exclusive else None,
+            exclusive_owner=exclusive_owner,
             auto_delete=auto_delete,
             arguments=arguments,
             journal=self.journal_for(self.name, name) if stored and self.journal_for else NULL_JOURNAL,
@@ -246,11 +283,6 @@ class VirtualHost:
             self._apply_queue_policies(queue)
         if queue.lifecycle is None and needs_lifecycle(queue.effective_arguments):
             Lifecycle(queue)
-        self.queues[name] = queue
-        if stored:
-            self.definitions_changed()
-        # Every queue is bound to the default exchange under its own name.
-        self.exchanges[DEFAULT_EXCHANGE].bind(queue, name, {})
         return queue
 
     def _check_queue_limit(self, name: str) -> None:

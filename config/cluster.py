@@ -96,6 +96,9 @@ class Cluster:
     # Seconds to open a connection to a peer, and without a frame from it before the link is dead.
     peer_connect_timeout: float = field(default=2.0, metadata={"check": checks.positive_number()})
     peer_timeout: float = field(default=3.0, metadata={"check": checks.positive_number()})
+    # Log entries a replicated queue's replica keeps behind its state: a follower further behind than
+    # that catches up from a snapshot of the queue instead of the log's tail.
+    replica_log_entries: int = field(default=100_000, metadata={"check": checks.int_range(10)})
 
     @property
     def effective_replication_factor(self) -> int:

@@ -7,6 +7,7 @@ observed through several nodes).
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 from interop.cluster_support import start_cluster
 from interop.conftest import BROKER_KIND
+from leveret.broker.cluster.keys import KeyLayout
 from leveret.broker.server.local_cluster import LocalCluster, etcd_binary, free_ports, python_command
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "leveret", reason="starts Leveret nodes of its own")
@@ -121,7 +123,7 @@ def test_binding_declared_on_a_routes_on_c(cluster: LocalCluster) -> None:
         channel.queue_bind("meta.q2", "meta.x2", "k")
         on_c = c.channel()
         on_c.confirm_delivery()
-        # Routed on C: the queue's instance on C holds it (messages do not move between nodes yet).
+        # Routed on C: meta.q2 is not durable, so it is local to each node and C's own instance holds it.
         eventually(lambda: on_c.queue_declare("meta.q2", passive=True).method.message_count == 0)
         on_c.basic_publish("meta.x2", "k", b"routed on C", mandatory=True)
         method, _, body = on_c.basic_get("meta.q2", auto_ack=True)
@@ -192,31 +194,72 @@ def test_single_node_redeclare_rules_still_hold_in_a_cluster(cluster: LocalClust
         a.close()
 
 
+def queue_leader(cluster: LocalCluster, name: str) -> int | None:
+    """The index of the node leading a replicated queue, from etcd (None: no leader now)."""
+    body = {"key": base64.b64encode(KeyLayout("/leveret/").leader("/", name)).decode()}
+    answer = httpx.post(f"{cluster.etcd.endpoints[0]}/v3/kv/range", json=body, timeout=2).json()
+    kvs = answer.get("kvs", [])
+    return int(json.loads(base64.b64decode(kvs[0]["value"]))["node"][-1]) - 1 if kvs else None
+
+
+def publish_on_leader(cluster: LocalCluster, name: str, body: bytes) -> None:
+    """A confirmed persistent publish on the queue's leader's node (nacked while it builds the queue)."""
+
+    def confirmed() -> bool:
+        index = queue_leader(cluster, name)
+        if index is None:
+            return False
+        try:
+            with connect(cluster, index) as connection:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                channel.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2))
+            return True
+        except (pika.exceptions.NackError, pika.exceptions.AMQPConnectionError):
+            return False
+
+    eventually(confirmed, timeout=20)
+
+
 def test_a_returning_node_keeps_what_etcd_keeps(cluster: LocalCluster) -> None:
-    a, c = connect(cluster, 0), connect(cluster, 2)
+    a = connect(cluster, 0)
     try:
         a.channel().queue_declare("meta.q5", durable=True)
         a.channel().exchange_declare("meta.x5", "direct", durable=True)
-        on_c = c.channel()
-        on_c.confirm_delivery()
+        c = connect(cluster, 2)
         eventually(lambda: passive_exchange(c, "meta.x5") is None)
-        on_c.basic_publish("", "meta.q5", b"kept", pika.BasicProperties(delivery_mode=2))
-    finally:
         c.close()
-    cluster.kill_node(2)
-    try:
-        a.channel().exchange_delete("meta.x5")  # while node3 is down
+        publish_on_leader(cluster, "meta.q5", b"kept")  # a replicated queue's messages are its leader's
+        cluster.kill_node(2)
+        try:
+            a.channel().exchange_delete("meta.x5")  # while node3 is down
+        finally:
+            cluster.start_node(cluster.nodes[2])
+            cluster.wait_node(cluster.nodes[2])
     finally:
-        cluster.start_node(cluster.nodes[2])
-        cluster.wait_node(cluster.nodes[2])
+        a.close()
     c = connect(cluster, 2)
     try:
         assert passive_exchange(c, "meta.x5") == 404  # its own disk had it; etcd does not
-        method, _, body = c.channel().basic_get("meta.q5", auto_ack=True)
-        assert method is not None and body == b"kept"  # node3's durable message survived its restart
     finally:
-        a.close()
         c.close()
+    got: list[bytes] = []
+
+    def consumed() -> bool:  # on the leader's node, which may have moved when node3 was killed
+        index = queue_leader(cluster, "meta.q5")
+        if index is None:
+            return False
+        try:
+            with connect(cluster, index) as connection:
+                method, _, body = connection.channel().basic_get("meta.q5", auto_ack=True)
+        except pika.exceptions.AMQPError:
+            return False
+        if method is not None:
+            got.append(body)
+        return bool(got)
+
+    eventually(consumed, timeout=20)
+    assert got == [b"kept"]  # the confirmed message survived the loss of a node
 
 
 def test_what_a_declared_b_uses_at_once(cluster: LocalCluster) -> None:

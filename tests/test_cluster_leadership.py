@@ -194,3 +194,27 @@ def test_a_restarted_node_revokes_its_former_lease_and_leads_again() -> None:
     assert [type(e) for e in effects] == [Campaign]
     assert [type(e) for e in world.step("a")] == [Elected]
     assert restarted.epoch(Q) > epoch
+
+
+def test_a_lagging_follower_leaves_the_isr_and_joins_again_once_caught_up() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    leader = world.nodes["a"]
+    leader.follower_lagging(Q, "c")  # replication could not reach it
+    effects = world.step("a")
+    assert [type(e) for e in effects] == [ChangeInSync] and effects[0].members == ("a", "b")
+    assert leader.in_sync_members(Q) == ("a", "b")
+    assert world.step("a") == []  # nothing more while it lags
+    leader.follower_caught_up(Q, "c")
+    effects = world.step("a")
+    assert [type(e) for e in effects] == [ChangeInSync] and effects[0].members == ("a", "b", "c")
+    world.deliver("b")
+    assert world.nodes["b"].in_sync_members(Q) == ("a", "b", "c")
+    # A dead node is never put back, caught up or not.
+    leader.follower_lagging(Q, "b")
+    world.step("a")
+    world.alive.discard("b")
+    leader.follower_caught_up(Q, "b")
+    leader.membership_changed()
+    assert world.step("a") == [] and leader.in_sync_members(Q) == ("a", "c")

@@ -3,8 +3,10 @@ log of (command, now) applied to a fresh queue, gives the same ready and unacked
 effects at every step. That is what lets a log be replayed at recovery, or shipped to a replica.
 
 Queues of every kind are tried: plain, with a message TTL, a length limit, priorities, dead-lettering and
-a quorum queue's delivery limit. The same sequence run on a durable queue and recovered from disk brings
-back every message it held, in order, its returned or delivered ones flagged redelivered.
+a quorum queue's delivery limit. The durable log's records are effects too (JOURNAL), compared like the
+rest. The same sequence run on a durable queue, its JOURNAL effects carried out by the vhost's executor,
+and recovered from disk brings back every message it held, in order, its returned or delivered ones
+flagged redelivered.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from leveret.broker.message import Message
 from leveret.broker.node import Node
 from leveret.broker.persistence import Persistence
 from leveret.broker.queues import commands
-from leveret.broker.queues.effects import DEAD_LETTER, DELIVER
+from leveret.broker.queues.effects import DEAD_LETTER, DELIVER, JOURNAL
+from leveret.broker.queues.entry import Entry
+from leveret.broker.queues.journal import Journal
 from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.vhost import VirtualHost
@@ -115,9 +119,17 @@ def shown(reply: Any, effects: list[Any]) -> tuple[Any, ...]:
             out.append((DELIVER, effect[1].tag, entry.seq, entry.message.body, entry.message.properties_raw))
         elif effect[0] == DEAD_LETTER:
             out.append((DEAD_LETTER, [m.body for m in effect[1]], effect[2]))
+        elif effect[0] == JOURNAL:  # a record for the durable log: entries by seq
+            out.append((JOURNAL, effect[1], *(_seqs(arg) for arg in effect[2:])))
         else:
             out.append(effect)
     return reply, out
+
+
+def _seqs(value: Any) -> Any:
+    if isinstance(value, list):
+        return [entry.seq for entry in value]
+    return value.seq if isinstance(value, Entry) else value
 
 
 def declare(vhost: VirtualHost, kind: str, durable: bool = False) -> Queue:
@@ -132,6 +144,7 @@ def test_a_fresh_queue_applying_the_log_reaches_the_same_state_and_effects(
     kind: str, data: st.DataObject, count: int
 ) -> None:
     original = declare(VirtualHost("/", clock=lambda: 0.0), kind)
+    original.journal = Journal()  # a journal that keeps nothing, but is not NULL_JOURNAL: records come out
     consumers = [Consumer(f"c{i}", priority=i % 2) for i in range(3)]
     log: list[tuple[commands.Command, float]] = []
     outcomes = []
@@ -142,6 +155,7 @@ def test_a_fresh_queue_applying_the_log_reaches_the_same_state_and_effects(
         outcomes.append((shown(*original.apply(command, now)), state(original)))
 
     replica = declare(VirtualHost("/", clock=lambda: 0.0), kind)
+    replica.journal = Journal()
     fresh = {c.tag: Consumer(c.tag, priority=c.priority) for c in consumers}
     for (command, now), (outcome, after) in zip(log, outcomes, strict=True):
         assert shown(*replica.apply(translated(command, fresh), now)) == outcome, command
@@ -158,7 +172,10 @@ def test_recovery_from_disk_brings_back_what_the_queue_held(
         queue = declare(node.vhosts["/"], kind, durable=True)
         consumers = [Consumer(f"c{i}") for i in range(2)]
         for n in range(count):
-            queue.apply(draw_command(data.draw, queue, consumers, n), 0.0)
+            _, effects = queue.apply(draw_command(data.draw, queue, consumers, n), 0.0)
+            for effect in effects:  # the executor's part that matters here: the log's records
+                if effect[0] == JOURNAL:
+                    node.vhosts["/"].executor.run(queue, effect)
         held = sorted([*queue.ready, *queue.checked_out.values()], key=lambda entry: entry.seq)
         held = [entry for entry in held if entry.seq not in queue.nacked_out]  # discarded: settled
         persistent = [e for e in held if e.message.delivery_mode == 2]

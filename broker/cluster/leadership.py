@@ -131,6 +131,11 @@ class Leadership:
         self._revoked: set[int] = set()  # stale leases of this node already asked to be revoked
         self._dirty: set[QueueId] = set()
         self._all_dirty = False
+        self.queues_known = False  # the queue records have been read once
+        # What replication reports of the followers of queues this node leads (broker/server/replication.py).
+        self._lagging: dict[QueueId, set[str]] = {}
+        self._caught_up: dict[QueueId, set[str]] = {}
+        self.wake: Callable[[], None] = lambda: None  # the server's decide loop sets this
 
     # ---- inputs --------------------------------------------------------------------------------
 
@@ -150,6 +155,7 @@ class Leadership:
         for kv in kvs:
             self._put_queue(kv)
         self._all_dirty = True
+        self.queues_known = True
 
     def apply_queues(self, events: Iterable[WatchEvent]) -> None:
         for event in events:
@@ -223,6 +229,22 @@ class Leadership:
             previous = self.in_sync.get(effect.queue)
             created = previous.create_revision if previous else result.revision
             self._apply_key("PUT", KeyValue(isr, isr_value(effect.members), created, result.revision))
+
+    def follower_lagging(self, queue: QueueId, node: str) -> None:
+        """Replication could not keep `node` up to date: as leader, take it out of the in-sync set."""
+        self._caught_up.get(queue, set()).discard(node)
+        if node not in self._lagging.setdefault(queue, set()):
+            self._lagging[queue].add(node)
+            self._dirty.add(queue)
+            self.wake()
+
+    def follower_caught_up(self, queue: QueueId, node: str) -> None:
+        """`node` holds this leader's whole log: as leader, put it back in the in-sync set."""
+        self._lagging.get(queue, set()).discard(node)
+        if node not in self._caught_up.setdefault(queue, set()):
+            self._caught_up[queue].add(node)
+            self._dirty.add(queue)
+            self.wake()
 
     # ---- what this node knows --------------------------------------------------------------------
 
@@ -299,8 +321,10 @@ class Leadership:
             if self._mine(kv, now):
                 if queue not in self.led:
                     self.led[queue] = kv.create_revision
+                    self._lagging.pop(queue, None)
+                    self._caught_up.pop(queue, None)
                     effects.append(Elected(queue, kv.create_revision))
-                effects += self._shrink(queue, kv.create_revision, alive)
+                effects += self._resize(queue, kv.create_revision, alive, replicas)
             return effects
         if self.lease == 0 or now >= self.lease_deadline:
             return effects
@@ -312,14 +336,21 @@ class Leadership:
             effects.append(Campaign(queue, self._campaign_txn(queue, replicas, isr)))
         return effects
 
-    def _shrink(self, queue: QueueId, epoch: int, alive: set[str]) -> list[Effect]:
-        """As leader: drop dead members from the ISR (they cannot be in sync). Adding a member back
-        waits for replication (it must catch up first)."""
+    def _resize(
+        self, queue: QueueId, epoch: int, alive: set[str], replicas: tuple[str, ...]
+    ) -> list[Effect]:
+        """As leader: drop from the ISR the members that are dead or that replication reports lagging
+        (they cannot be in sync), and add back those it reports caught up (they hold the whole log)."""
         isr = self.in_sync.get(queue)
         if isr is None:
             return []
         members = isr_members(isr)
-        keep = tuple(m for m in members if m in alive or m == self.name)
+        lagging = self._lagging.get(queue, set())
+        caught_up = self._caught_up.get(queue, set())
+        kept = {m for m in members if (m in alive and m not in lagging) or m == self.name}
+        kept |= {m for m in caught_up if m in alive and m in replicas}
+        keep = tuple(m for m in replicas if m in kept) + tuple(m for m in members if m in kept
+                                                                and m not in replicas)
         if keep == members:
             return []
         self._busy.add(queue)

@@ -218,10 +218,11 @@ class ClusterMetadata(LocalMetadata):
         change = self._deletion(vhost, kind, thing.name)
         if change.key == self._confirmed:
             return  # the client's own delete, which etcd has done already
-        if kind == "queue" and not self._declared_here(vhost, thing.name):
-            # Auto-delete or x-expires of this node's own instance of a queue declared elsewhere: while
-            # every node keeps an instance of its own, only the declaring node's decides for the cluster.
-            # Here the instance goes; forgetting the record lets the next method naming it bring it back.
+        if kind == "queue" and not thing.durable and not self._declared_here(vhost, thing.name):
+            # Auto-delete or x-expires of this node's own instance of a non-durable queue declared
+            # elsewhere: every node keeps an instance of its own, and only the declaring node's decides for
+            # the cluster. Here the instance goes; forgetting the record lets the next method naming it
+            # bring it back. (A durable queue has one instance, at its leader, which decides.)
             self.kvs.pop(change.key, None)
             return
         self.submit(change, None)

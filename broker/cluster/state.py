@@ -5,14 +5,19 @@ Pure: broker/server/cluster.py feeds it from etcd (registration, watches) and ru
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from leveret.broker.cluster.keys import KeyLayout
-from leveret.broker.cluster.leadership import Leadership
+from leveret.broker.cluster.leadership import Deposed, Elected, Leadership
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
+from leveret.broker.cluster.remote import RemoteQueues, no_leader_text
+from leveret.broker.cluster.remote_codec import Call, CallResult
+from leveret.broker.cluster.roles import QueueRoles
+from leveret.broker.queues.journal import Journal
 from leveret.config import Cluster
 
 
@@ -30,6 +35,20 @@ class ClusterState:
         self.peer_status: Callable[[], list[dict[str, Any]]] = list
         # A request over the peer link to a node (PeerLinks.request), once the links run.
         self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
+        # Queues led by other nodes: the proxies' hub (its vhosts and clock are the node's).
+        self.remote = RemoteQueues(self.name, {}, self.leadership, time.monotonic)
+        # Ask a queue's leader (broker/server/remote.py sets it); the callback gets the answer.
+        self.call_leader: Callable[[Call, Callable[[CallResult], None]], None] = _no_links
+        # Called after each round of leadership decisions: the server runs the hub's reconcile there.
+        self.leaders_changed: Callable[[], None] = lambda: None
+        # This node became or stopped being a queue's leader (the server's replication sets it).
+        self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
+        # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract): the
+        # hub, which puts the leader's queue in a proxy's place and a proxy in a deposed queue's.
+        self.roles: QueueRoles = self.remote
+        # The journal of a replicated queue declared (again) on this node while it leads it: replication
+        # answers (None: not the leader, Node gives its NotLeaderJournal).
+        self.leader_journal: Callable[[str, str], Journal | None] = lambda vhost, name: None
 
     def registration(self, lease: int) -> Registration:
         entry = self.config.this_node
@@ -39,3 +58,7 @@ class ClusterState:
         """Where a durable queue lives, leader first: over the configured nodes, so a node that is down
         keeps its place (it catches up when it returns) and the answer never depends on timing."""
         return replica_set(vhost, queue, self.node_names, self.config.effective_replication_factor)
+
+
+def _no_links(call: Call, done: Callable[[CallResult], None]) -> None:
+    done(CallResult(404, no_leader_text(call.vhost, call.queue, "the peer links are not running")))

@@ -105,6 +105,21 @@ class Exchange:
             self.bindings.remove(b)
             self._removed(b)
 
+    def replace_destination(self, old: Destination, new: Destination) -> None:
+        """Bindings to `old` go to `new` instead, in their places (the consistent-hash ring's order holds):
+        a queue's leadership moved, and its proxy and real queue swap."""
+        if not any(b.destination is old for b in self.bindings):
+            return
+        bindings = self.bindings
+        self.bindings = []
+        for binding in reversed(bindings):
+            self._removed(binding)
+        for binding in bindings:
+            if binding.destination is old:
+                binding = Binding(new, binding.routing_key, binding.arguments)
+            self.bindings.append(binding)
+            self._added(binding)
+
     def has_bindings(self) -> bool:
         return bool(self.bindings)
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leveret.amqp.errors import AMQPError
 from leveret.broker import direct
+from leveret.broker.cluster.proxy import is_proxy
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import EXCHANGE_TYPES
 from leveret.broker.management import serializers as show
@@ -146,6 +147,7 @@ class Api(Context):
 
     async def queues(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))
+        await self._leader_counts([q for v in vhosts for q in v.queues.values()])
         return JSONResponse([self._queue_json(q) for v in vhosts for _, q in sorted(v.queues.items())])
 
     async def queue(self, request: Request) -> Response:
@@ -153,7 +155,30 @@ class Api(Context):
         found = vhost.queues.get(param(request, "name"))
         if found is None:
             raise NotFound
+        await self._leader_counts([found])
+        found = vhost.queues.get(found.name, found)  # leadership may have moved meanwhile
         return JSONResponse(self._queue_json(found, details=True))
+
+    async def _leader_counts(self, queues: list[Any]) -> None:
+        """In a cluster, a queue led by another node shows its leader's counts: asked over the peer links,
+        all at once; a leader that does not answer within a second leaves the last counts heard."""
+        cluster = self.node.cluster
+        proxies = [q for q in queues if is_proxy(q)]
+        if cluster is None or not proxies:
+            return
+        done = trio.Event()
+        left = 0
+
+        def answered() -> None:
+            nonlocal left
+            left -= 1
+            if left <= 0:
+                done.set()
+
+        left = cluster.remote.ask_counts(proxies, answered)
+        if left:
+            with trio.move_on_after(REMOTE_STATS_TIMEOUT):
+                await done.wait()
 
     async def bindings(self, request: Request) -> Response:
         vhosts = self.scoped(request, self.user(request))

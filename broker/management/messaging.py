@@ -19,18 +19,24 @@ from pamqp.exceptions import PAMQPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from leveret.amqp.errors import AMQPError
+from leveret.amqp.errors import AMQPError, ChannelError
 from leveret.amqp.properties import decode_properties, encode_properties
 from leveret.broker import direct
+from leveret.broker.cluster.proxy import ProxyQueue
+from leveret.broker.cluster.remote import Ticket
+from leveret.broker.cluster.remote_codec import GET, Call
 from leveret.broker.management.amqp_errors import get_error, publish_error
 from leveret.broker.management.bodies import check_table, integer, json_object, require
 from leveret.broker.management.context import Context, bad_request, exchange_param, param
 from leveret.broker.management.serializers import jsonable
-from leveret.broker.management.through_cluster import through_cluster
+from leveret.broker.management.through_cluster import ask_leader, through_cluster
 from leveret.broker.message import Message
 
 # Seconds between looks at the resource alarms while an HTTP publish waits for them to clear.
 ALARM_POLL = 0.1
+# How long an HTTP publish routed to queues led elsewhere waits for their leaders' answers.
+LEADER_WAIT = 5.0
+_LEADER_POLL = 0.005
 # JSON property names and pamqp's, where they differ.
 _PAMQP_NAMES = {"type": "message_type"}
 _JSON_NAMES = {"message_type": "type"}
@@ -128,11 +134,39 @@ class Messaging(Context):
         except AMQPError as error:
             raise publish_error(error) from None
         self.node.message_totals.count_direct(vhost.name, published=1)
-        if published.position:
+        ticket = published.position
+        if isinstance(ticket, Ticket):  # routed to queues led by other nodes: their leaders answer
+            with trio.move_on_after(LEADER_WAIT):
+                while ticket.outcome(self.node.durable_position()) is None:
+                    await trio.sleep(_LEADER_POLL)
+        elif published.position:
             safe = trio.Event()
             self.node.when_durable(published.position, safe.set)
             await safe.wait()
         return JSONResponse({"routed": published.routed})
+
+    async def _get_from_leader(
+        self, queue: ProxyQueue, count: int, ackmode: direct.AckMode
+    ) -> list[direct.Got]:
+        """direct.get for a queue led by another node: each message a basic.get the leader answers, then
+        all of them settled there as `ackmode` says."""
+        got: list[direct.Got] = []
+        for _ in range(count):
+            result = await ask_leader(self.node, Call(queue.vhost, queue.name, GET))
+            if result.error_code:
+                raise get_error(ChannelError(result.error_code, result.error_text))
+            if result.message is None:
+                break
+            entry = queue.received(result.node, result.generation, result.seq, result.message,
+                                   result.redelivered, True)
+            got.append(direct.Got(entry.message, entry.redelivered, result.message_count))
+            if ackmode == "ack_requeue_false":
+                queue.settle([entry.seq])
+            elif ackmode == "reject_requeue_false":
+                queue.reject([entry.seq])
+            else:
+                queue.requeue([entry.seq])
+        return got
 
     async def get(self, request: Request) -> Response:
         user = self.user(request)
@@ -155,7 +189,10 @@ class Messaging(Context):
         except AMQPError as error:
             raise get_error(error) from None
         answers = []
-        taken = direct.get(queue, max(count, 0), ackmode)
+        if isinstance(queue, ProxyQueue):
+            taken = await self._get_from_leader(queue, max(count, 0), ackmode)
+        else:
+            taken = direct.get(queue, max(count, 0), ackmode)
         queue.delivered += len(taken)
         queue.redelivered += sum(1 for got in taken if got.redelivered)
         if ackmode == "ack_requeue_false":

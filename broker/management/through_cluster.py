@@ -12,6 +12,7 @@ import trio
 from leveret.amqp.constants import INTERNAL_ERROR
 from leveret.amqp.errors import ConnectionLevelError
 from leveret.broker.cluster.hooks import ClusterPending
+from leveret.broker.cluster.remote_codec import Call, CallResult
 from leveret.broker.node import Node
 
 T = TypeVar("T")
@@ -48,3 +49,19 @@ async def _agreed(node: Node, change: Any) -> Any:
     if outcome[0].error is not None:
         raise ConnectionLevelError(INTERNAL_ERROR, f"cluster metadata store unavailable ({outcome[0].error})")
     return outcome[0]
+
+
+async def ask_leader(node: Node, call: Call) -> CallResult:
+    """The answer of the leader of a queue led by another node (a proxy here) to `call`, as a channel
+    gets it (broker/server/remote.py: waiting up to its timeout for a leader)."""
+    assert node.cluster is not None
+    done = trio.Event()
+    answers: list[CallResult] = []
+
+    def answered(result: CallResult) -> None:
+        answers.append(result)
+        done.set()
+
+    node.cluster.call_leader(call, answered)
+    await done.wait()
+    return answers[0]

@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 from leveret.amqp.constants import ACCESS_REFUSED, CONNECTION_FORCED, NOT_FOUND
 from leveret.amqp.errors import AMQPError, ChannelError, ConnectionLevelError
 from leveret.broker.auth import VhostPermissions
+from leveret.broker.cluster.proxy import is_proxy
+from leveret.broker.cluster.remote_codec import PURGE, Call
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.management import serializers as show
@@ -22,7 +24,7 @@ from leveret.broker.management.amqp_errors import declare_error
 from leveret.broker.management.auth import NotAuthorised
 from leveret.broker.management.bodies import boolean, json_object, table, text
 from leveret.broker.management.context import Context, NotFound, bad_request, exchange_param, param
-from leveret.broker.management.through_cluster import through_cluster
+from leveret.broker.management.through_cluster import ask_leader, through_cluster
 from leveret.broker.queues.queue import Queue
 from leveret.broker.vhost import DEFAULT_EXCHANGE, VirtualHost
 from leveret.config import User
@@ -168,7 +170,12 @@ class Writes(Context):
             vhost.check_exclusive_access(queue, None)
         except AMQPError as error:
             raise declare_error(error) from None
-        queue.purge()
+        if is_proxy(queue):  # led by another node: purged there
+            result = await ask_leader(self.node, Call(vhost.name, queue.name, PURGE))
+            if result.error_code:
+                raise declare_error(ChannelError(result.error_code, result.error_text))
+        else:
+            queue.purge()
         return no_content()
 
     # ---- bindings ---------------------------------------------------------------------------------

@@ -22,10 +22,15 @@ RELEASE = 8  # (RELEASE, chunk): the chunk is back in memory or gone: its copy o
 # At-least-once dead-lettering (a quorum queue's x-dead-letter-strategy): the queue keeps each message
 # until the executor tells it (the DEAD_LETTERED command) that every target queue has it, durably.
 FORWARD = 9  # (FORWARD, [(id, message, reason), ...]): dead-letter these, then report the ids done
+# The durable log (queues/journal.py), under `Queue.apply` only: call the queue's journal with the record
+# (the method's name and arguments). Carrying out an enqueued record returns the write position its
+# confirm waits for (apply's own ENQUEUE reply is then 0). Outside apply the queue calls its journal
+# itself, in place, one call less on the hot path.
+JOURNAL = 10  # (JOURNAL, method, *arguments)
 
 NAMES = {
     DELIVER: "deliver", DEAD_LETTER: "dead-letter", ARM: "arm", DISARM: "disarm", REMOVE: "remove",
-    PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release", FORWARD: "forward",
+    PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release", FORWARD: "forward", JOURNAL: "journal",
 }  # fmt: skip
 
 Effect = tuple[Any, ...]

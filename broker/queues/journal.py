@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from leveret.broker.queues.effects import JOURNAL, Effect
 
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
@@ -13,10 +15,11 @@ class Journal:
     """The queue's record of its persistent messages; the store-backed one is in broker/persistence.py.
 
     `enqueued` returns the store write position the entry becomes durable at, 0 when nothing was
-    written (a transient queue or message): a publisher confirm waits for that position.
+    written (a transient queue or message): a publisher confirm waits for that position. None: the
+    journal refused it (a cluster's replicated queue on a node that does not lead it): a nack.
     """
 
-    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 
@@ -42,3 +45,39 @@ class Journal:
 
 
 NULL_JOURNAL = Journal()
+
+
+class RecordingJournal(Journal):
+    """A queue's journal while `Queue.apply` runs a command: each call becomes a JOURNAL effect carrying
+    the record, in order among the command's other effects, for the executor to write (`Executor.run`
+    calls the real journal). Anything else asked of it (a store log's directory, to read a paged-out
+    chunk back) is the real journal's."""
+
+    def __init__(self, journal: Journal, effects: list[Effect]) -> None:
+        self.journal = journal
+        self._effects = effects
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.journal, name)
+
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
+        self._effects.append((JOURNAL, "enqueued", entry, expires_in))
+        return 0
+
+    def delivered(self, entry: Entry) -> None:
+        self._effects.append((JOURNAL, "delivered", entry))
+
+    def settled(self, entries: Sequence[Entry]) -> None:
+        self._effects.append((JOURNAL, "settled", list(entries)))
+
+    def returned(self, entries: Sequence[Entry]) -> None:
+        self._effects.append((JOURNAL, "returned", list(entries)))
+
+    def removed(self, entries: Sequence[Entry], reason: str) -> None:
+        self._effects.append((JOURNAL, "removed", list(entries), reason))
+
+    def settled_range(self, first: int, last: int) -> None:
+        self._effects.append((JOURNAL, "settled_range", first, last))
+
+    def deleted(self) -> None:
+        self._effects.append((JOURNAL, "deleted"))

@@ -23,7 +23,7 @@ from leveret.broker.queues.arguments import queue_type
 from leveret.broker.queues.dead_letter import REJECTED
 from leveret.broker.queues.effects import DELIVER, Effect
 from leveret.broker.queues.entry import Entry
-from leveret.broker.queues.journal import NULL_JOURNAL, Journal
+from leveret.broker.queues.journal import NULL_JOURNAL, Journal, RecordingJournal
 from leveret.broker.queues.pageable import Pageable
 from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager, footprint
 from leveret.broker.queues.ready import remove_seqs, requeue_into
@@ -457,15 +457,19 @@ class Queue(Pageable):
 
     def apply(self, command: commands.Command, now: float) -> tuple[Any, list[Effect]]:
         """Run `command` (commands.py) at time `now`: its reply, and its effects for the caller to carry
-        out, none of them carried out here."""
+        out, none of them carried out here: not even the journal's records (JOURNAL effects)."""
         held, self._hold = self._hold, True
         clock, self.clock = self.clock, lambda: now
+        journal = self.journal
+        if journal is not NULL_JOURNAL:  # its records come out as JOURNAL effects
+            self.journal = RecordingJournal(journal, self.effects)
         try:
             reply = getattr(self, _HANDLERS[command[0]])(*command[1:])
             effects, self.effects = self.effects, []
         finally:
             self._hold = held
             self.clock = clock
+            self.journal = journal
         return reply, effects
 
     def _leaving(self, entry: Entry, *, ack_required: bool) -> None:

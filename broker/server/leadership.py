@@ -90,6 +90,7 @@ async def run_leadership(
         wake()
 
     cluster.membership.on_change = membership_changed
+    state.wake = wake
 
     async def run(effect: Campaign | ChangeInSync) -> None:
         try:
@@ -121,12 +122,15 @@ async def run_leadership(
                 vhost, queue = effect.queue
                 if isinstance(effect, Elected):
                     log.info("leader of queue %r in vhost %r (epoch %d)", queue, vhost, effect.epoch)
+                    cluster.role_changed(effect)
                 elif isinstance(effect, Deposed):
                     log.warning("no longer leader of queue %r in vhost %r (epoch %d): %s",
                                 queue, vhost, effect.epoch, effect.reason)
+                    cluster.role_changed(effect)
                 else:
                     if isinstance(effect, ChangeInSync):
                         log.info("queue %r in vhost %r: in-sync replicas now %s (epoch %d)",
                                  queue, vhost, ", ".join(effect.members), effect.epoch)
                     nursery.start_soon(run, effect)
+            cluster.leaders_changed()  # queues follow their leaders (broker/cluster/remote.py)
             await wake.wait(_TICK)

@@ -193,13 +193,15 @@ class LocalNode:
 
 @dataclass
 class LocalCluster:
-    """`size` etcd members and `size` Leveret nodes on loopback, sharing one cluster file in `directory`."""
+    """`size` Leveret nodes and up to 3 etcd members on loopback, sharing one cluster file in `directory`."""
 
     directory: Path
     size: int = 3
     management: bool = False
     log_level: str = "info"
     etcd_request_timeout: float | None = None  # cluster.etcd.request_timeout; None: the default
+    started: int | None = None  # how many of the nodes `start` starts (None: all); the others later
+    replica_log_entries: int | None = None  # cluster.replica_log_entries; None: the default
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
 
@@ -209,7 +211,7 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.etcd = EtcdCluster(self.directory / "etcd", self.size)
+        self.etcd = EtcdCluster(self.directory / "etcd", min(self.size, 3))
         try:
             self.etcd.start()
             ports = free_ports(3 * self.size)
@@ -224,9 +226,10 @@ class LocalCluster:
                 for i in range(self.size)
             ]
             self._write_config()
-            for node in self.nodes:
+            first = self.nodes[: self.started]
+            for node in first:
                 self.start_node(node)
-            for node in self.nodes:
+            for node in first:
                 self.wait_node(node)
         except BaseException:
             self.stop()
@@ -244,6 +247,8 @@ class LocalCluster:
             ]
             if node.management_port is not None:
                 lines.append(f'      management: "127.0.0.1:{node.management_port}"')
+        if self.replica_log_entries is not None:
+            lines.append(f"  replica_log_entries: {self.replica_log_entries}")
         lines += ["  etcd:", "    endpoints: [" + ", ".join(f'"{url}"' for url in self.etcd.endpoints) + "]"]
         if self.etcd_request_timeout is not None:
             lines.append(f"    request_timeout: {self.etcd_request_timeout}")

@@ -27,6 +27,8 @@ from leveret.broker.server.listener import serve_amqp_on
 from leveret.broker.server.pager import run_pager
 from leveret.broker.server.peers import PeerLinks, peer_address
 from leveret.broker.server.persistence import run_group_commit
+from leveret.broker.server.remote import run_remote
+from leveret.broker.server.replication import Replication
 from leveret.broker.server.resources import run_resource_monitor, total_memory
 from leveret.broker.server.startup import (
     ListenerSetting,
@@ -184,9 +186,15 @@ async def serve_node(
         async with trio.open_nursery() as nursery:
             await start_node_tasks(nursery, node)
             if node.cluster is not None:
+                links = PeerLinks.from_config(node.cluster.config)
+                # Replicas are read back before leadership can make this node a leader.
+                replication = Replication(node, links, Path(config.data_dir))
+                replication.load()
+                node.cluster.role_changed = replication.role_changed
+                node.cluster.leader_journal = replication.leader_journal
+                await nursery.start(replication.run)
                 # Registered, and holding the cluster's state, before the first client is served.
                 await nursery.start(run_cluster, node.cluster)
-                links = PeerLinks.from_config(node.cluster.config)
                 node.cluster.peer_status = links.status
                 node.cluster.ask_node = links.request
                 started = trio.current_time()
@@ -196,6 +204,7 @@ async def serve_node(
                         own_stats(node, int((trio.current_time() - started) * 1000))
                     ).encode(),
                 )
+                await nursery.start(run_remote, node, links)
                 await nursery.start(links.run, bound.peer)
             await nursery.start(serve_amqp_on, node, bound.amqp)
             if bound.amqps and ssl_context is not None:

@@ -42,7 +42,17 @@ from leveret.config.cluster import split_address
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, bytes], bytes | Awaitable[bytes]]
+
+
+class Deferred:
+    """A handler's answer that comes later: the reader goes on with the next request meanwhile, and the
+    reply is sent when `wait` returns (raising refuses the request). Replies may then overtake it."""
+
+    def __init__(self, wait: Callable[[], Awaitable[bytes]]) -> None:
+        self.wait = wait
+
+
+Handler = Callable[[str, bytes], bytes | Awaitable[bytes] | Deferred]
 
 READ_SIZE = 65536
 # Bytes of requests a link may have unanswered before `submit` waits.
@@ -116,6 +126,7 @@ class _Connection:
         self.wakeup = trio.Event()
         self.in_flight: dict[int, PendingReply] = {}
         self.cancel = trio.CancelScope()
+        self.nursery: trio.Nursery | None = None  # where deferred replies wait
 
     def queue(self, frame: bytes) -> None:
         self.outbox.append(frame)
@@ -189,6 +200,7 @@ class PeerLink:
         try:
             with connection.cancel:
                 async with trio.open_nursery() as nursery:
+                    connection.nursery = nursery
                     nursery.start_soon(self._write, connection, nursery.cancel_scope)
                     try:
                         await self._read(connection)
@@ -205,6 +217,7 @@ class PeerLink:
             for pending in connection.in_flight.values():
                 pending._finish(error=down)
             connection.in_flight.clear()
+            self.links.link_down(self.node)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             log.info("peer link to %s down", self.node)
@@ -241,12 +254,24 @@ class PeerLink:
             return
         try:
             answer = handler(self.node, request.payload)
+            if isinstance(answer, Deferred):
+                assert connection.nursery is not None
+                connection.nursery.start_soon(self._answer_later, connection, request.id, answer)
+                return
             if inspect.isawaitable(answer):
                 answer = await answer
         except Exception as error:  # the handler's refusal travels back; the link stays up
             connection.queue(encode_reply(request.id, False, str(error).encode()))
             return
         connection.queue(encode_reply(request.id, True, bytes(answer)))
+
+    async def _answer_later(self, connection: _Connection, request_id: int, answer: Deferred) -> None:
+        try:
+            payload = await answer.wait()
+        except Exception as error:
+            connection.queue(encode_reply(request_id, False, str(error).encode()))
+            return
+        connection.queue(encode_reply(request_id, True, payload))
 
     async def _write(self, connection: _Connection, scope: trio.CancelScope) -> None:
         interval = self.links.peer_timeout / 3
@@ -287,6 +312,8 @@ class PeerLinks:
         self.peer_timeout = peer_timeout
         self.window_bytes = window_bytes
         self.handlers: dict[str, Handler] = {}
+        # Called when a link's connection broke (what was in flight on it has failed already).
+        self.link_down: Callable[[str], None] = lambda node: None
         self.links = {
             node: PeerLink(self, node, address) for node, address in addresses.items() if node != name
         }

@@ -6,7 +6,7 @@ import base64
 import itertools
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
@@ -26,6 +26,9 @@ from leveret.amqp.constants import (
 from leveret.amqp.errors import ChannelError, ConnectionLevelError
 from leveret.amqp.properties import HEADERS, REPLY_TO, PropertiesError, check_headers
 from leveret.amqp.tables import TableError
+from leveret.broker.cluster import remote_codec
+from leveret.broker.cluster.proxy import ProxyQueue, is_proxy
+from leveret.broker.cluster.remote import Ticket
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import amqp_type, validate_consumer_arguments
@@ -84,6 +87,12 @@ class ChannelOwner(Protocol):
     def check_topic_permission(self, action: str, exchange: BrokerExchange, routing_key: str) -> None: ...
 
     def has_topic_permission(self, exchange: str) -> bool: ...
+
+    def remote_answer(self, call: remote_codec.Call) -> remote_codec.CallResult:
+        """The answer of the leader of a queue led elsewhere; raises to hold the method until it comes."""
+
+    def known_answer(self, call: remote_codec.Call) -> remote_codec.CallResult | None:
+        """That answer, if the method already had it (it is being handled again)."""
 
 
 class _Transaction:
@@ -342,8 +351,17 @@ class ChannelSession:
         pending = self._unconfirmed
         acked_upto = 0
         frames = []
-        while pending and (pending[0][1] <= durable_position or pending[0][2]):
-            seq, _, refused = pending.popleft()
+        while pending:
+            seq, position, refused = pending[0]
+            if not (position <= durable_position or refused):
+                # Not safe yet, unless it is a publish to queues led elsewhere that their leaders answered.
+                if not isinstance(position, Ticket):
+                    break
+                outcome = position.outcome(durable_position)
+                if outcome is None:
+                    break
+                refused = not outcome
+            pending.popleft()
             if refused:
                 if acked_upto:
                     frames.append(fastpath.confirm_ack_frame(self.number, acked_upto, True))
@@ -357,10 +375,12 @@ class ChannelSession:
         if frames:
             self.conn.send_frames(frames)
 
-    def fail_confirms(self, positions: range) -> None:
-        """The store failed to write these positions: their publishes get basic.nack."""
+    def fail_confirms(self, positions: Container[int]) -> None:
+        """The store failed to write these positions: their publishes get basic.nack (a publish also routed
+        to queues led elsewhere too, when its local part failed)."""
         self._unconfirmed = deque(
-            (seq, position, refused or position in positions) for seq, position, refused in self._unconfirmed
+            (seq, position, refused or position in positions or _local_part(position) in positions)
+            for seq, position, refused in self._unconfirmed
         )
 
     @property
@@ -640,11 +660,14 @@ class ChannelSession:
         queue.touch()
         self.last_queue = queue.name
         if not method.nowait:
+            if isinstance(queue, ProxyQueue):  # the counts are the leader's
+                counts = self._ask_leader(queue, remote_codec.COUNTS)
+                message_count, consumer_count = counts.message_count, counts.consumer_count
+                queue.known_counts = (message_count, consumer_count, counts.unacked)
+            else:
+                message_count, consumer_count = queue.message_count, queue.consumer_count
             self._reply(
-                Queue.DeclareOk,
-                queue=queue.name,
-                message_count=queue.message_count,
-                consumer_count=queue.consumer_count,
+                Queue.DeclareOk, queue=queue.name, message_count=message_count, consumer_count=consumer_count
             )
 
     def _check_dead_letter_exchange(self, name: str, arguments: dict[str, Any]) -> None:
@@ -696,7 +719,10 @@ class ChannelSession:
     def _queue_purge(self, method: Queue.Purge) -> None:
         queue = self._owned_queue(method.queue)
         self.session.check_permission("read", "queue", queue.name)
-        count = queue.purge()
+        if isinstance(queue, ProxyQueue):
+            count = self._ask_leader(queue, remote_codec.PURGE).message_count
+        else:
+            count = queue.purge()
         if not method.nowait:
             self._reply(Queue.PurgeOk, message_count=count)
 
@@ -705,7 +731,17 @@ class ChannelSession:
         self.session.check_permission("configure", "queue", name)
         queue = self.vhost.queues.get(name)
         count = 0
-        if queue is not None:
+        flags = (remote_codec.IF_UNUSED if method.if_unused else 0) | (
+            remote_codec.IF_EMPTY if method.if_empty else 0
+        )
+        call = remote_codec.Call(self.vhost.name, name, remote_codec.DELETE, flags)
+        # A queue led elsewhere: its leader checks the conditions and counts. (Handled again after etcd
+        # deleted the record, the queue may be gone already: this node's watch was quicker.)
+        if isinstance(queue, ProxyQueue) or self.session.known_answer(call) is not None:
+            count = self._leader_answer(call).message_count
+            if queue is not None:
+                self.vhost.delete_queue(queue)
+        elif queue is not None:
             self.vhost.check_exclusive_access(queue, self.session)
             count = self.vhost.delete_queue(queue, if_unused=method.if_unused, if_empty=method.if_empty)
         if not method.nowait:
@@ -771,25 +807,52 @@ class ChannelSession:
     def _remove_consumer(self, consumer: Consumer) -> None:
         queue = consumer.queue
         queue.remove_consumer(consumer)
-        if queue.auto_delete and not queue.consumers and not queue.deleted:
+        # A queue led elsewhere is auto-deleted by its leader, which sees every node's consumers.
+        if queue.auto_delete and not queue.consumers and not queue.deleted and not is_proxy(queue):
             self.vhost.remove_queue(queue)
 
     def _get(self, method: Basic.Get) -> None:
         queue = self._owned_queue(method.queue)
         self.session.check_permission("read", "queue", queue.name)
+        if isinstance(queue, ProxyQueue):
+            self._get_from_leader(queue, method.no_ack)
+            return
         entry = queue.take()
         if entry is None:
             self._reply(Basic.GetEmpty)
             return
+        if method.no_ack:
+            queue.settle([entry.seq])
+        self._got(queue, entry, method.no_ack, queue.message_count)
+
+    def _get_from_leader(self, queue: ProxyQueue, no_ack: bool) -> None:
+        result = self._ask_leader(queue, remote_codec.GET, remote_codec.CALL_NO_ACK if no_ack else 0)
+        if result.message is None:
+            self._reply(Basic.GetEmpty)
+            return
+        entry = queue.received(result.node, result.generation, result.seq, result.message,
+                               result.redelivered, not no_ack)
+        self._got(queue, entry, no_ack, result.message_count)
+
+    def _ask_leader(self, queue: ProxyQueue, what: int, flags: int = 0) -> remote_codec.CallResult:
+        return self._leader_answer(remote_codec.Call(self.vhost.name, queue.name, what, flags))
+
+    def _leader_answer(self, call: remote_codec.Call) -> remote_codec.CallResult:
+        """The leader's answer to a call about a queue it leads (the method is held until it comes, then
+        handled again: see ConnectionSession.remote_answer); its AMQP error is this method's."""
+        result = self.session.remote_answer(call)
+        if result.error_code:
+            raise ChannelError(result.error_code, result.error_text)
+        return result
+
+    def _got(self, queue: BrokerQueue, entry: Entry, no_ack: bool, message_count: int) -> None:
         tag = self._next_tag
         self._next_tag = tag + 1
         queue.delivered += 1
         if entry.redelivered:
             self.redelivered += 1
             queue.redelivered += 1
-        if method.no_ack:
-            queue.settle([entry.seq])
-        else:
+        if not no_ack:
             self.unacked[tag] = (entry.seq, queue, None)
             if self.credit_pool is not None:
                 self.credit_pool.left -= 1
@@ -800,7 +863,7 @@ class ChannelSession:
                 tag,
                 entry.redelivered,
                 message.names_raw,
-                queue.message_count,
+                message_count,
                 message.properties_raw,
                 message.body,
                 self.conn.frame_max,
@@ -852,6 +915,11 @@ class ChannelSession:
         self.tx.actions.clear()
         self._unhold(self.tx.take_held())
         self._reply(Tx.RollbackOk)
+
+
+def _local_part(position: int) -> int:
+    """The store position (or gate ticket) a publish waits for on this node: a `Ticket`'s own, if any."""
+    return position.local if isinstance(position, Ticket) and position.local else -1
 
 
 def _malformed_properties(error: PropertiesError | TableError) -> ConnectionLevelError:

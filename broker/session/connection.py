@@ -30,6 +30,7 @@ from leveret.amqp.events import (
 from leveret.amqp.handshake import EXTERNAL
 from leveret.broker.auth import VhostPermissions, certificate_login_name
 from leveret.broker.cluster.hooks import ClusterPending
+from leveret.broker.cluster.remote_codec import CALL_NO_ACK, LED_HERE, Call, CallResult
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.session import client_log
@@ -122,6 +123,10 @@ class ConnectionSession:
         # In a cluster: the method held until etcd has done the change it needs (see broker/cluster/hooks.py).
         self.waiting: Event | None = None
         self.cluster_resumed: Callable[[], None] = lambda: None  # the server's reader waits for this
+        # While a method is held: the answers of leaders of queues led elsewhere, and the etcd change it
+        # went through, for when it is handled again.
+        self._answers: dict[Call, CallResult] = {}
+        self._replayed: Any = None
         # For the client log: whether the client sent anything, how the socket went, a login refusal
         # already logged with its reason.
         self.received_any = False
@@ -211,14 +216,53 @@ class ConnectionSession:
             self._dispatch(event)
         except ClusterPending as pending:
             self._wait_for_cluster(event, pending.change)
+            return
         except Exception as error:
             self._failed(event, error)
+        if self._answers or self._replayed is not None:
+            self._answers.clear()  # the method is done: its answers are not a later method's
+            self._replayed = None
+
+    def remote_answer(self, call: Call) -> CallResult:
+        """The leader's answer to `call` if it came while this method was held; else hold the method."""
+        answer = self._answers.get(call)
+        if answer is None:
+            raise ClusterPending(call)
+        return answer
+
+    def known_answer(self, call: Call) -> CallResult | None:
+        return self._answers.get(call)
 
     def _wait_for_cluster(self, event: Event, change: Any) -> None:
-        """Hold `event`, and everything after it on this connection, until etcd has done `change`."""
+        """Hold `event`, and everything after it on this connection, until etcd has done `change` (or the
+        leader of a queue led elsewhere answered the call `change`)."""
         assert self.node.cluster is not None
         self.waiting = event
+        if isinstance(change, Call):
+            self.node.cluster.call_leader(change, lambda answer: self._answered(event, change, answer))
+            return
         self.node.cluster.metadata.submit(change, lambda done: self._cluster_done(event, done))
+
+    def _answered(self, event: Event, call: Call, answer: CallResult) -> None:
+        """The leader answered: handle the held method again, with the answer (and the etcd change it had
+        already waited for, if any), then what came after it."""
+        if self.finished or self.conn.closed:
+            self.waiting = None
+            self.cluster_resumed()
+            if answer.seq and not call.flags & CALL_NO_ACK:  # a basic.get nobody will settle
+                assert self.node.cluster is not None
+                self.node.cluster.remote.unclaimed(call, answer)
+            return
+        self.waiting = None
+        if answer.error_code != LED_HERE:  # else the queue is led here now: the method finds it
+            self._answers[call] = answer
+        assert self.node.cluster is not None
+        if self._replayed is not None:
+            with self.node.cluster.metadata.replay(self._replayed):
+                self.handle_event(event)
+        else:
+            self.handle_event(event)
+        self._resume()
 
     def _cluster_done(self, event: Event, change: Any) -> None:
         """The change is done (or failed): handle the held method again, then what came after it."""
@@ -234,8 +278,12 @@ class ConnectionSession:
             )
             self._failed(event, error)
         else:
+            self._replayed = change
             with self.node.cluster.metadata.replay(change):
                 self.handle_event(event)
+        self._resume()
+
+    def _resume(self) -> None:
         if self.waiting is None:
             self._handle_input()
             self.cluster_resumed()

@@ -1,0 +1,767 @@
+"""Queues led by another node, sans-IO: the node's hub between its proxies and the leaders' real queues.
+
+Every replicated queue (durable, not exclusive, not server-named) has one authoritative copy, at its
+leader; every other node holds a proxy (broker/cluster/proxy.py) in the vhost's table. The hub plays both
+parts of the exchange, over the peer links (broker/server/remote.py does the I/O; the ops are in
+remote_codec.py):
+
+- For a proxy here: publishes go to the leader in one batch per node (the server's sender takes what a
+  reader's batch queued, as one request); a publisher confirm waits for the leader's answer, which it gives
+  once its own confirm condition holds (`Ticket`). A consumer registers at the leader with a credit limit
+  (how many deliveries in all it may have had: prefetch, counted as AMQP 1.0's link credit, so deliveries
+  in flight never exceed it); deliveries come back; acks, nacks and rejects go there. basic.get, purge,
+  passive-declare counts and delete are calls answered by the leader.
+- For a queue led here: the leader's side of all that, each remote consumer a `RemoteConsumer` of the real
+  queue, and what each node holds unacked remembered (`_Origin.held`), so that when its link breaks
+  everything it held is requeued, redelivered.
+
+Leadership moves: replication installs the leader's queue when this node is elected (`lead`, built from
+its replica state) and hands it back when deposed (`follow`: a proxy takes its place); `reconcile`, run
+after each round of leadership decisions, turns any other instance of a queue not led here into a proxy,
+and attaches proxies' consumers to their current leader again or, when that has not been possible for
+`CANCEL_AFTER` seconds, cancels them with basic.cancel (consumer cancel notification).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from leveret.amqp.constants import NOT_FOUND, PRECONDITION_FAILED
+from leveret.amqp.errors import ChannelError
+from leveret.broker.cluster import remote_codec as codec
+from leveret.broker.cluster.proxy import ProxyQueue
+from leveret.broker.cluster.replication import NotLeaderJournal
+from leveret.broker.cluster.roles import QueueRoles
+from leveret.broker.message import Message
+from leveret.broker.queues.consumer import UNLIMITED
+from leveret.broker.queues.queue import Queue
+from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD, CreditPool
+
+if TYPE_CHECKING:
+    from leveret.broker.cluster.leadership import Leadership
+    from leveret.broker.queues.entry import Entry
+    from leveret.broker.vhost import VirtualHost
+
+log = logging.getLogger(__name__)
+
+# Above every store position: a publish confirm that waits for a leader's answer (see Ticket).
+REMOTE_BASE = 1 << 62
+# A publish to a queue without a leader waits this long for one, then is nacked.
+HOLD_PUBLISH = 5.0
+# A consumer whose queue has had no reachable leader this long is cancelled (basic.cancel).
+CANCEL_AFTER = 10.0
+# How long a cancelled consumer's deliveries still in flight are recognised (and sent back).
+FORGET_CANCELLED = 30.0
+# After a leader refused a consumer (not the leader yet, or no longer), before asking again.
+RETRY_ATTACH = 0.25
+# Bytes of deliveries a leader sends one node before that node has answered them.
+OUTPUT_WINDOW = 4 * 1024 * 1024
+
+_HOW = {"ack": codec.ACK, "reject": codec.REJECT, "requeue": codec.REQUEUE}
+
+
+class Ticket(int):
+    """The confirm of one publish routed to proxies: the channel keeps it where a store position goes.
+
+    Its value is above every store position, so the channel's `position <= durable` test never passes it.
+    While the routing loop takes the largest position of the message's queues, the comparisons record the
+    store positions of this node's own queues it is compared with (`local`): the confirm then waits for
+    those too. Settled when every leader answered (or one refused: a nack)."""
+
+    parts: int
+    failed: bool
+    local: int
+
+    def __new__(cls) -> Ticket:
+        ticket = int.__new__(cls, REMOTE_BASE)
+        ticket.parts = 0
+        ticket.failed = False
+        ticket.local = 0
+        return ticket
+
+    def __gt__(self, other: object) -> bool:  # `ticket > position`: a queue after a local one
+        if other is self:
+            return False
+        if isinstance(other, int) and other > self.local:
+            self.local = int(other)
+        return True
+
+    def __lt__(self, other: object) -> bool:  # `position > ticket`, reflected: a local queue after
+        if isinstance(other, int) and not isinstance(other, Ticket) and other > self.local:
+            self.local = int(other)
+        return False
+
+    __hash__ = object.__hash__
+
+    def outcome(self, durable: int) -> bool | None:
+        """None while it waits; True to confirm (basic.ack), False to nack."""
+        if self.failed:
+            return False
+        if self.parts or self.local > durable:
+            return None
+        return True
+
+
+class _Outbox:
+    """Ops for one node, in order, until the server's sender takes them as one request."""
+
+    __slots__ = ("ops", "results", "delivered_bytes")
+
+    def __init__(self) -> None:
+        self.ops: list[bytes] = []
+        self.results: list[Callable[[bytes | None], None]] = []
+        self.delivered_bytes = 0
+
+
+class Batch:
+    __slots__ = ("node", "payload", "results", "delivered_bytes")
+
+    def __init__(self, node: str, outbox: _Outbox) -> None:
+        self.node = node
+        self.payload = b"".join(outbox.ops)
+        self.results = outbox.results
+        self.delivered_bytes = outbox.delivered_bytes
+
+
+class _Subscription:
+    """A consumer here on a proxy: its registration at the leader, while it has one."""
+
+    __slots__ = ("cid", "consumer", "proxy", "node", "generation", "received", "detached_at", "retry_at")
+
+    def __init__(self, cid: int, consumer: Any, proxy: ProxyQueue, now: float) -> None:
+        self.cid = cid
+        self.consumer = consumer
+        self.proxy = proxy
+        self.node: str | None = None  # the leader it is registered at
+        self.generation = 0
+        self.received = 0  # deliveries had in all (the credit limit counts from it)
+        self.detached_at = now
+        self.retry_at = 0.0
+
+
+class _Courier:
+    """A remote consumer's "channel": what the queue hands it goes to the consumer's node."""
+
+    __slots__ = ("hub",)
+
+    def __init__(self, hub: RemoteQueues) -> None:
+        self.hub = hub
+
+    def deliver(self, consumer: RemoteConsumer, entry: Entry) -> None:
+        self.hub._deliver_remote(consumer, entry)
+
+
+class RemoteConsumer:
+    """A consumer on another node, as the leader's queue sees it (a queues/subscriber.Subscriber)."""
+
+    __slots__ = ("cid", "origin", "queue", "no_ack", "exclusive", "priority", "credit", "pool", "output",
+                 "channel", "delivered", "arguments")
+
+    def __init__(self, origin: _Origin, op: codec.Consume, queue: Queue, courier: _Courier) -> None:
+        self.cid = op.cid
+        self.origin = origin
+        self.queue = queue
+        self.no_ack = bool(op.flags & codec.NO_ACK)
+        self.exclusive = bool(op.flags & codec.EXCLUSIVE)
+        self.arguments = op.arguments
+        priority = op.arguments.get("x-priority", 0)
+        self.priority = priority if isinstance(priority, int) else 0
+        self.credit = min(op.limit, UNLIMITED)
+        self.pool: CreditPool | None = None
+        self.output = origin.output
+        self.channel = courier
+        self.delivered = 0
+
+    def deliver(self, entry: Entry) -> None:
+        self.channel.deliver(self, entry)
+
+    def cancelled_by_broker(self) -> None:
+        self.channel.hub._remote_cancelled(self)
+
+
+class _Origin:
+    """What a node with consumers or gets on queues led here holds of them."""
+
+    __slots__ = ("node", "consumers", "held", "output")
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.consumers: dict[int, RemoteConsumer] = {}
+        # Unacked by that node, per queue: (the queue object, its seqs).
+        self.held: dict[tuple[str, str], tuple[Queue, set[int]]] = {}
+        self.output = CreditPool(OUTPUT_WINDOW)
+
+    def hold(self, queue: Queue, seq: int) -> None:
+        key = (queue.vhost, queue.name)
+        held = self.held.get(key)
+        if held is None or held[0] is not queue:
+            held = self.held[key] = (queue, set())
+        held[1].add(seq)
+
+
+class Handled:
+    """A batch handled at this node: its results, and what its publishes' confirms wait for."""
+
+    __slots__ = ("results", "published")
+
+    def __init__(self) -> None:
+        self.results: list[bytes | None] = []  # None: a publish's result, decided once it is safe
+        self.published: list[tuple[int, int]] = []  # result index, the position its confirm waits for
+
+
+def is_replicated_queue(queue: Queue) -> bool:
+    return queue.durable and queue.exclusive_owner is None and not queue.name.startswith("amq.")
+
+
+class RemoteQueues(QueueRoles):
+    def __init__(
+        self,
+        name: str,
+        vhosts: dict[str, VirtualHost],
+        leadership: Leadership,
+        clock: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.vhosts = vhosts
+        self.leadership = leadership
+        self.clock = clock
+        # Set by the server: there are ops for a node; whether the link to a node is up.
+        self.wake: Callable[[str], None] = lambda node: None
+        self.link_up: Callable[[str], bool] = lambda node: False
+        # Set by the node: tickets were settled (flush the channels' confirms).
+        self.confirms_changed: Callable[[], None] = lambda: None
+        self._outboxes: dict[str, _Outbox] = {}
+        self.generation: dict[str, int] = {}  # per node: bumped each time the link to it breaks
+        # Ours: consumers on proxies here.
+        self._cids = itertools.count(1)
+        self.subs: dict[int, _Subscription] = {}
+        self._by_consumer: dict[int, _Subscription] = {}
+        # Consumers cancelled here, by id, with when: deliveries still in flight to them go back (kept for
+        # FORGET_CANCELLED seconds, or until the link to their leader breaks).
+        self._cancelled: dict[int, tuple[_Subscription, float]] = {}
+        self._waiting: set[ProxyQueue] = set()
+        # The leader's: what other nodes consume and hold of queues led here.
+        self.origins: dict[str, _Origin] = {}
+        self._courier = _Courier(self)
+        self._last_message: Message | None = None
+        self._last_ticket: Ticket | None = None
+        self.active = False
+
+    def start(self) -> None:
+        """The peer links run: from now on replicated queues another node leads are proxies here (recovery
+        made instances of them all: the first reconcile replaces those this node does not lead)."""
+        self.active = True
+        for vhost in self.vhosts.values():
+            vhost.proxies = self
+        self.reconcile()
+
+    # ---- what the vhost asks ---------------------------------------------------------------------------
+
+    def proxy(self, vhost: VirtualHost, name: str, *, durable: bool, auto_delete: bool,
+              arguments: dict[str, Any]) -> ProxyQueue | None:
+        """The queue to hold for a new replicated queue: a proxy unless this node leads it."""
+        if (vhost.name, name) in self.leadership.led:
+            return None
+        return ProxyQueue(
+            name, vhost.name, vhost, self, durable=durable, auto_delete=auto_delete, arguments=arguments
+        )
+
+    def leader_of(self, queue: Queue) -> str | None:
+        return self.leadership.leader((queue.vhost, queue.name), self.clock())
+
+    # ---- outboxes ----------------------------------------------------------------------------------------
+
+    def _send(self, node: str, op: codec.Op, result: Callable[[bytes | None], None] | None = None) -> _Outbox:
+        outbox = self._outboxes.get(node)
+        if outbox is None:
+            outbox = self._outboxes[node] = _Outbox()
+        if not outbox.ops:
+            self.wake(node)
+        outbox.ops.append(codec.encode_op(op))
+        if result is not None:
+            outbox.results.append(result)
+        return outbox
+
+    def take(self, node: str) -> Batch | None:
+        outbox = self._outboxes.pop(node, None)
+        if outbox is None or not outbox.ops:
+            return None
+        return Batch(node, outbox)
+
+    def batch_answered(self, batch: Batch, results: list[bytes] | None) -> None:
+        """The node answered the batch (`results`, one per op that has one), or did not (None: the link
+        broke, the node refused it, or it never went)."""
+        if results is not None and len(results) != len(batch.results):
+            log.error("node %s answered %d results for %d", batch.node, len(results), len(batch.results))
+            results = None
+        for i, callback in enumerate(batch.results):
+            callback(None if results is None else results[i])
+        if batch.delivered_bytes:
+            origin = self.origins.get(batch.node)
+            if origin is not None:
+                origin.output.left += batch.delivered_bytes
+                for consumer in list(origin.consumers.values()):
+                    consumer.queue.credit_changed()
+        self.confirms_changed()
+
+    # ---- publishing through a proxy ----------------------------------------------------------------------
+
+    def publish(self, proxy: ProxyQueue, message: Message) -> Ticket:
+        if self._last_message is message and self._last_ticket is not None:
+            ticket = self._last_ticket  # the same publish routed to several proxies
+        else:
+            ticket = self._last_ticket = Ticket()
+            self._last_message = message
+        ticket.parts += 1
+        leader = self.leader_of(proxy)
+        if proxy.waiting or leader is None or leader == self.name or not self.link_up(leader):
+            self._hold(proxy, message, ticket, self.clock())  # behind the waiting ones: order holds
+        else:
+            self._publish_to(leader, proxy, message, ticket, self.clock())
+        return ticket
+
+    def _hold(self, proxy: ProxyQueue, message: Message, ticket: Ticket, since: float) -> None:
+        proxy.waiting.append((message, ticket, since))
+        self._waiting.add(proxy)
+
+    def _publish_to(
+        self, leader: str, proxy: ProxyQueue, message: Message, ticket: Ticket, since: float
+    ) -> None:
+        def answered(result: bytes | None) -> None:
+            if result == codec.NOT_LEADER_YET and self.clock() - since < HOLD_PUBLISH:
+                self._hold(proxy, message, ticket, since)  # elected, not installed yet: sent again
+                return
+            ticket.parts -= 1
+            if result != codec.CONFIRMED:
+                ticket.failed = True
+
+        self._send(leader, codec.Publish(proxy.vhost, proxy.name, message), answered)
+
+    def _flush_waiting(self, proxy: ProxyQueue, now: float) -> None:
+        leader = self.leader_of(proxy)
+        if leader is not None and leader != self.name and self.link_up(leader):
+            waiting, proxy.waiting = proxy.waiting, []
+            for message, ticket, since in waiting:
+                self._publish_to(leader, proxy, message, ticket, since)
+        else:
+            expired = 0
+            for _, ticket, since in proxy.waiting:
+                if now - since < HOLD_PUBLISH:
+                    break
+                ticket.parts -= 1
+                ticket.failed = True
+                expired += 1
+            if expired:
+                del proxy.waiting[:expired]
+                self.confirms_changed()
+        if not proxy.waiting:
+            self._waiting.discard(proxy)
+
+    # ---- consumers on proxies here -----------------------------------------------------------------------
+
+    def attach(self, proxy: ProxyQueue, consumer: Any) -> None:
+        now = self.clock()
+        sub = _Subscription(next(self._cids), consumer, proxy, now)
+        self.subs[sub.cid] = sub
+        self._by_consumer[id(consumer)] = sub
+        self._attach(sub, now)
+
+    def _attach(self, sub: _Subscription, now: float) -> bool:
+        leader = self.leader_of(sub.proxy)
+        if leader is None or leader == self.name or now < sub.retry_at or not self.link_up(leader):
+            return False
+        consumer = sub.consumer
+        sub.node = leader
+        sub.generation = self.generation.get(leader, 0)
+        flags = (codec.NO_ACK if consumer.no_ack else 0) | (codec.EXCLUSIVE if consumer.exclusive else 0)
+        limit = sub.received + max(consumer.credit, 0)
+        self._send(leader, codec.Consume(sub.proxy.vhost, sub.proxy.name, sub.cid, flags, limit,
+                                         dict(consumer.arguments)))
+        return True
+
+    def detach(self, consumer: Any) -> None:
+        sub = self._by_consumer.pop(id(consumer), None)
+        if sub is None:
+            return
+        del self.subs[sub.cid]
+        if sub.node is not None:
+            self._send(sub.node, codec.Cancel(sub.cid))
+            self._cancelled[sub.cid] = (sub, self.clock())
+
+    def credit(self, consumer: Any) -> None:
+        sub = self._by_consumer.get(id(consumer))
+        if sub is not None and sub.node is not None:
+            self._send(sub.node, codec.Credit(sub.cid, sub.received + max(consumer.credit, 0)))
+
+    def settle(self, proxy: ProxyQueue, how: str, taken: list[tuple[str, int, int]]) -> None:
+        """Settlements of deliveries from leaders: sent to the node each came from, unless its link broke
+        since (that node requeued them then)."""
+        by_node: dict[str, list[int]] = {}
+        for node, generation, seq in taken:
+            if generation == self.generation.get(node, 0):
+                by_node.setdefault(node, []).append(seq)
+        for node, seqs in by_node.items():
+            self._send(node, codec.Settle(proxy.vhost, proxy.name, _HOW[how], tuple(seqs)))
+
+    def call(self, node: str, call: codec.Call, answered: Callable[[bytes | None], None]) -> None:
+        self._send(node, call, answered)
+
+    def ask_counts(self, proxies: list[ProxyQueue], answered: Callable[[], None]) -> int:
+        """Ask each proxy's leader for its counts (which the proxy then shows); `answered` is called as
+        each answer comes. Returns how many were asked (a proxy without a reachable leader is not)."""
+        asked = 0
+        for proxy in proxies:
+            leader = self.leader_of(proxy)
+            if leader is None or leader == self.name or not self.link_up(leader):
+                continue
+
+            def got(payload: bytes | None, proxy: ProxyQueue = proxy) -> None:
+                if payload is not None:
+                    try:
+                        result = codec.decode_call_result(payload)
+                    except codec.CodecError:
+                        result = None
+                    if result is not None and not result.error_code:
+                        proxy.known_counts = (result.message_count, result.consumer_count, result.unacked)
+                answered()
+
+            self._send(leader, codec.Call(proxy.vhost, proxy.name, codec.COUNTS), got)
+            asked += 1
+        return asked
+
+    def unclaimed(self, call: codec.Call, answer: codec.CallResult) -> None:
+        """A basic.get's message whose connection closed before the answer came: back to the leader."""
+        if answer.generation == self.generation.get(answer.node, 0):
+            self._send(answer.node, codec.Settle(call.vhost, call.queue, codec.REQUEUE, (answer.seq,)))
+
+    def _delivered_here(self, node: str, op: codec.Deliver) -> None:
+        sub = self.subs.get(op.cid)
+        generation = self.generation.get(node, 0)
+        if sub is None or sub.node != node or sub.generation != generation:
+            stale = sub or self._cancelled.get(op.cid, (None, 0.0))[0]
+            if stale is not None and not stale.consumer.no_ack:
+                self._send(node, codec.Settle(stale.proxy.vhost, stale.proxy.name, codec.REQUEUE, (op.seq,)))
+            return
+        sub.received += 1
+        consumer = sub.consumer
+        consumer.credit -= 1
+        entry = sub.proxy.received(node, generation, op.seq, op.message, op.redelivered, not consumer.no_ack)
+        consumer.channel.deliver(consumer, entry)
+
+    def _cancelled_here(self, node: str, cid: int) -> None:
+        sub = self.subs.get(cid)
+        if sub is not None and sub.node == node:
+            now = self.clock()
+            sub.node = None
+            sub.retry_at = now + RETRY_ATTACH
+            if sub.detached_at < now - RETRY_ATTACH * 2:
+                sub.detached_at = now
+
+    def _cancel_consumer(self, sub: _Subscription) -> None:
+        """No leader could take the consumer: cancel it as RabbitMQ does (basic.cancel to the client)."""
+        proxy, consumer = sub.proxy, sub.consumer
+        log.warning("consumer on queue %r in vhost %r cancelled: no leader reachable for %.0f s",
+                    proxy.name, proxy.vhost, CANCEL_AFTER)
+        proxy.remove_consumer(consumer)
+        consumer.cancelled_by_broker()
+
+    def proxy_deleted(self, proxy: ProxyQueue) -> None:
+        for sub in [s for s in self.subs.values() if s.proxy is proxy]:
+            self.detach(sub.consumer)
+        for _, ticket, _ in proxy.waiting:
+            ticket.parts -= 1
+            ticket.failed = True
+        proxy.waiting.clear()
+        self._waiting.discard(proxy)
+
+    # ---- the leader's side -----------------------------------------------------------------------------
+
+    def _origin(self, node: str) -> _Origin:
+        origin = self.origins.get(node)
+        if origin is None:
+            origin = self.origins[node] = _Origin(node)
+        return origin
+
+    def _led_queue(self, vhost: str, name: str) -> Queue | None:
+        """The leader's queue, if this node leads the queue and replication has installed it (not yet, a
+        moment after the election: the asking node is told "not the leader" and asks again)."""
+        host = self.vhosts.get(vhost)
+        queue = host.queues.get(name) if host is not None else None
+        if (
+            queue is None
+            or isinstance(queue, ProxyQueue)
+            or isinstance(queue.journal, NotLeaderJournal)
+            or not self.leadership.is_leader((vhost, name), self.clock())
+        ):
+            return None
+        return queue
+
+    def led_here(self, vhost: str, name: str) -> bool:
+        return self._led_queue(vhost, name) is not None
+
+    def handle(self, node: str, payload: bytes) -> Handled:
+        """A batch from `node`: carried out in order. Raises CodecError on a malformed batch."""
+        handled = Handled()
+        for op in codec.decode_ops(payload):
+            if isinstance(op, codec.Publish):
+                self._published(op, handled)
+            elif isinstance(op, codec.Deliver):
+                self._delivered_here(node, op)
+            elif isinstance(op, codec.Settle):
+                self._settled(node, op)
+            elif isinstance(op, codec.Credit):
+                self._credited(node, op)
+            elif isinstance(op, codec.Consume):
+                self._consumed(node, op)
+            elif isinstance(op, codec.Cancel):
+                self._cancel(node, op.cid)
+            elif isinstance(op, codec.Cancelled):
+                self._cancelled_here(node, op.cid)
+            elif isinstance(op, codec.Call):
+                handled.results.append(codec.encode_call_result(self._call(node, op)))
+        return handled
+
+    def confirmed(self, handled: Handled, index: int, ok: bool) -> None:
+        """The publish at `index` is safe (its confirm condition held: `ok`), or failed."""
+        handled.results[index] = codec.CONFIRMED if ok else codec.REFUSED
+
+    def finish(self, handled: Handled) -> bytes:
+        """The batch's reply, once each publish's confirm condition held or failed."""
+        return codec.encode_results([result or codec.REFUSED for result in handled.results])
+
+    def _published(self, op: codec.Publish, handled: Handled) -> None:
+        queue = self._led_queue(op.vhost, op.queue)
+        if queue is None:  # not the leader (yet, or any more): the other node asks the leader again
+            handled.results.append(codec.NOT_LEADER_YET)
+            return
+        position = queue.enqueue(op.message)
+        if position is None:
+            handled.results.append(codec.REFUSED)
+            return
+        handled.published.append((len(handled.results), position))
+        handled.results.append(None)
+
+    def _consumed(self, node: str, op: codec.Consume) -> None:
+        queue = self._led_queue(op.vhost, op.queue)
+        if queue is None or queue.exclusive_use(bool(op.flags & codec.EXCLUSIVE)):
+            self._send(node, codec.Cancelled(op.cid))
+            return
+        origin = self._origin(node)
+        consumer = RemoteConsumer(origin, op, queue, self._courier)
+        origin.consumers[op.cid] = consumer
+        queue.add_consumer(consumer)
+
+    def _credited(self, node: str, op: codec.Credit) -> None:
+        origin = self.origins.get(node)
+        consumer = origin.consumers.get(op.cid) if origin is not None else None
+        if consumer is not None:
+            consumer.queue.credit(consumer, max(min(op.limit, UNLIMITED) - consumer.delivered, 0))
+
+    def _cancel(self, node: str, cid: int) -> None:
+        origin = self.origins.get(node)
+        consumer = origin.consumers.pop(cid, None) if origin is not None else None
+        if consumer is None:
+            return
+        queue = consumer.queue
+        queue.remove_consumer(consumer)
+        host = self.vhosts.get(queue.vhost)
+        if queue.auto_delete and not queue.consumers and not queue.deleted and host is not None:
+            host.remove_queue(queue)  # its last consumer, which was on another node, went
+
+    def _settled(self, node: str, op: codec.Settle) -> None:
+        origin = self.origins.get(node)
+        held = origin.held.get((op.vhost, op.queue)) if origin is not None else None
+        if held is None:
+            return  # requeued already (the queue moved, or the link broke since)
+        queue, seqs = held
+        valid = [seq for seq in op.seqs if seq in seqs and seq in queue.checked_out]
+        seqs.difference_update(op.seqs)
+        if not valid:
+            return
+        if op.how == codec.ACK:
+            queue.settle(valid)
+        elif op.how == codec.REJECT:
+            queue.reject(valid)
+        else:
+            queue.requeue(valid)
+
+    def _deliver_remote(self, consumer: RemoteConsumer, entry: Entry) -> None:
+        origin = consumer.origin
+        if not consumer.no_ack:
+            origin.hold(consumer.queue, entry.seq)
+        consumer.delivered += 1
+        op = codec.Deliver(consumer.cid, entry.seq, entry.redelivered, entry.message)
+        outbox = self._send(origin.node, op)
+        outbox.delivered_bytes += entry.message.size + DELIVERY_OVERHEAD
+
+    def _remote_cancelled(self, consumer: RemoteConsumer) -> None:
+        """The leader's queue went away (deleted, or this node no longer leads it)."""
+        if consumer.origin.consumers.pop(consumer.cid, None) is not None:
+            self._send(consumer.origin.node, codec.Cancelled(consumer.cid))
+
+    def _call(self, node: str, op: codec.Call) -> codec.CallResult:
+        queue = self._led_queue(op.vhost, op.queue)
+        if queue is None:
+            return codec.CallResult(codec.NOT_LEADER, f"{self.name} does not lead it")
+        try:
+            if op.what == codec.COUNTS:
+                return codec.CallResult(
+                    message_count=queue.message_count, consumer_count=queue.consumer_count,
+                    unacked=queue.unacked,
+                )
+            if op.what == codec.PURGE:
+                return codec.CallResult(message_count=queue.purge())
+            if op.what == codec.DELETE:
+                return codec.CallResult(message_count=_check_delete(queue, op.flags))
+            if op.what == codec.GET:
+                entry = queue.take()
+                if entry is None:
+                    return codec.CallResult(message_count=queue.message_count)
+                if op.flags & codec.CALL_NO_ACK:
+                    queue.settle([entry.seq])
+                else:
+                    self._origin(node).hold(queue, entry.seq)
+                return codec.CallResult(message_count=queue.message_count, seq=entry.seq,
+                                        redelivered=entry.redelivered, message=entry.message)
+        except ChannelError as error:
+            return codec.CallResult(error.code, error.text)
+        return codec.CallResult(NOT_FOUND, f"unknown call {op.what}")
+
+    # ---- links and leaders -----------------------------------------------------------------------------
+
+    def link_down(self, node: str) -> Batch | None:
+        """The link to `node` broke: what it held of queues led here comes back (redelivered); consumers here
+        registered there will register again. Returns the ops queued for it, which the caller fails."""
+        self.generation[node] = self.generation.get(node, 0) + 1
+        now = self.clock()
+        for sub in self.subs.values():
+            if sub.node == node:
+                sub.node = None
+                sub.detached_at = now
+        for cid in [cid for cid, (sub, _) in self._cancelled.items() if sub.node == node]:
+            del self._cancelled[cid]
+        origin = self.origins.pop(node, None)
+        if origin is not None:
+            for consumer in origin.consumers.values():
+                consumer.queue.remove_consumer(consumer)
+            for queue, seqs in origin.held.values():
+                back = [seq for seq in seqs if seq in queue.checked_out]
+                if back:
+                    queue.requeue(back)
+        return self.take(node)
+
+    def reconcile(self) -> None:
+        """After leadership changed (or time passed): a replicated queue this node does not lead is a
+        proxy here (the leader's queue is installed by replication: `lead`); proxies' consumers and
+        waiting publishes follow the leader."""
+        now = self.clock()
+        led = self.leadership.led
+        for vhost in self.vhosts.values():
+            for queue in list(vhost.queues.values()):
+                if (
+                    is_replicated_queue(queue)
+                    and not isinstance(queue, ProxyQueue)
+                    and (vhost.name, queue.name) not in led
+                ):
+                    self.follow(vhost, queue)
+        for proxy in list(self._waiting):
+            self._flush_waiting(proxy, now)
+        for sub in list(self.subs.values()):
+            self._follow_leader(sub, now)
+        if self._cancelled:
+            for cid in [cid for cid, (_, at) in self._cancelled.items() if now - at > FORGET_CANCELLED]:
+                del self._cancelled[cid]
+
+    def _follow_leader(self, sub: _Subscription, now: float) -> None:
+        if sub.node is not None:
+            if sub.node == self.leader_of(sub.proxy):
+                return
+            if self.link_up(sub.node):
+                self._send(sub.node, codec.Cancel(sub.cid))
+            sub.node = None
+            sub.detached_at = now
+        if not self._attach(sub, now) and now - sub.detached_at > CANCEL_AFTER:
+            self._cancel_consumer(sub)
+
+    # ---- roles (broker/cluster/roles.py's contract with replication) --------------------------------------
+
+    def lead(self, vhost: VirtualHost, queue: Queue) -> None:
+        """Replication built the leader's queue (this node was elected): it takes the place of what the
+        table held (a proxy, or a former instance), with its consumers and the publishes waiting there."""
+        current = vhost.queues.get(queue.name)
+        if current is None:
+            vhost.queues[queue.name] = queue
+            return
+        if current is queue:
+            return
+        self._replace(vhost, current, queue)
+        if isinstance(current, ProxyQueue):
+            for message, ticket, _ in current.waiting:
+                position = queue.enqueue(message)
+                ticket.parts -= 1
+                if position is None:
+                    ticket.failed = True
+                elif position > ticket.local:
+                    ticket.local = position
+            current.waiting.clear()
+            self._waiting.discard(current)
+            self.confirms_changed()
+        log.info("queue %r in vhost %r: led by this node", queue.name, vhost.name)
+
+    def follow(self, vhost: VirtualHost, queue: Queue) -> None:
+        """This node does not lead the queue (any more): a proxy takes its place."""
+        if vhost.queues.get(queue.name) is not queue:
+            return
+        proxy = ProxyQueue(
+            queue.name, vhost.name, vhost, self,
+            durable=queue.durable, auto_delete=queue.auto_delete, arguments=queue.arguments,
+        )
+        self._replace(vhost, queue, proxy)
+        log.info("queue %r in vhost %r: led by another node, this node proxies it", queue.name, vhost.name)
+
+    def _replace(self, vhost: VirtualHost, old: Queue, new: Queue) -> None:
+        """`new` in `old`'s place: in the table, in every binding (in its place), and for this node's
+        consumers; other nodes' consumers of `old` are cancelled to them (they attach again to the leader)
+        and what they held is requeued on `old`."""
+        vhost.queues[new.name] = new
+        for exchange in vhost.exchanges.values():
+            exchange.replace_destination(old, new)
+        for origin in self.origins.values():
+            for consumer in [c for c in origin.consumers.values() if c.queue is old]:
+                del origin.consumers[consumer.cid]
+                old.remove_consumer(consumer)
+                self._send(origin.node, codec.Cancelled(consumer.cid))
+            held = origin.held.get((vhost.name, old.name))
+            if held is not None and held[0] is old:
+                del origin.held[(vhost.name, old.name)]
+                back = [seq for seq in held[1] if seq in old.checked_out]
+                if back:
+                    old.requeue(back)
+        for local in list(old.consumers):  # this node's channels' consumers (queues/consumer.Consumer)
+            _move_consumer(local, old, new)
+
+
+def _move_consumer(consumer: Any, source: Queue, target: Queue) -> None:
+    """A channel's consumer goes on on the queue that took `source`'s place (its unacked deliveries stay
+    `source`'s: their settlements go where they came from)."""
+    source.remove_consumer(consumer)
+    consumer.queue = target
+    consumer.credit = consumer.wanted_credit()
+    target.add_consumer(consumer)
+
+
+def _check_delete(queue: Queue, flags: int) -> int:
+    if flags & codec.IF_UNUSED and queue.consumers:
+        raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{queue.vhost}' in use")
+    if flags & codec.IF_EMPTY and queue.message_count:
+        raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{queue.vhost}' not empty")
+    return queue.message_count
+
+
+def no_leader_text(vhost: str, queue: str, why: str) -> str:
+    """RabbitMQ's 404 for a durable queue whose node is down, with the reason."""
+    return f"queue '{queue}' in vhost '{vhost}' has no reachable leader ({why})"
+

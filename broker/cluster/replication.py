@@ -1,0 +1,185 @@
+"""The leader's side of a replicated queue, sans-IO: its journal writes the log, and confirms follow acks.
+
+On the leader the queue's journal is a `ReplicatedJournal`: every call the queue makes on its journal
+(broker/queues/journal.py) becomes a record of the queue's log (broker/cluster/replica.py), stamped with
+the leader's epoch, applied to the leader's own replica state and written to its replica file. Every
+message counts as persistent, as in RabbitMQ's quorum queues: a replicated queue's messages survive the
+loss of a minority of nodes whatever their delivery mode.
+
+A publish's confirm waits for a ticket of the node's gate (broker/cluster/confirms.py), released when
+its enqueue record is held (fsynced) by every member of the in-sync set and that set is a majority of
+the replica set (Kafka's acks=all with min.insync.replicas a majority: a new leader is chosen from the
+in-sync set, so each of them must hold everything confirmed) and, at that moment, this node still leads
+the queue (`Leadership.is_leader`). A follower that lags or cannot be reached leaves the in-sync set
+(the leader's epoch-guarded txn), after which confirms go on without it while a majority remains.
+Deliveries never wait.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from leveret.broker.cluster.confirms import ConfirmGate
+from leveret.broker.cluster.replica import (
+    DELETED,
+    DELIVERED,
+    ENQUEUE,
+    RETURNED,
+    SETTLED,
+    SETTLED_RANGE,
+    Record,
+    ReplicaLog,
+    encode_entries,
+)
+from leveret.broker.cluster.replica_file import ReplicaFile
+from leveret.broker.queues.journal import Journal
+
+if TYPE_CHECKING:
+    from leveret.broker.queues.entry import Entry
+
+QueueId = tuple[str, str]
+
+# `Entry.logged` of a replicated queue's entries: journalled, but not in the store (nothing to read back
+# from a store location: paging writes them to page files as transient ones).
+REPLICATED = -1
+
+
+class LeaderQueue:
+    """One queue this node leads, for one epoch."""
+
+    def __init__(self, queue: QueueId, epoch: int, replica: ReplicaLog, file: ReplicaFile,
+                 gate: ConfirmGate, followers: Sequence[str], wall_clock: Callable[[], float]) -> None:
+        self.queue = queue
+        # Seconds since the epoch (the store's): a TTL's end is logged as wall-clock time, since a new
+        # leader's monotonic clock is another process's.
+        self.wall_clock = wall_clock
+        self.epoch = epoch
+        self.replica = replica
+        self.file = file
+        self.gate = gate
+        self.active = True
+        # The end offset each follower holds durably (acked), and this node's own.
+        self.acked: dict[str, int] = {node: 0 for node in followers}
+        self.local_durable = replica.end
+        # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR):
+        # from the start, all this log holds, since the previous leader may have confirmed any of it.
+        self.committed = replica.end
+        # Followers reported caught up whose return to the ISR is not in etcd yet: confirms wait for them
+        # too, so that from the report on they hold everything confirmed.
+        self.joining: set[str] = set()
+        # Enqueues waiting for their confirm: (offset their record ends at, ticket), in offset order.
+        self.tickets: deque[tuple[int, int]] = deque()
+        self._unwritten: list[tuple[int, Record]] = []
+        # Called after each append batch is begun (the server wakes the shipping tasks and the writer).
+        self.changed: Callable[[], None] = lambda: None
+        replica.start_epoch(epoch)
+        file.epoch(epoch)
+
+    def append(self, record: Record) -> int:
+        """Add a record to the log; returns the end offset it makes (what a confirm waits for)."""
+        if not self.active:
+            return 0  # deposed: nothing more is written or shipped
+        self.replica.append(self.epoch, record)
+        self._unwritten.append((self.epoch, record))
+        if len(self._unwritten) == 1:
+            self.changed()
+        return self.replica.end
+
+    def take_writes(self) -> int:
+        """Hand the records appended since the last call to the file; returns the end they reach."""
+        if self._unwritten:
+            self.file.entries(encode_entries(self._unwritten))
+            self._unwritten = []
+        return self.replica.end
+
+    def commit(self, in_sync: Sequence[str], replicas: int, leading: bool, me: str) -> bool:
+        """Release the confirms every in-sync replica now holds, if they are a majority and this node
+        still leads. True if any were released."""
+        if not self.active or not leading or len(in_sync) < replicas // 2 + 1 or me not in in_sync:
+            return False
+        self.joining.difference_update(in_sync)
+        held = self.local_durable
+        for node in (*in_sync, *self.joining):
+            if node != me:
+                held = min(held, self.acked.get(node, 0))
+        self.committed = max(self.committed, held)
+        tickets = self.tickets
+        released = []
+        while tickets and tickets[0][0] <= held:
+            released.append(tickets.popleft()[1])
+        if released:
+            self.gate.release(released)
+        return bool(released)
+
+    def depose(self) -> None:
+        """No longer leader: confirms still owed are nacked (a client may publish again), nothing more
+        is shipped or confirmed."""
+        self.active = False
+        if self.tickets:
+            self.gate.fail([ticket for _, ticket in self.tickets])
+            self.tickets.clear()
+
+
+class ReplicatedJournal(Journal):
+    """The leader's journal: each call becomes a record of the queue's log."""
+
+    __slots__ = ("leader", "done")
+
+    def __init__(self, leader: LeaderQueue) -> None:
+        self.leader = leader
+        # Its queue was deleted: what that object still does (acks of what it had delivered) is not
+        # logged, since a queue declared again under the name logs into the same log, from seq 1 again.
+        self.done = False
+
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
+        leader = self.leader
+        if self.done:
+            return None
+        message = entry.message
+        entry.logged = REPLICATED
+        deadline = 0 if expires_in is None else math.ceil((leader.wall_clock() + expires_in) * 1000)
+        end = leader.append((ENQUEUE, entry.seq, message.exchange, message.routing_key,
+                             message.properties_raw, message.body, deadline))
+        if not end:
+            return None  # deposed: a publish it still takes is nacked
+        ticket = leader.gate.ticket()
+        leader.tickets.append((end, ticket))
+        return ticket
+
+    def delivered(self, entry: Entry) -> None:
+        if not self.done:
+            self.leader.append((DELIVERED, entry.seq))
+
+    def settled(self, entries: Sequence[Entry]) -> None:
+        if entries and not self.done:
+            self.leader.append((SETTLED, [entry.seq for entry in entries]))
+
+    def returned(self, entries: Sequence[Entry]) -> None:
+        if entries and not self.done:
+            self.leader.append((RETURNED, [entry.seq for entry in entries]))
+
+    def removed(self, entries: Sequence[Entry], reason: str) -> None:
+        if entries and not self.done:
+            self.leader.append((SETTLED, [entry.seq for entry in entries]))
+
+    def settled_range(self, first: int, last: int) -> None:
+        if not self.done:
+            self.leader.append((SETTLED_RANGE, first, last))
+
+    def deleted(self) -> None:
+        if not self.done:
+            self.leader.append((DELETED,))
+            self.done = True
+
+
+class NotLeaderJournal(Journal):
+    """A replicated queue's journal on a node that does not lead it: nothing is written, and a publish it
+    takes is nacked (its confirm would otherwise promise what no replica holds)."""
+
+    __slots__ = ()
+
+    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
+        return None

@@ -1,0 +1,334 @@
+"""Queues led by another node, without I/O: two nodes' hubs (broker/cluster/remote.py) passing their
+batches to each other by hand, as the peer links would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from leveret.broker.cluster import remote_codec as codec
+from leveret.broker.cluster.proxy import ProxyQueue
+from leveret.broker.cluster.remote import REMOTE_BASE, RemoteQueues, Ticket
+from leveret.broker.message import Message
+from leveret.broker.queues.consumer import Consumer
+from leveret.broker.queues.entry import Entry
+from leveret.broker.queues.queue import Queue
+from leveret.broker.queues.subscriber import CreditPool
+from leveret.broker.vhost import VirtualHost
+
+QUEUE = ("/", "q")
+
+
+class Leaders:
+    """Leadership as the hubs read it: who leads each queue, and what this node acts as leader of."""
+
+    def __init__(self, name: str, table: dict[tuple[str, str], str]) -> None:
+        self.name, self.table = name, table
+
+    @property
+    def led(self) -> dict[tuple[str, str], int]:
+        return {queue: 1 for queue, node in self.table.items() if node == self.name}
+
+    def leader(self, queue: tuple[str, str], now: float) -> str | None:
+        return self.table.get(queue)
+
+    def is_leader(self, queue: tuple[str, str], now: float) -> bool:
+        return self.table.get(queue) == self.name
+
+
+class Node:
+    def __init__(self, name: str, table: dict[tuple[str, str], str]) -> None:
+        self.vhost = VirtualHost("/")
+        leaders: Any = Leaders(name, table)
+        self.hub = RemoteQueues(name, {"/": self.vhost}, leaders, lambda: 0.0)
+        self.hub.link_up = lambda node: True
+        self.confirms = 0
+        self.hub.confirms_changed = self._confirms
+
+    def _confirms(self) -> None:
+        self.confirms += 1
+
+
+class Channel:
+    """What a consumer needs of its channel: deliveries are kept, in order."""
+
+    def __init__(self) -> None:
+        self.session = self
+        self.output = CreditPool(1 << 30)
+        self.flow_active = True
+        self.credit_pool = None
+        self.closed = False
+        self.delivered: list[tuple[Consumer, Entry]] = []
+        self.cancelled: list[Consumer] = []
+
+    def deliver(self, consumer: Consumer, entry: Entry) -> None:
+        consumer.unacked += 0 if consumer.no_ack else 1
+        self.delivered.append((consumer, entry))
+
+    def consumer_cancelled_by_broker(self, consumer: Consumer) -> None:
+        self.cancelled.append(consumer)
+
+
+@pytest.fixture
+def nodes() -> tuple[Node, Node]:
+    table = {QUEUE: "leader"}
+    leader, other = Node("leader", table), Node("other", table)
+    for node in (leader, other):
+        node.vhost.proxies = node.hub
+        declare(node, "q")
+    return leader, other
+
+
+def declare(node: Node, name: str) -> None:
+    node.vhost.declare_queue(name, owner=None, durable=True, exclusive=False, auto_delete=False, arguments={})
+
+
+def exchange(sender: Node, receiver: Node) -> bool:
+    """Carry one batch from `sender` to `receiver` and its answer back; False when there was none."""
+    batch = sender.hub.take(receiver.hub.name)
+    if batch is None:
+        return False
+    handled = receiver.hub.handle(sender.hub.name, batch.payload)
+    for index, position in handled.published:  # no store here: every position is safe at once
+        assert position == 0
+        receiver.hub.confirmed(handled, index, True)
+    sender.hub.batch_answered(batch, codec.decode_results(receiver.hub.finish(handled)))
+    return True
+
+
+def settle_all(*nodes: Node) -> None:
+    while any([exchange(a, b) for a in nodes for b in nodes if a is not b]):
+        pass
+
+
+def message(body: bytes, key: str = "q") -> Message:
+    return Message("", key, b"\x00\x00", body)
+
+
+def test_the_leader_holds_the_real_queue_and_the_others_a_proxy(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    assert type(leader.vhost.queues["q"]).__name__ == "Queue"
+    assert isinstance(other.vhost.queues["q"], ProxyQueue)
+
+
+def test_every_op_survives_the_wire() -> None:
+    ops: list[codec.Op] = [
+        codec.Publish("/", "q", message(b"body")),
+        codec.Consume("v", "q\u00e9", 7, codec.NO_ACK, 10, {"x-priority": 3}),
+        codec.Credit(7, 99),
+        codec.Cancel(7),
+        codec.Settle("/", "q", codec.REQUEUE, (1, 2, 1 << 40)),
+        codec.Call("/", "q", codec.DELETE, codec.IF_EMPTY),
+        codec.Deliver(7, 5, True, message(b"x" * 70000)),
+        codec.Cancelled(7),
+    ]
+    decoded = codec.decode_ops(b"".join(codec.encode_op(op) for op in ops))
+    assert [type(op) for op in decoded] == [type(op) for op in ops]
+    for got, sent in zip(decoded, ops, strict=True):
+        if isinstance(sent, (codec.Publish, codec.Deliver)):
+            assert isinstance(got, type(sent))
+            assert got.message.body == sent.message.body
+            assert got.message.routing_key == sent.message.routing_key
+        else:
+            assert got == sent
+    result = codec.CallResult(message_count=3, consumer_count=1, unacked=2, seq=9, redelivered=True,
+                              message=message(b"m"))
+    back = codec.decode_call_result(codec.encode_call_result(result))
+    assert (back.message_count, back.consumer_count, back.unacked, back.seq) == (3, 1, 2, 9)
+    assert back.redelivered
+    assert back.message is not None and back.message.body == b"m"
+    with pytest.raises(codec.CodecError):
+        codec.decode_ops(codec.encode_op(ops[0])[:-3])
+    with pytest.raises(codec.CodecError):
+        codec.decode_ops(b"\xff")
+
+
+def test_a_ticket_keeps_the_local_positions_it_is_compared_with() -> None:
+    """The channel's routing loop keeps the largest position; a ticket among them wins and remembers the
+    largest local store position, whichever side of it that came."""
+    ticket = Ticket()
+    ticket.parts = 1
+    position = 0
+    for needed in (5, ticket, 9, ticket, 7):
+        if needed > position:
+            position = needed
+    assert position is ticket and int(ticket) == REMOTE_BASE and ticket.local == 9
+    assert not position <= 10**12  # the channel's durable test never passes it
+    assert ticket.outcome(100) is None  # a leader still has to answer
+    ticket.parts = 0
+    assert ticket.outcome(8) is None and ticket.outcome(9) is True
+    ticket.failed = True
+    assert ticket.outcome(9) is False
+
+
+def test_a_publish_through_a_proxy_is_confirmed_by_the_leader(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    proxy = other.vhost.queues["q"]
+    ticket = proxy.enqueue(message(b"one"))
+    assert isinstance(ticket, Ticket) and ticket.outcome(0) is None
+    settle_all(leader, other)
+    assert ticket.outcome(0) is True
+    assert leader.vhost.queues["q"].message_count == 1
+    # The same message routed to two proxies is one confirm waiting for both.
+    leader.hub.leadership.table[("/", "p")] = "leader"  # type: ignore[attr-defined]
+    declare(leader, "p")
+    declare(other, "p")
+    both = message(b"two")
+    first, second = other.vhost.queues["q"].enqueue(both), other.vhost.queues["p"].enqueue(both)
+    assert first is second and first.parts == 2
+    settle_all(leader, other)
+    assert first.outcome(0) is True
+
+
+def test_a_publish_to_a_node_that_does_not_lead_is_sent_again_then_nacked(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    now = [0.0]
+    other.hub.clock = lambda: now[0]
+    ticket = other.vhost.queues["q"].enqueue(message(b"one"))
+    later = other.vhost.queues["q"].enqueue(message(b"two"))
+    del leader.hub.leadership.table[QUEUE]  # type: ignore[attr-defined]  # deposed meanwhile, no leader
+    settle_all(leader, other)
+    assert ticket.outcome(0) is None and later.outcome(0) is None  # held, in order, for the next leader
+    assert [m.body for m, _, _ in other.vhost.queues["q"].waiting] == [b"one", b"two"]
+    now[0] = 6.0  # no leader within HOLD_PUBLISH
+    other.hub.reconcile()
+    assert ticket.outcome(0) is False and later.outcome(0) is False
+
+
+def test_a_remote_consumer_gets_its_prefetch_and_more_as_it_acks(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    real = leader.vhost.queues["q"]
+    for i in range(10):
+        real.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=3)
+    proxy.add_consumer(consumer)
+    settle_all(leader, other)
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert real.unacked == 3 and real.message_count == 7
+    # Two acks: two more, never more than the prefetch in flight.
+    first, second = channel.delivered[0][1], channel.delivered[1][1]
+    proxy.settle([first.seq, second.seq])
+    consumer.unacked -= 2
+    consumer.update_credit()
+    settle_all(leader, other)
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2", b"3", b"4"]
+    assert real.unacked == 3 and real.message_count == 5
+
+
+def test_a_broken_link_gives_back_what_the_other_node_held(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    real = leader.vhost.queues["q"]
+    for i in range(4):
+        real.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
+    proxy.add_consumer(consumer)
+    settle_all(leader, other)
+    held = [entry for _, entry in channel.delivered]
+    assert real.unacked == 2
+    leader.hub.link_down("other")
+    other.hub.link_down("leader")
+    assert real.unacked == 0 and real.message_count == 4
+    assert [entry.redelivered for entry in real.ready][:2] == [True, True]
+    # An ack of a delivery from before the break is not applied to anything.
+    proxy.settle([held[0].seq])
+    assert other.hub.take("leader") is None
+    # The consumer registers again, and gets the requeued messages, redelivered.
+    other.hub.reconcile()
+    settle_all(leader, other)
+    redelivered = [(entry.message.body, entry.redelivered) for _, entry in channel.delivered[2:]]
+    assert redelivered == [(b"0", True), (b"1", True)]
+
+
+def test_calls_are_answered_by_the_leader(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    real = leader.vhost.queues["q"]
+    for i in range(3):
+        real.enqueue(message(str(i).encode()))
+    answers: list[bytes | None] = []
+    calls = ((codec.COUNTS, 0), (codec.GET, 0), (codec.DELETE, codec.IF_EMPTY), (codec.PURGE, 0))
+    for what, flags in calls:
+        other.hub.call("leader", codec.Call("/", "q", what, flags), answers.append)
+    settle_all(leader, other)
+    counts, got, delete, purge = (codec.decode_call_result(a) for a in answers if a is not None)
+    assert (counts.message_count, counts.consumer_count) == (3, 0)
+    assert got.message is not None and got.message.body == b"0" and got.message_count == 2
+    assert (delete.error_code, delete.error_text) == (406, "queue 'q' in vhost '/' not empty")
+    assert purge.message_count == 2
+    assert real.unacked == 1  # the get's message, held for the other node until it settles it
+
+
+def test_leadership_moving_swaps_proxy_and_real_queue_in_their_bindings(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    for node in (leader, other):
+        node.vhost.declare_exchange(
+            "h", "x-consistent-hash", durable=True, auto_delete=False, internal=False, arguments={}
+        )
+        node.vhost.bind(node.vhost.exchanges["h"], node.vhost.queues["q"], "2", {})
+        node.vhost.declare_exchange(
+            "f", "fanout", durable=True, auto_delete=False, internal=False, arguments={}
+        )
+        node.vhost.bind(node.vhost.exchanges["f"], node.vhost.queues["q"], "", {})
+    old = leader.vhost.queues["q"]
+    channel = Channel()
+    consumer = Consumer("c", old, channel, no_ack=False, exclusive=False, prefetch=0)
+    old.add_consumer(consumer)
+    # Deposed (replication hands the queue back): a proxy takes its place, with its consumer.
+    leader.hub.leadership.table[QUEUE] = "other"  # type: ignore[attr-defined]
+    leader.hub.follow(leader.vhost, old)
+    proxy = leader.vhost.queues["q"]
+    assert isinstance(proxy, ProxyQueue) and consumer.queue is proxy and list(proxy.consumers) == [consumer]
+    # Elected elsewhere: replication's queue takes the proxy's place there.
+    built = Queue("q", "/", durable=True, host=other.vhost)
+    built.enqueue(message(b"kept"))
+    other.hub.lead(other.vhost, built)
+    for node in (leader, other):
+        queue = node.vhost.queues["q"]
+        assert node.vhost.exchanges["h"].ring == (queue, queue)  # type: ignore[attr-defined]
+        assert node.vhost.route(node.vhost.exchanges["f"], message(b"x", "")) == [queue]
+    # The consumer, now on the proxy, attaches to the new leader and gets its message.
+    leader.hub.reconcile()
+    settle_all(leader, other)
+    assert [entry.message.body for _, entry in channel.delivered] == [b"kept"]
+    # The reconcile makes a proxy of any instance this node does not lead.
+    stray = Queue("q", "/", durable=True, host=leader.vhost)
+    leader.vhost.queues["q"] = stray
+    leader.hub.reconcile()
+    assert isinstance(leader.vhost.queues["q"], ProxyQueue)
+
+
+def test_a_consumer_without_a_leader_is_cancelled_in_the_end(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    now = [0.0]
+    other.hub.clock = lambda: now[0]
+    other.hub.link_up = lambda node: False
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    consumer: Any = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1)
+    proxy.add_consumer(consumer)
+    other.hub.reconcile()
+    assert channel.cancelled == []
+    now[0] = 11.0
+    other.hub.reconcile()
+    assert channel.cancelled == [consumer] and proxy.consumers == type(proxy.consumers)()
+
+
+def test_a_delivery_in_flight_to_a_cancelled_consumer_goes_back(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    real = leader.vhost.queues["q"]
+    real.enqueue(message(b"m"))
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1)
+    proxy.add_consumer(consumer)
+    assert exchange(other, leader)  # registered: the leader delivers, the delivery waits in its outbox
+    assert real.unacked == 1
+    proxy.remove_consumer(consumer)  # basic.cancel meanwhile
+    assert exchange(other, leader)
+    settle_all(leader, other)  # the delivery arrives for a consumer no longer there: sent back
+    assert channel.delivered == []
+    assert real.unacked == 0 and [entry.redelivered for entry in real.ready] == [True]

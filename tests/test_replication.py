@@ -1,0 +1,221 @@
+"""Replicated queues without I/O: the replica log (apply, truncation by epoch, snapshots, encoding), the
+replica file read back after a crash, the leader's confirm rule, and the queue a new leader builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leveret.broker.cluster.confirms import ConfirmGate
+from leveret.broker.cluster.replica import (
+    DELETED,
+    DELIVERED,
+    ENQUEUE,
+    RETURNED,
+    SETTLED,
+    SETTLED_RANGE,
+    Record,
+    ReplicaLog,
+    decode_entries,
+    decode_snapshot,
+    encode_entries,
+    encode_snapshot,
+)
+from leveret.broker.cluster.replica_file import ReplicaFile, load
+from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
+from leveret.broker.cluster.roles import QueueRoles, build_leader_queue
+from leveret.broker.message import Message
+from leveret.broker.queues.deadlines import Deadlines
+from leveret.broker.queues.journal import NULL_JOURNAL
+from leveret.broker.vhost import VirtualHost
+
+NO_PROPERTIES = b"\x00\x00"  # a content header's property flags, none set
+
+
+def enqueue(seq: int, body: bytes = b"x") -> Record:
+    return (ENQUEUE, seq, "", "q", NO_PROPERTIES, body, 0)
+
+
+def records_strategy() -> st.SearchStrategy[list[Record]]:
+    seqs = st.integers(1, 30)
+    return st.lists(
+        st.one_of(
+            seqs.map(enqueue),
+            seqs.map(lambda s: (DELIVERED, s)),
+            st.lists(seqs, max_size=4).map(lambda s: (SETTLED, s)),
+            st.lists(seqs, max_size=4).map(lambda s: (RETURNED, s)),
+            st.tuples(seqs, seqs).map(lambda r: (SETTLED_RANGE, min(r), max(r))),
+        ),
+        max_size=60,
+    )
+
+
+def summary(log: ReplicaLog) -> list[tuple[int, bytes, bool, int]]:
+    return [(seq, h.body, h.delivered, h.returns) for seq, h in log.state.held.items()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(records_strategy(), st.integers(0, 60))
+def test_truncation_gives_the_state_of_the_prefix(records: list[Record], cut: int) -> None:
+    whole = ReplicaLog()
+    prefix = ReplicaLog()
+    for i, record in enumerate(records):
+        whole.append(1 + i // 10, record)
+        if i < cut:
+            prefix.append(1 + i // 10, record)
+    assert whole.truncate(min(cut, len(records)))
+    assert summary(whole) == summary(prefix)
+    assert whole.end == prefix.end and whole.epochs == prefix.epochs
+
+
+@settings(max_examples=60, deadline=None)
+@given(records_strategy())
+def test_entries_and_snapshots_decode_to_what_was_encoded(records: list[Record]) -> None:
+    entries = [(3, record) for record in records]
+    assert [(e, tuple(r)) for e, r in decode_entries(encode_entries(entries))] == [
+        (e, tuple(r)) for e, r in entries
+    ]
+    log = ReplicaLog()
+    for record in records:
+        log.append(3, record)
+    end, epochs, state = decode_snapshot(encode_snapshot(log.end, log.epochs, log.state))
+    copy = ReplicaLog()
+    copy.install(end, epochs, state)
+    assert summary(copy) == summary(log) and copy.end == log.end and copy.epochs == log.epochs
+
+
+def test_kafka_rule_truncates_a_follower_to_where_its_epoch_ends_on_the_new_leader() -> None:
+    # Epoch 1 wrote offsets 0-4 on the old leader; the new leader (epoch 2) only had 0-2 of them.
+    follower, leader = ReplicaLog(), ReplicaLog()
+    for seq in range(1, 6):
+        follower.append(1, enqueue(seq))
+    for seq in range(1, 4):
+        leader.append(1, enqueue(seq))
+    leader.start_epoch(2)
+    leader.append(2, enqueue(10))
+    point = min(follower.end, leader.end_offset_for(follower.last_epoch))
+    assert point == 3  # where epoch 1 ends in the leader's log, not the follower's high-water mark
+    assert follower.truncate(point)
+    for epoch, record in leader.entries_from(point, 1 << 20):
+        follower.append(epoch, record)
+    assert summary(follower) == summary(leader) and follower.epochs == leader.epochs
+
+
+def test_a_follower_behind_the_base_needs_a_snapshot() -> None:
+    log = ReplicaLog(tail_limit=10)
+    for seq in range(1, 20):
+        log.append(1, enqueue(seq))
+    assert log.compact() and log.base == 19 and not log.tail
+    assert not log.truncate(5)
+    log.append(1, (SETTLED, [1, 2]))
+    assert list(log.state.held)[:2] == [3, 4]
+
+
+def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:
+    log = ReplicaLog()
+    file = ReplicaFile(tmp_path / "q.log", "/", "q")
+    file.epoch(4)
+    log.start_epoch(4)
+    batch = [(4, enqueue(1, b"a")), (4, enqueue(2, b"b")), (4, (DELIVERED, 1)), (4, enqueue(3, b"c"))]
+    for epoch, record in batch:
+        log.append(epoch, record)
+    file.entries(encode_entries(batch))
+    file.sync(file.take())
+    log.truncate(3)
+    file.truncate(3)
+    file.sync(file.take())
+    loaded = load(tmp_path / "q.log")
+    assert loaded is not None
+    vhost, name, back = loaded
+    assert (vhost, name) == ("/", "q")
+    assert summary(back) == summary(log) == [(1, b"a", True, 0), (2, b"b", False, 0)]
+    assert back.epochs == [(4, 0)] and back.newest_epoch == 4
+    # A rewrite (a snapshot) replaces it all; a torn tail after it is ignored.
+    file.rewrite(log)
+    file.sync(file.take())
+    with open(tmp_path / "q.log", "ab") as out:
+        out.write(b"\x00\x00\x01\x00garbage")
+    loaded = load(tmp_path / "q.log")
+    assert loaded is not None and summary(loaded[2]) == summary(log)
+
+
+def leader_queue(tmp_path: Path, gate: ConfirmGate) -> LeaderQueue:
+    return LeaderQueue(("/", "q"), 7, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), gate,
+                       ["b", "c"], lambda: 1000.0)
+
+
+def test_confirms_wait_for_every_in_sync_replica_and_a_majority(tmp_path: Path) -> None:
+    gate = ConfirmGate()
+    leader = leader_queue(tmp_path, gate)
+    journal = ReplicatedJournal(leader)
+    vhost = VirtualHost("/", lambda: 0.0, Deadlines())
+    queue = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                                arguments={})
+    queue.journal = journal
+    tickets = [queue.enqueue(Message("", "q", NO_PROPERTIES, b"m%d" % i)) for i in range(3)]
+    assert all(isinstance(t, int) and t > 0 for t in tickets) and gate.safe() == 0
+    leader.local_durable = leader.take_writes()
+    leader.acked["b"] = 2
+    assert not leader.commit(("a", "b", "c"), 3, True, "a")  # c holds nothing yet
+    assert leader.commit(("a", "b"), 3, True, "a") and gate.safe() == 2  # c left the ISR
+    assert not leader.commit(("a",), 3, True, "a")  # alone: no majority
+    leader.acked["b"] = 3
+    assert not leader.commit(("a", "b"), 3, False, "a")  # the lease lapsed: nothing more
+    leader.depose()
+    assert gate.safe() == 2 and gate.take_failed() == {tickets[2]} and gate.safe() == 3
+    assert queue.enqueue(Message("", "q", NO_PROPERTIES, b"late")) is None  # deposed: nacked
+
+
+def test_a_new_leader_serves_the_replica_state_all_flagged_redelivered() -> None:
+    log = ReplicaLog()
+    for seq in range(1, 5):
+        log.append(1, enqueue(seq, b"m%d" % seq))
+    log.append(1, (DELIVERED, 2))
+    log.append(1, (SETTLED, [1]))
+    log.append(1, (RETURNED, [3]))
+    vhost = VirtualHost("/", lambda: 0.0, Deadlines())
+    old = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                              arguments={"x-queue-type": "quorum"})
+    built = build_leader_queue(vhost, old, log.state, NULL_JOURNAL, 0.0)
+    QueueRoles().lead(vhost, built)
+    assert vhost.queues["q"] is built
+    assert [(e.message.body, e.redelivered) for e in built.ready] == [
+        (b"m2", True), (b"m3", True), (b"m4", True)
+    ]
+    taken = built.take()
+    assert taken is not None and taken.message.body == b"m2"
+    log.append(2, (DELETED,))
+    assert log.state.deleted and not log.state.held
+
+
+def test_a_message_ttl_is_logged_as_wall_clock_time_and_goes_on_at_the_new_leader(tmp_path: Path) -> None:
+    gate = ConfirmGate()
+    leader = leader_queue(tmp_path, gate)  # its wall clock: 1000 s
+    vhost = VirtualHost("/", lambda: 50.0, Deadlines())
+    queue = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                                arguments={"x-message-ttl": 8000})
+    queue.journal = ReplicatedJournal(leader)
+    queue.enqueue(Message("", "q", NO_PROPERTIES, b"timed"))
+    (held,) = leader.replica.state.held.values()
+    assert held.deadline == 1_008_000  # ms since the epoch
+    # A new leader whose wall clock reads 3 s later, whose monotonic clock reads 7: 5 s left.
+    other = VirtualHost("/", lambda: 7.0, Deadlines())
+    like = other.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                               arguments={"x-message-ttl": 8000})
+    built = build_leader_queue(other, like, leader.replica.state, NULL_JOURNAL, 1003.0)
+    (entry,) = built.ready
+    assert entry.expires == pytest.approx(12.0)  # type: ignore[attr-defined]
+
+
+def test_a_new_leader_counts_its_whole_log_as_confirmed(tmp_path: Path) -> None:
+    """A follower rejoins the ISR only once it holds all of it: the previous leader may have confirmed
+    any of it."""
+    log = ReplicaLog()
+    for seq in range(1, 6):
+        log.append(1, enqueue(seq))
+    leader = LeaderQueue(("/", "q"), 2, log, ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
+                         ["b", "c"], lambda: 0.0)
+    assert leader.committed == 5

@@ -84,6 +84,9 @@ class StoreJournal(Journal):
         self.persistence.pending()
         return position
 
+    def keeps(self, entry: Entry) -> bool:
+        return entry.message.delivery_mode == 2
+
     def delivered(self, entry: Entry) -> None:
         self.log.append_delivered(entry.seq)
         self.persistence.pending()
@@ -106,8 +109,8 @@ class StoreJournal(Journal):
             self.log.append_removed(seqs, reason)
             self.persistence.pending()
 
-    def settled_range(self, first: int, last: int) -> None:
-        self.log.append_settle(range(first, last + 1))
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        self.log.append_removed(range(first, last + 1), reason)
         self.persistence.pending()
 
     def deleted(self) -> None:

@@ -149,6 +149,9 @@ class ReplicatedJournal(Journal):
         leader.tickets.append((end, ticket))
         return ticket
 
+    def keeps(self, entry: Entry) -> bool:
+        return not self.done
+
     def delivered(self, entry: Entry) -> None:
         if not self.done:
             self.leader.append((DELIVERED, entry.seq))
@@ -165,7 +168,7 @@ class ReplicatedJournal(Journal):
         if entries and not self.done:
             self.leader.append((SETTLED, [entry.seq for entry in entries]))
 
-    def settled_range(self, first: int, last: int) -> None:
+    def removed_range(self, first: int, last: int, reason: str) -> None:
         if not self.done:
             self.leader.append((SETTLED_RANGE, first, last))
 

@@ -10,6 +10,11 @@ from leveret.broker.queues.effects import JOURNAL, Effect
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
 
+# `Entry.logged` while its enqueue record is a JOURNAL effect not carried out yet (see RecordingJournal).
+LOGGING = -2
+# Why a queue removed messages it never dead-letters: a purge (queue.purge, or the management API's).
+PURGED = "purged"
+
 
 class Journal:
     """The queue's record of its persistent messages; the store-backed one is in broker/persistence.py.
@@ -23,6 +28,10 @@ class Journal:
         """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 
+    def keeps(self, entry: Entry) -> bool:
+        """Whether `enqueued` writes a record of the entry (so that its delivery is recorded too)."""
+        return False
+
     def delivered(self, entry: Entry) -> None:
         """First delivery of the entry: after a crash it comes back with redelivered=true."""
 
@@ -33,12 +42,12 @@ class Journal:
         """Entries back in the queue: redelivered from now on, one more return in their delivery count."""
 
     def removed(self, entries: Sequence[Entry], reason: str) -> None:
-        """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected): gone for
-        good, as if settled."""
+        """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected, purged): gone
+        for good, as if settled."""
 
-    def settled_range(self, first: int, last: int) -> None:
-        """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
-        messages, which holds every seq in its range)."""
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        """Every entry it holds with a seq from `first` to `last` was removed for `reason` (a purged chunk
+        of paged-out messages, which holds every seq in its range)."""
 
     def deleted(self) -> None:
         """The queue was deleted: its log goes too."""
@@ -62,6 +71,9 @@ class RecordingJournal(Journal):
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         self._effects.append((JOURNAL, "enqueued", entry, expires_in))
+        if self.journal.keeps(entry):
+            # Logged once the effect is carried out; a delivery in the same command is recorded meanwhile.
+            entry.logged = LOGGING
         return 0
 
     def delivered(self, entry: Entry) -> None:
@@ -76,8 +88,8 @@ class RecordingJournal(Journal):
     def removed(self, entries: Sequence[Entry], reason: str) -> None:
         self._effects.append((JOURNAL, "removed", list(entries), reason))
 
-    def settled_range(self, first: int, last: int) -> None:
-        self._effects.append((JOURNAL, "settled_range", first, last))
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        self._effects.append((JOURNAL, "removed_range", first, last, reason))
 
     def deleted(self) -> None:
         self._effects.append((JOURNAL, "deleted"))

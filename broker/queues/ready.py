@@ -13,7 +13,7 @@ from leveret.broker.queues.paging import OVERHEAD, footprint
 
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry, TrackedEntry
-    from leveret.broker.queues.paging import Pager
+    from leveret.broker.queues.paging import Footprint
 
 
 def seq_of(entry: Entry) -> int:
@@ -91,12 +91,12 @@ def _budget(entries: list[TrackedEntry]) -> tuple[int, int]:
 
 
 class FifoReady:
-    __slots__ = ("_entries", "bytes", "_pager")
+    __slots__ = ("_entries", "bytes", "_memory")
 
-    def __init__(self, pager: Pager) -> None:
+    def __init__(self, memory: Footprint) -> None:
         self._entries: deque[TrackedEntry] = deque()
         self.bytes = 0
-        self._pager = pager
+        self._memory = memory
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -108,13 +108,13 @@ class FifoReady:
         self._entries.append(entry)
         message = entry.message
         self.bytes += len(message.body)
-        self._pager.used += message.size + OVERHEAD
+        self._memory.used += message.size + OVERHEAD
 
     def popleft(self) -> TrackedEntry:
         entry = self._entries.popleft()
         message = entry.message
         self.bytes -= len(message.body)
-        self._pager.used -= message.size + OVERHEAD
+        self._memory.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -134,7 +134,7 @@ class FifoReady:
         """Entries off the back for paging out, with their body sizes (see `take_back`)."""
         taken, sizes = take_back(self._entries, want, keep, above)
         self.bytes -= sum(sizes)
-        self._pager.used -= footprint(taken)
+        self._memory.used -= footprint(taken)
         return taken, sizes
 
     def next_expiry(self) -> float | None:
@@ -155,25 +155,25 @@ class FifoReady:
     def _added(self, entries: list[TrackedEntry]) -> None:
         size, footprint = _budget(entries)
         self.bytes += size
-        self._pager.used += footprint
+        self._memory.used += footprint
 
     def _removed(self, entries: list[TrackedEntry]) -> None:
         size, footprint = _budget(entries)
         self.bytes -= size
-        self._pager.used -= footprint
+        self._memory.used -= footprint
 
 
 class PriorityReady:
     """Higher priority first, FIFO within one; a message above the queue's maximum counts as the maximum."""
 
-    __slots__ = ("_levels", "_top", "_count", "bytes", "_pager")
+    __slots__ = ("_levels", "_top", "_count", "bytes", "_memory")
 
-    def __init__(self, max_priority: int, pager: Pager) -> None:
+    def __init__(self, max_priority: int, memory: Footprint) -> None:
         self._levels: list[deque[TrackedEntry]] = [deque() for _ in range(max_priority + 1)]
         self._top = -1  # highest level that may be non-empty
         self._count = 0
         self.bytes = 0
-        self._pager = pager
+        self._memory = memory
 
     def __len__(self) -> int:
         return self._count
@@ -192,7 +192,7 @@ class PriorityReady:
         self._count += 1
         message = entry.message
         self.bytes += len(message.body)
-        self._pager.used += message.size + OVERHEAD
+        self._memory.used += message.size + OVERHEAD
 
     def _head_level(self) -> deque[TrackedEntry]:
         levels = self._levels
@@ -205,7 +205,7 @@ class PriorityReady:
         self._count -= 1
         message = entry.message
         self.bytes -= len(message.body)
-        self._pager.used -= message.size + OVERHEAD
+        self._memory.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -221,7 +221,7 @@ class PriorityReady:
         self._count += len(returned)
         size, footprint = _budget(returned)
         self.bytes += size
-        self._pager.used += footprint
+        self._memory.used += footprint
 
     def pop_expired(self, now: float, limit: int) -> list[TrackedEntry]:
         expired: list[TrackedEntry] = []
@@ -230,7 +230,7 @@ class PriorityReady:
         self._count -= len(expired)
         size, footprint = _budget(expired)
         self.bytes -= size
-        self._pager.used -= footprint
+        self._memory.used -= footprint
         return expired
 
     def remove(self, seqs: set[int]) -> list[TrackedEntry]:
@@ -239,7 +239,7 @@ class PriorityReady:
         self._count -= len(gone)
         size, footprint = _budget(gone)
         self.bytes -= size
-        self._pager.used -= footprint
+        self._memory.used -= footprint
         return gone
 
     def next_expiry(self) -> float | None:
@@ -254,5 +254,5 @@ class PriorityReady:
         self._top = -1
         self._count = 0
         self.bytes = 0
-        self._pager.used -= _budget(entries)[1]
+        self._memory.used -= _budget(entries)[1]
         return entries

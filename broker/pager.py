@@ -9,8 +9,12 @@ records durable (the group commit's `durable_position`).
 Synchronous like the rest of the domain. The server's pager task (broker/server/pager.py) calls `begin`
 on the loop, which pages out when over budget and gathers the I/O due; runs `PagerWork.run` in a worker
 thread (writes, reads, deletions); and calls `complete` on the loop, which hands read chunks to their
-queues. A queue that must have its head at once (basic.get on an empty head) reads with `load_now`, on
-the loop: one chunk, about a MiB, usually in the page cache.
+queues. basic.get on an empty head waits for that read like the rest (a LOAD effect, answered on
+HEAD_READY); only a caller that must answer at once (a cluster peer's basic.get, a length limit dropping
+from an empty head) reads with `load_now`, on the loop: one chunk, about a MiB, usually in the page cache.
+
+The budget is the sum of the queues' own footprints (`used`): read when a queue passes the mark it was
+given (FOOTPRINT) and every second, when the pager shares what is left of the budget out as new marks.
 """
 
 from __future__ import annotations

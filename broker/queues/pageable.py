@@ -139,8 +139,6 @@ class Pageable:
         """The pager read `chunk` back: install it when its turn comes, and deliver on."""
         if self.paged is not None and not chunk.gone:
             self._refill()
-            if self.head_getters:
-                self._head_getters_ready()
             if self.consumers and not self._consumers_full:
                 self.deliver_ready()
         if self.lifecycle is not None:
@@ -184,7 +182,7 @@ class Pageable:
         return True
 
     def _head_getters_ready(self) -> None:
-        """A chunk came back (or every chunk went): the basic.gets waiting for the head ask again."""
+        """A chunk joined the head (or every chunk went): the basic.gets waiting for it ask again."""
         getters, self.head_getters = self.head_getters, []
         self.effects.extend((HEAD_READY, getter) for getter in getters)
 
@@ -218,6 +216,8 @@ class Pageable:
         chunk.gone = True
         self.effects.append((RELEASE, chunk))
         self._add_to_head(entries)
+        if self.head_getters:
+            self._head_getters_ready()
 
     def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
         entries = chunk.entries

@@ -372,6 +372,12 @@ class VirtualHost:
             if exchange.name != DEFAULT_EXCHANGE:
                 self._apply_exchange_policies(exchange)
 
+    def apply_queue_policies(self, queue: Queue) -> None:
+        """A queue made outside `declare_queue` (a cluster's leader built from its replica) follows the
+        vhost's policies as a declared one does."""
+        if self.policies:
+            self._apply_queue_policies(queue)
+
     def _apply_queue_policies(self, queue: Queue) -> None:
         """Give the queue what its policies say; a live queue's lifecycle follows at once."""
         queue.policy, queue.operator_policy = self.policies.matching("queues", queue.name)

@@ -219,3 +219,17 @@ def test_a_new_leader_counts_its_whole_log_as_confirmed(tmp_path: Path) -> None:
     leader = LeaderQueue(("/", "q"), 2, log, ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
                          ["b", "c"], lambda: 0.0)
     assert leader.committed == 5
+
+
+def test_the_new_leaders_queue_follows_the_vhosts_policies() -> None:
+    from leveret.broker.policies import parse_policy
+
+    vhost = VirtualHost("/", lambda: 0.0, Deadlines())
+    body = {"pattern": "^q$", "apply-to": "queues", "definition": {"max-length": 2}}
+    vhost.set_policy(parse_policy("/", "limit", body, operator=False), operator=False)
+    old = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False, arguments={})
+    log = ReplicaLog()
+    for seq in range(1, 4):
+        log.append(1, enqueue(seq))
+    built = build_leader_queue(vhost, old, log.state, NULL_JOURNAL, 0.0)
+    assert built.effective_arguments.get("x-max-length") == 2

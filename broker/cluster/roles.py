@@ -60,6 +60,7 @@ def _new_queue(vhost: VirtualHost, like: Queue, journal: Journal) -> Queue:
                   arguments=like.arguments, journal=journal, host=vhost)
     if needs_lifecycle(like.arguments):
         Lifecycle(queue)
+    vhost.apply_queue_policies(queue)
     return queue
 
 

@@ -809,6 +809,11 @@ class ChannelSession:
         consumer = self.consumers.pop(tag, None)
         if consumer is not None:
             self._remove_consumer(consumer)
+            if isinstance(consumer.queue, ProxyQueue) and not method.nowait:
+                # cancel-ok once the leader has taken the cancel (this call follows it on the link), as
+                # RabbitMQ answers once the queue removed the consumer: every node's count agrees then.
+                # Handled again with the answer, the consumer is gone already.
+                self._ask_leader(consumer.queue, remote_codec.COUNTS)
         else:
             reply_to.cancel_consumer(self.session.node, self, tag)
         if not method.nowait:

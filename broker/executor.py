@@ -9,7 +9,8 @@ the pager gave it (FOOTPRINT).
 
 At-least-once dead-letters (FORWARD) are reported back to their queue (the DEAD_LETTERED command) once
 their copies are in every target, and durable there: at once when no target logged them, else when a
-group commit makes the store position they wait for durable (`commit_completed`).
+group commit makes the store positions they wait for durable (`commit_completed`). Which targets already
+took a copy is kept here per held message, so that a retry goes only to those still missing it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from leveret.broker.queues.dead_letter import dead_letter, forward
 from leveret.broker.queues.effects import (
@@ -44,12 +46,17 @@ log = logging.getLogger(__name__)
 
 
 class Executor:
-    __slots__ = ("vhost", "_awaiting", "_stuck")
+    __slots__ = ("vhost", "_progress", "_awaiting", "_durable", "_stuck")
 
     def __init__(self, vhost: QueueHost) -> None:
         self.vhost = vhost
-        # Forwarded dead-letters whose copies wait for the store: (position, source queue, ids).
-        self._awaiting: list[tuple[int, Queue, list[int]]] = []
+        # Per source queue, per held dead-letter (its outbox id): the target queues that took a copy, and
+        # the store position each copy waits for (0: none). Node-local, as RabbitMQ's dead-letter worker:
+        # after a restart a held message is forwarded to every target again.
+        self._progress: WeakKeyDictionary[Queue, dict[int, dict[str, int]]] = WeakKeyDictionary()
+        # Held dead-letters that every target took, waiting for their copies' commits.
+        self._awaiting: WeakKeyDictionary[Queue, set[int]] = WeakKeyDictionary()
+        self._durable = 0  # the store position durable at the last commit
         # Queues whose dead-letters found nowhere to go, logged once until one goes again (as RabbitMQ).
         self._stuck: set[str] = set()
 
@@ -88,23 +95,27 @@ class Executor:
     def _forward(self, queue: Queue, held: list[tuple[int, Message, str]]) -> None:
         assert queue.lifecycle is not None  # only a queue with a lifecycle dead-letters
         settings = queue.lifecycle.settings
+        progress = self._progress.setdefault(queue, {})
+        awaiting = self._awaiting.setdefault(queue, set())
         done: list[int] = []
-        waiting: list[int] = []
-        position = 0
+        went = False  # some target took a copy
         for dlx_id, message, reason in held:
-            needed = forward(self.vhost, settings, queue.name, message, reason)
-            if needed is None:
-                continue  # no route, or refused: the queue forwards it again later
-            if needed == 0:
+            if dlx_id in awaiting:
+                continue  # every target has it: its commit is under way
+            taken = progress.setdefault(dlx_id, {})
+            before = len(taken)
+            everywhere = forward(self.vhost, settings, queue.name, message, reason, taken)
+            went = went or len(taken) > before
+            if not everywhere:
+                continue  # no route, or refused: the queue forwards it again later, to those missing it
+            if max(taken.values(), default=0) <= self._durable:
                 done.append(dlx_id)
+                del progress[dlx_id]
             else:
-                waiting.append(dlx_id)
-                position = max(position, needed)
-        if waiting:
-            self._awaiting.append((position, queue, waiting))
-        if done or waiting:
+                awaiting.add(dlx_id)
+        if done or went:
             self._stuck.discard(queue.name)
-        elif held and queue.name not in self._stuck:
+        elif held and not awaiting and queue.name not in self._stuck:
             self._stuck.add(queue.name)
             log.warning(
                 "cannot forward dead-lettered messages from quorum queue '%s' in vhost '%s': dead-letter "
@@ -116,16 +127,26 @@ class Executor:
             queue.dead_lettered(done)
 
     def commit_completed(self, durable: int, failed: Container[int] | None) -> None:
-        """A group commit finished: forwarded dead-letters now durable in their targets are done (those it
-        failed to write are forwarded again by their queue's retry)."""
-        if not self._awaiting:
-            return
-        awaiting, self._awaiting = self._awaiting, []
-        for position, queue, ids in awaiting:
-            if failed is not None and position in failed:
-                continue
-            if position <= durable:
-                queue.dead_lettered(ids)
-            else:
-                self._awaiting.append((position, queue, ids))
-
+        """A group commit finished: forwarded dead-letters now durable in every target are done. A copy
+        the commit failed to write was discarded by its target (a nacked publish, see Queue.discard): its
+        message is forwarded again, by its queue's retry, to that target alone."""
+        self._durable = durable
+        for queue, ids in list(self._awaiting.items()):
+            progress = self._progress.get(queue, {})
+            done = []
+            for dlx_id in list(ids):
+                taken = progress.get(dlx_id)
+                if taken is None:
+                    ids.discard(dlx_id)
+                    continue
+                lost = [name for name, position in taken.items() if failed is not None and position in failed]
+                if lost:
+                    for name in lost:
+                        del taken[name]
+                    ids.discard(dlx_id)
+                elif max(taken.values(), default=0) <= durable:
+                    done.append(dlx_id)
+                    ids.discard(dlx_id)
+                    del progress[dlx_id]
+            if done:
+                queue.dead_lettered(done)

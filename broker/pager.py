@@ -307,6 +307,8 @@ class NodePager(Pager):
             log.error("%d paged-out messages could not be read back and are lost", len(found) - len(entries))
             if chunk.expires is not None:
                 chunk.expires = array("d", (when for when, e in zip(chunk.expires, found, strict=True) if e))
+            if chunk.returns is not None:
+                chunk.returns = array("q", (n for n, e in zip(chunk.returns, found, strict=True) if e))
         return entries
 
     def commit_completed(self) -> None:

@@ -70,6 +70,9 @@ class StoreJournal(Journal):
         self.recovered: RecoveredLog | None = queue_log.recover_index(allowance=persistence.memory_room())
         self.gate: ConfirmGate | None = None
 
+    def logs(self, entry: Entry) -> bool:
+        return entry.message.delivery_mode == 2
+
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
         message = entry.message
         if message.delivery_mode != 2:
@@ -83,9 +86,6 @@ class StoreJournal(Journal):
         self.persistence.unconfirmed.append((position, self, entry.seq))
         self.persistence.pending()
         return position
-
-    def keeps(self, entry: Entry) -> bool:
-        return entry.message.delivery_mode == 2
 
     def delivered(self, entry: Entry) -> None:
         self.log.append_delivered(entry.seq)
@@ -109,8 +109,22 @@ class StoreJournal(Journal):
             self.log.append_removed(seqs, reason)
             self.persistence.pending()
 
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        seqs = [entry.seq for entry in entries if entry.logged]
+        if seqs:
+            self.log.append_dead_lettering(seqs, reason)
+            self.persistence.pending()
+
     def removed_range(self, first: int, last: int, reason: str) -> None:
         self.log.append_removed(range(first, last + 1), reason)
+        self.persistence.pending()
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        self.log.append_removed(seqs, reason)
+        self.persistence.pending()
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        self.log.append_settle(seqs)
         self.persistence.pending()
 
     def deleted(self) -> None:
@@ -287,6 +301,7 @@ class Persistence:
                     exclusive=False,
                     auto_delete=item["auto_delete"],
                     arguments=_decode_table(item["arguments"]),
+                    restoring=True,
                 )
                 if isinstance(queue.journal, StoreJournal):  # else a cluster's replicated queue
                     live_queue_ids.add(Store.queue_id(vhost_name, queue.name))

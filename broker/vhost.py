@@ -19,7 +19,13 @@ from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.executor import Executor
 from leveret.broker.message import Message
 from leveret.broker.policies import Policy, VhostPolicies, effective_definition, queue_arguments
-from leveret.broker.queues.arguments import TYPE_ARGUMENTS, amqp_type, queue_type, validate_queue_arguments
+from leveret.broker.queues.arguments import (
+    TYPE_ARGUMENTS,
+    amqp_type,
+    queue_type,
+    validate_queue_arguments,
+    validate_queue_properties,
+)
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.queues.effects import Effect
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
@@ -211,6 +217,7 @@ class VirtualHost:
         auto_delete: bool,
         arguments: dict[str, Any],
         server_named: bool = False,
+        restoring: bool = False,
     ) -> Queue:
         """Declare a queue; an empty name gets a server-chosen `amq.gen-...` one, as does a name from
         `server_named_queue()` (`server_named`: exempt from the reserved prefix).
@@ -218,14 +225,18 @@ class VirtualHost:
         As in RabbitMQ, an exclusive queue is never durable, and exclusivity is not an equivalence argument:
         a redeclare must come from the queue's owner with exclusive set, or, for a queue no connection owns,
         without it (anything else is 405 RESOURCE_LOCKED, checked first). Then durable, auto_delete and the
-        queue type's arguments must match (406)."""
+        queue type's arguments must match (406). A new quorum or stream queue must be durable, shared and
+        kept (406), unless `restoring` one that exists already (the definitions file, a cluster record)."""
         durable = durable and not exclusive
         existing = self.queues.get(name)
         # Server-named (amq.gen-) queues belong to their node and are never stored; an exclusive queue
         # here already answers for itself.
         stored_name = bool(name) and not name.startswith(RESERVED_PREFIX)
         if self.metadata is not LOCAL_METADATA and stored_name and not (existing and existing.exclusive):
-            valid = _valid(validate_queue_arguments, name, self.name, arguments)
+            flags = {"durable": durable, "exclusive": exclusive, "auto_delete": auto_delete}
+            valid = _valid(validate_queue_arguments, name, self.name, arguments) and (
+                restoring or _valid(lambda: validate_queue_properties(name, self.name, arguments, **flags))
+            )
             self.metadata.declaring_queue(self, name, durable, exclusive, auto_delete, arguments, valid)
             existing = self.queues.get(name)  # the cluster's record, when it has one
         if existing is not None:
@@ -239,6 +250,10 @@ class VirtualHost:
             raise ChannelError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         validate_queue_arguments(name, self.name, arguments)
         self._check_queue_limit(name)
+        if not restoring:
+            validate_queue_properties(
+                name, self.name, arguments, durable=durable, exclusive=exclusive, auto_delete=auto_delete
+            )
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
         queue: Queue | None = None

@@ -65,13 +65,18 @@ async def unused_queue_expires(url: str) -> None:
     name = unique("expires")
     async with await aio_pika.connect(url) as connection:
         channel = await connection.channel()
-        await channel.declare_queue(name, arguments={"x-expires": 300})
-        await asyncio.sleep(0.15)
+        # Two pauses of 0.6 of the expiry each: together longer than it, so the queue is still there only
+        # because the declare between them counted as use. Wide enough that a loaded machine's scheduling
+        # delays do not stretch one pause past the expiry.
+        await channel.declare_queue(name, arguments={"x-expires": 1500})
+        await asyncio.sleep(0.9)
         await channel.declare_queue(name, passive=True)  # a declare counts as use
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.9)
         await channel.declare_queue(name, passive=True)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while True:
+            # Each probe is a use too, so probes are further apart than the expiry.
+            await asyncio.sleep(2.0)
             probe = await connection.channel()
             try:
                 await probe.declare_queue(name, passive=True)
@@ -79,7 +84,6 @@ async def unused_queue_expires(url: str) -> None:
                 return
             assert time.monotonic() < deadline, "the unused queue was not deleted"
             await probe.close()
-            await asyncio.sleep(0.5)
 
 
 def test_an_unused_queue_expires(broker: Broker) -> None:

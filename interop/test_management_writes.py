@@ -556,6 +556,26 @@ def test_another_connections_exclusive_queue_is_locked_over_http(managed: Broker
         assert answer(got) == (400, {"error": "bad_request", "reason": f"405 RESOURCE_LOCKED - {locked}"})
 
 
+def test_quorum_and_stream_queues_must_be_durable_and_kept_over_http(api: httpx.Client) -> None:
+    """The same rule as over AMQP (interop/test_queue_type_properties.py); durable defaults to false."""
+    for kind, body, problem in (
+        ("quorum", {}, "non-durable"),
+        ("stream", {"durable": False}, "non-durable"),
+        ("stream", {"durable": True, "auto_delete": True}, "auto-delete"),
+    ):
+        queue = unique(f"http-{kind}")
+        path = f"/api/queues/%2F/{queue}"
+        response = api.put(path, json={**body, "arguments": {"x-queue-type": kind}})
+        reason = f"invalid property '{problem}' for queue '{queue}' in vhost '/'"
+        assert answer(response) == (400, {"error": "bad_request", "reason": reason})
+        assert api.get(path).status_code == 404
+    queue = unique("http-quorum")
+    assert api.put(f"/api/queues/%2F/{queue}", json={"durable": True, "arguments": {"x-queue-type": "quorum"}}
+                   ).status_code == 201
+    assert answer(api.get(f"/api/queues/%2F/{queue}"))[1]["durable"] is True
+    assert api.delete(f"/api/queues/%2F/{queue}").status_code == 204
+
+
 def test_only_administrators_close_other_users_connections(managed: Broker, api: httpx.Client) -> None:
     with pika_connection(managed.url) as connection:
         name = connection_name(api, connection)

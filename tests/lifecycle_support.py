@@ -64,7 +64,9 @@ def get(client: ClientPeer, queue: str, *, no_ack: bool = True) -> tuple[Any, Ba
 
 
 def declare_queue(client: ClientPeer, name: str, **arguments: Any) -> None:
-    reply = methods(client.method(1, Queue.Declare(queue=name, arguments=arguments)))
+    """Durable when it is a quorum or stream queue, which must be (RabbitMQ's rule)."""
+    durable = arguments.get("x-queue-type") in ("quorum", "stream")
+    reply = methods(client.method(1, Queue.Declare(queue=name, durable=durable, arguments=arguments)))
     assert isinstance(reply[-1], Queue.DeclareOk), reply
 
 

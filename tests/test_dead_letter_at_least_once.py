@@ -116,3 +116,64 @@ def commit(node: Node, persistence: Persistence) -> None:
     while (batch := persistence.begin()) is not None:
         batch.run()
         node.commit_completed(persistence.complete(batch), batch.error)
+
+
+def durable_node(tmp_path: Path) -> tuple[Node, FakeClock, Persistence]:
+    clock = FakeClock()
+    node = Node(replace(Config(), data_dir=str(tmp_path)), clock=clock)
+    clock.node = node
+    persistence = Persistence(tmp_path)
+    node.attach_persistence(persistence)
+    persistence.recover(node)
+    return node, clock, persistence
+
+
+def test_a_held_dead_letter_comes_back_held_after_a_crash_and_is_forwarded_once(tmp_path: Path) -> None:
+    node, _, persistence = durable_node(tmp_path)
+    client = connect(node)
+    declare(client, "work", **AT_LEAST_ONCE)
+    reject_one(client, "work", b"held")
+    commit(node, persistence)
+    assert held(node, "work") == 1
+    # A crash: no clean stop, the log as the last commit left it.
+
+    node, clock, persistence = durable_node(tmp_path)
+    queue: BrokerQueue = node.vhosts["/"].queues["work"]
+    assert queue.message_count == 0 and held(node, "work") == 1  # held, not ready
+    client = connect(node)
+    assert get(client, "work") is None
+    declare_target(client)
+    commit(node, persistence)
+    clock.advance(RETRY_INTERVAL + 0.1)  # the first retry forwards it
+    commit(node, persistence)  # the target's copy is durable: the source settles it
+    assert held(node, "work") == 0
+    clock.advance(RETRY_INTERVAL * 3)
+    assert drain(client, "dead") == [b"held"]
+    commit(node, persistence)
+    persistence.close()
+
+    node, clock, _ = durable_node(tmp_path)
+    assert held(node, "work") == 0 and node.vhosts["/"].queues["work"].message_count == 0
+    clock.advance(RETRY_INTERVAL * 3)
+    assert node.vhosts["/"].queues["dead"].message_count == 0
+
+
+def test_a_retry_goes_only_to_the_targets_that_refused() -> None:
+    node, clock = clocked_node()
+    client = connect(node)
+    client.method(1, Exchange.Declare(exchange="dlx", exchange_type="fanout", durable=True))
+    declare(client, "open")
+    declare(client, "full", **{"x-max-length": 1, "x-overflow": "reject-publish"})
+    client.publish(1, b"filler", routing_key="full")
+    for target in ("open", "full"):
+        client.method(1, Queue.Bind(queue=target, exchange="dlx"))
+    declare(client, "work", **AT_LEAST_ONCE)
+    reject_one(client, "work", b"to both")
+    clock.advance(RETRY_INTERVAL * 4)  # the full one refused every time
+    queues = node.vhosts["/"].queues
+    assert (queues["open"].message_count, queues["full"].message_count, held(node, "work")) == (1, 1, 1)
+    assert get(client, "full") is not None  # the filler: room now
+    clock.advance(RETRY_INTERVAL + 0.1)
+    assert held(node, "work") == 0
+    assert drain(client, "open") == [b"to both"]
+    assert drain(client, "full") == [b"to both"]

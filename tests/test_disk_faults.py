@@ -22,7 +22,7 @@ from leveret.broker.server.main import open_node
 from leveret.broker.server.persistence import RETRY_DELAY, commit_pending
 from leveret.broker.session.connection import ConnectionSession
 from leveret.broker.store import clean_shutdown
-from leveret.config import Config
+from leveret.config import Config, Resources
 from tests.peers import ClientPeer, methods
 
 PERSISTENT = Basic.Properties(delivery_mode=2)
@@ -182,6 +182,53 @@ async def test_a_nacked_publish_is_neither_kept_nor_stored_once_the_disk_works_a
     await commit(node)
     # Drained, then one more: nothing nacked comes back with it after a crash.
     assert [body for body, _ in drain(start(tmp_path), lifecycle)] == [6]
+
+
+def pager_rounds(node: Node) -> None:
+    """Page out and read back as the pager task would, until it has nothing to do."""
+    assert node.pager is not None
+    while (work := node.pager.begin()) is not None:
+        work.run()
+        node.pager.complete(work)
+
+
+async def test_a_nacked_publish_already_paged_out_is_not_kept_either(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: MockClock
+) -> None:
+    resources = replace(Resources(), message_memory_budget=str(64 * 1024))
+    node = open_node(replace(Config(), data_dir=str(tmp_path), resources=resources))
+    client = connect(node)
+    confirms = Confirms()
+    body = b"." * 1000
+    for _ in range(2):
+        client.publish(1, b"acked" + body, routing_key=QUEUE, properties=PERSISTENT)
+    await commit(node)
+    assert confirms.take(methods(client.read())) == [("ack", 1), ("ack", 2)]
+    queue = node.vhosts["/"].queues[QUEUE]
+    with monkeypatch.context() as patch:
+        FAULTS["fsync"](patch)
+        for _ in range(200):  # past the budget: most of them are paged out before the commit fails
+            client.publish(1, b"nacked" + body, routing_key=QUEUE, properties=PERSISTENT)
+        pager_rounds(node)
+        assert queue.paged is not None and queue.paged.chunks
+        await commit(node)
+        assert confirms.take(methods(client.read())) == [("nack", tag) for tag in range(3, 203)]
+    assert queue.message_count == 2
+    await commit(node)  # the retried writes succeed, and the settle records behind them
+    pager_rounds(node)
+    assert queue.message_count == 2
+    got = []
+    reader = connect(node, confirms=False)
+    while True:
+        frames = reader.method(1, Basic.Get(queue=QUEUE, no_ack=False))
+        if isinstance(methods(frames)[0], Basic.GetEmpty):
+            break
+        got.append(bytes(frames[-1][1].value)[:6])
+        pager_rounds(node)
+    assert got == [b"acked.", b"acked."]
+    # A crash now: the two acked ones are unacked, so they come back; none of the nacked ones does.
+    restarted = start(tmp_path)
+    assert restarted.vhosts["/"].queues[QUEUE].message_count == 2
 
 
 async def test_a_nacked_publish_delivered_before_its_nack_is_not_requeued(

@@ -449,6 +449,27 @@ async def test_a_durable_backlog_over_budget_recovers_without_coming_into_memory
     assert consume(restarted, connect(restarted, durable=True), 500) == fresh(range(100, 600))
 
 
+async def test_recovery_counts_large_headers_as_the_budget_does(tmp_path: Path) -> None:
+    headers = Basic.Properties(headers={"pad": "x" * 4000}, delivery_mode=2)
+    node = start(tmp_path, budget=20 * BUDGET)
+    client = connect(node, durable=True)
+    publish(client, range(200), properties=headers)
+    drive(node)
+    assert node.persistence is not None
+    node.persistence.close()
+
+    restarted = start(tmp_path)  # no pager round yet: what recovery itself kept
+    queue = queue_of(restarted)
+    footprint = BODY + 4000 + OVERHEAD  # about; the raw properties are a little more than the pad
+    assert restarted.pager is not None
+    assert restarted.pager.used == in_memory(restarted) <= BUDGET + 2 * footprint
+    assert queue.paged is not None and queue.message_count == 200
+    # Chunks are sized by the same measure: one read back is about a chunk of budget.
+    chunk_size = restarted.pager.chunk_size
+    assert all(chunk.count * footprint <= chunk_size + footprint for chunk in queue.paged.chunks)
+    assert consume(restarted, connect(restarted, durable=True), 200) == fresh(range(200))
+
+
 LIFECYCLE = {"x-max-length": 10_000, "x-message-ttl": 3_600_000}
 
 
@@ -497,18 +518,115 @@ async def test_recovered_paged_messages_still_expire(tmp_path: Path, autojump_cl
     assert queue.message_count == 0 and queue.paged is None
 
 
-async def test_a_priority_queue_recovers_its_whole_backlog_into_memory(tmp_path: Path) -> None:
-    node = start(tmp_path)
-    client = connect(node, durable=True, arguments={"x-max-priority": 5})
-    publish(client, range(200), properties=PERSISTENT)
+PRIORITY = {"x-max-priority": 5}
+
+
+def priority_of(number: int) -> int:
+    return number * 7 % 8  # 0 to 7: above the maximum counts as 5
+
+
+def publish_prioritised(client: ClientPeer, numbers: range) -> None:
+    for number in numbers:
+        properties = Basic.Properties(delivery_mode=2, priority=priority_of(number))
+        client.publish(1, body(number), routing_key="q", properties=properties)
+
+
+def by_priority(numbers: list[int]) -> list[tuple[int, bool]]:
+    """The delivery order of a priority queue holding `numbers`: highest level first, FIFO within one."""
+    return fresh(sorted(numbers, key=lambda n: (-min(priority_of(n), 5), n)))  # type: ignore[arg-type]
+
+
+def restarted_priority_backlog(tmp_path: Path, count: int) -> Node:
+    node = start(tmp_path, budget=20 * BUDGET)  # the whole backlog fits before the restart
+    publish_prioritised(connect(node, durable=True, arguments=PRIORITY), range(count))
     drive(node)
     assert node.persistence is not None
     node.persistence.close()
+    return start(tmp_path)
+
+
+async def test_a_priority_queue_backlog_over_budget_recovers_in_bounded_memory(tmp_path: Path) -> None:
+    restarted = restarted_priority_backlog(tmp_path, 600)
+    queue = queue_of(restarted)
+    assert queue.message_count == 600
+    assert restarted.pager is not None
+    # The highest levels' heads are in memory; the rest of each level stayed in the log.
+    assert restarted.pager.used == in_memory(restarted) <= BUDGET + BODY + OVERHEAD
+    assert len(list(queue.ready)) < 100
+    assert page_files(tmp_path) == []  # nothing was copied out of the log
+    client = connect(restarted, durable=True, arguments=PRIORITY)
+    publish_prioritised(client, range(600, 700))  # behind each level's chunks
+    got = consume(restarted, client, 700)
+    assert got == by_priority(list(range(700)))
+    drive(restarted)
+    assert queue.message_count == 0 and restarted.pager.used == 0
+
+
+async def test_a_recovered_priority_backlog_is_read_ahead_and_served_by_basic_get(tmp_path: Path) -> None:
+    restarted = restarted_priority_backlog(tmp_path, 400)
+    client = connect(restarted, durable=True, arguments=PRIORITY)
+    got = []
+    for _ in range(400):
+        got += get_all_but(client, 1)
+        drive(restarted)  # read-ahead rounds between gets
+        assert restarted.pager is not None and restarted.pager.used <= BUDGET + 4 * restarted.pager.chunk_size
+    assert got == by_priority(list(range(400)))
+    assert get_all(client) == []
+
+
+async def test_a_purged_recovered_priority_backlog_stays_purged_but_an_unacked_message_comes_back(
+    tmp_path: Path,
+) -> None:
+    restarted = restarted_priority_backlog(tmp_path, 500)
+    client = connect(restarted, durable=True, arguments=PRIORITY)
+    found = messages(client.method(1, Basic.Get(queue="q", no_ack=False)))  # the first at the top level
+    first = int(found[0][2][:8])
+    assert first == by_priority(list(range(500)))[0][0]
+    reply = methods(client.method(1, Queue.Purge(queue="q")))
+    assert isinstance(reply[-1], Queue.PurgeOk) and reply[-1].message_count == 499
+    drive(restarted)
+    assert restarted.persistence is not None
+    restarted.persistence.close()  # the unacked one is still the queue's
+
+    again = start(tmp_path)
+    assert queue_of(again).message_count == 1
+    assert get_all(connect(again, durable=True, arguments=PRIORITY)) == [(first, True)]
+
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+async def test_a_quorum_queue_whose_log_counted_returns_recovers_in_bounded_memory_with_its_counts(
+    tmp_path: Path,
+) -> None:
+    node = start(tmp_path, budget=20 * BUDGET)
+    client = connect(node, durable=True, arguments=QUORUM)
+    publish(client, range(400), properties=PERSISTENT)
+    client.method(1, Basic.Qos(prefetch_count=0))
+    client.method(1, Basic.Consume(queue="q", consumer_tag="c"))
+    client.method(1, Basic.Cancel(consumer_tag="c"))
+    # Every one delivered, then given back with requeue: the log counts a return for each.
+    client.method(1, Basic.Nack(delivery_tag=400, multiple=True, requeue=True))
+    drive(node)
+    assert node.persistence is not None
+    node.persistence.close()
+
     restarted = start(tmp_path)
     queue = queue_of(restarted)
-    assert queue.paged is None and len(queue.ready) == 200  # priority queues never page
-    drive(restarted)
-    assert get_all(connect(restarted, durable=True, arguments={"x-max-priority": 5})) == fresh(range(200))
+    assert queue.paged is not None and queue.message_count == 400
+    assert restarted.pager is not None
+    # Each one held carries an x-delivery-count header (about 30 bytes) that its logged copy has not.
+    assert restarted.pager.used == in_memory(restarted) <= BUDGET + BODY + OVERHEAD + 30 * len(queue.ready)
+    assert len(queue.ready) < 60
+    assert any(chunk.returns is not None for chunk in queue.paged.chunks)
+    client = connect(restarted, durable=True, arguments=QUORUM)
+    counts = []
+    for _ in range(400):
+        found = messages(client.method(1, Basic.Get(queue="q", no_ack=True)))
+        method, properties, payload = found[0]
+        counts.append((int(payload[:8]), method.redelivered, properties.headers["x-delivery-count"]))
+        drive(restarted)
+    assert counts == [(number, True, 1) for number in range(400)]
 
 
 async def test_purged_paged_persistent_messages_stay_purged_after_a_restart(tmp_path: Path) -> None:

@@ -134,8 +134,10 @@ def _seqs(value: Any) -> Any:
 
 
 def declare(vhost: VirtualHost, kind: str, durable: bool = False) -> Queue:
+    # A quorum queue is durable or refused (RabbitMQ's rule): without a store, its journal is a null one.
     return vhost.declare_queue(
-        "q", owner=None, durable=durable, exclusive=False, auto_delete=False, arguments=dict(KINDS[kind])
+        "q", owner=None, durable=durable or kind == "quorum", exclusive=False, auto_delete=False,
+        arguments=dict(KINDS[kind]),
     )
 
 

@@ -467,6 +467,7 @@ class ClusterMetadata(LocalMetadata):
             exclusive=record.exclusive,
             auto_delete=auto_delete,
             arguments=arguments,
+            restoring=True,
         )
 
     def _ends(self, vhost: VirtualHost, record: BindingRecord) -> tuple[Exchange, Any] | None:

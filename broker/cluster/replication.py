@@ -134,6 +134,9 @@ class ReplicatedJournal(Journal):
         # logged, since a queue declared again under the name logs into the same log, from seq 1 again.
         self.done = False
 
+    def logs(self, entry: Entry) -> bool:
+        return not self.done
+
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         leader = self.leader
         if self.done:
@@ -148,9 +151,6 @@ class ReplicatedJournal(Journal):
         ticket = leader.gate.ticket()
         leader.tickets.append((end, ticket))
         return ticket
-
-    def keeps(self, entry: Entry) -> bool:
-        return not self.done
 
     def delivered(self, entry: Entry) -> None:
         if not self.done:
@@ -169,8 +169,15 @@ class ReplicatedJournal(Journal):
             self.leader.append((SETTLED, [entry.seq for entry in entries]))
 
     def removed_range(self, first: int, last: int, reason: str) -> None:
-        if not self.done:
+        if not self.done:  # as a settled range: the replication log's records carry no reason yet
             self.leader.append((SETTLED_RANGE, first, last))
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        self.settled_seqs(seqs)  # the replication log's records carry no reason yet
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        if seqs and not self.done:
+            self.leader.append((SETTLED, list(seqs)))
 
     def deleted(self) -> None:
         if not self.done:

@@ -228,3 +228,33 @@ def _check_values(where: str, arguments: dict[str, Any], keys: Any) -> None:
             problem = DECLARE_CHECKS[key](arguments[key], arguments)
             if problem:
                 raise ChannelError(PRECONDITION_FAILED, f"invalid arg '{key}' {where}: {problem}")
+
+
+def validate_queue_properties(
+    queue: str, vhost: str, arguments: dict[str, Any], *, durable: bool, exclusive: bool, auto_delete: bool
+) -> None:
+    """Quorum and stream queues are durable, shared and kept: RabbitMQ refuses a new one declared
+    auto-delete, exclusive or non-durable (406, checked in that order, after the arguments and the vhost's
+    queue limit). `durable` is the queue's (an exclusive declare is never durable)."""
+    if queue_type(arguments) == "classic":
+        return
+    if auto_delete:
+        problem = "auto-delete"
+    elif exclusive:
+        problem = "exclusive-owner"
+    elif not durable:
+        problem = "non-durable"
+    else:
+        return
+    raise ChannelError(
+        PRECONDITION_FAILED, f"invalid property '{problem}' for queue '{queue}' in vhost '{vhost}'"
+    )
+
+
+def check_server_named_allowed(arguments: dict[str, Any]) -> None:
+    """Only classic queues may be server-named (RabbitMQ checks this first, before permissions)."""
+    kind = queue_type(arguments)
+    if kind != "classic" and kind in QUEUE_TYPES:
+        raise ChannelError(
+            PRECONDITION_FAILED, f"Cannot declare a server-named queue for type rabbit_{kind}_queue"
+        )

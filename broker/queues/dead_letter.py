@@ -65,14 +65,18 @@ def forward(
     queue_name: str,
     message: Message,
     reason: str,
+    taken: dict[str, int],
     wall_clock: Callable[[], float] = time.time,
-) -> int | None:
-    """Dead-letter one message at least once: the store position its copies wait for (0: none), or None
-    when it reached no queue, or one refused it (then it is forwarded again later)."""
+) -> bool:
+    """Dead-letter one message at least once, to the queues it routes to that have no copy yet: `taken`
+    (updated) names those that have one, with the store position each copy waits for (0: none), so that a
+    retry never duplicates it into a queue that took it, as RabbitMQ's rabbit_fifo_dlx_worker. Whether
+    every queue it routes to has a copy now (False when it routes nowhere, or one refused it: it is
+    forwarded again later)."""
     assert settings.dead_letter_exchange is not None
     exchange = host.exchanges.get(settings.dead_letter_exchange)
     if exchange is None:
-        return None
+        return False
     try:
         copy, deaths = Death(reason, queue_name, int(wall_clock())).copy(
             message, exchange.name, settings.dead_letter_routing_key
@@ -80,17 +84,20 @@ def forward(
     except tables.TableError as error:
         # It never can be: RabbitMQ would hold it for ever; it goes, and the log says so.
         log.warning("message %s from queue '%s' not dead-lettered: %s", reason, queue_name, error)
-        return 0
+        return True
     targets = [t for t in host.route(exchange, copy) if reason == REJECTED or not is_cycle(t.name, deaths)]
     if not targets:
-        return None
-    position = 0
+        return False
+    everywhere = True
     for target in targets:
+        if target.name in taken:
+            continue
         needed = target.enqueue(copy)
         if needed is None:
-            return None
-        position = max(position, needed)
-    return position
+            everywhere = False
+        else:
+            taken[target.name] = needed
+    return everywhere
 
 
 class Death:

@@ -10,8 +10,6 @@ from leveret.broker.queues.effects import JOURNAL, Effect
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
 
-# `Entry.logged` while its enqueue record is a JOURNAL effect not carried out yet (see RecordingJournal).
-LOGGING = -2
 # Why a queue removed messages it never dead-letters: a purge (queue.purge, or the management API's).
 PURGED = "purged"
 
@@ -28,8 +26,8 @@ class Journal:
         """`expires_in`: seconds from now until the entry expires (its TTL), None if it never does."""
         return 0
 
-    def keeps(self, entry: Entry) -> bool:
-        """Whether `enqueued` writes a record of the entry (so that its delivery is recorded too)."""
+    def logs(self, entry: Entry) -> bool:
+        """Whether `enqueued` would log the entry (and so set its `logged`)."""
         return False
 
     def delivered(self, entry: Entry) -> None:
@@ -45,15 +43,31 @@ class Journal:
         """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected, purged): gone
         for good, as if settled."""
 
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        """Entries dead-lettered at least once for `reason`: held, not ready, until every target has them
+        (then `removed`); after a restart they come back held."""
+
     def removed_range(self, first: int, last: int, reason: str) -> None:
         """Every entry it holds with a seq from `first` to `last` was removed for `reason` (a purged chunk
         of paged-out messages, which holds every seq in its range)."""
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        """Every entry it holds with one of these seqs was removed for `reason` (a purged chunk that does
+        not hold every seq in its range: a priority level's)."""
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        """Every entry it holds with one of these seqs is gone (a purged chunk that does not hold every
+        seq in its range: a priority level's)."""
 
     def deleted(self) -> None:
         """The queue was deleted: its log goes too."""
 
 
 NULL_JOURNAL = Journal()
+
+
+# An entry's `logged` while its enqueued record waits among a command's effects (RecordingJournal).
+PENDING = -1
 
 
 class RecordingJournal(Journal):
@@ -71,9 +85,10 @@ class RecordingJournal(Journal):
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         self._effects.append((JOURNAL, "enqueued", entry, expires_in))
-        if self.journal.keeps(entry):
-            # Logged once the effect is carried out; a delivery in the same command is recorded meanwhile.
-            entry.logged = LOGGING
+        if self.journal.logs(entry):
+            # Logged once the effect is carried out; the command goes on as if it were (a message handed
+            # straight to a consumer gets its delivered record), and the real journal sets where.
+            entry.logged = PENDING
         return 0
 
     def delivered(self, entry: Entry) -> None:
@@ -90,6 +105,15 @@ class RecordingJournal(Journal):
 
     def removed_range(self, first: int, last: int, reason: str) -> None:
         self._effects.append((JOURNAL, "removed_range", first, last, reason))
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        self._effects.append((JOURNAL, "removed_seqs", list(seqs), reason))
+
+    def settled_seqs(self, seqs: Sequence[int]) -> None:
+        self._effects.append((JOURNAL, "settled_seqs", list(seqs)))
+
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        self._effects.append((JOURNAL, "dead_lettering", list(entries), reason))
 
     def deleted(self) -> None:
         self._effects.append((JOURNAL, "deleted"))

@@ -20,9 +20,10 @@ from leveret.broker.message import Message
 from leveret.broker.queues.dead_letter import DELIVERY_LIMIT, EXPIRED, MAXLEN, REJECTED
 from leveret.broker.queues.delivery_count import DeliveryCount
 from leveret.broker.queues.dispatch import ByPriority, SingleActive
-from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, PAGE_OUT, REMOVE
+from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, LOAD, PAGE_OUT, RELEASE, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
+from leveret.broker.queues.journal import PURGED
 from leveret.broker.queues.outbox import Outbox
 from leveret.broker.queues.paging import HEAD_LOADING, OVERHEAD, Chunk, HeadGetter, HeadLoading, footprint
 from leveret.broker.queues.ready import FifoReady, PriorityReady
@@ -64,7 +65,7 @@ class Lifecycle:
         self.ready: FifoReady | PriorityReady = (
             FifoReady(queue.memory) if priorities is None else PriorityReady(priorities, queue.memory)
         )
-        # Priority queues keep their messages in memory.
+        # Priority queues do not page out (a recovered backlog keeps chunks in the log, per level).
         self.pages = priorities is None
         queue.ready = self.ready  # type: ignore[assignment]  # the queue's deque no more
         queue.lifecycle = self
@@ -343,6 +344,12 @@ class Lifecycle:
             self.queue._passed_mark()
 
     def clear_head(self) -> list[Entry]:
+        if isinstance(self.ready, PriorityReady):
+            for chunk in self.ready.take_chunks():
+                chunk.gone = True
+                if chunk.seqs is not None:
+                    self.queue.journal.removed_seqs(chunk.seqs, PURGED)
+                self.queue.effects.append((RELEASE, chunk))
         return list(self.ready.clear())
 
     def remove_from_head(self, seqs: set[int]) -> list[Entry]:
@@ -362,20 +369,30 @@ class Lifecycle:
             deadlines = (entry.expires for entry in entries)  # type: ignore[attr-defined]
             expires = array("d", (math.nan if when is None else when for when in deadlines))
         chunk = Chunk(entries, body_bytes, expires)
+        deliveries = [entry.deliveries for entry in entries]  # type: ignore[attr-defined]
+        if any(deliveries):  # read back from the log, a message would lose its count
+            chunk.returns = array("q", deliveries)
         self.queue.effects.append((PAGE_OUT, chunk))
         return chunk
 
     def tracked_from_chunk(self, chunk: Chunk, entries: list[Entry]) -> list[Entry]:
-        """A chunk's entries read back, with their deadlines."""
+        """A chunk's entries read back, with their deadlines and delivery counts."""
         expires = chunk.expires
         if expires is None:
-            return [TrackedEntry.adopt(entry, None) for entry in entries]
-        tracked: list[Entry] = []
-        for entry, when in zip(entries, expires, strict=True):
-            tracked.append(TrackedEntry.adopt(entry, None if math.isnan(when) else when))
-            if not math.isnan(when):
-                self._expiring = True
-        return tracked
+            tracked = [TrackedEntry.adopt(entry, None) for entry in entries]
+        else:
+            tracked = []
+            for entry, when in zip(entries, expires, strict=True):
+                tracked.append(TrackedEntry.adopt(entry, None if math.isnan(when) else when))
+                if not math.isnan(when):
+                    self._expiring = True
+        if chunk.returns is not None:
+            for entry, count in zip(tracked, chunk.returns, strict=True):
+                if self.counts is not None:
+                    self.counts.recovered(entry, count)
+                else:
+                    entry.deliveries = count
+        return tracked  # type: ignore[return-value]  # tracked ones
 
     def add_to_head(self, entries: list[Entry]) -> None:
         for entry in entries:
@@ -399,10 +416,36 @@ class Lifecycle:
             self._expiring = True
         self._reschedule()
 
-    def chunk_loaded(self) -> None:
+    def restore_levels(self, chunks: dict[int, list[Chunk]]) -> None:
+        """Recovery left a priority queue's backlog past the budget in the log: chunks per level."""
+        assert isinstance(self.ready, PriorityReady)
+        self.ready.restore_paged(chunks, self)
+        if any(chunk.expires is not None for level in chunks.values() for chunk in level):
+            self._expiring = True
+        self._reschedule()
+
+    def chunk_loaded(self, chunk: Chunk) -> None:
+        if isinstance(self.ready, PriorityReady) and not chunk.gone:
+            self.ready.chunk_loaded(chunk)
+            if self.queue.consumers and not self.queue._consumers_full:
+                self.deliver_ready()
         # Messages that expired on disk go now, before the pager could take them out again.
         self._expire_all(self.queue.clock())
         self._reschedule()
+
+    # A priority queue's ready list reads its levels' chunks back through these (ready.ChunkSource).
+
+    def read_ahead(self, chunk: Chunk) -> None:
+        self.queue.effects.append((LOAD, chunk))
+
+    def read_now(self, chunk: Chunk) -> None:
+        self.queue.pager.load_now(self.queue, chunk)
+
+    def entries_of(self, chunk: Chunk) -> list[TrackedEntry]:
+        entries = self.queue._chunk_entries(chunk)
+        chunk.gone = True
+        self.queue.effects.append((RELEASE, chunk))
+        return entries  # type: ignore[return-value]  # tracked ones
 
     # ---- removal ----------------------------------------------------------------------------
 
@@ -456,12 +499,25 @@ class Lifecycle:
         """`entries`: the stored entries the messages were, when they were stored."""
         if self.outbox is not None:
             held: list[Entry | None] = [None] * len(messages) if entries is None else list(entries)
+            if entries:  # logged as held first: a restart brings them back held, not ready
+                self.queue.journal.dead_lettering(entries, reason)
             self.queue.effects.append(self.outbox.add(held, messages, reason, self.queue.clock()))
             self._reschedule()
             self.queue._flush()
         elif self.settings.dead_letter_exchange is not None:
             self.queue.effects.append((DEAD_LETTER, messages, reason))
             self.queue._flush()
+
+    def restore_held(self, entries: list[Entry], reasons: list[str]) -> None:
+        """Dead-lettered at least once and still held when the broker stopped: held again, and forwarded
+        when the node's timers first run. (A queue without an outbox now, its arguments having changed,
+        lets them go as dead-lettered.)"""
+        if self.outbox is None:
+            for entry, reason in zip(entries, reasons, strict=True):
+                self.queue.journal.removed([entry], reason)
+            return
+        self.outbox.restore(entries, reasons, self.queue.clock())
+        self._reschedule()
 
     def dead_lettered(self, ids: list[int]) -> None:
         """Every target queue has these dead-lettered messages now: they leave the queue for good."""

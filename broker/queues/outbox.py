@@ -50,6 +50,15 @@ class Outbox:
             self.retry_at = now + RETRY_INTERVAL
         return (FORWARD, out)
 
+    def restore(self, entries: list[Entry], reasons: list[str], now: float) -> None:
+        """Held when the broker stopped (read back from the source's log): forwarded again at the first
+        retry, due now (the node's timers run once every queue and binding is back)."""
+        for entry, reason in zip(entries, reasons, strict=True):
+            self.held[next(self._ids)] = (entry, entry.message, reason)
+            self.bytes += len(entry.message.body)
+        if entries:
+            self.retry_at = now
+
     def done(self, ids: list[int]) -> dict[str, list[Entry]]:
         """Every target has these: they leave; their stored entries, by reason, for the log."""
         settled: dict[str, list[Entry]] = {}

@@ -142,7 +142,7 @@ class Pageable:
             if self.consumers and not self._consumers_full:
                 self.deliver_ready()
         if self.lifecycle is not None:
-            self.lifecycle.chunk_loaded()
+            self.lifecycle.chunk_loaded(chunk)
         self._flush()
 
     def _refill(self) -> None:
@@ -211,7 +211,7 @@ class Pageable:
         entries = self._chunk_entries(chunk)
         paged = self.paged
         assert paged is not None
-        paged.count -= chunk.count
+        paged.count -= chunk.live
         paged.body_bytes -= chunk.body_bytes
         chunk.gone = True
         self.effects.append((RELEASE, chunk))
@@ -220,11 +220,15 @@ class Pageable:
             self._head_getters_ready()
 
     def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
+        """A read-back chunk's entries as the queue keeps them, but for those dropped meanwhile."""
         entries = chunk.entries
         assert entries is not None
         chunk.entries = None
         if self.lifecycle is not None:
-            return self.lifecycle.tracked_from_chunk(chunk, entries)
+            entries = self.lifecycle.tracked_from_chunk(chunk, entries)
+        dropped = chunk.dropped
+        if dropped:
+            entries = [entry for entry in entries if entry.seq not in dropped]
         return entries
 
     def _add_to_head(self, entries: list[Entry]) -> None:

@@ -62,12 +62,16 @@ class Chunk:
     rest is what reading it back needs (filled in by the pager): `run`, the page file records of the
     entries no durable log holds; `locations`, each entry's enqueue record in the queue's log (0: the next
     record of `run`), None when no entry is logged; `position`, the store position those log records are
-    durable at. `redelivered` and `expires` are per entry, None when no entry has one.
+    durable at. `redelivered`, `expires` and `returns` (how often each came back: a quorum queue's delivery
+    count) are per entry, None when no entry has one. `dropped`: seqs discarded while the chunk was out
+    (a nacked publish, see Queue.discard), left out when it is read back; the chunk still spans them.
+    `seqs`: each entry's seq, kept only where the chunk does not hold every seq in its range (a priority
+    level's, whose range other levels' messages interleave).
     """
 
     __slots__ = (
         "count", "size", "body_bytes", "first_seq", "last_seq", "entries", "loading", "gone",
-        "redelivered", "expires", "run", "locations", "position",
+        "redelivered", "expires", "returns", "dropped", "seqs", "run", "locations", "position",
     )  # fmt: skip
 
     def __init__(self, entries: list[Entry], body_bytes: int, expires: array | None) -> None:
@@ -82,6 +86,9 @@ class Chunk:
         flags = bytes(map(_redelivered, entries))
         self.redelivered = flags if any(flags) else None
         self.expires = expires  # math.nan: no deadline
+        self.returns: array | None = None
+        self.dropped: set[int] | None = None
+        self.seqs: array | None = None
         self.run: PageRun | None = None
         self.locations: array | None = None
         self.position = 0
@@ -98,11 +105,30 @@ class Chunk:
         chunk.entries = None
         chunk.loading = chunk.gone = False
         chunk.redelivered = redelivered if any(redelivered) else None
-        chunk.expires = None
+        chunk.expires = chunk.returns = chunk.dropped = chunk.seqs = None
         chunk.run = None
         chunk.locations = locations
         chunk.position = 0  # durable already
         return chunk
+
+    @property
+    def live(self) -> int:
+        """How many of its messages are still the queue's (not dropped)."""
+        return self.count - len(self.dropped) if self.dropped else self.count
+
+    def drop(self, seqs: set[int]) -> list[int]:
+        """Leave out these seqs (those in its range) when read back; returns the ones it newly drops."""
+        first, last = self.first_seq, self.last_seq
+        dropped = self.dropped
+        mine = self.seqs
+        found = [
+            seq
+            for seq in seqs
+            if first <= seq <= last and not (dropped and seq in dropped) and (mine is None or seq in mine)
+        ]
+        if found:
+            self.dropped = (dropped or set()).union(found)
+        return found
 
     @property
     def first_expires(self) -> float | None:

@@ -291,11 +291,12 @@ class Queue(Pageable):
         would be stored after all, and redelivered to a publisher that retries them. Ready ones leave the
         queue; unacked ones stay with their consumer but never come back (delivered before the nack, they
         cannot be taken back). All of them are settled in the log behind the retried records, so recovery
-        does not bring them back either. (Ones already paged out stay: a chunk holds every seq in its
-        range.) Returns how many ready ones left."""
+        does not bring them back either. Ones paged out are dropped from their chunk (left out when it is
+        read back). Returns how many ready ones left."""
         wanted = set(seqs)
         removed = self._remove_from_head(wanted)
         paged = self.paged
+        dropped: list[int] = []
         if paged is not None:
             gone = remove_seqs(paged.tail, wanted)
             if gone:
@@ -303,11 +304,23 @@ class Queue(Pageable):
                 paged.body_bytes -= sum(len(entry.message.body) for entry in gone)
                 self.memory.used -= footprint(gone)
                 removed += gone
+            for chunk in paged.chunks:
+                found = chunk.drop(wanted)
+                if found:
+                    paged.count -= len(found)
+                    if chunk.entries is not None:  # still in memory: its bodies are known now
+                        newly = set(found)
+                        body_bytes = sum(len(e.message.body) for e in chunk.entries if e.seq in newly)
+                        chunk.body_bytes -= body_bytes
+                        paged.body_bytes -= body_bytes
+                    dropped += found
         out = [self.checked_out[seq] for seq in wanted if seq in self.checked_out]
         self.nacked_out.update(entry.seq for entry in out)
         self.journal.settled(removed + out)
+        if dropped:
+            self.journal.settled_seqs(sorted(dropped))
         self._flush()
-        return len(removed)
+        return len(removed) + len(dropped)
 
     def _remove_from_head(self, seqs: set[int]) -> list[Entry]:
         if self.lifecycle is not None:

@@ -5,15 +5,16 @@ keeps a bare deque: see Queue.)"""
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
-from leveret.broker.queues.paging import OVERHEAD, footprint
+from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, PagedTail, footprint
 
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry, TrackedEntry
-    from leveret.broker.queues.paging import Footprint
+    from leveret.broker.queues.paging import Chunk, Footprint
 
 
 def seq_of(entry: Entry) -> int:
@@ -163,31 +164,60 @@ class FifoReady:
         self._memory.used -= footprint
 
 
-class PriorityReady:
-    """Higher priority first, FIFO within one; a message above the queue's maximum counts as the maximum."""
+class ChunkSource(Protocol):
+    """What a priority queue's ready list needs for its levels' chunks (the queue's lifecycle has it)."""
 
-    __slots__ = ("_levels", "_top", "_count", "bytes", "_memory")
+    def read_ahead(self, chunk: Chunk) -> None:
+        """Start reading `chunk` back (the queue hears of it through `chunk_loaded`)."""
+
+    def read_now(self, chunk: Chunk) -> None:
+        """Read `chunk` back here and now (blocking), into `chunk.entries`."""
+
+    def entries_of(self, chunk: Chunk) -> list[TrackedEntry]:
+        """The read-back chunk's entries, as the queue keeps them; the chunk is done with."""
+        ...
+
+
+class PriorityReady:
+    """Higher priority first, FIFO within one; a message above the queue's maximum counts as the maximum.
+
+    A recovered backlog larger than the memory budget keeps, per level, its back in the log as chunks
+    (paging.py's model, one level at a time: the level's head in memory, its chunks, then a tail of what
+    was published since), read back as the level comes up. Length and `bytes` count every message, in
+    memory or not; the budget only those in memory. Priority queues do not page out at run time."""
+
+    __slots__ = ("_levels", "_paged", "_top", "_count", "bytes", "_memory", "source")
 
     def __init__(self, max_priority: int, memory: Footprint) -> None:
         self._levels: list[deque[TrackedEntry]] = [deque() for _ in range(max_priority + 1)]
+        self._paged: dict[int, PagedTail] = {}  # levels with chunks: what follows their head
         self._top = -1  # highest level that may be non-empty
         self._count = 0
         self.bytes = 0
         self._memory = memory
+        self.source: ChunkSource | None = None  # set along with the first chunks
 
     def __len__(self) -> int:
         return self._count
 
     def __iter__(self) -> Iterator[TrackedEntry]:
-        for level in reversed(self._levels):
-            yield from level
+        """The entries in memory, in delivery order by level (those in chunks are not)."""
+        for level in range(len(self._levels) - 1, -1, -1):
+            yield from self._levels[level]
+            paged = self._paged.get(level)
+            if paged is not None:
+                yield from cast("deque[TrackedEntry]", paged.tail)
 
     def _level(self, entry: TrackedEntry) -> int:
         return min(entry.message.priority, len(self._levels) - 1)
 
     def append(self, entry: TrackedEntry) -> None:
         level = self._level(entry)
-        self._levels[level].append(entry)
+        paged = self._paged.get(level) if self._paged else None
+        if paged is None:
+            self._levels[level].append(entry)
+        else:
+            paged.append(entry)
         self._top = max(self._top, level)
         self._count += 1
         message = entry.message
@@ -195,27 +225,111 @@ class PriorityReady:
         self._memory.used += message.size + OVERHEAD
 
     def _head_level(self) -> deque[TrackedEntry]:
+        """The highest level with messages, its head in memory (read back here if it must be)."""
         levels = self._levels
-        while not levels[self._top]:
-            self._top -= 1
-        return levels[self._top]
+        while True:
+            head = levels[self._top]
+            if head:
+                return head
+            paged = self._paged.get(self._top) if self._paged else None
+            if paged is None:
+                self._top -= 1
+                continue
+            self._fill(self._top, paged, block=True)
+            if head:
+                return head
 
     def popleft(self) -> TrackedEntry:
-        entry = self._head_level().popleft()
+        head = self._head_level()
+        entry = head.popleft()
         self._count -= 1
         message = entry.message
         self.bytes -= len(message.body)
         self._memory.used -= message.size + OVERHEAD
+        if self._paged:
+            paged = self._paged.get(self._top)
+            if paged is not None:
+                self._fill(self._top, paged, block=False)
         return entry
 
     def peek(self) -> TrackedEntry:
         return self._head_level()[0]
+
+    # ---- chunks (a recovered backlog) --------------------------------------------------------
+
+    def restore_paged(self, chunks: dict[int, list[Chunk]], source: ChunkSource) -> None:
+        """Recovered messages behind each level's restored head, still in the log. Call after the
+        heads are restored, before any publish."""
+        self.source = source
+        for level, level_chunks in chunks.items():
+            if not level_chunks:
+                continue
+            paged = self._paged[level] = PagedTail()
+            paged.chunks.extend(level_chunks)
+            paged.count = sum(chunk.count for chunk in level_chunks)
+            paged.body_bytes = sum(chunk.body_bytes for chunk in level_chunks)
+            self._count += paged.count
+            self.bytes += paged.body_bytes
+            self._top = max(self._top, level)
+
+    def chunk_loaded(self, chunk: Chunk) -> None:
+        """A chunk read ahead is back: installed once its level's head runs short."""
+        for level, paged in self._paged.items():
+            if chunk in paged.chunks:
+                self._fill(level, paged, block=False)
+                return
+
+    def _fill(self, level: int, paged: PagedTail, *, block: bool) -> None:
+        """Install the level's first chunks while its head holds fewer messages than the next one
+        (reading it here when the head is empty and `block`); read the next ones ahead while the level
+        is the highest. The tail joins the head once the last chunk is in."""
+        source = self.source
+        assert source is not None
+        head = self._levels[level]
+        chunks = paged.chunks
+        while chunks and len(head) < chunks[0].count:
+            chunk = chunks[0]
+            if chunk.entries is None:
+                if head or not block:
+                    break
+                source.read_now(chunk)
+            chunks.popleft()
+            entries = source.entries_of(chunk)
+            paged.count -= chunk.live
+            paged.body_bytes -= chunk.body_bytes
+            self._count -= chunk.live - len(entries)  # any lost in reading
+            self.bytes += sum(len(entry.message.body) for entry in entries) - chunk.body_bytes
+            head.extend(entries)
+            self._memory.used += footprint(entries)
+        if not chunks:
+            del self._paged[level]
+            head.extend(cast("deque[TrackedEntry]", paged.tail))  # counted already
+            return
+        if level == self._top and len(head) < READ_AHEAD * chunks[0].count:
+            for chunk in itertools.islice(chunks, READ_AHEAD):
+                if chunk.entries is None and not chunk.loading:
+                    chunk.loading = True
+                    source.read_ahead(chunk)
+
+    def take_chunks(self) -> list[Chunk]:
+        """Forget every level's chunks (purge, delete); their tails stay, joining the heads."""
+        chunks: list[Chunk] = []
+        for level, paged in self._paged.items():
+            chunks += paged.chunks
+            self._count -= paged.count - len(paged.tail)
+            self.bytes -= paged.body_bytes - sum(len(entry.message.body) for entry in paged.tail)
+            self._levels[level].extend(cast("deque[TrackedEntry]", paged.tail))
+        self._paged = {}
+        return chunks
+
+    # ---- the rest -----------------------------------------------------------------------------
 
     def requeue(self, returned: list[TrackedEntry]) -> None:
         by_level: dict[int, list[TrackedEntry]] = {}
         for entry in returned:
             by_level.setdefault(self._level(entry), []).append(entry)
         for level, entries in by_level.items():
+            # Returned ones came from the level's head: they sort before any chunk of it.
             requeue_into(self._levels[level], entries)
             self._top = max(self._top, level)
         self._count += len(returned)
@@ -231,11 +345,26 @@ class PriorityReady:
         size, footprint = _budget(expired)
         self.bytes -= size
         self._memory.used -= footprint
+        if self._paged:
+            for index, paged in list(self._paged.items()):
+                if not self._levels[index]:  # its next deadline is in its first chunk
+                    self._read_first(paged)
         return expired
 
+    def _read_first(self, paged: PagedTail) -> None:
+        chunk = paged.chunks[0]
+        if chunk.entries is None and not chunk.loading and self.source is not None:
+            chunk.loading = True
+            self.source.read_ahead(chunk)
+
     def remove(self, seqs: set[int]) -> list[TrackedEntry]:
-        """Take the entries with these seqs out, wherever they are."""
+        """Take the entries with these seqs out, wherever they are in memory."""
         gone = [entry for level in self._levels for entry in remove_seqs(level, seqs)]
+        for paged in self._paged.values():
+            tail_gone = remove_seqs(paged.tail, seqs)
+            paged.count -= len(tail_gone)
+            paged.body_bytes -= sum(len(entry.message.body) for entry in tail_gone)
+            gone += tail_gone
         self._count -= len(gone)
         size, footprint = _budget(gone)
         self.bytes -= size
@@ -245,12 +374,20 @@ class PriorityReady:
     def next_expiry(self) -> float | None:
         levels = self._levels[: self._top + 1]
         heads = [level[0].expires for level in levels if level and level[0].expires is not None]
+        for level, paged in self._paged.items():
+            if not self._levels[level] and paged.chunks:
+                first = paged.chunks[0].first_expires
+                if first is not None:
+                    heads.append(first)
         return min(heads) if heads else None
 
     def clear(self) -> list[TrackedEntry]:
+        """Every entry in memory (take_chunks first, for those in chunks)."""
         entries = list(self)
         for level in self._levels:
             level.clear()
+        for paged in self._paged.values():
+            paged.tail.clear()
         self._top = -1
         self._count = 0
         self.bytes = 0

@@ -31,7 +31,7 @@ from leveret.broker.cluster.proxy import ProxyQueue, is_proxy
 from leveret.broker.cluster.remote import Ticket
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import amqp_type, validate_consumer_arguments
+from leveret.broker.queues.arguments import amqp_type, check_server_named_allowed, validate_consumer_arguments
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.paging import HeadLoading
@@ -654,6 +654,8 @@ class ChannelSession:
         else:
             # A server-named queue's name is chosen first: permissions are checked on it, as in RabbitMQ.
             server_named = not name
+            if server_named:
+                check_server_named_allowed(method.arguments or {})
             name = name or server_named_queue()
             self.session.check_permission("configure", "queue", name)
             if name not in self.vhost.queues:

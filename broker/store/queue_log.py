@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import records, segments
-from .records import DELIVERED, ENQUEUE, ENQUEUE_EXPIRING, ENQUEUES, EPOCH, REMOVED, RETURNED, SETTLE
+from .records import (
+    DEAD_LETTERING,
+    DELIVERED,
+    ENQUEUE,
+    ENQUEUE_EXPIRING,
+    ENQUEUES,
+    EPOCH,
+    REMOVED,
+    RETURNED,
+    SETTLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +83,13 @@ def collection_paused() -> Iterator[None]:
 
 # Property flag bit of `expiration` (AMQP basic class): such a message needs its queue's lifecycle.
 _EXPIRATION_FLAG = 1 << 8
+# Property flag bit of `priority`: only such a message's properties are read for it.
+_PRIORITY_FLAG = 1 << 11
 _SETTLED, _DELIVERED = 1, 2
 # In RecoveredLog.deadlines: a message logged without a deadline.
 NO_DEADLINE = -(1 << 63)
-# What a kept record costs beyond its body, as the memory budget counts a message (queues/paging.py).
+# What a kept record costs beyond its body and properties, as the memory budget counts a message
+# (queues/paging.py).
 KEPT_OVERHEAD = 256
 
 # (seq, exchange, routing key, properties, body) of an enqueue record, as records.decode_enqueue gives it.
@@ -85,7 +98,7 @@ Enqueued = tuple[int, str, str, bytes, bytes]
 
 @dataclass(slots=True)
 class RecoveredLog:
-    """The unsettled messages a log held at open, in seq order, as columns (about 25 bytes a message),
+    """The unsettled messages a log held at open, in seq order, as columns (about 29 bytes a message),
     and the whole records of those the scan could keep within its memory allowance (by position in the
     columns): a durable backlog larger than memory recovers without its bodies (broker/recovery.py keeps
     the head in memory and leaves the rest in the log, paged out), one that fits is not read twice."""
@@ -93,6 +106,7 @@ class RecoveredLog:
     seqs: array  # 'q'
     locations: array  # 'q': each one's enqueue record (see `location`)
     sizes: array  # 'q': body bytes
+    properties: array  # 'I': raw properties bytes (the memory budget counts them, see Message.size)
     delivered: bytearray  # 1: delivered before the restart
     expiring: bool  # some message has an `expiration` property or a deadline
     kept: dict[int, Enqueued] = field(default_factory=dict)
@@ -100,6 +114,11 @@ class RecoveredLog:
     deadlines: array | None = None
     # 'q': how often each came back to the queue (a quorum queue's delivery count), None when none did.
     returns: array | None = None
+    # Each one's `priority` property, None when none has one above 0.
+    priorities: bytearray | None = None
+    # Unsettled messages dead-lettered at least once, held until their targets have them (not in the
+    # columns above): (seq, location, reason).
+    held: list[tuple[int, int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -120,64 +139,87 @@ class _Columns:
         self.seqs = array("q")
         self.locations = array("q")
         self.sizes = array("q")
+        self.properties = array("I")
         self.marks = bytearray()
         self.flags = array("l")
         # Made at the first expiring enqueue, so that a log without any costs nothing for it.
         self.deadlines: array | None = None
         self.returns: array | None = None  # likewise, at the first RETURNED record
+        self.priorities: bytearray | None = None  # likewise, at the first message with a priority
+        self.held: dict[int, str] = {}  # seq -> reason: dead-lettered at least once, not settled yet
         self.kept: dict[int, Enqueued] = {}  # by seq
-        self.room = allowance  # bytes of bodies (and KEPT_OVERHEAD each) still allowed in `kept`
+        # Bytes still allowed in `kept`, as the memory budget counts them: body, raw properties and
+        # KEPT_OVERHEAD each.
+        self.room = allowance
 
     def keep(self, record: Enqueued) -> None:
         self.kept[record[0]] = record
-        self.room -= len(record[4]) + KEPT_OVERHEAD
+        self.room -= len(record[3]) + len(record[4]) + KEPT_OVERHEAD
 
-    def add(self, seq: int, at: int, size: int, flags: int) -> None:
+    def add(self, seq: int, at: int, size: int, flags: int, properties: int, priority: int) -> None:
         seqs = self.seqs
+        if priority and self.priorities is None:
+            self.priorities = bytearray(len(seqs))
         if seqs and seq <= seqs[-1]:  # never written so, but a log must recover whatever it holds
-            self._add_out_of_order(seq, at, size, flags, NO_DEADLINE)
+            self._add_out_of_order(seq, at, size, flags, properties, priority, NO_DEADLINE)
             return
         seqs.append(seq)
         self.locations.append(at)
         self.sizes.append(size)
+        self.properties.append(properties)
         self.flags.append(flags)
         self.marks.append(0)
         if self.deadlines is not None:
             self.deadlines.append(NO_DEADLINE)
         if self.returns is not None:
             self.returns.append(0)
+        if self.priorities is not None:
+            self.priorities.append(priority)
 
-    def add_expiring(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
+    def add_expiring(
+        self, seq: int, at: int, size: int, flags: int, properties: int, priority: int, deadline: int
+    ) -> None:
         if self.deadlines is None:
             self.deadlines = array("q", [NO_DEADLINE]) * len(self.seqs)
         seqs = self.seqs
         if seqs and seq <= seqs[-1]:
-            self._add_out_of_order(seq, at, size, flags, deadline)
+            if priority and self.priorities is None:
+                self.priorities = bytearray(len(seqs))
+            self._add_out_of_order(seq, at, size, flags, properties, priority, deadline)
             return
-        self.add(seq, at, size, flags)
+        self.add(seq, at, size, flags, properties, priority)
         self.deadlines[-1] = deadline
 
-    def _add_out_of_order(self, seq: int, at: int, size: int, flags: int, deadline: int) -> None:
+    def _add_out_of_order(
+        self, seq: int, at: int, size: int, flags: int, properties: int, priority: int, deadline: int
+    ) -> None:
         seqs = self.seqs
         deadlines = self.deadlines
+        priorities = self.priorities
         index = bisect_left(seqs, seq)
         if index < len(seqs) and seqs[index] == seq:
             self.locations[index], self.sizes[index], self.flags[index] = at, size, flags
+            self.properties[index] = properties
             self.marks[index] = 0
             if deadlines is not None:
                 deadlines[index] = deadline
             if self.returns is not None:
                 self.returns[index] = 0
+            if priorities is not None:
+                priorities[index] = priority
             return
         seqs.insert(index, seq)
         self.locations.insert(index, at)
         self.sizes.insert(index, size)
+        self.properties.insert(index, properties)
         self.flags.insert(index, flags)
         self.marks.insert(index, 0)
         if deadlines is not None:
             deadlines.insert(index, deadline)
         if self.returns is not None:
             self.returns.insert(index, 0)
+        if priorities is not None:
+            priorities.insert(index, priority)
 
     def _index(self, seq: int) -> int | None:
         index = bisect_left(self.seqs, seq)
@@ -189,15 +231,22 @@ class _Columns:
         if index is None or self.marks[index] & _SETTLED:
             return False
         self.marks[index] |= _SETTLED
+        if self.held:
+            self.held.pop(seq, None)
         record = self.kept.pop(seq, None)
         if record is not None:
-            self.room += len(record[4]) + KEPT_OVERHEAD
+            self.room += len(record[3]) + len(record[4]) + KEPT_OVERHEAD
         return True
 
     def deliver(self, seq: int) -> None:
         index = self._index(seq)
         if index is not None:
             self.marks[index] |= _DELIVERED
+
+    def dead_lettering(self, seq: int, reason: str) -> None:
+        index = self._index(seq)
+        if index is not None and not self.marks[index] & _SETTLED:
+            self.held[seq] = reason
 
     def returned(self, seq: int) -> None:
         """`seq` came back to the queue: redelivered from now on, and one more in its count."""
@@ -209,7 +258,12 @@ class _Columns:
             self.marks[index] |= _DELIVERED
 
     def unsettled(self) -> RecoveredLog:
-        live = [index for index, mark in enumerate(self.marks) if not mark & _SETTLED]
+        held = self.held
+        live = [
+            index
+            for index, mark in enumerate(self.marks)
+            if not mark & _SETTLED and not (held and self.seqs[index] in held)
+        ]
         returns = None
         if self.returns is not None:
             returns = array("q", (self.returns[i] for i in live))
@@ -218,17 +272,23 @@ class _Columns:
             deadlines = array("q", (self.deadlines[i] for i in live))
             if deadlines.count(NO_DEADLINE) == len(deadlines):
                 deadlines = None  # the expiring ones are all settled
+        priorities = None
+        if self.priorities is not None:
+            priorities = bytearray(self.priorities[i] for i in live)
         kept = self.kept
         seqs = array("q", (self.seqs[i] for i in live))
         return RecoveredLog(
             seqs,
             array("q", (self.locations[i] for i in live)),
             array("q", (self.sizes[i] for i in live)),
+            array("I", (self.properties[i] for i in live)),
             bytearray(self.marks[i] >> 1 for i in live),
             deadlines is not None or any(self.flags[i] & _EXPIRATION_FLAG for i in live),
             {position: kept[seq] for position, seq in enumerate(seqs) if seq in kept} if kept else {},
             deadlines,
             returns if returns is not None and any(returns) else None,
+            priorities if priorities is not None and any(priorities) else None,
+            [(seq, self.locations[self._index(seq) or 0], reason) for seq, reason in sorted(held.items())],
         )
 
 
@@ -363,6 +423,20 @@ class QueueLog:
         position = self._append(RETURNED, (records.returned_payload(self.epoch, returned),), True)
         active = self._active
         for seq in returned:
+            segment = self._segment_of(seq)
+            if segment is not None and segment is not active:
+                active.refs.add(segment.index)
+        return position
+
+    def append_dead_lettering(self, seqs: Iterable[int], reason: str) -> int:
+        """Record messages dead-lettered at least once (records.REASONS): held by the queue, not ready,
+        until their targets have them and `append_removed` settles them."""
+        held = [seq for seq in seqs if seq in self._live]
+        if not held:
+            return self._pending.position
+        position = self._append(DEAD_LETTERING, (records.removed_payload(self.epoch, reason, held),), True)
+        active = self._active
+        for seq in held:
             segment = self._segment_of(seq)
             if segment is not None and segment is not active:
                 active.refs.add(segment.index)
@@ -509,6 +583,7 @@ class QueueLog:
                     self._read(reader, segment, columns)
         recovered = columns.unsettled()
         self._live = set(recovered.seqs)
+        self._live.update(seq for seq, _, _ in recovered.held)
         self._active = _Segment(indexes[-1] + 1 if indexes else 0)
         self._recovered = True
         while deletable := self._deletable():
@@ -523,6 +598,7 @@ class QueueLog:
     def _read(self, reader: segments.SegmentReader, segment: _Segment, columns: _Columns) -> None:
         data = reader.data
         peek_enqueue = records.peek_enqueue
+        peek_priority = records.peek_priority
         names: dict[bytes, str] = {}
         top = self.last_seq
         enqueued = 0  # added to segment.live at the end: this loop is the hot path of a restart
@@ -533,18 +609,19 @@ class QueueLog:
                 if kind in ENQUEUES:
                     # An expiring enqueue is a plain one after its deadline.
                     payload = start if kind == ENQUEUE else start + records.DEADLINE_SIZE
-                    seq, size, flags = peek_enqueue(data, payload, end)
+                    seq, size, flags, properties = peek_enqueue(data, payload, end)
+                    priority = peek_priority(data, payload, end) if flags & _PRIORITY_FLAG else 0
                     # Decoded before it counts: a record that fails to decode is skipped whole.
                     record = (
                         records.decode_enqueue(data, payload, end, names)
-                        if size + KEPT_OVERHEAD <= columns.room
+                        if size + properties + KEPT_OVERHEAD <= columns.room
                         else None
                     )
                     if kind == ENQUEUE:
-                        columns.add(seq, at + start, size, flags)
+                        columns.add(seq, at + start, size, flags, properties, priority)
                     else:
                         deadline = records.decode_deadline(data, start)
-                        columns.add_expiring(seq, at + start, size, flags, deadline)
+                        columns.add_expiring(seq, at + start, size, flags, properties, priority, deadline)
                     if record is not None:
                         columns.keep(record)
                     if not enqueued:
@@ -570,6 +647,12 @@ class QueueLog:
                     _, returned = records.decode_returned(data, start, end)
                     for seq in returned:
                         columns.returned(seq)
+                        self._refer(segment, seq, False)
+                elif kind == DEAD_LETTERING:
+                    seq = top
+                    _, reason, held = records.decode_removed(data, start, end)
+                    for seq in held:
+                        columns.dead_lettering(seq, reason)
                         self._refer(segment, seq, False)
                 else:  # EPOCH: the log's position here (the epoch matters once queues are replicated)
                     seq = top

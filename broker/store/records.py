@@ -28,6 +28,8 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 
+from leveret.amqp.properties import peek_properties
+
 # What a payload part may be: a message body is bytes, or a bytearray when it came in several frames.
 Buffer = bytes | bytearray | memoryview
 
@@ -47,8 +49,13 @@ ENQUEUE_EXPIRING = 5  # an enqueue with its deadline ahead of the enqueue payloa
 RETURNED = 6  # messages back in the queue (nacked, rejected or given back with requeue): epoch, runs
 REMOVED = 7  # messages the queue removed (expired, over a limit, past the delivery limit): epoch, why, runs
 EPOCH = 8  # first in each segment: the leader epoch of the records after it, and the log position here
+# Messages dead-lettered at least once (held by the queue until every target has them; a REMOVED record
+# follows): epoch, why, runs. They recover held, not ready.
+DEAD_LETTERING = 9
 # What a queue log holds.
-KINDS = frozenset((ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING, RETURNED, REMOVED, EPOCH))
+KINDS = frozenset(
+    (ENQUEUE, SETTLE, DELIVERED, ENQUEUE_EXPIRING, RETURNED, REMOVED, EPOCH, DEAD_LETTERING)
+)
 ENQUEUES = frozenset((ENQUEUE, ENQUEUE_EXPIRING))
 
 # seq, then the lengths of exchange, routing key and properties; the body is the rest of the payload
@@ -223,16 +230,26 @@ def decode_enqueue(
     return seq, exchange, routing_key, data[props_at:body_at], data[body_at:end]
 
 
-def peek_enqueue(data: bytes, start: int, end: int) -> tuple[int, int, int]:
-    """(seq, body size, property flags) of an enqueue payload, copying nothing out of it: what recovery
-    keeps of a message, whose body is read back by location when it is needed."""
+def peek_enqueue(data: bytes, start: int, end: int) -> tuple[int, int, int, int]:
+    """(seq, body size, property flags, raw properties size) of an enqueue payload, copying nothing out of
+    it: what recovery keeps of a message, whose body is read back by location when it is needed."""
     seq, exchange_len, key_len, props_len = _ENQUEUE_HEAD.unpack_from(data, start)
     props_at = start + _ENQUEUE_HEAD.size + exchange_len + key_len
     body_at = props_at + props_len
     if body_at > end:
         raise ValueError("enqueue fields overrun the record")
     flags = data[props_at] << 8 | data[props_at + 1] if props_len >= 2 else 0
-    return seq, end - body_at, flags
+    return seq, end - body_at, flags, props_len
+
+
+def peek_priority(data: bytes, start: int, end: int) -> int:
+    """The `priority` property of an enqueue payload (0 when its properties cannot be read)."""
+    _, exchange_len, key_len, props_len = _ENQUEUE_HEAD.unpack_from(data, start)
+    props_at = start + _ENQUEUE_HEAD.size + exchange_len + key_len
+    try:
+        return peek_properties(data[props_at : props_at + props_len])[1]
+    except (ValueError, IndexError, struct.error):
+        return 0
 
 
 def record_at(

@@ -9,14 +9,27 @@ import os
 import platform
 import statistics
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.runner import Measurement
-from bench.scenarios import Case, Sample
+from bench.scenarios import Metric, Sample
 
 KINDS = ("leveret", "rabbitmq")
+
+
+class Case(Protocol):
+    """What the report needs of a case: the single-node scenarios' and the cluster benches' (bench.replicated,
+    bench.cluster_scaling)."""
+
+    @property
+    def scenario(self) -> int: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def metrics(self) -> tuple[Metric, ...]: ...
 
 
 @dataclass
@@ -107,7 +120,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def findings(cases: list[Case], results: dict[int, list[Measurement]]) -> list[str]:
+def findings(cases: Sequence[Case], results: dict[int, list[Measurement]]) -> list[str]:
     """Notes and every failure, with how to reproduce it."""
     out = []
     for index, case in enumerate(cases):
@@ -127,13 +140,13 @@ def _output(command: list[str]) -> str:
         return ""
 
 
-def environment(argv: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+def environment(argv: list[str], extra: dict[str, Any], program: str = "python -m bench") -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     commit = _output(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     dirty = _output(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
     return {
         "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "command": " ".join(["python -m bench", *argv]),
+        "command": " ".join([program, *argv]),
         "nproc": _output(["nproc"]),
         "free -h": _output(["free", "-h"]),
         "kernel": platform.release(),
@@ -145,7 +158,7 @@ def environment(argv: list[str], extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, env: dict[str, Any], cases: list[Case], results: dict[int, list[Measurement]],
+def write_json(path: Path, env: dict[str, Any], cases: Sequence[Case], results: dict[int, list[Measurement]],
                rows: list[Row]) -> None:
     def case_record(index: int, case: Case) -> dict[str, Any]:
         return {

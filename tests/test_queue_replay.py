@@ -249,3 +249,23 @@ def test_a_log_whose_purge_was_settle_records_recovers_the_same() -> None:
 
         recovered = open_node(directory).vhosts["/"].queues["q"]
         assert [(e.seq, e.redelivered) for e in recovered.ready] == [(1, False)]
+
+
+def test_a_publish_handed_straight_to_a_consumer_under_apply_records_its_delivery() -> None:
+    """Its enqueue record is an effect not yet written when the same command delivers it: the delivery is
+    recorded all the same, so it comes back redelivered."""
+    with tempfile.TemporaryDirectory() as directory:
+        node = open_node(directory)
+        queue = declare(node.vhosts["/"], "plain", durable=True)
+        consumer = Consumer("c")
+        queue.apply((commands.ATTACH, consumer), 0.0)
+        queue.apply((commands.CREDIT, consumer, 1), 0.0)
+        _, effects = queue.apply((commands.ENQUEUE, publish(1, 0, True)), 0.0)
+        records = [effect for effect in effects if effect[0] == JOURNAL]
+        assert [record[1] for record in records] == ["enqueued", "delivered"]
+        for record in records:
+            node.vhosts["/"].executor.run(queue, record)
+        assert node.persistence is not None
+        node.persistence.close()
+        recovered = open_node(directory).vhosts["/"].queues["q"]
+        assert [(e.message.body, e.redelivered) for e in recovered.ready] == [(b"1", True)]

@@ -80,6 +80,9 @@ async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TA
             nursery.start_soon(_sender, links, hub, name, wakeups, nursery)
         hub.start()
         task_status.started()
+        # Calls arrive for the node's whole life, also when no sender keeps the nursery open (a cluster of
+        # one node: its own queues are asked before their leadership is known).
+        await trio.sleep_forever()
 
 
 async def _sender(

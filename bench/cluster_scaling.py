@@ -1,0 +1,152 @@
+"""Aggregate throughput through an x-consistent-hash exchange over quorum queues led by different nodes, on
+1, 2 and 3 nodes: Leveret (with as many etcd members) against RabbitMQ 3.10 (its consistent-hash plugin),
+a fresh cluster of each per node count, alternated in the same run, reported as Leveret/RabbitMQ ratios.
+
+    python -m bench.cluster_scaling                 # 1-3 nodes, 3 repeats, 10 s runs
+    python -m bench.cluster_scaling --quick         # 1 repeat, 4 s runs
+    python -m bench.cluster_scaling --nodes 1,3 --queues 9 --producers 2
+
+Per run: `--queues` durable quorum queues (replicas: min(3, nodes)), queue i declared through node i mod N
+(where RabbitMQ puts its leader; Leveret places leaders by consistent hashing), each bound with weight "1"
+to a durable x-consistent-hash exchange. On every node one load generator: `--producers` producers
+publishing persistent 256-byte messages with random routing keys to the exchange, 1000 confirms in flight
+each, and one consumer per queue that node leads (prefetch 1000, an ack per 100). Figures: confirmed/s and
+delivered/s summed over the nodes. All processes share this machine's cores, so the curve shows what one
+machine's CPUs allow, not what separate hosts would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pika
+
+from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
+from bench.clusters import BenchCluster, new_cluster
+from bench.procfs import raise_nofile
+from bench.report import environment
+from bench.runner import Measurement
+from bench.scenarios import BODY, CONSUMING, Metric, Sample
+from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
+
+CONFIRM_WINDOW = 1000
+# Weight of each binding: every queue gets the same share of the hash ring.
+WEIGHT = "1"
+
+
+def declare_topology(cluster: BenchCluster, exchange: str, queues: list[str]) -> None:
+    cluster.declare(queues, on=[i % cluster.size for i in range(len(queues))])
+    with pika.BlockingConnection(pika.URLParameters(cluster.url(0))) as connection:
+        channel = connection.channel()
+        channel.exchange_declare(exchange, exchange_type="x-consistent-hash", durable=True)
+        for queue in queues:
+            channel.queue_bind(queue, exchange, routing_key=WEIGHT)
+
+
+def node_load(cluster: BenchCluster, settings: Settings, node: int, exchange: str, led: list[str],
+              producers: int) -> Window:
+    """One node's load generator: producers to the exchange, a consumer for each queue the node leads."""
+    args = ["--mode", "both" if led else "produce", "--producers", str(producers), "--exchange", exchange,
+            "--random-keys", "--no-declare", "--persistent", "--confirm", str(CONFIRM_WINDOW),
+            "--duration", str(settings.duration), "--hosts", hosts(cluster, [node])]
+    if led:
+        args += [*CONSUMING, "--consumers", str(len(led)), "--consume-queues", ",".join(led)]
+    else:
+        args += ["--body", str(BODY)]
+    return run_window(cluster, settings, args, settings.duration)
+
+
+def scaling(queue_count: int, producers: int) -> Callable[[BenchCluster, Settings], Sample]:
+    def measure(cluster: BenchCluster, settings: Settings) -> Sample:
+        exchange = settings.name("hash")
+        queues = [f"{exchange}-q{i}" for i in range(queue_count)]
+        declare_topology(cluster, exchange, queues)
+        try:
+            leaders = {queue: cluster.leader_of(queue) for queue in queues}
+            led = [[q for q in queues if leaders[q] == node] for node in range(cluster.size)]
+            with ThreadPoolExecutor(cluster.size) as pool:
+                runs = [pool.submit(node_load, cluster, settings, node, exchange, led[node], producers)
+                        for node in range(cluster.size)]
+                windows = [run.result() for run in runs]
+            left = sum(int(cluster.queue(queue).get("messages") or 0) for queue in queues)
+        finally:
+            cluster.delete(queues, (exchange,))
+        confirmed = sum(w.result["confirmed"] / max(w.result["elapsed"], 1e-9) for w in windows)
+        delivered = sum(w.result["delivered"] / max(w.result["elapsed"], 1e-9) for w in windows)
+        # The nodes' CPU over the first load generator's window (they all run at once, for the same time).
+        first = windows[0]
+        merged = sample(first, {"confirmed/s": confirmed, "delivered/s": delivered},
+                        sum(w.result["delivered"] for w in windows))
+        merged.loadgen_cpu = sum(w.result["cpu_user"] + w.result["cpu_sys"] for w in windows)
+        merged.errors = [error for w in windows for error in w.result["errors"]]
+        merged.raw = {"nodes": [w.result for w in windows], "leaders": leaders, "messages_left": left}
+        per_node = Counter(cluster.node_name(index) for index in leaders.values())
+        merged.notes.append(f"{cluster.kind} on {cluster.size} node(s): queue leaders per node "
+                            f"{dict(sorted(per_node.items()))}")
+        return merged
+
+    return measure
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster_scaling", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 repeat, 4 s runs")
+    parser.add_argument("--nodes", default="1,2,3", help="node counts to measure (default 1,2,3)")
+    parser.add_argument("--queues", type=int, default=6, help="queues behind the exchange (default 6)")
+    parser.add_argument("--producers", type=int, default=2, help="producers per node (default 2)")
+    parser.add_argument("--repeat", type=int, help="runs per cluster and node count (3; 1 with --quick)")
+    parser.add_argument("--duration", type=float, help="seconds per run (default 10; 4 with --quick)")
+    args = parser.parse_args(argv)
+    args.nodes = [int(part) for part in args.nodes.split(",") if part.strip()]
+    if not args.nodes or not all(1 <= n <= 9 for n in args.nodes):
+        parser.error("--nodes: counts between 1 and 9, like 1,2,3")
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 4.0 if args.quick else 10.0
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    nofile = raise_nofile()
+    try:
+        binary = build_loadgen()
+    except ToolchainError as exc:
+        print(f"bench.cluster_scaling: {exc}", file=sys.stderr)
+        return 2
+    kinds = ["leveret"] + (["rabbitmq"] if ensure_rabbitmq() else [])
+    settings = Settings(binary, args.duration, warmup=0.0)
+    measure = scaling(args.queues, args.producers)
+    label = f"{args.queues} queues behind x-consistent-hash, {args.producers} producers per node"
+    cases = [ClusterCase(n, f"{n} node(s): {label}", (Metric("confirmed/s"), Metric("delivered/s")), measure)
+             for n in args.nodes]
+    extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
+             "loadgen": str(binary)}
+    env = environment(argv, extra, "python -m bench.cluster_scaling")
+    results: dict[int, list[Measurement]] = {}
+    with tempfile.TemporaryDirectory(prefix="leveret-bench-scaling-") as root:
+        for index, case in enumerate(cases):
+            size = case.scenario
+            clusters = [new_cluster(kind, Path(root) / f"{kind}-{size}", size) for kind in kinds]
+            try:
+                for cluster in clusters:
+                    print(f"== starting {case.scenario} {cluster.kind} node(s)", file=sys.stderr, flush=True)
+                    cluster.start()
+                print(f"== [{case.scenario}] {case.label}", file=sys.stderr, flush=True)
+                results[index] = run_case(case, clusters, settings, args.repeat)
+            finally:
+                for cluster in clusters:
+                    cluster.stop()
+    return report(env, cases, results, "cluster-scaling")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -16,6 +16,7 @@ from leveret.amqp.constants import ACCESS_REFUSED, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.message import Message
 from leveret.broker.queues.expiry import check_expiration
+from leveret.broker.queues.paging import HeadGetter, HeadLoading
 from leveret.broker.queues.queue import Queue
 from leveret.broker.sender_selected import split_routing_keys
 from leveret.broker.vhost import VirtualHost
@@ -74,17 +75,24 @@ class Got:
     remaining: int  # basic.get-ok's message_count: what was left in the queue after this one
 
 
-def get(queue: Queue, count: int, ackmode: AckMode) -> list[Got]:
-    """Up to `count` messages, each taken as basic.get takes it; then all of them acknowledged (gone),
-    rejected (dead-lettered where the queue says so) or requeued (redelivered next time), per `ackmode`."""
-    got: list[Got] = []
-    seqs: list[int] = []
+def take(queue: Queue, count: int, got: list[Got], seqs: list[int], getter: HeadGetter | None = None) -> bool:
+    """Take messages as basic.get does until `got` holds `count` (their seqs go to `seqs`). False when
+    the queue's next messages are still on disk: `getter` is told (head_ready) once they are read back,
+    and the caller takes on then."""
     while len(got) < count:
-        entry = queue.take()
+        entry = queue.take(getter)
         if entry is None:
             break
+        if isinstance(entry, HeadLoading):
+            return False
         seqs.append(entry.seq)
         got.append(Got(entry.message, entry.redelivered, queue.message_count))
+    return True
+
+
+def finish(queue: Queue, seqs: list[int], ackmode: AckMode) -> None:
+    """What a get took, acknowledged (gone), rejected (dead-lettered where the queue says so) or requeued
+    (redelivered next time), all together, per `ackmode`."""
     if seqs:
         if ackmode == "ack_requeue_false":
             queue.settle(seqs)
@@ -92,4 +100,18 @@ def get(queue: Queue, count: int, ackmode: AckMode) -> list[Got]:
             queue.reject(seqs)
         else:
             queue.requeue(seqs)
+
+
+def get(queue: Queue, count: int, ackmode: AckMode) -> list[Got]:
+    """Up to `count` messages, taken and then settled at once (`take`, `finish`): for a caller that cannot
+    wait, so a head on disk is read back here, blocking."""
+    got: list[Got] = []
+    seqs: list[int] = []
+    while len(got) < count:
+        entry = queue.take_now()
+        if entry is None:
+            break
+        seqs.append(entry.seq)
+        got.append(Got(entry.message, entry.redelivered, queue.message_count))
+    finish(queue, seqs, ackmode)
     return got

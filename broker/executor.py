@@ -3,8 +3,9 @@ consumers' channels, dead-lettering through the vhost's exchanges, the node's ti
 queue that expired unused, and paging through the node's pager (broker/pager.py).
 
 Each queue gets its vhost's `Executor.run` as its executor. The durable log's records are effects
-(JOURNAL) under `Queue.apply`; outside it the queue calls its journal in place, as it counts the pager's
-budget.
+(JOURNAL) under `Queue.apply`; outside it the queue calls its journal in place. The memory budget is the
+pager's: a queue counts only its own footprint (queues/paging.py's Footprint) and reports passing the mark
+the pager gave it (FOOTPRINT).
 
 At-least-once dead-letters (FORWARD) are reported back to their queue (the DEAD_LETTERED command) once
 their copies are in every target, and durable there: at once when no target logged them, else when a
@@ -25,7 +26,9 @@ from leveret.broker.queues.effects import (
     DEAD_LETTER,
     DELIVER,
     DISARM,
+    FOOTPRINT,
     FORWARD,
+    HEAD_READY,
     JOURNAL,
     LOAD,
     PAGE_OUT,
@@ -78,6 +81,10 @@ class Executor:
             queue.pager.load(queue, effect[1])
         elif kind == RELEASE:
             queue.pager.release(effect[1])
+        elif kind == FOOTPRINT:
+            queue.pager.passed_mark(queue)
+        elif kind == HEAD_READY:
+            effect[1].head_ready(queue)
         elif kind == REMOVE:
             self.vhost.remove_queue(queue)
         elif kind == FORWARD:

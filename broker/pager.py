@@ -9,8 +9,12 @@ records durable (the group commit's `durable_position`).
 Synchronous like the rest of the domain. The server's pager task (broker/server/pager.py) calls `begin`
 on the loop, which pages out when over budget and gathers the I/O due; runs `PagerWork.run` in a worker
 thread (writes, reads, deletions); and calls `complete` on the loop, which hands read chunks to their
-queues. A queue that must have its head at once (basic.get on an empty head) reads with `load_now`, on
-the loop: one chunk, about a MiB, usually in the page cache.
+queues. basic.get on an empty head waits for that read like the rest (a LOAD effect, answered on
+HEAD_READY); only a caller that must answer at once (a cluster peer's basic.get, a length limit dropping
+from an empty head) reads with `load_now`, on the loop: one chunk, about a MiB, usually in the page cache.
+
+The budget is the sum of the queues' own footprints (`used`): read when a queue passes the mark it was
+given (FOOTPRINT) and every second, when the pager shares what is left of the budget out as new marks.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 from leveret.broker.alarms import memory_limit
 from leveret.broker.message import Message
 from leveret.broker.queues.entry import Entry
-from leveret.broker.queues.paging import NEVER, Chunk, PagedQueue, Pager
+from leveret.broker.queues.paging import Chunk, PagedQueue, Pager
 from leveret.broker.store import Store, records
 from leveret.broker.store.pages import PageFiles, PageIO
 from leveret.broker.store.reader import Enqueued, read_enqueues, read_page
@@ -166,6 +170,7 @@ class NodePager(Pager):
     ) -> None:
         super().__init__(limit)
         self._slack = min(limit // 4, MAX_PAGE_OUT)
+        self.share = limit // 8  # until the first look at the budget: see `first_mark`
         self.page_files = page_files
         self._queues = queues
         self._store = store  # the durable queues' logs, when the node has a store
@@ -177,30 +182,40 @@ class NodePager(Pager):
 
     # ---- the budget ---------------------------------------------------------------------------
 
-    def exceeded(self) -> None:
-        # Queues call this from the middle of their operations: page out later, from the pager task.
-        self.threshold = NEVER  # until then, no more calls
+    @property
+    def used(self) -> int:
+        return sum(queue.memory.used for queue in self._queues())
+
+    def passed_mark(self, queue: PagedQueue) -> None:
+        # From the middle of a command's effects: page out later, from the pager task.
         self._page_out_due = True
         self.wake()
 
     def tick(self) -> None:
-        """Now and then (the pager task): a budget left exceeded because nothing could be paged out then
-        is tried again with the next `begin`."""
-        if self.used > self.limit:
-            self._page_out_due = True
+        """Now and then (the pager task): look at the budget with the next `begin`, so that a budget left
+        exceeded (nothing could be paged out then) is tried again, and the marks follow the queues that
+        came and went."""
+        self._page_out_due = True
 
     def page_out_now(self) -> None:
-        """Page out the largest backlogs until the ready messages in memory are a little under budget."""
+        """Page out the largest backlogs until the ready messages in memory are a little under budget; then
+        share out what is left of the budget as the queues' new marks."""
         self._page_out_due = False
+        queues = list(self._queues())
+        used = sum(queue.memory.used for queue in queues)
         target = self.limit - self._slack
-        if self.used > target:
-            candidates = sorted(self._queues(), key=lambda queue: queue.pageable(), reverse=True)
-            for queue in candidates:
-                if self.used <= target or not queue.pageable():
+        if used > target:
+            for queue in sorted(queues, key=lambda queue: queue.pageable(), reverse=True):
+                if used <= target or not queue.pageable():
                     break
-                queue.page_out(self.used - target)
-        # Nothing more to page out: look again only after another slack's worth (or at the next tick).
-        self.threshold = self.limit if self.used <= self.limit else self.used + self._slack
+                used -= queue.page_out(used - target)
+        # Each queue may add an equal part of the room left before the pager looks again (nothing more to
+        # page out: after another slack's worth, or at the next tick).
+        room = self.limit - used if used <= self.limit else self._slack
+        self.share = share = room // max(len(queues), 1)
+        for queue in queues:
+            memory = queue.memory
+            memory.mark = memory.used + share
 
     # ---- chunks -------------------------------------------------------------------------------
 

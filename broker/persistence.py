@@ -115,8 +115,12 @@ class StoreJournal(Journal):
             self.log.append_dead_lettering(seqs, reason)
             self.persistence.pending()
 
-    def settled_range(self, first: int, last: int) -> None:
-        self.log.append_settle(range(first, last + 1))
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        self.log.append_removed(range(first, last + 1), reason)
+        self.persistence.pending()
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        self.log.append_removed(seqs, reason)
         self.persistence.pending()
 
     def settled_seqs(self, seqs: Sequence[int]) -> None:

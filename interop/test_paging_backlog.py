@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from interop.backlog import MIB, BudgetedLeveret, run_backlog
+from interop.clients import pika_connection, unique
 from interop.conftest import BROKER_KIND
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "leveret", reason="message_memory_budget is Leveret's")
@@ -59,3 +62,48 @@ def test_a_backlog_over_budget_keeps_memory_bounded(budgeted_broker: BudgetedLev
 def test_ten_million_messages_keep_memory_bounded(budgeted_broker: BudgetedLeveret) -> None:
     # Chunk bookkeeping grows with the backlog too, by a few hundred bytes per chunk of ~800 messages.
     check(budgeted_broker, 10_000_000, HEADROOM + 32 * MIB)
+
+
+SMALL_BUDGET = "2MiB"  # chunks of 256 KiB: a 2,000 message backlog is mostly on disk
+GET_COUNT = 2000
+
+
+@pytest.fixture
+def small_budget_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    broker = BudgetedLeveret(tmp_path, SMALL_BUDGET)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def _get_all_in_order(channel: BlockingChannel, queue: str, count: int) -> None:
+    """basic.get (no-ack) `count` times: each message, in order, not redelivered; then get-empty."""
+    for expected in range(count):
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        assert method is not None, f"get-empty after {expected} of {count}"
+        assert (int(body[:8]), method.redelivered) == (expected, False)
+    assert channel.basic_get(queue, auto_ack=True)[0] is None
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["transient", "persistent-after-restart"])
+def test_basic_get_drains_a_queue_whose_head_is_on_disk_in_order_with_pika(
+    small_budget_broker: BudgetedLeveret, durable: bool
+) -> None:
+    # basic.get that finds the head empty waits for the pager to read the next chunk back (off the event
+    # loop); after a restart the head is what the budget had room for, the rest read back from the log.
+    queue = unique("paged-get")
+    padding = bytes(1016)
+    with pika_connection(small_budget_broker.url) as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=durable)
+        channel.confirm_delivery()
+        properties = pika.BasicProperties(delivery_mode=2 if durable else 1)
+        for number in range(GET_COUNT):
+            channel.basic_publish("", queue, b"%08d" % number + padding, properties)
+    assert small_budget_broker.page_files or durable  # transient ones went to the page files
+    if durable:
+        small_budget_broker.restart()
+    with pika_connection(small_budget_broker.url) as connection:
+        _get_all_in_order(connection.channel(), queue, GET_COUNT)

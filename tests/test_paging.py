@@ -125,10 +125,23 @@ def consume(
     return got
 
 
+def get(
+    client: ClientPeer, queue: str = "q", *, no_ack: bool = False
+) -> list[tuple[Any, Basic.Properties, bytes]]:
+    """basic.get as a client waits for it: a get whose head is on disk is held until the pager's round
+    has read it back (`drive`), then answered."""
+    frames = client.method(1, Basic.Get(queue=queue, no_ack=no_ack))
+    if not methods(frames):
+        drive(client.server.node)
+        frames += client.read()
+    assert methods(frames), "basic.get was never answered"
+    return messages(frames)
+
+
 def get_all(client: ClientPeer, queue: str = "q") -> list[tuple[int, bool]]:
     got = []
     while True:
-        found = messages(client.method(1, Basic.Get(queue=queue, no_ack=True)))
+        found = get(client, queue, no_ack=True)
         if not found:
             return got
         got.append((int(found[0][2][:8]), found[0][0].redelivered))
@@ -138,7 +151,7 @@ def get_all_but(client: ClientPeer, count: int, queue: str = "q") -> list[tuple[
     """The first `count` messages, by basic.get with no-ack."""
     got = []
     for _ in range(count):
-        found = messages(client.method(1, Basic.Get(queue=queue, no_ack=True)))
+        found = get(client, queue, no_ack=True)
         got.append((int(found[0][2][:8]), found[0][0].redelivered))
     return got
 
@@ -236,15 +249,30 @@ async def test_publishes_while_paged_go_behind_the_paged_messages(tmp_path: Path
     assert node.pager is not None and node.pager.used == 0
 
 
-async def test_basic_get_reads_an_empty_head_back_at_once(tmp_path: Path) -> None:
+async def test_basic_get_on_a_head_on_disk_waits_for_the_pagers_read_then_answers_in_order(
+    tmp_path: Path,
+) -> None:
     node = start(tmp_path)
     client = connect(node)
     publish(client, range(200))
     drive(node)
     queue = queue_of(node)
     assert queue.paged is not None
-    # No pager round in between: each get that finds the head empty reads a chunk there and then.
-    assert get_all(client) == fresh(range(200))
+    got = get_all_but(client, len(queue.ready))  # the head in memory: answered at once
+    # The head is empty: the get is held (no read on the event loop) and the chunk asked of the pager.
+    held = client.method(1, Basic.Get(queue="q", no_ack=True))
+    assert methods(held) == [] and queue.message_count == 200 - len(got)
+    later = client.method(1, Basic.Get(queue="q", no_ack=True))  # pipelined: waits behind the first
+    assert methods(later) == []
+    drive(node)  # the pager's round reads the chunk back: both gets are answered, in order
+    answered = messages(client.read())
+    assert len(answered) == 2 and [m.message_count for m, _, _ in answered] == [
+        199 - len(got),
+        198 - len(got),
+    ]
+    got += [(int(body[:8]), method.redelivered) for method, _, body in answered]
+    got += get_all(client)
+    assert got == fresh(range(200))
     assert queue.paged is None
 
 
@@ -279,7 +307,7 @@ async def test_a_requeued_message_keeps_its_place_ahead_of_paged_ones(tmp_path: 
     taker = connect(node)
     tags = []
     for _ in range(3):
-        method = messages(taker.method(1, Basic.Get(queue="q")))[0][0]
+        method = get(taker)[0][0]
         tags.append(method.delivery_tag)
     publish(client, range(300, 400))  # pages out more, behind those taken
     drive(node)
@@ -303,8 +331,8 @@ async def test_paged_messages_read_back_and_requeued_come_back_first(tmp_path: P
     consume_no_ack = consume(node, consumer, 200)
     assert consume_no_ack == fresh(range(200))
     taker = connect(node)
-    first = messages(taker.method(1, Basic.Get(queue="q")))[0][0]
-    second = messages(taker.method(1, Basic.Get(queue="q")))[0][0]
+    first = get(taker)[0][0]
+    second = get(taker)[0][0]
     taker.method(1, Basic.Nack(delivery_tag=second.delivery_tag, multiple=True, requeue=True))
     assert first.delivery_tag < second.delivery_tag
     assert get_all(client) == [(200, True), (201, True)] + fresh(range(202, 300))
@@ -343,7 +371,7 @@ async def test_delete_if_empty_sees_paged_messages(tmp_path: Path) -> None:
     publish(client, range(200))
     drive(node)
     while queue_of(node).ready:  # only paged messages left
-        client.method(1, Basic.Get(queue="q", no_ack=True))
+        get(client, no_ack=True)
     frames = methods(client.method(1, Queue.Delete(queue="q", if_empty=True)))
     assert frames[0].name == "Channel.Close" and frames[0].reply_code == 406
 
@@ -389,7 +417,7 @@ async def test_redelivered_flags_survive_paging_out_and_back(tmp_path: Path) -> 
     drive(node)
     # One delivery left unacknowledged at a crash: after it, every recovered message is redelivered,
     # as in RabbitMQ; paged out again (mixed flags too: the one taken before is redelivered either way).
-    messages(client.method(1, Basic.Get(queue="q")))
+    get(client)
     drive(node)
 
     crashed = start(tmp_path)

@@ -11,8 +11,18 @@ from pamqp.commands import Basic
 from leveret.amqp.properties import encode_properties
 from leveret.broker.message import Message
 from leveret.broker.queues import commands
-from leveret.broker.queues.effects import ARM, DELIVER, LOAD, PAGE_OUT, RELEASE
-from leveret.broker.queues.paging import Pager
+from leveret.broker.queues.effects import (
+    ARM,
+    DELIVER,
+    FOOTPRINT,
+    HEAD_READY,
+    JOURNAL,
+    LOAD,
+    PAGE_OUT,
+    RELEASE,
+)
+from leveret.broker.queues.journal import PURGED, Journal
+from leveret.broker.queues.paging import HEAD_LOADING, NEVER, OVERHEAD, Pager
 from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.vhost import VirtualHost
@@ -116,3 +126,69 @@ def test_a_lifecycle_made_under_apply_runs_at_the_commands_now_and_after() -> No
     assert effects == [(ARM, 6.0)]  # its deadline by the command's clock, not the vhost's
     queue.enqueue(message(b"y"))  # and outside apply, by the vhost's clock again
     assert queue.message_count == 2 and queue.clock() == 100.0
+
+
+def test_a_queue_reports_its_footprint_passing_the_pagers_mark_once_until_it_sets_another() -> None:
+    """The memory budget is the pager's: a queue only counts its own ready messages in memory (`memory`)
+    and says, once, when the count passed the mark the pager gave it."""
+    queue = Queue("q", "/")
+    body = bytes(1000)
+    size = len(body) + 2 + OVERHEAD  # body, raw properties (b"\x00\x00"), and the per-message overhead
+    queue.memory.mark = 3 * size
+    effects = [queue.apply((commands.ENQUEUE, message(body)), 0.0)[1] for _ in range(6)]
+    assert queue.memory.used == 6 * size
+    assert effects == [[], [], [], [(FOOTPRINT,)], [], []] and queue.memory.mark == NEVER
+    queue.memory.mark = queue.memory.used + size  # what the pager does once it has looked
+    consumer = Consumer("c", credit=6)
+    _, effects = queue.apply((commands.ATTACH, consumer), 0.0)
+    assert [e[0] for e in effects] == [DELIVER] * 6 and queue.memory.used == 0  # deliveries leave it
+
+
+class Getter:
+    def __init__(self) -> None:
+        self.told = 0
+
+    def head_ready(self, queue: Any) -> None:
+        self.told += 1
+
+
+def test_basic_get_on_a_head_on_disk_is_a_load_and_a_wait_then_a_head_ready() -> None:
+    queue = Queue("q", "/")
+    queue.pager = Pager(limit=64 * 1024)  # chunks of 16 KiB
+    for n in range(100):
+        queue.apply((commands.ENQUEUE, Message("", "q", b"\x00\x00", b"%04d" % n + bytes(1020))), 0.0)
+    _, effects = queue.apply((commands.PAGE, 99 * 1024), 0.0)
+    chunks = [chunk for kind, chunk in effects if kind == PAGE_OUT]
+    written = {id(chunk): chunk.entries for chunk in chunks}
+    for chunk in chunks:
+        chunk.entries = None  # written out
+    bodies, loads = [], []
+    while queue.ready:
+        taken, effects = queue.apply((commands.TAKE,), 0.0)
+        bodies.append(taken.message.body[:4])
+        loads += [effect for effect in effects if effect[0] == LOAD]
+    assert loads[0] == (LOAD, chunks[0])  # read ahead as the head ran down
+    chunks[0].loading = False  # say the read-ahead was lost: the get asks for the chunk itself
+    getter = Getter()
+    reply, effects = queue.apply((commands.TAKE, getter), 0.0)
+    assert reply is HEAD_LOADING and effects == [(LOAD, chunks[0])]
+    reply, effects = queue.apply((commands.TAKE, getter), 0.0)  # asked again meanwhile: no second read
+    assert reply is HEAD_LOADING and effects == []
+    chunks[0].entries = written[id(chunks[0])]  # as the pager does once it is read
+    _, effects = queue.apply((commands.LOADED, chunks[0]), 0.0)
+    assert effects[:2] == [(RELEASE, chunks[0]), (HEAD_READY, getter)]  # it joined the head: told, once
+    assert [e for e in effects if e[0] == HEAD_READY] == [(HEAD_READY, getter)]
+    taken, _ = queue.apply((commands.TAKE, getter), 0.0)
+    assert taken.message.body[:4] == b"%04d" % len(bodies)
+
+
+def test_purge_is_a_removal_for_the_reason_purged() -> None:
+    queue = Queue("q", "/")
+    queue.journal = Journal()  # keeps nothing, but its records come out as JOURNAL effects
+    for n in range(3):
+        queue.apply((commands.ENQUEUE, message(b"%d" % n)), 0.0)
+    count, effects = queue.apply((commands.PURGE,), 0.0)
+    assert count == 3
+    assert [(e[0], e[1], [entry.seq for entry in e[2]], e[3]) for e in effects] == [
+        (JOURNAL, "removed", [1, 2, 3], PURGED)
+    ]

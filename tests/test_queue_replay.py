@@ -29,6 +29,7 @@ from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import Journal
 from leveret.broker.queues.queue import Queue
 from leveret.broker.queues.subscriber import CreditPool
+from leveret.broker.store import records, segments
 from leveret.broker.vhost import VirtualHost
 from leveret.config import Config
 
@@ -199,6 +200,55 @@ def open_node(directory: str) -> Node:
     node.attach_persistence(persistence)
     persistence.recover(node)
     return node
+
+
+def removals_logged(queue: Queue) -> list[tuple[str, list[int]]]:
+    """(kind, seqs) of the settle and removal records in a durable queue's log, in order."""
+    directory = queue.journal.log.directory  # type: ignore[attr-defined]
+    found: list[tuple[str, list[int]]] = []
+    for index in segments.list_segments(directory):
+        reader = segments.open_segment(segments.segment_path(directory, index))
+        assert reader is not None
+        for kind, start, end in reader:
+            if kind == records.SETTLE:
+                found.append(("settle", list(records.decode_settle(reader.data, start, end))))
+            elif kind == records.REMOVED:
+                _, reason, seqs = records.decode_removed(reader.data, start, end)
+                found.append((reason, list(seqs)))
+    return found
+
+
+def test_a_purge_is_logged_as_a_removal_for_the_reason_purged_and_stays_purged() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        node = open_node(directory)
+        queue = declare(node.vhosts["/"], "plain", durable=True)
+        for n in range(5):
+            queue.enqueue(publish(n, 0, persistent=True))
+        taken = queue.take()  # unacked: a purge leaves it
+        assert isinstance(taken, Entry)
+        assert queue.purge() == 4
+        assert node.persistence is not None
+        node.persistence.close()  # writes what is pending
+        assert removals_logged(queue) == [("purged", [2, 3, 4, 5])]
+
+        recovered = open_node(directory).vhosts["/"].queues["q"]
+        assert [(e.seq, e.redelivered) for e in recovered.ready] == [(1, True)]
+
+
+def test_a_log_whose_purge_was_settle_records_recovers_the_same() -> None:
+    # What a purge wrote before it was a removal: a settle record for the messages it dropped.
+    with tempfile.TemporaryDirectory() as directory:
+        node = open_node(directory)
+        queue = declare(node.vhosts["/"], "plain", durable=True)
+        for n in range(5):
+            queue.enqueue(publish(n, 0, persistent=True))
+        queue.journal.settled([entry for entry in queue.ready if entry.seq > 1])
+        assert node.persistence is not None
+        node.persistence.close()
+        assert removals_logged(queue) == [("settle", [2, 3, 4, 5])]
+
+        recovered = open_node(directory).vhosts["/"].queues["q"]
+        assert [(e.seq, e.redelivered) for e in recovered.ready] == [(1, False)]
 
 
 def test_a_publish_handed_straight_to_a_consumer_under_apply_records_its_delivery() -> None:

@@ -22,6 +22,7 @@ from leveret.broker.queues.queue import Queue
 
 if TYPE_CHECKING:
     from leveret.broker.queues.host import QueueHost
+    from leveret.broker.queues.paging import HeadGetter, HeadLoading
     from leveret.broker.queues.subscriber import Subscriber
 
 
@@ -135,7 +136,7 @@ class ProxyQueue(Queue):
 
     # ---- what only the leader's queue does -------------------------------------------------------------
 
-    def take(self) -> Entry | None:
+    def take(self, getter: HeadGetter | None = None) -> Entry | HeadLoading | None:
         return None  # a channel's basic.get asks the leader (ChannelSession._get); nothing is held here
 
     def purge(self) -> int:

@@ -168,9 +168,12 @@ class ReplicatedJournal(Journal):
         if entries and not self.done:
             self.leader.append((SETTLED, [entry.seq for entry in entries]))
 
-    def settled_range(self, first: int, last: int) -> None:
-        if not self.done:
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        if not self.done:  # as a settled range: the replication log's records carry no reason yet
             self.leader.append((SETTLED_RANGE, first, last))
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        self.settled_seqs(seqs)  # the replication log's records carry no reason yet
 
     def settled_seqs(self, seqs: Sequence[int]) -> None:
         if seqs and not self.done:

@@ -31,12 +31,15 @@ from leveret.broker.management.context import Context, bad_request, exchange_par
 from leveret.broker.management.serializers import jsonable
 from leveret.broker.management.through_cluster import ask_leader, through_cluster
 from leveret.broker.message import Message
+from leveret.broker.queues.queue import Queue
 
 # Seconds between looks at the resource alarms while an HTTP publish waits for them to clear.
 ALARM_POLL = 0.1
 # How long an HTTP publish routed to queues led elsewhere waits for their leaders' answers.
 LEADER_WAIT = 5.0
 _LEADER_POLL = 0.005
+# How long a get waits for a queue's head to be read back from disk (a read takes milliseconds).
+HEAD_WAIT_TIMEOUT = 30.0
 # JSON property names and pamqp's, where they differ.
 _PAMQP_NAMES = {"type": "message_type"}
 _JSON_NAMES = {"message_type": "type"}
@@ -110,6 +113,16 @@ def payload_json(payload: bytes | bytearray, encoding: str) -> tuple[str, str]:
     return base64.b64encode(payload).decode("ascii"), "base64"
 
 
+
+class _HeadWaiter:
+    """A get's getter (queues/paging.py's HeadGetter): set once the queue's head is back in memory."""
+
+    def __init__(self) -> None:
+        self.ready = trio.Event()
+
+    def head_ready(self, queue: Any) -> None:
+        self.ready.set()
+
 class Messaging(Context):
     async def publish(self, request: Request) -> Response:
         user = self.user(request)
@@ -168,6 +181,21 @@ class Messaging(Context):
                 queue.requeue([entry.seq])
         return got
 
+    async def _get_here(self, queue: Queue, count: int, ackmode: direct.AckMode) -> list[direct.Got]:
+        """direct.get for a queue led here, waiting for a head read back from disk as basic.get does."""
+        got: list[direct.Got] = []
+        seqs: list[int] = []
+        while True:
+            waiter = _HeadWaiter()
+            if direct.take(queue, count, got, seqs, waiter):
+                break
+            with trio.move_on_after(HEAD_WAIT_TIMEOUT) as waited:
+                await waiter.ready.wait()
+            if waited.cancelled_caught:
+                break  # the chunk is not back (its read is stuck): answer with what was taken
+        direct.finish(queue, seqs, ackmode)
+        return got
+
     async def get(self, request: Request) -> Response:
         user = self.user(request)
         vhost, permissions = self.vhost_to_change(request, user)
@@ -192,7 +220,7 @@ class Messaging(Context):
         if isinstance(queue, ProxyQueue):
             taken = await self._get_from_leader(queue, max(count, 0), ackmode)
         else:
-            taken = direct.get(queue, max(count, 0), ackmode)
+            taken = await self._get_here(queue, max(count, 0), ackmode)
         queue.delivered += len(taken)
         queue.redelivered += sum(1 for got in taken if got.redelivered)
         if ackmode == "ack_requeue_false":

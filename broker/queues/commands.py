@@ -16,7 +16,9 @@ CREDIT = "credit"  # (CREDIT, consumer, n): it may take n more
 SETTLE = "settle"  # (SETTLE, seqs): acked
 REJECT = "reject"  # (REJECT, seqs): rejected without requeue (dead-lettered, if the queue does)
 RETURN = "return"  # (RETURN, seqs): nacked or rejected with requeue, or given back by a closed channel
-TAKE = "take"  # (TAKE,) -> the next ready entry, now unacked (basic.get), or None
+# (TAKE, getter=None) -> the next ready entry, now unacked (basic.get); None when there is none; or
+# HEAD_LOADING when it is on disk: `getter` is told (HEAD_READY) once it is read back, and asks again.
+TAKE = "take"
 TICK = "tick"  # (TICK,): the deadline the queue asked for (ARM) came
 PURGE = "purge"  # (PURGE,) -> how many ready messages went
 DELETE = "delete"  # (DELETE,)

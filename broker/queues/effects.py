@@ -27,10 +27,18 @@ FORWARD = 9  # (FORWARD, [(id, message, reason), ...]): dead-letter these, then 
 # confirm waits for (apply's own ENQUEUE reply is then 0). Outside apply the queue calls its journal
 # itself, in place, one call less on the hot path.
 JOURNAL = 10  # (JOURNAL, method, *arguments)
+# The memory budget (queues/paging.py's Footprint): the queue's ready messages in memory passed the mark its
+# pager set; the pager sums every queue's footprint and pages out if the node is over budget. A node's own
+# accounting, not the queue's state: a replica's or a replay's queue has its own pager and marks.
+FOOTPRINT = 11  # (FOOTPRINT,)
+# basic.get on an empty head with chunks behind it (TAKE's reply HEAD_LOADING, queues/paging.py): the chunk
+# it waited for is back in memory, or the queue dropped it (purge, delete): the getter asks again.
+HEAD_READY = 12  # (HEAD_READY, getter): call getter.head_ready(queue)
 
 NAMES = {
     DELIVER: "deliver", DEAD_LETTER: "dead-letter", ARM: "arm", DISARM: "disarm", REMOVE: "remove",
     PAGE_OUT: "page-out", LOAD: "load", RELEASE: "release", FORWARD: "forward", JOURNAL: "journal",
+    FOOTPRINT: "footprint", HEAD_READY: "head-ready",
 }  # fmt: skip
 
 Effect = tuple[Any, ...]

@@ -10,6 +10,9 @@ from leveret.broker.queues.effects import JOURNAL, Effect
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry
 
+# Why a queue removed messages it never dead-letters: a purge (queue.purge, or the management API's).
+PURGED = "purged"
+
 
 class Journal:
     """The queue's record of its persistent messages; the store-backed one is in broker/persistence.py.
@@ -37,16 +40,20 @@ class Journal:
         """Entries back in the queue: redelivered from now on, one more return in their delivery count."""
 
     def removed(self, entries: Sequence[Entry], reason: str) -> None:
-        """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected): gone for
-        good, as if settled."""
+        """Entries the queue removed for `reason` (expired, maxlen, delivery_limit, rejected, purged): gone
+        for good, as if settled."""
 
     def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
         """Entries dead-lettered at least once for `reason`: held, not ready, until every target has them
         (then `removed`); after a restart they come back held."""
 
-    def settled_range(self, first: int, last: int) -> None:
-        """Every entry it holds with a seq from `first` to `last` is gone (a purged chunk of paged-out
-        messages, which holds every seq in its range)."""
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        """Every entry it holds with a seq from `first` to `last` was removed for `reason` (a purged chunk
+        of paged-out messages, which holds every seq in its range)."""
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        """Every entry it holds with one of these seqs was removed for `reason` (a purged chunk that does
+        not hold every seq in its range: a priority level's)."""
 
     def settled_seqs(self, seqs: Sequence[int]) -> None:
         """Every entry it holds with one of these seqs is gone (a purged chunk that does not hold every
@@ -96,8 +103,11 @@ class RecordingJournal(Journal):
     def removed(self, entries: Sequence[Entry], reason: str) -> None:
         self._effects.append((JOURNAL, "removed", list(entries), reason))
 
-    def settled_range(self, first: int, last: int) -> None:
-        self._effects.append((JOURNAL, "settled_range", first, last))
+    def removed_range(self, first: int, last: int, reason: str) -> None:
+        self._effects.append((JOURNAL, "removed_range", first, last, reason))
+
+    def removed_seqs(self, seqs: Sequence[int], reason: str) -> None:
+        self._effects.append((JOURNAL, "removed_seqs", list(seqs), reason))
 
     def settled_seqs(self, seqs: Sequence[int]) -> None:
         self._effects.append((JOURNAL, "settled_seqs", list(seqs)))

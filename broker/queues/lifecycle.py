@@ -23,8 +23,9 @@ from leveret.broker.queues.dispatch import ByPriority, SingleActive
 from leveret.broker.queues.effects import ARM, DEAD_LETTER, DELIVER, DISARM, LOAD, PAGE_OUT, RELEASE, REMOVE
 from leveret.broker.queues.entry import Entry, TrackedEntry, published
 from leveret.broker.queues.expiry import deadline
+from leveret.broker.queues.journal import PURGED
 from leveret.broker.queues.outbox import Outbox
-from leveret.broker.queues.paging import OVERHEAD, Chunk, footprint
+from leveret.broker.queues.paging import HEAD_LOADING, OVERHEAD, Chunk, HeadGetter, HeadLoading, footprint
 from leveret.broker.queues.ready import FifoReady, PriorityReady
 from leveret.broker.queues.settings import REJECT_PUBLISH_DLX, QueueSettings
 from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
@@ -62,7 +63,7 @@ class Lifecycle:
         entries = queue._clear_head()  # the plain queue's deque
         priorities = settings.max_priority
         self.ready: FifoReady | PriorityReady = (
-            FifoReady(queue.pager) if priorities is None else PriorityReady(priorities, queue.pager)
+            FifoReady(queue.memory) if priorities is None else PriorityReady(priorities, queue.memory)
         )
         # Priority queues do not page out (a recovered backlog keeps chunks in the log, per level).
         self.pages = priorities is None
@@ -155,7 +156,7 @@ class Lifecycle:
         position = self.queue.journal.enqueued(entry, expires_in)
         if paged is not None:
             paged.append(entry)
-            self.queue.pager.used += message.size + OVERHEAD
+            self.queue.memory.used += message.size + OVERHEAD
         else:
             ready.append(entry)
             if len(ready) == 1:
@@ -195,14 +196,17 @@ class Lifecycle:
         self.queue._seq = itertools.count(next_seq)
         self._reschedule()
         self._check_budget()
+        self.queue._flush()
 
-    def take(self) -> Entry | None:
+    def take(self, getter: HeadGetter | None = None) -> Entry | HeadLoading | None:
         self.touch()
         ready = self.ready
         now = self.queue.clock()
         self._expire_all(now)
         while not ready and self.queue.paged is not None:
-            self.queue._load_head_now()
+            if not self.queue._fill_head(getter):
+                self.queue._flush()
+                return HEAD_LOADING
             self._expire_all(now)
         if not ready:
             self.queue._flush()
@@ -335,16 +339,16 @@ class Lifecycle:
         return self.ready.bytes if paged is None else self.ready.bytes + paged.body_bytes
 
     def _check_budget(self) -> None:
-        pager = self.queue.pager
-        if pager.used > pager.threshold:
-            pager.exceeded()
+        memory = self.queue.memory
+        if memory.used > memory.mark:
+            self.queue._passed_mark()
 
     def clear_head(self) -> list[Entry]:
         if isinstance(self.ready, PriorityReady):
             for chunk in self.ready.take_chunks():
                 chunk.gone = True
                 if chunk.seqs is not None:
-                    self.queue.journal.settled_seqs(chunk.seqs)
+                    self.queue.journal.removed_seqs(chunk.seqs, PURGED)
                 self.queue.effects.append((RELEASE, chunk))
         return list(self.ready.clear())
 
@@ -401,7 +405,7 @@ class Lifecycle:
         self.queue.paged = None
         tail = list(paged.tail)
         # Counted already, and again by the head's append.
-        self.queue.pager.used -= footprint(tail)
+        self.queue.memory.used -= footprint(tail)
         self.add_to_head(tail)
 
     def chunks_restored(self) -> None:

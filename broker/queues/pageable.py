@@ -12,8 +12,18 @@ import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from leveret.broker.queues.effects import LOAD, PAGE_OUT, RELEASE, Effect
-from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, Chunk, PagedTail, Pager, footprint
+from leveret.broker.queues.effects import HEAD_READY, LOAD, PAGE_OUT, RELEASE, Effect
+from leveret.broker.queues.paging import (
+    OVERHEAD,
+    READ_AHEAD,
+    Chunk,
+    Footprint,
+    HeadGetter,
+    HeadLoading,
+    PagedTail,
+    Pager,
+    footprint,
+)
 from leveret.broker.queues.ready import take_back, take_front
 
 if TYPE_CHECKING:
@@ -28,6 +38,8 @@ class Pageable:
     ready: Any  # the head: a deque, or a lifecycle queue's FifoReady
     paged: PagedTail | None
     pager: Pager
+    memory: Footprint
+    head_getters: list[HeadGetter]
     consumers: deque[Subscriber]
     journal: Journal
     returned_upto: int
@@ -38,6 +50,8 @@ class Pageable:
     if TYPE_CHECKING:
 
         def deliver_ready(self) -> None: ...
+
+        def take(self, getter: HeadGetter | None = None) -> Entry | HeadLoading | None: ...
 
         def _flush(self) -> None: ...
 
@@ -69,7 +83,7 @@ class Pageable:
             paged.count = len(taken)
             paged.body_bytes = body_bytes
         else:
-            self.pager.used -= freed  # the tail's leave the budget here (the head's did as they were taken)
+            self.memory.used -= freed  # the tail's leave here (the head's did as they were taken)
         # A chunk is read back whole: bound what it holds in memory (the budget's measure), not its bodies.
         limit = self.pager.chunk_size
         start = 0
@@ -106,12 +120,12 @@ class Pageable:
         return len(self.ready)
 
     def _take_back_of_head(self, want: int, keep: int) -> tuple[list[Entry], list[int]]:
-        """Entries off the back of the head to page out (no longer counted in the budget), with their
+        """Entries off the back of the head to page out (no longer counted in the footprint), with their
         body sizes."""
         if self.lifecycle is not None:
             return self.lifecycle.take_back_of_head(want, keep)
         taken, sizes = take_back(self.ready, want, keep, self.returned_upto)
-        self.pager.used -= footprint(taken)
+        self.memory.used -= footprint(taken)
         return taken, sizes
 
     def _new_chunk(self, entries: list[Entry], body_bytes: int) -> Chunk:
@@ -148,6 +162,39 @@ class Pageable:
                     chunk.loading = True
                     self.effects.append((LOAD, chunk))
 
+    def _fill_head(self, getter: HeadGetter | None) -> bool:
+        """The head is empty and a basic.get wants it: install the first chunk if it is in memory (True);
+        else have it read back (LOAD), and tell `getter` (HEAD_READY) once it is (False)."""
+        paged = self.paged
+        assert paged is not None and paged.chunks
+        chunk = paged.chunks[0]
+        if chunk.entries is None:
+            if not chunk.loading:
+                chunk.loading = True
+                self.effects.append((LOAD, chunk))
+            if getter is not None and getter not in self.head_getters:
+                self.head_getters.append(getter)
+            return False
+        paged.chunks.popleft()
+        self._install(chunk)
+        if not paged.chunks:
+            self._unpage()
+        return True
+
+    def _head_getters_ready(self) -> None:
+        """A chunk joined the head (or every chunk went): the basic.gets waiting for it ask again."""
+        getters, self.head_getters = self.head_getters, []
+        self.effects.extend((HEAD_READY, getter) for getter in getters)
+
+    def take_now(self) -> Entry | None:
+        """basic.get for a caller that must answer at once (a cluster peer's call): a head on disk is read
+        back here, blocking."""
+        while True:
+            entry = self.take()
+            if not isinstance(entry, HeadLoading):
+                return entry
+            self._load_head_now()
+
     def _load_head_now(self) -> None:
         """The head is empty and someone needs it now (basic.get): read the first chunk here, blocking."""
         paged = self.paged
@@ -169,6 +216,8 @@ class Pageable:
         chunk.gone = True
         self.effects.append((RELEASE, chunk))
         self._add_to_head(entries)
+        if self.head_getters:
+            self._head_getters_ready()
 
     def _chunk_entries(self, chunk: Chunk) -> list[Entry]:
         """A read-back chunk's entries as the queue keeps them, but for those dropped meanwhile."""
@@ -200,19 +249,22 @@ class Pageable:
         self.paged = None
         self.ready.extend(paged.tail)
 
-    def _drop_paged(self, *, settle: bool) -> list[Entry]:
-        """Forget every paged-out message (purge, delete). Returns those still in memory; `settle`: tell
-        the journal about the logged ones that are not (by seq range: a chunk holds every seq in it)."""
+    def _drop_paged(self, *, removed: str | None) -> list[Entry]:
+        """Forget every paged-out message (purge, delete). Returns those still in memory; `removed`: the
+        reason to tell the journal the logged ones that are not went for (by seq range: a chunk holds
+        every seq in it)."""
         paged = self.paged
         assert paged is not None
         self.paged = None
         in_memory = list(paged.tail)
-        self.pager.used -= footprint(in_memory)
+        self.memory.used -= footprint(in_memory)
+        if self.head_getters:
+            self._head_getters_ready()
         for chunk in paged.chunks:
             chunk.gone = True
             if chunk.entries is not None:
                 in_memory += chunk.entries
-            elif settle and chunk.locations is not None:
-                self.journal.settled_range(chunk.first_seq, chunk.last_seq)
+            elif removed is not None and chunk.locations is not None:
+                self.journal.removed_range(chunk.first_seq, chunk.last_seq, removed)
             self.effects.append((RELEASE, chunk))
         return in_memory

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from operator import attrgetter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from array import array
@@ -154,11 +154,47 @@ class PagedTail:
         self.body_bytes += len(entry.message.body)
 
 
+class HeadLoading:
+    """TAKE's reply when the head is empty and the next ready messages are still on disk: their chunk is
+    being read back (a LOAD effect). The getter given to TAKE is told with a HEAD_READY effect once it is
+    in memory (or gone), and asks again."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HEAD_LOADING"
+
+
+HEAD_LOADING = HeadLoading()
+
+
+class HeadGetter(Protocol):
+    """Whoever waits for a queue's head (a channel's held basic.get): told by the HEAD_READY effect."""
+
+    def head_ready(self, queue: Any) -> None: ...
+
+
+class Footprint:
+    """What one queue's ready messages in memory take of the budget (see `footprint`): data the queue
+    keeps and the pager reads. The queue adds and subtracts its own messages (one integer each, no
+    allocation); once `used` passes `mark` it says so with a FOOTPRINT effect and stops saying so
+    (`mark` becomes NEVER) until the pager, having looked at every queue's footprint, sets a new mark."""
+
+    __slots__ = ("used", "mark")
+
+    def __init__(self, mark: int) -> None:
+        self.used = 0
+        self.mark = mark
+
+
 class PagedQueue(Protocol):
     """What the pager needs of a queue (Queue has it): the pager knows queues by this alone."""
 
     @property
     def journal(self) -> Journal: ...
+
+    @property
+    def memory(self) -> Footprint: ...
 
     def pageable(self) -> int: ...
 
@@ -168,32 +204,42 @@ class PagedQueue(Protocol):
 
 
 class Pager:
-    """What a queue needs of the node's pager. `used` (ready messages' footprint in memory, all queues) is
-    updated inline by the queues; past `threshold` they call `exceeded`.
+    """What a queue needs of the node's pager: the mark a new queue's footprint starts with, the chunk
+    size, and the paging effects carried out (PAGE_OUT, LOAD, RELEASE, FOOTPRINT). The budget itself is
+    the pager's: the sum of its queues' footprints (`used`), against `limit`.
 
-    This base never pages (its threshold is NEVER reached): the pager of queues outside a node with a
+    This base never pages (no queue's mark is ever passed): the pager of queues outside a node with a
     data directory. broker/pager.py has the real one.
     """
 
-    # Slots: queues read and write `used` and `threshold` for every message.
-    __slots__ = ("used", "limit", "threshold", "chunk_size")
+    __slots__ = ("limit", "share", "chunk_size")
 
     def __init__(self, limit: int = NEVER) -> None:
-        self.used = 0
         self.limit = limit
-        self.threshold = limit  # an int, even when unreachable: comparing ints is quicker
+        # How much more each queue may take before the pager looks at the budget again (set as it looks).
+        self.share = limit
         # A chunk read back is a chunk in memory again: small next to the budget.
         self.chunk_size = max(MIN_CHUNK_SIZE, min(CHUNK_SIZE, limit // 8))
 
-    def exceeded(self) -> None:
-        """Over budget: page out soon (never from inside the caller's queue operation)."""
+    @property
+    def used(self) -> int:
+        """The ready messages in memory of every queue (their footprints): none here."""
+        return 0
+
+    def first_mark(self) -> int:
+        """A new queue's mark: its share, but no more than a chunk before the pager counts it in."""
+        return NEVER if self.limit >= NEVER else min(self.share, self.chunk_size)
+
+    def passed_mark(self, queue: PagedQueue) -> None:
+        """A FOOTPRINT effect: `queue`'s footprint passed its mark; look at the budget soon (never from
+        inside the queue's operation)."""
 
     def write_out(self, chunk: Chunk) -> None:
         """Take the chunk's entries (consecutive, in order) out of memory (a PAGE_OUT effect)."""
         raise NotImplementedError
 
     def load(self, queue: PagedQueue, chunk: Chunk) -> None:
-        """Read `chunk` back (in a worker thread), then call `queue.chunk_loaded(chunk)`."""
+        """Read `chunk` back (in a worker thread), then call `queue.chunk_loaded(chunk)` (a LOAD effect)."""
         raise NotImplementedError
 
     def load_now(self, queue: PagedQueue, chunk: Chunk) -> None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from leveret.broker.message import Message
     from leveret.broker.queues.entry import Entry
     from leveret.broker.queues.outbox import Outbox
-    from leveret.broker.queues.paging import Chunk
+    from leveret.broker.queues.paging import Chunk, HeadGetter, HeadLoading
     from leveret.broker.queues.settings import QueueSettings
     from leveret.broker.queues.subscriber import Subscriber
 
@@ -41,7 +41,7 @@ class LifecyclePart(Protocol):
         returns: list[int] | None = None,
     ) -> None: ...
 
-    def take(self) -> Entry | None: ...
+    def take(self, getter: HeadGetter | None = None) -> Entry | HeadLoading | None: ...
 
     def requeue(self, seqs: Iterable[int]) -> None: ...
 

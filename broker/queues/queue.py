@@ -6,8 +6,9 @@ and delivery counting are the queue's lifecycle part (`lifecycle`, broker/queues
 the queue is declared with such arguments, or when it first needs one (a message with an `expiration`, a
 consumer with a priority); the queue hands it the operations it changes (part.py).
 
-Queues count their ready messages against the node's memory budget and page out when the pager asks
-(paging.py, pageable.py); a queue with nothing paged out pays a counter update per message for that.
+A queue counts its own ready messages in memory (`memory`, a Footprint: one integer per message, read by
+the pager, which keeps the node's memory budget), says so when the count passes the mark the pager set
+(a FOOTPRINT effect), and pages out when the pager asks (paging.py, pageable.py).
 """
 
 from __future__ import annotations
@@ -21,11 +22,22 @@ from leveret.broker.message import Message
 from leveret.broker.queues import commands
 from leveret.broker.queues.arguments import queue_type
 from leveret.broker.queues.dead_letter import REJECTED
-from leveret.broker.queues.effects import DELIVER, Effect
+from leveret.broker.queues.effects import DELIVER, FOOTPRINT, Effect
 from leveret.broker.queues.entry import Entry
-from leveret.broker.queues.journal import NULL_JOURNAL, Journal, RecordingJournal
+from leveret.broker.queues.journal import NULL_JOURNAL, PURGED, Journal, RecordingJournal
 from leveret.broker.queues.pageable import Pageable
-from leveret.broker.queues.paging import NO_PAGER, OVERHEAD, PagedTail, Pager, footprint
+from leveret.broker.queues.paging import (
+    HEAD_LOADING,
+    NEVER,
+    NO_PAGER,
+    OVERHEAD,
+    Footprint,
+    HeadGetter,
+    HeadLoading,
+    PagedTail,
+    Pager,
+    footprint,
+)
 from leveret.broker.queues.ready import remove_seqs, requeue_into
 from leveret.broker.queues.subscriber import DELIVERY_OVERHEAD
 
@@ -81,7 +93,9 @@ class Queue(Pageable):
         self.had_consumers = False
         self.host = host  # None only for a queue outside any vhost (unit tests): no lifecycle then
         self.pager: Pager = host.pager if host is not None else NO_PAGER
+        self.memory = Footprint(self.pager.first_mark())  # its ready messages in memory, for the pager
         self.paged: PagedTail | None = None  # the ready messages after the head, when some are paged out
+        self.head_getters: list[HeadGetter] = []  # basic.gets waiting for the head's chunk (HEAD_LOADING)
         # The highest seq ever requeued: only entries above it are paged out (see paging.py).
         self.returned_upto = 0
         # What commands produced and the executor (the vhost's) has not carried out yet; see effects.py.
@@ -159,10 +173,11 @@ class Queue(Pageable):
             ready.append(entry)
         else:
             ready.append(entry)
-        pager = self.pager
-        pager.used += message.size + OVERHEAD
-        if pager.used > pager.threshold:
-            pager.exceeded()
+        memory = self.memory
+        memory.used += message.size + OVERHEAD
+        if memory.used > memory.mark:
+            self._passed_mark()
+            self._flush()
         if ready and self.consumers and not self._consumers_full:
             self.deliver_ready()
         return position
@@ -190,17 +205,21 @@ class Queue(Pageable):
         self.ready.extend(entries)
         self._seq = itertools.count(next_seq)
         self._counted(entries)
+        self._flush()
 
-    def take(self) -> Entry | None:
-        """basic.get: the next ready message, now unacked (the caller settles or requeues it)."""
+    def take(self, getter: HeadGetter | None = None) -> Entry | HeadLoading | None:
+        """basic.get: the next ready message, now unacked (the caller settles or requeues it); None if
+        there is none; HEAD_LOADING if it must first be read back from disk (see commands.TAKE)."""
         if self.lifecycle is not None:
-            return self.lifecycle.take()
+            return self.lifecycle.take(getter)
         while not self.ready and self.paged is not None:
-            self._load_head_now()
+            if not self._fill_head(getter):
+                self._flush()
+                return HEAD_LOADING
         if not self.ready:
             return None
         entry = self.ready.popleft()
-        self.pager.used -= entry.message.size + OVERHEAD
+        self.memory.used -= entry.message.size + OVERHEAD
         self._leaving(entry, ack_required=True)
         if self.paged is not None:
             self._refill()
@@ -265,6 +284,7 @@ class Queue(Pageable):
         requeue_into(self.ready, returned)
         self._counted(returned)
         self.credit_changed()
+        self._flush()
 
     def discard(self, seqs: Iterable[int]) -> int:
         """Persistent publishes the store failed to write, and nacked: the store retries the write, so they
@@ -282,7 +302,7 @@ class Queue(Pageable):
             if gone:
                 paged.count -= len(gone)
                 paged.body_bytes -= sum(len(entry.message.body) for entry in gone)
-                self.pager.used -= footprint(gone)
+                self.memory.used -= footprint(gone)
                 removed += gone
             for chunk in paged.chunks:
                 found = chunk.drop(wanted)
@@ -306,15 +326,15 @@ class Queue(Pageable):
         if self.lifecycle is not None:
             return self.lifecycle.remove_from_head(seqs)
         gone = remove_seqs(self.ready, seqs)
-        self.pager.used -= footprint(gone)
+        self.memory.used -= footprint(gone)
         return gone
 
     def purge(self) -> int:
         count = self.message_count
         purged = self._clear_head()
         if self.paged is not None:
-            purged += self._drop_paged(settle=True)
-        self.journal.settled(purged)
+            purged += self._drop_paged(removed=PURGED)
+        self.journal.removed(purged, PURGED)
         self._flush()
         return count
 
@@ -323,7 +343,7 @@ class Queue(Pageable):
         self.deleted = True
         self._clear_head()
         if self.paged is not None:
-            self._drop_paged(settle=False)
+            self._drop_paged(removed=None)
         self.journal.deleted()
         if self.lifecycle is not None:
             self.lifecycle.deleted()
@@ -409,7 +429,7 @@ class Queue(Pageable):
         consumers = self.consumers
         effects = self.effects
         left = len(ready)
-        freed = 0  # message sizes delivered: the budget is updated once, after the loop
+        freed = 0  # message sizes delivered: the footprint is updated once, after the loop
         full = False
         while ready:
             for _ in range(len(consumers)):
@@ -439,7 +459,7 @@ class Queue(Pageable):
                 pool.left -= 1
             consumer.output.left -= entry.message.size + DELIVERY_OVERHEAD
             effects.append((DELIVER, consumer, entry))
-        self.pager.used -= freed + OVERHEAD * (left - len(ready))
+        self.memory.used -= freed + OVERHEAD * (left - len(ready))
         if self.paged is not None:
             self._refill()
             if ready and not full:
@@ -499,15 +519,21 @@ class Queue(Pageable):
             return self.lifecycle.clear_head()
         entries = list(self.ready)
         self.ready.clear()
-        self.pager.used -= footprint(entries)
+        self.memory.used -= footprint(entries)
         return entries
 
     def _counted(self, entries: list[Entry]) -> None:
-        """Entries came (back) into the in-memory ready list: count them against the budget."""
-        pager = self.pager
-        pager.used += footprint(entries)
-        if pager.used > pager.threshold:
-            pager.exceeded()
+        """Entries came (back) into the in-memory ready list: count them in its footprint."""
+        memory = self.memory
+        memory.used += footprint(entries)
+        if memory.used > memory.mark:
+            self._passed_mark()
+
+    def _passed_mark(self) -> None:
+        """The footprint passed the pager's mark: tell it (a FOOTPRINT effect, carried out with the
+        command's others), once, until it sets another."""
+        self.memory.mark = NEVER
+        self.effects.append(_FOOTPRINT)
 
     def _with_lifecycle(self) -> LifecyclePart:
         """The queue's lifecycle, made now if it has none yet (keeping every message and consumer)."""
@@ -521,6 +547,8 @@ class Queue(Pageable):
 def _no_clock() -> float:
     return 0.0  # a queue outside any vhost (a test's) has no lifecycle to read it
 
+
+_FOOTPRINT: Effect = (FOOTPRINT,)
 
 # Queue's method for each command of commands.py (the same arguments, after the name).
 _HANDLERS = {

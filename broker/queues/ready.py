@@ -14,7 +14,7 @@ from leveret.broker.queues.paging import OVERHEAD, READ_AHEAD, PagedTail, footpr
 
 if TYPE_CHECKING:
     from leveret.broker.queues.entry import Entry, TrackedEntry
-    from leveret.broker.queues.paging import Chunk, Pager
+    from leveret.broker.queues.paging import Chunk, Footprint
 
 
 def seq_of(entry: Entry) -> int:
@@ -92,12 +92,12 @@ def _budget(entries: list[TrackedEntry]) -> tuple[int, int]:
 
 
 class FifoReady:
-    __slots__ = ("_entries", "bytes", "_pager")
+    __slots__ = ("_entries", "bytes", "_memory")
 
-    def __init__(self, pager: Pager) -> None:
+    def __init__(self, memory: Footprint) -> None:
         self._entries: deque[TrackedEntry] = deque()
         self.bytes = 0
-        self._pager = pager
+        self._memory = memory
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -109,13 +109,13 @@ class FifoReady:
         self._entries.append(entry)
         message = entry.message
         self.bytes += len(message.body)
-        self._pager.used += message.size + OVERHEAD
+        self._memory.used += message.size + OVERHEAD
 
     def popleft(self) -> TrackedEntry:
         entry = self._entries.popleft()
         message = entry.message
         self.bytes -= len(message.body)
-        self._pager.used -= message.size + OVERHEAD
+        self._memory.used -= message.size + OVERHEAD
         return entry
 
     def peek(self) -> TrackedEntry:
@@ -135,7 +135,7 @@ class FifoReady:
         """Entries off the back for paging out, with their body sizes (see `take_back`)."""
         taken, sizes = take_back(self._entries, want, keep, above)
         self.bytes -= sum(sizes)
-        self._pager.used -= footprint(taken)
+        self._memory.used -= footprint(taken)
         return taken, sizes
 
     def next_expiry(self) -> float | None:
@@ -156,12 +156,12 @@ class FifoReady:
     def _added(self, entries: list[TrackedEntry]) -> None:
         size, footprint = _budget(entries)
         self.bytes += size
-        self._pager.used += footprint
+        self._memory.used += footprint
 
     def _removed(self, entries: list[TrackedEntry]) -> None:
         size, footprint = _budget(entries)
         self.bytes -= size
-        self._pager.used -= footprint
+        self._memory.used -= footprint
 
 
 class ChunkSource(Protocol):
@@ -186,15 +186,15 @@ class PriorityReady:
     was published since), read back as the level comes up. Length and `bytes` count every message, in
     memory or not; the budget only those in memory. Priority queues do not page out at run time."""
 
-    __slots__ = ("_levels", "_paged", "_top", "_count", "bytes", "_pager", "source")
+    __slots__ = ("_levels", "_paged", "_top", "_count", "bytes", "_memory", "source")
 
-    def __init__(self, max_priority: int, pager: Pager) -> None:
+    def __init__(self, max_priority: int, memory: Footprint) -> None:
         self._levels: list[deque[TrackedEntry]] = [deque() for _ in range(max_priority + 1)]
         self._paged: dict[int, PagedTail] = {}  # levels with chunks: what follows their head
         self._top = -1  # highest level that may be non-empty
         self._count = 0
         self.bytes = 0
-        self._pager = pager
+        self._memory = memory
         self.source: ChunkSource | None = None  # set along with the first chunks
 
     def __len__(self) -> int:
@@ -222,7 +222,7 @@ class PriorityReady:
         self._count += 1
         message = entry.message
         self.bytes += len(message.body)
-        self._pager.used += message.size + OVERHEAD
+        self._memory.used += message.size + OVERHEAD
 
     def _head_level(self) -> deque[TrackedEntry]:
         """The highest level with messages, its head in memory (read back here if it must be)."""
@@ -245,7 +245,7 @@ class PriorityReady:
         self._count -= 1
         message = entry.message
         self.bytes -= len(message.body)
-        self._pager.used -= message.size + OVERHEAD
+        self._memory.used -= message.size + OVERHEAD
         if self._paged:
             paged = self._paged.get(self._top)
             if paged is not None:
@@ -300,7 +300,7 @@ class PriorityReady:
             self._count -= chunk.live - len(entries)  # any lost in reading
             self.bytes += sum(len(entry.message.body) for entry in entries) - chunk.body_bytes
             head.extend(entries)
-            self._pager.used += footprint(entries)
+            self._memory.used += footprint(entries)
         if not chunks:
             del self._paged[level]
             head.extend(cast("deque[TrackedEntry]", paged.tail))  # counted already
@@ -335,7 +335,7 @@ class PriorityReady:
         self._count += len(returned)
         size, footprint = _budget(returned)
         self.bytes += size
-        self._pager.used += footprint
+        self._memory.used += footprint
 
     def pop_expired(self, now: float, limit: int) -> list[TrackedEntry]:
         expired: list[TrackedEntry] = []
@@ -344,7 +344,7 @@ class PriorityReady:
         self._count -= len(expired)
         size, footprint = _budget(expired)
         self.bytes -= size
-        self._pager.used -= footprint
+        self._memory.used -= footprint
         if self._paged:
             for index, paged in list(self._paged.items()):
                 if not self._levels[index]:  # its next deadline is in its first chunk
@@ -368,7 +368,7 @@ class PriorityReady:
         self._count -= len(gone)
         size, footprint = _budget(gone)
         self.bytes -= size
-        self._pager.used -= footprint
+        self._memory.used -= footprint
         return gone
 
     def next_expiry(self) -> float | None:
@@ -391,5 +391,5 @@ class PriorityReady:
         self._top = -1
         self._count = 0
         self.bytes = 0
-        self._pager.used -= _budget(entries)[1]
+        self._memory.used -= _budget(entries)[1]
         return entries

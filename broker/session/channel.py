@@ -34,6 +34,7 @@ from leveret.broker.message import Message
 from leveret.broker.queues.arguments import amqp_type, check_server_named_allowed, validate_consumer_arguments
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
+from leveret.broker.queues.paging import HeadLoading
 from leveret.broker.queues.queue import Entry
 from leveret.broker.queues.queue import Queue as BrokerQueue
 from leveret.broker.queues.subscriber import CreditPool
@@ -93,6 +94,15 @@ class ChannelOwner(Protocol):
 
     def known_answer(self, call: remote_codec.Call) -> remote_codec.CallResult | None:
         """That answer, if the method already had it (it is being handled again)."""
+
+    def head_ready(self) -> None:
+        """The queue head a held basic.get waited for (HeadPending) is in memory: handle it again."""
+
+
+class HeadPending(Exception):  # noqa: N818  (not an error: "wait for the queue's head")
+    """Raised by basic.get when the queue's next messages are being read back from disk: the connection
+    holds the method (and what follows it) until the queue says they are in memory (HEAD_READY), then
+    handles it again."""
 
 
 class _Transaction:
@@ -825,13 +835,19 @@ class ChannelSession:
         if isinstance(queue, ProxyQueue):
             self._get_from_leader(queue, method.no_ack)
             return
-        entry = queue.take()
+        entry = queue.take(self)
         if entry is None:
             self._reply(Basic.GetEmpty)
             return
+        if isinstance(entry, HeadLoading):
+            raise HeadPending
         if method.no_ack:
             queue.settle([entry.seq])
         self._got(queue, entry, method.no_ack, queue.message_count)
+
+    def head_ready(self, queue: BrokerQueue) -> None:
+        """HEAD_READY (as a queue's getter): the head this channel's held basic.get waits for is back."""
+        self.session.head_ready()
 
     def _get_from_leader(self, queue: ProxyQueue, no_ack: bool) -> None:
         result = self._ask_leader(queue, remote_codec.GET, remote_codec.CALL_NO_ACK if no_ack else 0)

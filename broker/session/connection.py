@@ -34,7 +34,7 @@ from leveret.broker.cluster.remote_codec import CALL_NO_ACK, LED_HERE, Call, Cal
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.session import client_log
-from leveret.broker.session.channel import ChannelSession
+from leveret.broker.session.channel import ChannelSession, HeadPending
 from leveret.broker.session.output import OUTBOX_HIGH_WATER, OUTBOX_LOW_WATER
 from leveret.broker.session.throttle import PublisherThrottle
 from leveret.broker.vhost import VirtualHost
@@ -120,8 +120,10 @@ class ConnectionSession:
         self.output = CreditPool(OUTBOX_HIGH_WATER)
         self.finished = False
         self.throttle = PublisherThrottle(self.conn)
-        # In a cluster: the method held until etcd has done the change it needs (see broker/cluster/hooks.py).
+        # The method held until etcd has done the change it needs (see broker/cluster/hooks.py), a leader
+        # answered, or the queue head a basic.get needs was read back from disk (HeadPending).
         self.waiting: Event | None = None
+        self._head_wait: Event | None = None  # a basic.get held until its queue's head is read back
         self.cluster_resumed: Callable[[], None] = lambda: None  # the server's reader waits for this
         # While a method is held: the answers of leaders of queues led elsewhere, and the etcd change it
         # went through, for when it is handled again.
@@ -217,6 +219,9 @@ class ConnectionSession:
         except ClusterPending as pending:
             self._wait_for_cluster(event, pending.change)
             return
+        except HeadPending:
+            self.waiting = self._head_wait = event
+            return
         except Exception as error:
             self._failed(event, error)
         if self._answers or self._replayed is not None:
@@ -262,6 +267,19 @@ class ConnectionSession:
                 self.handle_event(event)
         else:
             self.handle_event(event)
+        self._resume()
+
+    def head_ready(self) -> None:
+        """The queue head a held basic.get waited for is in memory: handle the get again (it may wait
+        again), then what came after it."""
+        event, self._head_wait = self._head_wait, None
+        if event is None or self.waiting is not event:
+            return  # told twice, or the connection went meanwhile
+        self.waiting = None
+        if self.finished or self.conn.closed:
+            self.cluster_resumed()
+            return
+        self.handle_event(event)
         self._resume()
 
     def _cluster_done(self, event: Event, change: Any) -> None:

@@ -10,7 +10,7 @@ before.
 
 Every other change to a queue's durable state is a record too: SETTLE (acked), DELIVERED (first
 delivery), RETURNED (back in the queue: redelivered, and one more in a quorum queue's delivery count),
-REMOVED (expired, dropped over a limit, past the delivery limit, rejected: with the reason), so that a
+REMOVED (expired, dropped over a limit, past the delivery limit, rejected, purged: with the reason), so that a
 queue's log alone rebuilds it. Each segment starts with an EPOCH record: the leader epoch its records
 were written in (0 on a single node; room for replication) and the queue's own log position at that
 point. Logs from before these kinds (6, 7, 8) read as before; an older Leveret cannot read a log that
@@ -70,7 +70,7 @@ _EPOCH = struct.Struct("<I")
 _EPOCH_REASON = struct.Struct("<IB")
 _EPOCH_POSITION = struct.Struct("<IQ")
 # Why a queue removed messages (a REMOVED record's reason): dead-lettering's reasons, by number.
-REASONS = ("expired", "maxlen", "delivery_limit", "rejected")
+REASONS = ("expired", "maxlen", "delivery_limit", "rejected", "purged")
 # A paged message: seq, then the lengths of its names (exchange and routing key as the wire's two short
 # strings), properties and body, which follow.
 _PAGED = struct.Struct("<QHII")

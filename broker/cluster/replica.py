@@ -16,6 +16,9 @@ Records (tuples, kind first):
     (RETURNED, seqs)                                               requeued: redelivered, one more return
     (SETTLED_RANGE, first, last)                                   a purged chunk of paged-out messages
     (DELETED,)                                                     the queue is gone
+    (ENQUEUE_AT, seq, at, size, properties_size, deadline)         an ENQUEUE whose message is only on
+                                                                   disk (in the replica files, at `at`):
+                                                                   in memory and in files, never shipped
 
 `ReplicaLog` keeps the epochs' start offsets (Kafka's leader-epoch cache, which truncation after a leader
 change uses), the state at its base offset and the entries since, so that it can truncate to any offset
@@ -24,6 +27,7 @@ from its base on and serve any follower that far behind; past that a follower ge
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +39,20 @@ SETTLED = 3
 RETURNED = 4
 SETTLED_RANGE = 5
 DELETED = 6
+ENQUEUE_AT = 7
+
+_versions = itertools.count(1)
+
+# A message's location: the generation of its replica file, then the byte offset of its record there.
+GENERATION_SHIFT = 40
+
+
+def location(generation: int, offset: int) -> int:
+    return generation << GENERATION_SHIFT | offset
+
+
+def split_location(at: int) -> tuple[int, int]:
+    return at >> GENERATION_SHIFT, at & ((1 << GENERATION_SHIFT) - 1)
 
 Record = tuple[Any, ...]
 LogEntry = tuple[int, Record]  # (epoch, record)
@@ -42,15 +60,21 @@ LogEntry = tuple[int, Record]  # (epoch, record)
 # Entries kept behind the state before the base moves up (a follower further behind gets a snapshot):
 # the default of cluster.replica_log_entries.
 TAIL_LIMIT = 100_000
+# Bodies the tail keeps whole once they are on disk (the newest): what shipping usually sends (at most;
+# an eighth of the node's memory budget when that is less).
+TAIL_BODIES = 4 * 1024 * 1024
 
 
 class Held:
-    """One message a replica holds."""
+    """One message a replica holds: its content while in memory (`body` not None), else its location in
+    the replica files (`at`) and sizes. `version`: the state that owns it (see ReplicaState.copy)."""
 
-    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "deadline", "delivered", "returns")
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "deadline", "delivered", "returns",
+                 "at", "size", "properties_size", "version")
 
-    def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes, deadline: int = 0,
-                 delivered: bool = False, returns: int = 0) -> None:
+    def __init__(self, exchange: str | None, routing_key: str | None, properties_raw: bytes | None,
+                 body: bytes | None, deadline: int = 0, delivered: bool = False, returns: int = 0,
+                 at: int = 0, size: int = 0, properties_size: int = 0, version: int = 0) -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.properties_raw = properties_raw
@@ -58,31 +82,57 @@ class Held:
         self.deadline = deadline
         self.delivered = delivered
         self.returns = returns
+        self.at = at
+        if body is not None and properties_raw is not None:
+            size, properties_size = len(body), len(properties_raw)
+        self.size = size
+        self.properties_size = properties_size
+        self.version = version
 
-    def copy(self) -> Held:
+    def copy(self, version: int) -> Held:
         return Held(self.exchange, self.routing_key, self.properties_raw, self.body, self.deadline,
-                    self.delivered, self.returns)
+                    self.delivered, self.returns, self.at, self.size, self.properties_size, version)
+
+    def spill(self, at: int) -> None:
+        """Its message is on disk at `at`: the content leaves memory."""
+        if self.at == 0:
+            self.at = at
+        self.exchange = self.routing_key = self.properties_raw = self.body = None
 
 
 @dataclass
 class ReplicaState:
-    """The queue's messages by seq (in seq order: seqs only grow), and the next seq to number from."""
+    """The queue's messages by seq (in seq order: seqs only grow), and the next seq to number from.
+
+    Two states may share Held objects (`copy`, for the log's base state): each changes only those it owns
+    (its `version`), copying a shared one first."""
 
     held: dict[int, Held] = field(default_factory=dict)
     next_seq: int = 1
     deleted: bool = False
+    version: int = field(default_factory=lambda: next(_versions))
+
+    def _owned(self, seq: int) -> Held | None:
+        item = self.held.get(seq)
+        if item is not None and item.version != self.version:
+            item = self.held[seq] = item.copy(self.version)
+        return item
 
     def apply(self, record: Record) -> None:
         kind = record[0]
         held = self.held
-        if kind == ENQUEUE:
+        if kind == ENQUEUE or kind == ENQUEUE_AT:
             seq = record[1]
-            held[seq] = Held(record[2], record[3], record[4], record[5], record[6])
+            if kind == ENQUEUE:
+                held[seq] = Held(record[2], record[3], record[4], record[5], record[6], version=self.version)
+            else:
+                held[seq] = Held(None, None, None, None, record[5], at=record[2], size=record[3],
+                                 properties_size=record[4], version=self.version)
             if seq >= self.next_seq:
                 self.next_seq = seq + 1
             self.deleted = False  # declared again after a delete: the same log goes on
         elif kind == DELIVERED:
-            item = held.get(record[1])
+            item = self._owned(record[1])
             if item is not None:
                 item.delivered = True
         elif kind == SETTLED:
@@ -90,7 +140,7 @@ class ReplicaState:
                 held.pop(seq, None)
         elif kind == RETURNED:
             for seq in record[1]:
-                item = held.get(seq)
+                item = self._owned(seq)
                 if item is not None:
                     item.delivered = True
                     item.returns += 1
@@ -109,17 +159,29 @@ class ReplicaState:
             raise ValueError(f"unknown replica record kind {kind!r}")
 
     def copy(self) -> ReplicaState:
-        held = {seq: item.copy() for seq, item in self.held.items()}
-        return ReplicaState(held, self.next_seq, self.deleted)
+        """A copy sharing the messages (about 40 bytes a message): each side copies one before changing
+        its flags."""
+        self.version = next(_versions)
+        return ReplicaState(dict(self.held), self.next_seq, self.deleted)
+
+    @property
+    def resident(self) -> int:
+        """How many held messages still have their content in memory (not on disk yet)."""
+        return sum(1 for item in self.held.values() if item.body is not None)
 
 
 class ReplicaLog:
-    def __init__(self, tail_limit: int = TAIL_LIMIT) -> None:
+    def __init__(self, tail_limit: int = TAIL_LIMIT, tail_bodies: int = TAIL_BODIES) -> None:
         self.tail_limit = tail_limit
+        self.tail_bodies = tail_bodies
         self.epochs: list[tuple[int, int]] = []  # (epoch, offset of its first entry), ascending
         self.base = 0
         self.base_state = ReplicaState()
         self.tail: list[LogEntry] = []
+        # Each tail entry's message location once it is on disk (0: not yet, or not an enqueue).
+        self.tail_at: list[int] = []
+        self._whole_from = 0  # tail entries before this index hold no body (or are not enqueues)
+        self._whole_bytes = 0  # the bodies of the tail's on-disk ENQUEUE records from there on
         self.state = ReplicaState()
         # The newest epoch any leader stamped a request with: an older one is refused.
         self.newest_epoch = 0
@@ -138,8 +200,41 @@ class ReplicaLog:
         if not self.epochs or epoch > self.epochs[-1][0]:
             self.epochs.append((epoch, offset))
         self.tail.append((epoch, record))
+        self.tail_at.append(0)
         self.state.apply(record)
         return offset
+
+    def spill(self, located: Iterable[tuple[int, int, int]]) -> None:
+        """Messages now on disk: (seq, location, offset of its tail entry or -1). Their content leaves the
+        states; the tail keeps the newest `tail_bodies` bytes of bodies whole."""
+        states = (self.state.held, self.base_state.held)
+        tail, tail_at, base = self.tail, self.tail_at, self.base
+        for seq, at, offset in located:
+            for held in states:
+                item = held.get(seq)
+                if item is not None and item.body is not None:
+                    item.spill(at)
+            index = offset - base
+            if 0 <= index < len(tail) and tail[index][1][0] == ENQUEUE and tail[index][1][1] == seq:
+                tail_at[index] = at
+                if index >= self._whole_from:
+                    self._whole_bytes += len(tail[index][1][5])
+        self._strip()
+
+    def _strip(self) -> None:
+        """The tail's oldest on-disk ENQUEUE records past `tail_bodies` bytes become ENQUEUE_AT ones."""
+        tail, tail_at = self.tail, self.tail_at
+        index = self._whole_from
+        while self._whole_bytes > self.tail_bodies and index < len(tail):
+            epoch, record = tail[index]
+            if record[0] == ENQUEUE:
+                at = tail_at[index]
+                if not at:
+                    break  # not on disk yet (written in order: nor is anything after it)
+                self._whole_bytes -= len(record[5])
+                tail[index] = (epoch, (ENQUEUE_AT, record[1], at, len(record[5]), len(record[4]), record[6]))
+            index += 1
+        self._whole_from = index
 
     def start_epoch(self, epoch: int) -> None:
         """A new leader's epoch begins at the current end (even before its first entry)."""
@@ -161,16 +256,27 @@ class ReplicaLog:
             return True
         if offset < self.base:
             return False
-        self.tail = self.tail[: offset - self.base]
+        keep = offset - self.base
+        self.tail = self.tail[:keep]
+        self.tail_at = self.tail_at[:keep]
+        self._whole_from = min(self._whole_from, keep)
+        whole = self._whole_from
+        self._whole_bytes = sum(len(record[5]) for (_, record), at in
+                                zip(self.tail[whole:], self.tail_at[whole:], strict=True)
+                                if at and record[0] == ENQUEUE)
         state = self.base_state.copy()
-        for _, record in self.tail:
+        for (_, record), at in zip(self.tail, self.tail_at, strict=True):
             state.apply(record)
+            item = state.held.get(record[1]) if at else None
+            if item is not None:  # on disk already: as in the state it replaces
+                item.spill(at)
         self.state = state
         self.epochs = [(epoch, start) for epoch, start in self.epochs if start < offset]
         return True
 
     def entries_from(self, offset: int, max_bytes: int) -> list[LogEntry]:
-        """Entries from `offset` (not below the base), about `max_bytes` of them, at least one."""
+        """Entries from `offset` (not below the base), about `max_bytes` of them, at least one. Some may
+        be ENQUEUE_AT records, whose messages the caller reads back before shipping them."""
         out: list[LogEntry] = []
         size = 0
         tail = self.tail
@@ -190,6 +296,8 @@ class ReplicaLog:
         self.base_state = self.state.copy()
         self.base = self.end
         self.tail = []
+        self.tail_at = []
+        self._whole_from = self._whole_bytes = 0
         self.epochs = self.epochs[-1:]  # the current epoch; its start may lie below the base now
         return True
 
@@ -199,7 +307,17 @@ class ReplicaLog:
         self.base_state = state.copy()
         self.state = state
         self.tail = []
+        self.tail_at = []
+        self._whole_from = self._whole_bytes = 0
         self.epochs = list(epochs)
+
+    def generations(self) -> set[int]:
+        """The replica files (by generation, see `location`) whose messages the log may still need."""
+        found = {item.at >> GENERATION_SHIFT for item in self.state.held.values() if item.at}
+        found.update(item.at >> GENERATION_SHIFT for item in self.base_state.held.values() if item.at)
+        found.update(at >> GENERATION_SHIFT for at in self.tail_at if at)
+        found.update(record[2] >> GENERATION_SHIFT for _, record in self.tail if record[0] == ENQUEUE_AT)
+        return found
 
 
 # ---- encoding (peer requests and the replica file) -----------------------------------------------
@@ -208,28 +326,80 @@ _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">BQ")  # kind, epoch
-_ENQUEUE = struct.Struct(">QQHHII")  # seq, deadline, lengths of exchange, routing key, properties, body
+# A message: seq, deadline, lengths of exchange, routing key, properties, body; then those. A location
+# points at one of these, in an ENTRIES or a MESSAGES record of a replica file.
+_ENQUEUE = struct.Struct(">QQHHII")
+_ENQUEUE_AT = struct.Struct(">QQIIQ")  # seq, location, body size, properties size, deadline
+_FLAGS = struct.Struct(">BI")  # delivered, returns: after a message of a snapshot
+_META = struct.Struct(">QBI")  # next seq, deleted, message count
+_REF = struct.Struct(">QQQIIBI")  # seq, location, deadline, body size, properties size, delivered, returns
+
+Message = tuple[int, str, str, bytes, bytes, int]  # seq, exchange, routing key, properties, body, deadline
 
 
 def record_size(record: Record) -> int:
     if record[0] == ENQUEUE:
         return 40 + len(record[4]) + len(record[5])
+    if record[0] == ENQUEUE_AT:
+        return 40 + record[3] + record[4]
     if record[0] in (SETTLED, RETURNED):
         return 16 + 8 * len(record[1])
     return 24
 
 
-def encode_entries(entries: Iterable[LogEntry]) -> bytes:
+def _message(parts: list[bytes], seq: int, exchange: str, routing_key: str, properties: bytes, body: bytes,
+             deadline: int) -> None:
+    name, key = exchange.encode(), routing_key.encode()
+    parts.append(_ENQUEUE.pack(seq, deadline, len(name), len(key), len(properties), len(body)))
+    parts += (name, key, properties, body)
+
+
+def _read_message(view: memoryview, at: int) -> tuple[Message, int]:
+    """The message at `at`, and where it ends."""
+    seq, deadline, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
+    at += _ENQUEUE.size
+    if at + le + lk + lp + lb > len(view):
+        raise ValueError("a replica message runs past its record")
+    exchange = bytes(view[at:at + le]).decode()
+    at += le
+    key = bytes(view[at:at + lk]).decode()
+    at += lk
+    properties = bytes(view[at:at + lp])
+    at += lp
+    body = bytes(view[at:at + lb])
+    return (seq, exchange, key, properties, body, deadline), at + lb
+
+
+def message_length(head: bytes) -> int:
+    """A message's whole length from its first MESSAGE_HEAD bytes."""
+    _, _, le, lk, lp, lb = _ENQUEUE.unpack_from(head, 0)
+    return _ENQUEUE.size + le + lk + lp + lb
+
+
+MESSAGE_HEAD = _ENQUEUE.size
+
+
+def decode_message(data: bytes | memoryview) -> Message:
+    return _read_message(memoryview(data), 0)[0]
+
+
+def encode_entries(entries: Iterable[LogEntry], positions: list[int] | None = None) -> bytes:
+    """`positions` gets where each entry's message starts in the result (-1: not an ENQUEUE)."""
     parts: list[bytes] = []
     append = parts.append
+    length = 0  # of parts[:mark], kept only for `positions`
+    mark = 0
     for epoch, record in entries:
         kind = record[0]
+        if positions is not None:
+            length += sum(map(len, parts[mark:]))
+            mark = len(parts)
+            positions.append(length + _ENTRY_HEAD.size if kind == ENQUEUE else -1)
         append(_ENTRY_HEAD.pack(kind, epoch))
         if kind == ENQUEUE:
-            exchange, key = record[2].encode(), record[3].encode()
-            append(_ENQUEUE.pack(record[1], record[6], len(exchange), len(key), len(record[4]),
-                                 len(record[5])))
-            parts += (exchange, key, record[4], record[5])
+            _message(parts, record[1], record[2], record[3], record[4], record[5], record[6])
+        elif kind == ENQUEUE_AT:
+            append(_ENQUEUE_AT.pack(*record[1:]))
         elif kind == DELIVERED:
             append(_U64.pack(record[1]))
         elif kind in (SETTLED, RETURNED):
@@ -241,7 +411,9 @@ def encode_entries(entries: Iterable[LogEntry]) -> bytes:
     return b"".join(parts)
 
 
-def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
+def decode_entries(data: bytes | memoryview, positions: list[int] | None = None) -> Iterator[LogEntry]:
+    """The entries in `data`; `positions` gets each one's message position in `data` (ENQUEUE's: where
+    its message starts; -1 for the other kinds)."""
     view = memoryview(data)
     at = 0
     end = len(view)
@@ -249,18 +421,14 @@ def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
         kind, epoch = _ENTRY_HEAD.unpack_from(view, at)
         at += _ENTRY_HEAD.size
         record: Record
+        if positions is not None:
+            positions.append(at if kind == ENQUEUE else -1)
         if kind == ENQUEUE:
-            seq, deadline, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
-            at += _ENQUEUE.size
-            exchange = bytes(view[at:at + le]).decode()
-            at += le
-            key = bytes(view[at:at + lk]).decode()
-            at += lk
-            properties = bytes(view[at:at + lp])
-            at += lp
-            body = bytes(view[at:at + lb])
-            at += lb
+            (seq, exchange, key, properties, body, deadline), at = _read_message(view, at)
             record = (ENQUEUE, seq, exchange, key, properties, body, deadline)
+        elif kind == ENQUEUE_AT:
+            record = (ENQUEUE_AT, *_ENQUEUE_AT.unpack_from(view, at))
+            at += _ENQUEUE_AT.size
         elif kind == DELIVERED:
             record = (DELIVERED, _U64.unpack_from(view, at)[0])
             at += 8
@@ -279,21 +447,18 @@ def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
         yield epoch, record
 
 
-def encode_snapshot(end: int, epochs: list[tuple[int, int]], state: ReplicaState) -> bytes:
-    """The state at offset `end`: epochs, next seq, and each message with its flags."""
+# A snapshot is streamed: its head (offset, epochs, next seq), then its messages in parts of about a MiB,
+# each message with its flags, so that neither side holds a large queue in memory at once.
+
+def encode_snapshot_head(end: int, epochs: list[tuple[int, int]], state: ReplicaState) -> bytes:
     parts = [_U64.pack(end), _U32.pack(len(epochs))]
     parts += [_U64.pack(epoch) + _U64.pack(start) for epoch, start in epochs]
-    parts.append(_U64.pack(state.next_seq) + _U8.pack(int(state.deleted)) + _U32.pack(len(state.held)))
-    for seq, item in state.held.items():
-        exchange, key = item.exchange.encode(), item.routing_key.encode()
-        parts.append(_ENQUEUE.pack(seq, item.deadline, len(exchange), len(key), len(item.properties_raw),
-                                   len(item.body)))
-        parts += (exchange, key, item.properties_raw, item.body)
-        parts.append(_U8.pack(int(item.delivered)) + _U32.pack(item.returns))
+    parts.append(_META.pack(state.next_seq, int(state.deleted), len(state.held)))
     return b"".join(parts)
 
 
-def decode_snapshot(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]], ReplicaState]:
+def decode_snapshot_head(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]], ReplicaState, int]:
+    """(end, epochs, an empty state with the next seq, how many bytes the head took)."""
     view = memoryview(data)
     (end,) = _U64.unpack_from(view, 0)
     (count,) = _U32.unpack_from(view, 8)
@@ -302,24 +467,55 @@ def decode_snapshot(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]
     for _ in range(count):
         epochs.append((_U64.unpack_from(view, at)[0], _U64.unpack_from(view, at + 8)[0]))
         at += 16
-    (next_seq,) = _U64.unpack_from(view, at)
-    deleted = bool(view[at + 8])
-    (held_count,) = _U32.unpack_from(view, at + 9)
-    at += 13
-    state = ReplicaState(next_seq=next_seq, deleted=deleted)
-    for _ in range(held_count):
-        seq, deadline, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
-        at += _ENQUEUE.size
-        exchange = bytes(view[at:at + le]).decode()
-        at += le
-        key = bytes(view[at:at + lk]).decode()
-        at += lk
-        properties = bytes(view[at:at + lp])
-        at += lp
-        body = bytes(view[at:at + lb])
-        at += lb
-        delivered = bool(view[at])
-        (returns,) = _U32.unpack_from(view, at + 1)
-        at += 5
-        state.held[seq] = Held(exchange, key, properties, body, deadline, delivered, returns)
+    next_seq, deleted, _ = _META.unpack_from(view, at)
+    return end, epochs, ReplicaState(next_seq=next_seq, deleted=bool(deleted)), at + _META.size
+
+
+def encode_messages(messages: Iterable[tuple[Message, bool, int]]) -> bytes:
+    """Messages of a snapshot, each with its delivered flag and return count."""
+    parts: list[bytes] = []
+    for (seq, exchange, key, properties, body, deadline), delivered, returns in messages:
+        _message(parts, seq, exchange, key, properties, body, deadline)
+        parts.append(_FLAGS.pack(int(delivered), returns))
+    return b"".join(parts)
+
+
+def decode_messages(data: bytes | memoryview) -> Iterator[tuple[int, int, Held]]:
+    """(position, seq, message) for each message in `data` (from encode_messages): each without its
+    content, not located yet (the caller writes `data` to its file, then locates them)."""
+    view = memoryview(data)
+    at = 0
+    while at < len(view):
+        start = at
+        (seq, _, _, properties, body, deadline), at = _read_message(view, at)
+        delivered, returns = _FLAGS.unpack_from(view, at)
+        at += _FLAGS.size
+        yield start, seq, Held(None, None, None, None, deadline, bool(delivered), returns,
+                               size=len(body), properties_size=len(properties))
+
+
+def encode_refs(
+    end: int, epochs: list[tuple[int, int]], state: ReplicaState, placed: dict[int, int]
+) -> bytes:
+    """A snapshot in a replica file: the state with each message by its location (`placed`: those
+    being written with it, not located yet)."""
+    parts = [encode_snapshot_head(end, epochs, state)]
+    pack = _REF.pack
+    for seq, item in state.held.items():
+        where = item.at or placed[seq]
+        parts.append(pack(seq, where, item.deadline, item.size, item.properties_size, int(item.delivered),
+                          item.returns))
+    return b"".join(parts)
+
+
+def decode_refs(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]], ReplicaState]:
+    end, epochs, state, at = decode_snapshot_head(data)
+    view = memoryview(data)
+    (count,) = _U32.unpack_from(view, at - 4)
+    held = state.held
+    version = state.version
+    for seq, where, deadline, size, properties_size, delivered, returns in _REF.iter_unpack(
+            view[at:at + count * _REF.size]):
+        held[seq] = Held(None, None, None, None, deadline, bool(delivered), returns, where, size,
+                         properties_size, version)
     return end, epochs, state

@@ -19,40 +19,56 @@ swaps a proxy in and out.
 
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING
 
 from leveret.broker.cluster.replica import ReplicaState
-from leveret.broker.message import Message
-from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import Lifecycle, needs_lifecycle
 from leveret.broker.queues.queue import Queue
+from leveret.broker.recovery import restore_queue
+from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog
 
 if TYPE_CHECKING:
+    from leveret.broker.cluster.replication import ReplicatedJournal
     from leveret.broker.vhost import VirtualHost
 
 
 def build_leader_queue(
-    vhost: VirtualHost, like: Queue, state: ReplicaState, journal: Journal, wall_now: float
+    vhost: VirtualHost, like: Queue, state: ReplicaState, journal: ReplicatedJournal, wall_now: float
 ) -> Queue:
     """The leader's queue: `like`'s definition, holding every message of the replica state, ready, in
     seq order, with its delivery count and what its logged TTL deadline leaves it (`wall_now`: the wall
-    clock, seconds since the epoch). Each comes back redelivered=true: a leader changes only when the
-    old one failed, and its deliveries did not wait for their delivered records to reach a replica, so
-    any message may have reached a consumer (as after a single node's crash: store/clean_shutdown.py)."""
+    clock, seconds since the epoch). It comes back the way a durable queue recovers (broker/recovery.py):
+    what the memory budget leaves room for is read back into memory, the rest stays in the replica files
+    as paged-out chunks, read back ahead of its consumers like any queue's. Every message of the replica
+    must be on disk (`ReplicaState.resident` 0). Each comes back redelivered=true: a leader changes only
+    when the old one failed, and its deliveries did not wait for their delivered records to reach a
+    replica, so any message may have been delivered (as after a single node's crash:
+    store/clean_shutdown.py)."""
     queue = _new_queue(vhost, like, journal)
-    entries = []
-    returns = []
-    expires_in: list[float | None] = []
-    for seq, held in state.held.items():
-        entry = Entry(Message(held.exchange, held.routing_key, held.properties_raw, held.body), seq, True)
-        entry.logged = -1  # replication.REPLICATED: journalled, nothing in the store to read back
-        entries.append(entry)
-        returns.append(held.returns)
-        expires_in.append(max(held.deadline / 1000 - wall_now, 0.0) if held.deadline else None)
-    timed = any(left is not None for left in expires_in)
-    queue.restore(entries, state.next_seq, expires_in if timed else None, returns if any(returns) else None)
+    recovered = _as_recovered(state)
+    restore_queue(queue, journal.read_enqueues, recovered, state.next_seq, True, wall_now)
     return queue
+
+
+def _as_recovered(state: ReplicaState) -> RecoveredLog:
+    """The replica's messages as the columns recovery reads a durable queue's log into."""
+    held = state.held
+    seqs = array("q", held)
+    locations = array("q", (item.at for item in held.values()))
+    sizes = array("q", (item.size for item in held.values()))
+    properties = array("I", (item.properties_size for item in held.values()))
+    deadlines = returns = None
+    if any(item.deadline for item in held.values()):
+        deadlines = array("q", (item.deadline or NO_DEADLINE for item in held.values()))
+    if any(item.returns for item in held.values()):
+        returns = array("q", (item.returns for item in held.values()))
+    # Messages still in memory (in a unit test; on a node every one is on disk by now).
+    kept = {position: (seq, item.exchange, item.routing_key, item.properties_raw, item.body)
+            for position, (seq, item) in enumerate(held.items()) if item.body is not None}
+    return RecoveredLog(seqs, locations, sizes, properties, bytearray(len(seqs)), deadlines is not None,
+                        kept, deadlines=deadlines, returns=returns)  # type: ignore[arg-type]
 
 
 def _new_queue(vhost: VirtualHost, like: Queue, journal: Journal) -> Queue:

@@ -70,9 +70,10 @@ def one_run(cluster: BenchCluster, binary: Path, count: int, body: int) -> Run:
     for watcher in watchers:
         watcher.start()
     started = time.perf_counter()
-    args = ["--mode", "produce", "--count", str(count), "--confirm", "1000", "--persistent",
-            "--body", str(body), "--queue", QUEUE, "--no-declare"]
-    result = loadgen.run(binary, cluster.port(leader), args, seconds=max(600.0, count / 500))
+    limit = max(600.0, count / 200)  # the run ends at the last confirm; this only bounds it
+    args = ["--mode", "produce", "--count", str(count), "--duration", str(limit), "--confirm", "1000",
+            "--persistent", "--body", str(body), "--queue", QUEUE, "--no-declare"]
+    result = loadgen.run(binary, cluster.port(leader), args, seconds=limit)
     seconds = time.perf_counter() - started
     peak = [watcher.stop() for watcher in watchers]
     time.sleep(SETTLE)

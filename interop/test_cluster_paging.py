@@ -98,8 +98,9 @@ def test_a_replicated_backlog_over_budget_keeps_every_node_bounded_and_survives_
     baseline = [rss(cluster, i) for i in range(3)]
     asyncio.run(publish_confirmed(cluster.nodes[index].amqp_url, COUNT))
     growth = [settles_within(cluster, i, baseline[i]) for i in range(3)]
+    roles = ["leader" if i == index else "follower" for i in range(3)]
     print(f"\nRSS growth after {COUNT} x {SIZE // 1024} KiB confirmed (budget {BUDGET}), MiB: "
-          + ", ".join(f"{'leader' if i == index else 'follower'} {g / MIB:.1f}" for i, g in enumerate(growth)))
+          + ", ".join(f"{role} {g / MIB:.1f}" for role, g in zip(roles, growth, strict=True)))
     for i in range(3):
         assert growth[i] < HEADROOM, f"node{i + 1} grew {growth[i] / MIB:.0f} MiB for 47 MiB of messages"
     cluster.kill_node(index)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,50 @@ class Held:
             self.at = at
         self.exchange = self.routing_key = self.properties_raw = self.body = None
 
+    @property
+    def plain(self) -> bool:
+        """On disk, never delivered, no deadline: kept as a packed int (see `pack`)."""
+        return self.body is None and self.at != 0 and not self.delivered and not self.returns \
+            and not self.deadline
+
+
+# Most messages a replica holds are on disk, never delivered, without a deadline: each is kept as one int
+# (its location, body size and properties size) instead of a Held, a third of the memory.
+_LOW = (1 << 64) - 1
+_SIZE = (1 << 32) - 1
+
+
+def pack(item: Held) -> int:
+    return item.at | item.size << 64 | item.properties_size << 96
+
+
+def unpack(value: int, version: int = 0) -> Held:
+    return Held(None, None, None, None, at=value & _LOW, size=(value >> 64) & _SIZE,
+                properties_size=value >> 96, version=version)
+
+
+def compact(item: Held) -> Held | int:
+    return pack(item) if item.plain else item
+
+
+class _HeldView(Mapping[int, Held]):
+    """A state's messages as Held objects (packed ones unpacked on access): for reading."""
+
+    __slots__ = ("_messages",)
+
+    def __init__(self, messages: dict[int, Held | int]) -> None:
+        self._messages = messages
+
+    def __getitem__(self, seq: int) -> Held:
+        item = self._messages[seq]
+        return unpack(item) if type(item) is int else item  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._messages)
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
 
 @dataclass
 class ReplicaState:
@@ -107,24 +151,43 @@ class ReplicaState:
     Two states may share Held objects (`copy`, for the log's base state): each changes only those it owns
     (its `version`), copying a shared one first."""
 
-    held: dict[int, Held] = field(default_factory=dict)
+    messages: dict[int, Held | int] = field(default_factory=dict)  # by seq; int: packed (see `pack`)
     next_seq: int = 1
     deleted: bool = False
     version: int = field(default_factory=lambda: next(_versions))
 
+    @property
+    def held(self) -> Mapping[int, Held]:
+        """The messages as Held objects, for reading."""
+        return _HeldView(self.messages)
+
     def _owned(self, seq: int) -> Held | None:
-        item = self.held.get(seq)
-        if item is not None and item.version != self.version:
-            item = self.held[seq] = item.copy(self.version)
-        return item
+        item = self.messages.get(seq)
+        if type(item) is int:
+            item = self.messages[seq] = unpack(item, self.version)
+        elif item is not None and item.version != self.version:  # type: ignore[union-attr]
+            item = self.messages[seq] = item.copy(self.version)  # type: ignore[union-attr]
+        return item  # type: ignore[return-value]
+
+    def spill(self, seq: int, at: int) -> None:
+        """Message `seq` is on disk at `at`: its content leaves memory (a plain one is packed)."""
+        item = self.messages.get(seq)
+        if item is None or type(item) is int:
+            return
+        if item.body is not None:  # type: ignore[union-attr]
+            item.spill(at)  # type: ignore[union-attr]
+        if item.plain:  # type: ignore[union-attr]
+            self.messages[seq] = pack(item)  # type: ignore[arg-type]
 
     def apply(self, record: Record) -> None:
         kind = record[0]
-        held = self.held
+        held = self.messages
         if kind == ENQUEUE or kind == ENQUEUE_AT:
             seq = record[1]
             if kind == ENQUEUE:
                 held[seq] = Held(record[2], record[3], record[4], record[5], record[6], version=self.version)
+            elif not record[5]:
+                held[seq] = record[2] | record[3] << 64 | record[4] << 96  # pack: on disk, plain
             else:
                 held[seq] = Held(None, None, None, None, record[5], at=record[2], size=record[3],
                                  properties_size=record[4], version=self.version)
@@ -162,12 +225,13 @@ class ReplicaState:
         """A copy sharing the messages (about 40 bytes a message): each side copies one before changing
         its flags."""
         self.version = next(_versions)
-        return ReplicaState(dict(self.held), self.next_seq, self.deleted)
+        return ReplicaState(dict(self.messages), self.next_seq, self.deleted)
 
     @property
     def resident(self) -> int:
         """How many held messages still have their content in memory (not on disk yet)."""
-        return sum(1 for item in self.held.values() if item.body is not None)
+        messages = self.messages.values()
+        return sum(1 for item in messages if not isinstance(item, int) and item.body is not None)
 
 
 class ReplicaLog:
@@ -207,13 +271,11 @@ class ReplicaLog:
     def spill(self, located: Iterable[tuple[int, int, int]]) -> None:
         """Messages now on disk: (seq, location, offset of its tail entry or -1). Their content leaves the
         states; the tail keeps the newest `tail_bodies` bytes of bodies whole."""
-        states = (self.state.held, self.base_state.held)
+        state, base_state = self.state, self.base_state
         tail, tail_at, base = self.tail, self.tail_at, self.base
         for seq, at, offset in located:
-            for held in states:
-                item = held.get(seq)
-                if item is not None and item.body is not None:
-                    item.spill(at)
+            state.spill(seq, at)
+            base_state.spill(seq, at)
             index = offset - base
             if 0 <= index < len(tail) and tail[index][1][0] == ENQUEUE and tail[index][1][1] == seq:
                 tail_at[index] = at
@@ -267,9 +329,8 @@ class ReplicaLog:
         state = self.base_state.copy()
         for (_, record), at in zip(self.tail, self.tail_at, strict=True):
             state.apply(record)
-            item = state.held.get(record[1]) if at else None
-            if item is not None:  # on disk already: as in the state it replaces
-                item.spill(at)
+            if at:  # on disk already: as in the state it replaces
+                state.spill(record[1], at)
         self.state = state
         self.epochs = [(epoch, start) for epoch, start in self.epochs if start < offset]
         return True
@@ -313,8 +374,11 @@ class ReplicaLog:
 
     def generations(self) -> set[int]:
         """The replica files (by generation, see `location`) whose messages the log may still need."""
-        found = {item.at >> GENERATION_SHIFT for item in self.state.held.values() if item.at}
-        found.update(item.at >> GENERATION_SHIFT for item in self.base_state.held.values() if item.at)
+        found: set[int] = set()
+        for state in (self.state, self.base_state):
+            found.update((item & _LOW if type(item) is int else item.at) >> GENERATION_SHIFT  # type: ignore[union-attr]
+                         for item in state.messages.values())
+        found.discard(0)
         found.update(at >> GENERATION_SHIFT for at in self.tail_at if at)
         found.update(record[2] >> GENERATION_SHIFT for _, record in self.tail if record[0] == ENQUEUE_AT)
         return found
@@ -500,11 +564,14 @@ def encode_refs(
     """A snapshot in a replica file: the state with each message by its location (`placed`: those
     being written with it, not located yet)."""
     parts = [encode_snapshot_head(end, epochs, state)]
-    pack = _REF.pack
-    for seq, item in state.held.items():
-        where = item.at or placed[seq]
-        parts.append(pack(seq, where, item.deadline, item.size, item.properties_size, int(item.delivered),
-                          item.returns))
+    ref = _REF.pack
+    for seq, item in state.messages.items():
+        if type(item) is int:
+            parts.append(ref(seq, item & _LOW, 0, (item >> 64) & _SIZE, item >> 96, 0, 0))
+            continue
+        where = item.at or placed[seq]  # type: ignore[union-attr]
+        parts.append(ref(seq, where, item.deadline, item.size, item.properties_size,  # type: ignore[union-attr]
+                         int(item.delivered), item.returns))  # type: ignore[union-attr]
     return b"".join(parts)
 
 
@@ -512,10 +579,10 @@ def decode_refs(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]], R
     end, epochs, state, at = decode_snapshot_head(data)
     view = memoryview(data)
     (count,) = _U32.unpack_from(view, at - 4)
-    held = state.held
+    held = state.messages
     version = state.version
     for seq, where, deadline, size, properties_size, delivered, returns in _REF.iter_unpack(
             view[at:at + count * _REF.size]):
-        held[seq] = Held(None, None, None, None, deadline, bool(delivered), returns, where, size,
-                         properties_size, version)
+        held[seq] = compact(Held(None, None, None, None, deadline, bool(delivered), returns, where, size,
+                                 properties_size, version))
     return end, epochs, state

@@ -152,7 +152,8 @@ class ReplicaFile:
         written whole) and its tail (by location where on disk)."""
         generation = max(self.generation, self.incoming) + 1
         base = replica.base_state
-        resident = [(seq, item) for seq, item in base.held.items() if item.body is not None]
+        resident = [(seq, item) for seq, item in base.messages.items()
+                    if not isinstance(item, int) and item.body is not None]
         located: list[Located] = []
         parts: list[bytes] = []
         at = len(self._header())

@@ -22,7 +22,7 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
-from leveret.broker.cluster.replica import ReplicaState
+from leveret.broker.cluster.replica import ReplicaState, unpack
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import Lifecycle, needs_lifecycle
 from leveret.broker.queues.queue import Queue
@@ -54,21 +54,27 @@ def build_leader_queue(
 
 def _as_recovered(state: ReplicaState) -> RecoveredLog:
     """The replica's messages as the columns recovery reads a durable queue's log into."""
-    held = state.held
-    seqs = array("q", held)
-    locations = array("q", (item.at for item in held.values()))
-    sizes = array("q", (item.size for item in held.values()))
-    properties = array("I", (item.properties_size for item in held.values()))
-    deadlines = returns = None
-    if any(item.deadline for item in held.values()):
-        deadlines = array("q", (item.deadline or NO_DEADLINE for item in held.values()))
-    if any(item.returns for item in held.values()):
-        returns = array("q", (item.returns for item in held.values()))
-    # Messages still in memory (in a unit test; on a node every one is on disk by now).
-    kept = {position: (seq, item.exchange, item.routing_key, item.properties_raw, item.body)
-            for position, (seq, item) in enumerate(held.items()) if item.body is not None}
-    return RecoveredLog(seqs, locations, sizes, properties, bytearray(len(seqs)), deadlines is not None,
-                        kept, deadlines=deadlines, returns=returns)  # type: ignore[arg-type]
+    seqs, locations, sizes = array("q"), array("q"), array("q")
+    properties = array("I")
+    deadlines, returns = array("q"), array("q")
+    kept = {}  # messages still in memory (in a unit test; on a node every one is on disk by now)
+    for position, (seq, value) in enumerate(state.messages.items()):
+        seqs.append(seq)
+        if isinstance(value, int):
+            item = unpack(value)
+        else:
+            item = value
+            if item.body is not None:
+                kept[position] = (seq, item.exchange, item.routing_key, item.properties_raw, item.body)
+        locations.append(item.at)
+        sizes.append(item.size)
+        properties.append(item.properties_size)
+        deadlines.append(item.deadline or NO_DEADLINE)
+        returns.append(item.returns)
+    timed = any(deadline != NO_DEADLINE for deadline in deadlines)
+    return RecoveredLog(seqs, locations, sizes, properties, bytearray(len(seqs)), timed,
+                        kept,  # type: ignore[arg-type]
+                        deadlines=deadlines if timed else None, returns=returns if any(returns) else None)
 
 
 def _new_queue(vhost: VirtualHost, like: Queue, journal: Journal) -> Queue:

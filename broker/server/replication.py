@@ -36,6 +36,7 @@ from leveret.broker.cluster.replica import (
     Message,
     ReplicaLog,
     ReplicaState,
+    compact,
     decode_entries,
     decode_messages,
     decode_snapshot_head,
@@ -545,7 +546,7 @@ class Replication:
             for position, seq, item in held:
                 item.at = location(incoming.generation, start + position)
                 item.version = state.version
-                state.held[seq] = item
+                state.messages[seq] = compact(item)
         if not flags & _LAST:
             return _U64.pack(0)
         del self._incoming[queue]

@@ -23,6 +23,15 @@ Records (tuples, kind first):
 `ReplicaLog` keeps the epochs' start offsets (Kafka's leader-epoch cache, which truncation after a leader
 change uses), the state at its base offset and the entries since, so that it can truncate to any offset
 from its base on and serve any follower that far behind; past that a follower gets a snapshot.
+
+Messages are on disk once their replica file is synced (broker/cluster/replica_file.py: each has a
+location there, `at`, that never changes), and from then on a replica keeps no body in memory:
+`ReplicaLog.spill` drops a held message's content, keeping its location, sizes, deadline and flags (as one
+packed int when it has none of the last two), and turns the tail's older ENQUEUE records into ENQUEUE_AT
+ones, keeping only its newest `tail_bodies` bytes of bodies whole (what shipping usually sends; older
+entries are read back from the files). So a replica holds about 180 bytes a message in memory, whatever
+the bodies; the leader's own queue holds its ready messages within the node's memory budget like any
+queue (roles.build_leader_queue).
 """
 
 from __future__ import annotations

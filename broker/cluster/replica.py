@@ -383,14 +383,27 @@ class ReplicaLog:
 
     def generations(self) -> set[int]:
         """The replica files (by generation, see `location`) whose messages the log may still need."""
-        found: set[int] = set()
-        for state in (self.state, self.base_state):
-            found.update((item & _LOW if type(item) is int else item.at) >> GENERATION_SHIFT  # type: ignore[union-attr]
-                         for item in state.messages.values())
-        found.discard(0)
-        found.update(at >> GENERATION_SHIFT for at in self.tail_at if at)
-        found.update(record[2] >> GENERATION_SHIFT for _, record in self.tail if record[0] == ENQUEUE_AT)
-        return found
+        return generations_of(self.locations())
+
+    def locations(self) -> Locations:
+        """What `generations_of` reads, copied (quickly) so that it can run off the event loop."""
+        return (list(self.state.messages.values()), list(self.base_state.messages.values()),
+                list(self.tail_at), [record[2] for _, record in self.tail if record[0] == ENQUEUE_AT])
+
+
+Locations = tuple[list["Held | int"], list["Held | int"], list[int], list[int]]
+
+
+def generations_of(locations: Locations) -> set[int]:
+    state, base, tail_at, tail_refs = locations
+    found: set[int] = set()
+    for values in (state, base):
+        found.update((item & _LOW if isinstance(item, int) else item.at) >> GENERATION_SHIFT
+                     for item in values)
+    found.update(at >> GENERATION_SHIFT for at in tail_at if at)
+    found.update(at >> GENERATION_SHIFT for at in tail_refs)
+    found.discard(0)
+    return found
 
 
 # ---- encoding (peer requests and the replica file) -----------------------------------------------
@@ -567,20 +580,27 @@ def decode_messages(data: bytes | memoryview) -> Iterator[tuple[int, int, Held]]
                                size=len(body), properties_size=len(properties))
 
 
+REF_SIZE = _REF.size
+
+
 def encode_refs(
     end: int, epochs: list[tuple[int, int]], state: ReplicaState, placed: dict[int, int]
 ) -> bytes:
     """A snapshot in a replica file: the state with each message by its location (`placed`: those
     being written with it, not located yet)."""
-    parts = [encode_snapshot_head(end, epochs, state)]
+    return encode_snapshot_head(end, epochs, state) + encode_ref_list(state, placed)
+
+
+def encode_ref_list(state: ReplicaState, placed: dict[int, int]) -> bytes:
+    """The messages of `encode_refs`, REF_SIZE bytes each (slow for a large queue: off the event loop)."""
+    parts = []
     ref = _REF.pack
     for seq, item in state.messages.items():
-        if type(item) is int:
+        if isinstance(item, int):
             parts.append(ref(seq, item & _LOW, 0, (item >> 64) & _SIZE, item >> 96, 0, 0))
             continue
-        where = item.at or placed[seq]  # type: ignore[union-attr]
-        parts.append(ref(seq, where, item.deadline, item.size, item.properties_size,  # type: ignore[union-attr]
-                         int(item.delivered), item.returns))  # type: ignore[union-attr]
+        parts.append(ref(seq, item.at or placed[seq], item.deadline, item.size, item.properties_size,
+                         int(item.delivered), item.returns))
     return b"".join(parts)
 
 

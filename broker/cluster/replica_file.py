@@ -38,6 +38,7 @@ from leveret.broker.cluster.replica import (
     ENQUEUE,
     ENQUEUE_AT,
     MESSAGE_HEAD,
+    REF_SIZE,
     TAIL_BODIES,
     TAIL_LIMIT,
     Message,
@@ -48,7 +49,9 @@ from leveret.broker.cluster.replica import (
     decode_refs,
     encode_entries,
     encode_messages,
+    encode_ref_list,
     encode_refs,
+    encode_snapshot_head,
     location,
     message_length,
     split_location,
@@ -70,7 +73,7 @@ _U64 = struct.Struct(">Q")
 _SPAN = 1 << 20
 
 Located = tuple[int, int, int]  # seq, location, offset of its log entry (-1: none)
-Work = tuple[bytes | None, bytes, list[Located]]
+Work = tuple["_Rewrite | None", bytes, list[Located]]
 
 
 def stem(vhost: str, queue: str) -> str:
@@ -95,6 +98,36 @@ def _frame(kind: int, body: bytes) -> bytes:
     return _FRAME.pack(len(body) + 1, zlib.crc32(body, kind), kind) + body
 
 
+class _Snapshot:
+    """A SNAPSHOT record of a new generation: its head now, its message list (`encode_ref_list`) when
+    written. Its size is known from the start (REF_SIZE a message), so appends after it are located."""
+
+    __slots__ = ("head", "state", "placed", "size")
+
+    def __init__(self, head: bytes, state: ReplicaState, placed: dict[int, int]) -> None:
+        self.head, self.state, self.placed = head, state, placed
+        # The state is the log's base state: replaced, never resized, until the generation is written.
+        self.size = _FRAME.size + len(head) + REF_SIZE * len(state.messages)
+
+    def record(self) -> bytes:
+        return _frame(SNAPSHOT, self.head + encode_ref_list(self.state, self.placed))
+
+
+class _Rewrite:
+    """A new generation's content: what precedes its snapshot, the snapshot, what follows it."""
+
+    __slots__ = ("prefix", "snapshot", "suffix", "size")
+
+    def __init__(self, prefix: bytes, snapshot: _Snapshot | None, suffix: bytes) -> None:
+        self.prefix, self.snapshot, self.suffix = prefix, snapshot, suffix
+        self.size = len(prefix) + (snapshot.size if snapshot is not None else 0) + len(suffix)
+
+    def content(self) -> bytes:
+        """Blocking work (the worker thread): the whole file."""
+        snapshot = self.snapshot.record() if self.snapshot is not None else b""
+        return self.prefix + snapshot + self.suffix
+
+
 class ReplicaFile:
     """Appends waiting for the next `sync`, or a new generation (which supersedes them)."""
 
@@ -106,7 +139,7 @@ class ReplicaFile:
         self.size = size  # of the current generation, what is pending included
         self._pending: list[bytes] = []
         self._located: list[Located] = []
-        self._rewrite: bytes | None = None
+        self._rewrite: _Rewrite | None = None
         self.pins = 0  # snapshots being sent from the files: older generations are kept meanwhile
         self.incoming = 0  # the generation a snapshot being received goes to (0: none)
         if generation == 0:
@@ -122,8 +155,8 @@ class ReplicaFile:
     def _start(self, body: bytes, located: list[Located]) -> None:
         """A new generation: the header, then `body`, replacing the file and whatever is pending."""
         self.generation = max(self.generation, self.incoming) + 1
-        self._rewrite = self._header() + body
-        self.size = len(self._rewrite)
+        self._rewrite = _Rewrite(self._header() + body, None, b"")
+        self.size = self._rewrite.size
         self._pending = []
         self._located = located
 
@@ -149,28 +182,25 @@ class ReplicaFile:
 
     def rewrite(self, replica: ReplicaLog) -> None:
         """A new generation: the replica's base state (its messages by location; those not on disk yet
-        written whole) and its tail (by location where on disk)."""
+        written whole) and its tail (by location where on disk). The list of a large queue's messages
+        is encoded by the sync, in its worker thread."""
         generation = max(self.generation, self.incoming) + 1
         base = replica.base_state
         resident = [(seq, item) for seq, item in base.messages.items()
                     if not isinstance(item, int) and item.body is not None]
         located: list[Located] = []
-        parts: list[bytes] = []
-        at = len(self._header())
+        prefix = self._header()
         if resident:
             messages = encode_messages(
                 ((seq, item.exchange, item.routing_key, item.properties_raw, item.body, item.deadline),
                  item.delivered, item.returns) for seq, item in resident)  # type: ignore[misc]
             starts = _message_positions(messages)
-            located += [(seq, location(generation, at + _FRAME.size + position), -1)
+            located += [(seq, location(generation, len(prefix) + _FRAME.size + position), -1)
                         for (seq, _), position in zip(resident, starts, strict=True)]
-            frame = _frame(MESSAGES, messages)
-            parts.append(frame)
-            at += len(frame)
-        placed = {seq: where for seq, where, _ in located}
-        frame = _frame(SNAPSHOT, encode_refs(replica.base, replica.epochs, base, placed))
-        parts.append(frame)
-        at += len(frame)
+            prefix += _frame(MESSAGES, messages)
+        snapshot = _Snapshot(encode_snapshot_head(replica.base, replica.epochs, base), base,
+                             {seq: where for seq, where, _ in located})
+        suffix = b""
         if replica.tail:
             tail = [
                 (epoch, (ENQUEUE_AT, record[1], where, len(record[5]), len(record[4]), record[6]))
@@ -179,12 +209,16 @@ class ReplicaFile:
             ]
             positions: list[int] = []
             encoded = encode_entries(tail, positions)
-            start = at + _FRAME.size
+            start = len(prefix) + snapshot.size + _FRAME.size
             located += [(record[1], location(generation, start + position), replica.base + index)
                         for index, ((_, record), position) in enumerate(zip(tail, positions, strict=True))
                         if record[0] == ENQUEUE]
-            parts.append(_frame(ENTRIES, encoded))
-        self._start(b"".join(parts), located)
+            suffix = _frame(ENTRIES, encoded)
+        self.generation = generation
+        self._rewrite = _Rewrite(prefix, snapshot, suffix)
+        self.size = self._rewrite.size
+        self._pending = []
+        self._located = located
 
     @property
     def dirty(self) -> bool:
@@ -204,7 +238,7 @@ class ReplicaFile:
         if rewrite is not None:
             temporary = self.path.with_suffix(".tmp")
             with open(temporary, "wb") as out:
-                out.write(rewrite + appends)
+                out.write(rewrite.content() + appends)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.path)
@@ -216,14 +250,15 @@ class ReplicaFile:
                 out.flush()
                 os.fsync(out.fileno())
 
-    def forget(self, keep: set[int]) -> list[Path]:
-        """The older generations nothing in `keep` (generations still needed) is in, to delete (none
-        while a snapshot is being sent from them)."""
+    def forget(self, keep: set[int], below: int | None = None) -> list[Path]:
+        """The older generations (below `below`, default the current one) nothing in `keep` (those still
+        needed) is in, to delete; none while a snapshot is being sent from them."""
         if self.pins:
             return []
+        limit = self.generation if below is None else min(below, self.generation)
         return [generation_path(self.directory, self.stem, generation)
                 for generation in generations(self.directory).get(self.stem, [])
-                if generation < self.generation and generation not in keep]
+                if generation < limit and generation not in keep]
 
     def remove(self) -> None:
         """Blocking: the queue is gone."""

@@ -43,6 +43,7 @@ from leveret.broker.cluster.replica import (
     encode_entries,
     encode_messages,
     encode_snapshot_head,
+    generations_of,
     location,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile
@@ -191,7 +192,12 @@ class Replication:
                 await self._forget_generations(replica, file)
 
     async def _forget_generations(self, replica: ReplicaLog, file: ReplicaFile) -> None:
-        stale = file.forget(replica.generations())
+        """Delete the generations the replica no longer needs (found in a worker thread: a large
+        queue's messages take a while to go through). Called holding the queue's lock, so that no sync
+        puts messages in an older generation meanwhile."""
+        below = file.generation  # a generation begun meanwhile is not looked at
+        needed = await trio.to_thread.run_sync(generations_of, replica.locations())
+        stale = file.forget(needed, below)
         if stale:
             await trio.to_thread.run_sync(replica_file.delete, stale)
 
@@ -555,5 +561,5 @@ class Replication:
                                                  incoming.epochs, incoming.state)
             file.snapshot_installed(size)
             replica.install(incoming.end, incoming.epochs, incoming.state)
-        await self._forget_generations(replica, file)
+            await self._forget_generations(replica, file)
         return _U64.pack(replica.end)

@@ -29,7 +29,7 @@ COUNT = 6000  # 47 MiB of bodies: about twelve times the budget
 WINDOW = 200  # publishes awaiting their confirms at once
 # Over a node's RSS before the backlog: the budget, the replica tail's bodies (an eighth of it), a batch
 # or two in flight, and what the allocator keeps. Holding the backlog would take its 47 MiB at least.
-HEADROOM = 24 * MIB
+HEADROOM = 28 * MIB
 
 
 @pytest.fixture

@@ -124,7 +124,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=500_000)
     parser.add_argument("--body", type=int, default=1024, help="body bytes")
-    parser.add_argument("--budget", default="64MiB", help="Leveret's resources.message_memory_budget")
+    parser.add_argument("--budget", default="64MiB",
+                        help="Leveret's resources.message_memory_budget ('default': its default)")
     parser.add_argument("--leveret-only", action="store_true")
     return parser.parse_args(argv)
 
@@ -142,7 +143,7 @@ def main(argv: list[str]) -> int:
     for kind in kinds:
         with tempfile.TemporaryDirectory(prefix=f"leveret-bench-backlog-{kind}-") as root:
             cluster = new_cluster(kind, Path(root), SIZE)
-            if isinstance(cluster, LeveretBenchCluster):
+            if isinstance(cluster, LeveretBenchCluster) and args.budget != "default":
                 cluster.cluster.memory_budget = args.budget
             print(f"== {kind}: {SIZE} nodes, {args.count:,} x {args.body} B", file=sys.stderr, flush=True)
             cluster.start()

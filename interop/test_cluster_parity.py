@@ -170,3 +170,26 @@ def test_dead_letters_into_a_queue_led_by_another_node_arrive_and_settle(cluster
         channel.queue_delete(source)
         channel.queue_delete(target)
         channel.exchange_delete(exchange)
+
+
+def test_a_durable_server_named_queue_is_one_queue_in_the_cluster(cluster: BenchCluster) -> None:
+    with connect(cluster, 0) as declaring:
+        name = declaring.channel().queue_declare("", durable=True).method.queue
+        assert name.startswith("amq.gen-")
+        with connect(cluster, 1) as publishing:
+            channel = publishing.channel()
+            channel.confirm_delivery()
+            for i in range(3):
+                channel.basic_publish("", name, b"named-%d" % i, pika.BasicProperties(delivery_mode=2),
+                                      mandatory=True)
+        eventually(lambda: depth(cluster, 2, name) == 3, 10, "the messages counted on a third node")
+        assert [body for body, _ in drain(cluster, 2, name)] == [b"named-0", b"named-1", b"named-2"]
+        assert depth(cluster, 0, name) == 0
+        with connect(cluster, 1) as other:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                other.channel().queue_declare("", durable=True, arguments=QUORUM)
+        assert refused.value.reply_code == 406
+        assert refused.value.reply_text == (
+            "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"
+        )
+        declaring.channel().queue_delete(name)

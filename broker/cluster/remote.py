@@ -1,6 +1,6 @@
 """Queues led by another node, sans-IO: the node's hub between its proxies and the leaders' real queues.
 
-Every replicated queue (durable, not exclusive, not server-named) has one authoritative copy, at its
+Every replicated queue (durable, not exclusive, server-named or not) has one authoritative copy, at its
 leader; every other node holds a proxy (broker/cluster/proxy.py) in the vhost's table. The hub plays both
 parts of the exchange, over the peer links (broker/server/remote.py does the I/O; the ops are in
 remote_codec.py):
@@ -213,7 +213,7 @@ class Handled:
 
 
 def is_replicated_queue(queue: Queue) -> bool:
-    return queue.durable and queue.exclusive_owner is None and not queue.name.startswith("amq.")
+    return queue.durable and queue.exclusive_owner is None
 
 
 class RemoteQueues(QueueRoles):

@@ -145,7 +145,8 @@ def test_dead_letters_into_a_queue_led_by_another_node_arrive_and_settle(cluster
     with connect(cluster, 0) as connection:
         channel = connection.channel()
         channel.exchange_declare(exchange, "fanout", durable=True)
-        channel.queue_declare(source, durable=True, arguments=at_least_once(exchange, **{"x-max-length": HELD}))
+        arguments = at_least_once(exchange, **{"x-max-length": HELD})
+        channel.queue_declare(source, durable=True, arguments=arguments)
     leader = cluster.leader_of(source)
     target = queue_led_elsewhere(cluster, "parity-remote-dead", leader, (leader + 1) % 3)
     with connect(cluster, leader) as connection:
@@ -193,3 +194,75 @@ def test_a_durable_server_named_queue_is_one_queue_in_the_cluster(cluster: Bench
             "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue"
         )
         declaring.channel().queue_delete(name)
+
+
+def refused_consume(
+    cluster: BenchCluster, index: int, queue: str, *, exclusive: bool
+) -> tuple[int, str, float]:
+    """A basic.consume on node `index` that must be refused: its reply code and text, and how long it took."""
+    with connect(cluster, index) as connection:
+        channel = connection.channel()
+        began = time.monotonic()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            channel.basic_consume(queue, lambda *args: None, exclusive=exclusive)
+        return refused.value.reply_code, refused.value.reply_text, time.monotonic() - began
+
+
+def test_a_consumer_a_classic_queue_refuses_gets_403_at_once_on_every_node(cluster: BenchCluster) -> None:
+    busy, locked = unique("parity-busy"), unique("parity-locked")
+    with connect(cluster, 0) as holder:
+        channel = holder.channel()
+        channel.queue_declare(busy, durable=True)
+        channel.queue_declare(locked, durable=True)
+        channel.basic_consume(busy, lambda *args: None)
+        channel.basic_consume(locked, lambda *args: None, exclusive=True)
+        for index in range(3):
+            for queue, exclusive in ((busy, True), (locked, False), (locked, True)):
+                code, text, took = refused_consume(cluster, index, queue, exclusive=exclusive)
+                assert code == 403
+                assert text == f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
+                assert took < 5.0  # answered, not consume-ok and a basic.cancel later
+        channel.queue_delete(busy)
+        channel.queue_delete(locked)
+
+
+def test_a_quorum_queue_takes_an_exclusive_consumer_beside_others_everywhere(cluster: BenchCluster) -> None:
+    queue = unique("parity-quorum-exclusive")
+    with connect(cluster, 0) as holder:
+        channel = holder.channel()
+        channel.queue_declare(queue, durable=True, arguments=QUORUM)
+        channel.basic_consume(queue, lambda *args: None, exclusive=True)
+        for index in range(3):
+            with connect(cluster, index) as connection:
+                other = connection.channel()
+                other.basic_consume(queue, lambda *args: None, exclusive=True)
+                other.basic_consume(queue, lambda *args: None)
+        channel.queue_delete(queue)
+
+
+def test_global_qos_is_refused_by_quorum_queues_on_every_node(cluster: BenchCluster) -> None:
+    first, second = unique("parity-gqos"), unique("parity-gqos")
+    with connect(cluster, 0) as connection:
+        channel = connection.channel()
+        channel.queue_declare(first, durable=True, arguments=QUORUM)
+        channel.queue_declare(second, durable=True, arguments=QUORUM)
+    for index in range(3):
+        with connect(cluster, index) as connection:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=3, global_qos=True)
+            with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as refused:
+                channel.basic_consume(first, lambda *args: None)
+            assert (refused.value.reply_code, refused.value.reply_text) == (
+                540, f"NOT_IMPLEMENTED - queue '{first}' in vhost '/' does not support global qos"
+            )
+    with connect(cluster, 1) as connection:
+        channel = connection.channel()
+        channel.basic_consume(first, lambda *args: None)
+        channel.basic_qos(prefetch_count=3, global_qos=True)  # taken: the consumer before it goes on
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as refused:
+            channel.basic_consume(second, lambda *args: None)
+        assert refused.value.reply_code == 540
+    with connect(cluster, 0) as connection:
+        channel = connection.channel()
+        channel.queue_delete(first)
+        channel.queue_delete(second)

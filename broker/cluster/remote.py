@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret.amqp.constants import NOT_FOUND, PRECONDITION_FAILED
+from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.cluster import remote_codec as codec
 from leveret.broker.cluster.proxy import ProxyQueue
@@ -616,6 +616,10 @@ class RemoteQueues(QueueRoles):
                 return codec.CallResult(message_count=queue.purge())
             if op.what == codec.DELETE:
                 return codec.CallResult(message_count=_check_delete(queue, op.flags))
+            if op.what == codec.CONSUMABLE:
+                if queue.exclusive_use(bool(op.flags & codec.CALL_EXCLUSIVE)):
+                    return codec.CallResult(ACCESS_REFUSED, exclusive_use_text(queue.vhost, queue.name))
+                return codec.CallResult(consumer_count=queue.consumer_count)
             if op.what == codec.GET:
                 entry = queue.take_now()  # answered at once: a head on disk is read back here
                 if entry is None:
@@ -759,6 +763,11 @@ def _check_delete(queue: Queue, flags: int) -> int:
     if flags & codec.IF_EMPTY and queue.message_count:
         raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{queue.vhost}' not empty")
     return queue.message_count
+
+
+def exclusive_use_text(vhost: str, queue: str) -> str:
+    """RabbitMQ's 403 text for a consumer a classic queue refuses."""
+    return f"queue '{queue}' in vhost '{vhost}' in exclusive use"
 
 
 def no_leader_text(vhost: str, queue: str, why: str) -> str:

@@ -76,7 +76,7 @@ def reject_all(channel: Any, queue: str, bodies: list[bytes]) -> None:
 def drain(cluster: BenchCluster, index: int, queue: str) -> list[tuple[bytes, Any]]:
     with connect(cluster, index) as connection:
         channel = connection.channel()
-        got = []
+        got: list[tuple[bytes, Any]] = []
         while True:
             method, properties, body = channel.basic_get(queue, auto_ack=True)
             if method is None:

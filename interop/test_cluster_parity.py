@@ -266,3 +266,36 @@ def test_global_qos_is_refused_by_quorum_queues_on_every_node(cluster: BenchClus
         channel = connection.channel()
         channel.queue_delete(first)
         channel.queue_delete(second)
+
+
+def test_global_qos_bounds_a_channels_classic_queues_on_every_node(cluster: BenchCluster) -> None:
+    queues = [unique("parity-gqos-classic") for _ in range(3)]
+    with connect(cluster, 0) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for queue in queues:
+            channel.queue_declare(queue, durable=True)
+            for i in range(10):
+                channel.basic_publish("", queue, b"m%d" % i, pika.BasicProperties(delivery_mode=2))
+    for index in range(3):
+        with connect(cluster, index) as connection:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=4, global_qos=True)
+            got: list[Any] = []
+            for queue in queues:
+                channel.basic_consume(queue, lambda ch, method, properties, body: got.append(method))
+            deadline = time.monotonic() + 10
+            while len(got) < 4 and time.monotonic() < deadline:
+                connection.process_data_events(0.1)
+            connection.process_data_events(1.0)  # time for any delivery over the limit to come
+            assert len(got) == 4, f"node {index}: {len(got)} delivered under a global prefetch of 4"
+            channel.basic_ack(got[0].delivery_tag)
+            deadline = time.monotonic() + 10
+            while len(got) < 5 and time.monotonic() < deadline:
+                connection.process_data_events(0.1)
+            connection.process_data_events(1.0)
+            assert len(got) == 5, f"node {index}: {len(got)} delivered after one ack"
+    with connect(cluster, 0) as connection:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_delete(queue)

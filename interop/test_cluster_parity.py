@@ -283,7 +283,7 @@ def test_global_qos_bounds_a_channels_classic_queues_on_every_node(cluster: Benc
             channel.basic_qos(prefetch_count=4, global_qos=True)
             got: list[Any] = []
             for queue in queues:
-                channel.basic_consume(queue, lambda ch, method, properties, body: got.append(method))
+                channel.basic_consume(queue, lambda ch, method, properties, body, got=got: got.append(method))
             deadline = time.monotonic() + 10
             while len(got) < 4 and time.monotonic() < deadline:
                 connection.process_data_events(0.1)

@@ -22,7 +22,6 @@ from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from leveret.broker.cluster.remote import Ticket
 from leveret.broker.queues.dead_letter import dead_letter, forward
 from leveret.broker.queues.effects import (
     ARM,
@@ -162,8 +161,10 @@ def _copies_settled(taken: dict[str, int], durable: int, failed: Container[int] 
     lost = []
     waiting = False
     for name, position in taken.items():
-        if isinstance(position, Ticket):
-            outcome = position.outcome(durable)
+        # A remote Ticket (broker/cluster/remote.py; not imported: the cluster's modules import this one).
+        answered = getattr(position, "outcome", None)
+        if answered is not None:
+            outcome = answered(durable)
             if outcome is None:
                 waiting = True
             elif not outcome:

@@ -74,7 +74,7 @@ def snapshot_parts(leader: ReplicaLog, per_part: int) -> list[bytes]:
         flags = (_FIRST if start == 0 else 0) | (_LAST if start + per_part >= len(held) else 0)
         head = encode_snapshot_head(leader.end, leader.epochs, leader.state) if start == 0 else b""
         messages = encode_messages(((seq, h.exchange, h.routing_key, h.properties_raw, h.body, h.deadline),
-                                    h.delivered, h.returns)  # type: ignore[misc]
+                                    h.delivered, h.returns, h.dead_lettering)  # type: ignore[misc]
                                    for seq, h in held[start:start + per_part])
         parts.append(_queue_head(Q, 9) + bytes([flags]) + head + messages)
     return parts

@@ -16,6 +16,9 @@ Records (tuples, kind first):
     (RETURNED, seqs)                                               requeued: redelivered, one more return
     (SETTLED_RANGE, first, last)                                   a purged chunk of paged-out messages
     (DELETED,)                                                     the queue is gone
+    (DEAD_LETTERING, seqs, reason)                                 dead-lettered at least once: held
+                                                                   (not ready) until every target has a
+                                                                   copy, then SETTLED
     (ENQUEUE_AT, seq, at, size, properties_size, deadline)         an ENQUEUE whose message is only on
                                                                    disk (in the replica files, at `at`):
                                                                    in memory and in files, never shipped
@@ -42,13 +45,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from leveret.broker.store.records import REASONS
+
 ENQUEUE = 1
 DELIVERED = 2
 SETTLED = 3
 RETURNED = 4
 SETTLED_RANGE = 5
 DELETED = 6
-ENQUEUE_AT = 7
+DEAD_LETTERING = 7
+ENQUEUE_AT = 8
 
 _versions = itertools.count(1)
 
@@ -79,11 +85,12 @@ class Held:
     the replica files (`at`) and sizes. `version`: the state that owns it (see ReplicaState.copy)."""
 
     __slots__ = ("exchange", "routing_key", "properties_raw", "body", "deadline", "delivered", "returns",
-                 "at", "size", "properties_size", "version")
+                 "at", "size", "properties_size", "version", "dead_lettering")
 
     def __init__(self, exchange: str | None, routing_key: str | None, properties_raw: bytes | None,
                  body: bytes | None, deadline: int = 0, delivered: bool = False, returns: int = 0,
-                 at: int = 0, size: int = 0, properties_size: int = 0, version: int = 0) -> None:
+                 at: int = 0, size: int = 0, properties_size: int = 0, version: int = 0,
+                 dead_lettering: str = "") -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.properties_raw = properties_raw
@@ -97,10 +104,13 @@ class Held:
         self.size = size
         self.properties_size = properties_size
         self.version = version
+        # Why it was dead-lettered at least once ("": it was not): held for its targets, not ready.
+        self.dead_lettering = dead_lettering
 
     def copy(self, version: int) -> Held:
         return Held(self.exchange, self.routing_key, self.properties_raw, self.body, self.deadline,
-                    self.delivered, self.returns, self.at, self.size, self.properties_size, version)
+                    self.delivered, self.returns, self.at, self.size, self.properties_size, version,
+                    self.dead_lettering)
 
     def spill(self, at: int) -> None:
         """Its message is on disk at `at`: the content leaves memory."""
@@ -112,7 +122,7 @@ class Held:
     def plain(self) -> bool:
         """On disk, never delivered, no deadline: kept as a packed int (see `pack`)."""
         return self.body is None and self.at != 0 and not self.delivered and not self.returns \
-            and not self.deadline
+            and not self.deadline and not self.dead_lettering
 
 
 # Most messages a replica holds are on disk, never delivered, without a deadline: each is kept as one int
@@ -227,6 +237,11 @@ class ReplicaState:
         elif kind == DELETED:
             held.clear()
             self.deleted = True
+        elif kind == DEAD_LETTERING:
+            for seq in record[1]:
+                item = self._owned(seq)
+                if item is not None:
+                    item.dead_lettering = record[2]
         else:
             raise ValueError(f"unknown replica record kind {kind!r}")
 
@@ -416,9 +431,11 @@ _ENTRY_HEAD = struct.Struct(">BQ")  # kind, epoch
 # points at one of these, in an ENTRIES or a MESSAGES record of a replica file.
 _ENQUEUE = struct.Struct(">QQHHII")
 _ENQUEUE_AT = struct.Struct(">QQIIQ")  # seq, location, body size, properties size, deadline
-_FLAGS = struct.Struct(">BI")  # delivered, returns: after a message of a snapshot
+_FLAGS = struct.Struct(">BIB")  # delivered, returns, dead-lettering: after a message of a snapshot
+FLAGS_SIZE = _FLAGS.size
 _META = struct.Struct(">QBI")  # next seq, deleted, message count
-_REF = struct.Struct(">QQQIIBI")  # seq, location, deadline, body size, properties size, delivered, returns
+# seq, location, deadline, body size, properties size, delivered, returns, dead-lettering
+_REF = struct.Struct(">QQQIIBIB")
 
 Message = tuple[int, str, str, bytes, bytes, int]  # seq, exchange, routing key, properties, body, deadline
 
@@ -430,6 +447,8 @@ def record_size(record: Record) -> int:
         return 40 + record[3] + record[4]
     if record[0] in (SETTLED, RETURNED):
         return 16 + 8 * len(record[1])
+    if record[0] == DEAD_LETTERING:
+        return 16 + 8 * len(record[1]) + len(record[2])
     return 24
 
 
@@ -488,10 +507,12 @@ def encode_entries(entries: Iterable[LogEntry], positions: list[int] | None = No
             append(_ENQUEUE_AT.pack(*record[1:]))
         elif kind == DELIVERED:
             append(_U64.pack(record[1]))
-        elif kind in (SETTLED, RETURNED):
+        elif kind in (SETTLED, RETURNED, DEAD_LETTERING):
             seqs = list(record[1])
             append(_U32.pack(len(seqs)))
             append(struct.pack(f">{len(seqs)}Q", *seqs))
+            if kind == DEAD_LETTERING:
+                append(_str8(record[2]))
         elif kind == SETTLED_RANGE:
             append(_U64.pack(record[1]) + _U64.pack(record[2]))
     return b"".join(parts)
@@ -518,11 +539,16 @@ def decode_entries(data: bytes | memoryview, positions: list[int] | None = None)
         elif kind == DELIVERED:
             record = (DELIVERED, _U64.unpack_from(view, at)[0])
             at += 8
-        elif kind in (SETTLED, RETURNED):
+        elif kind in (SETTLED, RETURNED, DEAD_LETTERING):
             (count,) = _U32.unpack_from(view, at)
             at += 4
-            record = (kind, list(struct.unpack_from(f">{count}Q", view, at)))
+            seqs = list(struct.unpack_from(f">{count}Q", view, at))
             at += 8 * count
+            if kind == DEAD_LETTERING:
+                reason, at = _read_str8(view, at)
+                record = (kind, seqs, reason)
+            else:
+                record = (kind, seqs)
         elif kind == SETTLED_RANGE:
             record = (SETTLED_RANGE, _U64.unpack_from(view, at)[0], _U64.unpack_from(view, at + 8)[0])
             at += 16
@@ -557,13 +583,35 @@ def decode_snapshot_head(data: bytes | memoryview) -> tuple[int, list[tuple[int,
     return end, epochs, ReplicaState(next_seq=next_seq, deleted=bool(deleted)), at + _META.size
 
 
-def encode_messages(messages: Iterable[tuple[Message, bool, int]]) -> bytes:
-    """Messages of a snapshot, each with its delivered flag and return count."""
+def encode_messages(messages: Iterable[tuple[Message, bool, int, str]]) -> bytes:
+    """Messages of a snapshot, each with its delivered flag, return count and dead-lettering reason."""
     parts: list[bytes] = []
-    for (seq, exchange, key, properties, body, deadline), delivered, returns in messages:
+    for (seq, exchange, key, properties, body, deadline), delivered, returns, reason in messages:
         _message(parts, seq, exchange, key, properties, body, deadline)
-        parts.append(_FLAGS.pack(int(delivered), returns))
+        parts.append(_FLAGS.pack(int(delivered), returns, reason_code(reason)))
     return b"".join(parts)
+
+
+def reason_code(reason: str) -> int:
+    """A dead-lettering reason as a byte: 0 none, else 1 + its index in the store's REASONS."""
+    return REASONS.index(reason) + 1 if reason else 0
+
+
+def _reason(code: int) -> str:
+    return REASONS[code - 1] if code else ""
+
+
+def _str8(text: str) -> bytes:
+    raw = text.encode()
+    return _U8.pack(len(raw)) + raw
+
+
+def _read_str8(view: memoryview, at: int) -> tuple[str, int]:
+    """A short string at `at`, and the offset after it."""
+    size = view[at]
+    if at + 1 + size > len(view):
+        raise ValueError("truncated replica record")
+    return bytes(view[at + 1:at + 1 + size]).decode(), at + 1 + size
 
 
 def decode_messages(data: bytes | memoryview) -> Iterator[tuple[int, int, Held]]:
@@ -574,10 +622,11 @@ def decode_messages(data: bytes | memoryview) -> Iterator[tuple[int, int, Held]]
     while at < len(view):
         start = at
         (seq, _, _, properties, body, deadline), at = _read_message(view, at)
-        delivered, returns = _FLAGS.unpack_from(view, at)
+        delivered, returns, reason = _FLAGS.unpack_from(view, at)
         at += _FLAGS.size
         yield start, seq, Held(None, None, None, None, deadline, bool(delivered), returns,
-                               size=len(body), properties_size=len(properties))
+                               size=len(body), properties_size=len(properties),
+                               dead_lettering=_reason(reason))
 
 
 REF_SIZE = _REF.size
@@ -597,10 +646,10 @@ def encode_ref_list(state: ReplicaState, placed: dict[int, int]) -> bytes:
     ref = _REF.pack
     for seq, item in state.messages.items():
         if isinstance(item, int):
-            parts.append(ref(seq, item & _LOW, 0, (item >> 64) & _SIZE, item >> 96, 0, 0))
+            parts.append(ref(seq, item & _LOW, 0, (item >> 64) & _SIZE, item >> 96, 0, 0, 0))
             continue
         parts.append(ref(seq, item.at or placed[seq], item.deadline, item.size, item.properties_size,
-                         int(item.delivered), item.returns))
+                         int(item.delivered), item.returns, reason_code(item.dead_lettering)))
     return b"".join(parts)
 
 
@@ -610,8 +659,8 @@ def decode_refs(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]], R
     (count,) = _U32.unpack_from(view, at - 4)
     held = state.messages
     version = state.version
-    for seq, where, deadline, size, properties_size, delivered, returns in _REF.iter_unpack(
+    for seq, where, deadline, size, properties_size, delivered, returns, reason in _REF.iter_unpack(
             view[at:at + count * _REF.size]):
         held[seq] = compact(Held(None, None, None, None, deadline, bool(delivered), returns, where, size,
-                                 properties_size, version))
+                                 properties_size, version, _reason(reason)))
     return end, epochs, state

@@ -37,6 +37,7 @@ from typing import BinaryIO
 from leveret.broker.cluster.replica import (
     ENQUEUE,
     ENQUEUE_AT,
+    FLAGS_SIZE,
     MESSAGE_HEAD,
     REF_SIZE,
     TAIL_BODIES,
@@ -192,8 +193,9 @@ class ReplicaFile:
         prefix = self._header()
         if resident:
             messages = encode_messages(
-                ((seq, item.exchange, item.routing_key, item.properties_raw, item.body, item.deadline),
-                 item.delivered, item.returns) for seq, item in resident)  # type: ignore[misc]
+                ((seq, item.exchange, item.routing_key, item.properties_raw, item.body,  # type: ignore[misc]
+                  item.deadline), item.delivered, item.returns, item.dead_lettering)
+                for seq, item in resident)
             starts = _message_positions(messages)
             located += [(seq, location(generation, len(prefix) + _FRAME.size + position), -1)
                         for (seq, _), position in zip(resident, starts, strict=True)]
@@ -333,10 +335,6 @@ class ReplicaFile:
         self._pending, self._rewrite, self._located = [], None, []
 
 
-def snapshot_positions(messages: bytes) -> list[int]:
-    return _message_positions(messages)
-
-
 def _message_positions(messages: bytes) -> list[int]:
     """Where each message of an encode_messages body starts."""
     positions = []
@@ -344,7 +342,7 @@ def _message_positions(messages: bytes) -> list[int]:
     view = memoryview(messages)
     while at < len(view):
         positions.append(at)
-        at += message_length(bytes(view[at:at + MESSAGE_HEAD])) + 5  # and its flags
+        at += message_length(bytes(view[at:at + MESSAGE_HEAD])) + FLAGS_SIZE
     return positions
 
 

@@ -20,6 +20,7 @@ swaps a proxy in and out.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from leveret.broker.cluster.replica import ReplicaState, unpack
@@ -28,6 +29,7 @@ from leveret.broker.queues.lifecycle import Lifecycle, needs_lifecycle
 from leveret.broker.queues.queue import Queue
 from leveret.broker.recovery import restore_queue
 from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog
+from leveret.broker.store.reader import Enqueued
 
 if TYPE_CHECKING:
     from leveret.broker.cluster.replication import ReplicatedJournal
@@ -41,40 +43,57 @@ def build_leader_queue(
     seq order, with its delivery count and what its logged TTL deadline leaves it (`wall_now`: the wall
     clock, seconds since the epoch). It comes back the way a durable queue recovers (broker/recovery.py):
     what the memory budget leaves room for is read back into memory, the rest stays in the replica files
-    as paged-out chunks, read back ahead of its consumers like any queue's. Every message of the replica
-    must be on disk (`ReplicaState.resident` 0). Each comes back redelivered=true: a leader changes only
-    when the old one failed, and its deliveries did not wait for their delivered records to reach a
-    replica, so any message may have been delivered (as after a single node's crash:
-    store/clean_shutdown.py)."""
+    as paged-out chunks, read back ahead of its consumers like any queue's. On a node every message of
+    the replica is on disk by then (`ReplicaState.resident` 0; Replication waits for that). Each comes
+    back redelivered=true: a leader changes only when the old one failed, and its deliveries did not wait
+    for their delivered records to reach a replica, so any message may have reached a consumer (as after
+    a single node's crash: store/clean_shutdown.py). Messages the old leader held for at-least-once
+    dead-lettering are held again, not ready, and forwarded again (to every target, as RabbitMQ's new
+    leader does) when the timers run."""
     queue = _new_queue(vhost, like, journal)
-    recovered = _as_recovered(state)
-    restore_queue(queue, journal.read_enqueues, recovered, state.next_seq, True, wall_now)
+    recovered, in_memory = _as_recovered(state)
+
+    def read(locations: Sequence[int]) -> list[Enqueued | None]:
+        """From the replica files, but a message still in memory (a location <= 0: its index)."""
+        on_disk = [at for at in locations if at > 0]
+        found = iter(journal.read_enqueues(on_disk) if on_disk else ())
+        return [in_memory[-at] if at <= 0 else next(found) for at in locations]
+
+    restore_queue(queue, read, recovered, state.next_seq, True, wall_now)
     return queue
 
 
-def _as_recovered(state: ReplicaState) -> RecoveredLog:
-    """The replica's messages as the columns recovery reads a durable queue's log into."""
+def _as_recovered(state: ReplicaState) -> tuple[RecoveredLog, list[Enqueued]]:
+    """The replica's messages as the columns recovery reads a durable queue's log into (those held for
+    dead-lettering apart, as recovery finds them), and the messages still in memory, which the columns
+    locate at minus their index in that list."""
     seqs, locations, sizes = array("q"), array("q"), array("q")
     properties = array("I")
     deadlines, returns = array("q"), array("q")
-    kept = {}  # messages still in memory (in a unit test; on a node every one is on disk by now)
-    for position, (seq, value) in enumerate(state.messages.items()):
+    in_memory: list[Enqueued] = [(0, "", "", b"", b"")]  # index 0 unused: 0 is no location
+    held: list[tuple[int, int, str]] = []
+    for seq, value in state.messages.items():
+        item = unpack(value) if isinstance(value, int) else value
+        at = item.at
+        if item.body is not None:
+            assert item.exchange is not None and item.routing_key is not None
+            assert item.properties_raw is not None
+            at = -len(in_memory)
+            in_memory.append((seq, item.exchange, item.routing_key, item.properties_raw, item.body))
+        if item.dead_lettering:
+            held.append((seq, at, item.dead_lettering))
+            continue
         seqs.append(seq)
-        if isinstance(value, int):
-            item = unpack(value)
-        else:
-            item = value
-            if item.body is not None:
-                kept[position] = (seq, item.exchange, item.routing_key, item.properties_raw, item.body)
-        locations.append(item.at)
+        locations.append(at)
         sizes.append(item.size)
         properties.append(item.properties_size)
         deadlines.append(item.deadline or NO_DEADLINE)
         returns.append(item.returns)
     timed = any(deadline != NO_DEADLINE for deadline in deadlines)
-    return RecoveredLog(seqs, locations, sizes, properties, bytearray(len(seqs)), timed,
-                        kept,  # type: ignore[arg-type]
-                        deadlines=deadlines if timed else None, returns=returns if any(returns) else None)
+    recovered = RecoveredLog(seqs, locations, sizes, properties, bytearray(len(seqs)), timed,
+                             deadlines=deadlines if timed else None,
+                             returns=returns if any(returns) else None, held=held)
+    return recovered, in_memory
 
 
 def _new_queue(vhost: VirtualHost, like: Queue, journal: Journal) -> Queue:

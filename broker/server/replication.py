@@ -462,11 +462,11 @@ class Replication:
             file.pins -= 1
 
     async def _messages(self, file: ReplicaFile,
-                        batch: list[tuple[int, Held]]) -> list[tuple[Message, bool, int]]:
+                        batch: list[tuple[int, Held]]) -> list[tuple[Message, bool, int, str]]:
         """The batch's messages whole, with their flags: from memory, or read back from disk."""
         on_disk = [item.at for _, item in batch if item.body is None]
         found = iter(await trio.to_thread.run_sync(file.read, on_disk) if on_disk else ())
-        messages: list[tuple[Message, bool, int]] = []
+        messages: list[tuple[Message, bool, int, str]] = []
         for seq, item in batch:
             message: Message | None
             if item.body is not None:
@@ -478,7 +478,7 @@ class Replication:
                 message = next(found)
             if message is None or message[0] != seq:
                 raise PeerError(f"message {seq} of the replica cannot be read back")
-            messages.append((message, item.delivered, item.returns))
+            messages.append((message, item.delivered, item.returns, item.dead_lettering))
         return messages
 
     # ---- follower -------------------------------------------------------------------------------

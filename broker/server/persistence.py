@@ -81,6 +81,8 @@ async def run_group_commit(
                 wakeup.set()
     finally:
         # On shutdown, whatever was appended still reaches the disk.
-        with trio.CancelScope(shield=True):
-            await commit_pending(node, persistence, thread)
-        thread.close()
+        try:
+            with trio.CancelScope(shield=True):
+                await commit_pending(node, persistence, thread)
+        finally:
+            thread.close()

@@ -10,6 +10,7 @@ import trio
 from leveret.broker.node import Node
 from leveret.broker.persistence import Commit, Persistence
 from leveret.broker.server.commit_thread import CommitThread
+from leveret.broker.server.connection_task import direct_writes
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ async def commit_once(
             await thread.run(commit.run)
         else:
             await trio.to_thread.run_sync(commit.run)
-        failed = persistence.complete(commit)
-        node.commit_completed(failed, commit.error)
+        with direct_writes():  # the confirms go out now, not after a switch to each writer task
+            failed = persistence.complete(commit)
+            node.commit_completed(failed, commit.error)
     if commit.error is not None:
         await trio.sleep(RETRY_DELAY)
     return commit

@@ -68,7 +68,12 @@ def describe(name: str, run: dict, batches: list[float]) -> str:
 
 def main(argv: list[str]) -> int:
     directory = Path(argv[0])
-    record = json.loads((directory / "loopstats.json").read_text())
+    stats = directory / "loopstats.json"
+    if not stats.exists():
+        print(f"{stats} is missing: record with `python -m bench.latency --instrument --dump {directory}`",
+              file=sys.stderr)
+        return 2
+    record = json.loads(stats.read_text())
     batches = record["all_batches"]
     for path in sorted(directory.glob("*-leveret-*.json")):
         print(describe(path.stem, json.loads(path.read_text()), batches))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ import trio
 
 from leveret.broker.cluster import replica_file
 from leveret.broker.cluster.leadership import Deposed, Effect, Elected
+from leveret.broker.cluster.pipeline import AppendPipeline
 from leveret.broker.cluster.replica import (
     ReplicaLog,
     decode_entries,
@@ -37,7 +39,7 @@ from leveret.broker.cluster.replica import (
 from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.cluster.replication import LeaderQueue, QueueId, ReplicatedJournal
 from leveret.broker.cluster.roles import build_leader_queue
-from leveret.broker.server.peers import PeerError, PeerLinks, PeerRefused
+from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PeerRefused, PendingReply
 
 if TYPE_CHECKING:
     from leveret.broker.node import Node
@@ -97,6 +99,7 @@ class Replication:
         self.replicas: dict[QueueId, ReplicaLog] = {}
         self.files: dict[QueueId, ReplicaFile] = {}
         self._locks: dict[QueueId, trio.Lock] = {}
+        self._rewinds: dict[QueueId, int] = {}  # per queue, how often its replica lost entries
         self.leading: dict[QueueId, _Leading] = {}
         self._elected: dict[QueueId, int] = {}  # elected, waiting for the vhost to hold the queue
         self._nursery: trio.Nursery | None = None
@@ -272,59 +275,96 @@ class Replication:
             self._commit(leading)
 
     async def _ship(self, leading: _Leading, node: str) -> None:
+        """Keep one follower in step: probe it, then stream appends to it until a failure, then again."""
         leader = leading.leader
-        replica = leader.replica
         queue = leader.queue
         leadership = self.cluster.leadership
-        events = leading.ship_events
         timeout = self.links.peer_timeout
-        offset: int | None = None
-        truncate = -1
         while leader.active:
             try:
-                if offset is None:
-                    offset, truncate = await self._catch_up_point(leader, node, timeout)
-                    continue
-                if offset < replica.base:
-                    offset = None
-                    continue
-                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
-                if offset >= replica.end and truncate < 0 and in_step:
-                    event = events[node] = trio.Event()
-                    with trio.move_on_after(_IDLE):
-                        await event.wait()
-                    continue
-                entries = replica.entries_from(offset, _BATCH_BYTES)
-                payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, offset, truncate)
-                           + encode_entries(entries))
-                with trio.move_on_after(timeout) as scope:
-                    reply = await self.links.request(node, APPEND, payload)
-                if scope.cancelled_caught:
-                    raise PeerError(f"no answer within {timeout} s")
-                (end,) = _U64.unpack(reply)
-                truncate = -1
-                offset = end
-                leader.acked[node] = end
-                if end >= leader.committed and node not in leadership.in_sync_members(queue):
-                    # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
-                    leader.joining.add(node)
-                    leadership.follower_caught_up(queue, node)
-                self._commit(leading)
+                offset, truncate = await self._catch_up_point(leader, node, timeout)
+                await self._stream(leading, node, AppendPipeline(offset, truncate))
             except PeerRefused as refusal:
                 if _STALE in str(refusal):
                     log.warning("queue %r in vhost %r: %s refused epoch %d as stale", queue[1], queue[0],
                                 node, leader.epoch)
                     return
-                offset = None  # out of step: probe again
-                await trio.sleep(_RETRY)
+                await trio.sleep(_RETRY)  # out of step (or truncated under its appends): probe again
             except (PeerError, trio.TooSlowError) as error:
                 leader.joining.discard(node)
                 if node in leadership.in_sync_members(queue):
                     log.warning("queue %r in vhost %r: follower %s out of sync: %s", queue[1], queue[0],
                                 node, error)
                 leadership.follower_lagging(queue, node)
-                offset = None
                 await trio.sleep(_RETRY)
+
+    async def _stream(self, leading: _Leading, node: str, pipe: AppendPipeline) -> None:
+        """Send the log from the probed point on, up to `pipe.depth` appends unanswered; returns when the
+        log's base passed the follower (probe again, for a snapshot) or raises the first failure."""
+        leader = leading.leader
+        replica = leader.replica
+        queue = leader.queue
+        leadership = self.cluster.leadership
+        events = leading.ship_events
+        failures: list[Exception] = []
+
+        def wake() -> None:
+            event = events.get(node)
+            if event is not None:
+                event.set()
+
+        async with trio.open_nursery() as nursery:
+            while leader.active and not failures and pipe.next >= replica.base:
+                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
+                # Nothing to send (an empty append is sent only to learn that a lagging follower is
+                # back in step), or enough in flight: wait for an append or a reply.
+                idle = pipe.next >= replica.end and pipe.truncate < 0 and (in_step or pipe.in_flight > 0)
+                if idle or pipe.full():
+                    event = events[node] = trio.Event()
+                    with trio.move_on_after(_IDLE):
+                        await event.wait()
+                    continue
+                entries = replica.entries_from(pipe.next, _BATCH_BYTES)
+                start, truncate = pipe.send(len(entries))
+                payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, start, truncate)
+                           + encode_entries(entries))
+                try:
+                    pending = await self.links.submit(node, APPEND, payload)
+                except PeerError as error:  # raised here, it would leave the nursery as a group
+                    failures.append(error)
+                    break
+                nursery.start_soon(self._acknowledged, leading, node, pipe, pending, failures, wake)
+            nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    async def _acknowledged(self, leading: _Leading, node: str, pipe: AppendPipeline,
+                            pending: PendingReply, failures: list[Exception],
+                            wake: Callable[[], None]) -> None:
+        """One append's reply: what the follower now holds durably, and the confirms that releases."""
+        leader = leading.leader
+        queue = leader.queue
+        leadership = self.cluster.leadership
+        timeout = self.links.peer_timeout
+        try:
+            with trio.move_on_after(timeout) as scope:
+                reply = await pending.wait()
+            if scope.cancelled_caught:
+                raise PeerError(f"no answer within {timeout} s")
+            (end,) = _U64.unpack(reply)
+            moved = pipe.acknowledged(end)
+        except (PeerError, ValueError, struct.error) as error:
+            failures.append(error if isinstance(error, PeerError) else PeerError(str(error)))
+            wake()
+            return
+        wake()  # a slot is free
+        if moved:
+            leader.acked[node] = pipe.durable
+        if pipe.durable >= leader.committed and node not in leadership.in_sync_members(queue):
+            # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
+            leader.joining.add(node)
+            leadership.follower_caught_up(queue, node)
+        self._commit(leading)
 
     async def _catch_up_point(self, leader: LeaderQueue, node: str, timeout: float) -> tuple[int, int]:
         """Probe the follower; returns the offset to send from and the truncation it needs (-1: none),
@@ -366,7 +406,10 @@ class Replication:
         replica, _ = self._check_epoch(queue, epoch)
         return struct.pack(">QQ", replica.end, replica.last_epoch)
 
-    async def _append(self, source: str, payload: bytes) -> bytes:
+    def _append(self, source: str, payload: bytes) -> Deferred:
+        """Append in the order the requests came (the link's reader calls this in turn), then answer
+        once an fsync covers it: the reader goes on with the next append meanwhile, and appends that
+        arrive while one fsync runs share the next one (group commit)."""
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
         _, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
@@ -374,6 +417,7 @@ class Replication:
             if not replica.truncate(truncate):
                 raise ValueError("truncation below the replica's base: a snapshot is needed")
             file.truncate(truncate)
+            self._rewound(queue)
         if start != replica.end:
             raise ValueError(f"append at {start}, replica ends at {replica.end}")
         body = memoryview(payload)[at + _APPEND_HEAD.size:]
@@ -383,14 +427,31 @@ class Replication:
         file.entries(bytes(body))
         if replica.compact():
             file.rewrite(replica)
-        await self._sync(queue, file)
-        return _U64.pack(replica.end)
+        end, rewinds = replica.end, self._rewinds.get(queue, 0)
+
+        async def durable() -> bytes:
+            await self._sync(queue, file)
+            # Its entries may be gone since (a newer leader truncated the log, or sent a snapshot): the
+            # end it reached would then count entries it did not send, so it is refused instead.
+            if self.replicas.get(queue) is not replica or self._rewinds.get(queue, 0) != rewinds:
+                raise ValueError("the log was truncated under this append")
+            if epoch < replica.newest_epoch:
+                raise ValueError(f"{_STALE}: {epoch} < {replica.newest_epoch}")
+            return _U64.pack(end)
+
+        return Deferred(durable)
+
+    def _rewound(self, queue: QueueId) -> None:
+        """The replica's log lost entries (truncation, snapshot): appends still waiting for their fsync
+        must not be acknowledged."""
+        self._rewinds[queue] = self._rewinds.get(queue, 0) + 1
 
     async def _snapshot(self, source: str, payload: bytes) -> bytes:
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
         end, epochs, state = decode_snapshot(memoryview(payload)[at:])
         replica.install(end, epochs, state)
+        self._rewound(queue)
         file.rewrite(replica)
         await self._sync(queue, file)
         return _U64.pack(replica.end)

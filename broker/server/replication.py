@@ -3,16 +3,20 @@
 Leader (`_lead`, one task per queue it leads, with one shipping task per follower): a follower is first
 probed (its end offset and last epoch), truncated by Kafka's rule (to where its last epoch ends in the
 leader's log) or sent a snapshot when that point is below the leader's log base, then sent the entries
-from there on, one `repl.append` request per batch of up to `_BATCH_BYTES`, each waiting for the reply
-(the follower's durable end) before the next. What the queue appended while a request was out goes in
-the next one, so batches grow with the load. A follower whose request fails or takes longer than
-`peer_timeout` is reported lagging (it leaves the in-sync set); one that has acked the leader's whole log
-is reported caught up (it joins it again). The leader's own records are written and fsynced by its
-writer task. Confirms are released after every ack and write (broker/cluster/replication.py's rule).
+from there on in `repl.append` requests of up to `_BATCH_BYTES`, pipelined (broker/cluster/pipeline.py:
+up to `DEPTH` unanswered, so a batch does not wait for the previous round trip; once that many are out,
+what the queue appends goes in the next one, so batches grow with the load). A follower whose request
+fails or takes longer than `peer_timeout` is reported lagging (it leaves the in-sync set); one that has
+acked everything confirmed is reported caught up (it joins it again). The leader's own records are
+written and fsynced by its writer task. Confirms are released after every ack and write
+(broker/cluster/replication.py's rule).
 
-Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers): a request stamped with an epoch older
-than the newest it saw is refused; an append that does not start at its end is refused (the leader
-probes again); entries are applied to its `ReplicaLog` and fsynced to its replica file before the reply.
+Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers, called in the order the requests came): a
+request stamped with an epoch older than the newest it saw is refused; an append that does not start at
+its end is refused (the leader probes again); entries are applied to its `ReplicaLog` at once, and the
+reply waits for an fsync of its replica file that covers them (appends arriving meanwhile share the next
+fsync). A reply is refused if a truncation or snapshot removed its entries, or its epoch became stale,
+before that fsync ended.
 """
 
 from __future__ import annotations

@@ -49,3 +49,23 @@ def test_a_reply_beyond_what_was_sent_is_refused() -> None:
     pipe.send(2)
     with pytest.raises(ValueError, match="beyond what was sent"):
         pipe.acknowledged(3)
+
+
+def test_small_appends_wait_for_the_reply_and_a_backlog_streams() -> None:
+    pipe = AppendPipeline(start=0, truncate=-1, depth=3, min_batch=100)
+    assert not pipe.may_send(0)  # nothing to send
+    assert pipe.may_send(2)  # nothing in flight: even a small batch goes at once
+    pipe.send(2)
+    assert not pipe.may_send(50)  # one unanswered: 48 waiting entries wait for its reply
+    assert pipe.may_send(102)  # a backlog of 100 goes without waiting
+    pipe.send(100)
+    pipe.send(100)
+    assert pipe.full() and not pipe.may_send(1000)
+    assert pipe.acknowledged(202) and pipe.may_send(203)
+
+
+def test_the_first_batch_after_a_probe_goes_even_empty_to_carry_the_truncation() -> None:
+    pipe = AppendPipeline(start=7, truncate=7)
+    assert pipe.may_send(7)
+    assert pipe.send(0) == (7, 7)
+    assert not pipe.may_send(7)

@@ -1,5 +1,9 @@
 """A leader's appends in flight to one follower, sans-IO: several batches at once, in log order.
 
+A batch goes as soon as nothing is in flight; while something is, only a batch of at least `MIN_BATCH`
+entries goes (up to `DEPTH` in flight), so a backlog streams without waiting for round trips while a
+trickle of small appends is batched by the round trip, as before.
+
 One pipeline lasts from a probe (which gives the offset to send from, and the truncation the first batch
 carries) to the first failure, after which the leader probes again and starts a new one. Batches go out
 back to back, each starting where the previous one ended; the peer link keeps them in order and the
@@ -12,16 +16,22 @@ from __future__ import annotations
 
 from collections import deque
 
-# Appends a leader has unanswered per follower: enough that a batch never waits for the previous round
-# trip, few enough that a follower that stops answering costs little to resend.
+# Appends a leader has unanswered per follower: enough that a large backlog never waits for round trips,
+# few enough that a follower that stops answering costs little to resend.
 DEPTH = 8
+# While one is unanswered, another goes only once this many entries wait: small appends wait for the reply
+# and go together (as Nagle's rule does). On a busy machine each request costs every node a wake-up, a
+# task and an fsync; sending each small batch at once measured worse confirm latency, not better
+# (bench/RESULTS.md, session 5).
+MIN_BATCH = 128
 
 
 class AppendPipeline:
-    def __init__(self, start: int, truncate: int, depth: int = DEPTH) -> None:
+    def __init__(self, start: int, truncate: int, depth: int = DEPTH, min_batch: int = MIN_BATCH) -> None:
         self.next = start  # where the next batch starts
         self.truncate = truncate  # carried by the first batch only (-1: none)
         self.depth = depth
+        self.min_batch = min_batch
         self.durable = 0  # the highest end a reply of this pipeline acknowledged
         self._in_flight: deque[int] = deque()  # ends of the batches sent and not acknowledged, in order
 
@@ -31,6 +41,13 @@ class AppendPipeline:
 
     def full(self) -> bool:
         return len(self._in_flight) >= self.depth
+
+    def may_send(self, end: int) -> bool:
+        """Whether a batch of the entries up to the log's `end` goes now (the first batch after a probe
+        always does, even empty: it carries the truncation, or learns the follower's end)."""
+        if not self._in_flight:
+            return end > self.next or self.truncate >= 0
+        return not self.full() and end - self.next >= self.min_batch
 
     def send(self, count: int) -> tuple[int, int]:
         """A batch of `count` entries from `next` goes out: returns its (start, truncate to)."""

@@ -4,12 +4,12 @@ Leader (`_lead`, one task per queue it leads, with one shipping task per followe
 probed (its end offset and last epoch), truncated by Kafka's rule (to where its last epoch ends in the
 leader's log) or sent a snapshot when that point is below the leader's log base, then sent the entries
 from there on in `repl.append` requests of up to `_BATCH_BYTES`, pipelined (broker/cluster/pipeline.py:
-up to `DEPTH` unanswered, so a batch does not wait for the previous round trip; once that many are out,
-what the queue appends goes in the next one, so batches grow with the load). A follower whose request
-fails or takes longer than `peer_timeout` is reported lagging (it leaves the in-sync set); one that has
-acked everything confirmed is reported caught up (it joins it again). The leader's own records are
-written and fsynced by its writer task. Confirms are released after every ack and write
-(broker/cluster/replication.py's rule).
+a batch goes at once when none is unanswered; while some are, only one of `MIN_BATCH` entries or more, up
+to `DEPTH` unanswered, so a backlog streams while small appends are batched by the round trip). A
+follower whose request fails or takes longer than `peer_timeout` is reported lagging (it leaves the
+in-sync set); one that has acked everything confirmed is reported caught up (it joins it again). The
+leader's own records are written and fsynced by its writer task. Confirms are released after every ack
+and write (broker/cluster/replication.py's rule).
 
 Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers, called in the order the requests came): a
 request stamped with an epoch older than the newest it saw is refused; an append that does not start at
@@ -320,10 +320,9 @@ class Replication:
         async with trio.open_nursery() as nursery:
             while leader.active and not failures and pipe.next >= replica.base:
                 in_step = node in leader.joining or node in leadership.in_sync_members(queue)
-                # Nothing to send (an empty append is sent only to learn that a lagging follower is
-                # back in step), or enough in flight: wait for an append or a reply.
-                idle = pipe.next >= replica.end and pipe.truncate < 0 and (in_step or pipe.in_flight > 0)
-                if idle or pipe.full():
+                # An empty append is sent only to learn that a lagging follower is back in step.
+                empty_probe = not in_step and pipe.in_flight == 0
+                if not (pipe.may_send(replica.end) or empty_probe):  # wait for an append or a reply
                     event = events[node] = trio.Event()
                     with trio.move_on_after(_IDLE):
                         await event.wait()

@@ -3,16 +3,20 @@
 Leader (`_lead`, one task per queue it leads, with one shipping task per follower): a follower is first
 probed (its end offset and last epoch), truncated by Kafka's rule (to where its last epoch ends in the
 leader's log) or sent a snapshot when that point is below the leader's log base, then sent the entries
-from there on, one `repl.append` request per batch of up to `_BATCH_BYTES`, each waiting for the reply
-(the follower's durable end) before the next. What the queue appended while a request was out goes in
-the next one, so batches grow with the load. A follower whose request fails or takes longer than
-`peer_timeout` is reported lagging (it leaves the in-sync set); one that has acked the leader's whole log
-is reported caught up (it joins it again). The leader's own records are written and fsynced by its
-writer task. Confirms are released after every ack and write (broker/cluster/replication.py's rule).
+from there on in `repl.append` requests of up to `_BATCH_BYTES`, pipelined (broker/cluster/pipeline.py:
+a batch goes at once when none is unanswered; while some are, only one of `MIN_BATCH` entries or more, up
+to `DEPTH` unanswered, so a backlog streams while small appends are batched by the round trip). A
+follower whose request fails or takes longer than `peer_timeout` is reported lagging (it leaves the
+in-sync set); one that has acked everything confirmed is reported caught up (it joins it again). The
+leader's own records are written and fsynced by its writer task. Confirms are released after every ack
+and write (broker/cluster/replication.py's rule).
 
-Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers): a request stamped with an epoch older
-than the newest it saw is refused; an append that does not start at its end is refused (the leader
-probes again); entries are applied to its `ReplicaLog` and fsynced to its replica file before the reply.
+Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers, called in the order the requests came): a
+request stamped with an epoch older than the newest it saw is refused; an append that does not start at
+its end is refused (the leader probes again); entries are applied to its `ReplicaLog` at once, and the
+reply waits for an fsync of its replica file that covers them (appends arriving meanwhile share the next
+fsync). A reply is refused if a truncation or snapshot removed its entries, or its epoch became stale,
+before that fsync ended.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +32,7 @@ import trio
 
 from leveret.broker.cluster import replica_file
 from leveret.broker.cluster.leadership import Deposed, Effect, Elected
+from leveret.broker.cluster.pipeline import AppendPipeline
 from leveret.broker.cluster.replica import (
     ENQUEUE,
     ENQUEUE_AT,
@@ -49,7 +55,7 @@ from leveret.broker.cluster.replica import (
 from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.cluster.replication import LeaderQueue, QueueId, ReplicatedJournal
 from leveret.broker.cluster.roles import build_leader_queue
-from leveret.broker.server.peers import PeerError, PeerLinks, PeerRefused
+from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PeerRefused, PendingReply
 
 if TYPE_CHECKING:
     from leveret.broker.node import Node
@@ -123,6 +129,7 @@ class Replication:
         self.replicas: dict[QueueId, ReplicaLog] = {}
         self.files: dict[QueueId, ReplicaFile] = {}
         self._locks: dict[QueueId, trio.Lock] = {}
+        self._rewinds: dict[QueueId, int] = {}  # per queue, how often its replica lost entries
         self.leading: dict[QueueId, _Leading] = {}
         self._elected: dict[QueueId, int] = {}  # elected, waiting for the vhost to hold the queue
         self._incoming: dict[QueueId, _Incoming] = {}
@@ -360,59 +367,96 @@ class Replication:
             self._commit(leading)
 
     async def _ship(self, leading: _Leading, node: str) -> None:
+        """Keep one follower in step: probe it, then stream appends to it until a failure, then again."""
         leader = leading.leader
-        replica = leader.replica
         queue = leader.queue
         leadership = self.cluster.leadership
-        events = leading.ship_events
         timeout = self.links.peer_timeout
-        offset: int | None = None
-        truncate = -1
         while leader.active:
             try:
-                if offset is None:
-                    offset, truncate = await self._catch_up_point(leader, node, timeout)
-                    continue
-                if offset < replica.base:
-                    offset = None
-                    continue
-                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
-                if offset >= replica.end and truncate < 0 and in_step:
-                    event = events[node] = trio.Event()
-                    with trio.move_on_after(_IDLE):
-                        await event.wait()
-                    continue
-                entries = await self._whole(leader.file, replica.entries_from(offset, _BATCH_BYTES))
-                payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, offset, truncate)
-                           + encode_entries(entries))
-                with trio.move_on_after(timeout) as scope:
-                    reply = await self.links.request(node, APPEND, payload)
-                if scope.cancelled_caught:
-                    raise PeerError(f"no answer within {timeout} s")
-                (end,) = _U64.unpack(reply)
-                truncate = -1
-                offset = end
-                leader.acked[node] = end
-                if end >= leader.committed and node not in leadership.in_sync_members(queue):
-                    # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
-                    leader.joining.add(node)
-                    leadership.follower_caught_up(queue, node)
-                self._commit(leading)
+                offset, truncate = await self._catch_up_point(leader, node, timeout)
+                await self._stream(leading, node, AppendPipeline(offset, truncate))
             except PeerRefused as refusal:
                 if _STALE in str(refusal):
                     log.warning("queue %r in vhost %r: %s refused epoch %d as stale", queue[1], queue[0],
                                 node, leader.epoch)
                     return
-                offset = None  # out of step: probe again
-                await trio.sleep(_RETRY)
+                await trio.sleep(_RETRY)  # out of step (or truncated under its appends): probe again
             except (PeerError, trio.TooSlowError) as error:
                 leader.joining.discard(node)
                 if node in leadership.in_sync_members(queue):
                     log.warning("queue %r in vhost %r: follower %s out of sync: %s", queue[1], queue[0],
                                 node, error)
                 leadership.follower_lagging(queue, node)
-                offset = None
                 await trio.sleep(_RETRY)
+
+    async def _stream(self, leading: _Leading, node: str, pipe: AppendPipeline) -> None:
+        """Send the log from the probed point on, up to `pipe.depth` appends unanswered; returns when the
+        log's base passed the follower (probe again, for a snapshot) or raises the first failure."""
+        leader = leading.leader
+        replica = leader.replica
+        queue = leader.queue
+        leadership = self.cluster.leadership
+        events = leading.ship_events
+        failures: list[Exception] = []
+
+        def wake() -> None:
+            event = events.get(node)
+            if event is not None:
+                event.set()
+
+        async with trio.open_nursery() as nursery:
+            while leader.active and not failures and pipe.next >= replica.base:
+                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
+                # An empty append is sent only to learn that a lagging follower is back in step.
+                empty_probe = not in_step and pipe.in_flight == 0
+                if not (pipe.may_send(replica.end) or empty_probe):  # wait for an append or a reply
+                    event = events[node] = trio.Event()
+                    with trio.move_on_after(_IDLE):
+                        await event.wait()
+                    continue
+                try:
+                    # Messages whose bodies are only on disk any more are read back for the follower.
+                    entries = await self._whole(leader.file, replica.entries_from(pipe.next, _BATCH_BYTES))
+                    start, truncate = pipe.send(len(entries))
+                    payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, start, truncate)
+                               + encode_entries(entries))
+                    pending = await self.links.submit(node, APPEND, payload)
+                except PeerError as error:  # raised here, it would leave the nursery as a group
+                    failures.append(error)
+                    break
+                nursery.start_soon(self._acknowledged, leading, node, pipe, pending, failures, wake)
+            nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    async def _acknowledged(self, leading: _Leading, node: str, pipe: AppendPipeline,
+                            pending: PendingReply, failures: list[Exception],
+                            wake: Callable[[], None]) -> None:
+        """One append's reply: what the follower now holds durably, and the confirms that releases."""
+        leader = leading.leader
+        queue = leader.queue
+        leadership = self.cluster.leadership
+        timeout = self.links.peer_timeout
+        try:
+            with trio.move_on_after(timeout) as scope:
+                reply = await pending.wait()
+            if scope.cancelled_caught:
+                raise PeerError(f"no answer within {timeout} s")
+            (end,) = _U64.unpack(reply)
+            moved = pipe.acknowledged(end)
+        except (PeerError, ValueError, struct.error) as error:
+            failures.append(error if isinstance(error, PeerError) else PeerError(str(error)))
+            wake()
+            return
+        wake()  # a slot is free
+        if moved:
+            leader.acked[node] = pipe.durable
+        if pipe.durable >= leader.committed and node not in leadership.in_sync_members(queue):
+            # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
+            leader.joining.add(node)
+            leadership.follower_caught_up(queue, node)
+        self._commit(leading)
 
     async def _catch_up_point(self, leader: LeaderQueue, node: str, timeout: float) -> tuple[int, int]:
         """Probe the follower; returns the offset to send from and the truncation it needs (-1: none),
@@ -501,7 +545,10 @@ class Replication:
         replica, _ = self._check_epoch(queue, epoch)
         return struct.pack(">QQ", replica.end, replica.last_epoch)
 
-    async def _append(self, source: str, payload: bytes) -> bytes:
+    def _append(self, source: str, payload: bytes) -> Deferred:
+        """Append in the order the requests came (the link's reader calls this in turn), then answer
+        once an fsync covers it: the reader goes on with the next append meanwhile, and appends that
+        arrive while one fsync runs share the next one (group commit)."""
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
         _, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
@@ -509,6 +556,7 @@ class Replication:
             if not replica.truncate(truncate):
                 raise ValueError("truncation below the replica's base: a snapshot is needed")
             file.truncate(truncate)
+            self._rewound(queue)
         if start != replica.end:
             raise ValueError(f"append at {start}, replica ends at {replica.end}")
         body = memoryview(payload)[at + _APPEND_HEAD.size:]
@@ -524,8 +572,24 @@ class Replication:
                                    in enumerate(zip(entries, positions, strict=True)) if position >= 0])
         if replica.compact():
             file.rewrite(replica)
-        await self._sync(queue, file)
-        return _U64.pack(replica.end)
+        end, rewinds = replica.end, self._rewinds.get(queue, 0)
+
+        async def durable() -> bytes:
+            await self._sync(queue, file)
+            # Its entries may be gone since (a newer leader truncated the log, or sent a snapshot): the
+            # end it reached would then count entries it did not send, so it is refused instead.
+            if self.replicas.get(queue) is not replica or self._rewinds.get(queue, 0) != rewinds:
+                raise ValueError("the log was truncated under this append")
+            if epoch < replica.newest_epoch:
+                raise ValueError(f"{_STALE}: {epoch} < {replica.newest_epoch}")
+            return _U64.pack(end)
+
+        return Deferred(durable)
+
+    def _rewound(self, queue: QueueId) -> None:
+        """The replica's log lost entries (truncation, snapshot): appends still waiting for their fsync
+        must not be acknowledged."""
+        self._rewinds[queue] = self._rewinds.get(queue, 0) + 1
 
     async def _snapshot(self, source: str, payload: bytes) -> bytes:
         """A part of a snapshot (see `_send_snapshot`): its messages are written to the replica's next
@@ -561,5 +625,6 @@ class Replication:
                                                  incoming.epochs, incoming.state)
             file.snapshot_installed(size)
             replica.install(incoming.end, incoming.epochs, incoming.state)
+            self._rewound(queue)
             await self._forget_generations(replica, file)
         return _U64.pack(replica.end)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pamqp import frame
-from pamqp.commands import Basic, Channel
+from pamqp.commands import Basic, Channel, Connection
 
 from interop.brokers import Broker, LeveretBroker, RabbitMQBroker, ResourceLimits, rabbitmq_server_script
 from interop.rawclient import RawClient
@@ -103,13 +103,94 @@ def churn(broker: Broker) -> None:
     print(f"12.5 s later: rss {_rss_mb(broker):.1f} MB")
 
 
+class _Fleet:
+    """`connections` raw clients with `channels` channels each beyond channel 1; with consumers, each channel
+    consumes its connection's queue with `in_flight` messages delivered and unacked."""
+
+    def __init__(self, broker: Broker, connections: int, channels: int, in_flight: int) -> None:
+        self.numbers = range(2, channels + 2)
+        self.clients = [RawClient(broker.host, broker.port) for _ in range(connections)]
+        for index, client in enumerate(self.clients):
+            client.sock.sendall(b"".join(frame.marshal(Channel.Open(), n) for n in self.numbers))
+            for _ in self.numbers:
+                client.expect(Channel.OpenOk)
+            if not in_flight:
+                continue
+            queue = f"closes-{index}"
+            client.declare(queue, auto_delete=True)
+            client.sock.sendall(b"".join(
+                frame.marshal(Basic.Qos(prefetch_count=in_flight), n)
+                + frame.marshal(Basic.Consume(queue=queue), n)
+                for n in self.numbers
+            ))
+            for _ in range(2 * len(self.numbers)):
+                client.receive()
+            client.publish(queue, range(in_flight * channels), 1000)
+        for client in self.clients:  # each delivery is three frames: method, header, body
+            for _ in range(3 * in_flight * channels):
+                client.receive()
+
+    def close_channels(self) -> None:
+        close = Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0)
+        for client in self.clients:
+            client.sock.sendall(b"".join(frame.marshal(close, n) for n in self.numbers))
+        for client in self.clients:
+            for _ in self.numbers:
+                client.expect(Channel.CloseOk)
+
+    def close_connections(self) -> None:
+        close = Connection.Close(reply_code=200, reply_text="", class_id=0, method_id=0)
+        for client in self.clients:
+            client.send(0, close)
+        for client in self.clients:
+            client.expect(Connection.CloseOk)
+            client.close()
+
+
+def _rss_after(broker: Broker, what: str, marks: tuple[float, ...] = (0.0, 5.0, 30.0)) -> None:
+    started = time.monotonic()
+    figures = []
+    for mark in marks:
+        time.sleep(max(0.0, started + mark - time.monotonic()))
+        figures.append(f"{mark:.0f}s {_rss_mb(broker):.1f}")
+    print(f"  {what}: rss MB " + ", ".join(figures), flush=True)
+
+
+def closes(broker: Broker, connections: int, channels: int, in_flight: int, cycles: int) -> None:
+    """Mass closes: RSS at the peak and 0/5/30 s after closing every channel, then every connection; then
+    open/close cycles of the same fleet, RSS after each (growth per cycle is a leak, a flat line is not)."""
+    time.sleep(2)
+    print(f"{broker.kind}: {connections} connections x {channels} channels, {in_flight} in flight each; "
+          f"idle rss {_rss_mb(broker):.1f} MB", flush=True)
+    fleet = _Fleet(broker, connections, channels, in_flight)
+    time.sleep(1)
+    print(f"  open: rss {_rss_mb(broker):.1f} MB", flush=True)
+    fleet.close_channels()
+    _rss_after(broker, "channels closed, connections open")
+    fleet.close_connections()
+    _rss_after(broker, "connections closed")
+    for cycle in range(1, cycles + 1):
+        fleet = _Fleet(broker, connections, channels, in_flight)
+        peak = _rss_mb(broker)
+        fleet.close_channels()
+        fleet.close_connections()
+        time.sleep(1)
+        print(f"  cycle {cycle}: open {peak:.1f}, closed {_rss_mb(broker):.1f} MB", flush=True)
+    if cycles:
+        _rss_after(broker, "after the cycles", (12.0,))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=("stall", "churn"))
+    parser.add_argument("what", choices=("stall", "churn", "closes"))
     parser.add_argument("--broker", choices=("leveret", "rabbitmq"), default="leveret")
     parser.add_argument("--mb", type=int, default=1000, help="stall: megabytes published")
+    parser.add_argument("--connections", type=int, default=1000, help="closes")
+    parser.add_argument("--channels", type=int, default=10, help="closes: per connection")
+    parser.add_argument("--in-flight", type=int, default=2, help="closes: unacked per channel; 0: no consumers")
+    parser.add_argument("--cycles", type=int, default=5, help="closes: open/close cycles after the first")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="resource-holes-") as workdir:
         stalling = args.what == "stall"
@@ -117,7 +198,12 @@ def main() -> None:
         broker = _broker(args.broker, Path(workdir), limits)
         broker.start()
         try:
-            stall(broker, args.mb) if stalling else churn(broker)
+            if stalling:
+                stall(broker, args.mb)
+            elif args.what == "churn":
+                churn(broker)
+            else:
+                closes(broker, args.connections, args.channels, args.in_flight, args.cycles)
         finally:
             broker.close()
 

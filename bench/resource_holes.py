@@ -2,16 +2,21 @@
 
     python -m bench.resource_holes stall [--broker rabbitmq] [--mb 1000]   # a consumer that stops reading
     python -m bench.resource_holes churn [--broker rabbitmq]               # 10,000 channels, 800 connections
+    python -m bench.resource_holes closes --broker both [--connections 1000 --channels 10 --in-flight 2]
 
 stall: a consumer with acks and no prefetch never reads its socket; 100 KB messages are published to its
 queue under a 600 MB memory watermark. Prints the queue depth and RSS each second, then after the
 consumer's connection closes. churn: RSS with 10,000 channels open (a consumer each, over 5 connections),
 after closing them, 12.5 s later (one malloc_trim round later on Leveret), and the same for 800 connections.
+closes: connections with channels (a consumer each holding messages unacked, or none with --in-flight 0);
+RSS 0, 5 and 30 s after closing every channel, the connections kept, then after closing the connections,
+then over open/close cycles; with --broker both, RabbitMQ then Leveret, and a table of what each kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import tempfile
@@ -19,9 +24,10 @@ import time
 from pathlib import Path
 
 from pamqp import frame
-from pamqp.commands import Basic, Channel, Connection
+from pamqp.commands import Basic, Channel
 
 from interop.brokers import Broker, LeveretBroker, RabbitMQBroker, ResourceLimits, rabbitmq_server_script
+from interop.fleet import ChannelFleet
 from interop.rawclient import RawClient
 
 CHANNELS_PER_CONNECTION = 2000
@@ -103,81 +109,65 @@ def churn(broker: Broker) -> None:
     print(f"12.5 s later: rss {_rss_mb(broker):.1f} MB")
 
 
-class _Fleet:
-    """`connections` raw clients with `channels` channels each beyond channel 1; with consumers, each channel
-    consumes its connection's queue with `in_flight` messages delivered and unacked."""
-
-    def __init__(self, broker: Broker, connections: int, channels: int, in_flight: int) -> None:
-        self.numbers = range(2, channels + 2)
-        self.clients = [RawClient(broker.host, broker.port) for _ in range(connections)]
-        for index, client in enumerate(self.clients):
-            client.sock.sendall(b"".join(frame.marshal(Channel.Open(), n) for n in self.numbers))
-            for _ in self.numbers:
-                client.expect(Channel.OpenOk)
-            if not in_flight:
-                continue
-            queue = f"closes-{index}"
-            client.declare(queue, auto_delete=True)
-            client.sock.sendall(b"".join(
-                frame.marshal(Basic.Qos(prefetch_count=in_flight), n)
-                + frame.marshal(Basic.Consume(queue=queue), n)
-                for n in self.numbers
-            ))
-            for _ in range(2 * len(self.numbers)):
-                client.receive()
-            client.publish(queue, range(in_flight * channels), 1000)
-        for client in self.clients:  # each delivery is three frames: method, header, body
-            for _ in range(3 * in_flight * channels):
-                client.receive()
-
-    def close_channels(self) -> None:
-        close = Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0)
-        for client in self.clients:
-            client.sock.sendall(b"".join(frame.marshal(close, n) for n in self.numbers))
-        for client in self.clients:
-            for _ in self.numbers:
-                client.expect(Channel.CloseOk)
-
-    def close_connections(self) -> None:
-        close = Connection.Close(reply_code=200, reply_text="", class_id=0, method_id=0)
-        for client in self.clients:
-            client.send(0, close)
-        for client in self.clients:
-            client.expect(Connection.CloseOk)
-            client.close()
-
-
-def _rss_after(broker: Broker, what: str, marks: tuple[float, ...] = (0.0, 5.0, 30.0)) -> None:
+def _rss_at(broker: Broker, marks: tuple[float, ...]) -> list[float]:
+    """RSS at each of `marks` seconds from now."""
     started = time.monotonic()
     figures = []
     for mark in marks:
         time.sleep(max(0.0, started + mark - time.monotonic()))
-        figures.append(f"{mark:.0f}s {_rss_mb(broker):.1f}")
-    print(f"  {what}: rss MB " + ", ".join(figures), flush=True)
+        figures.append(_rss_mb(broker))
+    return figures
 
 
-def closes(broker: Broker, connections: int, channels: int, in_flight: int, cycles: int) -> None:
-    """Mass closes: RSS at the peak and 0/5/30 s after closing every channel, then every connection; then
-    open/close cycles of the same fleet, RSS after each (growth per cycle is a leak, a flat line is not)."""
+AFTER = (0.0, 5.0, 30.0)
+
+
+def _record_after(broker: Broker, figures: dict[str, float], what: str) -> None:
+    after = _rss_at(broker, AFTER)
+    figures.update({f"{what} {mark:.0f}s": rss for mark, rss in zip(AFTER, after, strict=True)})
+    print(f"  {what}: " + ", ".join(f"{mark:.0f}s {rss:.1f}" for mark, rss in zip(AFTER, after, strict=True)))
+
+
+def closes(broker: Broker, connections: int, channels: int, in_flight: int, cycles: int) -> dict[str, float]:
+    """Mass closes: RSS idle, with the connections, with their channels (the peak), at 0/5/30 s after closing
+    every channel (connections kept), and after closing the connections; then open/close cycles of the same
+    fleet, RSS after each (growth per cycle is a leak, a flat line is not)."""
     time.sleep(2)
+    figures = {"idle": _rss_mb(broker)}
     print(f"{broker.kind}: {connections} connections x {channels} channels, {in_flight} in flight each; "
-          f"idle rss {_rss_mb(broker):.1f} MB", flush=True)
-    fleet = _Fleet(broker, connections, channels, in_flight)
+          f"idle rss {figures['idle']:.1f} MB", flush=True)
+    fleet = ChannelFleet(broker, connections, channels, in_flight)
     time.sleep(1)
-    print(f"  open: rss {_rss_mb(broker):.1f} MB", flush=True)
+    figures["connections"] = _rss_mb(broker)
+    fleet.open_channels()
+    time.sleep(1)
+    figures["peak"] = _rss_mb(broker)
+    print(f"  connections open {figures['connections']:.1f}, with channels {figures['peak']:.1f} MB")
     fleet.close_channels()
-    _rss_after(broker, "channels closed, connections open")
+    _record_after(broker, figures, "channels closed")
     fleet.close_connections()
-    _rss_after(broker, "connections closed")
+    _record_after(broker, figures, "connections closed")
     for cycle in range(1, cycles + 1):
-        fleet = _Fleet(broker, connections, channels, in_flight)
+        fleet = ChannelFleet(broker, connections, channels, in_flight)
+        fleet.open_channels()
         peak = _rss_mb(broker)
         fleet.close_channels()
         fleet.close_connections()
         time.sleep(1)
-        print(f"  cycle {cycle}: open {peak:.1f}, closed {_rss_mb(broker):.1f} MB", flush=True)
+        figures[f"cycle {cycle}"] = _rss_mb(broker)
+        print(f"  cycle {cycle}: open {peak:.1f}, closed {figures[f'cycle {cycle}']:.1f} MB", flush=True)
     if cycles:
-        _rss_after(broker, "after the cycles", (12.0,))
+        figures["cycles +12s"] = _rss_at(broker, (12.0,))[0]
+        print(f"  12 s after the cycles: {figures['cycles +12s']:.1f} MB")
+    return figures
+
+
+def _closes_table(results: dict[str, dict[str, float]]) -> None:
+    """What each broker kept above its idle RSS, in MB, side by side."""
+    kinds = list(results)
+    print("\nMB above idle | " + " | ".join(kinds))
+    for row in list(results[kinds[0]])[1:]:
+        print(f"{row} | " + " | ".join(f"{results[k][row] - results[k]['idle']:.1f}" for k in kinds))
 
 
 def main() -> None:
@@ -185,28 +175,35 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("what", choices=("stall", "churn", "closes"))
-    parser.add_argument("--broker", choices=("leveret", "rabbitmq"), default="leveret")
+    parser.add_argument("--broker", choices=("leveret", "rabbitmq", "both"), default="leveret",
+                        help="both: RabbitMQ, then Leveret, in one run (closes only)")
     parser.add_argument("--mb", type=int, default=1000, help="stall: megabytes published")
     parser.add_argument("--connections", type=int, default=1000, help="closes")
     parser.add_argument("--channels", type=int, default=10, help="closes: per connection")
-    parser.add_argument("--in-flight", type=int, default=2, help="closes: unacked per channel; 0: no consumers")
+    parser.add_argument("--in-flight", type=int, default=2, help="closes: unacked per channel")
     parser.add_argument("--cycles", type=int, default=5, help="closes: open/close cycles after the first")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="resource-holes-") as workdir:
-        stalling = args.what == "stall"
-        limits = ResourceLimits(memory_high_watermark=600_000_000) if stalling else ResourceLimits()
-        broker = _broker(args.broker, Path(workdir), limits)
-        broker.start()
-        try:
-            if stalling:
-                stall(broker, args.mb)
-            elif args.what == "churn":
-                churn(broker)
-            else:
-                closes(broker, args.connections, args.channels, args.in_flight, args.cycles)
-        finally:
-            broker.close()
-
+    stalling = args.what == "stall"
+    limits = ResourceLimits(memory_high_watermark=600_000_000) if stalling else ResourceLimits()
+    results: dict[str, dict[str, float]] = {}
+    for kind in ("rabbitmq", "leveret") if args.broker == "both" else (args.broker,):
+        with tempfile.TemporaryDirectory(prefix="resource-holes-") as workdir:
+            broker = _broker(kind, Path(workdir), limits)
+            broker.start()
+            try:
+                if stalling:
+                    stall(broker, args.mb)
+                elif args.what == "churn":
+                    churn(broker)
+                else:
+                    results[kind] = closes(
+                        broker, args.connections, args.channels, args.in_flight, args.cycles
+                    )
+            finally:
+                broker.close()
+    if results:
+        _closes_table(results)
+        print(f"load average {os.getloadavg()[0]:.1f}")
 
 if __name__ == "__main__":
     main()

@@ -105,6 +105,9 @@ class HeadPending(Exception):  # noqa: N818  (not an error: "wait for the queue'
     handles it again."""
 
 
+_NO_CONFIRMS: deque[tuple[int, int, bool]] = deque(maxlen=0)
+
+
 class _Transaction:
     """Publishes and settlements held back until tx.commit."""
 
@@ -140,8 +143,9 @@ class ChannelSession:
         self.acked = 0
         self.confirmed = 0
         self.redelivered = 0
-        # Confirms owed, in publish order: (seq, store position it waits for, nack?).
-        self._unconfirmed: deque[tuple[int, int, bool]] = deque()
+        # Confirms owed, in publish order: (seq, store position it waits for, nack?). Its own deque from
+        # confirm.select on; until then the shared one that holds nothing (publishes have no seq).
+        self._unconfirmed: deque[tuple[int, int, bool]] = _NO_CONFIRMS
         self.tx: _Transaction | None = None
         self.last_queue = ""  # "" in queue arguments means the channel's last declared queue
         self.closed = False
@@ -885,6 +889,8 @@ class ChannelSession:
     def _confirm_select(self, method: Confirm.Select) -> None:
         if self.tx is not None:
             raise ChannelError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+        if not self.confirming:
+            self._unconfirmed = deque()
         self.confirming = True
         if not method.nowait:
             self._reply(Confirm.SelectOk)

@@ -179,6 +179,22 @@ class ReplicatedJournal(Journal):
         if seqs and not self.done:
             self.leader.append((SETTLED, list(seqs)))
 
+    def barrier(self) -> int | None:
+        """A gate ticket released once every record logged so far is held as a confirm's would be (what
+        a settlement from another node waits for before it is answered: broker/cluster/remote.py); 0 if
+        that holds already, None if this node no longer leads the queue."""
+        leader = self.leader
+        if self.done:
+            return 0  # deleted: nothing to keep
+        if not leader.active:
+            return None
+        end = leader.replica.end
+        if end <= leader.committed:
+            return 0
+        ticket = leader.gate.ticket()
+        leader.tickets.append((end, ticket))
+        return ticket
+
     def deleted(self) -> None:
         if not self.done:
             self.leader.append((DELETED,))

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from leveret.broker.cluster import remote_codec as codec
-from leveret.broker.cluster.proxy import ProxyQueue
 from leveret.broker.cluster.confirms import ConfirmGate
+from leveret.broker.cluster.proxy import ProxyQueue
 from leveret.broker.cluster.remote import REMOTE_BASE, RESERVE_FOR, RemoteQueues, Ticket
 from leveret.broker.cluster.replica import ReplicaLog
 from leveret.broker.cluster.replica_file import ReplicaFile
@@ -79,6 +79,7 @@ class Channel:
 def nodes() -> tuple[Node, Node]:
     table = {QUEUE: "leader"}
     leader, other = Node("leader", table), Node("other", table)
+    leader.hub.peers, other.hub.peers = ["other"], ["leader"]
     for node in (leader, other):
         node.vhost.proxies = node.hub
         declare(node, "q")
@@ -282,6 +283,7 @@ def three_nodes() -> tuple[Node, Node, Node]:
     a, b, c = Node("a", table), Node("b", table), Node("c", table)
     for node in (a, b, c):
         node.vhost.proxies = node.hub
+        node.hub.peers = [other.hub.name for other in (a, b, c) if other is not node]
         declare(node, "q")
     return a, b, c
 
@@ -334,6 +336,25 @@ def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
     b.hub.clock = lambda: RESERVE_FOR + 1.0
     b.hub.reconcile()
     assert len(rival.delivered) == 2
+
+
+def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
+    """Messages a consumer on the dead leader's own node held: `c` holds nothing and says so (an empty
+    claim), so the new leader does not wait out the reservation to give them to another consumer."""
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    for i in range(3):
+        old.enqueue(message(str(i).encode()))
+    old.add_consumer(Consumer("l", old, Channel(), no_ack=False, exclusive=False, prefetch=2))
+    b.hub.link_up = lambda node: node != "a"
+    built = elect_b(a, b, c)
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in rival.delivered] == [b"2"]
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert [(entry.message.body, entry.redelivered) for _, entry in rival.delivered] == [
+        (b"2", True), (b"0", True), (b"1", True)]
 
 
 def test_a_held_message_the_new_leader_gave_away_is_not_claimed() -> None:
@@ -415,6 +436,7 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
 def nodes_with_replicated_queue(tmp_path: Path) -> tuple[Node, Node]:
     table = {QUEUE: "leader"}
     leader, other = Node("leader", table), Node("other", table)
+    leader.hub.peers, other.hub.peers = ["other"], ["leader"]
     for node in (leader, other):
         node.vhost.proxies = node.hub
         declare(node, "q")

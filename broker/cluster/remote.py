@@ -218,14 +218,16 @@ class _Origin:
 
 
 class _Reserved:
-    """Messages a leader keeps unacked for whichever node claims them, until `until` (then requeued)."""
+    """Messages a leader keeps unacked for whichever node claims them, until `until` or until every node
+    in `waiting` has claimed (then what is left is requeued)."""
 
-    __slots__ = ("queue", "seqs", "until")
+    __slots__ = ("queue", "seqs", "until", "waiting")
 
-    def __init__(self, queue: Queue, until: float) -> None:
+    def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self.seqs: set[int] = set()
-        self.until = until
+        self.until = 0.0
+        self.waiting: set[str] = set()
 
 
 class Handled:
@@ -255,7 +257,8 @@ class RemoteQueues(QueueRoles):
         self.vhosts = vhosts
         self.leadership = leadership
         self.clock = clock
-        # Set by the server: there are ops for a node; whether the link to a node is up.
+        # Set by the server: the other nodes; there are ops for a node; whether the link to a node is up.
+        self.peers: list[str] = []
         self.wake: Callable[[str], None] = lambda node: None
         self.link_up: Callable[[str], bool] = lambda node: False
         # Set by the node: tickets were settled (flush the channels' confirms).
@@ -469,7 +472,8 @@ class RemoteQueues(QueueRoles):
                    functools.partial(self._settles_answered, proxy, settles))
 
     def _claim_held(self, proxies: list[ProxyQueue]) -> None:
-        """Proxies whose held messages are at another leader (or link) than the current one: claimed."""
+        """A proxy claims, at each new leader (or link to it), what its clients hold; an empty claim if
+        nothing: the leader then knows this node holds nothing more, and stops keeping messages for it."""
         for proxy in proxies:
             leader = self.leader_of(proxy)
             if leader is None or leader == self.name or not self.link_up(leader):
@@ -693,6 +697,11 @@ class RemoteQueues(QueueRoles):
             handled.results.append(codec.NOT_LEADER_YET)
             return
         self._take_for(node, queue, op.held, op.settles)
+        reserved = self._reserved.get((op.vhost, op.queue))
+        if reserved is not None and reserved.queue is queue:
+            reserved.waiting.discard(node)
+            if not reserved.waiting:
+                self._release_reserved(reserved)  # every node that could hold them has claimed
         self._answer_when_replicated(queue, handled)
 
     def _take_for(
@@ -723,23 +732,25 @@ class RemoteQueues(QueueRoles):
         for how, seqs in by_how.items():
             self._settle_held(node, queue.vhost, queue.name, how, seqs)
 
-    def _reserve(self, queue: Queue, seqs: Iterable[int]) -> None:
+    def _reserve(self, queue: Queue, seqs: Iterable[int], claimants: Iterable[str]) -> None:
+        """Keep `seqs` (checked out, nobody's) for the claims of `claimants`."""
         key = (queue.vhost, queue.name)
         reserved = self._reserved.get(key)
         if reserved is None or reserved.queue is not queue:
-            reserved = self._reserved[key] = _Reserved(queue, 0.0)
+            reserved = self._reserved[key] = _Reserved(queue)
         reserved.seqs.update(seqs)
+        reserved.waiting.update(claimants)
         reserved.until = self.clock() + RESERVE_FOR
 
-    def _release_reserved(self, now: float) -> None:
-        for key, reserved in list(self._reserved.items()):
-            if now < reserved.until and not reserved.queue.deleted:
-                continue
+    def _release_reserved(self, reserved: _Reserved) -> None:
+        """What no claim took comes back, redelivered."""
+        queue = reserved.queue
+        key = (queue.vhost, queue.name)
+        if self._reserved.get(key) is reserved:
             del self._reserved[key]
-            queue = reserved.queue
-            back = [seq for seq in reserved.seqs if seq in queue.checked_out]
-            if back and self._led_queue(queue.vhost, queue.name) is queue:
-                queue.requeue(back)
+        back = [seq for seq in reserved.seqs if seq in queue.checked_out]
+        if back and self._led_queue(queue.vhost, queue.name) is queue:
+            queue.requeue(back)
 
     def _deliver_remote(self, consumer: RemoteConsumer, entry: Entry) -> None:
         origin = consumer.origin
@@ -803,7 +814,7 @@ class RemoteQueues(QueueRoles):
             for queue, seqs in origin.held.values():
                 back = [seq for seq in seqs if seq in queue.checked_out]
                 if back:
-                    self._reserve(queue, back)  # that node's claim takes them back, if it comes in time
+                    self._reserve(queue, back, (node,))  # that node's claim takes them back, in time
         return self.take(node)
 
     def reconcile(self) -> None:
@@ -812,17 +823,17 @@ class RemoteQueues(QueueRoles):
         waiting publishes follow the leader."""
         now = self.clock()
         led = self.leadership.led
-        holding: list[ProxyQueue] = []
+        proxies: list[ProxyQueue] = []
         for vhost in self.vhosts.values():
             for queue in list(vhost.queues.values()):
                 if isinstance(queue, ProxyQueue):
-                    if queue.remote_seqs or queue.unsettled:
-                        holding.append(queue)
+                    proxies.append(queue)
                 elif is_replicated_queue(queue) and (vhost.name, queue.name) not in led:
                     self.follow(vhost, queue)
-        if self._reserved:
-            self._release_reserved(now)
-        self._claim_held(holding)  # before the consumers attach: the leader keeps these out of their way
+        for reserved in list(self._reserved.values()):
+            if now >= reserved.until or reserved.queue.deleted:
+                self._release_reserved(reserved)
+        self._claim_held(proxies)  # before the consumers attach: the leader keeps these out of their way
         for proxy in list(self._waiting):
             self._flush_waiting(proxy, now)
         for sub in list(self.subs.values()):
@@ -851,9 +862,10 @@ class RemoteQueues(QueueRoles):
         can take them); what this node's own clients held through the proxy is theirs at once."""
         current = vhost.queues.get(queue.name)
         if current is not queue:
-            spare = queue.take_seqs(delivered, log=False)
+            claimants = [node for node in self.peers if self.link_up(node)]
+            spare = queue.take_seqs(delivered, log=False) if claimants else []
             if spare:
-                self._reserve(queue, [entry.seq for entry in spare])
+                self._reserve(queue, [entry.seq for entry in spare], claimants)
             if isinstance(current, ProxyQueue) and (current.remote_seqs or current.unsettled):
                 self._take_here(current, queue)
         if current is None:

@@ -756,6 +756,7 @@ class RemoteQueues(QueueRoles):
         origin = consumer.origin
         if not consumer.no_ack:
             origin.hold(consumer.queue, entry.seq)
+            _log_redelivery(consumer.queue, entry)
         consumer.delivered += 1
         op = codec.Deliver(consumer.cid, entry.seq, entry.redelivered, entry.message)
         outbox = self._send(origin.node, op)
@@ -788,6 +789,7 @@ class RemoteQueues(QueueRoles):
                     queue.settle([entry.seq])
                 else:
                     self._origin(node).hold(queue, entry.seq)
+                    _log_redelivery(queue, entry)
                 return codec.CallResult(message_count=queue.message_count, seq=entry.seq,
                                         redelivered=entry.redelivered, message=entry.message)
         except ChannelError as error:
@@ -929,6 +931,14 @@ class RemoteQueues(QueueRoles):
                     old.requeue(back)
         for local in list(old.consumers):  # this node's channels' consumers (queues/consumer.Consumer)
             _move_consumer(local, old, new)
+
+
+def _log_redelivery(queue: Queue, entry: Entry) -> None:
+    """A first delivery records itself in the log; a redelivered one does not (queue.py), but a message
+    out with another node must be known as delivered to the next leader, which then sets it aside for
+    that node's claim."""
+    if entry.redelivered and entry.logged:
+        queue.journal.delivered(entry)
 
 
 def _ignore(result: bytes | None) -> None:

@@ -230,7 +230,10 @@ class Queue(Pageable):
         """Ready messages (by seq; those in memory, not paged out) become unacked without a delivery: a
         cluster's new leader keeps what a consumer on another node still holds (broker/cluster/remote.py).
         `log`: record them as delivered (not when the log says so already)."""
-        taken = self._remove_from_head(set(seqs))
+        wanted = set(seqs)
+        if not wanted:
+            return []  # an empty claim: no scan of the ready list
+        taken = self._remove_from_head(wanted)
         for entry in taken:
             self.checked_out[entry.seq] = entry
             if log and entry.logged:

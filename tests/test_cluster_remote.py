@@ -14,7 +14,7 @@ from leveret.broker.cluster.proxy import ProxyQueue
 from leveret.broker.cluster.remote import REMOTE_BASE, RESERVE_FOR, RemoteQueues, Ticket
 from leveret.broker.cluster.replica import ReplicaLog
 from leveret.broker.cluster.replica_file import ReplicaFile
-from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
+from leveret.broker.cluster.replication import EPOCH_SEQS, LeaderQueue, ReplicatedJournal, first_seq
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.entry import Entry
@@ -384,6 +384,38 @@ def test_a_held_message_the_new_leader_gave_away_is_not_claimed() -> None:
     c.hub.reconcile()
     settle_all(b, c)
     assert proxy.unsettled == {} and sorted(built.checked_out) == [1]  # found gone: forgotten
+
+
+def test_a_message_the_old_leader_never_replicated_is_not_confused_with_a_new_one() -> None:
+    """`a` (epoch 5) delivered a message it never replicated; `b` (epoch 9) numbers new messages above
+    anything `a` could have numbered, so `c`'s claim of that seq takes nothing, and the client's ack of it
+    settles nothing: the new message is delivered, not lost."""
+    assert first_seq(9, 100) == 9 * EPOCH_SEQS and first_seq(9, 9 * EPOCH_SEQS + 5) == 9 * EPOCH_SEQS + 5
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    old.restore([], first_seq(5, 1))
+    old.enqueue(message(b"never replicated"))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=5)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    c.hub.link_down("a")
+    a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
+    built = Queue("q", "/", durable=True, host=b.vhost)
+    built.restore([], first_seq(9, 5 * EPOCH_SEQS))  # its replica never had the message
+    b.hub.lead(b.vhost, built)
+    built.enqueue(message(b"new"))
+    c.hub.reconcile()
+    settle_all(b, c)
+    proxy.settle([channel.delivered[0][1].seq])
+    consumer.unacked -= 1
+    consumer.update_credit()
+    settle_all(b, c)
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert [entry.message.body for _, entry in channel.delivered] == [b"never replicated", b"new"]
+    assert list(built.checked_out) == [9 * EPOCH_SEQS]
 
 
 def test_a_consumer_on_the_new_leader_keeps_its_tags_too() -> None:

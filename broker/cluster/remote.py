@@ -749,7 +749,7 @@ class RemoteQueues(QueueRoles):
         if self._reserved.get(key) is reserved:
             del self._reserved[key]
         back = [seq for seq in reserved.seqs if seq in queue.checked_out]
-        if back and self._led_queue(queue.vhost, queue.name) is queue:
+        if back and not queue.deleted:  # (a queue replaced since dropped its reservation: `_replace`)
             queue.requeue(back)
 
     def _deliver_remote(self, consumer: RemoteConsumer, entry: Entry) -> None:

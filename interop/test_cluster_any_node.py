@@ -2,7 +2,8 @@
 
 Declared on one node, published to on another, consumed on a third, with pika and with node's amqplib; a
 consistent-hash exchange spreading keys over queues led by different nodes; basic.get, purge, counts and
-delete asked on a node that does not lead the queue; a consumer whose queue's leader is killed; a fourth
+delete asked on a node that does not lead the queue; a consumer whose queue's leader is killed (it keeps
+its unacked messages under their delivery tags, and acks on the wire at the kill are not lost); a fourth
 node's share. Leveret only (a RabbitMQ cluster is not started here).
 """
 

@@ -247,7 +247,7 @@ def test_single_node_kill_loop_loses_nothing(tmp_path: Path) -> None:
     try:
         load.wait_confirmed(WARMUP, timeout=60)
         for _ in range(20):
-            load.fault("kill -9", "leveret")
+            load.fault("kill -9", "leveret", url=broker.url)
             broker.kill()
             broker.start()
             load.wait_confirmed(load.confirmed_so_far() + 50, timeout=60)

@@ -145,6 +145,24 @@ def test_an_ack_on_its_way_when_a_fault_came_may_be_lost_with_it() -> None:
     assert verdict.ok and verdict.acks_lost_in_fault == 1
 
 
+def test_acks_lost_with_a_fault_are_told_apart_by_the_consumers_node() -> None:
+    """A consumer connected to the killed node loses its acks with its connection; one connected
+    elsewhere is counted in acks_lost_elsewhere (and a fault that names no node hits no consumer's)."""
+    for consumer_url, fault_url, elsewhere in (("amqp://n1", "amqp://n1", 0), ("amqp://n2", "amqp://n1", 1),
+                                               ("amqp://n2", None, 1)):
+        script = Script()
+        script.add("connect", url=consumer_url)
+        identifier = script.publish("p1", 1)
+        script.deliver(identifier)
+        script.ack(identifier)
+        script.add("fault", kind="kill -9", target="node1", **({"url": fault_url} if fault_url else {}))
+        script.add("settled", channel="ch1")
+        script.deliver(identifier, consumer="c2", redelivered=True)
+        verdict = check(script.events, ack_window=0.5)
+        assert verdict.ok and verdict.acks_lost_in_fault == 1
+        assert verdict.acks_lost_elsewhere == elsewhere, (consumer_url, fault_url)
+
+
 def test_a_fault_well_before_the_ack_excuses_nothing() -> None:
     script = Script()
     identifier = script.publish("p1", 1)

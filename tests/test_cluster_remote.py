@@ -3,13 +3,18 @@ batches to each other by hand, as the peer links would."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from leveret.broker.cluster import remote_codec as codec
+from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.proxy import ProxyQueue
-from leveret.broker.cluster.remote import REMOTE_BASE, RemoteQueues, Ticket
+from leveret.broker.cluster.remote import REMOTE_BASE, RESERVE_FOR, RemoteQueues, Ticket
+from leveret.broker.cluster.replica import ReplicaLog
+from leveret.broker.cluster.replica_file import ReplicaFile
+from leveret.broker.cluster.replication import EPOCH_SEQS, LeaderQueue, ReplicatedJournal, first_seq
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.entry import Entry
@@ -74,6 +79,7 @@ class Channel:
 def nodes() -> tuple[Node, Node]:
     table = {QUEUE: "leader"}
     leader, other = Node("leader", table), Node("other", table)
+    leader.hub.peers, other.hub.peers = ["other"], ["leader"]
     for node in (leader, other):
         node.vhost.proxies = node.hub
         declare(node, "q")
@@ -115,7 +121,8 @@ def test_the_leader_holds_the_real_queue_and_the_others_a_proxy(nodes: tuple[Nod
 def test_every_op_survives_the_wire() -> None:
     ops: list[codec.Op] = [
         codec.Publish("/", "q", message(b"body")),
-        codec.Consume("v", "q\u00e9", 7, codec.NO_ACK, 10, {"x-priority": 3}),
+        codec.Consume("v", "q\u00e9", 7, codec.NO_ACK, 10, {"x-priority": 3}, 4),
+        codec.Claim("/", "q", (3, 1 << 40), ((codec.ACK, 5), (codec.REQUEUE, 6))),
         codec.Credit(7, 99),
         codec.Cancel(7),
         codec.Settle("/", "q", codec.REQUEUE, (1, 2, 1 << 40)),
@@ -218,7 +225,7 @@ def test_a_remote_consumer_gets_its_prefetch_and_more_as_it_acks(nodes: tuple[No
     assert real.unacked == 3 and real.message_count == 5
 
 
-def test_a_broken_link_gives_back_what_the_other_node_held(nodes: tuple[Node, Node]) -> None:
+def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
     for i in range(4):
@@ -232,16 +239,260 @@ def test_a_broken_link_gives_back_what_the_other_node_held(nodes: tuple[Node, No
     assert real.unacked == 2
     leader.hub.link_down("other")
     other.hub.link_down("leader")
-    assert real.unacked == 0 and real.message_count == 4
-    assert [entry.redelivered for entry in real.ready][:2] == [True, True]
-    # An ack of a delivery from before the break is not applied to anything.
+    # Set aside for the other node (not given to anyone else), and its ack meanwhile is kept, not sent.
+    assert real.unacked == 2 and real.message_count == 2
     proxy.settle([held[0].seq])
+    consumer.unacked -= 1
+    consumer.update_credit()
     assert other.hub.take("leader") is None
-    # The consumer registers again, and gets the requeued messages, redelivered.
+    # The link is back: the node claims what it holds with the ack; the consumer registers again with
+    # one message held, so it gets one more, and the first message is gone for good.
     other.hub.reconcile()
     settle_all(leader, other)
-    redelivered = [(entry.message.body, entry.redelivered) for _, entry in channel.delivered[2:]]
-    assert redelivered == [(b"0", True), (b"1", True)]
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert not any(entry.redelivered for _, entry in channel.delivered)
+    assert real.unacked == 2 and real.message_count == 1 and proxy.unsettled == {}
+    # The client's old tag still works.
+    proxy.settle([held[1].seq])
+    settle_all(leader, other)
+    assert real.unacked == 1 and 1 not in real.checked_out
+
+
+def test_what_a_node_held_comes_back_redelivered_when_it_does_not_claim_it(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    now = [0.0]
+    leader.hub.clock = lambda: now[0]
+    real = leader.vhost.queues["q"]
+    for i in range(3):
+        real.enqueue(message(str(i).encode()))
+    proxy = other.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
+    settle_all(leader, other)
+    leader.hub.link_down("other")
+    local = Channel()
+    real.add_consumer(Consumer("l", real, local, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in local.delivered] == [b"2"]  # not the two set aside
+    now[0] = RESERVE_FOR + 0.1
+    leader.hub.reconcile()
+    assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered[1:]] == [
+        (b"0", True), (b"1", True)]
+
+
+def three_nodes() -> tuple[Node, Node, Node]:
+    table = {QUEUE: "a"}
+    a, b, c = Node("a", table), Node("b", table), Node("c", table)
+    for node in (a, b, c):
+        node.vhost.proxies = node.hub
+        node.hub.peers = [other.hub.name for other in (a, b, c) if other is not node]
+        declare(node, "q")
+    return a, b, c
+
+
+def elect_b(a: Node, b: Node, c: Node) -> Queue:
+    """`a` dies: `b` is elected and builds the queue from its replica of `a`'s (the same seqs), with
+    what `a`'s log said was delivered."""
+    old = a.vhost.queues["q"]
+    c.hub.link_down("a")
+    b.hub.link_down("a")
+    a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
+    built = Queue("q", "/", durable=True, host=b.vhost)
+    entries = [Entry(entry.message, entry.seq, True) for entry in (*old.checked_out.values(), *old.ready)]
+    built.restore(sorted(entries, key=lambda entry: entry.seq), 100)
+    b.hub.lead(b.vhost, built, sorted(old.checked_out))
+    return built
+
+
+def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    for i in range(5):
+        old.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=3)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    tags = [entry.seq for _, entry in channel.delivered]
+    # An ack is on its way as `a` dies: `a` applied it but never answered (nor replicated it).
+    proxy.settle([tags[0]])
+    consumer.unacked -= 1
+    handled = a.hub.handle("c", c.hub.take("a").payload)  # type: ignore[union-attr]
+    assert handled.results == [codec.CONFIRMED] and 1 not in old.checked_out
+    built = elect_b(a, b, c)
+    # A consumer on `b` itself gets nothing `c` may hold: that is set aside for `c`'s claim.
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in rival.delivered] == [b"3", b"4"]
+    c.hub.reconcile()
+    settle_all(b, c)
+    # The ack is applied at `b`; the other two stay `c`'s, under the client's tags; no redelivery.
+    assert sorted(built.checked_out) == [2, 3, 4, 5] and 1 not in built.checked_out
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert proxy.unsettled == {}
+    proxy.settle(tags[1:])
+    settle_all(b, c)
+    assert sorted(built.checked_out) == [4, 5] and built.message_count == 0
+    # The reservation's end requeues nothing: everything set aside was claimed.
+    b.hub.clock = lambda: RESERVE_FOR + 1.0
+    b.hub.reconcile()
+    assert len(rival.delivered) == 2
+
+
+def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
+    """Messages a consumer on the dead leader's own node held: `c` holds nothing and says so (an empty
+    claim), so the new leader does not wait out the reservation to give them to another consumer."""
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    for i in range(3):
+        old.enqueue(message(str(i).encode()))
+    old.add_consumer(Consumer("l", old, Channel(), no_ack=False, exclusive=False, prefetch=2))
+    b.hub.link_up = lambda node: node != "a"
+    built = elect_b(a, b, c)
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in rival.delivered] == [b"2"]
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert [(entry.message.body, entry.redelivered) for _, entry in rival.delivered] == [
+        (b"2", True), (b"0", True), (b"1", True)]
+
+
+def test_a_held_message_the_new_leader_gave_away_is_not_claimed() -> None:
+    """Not in the new leader's log as delivered, and taken by another consumer first: the fallback, the
+    client's ack is dropped and the message stays with the one who has it."""
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    old.enqueue(message(b"0"))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    settle_all(a, c)
+    c.hub.link_down("a")
+    a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
+    built = Queue("q", "/", durable=True, host=b.vhost)
+    built.restore([Entry(message(b"0"), 1, True)], 100)
+    b.hub.lead(b.vhost, built)  # the delivered record never reached `b`
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in rival.delivered] == [b"0"]
+    c.hub.reconcile()
+    settle_all(b, c)
+    proxy.settle([channel.delivered[0][1].seq])
+    settle_all(b, c)
+    assert sorted(built.checked_out) == [1]  # still the rival's
+    assert proxy.unsettled == {1: codec.ACK} and proxy.claim_due  # not applied: claimed again
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert proxy.unsettled == {} and sorted(built.checked_out) == [1]  # found gone: forgotten
+
+
+def test_a_message_the_old_leader_never_replicated_is_not_confused_with_a_new_one() -> None:
+    """`a` (epoch 5) delivered a message it never replicated; `b` (epoch 9) numbers new messages above
+    anything `a` could have numbered, so `c`'s claim of that seq takes nothing, and the client's ack of it
+    settles nothing: the new message is delivered, not lost."""
+    assert first_seq(9, 100) == 9 * EPOCH_SEQS and first_seq(9, 9 * EPOCH_SEQS + 5) == 9 * EPOCH_SEQS + 5
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    old.restore([], first_seq(5, 1))
+    old.enqueue(message(b"never replicated"))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=5)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    c.hub.link_down("a")
+    a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
+    built = Queue("q", "/", durable=True, host=b.vhost)
+    built.restore([], first_seq(9, 5 * EPOCH_SEQS))  # its replica never had the message
+    b.hub.lead(b.vhost, built)
+    built.enqueue(message(b"new"))
+    c.hub.reconcile()
+    settle_all(b, c)
+    proxy.settle([channel.delivered[0][1].seq])
+    consumer.unacked -= 1
+    consumer.update_credit()
+    settle_all(b, c)
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert [entry.message.body for _, entry in channel.delivered] == [b"never replicated", b"new"]
+    assert list(built.checked_out) == [9 * EPOCH_SEQS]
+
+
+def test_a_consumer_on_the_new_leader_keeps_its_tags_too() -> None:
+    a, b, c = three_nodes()
+    old = a.vhost.queues["q"]
+    for i in range(3):
+        old.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = b.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
+    proxy.add_consumer(consumer)
+    settle_all(a, b)
+    tags = [entry.seq for _, entry in channel.delivered]
+    built = elect_b(a, b, c)
+    assert consumer.queue is built and sorted(built.checked_out) == [1, 2]
+    proxy.settle(tags)  # the client acks with the tags it had from the proxy
+    consumer.unacked -= 2
+    consumer.update_credit()
+    assert sorted(built.checked_out) == [3] and built.message_count == 0
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+
+
+def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
+    leader, other = nodes_with_replicated_queue(tmp_path)
+    real = leader.vhost.queues["q"]
+    replicated = real.journal
+    assert isinstance(replicated, ReplicatedJournal)
+    real.enqueue(message(b"m"))
+    log_leader = replicated.leader
+    log_leader.local_durable = log_leader.take_writes()
+    for node in ("b", "c"):
+        log_leader.acked[node] = log_leader.replica.end
+    log_leader.commit(("leader", "b", "c"), 3, True, "leader")
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    settle_all(leader, other)
+    proxy.settle([channel.delivered[0][1].seq])
+    handled = leader.hub.handle("other", other.hub.take("leader").payload)  # type: ignore[union-attr]
+    assert handled.results == [None] and len(handled.published) == 1  # waits for the log
+    position = handled.published[0][1]
+    assert log_leader.gate.safe() < position
+    log_leader.local_durable = log_leader.take_writes()
+    for node in ("b", "c"):
+        log_leader.acked[node] = log_leader.replica.end
+    assert log_leader.commit(("leader", "b", "c"), 3, True, "leader")
+    assert log_leader.gate.safe() >= position
+
+
+def nodes_with_replicated_queue(tmp_path: Path) -> tuple[Node, Node]:
+    table = {QUEUE: "leader"}
+    leader, other = Node("leader", table), Node("other", table)
+    leader.hub.peers, other.hub.peers = ["other"], ["leader"]
+    for node in (leader, other):
+        node.vhost.proxies = node.hub
+        declare(node, "q")
+    log_leader = LeaderQueue(QUEUE, 3, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
+                             ["b", "c"], lambda: 1000.0)
+    leader.vhost.queues["q"].journal = ReplicatedJournal(log_leader)
+    return leader, other
+
+
+def test_a_consumer_registered_again_gets_only_what_its_prefetch_leaves(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    real = leader.vhost.queues["q"]
+    for i in range(6):
+        real.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = other.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=3))
+    settle_all(leader, other)
+    assert len(channel.delivered) == 3
+    leader.hub.link_down("other")
+    other.hub.link_down("leader")
+    other.hub.reconcile()
+    settle_all(leader, other)
+    assert len(channel.delivered) == 3 and real.unacked == 3  # held, claimed: no room for more
 
 
 def test_calls_are_answered_by_the_leader(nodes: tuple[Node, Node]) -> None:

@@ -6,8 +6,10 @@ node's hub (broker/cluster/remote.py), which sends it over the peer link, and wh
 (deliveries, cancellations) comes to its consumers through the hub.
 
 Deliveries from the leader are numbered here with seqs of the proxy's own (`remote_seqs` maps them to the
-leader's seq and the link they came over), so a settlement of a delivery from an earlier leader, or from
-before the link broke, is recognised and dropped rather than applied to another message of a new leader.
+leader's seq and the link they came over). The leader's seq is the message's seq in the queue's replicated
+log, the same on every replica, so when the leader moves (or the link to it breaks) what this node's
+clients hold and the settlements not yet replicated (`unsettled`) are handed to the next leader in a
+claim (broker/cluster/remote.py), and the clients keep their delivery tags.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ class ProxyQueue(Queue):
         self.waiting: list[tuple[Message, Any, float]] = []
         # Our seq of an unacked delivery -> (the node it came from, that link's generation, its seq there).
         self.remote_seqs: dict[int, tuple[str, int, int]] = {}
+        # Settlements a leader has not said are replicated: its seq -> how (remote_codec's ACK, REJECT...).
+        self.unsettled: dict[int, int] = {}
+        # The leader (and link generation) that holds this node's unacked messages of the queue, since
+        # the first delivery or the last claim; `claim_due`: they must be claimed again (a new leader, a
+        # broken link, a settlement that was not applied).
+        self.held_at: tuple[str, int] | None = None
+        self.claim_due = False
         self._local_seq = itertools.count(1)
         # The leader's ready messages, consumers and unacked ones, as last heard (declare-ok, management).
         self.known_counts = (0, 0, 0)
@@ -92,6 +101,11 @@ class ProxyQueue(Queue):
         local = next(self._local_seq)
         if ack_required:
             self.remote_seqs[local] = (node, generation, seq)
+            if self.held_at != (node, generation):
+                if self.held_at is None:
+                    self.held_at = (node, generation)
+                else:  # from another leader than the one the rest is held at (a get answered late)
+                    self.claim_due = True
         return Entry(message, local, redelivered)
 
     def _taken(self, seqs: Iterable[int]) -> list[tuple[str, int, int]]:

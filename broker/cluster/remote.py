@@ -12,8 +12,19 @@ remote_codec.py):
   in flight never exceed it); deliveries come back; acks, nacks and rejects go there. basic.get, purge,
   passive-declare counts and delete are calls answered by the leader.
 - For a queue led here: the leader's side of all that, each remote consumer a `RemoteConsumer` of the real
-  queue, and what each node holds unacked remembered (`_Origin.held`), so that when its link breaks
-  everything it held is requeued, redelivered.
+  queue, and what each node holds unacked remembered (`_Origin.held`).
+
+A message is named between nodes by its seq in the queue's replicated log (the same on every replica), so
+what a node's clients hold survives a leader change. The consumer's node keeps, per proxy, what its
+clients hold unacked and the settlements the leader has not answered as replicated (a settlement's answer
+waits, as a publish's confirm does, until the log holds it as a confirm's condition requires). When the
+leader moves, or the link to it broke, the node sends the (new) leader a claim of both: the leader applies
+the settlements (those the old leader had applied and replicated are gone already: nothing happens) and
+keeps the held messages unacked for that node, so the clients keep their delivery tags and see no
+redelivery. A new leader sets aside, for `RESERVE_FOR` seconds, the messages its log says were delivered,
+and a leader does the same with what a node held when its link broke: a claim takes them back; what no
+claim takes by then is requeued (redelivered). A message already gone elsewhere cannot be claimed: the
+client's ack of it is then dropped and the message comes back redelivered, as before claims.
 
 Leadership moves: replication installs the leader's queue when this node is elected (`lead`, built from
 its replica state) and hands it back when deposed (`follow`: a proxy takes its place); `reconcile`, run
@@ -24,16 +35,17 @@ and attaches proxies' consumers to their current leader again or, when that has 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.cluster import remote_codec as codec
 from leveret.broker.cluster.proxy import ProxyQueue
-from leveret.broker.cluster.replication import NotLeaderJournal
+from leveret.broker.cluster.replication import NotLeaderJournal, ReplicatedJournal
 from leveret.broker.cluster.roles import QueueRoles
 from leveret.broker.message import Message
 from leveret.broker.queues.consumer import UNLIMITED
@@ -55,6 +67,9 @@ HOLD_PUBLISH = 5.0
 CANCEL_AFTER = 10.0
 # How long a cancelled consumer's deliveries still in flight are recognised (and sent back).
 FORGET_CANCELLED = 30.0
+# How long a new leader (or one whose link to a node broke) keeps what may still be held by a consumer on
+# another node, for that node's claim, before it requeues it (redelivered).
+RESERVE_FOR = 2.0
 # After a leader refused a consumer (not the leader yet, or no longer), before asking again.
 RETRY_ATTACH = 0.25
 # Bytes of deliveries a leader sends one node before that node has answered them.
@@ -213,11 +228,11 @@ class RemoteConsumer:
         self.arguments = op.arguments
         priority = op.arguments.get("x-priority", 0)
         self.priority = priority if isinstance(priority, int) else 0
-        self.credit = min(op.limit, UNLIMITED)
+        self.credit = max(min(op.limit, UNLIMITED) - op.received, 0)
         self.pool: CreditPool | None = None
         self.output = origin.output
         self.channel = courier
-        self.delivered = 0
+        self.delivered = op.received  # the credit limit counts deliveries from earlier leaders too
 
     def deliver(self, entry: Entry) -> None:
         self.channel.deliver(self, entry)
@@ -246,14 +261,28 @@ class _Origin:
         held[1].add(seq)
 
 
+class _Reserved:
+    """Messages a leader keeps unacked for whichever node claims them, until `until` or until every node
+    in `waiting` has claimed (then what is left is requeued)."""
+
+    __slots__ = ("queue", "seqs", "until", "waiting")
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.seqs: set[int] = set()
+        self.until = 0.0
+        self.waiting: set[str] = set()
+
+
 class Handled:
-    """A batch handled at this node: its results, and what its publishes' confirms wait for."""
+    """A batch handled at this node: its results, and what its publishes' confirms (and settlements'
+    answers) wait for."""
 
     __slots__ = ("results", "published")
 
     def __init__(self) -> None:
-        self.results: list[bytes | None] = []  # None: a publish's result, decided once it is safe
-        self.published: list[tuple[int, int]] = []  # result index, the position its confirm waits for
+        self.results: list[bytes | None] = []  # None: a result decided once it is safe
+        self.published: list[tuple[int, int]] = []  # result index, the position it waits for
 
 
 def is_replicated_queue(queue: Queue) -> bool:
@@ -272,7 +301,8 @@ class RemoteQueues(QueueRoles):
         self.vhosts = vhosts
         self.leadership = leadership
         self.clock = clock
-        # Set by the server: there are ops for a node; whether the link to a node is up.
+        # Set by the server: the other nodes; there are ops for a node; whether the link to a node is up.
+        self.peers: list[str] = []
         self.wake: Callable[[str], None] = lambda node: None
         self.link_up: Callable[[str], bool] = lambda node: False
         # Set by the node: tickets were settled (flush the channels' confirms).
@@ -287,8 +317,9 @@ class RemoteQueues(QueueRoles):
         # FORGET_CANCELLED seconds, or until the link to their leader breaks).
         self._cancelled: dict[int, tuple[_Subscription, float]] = {}
         self._waiting: set[ProxyQueue] = set()
-        # The leader's: what other nodes consume and hold of queues led here.
+        # The leader's: what other nodes consume and hold of queues led here, and what it keeps for claims.
         self.origins: dict[str, _Origin] = {}
+        self._reserved: dict[tuple[str, str], _Reserved] = {}
         self._courier = _Courier(self)
         self._last_message: Message | None = None
         self._last_ticket: Ticket | None = None
@@ -423,7 +454,7 @@ class RemoteQueues(QueueRoles):
         flags = (codec.NO_ACK if consumer.no_ack else 0) | (codec.EXCLUSIVE if consumer.exclusive else 0)
         sub.told = sub.limit()
         self._send(leader, codec.Consume(sub.proxy.vhost, sub.proxy.name, sub.cid, flags, sub.told,
-                                         dict(consumer.arguments)))
+                                         dict(consumer.arguments), sub.received))
         return True
 
     def detach(self, consumer: Any) -> None:
@@ -445,14 +476,58 @@ class RemoteQueues(QueueRoles):
                 self._send(sub.node, codec.Credit(sub.cid, limit))
 
     def settle(self, proxy: ProxyQueue, how: str, taken: list[tuple[str, int, int]]) -> None:
-        """Settlements of deliveries from leaders: sent to the node each came from, unless its link broke
-        since (that node requeued them then)."""
+        """Settlements of deliveries from leaders: sent to the node each came from, and kept until it
+        answers that its log holds them; if its link broke since, kept for the next claim."""
+        code = _HOW[how]
         by_node: dict[str, list[int]] = {}
+        here: list[int] = []
         for node, generation, seq in taken:
-            if generation == self.generation.get(node, 0):
+            if node == self.name:
+                here.append(seq)  # claimed when this node was elected: its queue is here
+            elif generation == self.generation.get(node, 0):
                 by_node.setdefault(node, []).append(seq)
+                proxy.unsettled[seq] = code
+            else:
+                proxy.unsettled[seq] = code
+                proxy.claim_due = True
+        if here:
+            self._settle_held(self.name, proxy.vhost, proxy.name, code, here)
         for node, seqs in by_node.items():
-            self._send(node, codec.Settle(proxy.vhost, proxy.name, _HOW[how], tuple(seqs)))
+            self._send(node, codec.Settle(proxy.vhost, proxy.name, code, tuple(seqs)),
+                       functools.partial(self._settles_answered, proxy, [(code, seq) for seq in seqs]))
+
+    def _settles_answered(
+        self, proxy: ProxyQueue, settles: list[tuple[int, int]], result: bytes | None
+    ) -> None:
+        """A leader answered settlements (or a claim carrying them): forgotten once it says its log holds
+        them; otherwise claimed again (not applied, the leader not installed yet, deposed, a broken link)."""
+        if result != codec.CONFIRMED:
+            proxy.claim_due = True
+            return
+        unsettled = proxy.unsettled
+        for how, seq in settles:
+            if unsettled.get(seq) == how:
+                del unsettled[seq]
+
+    def _claim(self, proxy: ProxyQueue, leader: str) -> None:
+        """Hand `leader` what this node's clients hold of the queue and the settlements not known to be
+        replicated; from now on their settlements go there."""
+        generation = self.generation.get(leader, 0)
+        _move_held(proxy, leader, generation)
+        held = tuple(sorted({seq for _, _, seq in proxy.remote_seqs.values()}))
+        settles = [(how, seq) for seq, how in proxy.unsettled.items()]
+        self._send(leader, codec.Claim(proxy.vhost, proxy.name, held, tuple(settles)),
+                   functools.partial(self._settles_answered, proxy, settles))
+
+    def _claim_held(self, proxies: list[ProxyQueue]) -> None:
+        """A proxy claims, at each new leader (or link to it), what its clients hold; an empty claim if
+        nothing: the leader then knows this node holds nothing more, and stops keeping messages for it."""
+        for proxy in proxies:
+            leader = self.leader_of(proxy)
+            if leader is None or leader == self.name or not self.link_up(leader):
+                continue
+            if proxy.claim_due or proxy.held_at != (leader, self.generation.get(leader, 0)):
+                self._claim(proxy, leader)
 
     def call(self, node: str, call: codec.Call, answered: Callable[[bytes | None], None]) -> None:
         self._send(node, call, answered)
@@ -483,7 +558,8 @@ class RemoteQueues(QueueRoles):
     def unclaimed(self, call: codec.Call, answer: codec.CallResult) -> None:
         """A basic.get's message whose connection closed before the answer came: back to the leader."""
         if answer.generation == self.generation.get(answer.node, 0):
-            self._send(answer.node, codec.Settle(call.vhost, call.queue, codec.REQUEUE, (answer.seq,)))
+            self._send(answer.node, codec.Settle(call.vhost, call.queue, codec.REQUEUE, (answer.seq,)),
+                       _ignore)
 
     def _delivered_here(self, node: str, op: codec.Deliver) -> None:
         sub = self.subs.get(op.cid)
@@ -491,7 +567,8 @@ class RemoteQueues(QueueRoles):
         if sub is None or sub.node != node or sub.generation != generation:
             stale = sub or self._cancelled.get(op.cid, (None, 0.0))[0]
             if stale is not None and not stale.consumer.no_ack:
-                self._send(node, codec.Settle(stale.proxy.vhost, stale.proxy.name, codec.REQUEUE, (op.seq,)))
+                self._send(node, codec.Settle(stale.proxy.vhost, stale.proxy.name, codec.REQUEUE, (op.seq,)),
+                           _ignore)
             return
         sub.arrived()
         consumer = sub.consumer
@@ -560,7 +637,9 @@ class RemoteQueues(QueueRoles):
             elif isinstance(op, codec.Deliver):
                 self._delivered_here(node, op)
             elif isinstance(op, codec.Settle):
-                self._settled(node, op)
+                self._settled(node, op, handled)
+            elif isinstance(op, codec.Claim):
+                self._claimed(node, op, handled)
             elif isinstance(op, codec.Credit):
                 self._credited(node, op)
             elif isinstance(op, codec.Consume):
@@ -620,27 +699,113 @@ class RemoteQueues(QueueRoles):
         if queue.auto_delete and not queue.consumers and not queue.deleted and host is not None:
             host.remove_queue(queue)  # its last consumer, which was on another node, went
 
-    def _settled(self, node: str, op: codec.Settle) -> None:
+    def _settled(self, node: str, op: codec.Settle, handled: Handled) -> None:
+        """Settlements from `node`; answered once the log holds them, or at once with REFUSED when one was
+        not held for that node (the node claims it again, with what it holds)."""
+        queue = self._led_queue(op.vhost, op.queue)
+        applied = self._settle_held(node, op.vhost, op.queue, op.how, op.seqs)
+        self._answer_when_replicated(queue if applied else None, handled)
+
+    def _settle_held(self, node: str, vhost: str, name: str, how: int, seqs: Sequence[int]) -> bool:
+        """Apply what `node` settled of what it holds; False if some seq was not held for it (requeued
+        when its link broke, or the queue moved)."""
         origin = self.origins.get(node)
-        held = origin.held.get((op.vhost, op.queue)) if origin is not None else None
+        held = origin.held.get((vhost, name)) if origin is not None else None
         if held is None:
-            return  # requeued already (the queue moved, or the link broke since)
-        queue, seqs = held
-        valid = [seq for seq in op.seqs if seq in seqs and seq in queue.checked_out]
-        seqs.difference_update(op.seqs)
-        if not valid:
-            return
-        if op.how == codec.ACK:
-            queue.settle(valid)
-        elif op.how == codec.REJECT:
-            queue.reject(valid)
+            return False
+        queue, mine = held
+        valid = [seq for seq in seqs if seq in mine and seq in queue.checked_out]
+        mine.difference_update(valid)
+        if valid:
+            if how == codec.ACK:
+                queue.settle(valid)
+            elif how == codec.REJECT:
+                queue.reject(valid)
+            else:
+                queue.requeue(valid)
+        return len(valid) == len(seqs)
+
+    def _answer_when_replicated(self, queue: Queue | None, handled: Handled) -> None:
+        """A result that says everything `queue`'s log holds so far is replicated (waiting until it is);
+        REFUSED without a queue, or if this node no longer leads it."""
+        journal = queue.journal if queue is not None else None
+        position = journal.barrier() if isinstance(journal, ReplicatedJournal) else (0 if queue else None)
+        if position is None:
+            handled.results.append(codec.REFUSED)
+        elif position == 0:
+            handled.results.append(codec.CONFIRMED)
         else:
-            queue.requeue(valid)
+            handled.published.append((len(handled.results), position))
+            handled.results.append(None)
+
+    def _claimed(self, node: str, op: codec.Claim, handled: Handled) -> None:
+        """A node's claim (see the module's docstring): what it holds stays unacked for it (set aside, or
+        still ready here); then its settlements are applied."""
+        queue = self._led_queue(op.vhost, op.queue)
+        if queue is None:
+            handled.results.append(codec.NOT_LEADER_YET)
+            return
+        self._take_for(node, queue, op.held, op.settles)
+        reserved = self._reserved.get((op.vhost, op.queue))
+        if reserved is not None and reserved.queue is queue:
+            reserved.waiting.discard(node)
+            if not reserved.waiting:
+                self._release_reserved(reserved)  # every node that could hold them has claimed
+        self._answer_when_replicated(queue, handled)
+
+    def _take_for(
+        self, node: str, queue: Queue, held: Iterable[int], settles: Iterable[tuple[int, int]]
+    ) -> None:
+        key = (queue.vhost, queue.name)
+        origin = self._origin(node)
+        current = origin.held.get(key)
+        mine = current[1] if current is not None and current[0] is queue else set()
+        reserved = self._reserved.get(key)
+        spare = reserved.seqs if reserved is not None and reserved.queue is queue else set()
+        by_how: dict[int, list[int]] = {}
+        for how, seq in settles:
+            by_how.setdefault(how, []).append(seq)
+        # A requeue takes nothing from the ready ones (it would count a return for a message never out).
+        requeued = set(by_how.get(codec.REQUEUE, ()))
+        from_ready = []
+        for seq in (*held, *(seq for _, seq in settles)):
+            if seq in mine:
+                continue
+            if seq in spare:
+                spare.discard(seq)
+                origin.hold(queue, seq)
+            elif seq not in requeued:
+                from_ready.append(seq)
+        for entry in queue.take_seqs(from_ready):
+            origin.hold(queue, entry.seq)
+        for how, seqs in by_how.items():
+            self._settle_held(node, queue.vhost, queue.name, how, seqs)
+
+    def _reserve(self, queue: Queue, seqs: Iterable[int], claimants: Iterable[str]) -> None:
+        """Keep `seqs` (checked out, nobody's) for the claims of `claimants`."""
+        key = (queue.vhost, queue.name)
+        reserved = self._reserved.get(key)
+        if reserved is None or reserved.queue is not queue:
+            reserved = self._reserved[key] = _Reserved(queue)
+        reserved.seqs.update(seqs)
+        reserved.waiting.update(claimants)
+        reserved.until = self.clock() + RESERVE_FOR
+
+    def _release_reserved(self, reserved: _Reserved) -> None:
+        """What no claim took comes back, redelivered."""
+        queue = reserved.queue
+        key = (queue.vhost, queue.name)
+        if self._reserved.get(key) is reserved:
+            del self._reserved[key]
+        back = [seq for seq in reserved.seqs if seq in queue.checked_out]
+        if back and not queue.deleted:  # (a queue replaced since dropped its reservation: `_replace`)
+            queue.requeue(back)
 
     def _deliver_remote(self, consumer: RemoteConsumer, entry: Entry) -> None:
         origin = consumer.origin
         if not consumer.no_ack:
             origin.hold(consumer.queue, entry.seq)
+            _log_redelivery(consumer.queue, entry)
         consumer.delivered += 1
         op = codec.Deliver(consumer.cid, entry.seq, entry.redelivered, entry.message)
         outbox = self._send(origin.node, op)
@@ -677,6 +842,7 @@ class RemoteQueues(QueueRoles):
                     queue.settle([entry.seq])
                 else:
                     self._origin(node).hold(queue, entry.seq)
+                    _log_redelivery(queue, entry)
                 return codec.CallResult(message_count=queue.message_count, seq=entry.seq,
                                         redelivered=entry.redelivered, message=entry.message)
         except ChannelError as error:
@@ -704,7 +870,7 @@ class RemoteQueues(QueueRoles):
             for queue, seqs in origin.held.values():
                 back = [seq for seq in seqs if seq in queue.checked_out]
                 if back:
-                    queue.requeue(back)
+                    self._reserve(queue, back, (node,))  # that node's claim takes them back, in time
         return self.take(node)
 
     def reconcile(self) -> None:
@@ -713,14 +879,17 @@ class RemoteQueues(QueueRoles):
         waiting publishes follow the leader."""
         now = self.clock()
         led = self.leadership.led
+        proxies: list[ProxyQueue] = []
         for vhost in self.vhosts.values():
             for queue in list(vhost.queues.values()):
-                if (
-                    is_replicated_queue(queue)
-                    and not isinstance(queue, ProxyQueue)
-                    and (vhost.name, queue.name) not in led
-                ):
+                if isinstance(queue, ProxyQueue):
+                    proxies.append(queue)
+                elif is_replicated_queue(queue) and (vhost.name, queue.name) not in led:
                     self.follow(vhost, queue)
+        for reserved in list(self._reserved.values()):
+            if now >= reserved.until or reserved.queue.deleted:
+                self._release_reserved(reserved)
+        self._claim_held(proxies)  # before the consumers attach: the leader keeps these out of their way
         for proxy in list(self._waiting):
             self._flush_waiting(proxy, now)
         for sub in list(self.subs.values()):
@@ -743,10 +912,19 @@ class RemoteQueues(QueueRoles):
 
     # ---- roles (broker/cluster/roles.py's contract with replication) --------------------------------------
 
-    def lead(self, vhost: VirtualHost, queue: Queue) -> None:
+    def lead(self, vhost: VirtualHost, queue: Queue, delivered: Sequence[int] = ()) -> None:
         """Replication built the leader's queue (this node was elected): it takes the place of what the
-        table held (a proxy, or a former instance), with its consumers and the publishes waiting there."""
+        table held (a proxy, or a former instance), with its consumers and the publishes waiting there.
+        `delivered`: the messages its log says were delivered, set aside for claims (before any consumer
+        can take them); what this node's own clients held through the proxy is theirs at once."""
         current = vhost.queues.get(queue.name)
+        if current is not queue:
+            claimants = [node for node in self.peers if self.link_up(node)]
+            spare = queue.take_seqs(delivered, log=False) if claimants else []
+            if spare:
+                self._reserve(queue, [entry.seq for entry in spare], claimants)
+            if isinstance(current, ProxyQueue) and (current.remote_seqs or current.unsettled):
+                self._take_here(current, queue)
         if current is None:
             vhost.queues[queue.name] = queue
             return
@@ -766,6 +944,14 @@ class RemoteQueues(QueueRoles):
             self.confirms_changed()
         log.info("queue %r in vhost %r: led by this node", queue.name, vhost.name)
 
+    def _take_here(self, proxy: ProxyQueue, queue: Queue) -> None:
+        """This node leads the queue now: what its clients held through `proxy` is held here, and their
+        later settlements (still to `proxy`, whose tags they hold) apply to `queue` (see `settle`)."""
+        held = [seq for _, _, seq in proxy.remote_seqs.values()]
+        self._take_for(self.name, queue, held, [(how, seq) for seq, how in proxy.unsettled.items()])
+        proxy.unsettled.clear()
+        _move_held(proxy, self.name, 0)
+
     def follow(self, vhost: VirtualHost, queue: Queue) -> None:
         """This node does not lead the queue (any more): a proxy takes its place."""
         if vhost.queues.get(queue.name) is not queue:
@@ -784,6 +970,9 @@ class RemoteQueues(QueueRoles):
         vhost.queues[new.name] = new
         for exchange in vhost.exchanges.values():
             exchange.replace_destination(old, new)
+        reserved = self._reserved.get((vhost.name, old.name))
+        if reserved is not None and reserved.queue is old:
+            del self._reserved[(vhost.name, old.name)]
         for origin in self.origins.values():
             for consumer in [c for c in origin.consumers.values() if c.queue is old]:
                 del origin.consumers[consumer.cid]
@@ -797,6 +986,25 @@ class RemoteQueues(QueueRoles):
                     old.requeue(back)
         for local in list(old.consumers):  # this node's channels' consumers (queues/consumer.Consumer)
             _move_consumer(local, old, new)
+
+
+def _log_redelivery(queue: Queue, entry: Entry) -> None:
+    """A first delivery records itself in the log; a redelivered one does not (queue.py), but a message
+    out with another node must be known as delivered to the next leader, which then sets it aside for
+    that node's claim."""
+    if entry.redelivered and entry.logged:
+        queue.journal.delivered(entry)
+
+
+def _ignore(result: bytes | None) -> None:
+    """The answer to a settlement nobody waits for (every settlement has one: see remote_codec)."""
+
+
+def _move_held(proxy: ProxyQueue, node: str, generation: int) -> None:
+    """What the proxy's clients hold is held at `node`, over the link of `generation`, from now on."""
+    proxy.remote_seqs = {local: (node, generation, seq) for local, (_, _, seq) in proxy.remote_seqs.items()}
+    proxy.held_at = (node, generation)
+    proxy.claim_due = False
 
 
 def _move_consumer(consumer: Any, source: Queue, target: Queue) -> None:

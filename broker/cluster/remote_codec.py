@@ -1,17 +1,22 @@
 """The "q.batch" peer request, sans-IO: what nodes send each other about queues led elsewhere.
 
 One request carries a list of operations, in the order the sending node made them; its reply carries one
-result for each operation that has one (publish, call), in the same order. Both directions use it: a
-node without a queue's leadership sends publishes, consumer registrations, credit, settlements and calls
-to the leader; the leader sends deliveries and consumer cancellations back.
+result for each operation that has one (publish, settle, claim, call), in the same order. Both directions
+use it: a node without a queue's leadership sends publishes, consumer registrations, credit, settlements,
+claims and calls to the leader; the leader sends deliveries and consumer cancellations back.
 
 ```
 op        u8
 PUBLISH   vhost, queue (str8) | message              -> result u8 (1 confirmed, 0 refused, 2 not the leader)
-CONSUME   vhost, queue | cid u64 | flags u8 | limit u64 | arguments (bytes32: an AMQP field table)
+CONSUME   vhost, queue | cid u64 | flags u8 | limit u64 | received u64 | arguments (bytes32: a field table)
+          received: deliveries it had before (from earlier leaders), which the limit counts
 CREDIT    cid u64 | limit u64        limit: how many deliveries in all the consumer may have had
 CANCEL    cid u64
 SETTLE    vhost, queue | how u8 (ack, reject, requeue) | count u32 | seqs u64...
+                                                   -> result u8 (1 replicated, 0 not: some seq not held)
+CLAIM     vhost, queue | count u32 | held seqs u64... | count u32 | (how u8, seq u64)...
+          what this node's clients hold unacked, and settlements no leader said were replicated, for a
+          new leader (or the same after a broken link) to keep and apply   -> result u8 (as SETTLE's)
 CALL      vhost, queue | what u8 | flags u8                   -> result (see `CallResult`)
 DELIVER   cid u64 | seq u64 | redelivered u8 | message        (leader -> consumer's node)
 CANCELLED cid u64                                             (leader -> consumer's node)
@@ -31,7 +36,7 @@ from leveret.broker.message import Message
 
 KIND = "q.batch"
 
-PUBLISH, CONSUME, CREDIT, CANCEL, SETTLE, CALL, DELIVER, CANCELLED = range(1, 9)
+PUBLISH, CONSUME, CREDIT, CANCEL, SETTLE, CALL, DELIVER, CANCELLED, CLAIM = range(1, 10)
 ACK, REJECT, REQUEUE = range(3)
 # CONSUMABLE: whether the queue takes a new consumer (a classic queue refuses one while in exclusive use).
 GET, PURGE, COUNTS, DELETE, CONSUMABLE = range(5)
@@ -52,6 +57,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TWO_U64 = struct.Struct(">QQ")
 _DELIVER = struct.Struct(">QQB")
+_SETTLE = struct.Struct(">BQ")
 
 
 class CodecError(ValueError):
@@ -73,6 +79,7 @@ class Consume:
     flags: int
     limit: int
     arguments: dict
+    received: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,16 @@ class Settle:
     queue: str
     how: int
     seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Seqs are the leader's: a message's seq in the queue's replicated log, the same on every replica."""
+
+    vhost: str
+    queue: str
+    held: tuple[int, ...]
+    settles: tuple[tuple[int, int], ...]  # (how, seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +132,7 @@ class Cancelled:
     cid: int
 
 
-Op = Publish | Consume | Credit | Cancel | Settle | Call | Deliver | Cancelled
+Op = Publish | Consume | Credit | Cancel | Settle | Call | Deliver | Cancelled | Claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +205,20 @@ def encode_op(op: Op) -> bytes:
                 _str8(op.queue),
                 _U64.pack(op.cid),
                 _U8.pack(op.flags),
-                _U64.pack(op.limit),
+                _TWO_U64.pack(op.limit, op.received),
                 _bytes32(table),
+            )
+        )
+    if isinstance(op, Claim):
+        return b"".join(
+            (
+                _U8.pack(CLAIM),
+                _str8(op.vhost),
+                _str8(op.queue),
+                _U32.pack(len(op.held)),
+                struct.pack(f">{len(op.held)}Q", *op.held),
+                _U32.pack(len(op.settles)),
+                b"".join(_SETTLE.pack(how, seq) for how, seq in op.settles),
             )
         )
     if isinstance(op, Cancel):
@@ -293,10 +322,18 @@ def _decode_op(reader: _Reader) -> Op:
         return Settle(vhost, queue, how, seqs)
     if op == CONSUME:
         vhost, queue = reader.str8(), reader.str8()
-        cid, flags, limit = reader.u64(), reader.u8(), reader.u64()
+        cid, flags = reader.u64(), reader.u8()
+        limit, received = reader.unpack(_TWO_U64)
         raw = reader.bytes32()
         arguments = table_decode.field_table(raw)[1] if raw else {}
-        return Consume(vhost, queue, cid, flags, limit, arguments)
+        return Consume(vhost, queue, cid, flags, limit, arguments, received)
+    if op == CLAIM:
+        vhost, queue = reader.str8(), reader.str8()
+        count = int(reader.unpack(_U32)[0])
+        held = struct.unpack(f">{count}Q", reader.take(8 * count))
+        count = int(reader.unpack(_U32)[0])
+        settles = tuple(reader.unpack(_SETTLE) for _ in range(count))
+        return Claim(vhost, queue, held, settles)
     if op == CANCEL:
         return Cancel(reader.u64())
     if op == CANCELLED:

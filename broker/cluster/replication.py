@@ -47,6 +47,17 @@ QueueId = tuple[str, str]
 # from a store location: paging writes them to page files as transient ones).
 REPLICATED = -1
 
+# Each leader numbers new messages from at least epoch * EPOCH_SEQS, so no two leaders ever give one seq
+# to two messages (one that a leader numbered but never replicated, and another its successor numbered):
+# a seq names one message cluster-wide, which a claim relies on (broker/cluster/remote.py). Epochs are
+# etcd revisions, so 2^31 of them, each numbering up to 2^32 messages, fit in a signed 64-bit seq.
+EPOCH_SEQS = 1 << 32
+
+
+def first_seq(epoch: int, next_seq: int) -> int:
+    """Where a leader of `epoch` numbers its new messages from, its log's next seq being `next_seq`."""
+    return max(next_seq, epoch * EPOCH_SEQS)
+
 
 class LeaderQueue:
     """One queue this node leads, for one epoch."""
@@ -78,6 +89,7 @@ class LeaderQueue:
         # Called after each append batch is begun (the server wakes the shipping tasks and the writer).
         self.changed: Callable[[], None] = lambda: None
         replica.start_epoch(epoch)
+        replica.state.next_seq = first_seq(epoch, replica.state.next_seq)  # the queue built numbers from it
         file.epoch(epoch)
 
     def append(self, record: Record) -> int:
@@ -195,6 +207,22 @@ class ReplicatedJournal(Journal):
     def settled_seqs(self, seqs: Sequence[int]) -> None:
         if seqs and not self.done:
             self.leader.append((SETTLED, list(seqs)))
+
+    def barrier(self) -> int | None:
+        """A gate ticket released once every record logged so far is held as a confirm's would be (what
+        a settlement from another node waits for before it is answered: broker/cluster/remote.py); 0 if
+        that holds already, None if this node no longer leads the queue."""
+        leader = self.leader
+        if self.done:
+            return 0  # deleted: nothing to keep
+        if not leader.active:
+            return None
+        end = leader.replica.end
+        if end <= leader.committed:
+            return 0
+        ticket = leader.gate.ticket()
+        leader.tickets.append((end, ticket))
+        return ticket
 
     def deleted(self) -> None:
         if not self.done:

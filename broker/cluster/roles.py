@@ -6,8 +6,10 @@ The contract (kept stable for any-node access, which installs proxies):
 - The replica state a follower keeps lives in the replication layer (broker/server/replication.py,
   `ReplicaLog`s), never in the vhost's queue table.
 - On `Elected`, replication builds the leader's `Queue` from the node's replica state
-  (`build_leader_queue`) and calls `QueueRoles.lead(vhost, queue)`, which must put it in
-  `vhost.queues[queue.name]` in place of whatever the table held (the node's own instance, or a proxy).
+  (`build_leader_queue`) and calls `QueueRoles.lead(vhost, queue, delivered)`, which must put it in
+  `vhost.queues[queue.name]` in place of whatever the table held (the node's own instance, or a proxy);
+  `delivered` names the messages the log says were delivered (any-node access keeps them for the
+  consumers on other nodes that may still hold them).
 - On `Deposed` (or the queue's leadership otherwise lost), replication stops the journal first (nothing
   more is written, shipped or confirmed) and calls `QueueRoles.follow(vhost, queue)` with the queue
   it had installed: the table must then hold what a non-leader holds.
@@ -127,7 +129,7 @@ def swap_queue(vhost: VirtualHost, old: Queue, new: Queue) -> None:
 class QueueRoles:
     """The single-table default: the vhost's own queue object is swapped for the leader's and back."""
 
-    def lead(self, vhost: VirtualHost, queue: Queue) -> None:
+    def lead(self, vhost: VirtualHost, queue: Queue, delivered: Sequence[int] = ()) -> None:
         current = vhost.queues.get(queue.name)
         if current is None:
             vhost.queues[queue.name] = queue

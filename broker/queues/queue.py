@@ -226,6 +226,21 @@ class Queue(Pageable):
         self._flush()
         return entry
 
+    def take_seqs(self, seqs: Iterable[int], *, log: bool = True) -> list[Entry]:
+        """Ready messages (by seq; those in memory, not paged out) become unacked without a delivery: a
+        cluster's new leader keeps what a consumer on another node still holds (broker/cluster/remote.py).
+        `log`: record them as delivered (not when the log says so already)."""
+        wanted = set(seqs)
+        if not wanted:
+            return []  # an empty claim: no scan of the ready list
+        taken = self._remove_from_head(wanted)
+        for entry in taken:
+            self.checked_out[entry.seq] = entry
+            if log and entry.logged:
+                self.journal.delivered(entry)
+        self._flush()
+        return taken
+
     def settle(self, seqs: Iterable[int]) -> list[Entry]:
         """Unacked messages (by seq) are done with: acked, or rejected without requeue."""
         pop = self.checked_out.pop

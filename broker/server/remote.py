@@ -65,6 +65,7 @@ async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TA
 
         return Deferred(when_safe)
 
+    hub.peers = list(links.links)
     hub.wake = wake
     hub.link_up = lambda name: name in links.links and links.links[name].up
     links.link_down = link_down

@@ -283,7 +283,8 @@ class Replication:
         except Exception:  # a bug, never the replica's fault: this queue is not served, the node goes on
             log.exception("queue %r in vhost %r: cannot build the leader's queue", queue[1], queue[0])
             return
-        self.cluster.roles.lead(vhost, built)
+        delivered = [seq for seq, held in replica.state.held.items() if held.delivered]
+        self.cluster.roles.lead(vhost, built, delivered)
         scope = trio.CancelScope()
         leading = self.leading[queue] = _Leading(leader, built, scope)
 

@@ -10,7 +10,9 @@ Every event has `op`, `t` (CLOCK_MONOTONIC seconds: Python's `time.monotonic()` 
 - `ack`: `id`, `queue`, `channel` (sent; AMQP does not answer an ack).
 - `settled`: `channel`: a synchronous reply on that channel (basic.qos-ok, channel.close-ok) came back, so
   the broker had handled every ack sent on it before.
-- `fault`: `kind`, `target`: what the harness did (kill -9, SIGSTOP, a cut link...).
+- `connect`: `url`: a client's connection (re)opened, to that node.
+- `fault`: `kind`, `target`: what the harness did (kill -9, SIGSTOP, a cut link...); optional `url`: the
+  AMQP URL of the node it hit (consumers connected there lose their acks with their connection).
 - `failover`: `queue`, `leader`, `since`: the harness saw a queue's leadership move (in etcd), at some
   time from `since` (its last look that found the old leader) to `t`; not a fault it made, but, like one,
   a moment when acks in flight may be lost.

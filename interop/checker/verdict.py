@@ -6,7 +6,10 @@
   channel showed the broker had taken the ack), unless a fault or a failover came from `ack_window`
   seconds before the ack to `ack_window` seconds after the settle (and before the delivery; a failover
   when the span its polls bound meets that): those count as
-  `acks_lost_in_fault`. A node may write acks lazily (Leveret with its next group commit, as
+  `acks_lost_in_fault`, and of those, `acks_lost_elsewhere` counts the ones whose consumer was connected
+  to none of the nodes those faults hit (a fault's `url`; a failover hits no consumer's node): a consumer
+  on a killed node loses its acks with its connection (RabbitMQ's quorum queues too), one elsewhere need
+  not. A node may write acks lazily (Leveret with its next group commit, as
   `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
   while the ack is still on its way to the queue's leader, which may have just died;
 - reordered: within one consumer, a first delivery that is not flagged redelivered and comes after a later
@@ -45,6 +48,7 @@ class Verdict:
     unflagged_duplicates: int = 0
     lost_unconfirmed_delivered: int = 0  # nacked or unknown, and delivered anyway (allowed)
     acks_lost_in_fault: int = 0
+    acks_lost_elsewhere: int = 0  # of those, by consumers connected to no node a fault in the window hit
 
     @property
     def ok(self) -> bool:
@@ -57,7 +61,7 @@ class Verdict:
             f" | published={self.published} nacked={self.nacked} unknown={self.unknown}"
             f" delivered={self.delivered} resurrected={len(self.resurrected)}"
             f" reordered={len(self.reordered)} unflagged_duplicates={self.unflagged_duplicates}"
-            f" acks_lost_in_fault={self.acks_lost_in_fault}"
+            f" acks_lost_in_fault={self.acks_lost_in_fault} acks_lost_elsewhere={self.acks_lost_elsewhere}"
         )
 
     def problems(self) -> str:
@@ -85,11 +89,14 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
     outcome: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = defaultdict(int)  # (queue, id) -> deliveries so far
     delivered_ids: set[str] = set()
-    # channel -> ((queue, id), when acked) for acks not yet settled
-    acks_waiting: dict[str, list[tuple[tuple[str, str], float]]] = defaultdict(list)
-    settled: dict[tuple[str, str], tuple[float, float]] = {}  # (queue, id) -> (acked at, settled at)
-    returns: list[tuple[str, float, float, float]] = []  # (id, acked at, settled at, delivered again at)
-    fault_times: list[float] = []
+    connected: dict[str, str] = {}  # client -> the URL of its latest connection
+    # channel -> ((queue, id), when acked, the acking client's URL) for acks not yet settled
+    acks_waiting: dict[str, list[tuple[tuple[str, str], float, str]]] = defaultdict(list)
+    # (queue, id) -> (acked at, settled at, the acking client's URL)
+    settled: dict[tuple[str, str], tuple[float, float, str]] = {}
+    # (id, acked at, settled at, the acking client's URL, delivered again at)
+    returns: list[tuple[str, float, float, str, float]] = []
+    fault_times: list[tuple[float, str]] = []  # (when, the URL of the node it hit, "" if none given)
     failovers: list[tuple[float, float]] = []  # (since, seen): when a leader moved, as bounded by polls
     newest: dict[tuple[str, str, str], int] = {}  # (consumer, queue, publisher) -> highest first seq
     for event in events:
@@ -102,22 +109,26 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
                 outcome[event["id"]] = event["outcome"]
         elif op == "deliver":
             _deliver(verdict, event, target, seen, delivered_ids, settled, returns, newest)
+        elif op == "connect":
+            connected[event["client"]] = event.get("url", "")
         elif op == "ack":
-            acks_waiting[event["channel"]].append(((event["queue"], event["id"]), event["t"]))
+            url = connected.get(event["client"], "")
+            acks_waiting[event["channel"]].append(((event["queue"], event["id"]), event["t"], url))
         elif op == "settled":
-            for key, acked_at in acks_waiting.pop(event["channel"], ()):
-                settled.setdefault(key, (acked_at, event["t"]))
+            for key, acked_at, url in acks_waiting.pop(event["channel"], ()):
+                settled.setdefault(key, (acked_at, event["t"], url))
         elif op == "fault":
             verdict.faults += 1
-            fault_times.append(event["t"])
+            fault_times.append((event["t"], event.get("url", "")))
         elif op == "failover":
             failovers.append((event.get("since", event["t"]), event["t"]))
-    for identifier, acked_at, settled_at, again_at in returns:
+    for identifier, acked_at, settled_at, url, again_at in returns:
         start, end = acked_at - ack_window, min(settled_at + ack_window, again_at)
-        if any(start <= t <= end for t in fault_times) or any(
-            since <= end and seen >= start for since, seen in failovers
-        ):
+        hit = [hit_url for t, hit_url in fault_times if start <= t <= end]
+        if hit or any(since <= end and seen >= start for since, seen in failovers):
             verdict.acks_lost_in_fault += 1
+            if not url or url not in hit:
+                verdict.acks_lost_elsewhere += 1
         else:
             verdict.resurrected.append(identifier)
     verdict.published = len(target)
@@ -144,8 +155,8 @@ def _deliver(
     target: dict[str, str | None],
     seen: dict[tuple[str, str], int],
     delivered_ids: set[str],
-    settled: dict[tuple[str, str], tuple[float, float]],
-    returns: list[tuple[str, float, float, float]],
+    settled: dict[tuple[str, str], tuple[float, float, str]],
+    returns: list[tuple[str, float, float, str, float]],
     newest: dict[tuple[str, str, str], int],
 ) -> None:
     identifier, queue = event["id"], event["queue"]

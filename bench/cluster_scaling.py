@@ -18,6 +18,7 @@ machine's CPUs allow, not what separate hosts would.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from collections import Counter
@@ -34,19 +35,36 @@ from bench.report import environment
 from bench.runner import Measurement
 from bench.scenarios import BODY, CONSUMING, Metric, Sample
 from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
+from leveret.broker.cluster.placement import leader_of
 
 CONFIRM_WINDOW = 1000
 # Weight of each binding: every queue gets the same share of the hash ring.
 WEIGHT = "1"
 
 
-def declare_topology(cluster: BenchCluster, exchange: str, queues: list[str]) -> None:
-    cluster.declare(queues, on=[i % cluster.size for i in range(len(queues))])
+def declare_topology(cluster: BenchCluster, exchange: str, queues: list[str], replicas: int) -> None:
+    cluster.declare(queues, on=[i % cluster.size for i in range(len(queues))],
+                    arguments={"x-quorum-initial-group-size": replicas})
     with pika.BlockingConnection(pika.URLParameters(cluster.url(0))) as connection:
         channel = connection.channel()
         channel.exchange_declare(exchange, exchange_type="x-consistent-hash", durable=True)
         for queue in queues:
             channel.queue_bind(queue, exchange, routing_key=WEIGHT)
+
+
+def balanced_names(prefix: str, count: int, size: int) -> list[str]:
+    """Queue names that Leveret's placement (rendezvous hashing of the name) gives leaders node i mod N
+    for queue i, as declaring queue i through node i mod N does on RabbitMQ: both clusters get the same
+    names and the same spread of leaders."""
+    nodes = [f"node{i + 1}" for i in range(size)]  # LocalCluster's node names
+    names = []
+    for index in range(count):
+        name = f"{prefix}-q{index}"
+        tries = itertools.count(1)
+        while leader_of("/", name, nodes) != nodes[index % size]:
+            name = f"{prefix}-q{index}-{next(tries)}"
+        names.append(name)
+    return names
 
 
 def node_load(cluster: BenchCluster, settings: Settings, node: int, exchange: str, led: list[str],
@@ -62,11 +80,21 @@ def node_load(cluster: BenchCluster, settings: Settings, node: int, exchange: st
     return run_window(cluster, settings, args, settings.duration)
 
 
-def scaling(queue_count: int, producers: int) -> Callable[[BenchCluster, Settings], Sample]:
+def cpu_breakdown(cluster: BenchCluster, window: Window, confirmed: int) -> tuple[dict[str, float], str]:
+    """CPU µs per confirmed message of each node and of etcd over the window, and a line saying so."""
+    per = max(confirmed, 1) / 1e6
+    parts = {cluster.node_name(index): seconds / per for index, seconds in sorted(window.node_cpu.items())}
+    if window.helper_cpu:
+        parts["etcd"] = sum(window.helper_cpu.values()) / per
+    text = ", ".join(f"{name} {value:.0f}" for name, value in parts.items())
+    return parts, f"{cluster.kind} on {cluster.size} node(s): CPU µs per confirmed message: {text}"
+
+
+def scaling(queue_count: int, producers: int, replicas: int) -> Callable[[BenchCluster, Settings], Sample]:
     def measure(cluster: BenchCluster, settings: Settings) -> Sample:
         exchange = settings.name("hash")
-        queues = [f"{exchange}-q{i}" for i in range(queue_count)]
-        declare_topology(cluster, exchange, queues)
+        queues = balanced_names(exchange, queue_count, cluster.size)
+        declare_topology(cluster, exchange, queues, replicas)
         try:
             leaders = {queue: cluster.leader_of(queue) for queue in queues}
             led = [[q for q in queues if leaders[q] == node] for node in range(cluster.size)]
@@ -85,10 +113,13 @@ def scaling(queue_count: int, producers: int) -> Callable[[BenchCluster, Setting
                         sum(w.result["delivered"] for w in windows))
         merged.loadgen_cpu = sum(w.result["cpu_user"] + w.result["cpu_sys"] for w in windows)
         merged.errors = [error for w in windows for error in w.result["errors"]]
-        merged.raw = {"nodes": [w.result for w in windows], "leaders": leaders, "messages_left": left}
+        breakdown, line = cpu_breakdown(cluster, first, sum(w.result["confirmed"] for w in windows))
+        merged.raw = {"nodes": [w.result for w in windows], "leaders": leaders, "messages_left": left,
+                      "cpu_us_per_confirmed": breakdown}
         per_node = Counter(cluster.node_name(index) for index in leaders.values())
         merged.notes.append(f"{cluster.kind} on {cluster.size} node(s): queue leaders per node "
                             f"{dict(sorted(per_node.items()))}")
+        merged.notes.append(line)
         return merged
 
     return measure
@@ -101,12 +132,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nodes", default="1,2,3", help="node counts to measure (default 1,2,3)")
     parser.add_argument("--queues", type=int, default=6, help="queues behind the exchange (default 6)")
     parser.add_argument("--producers", type=int, default=2, help="producers per node (default 2)")
+    parser.add_argument("--replication-factor", default="3",
+                        help="replicas per queue, a list measured on the same clusters, like 1,3 (default 3; "
+                             "capped at the node count, as x-quorum-initial-group-size is)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and node count (3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10; 4 with --quick)")
     args = parser.parse_args(argv)
     args.nodes = [int(part) for part in args.nodes.split(",") if part.strip()]
     if not args.nodes or not all(1 <= n <= 9 for n in args.nodes):
         parser.error("--nodes: counts between 1 and 9, like 1,2,3")
+    args.replication_factor = [int(part) for part in args.replication_factor.split(",") if part.strip()]
+    if not args.replication_factor or not all(1 <= n <= 9 for n in args.replication_factor):
+        parser.error("--replication-factor: counts between 1 and 9, like 1,3")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.duration is None:
@@ -124,24 +161,28 @@ def main(argv: list[str]) -> int:
         return 2
     kinds = ["leveret"] + (["rabbitmq"] if ensure_rabbitmq() else [])
     settings = Settings(binary, args.duration, warmup=0.0)
-    measure = scaling(args.queues, args.producers)
     label = f"{args.queues} queues behind x-consistent-hash, {args.producers} producers per node"
-    cases = [ClusterCase(n, f"{n} node(s): {label}", (Metric("confirmed/s"), Metric("delivered/s")), measure)
-             for n in args.nodes]
+    metrics = (Metric("confirmed/s"), Metric("delivered/s"))
+    # One case per node count and replication factor (capped at the node count); the factors of one node
+    # count share its clusters.
+    cases = [ClusterCase(n, f"{n} node(s), {r} replica(s): {label}", metrics,
+                         scaling(args.queues, args.producers, r))
+             for n in args.nodes for r in dict.fromkeys(min(f, n) for f in args.replication_factor)]
     extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
              "loadgen": str(binary)}
     env = environment(argv, extra, "python -m bench.cluster_scaling")
     results: dict[int, list[Measurement]] = {}
     with tempfile.TemporaryDirectory(prefix="leveret-bench-scaling-") as root:
-        for index, case in enumerate(cases):
-            size = case.scenario
+        for size in args.nodes:
             clusters = [new_cluster(kind, Path(root) / f"{kind}-{size}", size) for kind in kinds]
             try:
                 for cluster in clusters:
-                    print(f"== starting {case.scenario} {cluster.kind} node(s)", file=sys.stderr, flush=True)
+                    print(f"== starting {size} {cluster.kind} node(s)", file=sys.stderr, flush=True)
                     cluster.start()
-                print(f"== [{case.scenario}] {case.label}", file=sys.stderr, flush=True)
-                results[index] = run_case(case, clusters, settings, args.repeat)
+                for index, case in enumerate(cases):
+                    if case.scenario == size:
+                        print(f"== [{case.scenario}] {case.label}", file=sys.stderr, flush=True)
+                        results[index] = run_case(case, clusters, settings, args.repeat)
             finally:
                 for cluster in clusters:
                     cluster.stop()

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -31,6 +33,7 @@ import pika
 from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
 from bench.clusters import BenchCluster, new_cluster
 from bench.procfs import raise_nofile
+from bench.pyspy import MARGIN, RATE, own_time, py_spy
 from bench.report import environment
 from bench.runner import Measurement
 from bench.scenarios import BODY, CONSUMING, Metric, Sample
@@ -90,8 +93,40 @@ def cpu_breakdown(cluster: BenchCluster, window: Window, confirmed: int) -> tupl
     return parts, f"{cluster.kind} on {cluster.size} node(s): CPU µs per confirmed message: {text}"
 
 
-def scaling(queue_count: int, producers: int, replicas: int) -> Callable[[BenchCluster, Settings], Sample]:
+def start_profiles(cluster: BenchCluster, seconds: float, directory: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every Leveret node, from a margin after the load starts, for `seconds`."""
+    spy = py_spy()
+    command = ["sh", "-c", f'sleep {MARGIN}; exec "$0" "$@"', spy, "record", "--duration", str(int(seconds)),
+               "--rate", str(RATE), "--format", "raw"]
+    return [subprocess.Popen([*command, "--pid", str(cluster.pid(index)), "-o",
+                              str(directory / f"node{index}")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for index in cluster.live()]
+
+
+def profile_notes(cluster: BenchCluster, spies: list[subprocess.Popen[bytes]], directory: Path,
+                  seconds: float, top: int = 12) -> list[str]:
+    """Each node's top functions by own samples (py-spy counts a thread busy while it runs or waits for
+    the CPU, so on a loaded machine a line that was merely preempted shows up too)."""
+    notes = []
+    for index, spy in zip(cluster.live(), spies, strict=True):
+        spy.wait()
+        path = directory / f"node{index}"
+        counts = own_time(path.read_text()) if path.exists() else Counter()
+        total = sum(counts.values()) or 1
+        busiest = ", ".join(f"{name} {n / total:.0%}" for name, n in counts.most_common(top))
+        notes.append(f"py-spy {cluster.node_name(index)} ({total} samples in {int(seconds)} s at {RATE} Hz): "
+                     f"{busiest}")
+    return notes
+
+
+def scaling(queue_count: int, producers: int, replicas: int,
+            profile: bool) -> Callable[[BenchCluster, Settings], Sample]:
     def measure(cluster: BenchCluster, settings: Settings) -> Sample:
+        profiling = profile and cluster.kind == "leveret"
+        spies: list[subprocess.Popen[bytes]] = []
+        profiled = max(settings.duration - 2 * MARGIN, 1.0)
+        spool = Path(tempfile.mkdtemp(prefix="leveret-bench-pyspy-"))
         exchange = settings.name("hash")
         queues = balanced_names(exchange, queue_count, cluster.size)
         declare_topology(cluster, exchange, queues, replicas)
@@ -101,10 +136,14 @@ def scaling(queue_count: int, producers: int, replicas: int) -> Callable[[BenchC
             with ThreadPoolExecutor(cluster.size) as pool:
                 runs = [pool.submit(node_load, cluster, settings, node, exchange, led[node], producers)
                         for node in range(cluster.size)]
+                if profiling:
+                    spies = start_profiles(cluster, profiled, spool)
                 windows = [run.result() for run in runs]
+            notes = profile_notes(cluster, spies, spool, profiled) if profiling else []
             left = sum(int(cluster.queue(queue).get("messages") or 0) for queue in queues)
         finally:
             cluster.delete(queues, (exchange,))
+            shutil.rmtree(spool, ignore_errors=True)
         confirmed = sum(w.result["confirmed"] / max(w.result["elapsed"], 1e-9) for w in windows)
         delivered = sum(w.result["delivered"] / max(w.result["elapsed"], 1e-9) for w in windows)
         # The nodes' CPU over the first load generator's window (they all run at once, for the same time).
@@ -119,7 +158,7 @@ def scaling(queue_count: int, producers: int, replicas: int) -> Callable[[BenchC
         per_node = Counter(cluster.node_name(index) for index in leaders.values())
         merged.notes.append(f"{cluster.kind} on {cluster.size} node(s): queue leaders per node "
                             f"{dict(sorted(per_node.items()))}")
-        merged.notes.append(line)
+        merged.notes += [line, *notes]
         return merged
 
     return measure
@@ -137,6 +176,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "capped at the node count, as x-quorum-initial-group-size is)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and node count (3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10; 4 with --quick)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy on every Leveret node during each run: its top functions in the notes")
     args = parser.parse_args(argv)
     args.nodes = [int(part) for part in args.nodes.split(",") if part.strip()]
     if not args.nodes or not all(1 <= n <= 9 for n in args.nodes):
@@ -166,7 +207,7 @@ def main(argv: list[str]) -> int:
     # One case per node count and replication factor (capped at the node count); the factors of one node
     # count share its clusters.
     cases = [ClusterCase(n, f"{n} node(s), {r} replica(s): {label}", metrics,
-                         scaling(args.queues, args.producers, r))
+                         scaling(args.queues, args.producers, r, args.profile))
              for n in args.nodes for r in dict.fromkeys(min(f, n) for f in args.replication_factor)]
     extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
              "loadgen": str(binary)}

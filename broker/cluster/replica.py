@@ -242,35 +242,36 @@ def encode_entries(entries: Iterable[LogEntry]) -> bytes:
 
 
 def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
-    view = memoryview(data)
+    # One copy up front: a slice of bytes is the field itself, where a memoryview's needs a second copy.
+    raw = bytes(data)
     at = 0
-    end = len(view)
+    end = len(raw)
+    head, enqueue = _ENTRY_HEAD.unpack_from, _ENQUEUE.unpack_from
     while at < end:
-        kind, epoch = _ENTRY_HEAD.unpack_from(view, at)
+        kind, epoch = head(raw, at)
         at += _ENTRY_HEAD.size
         record: Record
         if kind == ENQUEUE:
-            seq, deadline, le, lk, lp, lb = _ENQUEUE.unpack_from(view, at)
+            seq, deadline, le, lk, lp, lb = enqueue(raw, at)
             at += _ENQUEUE.size
-            exchange = bytes(view[at:at + le]).decode()
-            at += le
-            key = bytes(view[at:at + lk]).decode()
-            at += lk
-            properties = bytes(view[at:at + lp])
-            at += lp
-            body = bytes(view[at:at + lb])
-            at += lb
-            record = (ENQUEUE, seq, exchange, key, properties, body, deadline)
+            fields = at + le
+            exchange = raw[at:fields].decode()
+            at = fields + lk
+            key = raw[fields:at].decode()
+            fields = at + lp
+            properties = raw[at:fields]
+            at = fields + lb
+            record = (ENQUEUE, seq, exchange, key, properties, raw[fields:at], deadline)
         elif kind == DELIVERED:
-            record = (DELIVERED, _U64.unpack_from(view, at)[0])
+            record = (DELIVERED, _U64.unpack_from(raw, at)[0])
             at += 8
         elif kind in (SETTLED, RETURNED):
-            (count,) = _U32.unpack_from(view, at)
+            (count,) = _U32.unpack_from(raw, at)
             at += 4
-            record = (kind, list(struct.unpack_from(f">{count}Q", view, at)))
+            record = (kind, list(struct.unpack_from(f">{count}Q", raw, at)))
             at += 8 * count
         elif kind == SETTLED_RANGE:
-            record = (SETTLED_RANGE, _U64.unpack_from(view, at)[0], _U64.unpack_from(view, at + 8)[0])
+            record = (SETTLED_RANGE, _U64.unpack_from(raw, at)[0], _U64.unpack_from(raw, at + 8)[0])
             at += 16
         elif kind == DELETED:
             record = (DELETED,)

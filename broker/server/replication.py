@@ -12,7 +12,9 @@ writer task. Confirms are released after every ack and write (broker/cluster/rep
 
 Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers): a request stamped with an epoch older
 than the newest it saw is refused; an append that does not start at its end is refused (the leader
-probes again); entries are applied to its `ReplicaLog` and fsynced to its replica file before the reply.
+probes again); entries are applied to its `ReplicaLog` at once, in the link's order, and fsynced to its
+replica file before the reply, which is deferred: the link's reader goes on meanwhile, so one queue's fsync
+holds back neither other queues' appends nor the publishes and deliveries on the same link.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from leveret.broker.cluster.replica import (
 from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.cluster.replication import LeaderQueue, QueueId, ReplicatedJournal
 from leveret.broker.cluster.roles import build_leader_queue
-from leveret.broker.server.peers import PeerError, PeerLinks, PeerRefused
+from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PeerRefused
 
 if TYPE_CHECKING:
     from leveret.broker.node import Node
@@ -366,7 +368,9 @@ class Replication:
         replica, _ = self._check_epoch(queue, epoch)
         return struct.pack(">QQ", replica.end, replica.last_epoch)
 
-    async def _append(self, source: str, payload: bytes) -> bytes:
+    def _append(self, source: str, payload: bytes) -> Deferred:
+        """Applied at once, in the link's order; answered once fsynced (a deferred reply: the link reads
+        on meanwhile, so other queues' appends and the nodes' publishes do not wait for this fsync)."""
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
         _, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
@@ -383,8 +387,15 @@ class Replication:
         file.entries(bytes(body))
         if replica.compact():
             file.rewrite(replica)
-        await self._sync(queue, file)
-        return _U64.pack(replica.end)
+        end = replica.end
+
+        async def durable() -> bytes:
+            # The sync takes everything the file has pending, under the queue's lock: once it returns,
+            # every entry up to `end` is on disk, whichever sync wrote it.
+            await self._sync(queue, file)
+            return _U64.pack(end)
+
+        return Deferred(durable)
 
     async def _snapshot(self, source: str, payload: bytes) -> bytes:
         queue, epoch, at = _read_head(payload)

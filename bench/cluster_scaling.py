@@ -83,14 +83,20 @@ def node_load(cluster: BenchCluster, settings: Settings, node: int, exchange: st
     return run_window(cluster, settings, args, settings.duration)
 
 
-def cpu_breakdown(cluster: BenchCluster, window: Window, confirmed: int) -> tuple[dict[str, float], str]:
-    """CPU µs per confirmed message of each node and of etcd over the window, and a line saying so."""
+def cpu_breakdown(cluster: BenchCluster, window: Window, confirmed: int,
+                  loadgen_cpu: float) -> tuple[dict[str, float], str]:
+    """CPU µs per confirmed message of each node, of etcd and of the load generators over the window, and
+    a line saying so: the work per message, which bounds the rate 2 cores allow whatever else runs on
+    the machine (the rate itself is bounded by the share of the cores the run gets)."""
     per = max(confirmed, 1) / 1e6
     parts = {cluster.node_name(index): seconds / per for index, seconds in sorted(window.node_cpu.items())}
     if window.helper_cpu:
         parts["etcd"] = sum(window.helper_cpu.values()) / per
+    parts["loadgen"] = loadgen_cpu / per
+    total = sum(parts.values())
     text = ", ".join(f"{name} {value:.0f}" for name, value in parts.items())
-    return parts, f"{cluster.kind} on {cluster.size} node(s): CPU µs per confirmed message: {text}"
+    return parts, (f"{cluster.kind} on {cluster.size} node(s): CPU µs per confirmed message: {text}; "
+                   f"total {total:.0f}")
 
 
 def start_profiles(cluster: BenchCluster, seconds: float, directory: Path) -> list[subprocess.Popen[bytes]]:
@@ -152,7 +158,8 @@ def scaling(queue_count: int, producers: int, replicas: int,
                         sum(w.result["delivered"] for w in windows))
         merged.loadgen_cpu = sum(w.result["cpu_user"] + w.result["cpu_sys"] for w in windows)
         merged.errors = [error for w in windows for error in w.result["errors"]]
-        breakdown, line = cpu_breakdown(cluster, first, sum(w.result["confirmed"] for w in windows))
+        breakdown, line = cpu_breakdown(cluster, first, sum(w.result["confirmed"] for w in windows),
+                                        merged.loadgen_cpu)
         merged.raw = {"nodes": [w.result for w in windows], "leaders": leaders, "messages_left": left,
                       "cpu_us_per_confirmed": breakdown}
         per_node = Counter(cluster.node_name(index) for index in leaders.values())

@@ -2,17 +2,19 @@
 1, 2 and 3 nodes: Leveret (with as many etcd members) against RabbitMQ 3.10 (its consistent-hash plugin),
 a fresh cluster of each per node count, alternated in the same run, reported as Leveret/RabbitMQ ratios.
 
-    python -m bench.cluster_scaling                 # 1-3 nodes, 3 repeats, 10 s runs
+    python -m bench.cluster_scaling                 # 1-3 nodes, 3 replicas, 3 repeats, 10 s runs
     python -m bench.cluster_scaling --quick         # 1 repeat, 4 s runs
-    python -m bench.cluster_scaling --nodes 1,3 --queues 9 --producers 2
+    python -m bench.cluster_scaling --nodes 1,3 --replication-factor 1,3 --profile
 
-Per run: `--queues` durable quorum queues (replicas: min(3, nodes)), queue i declared through node i mod N
-(where RabbitMQ puts its leader; Leveret places leaders by consistent hashing), each bound with weight "1"
-to a durable x-consistent-hash exchange. On every node one load generator: `--producers` producers
-publishing persistent 256-byte messages with random routing keys to the exchange, 1000 confirms in flight
-each, and one consumer per queue that node leads (prefetch 1000, an ack per 100). Figures: confirmed/s and
-delivered/s summed over the nodes. All processes share this machine's cores, so the curve shows what one
-machine's CPUs allow, not what separate hosts would.
+Per run: `--queues` durable quorum queues with x-quorum-initial-group-size = the replication factor
+(capped at the node count), queue i declared through node i mod N (where RabbitMQ puts its leader) under a
+name that Leveret's placement also gives a leader on node i mod N, each bound with weight "1" to a durable
+x-consistent-hash exchange. On every node one load generator: `--producers` producers publishing
+persistent 256-byte messages with random routing keys to the exchange, 1000 confirms in flight each, and
+one consumer per queue that node leads (prefetch 1000, an ack per 100). Figures: confirmed/s and
+delivered/s summed over the nodes; the notes give CPU µs per confirmed message per node, etcd and load
+generator. All processes share this machine's cores, so the curve shows what one machine's CPUs allow,
+not what separate hosts would (bench/README.md works out the bound).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pika
+import pika.exceptions
 
 from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
 from bench.clusters import BenchCluster, new_cluster
@@ -43,16 +47,33 @@ from leveret.broker.cluster.placement import leader_of
 CONFIRM_WINDOW = 1000
 # Weight of each binding: every queue gets the same share of the hash ring.
 WEIGHT = "1"
+LEADER_WAIT = 60.0
 
 
 def declare_topology(cluster: BenchCluster, exchange: str, queues: list[str], replicas: int) -> None:
     cluster.declare(queues, on=[i % cluster.size for i in range(len(queues))],
                     arguments={"x-quorum-initial-group-size": replicas})
     with pika.BlockingConnection(pika.URLParameters(cluster.url(0))) as connection:
-        channel = connection.channel()
-        channel.exchange_declare(exchange, exchange_type="x-consistent-hash", durable=True)
-        for queue in queues:
-            channel.queue_bind(queue, exchange, routing_key=WEIGHT)
+        connection.channel().exchange_declare(exchange, exchange_type="x-consistent-hash", durable=True)
+    for queue in queues:
+        bind(cluster, queue, exchange)
+
+
+def bind(cluster: BenchCluster, queue: str, exchange: str) -> None:
+    """queue.bind through node 1, again while the queue's new leader has not taken it up yet (a Leveret
+    leader elected a moment ago answers 404 "no reachable leader" until replication installs the queue;
+    on a loaded machine that can take longer than the 5 s a call waits)."""
+    deadline = time.monotonic() + LEADER_WAIT
+    while True:
+        try:
+            with pika.BlockingConnection(pika.URLParameters(cluster.url(0))) as connection:
+                connection.channel().queue_bind(queue, exchange, routing_key=WEIGHT)
+            return
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 404 or "no reachable leader" not in error.reply_text \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def balanced_names(prefix: str, count: int, size: int) -> list[str]:

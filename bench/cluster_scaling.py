@@ -92,11 +92,14 @@ def balanced_names(prefix: str, count: int, size: int) -> list[str]:
 
 
 def node_load(cluster: BenchCluster, settings: Settings, node: int, exchange: str, led: list[str],
-              producers: int) -> Window:
-    """One node's load generator: producers to the exchange, a consumer for each queue the node leads."""
+              producers: int, rate: float) -> Window:
+    """One node's load generator: producers to the exchange, a consumer for each queue the node leads;
+    `rate` > 0: the cluster's total msg/s, shared by the nodes."""
     args = ["--mode", "both" if led else "produce", "--producers", str(producers), "--exchange", exchange,
             "--random-keys", "--no-declare", "--persistent", "--confirm", str(CONFIRM_WINDOW),
             "--duration", str(settings.duration), "--hosts", hosts(cluster, [node])]
+    if rate > 0:
+        args += ["--rate", str(rate / cluster.size)]
     if led:
         args += [*CONSUMING, "--consumers", str(len(led)), "--consume-queues", ",".join(led)]
     else:
@@ -147,8 +150,8 @@ def profile_notes(cluster: BenchCluster, spies: list[subprocess.Popen[bytes]], d
     return notes
 
 
-def scaling(queue_count: int, producers: int, replicas: int,
-            profile: bool) -> Callable[[BenchCluster, Settings], Sample]:
+def scaling(queue_count: int, producers: int, replicas: int, profile: bool,
+            rate: float) -> Callable[[BenchCluster, Settings], Sample]:
     def measure(cluster: BenchCluster, settings: Settings) -> Sample:
         profiling = profile and cluster.kind == "leveret"
         spies: list[subprocess.Popen[bytes]] = []
@@ -161,7 +164,7 @@ def scaling(queue_count: int, producers: int, replicas: int,
             leaders = {queue: cluster.leader_of(queue) for queue in queues}
             led = [[q for q in queues if leaders[q] == node] for node in range(cluster.size)]
             with ThreadPoolExecutor(cluster.size) as pool:
-                runs = [pool.submit(node_load, cluster, settings, node, exchange, led[node], producers)
+                runs = [pool.submit(node_load, cluster, settings, node, exchange, led[node], producers, rate)
                         for node in range(cluster.size)]
                 if profiling:
                     spies = start_profiles(cluster, profiled, spool)
@@ -204,6 +207,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "capped at the node count, as x-quorum-initial-group-size is)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and node count (3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10; 4 with --quick)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="msg/s in all, shared by the nodes' producers (default: as fast as confirms "
+                             "allow); at a rate every size sustains, the CPU per message compares the work")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy on every Leveret node during each run: its top functions in the notes")
     args = parser.parse_args(argv)
@@ -231,11 +237,13 @@ def main(argv: list[str]) -> int:
     kinds = ["leveret"] + (["rabbitmq"] if ensure_rabbitmq() else [])
     settings = Settings(binary, args.duration, warmup=0.0)
     label = f"{args.queues} queues behind x-consistent-hash, {args.producers} producers per node"
+    if args.rate > 0:
+        label += f", {args.rate:,.0f} msg/s in all"
     metrics = (Metric("confirmed/s"), Metric("delivered/s"))
     # One case per node count and replication factor (capped at the node count); the factors of one node
     # count share its clusters.
     cases = [ClusterCase(n, f"{n} node(s), {r} replica(s): {label}", metrics,
-                         scaling(args.queues, args.producers, r, args.profile))
+                         scaling(args.queues, args.producers, r, args.profile, args.rate))
              for n in args.nodes for r in dict.fromkeys(min(f, n) for f in args.replication_factor)]
     extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
              "loadgen": str(binary)}

@@ -30,12 +30,13 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
 
 from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
-from bench.clusters import BenchCluster, new_cluster
+from bench.clusters import QUORUM, BenchCluster, new_cluster
 from bench.procfs import raise_nofile
 from bench.pyspy import MARGIN, RATE, own_time, py_spy
 from bench.report import environment
@@ -51,23 +52,30 @@ LEADER_WAIT = 60.0
 
 
 def declare_topology(cluster: BenchCluster, exchange: str, queues: list[str], replicas: int) -> None:
-    cluster.declare(queues, on=[i % cluster.size for i in range(len(queues))],
-                    arguments={"x-quorum-initial-group-size": replicas})
-    with pika.BlockingConnection(pika.URLParameters(cluster.url(0))) as connection:
-        connection.channel().exchange_declare(exchange, exchange_type="x-consistent-hash", durable=True)
+    arguments = {**QUORUM, "x-quorum-initial-group-size": replicas}
+    for index, queue in enumerate(queues):
+        on_channel(cluster, index % cluster.size, "queue_declare", queue, durable=True, arguments=arguments)
+    on_channel(cluster, 0, "exchange_declare", exchange, "x-consistent-hash", durable=True)
     for queue in queues:
-        bind(cluster, queue, exchange)
+        on_channel(cluster, 0, "queue_bind", queue, exchange, routing_key=WEIGHT)
 
 
-def bind(cluster: BenchCluster, queue: str, exchange: str) -> None:
-    """queue.bind through node 1, again while the queue's new leader has not taken it up yet (a Leveret
-    leader elected a moment ago answers 404 "no reachable leader" until replication installs the queue;
-    on a loaded machine that can take longer than the 5 s a call waits)."""
+def delete_topology(cluster: BenchCluster, exchange: str, queues: list[str]) -> None:
+    for queue in queues:
+        on_channel(cluster, cluster.live()[0], "queue_delete", queue)
+    on_channel(cluster, cluster.live()[0], "exchange_delete", exchange)
+
+
+def on_channel(cluster: BenchCluster, node: int, method: str, *args: Any, **kwargs: Any) -> None:
+    """The channel `method` on a new connection to the node, again while a queue's new leader has not
+    taken it up yet: a Leveret node asks the leader for what a declare, bind or delete needs, and a leader
+    elected a moment ago answers 404 "no reachable leader" until replication installs the queue, which on
+    a loaded machine can take longer than the 5 s such a call waits."""
     deadline = time.monotonic() + LEADER_WAIT
     while True:
         try:
-            with pika.BlockingConnection(pika.URLParameters(cluster.url(0))) as connection:
-                connection.channel().queue_bind(queue, exchange, routing_key=WEIGHT)
+            with pika.BlockingConnection(pika.URLParameters(cluster.url(node))) as connection:
+                getattr(connection.channel(), method)(*args, **kwargs)
             return
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != 404 or "no reachable leader" not in error.reply_text \
@@ -92,14 +100,11 @@ def balanced_names(prefix: str, count: int, size: int) -> list[str]:
 
 
 def node_load(cluster: BenchCluster, settings: Settings, node: int, exchange: str, led: list[str],
-              producers: int, rate: float) -> Window:
-    """One node's load generator: producers to the exchange, a consumer for each queue the node leads;
-    `rate` > 0: the cluster's total msg/s, shared by the nodes."""
+              producers: int) -> Window:
+    """One node's load generator: producers to the exchange, a consumer for each queue the node leads."""
     args = ["--mode", "both" if led else "produce", "--producers", str(producers), "--exchange", exchange,
             "--random-keys", "--no-declare", "--persistent", "--confirm", str(CONFIRM_WINDOW),
             "--duration", str(settings.duration), "--hosts", hosts(cluster, [node])]
-    if rate > 0:
-        args += ["--rate", str(rate / cluster.size)]
     if led:
         args += [*CONSUMING, "--consumers", str(len(led)), "--consume-queues", ",".join(led)]
     else:
@@ -150,8 +155,8 @@ def profile_notes(cluster: BenchCluster, spies: list[subprocess.Popen[bytes]], d
     return notes
 
 
-def scaling(queue_count: int, producers: int, replicas: int, profile: bool,
-            rate: float) -> Callable[[BenchCluster, Settings], Sample]:
+def scaling(queue_count: int, producers: int, replicas: int,
+            profile: bool) -> Callable[[BenchCluster, Settings], Sample]:
     def measure(cluster: BenchCluster, settings: Settings) -> Sample:
         profiling = profile and cluster.kind == "leveret"
         spies: list[subprocess.Popen[bytes]] = []
@@ -164,7 +169,7 @@ def scaling(queue_count: int, producers: int, replicas: int, profile: bool,
             leaders = {queue: cluster.leader_of(queue) for queue in queues}
             led = [[q for q in queues if leaders[q] == node] for node in range(cluster.size)]
             with ThreadPoolExecutor(cluster.size) as pool:
-                runs = [pool.submit(node_load, cluster, settings, node, exchange, led[node], producers, rate)
+                runs = [pool.submit(node_load, cluster, settings, node, exchange, led[node], producers)
                         for node in range(cluster.size)]
                 if profiling:
                     spies = start_profiles(cluster, profiled, spool)
@@ -172,7 +177,7 @@ def scaling(queue_count: int, producers: int, replicas: int, profile: bool,
             notes = profile_notes(cluster, spies, spool, profiled) if profiling else []
             left = sum(int(cluster.queue(queue).get("messages") or 0) for queue in queues)
         finally:
-            cluster.delete(queues, (exchange,))
+            delete_topology(cluster, exchange, queues)
             shutil.rmtree(spool, ignore_errors=True)
         confirmed = sum(w.result["confirmed"] / max(w.result["elapsed"], 1e-9) for w in windows)
         delivered = sum(w.result["delivered"] / max(w.result["elapsed"], 1e-9) for w in windows)
@@ -207,9 +212,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "capped at the node count, as x-quorum-initial-group-size is)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and node count (3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10; 4 with --quick)")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="msg/s in all, shared by the nodes' producers (default: as fast as confirms "
-                             "allow); at a rate every size sustains, the CPU per message compares the work")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy on every Leveret node during each run: its top functions in the notes")
     args = parser.parse_args(argv)
@@ -237,13 +239,11 @@ def main(argv: list[str]) -> int:
     kinds = ["leveret"] + (["rabbitmq"] if ensure_rabbitmq() else [])
     settings = Settings(binary, args.duration, warmup=0.0)
     label = f"{args.queues} queues behind x-consistent-hash, {args.producers} producers per node"
-    if args.rate > 0:
-        label += f", {args.rate:,.0f} msg/s in all"
     metrics = (Metric("confirmed/s"), Metric("delivered/s"))
     # One case per node count and replication factor (capped at the node count); the factors of one node
     # count share its clusters.
     cases = [ClusterCase(n, f"{n} node(s), {r} replica(s): {label}", metrics,
-                         scaling(args.queues, args.producers, r, args.profile, args.rate))
+                         scaling(args.queues, args.producers, r, args.profile))
              for n in args.nodes for r in dict.fromkeys(min(f, n) for f in args.replication_factor)]
     extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
              "loadgen": str(binary)}

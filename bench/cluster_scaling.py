@@ -164,8 +164,8 @@ def scaling(queue_count: int, producers: int, replicas: int,
         spool = Path(tempfile.mkdtemp(prefix="leveret-bench-pyspy-"))
         exchange = settings.name("hash")
         queues = balanced_names(exchange, queue_count, cluster.size)
-        declare_topology(cluster, exchange, queues, replicas)
         try:
+            declare_topology(cluster, exchange, queues, replicas)
             leaders = {queue: cluster.leader_of(queue) for queue in queues}
             led = [[q for q in queues if leaders[q] == node] for node in range(cluster.size)]
             with ThreadPoolExecutor(cluster.size) as pool:

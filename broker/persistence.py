@@ -22,6 +22,7 @@ from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.recovery import restore_queue
 from leveret.broker.store import DefinitionsStore, QueueLog, Store, SyncBatch, clean_shutdown
 from leveret.broker.store.queue_log import RecoveredLog
+from leveret.broker.store.reader import Enqueued, read_enqueues
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class StoreJournal(Journal):
 
     def logs(self, entry: Entry) -> bool:
         return entry.message.delivery_mode == 2
+
+    def read_enqueues(self, locations: Sequence[int]) -> list[Enqueued | None]:
+        return read_enqueues(self.log.directory, locations)
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
         message = entry.message
@@ -322,7 +326,7 @@ class Persistence:
         recovered, journal.recovered = journal.recovered, None
         log = journal.log
         return restore_queue(
-            queue, log.directory, recovered, log.last_seq + 1, self.after_crash, self.wall_clock()
+            queue, journal.read_enqueues, recovered, log.last_seq + 1, self.after_crash, self.wall_clock()
         )
 
 

@@ -74,6 +74,10 @@ class Window:
     wall: float
     broker_cpu: float  # seconds, summed over the nodes alive at both marks
     marks: dict[str, int]  # mark -> CLOCK_MONOTONIC ns when the bench read it
+    # CPU seconds between the marks of each node alive at both (by index) and of the cluster's helper
+    # processes (etcd, by name)
+    node_cpu: dict[int, float] = field(default_factory=dict)
+    helper_cpu: dict[str, float] = field(default_factory=dict)
 
 
 def run_window(cluster: BenchCluster, settings: Settings, args: list[str], seconds: float,
@@ -81,21 +85,25 @@ def run_window(cluster: BenchCluster, settings: Settings, args: list[str], secon
     """One load generator run (its first --hosts entry is where it connects); on_go runs at the go mark."""
     settings.last_command = [str(settings.loadgen), *args]
     pids = cluster.pids()
+    nodes = {pid: index for index in cluster.live() if (pid := cluster.pid(index)) is not None}
+    helpers = {pid: name for name, pid in cluster.helper_pids().items()}
     cpu: dict[str, dict[int, float]] = {}
     marks: dict[str, int] = {}
 
     def on_mark(mark: str) -> None:
         marks[mark] = time.monotonic_ns()
-        cpu[mark] = cpu_of(pids)
+        cpu[mark] = cpu_of([*pids, *helpers])
         if mark == "go":
             on_go()
 
     result = loadgen.run(settings.loadgen, cluster.port(0), args, seconds, on_mark)
     if set(marks) != {"go", "end"}:
         raise loadgen.LoadgenError(f"loadgen ended without a measured window: {'; '.join(result['errors'])}")
-    both = cpu["go"].keys() & cpu["end"].keys()
-    broker_cpu = sum(cpu["end"][pid] - cpu["go"][pid] for pid in both)
-    return Window(result, (marks["end"] - marks["go"]) / 1e9, broker_cpu, marks)
+    used = {pid: cpu["end"][pid] - cpu["go"][pid] for pid in cpu["go"].keys() & cpu["end"].keys()}
+    broker_cpu = sum(used.get(pid, 0.0) for pid in pids)
+    return Window(result, (marks["end"] - marks["go"]) / 1e9, broker_cpu, marks,
+                  {index: used[pid] for pid, index in nodes.items() if pid in used},
+                  {name: used[pid] for pid, name in helpers.items() if pid in used})
 
 
 def sample(window: Window, metrics: dict[str, float], messages: int) -> Sample:

@@ -55,6 +55,10 @@ class BenchCluster(ABC):
     def restart(self, index: int) -> None:
         """Start a killed node again on its data; returns once it serves AMQP and its cluster counts it."""
 
+    def helper_pids(self) -> dict[str, int]:
+        """Processes besides the nodes that work for every message or metadata change (etcd), by name."""
+        return {}
+
     def url(self, index: int) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port(index)}/"
 
@@ -145,6 +149,10 @@ class LeveretBenchCluster(BenchCluster):
         self.cluster.start_node(node)
         self.cluster.wait_node(node)
         self._wait_management(index)
+
+    def helper_pids(self) -> dict[str, int]:
+        return {member.name: member.process.pid for member in self.cluster.etcd.members
+                if member.process is not None and member.process.poll() is None}
 
     def _wait_management(self, index: int) -> None:
         deadline = time.monotonic() + 30

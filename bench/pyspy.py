@@ -21,10 +21,12 @@ MARGIN = 2.0
 
 
 def py_spy() -> str:
-    found = shutil.which("py-spy")
+    # Also beside this interpreter: a venv's scripts are not on PATH when it is run as .venv/bin/python.
+    beside = str(Path(sys.executable).parent)
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=beside)
     if found is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], check=True)
-        found = shutil.which("py-spy")
+        found = shutil.which("py-spy") or shutil.which("py-spy", path=beside)
     if found is None:
         raise RuntimeError("py-spy is not on PATH after `pip install py-spy`")
     return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import platform
 import time
 from collections.abc import Callable, Container
@@ -89,8 +91,10 @@ class Node:
         self.memory_release = ReleaseSchedule(0.0)
         # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
-        # The same with the outcome (publishes other nodes sent to queues led here): by position.
-        self._confirm_waiters: list[tuple[int, Callable[[bool], None]]] = []
+        # The same with the outcome (publishes other nodes sent to queues led here): a heap by position,
+        # so that each release looks only at those it settles (there is one per publish in flight).
+        self._confirm_waiters: list[tuple[int, int, Callable[[bool], None]]] = []
+        self._confirm_serial = itertools.count()
 
     def add_vhost(self, name: str) -> VirtualHost:
         """A new, empty vhost (its predeclared exchanges only), wired to the node's store and pager."""
@@ -178,18 +182,21 @@ class Node:
         if position <= self.durable_position():
             callback(True)
         else:
-            self._confirm_waiters.append((position, callback))
+            heapq.heappush(self._confirm_waiters, (position, next(self._confirm_serial), callback))
 
     def _release_confirms(self, durable: int, failed: Container[int] | None) -> None:
-        if self._confirm_waiters:
-            settling, self._confirm_waiters = self._confirm_waiters, []
-            for position, settled in settling:
-                if failed is not None and position in failed:
-                    settled(False)
-                elif position <= durable:
-                    settled(True)
+        waiters = self._confirm_waiters
+        if failed is not None and waiters:  # rare (a deposed leader's tickets): every waiter is looked at
+            kept = []
+            for waiter in waiters:
+                if waiter[0] in failed:
+                    waiter[2](False)
                 else:
-                    self._confirm_waiters.append((position, settled))
+                    kept.append(waiter)
+            heapq.heapify(kept)
+            self._confirm_waiters = waiters = kept
+        while waiters and waiters[0][0] <= durable:
+            heapq.heappop(waiters)[2](True)
         for vhost in self.vhosts.values():
             vhost.executor.commit_completed(durable, failed)
         if self._durable_waiters:

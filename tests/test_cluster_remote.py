@@ -151,6 +151,20 @@ def test_every_op_survives_the_wire() -> None:
         codec.decode_ops(b"\xff")
 
 
+def test_a_publish_keeps_its_names_and_refuses_every_truncation() -> None:
+    sent = Message("ex-\u00e9", "key-\u00fc", b"\x10\x00\x02", b"payload")  # delivery mode 2
+    wire = codec.encode_publish("/v", "q1", sent)
+    assert wire == codec.encode_op(codec.Publish("/v", "q1", sent))
+    (got,) = codec.decode_ops(wire)
+    assert isinstance(got, codec.Publish) and (got.vhost, got.queue) == ("/v", "q1")
+    assert (got.message.exchange, got.message.routing_key) == (sent.exchange, sent.routing_key)
+    assert got.message.names_raw == sent.names_raw  # what a delivery re-sends as the two short strings
+    assert (got.message.properties_raw, got.message.body) == (sent.properties_raw, sent.body)
+    for cut in range(1, len(wire)):
+        with pytest.raises(codec.CodecError):
+            codec.decode_ops(wire[:cut])
+
+
 def test_a_ticket_keeps_the_local_positions_it_is_compared_with() -> None:
     """The channel's routing loop keeps the largest position; a ticket among them wins and remembers the
     largest local store position, whichever side of it that came."""

@@ -22,6 +22,7 @@ longer act as leader, even before the watch tells it who leads now.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -84,8 +85,15 @@ def leader_value(node: str) -> bytes:
 
 
 def leader_node(kv: KeyValue) -> str:
+    return _leader_in(kv.value)
+
+
+# Parsed once per distinct value: routing asks who leads a queue for every message, and the values are
+# few (one per node, one per in-sync set).
+@functools.lru_cache(maxsize=1024)
+def _leader_in(value: bytes) -> str:
     try:
-        return str(json.loads(kv.value)["node"])
+        return str(json.loads(value)["node"])
     except (ValueError, KeyError, TypeError):
         return ""
 
@@ -95,8 +103,13 @@ def isr_value(members: Iterable[str]) -> bytes:
 
 
 def isr_members(kv: KeyValue) -> tuple[str, ...]:
+    return _members_in(kv.value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _members_in(value: bytes) -> tuple[str, ...]:
     try:
-        return tuple(str(m) for m in json.loads(kv.value)["members"])
+        return tuple(str(m) for m in json.loads(value)["members"])
     except (ValueError, KeyError, TypeError):
         return ()
 

@@ -350,12 +350,16 @@ class RemoteQueues(QueueRoles):
     # ---- outboxes ----------------------------------------------------------------------------------------
 
     def _send(self, node: str, op: codec.Op, result: Callable[[bytes | None], None] | None = None) -> _Outbox:
+        return self._send_encoded(node, codec.encode_op(op), result)
+
+    def _send_encoded(self, node: str, op: bytes, result: Callable[[bytes | None], None] | None = None
+                      ) -> _Outbox:
         outbox = self._outboxes.get(node)
         if outbox is None:
             outbox = self._outboxes[node] = _Outbox()
         if not outbox.ops:
             self.wake(node)
-        outbox.ops.append(codec.encode_op(op))
+        outbox.ops.append(op)
         if result is not None:
             outbox.results.append(result)
         return outbox
@@ -413,7 +417,7 @@ class RemoteQueues(QueueRoles):
             if result != codec.CONFIRMED:
                 ticket.failed = True
 
-        self._send(leader, codec.Publish(proxy.vhost, proxy.name, message), answered)
+        self._send_encoded(leader, codec.encode_publish(proxy.vhost, proxy.name, message), answered)
 
     def _flush_waiting(self, proxy: ProxyQueue, now: float) -> None:
         leader = self.leader_of(proxy)

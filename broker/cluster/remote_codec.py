@@ -26,6 +26,7 @@ message   exchange, routing key (str8) | properties (bytes32) | body (bytes32)
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -64,7 +65,9 @@ class CodecError(ValueError):
     """A batch that is not this format: the request is refused, the link stays up."""
 
 
-@dataclass(frozen=True, slots=True)
+# Publish and Deliver, one per message, are not frozen: a frozen dataclass's __init__ costs several
+# times a plain one's.
+@dataclass(slots=True)
 class Publish:
     vhost: str
     queue: str
@@ -119,7 +122,7 @@ class Call:
     flags: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     cid: int
     seq: int
@@ -165,20 +168,28 @@ def _bytes32(raw: bytes | bytearray) -> bytes:
     return _U32.pack(len(raw)) + bytes(raw)
 
 
+# A proxy's vhost and queue name open every publish to it: encoded once.
+@functools.lru_cache(maxsize=4096)
+def _publish_head(vhost: str, queue: str) -> bytes:
+    return _U8.pack(PUBLISH) + _str8(vhost) + _str8(queue)
+
+
 def _message(message: Message) -> bytes:
+    # A message's names_raw (exchange and routing key as AMQP short strings) is exactly their two str8s.
+    properties, body = message.properties_raw, message.body
     return b"".join(
-        (
-            _str8(message.exchange),
-            _str8(message.routing_key),
-            _bytes32(message.properties_raw),
-            _bytes32(message.body),
-        )
+        (message.names_raw, _U32.pack(len(properties)), properties, _U32.pack(len(body)), body)
     )
+
+
+def encode_publish(vhost: str, queue: str, message: Message) -> bytes:
+    """The PUBLISH op (what `encode_op(Publish(...))` gives), without building the op."""
+    return _publish_head(vhost, queue) + _message(message)
 
 
 def encode_op(op: Op) -> bytes:
     if isinstance(op, Publish):
-        return b"".join((_U8.pack(PUBLISH), _str8(op.vhost), _str8(op.queue), _message(op.message)))
+        return encode_publish(op.vhost, op.queue, op.message)
     if isinstance(op, Deliver):
         return b"".join(
             (_U8.pack(DELIVER), _DELIVER.pack(op.cid, op.seq, op.redelivered), _message(op.message))
@@ -285,9 +296,26 @@ class _Reader:
         return self.take(int(self.unpack(_U32)[0]))
 
     def message(self) -> Message:
-        exchange, routing_key = self.str8(), self.str8()
-        properties, body = self.bytes32(), self.bytes32()
-        return Message(exchange, routing_key, properties, body)
+        # Inlined (one per message): each field's length, then its bytes; a length past the end leaves
+        # `at` past it, which the check at the end catches. The names' bytes are the message's names_raw.
+        data, start = self.data, self.at
+        (size,) = _U8.unpack_from(data, start)
+        at = start + 1 + size
+        exchange = data[at - size : at].decode("utf-8", "surrogatepass")
+        (size,) = _U8.unpack_from(data, at)
+        at += 1 + size
+        routing_key = data[at - size : at].decode("utf-8", "surrogatepass")
+        names = data[start:at]
+        (size,) = _U32.unpack_from(data, at)
+        at += 4 + size
+        properties = data[at - size : at]
+        (size,) = _U32.unpack_from(data, at)
+        at += 4 + size
+        body = data[at - size : at]
+        if at > len(data):
+            raise CodecError("truncated batch")
+        self.at = at
+        return Message(exchange, routing_key, properties, body, names)
 
     @property
     def done(self) -> bool:

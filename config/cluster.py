@@ -90,9 +90,10 @@ class Cluster:
     node: str | None = None
     # Replicas of each durable queue, the leader included; capped at the number of nodes.
     replication_factor: int = field(default=3, metadata={"check": checks.int_range(1)})
-    # Seconds a node's etcd lease lives without a keepalive: how soon a dead node is noticed.
-    # etcd refuses TTLs under 2 s.
-    lease_ttl: int = field(default=3, metadata={"check": checks.int_range(2, 3600)})
+    # Seconds a node's etcd lease lives without a keepalive: how soon a dead node is noticed, and so
+    # most of a failover (up to this plus half a second for etcd to see the expiry). Keepalives go 4 times
+    # per TTL. etcd's minimum is 1.5 election timeouts, rounded up: 2 s with its defaults.
+    lease_ttl: int = field(default=2, metadata={"check": checks.int_range(2, 3600)})
     # Seconds to open a connection to a peer, and without a frame from it before the link is dead.
     peer_connect_timeout: float = field(default=2.0, metadata={"check": checks.positive_number()})
     peer_timeout: float = field(default=3.0, metadata={"check": checks.positive_number()})

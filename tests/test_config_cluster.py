@@ -53,7 +53,7 @@ def test_node_takes_its_listeners_and_data_dir_from_its_entry(tmp_path: Path) ->
 def test_defaults_and_replication_factor_capped_at_node_count(tmp_path: Path) -> None:
     cluster = load_config(write(tmp_path, THREE_NODES), overrides={"cluster.node": "b"}).cluster
     assert cluster is not None
-    assert (cluster.replication_factor, cluster.lease_ttl, cluster.etcd.prefix) == (3, 3, "/leveret/")
+    assert (cluster.replication_factor, cluster.lease_ttl, cluster.etcd.prefix) == (3, 2, "/leveret/")
     two = THREE_NODES.replace('    - {name: c, amqp: "[::1]:5703", peer: "[::1]:25703"}\n', "")
     capped = load_config(write(tmp_path, two), overrides={"cluster.node": "b"}).cluster
     assert capped is not None and capped.effective_replication_factor == 2

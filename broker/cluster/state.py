@@ -49,6 +49,8 @@ class ClusterState:
         self.leaders_changed: Callable[[], None] = lambda: None
         # This node became or stopped being a queue's leader (the server's replication sets it).
         self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
+        # The in-sync replicas of a queue this node leads changed (replication re-checks its confirms).
+        self.in_sync_changed: Callable[[tuple[str, str]], None] = lambda queue: None
         # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract): the
         # hub, which puts the leader's queue in a proxy's place and a proxy in a deposed queue's.
         self.roles: QueueRoles = self.remote

@@ -42,7 +42,10 @@ class ClusterState:
         # A request over the peer link to a node (PeerLinks.request), once the links run.
         self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
         # Queues led by other nodes: the proxies' hub (its vhosts and clock are the node's).
-        self.remote = RemoteQueues(self.name, {}, self.leadership, time.monotonic)
+        self.remote = RemoteQueues(
+            self.name, {}, self.leadership, time.monotonic,
+            publish_hold=config.publish_hold, cancel_after=config.consumer_cancel_delay,
+        )
         # Ask a queue's leader (broker/server/remote.py sets it); the callback gets the answer.
         self.call_leader: Callable[[Call, Callable[[CallResult], None]], None] = _no_links
         # Called after each round of leadership decisions: the server runs the hub's reconcile there.

@@ -175,7 +175,8 @@ class EtcdClient:
         so a member that hangs is left for another while the lease still lives."""
         task_status.started()
         interval = max(ttl / KEEPALIVES_PER_TTL, 0.2)
-        expired = trio.Event()
+        expired = trio.Event()  # or refused: `refused` says why
+        refused: list[EtcdError] = []
 
         async def renew(sent: float) -> None:
             with trio.move_on_at(sent + ttl):  # an answer after that renews nothing this node can use
@@ -185,6 +186,10 @@ class EtcdClient:
                     )
                 except EtcdUnavailable as error:
                     log.warning("etcd lease keepalive failed: %s", error)
+                    return
+                except EtcdError as error:  # raised to the caller as such, not in an exception group
+                    refused.append(error)
+                    expired.set()
                     return
                 if remaining <= 0:
                     expired.set()
@@ -204,6 +209,8 @@ class EtcdClient:
                 if next_at < sent:  # the process was paused: go on from now, no burst to catch up
                     next_at = sent + interval
             nursery.cancel_scope.cancel()
+        if refused:
+            raise refused[0]
         log.error("etcd lease %x expired", lease)
 
     # ---- watches -----------------------------------------------------------------------------------

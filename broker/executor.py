@@ -9,8 +9,10 @@ the pager gave it (FOOTPRINT).
 
 At-least-once dead-letters (FORWARD) are reported back to their queue (the DEAD_LETTERED command) once
 their copies are in every target, and durable there: at once when no target logged them, else when a
-group commit makes the store positions they wait for durable (`commit_completed`). Which targets already
-took a copy is kept here per held message, so that a retry goes only to those still missing it.
+group commit makes the store positions they wait for durable (`commit_completed`; in a cluster, the
+gate's tickets, and for a target led by another node its leader's confirm, a remote `Ticket`). Which
+targets already took a copy is kept here per held message, so that a retry goes only to those still
+missing it (a copy that failed or was nacked counts as missing).
 """
 
 from __future__ import annotations
@@ -108,10 +110,11 @@ class Executor:
             went = went or len(taken) > before
             if not everywhere:
                 continue  # no route, or refused: the queue forwards it again later, to those missing it
-            if max(taken.values(), default=0) <= self._durable:
+            settled = _copies_settled(taken, self._durable, None)
+            if settled:
                 done.append(dlx_id)
                 del progress[dlx_id]
-            else:
+            elif settled is None:
                 awaiting.add(dlx_id)
         if done or went:
             self._stuck.discard(queue.name)
@@ -139,14 +142,39 @@ class Executor:
                 if taken is None:
                     ids.discard(dlx_id)
                     continue
-                lost = [name for name, position in taken.items() if failed is not None and position in failed]
-                if lost:
-                    for name in lost:
-                        del taken[name]
+                settled = _copies_settled(taken, durable, failed)
+                if settled is False:
                     ids.discard(dlx_id)
-                elif max(taken.values(), default=0) <= durable:
+                elif settled:
                     done.append(dlx_id)
                     ids.discard(dlx_id)
                     del progress[dlx_id]
             if done:
                 queue.dead_lettered(done)
+
+
+def _copies_settled(taken: dict[str, int], durable: int, failed: Container[int] | None) -> bool | None:
+    """Whether every copy in `taken` is durable in its target (True), still on its way (None), or some
+    failed (False: those leave `taken`, for the queue's retry to send again). A copy waits for a store
+    position or gate ticket (durable once `durable` reaches it), or, in a queue led by another node, for
+    that leader's confirm (a remote `Ticket`: a nack or a lost link fails it)."""
+    lost = []
+    waiting = False
+    for name, position in taken.items():
+        # A remote Ticket (broker/cluster/remote.py; not imported: the cluster's modules import this one).
+        answered = getattr(position, "outcome", None)
+        if answered is not None:
+            outcome = answered(durable)
+            if outcome is None:
+                waiting = True
+            elif not outcome:
+                lost.append(name)
+        elif failed is not None and position in failed:
+            lost.append(name)
+        elif position > durable:
+            waiting = True
+    for name in lost:
+        del taken[name]
+    if lost:
+        return False
+    return None if waiting else True

@@ -115,16 +115,14 @@ class Node:
             vhost.definitions_changed = persistence.definitions_changed
 
     def _journal_for(self, vhost: str, name: str) -> Journal:
-        """A durable queue's journal. In a cluster a replicated queue (any but a server-named one) has
-        none until this node leads it (its replica files are its log: broker/server/replication.py), and
-        publishes to it here are refused; another's store positions become the gate's tickets."""
+        """A durable queue's journal. In a cluster every durable queue that is not exclusive (server-named
+        ones too) is replicated: it has none until this node leads it (its replica files are its log:
+        broker/server/replication.py), and publishes to it here are refused."""
         assert self.persistence is not None
         if self.gate is None:
             return self.persistence.journal_for(vhost, name)
-        if not name.startswith("amq."):
-            assert self.cluster is not None
-            return self.cluster.leader_journal(vhost, name) or self._not_leader
-        return self.persistence.journal_for(vhost, name, self.gate)
+        assert self.cluster is not None
+        return self.cluster.leader_journal(vhost, name) or self._not_leader
 
     def attach_pager(self, pager: NodePager) -> None:
         """Queues declared from now on count their ready messages against the pager's memory budget, and
@@ -159,9 +157,7 @@ class Node:
             self._discard_unstored()
         if self.pager is not None:
             self.pager.commit_completed()
-        if self.gate is not None:
-            assert self.persistence is not None
-            self.gate.store_durable(self.persistence.durable_position, failed)
+        if self.gate is not None:  # a cluster's confirms wait for replication, not for this store
             self.confirms_changed()
             return
         self._release_confirms(self.durable_position(), failed)

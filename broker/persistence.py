@@ -25,7 +25,6 @@ from leveret.broker.store.queue_log import RecoveredLog
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
-    from leveret.broker.cluster.confirms import ConfirmGate
     from leveret.broker.exchanges.base import Exchange
     from leveret.broker.queues.paging import Pager
 
@@ -60,7 +59,7 @@ class Node(Protocol):
 class StoreJournal(Journal):
     """A durable queue's journal: persistent messages go to its log, transient ones nowhere."""
 
-    __slots__ = ("log", "persistence", "queue_id", "recovered", "gate")
+    __slots__ = ("log", "persistence", "queue_id", "recovered")
 
     def __init__(self, persistence: Persistence, queue_log: QueueLog, queue_id: str) -> None:
         self.persistence = persistence
@@ -68,7 +67,6 @@ class StoreJournal(Journal):
         self.queue_id = queue_id
         # What the log held at open (an index, no bodies): empty for a new queue; taken by recovery.
         self.recovered: RecoveredLog | None = queue_log.recover_index(allowance=persistence.memory_room())
-        self.gate: ConfirmGate | None = None
 
     def logs(self, entry: Entry) -> bool:
         return entry.message.delivery_mode == 2
@@ -130,14 +128,6 @@ class StoreJournal(Journal):
     def deleted(self) -> None:
         self.persistence.store.delete_queue(self.queue_id)
         self.persistence.pending()
-
-
-class GatedStoreJournal(StoreJournal):
-    """A store journal on a cluster node: its write positions become tickets of the node's gate."""
-
-    def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
-        assert self.gate is not None
-        return self.gate.store_ticket(super().enqueued(entry, expires_in))
 
 
 class Commit:
@@ -204,13 +194,9 @@ class Persistence:
         pager = self.node.pager if self.node is not None else None
         return max(pager.limit - pager.used, 0) if pager is not None else 0
 
-    def journal_for(self, vhost: str, name: str, gate: ConfirmGate | None = None) -> StoreJournal:
-        """Blocking: opens (or creates) the queue's directory and reads what it holds. With `gate` (a
-        cluster node's), the positions a confirm waits for are the gate's tickets."""
-        kind = StoreJournal if gate is None else GatedStoreJournal
-        journal = kind(self, self.store.open_queue(vhost, name), Store.queue_id(vhost, name))
-        journal.gate = gate
-        return journal
+    def journal_for(self, vhost: str, name: str) -> StoreJournal:
+        """Blocking: opens (or creates) the queue's directory and reads what it holds."""
+        return StoreJournal(self, self.store.open_queue(vhost, name), Store.queue_id(vhost, name))
 
     @property
     def durable_position(self) -> int:

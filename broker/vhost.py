@@ -261,7 +261,7 @@ class VirtualHost:
         # Exclusive queues die with their connection, so they never outlive a restart either.
         stored = durable and not exclusive and self.journal_for is not None
         queue: Queue | None = None
-        if self.proxies is not None and durable and not exclusive and not name.startswith(RESERVED_PREFIX):
+        if self.proxies is not None and durable and not exclusive:
             queue = self.proxies.proxy(
                 self, name, durable=durable, auto_delete=auto_delete, arguments=arguments
             )

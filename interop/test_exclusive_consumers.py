@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 from pika.exceptions import ChannelClosedByBroker
 
@@ -132,3 +133,27 @@ def test_an_exclusive_queue_is_locked_to_its_connection(
     assert consume(b.channel(), name, exclusive) == LOCKED
     assert outcome(name, lambda: b.channel().basic_get(name)) == LOCKED
     assert consume(a.channel(), name, exclusive) == "ok"
+
+
+@pytest.mark.parametrize("declare", [QUORUM, STREAM], ids=["quorum", "stream"])
+def test_a_quorum_or_stream_queue_refuses_a_consumer_under_a_global_prefetch(
+    broker: Broker, declare: dict[str, Any]
+) -> None:
+    """RabbitMQ 3.10: basic.qos(global=true) is taken, but these queue types cannot share a channel-wide
+    prefetch, so their basic.consume closes the connection (540)."""
+    name = unique("global-qos")
+    with pika_connection(broker.url) as setup:
+        setup.channel().queue_declare(name, **declare)
+    try:
+        with pika_connection(broker.url) as connection:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=10)  # a stream's consumer needs one of its own first
+            channel.basic_qos(prefetch_count=10, global_qos=True)
+            with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+                channel.basic_consume(name, lambda *_: None)
+        assert (closed.value.reply_code, closed.value.reply_text.replace(name, "Q")) == (
+            540, "NOT_IMPLEMENTED - queue 'Q' in vhost '/' does not support global qos"
+        )
+    finally:
+        with pika_connection(broker.url) as cleanup:
+            cleanup.channel().queue_delete(name)

@@ -342,3 +342,71 @@ def test_a_delivery_in_flight_to_a_cancelled_consumer_goes_back(nodes: tuple[Nod
     settle_all(leader, other)  # the delivery arrives for a consumer no longer there: sent back
     assert channel.delivered == []
     assert real.unacked == 0 and [entry.redelivered for entry in real.ready] == [True]
+
+
+class GlobalQosChannel(Channel):
+    """A channel under basic.qos(global=true): its consumers share one pool of credit."""
+
+    def __init__(self, prefetch: int) -> None:
+        super().__init__()
+        self.global_prefetch = prefetch
+        self.credit_pool = CreditPool(prefetch)  # type: ignore[assignment]
+        self.consumers: dict[str, Consumer] = {}
+
+
+def test_a_channel_wide_prefetch_bounds_consumers_on_queues_led_elsewhere() -> None:
+    table = {("/", "a"): "leader", ("/", "b"): "leader"}
+    leader, other = Node("leader", table), Node("other", table)
+    for node in (leader, other):
+        node.vhost.proxies = node.hub
+        declare(node, "a")
+        declare(node, "b")
+    for name in ("a", "b"):
+        for i in range(10):
+            leader.vhost.queues[name].enqueue(message(b"%s%d" % (name.encode(), i), name))
+    channel = GlobalQosChannel(3)
+    for name in ("a", "b"):
+        proxy = other.vhost.queues[name]
+        consumer = Consumer(name, proxy, channel, no_ack=False, exclusive=False, prefetch=0)
+        channel.consumers[name] = consumer
+        proxy.add_consumer(consumer)
+    settle_all(leader, other)
+    assert len(channel.delivered) == 3  # not 3 per queue: the leader was given what the pool had
+    assert channel.credit_pool is not None and channel.credit_pool.left == 0
+    # One ack (the channel gives its credit back to the pool and tells its queues): one more comes.
+    consumer, entry = channel.delivered[0]
+    consumer.queue.settle([entry.seq])
+    channel.credit_pool.left += 1
+    for name in ("a", "b"):
+        other.vhost.queues[name].credit_changed()
+    settle_all(leader, other)
+    assert len(channel.delivered) == 4
+    assert leader.vhost.queues["a"].unacked + leader.vhost.queues["b"].unacked == 3
+
+
+AT_LEAST_ONCE = {"x-queue-type": "quorum", "x-dead-letter-exchange": "dlx",
+                 "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def test_an_at_least_once_dead_letter_into_a_queue_led_elsewhere_settles_on_its_confirm() -> None:
+    table = {("/", "source"): "other", ("/", "target"): "leader"}
+    leader, other = Node("leader", table), Node("other", table)
+    for node in (leader, other):
+        node.vhost.proxies = node.hub
+        node.vhost.declare_exchange("dlx", "fanout", durable=True, auto_delete=False, internal=False,
+                                    arguments={})
+        declare(node, "target")
+        node.vhost.exchanges["dlx"].bind(node.vhost.queues["target"], "", {})
+        node.vhost.declare_queue("source", owner=None, durable=True, exclusive=False, auto_delete=False,
+                                 arguments=AT_LEAST_ONCE)
+    source = other.vhost.queues["source"]
+    source.enqueue(message(b"dead", "source"))
+    entry = source.take()
+    assert isinstance(entry, Entry)
+    source.reject([entry.seq])
+    assert source.lifecycle is not None and source.lifecycle.outbox is not None
+    assert len(source.lifecycle.outbox) == 1  # held until the target's leader confirms its copy
+    settle_all(leader, other)
+    assert [e.message.body for e in leader.vhost.queues["target"].ready] == [b"dead"]
+    other.vhost.executor.commit_completed(0, None)  # the node does this once the leader answered
+    assert len(source.lifecycle.outbox) == 0

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.replica import (
+    DEAD_LETTERING,
     DELETED,
     DELIVERED,
     ENQUEUE,
@@ -48,13 +49,16 @@ def records_strategy() -> st.SearchStrategy[list[Record]]:
             st.lists(seqs, max_size=4).map(lambda s: (SETTLED, s)),
             st.lists(seqs, max_size=4).map(lambda s: (RETURNED, s)),
             st.tuples(seqs, seqs).map(lambda r: (SETTLED_RANGE, min(r), max(r))),
+            st.tuples(st.lists(seqs, max_size=4), st.sampled_from(["rejected", "expired", "maxlen"])).map(
+                lambda r: (DEAD_LETTERING, r[0], r[1])
+            ),
         ),
         max_size=60,
     )
 
 
-def summary(log: ReplicaLog) -> list[tuple[int, bytes, bool, int]]:
-    return [(seq, h.body, h.delivered, h.returns) for seq, h in log.state.held.items()]
+def summary(log: ReplicaLog) -> list[tuple[int, bytes, bool, int, str]]:
+    return [(seq, h.body, h.delivered, h.returns, h.dead_lettering) for seq, h in log.state.held.items()]
 
 
 @settings(max_examples=60, deadline=None)
@@ -131,7 +135,7 @@ def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:
     assert loaded is not None
     vhost, name, back = loaded
     assert (vhost, name) == ("/", "q")
-    assert summary(back) == summary(log) == [(1, b"a", True, 0), (2, b"b", False, 0)]
+    assert summary(back) == summary(log) == [(1, b"a", True, 0, ""), (2, b"b", False, 0, "")]
     assert back.epochs == [(4, 0)] and back.newest_epoch == 4
     # A rewrite (a snapshot) replaces it all; a torn tail after it is ignored.
     file.rewrite(log)
@@ -233,3 +237,46 @@ def test_the_new_leaders_queue_follows_the_vhosts_policies() -> None:
         log.append(1, enqueue(seq))
     built = build_leader_queue(vhost, old, log.state, NULL_JOURNAL, 0.0)
     assert built.effective_arguments.get("x-max-length") == 2
+
+
+AT_LEAST_ONCE = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-exchange": "dlx",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+def test_messages_held_for_at_least_once_dead_lettering_stay_held_at_a_new_leader(tmp_path: Path) -> None:
+    """The old leader logged them DEAD_LETTERING: the new leader holds them again (not ready) and
+    forwards them when its timers run, and a copy the target took settles them in the log."""
+    gate = ConfirmGate()
+    leader = leader_queue(tmp_path, gate)
+    vhost = VirtualHost("/", lambda: 0.0, Deadlines())
+    queue = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                                arguments=AT_LEAST_ONCE)
+    queue.journal = ReplicatedJournal(leader)
+    for body in (b"a", b"b", b"c"):
+        queue.enqueue(Message("", "q", NO_PROPERTIES, body))
+    entry = queue.take()
+    assert entry is not None and not isinstance(entry, tuple)
+    queue.reject([entry.seq])  # dlx does not exist: held
+    assert queue.message_count == 2
+    assert [h.dead_lettering for h in leader.replica.state.held.values()] == ["rejected", "", ""]
+
+    other = VirtualHost("/", lambda: 5.0, Deadlines())
+    other.declare_exchange("dlx", "fanout", durable=True, auto_delete=False, internal=False, arguments={})
+    target = other.declare_queue("dead", owner=None, durable=True, exclusive=False, auto_delete=False,
+                                 arguments={})
+    other.exchanges["dlx"].bind(target, "", {})
+    like = other.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                               arguments=AT_LEAST_ONCE)
+    new_leader = LeaderQueue(("/", "q"), 8, leader.replica, ReplicaFile(tmp_path / "q2.log", "/", "q"),
+                             gate, ["b", "c"], lambda: 1000.0)
+    built = build_leader_queue(other, like, leader.replica.state, ReplicatedJournal(new_leader), 1000.0)
+    QueueRoles().lead(other, built)
+    assert [e.message.body for e in built.ready] == [b"b", b"c"]  # the held one is not ready
+    assert target.message_count == 0
+    other.deadlines.fire(10.0)  # the first retry is due at once
+    assert [e.message.body for e in target.ready] == [b"a"]
+    assert [h.body for h in new_leader.replica.state.held.values()] == [b"b", b"c"]  # settled in the log

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pamqp import body as pamqp_body
 from pamqp import header
-from pamqp.commands import Basic, Channel, Confirm, Exchange, Queue, Tx
+from pamqp.commands import Basic, Channel, Confirm, Connection, Exchange, Queue, Tx
 
 from leveret.broker.node import Node
 from leveret.broker.session.connection import ConnectionSession
@@ -238,6 +238,22 @@ def test_global_prefetch_limits_the_channel(node: Node) -> None:
     consumer.method(1, Basic.Consume(queue="g1", consumer_tag="a"))
     consumer.method(1, Basic.Consume(queue="g2", consumer_tag="b"))
     assert len(deliveries(consumer.received)) == 3
+
+
+@pytest.mark.parametrize("kind", ["quorum", "stream"])
+def test_a_quorum_or_stream_queue_refuses_a_consumer_under_global_prefetch(node: Node, kind: str) -> None:
+    """RabbitMQ 3.10: a connection error, whether the qos came before the channel's other consumers."""
+    client = connect(node)
+    declare(client, "typed", durable=True, arguments={"x-queue-type": kind})
+    declare(client, "plain")
+    client.method(1, Basic.Consume(queue="plain", consumer_tag="before"))
+    client.method(1, Basic.Qos(prefetch_count=3, global_=True))
+    replies = methods(client.method(1, Basic.Consume(queue="typed")))
+    (close,) = [m for m in replies if isinstance(m, Connection.Close)]
+    assert (close.reply_code, close.reply_text) == (
+        540, "NOT_IMPLEMENTED - queue 'typed' in vhost '/' does not support global qos"
+    )
+    assert (close.class_id, close.method_id) == (60, 20)
 
 
 def test_global_prefetch_with_two_consumers_on_one_queue_and_a_get(node: Node) -> None:

@@ -2,8 +2,8 @@
 
 A single node's channels wait for the store's durable position. A cluster node's wait for `safe`: the
 highest ticket below which every ticket is released. A replicated enqueue's ticket is released once its
-entry is held (fsynced) by every in-sync replica and those are a majority (broker/cluster/replication.py);
-a store write's (a durable queue that is not replicated) once the store made it durable. Tickets are
+entry is held (fsynced) by every in-sync replica and those are a majority (broker/cluster/replication.py)
+(every durable queue of a cluster is replicated: no confirm waits for the node's own store). Tickets are
 released in any order and `safe` follows the lowest one still held, so a queue that holds its confirms
 (no majority) holds back the node's later confirms too, until it is deposed (its tickets then fail).
 """
@@ -11,7 +11,6 @@ released in any order and `safe` follows the lowest one still held, so a queue t
 from __future__ import annotations
 
 import heapq
-from collections import deque
 
 
 class ConfirmGate:
@@ -20,8 +19,6 @@ class ConfirmGate:
         self._held: set[int] = set()
         self._heap: list[int] = []
         self.failed: set[int] = set()  # failed tickets not yet told to the channels (see take_failed)
-        # Store writes by position order: (store position, ticket).
-        self._store_waits: deque[tuple[int, int]] = deque()
 
     def ticket(self) -> int:
         self._issued += 1
@@ -29,23 +26,6 @@ class ConfirmGate:
         self._held.add(ticket)
         heapq.heappush(self._heap, ticket)
         return ticket
-
-    def store_ticket(self, position: int) -> int:
-        """A ticket for a store write at `position` (0: nothing written, safe at once)."""
-        if position == 0:
-            return 0
-        ticket = self.ticket()
-        self._store_waits.append((position, ticket))
-        return ticket
-
-    def store_durable(self, durable: int, failed: range | None) -> None:
-        waits = self._store_waits
-        while waits and (waits[0][0] <= durable or (failed is not None and waits[0][0] in failed)):
-            position, ticket = waits.popleft()
-            if failed is not None and position in failed:
-                self.fail([ticket])
-            else:
-                self.release([ticket])
 
     def release(self, tickets: list[int]) -> None:
         self._held.difference_update(tickets)

@@ -1,6 +1,6 @@
 """Per-queue leadership, sans-IO: decisions from membership and etcd's keys as data, effects as data.
 
-Every replicated queue (durable, not exclusive, not server-named) has two keys (broker/cluster/keys.py):
+Every replicated queue (durable, not exclusive, server-named or not) has two keys (broker/cluster/keys.py):
 
 - `leader/<vhost>/<queue>`: {"node": name}, put with the leader's lease by a txn that runs only if the
   key is absent. Its create revision is the queue's **epoch**: a new leader always has a higher one. The
@@ -112,7 +112,7 @@ def isr_change_txn(layout: KeyLayout, queue: QueueId, epoch: int, members: Itera
 
 
 def is_replicated(record: QueueRecord) -> bool:
-    return record.durable and not record.exclusive and not record.name.startswith("amq.")
+    return record.durable and not record.exclusive  # server-named ones too, as RabbitMQ's are cluster-wide
 
 
 class Leadership:

@@ -146,7 +146,10 @@ class ProxyQueue(Queue):
         return 0
 
     def credit_changed(self) -> None:
-        pass
+        # A channel-wide prefetch got credit back (an ack): this node's consumers may draw on it.
+        for consumer in self.consumers:
+            if consumer.pool is not None:
+                self.hub.credit(consumer)
 
     def deliver_ready(self) -> None:
         pass

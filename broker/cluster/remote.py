@@ -1,6 +1,6 @@
 """Queues led by another node, sans-IO: the node's hub between its proxies and the leaders' real queues.
 
-Every replicated queue (durable, not exclusive, not server-named) has one authoritative copy, at its
+Every replicated queue (durable, not exclusive, server-named or not) has one authoritative copy, at its
 leader; every other node holds a proxy (broker/cluster/proxy.py) in the vhost's table. The hub plays both
 parts of the exchange, over the peer links (broker/server/remote.py does the I/O; the ops are in
 remote_codec.py):
@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from leveret.amqp.constants import NOT_FOUND, PRECONDITION_FAILED
+from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED
 from leveret.amqp.errors import ChannelError
 from leveret.broker.cluster import remote_codec as codec
 from leveret.broker.cluster.proxy import ProxyQueue
@@ -126,7 +126,8 @@ class Batch:
 class _Subscription:
     """A consumer here on a proxy: its registration at the leader, while it has one."""
 
-    __slots__ = ("cid", "consumer", "proxy", "node", "generation", "received", "detached_at", "retry_at")
+    __slots__ = ("cid", "consumer", "proxy", "node", "generation", "received", "detached_at", "retry_at",
+                 "pool", "sent", "told")
 
     def __init__(self, cid: int, consumer: Any, proxy: ProxyQueue, now: float) -> None:
         self.cid = cid
@@ -137,6 +138,49 @@ class _Subscription:
         self.received = 0  # deliveries had in all (the credit limit counts from it)
         self.detached_at = now
         self.retry_at = 0.0
+        # Under a channel-wide prefetch (basic.qos global), the channel's pool. The leader cannot draw on
+        # it as it delivers, so credit is drawn when it is given: `sent`, the last limit the leader had,
+        # is never more than the pool allowed, and a delivery beyond it (sent before a lower limit came)
+        # draws as it arrives. Every unacked delivery has drawn one, as a local queue's would.
+        self.pool: CreditPool | None = None
+        self.sent = 0
+        self.told = -1  # the limit last sent to the leader
+
+    def limit(self) -> int:
+        """The credit limit for the leader: deliveries in all this consumer may have had."""
+        consumer = self.consumer
+        credit = max(consumer.credit, 0)
+        pool = consumer.pool
+        if pool is not self.pool:  # basic.qos(global) changed: what the old limit allowed is not drawn
+            self.pool = pool
+            self.sent = self.received
+        if pool is None:
+            self.sent = self.received + credit
+            return self.sent
+        channel = consumer.channel
+        share = max(channel.global_prefetch // max(len(channel.consumers), 1), 1)  # no one takes it all
+        take = min(min(credit, share) - self.outstanding, pool.left)
+        if take > 0:
+            pool.left -= take
+            self.sent = max(self.sent, self.received) + take
+        return max(self.sent, self.received)
+
+    @property
+    def outstanding(self) -> int:
+        return max(self.sent - self.received, 0)
+
+    def arrived(self) -> None:
+        """A delivery came from the leader."""
+        if self.pool is not None and self.received >= self.sent:
+            self.pool.left -= 1  # not drawn when given
+        self.received += 1
+
+    def give_back(self) -> None:
+        """No longer registered at a leader (what it still sends is requeued): what was drawn for
+        deliveries that will not come goes back to the pool."""
+        if self.pool is not None:
+            self.pool.left += self.outstanding
+        self.sent = self.received
 
 
 class _Courier:
@@ -210,7 +254,7 @@ class Handled:
 
 
 def is_replicated_queue(queue: Queue) -> bool:
-    return queue.durable and queue.exclusive_owner is None and not queue.name.startswith("amq.")
+    return queue.durable and queue.exclusive_owner is None
 
 
 class RemoteQueues(QueueRoles):
@@ -381,8 +425,8 @@ class RemoteQueues(QueueRoles):
         sub.node = leader
         sub.generation = self.generation.get(leader, 0)
         flags = (codec.NO_ACK if consumer.no_ack else 0) | (codec.EXCLUSIVE if consumer.exclusive else 0)
-        limit = sub.received + max(consumer.credit, 0)
-        self._send(leader, codec.Consume(sub.proxy.vhost, sub.proxy.name, sub.cid, flags, limit,
+        sub.told = sub.limit()
+        self._send(leader, codec.Consume(sub.proxy.vhost, sub.proxy.name, sub.cid, flags, sub.told,
                                          dict(consumer.arguments)))
         return True
 
@@ -391,6 +435,7 @@ class RemoteQueues(QueueRoles):
         if sub is None:
             return
         del self.subs[sub.cid]
+        sub.give_back()
         if sub.node is not None:
             self._send(sub.node, codec.Cancel(sub.cid))
             self._cancelled[sub.cid] = (sub, self.clock())
@@ -398,7 +443,10 @@ class RemoteQueues(QueueRoles):
     def credit(self, consumer: Any) -> None:
         sub = self._by_consumer.get(id(consumer))
         if sub is not None and sub.node is not None:
-            self._send(sub.node, codec.Credit(sub.cid, sub.received + max(consumer.credit, 0)))
+            limit = sub.limit()
+            if limit != sub.told:
+                sub.told = limit
+                self._send(sub.node, codec.Credit(sub.cid, limit))
 
     def settle(self, proxy: ProxyQueue, how: str, taken: list[tuple[str, int, int]]) -> None:
         """Settlements of deliveries from leaders: sent to the node each came from, unless its link broke
@@ -449,7 +497,7 @@ class RemoteQueues(QueueRoles):
             if stale is not None and not stale.consumer.no_ack:
                 self._send(node, codec.Settle(stale.proxy.vhost, stale.proxy.name, codec.REQUEUE, (op.seq,)))
             return
-        sub.received += 1
+        sub.arrived()
         consumer = sub.consumer
         consumer.credit -= 1
         entry = sub.proxy.received(node, generation, op.seq, op.message, op.redelivered, not consumer.no_ack)
@@ -460,6 +508,7 @@ class RemoteQueues(QueueRoles):
         if sub is not None and sub.node == node:
             now = self.clock()
             sub.node = None
+            sub.give_back()
             sub.retry_at = now + RETRY_ATTACH
             if sub.detached_at < now - RETRY_ATTACH * 2:
                 sub.detached_at = now
@@ -620,6 +669,10 @@ class RemoteQueues(QueueRoles):
                 return codec.CallResult(message_count=queue.purge())
             if op.what == codec.DELETE:
                 return codec.CallResult(message_count=_check_delete(queue, op.flags))
+            if op.what == codec.CONSUMABLE:
+                if queue.exclusive_use(bool(op.flags & codec.CALL_EXCLUSIVE)):
+                    return codec.CallResult(ACCESS_REFUSED, exclusive_use_text(queue.vhost, queue.name))
+                return codec.CallResult(consumer_count=queue.consumer_count)
             if op.what == codec.GET:
                 entry = queue.take_now()  # answered at once: a head on disk is read back here
                 if entry is None:
@@ -644,6 +697,7 @@ class RemoteQueues(QueueRoles):
         for sub in self.subs.values():
             if sub.node == node:
                 sub.node = None
+                sub.give_back()
                 sub.detached_at = now
         for cid in [cid for cid, (sub, _) in self._cancelled.items() if sub.node == node]:
             del self._cancelled[cid]
@@ -686,6 +740,7 @@ class RemoteQueues(QueueRoles):
             if self.link_up(sub.node):
                 self._send(sub.node, codec.Cancel(sub.cid))
             sub.node = None
+            sub.give_back()
             sub.detached_at = now
         if not self._attach(sub, now) and now - sub.detached_at > self.cancel_after:
             self._cancel_consumer(sub)
@@ -763,6 +818,11 @@ def _check_delete(queue: Queue, flags: int) -> int:
     if flags & codec.IF_EMPTY and queue.message_count:
         raise ChannelError(PRECONDITION_FAILED, f"queue '{queue.name}' in vhost '{queue.vhost}' not empty")
     return queue.message_count
+
+
+def exclusive_use_text(vhost: str, queue: str) -> str:
+    """RabbitMQ's 403 text for a consumer a classic queue refuses."""
+    return f"queue '{queue}' in vhost '{vhost}' in exclusive use"
 
 
 def no_leader_text(vhost: str, queue: str, why: str) -> str:

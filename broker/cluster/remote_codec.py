@@ -33,7 +33,8 @@ KIND = "q.batch"
 
 PUBLISH, CONSUME, CREDIT, CANCEL, SETTLE, CALL, DELIVER, CANCELLED = range(1, 9)
 ACK, REJECT, REQUEUE = range(3)
-GET, PURGE, COUNTS, DELETE = range(4)
+# CONSUMABLE: whether the queue takes a new consumer (a classic queue refuses one while in exclusive use).
+GET, PURGE, COUNTS, DELETE, CONSUMABLE = range(5)
 
 # A publish's result: confirmed, refused (nack), or sent to a node that does not lead the queue yet.
 CONFIRMED, REFUSED, NOT_LEADER_YET = b"\x01", b"\x00", b"\x02"
@@ -43,8 +44,8 @@ NOT_LEADER = 1
 LED_HERE = 2
 # CONSUME flags
 NO_ACK, EXCLUSIVE = 1, 2
-# CALL flags: basic.get's no_ack, queue.delete's if_unused and if_empty
-CALL_NO_ACK, IF_UNUSED, IF_EMPTY = 1, 2, 4
+# CALL flags: basic.get's no_ack, queue.delete's if_unused and if_empty, basic.consume's exclusive
+CALL_NO_ACK, IF_UNUSED, IF_EMPTY, CALL_EXCLUSIVE = 1, 2, 4, 8
 
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")

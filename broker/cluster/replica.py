@@ -16,6 +16,9 @@ Records (tuples, kind first):
     (RETURNED, seqs)                                               requeued: redelivered, one more return
     (SETTLED_RANGE, first, last)                                   a purged chunk of paged-out messages
     (DELETED,)                                                     the queue is gone
+    (DEAD_LETTERING, seqs, reason)                                 dead-lettered at least once: held
+                                                                   (not ready) until every target has a
+                                                                   copy, then SETTLED
 
 `ReplicaLog` keeps the epochs' start offsets (Kafka's leader-epoch cache, which truncation after a leader
 change uses), the state at its base offset and the entries since, so that it can truncate to any offset
@@ -35,6 +38,7 @@ SETTLED = 3
 RETURNED = 4
 SETTLED_RANGE = 5
 DELETED = 6
+DEAD_LETTERING = 7
 
 Record = tuple[Any, ...]
 LogEntry = tuple[int, Record]  # (epoch, record)
@@ -47,10 +51,11 @@ TAIL_LIMIT = 100_000
 class Held:
     """One message a replica holds."""
 
-    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "deadline", "delivered", "returns")
+    __slots__ = ("exchange", "routing_key", "properties_raw", "body", "deadline", "delivered", "returns",
+                 "dead_lettering")
 
     def __init__(self, exchange: str, routing_key: str, properties_raw: bytes, body: bytes, deadline: int = 0,
-                 delivered: bool = False, returns: int = 0) -> None:
+                 delivered: bool = False, returns: int = 0, dead_lettering: str = "") -> None:
         self.exchange = exchange
         self.routing_key = routing_key
         self.properties_raw = properties_raw
@@ -58,10 +63,12 @@ class Held:
         self.deadline = deadline
         self.delivered = delivered
         self.returns = returns
+        # Why it was dead-lettered at least once ("": it was not): held for its targets, not ready.
+        self.dead_lettering = dead_lettering
 
     def copy(self) -> Held:
         return Held(self.exchange, self.routing_key, self.properties_raw, self.body, self.deadline,
-                    self.delivered, self.returns)
+                    self.delivered, self.returns, self.dead_lettering)
 
 
 @dataclass
@@ -105,6 +112,11 @@ class ReplicaState:
         elif kind == DELETED:
             held.clear()
             self.deleted = True
+        elif kind == DEAD_LETTERING:
+            for seq in record[1]:
+                item = held.get(seq)
+                if item is not None:
+                    item.dead_lettering = record[2]
         else:
             raise ValueError(f"unknown replica record kind {kind!r}")
 
@@ -216,6 +228,8 @@ def record_size(record: Record) -> int:
         return 40 + len(record[4]) + len(record[5])
     if record[0] in (SETTLED, RETURNED):
         return 16 + 8 * len(record[1])
+    if record[0] == DEAD_LETTERING:
+        return 16 + 8 * len(record[1]) + len(record[2])
     return 24
 
 
@@ -232,10 +246,12 @@ def encode_entries(entries: Iterable[LogEntry]) -> bytes:
             parts += (exchange, key, record[4], record[5])
         elif kind == DELIVERED:
             append(_U64.pack(record[1]))
-        elif kind in (SETTLED, RETURNED):
+        elif kind in (SETTLED, RETURNED, DEAD_LETTERING):
             seqs = list(record[1])
             append(_U32.pack(len(seqs)))
             append(struct.pack(f">{len(seqs)}Q", *seqs))
+            if kind == DEAD_LETTERING:
+                append(_str8(record[2]))
         elif kind == SETTLED_RANGE:
             append(_U64.pack(record[1]) + _U64.pack(record[2]))
     return b"".join(parts)
@@ -264,11 +280,16 @@ def decode_entries(data: bytes | memoryview) -> Iterator[LogEntry]:
         elif kind == DELIVERED:
             record = (DELIVERED, _U64.unpack_from(view, at)[0])
             at += 8
-        elif kind in (SETTLED, RETURNED):
+        elif kind in (SETTLED, RETURNED, DEAD_LETTERING):
             (count,) = _U32.unpack_from(view, at)
             at += 4
-            record = (kind, list(struct.unpack_from(f">{count}Q", view, at)))
+            seqs = list(struct.unpack_from(f">{count}Q", view, at))
             at += 8 * count
+            if kind == DEAD_LETTERING:
+                reason, at = _read_str8(view, at)
+                record = (kind, seqs, reason)
+            else:
+                record = (kind, seqs)
         elif kind == SETTLED_RANGE:
             record = (SETTLED_RANGE, _U64.unpack_from(view, at)[0], _U64.unpack_from(view, at + 8)[0])
             at += 16
@@ -289,7 +310,7 @@ def encode_snapshot(end: int, epochs: list[tuple[int, int]], state: ReplicaState
         parts.append(_ENQUEUE.pack(seq, item.deadline, len(exchange), len(key), len(item.properties_raw),
                                    len(item.body)))
         parts += (exchange, key, item.properties_raw, item.body)
-        parts.append(_U8.pack(int(item.delivered)) + _U32.pack(item.returns))
+        parts.append(_U8.pack(int(item.delivered)) + _U32.pack(item.returns) + _str8(item.dead_lettering))
     return b"".join(parts)
 
 
@@ -320,6 +341,19 @@ def decode_snapshot(data: bytes | memoryview) -> tuple[int, list[tuple[int, int]
         at += lb
         delivered = bool(view[at])
         (returns,) = _U32.unpack_from(view, at + 1)
-        at += 5
-        state.held[seq] = Held(exchange, key, properties, body, deadline, delivered, returns)
+        dead_lettering, at = _read_str8(view, at + 5)
+        state.held[seq] = Held(exchange, key, properties, body, deadline, delivered, returns, dead_lettering)
     return end, epochs, state
+
+
+def _str8(text: str) -> bytes:
+    raw = text.encode()
+    return _U8.pack(len(raw)) + raw
+
+
+def _read_str8(view: memoryview, at: int) -> tuple[str, int]:
+    """A short string at `at`, and the offset after it."""
+    size = view[at]
+    if at + 1 + size > len(view):
+        raise ValueError("truncated replica record")
+    return bytes(view[at + 1:at + 1 + size]).decode(), at + 1 + size

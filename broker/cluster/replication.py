@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.replica import (
+    DEAD_LETTERING,
     DELETED,
     DELIVERED,
     ENQUEUE,
@@ -167,6 +168,11 @@ class ReplicatedJournal(Journal):
     def removed(self, entries: Sequence[Entry], reason: str) -> None:
         if entries and not self.done:
             self.leader.append((SETTLED, [entry.seq for entry in entries]))
+
+    def dead_lettering(self, entries: Sequence[Entry], reason: str) -> None:
+        # Held for the targets: a new leader forwards them (and does not make them ready again).
+        if entries and not self.done:
+            self.leader.append((DEAD_LETTERING, [entry.seq for entry in entries], reason))
 
     def removed_range(self, first: int, last: int, reason: str) -> None:
         if not self.done:  # as a settled range: the replication log's records carry no reason yet

@@ -39,19 +39,33 @@ def build_leader_queue(
     seq order, with its delivery count and what its logged TTL deadline leaves it (`wall_now`: the wall
     clock, seconds since the epoch). Each comes back redelivered=true: a leader changes only when the
     old one failed, and its deliveries did not wait for their delivered records to reach a replica, so
-    any message may have reached a consumer (as after a single node's crash: store/clean_shutdown.py)."""
+    any message may have reached a consumer (as after a single node's crash: store/clean_shutdown.py).
+    Messages the old leader held for at-least-once dead-lettering are held again, not ready, and
+    forwarded again (to every target, as RabbitMQ's new leader does) when the timers run."""
     queue = _new_queue(vhost, like, journal)
     entries = []
     returns = []
     expires_in: list[float | None] = []
+    held_entries: list[Entry] = []
+    reasons: list[str] = []
     for seq, held in state.held.items():
         entry = Entry(Message(held.exchange, held.routing_key, held.properties_raw, held.body), seq, True)
         entry.logged = -1  # replication.REPLICATED: journalled, nothing in the store to read back
+        if held.dead_lettering:
+            held_entries.append(entry)
+            reasons.append(held.dead_lettering)
+            continue
         entries.append(entry)
         returns.append(held.returns)
         expires_in.append(max(held.deadline / 1000 - wall_now, 0.0) if held.deadline else None)
     timed = any(left is not None for left in expires_in)
     queue.restore(entries, state.next_seq, expires_in if timed else None, returns if any(returns) else None)
+    if held_entries:
+        if queue.lifecycle is not None:
+            queue.lifecycle.restore_held(held_entries, reasons)
+        else:  # no dead-lettering now: they went
+            for entry, reason in zip(held_entries, reasons, strict=True):
+                journal.removed([entry], reason)
     return queue
 
 

@@ -31,7 +31,12 @@ from leveret.broker.cluster.proxy import ProxyQueue, is_proxy
 from leveret.broker.cluster.remote import Ticket
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
-from leveret.broker.queues.arguments import amqp_type, check_server_named_allowed, validate_consumer_arguments
+from leveret.broker.queues.arguments import (
+    amqp_type,
+    check_server_named_allowed,
+    queue_type,
+    validate_consumer_arguments,
+)
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.expiry import check_expiration
 from leveret.broker.queues.paging import HeadLoading
@@ -793,6 +798,17 @@ class ChannelSession:
             raise ChannelError(
                 ACCESS_REFUSED, f"queue '{queue.name}' in vhost '{self.vhost.name}' in exclusive use"
             )
+        kind = queue_type(queue.arguments)
+        if self.global_prefetch and kind != "classic":
+            # RabbitMQ's quorum and stream queues cannot share a channel-wide prefetch (a connection error).
+            text = f"queue '{queue.name}' in vhost '{self.vhost.name}' does not support global qos"
+            raise ConnectionLevelError(NOT_IMPLEMENTED, text, 60, 20)
+        if isinstance(queue, ProxyQueue) and kind == "classic":
+            # Only the leader knows every node's consumers: consume-ok (or its 403) once it answered, as
+            # RabbitMQ's queue process answers. Quorum and stream queues ignore the exclusive flag: theirs
+            # go at once.
+            flags = remote_codec.CALL_EXCLUSIVE if method.exclusive else 0
+            self._ask_leader(queue, remote_codec.CONSUMABLE, flags)
         consumer = Consumer(
             tag,
             queue,

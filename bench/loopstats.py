@@ -9,7 +9,9 @@ clock the latency harness stamps bodies with, so slow messages can be matched to
 - every task step longer than STEP_NOTE (the task's name, duration, and the loop thread's CPU time in it:
   far less means the thread waited, for a CPU or for the GIL);
 - every stretch between two I/O waits longer than STEP_NOTE (the loop busy running tasks);
-- scheduling delay: from a task being rescheduled to its step starting, its distribution and the long ones.
+- scheduling delay: from a task being rescheduled to its step starting, its distribution and the long ones;
+- every loop batch (start, length): the broker's own time per wake-up, from an I/O wait's end to the next
+  one's start, to set against each message's latency (`bench.latency_split` splits it with them).
 `bench.latency --instrument` starts Leveret this way and prints the summary next to the slowest messages.
 """
 
@@ -40,6 +42,8 @@ class LoopStats(trio.abc.Instrument):
         self.delays: list[tuple[float, float, str]] = []  # rescheduled, delay to its step, task name
         self.delay_counts: Counter[int] = Counter()  # delay in 0.1 ms buckets
         self.gcs: list[tuple[float, float, int, int]] = []  # start, duration, generation, collected
+        self.batch_counts: Counter[int] = Counter()  # every batch's length in 10 µs buckets
+        self.all_batches: list[float] = []  # every batch as start, length, start, length, ...
         self._step_start = time.monotonic()
         self._step_cpu = time.thread_time()
         self._io_done = time.monotonic()
@@ -66,6 +70,8 @@ class LoopStats(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         duration = time.monotonic() - self._io_done
+        self.batch_counts[int(duration * 100_000)] += 1
+        self.all_batches += (self._io_done, duration)
         if duration > STEP_NOTE:
             self.batches.append((self._io_done, duration))
 
@@ -81,7 +87,23 @@ class LoopStats(trio.abc.Instrument):
 
     def dump(self) -> dict[str, Any]:
         return {"steps": self.steps, "batches": self.batches, "delays": self.delays, "gcs": self.gcs,
-                "delay_hist_100us": sorted(self.delay_counts.items()), "gc_threshold": gc.get_threshold()}
+                "delay_hist_100us": sorted(self.delay_counts.items()),
+                "batch_hist_10us": sorted(self.batch_counts.items()), "all_batches": self.all_batches,
+                "gc_threshold": gc.get_threshold()}
+
+
+def _histogram_marks(hist: list[tuple[int, int]], width_ms: float) -> tuple[int, dict[float, float]]:
+    """The count, and the upper edge (ms) of the bucket holding p50, p99 and p99.9, of a bucketed record."""
+    counts = sorted((bucket, count) for bucket, count in hist)
+    total = sum(count for _bucket, count in counts)
+    seen = 0
+    marks: dict[float, float] = {}
+    for bucket, count in counts:
+        seen += count
+        for pct in (50.0, 99.0, 99.9):
+            if pct not in marks and seen >= total * pct / 100:
+                marks[pct] = (bucket + 1) * width_ms
+    return total, marks
 
 
 def summary(record: dict[str, Any], seconds: float) -> str:
@@ -100,17 +122,12 @@ def summary(record: dict[str, Any], seconds: float) -> str:
         cpu = sum(c for _d, c in steps) * 1000
         lines.append(f"task steps over {STEP_NOTE * 1000:g} ms, {name}: {len(steps)}, {wall:.0f} ms in all "
                      f"({cpu:.0f} ms of it on a CPU), longest {max(d for d, _c in steps) * 1000:.1f} ms")
-    counts = sorted((bucket, count) for bucket, count in record["delay_hist_100us"])
-    total = sum(count for _bucket, count in counts)
-    seen = 0
-    marks = {}
-    for bucket, count in counts:
-        seen += count
-        for pct in (50, 99, 99.9):
-            if pct not in marks and seen >= total * pct / 100:
-                marks[pct] = bucket / 10
+    total, marks = _histogram_marks(record["delay_hist_100us"], 0.1)
     lines.append(f"scheduling delay (rescheduled to running), {total} steps: "
-                 + ", ".join(f"p{pct:g} <{value + 0.1:.1f} ms" for pct, value in marks.items()))
+                 + ", ".join(f"p{pct:g} <{value:.1f} ms" for pct, value in marks.items()))
+    total, marks = _histogram_marks(record.get("batch_hist_10us", []), 0.01)
+    lines.append(f"loop batches (I/O wait to I/O wait), {total}: "
+                 + ", ".join(f"p{pct:g} <{value:.2f} ms" for pct, value in marks.items()))
     lines.append(f"over {seconds:.0f} s of record")
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from leveret.broker.auth import Authority
 from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.replication import NotLeaderJournal
 from leveret.broker.cluster.state import ClusterState
+from leveret.broker.memory_release import ReleaseSchedule
 from leveret.broker.queues.deadlines import Deadlines
 from leveret.broker.stats import MessageTotals
 from leveret.broker.vhost import VirtualHost
@@ -84,6 +85,8 @@ class Node:
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
         self.definitions_changed: Callable[[], None] = lambda: None
         self.message_totals = MessageTotals()  # what closed channels counted (message_stats)
+        # Closed channels and connections bring the next malloc_trim forward (broker/memory_release.py).
+        self.memory_release = ReleaseSchedule(0.0)
         # Callbacks waiting for the store to make a position durable (HTTP publishes), by position.
         self._durable_waiters: list[tuple[int, Callable[[], None]]] = []
         # The same with the outcome (publishes other nodes sent to queues led here): by position.
@@ -260,3 +263,4 @@ class Node:
 
     def connection_closed(self, session: ConnectionSession) -> None:
         self.connections.discard(session)
+        self.memory_release.note_closed()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leveret.broker.alarms import memory_limit
@@ -31,7 +30,7 @@ from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.paging import Chunk, PagedQueue, Pager
 from leveret.broker.store import Store, records
 from leveret.broker.store.pages import PageFiles, PageIO
-from leveret.broker.store.reader import Enqueued, read_enqueues, read_page
+from leveret.broker.store.reader import Enqueued, read_page
 
 if TYPE_CHECKING:
     from leveret.config.schema import Resources
@@ -81,15 +80,16 @@ def entry_from_record(
 class _Read:
     """One chunk to read back: what the worker thread needs, and what it found."""
 
-    __slots__ = ("queue", "chunk", "run", "locations", "log_directory", "found")
+    __slots__ = ("queue", "chunk", "run", "locations", "read_logged", "found")
 
-    def __init__(self, queue: PagedQueue, chunk: Chunk, log_directory: Path | None) -> None:
+    def __init__(self, queue: PagedQueue, chunk: Chunk) -> None:
         self.queue = queue
         self.chunk = chunk
         # Copied here: the loop may drop the chunk's run (a purge) while the worker reads.
         self.run = chunk.run
         self.locations = chunk.locations
-        self.log_directory = log_directory
+        # Where logged messages are read from: the queue's log (or a replicated queue's replica files).
+        self.read_logged = queue.journal.read_enqueues if chunk.locations is not None else None
         self.found: list[Entry | None] = []
 
     def read(self) -> None:
@@ -101,9 +101,9 @@ class _Read:
             self.found = self._fresh_page(read_page(run.path, run.offset, run.length) or [], chunk.count)
             return
         page = iter(self._page_records())
-        directory = self.log_directory
         wanted = [at for at in locations if at] if locations else []
-        logged = iter(read_enqueues(directory, wanted) if directory is not None and wanted else ())
+        read_logged = self.read_logged
+        logged = iter(read_logged(wanted) if read_logged is not None and wanted else ())
         redelivered = chunk.redelivered
         found = self.found
         wire: dict[tuple[str, str], bytes] = {}
@@ -232,7 +232,8 @@ class NodePager(Pager):
             )
             self._writing.append(chunk)
         if len(transient) < len(entries):
-            chunk.locations = array("q", (entry.logged for entry in entries))
+            # (-1, a replicated queue's new message, is in the page run: 0.)
+            chunk.locations = array("q", (max(entry.logged, 0) for entry in entries))
             assert self._store is not None, "a logged entry without a store"
             chunk.position = self._store.append_position
             if not transient:
@@ -241,11 +242,11 @@ class NodePager(Pager):
             self.commit_completed()
 
     def load(self, queue: PagedQueue, chunk: Chunk) -> None:
-        self._reads.append(_Read(queue, chunk, self._log_directory(queue, chunk)))
+        self._reads.append(_Read(queue, chunk))
         self.wake()
 
     def load_now(self, queue: PagedQueue, chunk: Chunk) -> None:
-        read = _Read(queue, chunk, self._log_directory(queue, chunk))
+        read = _Read(queue, chunk)
         read.read()
         chunk.entries = self._readable(chunk, read.found)
 
@@ -254,11 +255,6 @@ class NodePager(Pager):
         if run is not None:
             chunk.run = None
             self.page_files.release(run)
-
-    def _log_directory(self, queue: PagedQueue, chunk: Chunk) -> Path | None:
-        if chunk.locations is None:
-            return None
-        return queue.journal.log.directory  # type: ignore[attr-defined]
 
     # ---- I/O rounds ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.recovery import restore_queue
 from leveret.broker.store import DefinitionsStore, QueueLog, Store, SyncBatch, clean_shutdown
 from leveret.broker.store.queue_log import RecoveredLog
+from leveret.broker.store.reader import Enqueued, read_enqueues
 from leveret.broker.vhost import DEFAULT_EXCHANGE, PREDECLARED, VirtualHost
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ class StoreJournal(Journal):
     def logs(self, entry: Entry) -> bool:
         return entry.message.delivery_mode == 2
 
+    def read_enqueues(self, locations: Sequence[int]) -> list[Enqueued | None]:
+        return read_enqueues(self.log.directory, locations)
+
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int:
         message = entry.message
         if message.delivery_mode != 2:
@@ -87,13 +91,13 @@ class StoreJournal(Journal):
 
     def delivered(self, entry: Entry) -> None:
         self.log.append_delivered(entry.seq)
-        self.persistence.pending()
+        self.persistence.pending(urgent=False)
 
     def settled(self, entries: Sequence[Entry]) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]
         if seqs:
             self.log.append_settle(seqs)
-            self.persistence.pending()
+            self.persistence.pending(urgent=False)
 
     def returned(self, entries: Sequence[Entry]) -> None:
         seqs = [entry.seq for entry in entries if entry.logged]
@@ -123,7 +127,7 @@ class StoreJournal(Journal):
 
     def settled_seqs(self, seqs: Sequence[int]) -> None:
         self.log.append_settle(seqs)
-        self.persistence.pending()
+        self.persistence.pending(urgent=False)
 
     def deleted(self) -> None:
         self.persistence.store.delete_queue(self.queue_id)
@@ -167,6 +171,7 @@ class Persistence:
         self.node: Node | None = None
         self._definitions_dirty = False
         self._pending = False
+        self._urgent = False  # something pending has a waiter (see `pending`)
         # Persistent enqueues not reported on yet, in position order: (write position, journal, seq).
         self.unconfirmed: deque[tuple[int, StoreJournal, int]] = deque()
         # Those a failed commit reported on (see `take_unstored`).
@@ -179,11 +184,22 @@ class Persistence:
         """The deadline `expires_in` seconds from now, in ms since the epoch (rounded up: never early)."""
         return math.ceil((self.wall_clock() + expires_in) * 1000)
 
-    def pending(self) -> None:
-        """Something waits to be committed: wake the persistence task once per batch."""
-        if not self._pending:
+    def pending(self, urgent: bool = True) -> None:
+        """Something waits to be committed: wake the persistence task once per batch, and once more when
+        the first urgent record joins it. Not urgent: records nobody waits for (acks, first deliveries),
+        which the persistence task may hold back a moment for the next urgent one (a publish) to share
+        its fsync."""
+        if urgent and not self._urgent:
+            self._urgent = self._pending = True
+            self.wake()
+        elif not self._pending:
             self._pending = True
             self.wake()
+
+    @property
+    def urgent(self) -> bool:
+        """What is pending includes something a client, a confirm or a waiter is waiting for."""
+        return self._urgent
 
     def definitions_changed(self) -> None:
         self._definitions_dirty = True
@@ -205,7 +221,7 @@ class Persistence:
     # ---- commits ------------------------------------------------------------------------------
 
     def begin(self) -> Commit | None:
-        self._pending = False
+        self._pending = self._urgent = False
         definitions = None
         if self._definitions_dirty and self.node is not None:
             definitions = snapshot_definitions(self.node)
@@ -310,7 +326,7 @@ class Persistence:
         recovered, journal.recovered = journal.recovered, None
         log = journal.log
         return restore_queue(
-            queue, log.directory, recovered, log.last_seq + 1, self.after_crash, self.wall_clock()
+            queue, journal.read_enqueues, recovered, log.last_seq + 1, self.after_crash, self.wall_clock()
         )
 
 

@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 
 from leveret.broker.pager import entry_from_record
 from leveret.broker.queues.paging import OVERHEAD, Chunk
 from leveret.broker.queues.queue import Entry, Queue
 from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog, collection_paused
-from leveret.broker.store.reader import read_enqueues
+from leveret.broker.store.reader import Enqueued
+
+# Reads the enqueue records at the locations given (in a queue's log: StoreJournal.read_enqueues).
+Reader = Callable[[Sequence[int]], list[Enqueued | None]]
 
 
 def restore_queue(
-    queue: Queue, directory: Path, recovered: RecoveredLog, next_seq: int, after_crash: bool, wall_now: float
+    queue: Queue, read: Reader, recovered: RecoveredLog, next_seq: int, after_crash: bool, wall_now: float
 ) -> int:
-    """Put `recovered` (read from the log in `directory`) back into `queue`; returns how many came back.
-    `wall_now`: the wall clock (seconds since the epoch) that logged deadlines are compared with."""
+    """Put `recovered` (its records read with `read`, the queue's journal's `read_enqueues`) back into
+    `queue`; returns how many came back. `wall_now`: the wall clock (seconds since the epoch) that logged
+    deadlines are compared with. A replicated queue's new leader comes back the same way, from its
+    replica (broker/cluster/roles.py)."""
     count = len(recovered)
     redelivered = bytes([1]) * count if after_crash else bytes(recovered.delivered)
     lifecycle = queue.lifecycle
@@ -44,7 +48,7 @@ def restore_queue(
         in_memory = _room_for(recovered, order, max(queue.pager.limit - queue.pager.used, 0))
     head = order[:in_memory] if levels is None else sorted(order[:in_memory])
     with collection_paused():
-        entries, expires_in, returns = _read(directory, recovered, redelivered, head, wall_now)
+        entries, expires_in, returns = _read(read, recovered, redelivered, head, wall_now)
     queue.restore(entries, next_seq, expires_in, returns)
     if in_memory < count:
         chunk_size = queue.pager.chunk_size
@@ -65,14 +69,14 @@ def restore_queue(
                     )
             lifecycle.restore_levels(by_level)
     if recovered.held:
-        _restore_held(queue, directory, recovered)
+        _restore_held(queue, read, recovered)
     return len(entries) + count - in_memory
 
 
-def _restore_held(queue: Queue, directory: Path, recovered: RecoveredLog) -> None:
+def _restore_held(queue: Queue, read: Reader, recovered: RecoveredLog) -> None:
     """Messages dead-lettered at least once and not yet everywhere: back in the queue's outbox."""
     held = recovered.held
-    found = read_enqueues(directory, [at for _, at, _ in held])
+    found = read([at for _, at, _ in held])
     wire: dict[tuple[str, str], bytes] = {}
     entries, reasons = [], []
     for (_, at, reason), record in zip(held, found, strict=True):
@@ -160,7 +164,7 @@ def _deadlines(queue: Queue, recovered: RecoveredLog, start: int, wall_now: floa
 
 
 def _read(
-    directory: Path, recovered: RecoveredLog, redelivered: bytes, positions: Sequence[int], wall_now: float
+    read: Reader, recovered: RecoveredLog, redelivered: bytes, positions: Sequence[int], wall_now: float
 ) -> tuple[list[Entry], list[float | None] | None, list[int] | None]:
     """The messages at `positions` (in seq order): those the scan kept, and the rest read back from the
     log (one that cannot be is logged, and lost); the seconds each has left before its logged deadline
@@ -168,7 +172,7 @@ def _read(
     kept = recovered.kept
     missing = [position for position in positions if position not in kept]
     if missing:
-        found = read_enqueues(directory, [recovered.locations[position] for position in missing])
+        found = read([recovered.locations[position] for position in missing])
         kept = {**kept, **{p: record for p, record in zip(missing, found, strict=True) if record is not None}}
     deadlines = recovered.deadlines
     expires_in: list[float | None] | None = None if deadlines is None else []

@@ -24,6 +24,7 @@ def start_cluster(
     started: int | None = None,
     replica_log_entries: int | None = None,
     load_definitions: Path | None = None,
+    memory_budget: str | None = None,
 ) -> Iterator[LocalCluster]:
     """Yields the running cluster (`started` of its nodes running, default all); every process it started
     is stopped afterwards."""
@@ -38,6 +39,7 @@ def start_cluster(
         started=started,
         replica_log_entries=replica_log_entries,
         load_definitions=load_definitions,
+        memory_budget=memory_budget,
     )
     try:
         cluster.start()

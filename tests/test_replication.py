@@ -21,11 +21,15 @@ from leveret.broker.cluster.replica import (
     Record,
     ReplicaLog,
     decode_entries,
-    decode_snapshot,
+    decode_messages,
+    decode_refs,
+    decode_snapshot_head,
     encode_entries,
-    encode_snapshot,
+    encode_messages,
+    encode_refs,
+    encode_snapshot_head,
 )
-from leveret.broker.cluster.replica_file import ReplicaFile, load
+from leveret.broker.cluster.replica_file import ReplicaFile, load, stem
 from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
 from leveret.broker.cluster.roles import QueueRoles, build_leader_queue
 from leveret.broker.message import Message
@@ -57,8 +61,19 @@ def records_strategy() -> st.SearchStrategy[list[Record]]:
     )
 
 
-def summary(log: ReplicaLog) -> list[tuple[int, bytes, bool, int, str]]:
+def summary(log: ReplicaLog) -> list[tuple[int, bytes | None, bool, int, str]]:
     return [(seq, h.body, h.delivered, h.returns, h.dead_lettering) for seq, h in log.state.held.items()]
+
+
+def flags(log: ReplicaLog) -> list[tuple[int, int, bool, int, str]]:
+    """Each message's seq, location (0: in memory), delivered flag, return count and dead-lettering."""
+    return [(seq, h.at, h.delivered, h.returns, h.dead_lettering) for seq, h in log.state.held.items()]
+
+
+def spill_all(log: ReplicaLog) -> None:
+    """As if every enqueue in the tail were on disk, at 1000 + its offset."""
+    log.spill([(record[1], 1000 + log.base + index, log.base + index)
+               for index, (_, record) in enumerate(log.tail) if record[0] == ENQUEUE])
 
 
 @settings(max_examples=60, deadline=None)
@@ -76,6 +91,39 @@ def test_truncation_gives_the_state_of_the_prefix(records: list[Record], cut: in
 
 
 @settings(max_examples=60, deadline=None)
+@given(records_strategy(), st.integers(0, 60))
+def test_truncation_after_messages_went_to_disk_keeps_them_there(records: list[Record], cut: int) -> None:
+    """Messages on disk leave memory (the tail keeps no body past its allowance, none here); truncating
+    after that gives the prefix's state, every message found by its location."""
+    whole, prefix = ReplicaLog(tail_bodies=0), ReplicaLog(tail_bodies=0)
+    for i, record in enumerate(records):
+        whole.append(1, record)
+        if i < cut:
+            prefix.append(1, record)
+    spill_all(whole)
+    spill_all(prefix)
+    assert all(h.body is None and h.at for h in whole.state.held.values())
+    assert all(record[0] != ENQUEUE for _, record in whole.tail)  # ENQUEUE_AT records now
+    assert whole.truncate(min(cut, len(records)))
+    assert flags(whole) == flags(prefix)
+    assert all(h.body is None for h in whole.state.held.values())
+
+
+def test_a_copy_shares_messages_and_each_side_copies_one_before_changing_it() -> None:
+    log = ReplicaLog()
+    for seq in range(1, 4):
+        log.append(1, enqueue(seq))
+    frozen = log.state.copy()
+    log.append(1, (DELIVERED, 2))
+    log.append(1, (RETURNED, [3]))
+    assert [(s, h.delivered, h.returns) for s, h in frozen.held.items()] == [
+        (1, False, 0), (2, False, 0), (3, False, 0)]
+    assert [(s, h.delivered, h.returns) for s, h in log.state.held.items()] == [
+        (1, False, 0), (2, True, 0), (3, True, 1)]
+    assert frozen.held[1] is log.state.held[1]  # unchanged: still shared
+
+
+@settings(max_examples=60, deadline=None)
 @given(records_strategy())
 def test_entries_and_snapshots_decode_to_what_was_encoded(records: list[Record]) -> None:
     entries = [(3, record) for record in records]
@@ -85,10 +133,22 @@ def test_entries_and_snapshots_decode_to_what_was_encoded(records: list[Record])
     log = ReplicaLog()
     for record in records:
         log.append(3, record)
-    end, epochs, state = decode_snapshot(encode_snapshot(log.end, log.epochs, log.state))
-    copy = ReplicaLog()
-    copy.install(end, epochs, state)
-    assert summary(copy) == summary(log) and copy.end == log.end and copy.epochs == log.epochs
+    # A streamed snapshot: its head, then its messages with their flags.
+    head = encode_snapshot_head(log.end, log.epochs, log.state)
+    held = log.state.held.items()
+    messages = encode_messages(((seq, h.exchange, h.routing_key, h.properties_raw, h.body, h.deadline),
+                                h.delivered, h.returns, h.dead_lettering)
+                               for seq, h in held)  # type: ignore[misc]
+    end, epochs, state, used = decode_snapshot_head(head)
+    assert used == len(head) and (end, epochs, state.next_seq) == (log.end, log.epochs, log.state.next_seq)
+    decoded = [(seq, h.size, h.delivered, h.returns, h.dead_lettering)
+               for _, seq, h in decode_messages(messages)]
+    assert decoded == [(seq, len(h.body or b""), h.delivered, h.returns, h.dead_lettering) for seq, h in held]
+    # In a replica file: each message by its location.
+    placed = {seq: 100 + seq for seq in log.state.held}
+    end, epochs, state = decode_refs(encode_refs(log.end, log.epochs, log.state, placed))
+    assert [(seq, h.at, h.delivered, h.returns, h.dead_lettering) for seq, h in state.held.items()] == [
+        (seq, 100 + seq, h.delivered, h.returns, h.dead_lettering) for seq, h in held]
 
 
 def test_kafka_rule_truncates_a_follower_to_where_its_epoch_ends_on_the_new_leader() -> None:
@@ -118,36 +178,69 @@ def test_a_follower_behind_the_base_needs_a_snapshot() -> None:
     assert list(log.state.held)[:2] == [3, 4]
 
 
-def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:
-    log = ReplicaLog()
-    file = ReplicaFile(tmp_path / "q.log", "/", "q")
-    file.epoch(4)
-    log.start_epoch(4)
-    batch = [(4, enqueue(1, b"a")), (4, enqueue(2, b"b")), (4, (DELIVERED, 1)), (4, enqueue(3, b"c"))]
+def written(file: ReplicaFile, log: ReplicaLog, batch: list[tuple[int, Record]]) -> None:
+    """Append `batch` to `log` and `file`, sync, and let the messages leave memory."""
+    first = log.end
     for epoch, record in batch:
         log.append(epoch, record)
-    file.entries(encode_entries(batch))
-    file.sync(file.take())
+    positions: list[int] = []
+    encoded = encode_entries(batch, positions)
+    file.entries(encoded, [(record[1], at, first + index)
+                           for index, ((_, record), at) in enumerate(zip(batch, positions, strict=True))
+                           if at >= 0])
+    work = file.take()
+    file.sync(work)
+    log.spill(work[2])
+
+
+def bodies(file: ReplicaFile, log: ReplicaLog) -> list[bytes]:
+    found = file.read([h.at for h in log.state.held.values()])
+    return [message[4] for message in found if message is not None]
+
+
+def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:
+    log = ReplicaLog(tail_bodies=0)
+    file = ReplicaFile(tmp_path, "/", "q")
+    file.epoch(4)
+    log.start_epoch(4)
+    written(file, log, [(4, enqueue(1, b"a")), (4, enqueue(2, b"b")), (4, (DELIVERED, 1)),
+                        (4, enqueue(3, b"c"))])
+    assert all(h.body is None for h in log.state.held.values())  # on disk: out of memory
+    assert bodies(file, log) == [b"a", b"b", b"c"]
     log.truncate(3)
     file.truncate(3)
     file.sync(file.take())
-    loaded = load(tmp_path / "q.log")
+    loaded = load(tmp_path, stem("/", "q"), file.generation)
     assert loaded is not None
-    vhost, name, back = loaded
+    vhost, name, back, back_file = loaded
     assert (vhost, name) == ("/", "q")
-    assert summary(back) == summary(log) == [(1, b"a", True, 0, ""), (2, b"b", False, 0, "")]
+    assert flags(back) == flags(log) and flags(log)[0][2:] == (True, 0, "") and len(flags(log)) == 2
+    assert bodies(back_file, back) == [b"a", b"b"]
     assert back.epochs == [(4, 0)] and back.newest_epoch == 4
-    # A rewrite (a snapshot) replaces it all; a torn tail after it is ignored.
+    # A new generation (a snapshot by location) replaces it; a torn tail after it is ignored.
+    old = file.generation
+    log.append(4, enqueue(9, b"in memory"))  # not on disk yet: written whole with the snapshot
     file.rewrite(log)
-    file.sync(file.take())
-    with open(tmp_path / "q.log", "ab") as out:
+    work = file.take()
+    file.sync(work)
+    log.spill(work[2])
+    assert file.generation == old + 1
+    with open(file.path, "ab") as out:
         out.write(b"\x00\x00\x01\x00garbage")
-    loaded = load(tmp_path / "q.log")
-    assert loaded is not None and summary(loaded[2]) == summary(log)
+    loaded = load(tmp_path, stem("/", "q"), file.generation)
+    assert loaded is not None and flags(loaded[2]) == flags(log)
+    assert bodies(loaded[3], loaded[2]) == [b"a", b"b", b"in memory"]
+    # The old generation still holds messages 1 and 2: kept until they go.
+    assert file.forget(log.generations()) == []
+    log.append(4, (SETTLED, [1, 2]))
+    assert log.generations() == {old, old + 1}  # the tail's settle may still be truncated away
+    log.tail_limit = 0
+    assert log.compact() and log.generations() == {old + 1}
+    assert file.forget(log.generations()) == [tmp_path / f"{stem('/', 'q')}-{old}.log"]
 
 
 def leader_queue(tmp_path: Path, gate: ConfirmGate) -> LeaderQueue:
-    return LeaderQueue(("/", "q"), 7, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), gate,
+    return LeaderQueue(("/", "q"), 7, ReplicaLog(), ReplicaFile(tmp_path, "/", "q"), gate,
                        ["b", "c"], lambda: 1000.0)
 
 
@@ -220,7 +313,7 @@ def test_a_new_leader_counts_its_whole_log_as_confirmed(tmp_path: Path) -> None:
     log = ReplicaLog()
     for seq in range(1, 6):
         log.append(1, enqueue(seq))
-    leader = LeaderQueue(("/", "q"), 2, log, ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
+    leader = LeaderQueue(("/", "q"), 2, log, ReplicaFile(tmp_path, "/", "q"), ConfirmGate(),
                          ["b", "c"], lambda: 0.0)
     assert leader.committed == 5
 
@@ -271,7 +364,7 @@ def test_messages_held_for_at_least_once_dead_lettering_stay_held_at_a_new_leade
     other.exchanges["dlx"].bind(target, "", {})
     like = other.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
                                arguments=AT_LEAST_ONCE)
-    new_leader = LeaderQueue(("/", "q"), 8, leader.replica, ReplicaFile(tmp_path / "q2.log", "/", "q"),
+    new_leader = LeaderQueue(("/", "q"), 8, leader.replica, ReplicaFile(tmp_path, "/", "q"),
                              gate, ["b", "c"], lambda: 1000.0)
     built = build_leader_queue(other, like, leader.replica.state, ReplicatedJournal(new_leader), 1000.0)
     QueueRoles().lead(other, built)

@@ -13,15 +13,17 @@ from leveret.broker.cluster import replica_file
 from leveret.broker.cluster.replica import (
     DELIVERED,
     ENQUEUE,
+    SETTLED,
     LogEntry,
     ReplicaLog,
     encode_entries,
-    encode_snapshot,
+    encode_messages,
+    encode_snapshot_head,
 )
-from leveret.broker.cluster.replica_file import ReplicaFile
+from leveret.broker.cluster.replica_file import ReplicaFile, stem
 from leveret.broker.node import Node
 from leveret.broker.server.peers import PeerLinks
-from leveret.broker.server.replication import _APPEND_HEAD, Replication, _queue_head
+from leveret.broker.server.replication import _APPEND_HEAD, _FIRST, _LAST, Replication, _queue_head
 from leveret.config import load_config
 
 Q = ("/", "orders")
@@ -48,29 +50,59 @@ def follower(tmp_path: Path) -> Replication:
     return replication
 
 
-def entries(epoch: int, first: int, count: int) -> list[LogEntry]:
-    return [(epoch, (ENQUEUE, seq, "", "orders", b"\x00\x00", b"m%d" % seq, 0))
+def entries(epoch: int, first: int, count: int, size: int = 0) -> list[LogEntry]:
+    return [(epoch, (ENQUEUE, seq, "", "orders", b"\x00\x00", body(seq, size), 0))
             for seq in range(first, first + count)]
+
+
+def body(seq: int, size: int = 0) -> bytes:
+    return (b"m%d." % seq).ljust(size, b"x")
+
+
+def load_again(tmp_path: Path) -> ReplicaLog:
+    loaded = replica_file.load(tmp_path / "b" / "replicas", stem(*Q),
+                               replica_file.generations(tmp_path / "b" / "replicas")[stem(*Q)][-1])
+    assert loaded is not None
+    return loaded[2]
+
+
+def snapshot_parts(leader: ReplicaLog, per_part: int) -> list[bytes]:
+    """The leader's state as `repl.snapshot` requests of `per_part` messages each."""
+    held = list(leader.state.held.items())
+    parts = []
+    for start in range(0, max(len(held), 1), per_part):
+        flags = (_FIRST if start == 0 else 0) | (_LAST if start + per_part >= len(held) else 0)
+        head = encode_snapshot_head(leader.end, leader.epochs, leader.state) if start == 0 else b""
+        messages = encode_messages(((seq, h.exchange, h.routing_key, h.properties_raw, h.body, h.deadline),
+                                    h.delivered, h.returns, h.dead_lettering)  # type: ignore[misc]
+                                   for seq, h in held[start:start + per_part])
+        parts.append(_queue_head(Q, 9) + bytes([flags]) + head + messages)
+    return parts
 
 
 def append(epoch: int, start: int, batch: list[LogEntry], truncate: int = -1) -> bytes:
     return _queue_head(Q, epoch) + _APPEND_HEAD.pack(0, start, truncate) + encode_entries(batch)
 
 
+async def appended(replication: Replication, source: str, payload: bytes) -> bytes:
+    """An append handled, then its reply once an fsync covers it (what the peer link sends back)."""
+    return await replication._append(source, payload).wait()
+
+
 async def test_appends_are_synced_refused_when_stale_and_truncated_by_epoch(tmp_path: Path) -> None:
     replication = follower(tmp_path)
-    end = await replication._append("a", append(5, 0, entries(5, 1, 4)))
+    end = await appended(replication, "a", append(5, 0, entries(5, 1, 4)))
     assert struct.unpack(">Q", end) == (4,)
     # Out of step: the leader must probe again.
     with pytest.raises(ValueError, match="append at 9"):
-        await replication._append("a", append(5, 9, entries(5, 5, 1)))
+        await appended(replication, "a", append(5, 9, entries(5, 5, 1)))
     # A new leader (epoch 7) probes; the follower's last epoch is 5, which ends at 2 in its log.
     assert struct.unpack(">QQ", replication._probe("c", _queue_head(Q, 7))) == (4, 5)
-    end = await replication._append("c", append(7, 2, [(7, (DELIVERED, 1))], truncate=2))
+    end = await appended(replication, "c", append(7, 2, [(7, (DELIVERED, 1))], truncate=2))
     assert struct.unpack(">Q", end) == (3,)
     # The deposed leader's epoch is refused from now on.
     with pytest.raises(ValueError, match="stale epoch"):
-        await replication._append("a", append(5, 3, entries(5, 9, 1)))
+        await appended(replication, "a", append(5, 3, entries(5, 9, 1)))
     with pytest.raises(ValueError, match="stale epoch"):
         replication._probe("a", _queue_head(Q, 5))
     replica = replication.replicas[Q]
@@ -85,36 +117,185 @@ async def test_appends_are_synced_refused_when_stale_and_truncated_by_epoch(tmp_
 
 async def test_a_snapshot_replaces_the_replica(tmp_path: Path) -> None:
     replication = follower(tmp_path)
-    await replication._append("a", append(5, 0, entries(5, 1, 3)))
+    await appended(replication, "a", append(5, 0, entries(5, 1, 3)))
     leader = ReplicaLog()
     leader.start_epoch(9)
     for epoch, record in entries(9, 10, 2):
         leader.append(epoch, record)
-    end = await replication._snapshot("c", _queue_head(Q, 9) + encode_snapshot(
-        leader.end, leader.epochs, leader.state))
+    for part in snapshot_parts(leader, 1):
+        end = await replication._snapshot("c", part)
     assert struct.unpack(">Q", end) == (2,)
     assert list(replication.replicas[Q].state.held) == [10, 11]
-    loaded = replica_file.load(tmp_path / "b" / "replicas" / replica_file.file_name(*Q))
-    assert loaded is not None and list(loaded[2].state.held) == [10, 11]
+    assert list(load_again(tmp_path).state.held) == [10, 11]
+    # Only the new generation is left: the old replica's messages are gone with it.
+    assert len(replica_file.generations(tmp_path / "b" / "replicas")[stem(*Q)]) == 1
 
 
 async def test_a_failed_write_acks_nothing_and_the_next_writes_the_whole_replica(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replication = follower(tmp_path)
-    await replication._append("a", append(5, 0, entries(5, 1, 2)))
+    await appended(replication, "a", append(5, 0, entries(5, 1, 2)))
     real_sync = ReplicaFile.sync
 
-    def full_disk(self: ReplicaFile, work: tuple[bytes | None, bytes]) -> None:
+    def full_disk(self: ReplicaFile, work: replica_file.Work) -> None:
         with open(self.path, "ab") as out:
             out.write((work[1] or b"")[:7])  # a torn piece, then the failure
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ReplicaFile, "sync", full_disk)
     with pytest.raises(OSError):
-        await replication._append("a", append(5, 2, entries(5, 3, 2)))
+        await appended(replication, "a", append(5, 2, entries(5, 3, 2)))
     monkeypatch.setattr(ReplicaFile, "sync", real_sync)
-    end = await replication._append("a", append(5, 4, entries(5, 5, 1)))
+    end = await appended(replication, "a", append(5, 4, entries(5, 5, 1)))
     assert struct.unpack(">Q", end) == (5,)
-    loaded = replica_file.load(tmp_path / "b" / "replicas" / replica_file.file_name(*Q))
-    assert loaded is not None and list(loaded[2].state.held) == [1, 2, 3, 4, 5]
+    back = load_again(tmp_path)
+    assert list(back.state.held) == [1, 2, 3, 4, 5]
+    found = replication.files[Q].read([h.at for h in back.state.held.values()])
+    assert [m[4] for m in found if m is not None] == [body(seq) for seq in range(1, 6)]
+
+
+SMALL_BUDGET = """
+resources:
+  message_memory_budget: 1MiB
+"""
+
+
+async def test_a_follower_keeps_its_messages_on_disk_not_in_memory(tmp_path: Path) -> None:
+    """Under a 1 MiB budget a follower that acked 8 MiB holds no body in memory but its tail's newest
+    eighth of the budget; every message reads back from its files, in order, after a restart too, and
+    a truncation by a new leader keeps them on disk."""
+    replication = follower(tmp_path)
+    replication._tail_bodies = lambda: (1 << 20) // 8  # type: ignore[method-assign]  # the node's pager's
+    replica = replication.replicas.setdefault(Q, ReplicaLog(tail_bodies=(1 << 20) // 8))
+    size, count = 8 * 1024, 1024
+    for start in range(0, count, 64):
+        await appended(replication, "a", append(5, start, entries(5, start + 1, 64, size)))
+    resident = sum(len(h.body) for h in replica.state.held.values() if h.body is not None)
+    assert resident == 0
+    whole = sum(len(record[5]) for _, record in replica.tail if record[0] == ENQUEUE)
+    assert whole <= (1 << 20) // 8 + size
+    file = replication.files[Q]
+    found = file.read([h.at for h in replica.state.held.values()])
+    assert [m[4] for m in found if m is not None] == [body(seq, size) for seq in range(1, count + 1)]
+    # A new leader truncates the last 10 entries away: what is left is still found on disk.
+    await appended(replication, "c", append(7, count - 10, [(7, (SETTLED, [1]))], truncate=count - 10))
+    assert list(replica.state.held) == list(range(2, count - 9))
+    assert all(h.body is None for h in replica.state.held.values())
+    back = load_again(tmp_path)
+    assert [(s, h.at) for s, h in back.state.held.items()] == [
+        (s, h.at) for s, h in replica.state.held.items()]
+
+
+async def test_compaction_starts_a_generation_and_old_ones_go_with_their_messages(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER + "  replica_log_entries: 50\n", encoding="utf-8")
+    config = load_config(path, overrides={"cluster.node": "b", "data_dir": str(tmp_path / "b")})
+    assert config.cluster is not None
+    replication = Replication(Node(config), PeerLinks.from_config(config.cluster), tmp_path / "b")
+    replication.load()
+    directory = tmp_path / "b" / "replicas"
+    for start in range(0, 200, 20):
+        await appended(replication, "a", append(5, start, entries(5, start + 1, 20, 100)))
+    replica = replication.replicas[Q]
+    assert replica.base > 0 and len(replica.state.held) == 200
+    kept = replica_file.generations(directory)[stem(*Q)]
+    assert len(kept) > 1  # the first messages are still in the first generations
+    # Everything settled, then compacted: only the newest generation is left.
+    await appended(replication, "a", append(5, replica.end, [(5, (SETTLED, list(range(1, 201))))]))
+    for start in range(200, 260, 20):
+        await appended(replication, "a", append(5, replica.end, entries(5, start + 1, 20, 100)))
+    kept = replica_file.generations(directory)[stem(*Q)]
+    assert len(kept) <= 2 and kept[-1] == replication.files[Q].generation
+    back = load_again(tmp_path)
+    assert list(back.state.held) == list(range(201, 261))
+    found = replication.files[Q].read([h.at for h in back.state.held.values()])
+    assert [m[4] for m in found if m is not None] == [body(seq, 100) for seq in range(201, 261)]
+
+
+async def test_a_streamed_snapshot_of_many_messages_lands_on_disk(tmp_path: Path) -> None:
+    replication = follower(tmp_path)
+    leader = ReplicaLog()
+    leader.start_epoch(9)
+    for epoch, record in entries(9, 1, 300, 1000):
+        leader.append(epoch, record)
+    leader.append(9, (DELIVERED, 5))
+    for part in snapshot_parts(leader, 64):
+        end = await replication._snapshot("c", part)
+    replica = replication.replicas[Q]
+    assert struct.unpack(">Q", end) == (301,) and list(replica.state.held) == list(range(1, 301))
+    assert all(h.body is None for h in replica.state.held.values()) and replica.state.held[5].delivered
+    found = replication.files[Q].read([h.at for h in replica.state.held.values()])
+    assert [m[4] for m in found if m is not None] == [body(seq, 1000) for seq in range(1, 301)]
+    assert list(load_again(tmp_path).state.held) == list(range(1, 301))
+    # A part out of turn (no snapshot begun) is refused.
+    with pytest.raises(ValueError, match="without its beginning"):
+        await replication._snapshot("c", snapshot_parts(leader, 64)[1])
+
+
+def counting_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real_sync = ReplicaFile.sync
+
+    def sync(self: ReplicaFile, work: replica_file.Work) -> None:
+        calls.append(len(work[1]))
+        real_sync(self, work)
+
+    monkeypatch.setattr(ReplicaFile, "sync", sync)
+    return calls
+
+
+async def test_pipelined_appends_share_an_fsync_and_each_reply_says_its_own_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replication = follower(tmp_path)
+    syncs = counting_syncs(monkeypatch)
+    # Three appends handled back to back, as the link's reader does while their fsyncs are pending.
+    pending = [replication._append("a", append(5, 0, entries(5, 1, 2))),
+               replication._append("a", append(5, 2, entries(5, 3, 3))),
+               replication._append("a", append(5, 5, entries(5, 6, 1)))]
+    # Answered in any order (the leader takes each reply as "durable below this end").
+    assert [struct.unpack(">Q", await answer.wait()) for answer in reversed(pending)] == [(6,), (5,), (2,)]
+    assert len(syncs) == 1  # one group fsync covered all three
+    assert list(load_again(tmp_path).state.held) == [1, 2, 3, 4, 5, 6]
+    # An append out of step is refused at once, before any fsync (the leader probes again).
+    with pytest.raises(ValueError, match="append at 7, replica ends at 6"):
+        replication._append("a", append(5, 7, entries(5, 8, 1)))
+
+
+async def test_appends_in_flight_when_a_new_leader_truncates_are_not_acknowledged(tmp_path: Path) -> None:
+    replication = follower(tmp_path)
+    assert struct.unpack(">Q", await appended(replication, "a", append(5, 0, entries(5, 1, 2)))) == (2,)
+    # The old leader's next two appends are applied, their fsync still to come...
+    in_flight = [replication._append("a", append(5, 2, entries(5, 3, 2))),
+                 replication._append("a", append(5, 4, entries(5, 5, 1)))]
+    # ...when a new leader (epoch 8, whose log diverges at 3) truncates the follower and appends.
+    assert struct.unpack(">QQ", replication._probe("c", _queue_head(Q, 8))) == (5, 5)
+    new = replication._append("c", append(8, 3, [(8, (DELIVERED, 1))], truncate=3))
+    assert struct.unpack(">Q", await new.wait()) == (4,)
+    # The end 5 the old appends reached counts entries no longer in the log: both are refused.
+    for answer in in_flight:
+        with pytest.raises(ValueError, match="truncated"):
+            await answer.wait()
+    replica = replication.replicas[Q]
+    assert [(s, h.delivered) for s, h in replica.state.held.items()] == [(1, True), (2, False), (3, False)]
+
+
+async def test_a_stale_epoch_mid_pipeline_is_refused_from_then_on(tmp_path: Path) -> None:
+    replication = follower(tmp_path)
+    in_flight = [replication._append("a", append(5, 0, entries(5, 1, 2))),
+                 replication._append("a", append(5, 2, entries(5, 3, 2)))]
+    # A newer leader makes itself known (its probe) before those fsyncs answer: nothing is truncated
+    # (it continues from the follower's end), but the old leader's replies are refused as stale...
+    assert struct.unpack(">QQ", replication._probe("c", _queue_head(Q, 6))) == (4, 5)
+    for answer in in_flight:
+        with pytest.raises(ValueError, match="stale epoch"):
+            await answer.wait()
+    # ...as is its next append, while the new leader's goes on from the same end.
+    with pytest.raises(ValueError, match="stale epoch"):
+        replication._append("a", append(5, 4, entries(5, 5, 1)))
+    assert struct.unpack(">Q", await appended(replication, "c", append(6, 4, [(6, (DELIVERED, 1))]))) == (5,)
+    # What was refused as an answer is still held (and durable): refusing only kept the old leader from
+    # counting it.
+    again = follower(tmp_path)
+    assert list(again.replicas[Q].state.held) == [1, 2, 3, 4] and again.replicas[Q].end == 5

@@ -12,9 +12,9 @@ from pamqp.commands import Basic, Channel, Connection, Queue
 from pamqp.heartbeat import Heartbeat
 from trio.testing import MockClock
 
+from leveret.broker import memory_release
 from leveret.broker.alarms import MEMORY, MEMORY_CHECK_INTERVAL, ResourceMonitor
 from leveret.broker.node import Node
-from leveret.broker.server import resources
 from leveret.broker.server.listener import serve_amqp
 from leveret.broker.server.resources import (
     SystemSampler,
@@ -131,7 +131,7 @@ async def test_the_monitor_task_gives_freed_memory_back_every_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The real clock: the release runs in a worker thread, which a MockClock would jump past.
-    monkeypatch.setattr(resources, "MEMORY_RELEASE_INTERVAL", 0.05)
+    monkeypatch.setattr(memory_release, "INTERVAL", 0.05)
     node = Node(Config())
     sampler = FakeSampler(memory=10)
     monitor = ResourceMonitor(node.alarms, sampler, memory_limit=1000, disk_free_limit=500)
@@ -140,6 +140,25 @@ async def test_the_monitor_task_gives_freed_memory_back_every_interval(
         with trio.fail_after(5):
             while sampler.calls.count("release") < 3:
                 await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_burst_of_closes_brings_the_release_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_release, "INTERVAL", 3600.0)
+    monkeypatch.setattr(memory_release, "BURST_GAP", 0.05)
+    node = Node(Config())
+    sampler = FakeSampler(memory=10)
+    monitor = ResourceMonitor(node.alarms, sampler, memory_limit=1000, disk_free_limit=500)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_resource_monitor, node, monitor)
+        await trio.sleep(0.2)
+        assert "release" not in sampler.calls
+        for _ in range(memory_release.BURST):
+            node.memory_release.note_closed()
+        with trio.fail_after(5):  # at the next poll, at most MEMORY_CHECK_INTERVAL later
+            while node.memory_release.closed:  # reset once the release (in its thread) is done
+                await trio.sleep(0.01)
+        assert sampler.calls.count("release") == 1
         nursery.cancel_scope.cancel()
 
 

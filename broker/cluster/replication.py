@@ -74,6 +74,7 @@ class LeaderQueue:
         # Enqueues waiting for their confirm: (offset their record ends at, ticket), in offset order.
         self.tickets: deque[tuple[int, int]] = deque()
         self._unwritten: list[tuple[int, Record]] = []
+        self._unwritten_from = replica.end  # the offset of the first of them
         # Called after each append batch is begun (the server wakes the shipping tasks and the writer).
         self.changed: Callable[[], None] = lambda: None
         replica.start_epoch(epoch)
@@ -83,16 +84,22 @@ class LeaderQueue:
         """Add a record to the log; returns the end offset it makes (what a confirm waits for)."""
         if not self.active:
             return 0  # deposed: nothing more is written or shipped
-        self.replica.append(self.epoch, record)
+        offset = self.replica.append(self.epoch, record)
         self._unwritten.append((self.epoch, record))
         if len(self._unwritten) == 1:
+            self._unwritten_from = offset
             self.changed()
         return self.replica.end
 
     def take_writes(self) -> int:
         """Hand the records appended since the last call to the file; returns the end they reach."""
         if self._unwritten:
-            self.file.entries(encode_entries(self._unwritten))
+            positions: list[int] = []
+            encoded = encode_entries(self._unwritten, positions)
+            first = self._unwritten_from
+            unwritten = self._unwritten
+            self.file.entries(encoded, [(record[1], at, first + index) for index, ((_, record), at)
+                                        in enumerate(zip(unwritten, positions, strict=True)) if at >= 0])
             self._unwritten = []
         return self.replica.end
 
@@ -125,7 +132,8 @@ class LeaderQueue:
 
 
 class ReplicatedJournal(Journal):
-    """The leader's journal: each call becomes a record of the queue's log."""
+    """The leader's journal: each call becomes a record of the queue's log. Its queue's paged-out
+    messages from before the election are read back from the replica files (`read_enqueues`)."""
 
     __slots__ = ("leader", "done")
 
@@ -137,6 +145,9 @@ class ReplicatedJournal(Journal):
 
     def logs(self, entry: Entry) -> bool:
         return not self.done
+
+    def read_enqueues(self, locations: Sequence[int]) -> list[tuple[int, str, str, bytes, bytes] | None]:
+        return [None if found is None else found[:5] for found in self.leader.file.read(locations)]
 
     def enqueued(self, entry: Entry, expires_in: float | None = None) -> int | None:
         leader = self.leader

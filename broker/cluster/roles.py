@@ -19,54 +19,81 @@ swaps a proxy in and out.
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from leveret.broker.cluster.replica import ReplicaState
-from leveret.broker.message import Message
-from leveret.broker.queues.entry import Entry
+from leveret.broker.cluster.replica import ReplicaState, unpack
 from leveret.broker.queues.journal import NULL_JOURNAL, Journal
 from leveret.broker.queues.lifecycle import Lifecycle, needs_lifecycle
 from leveret.broker.queues.queue import Queue
+from leveret.broker.recovery import restore_queue
+from leveret.broker.store.queue_log import NO_DEADLINE, RecoveredLog
+from leveret.broker.store.reader import Enqueued
 
 if TYPE_CHECKING:
+    from leveret.broker.cluster.replication import ReplicatedJournal
     from leveret.broker.vhost import VirtualHost
 
 
 def build_leader_queue(
-    vhost: VirtualHost, like: Queue, state: ReplicaState, journal: Journal, wall_now: float
+    vhost: VirtualHost, like: Queue, state: ReplicaState, journal: ReplicatedJournal, wall_now: float
 ) -> Queue:
     """The leader's queue: `like`'s definition, holding every message of the replica state, ready, in
     seq order, with its delivery count and what its logged TTL deadline leaves it (`wall_now`: the wall
-    clock, seconds since the epoch). Each comes back redelivered=true: a leader changes only when the
-    old one failed, and its deliveries did not wait for their delivered records to reach a replica, so
-    any message may have reached a consumer (as after a single node's crash: store/clean_shutdown.py).
-    Messages the old leader held for at-least-once dead-lettering are held again, not ready, and
-    forwarded again (to every target, as RabbitMQ's new leader does) when the timers run."""
+    clock, seconds since the epoch). It comes back the way a durable queue recovers (broker/recovery.py):
+    what the memory budget leaves room for is read back into memory, the rest stays in the replica files
+    as paged-out chunks, read back ahead of its consumers like any queue's. On a node every message of
+    the replica is on disk by then (`ReplicaState.resident` 0; Replication waits for that). Each comes
+    back redelivered=true: a leader changes only when the old one failed, and its deliveries did not wait
+    for their delivered records to reach a replica, so any message may have reached a consumer (as after
+    a single node's crash: store/clean_shutdown.py). Messages the old leader held for at-least-once
+    dead-lettering are held again, not ready, and forwarded again (to every target, as RabbitMQ's new
+    leader does) when the timers run."""
     queue = _new_queue(vhost, like, journal)
-    entries = []
-    returns = []
-    expires_in: list[float | None] = []
-    held_entries: list[Entry] = []
-    reasons: list[str] = []
-    for seq, held in state.held.items():
-        entry = Entry(Message(held.exchange, held.routing_key, held.properties_raw, held.body), seq, True)
-        entry.logged = -1  # replication.REPLICATED: journalled, nothing in the store to read back
-        if held.dead_lettering:
-            held_entries.append(entry)
-            reasons.append(held.dead_lettering)
-            continue
-        entries.append(entry)
-        returns.append(held.returns)
-        expires_in.append(max(held.deadline / 1000 - wall_now, 0.0) if held.deadline else None)
-    timed = any(left is not None for left in expires_in)
-    queue.restore(entries, state.next_seq, expires_in if timed else None, returns if any(returns) else None)
-    if held_entries:
-        if queue.lifecycle is not None:
-            queue.lifecycle.restore_held(held_entries, reasons)
-        else:  # no dead-lettering now: they went
-            for entry, reason in zip(held_entries, reasons, strict=True):
-                journal.removed([entry], reason)
+    recovered, in_memory = _as_recovered(state)
+
+    def read(locations: Sequence[int]) -> list[Enqueued | None]:
+        """From the replica files, but a message still in memory (a location <= 0: its index)."""
+        on_disk = [at for at in locations if at > 0]
+        found = iter(journal.read_enqueues(on_disk) if on_disk else ())
+        return [in_memory[-at] if at <= 0 else next(found) for at in locations]
+
+    restore_queue(queue, read, recovered, state.next_seq, True, wall_now)
     return queue
+
+
+def _as_recovered(state: ReplicaState) -> tuple[RecoveredLog, list[Enqueued]]:
+    """The replica's messages as the columns recovery reads a durable queue's log into (those held for
+    dead-lettering apart, as recovery finds them), and the messages still in memory, which the columns
+    locate at minus their index in that list."""
+    seqs, locations, sizes = array("q"), array("q"), array("q")
+    properties = array("I")
+    deadlines, returns = array("q"), array("q")
+    in_memory: list[Enqueued] = [(0, "", "", b"", b"")]  # index 0 unused: 0 is no location
+    held: list[tuple[int, int, str]] = []
+    for seq, value in state.messages.items():
+        item = unpack(value) if isinstance(value, int) else value
+        at = item.at
+        if item.body is not None:
+            assert item.exchange is not None and item.routing_key is not None
+            assert item.properties_raw is not None
+            at = -len(in_memory)
+            in_memory.append((seq, item.exchange, item.routing_key, item.properties_raw, item.body))
+        if item.dead_lettering:
+            held.append((seq, at, item.dead_lettering))
+            continue
+        seqs.append(seq)
+        locations.append(at)
+        sizes.append(item.size)
+        properties.append(item.properties_size)
+        deadlines.append(item.deadline or NO_DEADLINE)
+        returns.append(item.returns)
+    timed = any(deadline != NO_DEADLINE for deadline in deadlines)
+    recovered = RecoveredLog(seqs, locations, sizes, properties, bytearray(len(seqs)), timed,
+                             deadlines=deadlines if timed else None,
+                             returns=returns if any(returns) else None, held=held)
+    return recovered, in_memory
 
 
 def _new_queue(vhost: VirtualHost, like: Queue, journal: Journal) -> Queue:

@@ -30,6 +30,11 @@ class Journal:
         """Whether `enqueued` would log the entry (and so set its `logged`)."""
         return False
 
+    def read_enqueues(self, locations: Sequence[int]) -> list[tuple[int, str, str, bytes, bytes] | None]:
+        """Blocking (the pager's worker thread): the messages logged at `locations` (their `logged`), as
+        (seq, exchange, routing key, raw properties, body); None for one that cannot be read."""
+        return [None] * len(locations)
+
     def delivered(self, entry: Entry) -> None:
         """First delivery of the entry: after a crash it comes back with redelivered=true."""
 

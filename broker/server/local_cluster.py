@@ -203,6 +203,7 @@ class LocalCluster:
     started: int | None = None  # how many of the nodes `start` starts (None: all); the others later
     replica_log_entries: int | None = None  # cluster.replica_log_entries; None: the default
     load_definitions: Path | None = None  # every node's load_definitions file
+    memory_budget: str | None = None  # resources.message_memory_budget; None: the default
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
 
@@ -241,6 +242,8 @@ class LocalCluster:
         lines = [f"log_level: {self.log_level}"]
         if self.load_definitions is not None:
             lines.append(f"load_definitions: {json_string(str(self.load_definitions))}")
+        if self.memory_budget is not None:
+            lines += ["resources:", f"  message_memory_budget: {json_string(self.memory_budget)}"]
         lines += ["cluster:", "  nodes:"]
         for node in self.nodes:
             lines += [

@@ -3,16 +3,20 @@
 Leader (`_lead`, one task per queue it leads, with one shipping task per follower): a follower is first
 probed (its end offset and last epoch), truncated by Kafka's rule (to where its last epoch ends in the
 leader's log) or sent a snapshot when that point is below the leader's log base, then sent the entries
-from there on, one `repl.append` request per batch of up to `_BATCH_BYTES`, each waiting for the reply
-(the follower's durable end) before the next. What the queue appended while a request was out goes in
-the next one, so batches grow with the load. A follower whose request fails or takes longer than
-`peer_timeout` is reported lagging (it leaves the in-sync set); one that has acked the leader's whole log
-is reported caught up (it joins it again). The leader's own records are written and fsynced by its
-writer task. Confirms are released after every ack and write (broker/cluster/replication.py's rule).
+from there on in `repl.append` requests of up to `_BATCH_BYTES`, pipelined (broker/cluster/pipeline.py:
+a batch goes at once when none is unanswered; while some are, only one of `MIN_BATCH` entries or more, up
+to `DEPTH` unanswered, so a backlog streams while small appends are batched by the round trip). A
+follower whose request fails or takes longer than `peer_timeout` is reported lagging (it leaves the
+in-sync set); one that has acked everything confirmed is reported caught up (it joins it again). The
+leader's own records are written and fsynced by its writer task. Confirms are released after every ack
+and write (broker/cluster/replication.py's rule).
 
-Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers): a request stamped with an epoch older
-than the newest it saw is refused; an append that does not start at its end is refused (the leader
-probes again); entries are applied to its `ReplicaLog` and fsynced to its replica file before the reply.
+Follower (`repl.probe`, `repl.append`, `repl.snapshot` handlers, called in the order the requests came): a
+request stamped with an epoch older than the newest it saw is refused; an append that does not start at
+its end is refused (the leader probes again); entries are applied to its `ReplicaLog` at once, and the
+reply waits for an fsync of its replica file that covers them (appends arriving meanwhile share the next
+fsync). A reply is refused if a truncation or snapshot removed its entries, or its epoch became stale,
+before that fsync ended.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,17 +32,30 @@ import trio
 
 from leveret.broker.cluster import replica_file
 from leveret.broker.cluster.leadership import Deposed, Effect, Elected
+from leveret.broker.cluster.pipeline import AppendPipeline
 from leveret.broker.cluster.replica import (
+    ENQUEUE,
+    ENQUEUE_AT,
+    TAIL_BODIES,
+    Held,
+    LogEntry,
+    Message,
     ReplicaLog,
+    ReplicaState,
+    compact,
     decode_entries,
-    decode_snapshot,
+    decode_messages,
+    decode_snapshot_head,
     encode_entries,
-    encode_snapshot,
+    encode_messages,
+    encode_snapshot_head,
+    generations_of,
+    location,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.cluster.replication import LeaderQueue, QueueId, ReplicatedJournal
 from leveret.broker.cluster.roles import build_leader_queue
-from leveret.broker.server.peers import PeerError, PeerLinks, PeerRefused
+from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PeerRefused, PendingReply
 
 if TYPE_CHECKING:
     from leveret.broker.node import Node
@@ -57,7 +75,10 @@ _DISK_RETRY = 1.0  # after a failed write of the leader's own replica
 _STALE = "stale epoch"
 
 _NAMES = struct.Struct(">HH")
+_U8 = struct.Struct(">B")
 _U64 = struct.Struct(">Q")
+# A snapshot's parts: the first carries its head, the last ends it (one part may be both).
+_FIRST, _LAST = 1, 2
 _APPEND_HEAD = struct.Struct(">QQq")  # epoch, start, truncate to (-1: no)
 
 
@@ -86,6 +107,17 @@ class _Leading:
         self.ship_events: dict[str, trio.Event] = {}  # each shipping task's, when it waits for more
 
 
+class _Incoming:
+    """A snapshot a follower is receiving, part by part: its messages go straight to the new replica
+    file; only their locations and flags are kept."""
+
+    def __init__(self, end: int, epochs: list[tuple[int, int]], state: ReplicaState, size: int,
+                 generation: int) -> None:
+        self.end, self.epochs, self.state = end, epochs, state
+        self.size = size  # of the new file so far
+        self.generation = generation
+
+
 class Replication:
     def __init__(self, node: Node, links: PeerLinks, data_dir: Path) -> None:
         assert node.cluster is not None and node.gate is not None
@@ -97,34 +129,45 @@ class Replication:
         self.replicas: dict[QueueId, ReplicaLog] = {}
         self.files: dict[QueueId, ReplicaFile] = {}
         self._locks: dict[QueueId, trio.Lock] = {}
+        self._rewinds: dict[QueueId, int] = {}  # per queue, how often its replica lost entries
         self.leading: dict[QueueId, _Leading] = {}
         self._elected: dict[QueueId, int] = {}  # elected, waiting for the vhost to hold the queue
+        self._incoming: dict[QueueId, _Incoming] = {}
         self._nursery: trio.Nursery | None = None
         links.handle(PROBE, self._probe)
         links.handle(APPEND, self._append)
         links.handle(SNAPSHOT, self._snapshot)
 
     def load(self) -> None:
-        """Blocking, before the node serves: every replica file back into its log."""
+        """Blocking, before the node serves: every replica file back into its log (messages stay on
+        disk), generations no longer needed deleted."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.directory.glob("*.log")):
-            loaded = replica_file.load(path, self.tail_limit)
+        for leftover in [*self.directory.glob("*.tmp"), *self.directory.glob("*.part")]:
+            leftover.unlink()  # a rewrite or a snapshot that never finished
+        for name, numbers in sorted(replica_file.generations(self.directory).items()):
+            loaded = replica_file.load(self.directory, name, numbers[-1], self.tail_limit,
+                                       self._tail_bodies())
             if loaded is None:
                 continue
-            vhost, name, replica = loaded
-            self.replicas[(vhost, name)] = replica
-            self.files[(vhost, name)] = ReplicaFile(path, vhost, name)
-            log.info("replica of queue %r in vhost %r: %d messages at offset %d (epoch %d)", name, vhost,
+            vhost, queue, replica, file = loaded
+            self.replicas[(vhost, queue)] = replica
+            self.files[(vhost, queue)] = file
+            replica_file.delete(file.forget(replica.generations()))
+            log.info("replica of queue %r in vhost %r: %d messages at offset %d (epoch %d)", queue, vhost,
                      len(replica.state.held), replica.end, replica.last_epoch)
+
+    def _tail_bodies(self) -> int:
+        """What a replica's tail keeps of bodies in memory: within the node's memory budget."""
+        pager = self.node.pager
+        return TAIL_BODIES if pager is None else min(TAIL_BODIES, pager.limit // 8)
 
     def _replica(self, queue: QueueId) -> tuple[ReplicaLog, ReplicaFile]:
         replica = self.replicas.get(queue)
         if replica is None:
-            replica = self.replicas[queue] = ReplicaLog(self.tail_limit)
+            replica = self.replicas[queue] = ReplicaLog(self.tail_limit, self._tail_bodies())
         file = self.files.get(queue)
         if file is None:
-            path = self.directory / replica_file.file_name(*queue)
-            file = self.files[queue] = ReplicaFile(path, *queue)
+            file = self.files[queue] = ReplicaFile(self.directory, *queue)
         return replica, file
 
     def _lock(self, queue: QueueId) -> trio.Lock:
@@ -134,18 +177,62 @@ class Replication:
         return lock
 
     async def _sync(self, queue: QueueId, file: ReplicaFile) -> None:
-        """Write and fsync what the file has pending. On a failure (a full disk) the whole replica is
-        written again by the next sync, since part of this one may be on disk: nothing is acked until
-        a sync succeeds."""
+        """Write and fsync what the file has pending; the messages it put on disk leave memory. On a
+        failure (a full disk) the whole replica is written again by the next sync, since part of this
+        one may be on disk: nothing is acked until a sync succeeds."""
         async with self._lock(queue):
-            if file.dirty:
-                try:
-                    await trio.to_thread.run_sync(file.sync, file.take())
-                except OSError as error:
-                    log.error("queue %r in vhost %r: writing its replica failed: %s", queue[1], queue[0],
-                              error)
-                    file.rewrite(self.replicas[queue])
-                    raise
+            if not file.dirty:
+                return
+            work = file.take()
+            try:
+                await trio.to_thread.run_sync(file.sync, work)
+            except OSError as error:
+                log.error("queue %r in vhost %r: writing its replica failed: %s", queue[1], queue[0],
+                          error)
+                file.rewrite(self.replicas[queue])
+                raise
+            replica = self.replicas.get(queue)
+            if replica is None:
+                return
+            replica.spill(work[2])
+            if work[0] is not None:  # a new generation: older ones may no longer be needed
+                await self._forget_generations(replica, file)
+
+    async def _forget_generations(self, replica: ReplicaLog, file: ReplicaFile) -> None:
+        """Delete the generations the replica no longer needs (found in a worker thread: a large
+        queue's messages take a while to go through). Called holding the queue's lock, so that no sync
+        puts messages in an older generation meanwhile."""
+        below = file.generation  # a generation begun meanwhile is not looked at
+        needed = await trio.to_thread.run_sync(generations_of, replica.locations())
+        stale = file.forget(needed, below)
+        if stale:
+            await trio.to_thread.run_sync(replica_file.delete, stale)
+
+    async def _sync_quietly(self, queue: QueueId, file: ReplicaFile) -> None:
+        try:
+            await self._sync(queue, file)
+        except OSError:
+            pass  # logged; tried again
+
+    async def _whole(self, file: ReplicaFile, entries: list[LogEntry]) -> list[LogEntry]:
+        """`entries` with each ENQUEUE_AT record's message read back from disk (what a follower gets)."""
+        wanted = [record[2] for _, record in entries if record[0] == ENQUEUE_AT]
+        if not wanted:
+            return entries
+        file.pins += 1
+        try:
+            found = iter(await trio.to_thread.run_sync(file.read, wanted))
+        finally:
+            file.pins -= 1
+        whole: list[LogEntry] = []
+        for epoch, record in entries:
+            if record[0] == ENQUEUE_AT:
+                message = next(found)
+                if message is None or message[0] != record[1]:
+                    raise PeerError(f"message {record[1]} of the log cannot be read back")
+                record = (ENQUEUE, *message)
+            whole.append((epoch, record))
+        return whole
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -178,9 +265,17 @@ class Replication:
         current = vhost.queues.get(queue[1]) if vhost is not None else None
         if vhost is None or current is None or self._nursery is None:
             return  # the metadata watch has not brought the queue yet: tried again shortly
+        replica, file = self._replica(queue)
+        if replica.state.resident:
+            # Messages not on disk yet (a sync under way, or one that failed): built once they are,
+            # since the new queue reads what it does not hold from the replica files.
+            if not self._lock(queue).locked():
+                if not file.dirty:
+                    file.rewrite(replica)
+                self._nursery.start_soon(self._sync_quietly, queue, file)
+            return
         del self._elected[queue]
         self._stop_leading(queue)
-        replica, file = self._replica(queue)
         members = self.cluster.leadership.members(queue)
         followers = [node for node in members if node != self.cluster.name]
         gate = self.node.gate
@@ -278,59 +373,96 @@ class Replication:
             self._commit(leading)
 
     async def _ship(self, leading: _Leading, node: str) -> None:
+        """Keep one follower in step: probe it, then stream appends to it until a failure, then again."""
         leader = leading.leader
-        replica = leader.replica
         queue = leader.queue
         leadership = self.cluster.leadership
-        events = leading.ship_events
         timeout = self.links.peer_timeout
-        offset: int | None = None
-        truncate = -1
         while leader.active:
             try:
-                if offset is None:
-                    offset, truncate = await self._catch_up_point(leader, node, timeout)
-                    continue
-                if offset < replica.base:
-                    offset = None
-                    continue
-                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
-                if offset >= replica.end and truncate < 0 and in_step:
-                    event = events[node] = trio.Event()
-                    with trio.move_on_after(_IDLE):
-                        await event.wait()
-                    continue
-                entries = replica.entries_from(offset, _BATCH_BYTES)
-                payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, offset, truncate)
-                           + encode_entries(entries))
-                with trio.move_on_after(timeout) as scope:
-                    reply = await self.links.request(node, APPEND, payload)
-                if scope.cancelled_caught:
-                    raise PeerError(f"no answer within {timeout} s")
-                (end,) = _U64.unpack(reply)
-                truncate = -1
-                offset = end
-                leader.acked[node] = end
-                if end >= leader.committed and node not in leadership.in_sync_members(queue):
-                    # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
-                    leader.joining.add(node)
-                    leadership.follower_caught_up(queue, node)
-                self._commit(leading)
+                offset, truncate = await self._catch_up_point(leader, node, timeout)
+                await self._stream(leading, node, AppendPipeline(offset, truncate))
             except PeerRefused as refusal:
                 if _STALE in str(refusal):
                     log.warning("queue %r in vhost %r: %s refused epoch %d as stale", queue[1], queue[0],
                                 node, leader.epoch)
                     return
-                offset = None  # out of step: probe again
-                await trio.sleep(_RETRY)
+                await trio.sleep(_RETRY)  # out of step (or truncated under its appends): probe again
             except (PeerError, trio.TooSlowError) as error:
                 leader.joining.discard(node)
                 if node in leadership.in_sync_members(queue):
                     log.warning("queue %r in vhost %r: follower %s out of sync: %s", queue[1], queue[0],
                                 node, error)
                 leadership.follower_lagging(queue, node)
-                offset = None
                 await trio.sleep(_RETRY)
+
+    async def _stream(self, leading: _Leading, node: str, pipe: AppendPipeline) -> None:
+        """Send the log from the probed point on, up to `pipe.depth` appends unanswered; returns when the
+        log's base passed the follower (probe again, for a snapshot) or raises the first failure."""
+        leader = leading.leader
+        replica = leader.replica
+        queue = leader.queue
+        leadership = self.cluster.leadership
+        events = leading.ship_events
+        failures: list[Exception] = []
+
+        def wake() -> None:
+            event = events.get(node)
+            if event is not None:
+                event.set()
+
+        async with trio.open_nursery() as nursery:
+            while leader.active and not failures and pipe.next >= replica.base:
+                in_step = node in leader.joining or node in leadership.in_sync_members(queue)
+                # An empty append is sent only to learn that a lagging follower is back in step.
+                empty_probe = not in_step and pipe.in_flight == 0
+                if not (pipe.may_send(replica.end) or empty_probe):  # wait for an append or a reply
+                    event = events[node] = trio.Event()
+                    with trio.move_on_after(_IDLE):
+                        await event.wait()
+                    continue
+                try:
+                    # Messages whose bodies are only on disk any more are read back for the follower.
+                    entries = await self._whole(leader.file, replica.entries_from(pipe.next, _BATCH_BYTES))
+                    start, truncate = pipe.send(len(entries))
+                    payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, start, truncate)
+                               + encode_entries(entries))
+                    pending = await self.links.submit(node, APPEND, payload)
+                except PeerError as error:  # raised here, it would leave the nursery as a group
+                    failures.append(error)
+                    break
+                nursery.start_soon(self._acknowledged, leading, node, pipe, pending, failures, wake)
+            nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    async def _acknowledged(self, leading: _Leading, node: str, pipe: AppendPipeline,
+                            pending: PendingReply, failures: list[Exception],
+                            wake: Callable[[], None]) -> None:
+        """One append's reply: what the follower now holds durably, and the confirms that releases."""
+        leader = leading.leader
+        queue = leader.queue
+        leadership = self.cluster.leadership
+        timeout = self.links.peer_timeout
+        try:
+            with trio.move_on_after(timeout) as scope:
+                reply = await pending.wait()
+            if scope.cancelled_caught:
+                raise PeerError(f"no answer within {timeout} s")
+            (end,) = _U64.unpack(reply)
+            moved = pipe.acknowledged(end)
+        except (PeerError, ValueError, struct.error) as error:
+            failures.append(error if isinstance(error, PeerError) else PeerError(str(error)))
+            wake()
+            return
+        wake()  # a slot is free
+        if moved:
+            leader.acked[node] = pipe.durable
+        if pipe.durable >= leader.committed and node not in leadership.in_sync_members(queue):
+            # It holds everything confirmed: from now on confirms wait for it, and it rejoins.
+            leader.joining.add(node)
+            leadership.follower_caught_up(queue, node)
+        self._commit(leading)
 
     async def _catch_up_point(self, leader: LeaderQueue, node: str, timeout: float) -> tuple[int, int]:
         """Probe the follower; returns the offset to send from and the truncation it needs (-1: none),
@@ -342,15 +474,62 @@ class Replication:
         point = min(end, replica.end_offset_for(last_epoch))
         if point >= replica.base:
             return point, point if point < end else -1
-        snapshot = encode_snapshot(replica.end, replica.epochs, replica.state)
         at = replica.end
-        with trio.fail_after(timeout + len(snapshot) / 50e6):
-            head = _queue_head(leader.queue, leader.epoch)
-            reply = await self.links.request(node, SNAPSHOT, head + snapshot)
+        await self._send_snapshot(leader, node, timeout)
         leader.acked[node] = at
         log.info("queue %r in vhost %r: sent %s a snapshot at offset %d", leader.queue[1], leader.queue[0],
                  node, at)
-        return _U64.unpack(reply)[0], -1
+        return at, -1
+
+    async def _send_snapshot(self, leader: LeaderQueue, node: str, timeout: float) -> None:
+        """The state at the log's end, streamed in parts of about `_BATCH_BYTES`: messages on disk are
+        read back a part at a time, so a large queue is never in memory at once."""
+        replica, file = leader.replica, leader.file
+        state = replica.state.copy()  # as of now: shares the messages, which the live state copies on change
+        head = _queue_head(leader.queue, leader.epoch)
+        first = encode_snapshot_head(replica.end, replica.epochs, state)
+        items = iter(state.held.items())
+        file.pins += 1  # the generations its messages are in stay
+        try:
+            done = False
+            while not done:
+                batch: list[tuple[int, Held]] = []
+                size = 0
+                for seq, item in items:
+                    batch.append((seq, item))
+                    size += item.size + item.properties_size + 64
+                    if size >= _BATCH_BYTES:
+                        break
+                else:
+                    done = True
+                messages = await self._messages(file, batch)
+                flags = (_FIRST if first else 0) | (_LAST if done else 0)
+                payload = head + _U8.pack(flags) + first + encode_messages(messages)
+                first = b""
+                with trio.fail_after(timeout + len(payload) / 50e6):
+                    await self.links.request(node, SNAPSHOT, payload)
+        finally:
+            file.pins -= 1
+
+    async def _messages(self, file: ReplicaFile,
+                        batch: list[tuple[int, Held]]) -> list[tuple[Message, bool, int, str]]:
+        """The batch's messages whole, with their flags: from memory, or read back from disk."""
+        on_disk = [item.at for _, item in batch if item.body is None]
+        found = iter(await trio.to_thread.run_sync(file.read, on_disk) if on_disk else ())
+        messages: list[tuple[Message, bool, int, str]] = []
+        for seq, item in batch:
+            message: Message | None
+            if item.body is not None:
+                assert item.exchange is not None and item.routing_key is not None
+                assert item.properties_raw is not None
+                message = (seq, item.exchange, item.routing_key, item.properties_raw, item.body,
+                           item.deadline)
+            else:
+                message = next(found)
+            if message is None or message[0] != seq:
+                raise PeerError(f"message {seq} of the replica cannot be read back")
+            messages.append((message, item.delivered, item.returns, item.dead_lettering))
+        return messages
 
     # ---- follower -------------------------------------------------------------------------------
 
@@ -372,7 +551,10 @@ class Replication:
         replica, _ = self._check_epoch(queue, epoch)
         return struct.pack(">QQ", replica.end, replica.last_epoch)
 
-    async def _append(self, source: str, payload: bytes) -> bytes:
+    def _append(self, source: str, payload: bytes) -> Deferred:
+        """Append in the order the requests came (the link's reader calls this in turn), then answer
+        once an fsync covers it: the reader goes on with the next append meanwhile, and appends that
+        arrive while one fsync runs share the next one (group commit)."""
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
         _, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
@@ -380,24 +562,75 @@ class Replication:
             if not replica.truncate(truncate):
                 raise ValueError("truncation below the replica's base: a snapshot is needed")
             file.truncate(truncate)
+            self._rewound(queue)
         if start != replica.end:
             raise ValueError(f"append at {start}, replica ends at {replica.end}")
         body = memoryview(payload)[at + _APPEND_HEAD.size:]
-        for entry_epoch, record in list(decode_entries(body)):  # all of it decodes, or none is applied
+        positions: list[int] = []
+        entries = list(decode_entries(body, positions))  # all of it decodes, or none is applied
+        if any(record[0] == ENQUEUE_AT for _, record in entries):
+            raise ValueError("an append refers to messages on the leader's disk")
+        first = replica.end
+        for entry_epoch, record in entries:
             replica.append(entry_epoch, record)
         replica.start_epoch(epoch)
-        file.entries(bytes(body))
+        file.entries(bytes(body), [(record[1], position, first + index) for index, ((_, record), position)
+                                   in enumerate(zip(entries, positions, strict=True)) if position >= 0])
         if replica.compact():
             file.rewrite(replica)
-        await self._sync(queue, file)
-        return _U64.pack(replica.end)
+        end, rewinds = replica.end, self._rewinds.get(queue, 0)
+
+        async def durable() -> bytes:
+            await self._sync(queue, file)
+            # Its entries may be gone since (a newer leader truncated the log, or sent a snapshot): the
+            # end it reached would then count entries it did not send, so it is refused instead.
+            if self.replicas.get(queue) is not replica or self._rewinds.get(queue, 0) != rewinds:
+                raise ValueError("the log was truncated under this append")
+            if epoch < replica.newest_epoch:
+                raise ValueError(f"{_STALE}: {epoch} < {replica.newest_epoch}")
+            return _U64.pack(end)
+
+        return Deferred(durable)
+
+    def _rewound(self, queue: QueueId) -> None:
+        """The replica's log lost entries (truncation, snapshot): appends still waiting for their fsync
+        must not be acknowledged."""
+        self._rewinds[queue] = self._rewinds.get(queue, 0) + 1
 
     async def _snapshot(self, source: str, payload: bytes) -> bytes:
+        """A part of a snapshot (see `_send_snapshot`): its messages are written to the replica's next
+        generation as they come; the last part installs it, fsynced, in place of the replica."""
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
-        end, epochs, state = decode_snapshot(memoryview(payload)[at:])
-        replica.install(end, epochs, state)
-        file.rewrite(replica)
-        await self._sync(queue, file)
+        (flags,) = _U8.unpack_from(payload, at)
+        body = memoryview(payload)[at + 1:]
+        incoming = self._incoming.get(queue)
+        if flags & _FIRST:
+            end, epochs, state, used = decode_snapshot_head(body)
+            body = body[used:]
+            file.snapshot_reserve()
+            size = await trio.to_thread.run_sync(file.snapshot_begin)
+            incoming = self._incoming[queue] = _Incoming(end, epochs, state, size, file.incoming)
+        elif incoming is None or incoming.generation != file.incoming:
+            raise ValueError("a snapshot part without its beginning")
+        if body:
+            messages = bytes(body)
+            held = list(decode_messages(messages))
+            start = incoming.size + replica_file.FRAME_SIZE
+            incoming.size = await trio.to_thread.run_sync(file.snapshot_messages, incoming.size, messages)
+            state = incoming.state
+            for position, seq, item in held:
+                item.at = location(incoming.generation, start + position)
+                item.version = state.version
+                state.messages[seq] = compact(item)
+        if not flags & _LAST:
+            return _U64.pack(0)
+        del self._incoming[queue]
+        async with self._lock(queue):
+            size = await trio.to_thread.run_sync(file.snapshot_end, incoming.size, incoming.end,
+                                                 incoming.epochs, incoming.state)
+            file.snapshot_installed(size)
+            replica.install(incoming.end, incoming.epochs, incoming.state)
+            self._rewound(queue)
+            await self._forget_generations(replica, file)
         return _U64.pack(replica.end)
-

@@ -19,9 +19,6 @@ from leveret.config import parse_size
 log = logging.getLogger(__name__)
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-# glibc keeps what the broker frees (closed channels and connections, delivered or purged messages) in its
-# heaps until asked: hand it back this often, so the resident set follows what the broker holds.
-MEMORY_RELEASE_INTERVAL = 10.0
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -101,11 +98,15 @@ async def run_resource_monitor(
     monitor = monitor or build_monitor(node)
     due = monitor.poll(trio.current_time())
     task_status.started()
-    release_due = trio.current_time() + MEMORY_RELEASE_INTERVAL
+    # glibc keeps what the broker frees (closed channels and connections, delivered or purged messages) in
+    # its heaps until asked: hand it back on the schedule's terms, so the resident set follows what the
+    # broker holds. A burst of closes seen at a poll (at most 1 s apart) brings the release forward.
+    release = node.memory_release
+    release.released(trio.current_time())
     while True:
-        await trio.sleep_until(min(due, release_due))
-        if trio.current_time() >= release_due:
+        await trio.sleep_until(min(due, release.due()))
+        if trio.current_time() >= release.due():
             # In a worker thread: malloc_trim releases the GIL, and the loop goes on meanwhile.
             await trio.to_thread.run_sync(monitor.sampler.release_free_memory)
-            release_due = trio.current_time() + MEMORY_RELEASE_INTERVAL
+            release.released(trio.current_time())
         due = monitor.poll(trio.current_time())

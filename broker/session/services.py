@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from leveret.broker.alarms import ResourceAlarms
     from leveret.broker.auth import Authority
     from leveret.broker.cluster.state import ClusterState
+    from leveret.broker.memory_release import ReleaseSchedule
     from leveret.broker.queues.consumer import Consumer
     from leveret.broker.stats import MessageTotals
     from leveret.broker.vhost import VirtualHost
@@ -52,6 +53,10 @@ class NodeServices(Protocol):
     @property
     def message_totals(self) -> MessageTotals:
         """What closed channels counted, for message_stats (broker/stats.py)."""
+
+    @property
+    def memory_release(self) -> ReleaseSchedule:
+        """Told of each closed channel (broker/memory_release.py)."""
 
     def check_connection_limit(self, username: str, vhost: str) -> None: ...
 

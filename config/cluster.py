@@ -90,12 +90,20 @@ class Cluster:
     node: str | None = None
     # Replicas of each durable queue, the leader included; capped at the number of nodes.
     replication_factor: int = field(default=3, metadata={"check": checks.int_range(1)})
-    # Seconds a node's etcd lease lives without a keepalive: how soon a dead node is noticed.
-    # etcd refuses TTLs under 2 s.
-    lease_ttl: int = field(default=3, metadata={"check": checks.int_range(2, 3600)})
+    # Seconds a node's etcd lease lives without a keepalive: how soon a dead node is noticed, and so
+    # most of a failover (up to this plus half a second for etcd to see the expiry). Keepalives go 4 times
+    # per TTL. etcd's minimum is 1.5 election timeouts, rounded up: 2 s with its defaults.
+    lease_ttl: int = field(default=2, metadata={"check": checks.int_range(2, 3600)})
     # Seconds to open a connection to a peer, and without a frame from it before the link is dead.
     peer_connect_timeout: float = field(default=2.0, metadata={"check": checks.positive_number()})
     peer_timeout: float = field(default=3.0, metadata={"check": checks.positive_number()})
+    # For a replicated queue led by another node (broker/cluster/remote.py): seconds a basic.get, purge,
+    # delete or message count waits for the leader's answer, a publish waits for a leader before its
+    # nack, and a consumer waits for a reachable leader before basic.cancel. The first two should outlast
+    # a failover (up to lease_ttl plus about half a second), or every failover fails some of them.
+    leader_call_timeout: float = field(default=5.0, metadata={"check": checks.positive_number()})
+    publish_hold: float = field(default=5.0, metadata={"check": checks.positive_number()})
+    consumer_cancel_delay: float = field(default=10.0, metadata={"check": checks.positive_number()})
     # Log entries a replicated queue's replica keeps behind its state: a follower further behind than
     # that catches up from a snapshot of the queue instead of the log's tail.
     replica_log_entries: int = field(default=100_000, metadata={"check": checks.int_range(10)})

@@ -57,7 +57,7 @@ def test_killed_node_is_dead_to_the_cluster_and_returns(cluster: LocalCluster) -
     owner.channel().queue_declare("excl.dies", exclusive=True)
     first = connect(cluster, 0)
     assert passive_queue(first, "excl.dies") == 405
-    cluster.kill_node(2)  # kill -9: no revoke, the lease runs out (lease_ttl 3 s)
+    cluster.kill_node(2)  # kill -9: no revoke, the lease runs out (lease_ttl 2 s)
     killed = time.monotonic()
     try:
         eventually(lambda: registered_nodes(cluster) == ["node1", "node2"], timeout=8)
@@ -448,7 +448,7 @@ def test_nodes_ride_out_the_loss_of_all_etcd(tmp_path: Path) -> None:
             a.channel().queue_declare("outage.new")
         assert caught.value.reply_code == 541
         assert "cluster metadata store unavailable" in caught.value.reply_text
-        time.sleep(3.5)  # longer than the nodes' lease TTL (3 s) without a keepalive
+        time.sleep(3.5)  # longer than the nodes' lease TTL (2 s) without a keepalive
         cluster.etcd.restart(0, 1, 2)
         eventually(lambda: registered_nodes(cluster) == ["node1", "node2", "node3"], timeout=15)
         b = connect(cluster, 1)

@@ -27,10 +27,12 @@ from interop.faults.load import Load
 from interop.faults.netns import NamespacedCluster, netns_available
 from interop.faults.report import report
 from leveret.broker.server.local_cluster import etcd_binary
+from leveret.config import Cluster
 
 pytestmark = pytest.mark.slow
 
-LEASE_TTL = 3
+# The clusters run with the default cluster.lease_ttl; the faults are timed by it.
+LEASE_TTL = Cluster.__dataclass_fields__["lease_ttl"].default
 QUEUES = 3
 WARMUP = 300  # confirms before the fault
 PROGRESS = 300  # more confirms after it, before the load stops
@@ -48,7 +50,7 @@ def queues(name: str) -> list[str]:
 def cluster(tmp_path: Path) -> Iterator[FaultCluster]:
     if etcd_binary() is None:
         pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
-    started = FaultCluster(tmp_path / "cluster", 3, settings={"lease_ttl": LEASE_TTL})
+    started = FaultCluster(tmp_path / "cluster", 3)
     try:
         started.start()
         yield started
@@ -222,7 +224,7 @@ def test_nftables_partition_in_a_network_namespace(tmp_path: Path) -> None:
     why_not = netns_available() or (None if etcd_binary() else "etcd is not installed")
     if why_not:
         pytest.skip(why_not)
-    namespaced = NamespacedCluster(tmp_path / "cluster", 3, settings={"lease_ttl": LEASE_TTL})
+    namespaced = NamespacedCluster(tmp_path / "cluster", 3)
     try:
         namespaced.start()
 

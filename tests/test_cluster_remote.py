@@ -23,6 +23,9 @@ from leveret.broker.queues.subscriber import CreditPool
 from leveret.broker.vhost import VirtualHost
 
 QUEUE = ("/", "q")
+# Not the configuration's defaults (5 s and 10 s), so the tests show the hub uses what it is given.
+PUBLISH_HOLD = 3.0
+CANCEL_AFTER = 7.0
 
 
 class Leaders:
@@ -46,7 +49,8 @@ class Node:
     def __init__(self, name: str, table: dict[tuple[str, str], str]) -> None:
         self.vhost = VirtualHost("/")
         leaders: Any = Leaders(name, table)
-        self.hub = RemoteQueues(name, {"/": self.vhost}, leaders, lambda: 0.0)
+        self.hub = RemoteQueues(name, {"/": self.vhost}, leaders, lambda: 0.0, publish_hold=PUBLISH_HOLD,
+                                cancel_after=CANCEL_AFTER)
         self.hub.link_up = lambda node: True
         self.confirms = 0
         self.hub.confirms_changed = self._confirms
@@ -212,7 +216,10 @@ def test_a_publish_to_a_node_that_does_not_lead_is_sent_again_then_nacked(nodes:
     settle_all(leader, other)
     assert ticket.outcome(0) is None and later.outcome(0) is None  # held, in order, for the next leader
     assert [m.body for m, _, _ in other.vhost.queues["q"].waiting] == [b"one", b"two"]
-    now[0] = 6.0  # no leader within HOLD_PUBLISH
+    now[0] = PUBLISH_HOLD - 0.1
+    other.hub.reconcile()
+    assert ticket.outcome(0) is None and later.outcome(0) is None
+    now[0] = PUBLISH_HOLD + 0.1  # no leader within the publish hold
     other.hub.reconcile()
     assert ticket.outcome(0) is False and later.outcome(0) is False
 
@@ -577,7 +584,10 @@ def test_a_consumer_without_a_leader_is_cancelled_in_the_end(nodes: tuple[Node, 
     proxy.add_consumer(consumer)
     other.hub.reconcile()
     assert channel.cancelled == []
-    now[0] = 11.0
+    now[0] = CANCEL_AFTER - 0.1
+    other.hub.reconcile()
+    assert channel.cancelled == []
+    now[0] = CANCEL_AFTER + 0.1
     other.hub.reconcile()
     assert channel.cancelled == [consumer] and proxy.consumers == type(proxy.consumers)()
 

@@ -53,7 +53,7 @@ def test_node_takes_its_listeners_and_data_dir_from_its_entry(tmp_path: Path) ->
 def test_defaults_and_replication_factor_capped_at_node_count(tmp_path: Path) -> None:
     cluster = load_config(write(tmp_path, THREE_NODES), overrides={"cluster.node": "b"}).cluster
     assert cluster is not None
-    assert (cluster.replication_factor, cluster.lease_ttl, cluster.etcd.prefix) == (3, 3, "/leveret/")
+    assert (cluster.replication_factor, cluster.lease_ttl, cluster.etcd.prefix) == (3, 2, "/leveret/")
     two = THREE_NODES.replace('    - {name: c, amqp: "[::1]:5703", peer: "[::1]:25703"}\n', "")
     capped = load_config(write(tmp_path, two), overrides={"cluster.node": "b"}).cluster
     assert capped is not None and capped.effective_replication_factor == 2
@@ -84,6 +84,23 @@ cluster:
             "cluster.node: no node named 'x' in cluster.nodes (known: a, a, c)",
         ]
     )
+
+
+def test_failover_timings_default_and_validated(tmp_path: Path) -> None:
+    cluster = load_config(write(tmp_path, THREE_NODES), overrides={"cluster.node": "a"}).cluster
+    assert cluster is not None
+    timings = (cluster.leader_call_timeout, cluster.publish_hold, cluster.consumer_cancel_delay)
+    assert timings == (5.0, 5.0, 10.0)
+    tuned = THREE_NODES + "  leader_call_timeout: 2.5\n  publish_hold: 4\n  consumer_cancel_delay: 30\n"
+    cluster = load_config(write(tmp_path, tuned), overrides={"cluster.node": "a"}).cluster
+    assert cluster is not None
+    assert (cluster.leader_call_timeout, cluster.publish_hold, cluster.consumer_cancel_delay) == (2.5, 4, 30)
+    bad = THREE_NODES + "  leader_call_timeout: 0\n  publish_hold: -1\n  consumer_cancel_delay: soon\n"
+    assert sorted(errors_of(write(tmp_path, bad), **{"cluster.node": "a"})) == [
+        "cluster.consumer_cancel_delay: expected a number > 0, got 'soon'",
+        "cluster.leader_call_timeout: expected a number > 0, got 0",
+        "cluster.publish_hold: expected a number > 0, got -1",
+    ]
 
 
 def test_a_cluster_needs_its_node_named(tmp_path: Path) -> None:

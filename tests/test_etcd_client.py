@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,6 +99,42 @@ async def test_lease_expiry_and_keepalive(etcd: EtcdCluster) -> None:
         await client.lease_revoke(kept)  # revoking twice is harmless
         with pytest.raises(EtcdError):
             await client.put(b"/lease/x", b"x", lease=short)  # a lease that is gone
+
+
+async def test_a_member_that_hangs_does_not_let_the_lease_deadline_lapse(etcd: EtcdCluster) -> None:
+    """The first endpoint accepts connections and never answers. Keepalives leave it after half a TTL and
+    carry on elsewhere, on time, so the deadline the node fences itself by stays ahead of the clock."""
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(functools.partial(trio.serve_tcp, hold, 0, host="127.0.0.1"))
+        hanging = f"http://127.0.0.1:{listener.socket.getsockname()[1]}"
+        async with EtcdClient(etcd.endpoints) as granter, EtcdClient([hanging, *etcd.endpoints]) as client:
+            asked = trio.current_time()
+            lease, ttl = await granter.lease_grant(2)
+            deadlines = [asked + ttl]
+            lapsed = []
+            renewing = trio.CancelScope()
+
+            async def keep() -> None:
+                with renewing:
+                    await client.keep_lease_alive(lease, ttl, renewed=deadlines.append)
+
+            nursery.start_soon(keep)
+            stop = trio.current_time() + 2.5 * ttl
+            while trio.current_time() < stop:
+                if trio.current_time() >= max(deadlines):
+                    lapsed.append(trio.current_time())
+                await trio.sleep(0.05)
+            renewing.cancel()
+            await granter.lease_revoke(lease)
+        assert held  # the hanging member was tried
+        assert len(deadlines) > 4 and not lapsed
+        nursery.cancel_scope.cancel()
 
 
 async def test_rotation_over_a_dead_endpoint(fresh_etcd: EtcdCluster) -> None:

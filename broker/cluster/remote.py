@@ -30,7 +30,8 @@ Leadership moves: replication installs the leader's queue when this node is elec
 its replica state) and hands it back when deposed (`follow`: a proxy takes its place); `reconcile`, run
 after each round of leadership decisions, turns any other instance of a queue not led here into a proxy,
 and attaches proxies' consumers to their current leader again or, when that has not been possible for
-`CANCEL_AFTER` seconds, cancels them with basic.cancel (consumer cancel notification).
+`cancel_after` seconds (`cluster.consumer_cancel_delay`), cancels them with basic.cancel (consumer cancel
+notification).
 """
 
 from __future__ import annotations
@@ -61,10 +62,6 @@ log = logging.getLogger(__name__)
 
 # Above every store position: a publish confirm that waits for a leader's answer (see Ticket).
 REMOTE_BASE = 1 << 62
-# A publish to a queue without a leader waits this long for one, then is nacked.
-HOLD_PUBLISH = 5.0
-# A consumer whose queue has had no reachable leader this long is cancelled (basic.cancel).
-CANCEL_AFTER = 10.0
 # How long a cancelled consumer's deliveries still in flight are recognised (and sent back).
 FORGET_CANCELLED = 30.0
 # How long a new leader (or one whose link to a node broke) keeps what may still be held by a consumer on
@@ -296,11 +293,18 @@ class RemoteQueues(QueueRoles):
         vhosts: dict[str, VirtualHost],
         leadership: Leadership,
         clock: Callable[[], float],
+        *,
+        publish_hold: float,
+        cancel_after: float,
     ) -> None:
         self.name = name
         self.vhosts = vhosts
         self.leadership = leadership
         self.clock = clock
+        # A publish to a queue without a leader waits this long for one, then is nacked.
+        self.publish_hold = publish_hold
+        # A consumer whose queue has had no reachable leader this long is cancelled (basic.cancel).
+        self.cancel_after = cancel_after
         # Set by the server: the other nodes; there are ops for a node; whether the link to a node is up.
         self.peers: list[str] = []
         self.wake: Callable[[str], None] = lambda node: None
@@ -410,7 +414,7 @@ class RemoteQueues(QueueRoles):
         self, leader: str, proxy: ProxyQueue, message: Message, ticket: Ticket, since: float
     ) -> None:
         def answered(result: bytes | None) -> None:
-            if result == codec.NOT_LEADER_YET and self.clock() - since < HOLD_PUBLISH:
+            if result == codec.NOT_LEADER_YET and self.clock() - since < self.publish_hold:
                 self._hold(proxy, message, ticket, since)  # elected, not installed yet: sent again
                 return
             ticket.parts -= 1
@@ -428,7 +432,7 @@ class RemoteQueues(QueueRoles):
         else:
             expired = 0
             for _, ticket, since in proxy.waiting:
-                if now - since < HOLD_PUBLISH:
+                if now - since < self.publish_hold:
                     break
                 ticket.parts -= 1
                 ticket.failed = True
@@ -594,7 +598,7 @@ class RemoteQueues(QueueRoles):
         """No leader could take the consumer: cancel it as RabbitMQ does (basic.cancel to the client)."""
         proxy, consumer = sub.proxy, sub.consumer
         log.warning("consumer on queue %r in vhost %r cancelled: no leader reachable for %.0f s",
-                    proxy.name, proxy.vhost, CANCEL_AFTER)
+                    proxy.name, proxy.vhost, self.cancel_after)
         proxy.remove_consumer(consumer)
         consumer.cancelled_by_broker()
 
@@ -911,7 +915,7 @@ class RemoteQueues(QueueRoles):
             sub.node = None
             sub.give_back()
             sub.detached_at = now
-        if not self._attach(sub, now) and now - sub.detached_at > CANCEL_AFTER:
+        if not self._attach(sub, now) and now - sub.detached_at > self.cancel_after:
             self._cancel_consumer(sub)
 
     # ---- roles (broker/cluster/roles.py's contract with replication) --------------------------------------

@@ -42,13 +42,18 @@ class ClusterState:
         # A request over the peer link to a node (PeerLinks.request), once the links run.
         self.ask_node: Callable[[str, str, bytes], Awaitable[bytes]] | None = None
         # Queues led by other nodes: the proxies' hub (its vhosts and clock are the node's).
-        self.remote = RemoteQueues(self.name, {}, self.leadership, time.monotonic)
+        self.remote = RemoteQueues(
+            self.name, {}, self.leadership, time.monotonic,
+            publish_hold=config.publish_hold, cancel_after=config.consumer_cancel_delay,
+        )
         # Ask a queue's leader (broker/server/remote.py sets it); the callback gets the answer.
         self.call_leader: Callable[[Call, Callable[[CallResult], None]], None] = _no_links
         # Called after each round of leadership decisions: the server runs the hub's reconcile there.
         self.leaders_changed: Callable[[], None] = lambda: None
         # This node became or stopped being a queue's leader (the server's replication sets it).
         self.role_changed: Callable[[Elected | Deposed], None] = lambda effect: None
+        # The in-sync replicas of a queue this node leads changed (replication re-checks its confirms).
+        self.in_sync_changed: Callable[[tuple[str, str]], None] = lambda queue: None
         # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract): the
         # hub, which puts the leader's queue in a proxy's place and a proxy in a deposed queue's.
         self.roles: QueueRoles = self.remote

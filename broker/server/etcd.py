@@ -57,6 +57,8 @@ _UNAVAILABLE = 14
 _NO_LEADER = "etcdserver: no leader"
 # Pause between two rounds over every member, so an election (1-2 s) is waited out, not hammered.
 _ROUND_PAUSE = 0.1
+# Keepalives sent per lease TTL: a lease outlives that many lost or late ones in a row, less one.
+KEEPALIVES_PER_TTL = 4
 # Longest pause between two attempts of a watch to resume while no member answers.
 _MAX_WATCH_PAUSE = 1.0
 # gRPC metadata through the gateway: a member without a leader cancels the watch instead of keeping it.
@@ -140,9 +142,12 @@ class EtcdClient:
             raise EtcdError(body["error"])
         return int(body["ID"]), int(body.get("TTL", 0))
 
-    async def lease_keepalive(self, lease: int) -> int:
-        """Renew `lease`; returns its TTL, 0 when it has expired (or never existed)."""
-        body = await self._call("/v3/lease/keepalive", {"ID": str(lease)}, retry=True)
+    async def lease_keepalive(self, lease: int, *, attempt_timeout: float | None = None) -> int:
+        """Renew `lease`; returns its TTL, 0 when it has expired (or never existed). `attempt_timeout`
+        bounds the wait for each member (default: the request timeout)."""
+        body = await self._call(
+            "/v3/lease/keepalive", {"ID": str(lease)}, retry=True, attempt_timeout=attempt_timeout
+        )
         return int(body.get("result", {}).get("TTL", 0))
 
     async def lease_revoke(self, lease: int) -> None:
@@ -160,24 +165,53 @@ class EtcdClient:
         renewed: Callable[[float], None] = lambda deadline: None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Renew `lease` every third of its TTL until cancelled. Returns when the lease is gone (it expired
-        while etcd could not be reached): the caller has lost everything bound to it. After each renewal,
-        `renewed(deadline)`: the lease surely lives until then (the time the keepalive was sent, on
-        trio's clock, plus the TTL etcd answered)."""
+        """Renew `lease` `KEEPALIVES_PER_TTL` times per TTL until cancelled. Returns when the lease is gone
+        (it expired while etcd could not be reached): the caller has lost everything bound to it. After
+        each renewal, `renewed(deadline)`: the lease surely lives until then (the time the keepalive was
+        sent, on trio's clock, plus the TTL etcd answered; etcd renews it on receipt, later).
+
+        Each keepalive leaves on time whatever became of the one before, so a slow answer on a loaded
+        machine does not hold the next one back, and an attempt at one member waits at most half a TTL,
+        so a member that hangs is left for another while the lease still lives."""
         task_status.started()
-        interval = max(ttl / 3, 0.2)
-        while True:
-            await trio.sleep(interval)
-            sent = trio.current_time()
-            try:
-                remaining = await self.lease_keepalive(lease)
-            except EtcdUnavailable as error:
-                log.warning("etcd lease keepalive failed: %s", error)
-                continue
-            if remaining <= 0:
-                log.error("etcd lease %x expired", lease)
-                return
-            renewed(sent + remaining)
+        interval = max(ttl / KEEPALIVES_PER_TTL, 0.2)
+        expired = trio.Event()  # or refused: `refused` says why
+        refused: list[EtcdError] = []
+
+        async def renew(sent: float) -> None:
+            with trio.move_on_at(sent + ttl):  # an answer after that renews nothing this node can use
+                try:
+                    remaining = await self.lease_keepalive(
+                        lease, attempt_timeout=min(ttl / 2, self.request_timeout)
+                    )
+                except EtcdUnavailable as error:
+                    log.warning("etcd lease keepalive failed: %s", error)
+                    return
+                except EtcdError as error:  # raised to the caller as such, not in an exception group
+                    refused.append(error)
+                    expired.set()
+                    return
+                if remaining <= 0:
+                    expired.set()
+                else:
+                    renewed(sent + remaining)
+
+        async with trio.open_nursery() as nursery:
+            next_at = trio.current_time() + interval
+            while True:
+                with trio.move_on_at(next_at):
+                    await expired.wait()
+                if expired.is_set():
+                    break
+                sent = trio.current_time()
+                nursery.start_soon(renew, sent)
+                next_at += interval
+                if next_at < sent:  # the process was paused: go on from now, no burst to catch up
+                    next_at = sent + interval
+            nursery.cancel_scope.cancel()
+        if refused:
+            raise refused[0]
+        log.error("etcd lease %x expired", lease)
 
     # ---- watches -----------------------------------------------------------------------------------
 
@@ -193,6 +227,7 @@ class EtcdClient:
         failures = 0  # in a row: a round over every member is quick, then the pauses grow to a second
         while True:
             compacted = False
+            member = self._current
             try:
                 async with aclosing(self._watch_once(key, range_end, next_revision)) as stream:
                     async for item in stream:
@@ -205,7 +240,7 @@ class EtcdClient:
             except _Retry as failure:
                 failures += 1
                 log.info("etcd watch broke (%s); resuming from revision %d", failure, next_revision)
-                self._rotate()
+                self._rotate(member)
                 backoff = 2 ** max(failures - len(self.endpoints), 0)
                 await trio.sleep(min(_ROUND_PAUSE / 2 * backoff, _MAX_WATCH_PAUSE))
                 continue
@@ -265,27 +300,33 @@ class EtcdClient:
 
     # ---- one request, over the members --------------------------------------------------------------
 
-    def _rotate(self) -> None:
-        self._current = (self._current + 1) % len(self.endpoints)
+    def _rotate(self, failed: int) -> None:
+        """Move on from member `failed`. Requests run at once (keepalives, watches) may fail on the same
+        member together: only the first moves on, so the others do not skip the next member."""
+        if failed == self._current:
+            self._current = (self._current + 1) % len(self.endpoints)
 
-    async def _call(self, path: str, body: dict[str, Any], *, retry: bool) -> dict[str, Any]:
+    async def _call(
+        self, path: str, body: dict[str, Any], *, retry: bool, attempt_timeout: float | None = None
+    ) -> dict[str, Any]:
         """POST `body` to `path` on the members in turn until one answers, within about a request timeout
-        per member (at least two rounds' worth, so that an etcd election is waited out)."""
+        per member (at least two rounds' worth, so that an etcd election is waited out). `attempt_timeout`
+        bounds each attempt at one member (default: the request timeout)."""
         deadline = trio.current_time() + self.request_timeout * max(len(self.endpoints), 2)
         reasons: list[str] = []
         sent = False
         while True:
             for _ in range(len(self.endpoints)):
-                url = self.endpoints[self._current] + path
+                member = self._current
+                url = self.endpoints[member] + path
                 try:
-                    return await self._post(url, body)
+                    return await self._post(url, body, attempt_timeout)
                 except _Retry as failure:
                     reasons.append(str(failure))
                     sent = sent or failure.sent
+                    self._rotate(member)
                     if failure.sent and not retry:
-                        self._rotate()
                         raise EtcdAmbiguous(f"{path}: {failure}") from None
-                    self._rotate()
                 if trio.current_time() >= deadline:
                     break
             if trio.current_time() >= deadline:
@@ -294,9 +335,11 @@ class EtcdClient:
         error = EtcdAmbiguous if sent and not retry else EtcdUnavailable
         raise error(f"{path}: no etcd member answered ({'; '.join(reasons[-len(self.endpoints) :])})")
 
-    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, url: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         try:
-            response = await self._http.post(url, json=body)
+            response = await self._http.post(
+                url, json=body, timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             raise _Retry(f"{url}: {type(error).__name__}: {error}", sent=False) from error
         except httpx.TransportError as error:  # read timeout, reset mid-answer: it may have been applied

@@ -100,6 +100,8 @@ async def run_leadership(
                         effect.queue[0], error)
             result = None
         state.txn_done(effect, result)
+        if isinstance(effect, ChangeInSync) and result is not None and result.succeeded:
+            cluster.in_sync_changed(effect.queue)  # confirms waiting for a member dropped may go now
         wake()
 
     async def revoke(lease: int) -> None:

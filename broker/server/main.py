@@ -212,6 +212,7 @@ async def serve_node(
                 replication = Replication(node, links, Path(config.data_dir))
                 replication.load()
                 node.cluster.role_changed = replication.role_changed
+                node.cluster.in_sync_changed = replication.in_sync_changed
                 node.cluster.leader_journal = replication.leader_journal
                 await nursery.start(replication.run)
                 # Registered, and holding the cluster's state, before the first client is served.

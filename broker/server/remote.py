@@ -23,9 +23,6 @@ from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PendingR
 
 log = logging.getLogger(__name__)
 
-# How long a call (basic.get, purge, counts, delete) waits for the leader's answer.
-CALL_TIMEOUT = 5.0
-
 
 async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     cluster = node.cluster
@@ -72,8 +69,10 @@ async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TA
     links.handle(codec.KIND, handle)
     async with trio.open_nursery() as nursery:
 
+        timeout = cluster.config.leader_call_timeout
+
         def call_leader(call: codec.Call, done: Callable[[codec.CallResult], None]) -> None:
-            nursery.start_soon(_call, hub, call, done)
+            nursery.start_soon(_call, hub, call, done, timeout)
 
         cluster.call_leader = call_leader
         cluster.leaders_changed = hub.reconcile
@@ -113,11 +112,14 @@ async def _answered(hub: RemoteQueues, batch: Batch, pending: PendingReply) -> N
     hub.batch_answered(batch, results)
 
 
-async def _call(hub: RemoteQueues, call: codec.Call, done: Callable[[codec.CallResult], None]) -> None:
-    """Send `call` to the queue's leader (waiting a moment for one) and hand `done` its answer."""
+async def _call(
+    hub: RemoteQueues, call: codec.Call, done: Callable[[codec.CallResult], None], timeout: float
+) -> None:
+    """Send `call` to the queue's leader (waiting up to `timeout`, cluster.leader_call_timeout, for one
+    that answers) and hand `done` its answer."""
     result: codec.CallResult | None = None
-    why = f"none answered within {CALL_TIMEOUT:.0f} s"
-    with trio.move_on_after(CALL_TIMEOUT):
+    why = f"none answered within {timeout:g} s"
+    with trio.move_on_after(timeout):
         while result is None:
             leader = hub.leadership.leader((call.vhost, call.queue), trio.current_time())
             if leader == hub.name and hub.led_here(call.vhost, call.queue):

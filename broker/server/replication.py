@@ -254,6 +254,12 @@ class Replication:
             self._elected.pop(effect.queue, None)
             self._stop_leading(effect.queue)
 
+    def in_sync_changed(self, queue: QueueId) -> None:
+        """The ISR changed: the writer looks at the confirms owed now, not at its next tick."""
+        leading = self.leading.get(queue)
+        if leading is not None:
+            leading.wake.set()
+
     def _start_leading(self, queue: QueueId, epoch: int) -> None:
         vhost = self.node.vhosts.get(queue[0])
         current = vhost.queues.get(queue[1]) if vhost is not None else None

@@ -10,15 +10,22 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from pamqp.commands import Basic, Tx
+from pamqp.commands import Queue as AmqpQueue
+
 from leveret.broker.cluster import remote_codec as codec
 from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.proxy import ProxyQueue
 from leveret.broker.cluster.replica import ReplicaLog
 from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
+from leveret.broker.node import Node as BrokerNode
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.entry import Entry
 from leveret.broker.queues.queue import Queue
+from leveret.broker.session.connection import ConnectionSession
+from leveret.config import Config
+from tests.peers import ClientPeer
 from tests.test_cluster_remote import QUEUE, Channel, Node, message, settle_all, three_nodes
 
 
@@ -167,3 +174,43 @@ def test_what_a_node_claimed_in_place_at_its_election_is_claimed_again_when_it_i
     channel.ack(2)
     settle_all(b, c)
     assert sorted(led_by_c.checked_out) == [3]
+
+
+class Recorder:
+    """A queue's new object as a channel's settlements see it."""
+
+    def __init__(self) -> None:
+        self.settled: list[int] = []
+        self.acked = 0  # the channel counts its acks on the queue
+
+    def settle(self, seqs: list[int]) -> list[Entry]:
+        self.settled.extend(seqs)
+        return []
+
+
+def test_a_channel_hands_over_every_unacked_delivery_even_one_acked_in_an_open_transaction() -> None:
+    """The node gives the hub every table a channel keeps its unacked deliveries in; a transaction's
+    acks, taken from the table at basic.ack, are settled at tx.commit where the table says by then."""
+    node = BrokerNode(Config())
+    client = ClientPeer(ConnectionSession(node, "127.0.0.1:1", from_loopback=True))
+    client.handshake()
+    client.open_channel(1)
+    client.method(1, AmqpQueue.Declare(queue="txq"))
+    for body in (b"a", b"b"):
+        client.publish(1, body, routing_key="txq")
+    client.method(1, Tx.Select())
+    tags = [frame.delivery_tag for _, frame in client.method(1, Basic.Get(queue="txq"))
+            if isinstance(frame, Basic.GetOk)]
+    tags += [frame.delivery_tag for _, frame in client.method(1, Basic.Get(queue="txq"))
+             if isinstance(frame, Basic.GetOk)]
+    client.method(1, Basic.Ack(delivery_tag=tags[0]))
+    moved = Recorder()
+    tables = node._unacked_tables("/")
+    assert sorted(tag for table in tables for tag in table) == tags  # the open transaction's too
+    for table in tables:
+        for tag, (seq, _, consumer) in list(table.items()):
+            table[tag] = (seq, moved, consumer)  # type: ignore[assignment]
+    assert node._unacked_tables("other vhost") == []
+    client.method(1, Tx.Commit())
+    assert len(moved.settled) == 1 and moved.acked == 1
+    assert node.vhosts["/"].queues["txq"].unacked == 2  # the old object saw no settlement

@@ -22,6 +22,7 @@ from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
 from leveret.broker.node import Node as BrokerNode
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.entry import Entry
+from leveret.broker.queues.lifecycle import Lifecycle
 from leveret.broker.queues.queue import Queue
 from leveret.broker.session.connection import ConnectionSession
 from leveret.config import Config
@@ -64,12 +65,17 @@ def depose(node: Node, queue: Queue, leader: str) -> None:
     node.hub.follow(node.vhost, queue)
 
 
-def elect(node: Node, old: Queue, delivered: list[int]) -> Queue:
-    """`node` is elected and builds the queue from its replica of `old` (same seqs, all redelivered),
-    with what its log says was delivered set aside for the claims."""
+def replica_of(queue: Queue) -> list[Entry]:
+    """What a follower's replica of `queue` holds (the same seqs): every message, redelivered."""
+    entries = [Entry(entry.message, entry.seq, True) for entry in (*queue.checked_out.values(), *queue.ready)]
+    return sorted(entries, key=lambda entry: entry.seq)
+
+
+def elect(node: Node, replica: list[Entry], delivered: list[int]) -> Queue:
+    """`node` is elected and builds the queue from its replica, with what its log says was delivered
+    set aside for the claims."""
     built = Queue("q", "/", durable=True, host=node.vhost)
-    entries = [Entry(entry.message, entry.seq, True) for entry in (*old.checked_out.values(), *old.ready)]
-    built.restore(sorted(entries, key=lambda entry: entry.seq), 100)
+    built.restore(replica, 100)
     node.hub.lead(node.vhost, built, delivered)
     return built
 
@@ -88,11 +94,12 @@ def test_a_consumer_on_a_deposed_leader_keeps_its_tags_and_its_acks_apply_at_the
     consumer = Consumer("c", old, channel, no_ack=False, exclusive=False, prefetch=3)
     old.add_consumer(consumer)
     assert bodies(channel) == [b"0", b"1", b"2"]
+    replica = replica_of(old)
     depose(a, old, "b")
     proxy = a.vhost.queues["q"]
     assert isinstance(proxy, ProxyQueue) and consumer.queue is proxy
     assert all(queue is proxy for _, queue, _ in channel.unacked.values())  # nothing left on `old`
-    built = elect(b, old, [1, 2, 3])
+    built = elect(b, replica, [1, 2, 3])
     channel.ack(1)  # after the change, with the tag it had: kept for the claim
     assert proxy.unsettled == {1: codec.ACK}
     for node in (a, c):
@@ -160,12 +167,13 @@ def test_what_a_node_claimed_in_place_at_its_election_is_claimed_again_when_it_i
     c.hub.link_down("a")
     b.hub.link_down("a")
     a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
-    led_by_b = elect(b, old, [1, 2])
+    led_by_b = elect(b, replica_of(old), [1, 2])
     assert sorted(led_by_b.checked_out) == [1, 2]
+    replica = replica_of(led_by_b)
     depose(b, led_by_b, "c")
     second_proxy = b.vhost.queues["q"]
     assert all(queue is second_proxy for _, queue, _ in channel.unacked.values())
-    led_by_c = elect(c, led_by_b, [1, 2])
+    led_by_c = elect(c, replica, [1, 2])
     channel.ack(1)
     b.hub.reconcile()
     settle_all(b, c)
@@ -214,3 +222,20 @@ def test_a_channel_hands_over_every_unacked_delivery_even_one_acked_in_an_open_t
     client.method(1, Tx.Commit())
     assert len(moved.settled) == 1 and moved.acked == 1
     assert node.vhosts["/"].queues["txq"].unacked == 2  # the old object saw no settlement
+
+
+def test_a_deposed_leaders_queue_keeps_no_timer_and_is_freed() -> None:
+    """Its messages' TTL would otherwise expire and dead-letter them from a stale state, and the timer
+    keep the object (and its messages) alive."""
+    a, b, c = three_nodes()
+    old = Queue("q", "/", durable=True, arguments={"x-message-ttl": 60_000}, host=a.vhost)
+    Lifecycle(old)
+    a.vhost.queues["q"] = old
+    old.enqueue(message(b"m"))
+    assert a.vhost.deadlines.next_deadline() is not None
+    depose(a, old, "b")
+    assert a.vhost.deadlines.next_deadline() is None
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None

@@ -975,6 +975,10 @@ class RemoteQueues(QueueRoles):
         settled = journal.leader.settled_since_commit() if isinstance(journal, ReplicatedJournal) else []
         self._replace(vhost, queue, proxy)
         self._hand_over(queue, proxy, settled)
+        # Inert from now on (its journal writes nothing here: a deposed leader's, or a non-leader's): no
+        # timer of its own expires, dead-letters or forwards what the leader decides on, and nothing
+        # keeps the object or its pages.
+        queue.delete()
         log.info("queue %r in vhost %r: led by another node, this node proxies it", queue.name, vhost.name)
 
     def _hand_over(self, old: Queue, proxy: ProxyQueue, settled: Iterable[int]) -> None:

@@ -7,7 +7,7 @@ import itertools
 import platform
 import time
 from collections.abc import Callable, Container
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from leveret import __version__
 from leveret.amqp.constants import NOT_ALLOWED
@@ -82,6 +82,7 @@ class Node:
             self.cluster.remote.vhosts = self.vhosts
             self.cluster.remote.clock = clock
             self.cluster.remote.confirms_changed = self.confirms_changed
+            self.cluster.remote.unacked_tables = self._unacked_tables
             for vhost in self.vhosts.values():
                 vhost.metadata = self.cluster.metadata
         # Users, vhosts, permissions or vhost limits changed at run time: the store saves them.
@@ -264,6 +265,16 @@ class Node:
                     f"number of channels opened for user '{username}' has reached the maximum allowed user "
                     f"limit of ({limit})",
                 )
+
+    def _unacked_tables(self, vhost: str) -> list[dict[int, Any]]:
+        """The unacked deliveries of every channel on `vhost` (see ChannelSession.unacked_tables)."""
+        return [
+            table
+            for session in self.connections
+            if session.vhost is not None and session.vhost.name == vhost
+            for channel in session.channels.values()
+            for table in channel.unacked_tables()
+        ]
 
     def connection_opened(self, session: ConnectionSession) -> None:
         self.connections.add(session)

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from leveret.broker.queues.subscriber import Subscriber
 
 
+# Where a delivery adopted from a deposed leader's queue is held until the next leader's claim: no node,
+# and a link generation that never is, so its settlements wait in `unsettled` for that claim.
+UNCLAIMED = ("", -1)
+
+
 class Hub(Protocol):
     """What a proxy needs of the node's hub (broker/cluster/remote.RemoteQueues)."""
 
@@ -107,6 +112,15 @@ class ProxyQueue(Queue):
                 else:  # from another leader than the one the rest is held at (a get answered late)
                     self.claim_due = True
         return Entry(message, local, redelivered)
+
+    def adopt(self, seq: int) -> int:
+        """A delivery (the queue's log seq `seq`) a client holds from the queue this proxy took the place
+        of (this node led it until now): this proxy's from now on, claimed at the next leader. Returns
+        its seq here, which the client's channel settles it by."""
+        local = next(self._local_seq)
+        self.remote_seqs[local] = UNCLAIMED + (seq,)
+        self.claim_due = True
+        return local
 
     def _taken(self, seqs: Iterable[int]) -> list[tuple[str, int, int]]:
         pop = self.remote_seqs.pop

@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from leveret.amqp.constants import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED
@@ -311,6 +311,9 @@ class RemoteQueues(QueueRoles):
         self.link_up: Callable[[str], bool] = lambda node: False
         # Set by the node: tickets were settled (flush the channels' confirms).
         self.confirms_changed: Callable[[], None] = lambda: None
+        # Set by the node: the unacked deliveries of the channels on a vhost, as tables of delivery tag ->
+        # (seq, queue, consumer); a proxy that takes the place of a queue this node led adopts theirs.
+        self.unacked_tables: Callable[[str], Iterable[MutableMapping[int, Any]]] = lambda vhost: ()
         self._outboxes: dict[str, _Outbox] = {}
         self.generation: dict[str, int] = {}  # per node: bumped each time the link to it breaks
         # Ours: consumers on proxies here.
@@ -968,8 +971,41 @@ class RemoteQueues(QueueRoles):
             queue.name, vhost.name, vhost, self,
             durable=queue.durable, auto_delete=queue.auto_delete, arguments=queue.arguments,
         )
+        journal = queue.journal
+        settled = journal.leader.settled_since_commit() if isinstance(journal, ReplicatedJournal) else []
         self._replace(vhost, queue, proxy)
+        self._hand_over(queue, proxy, settled)
+        # Inert from now on (its journal writes nothing here: a deposed leader's, or a non-leader's): no
+        # timer of its own expires, dead-letters or forwards what the leader decides on, and nothing
+        # keeps the object or its pages.
+        queue.delete()
         log.info("queue %r in vhost %r: led by another node, this node proxies it", queue.name, vhost.name)
+
+    def _hand_over(self, old: Queue, proxy: ProxyQueue, settled: Iterable[int]) -> None:
+        """This node no longer leads `old` (deposed while alive: its lease lapsed, or a newer epoch):
+        what its clients hold unacked of it, directly or through the proxy it had before its election
+        (claimed in place then), is adopted by `proxy` under the same delivery tags, and claimed at the
+        next leader with the settlements they make meanwhile, as a consumer's on any other node would be.
+        So are the settlements `old`'s log made that no in-sync replica may have (`settled`, including
+        acks handled in the instant between waking from a pause and noticing the lost lease): the next
+        leader applies them, so an acked message does not come back."""
+        for seq in settled:
+            proxy.unsettled[seq] = codec.ACK
+            proxy.claim_due = True
+        me, name, vhost = self.name, proxy.name, proxy.vhost
+        for table in self.unacked_tables(vhost):
+            adopted = []
+            for tag, (seq, queue, consumer) in table.items():
+                if queue is old:
+                    adopted.append((tag, seq, consumer))
+                elif isinstance(queue, ProxyQueue) and queue is not proxy and queue.name == name \
+                        and queue.vhost == vhost:
+                    held = queue.remote_seqs.get(seq)
+                    if held is not None and held[0] == me:
+                        del queue.remote_seqs[seq]
+                        adopted.append((tag, held[2], consumer))
+            for tag, seq, consumer in adopted:
+                table[tag] = (proxy.adopt(seq), proxy, consumer)
 
     def _replace(self, vhost: VirtualHost, old: Queue, new: Queue) -> None:
         """`new` in `old`'s place: in the table, in every binding (in its place), and for this node's

@@ -142,6 +142,19 @@ class LeaderQueue:
             self.gate.fail([ticket for _, ticket in self.tickets])
             self.tickets.clear()
 
+    def settled_since_commit(self) -> list[int]:
+        """The seqs this log settled after the last point every in-sync replica was known to hold: the
+        next leader (one of them) may not have those settlements, so a deposed leader hands them to it
+        in its claim (broker/cluster/remote.py), or an acked message would come back."""
+        replica = self.replica
+        tail = replica.tail
+        seqs: list[int] = []
+        for index in range(max(self.committed - replica.base, 0), len(tail)):  # no slice: it may be long
+            record = tail[index][1]
+            if record[0] == SETTLED:
+                seqs.extend(record[1])
+        return seqs
+
 
 class ReplicatedJournal(Journal):
     """The leader's journal: each call becomes a record of the queue's log. Its queue's paged-out

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote_plus
 
 from leveret import __version__
+from leveret.broker.cluster.remote import RemoteConsumer
 from leveret.broker.definitions import json_value
 from leveret.broker.exchanges.base import Binding, Exchange
 from leveret.broker.node import ADVERTISED_VERSION, Node
@@ -134,8 +135,10 @@ def own_stats(node: Node, uptime_ms: int) -> Json:
 
 
 def queue_details(node: Node, q: Queue) -> Json:
-    """One queue, with its consumers, as GET /api/queues/{vhost}/{name} answers."""
-    return {**queue(node, q), "consumer_details": [consumer(node, cast("Consumer", c)) for c in q.consumers]}
+    """One queue, with its consumers, as GET /api/queues/{vhost}/{name} answers: this node's (a leader's
+    consumers on other nodes have no channel here; their count is in the queue's)."""
+    local = [c for c in q.consumers if not isinstance(c, RemoteConsumer)]
+    return {**queue(node, q), "consumer_details": [consumer(node, cast("Consumer", c)) for c in local]}
 
 
 # ---- exchanges and bindings -------------------------------------------------------------------------

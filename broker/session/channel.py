@@ -118,12 +118,13 @@ class _Transaction:
 
     def __init__(self) -> None:
         self.actions: list[Callable[[], None]] = []
-        # Deliveries acked, nacked or rejected in the transaction: unacked again on rollback or close.
-        self.held: list[tuple[int, Unacked]] = []
+        # Deliveries acked, nacked or rejected in the transaction, by tag: unacked again on rollback or
+        # close. The actions read them from here at commit (a queue's place may change meanwhile).
+        self.held: dict[int, Unacked] = {}
 
     def take_held(self) -> list[tuple[int, Unacked]]:
-        held, self.held = self.held, []
-        return held
+        held, self.held = self.held, {}
+        return list(held.items())
 
 
 class ChannelSession:
@@ -203,6 +204,11 @@ class ChannelSession:
         )
         # The queue drew the delivery's size on session.output; the server counts what stays unsent.
         self.session.wake()
+
+    def unacked_tables(self) -> list[dict[int, Unacked]]:
+        """Where this channel keeps its unacked deliveries, by delivery tag: the ones a queue's new
+        object takes over when the queue moves (broker/cluster/remote.py, a deposed leader)."""
+        return [self.unacked] if self.tx is None else [self.unacked, self.tx.held]
 
     def ack_timeout(self, now: float) -> ChannelError | None:
         """The error to close the channel with when its oldest unacked delivery has waited too long: the
@@ -466,8 +472,10 @@ class ChannelSession:
         through its publishes; the settlement waits for the commit."""
         assert self.tx is not None
         tagged = self._take_tagged(delivery_tag, multiple)
-        self.tx.held.extend(tagged)
-        self.tx.actions.append(lambda: action([item for _, item in tagged]))
+        held = self.tx.held
+        held.update(tagged)
+        tags = [tag for tag, _ in tagged]
+        self.tx.actions.append(lambda: action([held[tag] for tag in tags]))
 
     def _unhold(self, held: list[tuple[int, Unacked]]) -> None:
         """Deliveries an uncommitted transaction had settled are unacked again, in tag order."""

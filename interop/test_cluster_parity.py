@@ -31,8 +31,8 @@ from pamqp.commands import Basic, Channel
 from bench.clusters import BenchCluster, new_cluster
 from interop.brokers import rabbitmq_server_script
 from interop.clients import unique, wait_until
-from interop.rawclient import RawClient
 from interop.conftest import BROKER_KIND
+from interop.rawclient import RawClient
 from leveret.broker.server.local_cluster import etcd_binary
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -253,7 +253,7 @@ def race_for_exclusive(cluster: BenchCluster, nodes: tuple[int, int], queue: str
             client.close()
 
 
-def test_two_nodes_racing_for_an_exclusive_consumer_one_gets_403_on_its_consume(cluster: BenchCluster) -> None:
+def test_two_nodes_racing_for_an_exclusive_consumer_the_loser_gets_403(cluster: BenchCluster) -> None:
     with connect(cluster, 0) as connection:
         channel = connection.channel()
         for first, second in ((1, 2), (0, 1), (2, 0)):

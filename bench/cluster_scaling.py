@@ -67,10 +67,11 @@ def delete_topology(cluster: BenchCluster, exchange: str, queues: list[str]) -> 
 
 
 def on_channel(cluster: BenchCluster, node: int, method: str, *args: Any, **kwargs: Any) -> None:
-    """The channel `method` on a new connection to the node, again while a queue's new leader has not
-    taken it up yet: a Leveret node asks the leader for what a declare, bind or delete needs, and a leader
-    elected a moment ago answers 404 "no reachable leader" until replication installs the queue, which on
-    a loaded machine can take longer than the 5 s such a call waits."""
+    """The channel `method` on a new connection to the node, again while a queue has no leader that
+    answers: a Leveret node asks the leader for what a declare, bind or delete needs (404 "no reachable
+    leader" after the 5 s such a call waits). Seen for 60 s on a loaded machine before leadership decided
+    every queue again after its lease's deadline had passed (a leader deposed behind its own live key);
+    kept for a leader that is really gone, as RabbitMQ gives 404 for a queue whose node is down."""
     deadline = time.monotonic() + LEADER_WAIT
     while True:
         try:

@@ -7,6 +7,8 @@ LEVERET_INTEROP_BROKER=rabbitmq:
   settles them (its length limit has room again);
 - a consumer the queue refuses (a classic queue with consumers, or with an exclusive consumer) gets 403 at
   once on every node; a quorum queue takes the exclusive flag and ignores it;
+- two clients on different nodes asking for one classic queue's exclusive consumer at the same moment:
+  one gets consume-ok, the other 403 on its consume (never consume-ok and a basic.cancel later);
 - global QoS: a classic queue's consumers on every node share the channel's prefetch; a quorum queue
   refuses a consumer while it is on (540 NOT_IMPLEMENTED);
 - a durable server-named queue is one queue in the cluster (declared on one node, published to on
@@ -23,11 +25,14 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from pamqp import frame
+from pamqp.commands import Basic, Channel
 
 from bench.clusters import BenchCluster, new_cluster
 from interop.brokers import rabbitmq_server_script
 from interop.clients import unique, wait_until
 from interop.conftest import BROKER_KIND
+from interop.rawclient import RawClient
 from leveret.broker.server.local_cluster import etcd_binary
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -224,6 +229,45 @@ def test_a_consumer_a_classic_queue_refuses_gets_403_at_once_on_every_node(clust
                 assert took < 5.0  # answered, not consume-ok and a basic.cancel later
         channel.queue_delete(busy)
         channel.queue_delete(locked)
+
+
+RACE_ROUNDS = 4  # per pair of nodes
+
+
+def race_for_exclusive(cluster: BenchCluster, nodes: tuple[int, int], queue: str) -> list[Any]:
+    """A client on each of `nodes` sends basic.consume(exclusive) for `queue` at the same moment (both
+    frames written before either is answered): what each got back (Basic.ConsumeOk or Channel.Close)."""
+    clients = [RawClient("127.0.0.1", cluster.port(index)) for index in nodes]
+    try:
+        consume = frame.marshal(Basic.Consume(queue=queue, exclusive=True), 1)
+        for client in clients:
+            client.sock.sendall(consume)
+        answers = [client.receive() for client in clients]
+        for client, answer in zip(clients, answers, strict=True):
+            if isinstance(answer, Basic.ConsumeOk):
+                client.send(1, Basic.Cancel(consumer_tag=answer.consumer_tag))
+                client.expect(Basic.CancelOk)
+        return answers
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_two_nodes_racing_for_an_exclusive_consumer_the_loser_gets_403(cluster: BenchCluster) -> None:
+    with connect(cluster, 0) as connection:
+        channel = connection.channel()
+        for first, second in ((1, 2), (0, 1), (2, 0)):
+            for _ in range(RACE_ROUNDS):
+                queue = unique("parity-exclusive-race")
+                channel.queue_declare(queue, durable=True)
+                answers = race_for_exclusive(cluster, (first, second), queue)
+                won = [answer for answer in answers if isinstance(answer, Basic.ConsumeOk)]
+                lost = [answer for answer in answers if isinstance(answer, Channel.Close)]
+                assert (len(won), len(lost)) == (1, 1), f"nodes {first} and {second}: {answers}"
+                assert (lost[0].reply_code, lost[0].reply_text) == (
+                    403, f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
+                )
+                channel.queue_delete(queue)
 
 
 def test_a_quorum_queue_takes_an_exclusive_consumer_beside_others_everywhere(cluster: BenchCluster) -> None:

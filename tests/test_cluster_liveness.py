@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trio
 
+from leveret.broker.cluster.leadership import Deposed, Elected
+from leveret.broker.cluster.records import QueueRecord
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.server.cluster import run_cluster
 from leveret.broker.server.etcd import EtcdClient
@@ -63,4 +66,40 @@ async def test_a_node_whose_lease_expires_is_dead_to_the_cluster(etcd: EtcdClust
         assert a.membership.alive_nodes() == ["a"]  # its own lease is kept alive meanwhile
         await trio.sleep(2.5)
         assert a.membership.alive_nodes() == ["a"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_leader_whose_keepalives_are_answered_late_leads_again(
+    etcd: EtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded machine: for a while every keepalive reaches etcd (the lease, and the leader key, live)
+    but its answer comes after the TTL, so the leader gives its queues up (it cannot know the lease
+    lives). Once answers come in time again it leads them again, same epoch. Before, it stayed deposed
+    behind its own live key: no other node campaigns, and every call to it was refused."""
+    late = False
+    keepalive = EtcdClient.lease_keepalive
+
+    async def slow_keepalive(self: EtcdClient, lease: int, **options: Any) -> int:
+        remaining = await keepalive(self, lease, **options)
+        if late:
+            await trio.sleep(3)  # renewed at etcd, answered after the 2 s TTL
+        return remaining
+
+    monkeypatch.setattr(EtcdClient, "lease_keepalive", slow_keepalive)
+    a = cluster_state(etcd, "a", "/late1/")
+    roles: list[Elected | Deposed] = []
+    a.role_changed = roles.append
+    queue = ("/", "orders")
+    async with EtcdClient(etcd.endpoints) as client, trio.open_nursery() as nursery:
+        await nursery.start(run_cluster, a)
+        record = QueueRecord("orders", True, False, "{}", ("a",), "a")
+        await client.put(a.layout.queue(*queue), record.encode())
+        await until(lambda: queue in a.leadership.led)
+        late = True
+        await until(lambda: queue not in a.leadership.led, timeout=5)
+        late = False
+        await until(lambda: queue in a.leadership.led, timeout=5)
+        assert [type(effect) for effect in roles] == [Elected, Deposed, Elected]
+        assert roles[0].epoch == roles[2].epoch  # its key lived on: the same one
+        assert "lease may have lapsed" in roles[1].reason  # type: ignore[union-attr]
         nursery.cancel_scope.cancel()

@@ -3,6 +3,7 @@ batches to each other by hand, as the peer links would."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ def test_every_op_survives_the_wire() -> None:
         codec.Cancel(7),
         codec.Settle("/", "q", codec.REQUEUE, (1, 2, 1 << 40)),
         codec.Call("/", "q", codec.DELETE, codec.IF_EMPTY),
+        codec.Call("/", "q", codec.CONSUMABLE, codec.CALL_EXCLUSIVE, 1 << 40),
         codec.Deliver(7, 5, True, message(b"x" * 70000)),
         codec.Cancelled(7),
     ]
@@ -532,6 +534,53 @@ def test_calls_are_answered_by_the_leader(nodes: tuple[Node, Node]) -> None:
     assert (delete.error_code, delete.error_text) == (406, "queue 'q' in vhost '/' not empty")
     assert purge.message_count == 2
     assert real.unacked == 1  # the get's message, held for the other node until it settles it
+
+
+def consumable(node: Node, leader: Node, cid: int, *, exclusive: bool) -> codec.CallResult:
+    """`node` asks `leader` whether the queue takes its consumer `cid`: the leader's answer."""
+    answers: list[bytes | None] = []
+    flags = codec.CALL_EXCLUSIVE if exclusive else 0
+    node.hub.call(leader.hub.name, codec.Call("/", "q", codec.CONSUMABLE, flags, cid), answers.append)
+    exchange(node, leader)
+    (answer,) = answers
+    assert answer is not None
+    return dataclasses.replace(codec.decode_call_result(answer), node=leader.hub.name)
+
+
+def test_a_yes_to_a_consumer_keeps_its_place_until_it_registers() -> None:
+    """Two nodes racing for the exclusive consumer: the second's check comes between the first's check
+    and its CONSUME, and is refused (before, both passed, and the leader cancelled the second's consumer
+    after its consume-ok)."""
+    a, b, c = three_nodes()
+    real = a.vhost.queues["q"]
+    first = consumable(b, a, b.hub.new_cid(), exclusive=True)
+    assert first.error_code == 0
+    second = consumable(c, a, c.hub.new_cid(), exclusive=True)
+    assert (second.error_code, second.error_text) == (403, "queue 'q' in vhost '/' in exclusive use")
+    assert consumable(c, a, c.hub.new_cid(), exclusive=False).error_code == 403  # nor any other
+    assert real.exclusive_use(False)  # a consumer on the leader's own node is refused too
+
+    # The winner registers under the id it asked with: its place becomes the consumer.
+    b.vhost.queues["q"].add_consumer(Consumer("t", b.vhost.queues["q"], Channel(), no_ack=False,
+                                              exclusive=True, prefetch=1), 1)
+    settle_all(a, b, c)
+    assert [consumer.exclusive for consumer in real.consumers] == [True]
+    assert real.promised == {}
+
+
+def test_a_promised_place_goes_when_its_consumer_never_comes() -> None:
+    a, b, c = three_nodes()
+    real = a.vhost.queues["q"]
+    call = codec.Call("/", "q", codec.CONSUMABLE, codec.CALL_EXCLUSIVE, b.hub.new_cid())
+    answer = consumable(b, a, call.cid, exclusive=True)
+    assert real.exclusive_use(False)
+    b.hub.call_done(call, answer)  # its connection closed before the consume was handled again
+    settle_all(a, b, c)
+    assert not real.exclusive_use(True)
+
+    answer = consumable(b, a, b.hub.new_cid(), exclusive=True)
+    a.hub.link_down("b")  # or the link to its node broke
+    assert not real.exclusive_use(True)
 
 
 def test_leadership_moving_swaps_proxy_and_real_queue_in_their_bindings(nodes: tuple[Node, Node]) -> None:

@@ -198,6 +198,54 @@ async def test_a_stranger_is_refused(nursery: trio.Nursery) -> None:
     assert not b.links.link("node1").up
 
 
+async def test_a_node_of_another_version_is_refused_and_both_ends_say_why(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    from leveret.broker.cluster.peer_protocol import VERSION, FrameDecoder, Hello, encode_hello
+
+    listeners, addresses = await _listeners(2)
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    for _ in range(3):  # a dialer of an older build, trying again
+        stream = await trio.open_tcp_stream(*addresses["node2"])
+        await stream.send_all(encode_hello("test-cluster", "node1", version=1))
+        with trio.fail_after(5):
+            answer = FrameDecoder().feed(await stream.receive_some(4096))
+        assert answer == [Hello("test-cluster", "node2", VERSION)]  # its own version, then closed
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""
+        await stream.aclose()
+    assert not b.links.link("node1").up
+    refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert refused == [  # once, not at every try
+        f"peer link with node1 refused: node 'node1' speaks peer protocol version 1, this node version "
+        f"{VERSION}: nodes of different builds cannot link (run the same build on every node)"
+    ]
+
+    # This node dialing one of another build: refused on that node's hello, said once.
+    caplog.clear()
+    older = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    accepted = 0
+
+    async def older_node(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.receive_some(4096)
+        await stream.send_all(encode_hello("test-cluster", "node2", version=1))
+        await stream.aclose()
+
+    nursery.start_soon(trio.serve_listeners, older_node, older)
+    port = older[0].socket.getsockname()[1]
+    a = await start_node(nursery, "node1", {**addresses, "node2": ("127.0.0.1", port)}, listeners[0])
+    with trio.fail_after(10):
+        while accepted < 3:
+            await trio.sleep(0.05)
+    assert not a.links.link("node2").up
+    refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert refused == [f"peer link with node2 refused: node 'node2' speaks peer protocol version 1, this "
+                       f"node version {VERSION}: nodes of different builds cannot link (run the same "
+                       "build on every node)"]
+
+
 async def test_heartbeats_keep_an_idle_link_up(nursery: trio.Nursery) -> None:
     listeners, addresses = await _listeners(2)
     a = await start_node(nursery, "node1", addresses, listeners[0], peer_timeout=0.3)

@@ -9,10 +9,12 @@ import pytest
 
 from leveret.broker.cluster.peer_protocol import (
     HEARTBEAT_FRAME,
+    VERSION,
     FrameDecoder,
     Heartbeat,
     Hello,
     PeerProtocolError,
+    PeerVersionMismatch,
     Reply,
     Request,
     check_hello,
@@ -106,3 +108,15 @@ def test_hello_checks() -> None:
         check_hello(Hello("c1", "node2", 9), "c1", "node2")
     with pytest.raises(PeerProtocolError, match="hello first"):
         check_hello(Heartbeat(), "c1", "node2")
+
+
+def test_a_node_of_the_previous_format_is_refused_naming_both_versions() -> None:
+    """Version 1 is what builds before the formats of session 5 (and CALL's consumer id) said: a node of
+    such a build would misread this one's batches and replication payloads."""
+    hello = FrameDecoder().feed(encode_hello("c1", "node2", version=1))[0]
+    with pytest.raises(PeerVersionMismatch) as refused:
+        check_hello(hello, "c1", "node2")
+    assert (refused.value.node, refused.value.theirs, refused.value.ours) == ("node2", 1, VERSION)
+    assert str(refused.value).startswith(
+        f"node 'node2' speaks peer protocol version 1, this node version {VERSION}"
+    )

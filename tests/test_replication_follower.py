@@ -4,6 +4,7 @@ in interop/test_cluster_replication.py)."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from leveret.broker.cluster.replica_file import ReplicaFile, stem
 from leveret.broker.node import Node
 from leveret.broker.server.peers import PeerLinks
 from leveret.broker.server.replication import _APPEND_HEAD, _FIRST, _LAST, Replication, _queue_head
+from leveret.broker.server.startup import StartError
 from leveret.config import load_config
 
 Q = ("/", "orders")
@@ -299,3 +301,33 @@ async def test_a_stale_epoch_mid_pipeline_is_refused_from_then_on(tmp_path: Path
     # counting it.
     again = follower(tmp_path)
     assert list(again.replicas[Q].state.held) == [1, 2, 3, 4] and again.replicas[Q].end == 5
+
+
+def test_a_replica_file_of_another_format_stops_the_node_and_is_left_as_it_is(tmp_path: Path) -> None:
+    """A file whose header has no format (a build before FORMAT 2) or another one is never read as this
+    build's records: the node does not start, and says which file and both formats."""
+    directory = tmp_path / "b" / "replicas"
+    directory.mkdir(parents=True)
+    path = replica_file.generation_path(directory, stem(*Q), 1)
+    for header in ({"vhost": "/", "queue": "orders"}, {"vhost": "/", "queue": "orders", "format": 7}):
+        content = (replica_file._frame(replica_file.HEADER, json.dumps(header).encode())
+                   + replica_file._frame(replica_file.ENTRIES, encode_entries(entries(3, 1, 2))))
+        path.write_bytes(content)
+        found = header.get("format", 1)
+        with pytest.raises(replica_file.ReplicaFormatError, match=f"is in format {found}, this build reads"):
+            replica_file.load(directory, stem(*Q), 1)
+        with pytest.raises(StartError) as refused:
+            follower(tmp_path)
+        assert str(refused.value).startswith(
+            f"replica file {path} is in format {found}, this build reads format {replica_file.FORMAT}: "
+            "start the build that wrote it, or move")
+        assert path.read_bytes() == content
+
+
+def test_this_builds_replica_files_say_their_format(tmp_path: Path) -> None:
+    file = ReplicaFile(tmp_path, *Q)
+    file.sync(file.take())
+    first = next(replica_file._frames(open(file.path, "rb")))
+    assert first[1] == replica_file.HEADER
+    assert json.loads(first[2]) == {"vhost": "/", "queue": "orders", "format": replica_file.FORMAT}
+    assert replica_file.FORMAT > 1  # 1 was every build before session 5's records, which read them wrong

@@ -139,6 +139,9 @@ class Leadership:
         self._seen: dict[bytes, int] = {}  # key -> last mod revision applied (deletions too)
         self.lease = 0
         self.lease_deadline = -math.inf
+        # A decision was made while the lease's deadline had passed (leadership given up, campaigns not
+        # run): every queue is looked at again once it is renewed, which no watch event would say.
+        self._lapsed = False
         self.led: dict[QueueId, int] = {}  # queues this node acts as leader of -> epoch
         self._busy: set[QueueId] = set()  # a txn of ours for the queue is running
         self._revoked: set[int] = set()  # stale leases of this node already asked to be revoked
@@ -297,6 +300,11 @@ class Leadership:
     def decide(self, now: float) -> list[Effect]:
         """What to do about every queue something happened to since the last call (every queue this node
         leads, too: its lease may have lapsed meanwhile)."""
+        if now >= self.lease_deadline:
+            self._lapsed = True
+        elif self._lapsed:
+            self._lapsed = False
+            self._all_dirty = True
         if self._all_dirty:
             queues = set(self.replicas) | set(self.leaders) | set(self.led)
             self._all_dirty = False

@@ -3,11 +3,17 @@
 Every frame is `length (u32, big-endian) | type (u8) | body`, where length counts the type byte and body.
 
 ```
-HELLO      body: JSON {"cluster": identity, "node": name, "version": 1}   first frame each way
+HELLO      body: JSON {"cluster": identity, "node": name, "version": 2}   first frame each way
 HEARTBEAT  body: empty                                                    sent by an idle writer
 REQUEST    body: id (u64) | kind length (u8) | kind (ASCII) | payload     one message for a handler
 REPLY      body: id (u64) | status (u8: 0 ok, 1 refused) | payload       its acknowledgement
 ```
+
+`VERSION` covers these frames and every request's payload (remote_codec's "q.batch", replication's
+`repl.*` with replica.py's entries and snapshots, `node.stats`): nodes of two builds whose formats
+differ must not link, since each would misread the other. A hello of another version is refused, with
+both versions in the log of both nodes (the acceptor sends its own hello first, so the dialer knows
+why). tests/test_wire_formats.py fails when a format changes and VERSION does not.
 
 Requests are answered in the order they arrive on a link (one reader hands them to the handlers in turn),
 so replies come back in order too; ids still pair them, so a caller need not rely on it.
@@ -24,7 +30,8 @@ HEARTBEAT = 2
 REQUEST = 3
 REPLY = 4
 
-VERSION = 1
+# 1: up to session 5; 2: CALL carries a consumer id, and the replica entries and snapshots of session 5.
+VERSION = 2
 REPLY_OK = 0
 REPLY_REFUSED = 1
 
@@ -38,6 +45,17 @@ _REPLY = struct.Struct(">QB")  # id, status
 
 class PeerProtocolError(Exception):
     """The other end sent something that is not this protocol: the link is closed."""
+
+
+class PeerVersionMismatch(PeerProtocolError):
+    """The other end is a node of a build that speaks another version of this protocol."""
+
+    def __init__(self, node: str, theirs: int, ours: int = VERSION) -> None:
+        super().__init__(
+            f"node {node!r} speaks peer protocol version {theirs}, this node version {ours}: nodes of "
+            "different builds cannot link (run the same build on every node)"
+        )
+        self.node, self.theirs, self.ours = node, theirs, ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +88,8 @@ Frame = Hello | Heartbeat | Request | Reply
 HEARTBEAT_FRAME = _LENGTH.pack(1, HEARTBEAT)
 
 
-def encode_hello(cluster: str, node: str) -> bytes:
-    body = json.dumps({"cluster": cluster, "node": node, "version": VERSION}).encode()
+def encode_hello(cluster: str, node: str, version: int = VERSION) -> bytes:
+    body = json.dumps({"cluster": cluster, "node": node, "version": version}).encode()
     return _LENGTH.pack(1 + len(body), HELLO) + body
 
 
@@ -159,11 +177,11 @@ def check_hello(frame: Frame, cluster: str, expected: set[str] | str) -> Hello:
     """The other end's hello, or PeerProtocolError saying why it may not join this link."""
     if not isinstance(frame, Hello):
         raise PeerProtocolError(f"expected a hello first, got {type(frame).__name__}")
-    if frame.version != VERSION:
-        raise PeerProtocolError(f"peer protocol version {frame.version}, this node speaks {VERSION}")
     if frame.cluster != cluster:
         raise PeerProtocolError(f"node {frame.node!r} belongs to another cluster ({frame.cluster!r})")
     names = {expected} if isinstance(expected, str) else expected
     if frame.node not in names:
         raise PeerProtocolError(f"node {frame.node!r} is not expected on this link")
+    if frame.version != VERSION:
+        raise PeerVersionMismatch(frame.node, frame.version)
     return frame

@@ -40,7 +40,7 @@ class Hub(Protocol):
 
     def settle(self, proxy: ProxyQueue, how: str, taken: list[tuple[str, int, int]]) -> None: ...
 
-    def attach(self, proxy: ProxyQueue, consumer: Any) -> None: ...
+    def attach(self, proxy: ProxyQueue, consumer: Any, cid: int = 0) -> None: ...
 
     def detach(self, consumer: Any) -> None: ...
 
@@ -142,10 +142,11 @@ class ProxyQueue(Queue):
     def requeue(self, seqs: Iterable[int]) -> None:
         self.hub.settle(self, "requeue", self._taken(seqs))
 
-    def add_consumer(self, consumer: Subscriber) -> None:
+    def add_consumer(self, consumer: Subscriber, cid: int = 0) -> None:
+        """`cid`: the consumer's id in the CONSUMABLE call the leader answered (0: none was made)."""
         self.consumers.append(consumer)
         self.had_consumers = True
-        self.hub.attach(self, consumer)
+        self.hub.attach(self, consumer, cid)
 
     def remove_consumer(self, consumer: Subscriber) -> None:
         try:

@@ -241,11 +241,13 @@ class RemoteConsumer:
 class _Origin:
     """What a node with consumers or gets on queues led here holds of them."""
 
-    __slots__ = ("node", "consumers", "held", "output")
+    __slots__ = ("node", "consumers", "promised", "held", "output")
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.consumers: dict[int, RemoteConsumer] = {}
+        # Consumers whose CONSUMABLE call was answered yes, until their CONSUME (or CANCEL): cid -> queue.
+        self.promised: dict[int, Queue] = {}
         # Unacked by that node, per queue: (the queue object, its seqs).
         self.held: dict[tuple[str, str], tuple[Queue, set[int]]] = {}
         self.output = CreditPool(OUTPUT_WINDOW)
@@ -448,9 +450,14 @@ class RemoteQueues(QueueRoles):
 
     # ---- consumers on proxies here -----------------------------------------------------------------------
 
-    def attach(self, proxy: ProxyQueue, consumer: Any) -> None:
+    def new_cid(self) -> int:
+        """An id for a consumer here, before it exists: its CONSUMABLE call carries it."""
+        return next(self._cids)
+
+    def attach(self, proxy: ProxyQueue, consumer: Any, cid: int = 0) -> None:
+        """`cid`: the one its CONSUMABLE call carried (the leader keeps its place under it), else 0."""
         now = self.clock()
-        sub = _Subscription(next(self._cids), consumer, proxy, now)
+        sub = _Subscription(cid or next(self._cids), consumer, proxy, now)
         self.subs[sub.cid] = sub
         self._by_consumer[id(consumer)] = sub
         self._attach(sub, now)
@@ -565,6 +572,13 @@ class RemoteQueues(QueueRoles):
             self._send(leader, codec.Call(proxy.vhost, proxy.name, codec.COUNTS), got)
             asked += 1
         return asked
+
+    def call_done(self, call: codec.Call, answer: codec.CallResult) -> None:
+        """The method that made `call` is done (or its connection went): a consumer the leader promised a
+        place to that was never attached gives it back, so that it does not keep others out."""
+        if (call.what == codec.CONSUMABLE and call.cid and not answer.error_code and answer.node
+                and call.cid not in self.subs and answer.generation == self.generation.get(answer.node, 0)):
+            self._send(answer.node, codec.Cancel(call.cid))
 
     def unclaimed(self, call: codec.Call, answer: codec.CallResult) -> None:
         """A basic.get's message whose connection closed before the answer came: back to the leader."""
@@ -683,7 +697,15 @@ class RemoteQueues(QueueRoles):
         handled.published.append((len(handled.results), position))
         handled.results.append(None)
 
+    def _unpromise(self, node: str, cid: int) -> None:
+        """The consumer's promised place goes (it registers now, or gave up)."""
+        origin = self.origins.get(node)
+        queue = origin.promised.pop(cid, None) if origin is not None else None
+        if queue is not None:
+            queue.promised.pop((node, cid), None)
+
     def _consumed(self, node: str, op: codec.Consume) -> None:
+        self._unpromise(node, op.cid)  # checked against everyone else, it takes its place now
         queue = self._led_queue(op.vhost, op.queue)
         if queue is None or queue.exclusive_use(bool(op.flags & codec.EXCLUSIVE)):
             self._send(node, codec.Cancelled(op.cid))
@@ -700,6 +722,7 @@ class RemoteQueues(QueueRoles):
             consumer.queue.credit(consumer, max(min(op.limit, UNLIMITED) - consumer.delivered, 0))
 
     def _cancel(self, node: str, cid: int) -> None:
+        self._unpromise(node, cid)
         origin = self.origins.get(node)
         consumer = origin.consumers.pop(cid, None) if origin is not None else None
         if consumer is None:
@@ -842,8 +865,13 @@ class RemoteQueues(QueueRoles):
             if op.what == codec.DELETE:
                 return codec.CallResult(message_count=_check_delete(queue, op.flags))
             if op.what == codec.CONSUMABLE:
-                if queue.exclusive_use(bool(op.flags & codec.CALL_EXCLUSIVE)):
+                exclusive = bool(op.flags & codec.CALL_EXCLUSIVE)
+                if queue.exclusive_use(exclusive):
                     return codec.CallResult(ACCESS_REFUSED, exclusive_use_text(queue.vhost, queue.name))
+                if op.cid:  # its place is kept: no other consumer's check passes against it meanwhile
+                    self._unpromise(node, op.cid)
+                    queue.promised[(node, op.cid)] = exclusive
+                    self._origin(node).promised[op.cid] = queue
                 return codec.CallResult(consumer_count=queue.consumer_count)
             if op.what == codec.GET:
                 entry = queue.take_now()  # answered at once: a head on disk is read back here
@@ -876,6 +904,8 @@ class RemoteQueues(QueueRoles):
             del self._cancelled[cid]
         origin = self.origins.pop(node, None)
         if origin is not None:
+            for cid, queue in origin.promised.items():
+                queue.promised.pop((node, cid), None)
             for consumer in origin.consumers.values():
                 consumer.queue.remove_consumer(consumer)
             for queue, seqs in origin.held.values():

@@ -17,7 +17,8 @@ SETTLE    vhost, queue | how u8 (ack, reject, requeue) | count u32 | seqs u64...
 CLAIM     vhost, queue | count u32 | held seqs u64... | count u32 | (how u8, seq u64)...
           what this node's clients hold unacked, and settlements no leader said were replicated, for a
           new leader (or the same after a broken link) to keep and apply   -> result u8 (as SETTLE's)
-CALL      vhost, queue | what u8 | flags u8                   -> result (see `CallResult`)
+CALL      vhost, queue | what u8 | flags u8 | cid u64         -> result (see `CallResult`)
+          cid: CONSUMABLE's consumer, whose place the leader keeps once it answers yes (else 0)
 DELIVER   cid u64 | seq u64 | redelivered u8 | message        (leader -> consumer's node)
 CANCELLED cid u64                                             (leader -> consumer's node)
 message   exchange, routing key (str8) | properties (bytes32) | body (bytes32)
@@ -39,7 +40,9 @@ KIND = "q.batch"
 
 PUBLISH, CONSUME, CREDIT, CANCEL, SETTLE, CALL, DELIVER, CANCELLED, CLAIM = range(1, 10)
 ACK, REJECT, REQUEUE = range(3)
-# CONSUMABLE: whether the queue takes a new consumer (a classic queue refuses one while in exclusive use).
+# CONSUMABLE: whether the queue takes a new consumer (a classic queue refuses one while in exclusive use);
+# a yes keeps the consumer's place (its cid) until its CONSUME or CANCEL, so a check and a registration
+# from another node cannot come between them.
 GET, PURGE, COUNTS, DELETE, CONSUMABLE = range(5)
 
 # A publish's result: confirmed, refused (nack), or sent to a node that does not lead the queue yet.
@@ -120,6 +123,7 @@ class Call:
     queue: str
     what: int
     flags: int = 0
+    cid: int = 0  # CONSUMABLE: the consumer asking (see above)
 
 
 @dataclass(slots=True)
@@ -238,7 +242,8 @@ def encode_op(op: Op) -> bytes:
         return _U8.pack(CANCELLED) + _U64.pack(op.cid)
     if isinstance(op, Call):
         return b"".join(
-            (_U8.pack(CALL), _str8(op.vhost), _str8(op.queue), _U8.pack(op.what), _U8.pack(op.flags))
+            (_U8.pack(CALL), _str8(op.vhost), _str8(op.queue), _U8.pack(op.what), _U8.pack(op.flags),
+             _U64.pack(op.cid))
         )
     raise TypeError(f"not an op: {op!r}")
 
@@ -367,7 +372,7 @@ def _decode_op(reader: _Reader) -> Op:
     if op == CANCELLED:
         return Cancelled(reader.u64())
     if op == CALL:
-        return Call(reader.str8(), reader.str8(), reader.u8(), reader.u8())
+        return Call(reader.str8(), reader.str8(), reader.u8(), reader.u8(), reader.u64())
     raise CodecError(f"unknown op {op}")
 
 

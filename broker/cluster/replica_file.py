@@ -4,7 +4,7 @@ queue one current file and the older generations whose messages are still held.
 Blocking file work, run by the server in a worker thread. Records are framed
 `length (u32) | crc32 (u32) | type (u8) | body`:
 
-    HEADER     JSON {"vhost", "queue"}              first in each file
+    HEADER     JSON {"vhost", "queue", "format"}    first in each file; format: FORMAT (none: 1)
     ENTRIES    epoch-stamped entries (replica.encode_entries)
     TRUNCATE   u64 offset: the entries from there on are gone (a new leader's truncation by epoch)
     SNAPSHOT   replica.encode_refs: the state at an offset, each message by its location, replacing all
@@ -19,6 +19,10 @@ a new generation starts with one SNAPSHOT (and the messages not on disk yet), fs
 place; older generations are deleted once nothing the log may still need is in them. The newest
 generation is the replica; a torn or damaged record ends it: what came before it is the replica (it
 acked nothing after it).
+
+A file of another format (a build whose records differ) is never read as this one's: `load` raises
+ReplicaFormatError, and the node does not start (it names the file and both formats).
+tests/test_wire_formats.py fails when the records change and FORMAT does not.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ from leveret.broker.cluster.replica import (
 
 log = logging.getLogger(__name__)
 
+# 1: up to session 5 (no "format" in the header); 2: session 5's entries and snapshots.
+FORMAT = 2
+
 HEADER = 1
 ENTRIES = 2
 TRUNCATE = 3
@@ -75,6 +82,14 @@ _SPAN = 1 << 20
 
 Located = tuple[int, int, int]  # seq, location, offset of its log entry (-1: none)
 Work = tuple["_Rewrite | None", bytes, list[Located]]
+
+
+class ReplicaFormatError(ValueError):
+    """A replica file written by a build of another format."""
+
+    def __init__(self, path: Path, found: int) -> None:
+        super().__init__(f"replica file {path} is in format {found}, this build reads format {FORMAT}")
+        self.path, self.found = path, found
 
 
 def stem(vhost: str, queue: str) -> str:
@@ -151,7 +166,8 @@ class ReplicaFile:
         return generation_path(self.directory, self.stem, self.generation)
 
     def _header(self) -> bytes:
-        return _frame(HEADER, json.dumps({"vhost": self.vhost, "queue": self.queue}).encode())
+        header = {"vhost": self.vhost, "queue": self.queue, "format": FORMAT}
+        return _frame(HEADER, json.dumps(header).encode())
 
     def _start(self, body: bytes, located: list[Located]) -> None:
         """A new generation: the header, then `body`, replacing the file and whatever is pending."""
@@ -405,7 +421,8 @@ def _frames(source: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
 def load(directory: Path, name: str, generation: int, tail_limit: int = TAIL_LIMIT,
          tail_bodies: int = TAIL_BODIES) -> tuple[str, str, ReplicaLog, ReplicaFile] | None:
     """Blocking: read a replica's newest generation back, a record at a time (None if it has no readable
-    header). Messages stay on disk: only their locations and flags come back into memory."""
+    header). Messages stay on disk: only their locations and flags come back into memory. Raises
+    ReplicaFormatError, reading nothing more, when the header says another format."""
     path = generation_path(directory, name, generation)
     names: tuple[str, str] | None = None
     replica = ReplicaLog(tail_limit, tail_bodies)
@@ -415,6 +432,8 @@ def load(directory: Path, name: str, generation: int, tail_limit: int = TAIL_LIM
             size = at + _FRAME.size + len(body)
             if kind == HEADER:
                 header = json.loads(body)
+                if header.get("format", 1) != FORMAT:
+                    raise ReplicaFormatError(path, header.get("format", 1))
                 names = (str(header["vhost"]), str(header["queue"]))
             elif kind == ENTRIES:
                 positions: list[int] = []

@@ -78,6 +78,9 @@ class Queue(Pageable):
         self.acked = 0
         self.ready: deque[Entry] = deque()
         self.consumers: deque[Subscriber] = deque()
+        # Consumers on other nodes this queue (their leader) said yes to, not registered yet, by an id of
+        # theirs -> exclusive: they count for `exclusive_use` (broker/cluster/remote.py).
+        self.promised: dict[tuple[str, int], bool] = {}
         # Delivered, not yet settled, by seq: the queue's own record of what its consumers hold.
         self.checked_out: dict[int, Entry] = {}
         # Unacked ones among them whose publish was nacked (see `discard`): settled, never requeued.
@@ -389,7 +392,9 @@ class Queue(Pageable):
             return False
         if exclusive and self.lifecycle is not None and self.lifecycle.settings.single_active_consumer:
             return True  # a classic single-active-consumer queue refuses exclusive consumers outright
-        return bool(self.consumers) and (exclusive or any(c.exclusive for c in self.consumers))
+        if not self.consumers and not self.promised:
+            return False
+        return exclusive or any(c.exclusive for c in self.consumers) or any(self.promised.values())
 
     def credit(self, consumer: Subscriber, credit: int) -> None:
         """How many more messages `consumer` may take now (its channel's say: prefetch, flow, the

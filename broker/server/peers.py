@@ -30,6 +30,7 @@ from leveret.broker.cluster.peer_protocol import (
     FrameDecoder,
     Hello,
     PeerProtocolError,
+    PeerVersionMismatch,
     Reply,
     Request,
     check_hello,
@@ -317,6 +318,7 @@ class PeerLinks:
         self.links = {
             node: PeerLink(self, node, address) for node, address in addresses.items() if node != name
         }
+        self._refused_versions: dict[str, int] = {}  # node -> the version its hello had, once logged
 
     @classmethod
     def from_config(cls, config: Cluster) -> PeerLinks:
@@ -388,8 +390,16 @@ class PeerLinks:
         dialers = {name for name, link in self.links.items() if not link.dials}
         try:
             with trio.fail_after(self.connect_timeout):
-                hello, rest = await _receive_hello(stream, self.cluster, dialers)
+                try:
+                    hello, rest = await _receive_hello(stream, self.cluster, dialers)
+                except PeerVersionMismatch:
+                    await stream.send_all(encode_hello(self.cluster, self.name))  # the dialer learns why
+                    raise
                 await stream.send_all(encode_hello(self.cluster, self.name))
+        except PeerVersionMismatch as error:
+            self._version_refused(error)
+            await stream.aclose()
+            return
         except (trio.TooSlowError, PeerProtocolError, trio.BrokenResourceError, OSError) as error:
             log.warning("peer connection refused: %s", error)
             await stream.aclose()
@@ -398,7 +408,14 @@ class PeerLinks:
             log.warning("peer %s spoke before the handshake finished", hello.node)
             await stream.aclose()
             return
+        self._refused_versions.pop(hello.node, None)
         await self.links[hello.node].serve(stream)
+
+    def _version_refused(self, error: PeerVersionMismatch) -> None:
+        """Said once per node and version (its dialer tries again every second or so)."""
+        if self._refused_versions.get(error.node) != error.theirs:
+            self._refused_versions[error.node] = error.theirs
+            log.error("peer link with %s refused: %s", error.node, error)
 
     async def _dial(self, link: PeerLink) -> None:
         backoff = _FIRST_BACKOFF
@@ -411,6 +428,13 @@ class PeerLinks:
                     _, rest = await _receive_hello(stream, self.cluster, link.node)
                 if rest:
                     raise PeerProtocolError("data after the hello")
+            except PeerVersionMismatch as error:
+                self._version_refused(error)
+                if stream is not None:
+                    await stream.aclose()
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
             except (trio.TooSlowError, PeerProtocolError, trio.BrokenResourceError, OSError) as error:
                 log.debug("cannot link to %s: %s", link.node, error)
                 if stream is not None:
@@ -419,6 +443,7 @@ class PeerLinks:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             backoff = _FIRST_BACKOFF
+            self._refused_versions.pop(link.node, None)
             await link.serve(stream)
             await trio.sleep(_FIRST_BACKOFF)
 

@@ -56,6 +56,7 @@ from leveret.broker.cluster.replica_file import ReplicaFile
 from leveret.broker.cluster.replication import LeaderQueue, QueueId, ReplicatedJournal
 from leveret.broker.cluster.roles import build_leader_queue
 from leveret.broker.server.peers import Deferred, PeerError, PeerLinks, PeerRefused, PendingReply
+from leveret.broker.server.startup import StartError
 
 if TYPE_CHECKING:
     from leveret.broker.node import Node
@@ -145,8 +146,14 @@ class Replication:
         for leftover in [*self.directory.glob("*.tmp"), *self.directory.glob("*.part")]:
             leftover.unlink()  # a rewrite or a snapshot that never finished
         for name, numbers in sorted(replica_file.generations(self.directory).items()):
-            loaded = replica_file.load(self.directory, name, numbers[-1], self.tail_limit,
-                                       self._tail_bodies())
+            try:
+                loaded = replica_file.load(self.directory, name, numbers[-1], self.tail_limit,
+                                           self._tail_bodies())
+            except replica_file.ReplicaFormatError as error:
+                raise StartError(
+                    f"{error}: start the build that wrote it, or move {self.directory} away to start "
+                    "this node without its replicas (its queues' messages are then only the other nodes')"
+                ) from None
             if loaded is None:
                 continue
             vhost, queue, replica, file = loaded

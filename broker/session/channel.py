@@ -100,6 +100,9 @@ class ChannelOwner(Protocol):
     def known_answer(self, call: remote_codec.Call) -> remote_codec.CallResult | None:
         """That answer, if the method already had it (it is being handled again)."""
 
+    def consumer_cid(self) -> int:
+        """The id a basic.consume's consumer has at a leader elsewhere (the same when handled again)."""
+
     def head_ready(self) -> None:
         """The queue head a held basic.get waited for (HeadPending) is in memory: handle it again."""
 
@@ -795,8 +798,13 @@ class ChannelSession:
             # Only the leader knows every node's consumers: consume-ok (or its 403) once it answered, as
             # RabbitMQ's queue process answers. Quorum and stream queues ignore the exclusive flag: theirs
             # go at once.
+            # A yes keeps the consumer's place at the leader (its id) until its registration arrives.
             flags = remote_codec.CALL_EXCLUSIVE if method.exclusive else 0
-            self._ask_leader(queue, remote_codec.CONSUMABLE, flags)
+            cid = self.session.consumer_cid()
+            self._leader_answer(remote_codec.Call(self.vhost.name, queue.name, remote_codec.CONSUMABLE,
+                                                  flags, cid))
+        else:
+            cid = 0
         consumer = Consumer(
             tag,
             queue,
@@ -809,7 +817,10 @@ class ChannelSession:
         self.consumers[tag] = consumer
         if not method.nowait:
             self._reply(Basic.ConsumeOk, consumer_tag=tag)
-        queue.add_consumer(consumer)
+        if isinstance(queue, ProxyQueue):
+            queue.add_consumer(consumer, cid)
+        else:
+            queue.add_consumer(consumer)
 
     def _cancel(self, method: Basic.Cancel) -> None:
         tag = method.consumer_tag or ""

@@ -129,6 +129,7 @@ class ConnectionSession:
         # went through, for when it is handled again.
         self._answers: dict[Call, CallResult] = {}
         self._replayed: Any = None
+        self._consumer_cid = 0  # the held basic.consume's consumer id (see `consumer_cid`)
         # For the client log: whether the client sent anything, how the socket went, a login refusal
         # already logged with its reason.
         self.received_any = False
@@ -224,9 +225,18 @@ class ConnectionSession:
             return
         except Exception as error:
             self._failed(event, error)
-        if self._answers or self._replayed is not None:
-            self._answers.clear()  # the method is done: its answers are not a later method's
-            self._replayed = None
+        if self._answers or self._replayed is not None or self._consumer_cid:
+            self._method_done()
+
+    def _method_done(self) -> None:
+        """The held method is done: its answers are not a later method's."""
+        if self._answers:
+            assert self.node.cluster is not None
+            for call, answer in self._answers.items():
+                self.node.cluster.remote.call_done(call, answer)
+            self._answers.clear()
+        self._replayed = None
+        self._consumer_cid = 0
 
     def remote_answer(self, call: Call) -> CallResult:
         """The leader's answer to `call` if it came while this method was held; else hold the method."""
@@ -234,6 +244,14 @@ class ConnectionSession:
         if answer is None:
             raise ClusterPending(call)
         return answer
+
+    def consumer_cid(self) -> int:
+        """The id of the consumer a basic.consume on a queue led elsewhere asks its leader about: the
+        same each time the method is handled again, so that its call (and the leader's answer) is."""
+        if not self._consumer_cid:
+            assert self.node.cluster is not None
+            self._consumer_cid = self.node.cluster.remote.new_cid()
+        return self._consumer_cid
 
     def known_answer(self, call: Call) -> CallResult | None:
         return self._answers.get(call)
@@ -254,9 +272,11 @@ class ConnectionSession:
         if self.finished or self.conn.closed:
             self.waiting = None
             self.cluster_resumed()
+            assert self.node.cluster is not None
             if answer.seq and not call.flags & CALL_NO_ACK:  # a basic.get nobody will settle
-                assert self.node.cluster is not None
                 self.node.cluster.remote.unclaimed(call, answer)
+            self.node.cluster.remote.call_done(call, answer)
+            self._consumer_cid = 0
             return
         self.waiting = None
         if answer.error_code != LED_HERE:  # else the queue is led here now: the method finds it

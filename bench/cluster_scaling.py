@@ -300,12 +300,13 @@ def main(argv: list[str]) -> int:
              f"{args.confirms} confirms in flight each")
     load = Load(args.producers, args.confirms)
     metrics = (Metric("confirmed/s"), Metric("delivered/s"))
-    # One case per node count, replication factor (capped at the node count) and routing; the cases of
-    # one node count share its clusters.
+    # One case per node count, replication factor (capped at the node count) and routing (one node leads
+    # every queue: there the routings are the same, and only the first is measured); the cases of one
+    # node count share its clusters.
     cases = [ClusterCase(n, f"{n} node(s), {r} replica(s), {routing} keys: {label}", metrics,
                          scaling(args.queues, load, r, routing == "aware", args.profile))
              for n in args.nodes for r in dict.fromkeys(min(f, n) for f in args.replication_factor)
-             for routing in args.routing]
+             for routing in (args.routing if n > 1 else args.routing[:1])]
     extra = {"open files limit": tools.nofile, "repeats": args.repeat, "seconds per run": args.duration,
              "loadgen": str(tools.loadgen)}
     env = environment(argv, extra, "python -m bench.cluster_scaling")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,18 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
+from bench.cluster_runs import (
+    PAUSE,
+    ClusterCase,
+    Settings,
+    Window,
+    hosts,
+    measure,
+    progress,
+    report,
+    run_window,
+    sample,
+)
 from bench.clusters import QUORUM, BenchCluster, new_cluster
 from bench.pyspy import MARGIN, RATE, own_time, py_spy
 from bench.report import environment
@@ -252,6 +264,47 @@ def scaling(queue_count: int, load: Load, replicas: int, aware: bool,
     return measure
 
 
+def run_interleaved(cases: list[ClusterCase], clusters: dict[int, list[BenchCluster]], settings: Settings,
+                    repeats: int) -> dict[int, list[Measurement]]:
+    """Each repeat measures every case in turn (in reverse every other repeat) on the clusters of its node
+    count, which all run for the whole command: the node counts are compared within the same minutes of a
+    shared machine, not over minutes apart. Within a case the brokers alternate (L R, R L, ...)."""
+    results: dict[int, list[Measurement]] = {index: [] for index in range(len(cases))}
+    order = list(enumerate(cases))
+    for repeat in range(repeats):
+        for index, case in order if repeat % 2 == 0 else order[::-1]:
+            print(f"== [{case.scenario}] {case.label} #{repeat + 1}", file=sys.stderr, flush=True)
+            pair = clusters[case.scenario]
+            for cluster in pair if repeat % 2 == 0 else pair[::-1]:
+                measurement = measure(case, cluster, settings, repeat)
+                progress(case, measurement)
+                results[index].append(measurement)
+                time.sleep(PAUSE)
+    return results
+
+
+def growth(cases: list[ClusterCase], results: dict[int, list[Measurement]]) -> str:
+    """Each broker's confirmed/s on N nodes over its 1-node rate of the same repeat (measured minutes
+    apart at most), one line per case: the scaling curve, as ratios taken under the same load."""
+    single = next((index for index, case in enumerate(cases) if case.scenario == 1), None)
+    if single is None:
+        return "not measured (no 1-node case)"
+    base = {(m.kind, m.repeat): m.sample.metrics["confirmed/s"] for m in results[single] if m.sample}
+    lines = []
+    for index, case in enumerate(cases):
+        if index == single:
+            continue
+        parts = []
+        for kind in dict.fromkeys(m.kind for m in results[index]):
+            ratios = [m.sample.metrics["confirmed/s"] / base[kind, m.repeat] for m in results[index]
+                      if m.kind == kind and m.sample and base.get((kind, m.repeat))]
+            if ratios:
+                parts.append(f"{kind} {statistics.median(ratios):.2f}x ("
+                             + " / ".join(f"{r:.2f}" for r in ratios) + ")")
+        lines.append(f"{case.label.split(':')[0]}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster_scaling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,21 +363,20 @@ def main(argv: list[str]) -> int:
     extra = {"open files limit": tools.nofile, "repeats": args.repeat, "seconds per run": args.duration,
              "loadgen": str(tools.loadgen)}
     env = environment(argv, extra, "python -m bench.cluster_scaling")
-    results: dict[int, list[Measurement]] = {}
     with tempfile.TemporaryDirectory(prefix="leveret-bench-scaling-") as root:
-        for size in args.nodes:
-            clusters = [new_cluster(kind, Path(root) / f"{kind}-{size}", size) for kind in tools.kinds]
-            try:
-                for cluster in clusters:
+        clusters = {size: [new_cluster(kind, Path(root) / f"{kind}-{size}", size) for kind in tools.kinds]
+                    for size in args.nodes}
+        try:
+            for size, pair in clusters.items():
+                for cluster in pair:
                     print(f"== starting {size} {cluster.kind} node(s)", file=sys.stderr, flush=True)
                     cluster.start()
-                for index, case in enumerate(cases):
-                    if case.scenario == size:
-                        print(f"== [{case.scenario}] {case.label}", file=sys.stderr, flush=True)
-                        results[index] = run_case(case, clusters, settings, args.repeat)
-            finally:
-                for cluster in clusters:
+            results = run_interleaved(cases, clusters, settings, args.repeat)
+        finally:
+            for pair in clusters.values():
+                for cluster in pair:
                     cluster.stop()
+    env["growth over 1 node"] = growth(cases, results)
     return report(env, cases, results, "cluster-scaling")
 
 

@@ -227,6 +227,7 @@ def scaling(queue_count: int, load: Load, replicas: int, aware: bool,
         spool = Path(tempfile.mkdtemp(prefix="leveret-bench-pyspy-"))
         exchange = settings.name("hash")
         queues = balanced_names(exchange, queue_count, cluster.size)
+        losses = cluster.leader_losses()
         try:
             declare_topology(cluster, exchange, queues, replicas)
             leaders = {queue: cluster.leader_of(queue) for queue in queues}
@@ -259,6 +260,12 @@ def scaling(queue_count: int, load: Load, replicas: int, aware: bool,
         merged.notes.append(f"{cluster.kind} on {cluster.size} node(s): queue leaders per node "
                             f"{dict(sorted(per_node.items()))}")
         merged.notes += [line, *notes]
+        if losses is not None:
+            lost = (cluster.leader_losses() or 0) - losses
+            merged.raw["leader_losses"] = lost
+            if lost:
+                merged.notes.append(f"{cluster.kind} on {cluster.size} node(s): {lost} queue leader(s) "
+                                    "let go for a lapsed lease during the run")
         return merged
 
     return measure
@@ -324,6 +331,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "capped at the node count, as x-quorum-initial-group-size is)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and node count (3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10; 4 with --quick)")
+    parser.add_argument("--lease-ttl", type=int,
+                        help="Leveret's cluster.lease_ttl in seconds (default: its default, 2)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy on every Leveret node during each run: its top functions in the notes")
     args = parser.parse_args(argv)
@@ -364,7 +373,8 @@ def main(argv: list[str]) -> int:
              "loadgen": str(tools.loadgen)}
     env = environment(argv, extra, "python -m bench.cluster_scaling")
     with tempfile.TemporaryDirectory(prefix="leveret-bench-scaling-") as root:
-        clusters = {size: [new_cluster(kind, Path(root) / f"{kind}-{size}", size) for kind in tools.kinds]
+        clusters = {size: [new_cluster(kind, Path(root) / f"{kind}-{size}", size, args.lease_ttl)
+                           for kind in tools.kinds]
                     for size in args.nodes}
         try:
             for size, pair in clusters.items():

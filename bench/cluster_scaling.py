@@ -242,8 +242,8 @@ def scaling(queue_count: int, load: Load, replicas: int, aware: bool,
             notes = profile_notes(cluster, spies, spool, profiled) if profiling else []
             left = sum(int(cluster.queue(queue).get("messages") or 0) for queue in queues)
         finally:
+            shutil.rmtree(spool, ignore_errors=True)  # first: a failed delete must not leave it behind
             delete_topology(cluster, exchange, queues)
-            shutil.rmtree(spool, ignore_errors=True)
         confirmed = sum(w.result["confirmed"] / max(w.result["elapsed"], 1e-9) for w in windows)
         delivered = sum(w.result["delivered"] / max(w.result["elapsed"], 1e-9) for w in windows)
         # The nodes' CPU over the first load generator's window (they all run at once, for the same time).

@@ -147,7 +147,6 @@ class Leadership:
         self._revoked: set[int] = set()  # stale leases of this node already asked to be revoked
         self._dirty: set[QueueId] = set()
         self._all_dirty = False
-        self._lapsed = False  # a decision was taken past the lease's deadline (see lease_renewed)
         self.queues_known = False  # the queue records have been read once
         # What replication reports of the followers of queues this node leads (broker/server/replication.py).
         self._lagging: dict[QueueId, set[str]] = {}
@@ -161,12 +160,6 @@ class Leadership:
         self._all_dirty = True
 
     def lease_renewed(self, deadline: float) -> None:
-        if self._lapsed and deadline > self.lease_deadline:
-            # A late keepalive answer: meanwhile this node let its queues go (Deposed) or did not take
-            # up what it won, though etcd kept the lease and the keys. Look at every queue again, or
-            # one that nothing else touches (a 1-replica queue) stays without a leader for good.
-            self._lapsed = False
-            self._all_dirty = True
         self.lease_deadline = max(self.lease_deadline, deadline)
 
     def membership_changed(self) -> None:
@@ -318,8 +311,6 @@ class Leadership:
         else:
             queues = self._dirty | set(self.led)
         self._dirty = set()
-        if now >= self.lease_deadline:
-            self._lapsed = True
         alive = set(self.alive())
         effects: list[Effect] = []
         for queue in sorted(queues):

@@ -10,13 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.procfs import raise_nofile
 from bench.pyspy import profile
 from bench.report import environment, findings, summarize, table, write_json
 from bench.runner import Measurement, run_case
 from bench.scenarios import Context, cases
 from bench.targets import Target
-from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
+from bench.toolchain import prepare
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -50,19 +49,18 @@ def context(binary: Path, quick: bool) -> Context:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    nofile = raise_nofile()
-    try:
-        binary = build_loadgen()
-    except ToolchainError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
+    tools = prepare("bench")
+    if tools is None:
         return 2
-    script = ensure_rabbitmq()
-    ctx = context(binary, args.quick)
+    ctx = context(tools.loadgen, args.quick)
     selected = [case for case in cases() if case.scenario in args.scenarios]
     root = Path(tempfile.mkdtemp(prefix="leveret-bench-"))
-    targets = [Target("leveret", root)] + ([Target("rabbitmq", root, script)] if script else [])
-    env = environment(argv, {"open files limit (bench, brokers, loadgen)": nofile, "repeats": args.repeat,
-                             "seconds per run": ctx.duration, "loadgen": str(binary)})
+    targets = [Target("leveret", root)]
+    if tools.rabbitmq:
+        targets.append(Target("rabbitmq", root, tools.rabbitmq))
+    env = environment(argv, {"open files limit (bench, brokers, loadgen)": tools.nofile,
+                             "repeats": args.repeat, "seconds per run": ctx.duration,
+                             "loadgen": str(tools.loadgen)})
     results: dict[int, list[Measurement]] = {}
     profiled = ""
     try:

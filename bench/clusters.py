@@ -16,6 +16,9 @@ import pika
 from interop.rabbitmq_cluster import RabbitMQCluster
 from leveret.broker.server.local_cluster import LocalCluster
 
+# What broker/server/leadership.py logs when a node lets a queue go at its lease's deadline.
+LEASE_LAPSED = "this node's lease may have lapsed"
+
 QUORUM = {"x-queue-type": "quorum"}
 LEADER_TIMEOUT = 30.0
 
@@ -54,6 +57,10 @@ class BenchCluster(ABC):
     @abstractmethod
     def restart(self, index: int) -> None:
         """Start a killed node again on its data; returns once it serves AMQP and its cluster counts it."""
+
+    def leader_losses(self) -> int | None:
+        """How many times so far a node let its queues go for a lapsed lease (None: not known here)."""
+        return None
 
     def helper_pids(self) -> dict[str, int]:
         """Processes besides the nodes that work for every message or metadata change (etcd), by name."""
@@ -114,9 +121,10 @@ class BenchCluster(ABC):
 class LeveretBenchCluster(BenchCluster):
     kind = "leveret"
 
-    def __init__(self, directory: Path, size: int) -> None:
+    def __init__(self, directory: Path, size: int, lease_ttl: int | None = None) -> None:
         super().__init__(directory, size)
-        self.cluster = LocalCluster(directory, size, management=True, log_level="warning")
+        self.cluster = LocalCluster(directory, size, management=True, log_level="warning",
+                                    lease_ttl=lease_ttl)
 
     def start(self) -> None:
         self.cluster.start()
@@ -149,6 +157,12 @@ class LeveretBenchCluster(BenchCluster):
         self.cluster.start_node(node)
         self.cluster.wait_node(node)
         self._wait_management(index)
+
+    def leader_losses(self) -> int:
+        """How many times a node let a queue go because its lease may have lapsed (its log says so), so
+        far: the queue is without a leader until that node's next keepalive answer or a new election."""
+        return sum(node.log_path.read_text(errors="replace").count(LEASE_LAPSED)
+                   for node in self.cluster.nodes if node.log_path.exists())
 
     def helper_pids(self) -> dict[str, int]:
         return {member.name: member.process.pid for member in self.cluster.etcd.members
@@ -199,7 +213,8 @@ class RabbitMQBenchCluster(BenchCluster):
         self.cluster.restart(index)
 
 
-def new_cluster(kind: str, directory: Path, size: int) -> BenchCluster:
+def new_cluster(kind: str, directory: Path, size: int, lease_ttl: int | None = None) -> BenchCluster:
+    """A cluster of `kind`; `lease_ttl` is Leveret's cluster.lease_ttl (None: its default)."""
     if kind == "rabbitmq":
         return RabbitMQBenchCluster(directory, size)
-    return LeveretBenchCluster(directory, size)
+    return LeveretBenchCluster(directory, size, lease_ttl)

@@ -11,6 +11,7 @@
  *       (producers move to the next address when their connection fails: failover runs; with
  *       --nack-reconnect, also when a publish is nacked)
  *   loadgen --port P --no-declare --exchange x --random-keys --consume-queues q1,q2   (x-consistent-hash)
+ *   loadgen --port P --no-declare --exchange x --keys k1,k2,k3 ...   (a random one of these keys per publish)
  *
  * Every body starts with the CLOCK_MONOTONIC send time in nanoseconds, so a consumer in the same
  * machine measures publish-to-delivery latency. "go" and "end" lines on stderr mark the measured
@@ -82,6 +83,8 @@ struct options {
   long max_backlog;
   int no_declare;
   int random_keys;
+  char **keys; /* --keys: each publish takes one of them at random */
+  int nkeys;
   int nack_reconnect;
 };
 
@@ -381,7 +384,9 @@ static int publish(amqp_connection_state_t conn, struct worker *w, char *body) {
     int64_t sent = now_ns();
     if (opt.body >= 8) memcpy(body, &sent, sizeof sent);
     amqp_bytes_t key = amqp_cstring_bytes(names[(w->index + w->k) % opt.queues]);
-    if (opt.random_keys) {
+    if (opt.nkeys) {
+      key = amqp_cstring_bytes(opt.keys[next_random(&random_state) % (uint64_t)opt.nkeys]);
+    } else if (opt.random_keys) {
       snprintf(random_key, sizeof random_key, "%016llx", (unsigned long long)next_random(&random_state));
       key = amqp_cstring_bytes(random_key);
     }
@@ -711,7 +716,7 @@ static void usage(void) {
           "  [--ack-every N] [--queue NAME] [--queues N] [--exchange NAME] [--exchange-type T]\n"
           "  [--producers N] [--consumers N] [--rate MSG/S] [--warmup S] [--connections N] [--cleanup]\n"
           "  [--max-backlog N] [--hosts H:P,H:P...] [--no-declare] [--consume-queues Q1,Q2...]\n"
-          "  [--random-keys] [--nack-reconnect]\n");
+          "  [--random-keys | --keys K1,K2...] [--nack-reconnect]\n");
   exit(2);
 }
 
@@ -739,7 +744,7 @@ static void parse(int argc, char **argv) {
       {"warmup", 1, 0, 'w'},       {"connections", 1, 0, 'C'}, {"cleanup", 0, 0, 'X'},
       {"max-backlog", 1, 0, 'B'},  {"hosts", 1, 0, 'H'},      {"no-declare", 0, 0, 'N'},
       {"consume-queues", 1, 0, 'L'}, {"random-keys", 0, 0, 'R'}, {"nack-reconnect", 0, 0, 'K'},
-      {0, 0, 0, 0}};
+      {"keys", 1, 0, 'Y'},         {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (c) {
@@ -772,6 +777,13 @@ static void parse(int argc, char **argv) {
           consume_names[nconsume++] = name;
         break;
       case 'R': opt.random_keys = 1; break;
+      case 'Y':
+        /* A consistent-hash-aware producer's keys: ones the caller knows land on this node's queues. */
+        for (char *key = strtok(optarg, ","); key; key = strtok(NULL, ",")) {
+          opt.keys = realloc(opt.keys, (size_t)(opt.nkeys + 1) * sizeof *opt.keys);
+          opt.keys[opt.nkeys++] = key;
+        }
+        break;
       case 'K': opt.nack_reconnect = 1; break;
       default: usage();
     }

@@ -30,11 +30,10 @@ import pika.exceptions
 
 from bench.cluster_runs import ClusterCase, Settings, Window, hosts, report, run_case, run_window, sample
 from bench.clusters import BenchCluster, new_cluster
-from bench.procfs import raise_nofile
 from bench.report import environment
 from bench.runner import Measurement
 from bench.scenarios import CONSUMING, Metric, Sample
-from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
+from bench.toolchain import prepare
 
 SIZE = 3
 CONFIRM_WINDOW = 1000
@@ -228,21 +227,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    nofile = raise_nofile()
-    try:
-        binary = build_loadgen()
-    except ToolchainError as exc:
-        print(f"bench.replicated: {exc}", file=sys.stderr)
+    tools = prepare("bench.replicated")
+    if tools is None:
         return 2
-    kinds = ["leveret"] + (["rabbitmq"] if ensure_rabbitmq() else [])
     selected = [case for case in cases() if case.scenario in args.cases]
-    settings = Settings(binary, args.duration, warmup=1.0)
-    extra = {"open files limit": nofile, "repeats": args.repeat, "seconds per run": args.duration,
-             "nodes": SIZE, "loadgen": str(binary)}
+    settings = Settings(tools.loadgen, args.duration, warmup=1.0)
+    extra = {"open files limit": tools.nofile, "repeats": args.repeat, "seconds per run": args.duration,
+             "nodes": SIZE, "loadgen": str(tools.loadgen)}
     env = environment(argv, extra, "python -m bench.replicated")
     results: dict[int, list[Measurement]] = {}
     with tempfile.TemporaryDirectory(prefix="leveret-bench-replicated-") as root:
-        clusters = [new_cluster(kind, Path(root) / kind, SIZE) for kind in kinds]
+        clusters = [new_cluster(kind, Path(root) / kind, SIZE) for kind in tools.kinds]
         try:
             for cluster in clusters:
                 print(f"== starting {SIZE} {cluster.kind} nodes", file=sys.stderr, flush=True)

@@ -28,8 +28,7 @@ import pika.exceptions
 
 from bench import loadgen
 from bench.clusters import BenchCluster, LeveretBenchCluster, new_cluster
-from bench.procfs import raise_nofile
-from bench.toolchain import ToolchainError, build_loadgen, ensure_rabbitmq
+from bench.toolchain import prepare
 from interop.backlog import MIB, PeakRss, vm_rss
 
 SIZE = 3
@@ -132,15 +131,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    raise_nofile()
-    try:
-        binary = build_loadgen()
-    except ToolchainError as exc:
-        print(f"bench.replicated_backlog: {exc}", file=sys.stderr)
+    tools = prepare("bench.replicated_backlog", rabbitmq=not args.leveret_only)
+    if tools is None:
         return 2
-    kinds = ["leveret"] + ([] if args.leveret_only or not ensure_rabbitmq() else ["rabbitmq"])
     runs = []
-    for kind in kinds:
+    for kind in tools.kinds:
         with tempfile.TemporaryDirectory(prefix=f"leveret-bench-backlog-{kind}-") as root:
             cluster = new_cluster(kind, Path(root), SIZE)
             if isinstance(cluster, LeveretBenchCluster) and args.budget != "default":
@@ -148,7 +143,7 @@ def main(argv: list[str]) -> int:
             print(f"== {kind}: {SIZE} nodes, {args.count:,} x {args.body} B", file=sys.stderr, flush=True)
             cluster.start()
             try:
-                runs.append(one_run(cluster, binary, args.count, args.body))
+                runs.append(one_run(cluster, tools.loadgen, args.count, args.body))
             finally:
                 cluster.stop()
     print(report(runs, args.count, args.body, args.budget))

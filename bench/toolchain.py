@@ -7,8 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procfs import raise_nofile
 from interop.brokers import rabbitmq_server_script
 
 SOURCE = Path(__file__).with_name("loadgen.c")
@@ -76,3 +78,29 @@ def build_loadgen() -> Path:
         raise ToolchainError(f"building {SOURCE.name} failed:\n{done.stderr}")
     partial.rename(binary)
     return binary
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """What a bench command needs before it starts a broker."""
+
+    loadgen: Path
+    rabbitmq: str | None  # RabbitMQ's start script; None when it is not installed (or not wanted)
+    nofile: int  # the open-files limit the brokers and load generators inherit
+
+    @property
+    def kinds(self) -> list[str]:
+        """The brokers to measure: Leveret, and RabbitMQ when there is one."""
+        return ["leveret"] + (["rabbitmq"] if self.rabbitmq else [])
+
+
+def prepare(program: str, rabbitmq: bool = True) -> Toolchain | None:
+    """Raise the open-files limit, build the load generator and find (or install) RabbitMQ; None, after
+    saying why on stderr under `program`'s name, when the load generator cannot be built."""
+    nofile = raise_nofile()
+    try:
+        binary = build_loadgen()
+    except ToolchainError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return None
+    return Toolchain(binary, ensure_rabbitmq() if rabbitmq else None, nofile)

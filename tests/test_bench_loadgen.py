@@ -1,7 +1,8 @@
 """The cluster benches' load generator options (bench/loadgen.c) against real Leveret brokers: a producer that
 fails over to the next address when its broker is killed, with its confirm gaps timed, and producers
-publishing random routing keys through an x-consistent-hash exchange. A smoke test of the harness that
-bench.replicated and bench.cluster_scaling build on; the benches themselves stay out of the test run."""
+publishing random routing keys through an x-consistent-hash exchange, or only the keys they are given. A
+smoke test of the harness that bench.replicated and bench.cluster_scaling build on; the benches themselves
+stay out of the test run."""
 
 from __future__ import annotations
 
@@ -93,6 +94,22 @@ def run(loadgen: Path, *args: str) -> dict[str, object]:
     done = subprocess.run([str(loadgen), *args], capture_output=True, text=True, timeout=30)
     result: dict[str, object] = json.loads(done.stdout)
     return result
+
+
+def test_keys_publishes_only_the_keys_given(loadgen: Path, brokers: list[LeveretBroker]) -> None:
+    # What bench.cluster_scaling's consistent-hash-aware producers use: each publish takes one of the keys.
+    broker = brokers[0]
+    declared = channel(broker)
+    declared.exchange_declare("keyed", exchange_type="direct")
+    for key in ("a", "b", "c"):
+        declared.queue_declare(f"keyed-{key}")
+        declared.queue_bind(f"keyed-{key}", "keyed", routing_key=key)
+    declared.connection.close()
+    published = run(loadgen, "--port", str(broker.port), "--no-declare", "--duration", "10", "--count",
+                    "2000", "--mode", "produce", "--exchange", "keyed", "--keys", "a,b", "--confirm", "100")
+    assert published["errors"] == [] and published["confirmed"] == 2000
+    shares = [message_count(broker, f"keyed-{key}") for key in ("a", "b", "c")]
+    assert sum(shares) == 2000 and min(shares[:2]) > 700 and shares[2] == 0
 
 
 def test_random_keys_spread_over_a_consistent_hash_exchange(

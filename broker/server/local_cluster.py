@@ -204,6 +204,7 @@ class LocalCluster:
     replica_log_entries: int | None = None  # cluster.replica_log_entries; None: the default
     load_definitions: Path | None = None  # every node's load_definitions file
     memory_budget: str | None = None  # resources.message_memory_budget; None: the default
+    lease_ttl: int | None = None  # cluster.lease_ttl; None: the default
     etcd: EtcdCluster = field(init=False)
     nodes: list[LocalNode] = field(default_factory=list)
 
@@ -256,6 +257,8 @@ class LocalCluster:
                 lines.append(f'      management: "127.0.0.1:{node.management_port}"')
         if self.replica_log_entries is not None:
             lines.append(f"  replica_log_entries: {self.replica_log_entries}")
+        if self.lease_ttl is not None:
+            lines.append(f"  lease_ttl: {self.lease_ttl}")
         lines += ["  etcd:", "    endpoints: [" + ", ".join(f'"{url}"' for url in self.etcd.endpoints) + "]"]
         if self.etcd_request_timeout is not None:
             lines.append(f"    request_timeout: {self.etcd_request_timeout}")

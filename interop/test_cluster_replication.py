@@ -5,6 +5,7 @@ majority means no confirms, and a follower back from the dead catches up. Client
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -322,9 +323,12 @@ def _follower_catches_up(cluster: LocalCluster, snapshot: bool) -> None:
     eventually(lambda: len(in_sync(cluster)) == 3)
     sent = f"sent {cluster.nodes[follower].name} a snapshot" in cluster.nodes[index].log_path.read_text()
     assert sent == snapshot
-    # Only the returned follower is left: it leads, and holds everything.
+    # The returned follower and a replica that lost its disk are left: the follower's log is the newest of
+    # that majority, so it leads, and holds everything.
     cluster.kill_node(other)
     cluster.kill_node(index)
+    shutil.rmtree(cluster.directory / cluster.nodes[other].name)
+    cluster.start_node(cluster.nodes[other])
     successor = new_leader(cluster, index, epoch)
     assert successor == follower
     assert [body for body, _ in drain(cluster, successor)] == published

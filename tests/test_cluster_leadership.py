@@ -211,6 +211,20 @@ def test_a_node_whose_lease_may_have_lapsed_stops_leading_before_hearing_anythin
     assert [type(e) for e in effects] == [Campaign]
 
 
+def test_a_leader_whose_deadline_passed_leads_again_once_its_lease_is_renewed() -> None:
+    """A keepalive answered late: the node deposed itself, but etcd kept its lease and its key, so nobody
+    else can be elected; the next renewal must make it look at the queue again, with no other event."""
+    world = World()
+    world.step("a")
+    world.step("a")
+    node = world.nodes["a"]
+    epoch = node.epoch(Q)
+    assert [type(e) for e in node.decide(10.5)] == [Deposed]
+    assert node.decide(10.6) == []
+    node.lease_renewed(20.0)
+    assert node.decide(10.7) == [Elected(Q, epoch)]
+
+
 def test_a_renewed_lease_keeps_the_leader() -> None:
     world = World()
     world.step("a")

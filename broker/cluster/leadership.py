@@ -180,6 +180,7 @@ class Leadership:
         # What replication reports of the followers of queues this node leads (broker/server/replication.py).
         self._lagging: dict[QueueId, set[str]] = {}
         self._caught_up: dict[QueueId, set[str]] = {}
+        self._lapsed: set[QueueId] = set()  # deposed when this node's lease deadline passed
         self._cleared: set[QueueId] = set()  # pre-vote won: campaign at the next decision
         self._prevote_after: dict[QueueId, float] = {}  # pre-vote lost: not asked again before then
         self.wake: Callable[[], None] = lambda: None  # the server's decide loop sets this
@@ -192,6 +193,10 @@ class Leadership:
 
     def lease_renewed(self, deadline: float) -> None:
         self.lease_deadline = max(self.lease_deadline, deadline)
+        # Queues it stopped leading when its deadline passed: their keys may still be its own (the lease
+        # lived on in etcd), and nothing else would make it look at them again.
+        self._dirty |= self._lapsed
+        self._lapsed = set()
 
     def membership_changed(self) -> None:
         self._all_dirty = True
@@ -364,6 +369,7 @@ class Leadership:
             epoch = self.led.pop(queue)
             if now >= self.lease_deadline:
                 reason = "this node's lease may have lapsed"
+                self._lapsed.add(queue)
             elif kv is None:
                 reason = "its leader key is gone"
             else:

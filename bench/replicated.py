@@ -241,7 +241,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.replicated", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 4 s runs")
-    parser.add_argument("--cases", default="1,2,3,4", help="comma-separated case numbers")
+    parser.add_argument("--cases", default="1,2,3,4", help="comma-separated case numbers (5: opt-in)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and case (default 3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per throughput/latency run (default 10)")
     args = parser.parse_args(argv)

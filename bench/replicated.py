@@ -12,12 +12,16 @@ Cases (persistent 256-byte messages, one durable quorum queue per run, 3 replica
    the producer reconnects to the next node and goes on. Failover = from the last confirm before the kill
    to the first after it. Then the confirmed messages are counted in the queue at its new leader;
 4. failover, client on a follower's node: the same, the connection survives the kill (measured on Leveret
-   only where a publish on a follower reaches the leader: any-node access).
+   only where a publish on a follower reaches the leader: any-node access);
+5. latency with a slow follower: case 2 with every thread of one follower's node at nice 10 (about a tenth
+   of a nice-0 process's share of a busy CPU) for the run: slow, but answering.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import tempfile
 import threading
@@ -44,6 +48,7 @@ KILL_AFTER = 3.0
 FAILOVER_ROOM = 12.0
 # A wait between confirms shorter than this is not listed by the load generator (GAP_LISTED_NSEC).
 GAP_FLOOR = 0.005
+SLOW_NICE = 10  # case 5's follower
 
 
 def throughput(cluster: BenchCluster, settings: Settings) -> Sample:
@@ -63,16 +68,36 @@ def throughput(cluster: BenchCluster, settings: Settings) -> Sample:
     return sample(window, rates, window.result["delivered"])
 
 
+def set_nice(pid: int, nice: int) -> None:
+    """Every thread of the process at `nice` (a process's nice value is per thread on Linux)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+
+
 def latency(cluster: BenchCluster, settings: Settings) -> Sample:
+    return confirm_latency(cluster, settings, slow_follower=False)
+
+
+def slow_follower_latency(cluster: BenchCluster, settings: Settings) -> Sample:
+    return confirm_latency(cluster, settings, slow_follower=True)
+
+
+def confirm_latency(cluster: BenchCluster, settings: Settings, *, slow_follower: bool) -> Sample:
     queue = settings.name("repl-latency")
     cluster.declare([queue], on=[0])
     leader = cluster.leader_of(queue)
     args = [*CONSUMING, "--mode", "both", "--persistent", "--confirm", str(CONFIRM_WINDOW),
             "--rate", str(RATE), "--warmup", str(settings.warmup), "--duration", str(settings.duration),
             "--queue", queue, "--no-declare", "--hosts", hosts(cluster, [leader])]
+    slowed = cluster.pid(next(i for i in range(cluster.size) if i != leader)) if slow_follower else None
     try:
+        if slowed is not None:
+            set_nice(slowed, SLOW_NICE)
         window = run_window(cluster, settings, args, settings.duration)
     finally:
+        if slowed is not None:
+            set_nice(slowed, 0)
         cluster.delete([queue])
     confirm = window.result["confirm_latency_us"]
     metrics = {} if confirm is None else {
@@ -206,6 +231,8 @@ def cases() -> list[ClusterCase]:
                     failed_over, failover(client_on_leader=True)),
         ClusterCase(4, f"failover: kill -9 of the leader's node at {RATE} msg/s, client on a follower",
                     failed_over, failover(client_on_leader=False)),
+        ClusterCase(5, f"confirm latency at {RATE} msg/s, one follower's node at nice {SLOW_NICE}",
+                    (*confirm, Metric("delivery p99 ms", higher_is_better=False)), slow_follower_latency),
     ]
 
 
@@ -213,7 +240,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.replicated", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 4 s runs")
-    parser.add_argument("--cases", default="1,2,3,4", help="comma-separated case numbers")
+    parser.add_argument("--cases", default="1,2,3,4", help="comma-separated case numbers (5: opt-in)")
     parser.add_argument("--repeat", type=int, help="runs per cluster and case (default 3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per throughput/latency run (default 10)")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ majority means no confirms, and a follower back from the dead catches up. Client
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -220,6 +221,34 @@ def test_a_leader_paused_past_its_lease_confirms_nothing(cluster: LocalCluster) 
         assert drained == [b"before"]
 
 
+PAUSE = 1.5  # below peer_timeout (3 s): the stopped follower is not dropped for failing to answer
+
+
+def test_a_stopped_follower_holds_back_no_confirm(cluster: LocalCluster) -> None:
+    """Confirms need a majority of the replicas, the leader's own copy among them: while one follower is
+    stopped (SIGSTOP) the leader and the other follower confirm each publish, well within the pause."""
+    index, _ = declared_and_led(cluster)
+    process = cluster.nodes[(index + 1) % 3].process
+    assert process is not None
+    waits: list[float] = []
+    with connect(cluster, index) as connection:
+        channel = confirming_channel(connection)
+        for _ in range(3):
+            process.send_signal(signal.SIGSTOP)
+            try:
+                resume = time.monotonic() + PAUSE
+                while time.monotonic() < resume:
+                    started = time.monotonic()
+                    channel.basic_publish("", QUEUE, b"m%d" % len(waits), PERSISTENT)
+                    waits.append(time.monotonic() - started)
+            finally:
+                process.send_signal(signal.SIGCONT)
+            time.sleep(0.5)
+    # Waiting for the stopped follower would make a publish at a pause's start wait for most of it.
+    assert max(waits) < PAUSE / 2, sorted(waits)[-5:]
+    assert [body for body, _ in drain(cluster, index)] == [b"m%d" % i for i in range(len(waits))]
+
+
 def test_without_a_majority_nothing_is_confirmed_until_a_follower_returns(cluster: LocalCluster) -> None:
     index, _ = declared_and_led(cluster)
     followers = [i for i in range(3) if i != index]
@@ -294,9 +323,12 @@ def _follower_catches_up(cluster: LocalCluster, snapshot: bool) -> None:
     eventually(lambda: len(in_sync(cluster)) == 3)
     sent = f"sent {cluster.nodes[follower].name} a snapshot" in cluster.nodes[index].log_path.read_text()
     assert sent == snapshot
-    # Only the returned follower is left: it leads, and holds everything.
+    # The returned follower and a replica that lost its disk are left: the follower's log is the newest of
+    # that majority, so it leads, and holds everything.
     cluster.kill_node(other)
     cluster.kill_node(index)
+    shutil.rmtree(cluster.directory / cluster.nodes[other].name)
+    cluster.start_node(cluster.nodes[other])
     successor = new_leader(cluster, index, epoch)
     assert successor == follower
     assert [body for body, _ in drain(cluster, successor)] == published

@@ -136,7 +136,7 @@ def test_acks_its_log_had_not_replicated_when_deposed_are_applied_at_the_next_le
     leader.local_durable = leader.take_writes()
     for node in ("b", "c"):
         leader.acked[node] = leader.replica.end
-    leader.commit(("a", "b", "c"), 3, True, "a")
+    leader.commit(("a", "b", "c"), True, "a")
     assert leader.committed == leader.replica.end
     replicated = leader.replica.state.copy()  # what the next leader holds
     channel.ack(1)  # applied by `old`, logged, never replicated

@@ -14,8 +14,11 @@ from leveret.broker.cluster.leadership import (
     Deposed,
     Elected,
     Leadership,
+    Position,
+    PreVote,
     RevokeStale,
     isr_change_txn,
+    prevote_won,
 )
 from leveret.broker.cluster.records import QueueRecord
 from tests.test_cluster_metadata import LAYOUT, MemoryEtcd
@@ -52,6 +55,8 @@ class World:
         self.alive = set(NAMES)
         self.nodes = {n: Leadership(LAYOUT, n, lambda: sorted(self.alive)) for n in NAMES}
         self.seen = dict.fromkeys(NAMES, 0)
+        # Each replica's log end, as a pre-vote learns it from the live ones (all equal unless set).
+        self.positions: dict[str, Position] = dict.fromkeys(NAMES, (1, 10))
         record = QueueRecord("orders", True, False, "", ("a", "b", "c"), "a")
         kv = KeyValue(LAYOUT.queue("/", "orders"), record.encode(), 1, 1)
         for i, node in enumerate(self.nodes.values()):
@@ -71,6 +76,9 @@ class World:
         for effect in effects:
             if run and isinstance(effect, Campaign | ChangeInSync):
                 node.txn_done(effect, self.etcd.txn(effect.txn))
+            elif run and isinstance(effect, PreVote):
+                answers = {n: self.positions[n] for n in effect.replicas if n in self.alive or n == name}
+                node.prevote_done(effect, answers, now)
         return effects
 
 
@@ -96,7 +104,9 @@ def test_on_leader_loss_the_next_in_sync_replica_takes_over_with_a_higher_epoch(
     world.alive.discard("a")
     for name in "bc":
         world.nodes[name].membership_changed()
-    assert world.step("c") == []  # not first among the live in-sync replicas
+    assert [type(e) for e in world.step("c")] == [PreVote]  # lost: b's log is as new, and b is first
+    assert world.step("c") == []  # and not asked again at once
+    assert [type(e) for e in world.step("b")] == [PreVote]  # won
     effects = world.step("b")
     assert [type(e) for e in effects] == [Campaign]
     effects = world.step("b")
@@ -111,7 +121,7 @@ def test_on_leader_loss_the_next_in_sync_replica_takes_over_with_a_higher_epoch(
     assert world.nodes["c"].in_sync_members(Q) == ("b", "c")
 
 
-def test_a_replica_outside_the_isr_never_leads() -> None:
+def test_a_replica_without_a_majority_of_answers_never_leads() -> None:
     world = World()
     world.step("a")
     world.step("a")
@@ -124,8 +134,45 @@ def test_a_replica_outside_the_isr_never_leads() -> None:
     world.etcd.expire(100)
     world.etcd.expire(101)
     world.nodes["c"].membership_changed()
-    assert world.step("c") == []
+    assert [type(e) for e in world.step("c")] == [PreVote]  # only its own answer: no majority
+    assert world.step("c", now=5.0) == [PreVote(Q, ("c",))]  # asked again later, lost again
+    assert world.step("c", now=5.0) == []
     assert world.nodes["c"].leader(Q, 1.0) is None
+
+
+def test_the_replica_with_the_newest_log_leads_next_outside_the_isr_or_not() -> None:
+    """Confirms need a majority, not the whole ISR: the first in-sync replica may miss what the leader
+    confirmed with the other follower, so the one whose log is newest takes over."""
+    world = World()
+    world.step("a")
+    world.step("a")
+    world.nodes["a"].follower_lagging(Q, "c")
+    world.step("a")  # c leaves the ISR (it was slow to answer), and later becomes the one ahead
+    world.positions = {"a": (1, 30), "b": (1, 20), "c": (1, 30)}
+    world.etcd.expire(100)
+    world.alive.discard("a")
+    for name in "bc":
+        world.nodes[name].membership_changed()
+    assert [type(e) for e in world.step("b")] == [PreVote]
+    assert world.step("b") == []  # c is ahead: b does not campaign
+    assert [type(e) for e in world.step("c")] == [PreVote]
+    assert [type(e) for e in world.step("c")] == [Campaign]
+    assert [type(e) for e in world.step("c")][:1] == [Elected]
+    world.deliver("b")
+    assert world.nodes["b"].leader(Q, 1.0) == "c"
+
+
+def test_a_pre_vote_is_won_by_the_newest_log_among_a_majority() -> None:
+    replicas = ("a", "b", "c")
+    assert prevote_won("a", replicas, {"a": (3, 5), "b": (3, 5)})  # a tie goes to the first
+    assert not prevote_won("b", replicas, {"a": (3, 5), "b": (3, 5)})
+    assert prevote_won("b", replicas, {"b": (3, 5), "c": (3, 5)})  # a did not answer
+    assert prevote_won("b", replicas, {"a": (2, 9), "b": (3, 5)})  # a later epoch beats a longer log
+    assert not prevote_won("a", replicas, {"a": (2, 9), "b": (3, 5)})
+    assert not prevote_won("a", replicas, {"a": (3, 5), "b": (3, 6)})
+    assert not prevote_won("a", replicas, {"a": (9, 9)})  # no majority
+    assert not prevote_won("a", replicas, {"b": (1, 1), "c": (1, 1)})  # its own end unknown
+    assert prevote_won("a", ("a",), {"a": (0, 0)})
 
 
 def test_two_campaigns_from_stale_views_elect_one_leader() -> None:
@@ -159,6 +206,7 @@ def test_a_node_whose_lease_may_have_lapsed_stops_leading_before_hearing_anythin
     assert node.decide(11.0) == []
     # Once the old key is gone a campaigns again (first replica): an epoch above the old one.
     world.etcd.expire(100)
+    assert [type(e) for e in world.step("a", now=11.0)] == [PreVote]
     effects = world.step("a", now=11.0)
     assert [type(e) for e in effects] == [Campaign]
 
@@ -216,6 +264,7 @@ def test_a_restarted_node_revokes_its_former_lease_and_leads_again() -> None:
     world.etcd.expire(100)  # what the revoke does
     world.nodes["a"] = restarted
     world.seen["a"] = 0
+    assert [type(e) for e in world.step("a")] == [PreVote]
     effects = world.step("a")
     assert [type(e) for e in effects] == [Campaign]
     assert [type(e) for e in world.step("a")] == [Elected]

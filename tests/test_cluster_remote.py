@@ -471,7 +471,7 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
     log_leader.local_durable = log_leader.take_writes()
     for node in ("b", "c"):
         log_leader.acked[node] = log_leader.replica.end
-    log_leader.commit(("leader", "b", "c"), 3, True, "leader")
+    log_leader.commit(("leader", "b", "c"), True, "leader")
     channel = Channel()
     proxy = other.vhost.queues["q"]
     proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
@@ -484,7 +484,7 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
     log_leader.local_durable = log_leader.take_writes()
     for node in ("b", "c"):
         log_leader.acked[node] = log_leader.replica.end
-    assert log_leader.commit(("leader", "b", "c"), 3, True, "leader")
+    assert log_leader.commit(("leader", "b", "c"), True, "leader")
     assert log_leader.gate.safe() >= position
 
 

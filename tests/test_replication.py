@@ -30,7 +30,7 @@ from leveret.broker.cluster.replica import (
     encode_snapshot_head,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile, load, stem
-from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
+from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal, majority_held
 from leveret.broker.cluster.roles import QueueRoles, build_leader_queue
 from leveret.broker.message import Message
 from leveret.broker.queues.deadlines import Deadlines
@@ -239,12 +239,22 @@ def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:
     assert file.forget(log.generations()) == [tmp_path / f"{stem('/', 'q')}-{old}.log"]
 
 
+def test_the_majority_held_end_is_the_leaders_and_the_best_followers() -> None:
+    assert majority_held(9, [4, 7], 3) == 7
+    assert majority_held(5, [4, 7], 3) == 5
+    assert majority_held(9, [4, 7, 8, 2], 5) == 7  # two followers needed: the second best
+    assert majority_held(9, [4], 2) == 4  # two replicas: both
+    assert majority_held(9, [], 1) == 9
+    assert majority_held(9, [8], 3) == 8
+    assert majority_held(9, [], 3) == 0  # no follower known
+
+
 def leader_queue(tmp_path: Path, gate: ConfirmGate) -> LeaderQueue:
     return LeaderQueue(("/", "q"), 7, ReplicaLog(), ReplicaFile(tmp_path, "/", "q"), gate,
                        ["b", "c"], lambda: 1000.0)
 
 
-def test_confirms_wait_for_every_in_sync_replica_and_a_majority(tmp_path: Path) -> None:
+def test_confirms_wait_for_a_majority_with_the_leaders_own_copy(tmp_path: Path) -> None:
     gate = ConfirmGate()
     leader = leader_queue(tmp_path, gate)
     journal = ReplicatedJournal(leader)
@@ -255,12 +265,15 @@ def test_confirms_wait_for_every_in_sync_replica_and_a_majority(tmp_path: Path) 
     tickets = [queue.enqueue(Message("", "q", NO_PROPERTIES, b"m%d" % i)) for i in range(3)]
     assert all(isinstance(t, int) and t > 0 for t in tickets) and gate.safe() == 0
     leader.local_durable = leader.take_writes()
+    replicas = ("a", "b", "c")
     leader.acked["b"] = 2
-    assert not leader.commit(("a", "b", "c"), 3, True, "a")  # c holds nothing yet
-    assert leader.commit(("a", "b"), 3, True, "a") and gate.safe() == 2  # c left the ISR
-    assert not leader.commit(("a",), 3, True, "a")  # alone: no majority
-    leader.acked["b"] = 3
-    assert not leader.commit(("a", "b"), 3, False, "a")  # the lease lapsed: nothing more
+    # b and the leader are a majority: c, slow or gone, holds back nothing.
+    assert leader.commit(replicas, True, "a") and gate.safe() == 2 and leader.committed == 2
+    leader.acked["c"] = 3
+    leader.local_durable = 2
+    assert not leader.commit(replicas, True, "a")  # c alone is not enough: the leader's own copy counts
+    leader.local_durable = 3
+    assert not leader.commit(replicas, False, "a")  # the lease lapsed: nothing more
     leader.depose()
     assert gate.safe() == 2 and gate.take_failed() == {tickets[2]} and gate.safe() == 3
     assert queue.enqueue(Message("", "q", NO_PROPERTIES, b"late")) is None  # deposed: nacked

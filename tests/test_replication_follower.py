@@ -82,8 +82,8 @@ def snapshot_parts(leader: ReplicaLog, per_part: int) -> list[bytes]:
     return parts
 
 
-def append(epoch: int, start: int, batch: list[LogEntry], truncate: int = -1) -> bytes:
-    return _queue_head(Q, epoch) + _APPEND_HEAD.pack(0, start, truncate) + encode_entries(batch)
+def append(epoch: int, start: int, batch: list[LogEntry], truncate: int = -1, epoch_start: int = 0) -> bytes:
+    return _queue_head(Q, epoch) + _APPEND_HEAD.pack(epoch_start, start, truncate) + encode_entries(batch)
 
 
 async def appended(replication: Replication, source: str, payload: bytes) -> bytes:
@@ -115,6 +115,23 @@ async def test_appends_are_synced_refused_when_stale_and_truncated_by_epoch(tmp_
     back = again.replicas[Q]
     assert [(s, h.delivered) for s, h in back.state.held.items()] == [(1, True), (2, False)]
     assert back.end == 3 and back.epochs == replica.epochs and back.newest_epoch == 7
+
+
+async def test_a_new_epoch_counts_only_once_the_follower_holds_the_log_before_it(tmp_path: Path) -> None:
+    """A pre-vote compares (last epoch, end): a follower that recorded its leader's epoch while still
+    missing older entries would look newer than a replica that has them."""
+    replication = follower(tmp_path)
+    position = struct.Struct(">QQ")
+    await appended(replication, "a", append(5, 0, entries(5, 1, 4)))
+    # The leader of epoch 7 began at offset 6 (entries 4 and 5 are of epoch 5); a batch ends at 5.
+    await appended(replication, "c", append(7, 4, entries(5, 5, 1), epoch_start=6))
+    assert position.unpack(replication._position("x", _queue_head(Q, 0))) == (5, 5)
+    assert replication.replicas[Q].newest_epoch == 7  # epoch 5's leader is refused all the same
+    await appended(replication, "c", append(7, 5, entries(5, 6, 1), epoch_start=6))
+    assert position.unpack(replication._position("x", _queue_head(Q, 0))) == (7, 6)
+    await appended(replication, "c", append(7, 6, entries(7, 7, 1), epoch_start=6))
+    assert replication.replicas[Q].epochs == [(5, 0), (7, 6)]
+    assert position.unpack(replication._position("x", _queue_head(("/", "other"), 0))) == (0, 0)
 
 
 async def test_a_snapshot_replaces_the_replica(tmp_path: Path) -> None:

@@ -10,9 +10,16 @@ Every replicated queue (durable, not exclusive, server-named or not) has two key
   leader changes it, in a txn guarded by its epoch (the leader key's create revision must still be the
   one it was elected with), so a stale leader cannot.
 
-Candidates: the queue's replicas in placement order, filtered by the ISR and by liveness; the first is
-the one that campaigns (another node may too, from a view a moment old: the txn's compare lets one win).
-A new leader is only ever chosen among the ISR, whose members hold everything confirmed.
+Candidates: a leader confirms an entry once a majority of the replica set holds it
+(broker/cluster/replication.py), so a new leader must be a replica whose log holds every such entry. A
+live replica that finds the queue without a leader first asks the replicas for their log ends (`PreVote`:
+last epoch, end offset) and campaigns only if a majority answered (itself included) and none of them is
+ahead of it (ties go to the first in placement order), Raft's election restriction: every confirmed entry
+is on some member of that majority, and a log at least as new as that member's holds it. Another node may
+campaign too, from answers a moment old: the txn's compare lets one win. The first leader (no ISR yet:
+nothing written) needs no pre-vote; the first live replica campaigns. The ISR no longer decides who may
+lead: it lists the members the leader keeps in step (the management API's `online`), and a campaign's
+txn still compares it, so it runs only against the ISR the candidate read.
 
 Fencing: a node counts itself leader only while its lease is surely alive, i.e. before the deadline
 `lease_renewed` was given (the time a keepalive was sent plus the TTL etcd answered). A node paused for
@@ -54,6 +61,15 @@ class ChangeInSync:
 
 
 @dataclass(frozen=True, slots=True)
+class PreVote:
+    """Learn the log ends of the queue's live `replicas` and hand them to `Leadership.prevote_done`: this
+    node campaigns if they let it."""
+
+    queue: QueueId
+    replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Elected:
     queue: QueueId
     epoch: int
@@ -77,7 +93,23 @@ class RevokeStale:
     lease: int
 
 
-Effect = Campaign | ChangeInSync | Elected | Deposed | RevokeStale
+Effect = Campaign | ChangeInSync | PreVote | Elected | Deposed | RevokeStale
+
+# A lost pre-vote is asked again after this long (the replica ahead of this one campaigns meanwhile).
+PREVOTE_RETRY = 0.25
+
+Position = tuple[int, int]  # a replica's (last epoch, end offset): later epochs first, then longer logs
+
+
+def prevote_won(me: str, replicas: tuple[str, ...], positions: dict[str, Position]) -> bool:
+    """Whether `me` may campaign: a majority of `replicas` answered, and no answer is ahead of its own
+    (an equal one only from a replica after it in placement order)."""
+    answered = [node for node in replicas if node in positions]
+    if me not in positions or len(answered) < len(replicas) // 2 + 1:
+        return False
+    mine, rank = positions[me], replicas.index(me)
+    return all(positions[node] < mine or (positions[node] == mine and rank <= replicas.index(node))
+               for node in answered)
 
 
 def leader_value(node: str) -> bytes:
@@ -151,6 +183,8 @@ class Leadership:
         # What replication reports of the followers of queues this node leads (broker/server/replication.py).
         self._lagging: dict[QueueId, set[str]] = {}
         self._caught_up: dict[QueueId, set[str]] = {}
+        self._cleared: set[QueueId] = set()  # pre-vote won: campaign at the next decision
+        self._prevote_after: dict[QueueId, float] = {}  # pre-vote lost: not asked again before then
         self.wake: Callable[[], None] = lambda: None  # the server's decide loop sets this
 
     # ---- inputs --------------------------------------------------------------------------------
@@ -225,6 +259,18 @@ class Leadership:
 
     def _table(self, key: bytes) -> dict[QueueId, KeyValue]:
         return self.leaders if key.startswith(self.layout.leaders) else self.in_sync
+
+    def prevote_done(self, effect: PreVote, positions: dict[str, Position], now: float) -> bool:
+        """The log ends the pre-vote learnt (this node's included); True if this node may campaign."""
+        queue = effect.queue
+        self._busy.discard(queue)
+        self._dirty.add(queue)
+        won = prevote_won(self.name, self.replicas.get(queue, ()), positions)
+        if won:
+            self._cleared.add(queue)
+        else:
+            self._prevote_after[queue] = now + PREVOTE_RETRY
+        return won
 
     def txn_done(self, effect: Campaign | ChangeInSync, result: TxnResult | None) -> None:
         """A txn of ours ran (result) or failed (None: the watch will tell what happened)."""
@@ -310,6 +356,7 @@ class Leadership:
             self._all_dirty = False
         else:
             queues = self._dirty | set(self.led)
+        queues |= {queue for queue, after in self._prevote_after.items() if now >= after}
         self._dirty = set()
         alive = set(self.alive())
         effects: list[Effect] = []
@@ -332,8 +379,11 @@ class Leadership:
             effects.append(Deposed(queue, epoch, reason))
         replicas = self.replicas.get(queue)
         if replicas is None or queue in self._busy:
+            if replicas is None:
+                self._forget_prevote(queue)
             return effects
         if kv is not None:
+            self._forget_prevote(queue)
             stale = kv.lease
             if (leader_node(kv) == self.name and stale not in (0, self.lease) and self.lease != 0
                     and stale not in self._revoked):
@@ -350,12 +400,26 @@ class Leadership:
         if self.lease == 0 or now >= self.lease_deadline:
             return effects
         isr = self.in_sync.get(queue)
-        eligible = isr_members(isr) if isr is not None else replicas
-        candidates = [node for node in replicas if node in eligible and node in alive]
-        if candidates and candidates[0] == self.name:
+        if isr is None:  # the first leader: nothing is written yet, the first live replica campaigns
+            candidates = [node for node in replicas if node in alive]
+            if candidates and candidates[0] == self.name:
+                self._busy.add(queue)
+                effects.append(Campaign(queue, self._campaign_txn(queue, replicas, isr)))
+            return effects
+        if self.name not in replicas or self.name not in alive:
+            return effects
+        if queue in self._cleared:
+            self._cleared.discard(queue)
             self._busy.add(queue)
             effects.append(Campaign(queue, self._campaign_txn(queue, replicas, isr)))
+        elif now >= self._prevote_after.get(queue, -math.inf):
+            self._busy.add(queue)
+            effects.append(PreVote(queue, tuple(node for node in replicas if node in alive)))
         return effects
+
+    def _forget_prevote(self, queue: QueueId) -> None:
+        self._cleared.discard(queue)
+        self._prevote_after.pop(queue, None)
 
     def _resize(
         self, queue: QueueId, epoch: int, alive: set[str], replicas: tuple[str, ...]

@@ -7,11 +7,11 @@ message counts as persistent, as in RabbitMQ's quorum queues: a replicated queue
 loss of a minority of nodes whatever their delivery mode.
 
 A publish's confirm waits for a ticket of the node's gate (broker/cluster/confirms.py), released when
-its enqueue record is held (fsynced) by every member of the in-sync set and that set is a majority of
-the replica set (Kafka's acks=all with min.insync.replicas a majority: a new leader is chosen from the
-in-sync set, so each of them must hold everything confirmed) and, at that moment, this node still leads
-the queue (`Leadership.is_leader`). A follower that lags or cannot be reached leaves the in-sync set
-(the leader's epoch-guarded txn), after which confirms go on without it while a majority remains.
+its enqueue record is held (fsynced) by this node and by enough followers to make a majority of the
+replica set (as a Raft log commits) and, at that moment, this node still leads the queue
+(`Leadership.is_leader`). A slow follower therefore holds no confirm while the others keep up. What makes
+that safe is the election (broker/cluster/leadership.py): a replica campaigns only once a majority's log
+ends are known and none is ahead of its own (a pre-vote), so a new leader holds every confirmed entry.
 Deliveries never wait.
 """
 
@@ -59,6 +59,16 @@ def first_seq(epoch: int, next_seq: int) -> int:
     return max(next_seq, epoch * EPOCH_SEQS)
 
 
+def majority_held(own: int, followers: Sequence[int], replicas: int) -> int:
+    """The end offset held by this node and enough followers to make a majority of `replicas`: the
+    followers' acked ends, highest first, taken until the majority is reached."""
+    needed = replicas // 2  # followers, besides this node
+    if needed == 0:
+        return own
+    ranked = sorted(followers, reverse=True)
+    return min(own, ranked[needed - 1]) if len(ranked) >= needed else 0
+
+
 class LeaderQueue:
     """One queue this node leads, for one epoch."""
 
@@ -76,11 +86,13 @@ class LeaderQueue:
         # The end offset each follower holds durably (acked), and this node's own.
         self.acked: dict[str, int] = {node: 0 for node in followers}
         self.local_durable = replica.end
+        # Where this epoch begins in the log: a follower records the epoch only once it holds all before it.
+        self.epoch_start = replica.end
         # The end offset every confirm so far waited for (what a follower must hold to rejoin the ISR):
         # from the start, all this log holds, since the previous leader may have confirmed any of it.
         self.committed = replica.end
-        # Followers reported caught up whose return to the ISR is not in etcd yet: confirms wait for them
-        # too, so that from the report on they hold everything confirmed.
+        # Followers reported caught up whose return to the ISR is not in etcd yet (shipping treats them
+        # as in step meanwhile).
         self.joining: set[str] = set()
         # Enqueues waiting for their confirm: (offset their record ends at, ticket), in offset order.
         self.tickets: deque[tuple[int, int]] = deque()
@@ -115,16 +127,13 @@ class LeaderQueue:
             self._unwritten = []
         return self.replica.end
 
-    def commit(self, in_sync: Sequence[str], replicas: int, leading: bool, me: str) -> bool:
-        """Release the confirms every in-sync replica now holds, if they are a majority and this node
-        still leads. True if any were released."""
-        if not self.active or not leading or len(in_sync) < replicas // 2 + 1 or me not in in_sync:
+    def commit(self, replicas: Sequence[str], leading: bool, me: str) -> bool:
+        """Release the confirms a majority of the replica set now holds (fsynced), this node's own copy
+        among them, if this node still leads. True if any were released."""
+        if not self.active or not leading:
             return False
-        self.joining.difference_update(in_sync)
-        held = self.local_durable
-        for node in (*in_sync, *self.joining):
-            if node != me:
-                held = min(held, self.acked.get(node, 0))
+        held = majority_held(self.local_durable, [self.acked.get(node, 0) for node in replicas if node != me],
+                             len(replicas))
         self.committed = max(self.committed, held)
         tickets = self.tickets
         released = []
@@ -143,9 +152,9 @@ class LeaderQueue:
             self.tickets.clear()
 
     def settled_since_commit(self) -> list[int]:
-        """The seqs this log settled after the last point every in-sync replica was known to hold: the
-        next leader (one of them) may not have those settlements, so a deposed leader hands them to it
-        in its claim (broker/cluster/remote.py), or an acked message would come back."""
+        """The seqs this log settled after the last point a majority was known to hold: the next leader
+        (elected with the newest log of a majority) may not have those settlements, so a deposed leader
+        hands them to it in its claim (broker/cluster/remote.py), or an acked message would come back."""
         replica = self.replica
         tail = replica.tail
         seqs: list[int] = []

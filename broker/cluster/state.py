@@ -11,7 +11,7 @@ from typing import Any
 
 from leveret.broker.cluster.admin_sync import AdminView
 from leveret.broker.cluster.keys import KeyLayout
-from leveret.broker.cluster.leadership import Deposed, Elected, Leadership
+from leveret.broker.cluster.leadership import Deposed, Elected, Leadership, Position, QueueId
 from leveret.broker.cluster.membership import Membership, Registration
 from leveret.broker.cluster.metadata import ClusterMetadata
 from leveret.broker.cluster.placement import replica_set
@@ -57,6 +57,9 @@ class ClusterState:
         # What the vhost's queue table holds as the role changes (broker/cluster/roles.py's contract): the
         # hub, which puts the leader's queue in a proxy's place and a proxy in a deposed queue's.
         self.roles: QueueRoles = self.remote
+        # The log ends (last epoch, end offset) of a queue's replicas on the given nodes that answer, this
+        # node's included: what an election's pre-vote compares (the server's replication sets it).
+        self.log_positions: Callable[[QueueId, tuple[str, ...]], Awaitable[dict[str, Position]]] = _alone
         # The journal of a replicated queue declared (again) on this node while it leads it: replication
         # answers (None: not the leader, Node gives its NotLeaderJournal).
         self.leader_journal: Callable[[str, str], Journal | None] = lambda vhost, name: None
@@ -72,6 +75,11 @@ class ClusterState:
         RabbitMQ."""
         size = initial_group_size(arguments) or self.config.effective_replication_factor
         return replica_set(vhost, queue, self.node_names, size)
+
+
+async def _alone(queue: QueueId, nodes: tuple[str, ...]) -> dict[str, Position]:
+    """Without peer links a node knows no replica's log but its own, which it does not hold either."""
+    return {}
 
 
 def _no_links(call: Call, done: Callable[[CallResult], None]) -> None:

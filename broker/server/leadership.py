@@ -3,7 +3,8 @@
 Three watched ranges feed it (`leader/`, `isr/`, and the queue records under `meta/`), and so do the
 membership view and the node's lease (keep_registered). After each change, and every `_TICK` seconds
 (a lease's deadline passes without any event), `decide` says what to do; campaigns and ISR changes run
-as txns, several at once, each answer fed back.
+as txns, several at once, each answer fed back; a pre-vote asks the replicas for their log ends over
+the peer links (`ClusterState.log_positions`, replication's) and feeds them back the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from leveret.broker.cluster.leadership import (
     Deposed,
     Elected,
     Leadership,
+    PreVote,
     RevokeStale,
 )
 from leveret.broker.cluster.state import ClusterState
@@ -104,6 +106,13 @@ async def run_leadership(
             cluster.in_sync_changed(effect.queue)  # confirms waiting for a member dropped may go now
         wake()
 
+    async def prevote(effect: PreVote) -> None:
+        positions = await cluster.log_positions(effect.queue, effect.replicas)
+        if state.prevote_done(effect, positions, trio.current_time()):
+            log.info("queue %r in vhost %r: pre-vote won with %s", effect.queue[1], effect.queue[0],
+                     ", ".join(f"{node} {epoch}/{end}" for node, (epoch, end) in sorted(positions.items())))
+        wake()
+
     async def revoke(lease: int) -> None:
         try:
             await client.lease_revoke(lease)
@@ -120,6 +129,9 @@ async def run_leadership(
                 if isinstance(effect, RevokeStale):
                     log.info("revoking lease %x, held by this node's former process", effect.lease)
                     nursery.start_soon(revoke, effect.lease)
+                    continue
+                if isinstance(effect, PreVote):
+                    nursery.start_soon(prevote, effect)
                     continue
                 vhost, queue = effect.queue
                 if isinstance(effect, Elected):

@@ -213,6 +213,7 @@ async def serve_node(
                 replication.load()
                 node.cluster.role_changed = replication.role_changed
                 node.cluster.in_sync_changed = replication.in_sync_changed
+                node.cluster.log_positions = replication.positions
                 node.cluster.leader_journal = replication.leader_journal
                 await nursery.start(replication.run)
                 # Registered, and holding the cluster's state, before the first client is served.

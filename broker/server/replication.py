@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 PROBE = "repl.probe"
 APPEND = "repl.append"
 SNAPSHOT = "repl.snapshot"
+POSITION = "repl.position"
 
 _BATCH_BYTES = 1 << 20
 _IDLE = 0.5  # a shipping task looks again at least this often
@@ -80,7 +81,8 @@ _U8 = struct.Struct(">B")
 _U64 = struct.Struct(">Q")
 # A snapshot's parts: the first carries its head, the last ends it (one part may be both).
 _FIRST, _LAST = 1, 2
-_APPEND_HEAD = struct.Struct(">QQq")  # epoch, start, truncate to (-1: no)
+_APPEND_HEAD = struct.Struct(">QQq")  # where the leader's epoch starts, start, truncate to (-1: no)
+_POSITION = struct.Struct(">QQ")  # a replica's last epoch and end offset
 
 
 def _queue_head(queue: QueueId, epoch: int) -> bytes:
@@ -138,6 +140,7 @@ class Replication:
         links.handle(PROBE, self._probe)
         links.handle(APPEND, self._append)
         links.handle(SNAPSHOT, self._snapshot)
+        links.handle(POSITION, self._position)
 
     def load(self) -> None:
         """Blocking, before the node serves: every replica file back into its log (messages stay on
@@ -357,8 +360,8 @@ class Replication:
         leader = leading.leader
         leadership = self.cluster.leadership
         queue = leader.queue
-        if leader.commit(leadership.in_sync_members(queue), len(leadership.members(queue)),
-                         leadership.is_leader(queue, trio.current_time()), self.cluster.name):
+        if leader.commit(leadership.members(queue), leadership.is_leader(queue, trio.current_time()),
+                         self.cluster.name):
             self.node.confirms_changed()
 
     async def _write_own(self, leading: _Leading) -> None:
@@ -433,8 +436,8 @@ class Replication:
                     # Messages whose bodies are only on disk any more are read back for the follower.
                     entries = await self._whole(leader.file, replica.entries_from(pipe.next, _BATCH_BYTES))
                     start, truncate = pipe.send(len(entries))
-                    payload = (_queue_head(queue, leader.epoch) + _APPEND_HEAD.pack(0, start, truncate)
-                               + encode_entries(entries))
+                    head = _APPEND_HEAD.pack(leader.epoch_start, start, truncate)
+                    payload = _queue_head(queue, leader.epoch) + head + encode_entries(entries)
                     pending = await self.links.submit(node, APPEND, payload)
                 except PeerError as error:  # raised here, it would leave the nursery as a group
                     failures.append(error)
@@ -552,6 +555,39 @@ class Replication:
             replica.newest_epoch = epoch
         return replica, file
 
+    def _position(self, source: str, payload: bytes) -> bytes:
+        """This node's log end for a pre-vote (no epoch: nobody leads the queue when it is asked)."""
+        queue, _, _ = _read_head(payload)
+        return _POSITION.pack(*self.position(queue))
+
+    def position(self, queue: QueueId) -> tuple[int, int]:
+        """(last epoch, end offset) of this node's replica of the queue; (0, 0) without one."""
+        replica = self.replicas.get(queue)
+        return (0, 0) if replica is None else (replica.last_epoch, replica.end)
+
+    async def positions(self, queue: QueueId, nodes: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        """The log ends of the queue's replicas on `nodes` (this one included) that answer within
+        `peer_timeout`, or as soon as they make a majority of the replica set: what an election's
+        pre-vote compares (a majority is all it needs, so a paused replica does not hold it up)."""
+        found = {self.cluster.name: self.position(queue)}
+        majority = len(self.cluster.leadership.members(queue)) // 2 + 1
+
+        async def ask(node: str, scope: trio.CancelScope) -> None:
+            try:
+                reply = await self.links.request(node, POSITION, _queue_head(queue, 0))
+                found[node] = _POSITION.unpack(reply)
+            except (PeerError, struct.error):
+                return  # not counted
+            if len(found) >= majority:
+                scope.cancel()
+
+        with trio.move_on_after(self.links.peer_timeout):
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    if node != self.cluster.name and len(found) < majority:
+                        nursery.start_soon(ask, node, nursery.cancel_scope)
+        return dict(found)
+
     def _probe(self, source: str, payload: bytes) -> bytes:
         queue, epoch, _ = _read_head(payload)
         if queue in self.leading and self.leading[queue].leader.epoch >= epoch:
@@ -565,7 +601,7 @@ class Replication:
         arrive while one fsync runs share the next one (group commit)."""
         queue, epoch, at = _read_head(payload)
         replica, file = self._check_epoch(queue, epoch)
-        _, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
+        epoch_start, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
         if truncate >= 0 and truncate < replica.end:
             if not replica.truncate(truncate):
                 raise ValueError("truncation below the replica's base: a snapshot is needed")
@@ -581,7 +617,10 @@ class Replication:
         first = replica.end
         for entry_epoch, record in entries:
             replica.append(entry_epoch, record)
-        replica.start_epoch(epoch)
+        if replica.end >= epoch_start:
+            # Only now: an epoch recorded before the entries that precede it would make this log look
+            # newer than it is to an election's pre-vote (and to the next leader's truncation).
+            replica.start_epoch(epoch)
         file.entries(bytes(body), [(record[1], position, first + index) for index, ((_, record), position)
                                    in enumerate(zip(entries, positions, strict=True)) if position >= 0])
         if replica.compact():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import struct
 import sys
@@ -108,7 +107,9 @@ def run_once(broker: Broker, mode: str, count: int, gap: float) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", choices=("ack", "noack"), default="ack")
     parser.add_argument("--count", type=int, default=3000, help="round trips per run (default 3000)")
     parser.add_argument("--gap", type=float, default=0.001, help="seconds idle between messages")
@@ -142,12 +143,12 @@ def main() -> None:
                 broker.stop()
     print(f"\nmode {args.mode}, {args.count} messages per run, medians of {args.repeat} runs:")
     for kind, rows in results.items():
-        cpu, p50, p99 = (statistics.median(column) for column in zip(*rows))
+        cpu, p50, p99 = (statistics.median(column) for column in zip(*rows, strict=True))
         print(f"  {kind:9s} broker CPU {cpu:6.1f} µs/msg   p50 {p50:.3f} ms   p99 {p99:.3f} ms")
     if "leveret" in results:
         for kind, rows in results.items():
             if kind != "leveret":
-                ratios = [a[0] / b[0] for a, b in zip(results["leveret"], rows)]
+                ratios = [a[0] / b[0] for a, b in zip(results["leveret"], rows, strict=True)]
                 print(f"  leveret/{kind} CPU per message: {statistics.median(ratios):.2f} "
                       f"({min(ratios):.2f}-{max(ratios):.2f})")
 

@@ -211,9 +211,12 @@ class ConnectionTask:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
         while True:
+            fd = sock.fileno()
+            if fd < 0:  # closed by our own timers (a missed heartbeat) while we waited elsewhere
+                return b""
             try:
                 if self._drained:
-                    await trio.lowlevel.wait_readable(sock)
+                    await trio.lowlevel.wait_readable(fd)
                 else:
                     await trio.lowlevel.checkpoint()
                 # Looked up after the wait: a socket closed meanwhile gives -1 (EBADF), never a reused fd.

@@ -258,6 +258,10 @@ class ServerConnection:
         fast = self.next_publish()
         if fast is not None:
             return ContentReceived(*fast)
+        return self.next_other_event()
+
+    def next_other_event(self) -> Event | None:
+        """`next_event` once `next_publish` has returned None."""
         events = self._events
         channel = 0  # the frame's, for the log when it fails the connection
         try:

@@ -86,6 +86,8 @@ class FrameReader:
         """
         buf = self._buffer
         pos = self._pos
+        if len(buf) - pos < _METHOD_HEAD.size:  # the usual end of a read: all taken (no struct.error raised)
+            return None
         # Fixed-layout heads unpacked whole; running past the end of the buffer means "not yet".
         try:
             kind, channel, method_size, method_id = _METHOD_HEAD.unpack_from(buf, pos)

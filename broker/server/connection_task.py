@@ -93,8 +93,11 @@ class ConnectionTask:
         self._woken = False  # a write of the session's output is arranged (batch or writer)
         self._sending = False  # the writer is inside send_all
         self._unsent: bytes | memoryview = b""  # what a direct write left over, for the writer to send first
-        self._last_received = trio.current_time()
-        self._last_sent = trio.current_time()
+        self._drained = False  # the last read took all the socket had: wait for more before reading
+        # The run's clock itself: its current_time is one call where trio.current_time() is three (it is
+        # read on every read and write, for heartbeats).
+        self._now = trio.lowlevel.current_clock().current_time
+        self._last_received = self._last_sent = self._now()
         self._done = trio.Event()
 
     def _wake(self) -> None:
@@ -121,7 +124,7 @@ class ConnectionTask:
         except OSError:  # would block, or broken: the writer's send_all waits, or reports it
             sent = 0
         if sent:
-            self._last_sent = trio.current_time()
+            self._last_sent = self._now()
         if sent < len(data):
             self._unsent = memoryview(data)[sent:]
             self._wakeup.set()
@@ -169,16 +172,12 @@ class ConnectionTask:
             if session.waiting is not None:
                 await self._until_cluster_done()
                 continue
-            try:
-                # Both stream kinds give bytes (recv, SSLObject.read); the framing hashes slices of it.
-                data = cast(bytes, await self.stream.receive_some(READ_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+            data = await self._receive()
             if not data:
                 return
             if not session.received_any:
                 session.accepted()
-            self._last_received = trio.current_time()
+            self._last_received = self._now()
             with _batch:
                 session.receive_data(data)
                 if conn.has_output:
@@ -196,13 +195,47 @@ class ConnectionTask:
                         session.receive_data(data)
                 return
 
+    async def _receive(self) -> bytes:
+        """The next bytes from the client; b"" at EOF or when the socket is broken or closed.
+
+        A plain socket is read straight: after a short read (it was drained) wait for it to become
+        readable, then read once. trio's `receive_some` would first try a read that fails with EAGAIN
+        (a syscall and an exception per message at a steady rate) before it waits. After a full read
+        it yields once, as `receive_some` does, so a flat-out client cannot starve the other tasks.
+        """
+        sock = self._socket
+        if sock is None:  # TLS: the SSL object reads the transport
+            try:
+                # Both stream kinds give bytes (recv, SSLObject.read); the framing hashes slices of it.
+                return cast(bytes, await self.stream.receive_some(READ_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+        while True:
+            fd = sock.fileno()
+            if fd < 0:  # closed by our own timers (a missed heartbeat) while we waited elsewhere
+                return b""
+            try:
+                if self._drained:
+                    await trio.lowlevel.wait_readable(fd)
+                else:
+                    await trio.lowlevel.checkpoint()
+                # Looked up after the wait: a socket closed meanwhile gives -1 (EBADF), never a reused fd.
+                data = os.read(sock.fileno(), READ_SIZE)
+            except BlockingIOError:  # nothing after all (a full read that ended exactly, a spurious wake-up)
+                self._drained = True
+                continue
+            except (OSError, trio.ClosedResourceError):  # reset, or closed by our own timers
+                return b""
+            self._drained = len(data) < READ_SIZE
+            return data
+
     async def _until_unblocked(self) -> None:
         """A publisher blocked by a resource alarm: read nothing until the alarms clear. What the client
         sends meanwhile waits in the socket, and, as RabbitMQ does, its heartbeats are not expected."""
         unblocked = trio.Event()
         self.session.throttle.on_unblocked = unblocked.set
         await unblocked.wait()
-        self._last_received = trio.current_time()
+        self._last_received = self._now()
         with _batch:
             self.session.resume_input()  # which may block it again
             if self.session.conn.has_output:
@@ -215,7 +248,7 @@ class ConnectionTask:
         self.session.cluster_resumed = done.set
         if self.session.waiting is not None:
             await done.wait()
-        self._last_received = trio.current_time()
+        self._last_received = self._now()
 
     async def _writer(self, cancel_scope: trio.CancelScope) -> None:
         session = self.session
@@ -230,7 +263,7 @@ class ConnectionTask:
                     self._sending = True
                     await self.stream.send_all(data)
                     self._sending = False
-                    self._last_sent = trio.current_time()
+                    self._last_sent = self._now()
                     session.output_left(0)
                 if session.conn.closed:
                     self._done.set()

@@ -177,7 +177,7 @@ class ConnectionSession:
 
     def _handle_input(self) -> None:
         throttle, conn, channels, alarms = self.throttle, self.conn, self.channels, self.node.alarms
-        next_publish, next_event = conn.next_publish, conn.next_event
+        next_publish, next_other_event = conn.next_publish, conn.next_other_event
         if self.waiting is not None:
             return  # waiting for the cluster: what was received stays buffered until then
         # Blocked, what was received stays buffered until the alarms clear.
@@ -192,7 +192,7 @@ class ConnectionSession:
                     except Exception as error:
                         self._failed(ContentReceived(*fast), error)
                 continue
-            event = ContentReceived(*fast) if fast is not None else next_event()
+            event = ContentReceived(*fast) if fast is not None else next_other_event()
             if event is None:
                 break
             self.handle_event(event)
@@ -386,9 +386,11 @@ class ConnectionSession:
     # ---- output -----------------------------------------------------------------------------
 
     def flush_confirms(self) -> None:
-        durable = self.node.durable_position()
+        durable = None  # looked up only for a channel with confirms due (through the node, the store)
         for channel in self.channels.values():
             if channel.awaiting_confirms:
+                if durable is None:
+                    durable = self.node.durable_position()
                 channel.flush_confirms(durable)
 
     def data_to_send(self, limit: int | None = None) -> bytes:

@@ -281,10 +281,12 @@ def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple
     assert real.unacked == 1 and 1 not in real.checked_out
 
 
-def test_what_a_node_held_comes_back_redelivered_when_it_does_not_claim_it(nodes: tuple[Node, Node]) -> None:
+def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     now = [0.0]
     leader.hub.clock = lambda: now[0]
+    alive = {"other"}
+    leader.hub.node_alive = lambda node: node in alive
     real = leader.vhost.queues["q"]
     for i in range(3):
         real.enqueue(message(str(i).encode()))
@@ -297,7 +299,34 @@ def test_what_a_node_held_comes_back_redelivered_when_it_does_not_claim_it(nodes
     assert [entry.message.body for _, entry in local.delivered] == [b"2"]  # not the two set aside
     now[0] = RESERVE_FOR + 0.1
     leader.hub.reconcile()
+    assert len(local.delivered) == 1  # the node lives: its link may come back, and its claim with it
+    alive.clear()  # its lease expired: nobody will claim them
+    leader.hub.reconcile()
     assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered[1:]] == [
+        (b"0", True), (b"1", True)]
+
+
+def test_what_a_live_node_held_comes_back_if_it_does_not_claim_it_in_time(nodes: tuple[Node, Node]) -> None:
+    """A node that stays alive but cut off from the leader: its consumers are cancelled after
+    `cancel_after`, and the leader waits no longer than that for its claim either."""
+    leader, other = nodes
+    now = [0.0]
+    leader.hub.clock = lambda: now[0]
+    real = leader.vhost.queues["q"]
+    for i in range(2):
+        real.enqueue(message(str(i).encode()))
+    proxy = other.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
+    settle_all(leader, other)
+    leader.hub.link_down("other")
+    local = Channel()
+    real.add_consumer(Consumer("l", real, local, no_ack=False, exclusive=False, prefetch=0))
+    now[0] = CANCEL_AFTER - 0.1
+    leader.hub.reconcile()
+    assert local.delivered == []
+    now[0] = CANCEL_AFTER + 0.1
+    leader.hub.reconcile()
+    assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered] == [
         (b"0", True), (b"1", True)]
 
 
@@ -358,6 +387,47 @@ def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
     # The reservation's end requeues nothing: everything set aside was claimed.
     b.hub.clock = lambda: RESERVE_FOR + 1.0
     b.hub.reconcile()
+    assert len(rival.delivered) == 2
+
+
+def test_a_link_cut_longer_than_the_reservation_loses_no_ack_of_the_node_it_cut() -> None:
+    """The leader's link to `c` alone is cut (both stay alive, no leader change) for longer than
+    RESERVE_FOR; `c`'s client acks what it holds meanwhile. When the links are back, `b`'s consumer
+    registers before `c`'s claim arrives: it must not be given what `c` held, and `c`'s ack applies."""
+    a, b, c = three_nodes()
+    now = [0.0]
+    a.hub.clock = lambda: now[0]
+    queue = a.vhost.queues["q"]
+    for i in range(4):
+        queue.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    tags = [entry.seq for _, entry in channel.delivered]
+    assert sorted(queue.checked_out) == [1, 2]
+    a.hub.link_down("c")
+    c.hub.link_down("a")
+    proxy.settle(tags[:1])  # acked while the link is down: kept for the claim
+    consumer.unacked -= 1
+    consumer.update_credit()
+    now[0] = RESERVE_FOR + 1.0
+    a.hub.reconcile()
+    rival = Channel()
+    b_proxy = b.vhost.queues["q"]
+    b_proxy.add_consumer(Consumer("r", b_proxy, rival, no_ack=False, exclusive=False, prefetch=0))
+    b.hub.reconcile()
+    settle_all(a, b)  # `b` comes first
+    assert [(entry.message.body, entry.redelivered) for _, entry in rival.delivered] == [
+        (b"2", False), (b"3", False)]
+    c.hub.reconcile()
+    settle_all(a, b, c)
+    assert 1 not in queue.checked_out and proxy.unsettled == {}  # the ack, claimed, is applied
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]  # no redelivery
+    proxy.settle(tags[1:])  # the client's other tag still works
+    settle_all(a, b, c)
+    assert sorted(queue.checked_out) == [3, 4] and queue.message_count == 0
     assert len(rival.delivered) == 2
 
 

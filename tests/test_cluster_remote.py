@@ -431,6 +431,44 @@ def test_a_link_cut_longer_than_the_reservation_loses_no_ack_of_the_node_it_cut(
     assert len(rival.delivered) == 2
 
 
+def test_a_new_leader_keeps_what_a_live_node_cut_off_from_it_held_until_its_link_is_back() -> None:
+    """`a` dies while the link between `b` and `c` is down (both alive): `b`, elected, sets aside what
+    its log says was delivered for `c` too, past RESERVE_FOR, and `c`'s claim over the healed link takes
+    it, with the ack its client sent meanwhile."""
+    a, b, c = three_nodes()
+    now = [0.0]
+    b.hub.clock = lambda: now[0]
+    b.hub.node_alive = lambda node: node != "a"
+    b.hub.link_up = lambda node: False
+    old = a.vhost.queues["q"]
+    for i in range(3):
+        old.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    tags = [entry.seq for _, entry in channel.delivered]
+    c.hub.link_down("b")
+    b.hub.link_down("c")
+    built = elect_b(a, b, c)
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in rival.delivered] == [b"2"]
+    proxy.settle(tags[:1])  # acked while `c` cannot reach the new leader
+    consumer.unacked -= 1
+    consumer.update_credit()
+    now[0] = RESERVE_FOR + 1.0
+    b.hub.reconcile()
+    assert len(rival.delivered) == 1  # still `c`'s: it lives, its link may come back
+    b.hub.link_up = lambda node: node != "a"
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert sorted(built.checked_out) == [2, 3] and proxy.unsettled == {}  # the ack applied, 2 still c's
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]
+    assert len(rival.delivered) == 1
+
+
 def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
     """Messages a consumer on the dead leader's own node held: `c` holds nothing and says so (an empty
     claim), so the new leader does not wait out the reservation to give them to another consumer."""
@@ -440,6 +478,7 @@ def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
         old.enqueue(message(str(i).encode()))
     old.add_consumer(Consumer("l", old, Channel(), no_ack=False, exclusive=False, prefetch=2))
     b.hub.link_up = lambda node: node != "a"
+    b.hub.node_alive = lambda node: node != "a"  # dead: its consumer's messages are nobody's
     built = elect_b(a, b, c)
     rival = Channel()
     built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))

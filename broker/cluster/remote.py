@@ -21,11 +21,12 @@ waits, as a publish's confirm does, until the log holds it as a confirm's condit
 leader moves, or the link to it broke, the node sends the (new) leader a claim of both: the leader applies
 the settlements (those the old leader had applied and replicated are gone already: nothing happens) and
 keeps the held messages unacked for that node, so the clients keep their delivery tags and see no
-redelivery. A new leader sets aside, for `RESERVE_FOR` seconds, the messages its log says were delivered,
-and a leader does the same with what a node held when its link broke, for as long as that node stays alive
-(in etcd's membership) and at most `cancel_after` seconds (a partition of the link, not of the node, heals
-within them: its clients still hold those messages and may have acked them meanwhile): a claim takes them
-back; what no claim takes by then is requeued (redelivered). A message already gone elsewhere cannot be
+redelivery. A new leader sets aside the messages its log says were delivered, and a leader whose link to a
+node broke sets aside what that node held: a claim takes them back; what no claim takes in time is
+requeued (redelivered). A node with a live link is waited for `RESERVE_FOR` seconds (its claim comes
+within a reconcile round); one whose link is down, for as long as it stays alive in etcd's membership and
+at most `cancel_after` seconds: a cut link, not a dead node, comes back, and the node's clients still hold
+those messages and may have acked them meanwhile. A message already gone elsewhere cannot be
 claimed: the client's ack of it is then dropped and the message comes back redelivered, as before claims.
 
 Leadership moves: replication installs the leader's queue when this node is elected (`lead`, built from
@@ -818,14 +819,15 @@ class RemoteQueues(QueueRoles):
         for how, seqs in by_how.items():
             self._settle_held(node, queue.vhost, queue.name, how, seqs)
 
-    def _reserve(self, queue: Queue, seqs: Iterable[int], claimants: Iterable[str], until: float) -> None:
-        """Keep `seqs` (checked out, nobody's) for the claims of `claimants`, until `until` at least."""
+    def _reserve(self, queue: Queue, seqs: Iterable[int], claimants: dict[str, float]) -> None:
+        """Keep `seqs` (checked out, nobody's) for the claims of `claimants` (node -> until when, at
+        least)."""
         key = (queue.vhost, queue.name)
         reserved = self._reserved.get(key)
         if reserved is None or reserved.queue is not queue:
             reserved = self._reserved[key] = _Reserved(queue)
         reserved.seqs.update(seqs)
-        for node in claimants:
+        for node, until in claimants.items():
             reserved.waiting[node] = max(reserved.waiting.get(node, until), until)
 
     def _expire_reserved(self, now: float) -> None:
@@ -931,7 +933,7 @@ class RemoteQueues(QueueRoles):
             for queue, seqs in origin.held.values():
                 back = [seq for seq in seqs if seq in queue.checked_out]
                 if back:
-                    self._reserve(queue, back, (node,), until)
+                    self._reserve(queue, back, {node: until})
         return self.take(node)
 
     def reconcile(self) -> None:
@@ -978,10 +980,15 @@ class RemoteQueues(QueueRoles):
         can take them); what this node's own clients held through the proxy is theirs at once."""
         current = vhost.queues.get(queue.name)
         if current is not queue:
-            claimants = [node for node in self.peers if self.link_up(node)]
+            # A node whose link is down now but that lives claims once the link is back, as after a cut.
+            now = self.clock()
+            claimants = {
+                node: now + (RESERVE_FOR if self.link_up(node) else self.cancel_after)
+                for node in self.peers if self.link_up(node) or self.node_alive(node)
+            }
             spare = queue.take_seqs(delivered, log=False) if claimants else []
             if spare:
-                self._reserve(queue, [entry.seq for entry in spare], claimants, self.clock() + RESERVE_FOR)
+                self._reserve(queue, [entry.seq for entry in spare], claimants)
             if isinstance(current, ProxyQueue) and (current.remote_seqs or current.unsettled):
                 self._take_here(current, queue)
         if current is None:

@@ -287,6 +287,7 @@ def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: t
     leader.hub.clock = lambda: now[0]
     alive = {"other"}
     leader.hub.node_alive = lambda node: node in alive
+    leader.hub.link_up = lambda node: False
     real = leader.vhost.queues["q"]
     for i in range(3):
         real.enqueue(message(str(i).encode()))
@@ -467,6 +468,29 @@ def test_a_new_leader_keeps_what_a_live_node_cut_off_from_it_held_until_its_link
     assert sorted(built.checked_out) == [2, 3] and proxy.unsettled == {}  # the ack applied, 2 still c's
     assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]
     assert len(rival.delivered) == 1
+
+
+def test_a_node_between_a_lost_lease_and_its_new_one_is_still_waited_for() -> None:
+    """`c` lost its lease to a starved moment and registers again: not in membership, but its link is
+    up, so it runs and claims. The new leader does not take it for dead."""
+    a, b, c = three_nodes()
+    b.hub.node_alive = lambda node: node == "b"
+    b.hub.link_up = lambda node: node != "a"
+    old = a.vhost.queues["q"]
+    for i in range(2):
+        old.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    settle_all(a, c)
+    built = elect_b(a, b, c)
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    b.hub.reconcile()
+    assert [entry.message.body for _, entry in rival.delivered] == [b"1"]  # the held one stays set aside
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert sorted(built.checked_out) == [1, 2] and len(rival.delivered) == 1  # `c`'s claim took it
 
 
 def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:

@@ -831,14 +831,18 @@ class RemoteQueues(QueueRoles):
             reserved.waiting[node] = max(reserved.waiting.get(node, until), until)
 
     def _expire_reserved(self, now: float) -> None:
-        """A node that died, or whose claim did not come in time, is waited for no more; a reservation
-        nobody is waited for any more is released."""
+        """A node that died (its link down and its lease gone: one whose link is up runs, and claims, even
+        between a lost lease and its new one), or whose claim did not come in time, is waited for no more;
+        a reservation nobody is waited for any more is released."""
         for reserved in list(self._reserved.values()):
             waiting = reserved.waiting
-            for node in [n for n, until in waiting.items() if now >= until or not self.node_alive(n)]:
+            for node in [n for n, until in waiting.items() if now >= until or self._dead(n)]:
                 del waiting[node]
             if not waiting or reserved.queue.deleted:
                 self._release_reserved(reserved)
+
+    def _dead(self, node: str) -> bool:
+        return not self.link_up(node) and not self.node_alive(node)
 
     def _release_reserved(self, reserved: _Reserved) -> None:
         """What no claim took comes back, redelivered."""

@@ -281,10 +281,13 @@ def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple
     assert real.unacked == 1 and 1 not in real.checked_out
 
 
-def test_what_a_node_held_comes_back_redelivered_when_it_does_not_claim_it(nodes: tuple[Node, Node]) -> None:
+def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     now = [0.0]
     leader.hub.clock = lambda: now[0]
+    alive = {"other"}
+    leader.hub.node_alive = lambda node: node in alive
+    leader.hub.link_up = lambda node: False
     real = leader.vhost.queues["q"]
     for i in range(3):
         real.enqueue(message(str(i).encode()))
@@ -297,7 +300,34 @@ def test_what_a_node_held_comes_back_redelivered_when_it_does_not_claim_it(nodes
     assert [entry.message.body for _, entry in local.delivered] == [b"2"]  # not the two set aside
     now[0] = RESERVE_FOR + 0.1
     leader.hub.reconcile()
+    assert len(local.delivered) == 1  # the node lives: its link may come back, and its claim with it
+    alive.clear()  # its lease expired: nobody will claim them
+    leader.hub.reconcile()
     assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered[1:]] == [
+        (b"0", True), (b"1", True)]
+
+
+def test_what_a_live_node_held_comes_back_if_it_does_not_claim_it_in_time(nodes: tuple[Node, Node]) -> None:
+    """A node that stays alive but cut off from the leader: its consumers are cancelled after
+    `cancel_after`, and the leader waits no longer than that for its claim either."""
+    leader, other = nodes
+    now = [0.0]
+    leader.hub.clock = lambda: now[0]
+    real = leader.vhost.queues["q"]
+    for i in range(2):
+        real.enqueue(message(str(i).encode()))
+    proxy = other.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
+    settle_all(leader, other)
+    leader.hub.link_down("other")
+    local = Channel()
+    real.add_consumer(Consumer("l", real, local, no_ack=False, exclusive=False, prefetch=0))
+    now[0] = CANCEL_AFTER - 0.1
+    leader.hub.reconcile()
+    assert local.delivered == []
+    now[0] = CANCEL_AFTER + 0.1
+    leader.hub.reconcile()
+    assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered] == [
         (b"0", True), (b"1", True)]
 
 
@@ -361,6 +391,108 @@ def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
     assert len(rival.delivered) == 2
 
 
+def test_a_link_cut_longer_than_the_reservation_loses_no_ack_of_the_node_it_cut() -> None:
+    """The leader's link to `c` alone is cut (both stay alive, no leader change) for longer than
+    RESERVE_FOR; `c`'s client acks what it holds meanwhile. When the links are back, `b`'s consumer
+    registers before `c`'s claim arrives: it must not be given what `c` held, and `c`'s ack applies."""
+    a, b, c = three_nodes()
+    now = [0.0]
+    a.hub.clock = lambda: now[0]
+    queue = a.vhost.queues["q"]
+    for i in range(4):
+        queue.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    tags = [entry.seq for _, entry in channel.delivered]
+    assert sorted(queue.checked_out) == [1, 2]
+    a.hub.link_down("c")
+    c.hub.link_down("a")
+    proxy.settle(tags[:1])  # acked while the link is down: kept for the claim
+    consumer.unacked -= 1
+    consumer.update_credit()
+    now[0] = RESERVE_FOR + 1.0
+    a.hub.reconcile()
+    rival = Channel()
+    b_proxy = b.vhost.queues["q"]
+    b_proxy.add_consumer(Consumer("r", b_proxy, rival, no_ack=False, exclusive=False, prefetch=0))
+    b.hub.reconcile()
+    settle_all(a, b)  # `b` comes first
+    assert [(entry.message.body, entry.redelivered) for _, entry in rival.delivered] == [
+        (b"2", False), (b"3", False)]
+    c.hub.reconcile()
+    settle_all(a, b, c)
+    assert 1 not in queue.checked_out and proxy.unsettled == {}  # the ack, claimed, is applied
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]  # no redelivery
+    proxy.settle(tags[1:])  # the client's other tag still works
+    settle_all(a, b, c)
+    assert sorted(queue.checked_out) == [3, 4] and queue.message_count == 0
+    assert len(rival.delivered) == 2
+
+
+def test_a_new_leader_keeps_what_a_live_node_cut_off_from_it_held_until_its_link_is_back() -> None:
+    """`a` dies while the link between `b` and `c` is down (both alive): `b`, elected, sets aside what
+    its log says was delivered for `c` too, past RESERVE_FOR, and `c`'s claim over the healed link takes
+    it, with the ack its client sent meanwhile."""
+    a, b, c = three_nodes()
+    now = [0.0]
+    b.hub.clock = lambda: now[0]
+    b.hub.node_alive = lambda node: node != "a"
+    b.hub.link_up = lambda node: False
+    old = a.vhost.queues["q"]
+    for i in range(3):
+        old.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
+    proxy.add_consumer(consumer)
+    settle_all(a, c)
+    tags = [entry.seq for _, entry in channel.delivered]
+    c.hub.link_down("b")
+    b.hub.link_down("c")
+    built = elect_b(a, b, c)
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    assert [entry.message.body for _, entry in rival.delivered] == [b"2"]
+    proxy.settle(tags[:1])  # acked while `c` cannot reach the new leader
+    consumer.unacked -= 1
+    consumer.update_credit()
+    now[0] = RESERVE_FOR + 1.0
+    b.hub.reconcile()
+    assert len(rival.delivered) == 1  # still `c`'s: it lives, its link may come back
+    b.hub.link_up = lambda node: node != "a"
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert sorted(built.checked_out) == [2, 3] and proxy.unsettled == {}  # the ack applied, 2 still c's
+    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]
+    assert len(rival.delivered) == 1
+
+
+def test_a_node_between_a_lost_lease_and_its_new_one_is_still_waited_for() -> None:
+    """`c` lost its lease to a starved moment and registers again: not in membership, but its link is
+    up, so it runs and claims. The new leader does not take it for dead."""
+    a, b, c = three_nodes()
+    b.hub.node_alive = lambda node: node == "b"
+    b.hub.link_up = lambda node: node != "a"
+    old = a.vhost.queues["q"]
+    for i in range(2):
+        old.enqueue(message(str(i).encode()))
+    channel = Channel()
+    proxy = c.vhost.queues["q"]
+    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    settle_all(a, c)
+    built = elect_b(a, b, c)
+    rival = Channel()
+    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    b.hub.reconcile()
+    assert [entry.message.body for _, entry in rival.delivered] == [b"1"]  # the held one stays set aside
+    c.hub.reconcile()
+    settle_all(b, c)
+    assert sorted(built.checked_out) == [1, 2] and len(rival.delivered) == 1  # `c`'s claim took it
+
+
 def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
     """Messages a consumer on the dead leader's own node held: `c` holds nothing and says so (an empty
     claim), so the new leader does not wait out the reservation to give them to another consumer."""
@@ -370,6 +502,7 @@ def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
         old.enqueue(message(str(i).encode()))
     old.add_consumer(Consumer("l", old, Channel(), no_ack=False, exclusive=False, prefetch=2))
     b.hub.link_up = lambda node: node != "a"
+    b.hub.node_alive = lambda node: node != "a"  # dead: its consumer's messages are nobody's
     built = elect_b(a, b, c)
     rival = Channel()
     built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))

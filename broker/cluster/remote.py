@@ -21,10 +21,13 @@ waits, as a publish's confirm does, until the log holds it as a confirm's condit
 leader moves, or the link to it broke, the node sends the (new) leader a claim of both: the leader applies
 the settlements (those the old leader had applied and replicated are gone already: nothing happens) and
 keeps the held messages unacked for that node, so the clients keep their delivery tags and see no
-redelivery. A new leader sets aside, for `RESERVE_FOR` seconds, the messages its log says were delivered,
-and a leader does the same with what a node held when its link broke: a claim takes them back; what no
-claim takes by then is requeued (redelivered). A message already gone elsewhere cannot be claimed: the
-client's ack of it is then dropped and the message comes back redelivered, as before claims.
+redelivery. A new leader sets aside the messages its log says were delivered, and a leader whose link to a
+node broke sets aside what that node held: a claim takes them back; what no claim takes in time is
+requeued (redelivered). A node with a live link is waited for `RESERVE_FOR` seconds (its claim comes
+within a reconcile round); one whose link is down, for as long as it stays alive in etcd's membership and
+at most `cancel_after` seconds: a cut link, not a dead node, comes back, and the node's clients still hold
+those messages and may have acked them meanwhile. A message already gone elsewhere cannot be
+claimed: the client's ack of it is then dropped and the message comes back redelivered, as before claims.
 
 Leadership moves: replication installs the leader's queue when this node is elected (`lead`, built from
 its replica state) and hands it back when deposed (`follow`: a proxy takes its place); `reconcile`, run
@@ -64,8 +67,8 @@ log = logging.getLogger(__name__)
 REMOTE_BASE = 1 << 62
 # How long a cancelled consumer's deliveries still in flight are recognised (and sent back).
 FORGET_CANCELLED = 30.0
-# How long a new leader (or one whose link to a node broke) keeps what may still be held by a consumer on
-# another node, for that node's claim, before it requeues it (redelivered).
+# How long a new leader keeps what may still be held by a consumer on another node whose link is up, for
+# that node's claim (sent within a reconcile round), before it requeues it (redelivered).
 RESERVE_FOR = 2.0
 # After a leader refused a consumer (not the leader yet, or no longer), before asking again.
 RETRY_ATTACH = 0.25
@@ -261,16 +264,15 @@ class _Origin:
 
 
 class _Reserved:
-    """Messages a leader keeps unacked for whichever node claims them, until `until` or until every node
-    in `waiting` has claimed (then what is left is requeued)."""
+    """Messages a leader keeps unacked for whichever node claims them, until no node is left `waiting`:
+    each leaves it by claiming, by dying, or at its deadline (then what is left is requeued)."""
 
-    __slots__ = ("queue", "seqs", "until", "waiting")
+    __slots__ = ("queue", "seqs", "waiting")
 
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self.seqs: set[int] = set()
-        self.until = 0.0
-        self.waiting: set[str] = set()
+        self.waiting: dict[str, float] = {}  # node -> until when its claim is waited for
 
 
 class Handled:
@@ -311,6 +313,8 @@ class RemoteQueues(QueueRoles):
         self.peers: list[str] = []
         self.wake: Callable[[str], None] = lambda node: None
         self.link_up: Callable[[str], bool] = lambda node: False
+        # Set by the cluster state: whether a node is alive (registered in etcd's membership).
+        self.node_alive: Callable[[str], bool] = lambda node: True
         # Set by the node: tickets were settled (flush the channels' confirms).
         self.confirms_changed: Callable[[], None] = lambda: None
         # Set by the node: the unacked deliveries of the channels on a vhost, as tables of delivery tag ->
@@ -782,7 +786,7 @@ class RemoteQueues(QueueRoles):
         self._take_for(node, queue, op.held, op.settles)
         reserved = self._reserved.get((op.vhost, op.queue))
         if reserved is not None and reserved.queue is queue:
-            reserved.waiting.discard(node)
+            reserved.waiting.pop(node, None)
             if not reserved.waiting:
                 self._release_reserved(reserved)  # every node that could hold them has claimed
         self._answer_when_replicated(queue, handled)
@@ -815,15 +819,30 @@ class RemoteQueues(QueueRoles):
         for how, seqs in by_how.items():
             self._settle_held(node, queue.vhost, queue.name, how, seqs)
 
-    def _reserve(self, queue: Queue, seqs: Iterable[int], claimants: Iterable[str]) -> None:
-        """Keep `seqs` (checked out, nobody's) for the claims of `claimants`."""
+    def _reserve(self, queue: Queue, seqs: Iterable[int], claimants: dict[str, float]) -> None:
+        """Keep `seqs` (checked out, nobody's) for the claims of `claimants` (node -> until when, at
+        least)."""
         key = (queue.vhost, queue.name)
         reserved = self._reserved.get(key)
         if reserved is None or reserved.queue is not queue:
             reserved = self._reserved[key] = _Reserved(queue)
         reserved.seqs.update(seqs)
-        reserved.waiting.update(claimants)
-        reserved.until = self.clock() + RESERVE_FOR
+        for node, until in claimants.items():
+            reserved.waiting[node] = max(reserved.waiting.get(node, until), until)
+
+    def _expire_reserved(self, now: float) -> None:
+        """A node that died (its link down and its lease gone: one whose link is up runs, and claims, even
+        between a lost lease and its new one), or whose claim did not come in time, is waited for no more;
+        a reservation nobody is waited for any more is released."""
+        for reserved in list(self._reserved.values()):
+            waiting = reserved.waiting
+            for node in [n for n, until in waiting.items() if now >= until or self._dead(n)]:
+                del waiting[node]
+            if not waiting or reserved.queue.deleted:
+                self._release_reserved(reserved)
+
+    def _dead(self, node: str) -> bool:
+        return not self.link_up(node) and not self.node_alive(node)
 
     def _release_reserved(self, reserved: _Reserved) -> None:
         """What no claim took comes back, redelivered."""
@@ -902,6 +921,13 @@ class RemoteQueues(QueueRoles):
                 sub.detached_at = now
         for cid in [cid for cid, (sub, _) in self._cancelled.items() if sub.node == node]:
             del self._cancelled[cid]
+        # What that node held stays set aside while it lives: a link that broke (the peer timeout, a
+        # partition of the link alone) comes back, and its claim then takes them, with the acks its
+        # clients sent meanwhile. A reservation already waiting for its claim waits as long.
+        until = now + self.cancel_after
+        for reserved in self._reserved.values():
+            if node in reserved.waiting:
+                reserved.waiting[node] = max(reserved.waiting[node], until)
         origin = self.origins.pop(node, None)
         if origin is not None:
             for cid, queue in origin.promised.items():
@@ -911,7 +937,7 @@ class RemoteQueues(QueueRoles):
             for queue, seqs in origin.held.values():
                 back = [seq for seq in seqs if seq in queue.checked_out]
                 if back:
-                    self._reserve(queue, back, (node,))  # that node's claim takes them back, in time
+                    self._reserve(queue, back, {node: until})
         return self.take(node)
 
     def reconcile(self) -> None:
@@ -927,9 +953,7 @@ class RemoteQueues(QueueRoles):
                     proxies.append(queue)
                 elif is_replicated_queue(queue) and (vhost.name, queue.name) not in led:
                     self.follow(vhost, queue)
-        for reserved in list(self._reserved.values()):
-            if now >= reserved.until or reserved.queue.deleted:
-                self._release_reserved(reserved)
+        self._expire_reserved(now)
         self._claim_held(proxies)  # before the consumers attach: the leader keeps these out of their way
         for proxy in list(self._waiting):
             self._flush_waiting(proxy, now)
@@ -960,7 +984,12 @@ class RemoteQueues(QueueRoles):
         can take them); what this node's own clients held through the proxy is theirs at once."""
         current = vhost.queues.get(queue.name)
         if current is not queue:
-            claimants = [node for node in self.peers if self.link_up(node)]
+            # A node whose link is down now but that lives claims once the link is back, as after a cut.
+            now = self.clock()
+            claimants = {
+                node: now + (RESERVE_FOR if self.link_up(node) else self.cancel_after)
+                for node in self.peers if self.link_up(node) or self.node_alive(node)
+            }
             spare = queue.take_seqs(delivered, log=False) if claimants else []
             if spare:
                 self._reserve(queue, [entry.seq for entry in spare], claimants)

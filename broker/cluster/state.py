@@ -46,6 +46,7 @@ class ClusterState:
             self.name, {}, self.leadership, time.monotonic,
             publish_hold=config.publish_hold, cancel_after=config.consumer_cancel_delay,
         )
+        self.remote.node_alive = self.membership.is_alive
         # Ask a queue's leader (broker/server/remote.py sets it); the callback gets the answer.
         self.call_leader: Callable[[Call, Callable[[CallResult], None]], None] = _no_links
         # Called after each round of leadership decisions: the server runs the hub's reconcile there.

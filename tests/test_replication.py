@@ -178,6 +178,22 @@ def test_a_follower_behind_the_base_needs_a_snapshot() -> None:
     assert list(log.state.held)[:2] == [3, 4]
 
 
+def test_a_follower_that_compacted_past_where_the_logs_part_needs_a_snapshot() -> None:
+    # The deposed leader compacted at offset 60; the new leader had only 40 entries of its epoch 1.
+    old, new = ReplicaLog(tail_limit=50), ReplicaLog()
+    for seq in range(1, 61):
+        old.append(1, enqueue(seq))
+    for seq in range(1, 41):
+        new.append(1, enqueue(seq))
+    new.start_epoch(2)
+    new.append(2, enqueue(100))
+    assert old.compact() and old.base == 60 and not old.truncate(40)
+    assert new.catch_up_point(old.end, old.last_epoch, old.base) is None  # a snapshot, not truncate(40)
+    assert new.catch_up_point(old.end, old.last_epoch, 0) == 40  # not compacted: Kafka's truncation
+    assert new.catch_up_point(new.end, 2, 30) == new.end  # in step: goes on from its end
+    assert old.catch_up_point(30, 1, 0) is None  # behind the leader's own base
+
+
 def written(file: ReplicaFile, log: ReplicaLog, batch: list[tuple[int, Record]]) -> None:
     """Append `batch` to `log` and `file`, sync, and let the messages leave memory."""
     first = log.end

@@ -336,6 +336,17 @@ class ReplicaLog:
                 return start
         return self.end
 
+    def catch_up_point(self, end: int, last_epoch: int, base: int) -> int | None:
+        """Where a follower whose log ends at `end`, with `last_epoch` its last epoch and `base` its base,
+        is sent this log from (Kafka's rule: it truncates to there first if that is below its end); None
+        when it needs a snapshot: the point is below this log's base (those entries are gone here) or
+        below the follower's own (it cannot truncate to there: it compacted past where the two logs
+        part, e.g. holding entries of a deposed leader that this one never got)."""
+        point = min(end, self.end_offset_for(last_epoch))
+        if point < self.base or point < base:
+            return None
+        return point
+
     def truncate(self, offset: int) -> bool:
         """Drop the entries from `offset` on. False when `offset` is below the base (a snapshot is needed)."""
         if offset >= self.end:

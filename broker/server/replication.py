@@ -1,8 +1,8 @@
 """Replicated queues' I/O: replica files, the leader's shipping to its followers, the followers' handlers.
 
 Leader (`_lead`, one task per queue it leads, with one shipping task per follower): a follower is first
-probed (its end offset and last epoch), truncated by Kafka's rule (to where its last epoch ends in the
-leader's log) or sent a snapshot when that point is below the leader's log base, then sent the entries
+probed (its end offset, last epoch and base), truncated by Kafka's rule (to where its last epoch ends in
+the leader's log) or sent a snapshot when that point is below either log's base, then sent the entries
 from there on in `repl.append` requests of up to `_BATCH_BYTES`, pipelined (broker/cluster/pipeline.py:
 a batch goes at once when none is unanswered; while some are, only one of `MIN_BATCH` entries or more, up
 to `DEPTH` unanswered, so a backlog streams while small appends are batched by the round trip). A
@@ -83,6 +83,8 @@ _U64 = struct.Struct(">Q")
 _FIRST, _LAST = 1, 2
 _APPEND_HEAD = struct.Struct(">QQq")  # where the leader's epoch starts, start, truncate to (-1: no)
 _POSITION = struct.Struct(">QQ")  # a replica's last epoch and end offset
+# A probe's answer: the follower's end and last epoch, then its base (which an older node does not send).
+_PROBE_REPLY = struct.Struct(">QQ")
 
 
 def _queue_head(queue: QueueId, epoch: int) -> bytes:
@@ -389,6 +391,7 @@ class Replication:
         queue = leader.queue
         leadership = self.cluster.leadership
         timeout = self.links.peer_timeout
+        refused = ""  # the last refusal logged: one that repeats is logged once
         while leader.active:
             try:
                 offset, truncate = await self._catch_up_point(leader, node, timeout)
@@ -398,6 +401,10 @@ class Replication:
                     log.warning("queue %r in vhost %r: %s refused epoch %d as stale", queue[1], queue[0],
                                 node, leader.epoch)
                     return
+                if str(refusal) != refused:
+                    refused = str(refusal)
+                    log.info("queue %r in vhost %r: %s refused an append (%s): probing it again",
+                             queue[1], queue[0], node, refused)
                 await trio.sleep(_RETRY)  # out of step (or truncated under its appends): probe again
             except (PeerError, trio.TooSlowError) as error:
                 leader.joining.discard(node)
@@ -481,9 +488,10 @@ class Replication:
         replica = leader.replica
         with trio.fail_after(timeout):
             reply = await self.links.request(node, PROBE, _queue_head(leader.queue, leader.epoch))
-        end, last_epoch = struct.unpack(">QQ", reply)
-        point = min(end, replica.end_offset_for(last_epoch))
-        if point >= replica.base:
+        end, last_epoch = _PROBE_REPLY.unpack_from(reply)
+        base = _U64.unpack_from(reply, _PROBE_REPLY.size)[0] if len(reply) > _PROBE_REPLY.size else 0
+        point = replica.catch_up_point(end, last_epoch, base)
+        if point is not None:
             return point, point if point < end else -1
         at = replica.end
         await self._send_snapshot(leader, node, timeout)
@@ -593,7 +601,7 @@ class Replication:
         if queue in self.leading and self.leading[queue].leader.epoch >= epoch:
             raise ValueError(f"{_STALE}: this node leads epoch {self.leading[queue].leader.epoch}")
         replica, _ = self._check_epoch(queue, epoch)
-        return struct.pack(">QQ", replica.end, replica.last_epoch)
+        return _PROBE_REPLY.pack(replica.end, replica.last_epoch) + _U64.pack(replica.base)
 
     def _append(self, source: str, payload: bytes) -> Deferred:
         """Append in the order the requests came (the link's reader calls this in turn), then answer

@@ -17,17 +17,26 @@ from leveret.broker.cluster.replica import (
     DELIVERED,
     ENQUEUE,
     SETTLED,
+    Held,
     LogEntry,
     ReplicaLog,
     encode_entries,
     encode_messages,
     encode_snapshot_head,
+    location,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile, stem
 from leveret.broker.cluster.replication import LeaderQueue
 from leveret.broker.node import Node
 from leveret.broker.server.peers import PeerLinks
-from leveret.broker.server.replication import _APPEND_HEAD, _FIRST, _LAST, Replication, _queue_head
+from leveret.broker.server.replication import (
+    _APPEND_HEAD,
+    _FIRST,
+    _LAST,
+    Replication,
+    _Leading,
+    _queue_head,
+)
 from leveret.broker.server.startup import StartError
 from leveret.config import load_config
 from tests.peer_support import listen, start_node, wait_up
@@ -380,11 +389,32 @@ async def test_a_follower_compacted_past_where_its_log_parts_from_the_new_leader
     leader = LeaderQueue(Q, 7, log, file, gate, ["b"], time.time)  # a leads epoch 7 from offset 40
     for seq in range(100, 105):
         leader.append((ENQUEUE, seq, "", "orders", b"\x00\x00", body(seq), 0))
+    leading = _Leading(leader, None, trio.CancelScope())  # type: ignore[arg-type]  # no queue needed
     with trio.fail_after(10):
-        offset, truncate = await a._catch_up_point(leader, "b", 5.0)
+        offset, truncate = await a._catch_up_point(leading, "b", 5.0)
         batch = log.entries_from(offset, 1 << 20)
         payload = _queue_head(Q, 7) + _APPEND_HEAD.pack(0, offset, truncate) + encode_entries(batch)
         end = await links_a.links.request("b", "repl.append", payload)
     assert struct.unpack(">Q", end) == (log.end,)
     assert list(b.replicas[Q].state.held) == [*range(1, 41), *range(100, 105)]
     assert b.replicas[Q].epochs[-1] == (7, 40)
+
+
+async def test_a_snapshot_part_whose_messages_spill_while_others_are_read_back_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader's snapshot reads a part's on-disk messages in a worker thread; a replica sync ending
+    meanwhile spills messages that were in memory (the frozen state shares them). They were then
+    missing from both, and the StopIteration that followed crashed the node."""
+    replication = follower(tmp_path)
+    file = ReplicaFile(tmp_path, *Q)
+    on_disk = Held(None, None, None, None, at=location(1, 100), size=4, properties_size=2)
+    in_memory = Held("", "orders", b"\x00\x00", b"m2.")
+
+    def read(locations: list[int]) -> list[replica_file.Message | None]:
+        in_memory.spill(location(1, 200))  # the sync that ended during the read
+        return [(1, "", "orders", b"\x00\x00", b"m1..", 0) for _ in locations]
+
+    monkeypatch.setattr(file, "read", read)
+    messages = await replication._messages(file, [(1, on_disk), (2, in_memory)])
+    assert [message[0][4] for message in messages] == [b"m1..", b"m2."]

@@ -110,6 +110,16 @@ class _Leading:
         self.scope = scope
         self.wake = trio.Event()  # the queue appended something, for its writer
         self.ship_events: dict[str, trio.Event] = {}  # each shipping task's, when it waits for more
+        # Per follower being caught up or streamed to, the offset it is sent from next: a compaction
+        # keeps the entries from the lowest on, so that it goes on without a snapshot.
+        self.sending: dict[str, int] = {}
+
+    def entries_to_keep(self) -> int:
+        """How many of the log's newest entries a compaction now keeps for the followers (a follower
+        further behind than a quarter of the log's length gets a snapshot)."""
+        replica = self.leader.replica
+        lowest = min(self.sending.values(), default=replica.end)
+        return min(replica.end - lowest, replica.tail_limit // 4)
 
 
 class _Incoming:
@@ -381,7 +391,7 @@ class Replication:
                     await trio.sleep(_DISK_RETRY)  # its confirms wait meanwhile
                     continue
             leader.local_durable = end
-            if leader.replica.compact():
+            if leader.replica.compact(leading.entries_to_keep()):
                 leader.file.rewrite(leader.replica)
             self._commit(leading)
 
@@ -394,9 +404,10 @@ class Replication:
         refused = ""  # the last refusal logged: one that repeats is logged once
         while leader.active:
             try:
-                offset, truncate = await self._catch_up_point(leader, node, timeout)
+                offset, truncate = await self._catch_up_point(leading, node, timeout)
                 await self._stream(leading, node, AppendPipeline(offset, truncate))
             except PeerRefused as refusal:
+                leading.sending.pop(node, None)
                 if _STALE in str(refusal):
                     log.warning("queue %r in vhost %r: %s refused epoch %d as stale", queue[1], queue[0],
                                 node, leader.epoch)
@@ -407,6 +418,7 @@ class Replication:
                              queue[1], queue[0], node, refused)
                 await trio.sleep(_RETRY)  # out of step (or truncated under its appends): probe again
             except (PeerError, trio.TooSlowError) as error:
+                leading.sending.pop(node, None)
                 leader.joining.discard(node)
                 if node in leadership.in_sync_members(queue):
                     log.warning("queue %r in vhost %r: follower %s out of sync: %s", queue[1], queue[0],
@@ -430,7 +442,8 @@ class Replication:
                 event.set()
 
         async with trio.open_nursery() as nursery:
-            while leader.active and not failures and pipe.next >= replica.base:
+            while leader.active and not failures and pipe.next >= replica.ship_base:
+                leading.sending[node] = pipe.next
                 in_step = node in leader.joining or node in leadership.in_sync_members(queue)
                 # An empty append is sent only to learn that a lagging follower is back in step.
                 empty_probe = not in_step and pipe.in_flight == 0
@@ -482,9 +495,10 @@ class Replication:
             leadership.follower_caught_up(queue, node)
         self._commit(leading)
 
-    async def _catch_up_point(self, leader: LeaderQueue, node: str, timeout: float) -> tuple[int, int]:
+    async def _catch_up_point(self, leading: _Leading, node: str, timeout: float) -> tuple[int, int]:
         """Probe the follower; returns the offset to send from and the truncation it needs (-1: none),
         after a snapshot when the point is below this log's base."""
+        leader = leading.leader
         replica = leader.replica
         with trio.fail_after(timeout):
             reply = await self.links.request(node, PROBE, _queue_head(leader.queue, leader.epoch))
@@ -493,7 +507,7 @@ class Replication:
         point = replica.catch_up_point(end, last_epoch, base)
         if point is not None:
             return point, point if point < end else -1
-        at = replica.end
+        at = leading.sending[node] = replica.end
         await self._send_snapshot(leader, node, timeout)
         leader.acked[node] = at
         log.info("queue %r in vhost %r: sent %s a snapshot at offset %d", leader.queue[1], leader.queue[0],
@@ -533,18 +547,22 @@ class Replication:
     async def _messages(self, file: ReplicaFile,
                         batch: list[tuple[int, Held]]) -> list[tuple[Message, bool, int, str]]:
         """The batch's messages whole, with their flags: from memory, or read back from disk."""
-        on_disk = [item.at for _, item in batch if item.body is None]
+        # Which are in memory is decided once, before the read: a sync that ends meanwhile spills the
+        # messages it wrote (a frozen state shares them), which would then be missing from both.
+        in_memory: dict[int, Message] = {}
+        on_disk: list[int] = []
+        for seq, item in batch:
+            if item.body is None:
+                on_disk.append(item.at)
+            else:
+                assert item.exchange is not None and item.routing_key is not None
+                assert item.properties_raw is not None
+                in_memory[seq] = (seq, item.exchange, item.routing_key, item.properties_raw, item.body,
+                                  item.deadline)
         found = iter(await trio.to_thread.run_sync(file.read, on_disk) if on_disk else ())
         messages: list[tuple[Message, bool, int, str]] = []
         for seq, item in batch:
-            message: Message | None
-            if item.body is not None:
-                assert item.exchange is not None and item.routing_key is not None
-                assert item.properties_raw is not None
-                message = (seq, item.exchange, item.routing_key, item.properties_raw, item.body,
-                           item.deadline)
-            else:
-                message = next(found)
+            message = in_memory.get(seq) or next(found, None)
             if message is None or message[0] != seq:
                 raise PeerError(f"message {seq} of the replica cannot be read back")
             messages.append((message, item.delivered, item.returns, item.dead_lettering))

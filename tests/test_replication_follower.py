@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from leveret.broker.cluster.replica import (
     Held,
     LogEntry,
     ReplicaLog,
+    ReplicaState,
     encode_entries,
     encode_messages,
     encode_snapshot_head,
@@ -28,7 +30,7 @@ from leveret.broker.cluster.replica import (
 from leveret.broker.cluster.replica_file import ReplicaFile, stem
 from leveret.broker.cluster.replication import LeaderQueue
 from leveret.broker.node import Node
-from leveret.broker.server.peers import PeerLinks
+from leveret.broker.server.peers import Deferred, PeerLinks
 from leveret.broker.server.replication import (
     _APPEND_HEAD,
     _FIRST,
@@ -418,3 +420,41 @@ async def test_a_snapshot_part_whose_messages_spill_while_others_are_read_back_i
     monkeypatch.setattr(file, "read", read)
     messages = await replication._messages(file, [(1, on_disk), (2, in_memory)])
     assert [message[0][4] for message in messages] == [b"m1..", b"m2."]
+
+
+async def test_a_long_truncation_is_replayed_off_the_loop_while_other_appends_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
+) -> None:
+    """Replaying a long tail to truncate it took the loop for over 100 ms a 100,000 entries, which a
+    loaded machine stretches past the lease's TTL: it runs in a worker thread instead."""
+    replication = follower(tmp_path)
+    await appended(replication, "a", append(5, 0, entries(5, 1, 6000)))
+    on_loop: list[bool] = []
+    gate = threading.Event()
+    real = ReplicaLog.state_at
+
+    def state_at(self: ReplicaLog, offset: int) -> ReplicaState:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        gate.wait(10)
+        return real(self, offset)
+
+    monkeypatch.setattr(ReplicaLog, "state_at", state_at)
+    answer = replication._append("c", append(8, 5500, [(8, (DELIVERED, 1))], truncate=5500))
+    assert not isinstance(answer, Deferred)
+    ends: list[bytes] = []
+
+    async def wait() -> None:
+        ends.append(await answer)
+
+    nursery.start_soon(wait)
+    await trio.sleep(0.2)
+    with pytest.raises(ValueError, match="being truncated"):  # another leader's: it probes again
+        replication._append("a", append(9, 6000, entries(9, 7000, 1)))
+    gate.set()
+    with trio.fail_after(10):
+        while not ends:
+            await trio.sleep(0.01)
+    assert struct.unpack(">Q", ends[0]) == (5501,) and on_loop == [False]
+    replica = replication.replicas[Q]
+    assert list(replica.state.held) == list(range(1, 5501)) and replica.state.held[1].delivered
+    assert list(load_again(tmp_path).state.held) == list(range(1, 5501))

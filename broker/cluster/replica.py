@@ -355,12 +355,29 @@ class ReplicaLog:
             return None
         return point
 
-    def truncate(self, offset: int) -> bool:
-        """Drop the entries from `offset` on. False when `offset` is below the base (a snapshot is needed)."""
+    def state_at(self, offset: int) -> ReplicaState:
+        """The state of the log up to `offset` (from the base on to the end): the base state with the
+        tail replayed on it, slow for a long tail (about a second on a CPU per million entries), so a
+        server runs it in a worker thread, changing nothing in the log meanwhile. The result is only
+        valid for the log as it was."""
+        state = self.base_state.copy()
+        tail, tail_at = self.tail, self.tail_at
+        for index in range(offset - self.base):
+            record, at = tail[index][1], tail_at[index]
+            state.apply(record)
+            if at:  # on disk already: as in the state it replaces
+                state.spill(record[1], at)
+        return state
+
+    def truncate(self, offset: int, state: ReplicaState | None = None) -> bool:
+        """Drop the entries from `offset` on (`state`: `state_at(offset)`, if already computed). False
+        when `offset` is below the base (a snapshot is needed)."""
         if offset >= self.end:
             return True
         if offset < self.base:
             return False
+        if state is None:
+            state = self.state_at(offset)
         keep = offset - self.base
         self.tail = self.tail[:keep]
         self.tail_at = self.tail_at[:keep]
@@ -369,11 +386,6 @@ class ReplicaLog:
         self._whole_bytes = sum(len(record[5]) for (_, record), at in
                                 zip(self.tail[whole:], self.tail_at[whole:], strict=True)
                                 if at and record[0] == ENQUEUE)
-        state = self.base_state.copy()
-        for (_, record), at in zip(self.tail, self.tail_at, strict=True):
-            state.apply(record)
-            if at:  # on disk already: as in the state it replaces
-                state.spill(record[1], at)
         self.state = state
         self.epochs = [(epoch, start) for epoch, start in self.epochs if start < offset]
         return True

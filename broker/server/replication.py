@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,9 @@ _WRITER_TICK = 0.05  # the leader's writer re-checks its confirms (the ISR may h
 _RETRY = 0.2
 _DISK_RETRY = 1.0  # after a failed write of the leader's own replica
 _STALE = "stale epoch"
+# A truncation replays the tail up to its point: up to this many entries on the loop (a few ms), more in
+# a worker thread.
+_TRUNCATE_ON_LOOP = 5000
 
 _NAMES = struct.Struct(">HH")
 _U8 = struct.Struct(">B")
@@ -148,6 +151,7 @@ class Replication:
         self.leading: dict[QueueId, _Leading] = {}
         self._elected: dict[QueueId, int] = {}  # elected, waiting for the vhost to hold the queue
         self._incoming: dict[QueueId, _Incoming] = {}
+        self._truncating: set[QueueId] = set()  # replicas whose truncation runs in a worker thread
         self._nursery: trio.Nursery | None = None
         links.handle(PROBE, self._probe)
         links.handle(APPEND, self._append)
@@ -621,16 +625,22 @@ class Replication:
         replica, _ = self._check_epoch(queue, epoch)
         return _PROBE_REPLY.pack(replica.end, replica.last_epoch) + _U64.pack(replica.base)
 
-    def _append(self, source: str, payload: bytes) -> Deferred:
+    def _append(self, source: str, payload: bytes) -> Deferred | Awaitable[bytes]:
         """Append in the order the requests came (the link's reader calls this in turn), then answer
         once an fsync covers it: the reader goes on with the next append meanwhile, and appends that
-        arrive while one fsync runs share the next one (group commit)."""
+        arrive while one fsync runs share the next one (group commit). A truncation that replays a
+        long tail runs in a worker thread first, the reader waiting for it."""
         queue, epoch, at = _read_head(payload)
+        if queue in self._truncating:
+            raise ValueError("the replica is being truncated")
         replica, file = self._check_epoch(queue, epoch)
         epoch_start, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
         if truncate >= 0 and truncate < replica.end:
-            if not replica.truncate(truncate):
+            if truncate < replica.base:
                 raise ValueError("truncation below the replica's base: a snapshot is needed")
+            if truncate - replica.base > _TRUNCATE_ON_LOOP:
+                return self._truncate_then_append(source, payload, queue, epoch, truncate)
+            replica.truncate(truncate)
             file.truncate(truncate)
             self._rewound(queue)
         if start != replica.end:
@@ -664,6 +674,27 @@ class Replication:
             return _U64.pack(end)
 
         return Deferred(durable)
+
+    async def _truncate_then_append(self, source: str, payload: bytes, queue: QueueId, epoch: int,
+                                    truncate: int) -> bytes:
+        """The replay a truncation needs, off the event loop (a long one would hold it for longer than
+        the lease's keepalives can wait), then the append. Nothing changes the replica meanwhile: its
+        syncs wait for the lock, and appends from other links are refused (their leader probes again)."""
+        replica, file = self._replica(queue)
+        self._truncating.add(queue)
+        try:
+            async with self._lock(queue):
+                state = await trio.to_thread.run_sync(replica.state_at, truncate)
+                if self.replicas.get(queue) is not replica or epoch < replica.newest_epoch:
+                    raise ValueError("the replica changed during its truncation")
+                replica.truncate(truncate, state)
+                file.truncate(truncate)
+                self._rewound(queue)
+        finally:
+            self._truncating.discard(queue)
+        answer = self._append(source, payload)  # the truncation is done: only the append is left
+        assert isinstance(answer, Deferred)
+        return await answer.wait()
 
     def _rewound(self, queue: QueueId) -> None:
         """The replica's log lost entries (truncation, snapshot): appends still waiting for their fsync

@@ -239,6 +239,30 @@ def written(file: ReplicaFile, log: ReplicaLog, batch: list[tuple[int, Record]])
     log.spill(work[2])
 
 
+def test_appends_taken_before_a_new_generation_began_are_written_to_theirs(tmp_path: Path) -> None:
+    """A follower compacts (a new generation) while its previous appends are being written by the worker
+    thread: those went to the new generation's path, which its rewrite then replaced, and the locations
+    of their messages pointed past the end of the old one ("runs past the file's end", read back by the
+    next leader)."""
+    log, file = ReplicaLog(tail_limit=3), ReplicaFile(tmp_path, "/", "q")
+    batch = [(1, enqueue(seq, b"body %d" % seq)) for seq in range(1, 5)]
+    first = log.end
+    for epoch, record in batch:
+        log.append(epoch, record)
+    positions: list[int] = []
+    file.entries(encode_entries(batch, positions),
+                 [(record[1], at, first + i) for i, ((_, record), at) in enumerate(zip(batch, positions,
+                                                                                           strict=True))])
+    work = file.take()  # the sync's worker thread has it...
+    assert log.compact()
+    file.rewrite(log)  # ...when the loop starts a new generation
+    file.sync(work)
+    log.spill(work[2])
+    file.sync(file.take())
+    found = file.read([h.at for h in log.state.held.values()])
+    assert [m[4] for m in found if m is not None] == [b"body %d" % seq for seq in range(1, 5)]
+
+
 def bodies(file: ReplicaFile, log: ReplicaLog) -> list[bytes]:
     found = file.read([h.at for h in log.state.held.values()])
     return [message[4] for message in found if message is not None]

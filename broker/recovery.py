@@ -29,12 +29,15 @@ Reader = Callable[[Sequence[int]], list[Enqueued | None]]
 
 
 def restore_queue(
-    queue: Queue, read: Reader, recovered: RecoveredLog, next_seq: int, after_crash: bool, wall_now: float
+    queue: Queue, read: Reader, recovered: RecoveredLog, next_seq: int, after_crash: bool, wall_now: float,
+    read_now: int | None = None,
 ) -> int:
     """Put `recovered` (its records read with `read`, the queue's journal's `read_enqueues`) back into
     `queue`; returns how many came back. `wall_now`: the wall clock (seconds since the epoch) that logged
-    deadlines are compared with. A replicated queue's new leader comes back the same way, from its
-    replica (broker/cluster/roles.py)."""
+    deadlines are compared with. `read_now`: at most about so many bytes are read back at once (default:
+    what the memory budget has room for); the rest stays paged out, for the pager to read back in its
+    worker thread. A replicated queue's new leader comes back the same way, from its replica
+    (broker/cluster/roles.py)."""
     count = len(recovered)
     redelivered = bytes([1]) * count if after_crash else bytes(recovered.delivered)
     lifecycle = queue.lifecycle
@@ -45,7 +48,8 @@ def restore_queue(
     if recovered.expiring and recovered.deadlines is None:
         in_memory = count
     else:
-        in_memory = _room_for(recovered, order, max(queue.pager.limit - queue.pager.used, 0))
+        room = max(queue.pager.limit - queue.pager.used, 0)
+        in_memory = _room_for(recovered, order, room if read_now is None else min(room, read_now))
     head = order[:in_memory] if levels is None else sorted(order[:in_memory])
     with collection_paused():
         entries, expires_in, returns = _read(read, recovered, redelivered, head, wall_now)

@@ -265,3 +265,36 @@ async def test_a_request_to_a_node_that_is_down_fails_after_connect_timeout(nurs
     with pytest.raises(PeerUnavailable, match="no link to node2"):
         await a.links.request("node2", "echo", b"")
     assert 0.4 < trio.current_time() - started < 3.0
+
+
+async def test_every_sender_held_at_the_window_goes_on_once_there_is_room(nursery: trio.Nursery) -> None:
+    """Several tasks waiting for the window at once (a leader's shipping tasks, one per queue, to the same
+    follower): each must be woken when replies free room, not only the one that waited last."""
+    listeners, addresses = await _listeners(2)
+    window = 16 * 1024
+    a = await start_node(nursery, "node1", addresses, listeners[0], window_bytes=window)
+    b = await start_node(nursery, "node2", addresses, listeners[1])
+    gate = trio.Event()
+
+    async def slow(source: str, payload: bytes) -> bytes:
+        await gate.wait()
+        return b""
+
+    b.links.handle("n", slow)
+    await wait_up(a, b)
+    done: list[int] = []
+
+    async def produce(sender: int) -> None:
+        pending = [await a.links.submit("node2", "n", b"x" * 1024) for _ in range(40)]
+        for reply in pending:
+            await reply.wait()
+        done.append(sender)
+
+    for sender in range(3):
+        nursery.start_soon(produce, sender)
+    await trio.sleep(0.3)  # the window fills and every sender waits for room
+    gate.set()
+    with trio.fail_after(10):
+        while len(done) < 3:
+            await trio.sleep(0.01)
+    assert a.links.link("node2").unanswered_bytes == 0

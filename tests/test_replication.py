@@ -15,6 +15,7 @@ from leveret.broker.cluster.replica import (
     DELETED,
     DELIVERED,
     ENQUEUE,
+    ENQUEUE_AT,
     RETURNED,
     SETTLED,
     SETTLED_RANGE,
@@ -28,6 +29,7 @@ from leveret.broker.cluster.replica import (
     encode_messages,
     encode_refs,
     encode_snapshot_head,
+    split_location,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile, load, stem
 from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal, majority_held
@@ -178,6 +180,50 @@ def test_a_follower_behind_the_base_needs_a_snapshot() -> None:
     assert list(log.state.held)[:2] == [3, 4]
 
 
+def test_a_follower_that_compacted_past_where_the_logs_part_needs_a_snapshot() -> None:
+    # The deposed leader compacted at offset 60; the new leader had only 40 entries of its epoch 1.
+    old, new = ReplicaLog(tail_limit=50), ReplicaLog()
+    for seq in range(1, 61):
+        old.append(1, enqueue(seq))
+    for seq in range(1, 41):
+        new.append(1, enqueue(seq))
+    new.start_epoch(2)
+    new.append(2, enqueue(100))
+    assert old.compact() and old.base == 60 and not old.truncate(40)
+    assert new.catch_up_point(old.end, old.last_epoch, old.base) is None  # a snapshot, not truncate(40)
+    assert new.catch_up_point(old.end, old.last_epoch, 0) == 40  # not compacted: Kafka's truncation
+    assert new.catch_up_point(new.end, 2, 30) == new.end  # in step: goes on from its end
+    assert old.catch_up_point(30, 1, 0) is None  # behind the leader's own base
+
+
+def test_a_compaction_keeps_the_newest_entries_for_followers_not_sent_them_yet(tmp_path: Path) -> None:
+    leader, follower = ReplicaLog(tail_limit=10), ReplicaLog()
+    file = ReplicaFile(tmp_path, "/", "q")
+    written(file, leader, [(1, enqueue(seq, b"body %d" % seq)) for seq in range(1, 13)])
+    for epoch, record in leader.entries_from(0, 1 << 20)[:9]:  # the follower was sent 9 of them
+        follower.append(epoch, record)
+    written(file, leader, [(1, (SETTLED, [1, 2])), (1, enqueue(13))])
+    assert leader.compact(keep=leader.end - follower.end)
+    assert leader.base == 14 and leader.ship_base == 9 and not leader.tail
+    assert leader.catch_up_point(follower.end, 1, follower.base) == 9  # no snapshot needed
+    assert leader.catch_up_point(8, 1, 0) is None  # sent less than what was kept: a snapshot
+    rest = leader.entries_from(9, 1 << 20)
+    # Messages already on disk are shipped from there (read back first, as older tail entries are).
+    assert [record[0] for _, record in rest] == [ENQUEUE_AT, ENQUEUE_AT, ENQUEUE_AT, SETTLED, ENQUEUE_AT]
+    found = iter(file.read([record[2] for _, record in rest if record[0] == ENQUEUE_AT]))
+    for epoch, record in rest:
+        if record[0] == ENQUEUE_AT:
+            message = next(found)
+            assert message is not None
+            record = (ENQUEUE, *message)
+        follower.append(epoch, record)
+    assert follower.end == leader.end and list(follower.state.held) == list(leader.state.held)
+    bodies = [b"body %d" % seq for seq in range(3, 13)]
+    assert [h.body for h in follower.state.held.values()] == [*bodies, b"x"]
+    # Their file stays while the kept entries refer to it.
+    assert split_location(rest[0][1][2])[0] in leader.generations()
+
+
 def written(file: ReplicaFile, log: ReplicaLog, batch: list[tuple[int, Record]]) -> None:
     """Append `batch` to `log` and `file`, sync, and let the messages leave memory."""
     first = log.end
@@ -191,6 +237,30 @@ def written(file: ReplicaFile, log: ReplicaLog, batch: list[tuple[int, Record]])
     work = file.take()
     file.sync(work)
     log.spill(work[2])
+
+
+def test_appends_taken_before_a_new_generation_began_are_written_to_theirs(tmp_path: Path) -> None:
+    """A follower compacts (a new generation) while its previous appends are being written by the worker
+    thread: those went to the new generation's path, which its rewrite then replaced, and the locations
+    of their messages pointed past the end of the old one ("runs past the file's end", read back by the
+    next leader)."""
+    log, file = ReplicaLog(tail_limit=3), ReplicaFile(tmp_path, "/", "q")
+    batch = [(1, enqueue(seq, b"body %d" % seq)) for seq in range(1, 5)]
+    first = log.end
+    for epoch, record in batch:
+        log.append(epoch, record)
+    positions: list[int] = []
+    file.entries(encode_entries(batch, positions),
+                 [(record[1], at, first + i) for i, ((_, record), at) in enumerate(zip(batch, positions,
+                                                                                           strict=True))])
+    work = file.take()  # the sync's worker thread has it...
+    assert log.compact()
+    file.rewrite(log)  # ...when the loop starts a new generation
+    file.sync(work)
+    log.spill(work[2])
+    file.sync(file.take())
+    found = file.read([h.at for h in log.state.held.values()])
+    assert [m[4] for m in found if m is not None] == [b"body %d" % seq for seq in range(1, 5)]
 
 
 def bodies(file: ReplicaFile, log: ReplicaLog) -> list[bytes]:

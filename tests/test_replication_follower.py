@@ -6,27 +6,42 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from leveret.broker.cluster import replica_file
 from leveret.broker.cluster.replica import (
     DELIVERED,
     ENQUEUE,
     SETTLED,
+    Held,
     LogEntry,
     ReplicaLog,
+    ReplicaState,
     encode_entries,
     encode_messages,
     encode_snapshot_head,
+    location,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile, stem
+from leveret.broker.cluster.replication import LeaderQueue
 from leveret.broker.node import Node
-from leveret.broker.server.peers import PeerLinks
-from leveret.broker.server.replication import _APPEND_HEAD, _FIRST, _LAST, Replication, _queue_head
+from leveret.broker.server.peers import Deferred, PeerLinks
+from leveret.broker.server.replication import (
+    _APPEND_HEAD,
+    _FIRST,
+    _LAST,
+    Replication,
+    _Leading,
+    _queue_head,
+)
 from leveret.broker.server.startup import StartError
 from leveret.config import load_config
+from tests.peer_support import listen, start_node, wait_up
 
 Q = ("/", "orders")
 
@@ -41,13 +56,13 @@ cluster:
 """
 
 
-def follower(tmp_path: Path) -> Replication:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER, encoding="utf-8")
-    config = load_config(path, overrides={"cluster.node": "b", "data_dir": str(tmp_path / "b")})
+def follower(tmp_path: Path, name: str = "b", links: PeerLinks | None = None, extra: str = "") -> Replication:
+    path = tmp_path / f"cluster-{name}.yaml"
+    path.write_text(CLUSTER + extra, encoding="utf-8")
+    config = load_config(path, overrides={"cluster.node": name, "data_dir": str(tmp_path / name)})
     assert config.cluster is not None
     node = Node(config)
-    replication = Replication(node, PeerLinks.from_config(config.cluster), tmp_path / "b")
+    replication = Replication(node, links or PeerLinks.from_config(config.cluster), tmp_path / name)
     replication.load()
     return replication
 
@@ -99,7 +114,7 @@ async def test_appends_are_synced_refused_when_stale_and_truncated_by_epoch(tmp_
     with pytest.raises(ValueError, match="append at 9"):
         await appended(replication, "a", append(5, 9, entries(5, 5, 1)))
     # A new leader (epoch 7) probes; the follower's last epoch is 5, which ends at 2 in its log.
-    assert struct.unpack(">QQ", replication._probe("c", _queue_head(Q, 7))) == (4, 5)
+    assert struct.unpack(">QQQ", replication._probe("c", _queue_head(Q, 7))) == (4, 5, 0)
     end = await appended(replication, "c", append(7, 2, [(7, (DELIVERED, 1))], truncate=2))
     assert struct.unpack(">Q", end) == (3,)
     # The deposed leader's epoch is refused from now on.
@@ -289,7 +304,7 @@ async def test_appends_in_flight_when_a_new_leader_truncates_are_not_acknowledge
     in_flight = [replication._append("a", append(5, 2, entries(5, 3, 2))),
                  replication._append("a", append(5, 4, entries(5, 5, 1)))]
     # ...when a new leader (epoch 8, whose log diverges at 3) truncates the follower and appends.
-    assert struct.unpack(">QQ", replication._probe("c", _queue_head(Q, 8))) == (5, 5)
+    assert struct.unpack(">QQQ", replication._probe("c", _queue_head(Q, 8))) == (5, 5, 0)
     new = replication._append("c", append(8, 3, [(8, (DELIVERED, 1))], truncate=3))
     assert struct.unpack(">Q", await new.wait()) == (4,)
     # The end 5 the old appends reached counts entries no longer in the log: both are refused.
@@ -306,7 +321,7 @@ async def test_a_stale_epoch_mid_pipeline_is_refused_from_then_on(tmp_path: Path
                  replication._append("a", append(5, 2, entries(5, 3, 2)))]
     # A newer leader makes itself known (its probe) before those fsyncs answer: nothing is truncated
     # (it continues from the follower's end), but the old leader's replies are refused as stale...
-    assert struct.unpack(">QQ", replication._probe("c", _queue_head(Q, 6))) == (4, 5)
+    assert struct.unpack(">QQQ", replication._probe("c", _queue_head(Q, 6))) == (4, 5, 0)
     for answer in in_flight:
         with pytest.raises(ValueError, match="stale epoch"):
             await answer.wait()
@@ -348,3 +363,98 @@ def test_this_builds_replica_files_say_their_format(tmp_path: Path) -> None:
     assert first[1] == replica_file.HEADER
     assert json.loads(first[2]) == {"vhost": "/", "queue": "orders", "format": replica_file.FORMAT}
     assert replica_file.FORMAT > 1  # 1 was every build before session 5's records, which read them wrong
+
+
+async def test_a_follower_compacted_past_where_its_log_parts_from_the_new_leaders_gets_a_snapshot(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Issue 10's stall: the deposed leader b had compacted its log at its end, past entries of its epoch
+    that the new leader a never got. Kafka's rule says truncate b to where epoch 5 ends on a, which is
+    below b's base: b can only refuse that append, and a probed again and sent the same one for ever
+    (its confirms waiting for b, in the ISR). a must send b a snapshot instead."""
+    listener_a, port_a = await listen()
+    listener_b, port_b = await listen()
+    addresses = {"a": ("127.0.0.1", port_a), "b": ("127.0.0.1", port_b)}
+    links_a = await start_node(nursery, "a", addresses, listener_a, peer_timeout=5.0)
+    links_b = await start_node(nursery, "b", addresses, listener_b, peer_timeout=5.0)
+    await wait_up(links_a, links_b)
+    b = follower(tmp_path, "b", links_b.links, "  replica_log_entries: 50\n")
+    a = follower(tmp_path, "a", links_a.links)
+    # b, leader of epoch 5, shipped 40 of its 60 entries to a, then compacted (base 60) and was deposed.
+    await appended(b, "b", append(5, 0, entries(5, 1, 60)))
+    assert b.replicas[Q].base == 60
+    log, file = a._replica(Q)
+    for epoch, record in entries(5, 1, 40):
+        log.append(epoch, record)
+    gate = a.node.gate
+    assert gate is not None
+    leader = LeaderQueue(Q, 7, log, file, gate, ["b"], time.time)  # a leads epoch 7 from offset 40
+    for seq in range(100, 105):
+        leader.append((ENQUEUE, seq, "", "orders", b"\x00\x00", body(seq), 0))
+    leading = _Leading(leader, None, trio.CancelScope())  # type: ignore[arg-type]  # no queue needed
+    with trio.fail_after(10):
+        offset, truncate = await a._catch_up_point(leading, "b", 5.0)
+        batch = log.entries_from(offset, 1 << 20)
+        payload = _queue_head(Q, 7) + _APPEND_HEAD.pack(0, offset, truncate) + encode_entries(batch)
+        end = await links_a.links.request("b", "repl.append", payload)
+    assert struct.unpack(">Q", end) == (log.end,)
+    assert list(b.replicas[Q].state.held) == [*range(1, 41), *range(100, 105)]
+    assert b.replicas[Q].epochs[-1] == (7, 40)
+
+
+async def test_a_snapshot_part_whose_messages_spill_while_others_are_read_back_is_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader's snapshot reads a part's on-disk messages in a worker thread; a replica sync ending
+    meanwhile spills messages that were in memory (the frozen state shares them). They were then
+    missing from both, and the StopIteration that followed crashed the node."""
+    replication = follower(tmp_path)
+    file = ReplicaFile(tmp_path, *Q)
+    on_disk = Held(None, None, None, None, at=location(1, 100), size=4, properties_size=2)
+    in_memory = Held("", "orders", b"\x00\x00", b"m2.")
+
+    def read(locations: list[int]) -> list[replica_file.Message | None]:
+        in_memory.spill(location(1, 200))  # the sync that ended during the read
+        return [(1, "", "orders", b"\x00\x00", b"m1..", 0) for _ in locations]
+
+    monkeypatch.setattr(file, "read", read)
+    messages = await replication._messages(file, [(1, on_disk), (2, in_memory)])
+    assert [message[0][4] for message in messages] == [b"m1..", b"m2."]
+
+
+async def test_a_long_truncation_is_replayed_off_the_loop_while_other_appends_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery
+) -> None:
+    """Replaying a long tail to truncate it took the loop for over 100 ms a 100,000 entries, which a
+    loaded machine stretches past the lease's TTL: it runs in a worker thread instead."""
+    replication = follower(tmp_path)
+    await appended(replication, "a", append(5, 0, entries(5, 1, 6000)))
+    on_loop: list[bool] = []
+    gate = threading.Event()
+    real = ReplicaLog.state_at
+
+    def state_at(self: ReplicaLog, offset: int) -> ReplicaState:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        gate.wait(10)
+        return real(self, offset)
+
+    monkeypatch.setattr(ReplicaLog, "state_at", state_at)
+    answer = replication._append("c", append(8, 5500, [(8, (DELIVERED, 1))], truncate=5500))
+    assert not isinstance(answer, Deferred)
+    ends: list[bytes] = []
+
+    async def wait() -> None:
+        ends.append(await answer)
+
+    nursery.start_soon(wait)
+    await trio.sleep(0.2)
+    with pytest.raises(ValueError, match="being truncated"):  # another leader's: it probes again
+        replication._append("a", append(9, 6000, entries(9, 7000, 1)))
+    gate.set()
+    with trio.fail_after(10):
+        while not ends:
+            await trio.sleep(0.01)
+    assert struct.unpack(">Q", ends[0]) == (5501,) and on_loop == [False]
+    replica = replication.replicas[Q]
+    assert list(replica.state.held) == list(range(1, 5501)) and replica.state.held[1].delivered
+    assert list(load_again(tmp_path).state.held) == list(range(1, 5501))

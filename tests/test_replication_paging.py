@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from leveret.broker.cluster import roles
 from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.replica import ENQUEUE, ReplicaLog, encode_entries
 from leveret.broker.cluster.replica_file import ReplicaFile
@@ -66,3 +69,43 @@ async def test_a_new_leaders_queue_reads_its_replica_back_within_the_budget(tmp_
         built.settle([entry.seq])
         assert built.memory.used <= BUDGET + node.pager.chunk_size * 3  # type: ignore[union-attr]
     assert got == [(body(seq), True) for seq in range(1, COUNT + 1)]
+
+
+async def test_a_new_leader_reads_only_a_few_mib_back_at_its_election(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a whole backlog back in the election's step held the new leader's loop (and its lease's
+    keepalives) for as long as that took: only ELECTION_READ is read then, the pager reads the rest."""
+    monkeypatch.setattr(roles, "ELECTION_READ", 100 * 1024)
+    node = start(tmp_path / "node", budget=64 * 1024 * 1024)  # room for all of it
+    replicas = tmp_path / "replicas"
+    replicas.mkdir()
+    log, file = replica_on_disk(replicas)
+    read: list[int] = []
+    real_read = ReplicaFile.read
+
+    def counted(self: ReplicaFile, locations: list[int]) -> list[object]:
+        read.append(len(locations))
+        return real_read(self, locations)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ReplicaFile, "read", counted)
+    vhost = node.vhosts["/"]
+    like = vhost.declare_queue("q", owner=None, durable=True, exclusive=False, auto_delete=False,
+                               arguments={})
+    leader = LeaderQueue(("/", "q"), 2, log, file, ConfirmGate(), ["b", "c"], time.time)
+    built = build_leader_queue(vhost, like, log.state, ReplicatedJournal(leader), time.time())
+    QueueRoles().lead(vhost, built)
+    assert built.message_count == COUNT
+    assert read and sum(read) <= 100 * 1024 // BODY + 1  # about 100 of the 1000
+    assert built.paged is not None and built.paged.chunks
+    got = []
+    while True:
+        entry = built.take()
+        if isinstance(entry, HeadLoading):
+            drive(node)
+            continue
+        if entry is None:
+            break
+        got.append(entry.message.body)
+        built.settle([entry.seq])
+    assert got == [body(seq) for seq in range(1, COUNT + 1)]

@@ -266,6 +266,9 @@ class ReplicaLog:
         self.base = 0
         self.base_state = ReplicaState()
         self.tail: list[LogEntry] = []
+        # The last entries before the base, kept at a compaction for shipping only (never to truncate
+        # to): followers in step but not sent everything yet go on from them instead of a snapshot.
+        self.kept: list[LogEntry] = []
         # Each tail entry's message location once it is on disk (0: not yet, or not an enqueue).
         self.tail_at: list[int] = []
         self._whole_from = 0  # tail entries before this index hold no body (or are not enqueues)
@@ -277,6 +280,11 @@ class ReplicaLog:
     @property
     def end(self) -> int:
         return self.base + len(self.tail)
+
+    @property
+    def ship_base(self) -> int:
+        """The first offset `entries_from` can give (a follower sent up to below it needs a snapshot)."""
+        return self.base - len(self.kept)
 
     @property
     def last_epoch(self) -> int:
@@ -336,12 +344,40 @@ class ReplicaLog:
                 return start
         return self.end
 
-    def truncate(self, offset: int) -> bool:
-        """Drop the entries from `offset` on. False when `offset` is below the base (a snapshot is needed)."""
+    def catch_up_point(self, end: int, last_epoch: int, base: int) -> int | None:
+        """Where a follower whose log ends at `end`, with `last_epoch` its last epoch and `base` its base,
+        is sent this log from (Kafka's rule: it truncates to there first if that is below its end); None
+        when it needs a snapshot: the point is below this log's base (those entries are gone here) or
+        below the follower's own (it cannot truncate to there: it compacted past where the two logs
+        part, e.g. holding entries of a deposed leader that this one never got)."""
+        point = min(end, self.end_offset_for(last_epoch))
+        if point < self.ship_base or point < base:
+            return None
+        return point
+
+    def state_at(self, offset: int) -> ReplicaState:
+        """The state of the log up to `offset` (from the base on to the end): the base state with the
+        tail replayed on it, slow for a long tail (about a second on a CPU per million entries), so a
+        server runs it in a worker thread, changing nothing in the log meanwhile. The result is only
+        valid for the log as it was."""
+        state = self.base_state.copy()
+        tail, tail_at = self.tail, self.tail_at
+        for index in range(offset - self.base):
+            record, at = tail[index][1], tail_at[index]
+            state.apply(record)
+            if at:  # on disk already: as in the state it replaces
+                state.spill(record[1], at)
+        return state
+
+    def truncate(self, offset: int, state: ReplicaState | None = None) -> bool:
+        """Drop the entries from `offset` on (`state`: `state_at(offset)`, if already computed). False
+        when `offset` is below the base (a snapshot is needed)."""
         if offset >= self.end:
             return True
         if offset < self.base:
             return False
+        if state is None:
+            state = self.state_at(offset)
         keep = offset - self.base
         self.tail = self.tail[:keep]
         self.tail_at = self.tail_at[:keep]
@@ -350,34 +386,37 @@ class ReplicaLog:
         self._whole_bytes = sum(len(record[5]) for (_, record), at in
                                 zip(self.tail[whole:], self.tail_at[whole:], strict=True)
                                 if at and record[0] == ENQUEUE)
-        state = self.base_state.copy()
-        for (_, record), at in zip(self.tail, self.tail_at, strict=True):
-            state.apply(record)
-            if at:  # on disk already: as in the state it replaces
-                state.spill(record[1], at)
         self.state = state
         self.epochs = [(epoch, start) for epoch, start in self.epochs if start < offset]
         return True
 
     def entries_from(self, offset: int, max_bytes: int) -> list[LogEntry]:
-        """Entries from `offset` (not below the base), about `max_bytes` of them, at least one. Some may
-        be ENQUEUE_AT records, whose messages the caller reads back before shipping them."""
+        """Entries from `offset` (not below `ship_base`), about `max_bytes` of them, at least one. Some
+        may be ENQUEUE_AT records, whose messages the caller reads back before shipping them."""
         out: list[LogEntry] = []
         size = 0
-        tail = self.tail
-        for index in range(offset - self.base, len(tail)):  # no slice: the tail may be long
-            entry = tail[index]
-            out.append(entry)
-            size += record_size(entry[1])
-            if size >= max_bytes:
-                break
+        kept = self.kept
+        for part, start in ((kept, self.ship_base), (self.tail, self.base)):
+            for index in range(max(offset - start, 0), len(part)):  # no slice: the tail may be long
+                entry = part[index]
+                out.append(entry)
+                size += record_size(entry[1])
+                if size >= max_bytes:
+                    return out
         return out
 
-    def compact(self) -> bool:
+    def compact(self, keep: int = 0) -> bool:
         """Move the base up to the end once the tail is long (a follower behind it then catches up from
-        a snapshot). True if it moved."""
+        a snapshot), keeping the last `keep` entries for shipping: a leader's followers in step have not
+        been sent the newest ones yet, and would otherwise each need a snapshot at every compaction.
+        True if it moved."""
         if len(self.tail) <= self.tail_limit:
             return False
+        start = len(self.tail) - min(keep, len(self.tail))
+        # Kept messages already on disk are read back from there to be shipped, as older tail entries.
+        self.kept = [(epoch, (ENQUEUE_AT, record[1], at, len(record[5]), len(record[4]), record[6]))
+                     if at and record[0] == ENQUEUE else (epoch, record)
+                     for (epoch, record), at in zip(self.tail[start:], self.tail_at[start:], strict=True)]
         self.base_state = self.state.copy()
         self.base = self.end
         self.tail = []
@@ -391,6 +430,7 @@ class ReplicaLog:
         self.base = end
         self.base_state = state.copy()
         self.state = state
+        self.kept = []
         self.tail = []
         self.tail_at = []
         self._whole_from = self._whole_bytes = 0
@@ -403,7 +443,8 @@ class ReplicaLog:
     def locations(self) -> Locations:
         """What `generations_of` reads, copied (quickly) so that it can run off the event loop."""
         return (list(self.state.messages.values()), list(self.base_state.messages.values()),
-                list(self.tail_at), [record[2] for _, record in self.tail if record[0] == ENQUEUE_AT])
+                list(self.tail_at), [record[2] for _, record in (*self.kept, *self.tail)
+                                     if record[0] == ENQUEUE_AT])
 
 
 Locations = tuple[list["Held | int"], list["Held | int"], list[int], list[int]]

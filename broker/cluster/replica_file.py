@@ -81,7 +81,9 @@ _U64 = struct.Struct(">Q")
 _SPAN = 1 << 20
 
 Located = tuple[int, int, int]  # seq, location, offset of its log entry (-1: none)
-Work = tuple["_Rewrite | None", bytes, list[Located]]
+# A new generation or appends, the messages they put on disk, and the file they go to (the current
+# generation's when taken: a rewrite or a snapshot may start another before the worker thread writes).
+Work = tuple["_Rewrite | None", bytes, list[Located], Path]
 
 
 class ReplicaFormatError(ValueError):
@@ -248,22 +250,22 @@ class ReplicaFile:
         rewrite, self._rewrite = self._rewrite, None
         appends, self._pending = b"".join(self._pending), []
         located, self._located = self._located, []
-        return rewrite, appends, located
+        return rewrite, appends, located, self.path
 
     def sync(self, work: Work) -> None:
-        """Blocking: write and fsync `work` (from `take`)."""
-        rewrite, appends, _ = work
+        """Blocking: write and fsync `work` (from `take`), to the file it was taken for."""
+        rewrite, appends, _, path = work
         if rewrite is not None:
-            temporary = self.path.with_suffix(".tmp")
+            temporary = path.with_suffix(".tmp")
             with open(temporary, "wb") as out:
                 out.write(rewrite.content() + appends)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(temporary, self.path)
+            os.replace(temporary, path)
             _sync_directory(self.directory)
             return
         if appends:
-            with open(self.path, "ab") as out:
+            with open(path, "ab") as out:
                 out.write(appends)
                 out.flush()
                 os.fsync(out.fileno())

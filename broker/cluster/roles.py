@@ -38,20 +38,26 @@ if TYPE_CHECKING:
     from leveret.broker.vhost import VirtualHost
 
 
+# What a new leader's queue reads back from the replica files at its election, on the event loop (in
+# the election's step): a queue's whole backlog would hold the loop for as long as reading and decoding it
+# takes, on the node that has just taken over. The rest is read back by the pager, in its worker thread.
+ELECTION_READ = 4 * 1024 * 1024
+
+
 def build_leader_queue(
     vhost: VirtualHost, like: Queue, state: ReplicaState, journal: ReplicatedJournal, wall_now: float
 ) -> Queue:
     """The leader's queue: `like`'s definition, holding every message of the replica state, ready, in
     seq order, with its delivery count and what its logged TTL deadline leaves it (`wall_now`: the wall
     clock, seconds since the epoch). It comes back the way a durable queue recovers (broker/recovery.py):
-    what the memory budget leaves room for is read back into memory, the rest stays in the replica files
-    as paged-out chunks, read back ahead of its consumers like any queue's. On a node every message of
-    the replica is on disk by then (`ReplicaState.resident` 0; Replication waits for that). Each comes
-    back redelivered=true: a leader changes only when the old one failed, and its deliveries did not wait
-    for their delivered records to reach a replica, so any message may have reached a consumer (as after
-    a single node's crash: store/clean_shutdown.py). Messages the old leader held for at-least-once
-    dead-lettering are held again, not ready, and forwarded again (to every target, as RabbitMQ's new
-    leader does) when the timers run."""
+    what the memory budget leaves room for, up to `ELECTION_READ`, is read back into memory, the rest
+    stays in the replica files as paged-out chunks, read back ahead of its consumers like any queue's. On
+    a node every message of the replica is on disk by then (`ReplicaState.resident` 0; Replication waits
+    for that). Each comes back redelivered=true: a leader changes only when the old one failed, and its
+    deliveries did not wait for their delivered records to reach a replica, so any message may have
+    reached a consumer (as after a single node's crash: store/clean_shutdown.py). Messages the old leader
+    held for at-least-once dead-lettering are held again, not ready, and forwarded again (to every target,
+    as RabbitMQ's new leader does) when the timers run."""
     queue = _new_queue(vhost, like, journal)
     recovered, in_memory = _as_recovered(state)
 
@@ -61,7 +67,7 @@ def build_leader_queue(
         found = iter(journal.read_enqueues(on_disk) if on_disk else ())
         return [in_memory[-at] if at <= 0 else next(found) for at in locations]
 
-    restore_queue(queue, read, recovered, state.next_seq, True, wall_now)
+    restore_queue(queue, read, recovered, state.next_seq, True, wall_now, read_now=ELECTION_READ)
     return queue
 
 

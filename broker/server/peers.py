@@ -164,12 +164,14 @@ class PeerLink:
 
     def _release(self, size: int) -> None:
         self.unanswered_bytes -= size
+        # Every sender waiting for room wakes and looks again (one Event per wait would wake only the
+        # last to wait: the others would wait for ever).
         self._space.set()
+        self._space = trio.Event()
 
     async def submit(self, kind: str, payload: bytes) -> PendingReply:
         frame_size = len(payload) + 64
         while self.unanswered_bytes > 0 and self.unanswered_bytes + frame_size > self.links.window_bytes:
-            self._space = trio.Event()
             await self._space.wait()
         if self.connection is None:
             with trio.move_on_after(self.links.connect_timeout):

@@ -1,8 +1,8 @@
 """Replicated queues' I/O: replica files, the leader's shipping to its followers, the followers' handlers.
 
 Leader (`_lead`, one task per queue it leads, with one shipping task per follower): a follower is first
-probed (its end offset and last epoch), truncated by Kafka's rule (to where its last epoch ends in the
-leader's log) or sent a snapshot when that point is below the leader's log base, then sent the entries
+probed (its end offset, last epoch and base), truncated by Kafka's rule (to where its last epoch ends in
+the leader's log) or sent a snapshot when that point is below either log's base, then sent the entries
 from there on in `repl.append` requests of up to `_BATCH_BYTES`, pipelined (broker/cluster/pipeline.py:
 a batch goes at once when none is unanswered; while some are, only one of `MIN_BATCH` entries or more, up
 to `DEPTH` unanswered, so a backlog streams while small appends are batched by the round trip). A
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,9 @@ _WRITER_TICK = 0.05  # the leader's writer re-checks its confirms (the ISR may h
 _RETRY = 0.2
 _DISK_RETRY = 1.0  # after a failed write of the leader's own replica
 _STALE = "stale epoch"
+# A truncation replays the tail up to its point: up to this many entries on the loop (a few ms), more in
+# a worker thread.
+_TRUNCATE_ON_LOOP = 5000
 
 _NAMES = struct.Struct(">HH")
 _U8 = struct.Struct(">B")
@@ -83,6 +86,8 @@ _U64 = struct.Struct(">Q")
 _FIRST, _LAST = 1, 2
 _APPEND_HEAD = struct.Struct(">QQq")  # where the leader's epoch starts, start, truncate to (-1: no)
 _POSITION = struct.Struct(">QQ")  # a replica's last epoch and end offset
+# A probe's answer: the follower's end and last epoch, then its base (which an older node does not send).
+_PROBE_REPLY = struct.Struct(">QQ")
 
 
 def _queue_head(queue: QueueId, epoch: int) -> bytes:
@@ -108,6 +113,16 @@ class _Leading:
         self.scope = scope
         self.wake = trio.Event()  # the queue appended something, for its writer
         self.ship_events: dict[str, trio.Event] = {}  # each shipping task's, when it waits for more
+        # Per follower being caught up or streamed to, the offset it is sent from next: a compaction
+        # keeps the entries from the lowest on, so that it goes on without a snapshot.
+        self.sending: dict[str, int] = {}
+
+    def entries_to_keep(self) -> int:
+        """How many of the log's newest entries a compaction now keeps for the followers (a follower
+        further behind than a quarter of the log's length gets a snapshot)."""
+        replica = self.leader.replica
+        lowest = min(self.sending.values(), default=replica.end)
+        return min(replica.end - lowest, replica.tail_limit // 4)
 
 
 class _Incoming:
@@ -136,6 +151,7 @@ class Replication:
         self.leading: dict[QueueId, _Leading] = {}
         self._elected: dict[QueueId, int] = {}  # elected, waiting for the vhost to hold the queue
         self._incoming: dict[QueueId, _Incoming] = {}
+        self._truncating: set[QueueId] = set()  # replicas whose truncation runs in a worker thread
         self._nursery: trio.Nursery | None = None
         links.handle(PROBE, self._probe)
         links.handle(APPEND, self._append)
@@ -379,7 +395,7 @@ class Replication:
                     await trio.sleep(_DISK_RETRY)  # its confirms wait meanwhile
                     continue
             leader.local_durable = end
-            if leader.replica.compact():
+            if leader.replica.compact(leading.entries_to_keep()):
                 leader.file.rewrite(leader.replica)
             self._commit(leading)
 
@@ -389,17 +405,24 @@ class Replication:
         queue = leader.queue
         leadership = self.cluster.leadership
         timeout = self.links.peer_timeout
+        refused = ""  # the last refusal logged: one that repeats is logged once
         while leader.active:
             try:
-                offset, truncate = await self._catch_up_point(leader, node, timeout)
+                offset, truncate = await self._catch_up_point(leading, node, timeout)
                 await self._stream(leading, node, AppendPipeline(offset, truncate))
             except PeerRefused as refusal:
+                leading.sending.pop(node, None)
                 if _STALE in str(refusal):
                     log.warning("queue %r in vhost %r: %s refused epoch %d as stale", queue[1], queue[0],
                                 node, leader.epoch)
                     return
+                if str(refusal) != refused:
+                    refused = str(refusal)
+                    log.info("queue %r in vhost %r: %s refused an append (%s): probing it again",
+                             queue[1], queue[0], node, refused)
                 await trio.sleep(_RETRY)  # out of step (or truncated under its appends): probe again
             except (PeerError, trio.TooSlowError) as error:
+                leading.sending.pop(node, None)
                 leader.joining.discard(node)
                 if node in leadership.in_sync_members(queue):
                     log.warning("queue %r in vhost %r: follower %s out of sync: %s", queue[1], queue[0],
@@ -423,7 +446,8 @@ class Replication:
                 event.set()
 
         async with trio.open_nursery() as nursery:
-            while leader.active and not failures and pipe.next >= replica.base:
+            while leader.active and not failures and pipe.next >= replica.ship_base:
+                leading.sending[node] = pipe.next
                 in_step = node in leader.joining or node in leadership.in_sync_members(queue)
                 # An empty append is sent only to learn that a lagging follower is back in step.
                 empty_probe = not in_step and pipe.in_flight == 0
@@ -475,17 +499,19 @@ class Replication:
             leadership.follower_caught_up(queue, node)
         self._commit(leading)
 
-    async def _catch_up_point(self, leader: LeaderQueue, node: str, timeout: float) -> tuple[int, int]:
+    async def _catch_up_point(self, leading: _Leading, node: str, timeout: float) -> tuple[int, int]:
         """Probe the follower; returns the offset to send from and the truncation it needs (-1: none),
         after a snapshot when the point is below this log's base."""
+        leader = leading.leader
         replica = leader.replica
         with trio.fail_after(timeout):
             reply = await self.links.request(node, PROBE, _queue_head(leader.queue, leader.epoch))
-        end, last_epoch = struct.unpack(">QQ", reply)
-        point = min(end, replica.end_offset_for(last_epoch))
-        if point >= replica.base:
+        end, last_epoch = _PROBE_REPLY.unpack_from(reply)
+        base = _U64.unpack_from(reply, _PROBE_REPLY.size)[0] if len(reply) > _PROBE_REPLY.size else 0
+        point = replica.catch_up_point(end, last_epoch, base)
+        if point is not None:
             return point, point if point < end else -1
-        at = replica.end
+        at = leading.sending[node] = replica.end
         await self._send_snapshot(leader, node, timeout)
         leader.acked[node] = at
         log.info("queue %r in vhost %r: sent %s a snapshot at offset %d", leader.queue[1], leader.queue[0],
@@ -525,18 +551,22 @@ class Replication:
     async def _messages(self, file: ReplicaFile,
                         batch: list[tuple[int, Held]]) -> list[tuple[Message, bool, int, str]]:
         """The batch's messages whole, with their flags: from memory, or read back from disk."""
-        on_disk = [item.at for _, item in batch if item.body is None]
+        # Which are in memory is decided once, before the read: a sync that ends meanwhile spills the
+        # messages it wrote (a frozen state shares them), which would then be missing from both.
+        in_memory: dict[int, Message] = {}
+        on_disk: list[int] = []
+        for seq, item in batch:
+            if item.body is None:
+                on_disk.append(item.at)
+            else:
+                assert item.exchange is not None and item.routing_key is not None
+                assert item.properties_raw is not None
+                in_memory[seq] = (seq, item.exchange, item.routing_key, item.properties_raw, item.body,
+                                  item.deadline)
         found = iter(await trio.to_thread.run_sync(file.read, on_disk) if on_disk else ())
         messages: list[tuple[Message, bool, int, str]] = []
         for seq, item in batch:
-            message: Message | None
-            if item.body is not None:
-                assert item.exchange is not None and item.routing_key is not None
-                assert item.properties_raw is not None
-                message = (seq, item.exchange, item.routing_key, item.properties_raw, item.body,
-                           item.deadline)
-            else:
-                message = next(found)
+            message = in_memory.get(seq) or next(found, None)
             if message is None or message[0] != seq:
                 raise PeerError(f"message {seq} of the replica cannot be read back")
             messages.append((message, item.delivered, item.returns, item.dead_lettering))
@@ -593,18 +623,24 @@ class Replication:
         if queue in self.leading and self.leading[queue].leader.epoch >= epoch:
             raise ValueError(f"{_STALE}: this node leads epoch {self.leading[queue].leader.epoch}")
         replica, _ = self._check_epoch(queue, epoch)
-        return struct.pack(">QQ", replica.end, replica.last_epoch)
+        return _PROBE_REPLY.pack(replica.end, replica.last_epoch) + _U64.pack(replica.base)
 
-    def _append(self, source: str, payload: bytes) -> Deferred:
+    def _append(self, source: str, payload: bytes) -> Deferred | Awaitable[bytes]:
         """Append in the order the requests came (the link's reader calls this in turn), then answer
         once an fsync covers it: the reader goes on with the next append meanwhile, and appends that
-        arrive while one fsync runs share the next one (group commit)."""
+        arrive while one fsync runs share the next one (group commit). A truncation that replays a
+        long tail runs in a worker thread first, the reader waiting for it."""
         queue, epoch, at = _read_head(payload)
+        if queue in self._truncating:
+            raise ValueError("the replica is being truncated")
         replica, file = self._check_epoch(queue, epoch)
         epoch_start, start, truncate = _APPEND_HEAD.unpack_from(payload, at)
         if truncate >= 0 and truncate < replica.end:
-            if not replica.truncate(truncate):
+            if truncate < replica.base:
                 raise ValueError("truncation below the replica's base: a snapshot is needed")
+            if truncate - replica.base > _TRUNCATE_ON_LOOP:
+                return self._truncate_then_append(source, payload, queue, epoch, truncate)
+            replica.truncate(truncate)
             file.truncate(truncate)
             self._rewound(queue)
         if start != replica.end:
@@ -638,6 +674,27 @@ class Replication:
             return _U64.pack(end)
 
         return Deferred(durable)
+
+    async def _truncate_then_append(self, source: str, payload: bytes, queue: QueueId, epoch: int,
+                                    truncate: int) -> bytes:
+        """The replay a truncation needs, off the event loop (a long one would hold it for longer than
+        the lease's keepalives can wait), then the append. Nothing changes the replica meanwhile: its
+        syncs wait for the lock, and appends from other links are refused (their leader probes again)."""
+        replica, file = self._replica(queue)
+        self._truncating.add(queue)
+        try:
+            async with self._lock(queue):
+                state = await trio.to_thread.run_sync(replica.state_at, truncate)
+                if self.replicas.get(queue) is not replica or epoch < replica.newest_epoch:
+                    raise ValueError("the replica changed during its truncation")
+                replica.truncate(truncate, state)
+                file.truncate(truncate)
+                self._rewound(queue)
+        finally:
+            self._truncating.discard(queue)
+        answer = self._append(source, payload)  # the truncation is done: only the append is left
+        assert isinstance(answer, Deferred)
+        return await answer.wait()
 
     def _rewound(self, queue: QueueId) -> None:
         """The replica's log lost entries (truncation, snapshot): appends still waiting for their fsync

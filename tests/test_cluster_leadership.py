@@ -221,24 +221,6 @@ def test_a_renewed_lease_keeps_the_leader() -> None:
     assert node.decide(25.0) == []
 
 
-def test_a_leader_whose_lease_was_late_leads_again_once_it_is_renewed() -> None:
-    """A keepalive answered late (a loaded machine): the leader deposes itself while its deadline has
-    passed, and is elected again, same epoch, with the next renewal, without any watch event about the
-    queue (before, it stayed deposed while its key lived on, and every other node's calls to it got
-    "does not lead it" for as long)."""
-    world = World()
-    world.step("a")
-    world.step("a")
-    node = world.nodes["a"]
-    epoch = node.epoch(Q)
-    effects = node.decide(10.5)
-    assert [type(e) for e in effects] == [Deposed]
-    assert node.decide(10.6) == []  # still lapsed: nothing to do yet
-    node.lease_renewed(12.0)  # the late answer: the lease (and so the key) lived all along
-    assert node.decide(10.7) == [Elected(Q, epoch)]
-    assert node.is_leader(Q, 10.7)
-
-
 def test_a_new_queue_seen_while_the_lease_was_late_gets_its_campaign_once_renewed() -> None:
     world = World()
     node = world.nodes["a"]

@@ -179,6 +179,12 @@ class Leadership:
         self._revoked: set[int] = set()  # stale leases of this node already asked to be revoked
         self._dirty: set[QueueId] = set()
         self._all_dirty = False
+        # A lease this node gave up: it stepped down from a queue while the lease's deadline had passed,
+        # and the lease then turned out to live on. It is revoked rather than led on under the same
+        # epoch (every node would see the same leader key, so other nodes' consumers stayed on the old
+        # queue object and its messages were never delivered), so the queues move as after an expiry.
+        self._abandoned = 0
+        self._stepped_down = 0  # the lease under which it last stepped down for a lapse
         self.queues_known = False  # the queue records have been read once
         # What replication reports of the followers of queues this node leads (broker/server/replication.py).
         self._lagging: dict[QueueId, set[str]] = {}
@@ -338,7 +344,7 @@ class Leadership:
     def _mine(self, kv: KeyValue, now: float) -> bool:
         return (
             leader_node(kv) == self.name and kv.lease == self.lease and self.lease != 0
-            and now < self.lease_deadline
+            and self.lease != self._abandoned and now < self.lease_deadline
         )
 
     # ---- decisions ------------------------------------------------------------------------------
@@ -346,11 +352,16 @@ class Leadership:
     def decide(self, now: float) -> list[Effect]:
         """What to do about every queue something happened to since the last call (every queue this node
         leads, too: its lease may have lapsed meanwhile)."""
+        effects: list[Effect] = []
         if now >= self.lease_deadline:
             self._lapsed = True
         elif self._lapsed:
             self._lapsed = False
             self._all_dirty = True
+            if self._stepped_down == self.lease != self._abandoned:  # not a new lease: the same one lived
+                self._abandoned = self.lease
+                effects.append(RevokeStale(self.lease))
+            self._stepped_down = 0
         if self._all_dirty:
             queues = set(self.replicas) | set(self.leaders) | set(self.led)
             self._all_dirty = False
@@ -359,7 +370,6 @@ class Leadership:
         queues |= {queue for queue, after in self._prevote_after.items() if now >= after}
         self._dirty = set()
         alive = set(self.alive())
-        effects: list[Effect] = []
         for queue in sorted(queues):
             effects += self._decide(queue, now, alive)
         return effects
@@ -372,6 +382,7 @@ class Leadership:
             epoch = self.led.pop(queue)
             if now >= self.lease_deadline:
                 reason = "this node's lease may have lapsed"
+                self._stepped_down = self.lease
             elif kv is None:
                 reason = "its leader key is gone"
             else:
@@ -397,7 +408,7 @@ class Leadership:
                     effects.append(Elected(queue, kv.create_revision))
                 effects += self._resize(queue, kv.create_revision, alive, replicas)
             return effects
-        if self.lease == 0 or now >= self.lease_deadline:
+        if self.lease in (0, self._abandoned) or now >= self.lease_deadline:  # not on a lease given up
             return effects
         isr = self.in_sync.get(queue)
         if isr is None:  # the first leader: nothing is written yet, the first live replica campaigns

@@ -127,7 +127,11 @@ async def run_leadership(
         while True:
             for effect in state.decide(trio.current_time()):
                 if isinstance(effect, RevokeStale):
-                    log.info("revoking lease %x, held by this node's former process", effect.lease)
+                    if effect.lease == state.lease:
+                        log.warning("giving up lease %x: it outlived its deadline here, so this node's "
+                                    "queues move as after an expiry", effect.lease)
+                    else:
+                        log.info("revoking lease %x, held by this node's former process", effect.lease)
                     nursery.start_soon(revoke, effect.lease)
                     continue
                 if isinstance(effect, PreVote):

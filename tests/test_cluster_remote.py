@@ -281,15 +281,11 @@ def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple
     assert real.unacked == 1 and 1 not in real.checked_out
 
 
-def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: tuple[Node, Node]) -> None:
-    leader, other = nodes
-    now = [0.0]
-    leader.hub.clock = lambda: now[0]
-    alive = {"other"}
-    leader.hub.node_alive = lambda node: node in alive
-    leader.hub.link_up = lambda node: False
+def _held_elsewhere_then_cut(leader: Node, other: Node, count: int) -> Channel:
+    """`count` messages on the leader, the first two held by a consumer on the other node, then the link
+    between them cut; returns the channel of a consumer on the leader, added after the cut."""
     real = leader.vhost.queues["q"]
-    for i in range(3):
+    for i in range(count):
         real.enqueue(message(str(i).encode()))
     proxy = other.vhost.queues["q"]
     proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
@@ -297,6 +293,17 @@ def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: t
     leader.hub.link_down("other")
     local = Channel()
     real.add_consumer(Consumer("l", real, local, no_ack=False, exclusive=False, prefetch=0))
+    return local
+
+
+def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: tuple[Node, Node]) -> None:
+    leader, other = nodes
+    now = [0.0]
+    leader.hub.clock = lambda: now[0]
+    alive = {"other"}
+    leader.hub.node_alive = lambda node: node in alive
+    leader.hub.link_up = lambda node: False
+    local = _held_elsewhere_then_cut(leader, other, 3)
     assert [entry.message.body for _, entry in local.delivered] == [b"2"]  # not the two set aside
     now[0] = RESERVE_FOR + 0.1
     leader.hub.reconcile()
@@ -313,15 +320,7 @@ def test_what_a_live_node_held_comes_back_if_it_does_not_claim_it_in_time(nodes:
     leader, other = nodes
     now = [0.0]
     leader.hub.clock = lambda: now[0]
-    real = leader.vhost.queues["q"]
-    for i in range(2):
-        real.enqueue(message(str(i).encode()))
-    proxy = other.vhost.queues["q"]
-    proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
-    settle_all(leader, other)
-    leader.hub.link_down("other")
-    local = Channel()
-    real.add_consumer(Consumer("l", real, local, no_ack=False, exclusive=False, prefetch=0))
+    local = _held_elsewhere_then_cut(leader, other, 2)
     now[0] = CANCEL_AFTER - 0.1
     leader.hub.reconcile()
     assert local.delivered == []

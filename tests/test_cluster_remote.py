@@ -80,8 +80,8 @@ class Channel:
         self.cancelled.append(consumer)
 
 
-@pytest.fixture
-def nodes() -> tuple[Node, Node]:
+def two_nodes() -> tuple[Node, Node]:
+    """`leader` leads queue q; `other` has a proxy of it."""
     table = {QUEUE: "leader"}
     leader, other = Node("leader", table), Node("other", table)
     leader.hub.peers, other.hub.peers = ["other"], ["leader"]
@@ -89,6 +89,11 @@ def nodes() -> tuple[Node, Node]:
         node.vhost.proxies = node.hub
         declare(node, "q")
     return leader, other
+
+
+@pytest.fixture
+def nodes() -> tuple[Node, Node]:
+    return two_nodes()
 
 
 def declare(node: Node, name: str) -> None:
@@ -115,6 +120,39 @@ def settle_all(*nodes: Node) -> None:
 
 def message(body: bytes, key: str = "q") -> Message:
     return Message("", key, b"\x00\x00", body)
+
+
+def fill(queue: Queue, count: int) -> None:
+    """`count` messages with bodies b"0", b"1", ... in that order."""
+    for i in range(count):
+        queue.enqueue(message(str(i).encode()))
+
+
+def consume(queue: Queue | ProxyQueue, prefetch: int, tag: str = "c") -> tuple[Consumer, Channel]:
+    """A consumer that acks, on a channel of its own."""
+    channel = Channel()
+    consumer = Consumer(tag, queue, channel, no_ack=False, exclusive=False, prefetch=prefetch)
+    queue.add_consumer(consumer)
+    return consumer, channel
+
+
+def client_acks(queue: Queue | ProxyQueue, consumer: Consumer, tags: list[int]) -> None:
+    """What a channel does on basic.ack: settle, then give the consumer its credit back."""
+    queue.settle(tags)
+    consumer.unacked -= len(tags)
+    consumer.update_credit()
+
+
+def bodies(channel: Channel) -> list[bytes]:
+    return [entry.message.body for _, entry in channel.delivered]
+
+
+def deliveries(channel: Channel) -> list[tuple[bytes, bool]]:
+    return [(entry.message.body, entry.redelivered) for _, entry in channel.delivered]
+
+
+def tags_of(channel: Channel) -> list[int]:
+    return [entry.seq for _, entry in channel.delivered]
 
 
 def test_the_leader_holds_the_real_queue_and_the_others_a_proxy(nodes: tuple[Node, Node]) -> None:
@@ -229,34 +267,26 @@ def test_a_publish_to_a_node_that_does_not_lead_is_sent_again_then_nacked(nodes:
 def test_a_remote_consumer_gets_its_prefetch_and_more_as_it_acks(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    for i in range(10):
-        real.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(real, 10)
     proxy = other.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=3)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 3)
     settle_all(leader, other)
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert bodies(channel) == [b"0", b"1", b"2"]
     assert real.unacked == 3 and real.message_count == 7
     # Two acks: two more, never more than the prefetch in flight.
     first, second = channel.delivered[0][1], channel.delivered[1][1]
-    proxy.settle([first.seq, second.seq])
-    consumer.unacked -= 2
-    consumer.update_credit()
+    client_acks(proxy, consumer, [first.seq, second.seq])
     settle_all(leader, other)
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2", b"3", b"4"]
+    assert bodies(channel) == [b"0", b"1", b"2", b"3", b"4"]
     assert real.unacked == 3 and real.message_count == 5
 
 
 def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    for i in range(4):
-        real.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(real, 4)
     proxy = other.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 2)
     settle_all(leader, other)
     held = [entry for _, entry in channel.delivered]
     assert real.unacked == 2
@@ -264,15 +294,13 @@ def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple
     other.hub.link_down("leader")
     # Set aside for the other node (not given to anyone else), and its ack meanwhile is kept, not sent.
     assert real.unacked == 2 and real.message_count == 2
-    proxy.settle([held[0].seq])
-    consumer.unacked -= 1
-    consumer.update_credit()
+    client_acks(proxy, consumer, [held[0].seq])
     assert other.hub.take("leader") is None
     # The link is back: the node claims what it holds with the ack; the consumer registers again with
     # one message held, so it gets one more, and the first message is gone for good.
     other.hub.reconcile()
     settle_all(leader, other)
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert bodies(channel) == [b"0", b"1", b"2"]
     assert not any(entry.redelivered for _, entry in channel.delivered)
     assert real.unacked == 2 and real.message_count == 1 and proxy.unsettled == {}
     # The client's old tag still works.
@@ -291,8 +319,7 @@ def _held_elsewhere_then_cut(leader: Node, other: Node, count: int) -> Channel:
     proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
     settle_all(leader, other)
     leader.hub.link_down("other")
-    local = Channel()
-    real.add_consumer(Consumer("l", real, local, no_ack=False, exclusive=False, prefetch=0))
+    _, local = consume(real, 0, "l")
     return local
 
 
@@ -304,14 +331,13 @@ def test_what_a_node_held_comes_back_redelivered_once_that_node_is_dead(nodes: t
     leader.hub.node_alive = lambda node: node in alive
     leader.hub.link_up = lambda node: False
     local = _held_elsewhere_then_cut(leader, other, 3)
-    assert [entry.message.body for _, entry in local.delivered] == [b"2"]  # not the two set aside
+    assert bodies(local) == [b"2"]  # not the two set aside
     now[0] = RESERVE_FOR + 0.1
     leader.hub.reconcile()
     assert len(local.delivered) == 1  # the node lives: its link may come back, and its claim with it
     alive.clear()  # its lease expired: nobody will claim them
     leader.hub.reconcile()
-    assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered[1:]] == [
-        (b"0", True), (b"1", True)]
+    assert deliveries(local)[1:] == [(b"0", True), (b"1", True)]
 
 
 def test_what_a_live_node_held_comes_back_if_it_does_not_claim_it_in_time(nodes: tuple[Node, Node]) -> None:
@@ -326,8 +352,7 @@ def test_what_a_live_node_held_comes_back_if_it_does_not_claim_it_in_time(nodes:
     assert local.delivered == []
     now[0] = CANCEL_AFTER + 0.1
     leader.hub.reconcile()
-    assert [(entry.message.body, entry.redelivered) for _, entry in local.delivered] == [
-        (b"0", True), (b"1", True)]
+    assert deliveries(local) == [(b"0", True), (b"1", True)]
 
 
 def three_nodes() -> tuple[Node, Node, Node]:
@@ -357,14 +382,11 @@ def elect_b(a: Node, b: Node, c: Node) -> Queue:
 def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    for i in range(5):
-        old.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(old, 5)
     proxy = c.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=3)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 3)
     settle_all(a, c)
-    tags = [entry.seq for _, entry in channel.delivered]
+    tags = tags_of(channel)
     # An ack is on its way as `a` dies: `a` applied it but never answered (nor replicated it).
     proxy.settle([tags[0]])
     consumer.unacked -= 1
@@ -372,14 +394,13 @@ def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
     assert handled.results == [codec.CONFIRMED] and 1 not in old.checked_out
     built = elect_b(a, b, c)
     # A consumer on `b` itself gets nothing `c` may hold: that is set aside for `c`'s claim.
-    rival = Channel()
-    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
-    assert [entry.message.body for _, entry in rival.delivered] == [b"3", b"4"]
+    _, rival = consume(built, 0, "r")
+    assert bodies(rival) == [b"3", b"4"]
     c.hub.reconcile()
     settle_all(b, c)
     # The ack is applied at `b`; the other two stay `c`'s, under the client's tags; no redelivery.
     assert sorted(built.checked_out) == [2, 3, 4, 5] and 1 not in built.checked_out
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert bodies(channel) == [b"0", b"1", b"2"]
     assert proxy.unsettled == {}
     proxy.settle(tags[1:])
     settle_all(b, c)
@@ -398,33 +419,26 @@ def test_a_link_cut_longer_than_the_reservation_loses_no_ack_of_the_node_it_cut(
     now = [0.0]
     a.hub.clock = lambda: now[0]
     queue = a.vhost.queues["q"]
-    for i in range(4):
-        queue.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(queue, 4)
     proxy = c.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 2)
     settle_all(a, c)
-    tags = [entry.seq for _, entry in channel.delivered]
+    tags = tags_of(channel)
     assert sorted(queue.checked_out) == [1, 2]
     a.hub.link_down("c")
     c.hub.link_down("a")
-    proxy.settle(tags[:1])  # acked while the link is down: kept for the claim
-    consumer.unacked -= 1
-    consumer.update_credit()
+    client_acks(proxy, consumer, tags[:1])  # acked while the link is down: kept for the claim
     now[0] = RESERVE_FOR + 1.0
     a.hub.reconcile()
-    rival = Channel()
     b_proxy = b.vhost.queues["q"]
-    b_proxy.add_consumer(Consumer("r", b_proxy, rival, no_ack=False, exclusive=False, prefetch=0))
+    _, rival = consume(b_proxy, 0, "r")
     b.hub.reconcile()
     settle_all(a, b)  # `b` comes first
-    assert [(entry.message.body, entry.redelivered) for _, entry in rival.delivered] == [
-        (b"2", False), (b"3", False)]
+    assert deliveries(rival) == [(b"2", False), (b"3", False)]
     c.hub.reconcile()
     settle_all(a, b, c)
     assert 1 not in queue.checked_out and proxy.unsettled == {}  # the ack, claimed, is applied
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]  # no redelivery
+    assert bodies(channel) == [b"0", b"1"]  # no redelivery
     proxy.settle(tags[1:])  # the client's other tag still works
     settle_all(a, b, c)
     assert sorted(queue.checked_out) == [3, 4] and queue.message_count == 0
@@ -441,23 +455,17 @@ def test_a_new_leader_keeps_what_a_live_node_cut_off_from_it_held_until_its_link
     b.hub.node_alive = lambda node: node != "a"
     b.hub.link_up = lambda node: False
     old = a.vhost.queues["q"]
-    for i in range(3):
-        old.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(old, 3)
     proxy = c.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 2)
     settle_all(a, c)
-    tags = [entry.seq for _, entry in channel.delivered]
+    tags = tags_of(channel)
     c.hub.link_down("b")
     b.hub.link_down("c")
     built = elect_b(a, b, c)
-    rival = Channel()
-    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
-    assert [entry.message.body for _, entry in rival.delivered] == [b"2"]
-    proxy.settle(tags[:1])  # acked while `c` cannot reach the new leader
-    consumer.unacked -= 1
-    consumer.update_credit()
+    _, rival = consume(built, 0, "r")
+    assert bodies(rival) == [b"2"]
+    client_acks(proxy, consumer, tags[:1])  # acked while `c` cannot reach the new leader
     now[0] = RESERVE_FOR + 1.0
     b.hub.reconcile()
     assert len(rival.delivered) == 1  # still `c`'s: it lives, its link may come back
@@ -465,7 +473,7 @@ def test_a_new_leader_keeps_what_a_live_node_cut_off_from_it_held_until_its_link
     c.hub.reconcile()
     settle_all(b, c)
     assert sorted(built.checked_out) == [2, 3] and proxy.unsettled == {}  # the ack applied, 2 still c's
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1"]
+    assert bodies(channel) == [b"0", b"1"]
     assert len(rival.delivered) == 1
 
 
@@ -476,17 +484,14 @@ def test_a_node_between_a_lost_lease_and_its_new_one_is_still_waited_for() -> No
     b.hub.node_alive = lambda node: node == "b"
     b.hub.link_up = lambda node: node != "a"
     old = a.vhost.queues["q"]
-    for i in range(2):
-        old.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(old, 2)
     proxy = c.vhost.queues["q"]
-    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    _, channel = consume(proxy, 1)
     settle_all(a, c)
     built = elect_b(a, b, c)
-    rival = Channel()
-    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
+    _, rival = consume(built, 0, "r")
     b.hub.reconcile()
-    assert [entry.message.body for _, entry in rival.delivered] == [b"1"]  # the held one stays set aside
+    assert bodies(rival) == [b"1"]  # the held one stays set aside
     c.hub.reconcile()
     settle_all(b, c)
     assert sorted(built.checked_out) == [1, 2] and len(rival.delivered) == 1  # `c`'s claim took it
@@ -497,19 +502,16 @@ def test_what_no_live_node_claims_comes_back_once_they_all_claimed() -> None:
     claim), so the new leader does not wait out the reservation to give them to another consumer."""
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    for i in range(3):
-        old.enqueue(message(str(i).encode()))
+    fill(old, 3)
     old.add_consumer(Consumer("l", old, Channel(), no_ack=False, exclusive=False, prefetch=2))
     b.hub.link_up = lambda node: node != "a"
     b.hub.node_alive = lambda node: node != "a"  # dead: its consumer's messages are nobody's
     built = elect_b(a, b, c)
-    rival = Channel()
-    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
-    assert [entry.message.body for _, entry in rival.delivered] == [b"2"]
+    _, rival = consume(built, 0, "r")
+    assert bodies(rival) == [b"2"]
     c.hub.reconcile()
     settle_all(b, c)
-    assert [(entry.message.body, entry.redelivered) for _, entry in rival.delivered] == [
-        (b"2", True), (b"0", True), (b"1", True)]
+    assert deliveries(rival) == [(b"2", True), (b"0", True), (b"1", True)]
 
 
 def test_a_held_message_the_new_leader_gave_away_is_not_claimed() -> None:
@@ -518,18 +520,16 @@ def test_a_held_message_the_new_leader_gave_away_is_not_claimed() -> None:
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
     old.enqueue(message(b"0"))
-    channel = Channel()
     proxy = c.vhost.queues["q"]
-    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    _, channel = consume(proxy, 1)
     settle_all(a, c)
     c.hub.link_down("a")
     a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
     built = Queue("q", "/", durable=True, host=b.vhost)
     built.restore([Entry(message(b"0"), 1, True)], 100)
     b.hub.lead(b.vhost, built)  # the delivered record never reached `b`
-    rival = Channel()
-    built.add_consumer(Consumer("r", built, rival, no_ack=False, exclusive=False, prefetch=0))
-    assert [entry.message.body for _, entry in rival.delivered] == [b"0"]
+    _, rival = consume(built, 0, "r")
+    assert bodies(rival) == [b"0"]
     c.hub.reconcile()
     settle_all(b, c)
     proxy.settle([channel.delivered[0][1].seq])
@@ -550,10 +550,8 @@ def test_a_message_the_old_leader_never_replicated_is_not_confused_with_a_new_on
     old = a.vhost.queues["q"]
     old.restore([], first_seq(5, 1))
     old.enqueue(message(b"never replicated"))
-    channel = Channel()
     proxy = c.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=5)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 5)
     settle_all(a, c)
     c.hub.link_down("a")
     a.hub.leadership.table[QUEUE] = "b"  # type: ignore[attr-defined]
@@ -563,34 +561,27 @@ def test_a_message_the_old_leader_never_replicated_is_not_confused_with_a_new_on
     built.enqueue(message(b"new"))
     c.hub.reconcile()
     settle_all(b, c)
-    proxy.settle([channel.delivered[0][1].seq])
-    consumer.unacked -= 1
-    consumer.update_credit()
+    client_acks(proxy, consumer, [channel.delivered[0][1].seq])
     settle_all(b, c)
     c.hub.reconcile()
     settle_all(b, c)
-    assert [entry.message.body for _, entry in channel.delivered] == [b"never replicated", b"new"]
+    assert bodies(channel) == [b"never replicated", b"new"]
     assert list(built.checked_out) == [9 * EPOCH_SEQS]
 
 
 def test_a_consumer_on_the_new_leader_keeps_its_tags_too() -> None:
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    for i in range(3):
-        old.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(old, 3)
     proxy = b.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=2)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 2)
     settle_all(a, b)
-    tags = [entry.seq for _, entry in channel.delivered]
+    tags = tags_of(channel)
     built = elect_b(a, b, c)
     assert consumer.queue is built and sorted(built.checked_out) == [1, 2]
-    proxy.settle(tags)  # the client acks with the tags it had from the proxy
-    consumer.unacked -= 2
-    consumer.update_credit()
+    client_acks(proxy, consumer, tags)  # the client acks with the tags it had from the proxy
     assert sorted(built.checked_out) == [3] and built.message_count == 0
-    assert [entry.message.body for _, entry in channel.delivered] == [b"0", b"1", b"2"]
+    assert bodies(channel) == [b"0", b"1", b"2"]
 
 
 def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
@@ -604,9 +595,8 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
     for node in ("b", "c"):
         log_leader.acked[node] = log_leader.replica.end
     log_leader.commit(("leader", "b", "c"), True, "leader")
-    channel = Channel()
     proxy = other.vhost.queues["q"]
-    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1))
+    _, channel = consume(proxy, 1)
     settle_all(leader, other)
     proxy.settle([channel.delivered[0][1].seq])
     handled = leader.hub.handle("other", other.hub.take("leader").payload)  # type: ignore[union-attr]
@@ -621,12 +611,7 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
 
 
 def nodes_with_replicated_queue(tmp_path: Path) -> tuple[Node, Node]:
-    table = {QUEUE: "leader"}
-    leader, other = Node("leader", table), Node("other", table)
-    leader.hub.peers, other.hub.peers = ["other"], ["leader"]
-    for node in (leader, other):
-        node.vhost.proxies = node.hub
-        declare(node, "q")
+    leader, other = two_nodes()
     log_leader = LeaderQueue(QUEUE, 3, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
                              ["b", "c"], lambda: 1000.0)
     leader.vhost.queues["q"].journal = ReplicatedJournal(log_leader)
@@ -636,11 +621,9 @@ def nodes_with_replicated_queue(tmp_path: Path) -> tuple[Node, Node]:
 def test_a_consumer_registered_again_gets_only_what_its_prefetch_leaves(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    for i in range(6):
-        real.enqueue(message(str(i).encode()))
-    channel = Channel()
+    fill(real, 6)
     proxy = other.vhost.queues["q"]
-    proxy.add_consumer(Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=3))
+    _, channel = consume(proxy, 3)
     settle_all(leader, other)
     assert len(channel.delivered) == 3
     leader.hub.link_down("other")
@@ -653,8 +636,7 @@ def test_a_consumer_registered_again_gets_only_what_its_prefetch_leaves(nodes: t
 def test_calls_are_answered_by_the_leader(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    for i in range(3):
-        real.enqueue(message(str(i).encode()))
+    fill(real, 3)
     answers: list[bytes | None] = []
     calls = ((codec.COUNTS, 0), (codec.GET, 0), (codec.DELETE, codec.IF_EMPTY), (codec.PURGE, 0))
     for what, flags in calls:
@@ -727,9 +709,7 @@ def test_leadership_moving_swaps_proxy_and_real_queue_in_their_bindings(nodes: t
         )
         node.vhost.bind(node.vhost.exchanges["f"], node.vhost.queues["q"], "", {})
     old = leader.vhost.queues["q"]
-    channel = Channel()
-    consumer = Consumer("c", old, channel, no_ack=False, exclusive=False, prefetch=0)
-    old.add_consumer(consumer)
+    consumer, channel = consume(old, 0)
     # Deposed (replication hands the queue back): a proxy takes its place, with its consumer.
     leader.hub.leadership.table[QUEUE] = "other"  # type: ignore[attr-defined]
     leader.hub.follow(leader.vhost, old)
@@ -746,7 +726,7 @@ def test_leadership_moving_swaps_proxy_and_real_queue_in_their_bindings(nodes: t
     # The consumer, now on the proxy, attaches to the new leader and gets its message.
     leader.hub.reconcile()
     settle_all(leader, other)
-    assert [entry.message.body for _, entry in channel.delivered] == [b"kept"]
+    assert bodies(channel) == [b"kept"]
     # The reconcile makes a proxy of any instance this node does not lead.
     stray = Queue("q", "/", durable=True, host=leader.vhost)
     leader.vhost.queues["q"] = stray
@@ -759,10 +739,8 @@ def test_a_consumer_without_a_leader_is_cancelled_in_the_end(nodes: tuple[Node, 
     now = [0.0]
     other.hub.clock = lambda: now[0]
     other.hub.link_up = lambda node: False
-    channel = Channel()
     proxy = other.vhost.queues["q"]
-    consumer: Any = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 1)
     other.hub.reconcile()
     assert channel.cancelled == []
     now[0] = CANCEL_AFTER - 0.1
@@ -777,10 +755,8 @@ def test_a_delivery_in_flight_to_a_cancelled_consumer_goes_back(nodes: tuple[Nod
     leader, other = nodes
     real = leader.vhost.queues["q"]
     real.enqueue(message(b"m"))
-    channel = Channel()
     proxy = other.vhost.queues["q"]
-    consumer = Consumer("c", proxy, channel, no_ack=False, exclusive=False, prefetch=1)
-    proxy.add_consumer(consumer)
+    consumer, channel = consume(proxy, 1)
     assert exchange(other, leader)  # registered: the leader delivers, the delivery waits in its outbox
     assert real.unacked == 1
     proxy.remove_consumer(consumer)  # basic.cancel meanwhile

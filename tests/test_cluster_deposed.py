@@ -14,11 +14,8 @@ from pamqp.commands import Basic, Tx
 from pamqp.commands import Queue as AmqpQueue
 
 from leveret.broker.cluster import remote_codec as codec
-from leveret.broker.cluster.confirms import ConfirmGate
 from leveret.broker.cluster.proxy import ProxyQueue
-from leveret.broker.cluster.replica import ReplicaLog
-from leveret.broker.cluster.replica_file import ReplicaFile
-from leveret.broker.cluster.replication import LeaderQueue, ReplicatedJournal
+from leveret.broker.cluster.replication import ReplicatedJournal
 from leveret.broker.node import Node as BrokerNode
 from leveret.broker.queues.consumer import Consumer
 from leveret.broker.queues.entry import Entry
@@ -27,7 +24,19 @@ from leveret.broker.queues.queue import Queue
 from leveret.broker.session.connection import ConnectionSession
 from leveret.config import Config
 from tests.peers import ClientPeer
-from tests.test_cluster_remote import QUEUE, Channel, Node, message, settle_all, three_nodes
+from tests.test_cluster_remote import (
+    QUEUE,
+    Channel,
+    Node,
+    bodies,
+    commit_all,
+    consume,
+    fill,
+    message,
+    replicate,
+    settle_all,
+    three_nodes,
+)
 
 
 class TaggedChannel(Channel):
@@ -80,19 +89,13 @@ def elect(node: Node, replica: list[Entry], delivered: list[int]) -> Queue:
     return built
 
 
-def bodies(channel: Channel) -> list[bytes]:
-    return [entry.message.body for _, entry in channel.delivered]
-
-
 def test_a_consumer_on_a_deposed_leader_keeps_its_tags_and_its_acks_apply_at_the_next() -> None:
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    for i in range(4):
-        old.enqueue(message(str(i).encode()))
+    fill(old, 4)
     channel = TaggedChannel()
     on(a, channel)
-    consumer = Consumer("c", old, channel, no_ack=False, exclusive=False, prefetch=3)
-    old.add_consumer(consumer)
+    consumer, _ = consume(old, 3, channel=channel)
     assert bodies(channel) == [b"0", b"1", b"2"]
     replica = replica_of(old)
     depose(a, old, "b")
@@ -125,18 +128,12 @@ def test_acks_its_log_had_not_replicated_when_deposed_are_applied_at_the_next_le
     leader's state lacks them, so they go in the claim."""
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    leader = LeaderQueue(QUEUE, 3, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
-                         ["b", "c"], lambda: 1000.0)
-    old.journal = ReplicatedJournal(leader)
-    for i in range(3):
-        old.enqueue(message(str(i).encode()))
+    leader = replicate(old, tmp_path)
+    fill(old, 3)
     channel = TaggedChannel()
     on(a, channel)
-    old.add_consumer(Consumer("c", old, channel, no_ack=False, exclusive=False, prefetch=2))
-    leader.local_durable = leader.take_writes()
-    for node in ("b", "c"):
-        leader.acked[node] = leader.replica.end
-    leader.commit(("a", "b", "c"), True, "a")
+    consume(old, 2, channel=channel)
+    commit_all(leader, "a")
     assert leader.committed == leader.replica.end
     replicated = leader.replica.state.copy()  # what the next leader holds
     channel.ack(1)  # applied by `old`, logged, never replicated
@@ -156,12 +153,11 @@ def test_what_a_node_claimed_in_place_at_its_election_is_claimed_again_when_it_i
     place); then `b` deposed in turn, `c` elected: the client's tags from the first proxy still settle."""
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    for i in range(3):
-        old.enqueue(message(str(i).encode()))
+    fill(old, 3)
     channel = TaggedChannel()
     on(b, channel)
     first_proxy = b.vhost.queues["q"]
-    first_proxy.add_consumer(Consumer("c", first_proxy, channel, no_ack=False, exclusive=False, prefetch=2))
+    consume(first_proxy, 2, channel=channel)
     settle_all(a, b)
     assert bodies(channel) == [b"0", b"1"]
     c.hub.link_down("a")

@@ -128,12 +128,24 @@ def fill(queue: Queue, count: int) -> None:
         queue.enqueue(message(str(i).encode()))
 
 
-def consume(queue: Queue | ProxyQueue, prefetch: int, tag: str = "c") -> tuple[Consumer, Channel]:
-    """A consumer that acks, on a channel of its own."""
-    channel = Channel()
+def consume(queue: Queue | ProxyQueue, prefetch: int, tag: str = "c",
+            channel: Channel | None = None) -> tuple[Consumer, Channel]:
+    """A consumer that acks, on `channel` or one of its own."""
+    channel = channel or Channel()
     consumer = Consumer(tag, queue, channel, no_ack=False, exclusive=False, prefetch=prefetch)
     queue.add_consumer(consumer)
     return consumer, channel
+
+
+def held_elsewhere(leader: Node, node: Node, count: int,
+                   prefetch: int) -> tuple[ProxyQueue, Consumer, Channel]:
+    """`count` messages on `leader`'s queue q, the first `prefetch` delivered to a consumer on `node`."""
+    fill(leader.vhost.queues["q"], count)
+    proxy = node.vhost.queues["q"]
+    assert isinstance(proxy, ProxyQueue)
+    consumer, channel = consume(proxy, prefetch)
+    settle_all(leader, node)
+    return proxy, consumer, channel
 
 
 def client_acks(queue: Queue | ProxyQueue, consumer: Consumer, tags: list[int]) -> None:
@@ -267,10 +279,7 @@ def test_a_publish_to_a_node_that_does_not_lead_is_sent_again_then_nacked(nodes:
 def test_a_remote_consumer_gets_its_prefetch_and_more_as_it_acks(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    fill(real, 10)
-    proxy = other.vhost.queues["q"]
-    consumer, channel = consume(proxy, 3)
-    settle_all(leader, other)
+    proxy, consumer, channel = held_elsewhere(leader, other, 10, 3)
     assert bodies(channel) == [b"0", b"1", b"2"]
     assert real.unacked == 3 and real.message_count == 7
     # Two acks: two more, never more than the prefetch in flight.
@@ -284,10 +293,7 @@ def test_a_remote_consumer_gets_its_prefetch_and_more_as_it_acks(nodes: tuple[No
 def test_a_broken_link_keeps_what_the_other_node_held_for_its_claim(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    fill(real, 4)
-    proxy = other.vhost.queues["q"]
-    consumer, channel = consume(proxy, 2)
-    settle_all(leader, other)
+    proxy, consumer, channel = held_elsewhere(leader, other, 4, 2)
     held = [entry for _, entry in channel.delivered]
     assert real.unacked == 2
     leader.hub.link_down("other")
@@ -313,8 +319,7 @@ def _held_elsewhere_then_cut(leader: Node, other: Node, count: int) -> Channel:
     """`count` messages on the leader, the first two held by a consumer on the other node, then the link
     between them cut; returns the channel of a consumer on the leader, added after the cut."""
     real = leader.vhost.queues["q"]
-    for i in range(count):
-        real.enqueue(message(str(i).encode()))
+    fill(real, count)
     proxy = other.vhost.queues["q"]
     proxy.add_consumer(Consumer("c", proxy, Channel(), no_ack=False, exclusive=False, prefetch=2))
     settle_all(leader, other)
@@ -382,10 +387,7 @@ def elect_b(a: Node, b: Node, c: Node) -> Queue:
 def test_a_consumer_keeps_its_tags_when_the_leader_dies() -> None:
     a, b, c = three_nodes()
     old = a.vhost.queues["q"]
-    fill(old, 5)
-    proxy = c.vhost.queues["q"]
-    consumer, channel = consume(proxy, 3)
-    settle_all(a, c)
+    proxy, consumer, channel = held_elsewhere(a, c, 5, 3)
     tags = tags_of(channel)
     # An ack is on its way as `a` dies: `a` applied it but never answered (nor replicated it).
     proxy.settle([tags[0]])
@@ -419,10 +421,7 @@ def test_a_link_cut_longer_than_the_reservation_loses_no_ack_of_the_node_it_cut(
     now = [0.0]
     a.hub.clock = lambda: now[0]
     queue = a.vhost.queues["q"]
-    fill(queue, 4)
-    proxy = c.vhost.queues["q"]
-    consumer, channel = consume(proxy, 2)
-    settle_all(a, c)
+    proxy, consumer, channel = held_elsewhere(a, c, 4, 2)
     tags = tags_of(channel)
     assert sorted(queue.checked_out) == [1, 2]
     a.hub.link_down("c")
@@ -454,11 +453,7 @@ def test_a_new_leader_keeps_what_a_live_node_cut_off_from_it_held_until_its_link
     b.hub.clock = lambda: now[0]
     b.hub.node_alive = lambda node: node != "a"
     b.hub.link_up = lambda node: False
-    old = a.vhost.queues["q"]
-    fill(old, 3)
-    proxy = c.vhost.queues["q"]
-    consumer, channel = consume(proxy, 2)
-    settle_all(a, c)
+    proxy, consumer, channel = held_elsewhere(a, c, 3, 2)
     tags = tags_of(channel)
     c.hub.link_down("b")
     b.hub.link_down("c")
@@ -483,11 +478,7 @@ def test_a_node_between_a_lost_lease_and_its_new_one_is_still_waited_for() -> No
     a, b, c = three_nodes()
     b.hub.node_alive = lambda node: node == "b"
     b.hub.link_up = lambda node: node != "a"
-    old = a.vhost.queues["q"]
-    fill(old, 2)
-    proxy = c.vhost.queues["q"]
-    _, channel = consume(proxy, 1)
-    settle_all(a, c)
+    proxy, _, channel = held_elsewhere(a, c, 2, 1)
     built = elect_b(a, b, c)
     _, rival = consume(built, 0, "r")
     b.hub.reconcile()
@@ -571,11 +562,7 @@ def test_a_message_the_old_leader_never_replicated_is_not_confused_with_a_new_on
 
 def test_a_consumer_on_the_new_leader_keeps_its_tags_too() -> None:
     a, b, c = three_nodes()
-    old = a.vhost.queues["q"]
-    fill(old, 3)
-    proxy = b.vhost.queues["q"]
-    consumer, channel = consume(proxy, 2)
-    settle_all(a, b)
+    proxy, consumer, channel = held_elsewhere(a, b, 3, 2)
     tags = tags_of(channel)
     built = elect_b(a, b, c)
     assert consumer.queue is built and sorted(built.checked_out) == [1, 2]
@@ -591,10 +578,7 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
     assert isinstance(replicated, ReplicatedJournal)
     real.enqueue(message(b"m"))
     log_leader = replicated.leader
-    log_leader.local_durable = log_leader.take_writes()
-    for node in ("b", "c"):
-        log_leader.acked[node] = log_leader.replica.end
-    log_leader.commit(("leader", "b", "c"), True, "leader")
+    commit_all(log_leader, "leader")
     proxy = other.vhost.queues["q"]
     _, channel = consume(proxy, 1)
     settle_all(leader, other)
@@ -603,28 +587,36 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
     assert handled.results == [None] and len(handled.published) == 1  # waits for the log
     position = handled.published[0][1]
     assert log_leader.gate.safe() < position
-    log_leader.local_durable = log_leader.take_writes()
-    for node in ("b", "c"):
-        log_leader.acked[node] = log_leader.replica.end
-    assert log_leader.commit(("leader", "b", "c"), True, "leader")
+    assert commit_all(log_leader, "leader")
     assert log_leader.gate.safe() >= position
 
 
 def nodes_with_replicated_queue(tmp_path: Path) -> tuple[Node, Node]:
     leader, other = two_nodes()
-    log_leader = LeaderQueue(QUEUE, 3, ReplicaLog(), ReplicaFile(tmp_path / "q.log", "/", "q"), ConfirmGate(),
-                             ["b", "c"], lambda: 1000.0)
-    leader.vhost.queues["q"].journal = ReplicatedJournal(log_leader)
+    replicate(leader.vhost.queues["q"], tmp_path)
     return leader, other
+
+
+def replicate(queue: Queue, directory: Path) -> LeaderQueue:
+    """`queue` journals to a replicated log of 3 (followers `b` and `c`); returns the log's leader."""
+    leader = LeaderQueue(QUEUE, 3, ReplicaLog(), ReplicaFile(directory / "q.log", "/", "q"), ConfirmGate(),
+                         ["b", "c"], lambda: 1000.0)
+    queue.journal = ReplicatedJournal(leader)
+    return leader
+
+
+def commit_all(leader: LeaderQueue, node: str) -> bool:
+    """All the log holds is durable on `node` (the leader) and acked by `b` and `c`: commit it."""
+    leader.local_durable = leader.take_writes()
+    for follower in ("b", "c"):
+        leader.acked[follower] = leader.replica.end
+    return leader.commit((node, "b", "c"), True, node)
 
 
 def test_a_consumer_registered_again_gets_only_what_its_prefetch_leaves(nodes: tuple[Node, Node]) -> None:
     leader, other = nodes
     real = leader.vhost.queues["q"]
-    fill(real, 6)
-    proxy = other.vhost.queues["q"]
-    _, channel = consume(proxy, 3)
-    settle_all(leader, other)
+    proxy, _, channel = held_elsewhere(leader, other, 6, 3)
     assert len(channel.delivered) == 3
     leader.hub.link_down("other")
     other.hub.link_down("leader")

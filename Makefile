@@ -40,8 +40,9 @@ deps: $(filter .venv/bin/python,$(PYTHON))
 		|| echo "chromium not installed: the web page's browser tests will be skipped"; \
 	fi
 
+# The 20 slowest tests are listed at the end: the default run must stay under 15 minutes.
 test-only: lint
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=20
 
 # ruff, and mypy over the package as installed and as checked out (leveret/ links amqp/, broker/, config/).
 lint:

@@ -11,7 +11,10 @@ clock the latency harness stamps bodies with, so slow messages can be matched to
 - every stretch between two I/O waits longer than STEP_NOTE (the loop busy running tasks);
 - scheduling delay: from a task being rescheduled to its step starting, its distribution and the long ones;
 - every loop batch (start, length): the broker's own time per wake-up, from an I/O wait's end to the next
-  one's start, to set against each message's latency (`bench.latency_split` splits it with them).
+  one's start, to set against each message's latency (`bench.latency_split` splits it with them);
+- the loop thread's CPU time (time.thread_time) in every batch and every collection, as histograms, and each
+  batch over CPU_NOTE of it with the tasks and collections run in it: figures a loaded machine disturbs far
+  less than wall times, to find and compare the broker's own long wake-ups.
 `bench.latency --instrument` starts Leveret this way and prints the summary next to the slowest messages.
 """
 
@@ -31,6 +34,7 @@ import leveret.broker.cli as cli
 from leveret.broker.server.main import run_node
 
 STEP_NOTE = 0.0005  # seconds: shorter task steps and loop batches are only counted
+CPU_NOTE = 0.0002  # seconds of the loop thread's CPU: a batch this long is listed with what ran in it
 
 
 class LoopStats(trio.abc.Instrument):
@@ -44,11 +48,19 @@ class LoopStats(trio.abc.Instrument):
         self.gcs: list[tuple[float, float, int, int]] = []  # start, duration, generation, collected
         self.batch_counts: Counter[int] = Counter()  # every batch's length in 10 µs buckets
         self.all_batches: list[float] = []  # every batch as start, length, start, length, ...
+        self.batch_cpu_counts: Counter[int] = Counter()  # every batch's loop-thread CPU time, 10 µs buckets
+        # batches whose loop-thread CPU time is over CPU_NOTE: start, length, CPU, the tasks stepped in them
+        # and the collections run in them: what a long wake-up was made of, whatever the machine's load
+        self.cpu_batches: list[tuple[float, float, float, list[str]]] = []
+        self.gc_cpu_counts: Counter[int] = Counter()  # every collection's CPU time, 10 µs buckets
         self._step_start = time.monotonic()
         self._step_cpu = time.thread_time()
         self._io_done = time.monotonic()
+        self._io_done_cpu = time.thread_time()
+        self._batch_tasks: list[str] = []
         self._scheduled: dict[trio.lowlevel.Task, float] = {}
         self._gc_start = 0.0
+        self._gc_start_cpu = 0.0
 
     def task_scheduled(self, task: trio.lowlevel.Task) -> None:
         self._scheduled[task] = time.monotonic()
@@ -65,11 +77,16 @@ class LoopStats(trio.abc.Instrument):
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         duration = time.monotonic() - self._step_start
+        self._batch_tasks.append(task.name.rsplit(".", 1)[-1])
         if duration > STEP_NOTE:
             self.steps.append((self._step_start, duration, time.thread_time() - self._step_cpu, task.name))
 
     def before_io_wait(self, timeout: float) -> None:
         duration = time.monotonic() - self._io_done
+        cpu = time.thread_time() - self._io_done_cpu
+        self.batch_cpu_counts[int(cpu * 100_000)] += 1
+        if cpu > CPU_NOTE:
+            self.cpu_batches.append((self._io_done, duration, cpu, self._batch_tasks))
         self.batch_counts[int(duration * 100_000)] += 1
         self.all_batches += (self._io_done, duration)
         if duration > STEP_NOTE:
@@ -77,11 +94,16 @@ class LoopStats(trio.abc.Instrument):
 
     def after_io_wait(self, timeout: float) -> None:
         self._io_done = time.monotonic()
+        self._io_done_cpu = time.thread_time()
+        self._batch_tasks = []
 
     def on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._gc_start = time.monotonic()
+            self._gc_start_cpu = time.thread_time()
         else:
+            self.gc_cpu_counts[int((time.thread_time() - self._gc_start_cpu) * 100_000)] += 1
+            self._batch_tasks.append(f"gc{info['generation']}")
             self.gcs.append((self._gc_start, time.monotonic() - self._gc_start, info["generation"],
                              info["collected"]))
 
@@ -89,7 +111,9 @@ class LoopStats(trio.abc.Instrument):
         return {"steps": self.steps, "batches": self.batches, "delays": self.delays, "gcs": self.gcs,
                 "delay_hist_100us": sorted(self.delay_counts.items()),
                 "batch_hist_10us": sorted(self.batch_counts.items()), "all_batches": self.all_batches,
-                "gc_threshold": gc.get_threshold()}
+                "gc_threshold": gc.get_threshold(),
+                "batch_cpu_hist_10us": sorted(self.batch_cpu_counts.items()), "cpu_batches": self.cpu_batches,
+                "gc_cpu_hist_10us": sorted(self.gc_cpu_counts.items())}
 
 
 def _histogram_marks(hist: list[tuple[int, int]], width_ms: float) -> tuple[int, dict[float, float]]:
@@ -127,6 +151,17 @@ def summary(record: dict[str, Any], seconds: float) -> str:
                  + ", ".join(f"p{pct:g} <{value:.1f} ms" for pct, value in marks.items()))
     total, marks = _histogram_marks(record.get("batch_hist_10us", []), 0.01)
     lines.append(f"loop batches (I/O wait to I/O wait), {total}: "
+                 + ", ".join(f"p{pct:g} <{value:.2f} ms" for pct, value in marks.items()))
+    total, marks = _histogram_marks(record.get("batch_cpu_hist_10us", []), 0.01)
+    lines.append(f"loop batches' CPU time, {total}: "
+                 + ", ".join(f"p{pct:g} <{value:.2f} ms" for pct, value in marks.items()))
+    long_cpu = record.get("cpu_batches", [])
+    lines.append(f"batches over {CPU_NOTE * 1e6:.0f} µs of CPU: {len(long_cpu)}, "
+                 f"{sum(b[2] for b in long_cpu) * 1000:.1f} ms of CPU in all")
+    made_of = Counter(name for batch in long_cpu for name in sorted(set(batch[3])))
+    lines.append("  tasks in them: " + ", ".join(f"{name} {count}" for name, count in made_of.most_common(8)))
+    total, marks = _histogram_marks(record.get("gc_cpu_hist_10us", []), 0.01)
+    lines.append(f"collections' CPU time, {total}: "
                  + ", ".join(f"p{pct:g} <{value:.2f} ms" for pct, value in marks.items()))
     lines.append(f"over {seconds:.0f} s of record")
     return "\n".join(lines)

@@ -47,8 +47,9 @@ def describe(name: str, sent_ms: list[float], latency_us: list[float]) -> str:
         if not values:
             lines.append(f"  {label:>5}: none")
             continue
-        lines.append(f"  {label:>5}: {len(values) / len(kind):4.0%} of sends, p50 {percentile(values, 50):.0f} µs, "
-                     f"p99 {percentile(values, 99):.0f} µs, {slowest[label] / share:4.0%} of the slowest 1%")
+        lines.append(f"  {label:>5}: {len(values) / len(kind):4.0%} of sends, "
+                     f"p50 {percentile(values, 50):.0f} µs, p99 {percentile(values, 99):.0f} µs, "
+                     f"{slowest[label] / share:4.0%} of the slowest 1%")
     return "\n".join(lines)
 
 
@@ -58,12 +59,14 @@ def main(argv: list[str]) -> int:
         return 2
     runs = sorted(path for path in Path(argv[0]).glob("*.json") if path.name != "loopstats.json")
     if not runs:
-        print(f"no runs in {argv[0]}: record with `python -m bench.latency --dump {argv[0]}`", file=sys.stderr)
+        print(f"no runs in {argv[0]}: record with `python -m bench.latency --dump {argv[0]}`",
+              file=sys.stderr)
         return 2
     for path in runs:
         run = json.loads(path.read_text())
         skip = int(run["rate"] * 1.0)  # bench.latency's default warm-up second
-        kept = [(sent, lat) for seq, sent, lat in zip(run["seq"], run["sent_ms"], run["latency_us"], strict=True)
+        kept = [(sent, lat)
+                for seq, sent, lat in zip(run["seq"], run["sent_ms"], run["latency_us"], strict=True)
                 if seq >= skip]
         print(describe(path.stem, [sent for sent, _ in kept], [lat for _, lat in kept]))
     return 0

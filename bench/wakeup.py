@@ -11,6 +11,8 @@ TCP_NODELAY) play ping-pong: one publish, wait for its delivery, ack it (`--mode
 (1 ms) so the broker is idle again. Per run: the broker's CPU per message (all its threads, /proc) and
 the publish-to-delivery time seen by the client (p50, p99). Brokers alternate within each repeat; the
 figure to compare is the CPU per message, which the machine's load disturbs less than the latency.
+`--burst N` sends N publishes per round in one segment, as a client's burst reaches the broker; the latency
+is then the first one's, the CPU per publish.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ class _Consumer:
             buffer += data
 
 
-def run_once(broker: Broker, mode: str, count: int, gap: float) -> tuple[float, float, float]:
-    """(broker CPU µs per message, p50 ms, p99 ms) over `count` round trips."""
+def run_once(broker: Broker, mode: str, count: int, gap: float, burst: int = 1) -> tuple[float, float, float]:
+    """(broker CPU µs per message, p50 ms, p99 ms of each round's first delivery) over `count` round trips
+    of `burst` publishes each, sent in one segment."""
     queue = f"wakeup-{time.monotonic_ns()}"
     producer = RawClient(broker.host, broker.port)
     consumer_client = RawClient(broker.host, broker.port)
@@ -82,6 +85,7 @@ def run_once(broker: Broker, mode: str, count: int, gap: float) -> tuple[float, 
             + frame.marshal(header.ContentHeader(0, len(BODY), Basic.Properties(delivery_mode=1)), 1)
             + _FRAME_HEAD.pack(3, 1, len(BODY)) + BODY + b"\xce"
         )
+        publishes = publish * burst
         warmup = max(100, count // 10)
         times: list[float] = []
         cpu_start = 0.0
@@ -89,14 +93,17 @@ def run_once(broker: Broker, mode: str, count: int, gap: float) -> tuple[float, 
             if number == warmup:
                 cpu_start = cpu_seconds(broker.pid)
             sent = time.perf_counter()
-            producer.sock.sendall(publish)
+            producer.sock.sendall(publishes)
             tag = consumer.next_delivery()
             if number >= warmup:
                 times.append(time.perf_counter() - sent)
+            for _ in range(burst - 1):
+                tag = consumer.next_delivery()
             if mode == "ack":
-                consumer_client.sock.sendall(frame.marshal(Basic.Ack(delivery_tag=tag), 1))
+                ack = Basic.Ack(delivery_tag=tag, multiple=burst > 1)
+                consumer_client.sock.sendall(frame.marshal(ack, 1))
             time.sleep(gap)
-        cpu = cpu_seconds(broker.pid) - cpu_start
+        cpu = (cpu_seconds(broker.pid) - cpu_start) / burst
         producer.send(1, Queue.Delete(queue=queue))
         producer.expect(Queue.DeleteOk)
     finally:
@@ -113,6 +120,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=("ack", "noack"), default="ack")
     parser.add_argument("--count", type=int, default=3000, help="round trips per run (default 3000)")
     parser.add_argument("--gap", type=float, default=0.001, help="seconds idle between messages")
+    parser.add_argument("--burst", type=int, default=1,
+                        help="publishes per round trip, in one segment; the latency is the first one's")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--brokers", default="leveret,rabbitmq")
     parser.add_argument("--baseline", type=Path, metavar="TREE", help="also Leveret from this source tree")
@@ -134,14 +143,14 @@ def main() -> None:
             for repeat in range(args.repeat):
                 order = brokers if repeat % 2 == 0 else brokers[::-1]
                 for broker in order:
-                    figures = run_once(broker, args.mode, args.count, args.gap)
+                    figures = run_once(broker, args.mode, args.count, args.gap, args.burst)
                     results[broker.kind].append(figures)
                     print(f"  #{repeat + 1} {broker.kind}: {figures[0]:.1f} µs/msg, p50 {figures[1]:.3f} ms, "
                           f"p99 {figures[2]:.3f} ms (load {os.getloadavg()[0]:.1f})", flush=True)
         finally:
             for broker in brokers:
                 broker.stop()
-    print(f"\nmode {args.mode}, {args.count} messages per run, medians of {args.repeat} runs:")
+    print(f"\nmode {args.mode}, {args.count} rounds of {args.burst} per run, medians of {args.repeat} runs:")
     for kind, rows in results.items():
         cpu, p50, p99 = (statistics.median(column) for column in zip(*rows, strict=True))
         print(f"  {kind:9s} broker CPU {cpu:6.1f} µs/msg   p50 {p50:.3f} ms   p99 {p99:.3f} ms")

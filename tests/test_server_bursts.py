@@ -21,7 +21,7 @@ _DELIVER = struct.pack(">HH", 60, 60)  # basic.deliver's class and method ids, a
 
 @pytest.fixture
 def deliveries_per_write(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """How many basic.deliver frames each direct write of the broker carried (writes with none left out)."""
+    """How many basic.deliver frames each of the broker's direct writes carried (writes with none left out)."""
     counts: list[int] = []
     real_write = os.write
 

@@ -45,10 +45,6 @@ class _OutputBatch:
 
     def __exit__(self, *exc_info: object) -> None:
         self.open = False
-        self.flush()
-
-    def flush(self) -> None:
-        """Write what the connections were given so far; the batch stays as it was (open or not)."""
         tasks, self.tasks = self.tasks, []
         for task in tasks:
             task.write_now()
@@ -93,7 +89,6 @@ class ConnectionTask:
         if isinstance(stream, trio.SSLStream):
             self.session.peer_certificate = lambda: stream.getpeercert(binary_form=True)
         self.session.wake = self._wake
-        self.session.flush_output = _batch.flush
         self._wakeup = trio.Event()
         self._woken = False  # a write of the session's output is arranged (batch or writer)
         self._sending = False  # the writer is inside send_all

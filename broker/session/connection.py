@@ -112,10 +112,6 @@ class ConnectionSession:
         self.vhost: VirtualHost = None  # type: ignore[assignment]  # set on connection.open
         self.channels: dict[int, ChannelSession] = {}
         self.wake: Callable[[], None] = lambda: None  # the server sets this: "you have bytes to send"
-        # The server's: write now what the input handled so far queued, for any connection. Called once
-        # a read, before its second event: a message sent just before others in the same segment (a
-        # client's burst) goes out without waiting for theirs.
-        self.flush_output: Callable[[], None] = lambda: None
         # Bytes queued or being written, not yet taken by the socket: deliveries counted (about) as they
         # are queued, and what the server still holds after a write (`output_left`). Past
         # OUTBOX_HIGH_WATER the consumers stop until the server reports it drained: `output` is what
@@ -184,15 +180,11 @@ class ConnectionSession:
         next_publish, next_other_event = conn.next_publish, conn.next_other_event
         if self.waiting is not None:
             return  # waiting for the cluster: what was received stays buffered until then
-        handled = 0
         # Blocked, what was received stays buffered until the alarms clear.
         while not throttle.blocked:
             # Most events are publishes on an open channel: straight to the channel, no event object.
             fast = next_publish()
             if fast is not None and not alarms.active:
-                if handled == 1:
-                    self.flush_output()
-                handled += 1
                 channel = channels.get(fast[0])
                 if channel is not None and not channel.closed:
                     try:
@@ -203,9 +195,6 @@ class ConnectionSession:
             event = ContentReceived(*fast) if fast is not None else next_other_event()
             if event is None:
                 break
-            if handled == 1:
-                self.flush_output()
-            handled += 1
             self.handle_event(event)
             if self.waiting is not None:
                 break

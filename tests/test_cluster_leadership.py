@@ -216,16 +216,28 @@ def test_a_renewed_lease_keeps_the_leader() -> None:
     world.step("a")
     world.step("a")
     node = world.nodes["a"]
-    node.lease_renewed(30.0)
+    node.lease_renewed(node.lease, 30.0)
     assert node.is_leader(Q, 25.0)
     assert node.decide(25.0) == []
+
+
+def test_a_renewal_of_a_replaced_lease_extends_nothing() -> None:
+    world = World()
+    world.step("a")
+    world.step("a")
+    node = world.nodes["a"]
+    node.lease_granted(200, deadline=12.0)  # registered again; the old lease's thread ends late
+    node.lease_renewed(100, 30.0)
+    assert node.lease_deadline == 12.0
+    node.lease_renewed(200, 13.0)
+    assert node.lease_deadline == 13.0
 
 
 def test_a_new_queue_seen_while_the_lease_was_late_gets_its_campaign_once_renewed() -> None:
     world = World()
     node = world.nodes["a"]
     assert node.decide(10.5) == []  # its lease may have lapsed: no campaign now
-    node.lease_renewed(12.0)
+    node.lease_renewed(node.lease, 12.0)
     assert [type(e) for e in node.decide(10.7)] == [Campaign]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,4 +109,54 @@ async def test_a_leader_whose_keepalives_are_answered_late_leads_again(
         assert [type(effect) for effect in roles] == [Elected, Deposed, Elected]
         assert roles[2].epoch > roles[0].epoch  # a new key: other nodes' consumers re-attach
         assert "lease may have lapsed" in roles[1].reason  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def leading_orders(
+    etcd: EtcdCluster, prefix: str, nursery: trio.Nursery
+) -> tuple[ClusterState, list[Any]]:
+    """Node "a", sole replica and leader of queue "orders"; every role change it makes is listed."""
+    a = cluster_state(etcd, "a", prefix)
+
+    async def own_log_only(queue: object, nodes: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        return {"a": (0, 0)}  # the queue's only replica, with nothing written: it wins its pre-vote
+
+    a.log_positions = own_log_only  # no replication here to answer a pre-vote
+    roles: list[Elected | Deposed] = []
+    a.role_changed = roles.append
+    await nursery.start(run_cluster, a)
+    async with EtcdClient(etcd.endpoints) as client:
+        record = QueueRecord("orders", True, False, "{}", ("a",), "a")
+        await client.put(a.layout.queue("/", "orders"), record.encode())
+    await until(lambda: ("/", "orders") in a.leadership.led)
+    return a, roles
+
+
+async def test_a_leader_whose_loop_stalls_for_a_ttl_keeps_its_lease(etcd: EtcdCluster) -> None:
+    """A starved machine: the loop runs nothing for 2.6 s (more than the 2 s TTL), three times. The
+    keepalives go out from their own thread meanwhile, so the node keeps its lease and its queue.
+    Before, each stall let the lease lapse and the queue moved."""
+    async with trio.open_nursery() as nursery:
+        a, roles = await leading_orders(etcd, "/stall1/", nursery)
+        lease = a.leadership.lease
+        for _ in range(3):
+            await trio.sleep(0.7)
+            time.sleep(2.6)
+        await trio.sleep(0.5)
+        assert [type(effect) for effect in roles] == [Elected]
+        assert a.leadership.lease == lease and ("/", "orders") in a.leadership.led
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_leader_whose_loop_is_stuck_for_long_gives_its_lease_up(etcd: EtcdCluster) -> None:
+    """A loop stuck for 6 s, three TTLs: the thread stops renewing once the loop's heartbeat is a TTL old,
+    so the lease lapses as if the node were dead, and the node leads again under a new lease."""
+    async with trio.open_nursery() as nursery:
+        a, roles = await leading_orders(etcd, "/stall2/", nursery)
+        lease = a.leadership.lease
+        time.sleep(6)
+        await until(lambda: len(roles) >= 3, timeout=15)
+        assert [type(effect) for effect in roles] == [Elected, Deposed, Elected]
+        assert "lease may have lapsed" in roles[1].reason  # type: ignore[union-attr]
+        assert a.leadership.lease != lease
         nursery.cancel_scope.cancel()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -171,6 +172,7 @@ class Leadership:
         self._seen: dict[bytes, int] = {}  # key -> last mod revision applied (deletions too)
         self.lease = 0
         self.lease_deadline = -math.inf
+        self._lease_lock = threading.Lock()
         # A decision was made while the lease's deadline had passed (leadership given up, campaigns not
         # run): every queue is looked at again once it is renewed, which no watch event would say.
         self._lapsed = False
@@ -196,11 +198,16 @@ class Leadership:
     # ---- inputs --------------------------------------------------------------------------------
 
     def lease_granted(self, lease: int, deadline: float) -> None:
-        self.lease, self.lease_deadline = lease, deadline
+        with self._lease_lock:
+            self.lease, self.lease_deadline = lease, deadline
         self._all_dirty = True
 
-    def lease_renewed(self, deadline: float) -> None:
-        self.lease_deadline = max(self.lease_deadline, deadline)
+    def lease_renewed(self, lease: int, deadline: float) -> None:
+        """Thread-safe: the keepalives go out from a thread (broker/server/lease_thread.py). A renewal of
+        a lease the node has replaced extends nothing."""
+        with self._lease_lock:
+            if lease == self.lease:
+                self.lease_deadline = max(self.lease_deadline, deadline)
 
     def membership_changed(self) -> None:
         self._all_dirty = True

@@ -5,6 +5,7 @@ Started by run_node only when the configuration has a `cluster:` section; a sing
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from leveret.broker.cluster.metadata import Change, ClusterMetadata
 from leveret.broker.cluster.state import ClusterState
 from leveret.broker.server.etcd import EtcdClient, EtcdError
 from leveret.broker.server.leadership import run_leadership
+from leveret.broker.server.lease_thread import keep_lease_alive_in_thread
 from leveret.broker.server.startup import StartError
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,11 @@ async def keep_registered(
                 log.info("registered in the cluster as %s (lease %x, %d s)", cluster.name, lease, granted)
                 for claim in cluster.metadata.exclusive_claims():  # none at the first registration
                     await client.txn(claim, retry=True)  # put only if absent: twice is harmless
-                await client.keep_lease_alive(
-                    lease, granted or ttl, renewed=cluster.leadership.lease_renewed
+                await keep_lease_alive_in_thread(
+                    cluster.config.etcd,
+                    lease,
+                    granted or ttl,
+                    renewed=functools.partial(cluster.leadership.lease_renewed, lease),
                 )
                 log.error("lost the cluster lease of %s: registering again", cluster.name)
             finally:

@@ -163,6 +163,7 @@ class EtcdClient:
         ttl: int,
         *,
         renewed: Callable[[float], None] = lambda deadline: None,
+        may_renew: Callable[[], bool] = lambda: True,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Renew `lease` `KEEPALIVES_PER_TTL` times per TTL until cancelled. Returns when the lease is gone
@@ -172,7 +173,8 @@ class EtcdClient:
 
         Each keepalive leaves on time whatever became of the one before, so a slow answer on a loaded
         machine does not hold the next one back, and an attempt at one member waits at most half a TTL,
-        so a member that hangs is left for another while the lease still lives."""
+        so a member that hangs is left for another while the lease still lives. A keepalive is due only
+        while `may_renew()`: the node is healthy enough to keep what its lease holds."""
         task_status.started()
         interval = max(ttl / KEEPALIVES_PER_TTL, 0.2)
         expired = trio.Event()  # or refused: `refused` says why
@@ -204,7 +206,8 @@ class EtcdClient:
                 if expired.is_set():
                     break
                 sent = trio.current_time()
-                nursery.start_soon(renew, sent)
+                if may_renew():
+                    nursery.start_soon(renew, sent)
                 next_at += interval
                 if next_at < sent:  # the process was paused: go on from now, no burst to catch up
                     next_at = sent + interval

@@ -27,9 +27,8 @@ import pytest
 
 from interop.cluster_support import eventually
 from interop.conftest import BROKER_KIND
-from interop.faults.cluster import FaultCluster
+from interop.faults.cluster import FaultCluster, started_fault_cluster
 from leveret.broker.cluster.remote import RESERVE_FOR
-from leveret.broker.server.local_cluster import etcd_binary
 from leveret.config import Cluster
 
 pytestmark = pytest.mark.skipif(BROKER_KIND != "leveret", reason="starts Leveret nodes of its own")
@@ -42,14 +41,7 @@ PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
-    if etcd_binary() is None:
-        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
-    started = FaultCluster(tmp_path_factory.mktemp("deposed"), 3, management=True)
-    try:
-        started.start()
-        yield started
-    finally:
-        started.stop()
+    yield from started_fault_cluster(tmp_path_factory.mktemp("deposed"), management=True)
 
 
 def connect(cluster: FaultCluster, index: int) -> pika.BlockingConnection:

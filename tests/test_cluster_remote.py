@@ -591,6 +591,37 @@ def test_a_settlement_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
     assert log_leader.gate.safe() >= position
 
 
+def test_a_purge_is_answered_once_the_log_holds_it(tmp_path: Path) -> None:
+    leader, other = nodes_with_replicated_queue(tmp_path)
+    real = leader.vhost.queues["q"]
+    fill(real, 3)
+    log_leader = real.journal.leader  # type: ignore[attr-defined]
+    commit_all(log_leader, "leader")
+    answers: list[bytes | None] = []
+    other.hub.call("leader", codec.Call("/", "q", codec.PURGE), answers.append)
+    handled = leader.hub.handle("other", other.hub.take("leader").payload)  # type: ignore[union-attr]
+    assert real.message_count == 0
+    assert handled.results == [None] and len(handled.published) == 1  # purge-ok waits for the log
+    index, position = handled.published[0]
+    assert log_leader.gate.safe() < position
+    assert commit_all(log_leader, "leader")
+    leader.hub.confirmed(handled, index, True)
+    (answer,) = codec.decode_results(leader.hub.finish(handled))
+    assert codec.decode_call_result(answer).message_count == 3
+
+
+def test_a_purge_its_leader_could_not_replicate_is_asked_again_elsewhere(tmp_path: Path) -> None:
+    leader, other = nodes_with_replicated_queue(tmp_path)
+    fill(leader.vhost.queues["q"], 2)
+    answers: list[bytes | None] = []
+    other.hub.call("leader", codec.Call("/", "q", codec.PURGE), answers.append)
+    handled = leader.hub.handle("other", other.hub.take("leader").payload)  # type: ignore[union-attr]
+    leader.hub.confirmed(handled, handled.published[0][0], False)  # deposed before it was replicated
+    (answer,) = codec.decode_results(leader.hub.finish(handled))
+    result = codec.decode_call_result(answer)
+    assert result.error_code == codec.NOT_LEADER  # the asking node's call goes to the next leader
+
+
 def nodes_with_replicated_queue(tmp_path: Path) -> tuple[Node, Node]:
     leader, other = two_nodes()
     replicate(leader.vhost.queues["q"], tmp_path)

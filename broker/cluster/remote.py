@@ -279,11 +279,12 @@ class Handled:
     """A batch handled at this node: its results, and what its publishes' confirms (and settlements'
     answers) wait for."""
 
-    __slots__ = ("results", "published")
+    __slots__ = ("results", "published", "calls")
 
     def __init__(self) -> None:
         self.results: list[bytes | None] = []  # None: a result decided once it is safe
         self.published: list[tuple[int, int]] = []  # result index, the position it waits for
+        self.calls: dict[int, bytes] = {}  # result index -> a call's result, once it is safe
 
 
 def is_replicated_queue(queue: Queue) -> bool:
@@ -677,13 +678,43 @@ class RemoteQueues(QueueRoles):
                 self._cancel(node, op.cid)
             elif isinstance(op, codec.Cancelled):
                 self._cancelled_here(node, op.cid)
+            elif isinstance(op, codec.Call) and op.what == codec.PURGE:
+                self._purge_call(op, handled)
             elif isinstance(op, codec.Call):
                 handled.results.append(codec.encode_call_result(self._call(node, op)))
         return handled
 
     def confirmed(self, handled: Handled, index: int, ok: bool) -> None:
-        """The publish at `index` is safe (its confirm condition held: `ok`), or failed."""
-        handled.results[index] = codec.CONFIRMED if ok else codec.REFUSED
+        """The publish (or call) at `index` is safe (its confirm condition held: `ok`), or failed."""
+        call = handled.calls.pop(index, None)
+        if call is not None:
+            failed = codec.CallResult(codec.NOT_LEADER, f"{self.name} was deposed before it was replicated")
+            handled.results[index] = call if ok else codec.encode_call_result(failed)
+        else:
+            handled.results[index] = codec.CONFIRMED if ok else codec.REFUSED
+
+    def purge(self, vhost: str, name: str) -> tuple[codec.CallResult, int]:
+        """queue.purge of a queue led here, and the position its purge-ok waits for (0: none), as a
+        confirm's: a purge-ok the next leader's log may not hold would let the purged messages come back.
+        NOT_LEADER (and 0) when this node does not lead it."""
+        queue = self._led_queue(vhost, name)
+        if queue is None:
+            return codec.CallResult(codec.NOT_LEADER, f"{self.name} does not lead it"), 0
+        count = queue.purge()
+        journal = queue.journal
+        position = journal.barrier() if isinstance(journal, ReplicatedJournal) else 0
+        if position is None:
+            return codec.CallResult(codec.NOT_LEADER, f"{self.name} no longer leads it"), 0
+        return codec.CallResult(message_count=count), position
+
+    def _purge_call(self, op: codec.Call, handled: Handled) -> None:
+        result, position = self.purge(op.vhost, op.queue)
+        if position:
+            handled.published.append((len(handled.results), position))
+            handled.calls[len(handled.results)] = codec.encode_call_result(result)
+            handled.results.append(None)
+        else:
+            handled.results.append(codec.encode_call_result(result))
 
     def finish(self, handled: Handled) -> bytes:
         """The batch's reply, once each publish's confirm condition held or failed."""
@@ -879,8 +910,6 @@ class RemoteQueues(QueueRoles):
                     message_count=queue.message_count, consumer_count=queue.consumer_count,
                     unacked=queue.unacked,
                 )
-            if op.what == codec.PURGE:
-                return codec.CallResult(message_count=queue.purge())
             if op.what == codec.DELETE:
                 return codec.CallResult(message_count=_check_delete(queue, op.flags))
             if op.what == codec.CONSUMABLE:

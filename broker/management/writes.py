@@ -17,6 +17,7 @@ from leveret.amqp.errors import AMQPError, ChannelError, ConnectionLevelError
 from leveret.broker.auth import VhostPermissions
 from leveret.broker.cluster.proxy import is_proxy
 from leveret.broker.cluster.remote_codec import PURGE, Call
+from leveret.broker.cluster.replication import ReplicatedJournal
 from leveret.broker.exchanges.base import Exchange
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.management import serializers as show
@@ -170,7 +171,7 @@ class Writes(Context):
             vhost.check_exclusive_access(queue, None)
         except AMQPError as error:
             raise declare_error(error) from None
-        if is_proxy(queue):  # led by another node: purged there
+        if is_proxy(queue) or isinstance(queue.journal, ReplicatedJournal):  # by the leader, replicated
             result = await ask_leader(self.node, Call(vhost.name, queue.name, PURGE))
             if result.error_code:
                 raise declare_error(ChannelError(result.error_code, result.error_text))

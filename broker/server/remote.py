@@ -72,7 +72,7 @@ async def run_remote(node: Node, links: PeerLinks, *, task_status: Any = trio.TA
         timeout = cluster.config.leader_call_timeout
 
         def call_leader(call: codec.Call, done: Callable[[codec.CallResult], None]) -> None:
-            nursery.start_soon(_call, hub, call, done, timeout)
+            nursery.start_soon(_call, hub, call, done, timeout, node.when_confirmed)
 
         cluster.call_leader = call_leader
         cluster.leaders_changed = hub.reconcile
@@ -113,7 +113,11 @@ async def _answered(hub: RemoteQueues, batch: Batch, pending: PendingReply) -> N
 
 
 async def _call(
-    hub: RemoteQueues, call: codec.Call, done: Callable[[codec.CallResult], None], timeout: float
+    hub: RemoteQueues,
+    call: codec.Call,
+    done: Callable[[codec.CallResult], None],
+    timeout: float,
+    when_confirmed: Callable[[int, Callable[[bool], None]], None],
 ) -> None:
     """Send `call` to the queue's leader (waiting up to `timeout`, cluster.leader_call_timeout, for one
     that answers) and hand `done` its answer."""
@@ -122,6 +126,11 @@ async def _call(
     with trio.move_on_after(timeout):
         while result is None:
             leader = hub.leadership.leader((call.vhost, call.queue), trio.current_time())
+            if leader == hub.name and call.what == codec.PURGE:
+                result = await _purge_here(hub, call, when_confirmed)
+                if result is None:
+                    await trio.sleep(0.05)
+                continue
             if leader == hub.name and hub.led_here(call.vhost, call.queue):
                 result = codec.CallResult(codec.LED_HERE)  # the method, handled again, finds the real queue
                 break
@@ -145,6 +154,29 @@ async def _call(
     if result is None:
         result = codec.CallResult(404, no_leader_text(call.vhost, call.queue, why))
     done(result)
+
+
+async def _purge_here(
+    hub: RemoteQueues, call: codec.Call, when_confirmed: Callable[[int, Callable[[bool], None]], None]
+) -> codec.CallResult | None:
+    """A purge of a queue this node leads, answered once the log holds it as a confirm would be; None
+    when this node turned out not to lead it (any more): ask whoever leads it next."""
+    result, position = hub.purge(call.vhost, call.queue)
+    if result.error_code == codec.NOT_LEADER:
+        return None
+    if position:
+        replicated = trio.Event()
+        outcome: list[bool] = []
+
+        def safe(ok: bool) -> None:
+            outcome.append(ok)
+            replicated.set()
+
+        when_confirmed(position, safe)
+        await replicated.wait()
+        if not outcome[0]:
+            return None
+    return result
 
 
 async def _ask(hub: RemoteQueues, leader: str, call: codec.Call) -> bytes | None:

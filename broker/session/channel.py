@@ -29,6 +29,7 @@ from leveret.amqp.tables import TableError
 from leveret.broker.cluster import remote_codec
 from leveret.broker.cluster.proxy import ProxyQueue, is_proxy
 from leveret.broker.cluster.remote import Ticket
+from leveret.broker.cluster.replication import ReplicatedJournal
 from leveret.broker.exchanges.registry import exchange_class
 from leveret.broker.message import Message
 from leveret.broker.queues.arguments import (
@@ -728,8 +729,11 @@ class ChannelSession:
     def _queue_purge(self, method: Queue.Purge) -> None:
         queue = self._owned_queue(method.queue)
         self.session.check_permission("read", "queue", queue.name)
-        if isinstance(queue, ProxyQueue):
-            count = self._ask_leader(queue, remote_codec.PURGE).message_count
+        if isinstance(queue, ProxyQueue) or isinstance(queue.journal, ReplicatedJournal):
+            # Led here or elsewhere, purge-ok waits until the queue's log holds the purge as a confirm would.
+            count = self._leader_answer(
+                remote_codec.Call(self.vhost.name, queue.name, remote_codec.PURGE)
+            ).message_count
         else:
             count = queue.purge()
         if not method.nowait:

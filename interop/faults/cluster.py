@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from urllib.parse import quote
 
 import httpx
 import pika
+import pytest
 import yaml
 
-from leveret.broker.server.local_cluster import LocalCluster, LocalNode, python_command
+from leveret.broker.server.local_cluster import LocalCluster, LocalNode, etcd_binary, python_command
 
 from .owners import tagger
 from .proxy import FaultProxy, ProxyHub
@@ -230,3 +232,15 @@ def messages_cross_nodes(cluster: FaultCluster, timeout: float = 5.0) -> bool:
             time.sleep(0.1)
     return False
 
+
+
+def started_fault_cluster(directory: Path, size: int = 3, **options: Any) -> Iterator[FaultCluster]:
+    """A module fixture's cluster: started, yielded, stopped (skips the test without etcd)."""
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
+    started = FaultCluster(directory, size, **options)
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()

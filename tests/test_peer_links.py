@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 
-from leveret.broker.server.peers import PeerLinkDown, PeerRefused, PeerUnavailable
+from leveret.broker.cluster.peer_protocol import encode_request
+from leveret.broker.server.peers import (
+    PeerLinkDown,
+    PeerLinks,
+    PeerRefused,
+    PeerUnavailable,
+    _Connection,
+)
 from tests.peer_support import PausableProxy, listen, start_node, wait_up
 
 NAMES = ["node1", "node2", "node3"]
@@ -298,3 +307,31 @@ async def test_every_sender_held_at_the_window_goes_on_once_there_is_room(nurser
         while len(done) < 3:
             await trio.sleep(0.01)
     assert a.links.link("node2").unanswered_bytes == 0
+
+
+class _PausedStream:
+    """A connection's stream in a process that was paused (SIGSTOP) past the peer timeout while a request
+    sat in its socket buffer: the read returns it only on waking, with no checkpoint in between."""
+
+    def __init__(self, data: bytes, paused_for: float) -> None:
+        self.data, self.paused_for = data, paused_for
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        time.sleep(self.paused_for)  # the whole process stood still
+        data, self.data = self.data, b""
+        return data
+
+
+async def test_what_a_paused_process_finds_in_its_socket_buffer_is_dropped_unread() -> None:
+    links = PeerLinks("node2", "cluster", {"node1": ("127.0.0.1", 1)}, peer_timeout=0.3)
+    handled: list[bytes] = []
+    links.handle("n", lambda source, payload: handled.append(payload) or b"")
+    link = links.link("node1")
+    stale = _PausedStream(encode_request(1, "n", b"delivered before the pause"), paused_for=0.5)
+    with trio.fail_after(2):
+        await link._read(_Connection(stale))  # type: ignore[arg-type]
+    assert handled == []  # the other end gave that connection up meanwhile: nothing of it is acted on
+    fresh = _PausedStream(encode_request(2, "n", b"in time"), paused_for=0.0)
+    with trio.move_on_after(0.5):
+        await link._read(_Connection(fresh))  # type: ignore[arg-type]
+    assert handled == [b"in time"]

@@ -230,10 +230,18 @@ class PeerLink:
         timeout = self.links.peer_timeout
         while True:
             data = None
+            started = trio.current_time()
             with trio.move_on_after(timeout):
                 data = await connection.stream.receive_some(READ_SIZE)
             if data is None:
                 log.warning("peer link to %s: nothing heard for %.1f s", self.node, timeout)
+                return
+            if trio.current_time() - started > timeout:
+                # This process was paused (SIGSTOP) or starved past the timeout: the other end has given
+                # this connection up meanwhile, and what it sent before (deliveries it has since given
+                # to other consumers, settlements it failed) must not be acted on now. Dropped unread.
+                log.warning("peer link to %s: a read came %.1f s late; dropping the connection",
+                            self.node, trio.current_time() - started)
                 return
             if not data:
                 return

@@ -255,6 +255,37 @@ async def test_a_node_of_another_version_is_refused_and_both_ends_say_why(
                        "build on every node)"]
 
 
+async def test_the_dialer_serves_a_request_sent_right_behind_the_hello(nursery: trio.Nursery) -> None:
+    """The accepting end may send its first requests in the segment that carries its hello (after a
+    heal, every queue's claims and catch-up are waiting for the link): the dialer answers them rather
+    than refusing the link, however large they are."""
+    from leveret.broker.cluster.peer_protocol import FrameDecoder, Reply, encode_hello
+
+    listeners, addresses = await _listeners(1)
+    payload = b"x" * 100_000  # far over the 4 KiB a hello may take
+    replies: list[Reply] = []
+    answered = trio.Event()
+
+    async def eager_node2(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)  # node1's hello
+        await stream.send_all(encode_hello("test-cluster", "node2") + encode_request(1, "echo", payload))
+        decoder = FrameDecoder()
+        while not replies:
+            replies.extend(f for f in decoder.feed(await stream.receive_some(65536)) if isinstance(f, Reply))
+        answered.set()
+        await trio.sleep_forever()
+
+    eager = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, eager_node2, eager)
+    addresses["node2"] = ("127.0.0.1", eager[0].socket.getsockname()[1])
+    a = await start_node(nursery, "node1", addresses, listeners[0])
+    a.links.handle("echo", _echo)
+    with trio.fail_after(5):
+        await answered.wait()
+    assert replies == [Reply(1, True, b"node2:" + payload)]
+    assert a.links.link("node2").stats.connects == 1
+
+
 async def test_heartbeats_keep_an_idle_link_up(nursery: trio.Nursery) -> None:
     listeners, addresses = await _listeners(2)
     a = await start_node(nursery, "node1", addresses, listeners[0], peer_timeout=0.3)

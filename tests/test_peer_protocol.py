@@ -120,3 +120,14 @@ def test_a_node_of_the_previous_format_is_refused_naming_both_versions() -> None
     assert str(refused.value).startswith(
         f"node 'node2' speaks peer protocol version 1, this node version {VERSION}"
     )
+
+
+def test_a_limited_feed_cuts_only_the_first_frames_and_hands_the_rest_over() -> None:
+    """The handshake reads one small frame; what follows it, however large, is the link's."""
+    big = encode_request(7, "entries", b"y" * 10_000)
+    decoder = FrameDecoder(max_frame=4096)
+    frames = decoder.feed(encode_hello("c1", "node2") + big[:5000], limit=1)
+    assert [type(f).__name__ for f in frames] == ["Hello"]
+    rest = decoder.take_buffered()
+    assert rest == big[:5000] and decoder.buffered == 0
+    assert FrameDecoder().feed(rest + big[5000:]) == [Request(7, "entries", b"y" * 10_000)]

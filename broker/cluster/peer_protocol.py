@@ -118,15 +118,16 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Every whole frame in what has arrived so far; raises PeerProtocolError on garbage."""
+    def feed(self, data: bytes, *, limit: int | None = None) -> list[Frame]:
+        """Every whole frame in what has arrived so far (at most `limit`, the rest left buffered);
+        raises PeerProtocolError on garbage."""
         buffer = self._buffer
         buffer += data
         frames: list[Frame] = []
         offset = 0
         view = memoryview(buffer)
         try:
-            while len(buffer) - offset >= _LENGTH.size:
+            while len(buffer) - offset >= _LENGTH.size and (limit is None or len(frames) < limit):
                 length, kind = _LENGTH.unpack_from(buffer, offset)
                 if length < 1 or length > self.max_frame:
                     raise PeerProtocolError(f"frame length {length} out of range")
@@ -140,6 +141,12 @@ class FrameDecoder:
         if offset:
             del buffer[:offset]
         return frames
+
+    def take_buffered(self) -> bytes:
+        """The bytes not yet cut into frames, handed over (the buffer is left empty)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
 
 
 def _decode(kind: int, body: memoryview) -> Frame:

@@ -27,6 +27,7 @@ import trio
 
 from leveret.broker.cluster.peer_protocol import (
     HEARTBEAT_FRAME,
+    Frame,
     FrameDecoder,
     Hello,
     PeerProtocolError,
@@ -189,8 +190,9 @@ class PeerLink:
 
     # ---- a connection's life -------------------------------------------------------------------
 
-    async def serve(self, stream: trio.SocketStream) -> None:
-        """Carry the link over `stream` (the handshake done) until it breaks."""
+    async def serve(self, stream: trio.SocketStream, early: bytes = b"") -> None:
+        """Carry the link over `stream` (the handshake done) until it breaks; `early` is what the
+        other end sent right behind its hello."""
         if self.connection is not None:  # the other end reconnected: its old connection is dead to it
             self.connection.cancel.cancel()
             while self.connection is not None:
@@ -206,7 +208,7 @@ class PeerLink:
                     connection.nursery = nursery
                     nursery.start_soon(self._write, connection, nursery.cancel_scope)
                     try:
-                        await self._read(connection)
+                        await self._read(connection, early)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
                         log.warning("peer link to %s broke: %s", self.node, error)
                     except PeerProtocolError as error:
@@ -225,8 +227,10 @@ class PeerLink:
                 await stream.aclose()
             log.info("peer link to %s down", self.node)
 
-    async def _read(self, connection: _Connection) -> None:
+    async def _read(self, connection: _Connection, early: bytes = b"") -> None:
         decoder = FrameDecoder()
+        if early:
+            await self._handle_frames(connection, decoder.feed(early))
         timeout = self.links.peer_timeout
         while True:
             data = None
@@ -246,16 +250,19 @@ class PeerLink:
             if not data:
                 return
             self.stats.received_bytes += len(data)
-            for frame in decoder.feed(data):
-                if isinstance(frame, Request):
-                    await self._answer(connection, frame)
-                elif isinstance(frame, Reply):
-                    pending = connection.in_flight.pop(frame.id, None)
-                    if pending is not None:
-                        error = None if frame.ok else PeerRefused(frame.payload.decode(errors="replace"))
-                        pending._finish(frame.payload, error)
-                elif isinstance(frame, Hello):
-                    raise PeerProtocolError("a second hello")
+            await self._handle_frames(connection, decoder.feed(data))
+
+    async def _handle_frames(self, connection: _Connection, frames: list[Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, Request):
+                await self._answer(connection, frame)
+            elif isinstance(frame, Reply):
+                pending = connection.in_flight.pop(frame.id, None)
+                if pending is not None:
+                    error = None if frame.ok else PeerRefused(frame.payload.decode(errors="replace"))
+                    pending._finish(frame.payload, error)
+            elif isinstance(frame, Hello):
+                raise PeerProtocolError("a second hello")
 
     async def _answer(self, connection: _Connection, request: Request) -> None:
         handler = self.links.handlers.get(request.kind)
@@ -401,7 +408,7 @@ class PeerLinks:
         try:
             with trio.fail_after(self.connect_timeout):
                 try:
-                    hello, rest = await _receive_hello(stream, self.cluster, dialers)
+                    hello, early = await _receive_hello(stream, self.cluster, dialers)
                 except PeerVersionMismatch:
                     await stream.send_all(encode_hello(self.cluster, self.name))  # the dialer learns why
                     raise
@@ -414,7 +421,7 @@ class PeerLinks:
             log.warning("peer connection refused: %s", error)
             await stream.aclose()
             return
-        if rest:
+        if early:  # a dialer waits for this node's hello before it sends anything else
             log.warning("peer %s spoke before the handshake finished", hello.node)
             await stream.aclose()
             return
@@ -435,9 +442,7 @@ class PeerLinks:
                 with trio.fail_after(self.connect_timeout):
                     stream = await trio.open_tcp_stream(*link.address)
                     await stream.send_all(encode_hello(self.cluster, self.name))
-                    _, rest = await _receive_hello(stream, self.cluster, link.node)
-                if rest:
-                    raise PeerProtocolError("data after the hello")
+                    _, early = await _receive_hello(stream, self.cluster, link.node)
             except PeerVersionMismatch as error:
                 self._version_refused(error)
                 if stream is not None:
@@ -454,20 +459,20 @@ class PeerLinks:
                 continue
             backoff = _FIRST_BACKOFF
             self._refused_versions.pop(link.node, None)
-            await link.serve(stream)
+            # The accepting end may send requests right behind its hello: they are the link's first.
+            await link.serve(stream, early)
             await trio.sleep(_FIRST_BACKOFF)
 
 
 async def _receive_hello(
     stream: trio.SocketStream, cluster: str, expected: set[str] | str
-) -> tuple[Hello, bool]:
-    """The other end's hello (checked), and whether more bytes came with it."""
-    decoder = FrameDecoder(max_frame=4096)
+) -> tuple[Hello, bytes]:
+    """The other end's hello (checked), and the bytes that came right behind it."""
+    decoder = FrameDecoder(max_frame=4096)  # bounds the hello only: what follows is not cut here
     while True:
         data = await stream.receive_some(4096)
         if not data:
             raise PeerProtocolError("closed during the handshake")
-        frames = decoder.feed(data)
+        frames = decoder.feed(data, limit=1)
         if frames:
-            return check_hello(frames[0], cluster, expected), len(frames) > 1 or decoder.buffered > 0
-
+            return check_hello(frames[0], cluster, expected), decoder.take_buffered()

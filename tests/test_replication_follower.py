@@ -315,6 +315,65 @@ async def test_appends_in_flight_when_a_new_leader_truncates_are_not_acknowledge
     assert [(s, h.delivered) for s, h in replica.state.held.items()] == [(1, True), (2, False), (3, False)]
 
 
+def other_entries(epoch: int, first: int, count: int) -> list[LogEntry]:
+    """Enqueues of the same seqs as `entries`, with other messages (a new leader's own)."""
+    return [(epoch, (ENQUEUE, seq, "", "orders", b"\x00\x00", b"new leader's %d" % seq, 0))
+            for seq in range(first, first + count)]
+
+
+def bodies_on_disk(replication: Replication) -> dict[int, bytes]:
+    """Each held message as its replica file has it where the replica locates it."""
+    held = replication.replicas[Q].state.held
+    assert all(h.body is None for h in held.values())  # every one is on disk
+    found = replication.files[Q].read([h.at for h in held.values()])
+    return {seq: (m[4] if m is not None and m[0] == seq else None)
+            for seq, m in zip(held, found, strict=True)}
+
+
+@pytest.mark.parametrize("old_write", ["pending", "in a worker thread"])
+async def test_a_seq_a_new_leader_enqueues_again_is_read_back_as_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_write: str
+) -> None:
+    """The old leader's last enqueues reach the follower but not a majority; the new leader truncates
+    them and enqueues its own messages under the same seqs. The write of the old entries, still to
+    come or under way, must not locate the new leader's seqs at the old messages: an election would
+    then serve a message never confirmed in place of one that was (and lose that one)."""
+    replication = follower(tmp_path)
+    await appended(replication, "a", append(5, 0, entries(5, 1, 4)))
+    writing, release = threading.Event(), threading.Event()
+    real_sync = ReplicaFile.sync
+
+    def slow_sync(self: ReplicaFile, work: replica_file.Work) -> None:
+        writing.set()
+        release.wait(10)
+        real_sync(self, work)
+
+    old = replication._append("a", append(5, 4, entries(5, 5, 2)))
+    refused: list[str] = []
+
+    async def old_answer() -> None:
+        with pytest.raises(ValueError, match="truncated") as error:
+            await old.wait()
+        refused.append(str(error.value))
+
+    async with trio.open_nursery() as nursery:
+        if old_write == "in a worker thread":
+            monkeypatch.setattr(ReplicaFile, "sync", slow_sync)
+            nursery.start_soon(old_answer)
+            assert await trio.to_thread.run_sync(writing.wait, 10)
+            monkeypatch.setattr(ReplicaFile, "sync", real_sync)
+        replication._probe("c", _queue_head(Q, 7))
+        new = replication._append("c", append(7, 4, other_entries(7, 5, 2), truncate=4, epoch_start=4))
+        release.set()
+        if old_write == "pending":
+            nursery.start_soon(old_answer)
+        assert struct.unpack(">Q", await new.wait()) == (6,)
+    assert len(refused) == 1
+    expected = {**{seq: body(seq) for seq in range(1, 5)}, 5: b"new leader's 5", 6: b"new leader's 6"}
+    assert bodies_on_disk(replication) == expected
+    assert bodies_on_disk(follower(tmp_path)) == expected  # and after a restart
+
+
 async def test_a_stale_epoch_mid_pipeline_is_refused_from_then_on(tmp_path: Path) -> None:
     replication = follower(tmp_path)
     in_flight = [replication._append("a", append(5, 0, entries(5, 1, 2))),

@@ -276,6 +276,9 @@ class ReplicaLog:
         self.state = ReplicaState()
         # The newest epoch any leader stamped a request with: an older one is refused.
         self.newest_epoch = 0
+        # The offset each truncation cut the log at, in order: a write taken before one of them must
+        # not locate the messages of entries it dropped (see `spill`).
+        self.truncations: list[int] = []
 
     @property
     def end(self) -> int:
@@ -300,9 +303,14 @@ class ReplicaLog:
         self.state.apply(record)
         return offset
 
-    def spill(self, located: Iterable[tuple[int, int, int]]) -> None:
+    def spill(self, located: Iterable[tuple[int, int, int]], since: int | None = None) -> None:
         """Messages now on disk: (seq, location, offset of its tail entry or -1). Their content leaves the
-        states; the tail keeps the newest `tail_bodies` bytes of bodies whole."""
+        states; the tail keeps the newest `tail_bodies` bytes of bodies whole. `since`: how many
+        truncations there were when the write was taken; an entry a later one dropped is skipped, since
+        its seq may be enqueued again by the new leader, with another message."""
+        if since is not None and since < len(self.truncations):
+            cut = min(self.truncations[since:])
+            located = [item for item in located if item[2] < cut]
         state, base_state = self.state, self.base_state
         tail, tail_at, base = self.tail, self.tail_at, self.base
         for seq, at, offset in located:
@@ -378,6 +386,7 @@ class ReplicaLog:
             return False
         if state is None:
             state = self.state_at(offset)
+        self.truncations.append(offset)
         keep = offset - self.base
         self.tail = self.tail[:keep]
         self.tail_at = self.tail_at[:keep]

@@ -194,6 +194,9 @@ class ReplicaFile:
         self.size += len(frame)
 
     def truncate(self, offset: int) -> None:
+        # Pending messages of the dropped entries are written but never located: their seqs may come
+        # again from the new leader, with other messages.
+        self._located = [item for item in self._located if item[2] < offset]
         self._append(_frame(TRUNCATE, _U64.pack(offset)))
 
     def epoch(self, epoch: int) -> None:

@@ -210,6 +210,7 @@ class Replication:
             if not file.dirty:
                 return
             work = file.take()
+            truncations = len(self.replicas[queue].truncations) if queue in self.replicas else 0
             try:
                 await trio.to_thread.run_sync(file.sync, work)
             except OSError as error:
@@ -220,7 +221,7 @@ class Replication:
             replica = self.replicas.get(queue)
             if replica is None:
                 return
-            replica.spill(work[2])
+            replica.spill(work[2], since=truncations)
             if work[0] is not None:  # a new generation: older ones may no longer be needed
                 await self._forget_generations(replica, file)
 

@@ -29,6 +29,7 @@ from leveret.broker.cluster.replica import (
     encode_messages,
     encode_refs,
     encode_snapshot_head,
+    location,
     split_location,
 )
 from leveret.broker.cluster.replica_file import ReplicaFile, load, stem
@@ -266,6 +267,21 @@ def test_appends_taken_before_a_new_generation_began_are_written_to_theirs(tmp_p
 def bodies(file: ReplicaFile, log: ReplicaLog) -> list[bytes]:
     found = file.read([h.at for h in log.state.held.values()])
     return [message[4] for message in found if message is not None]
+
+
+def test_a_bad_location_costs_only_its_own_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A location past the end of its generation (or at bytes that are not a message) reads back as None,
+    logged; the other messages of that generation still come back, so a new leader is not left
+    with an empty queue by one bad location."""
+    log = ReplicaLog(tail_bodies=0)
+    file = ReplicaFile(tmp_path, "/", "q")
+    written(file, log, [(4, enqueue(1, b"a")), (4, enqueue(2, b"b")), (4, enqueue(3, b"c"))])
+    good = [h.at for h in log.state.held.values()]
+    generation, _ = split_location(good[0])
+    past_the_end, inside_a_body = location(generation, 1 << 30), good[1] + 3
+    found = file.read([good[0], past_the_end, good[1], inside_a_body, good[2]])
+    assert [m[4] if m is not None else None for m in found] == [b"a", None, b"b", None, b"c"]
+    assert "runs past the file's end" in caplog.text
 
 
 def test_the_replica_file_reads_back_what_was_synced(tmp_path: Path) -> None:

@@ -293,7 +293,7 @@ class ReplicaFile:
 
     def read(self, locations: Sequence[int]) -> list[Message | None]:
         """Blocking: the messages at `locations` (any generation), in the order given; None for each one
-        that cannot be read (logged)."""
+        that cannot be read (logged). One bad location costs only its own message."""
         found: list[Message | None] = [None] * len(locations)
         by_generation: dict[int, list[int]] = {}
         for index, at in enumerate(locations):
@@ -303,11 +303,11 @@ class ReplicaFile:
             try:
                 with open(path, "rb") as source:
                     indexes.sort(key=lambda index: locations[index])
-                    for index, message in zip(indexes, _read_sorted(
-                            source, [split_location(locations[i])[1] for i in indexes]), strict=True):
+                    offsets = [split_location(locations[i])[1] for i in indexes]
+                    for index, message in zip(indexes, _read_sorted(source, offsets, path), strict=True):
                         found[index] = message
-            except (OSError, ValueError, struct.error) as error:
-                log.error("%s: cannot read replicated messages back: %s", path, error)
+            except OSError as error:
+                log.error("%s: cannot read %d replicated messages back: %s", path, len(indexes), error)
         return found
 
     # ---- a snapshot arriving in parts (the follower's side) ----------------------------------
@@ -367,8 +367,9 @@ def _message_positions(messages: bytes) -> list[int]:
     return positions
 
 
-def _read_sorted(source: BinaryIO, offsets: list[int]) -> Iterator[Message]:
-    """The messages at `offsets` (ascending), reading spans of nearby ones at once."""
+def _read_sorted(source: BinaryIO, offsets: list[int], path: Path) -> Iterator[Message | None]:
+    """The messages at `offsets` (ascending), reading spans of nearby ones at once; None (logged) for
+    one that cannot be decoded there."""
     span = b""
     span_start = 0
     for offset in offsets:
@@ -376,14 +377,19 @@ def _read_sorted(source: BinaryIO, offsets: list[int]) -> Iterator[Message]:
             span = os.pread(source.fileno(), _SPAN, offset)
             span_start = offset
         relative = offset - span_start
-        length = message_length(span[relative:relative + MESSAGE_HEAD])
-        if relative + length <= len(span):
-            yield decode_message(memoryview(span)[relative:relative + length])
-        else:
-            data = os.pread(source.fileno(), length, offset)
-            if len(data) < length:
-                raise ValueError(f"a message at {offset} runs past the file's end")
-            yield decode_message(data)
+        message: Message | None = None
+        try:
+            length = message_length(span[relative:relative + MESSAGE_HEAD])
+            if relative + length <= len(span):
+                message = decode_message(memoryview(span)[relative:relative + length])
+            else:
+                data = os.pread(source.fileno(), length, offset)
+                if len(data) < length:
+                    raise ValueError("it runs past the file's end")
+                message = decode_message(data)
+        except (ValueError, struct.error) as error:
+            log.error("%s: cannot read the replicated message at %d back: %s", path, offset, error)
+        yield message
 
 
 def _sync_directory(directory: Path) -> None:

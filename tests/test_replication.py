@@ -61,7 +61,20 @@ def records_strategy() -> st.SearchStrategy[list[Record]]:
             ),
         ),
         max_size=60,
-    )
+    ).map(_each_seq_enqueued_once)
+
+
+def _each_seq_enqueued_once(records: list[Record]) -> list[Record]:
+    """A leader gives each message a new seq: a log enqueues a seq at most once."""
+    enqueued: set[int] = set()
+    kept = []
+    for record in records:
+        if record[0] == ENQUEUE:
+            if record[1] in enqueued:
+                continue
+            enqueued.add(record[1])
+        kept.append(record)
+    return kept
 
 
 def summary(log: ReplicaLog) -> list[tuple[int, bytes | None, bool, int, str]]:

@@ -163,6 +163,28 @@ def test_acks_lost_with_a_fault_are_told_apart_by_the_consumers_node() -> None:
         assert verdict.acks_lost_elsewhere == elsewhere, (consumer_url, fault_url)
 
 
+def test_an_ack_lost_with_its_own_node_killed_before_the_redelivery_is_not_lost_elsewhere() -> None:
+    """The leader dies as the ack reaches the consumer's node, which then leads the queue with the ack
+    applied and dies in turn before passing it on: the ack died with the consumer's node. Killed only
+    after the redelivery, that node is no excuse."""
+    for own_node_killed_before_the_redelivery, elsewhere in ((True, 0), (False, 1)):
+        script = Script()
+        script.add("connect", url="amqp://n2")
+        identifier = script.publish("p1", 1)
+        script.deliver(identifier)
+        script.ack(identifier)
+        script.add("fault", kind="kill -9", target="node1", url="amqp://n1")
+        script.add("settled", channel="ch1")  # events are 1 s apart: the next fault is out of the window
+        if own_node_killed_before_the_redelivery:
+            script.add("fault", kind="kill -9", target="node2", url="amqp://n2")
+        script.deliver(identifier, consumer="c2", redelivered=True)
+        if not own_node_killed_before_the_redelivery:
+            script.add("fault", kind="kill -9", target="node2", url="amqp://n2")
+        verdict = check(script.events, ack_window=0.5)
+        assert verdict.acks_lost_in_fault == 1
+        assert verdict.acks_lost_elsewhere == elsewhere, own_node_killed_before_the_redelivery
+
+
 def test_a_fault_well_before_the_ack_excuses_nothing() -> None:
     script = Script()
     identifier = script.publish("p1", 1)

@@ -9,8 +9,9 @@
   `acks_lost_in_fault`, and of those, `acks_lost_elsewhere` counts the ones whose consumer was connected
   to none of the nodes those faults hit (a fault's `url`; a failover hits no consumer's node): a consumer
   on a killed node loses its acks with its connection (RabbitMQ's quorum queues too), one elsewhere need
-  not. A node may write acks lazily (Leveret with its next group commit, as
-  `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
+  not; nor one whose own node a fault hit later, before the redelivery (its node had taken the ack,
+  and led the queue by then, or was to pass it on: the ack died with it). A node may write acks
+  lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
   while the ack is still on its way to the queue's leader, which may have just died;
 - reordered: within one consumer, a first delivery that is not flagged redelivered and comes after a later
   message of the same publisher on the same queue;
@@ -127,7 +128,8 @@ def check(events: Iterable[Event], ack_window: float = DEFAULT_ACK_WINDOW) -> Ve
         hit = [hit_url for t, hit_url in fault_times if start <= t <= end]
         if hit or any(since <= end and seen >= start for since, seen in failovers):
             verdict.acks_lost_in_fault += 1
-            if not url or url not in hit:
+            own_node_hit = url and any(hit_url == url for t, hit_url in fault_times if start <= t <= again_at)
+            if not own_node_hit:
                 verdict.acks_lost_elsewhere += 1
         else:
             verdict.resurrected.append(identifier)

@@ -11,8 +11,9 @@
   on a killed node loses its acks with its connection (RabbitMQ's quorum queues too), one elsewhere need
   not; nor one whose own node a fault hit later, before the redelivery (its node had taken the ack,
   and led the queue by then, or was to pass it on: the ack died with it). A node may write acks
-  lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), and the node a consumer is connected to answers basic.qos itself
-  while the ack is still on its way to the queue's leader, which may have just died;
+  lazily (Leveret with its next group commit, as `interop/test_crash_loop.py` bounds), and the node
+  a consumer is connected to answers basic.qos itself while the ack is still on its way to the queue's
+  leader, which may have just died;
 - reordered: within one consumer, a first delivery that is not flagged redelivered and comes after a later
   message of the same publisher on the same queue;
 - duplicates: deliveries beyond the first of a message on a queue (allowed: at least once), of which
